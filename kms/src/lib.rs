@@ -1,0 +1,12 @@
+//! Key management: the durable key store, the node-to-node agreement on which link key backs
+//! which delivered key, and the ETSI GS QKD 014 server for SAEs.
+//!
+//! The logic is sans-IO where it decides anything (allocation of link key, key life cycle); the
+//! servers and the store writer are thin shells around it. This crate never reads configuration
+//! files (that is the node's job) and never logs, prints or returns key bytes outside [`Secret`].
+//!
+//! [`Secret`]: qkd_types::Secret
+
+#![forbid(unsafe_code)]
+
+pub mod service;

@@ -1,0 +1,133 @@
+//! The boundary between the ETSI GS QKD 014 front end and the key manager.
+//!
+//! The HTTP shell parses and checks a request (in the order product policy fixes), then calls a
+//! [`KeyService`]. The key manager implements it; tests may implement it with a fake. Nothing here
+//! knows about HTTP, and nothing here carries ETSI spellings.
+
+use async_trait::async_trait;
+use qkd_types::{KeyId, KmeId, SaeId, Secret};
+
+/// Size and count limits for keys from one master SAE to one slave SAE (ETSI 014 `Status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyLimits {
+    /// Default key size in bits (`key_size`).
+    pub key_size: u32,
+    /// Smallest key size in bits (`min_key_size`).
+    pub min_key_size: u32,
+    /// Largest key size in bits (`max_key_size`).
+    pub max_key_size: u32,
+    /// Most keys in one request (`max_key_per_request`).
+    pub max_key_per_request: u32,
+    /// Most entries in `additional_slave_SAE_IDs`; 0 means no multicast.
+    pub max_sae_id_count: u32,
+}
+
+impl Default for KeyLimits {
+    /// The defaults of the product policy: 256-bit keys, 64 to 1024 bits, 128 keys per request.
+    fn default() -> Self {
+        Self {
+            key_size: 256,
+            min_key_size: 64,
+            max_key_size: 1024,
+            max_key_per_request: 128,
+            max_sae_id_count: 0,
+        }
+    }
+}
+
+/// What the Get status method reports, besides the IDs and limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairStatus {
+    /// KME ID of this KME (`source_KME_ID`).
+    pub source_kme: KmeId,
+    /// KME ID of the KME serving the slave (`target_KME_ID`).
+    pub target_kme: KmeId,
+    /// Limits of the pair.
+    pub limits: KeyLimits,
+    /// Keys of the default size that enc_keys could take right now (`stored_key_count`).
+    pub stored_key_count: u64,
+    /// Capacity of the pair's pool in default-size keys (`max_key_count`).
+    pub max_key_count: u64,
+}
+
+/// A checked Get key request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncKeysRequest {
+    /// The calling SAE, from its certificate.
+    pub master: SaeId,
+    /// The slave SAE named in the path.
+    pub slave: SaeId,
+    /// Extra slaves (multicast); each differs from master and slave and from each other.
+    pub additional_slaves: Vec<SaeId>,
+    /// Number of keys, within the limits.
+    pub number: u32,
+    /// Key size in bits, a multiple of 8 within the limits.
+    pub size_bits: u32,
+}
+
+/// A checked Get key with key IDs request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecKeysRequest {
+    /// The calling SAE (a slave of the keys), from its certificate.
+    pub slave: SaeId,
+    /// The master SAE named in the path.
+    pub master: SaeId,
+    /// The keys asked for, in request order, at least one, no duplicates.
+    pub key_ids: Vec<KeyId>,
+}
+
+/// A key handed to an SAE.
+#[derive(Debug)]
+pub struct DeliveredKey {
+    /// Its ETSI key_ID.
+    pub id: KeyId,
+    /// Its bytes.
+    pub key: Secret,
+}
+
+/// Why the key manager could not serve a checked request. Each maps to one ETSI status in the
+/// ETSI front end's single mapping function.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceError {
+    /// SAE asked for more key than the pair's pool holds right now (or its quota allows). 503.
+    #[error("insufficient key material")]
+    InsufficientKeyMaterial,
+    /// SAE named a key that does not exist for this master, expired, or was already delivered
+    /// to this caller. 400.
+    #[error("one or more keys specified are not found on KME")]
+    KeysNotFound,
+    /// SAE asked for keys it is not a slave of. 401.
+    #[error("caller is not a slave of the requested keys")]
+    NotSlave,
+    /// Peer node or device: the peer KME cannot be reached or refused to agree. 503.
+    #[error("peer KME unavailable: {0}")]
+    PeerUnavailable(String),
+    /// Operator or bug: the store failed; the node is shutting down to recover from disk. 503.
+    #[error("key data access error")]
+    Storage,
+}
+
+/// What the ETSI front end needs from the key manager.
+#[async_trait]
+pub trait KeyService: Send + Sync + 'static {
+    /// Whether `sae` is registered as attached to this KME (only those may call it).
+    fn admits(&self, sae: &SaeId) -> bool;
+
+    /// Whether `sae` is registered anywhere in the network.
+    fn knows(&self, sae: &SaeId) -> bool;
+
+    /// Limits for keys from `master` to `slave` (the pair's, or this KME's defaults).
+    fn limits(&self, master: &SaeId, slave: &SaeId) -> KeyLimits;
+
+    /// Whether `master` may obtain keys shared with `slave`.
+    fn may_pair(&self, master: &SaeId, slave: &SaeId) -> bool;
+
+    /// Get status for an admitted master and a known, permitted slave.
+    async fn status(&self, master: &SaeId, slave: &SaeId) -> Result<PairStatus, ServiceError>;
+
+    /// Get key. All keys or none; "consumed" is durable before this returns `Ok`.
+    async fn enc_keys(&self, req: EncKeysRequest) -> Result<Vec<DeliveredKey>, ServiceError>;
+
+    /// Get key with key IDs. All keys or none; "delivered" is durable before this returns `Ok`.
+    async fn dec_keys(&self, req: DecKeysRequest) -> Result<Vec<DeliveredKey>, ServiceError>;
+}

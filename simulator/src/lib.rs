@@ -1,0 +1,14 @@
+//! QKD link and network simulation.
+//!
+//! Two uses, one model code base:
+//! * a **key source** for trusted nodes: [`link::SimulatedLink`] implements the device interface
+//!   of `qkd-hardware`, producing identical blocks at both ends of a link at the rate a
+//!   [`model::LinkModel`] dictates;
+//! * a **research tool**: the models are plain functions of their parameters.
+//!
+//! Architecture invariant: this crate never depends on `qkd-kms` or `qkd-node`.
+
+#![forbid(unsafe_code)]
+
+pub mod link;
+pub mod model;
