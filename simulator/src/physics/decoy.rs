@@ -1,0 +1,233 @@
+//! Decoy-state BB84 in the asymptotic limit (infinitely long keys).
+//!
+//! * GLLP rate, decoy form: R = q{−Q_μ f H₂(E_μ) + Q₁[1 − H₂(e₁)]} (Gottesman, Lo, Lütkenhaus,
+//!   Preskill, QIC 4, 325 (2004); Lo, Ma, Chen, PRL 94, 230504 (2005)).
+//! * Vacuum + weak decoy bounds on Y₁ and e₁: Ma, Qi, Zhao, Lo, PRA 72, 012326 (2005).
+//! * Infinite decoys: Y₁ and e₁ known exactly.
+//! * No decoy: GLLP with Δ = P_multi/Q_μ.
+//! * Efficient BB84 (Lo, Chau, Ardehali, J. Cryptol. 18, 133 (2005)): basis Z with probability
+//!   p_Z on both sides; sifting p_Z² + p_X² and a key from Z only.
+//!
+//! Model of the channel: qkd-models.md §1 (η_sys, Y₀ = 2p_dc, e₀ = ½, misalignment e_d).
+
+use serde::{Deserialize, Serialize};
+
+use super::channel::{DvHardware, error_1, gain, h2, qber, yield_1};
+use super::optimise::{bisect_last_true, log_grid_golden_max};
+
+/// How Y₁ and e₁ are obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum DecoyMethod {
+    /// Infinitely many decoys: Y₁ and e₁ exactly.
+    Infinite,
+    /// One weak decoy of intensity `nu` plus the vacuum (Ma et al. 2005).
+    VacuumWeak {
+        /// Weak decoy intensity ν (< μ).
+        nu: f64,
+    },
+    /// No decoy: GLLP with the worst-case multi-photon fraction.
+    NoDecoy,
+}
+
+/// Everything a decoy-state asymptotic evaluation needs besides the distance.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AsymptoticBb84 {
+    /// Hardware and fibre.
+    pub hw: DvHardware,
+    /// Error-correction inefficiency f ≥ 1.
+    pub f_ec: f64,
+    /// Probability of basis Z on both sides: ½ for standard BB84 (sifting ½); close to 1 for
+    /// efficient BB84, whose sifting factor is p_Z² + p_X². Errors are symmetric between the
+    /// bases in this channel model, so both matching-basis sets contribute key.
+    pub p_z: f64,
+    /// Decoy method.
+    pub method: DecoyMethod,
+}
+
+/// One evaluated point.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct AsymptoticPoint {
+    /// Secret key per emitted pulse (≥ 0).
+    pub key_per_pulse: f64,
+    /// Sifted key-basis bits per emitted pulse.
+    pub sifted_per_pulse: f64,
+    /// Signal gain Q_μ.
+    pub gain: f64,
+    /// Signal QBER E_μ.
+    pub qber: f64,
+    /// Single-photon yield used (lower bound for finite decoys).
+    pub y1: f64,
+    /// Single-photon error used (upper bound for finite decoys).
+    pub e1: f64,
+}
+
+/// Vacuum + weak decoy bounds (Y₁ᴸ, e₁ᵁ) of Ma et al. 2005, computed from the expected gains and
+/// QBERs of the signal μ and decoy ν at system transmittance `eta_sys`. Clamped to Y₁ᴸ ≥ 0 and
+/// e₁ᵁ ≤ ½.
+pub fn vacuum_weak_bounds(eta_sys: f64, y0: f64, e_d: f64, mu: f64, nu: f64) -> (f64, f64) {
+    let q_mu = gain(eta_sys, y0, mu);
+    let q_nu = gain(eta_sys, y0, nu);
+    let e_nu = qber(eta_sys, y0, e_d, nu);
+    let y1_l = mu / (mu * nu - nu * nu)
+        * (q_nu * nu.exp()
+            - q_mu * mu.exp() * nu * nu / (mu * mu)
+            - (mu * mu - nu * nu) / (mu * mu) * y0);
+    let y1_l = y1_l.max(0.0);
+    let e1_u = if y1_l > 0.0 {
+        ((e_nu * q_nu * nu.exp() - 0.5 * y0) / (y1_l * nu)).clamp(0.0, 0.5)
+    } else {
+        0.5
+    };
+    (y1_l, e1_u)
+}
+
+/// GLLP key rate per pulse: q{−Q f H₂(E) + Q₁[1 − H₂(e₁)]}, clamped at 0.
+pub fn gllp_rate(q: f64, f_ec: f64, q_mu: f64, e_mu: f64, q1: f64, e1: f64) -> f64 {
+    (q * (q1 * (1.0 - h2(e1)) - f_ec * q_mu * h2(e_mu))).max(0.0)
+}
+
+impl AsymptoticBb84 {
+    /// The rate at system transmittance `eta_sys` with signal intensity `mu`.
+    pub fn at_eta(&self, eta_sys: f64, mu: f64) -> AsymptoticPoint {
+        let hw = &self.hw;
+        let y0 = hw.y0();
+        let q_mu = gain(eta_sys, y0, mu);
+        let e_mu = qber(eta_sys, y0, hw.misalignment, mu);
+        let q = self.p_z * self.p_z + (1.0 - self.p_z) * (1.0 - self.p_z);
+        let sifted = q * q_mu;
+        let (y1, e1) = match self.method {
+            DecoyMethod::Infinite => (yield_1(eta_sys, y0), error_1(eta_sys, y0, hw.misalignment)),
+            DecoyMethod::VacuumWeak { nu } => {
+                vacuum_weak_bounds(eta_sys, y0, hw.misalignment, mu, nu)
+            }
+            DecoyMethod::NoDecoy => {
+                // GLLP without decoys: all multi-photon pulses are assumed insecure.
+                let p_multi = 1.0 - (1.0 + mu) * (-mu).exp();
+                let delta = (p_multi / q_mu).min(1.0);
+                let key = if delta < 1.0 {
+                    q * q_mu
+                        * (-f_h(self.f_ec, e_mu) + (1.0 - delta) * (1.0 - h2(e_mu / (1.0 - delta))))
+                } else {
+                    0.0
+                };
+                return AsymptoticPoint {
+                    key_per_pulse: key.max(0.0),
+                    sifted_per_pulse: sifted,
+                    gain: q_mu,
+                    qber: e_mu,
+                    y1: q_mu * (1.0 - delta) / (mu * (-mu).exp()),
+                    e1: (e_mu / (1.0 - delta)).min(0.5),
+                };
+            }
+        };
+        let q1 = y1 * mu * (-mu).exp();
+        AsymptoticPoint {
+            key_per_pulse: gllp_rate(q, self.f_ec, q_mu, e_mu, q1, e1),
+            sifted_per_pulse: sifted,
+            gain: q_mu,
+            qber: e_mu,
+            y1,
+            e1,
+        }
+    }
+
+    /// The rate over `length_km` of this link's fibre.
+    pub fn at_distance(&self, length_km: f64, mu: f64) -> AsymptoticPoint {
+        self.at_eta(self.hw.eta_sys(length_km), mu)
+    }
+
+    /// Signal intensity maximising the key rate at `eta_sys` (log grid then golden section on
+    /// [10⁻⁴, 1.2], kept above the weak decoy), with the point it gives.
+    pub fn optimal_mu(&self, eta_sys: f64) -> (f64, AsymptoticPoint) {
+        let lo = match self.method {
+            DecoyMethod::VacuumWeak { nu } => nu * 1.05 + 1e-3,
+            _ => 1e-3,
+        };
+        let (mu, _) = log_grid_golden_max(|mu| self.at_eta(eta_sys, mu).key_per_pulse, lo, 1.2, 24);
+        (mu, self.at_eta(eta_sys, mu))
+    }
+
+    /// Largest fibre length (km, to 1 m) with a positive key rate at fixed `mu`, or with μ
+    /// optimised at every length when `mu` is `None`.
+    pub fn max_distance(&self, mu: Option<f64>) -> f64 {
+        let positive = |l: f64| {
+            let eta = self.hw.eta_sys(l);
+            match mu {
+                Some(mu) => self.at_eta(eta, mu).key_per_pulse > 0.0,
+                None => self.optimal_mu(eta).1.key_per_pulse > 0.0,
+            }
+        };
+        bisect_last_true(positive, 0.0, 2000.0, 1e-3)
+    }
+}
+
+fn f_h(f_ec: f64, e: f64) -> f64 {
+    f_ec * h2(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gys(method: DecoyMethod) -> AsymptoticBb84 {
+        AsymptoticBb84 {
+            hw: DvHardware::GYS,
+            f_ec: 1.22,
+            p_z: 0.5,
+            method,
+        }
+    }
+
+    #[test]
+    fn reproduces_computed_table_of_section_2_1() {
+        // (L, infinite decoy with μ optimised, vacuum+weak μ = 0.48 ν = 0.05) [C] in qkd-models.md.
+        let rows = [
+            (0.0, 2.555e-3, 2.414e-3),
+            (50.0, 2.226e-4, 2.096e-4),
+            (100.0, 1.719e-5, 1.602e-5),
+            (125.0, 3.212e-6, 2.855e-6),
+        ];
+        let inf = gys(DecoyMethod::Infinite);
+        let vw = gys(DecoyMethod::VacuumWeak { nu: 0.05 });
+        for (l, r_inf, r_vw) in rows {
+            let (_, p) = inf.optimal_mu(inf.hw.eta_sys(l));
+            assert!(
+                (p.key_per_pulse / r_inf - 1.0).abs() < 5e-3,
+                "inf at {l}: {}",
+                p.key_per_pulse
+            );
+            let p = vw.at_distance(l, 0.48);
+            assert!(
+                (p.key_per_pulse / r_vw - 1.0).abs() < 5e-3,
+                "vw at {l}: {}",
+                p.key_per_pulse
+            );
+        }
+    }
+
+    #[test]
+    fn bounds_at_50km_match_reference() {
+        let hw = DvHardware::GYS;
+        let (y1, e1) = vacuum_weak_bounds(hw.eta_sys(50.0), hw.y0(), hw.misalignment, 0.48, 0.05);
+        assert!((y1 / 3.955e-3 - 1.0).abs() < 2e-3, "{y1}");
+        assert!((e1 / 0.0354 - 1.0).abs() < 5e-3, "{e1}");
+    }
+
+    #[test]
+    fn efficient_bb84_approaches_twice_standard() {
+        let std = gys(DecoyMethod::Infinite);
+        let eff = AsymptoticBb84 { p_z: 0.99, ..std };
+        let r_std = std.at_distance(50.0, 0.48).key_per_pulse;
+        let r_eff = eff.at_distance(50.0, 0.48).key_per_pulse;
+        // Sifting p_Z² + p_X² versus ½ for standard BB84.
+        assert!((r_eff / r_std - (0.99 * 0.99 + 0.01 * 0.01) / 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn no_decoy_is_much_shorter() {
+        let nd = gys(DecoyMethod::NoDecoy).max_distance(None);
+        let inf = gys(DecoyMethod::Infinite).max_distance(None);
+        assert!(nd > 5.0 && nd < 0.5 * inf, "no decoy {nd} km vs {inf} km");
+    }
+}

@@ -1,0 +1,14 @@
+//! Link physics as pure functions of their parameters, each documented with its source
+//! (qkd-models.md is the project's transcription of the formulas and check values).
+//!
+//! Nothing here keeps state, touches time or does I/O: the link models in
+//! [`crate::physical`] and the CLI are built on top.
+
+pub mod bounds;
+pub mod channel;
+pub mod cv;
+pub mod decoy;
+pub mod finite;
+pub mod optimise;
+pub mod postproc;
+pub mod twinfield;

@@ -1,0 +1,193 @@
+//! Small derivative-free optimisers used to tune protocol parameters: golden-section search in one
+//! dimension and a box-constrained Nelder–Mead simplex in several. Deterministic, no allocation in
+//! the inner loop beyond the simplex itself.
+
+/// Maximises `f` on `[lo, hi]` by golden-section search with `iters` iterations; returns
+/// `(argmax, max)`. Assumes `f` is unimodal on the interval.
+pub fn golden_max(mut f: impl FnMut(f64) -> f64, lo: f64, hi: f64, iters: u32) -> (f64, f64) {
+    let g = (5f64.sqrt() - 1.0) / 2.0;
+    let (mut a, mut b) = (lo, hi);
+    let mut c = b - g * (b - a);
+    let mut d = a + g * (b - a);
+    let (mut fc, mut fd) = (f(c), f(d));
+    for _ in 0..iters {
+        if fc > fd {
+            b = d;
+            d = c;
+            fd = fc;
+            c = b - g * (b - a);
+            fc = f(c);
+        } else {
+            a = c;
+            c = d;
+            fc = fd;
+            d = a + g * (b - a);
+            fd = f(d);
+        }
+    }
+    if fc > fd { (c, fc) } else { (d, fd) }
+}
+
+/// Maximises `f` on `[lo, hi]` (lo > 0) when it may be zero on most of the interval: a
+/// logarithmic grid of `grid` points locates the best cell, then golden-section search refines
+/// it. Returns `(argmax, max)`.
+pub fn log_grid_golden_max(
+    mut f: impl FnMut(f64) -> f64,
+    lo: f64,
+    hi: f64,
+    grid: u32,
+) -> (f64, f64) {
+    let ratio = (hi / lo).ln() / f64::from(grid - 1);
+    let x_at = |i: u32| lo * (ratio * f64::from(i)).exp();
+    let mut best = (0, f64::NEG_INFINITY);
+    for i in 0..grid {
+        let v = f(x_at(i));
+        if v > best.1 {
+            best = (i, v);
+        }
+    }
+    let a = x_at(best.0.saturating_sub(1));
+    let b = x_at((best.0 + 1).min(grid - 1));
+    let refined = golden_max(&mut f, a, b, 40);
+    if refined.1 >= best.1 {
+        refined
+    } else {
+        (x_at(best.0), best.1)
+    }
+}
+
+/// Maximises `f` over the box `lo[i] ≤ x[i] ≤ hi[i]` with a Nelder–Mead simplex started at `x0`
+/// (points are clamped into the box). Returns `(argmax, max)` after at most `max_evals`
+/// evaluations.
+pub fn nelder_mead_max<const D: usize>(
+    mut f: impl FnMut(&[f64; D]) -> f64,
+    x0: [f64; D],
+    lo: [f64; D],
+    hi: [f64; D],
+    max_evals: usize,
+) -> ([f64; D], f64) {
+    let clamp = |mut x: [f64; D]| {
+        for i in 0..D {
+            x[i] = x[i].clamp(lo[i], hi[i]);
+        }
+        x
+    };
+    // Minimise −f.
+    let mut eval = |x: &[f64; D]| {
+        let v = f(x);
+        if v.is_nan() { f64::INFINITY } else { -v }
+    };
+    let mut simplex: Vec<([f64; D], f64)> = Vec::with_capacity(D + 1);
+    let x0 = clamp(x0);
+    simplex.push((x0, eval(&x0)));
+    for i in 0..D {
+        let mut x = x0;
+        let step = 0.1 * (hi[i] - lo[i]);
+        x[i] = if x[i] + step <= hi[i] {
+            x[i] + step
+        } else {
+            x[i] - step
+        };
+        let x = clamp(x);
+        simplex.push((x, eval(&x)));
+    }
+    let mut evals = D + 1;
+    while evals < max_evals {
+        simplex.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let best = simplex[0].1;
+        let worst = simplex[D].1;
+        if (worst - best).abs() <= 1e-13 * best.abs().max(1e-300) {
+            break;
+        }
+        let mut centroid = [0.0; D];
+        for (x, _) in &simplex[..D] {
+            for i in 0..D {
+                centroid[i] += x[i] / D as f64;
+            }
+        }
+        let along = |t: f64| {
+            let mut x = [0.0; D];
+            for i in 0..D {
+                x[i] = centroid[i] + t * (simplex[D].0[i] - centroid[i]);
+            }
+            clamp(x)
+        };
+        let xr = along(-1.0);
+        let fr = eval(&xr);
+        evals += 1;
+        if fr < simplex[0].1 {
+            let xe = along(-2.0);
+            let fe = eval(&xe);
+            evals += 1;
+            simplex[D] = if fe < fr { (xe, fe) } else { (xr, fr) };
+        } else if fr < simplex[D - 1].1 {
+            simplex[D] = (xr, fr);
+        } else {
+            let xc = if fr < simplex[D].1 {
+                along(-0.5)
+            } else {
+                along(0.5)
+            };
+            let fc = eval(&xc);
+            evals += 1;
+            if fc < simplex[D].1.min(fr) {
+                simplex[D] = (xc, fc);
+            } else {
+                // Shrink towards the best point.
+                let x_best = simplex[0].0;
+                for item in simplex.iter_mut().skip(1) {
+                    let mut x = [0.0; D];
+                    for i in 0..D {
+                        x[i] = x_best[i] + 0.5 * (item.0[i] - x_best[i]);
+                    }
+                    let x = clamp(x);
+                    *item = (x, eval(&x));
+                    evals += 1;
+                }
+            }
+        }
+    }
+    simplex.sort_by(|a, b| a.1.total_cmp(&b.1));
+    (simplex[0].0, -simplex[0].1)
+}
+
+/// Largest `x` in `[lo, hi]` with `pred(x)` true, by bisection, assuming `pred` is true at `lo`
+/// and switches to false once. Returns `lo` if `pred(lo)` is false.
+pub fn bisect_last_true(mut pred: impl FnMut(f64) -> bool, lo: f64, hi: f64, tol: f64) -> f64 {
+    if !pred(lo) {
+        return lo;
+    }
+    if pred(hi) {
+        return hi;
+    }
+    let (mut a, mut b) = (lo, hi);
+    while b - a > tol {
+        let m = 0.5 * (a + b);
+        if pred(m) { a = m } else { b = m }
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_known_optima() {
+        let (x, v) = golden_max(|x| -(x - 0.3) * (x - 0.3), 0.0, 1.0, 60);
+        assert!((x - 0.3).abs() < 1e-6 && v.abs() < 1e-10);
+        let (x, _) = nelder_mead_max(
+            |x: &[f64; 2]| -((x[0] - 0.2).powi(2) + 10.0 * (x[1] - 0.7).powi(2)),
+            [0.5, 0.5],
+            [0.0, 0.0],
+            [1.0, 1.0],
+            500,
+        );
+        assert!((x[0] - 0.2).abs() < 1e-3 && (x[1] - 0.7).abs() < 1e-3);
+        // Optimum on the boundary.
+        let (x, _) = nelder_mead_max(|x: &[f64; 1]| x[0], [0.5], [0.0], [2.0], 200);
+        assert!((x[0] - 2.0).abs() < 1e-6);
+        let r = bisect_last_true(|x| x < 1.2345, 0.0, 10.0, 1e-9);
+        assert!((r - 1.2345).abs() < 1e-8);
+    }
+}
