@@ -10,3 +10,6 @@
 #![forbid(unsafe_code)]
 
 pub mod service;
+pub mod etsi;
+pub mod pki;
+pub mod tls;

@@ -1,0 +1,1 @@
+//! Demo PKI (work in progress).

@@ -1,0 +1,1 @@
+//! TLS configuration (work in progress).
