@@ -9,7 +9,12 @@
 
 #![forbid(unsafe_code)]
 
-pub mod service;
+pub mod core;
 pub mod etsi;
+pub mod manager;
+pub mod peer;
 pub mod pki;
+pub mod service;
+pub mod store;
 pub mod tls;
+pub mod writer;

@@ -1,0 +1,7 @@
+//! The sans-IO core of the key manager: decisions without I/O.
+//!
+//! [`pool::LinkPool`] decides which link bytes back which key and checks what a peer claims.
+//! Callers pass in everything (including time) and persist what it decides; it never touches a
+//! file, a socket or a clock, so its tests are deterministic.
+
+pub mod pool;

@@ -1,0 +1,791 @@
+//! The durable key store, on redb.
+//!
+//! What it holds (see `docs/design.md` for the invariants):
+//! * per link, the blocks of link key (bytes sealed under the current epoch's data key) and which
+//!   of their bytes are taken;
+//! * keys waiting for their slave SAE (`dec_keys`), sealed, with master, slaves and expiry;
+//! * tombstones of delivered keys: key ID, SAE pair and time only, never key bytes or hashes;
+//! * requests: which link bytes back which keys, and whether the binding is reserved,
+//!   committed or voided, so retries are idempotent and a crash can be recovered from;
+//! * the wrapped data keys of live epochs.
+//!
+//! Every change goes through one [`Txn`], committed with `Durability::Immediate` by the group
+//! commit writer ([`crate::writer`]). A commit error is fatal: the node exits and recovers from
+//! disk; nothing is retried from memory.
+//!
+//! At every open the store starts a fresh epoch, re-encrypts every surviving secret under it and
+//! destroys the older epochs' data keys, so a data key never outlives its process (no AES-GCM
+//! nonce reuse after a crash) and old ciphertext becomes undecryptable.
+
+mod codec;
+pub mod vault;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use qkd_types::{BlockId, KeyId, LinkId, SaeId, Secret, UnixMillis};
+use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use self::codec::{R, W, enc};
+use self::vault::{EpochKey, KeyWrap, Sealed, VaultError, dek_aad};
+use crate::core::pool::{BlockMeta, BlockState, Range};
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const EPOCHS: TableDefinition<u64, &[u8]> = TableDefinition::new("epochs");
+const LINKS: TableDefinition<&str, u64> = TableDefinition::new("links");
+const BLOCK_META: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("block_meta");
+const BLOCK_DATA: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("block_data");
+const KEYS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("keys");
+const TOMBSTONES: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("tombstones");
+const REQUESTS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("requests");
+
+/// Schema version written into `meta`.
+const SCHEMA_VERSION: u64 = 1;
+
+/// Errors of the store. Any of them during a commit makes the node exit and recover.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Operating system or disk: redb failed.
+    #[error("key store: {0}")]
+    Db(String),
+    /// Disk or tampering: a record does not decode.
+    #[error("key store record corrupt: {0}")]
+    Corrupt(&'static str),
+    /// Encryption at rest failed (see the inner error).
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    /// Operator: the store was written by a newer version.
+    #[error("key store schema {found} is newer than this program's {SCHEMA_VERSION}")]
+    Schema {
+        /// Version found on disk.
+        found: u64,
+    },
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.to_string())
+            }
+        }
+    )*};
+}
+db_err!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// Where a binding stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestState {
+    /// Persisted by the proposing side before asking its peer; not answered to any SAE.
+    Reserved,
+    /// Agreed by both sides.
+    Committed,
+    /// Abandoned: its keys are erased, its link bytes never used again.
+    Voided,
+}
+
+/// Which side of the key pair this node serves for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The master SAE is attached here: keys go out through `enc_keys`.
+    Master,
+    /// The slave SAE is attached here: keys wait for `dec_keys`.
+    Slave,
+}
+
+/// A request binding link bytes to keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// Where the binding stands.
+    pub state: RequestState,
+    /// Which side this node serves.
+    pub side: Side,
+    /// Link whose bytes back the keys.
+    pub link: LinkId,
+    /// Master SAE.
+    pub master: SaeId,
+    /// Slave SAE.
+    pub slave: SaeId,
+    /// Size of each key in bits.
+    pub size_bits: u32,
+    /// Expiry of the keys at the slave.
+    pub expires_at: UnixMillis,
+    /// When the request was made.
+    pub created_at: UnixMillis,
+    /// Keys and the link bytes behind each.
+    pub keys: Vec<(KeyId, Vec<Range>)>,
+}
+
+/// A key waiting at the slave side, without its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    /// Request that created it.
+    pub request: [u8; 16],
+    /// Master SAE.
+    pub master: SaeId,
+    /// Slave SAEs and whether each has fetched the key.
+    pub slaves: Vec<(SaeId, bool)>,
+    /// Size in bits.
+    pub size_bits: u32,
+    /// After this time it is erased.
+    pub expires_at: UnixMillis,
+}
+
+/// What the store held when it was opened.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Per link: next sequence number and the blocks still stored.
+    pub links: HashMap<LinkId, (u64, Vec<(u64, BlockMeta)>)>,
+    /// Requests that were reserved but never committed or voided.
+    pub reserved: Vec<([u8; 16], RequestRecord)>,
+    /// Epoch started by this open.
+    pub epoch: u64,
+}
+
+/// The durable store. Owned by the writer thread; readers use [`Store::read_key_meta`].
+#[derive(Debug)]
+pub struct Store {
+    db: Database,
+    epoch: EpochKey,
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`, starts a fresh epoch and re-encrypts surviving
+    /// secrets under it.
+    pub fn open(path: &Path, wrap: &dyn KeyWrap) -> Result<(Self, Recovered), StoreError> {
+        let db = Database::create(path)?;
+        let (epoch, recovered) = Self::start_epoch(&db, wrap)?;
+        Ok((Self { db, epoch }, recovered))
+    }
+
+    fn start_epoch(db: &Database, wrap: &dyn KeyWrap) -> Result<(EpochKey, Recovered), StoreError> {
+        let mut tx = db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        let mut rec = Recovered::default();
+        let new_epoch;
+        {
+            let mut meta = tx.open_table(META)?;
+            let schema = meta.get("schema")?.map(|v| v.value());
+            match schema {
+                Some(v) if v > SCHEMA_VERSION => return Err(StoreError::Schema { found: v }),
+                _ => {
+                    meta.insert("schema", SCHEMA_VERSION)?;
+                }
+            }
+            new_epoch = meta.get("epoch")?.map_or(0, |v| v.value()) + 1;
+            meta.insert("epoch", new_epoch)?;
+            // Generation counter: bumped at every open; lets an operator (or a TPM NV counter
+            // later) detect a store restored from an older copy.
+            let generation = meta.get("generation")?.map_or(0, |v| v.value()) + 1;
+            meta.insert("generation", generation)?;
+        }
+        // Old epochs' data keys, for re-encryption.
+        let mut old: HashMap<u64, EpochKey> = HashMap::new();
+        {
+            let epochs = tx.open_table(EPOCHS)?;
+            for entry in epochs.iter()? {
+                let (e, v) = entry?;
+                let (e, v) = (e.value(), v.value());
+                let mut r = R(v);
+                let period = r.u64()?;
+                let dek = wrap.unwrap(period, r.bytes()?, &dek_aad(e, period))?;
+                old.insert(e, EpochKey::from_secret(e, &dek));
+            }
+        }
+        let (epoch, dek) = EpochKey::generate(new_epoch)?;
+        let period = wrap.current_period();
+        let wrapped = wrap.wrap(period, &dek, &dek_aad(new_epoch, period))?;
+        drop(dek);
+        {
+            let mut epochs = tx.open_table(EPOCHS)?;
+            let mut w = W::default();
+            w.u64(period).bytes(&wrapped);
+            epochs.insert(new_epoch, w.0.as_slice())?;
+        }
+        // Re-encrypt block data.
+        {
+            let mut data = tx.open_table(BLOCK_DATA)?;
+            let metas = tx.open_table(BLOCK_META)?;
+            let mut rewrites = Vec::new();
+            for entry in data.iter()? {
+                let (k, v) = entry?;
+                let (link, seq) = k.value();
+                let sealed = decode_sealed(v.value())?;
+                let meta_raw = metas
+                    .get((link, seq))?
+                    .ok_or(StoreError::Corrupt("block data without meta"))?;
+                let meta = decode_block_meta(meta_raw.value())?;
+                let key = old
+                    .get(&sealed.epoch)
+                    .ok_or(VaultError::UnknownEpoch(sealed.epoch))?;
+                let aad = block_aad(link, seq, meta.id);
+                let plain = key.open(&aad, &sealed)?;
+                rewrites.push((
+                    link.to_string(),
+                    seq,
+                    encode_sealed(&epoch.seal(&aad, &plain)?),
+                ));
+            }
+            for (link, seq, v) in rewrites {
+                data.insert((link.as_str(), seq), v.as_slice())?;
+            }
+        }
+        // Re-encrypt waiting keys.
+        {
+            let mut keys = tx.open_table(KEYS)?;
+            let mut rewrites = Vec::new();
+            for entry in keys.iter()? {
+                let (k, v) = entry?;
+                let id = KeyId::from_bytes(k.value());
+                let (meta, sealed) = decode_key(v.value())?;
+                let key = old
+                    .get(&sealed.epoch)
+                    .ok_or(VaultError::UnknownEpoch(sealed.epoch))?;
+                let aad = key_aad(id, &meta);
+                let plain = key.open(&aad, &sealed)?;
+                rewrites.push((k.value(), encode_key(&meta, &epoch.seal(&aad, &plain)?)));
+            }
+            for (k, v) in rewrites {
+                keys.insert(k, v.as_slice())?;
+            }
+        }
+        {
+            let mut epochs = tx.open_table(EPOCHS)?;
+            for e in old.keys() {
+                epochs.remove(*e)?;
+            }
+        }
+        // Recovery view.
+        {
+            let links = tx.open_table(LINKS)?;
+            for entry in links.iter()? {
+                let (k, v) = entry?;
+                let id = LinkId::parse(k.value()).map_err(|_| StoreError::Corrupt("link id"))?;
+                rec.links.insert(id, (v.value(), Vec::new()));
+            }
+            let metas = tx.open_table(BLOCK_META)?;
+            for entry in metas.iter()? {
+                let (k, v) = entry?;
+                let (link, seq) = k.value();
+                let id = LinkId::parse(link).map_err(|_| StoreError::Corrupt("link id"))?;
+                rec.links
+                    .entry(id)
+                    .or_default()
+                    .1
+                    .push((seq, decode_block_meta(v.value())?));
+            }
+            let reqs = tx.open_table(REQUESTS)?;
+            for entry in reqs.iter()? {
+                let (k, v) = entry?;
+                let r = decode_request(v.value())?;
+                if r.state == RequestState::Reserved {
+                    rec.reserved.push((k.value(), r));
+                }
+            }
+        }
+        rec.epoch = new_epoch;
+        tx.commit()?;
+        // Every older epoch's key is gone from the store; KEKs of older periods protect nothing
+        // any more and can be destroyed.
+        wrap.destroy_before(period)?;
+        Ok((epoch, rec))
+    }
+
+    /// Begins a write transaction (one per group-commit batch).
+    pub fn begin(&mut self) -> Result<Txn<'_>, StoreError> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        Ok(Txn {
+            tx,
+            epoch: &self.epoch,
+            block_cache: HashMap::new(),
+        })
+    }
+
+    /// Counts of stored records, for status and tests: (blocks, waiting keys, tombstones).
+    pub fn counts(&self) -> Result<(u64, u64, u64), StoreError> {
+        use redb::ReadableDatabase;
+        let tx = self.db.begin_read()?;
+        Ok((
+            tx.open_table(BLOCK_DATA)?.len()?,
+            tx.open_table(KEYS)?.len()?,
+            tx.open_table(TOMBSTONES)?.len()?,
+        ))
+    }
+}
+
+/// One write transaction. Each operation checks everything before it writes anything, so a
+/// refused operation leaves the transaction as it found it.
+pub struct Txn<'s> {
+    tx: redb::WriteTransaction,
+    epoch: &'s EpochKey,
+    /// Blocks decrypted in this transaction, so a batch of keys from one block decrypts it once.
+    block_cache: HashMap<(LinkId, u64), Secret>,
+}
+
+impl std::fmt::Debug for Txn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Txn")
+            .field("epoch", &self.epoch.epoch())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Txn<'_> {
+    /// Commits durably.
+    pub fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit()?;
+        Ok(())
+    }
+
+    /// Stores a new block of link key and bumps the link's next sequence number.
+    pub fn put_block(
+        &mut self,
+        link: &LinkId,
+        seq: u64,
+        meta: &BlockMeta,
+        key: &Secret,
+    ) -> Result<(), StoreError> {
+        let sealed = self
+            .epoch
+            .seal(&block_aad(link.as_str(), seq, meta.id), key)?;
+        self.tx
+            .open_table(BLOCK_DATA)?
+            .insert((link.as_str(), seq), encode_sealed(&sealed).as_slice())?;
+        self.put_block_meta(link, seq, meta)?;
+        let mut links = self.tx.open_table(LINKS)?;
+        let next = links
+            .get(link.as_str())?
+            .map_or(0, |v| v.value())
+            .max(seq + 1);
+        links.insert(link.as_str(), next)?;
+        Ok(())
+    }
+
+    /// Rewrites a block's metadata (state, taken ranges).
+    pub fn put_block_meta(
+        &mut self,
+        link: &LinkId,
+        seq: u64,
+        meta: &BlockMeta,
+    ) -> Result<(), StoreError> {
+        self.tx
+            .open_table(BLOCK_META)?
+            .insert((link.as_str(), seq), encode_block_meta(meta).as_slice())?;
+        Ok(())
+    }
+
+    /// Erases a block (drained or released).
+    pub fn delete_block(&mut self, link: &LinkId, seq: u64) -> Result<(), StoreError> {
+        self.tx
+            .open_table(BLOCK_META)?
+            .remove((link.as_str(), seq))?;
+        self.tx
+            .open_table(BLOCK_DATA)?
+            .remove((link.as_str(), seq))?;
+        self.block_cache.remove(&(link.clone(), seq));
+        Ok(())
+    }
+
+    /// Reads the link bytes of `ranges`, concatenated.
+    pub fn read_ranges(&mut self, link: &LinkId, ranges: &[Range]) -> Result<Secret, StoreError> {
+        let total: usize = ranges.iter().map(|r| r.len as usize).sum();
+        let mut out = Secret::zeroed(total);
+        let mut pos = 0;
+        for r in ranges {
+            let block = self.block(link, r.block_seq)?;
+            let bytes = block
+                .expose()
+                .get(r.offset as usize..(r.offset + r.len) as usize)
+                .ok_or(StoreError::Corrupt("range outside stored block"))?;
+            // Link bytes are copied into the key being assembled; both are secrets.
+            out.expose_mut()[pos..pos + bytes.len()].copy_from_slice(bytes);
+            pos += bytes.len();
+        }
+        Ok(out)
+    }
+
+    fn block(&mut self, link: &LinkId, seq: u64) -> Result<&Secret, StoreError> {
+        let k = (link.clone(), seq);
+        if !self.block_cache.contains_key(&k) {
+            let sealed = {
+                let data = self.tx.open_table(BLOCK_DATA)?;
+                let v = data
+                    .get((link.as_str(), seq))?
+                    .ok_or(StoreError::Corrupt("block missing"))?;
+                decode_sealed(v.value())?
+            };
+            let meta = {
+                let metas = self.tx.open_table(BLOCK_META)?;
+                let v = metas
+                    .get((link.as_str(), seq))?
+                    .ok_or(StoreError::Corrupt("block meta missing"))?;
+                decode_block_meta(v.value())?
+            };
+            let plain = self
+                .epoch
+                .open(&block_aad(link.as_str(), seq, meta.id), &sealed)?;
+            self.block_cache.insert(k.clone(), plain);
+        }
+        self.block_cache
+            .get(&k)
+            .ok_or(StoreError::Corrupt("block cache"))
+    }
+
+    /// Reads a request record.
+    pub fn request(&self, id: &[u8; 16]) -> Result<Option<RequestRecord>, StoreError> {
+        let t = self.tx.open_table(REQUESTS)?;
+        let v = t.get(*id)?;
+        v.map(|v| decode_request(v.value())).transpose()
+    }
+
+    /// Writes a request record.
+    pub fn put_request(&mut self, id: &[u8; 16], r: &RequestRecord) -> Result<(), StoreError> {
+        self.tx
+            .open_table(REQUESTS)?
+            .insert(*id, encode_request(r).as_slice())?;
+        Ok(())
+    }
+
+    /// Whether a key ID is in use or was ever delivered (waiting key or tombstone).
+    pub fn key_id_used(&self, id: KeyId) -> Result<bool, StoreError> {
+        Ok(self.tx.open_table(KEYS)?.get(*id.as_bytes())?.is_some()
+            || self
+                .tx
+                .open_table(TOMBSTONES)?
+                .get(*id.as_bytes())?
+                .is_some())
+    }
+
+    /// Stores a key for its slave SAE(s).
+    pub fn put_key(&mut self, id: KeyId, meta: &StoredKey, key: &Secret) -> Result<(), StoreError> {
+        let sealed = self.epoch.seal(&key_aad(id, meta), key)?;
+        self.tx
+            .open_table(KEYS)?
+            .insert(*id.as_bytes(), encode_key(meta, &sealed).as_slice())?;
+        Ok(())
+    }
+
+    /// A waiting key's metadata.
+    pub fn key_meta(&self, id: KeyId) -> Result<Option<StoredKey>, StoreError> {
+        let t = self.tx.open_table(KEYS)?;
+        let v = t.get(*id.as_bytes())?;
+        v.map(|v| decode_key(v.value()).map(|(m, _)| m)).transpose()
+    }
+
+    /// A waiting key's bytes.
+    pub fn key_bytes(&self, id: KeyId) -> Result<Option<Secret>, StoreError> {
+        let t = self.tx.open_table(KEYS)?;
+        let Some(v) = t.get(*id.as_bytes())? else {
+            return Ok(None);
+        };
+        let (meta, sealed) = decode_key(v.value())?;
+        Ok(Some(self.epoch.open(&key_aad(id, &meta), &sealed)?))
+    }
+
+    /// Updates a waiting key's metadata (a slave fetched it) without touching its bytes.
+    pub fn update_key_meta(&mut self, id: KeyId, meta: &StoredKey) -> Result<(), StoreError> {
+        let mut t = self.tx.open_table(KEYS)?;
+        let sealed = {
+            let v = t
+                .get(*id.as_bytes())?
+                .ok_or(StoreError::Corrupt("key vanished"))?;
+            decode_key(v.value())?.1
+        };
+        // The AAD binds the SAE names and size, not the fetched flags, so the ciphertext stays.
+        t.insert(*id.as_bytes(), encode_key(meta, &sealed).as_slice())?;
+        Ok(())
+    }
+
+    /// Erases a waiting key, leaving a tombstone (ID, pair, time; no key material).
+    pub fn retire_key(
+        &mut self,
+        id: KeyId,
+        meta: &StoredKey,
+        now: UnixMillis,
+    ) -> Result<(), StoreError> {
+        self.tx.open_table(KEYS)?.remove(*id.as_bytes())?;
+        self.put_tombstone(id, &meta.master, meta.slaves.first().map(|s| &s.0), now)
+    }
+
+    /// Records that a key ID was used (delivered or erased), without any key material.
+    pub fn put_tombstone(
+        &mut self,
+        id: KeyId,
+        master: &SaeId,
+        slave: Option<&SaeId>,
+        now: UnixMillis,
+    ) -> Result<(), StoreError> {
+        let mut w = W::default();
+        w.u8(1)
+            .u64(now)
+            .str(master.as_str())
+            .str(slave.map_or("", |s| s.as_str()));
+        self.tx
+            .open_table(TOMBSTONES)?
+            .insert(*id.as_bytes(), w.0.as_slice())?;
+        Ok(())
+    }
+
+    /// Waiting keys whose expiry is at or before `now`.
+    pub fn expired_keys(
+        &self,
+        now: UnixMillis,
+        limit: usize,
+    ) -> Result<Vec<(KeyId, StoredKey)>, StoreError> {
+        let t = self.tx.open_table(KEYS)?;
+        let mut out = Vec::new();
+        for entry in t.iter()? {
+            let (k, v) = entry?;
+            let (meta, _) = decode_key(v.value())?;
+            if meta.expires_at <= now {
+                out.push((KeyId::from_bytes(k.value()), meta));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Erases tombstones older than `before` (they only guard against key-ID reuse).
+    pub fn prune_tombstones(
+        &mut self,
+        before: UnixMillis,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let mut t = self.tx.open_table(TOMBSTONES)?;
+        let mut old = Vec::new();
+        for entry in t.iter()? {
+            let (k, v) = entry?;
+            let mut r = R(v.value());
+            r.u8()?;
+            if r.u64()? < before {
+                old.push(k.value());
+                if old.len() >= limit {
+                    break;
+                }
+            }
+        }
+        for k in &old {
+            t.remove(*k)?;
+        }
+        Ok(old.len())
+    }
+}
+
+fn block_aad(link: &str, seq: u64, id: BlockId) -> Vec<u8> {
+    let mut v = Vec::with_capacity(64);
+    enc(&mut v, b"QKMS-store-v1 block");
+    enc(&mut v, link.as_bytes());
+    v.extend_from_slice(&seq.to_be_bytes());
+    enc(&mut v, id.as_bytes());
+    v
+}
+
+/// AAD of a waiting key (crypto.md §4.3): `enc("QKMS-store-v1") ‖ enc(uuid key_ID) ‖
+/// enc(id SAE_master) ‖ enc(id SAE_slave) ‖ u8(role = 1, dec) ‖ … ‖ u32be(size_bits)`; epoch and
+/// nonce are appended by the vault.
+fn key_aad(id: KeyId, meta: &StoredKey) -> Vec<u8> {
+    let mut v = Vec::with_capacity(96);
+    enc(&mut v, b"QKMS-store-v1");
+    enc(&mut v, id.as_bytes());
+    enc(&mut v, meta.master.as_str().as_bytes());
+    for (s, _) in &meta.slaves {
+        enc(&mut v, s.as_str().as_bytes());
+    }
+    v.push(1);
+    v.extend_from_slice(&meta.size_bits.to_be_bytes());
+    v
+}
+
+fn encode_sealed(s: &Sealed) -> Vec<u8> {
+    let mut w = W::default();
+    w.u64(s.epoch).u64(s.nonce).bytes(&s.ct);
+    w.0
+}
+
+fn decode_sealed(v: &[u8]) -> Result<Sealed, StoreError> {
+    let mut r = R(v);
+    Ok(Sealed {
+        epoch: r.u64()?,
+        nonce: r.u64()?,
+        ct: r.bytes()?.to_vec(),
+    })
+}
+
+fn encode_block_meta(m: &BlockMeta) -> Vec<u8> {
+    let mut w = W::default();
+    w.u8(1).bytes(m.id.as_bytes()).u32(m.len).u8(match m.state {
+        BlockState::Pending => 0,
+        BlockState::Available => 1,
+    });
+    w.u32(m.taken.len() as u32);
+    for (s, e) in &m.taken {
+        w.u32(*s).u32(*e);
+    }
+    w.0
+}
+
+fn decode_block_meta(v: &[u8]) -> Result<BlockMeta, StoreError> {
+    let mut r = R(v);
+    if r.u8()? != 1 {
+        return Err(StoreError::Corrupt("block meta version"));
+    }
+    let id = r.bytes()?;
+    let id = BlockId::from_bytes(id.try_into().map_err(|_| StoreError::Corrupt("block id"))?);
+    let len = r.u32()?;
+    let state = match r.u8()? {
+        0 => BlockState::Pending,
+        1 => BlockState::Available,
+        _ => return Err(StoreError::Corrupt("block state")),
+    };
+    let n = r.u32()?;
+    let mut taken = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        taken.push((r.u32()?, r.u32()?));
+    }
+    Ok(BlockMeta {
+        id,
+        len,
+        state,
+        taken,
+    })
+}
+
+fn sae(s: &str) -> Result<SaeId, StoreError> {
+    SaeId::parse(s).map_err(|_| StoreError::Corrupt("SAE id"))
+}
+
+fn encode_key(m: &StoredKey, s: &Sealed) -> Vec<u8> {
+    let mut w = W::default();
+    w.u8(1)
+        .bytes(&m.request)
+        .str(m.master.as_str())
+        .u32(m.slaves.len() as u32);
+    for (s, done) in &m.slaves {
+        w.str(s.as_str()).u8(u8::from(*done));
+    }
+    w.u32(m.size_bits).u64(m.expires_at);
+    w.0.extend_from_slice(&encode_sealed(s));
+    w.0
+}
+
+fn decode_key(v: &[u8]) -> Result<(StoredKey, Sealed), StoreError> {
+    let mut r = R(v);
+    if r.u8()? != 1 {
+        return Err(StoreError::Corrupt("key version"));
+    }
+    let request: [u8; 16] = r
+        .bytes()?
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("request id"))?;
+    let master = sae(r.str()?)?;
+    let n = r.u32()?;
+    let mut slaves = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        slaves.push((sae(r.str()?)?, r.u8()? != 0));
+    }
+    let size_bits = r.u32()?;
+    let expires_at = r.u64()?;
+    let sealed = decode_sealed(r.0)?;
+    Ok((
+        StoredKey {
+            request,
+            master,
+            slaves,
+            size_bits,
+            expires_at,
+        },
+        sealed,
+    ))
+}
+
+fn encode_request(q: &RequestRecord) -> Vec<u8> {
+    let mut w = W::default();
+    w.u8(1)
+        .u8(match q.state {
+            RequestState::Reserved => 0,
+            RequestState::Committed => 1,
+            RequestState::Voided => 2,
+        })
+        .u8(match q.side {
+            Side::Master => 0,
+            Side::Slave => 1,
+        })
+        .str(q.link.as_str())
+        .str(q.master.as_str())
+        .str(q.slave.as_str())
+        .u32(q.size_bits)
+        .u64(q.expires_at)
+        .u64(q.created_at)
+        .u32(q.keys.len() as u32);
+    for (id, ranges) in &q.keys {
+        w.bytes(id.as_bytes()).u32(ranges.len() as u32);
+        for r in ranges {
+            w.u64(r.block_seq).u32(r.offset).u32(r.len);
+        }
+    }
+    w.0
+}
+
+fn decode_request(v: &[u8]) -> Result<RequestRecord, StoreError> {
+    let mut r = R(v);
+    if r.u8()? != 1 {
+        return Err(StoreError::Corrupt("request version"));
+    }
+    let state = match r.u8()? {
+        0 => RequestState::Reserved,
+        1 => RequestState::Committed,
+        2 => RequestState::Voided,
+        _ => return Err(StoreError::Corrupt("request state")),
+    };
+    let side = if r.u8()? == 0 {
+        Side::Master
+    } else {
+        Side::Slave
+    };
+    let link = LinkId::parse(r.str()?).map_err(|_| StoreError::Corrupt("link id"))?;
+    let master = sae(r.str()?)?;
+    let slave = sae(r.str()?)?;
+    let size_bits = r.u32()?;
+    let expires_at = r.u64()?;
+    let created_at = r.u64()?;
+    let n = r.u32()?;
+    let mut keys = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let id = KeyId::from_bytes(
+            r.bytes()?
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("key id"))?,
+        );
+        let m = r.u32()?;
+        let mut ranges = Vec::with_capacity(m as usize);
+        for _ in 0..m {
+            ranges.push(Range {
+                block_seq: r.u64()?,
+                offset: r.u32()?,
+                len: r.u32()?,
+            });
+        }
+        keys.push((id, ranges));
+    }
+    Ok(RequestRecord {
+        state,
+        side,
+        link,
+        master,
+        slave,
+        size_bits,
+        expires_at,
+        created_at,
+        keys,
+    })
+}

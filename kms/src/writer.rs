@@ -1,0 +1,156 @@
+//! Group commit: one thread owns the store and commits batches of operations.
+//!
+//! Operations queue up; the writer takes as many as are waiting (up to a limit), runs them in one
+//! write transaction, commits it durably, and only then lets each operation answer. So a
+//! request's keys never span two transactions, and nothing is answered before it is durable.
+//!
+//! Architecture invariant: a commit error answers nobody in the batch. The writer stops, every
+//! queued and later operation fails with [`StoreError`], and the fatal signal tells the node to
+//! exit and recover from disk. In-memory state is never trusted after a failed commit.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::store::{Store, StoreError, Txn};
+
+/// Most operations in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// What runs after the commit: `Ok` if it committed.
+type Completion = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
+/// An operation: runs inside the transaction and returns its completion.
+type Job = Box<dyn FnOnce(&mut Txn<'_>) -> Completion + Send>;
+
+/// Handle to the writer thread. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    tx: mpsc::UnboundedSender<Job>,
+    failed: Arc<AtomicBool>,
+    fatal: watch::Receiver<bool>,
+}
+
+impl Writer {
+    /// Starts the writer thread, which owns `store` until the last handle is dropped.
+    pub fn spawn(store: Store) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (fatal_tx, fatal) = watch::channel(false);
+        let failed = Arc::new(AtomicBool::new(false));
+        let failed2 = failed.clone();
+        std::thread::Builder::new()
+            .name("kms-writer".into())
+            .spawn(move || run(store, rx, failed2, fatal_tx))
+            // Invariant: spawning a thread at start-up only fails when the OS is out of
+            // resources, and the node cannot run without its writer.
+            .unwrap_or_else(|e| panic!("cannot start the store writer thread: {e}"));
+        Self { tx, failed, fatal }
+    }
+
+    /// Runs `op` in the next batch and returns its result once the batch is durable.
+    ///
+    /// `op` must check everything before it writes anything: an `Err` from it leaves the
+    /// transaction as it found it (other operations of the batch still commit).
+    pub async fn run<T, E>(
+        &self,
+        op: impl FnOnce(&mut Txn<'_>) -> Result<T, E> + Send + 'static,
+    ) -> Result<Result<T, E>, StoreError>
+    where
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(StoreError::Db(
+                "store writer stopped after a failed commit".into(),
+            ));
+        }
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let job: Job = Box::new(move |txn: &mut Txn<'_>| {
+            let result = op(txn);
+            Box::new(move |committed: Result<(), &StoreError>| {
+                let _ = reply_tx.send(
+                    committed
+                        .map(|()| result)
+                        .map_err(|e| StoreError::Db(e.to_string())),
+                );
+            })
+        });
+        self.tx
+            .send(job)
+            .map_err(|_| StoreError::Db("store writer stopped".into()))?;
+        reply_rx
+            .await
+            .map_err(|_| StoreError::Db("store writer stopped".into()))?
+    }
+
+    /// Resolves when a commit has failed: the node must exit and recover from disk.
+    pub async fn fatal(&self) {
+        let mut f = self.fatal.clone();
+        let _ = f.wait_for(|v| *v).await;
+    }
+}
+
+fn run(
+    mut store: Store,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    failed: Arc<AtomicBool>,
+    fatal: watch::Sender<bool>,
+) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut txn = match store.begin() {
+            Ok(txn) => txn,
+            Err(e) => {
+                fail(
+                    &e,
+                    batch.drain(..).map(|job| fail_job(job)).collect(),
+                    &failed,
+                    &fatal,
+                );
+                break;
+            }
+        };
+        let completions: Vec<Completion> = batch.drain(..).map(|job| job(&mut txn)).collect();
+        match txn.commit() {
+            Ok(()) => completions.into_iter().for_each(|c| c(Ok(()))),
+            Err(e) => {
+                fail(&e, completions, &failed, &fatal);
+                break;
+            }
+        }
+    }
+    // Whatever is still queued after a failure is refused.
+    rx.close();
+    while let Ok(job) = rx.try_recv() {
+        fail_job(job)(Err(&StoreError::Db("store writer stopped".into())));
+    }
+}
+
+/// A job that never ran: its completion reports the failure.
+fn fail_job(job: Job) -> Completion {
+    // The job is dropped unrun; dropping it drops its reply sender, which the waiting caller
+    // sees as "writer stopped".
+    drop(job);
+    Box::new(|_| {})
+}
+
+fn fail(
+    e: &StoreError,
+    completions: Vec<Completion>,
+    failed: &AtomicBool,
+    fatal: &watch::Sender<bool>,
+) {
+    tracing::error!(error = %e, "key store commit failed; no answer leaves this batch, the node must restart");
+    failed.store(true, Ordering::SeqCst);
+    for c in completions {
+        c(Err(e));
+    }
+    let _ = fatal.send(true);
+}
