@@ -10,6 +10,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod faults;
 pub mod link;
 pub mod model;
+pub mod physical;
 pub mod physics;
+pub mod satellite;
