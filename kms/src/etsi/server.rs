@@ -1,4 +1,264 @@
-//! The HTTPS shell of the ETSI 014 front end (work in progress).
+//! The HTTPS shell of the ETSI GS QKD 014 front end: TCP accept loop, TLS handshakes (each in its
+//! own task, so a slow client cannot hold up others), HTTP/1.1 with keep-alive (hyper 1), and
+//! graceful shutdown that lets in-flight requests finish.
+//!
+//! Per request the shell reads the whole body first (bounded), so that an error answer never
+//! leaves unread bytes on a keep-alive connection; then it hands method, path, query,
+//! Content-Type and body to the sans-IO layer ([`super::request::handle`]) together with the SAE ID
+//! read once per connection from the client certificate. The SAE ID never comes from the URL.
+//! The shell logs methods, paths and status codes, never bodies.
 
-/// Placeholder until the shell lands.
-pub async fn serve() {}
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use qkd_types::SaeId;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use super::reply::{EtsiError, Reply, error_reply};
+use super::request::{Body, RawRequest, handle};
+use crate::service::KeyService;
+use crate::tls::SaeIdentityRule;
+
+/// Largest request body the front end parses. A Key IDs body of 128 UUIDs is about 7 KiB.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Largest body the front end reads and discards to keep the connection alive after answering
+/// "too large"; anything bigger is answered and the connection closed.
+pub const MAX_DISCARD: usize = 1024 * 1024;
+/// Time a client has to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to send a request's headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves ETSI GS QKD 014 on `listener` until `shutdown` completes, then stops accepting, lets
+/// every in-flight request finish, closes idle connections and returns.
+///
+/// `tls` must require client certificates (see [`crate::tls::server_config`]); the caller's SAE
+/// ID is read from the client certificate with `identity`. Accept errors (e.g. out of file
+/// descriptors) are logged and retried; the function returns `Ok` after a clean shutdown.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    service: Arc<dyn KeyService>,
+    identity: SaeIdentityRule,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let acceptor = TlsAcceptor::from(tls);
+    let identity = Arc::new(identity);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    connections.spawn(connection(
+                        tcp,
+                        peer,
+                        acceptor.clone(),
+                        service.clone(),
+                        identity.clone(),
+                        stop_rx.clone(),
+                    ));
+                }
+                Err(e) => {
+                    // Per-connection failures (reset before accept, EMFILE): back off a little
+                    // instead of spinning, and keep serving.
+                    tracing::warn!(error = %e, "ETSI 014 accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    // Every receiver is alive until its task ends, so the send reaches all open connections.
+    let _ = stop_tx.send(true);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// One TCP connection: handshake, identity, then HTTP/1.1 until the client leaves or shutdown.
+async fn connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    service: Arc<dyn KeyService>,
+    identity: Arc<SaeIdentityRule>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+    let tls = tokio::select! {
+        r = handshake => match r {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "ETSI 014 TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "ETSI 014 TLS handshake timed out");
+                return;
+            }
+        },
+        () = stopped(&mut stop) => return,
+    };
+
+    // The verifier already checked the chain; here we only read who it names.
+    let caller: Option<SaeId> = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+        Some(cert) => match identity.sae_id(cert) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::info!(%peer, error = %e, "ETSI 014 client certificate names no SAE");
+                None
+            }
+        },
+        None => None,
+    };
+    let caller = Arc::new(caller);
+
+    let svc = service_fn(move |req| {
+        let caller = caller.clone();
+        let service = service.clone();
+        async move { Ok::<_, Infallible>(respond(req, caller.as_ref().as_ref(), &*service).await) }
+    });
+    let conn = http1::Builder::new()
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(tls), svc);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = stopped(&mut stop) => {
+            // Finishes the request in flight (if any), then closes.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "ETSI 014 connection ended with an error");
+    }
+}
+
+/// Resolves once shutdown was signalled (or the server is gone), holding no watch guard.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// What reading a request body gave.
+enum ReadBody {
+    /// The whole body, within [`MAX_BODY`].
+    Complete(Bytes),
+    /// Too large; `drained` says whether every byte was read (so keep-alive can continue).
+    TooLarge { drained: bool },
+    /// The client broke off mid-body.
+    Failed,
+}
+
+async fn read_body(parts: &http::request::Parts, mut body: Incoming) -> ReadBody {
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_DISCARD as u64) {
+        return ReadBody::TooLarge { drained: false };
+    }
+    let mut buf = BytesMut::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return ReadBody::Failed;
+        };
+        if let Ok(data) = frame.into_data() {
+            total = total.saturating_add(data.len());
+            if total > MAX_DISCARD {
+                return ReadBody::TooLarge { drained: false };
+            }
+            if total <= MAX_BODY {
+                buf.extend_from_slice(&data);
+            }
+        }
+    }
+    if total > MAX_BODY {
+        ReadBody::TooLarge { drained: true }
+    } else {
+        ReadBody::Complete(buf.freeze())
+    }
+}
+
+async fn respond(
+    req: Request<Incoming>,
+    caller: Option<&SaeId>,
+    service: &dyn KeyService,
+) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let read = read_body(&parts, body).await;
+    let (reply, close) = match &read {
+        ReadBody::Failed => (
+            error_reply(&EtsiError::BadBody("incomplete body".into())),
+            true,
+        ),
+        ReadBody::Complete(bytes) => (
+            handle(&raw(&parts, Body::Complete(bytes)), caller, service).await,
+            false,
+        ),
+        ReadBody::TooLarge { drained } => (
+            handle(&raw(&parts, Body::TooLarge), caller, service).await,
+            !drained,
+        ),
+    };
+    tracing::debug!(
+        method = %parts.method,
+        path = parts.uri.path(),
+        status = reply.status.as_u16(),
+        caller = caller.map(SaeId::as_str),
+        "ETSI 014 request"
+    );
+    into_response(reply, close)
+}
+
+fn raw<'a>(parts: &'a http::request::Parts, body: Body<'a>) -> RawRequest<'a> {
+    RawRequest {
+        method: &parts.method,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        content_type: parts.headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes),
+        body,
+    }
+}
+
+fn into_response(reply: Reply, close: bool) -> Response<Full<Bytes>> {
+    let has_body = reply.body.is_some();
+    let mut response = Response::new(Full::new(reply.body.map(Bytes::from).unwrap_or_default()));
+    *response.status_mut() = reply.status;
+    let headers = response.headers_mut();
+    if has_body {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    // Keys must never sit in an intermediary's cache.
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(allow) = reply.allow {
+        headers.insert(ALLOW, HeaderValue::from_static(allow));
+    }
+    if close {
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
