@@ -16,3 +16,4 @@ pub mod model;
 pub mod physical;
 pub mod physics;
 pub mod satellite;
+pub mod spec;

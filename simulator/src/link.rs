@@ -87,7 +87,7 @@ impl SimulatedLink {
         model: Box<dyn LinkModel>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, SeedError> {
-        if config.block_bits == 0 || config.block_bits % 8 != 0 {
+        if config.block_bits == 0 || !config.block_bits.is_multiple_of(8) {
             return Err(SeedError::BlockBits(config.block_bits));
         }
         if seed.len() != SEED_LEN {

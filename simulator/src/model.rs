@@ -6,6 +6,8 @@
 use qkd_hardware::{LinkState, LinkStatus};
 use qkd_types::UnixMillis;
 
+pub use crate::spec::{LinkModelSpec, SpecError};
+
 /// Time-dependent behaviour of one simulated link. Implementations are pure: the same `t` always
 /// gives the same answer, which keeps simulations deterministic for a seed.
 pub trait LinkModel: Send + Sync + std::fmt::Debug {

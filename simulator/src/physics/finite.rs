@@ -8,8 +8,9 @@
 //!   A19, A22, A23, A25; ε_sec = 19ε; the e^k/p_k prefactor of A18 restored as in Lim), with the
 //!   dead-time correction of App. B.
 //!
-//! Detector model of Lim (qkd-models.md §1): R_k = D_k(1 + p_ap), e_k = p_dc + e_mis(1 − e^(−η k))
-//! + p_ap D_k/2 with η = η_sys (see the ambiguity note there). Counts are expected values, so the
+//! Detector model of Lim (qkd-models.md §1): R_k = D_k(1 + p_ap),
+//! e_k = p_dc + e_mis(1 − e^(−η k)) + p_ap D_k/2 with η = η_sys (see the ambiguity note there).
+//! Counts are expected values, so the
 //! functions are deterministic; [`Counts`] add up, so a satellite pass with a time-varying
 //! channel sums its counts before one key-length evaluation.
 
@@ -417,6 +418,7 @@ impl Rusca2018 {
             pulses,
             ..Counts::default()
         };
+        #[allow(clippy::needless_range_loop)] // k indexes five parallel arrays
         for k in 0..2 {
             let r = c_dt * lim_click(eta_sys, hw.dark_count_prob, hw.afterpulse_prob, s.mu[k]);
             let e = c_dt

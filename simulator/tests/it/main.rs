@@ -1,1 +1,6 @@
+//! Integration tests of `qkd-simulator`: published check values, physical bounds, link models
+//! through the public API, scenarios and the `qkd-sim` binary.
 
+mod checks;
+mod plob;
+mod satellite;
