@@ -1,0 +1,309 @@
+//! Deployments for the ETSI 014 conformance suite: real HTTPS servers with mutual TLS on
+//! 127.0.0.1 port 0, certificates from the demo PKI in a temporary directory, a reqwest client per
+//! SAE and raw TLS connections for what reqwest cannot express.
+//!
+//! The table in `etsi014.rs` only talks to a [`Fixture`]: which KME an SAE's requests go to, and
+//! the client holding that SAE's certificate. [`Fixture::fake`] runs one KME backed by the
+//! in-memory [`FakeKeys`]. To run the same table against the real two-node key manager, add a
+//! constructor that starts both nodes (A, C and the unattached SAEs at node 1; B at node 2, or B
+//! and C at node 2), fills `kmes` and `home` accordingly, and call `etsi014::run_table` with it:
+//! nothing in the table or in `check()` assumes a single KME.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use qkd_kms::etsi;
+use qkd_kms::pki::DemoPki;
+use qkd_kms::service::KeyService;
+use qkd_kms::tls::{self, SaeIdentityRule, TlsFiles};
+use qkd_types::{NodeId, SaeId};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::fake::{FakeConfig, FakeKeys};
+
+/// URI SAN prefix of SAE certificates in the suite.
+pub const SAE_PREFIX: &str = "urn:qkd:sae:";
+
+/// SAEs that hold a certificate from the suite's CA. A, B, C are attached; R is registered at
+/// another KME; U is registered nowhere; NODE presents a node certificate (its CN is a node ID).
+pub const SAES: [&str; 5] = ["A", "B", "C", "R", "U"];
+
+/// One running KME.
+pub struct Kme {
+    /// `https://127.0.0.1:<port>`.
+    pub base: String,
+    /// Its socket address.
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+/// A deployment under test.
+pub struct Fixture {
+    _dir: tempfile::TempDir,
+    /// The KMEs.
+    pub kmes: Vec<Kme>,
+    /// Index into `kmes` of the KME each SAE (and "NODE") sends its requests to.
+    pub home: HashMap<&'static str, usize>,
+    clients: HashMap<&'static str, reqwest::Client>,
+    tls: HashMap<&'static str, Arc<ClientConfig>>,
+    /// A client whose certificate comes from a CA the KMEs do not trust.
+    pub untrusted: Arc<ClientConfig>,
+}
+
+impl Fixture {
+    /// One KME (`KME-1`) backed by the in-memory fake; A, B, C attached, R remote.
+    /// Pools: A→B 64 Kibit, B→A 64 Kibit, C→B 16 Kibit; A may not pair with C.
+    pub async fn fake() -> Self {
+        let service = Arc::new(FakeKeys::new(FakeConfig {
+            kme: "KME-1",
+            attached: vec!["A", "B", "C"],
+            remote: vec!["R"],
+            pairs: vec![("A", "B", 65536), ("B", "A", 65536), ("C", "B", 16384)],
+        }));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = DemoPki::create(dir.path()).expect("demo PKI");
+        let kme = start_kme(&pki, "kme-1", service).await;
+        let mut fx = Self::with_clients(dir, pki, vec![kme]);
+        for sae in SAES.iter().chain(&["NODE"]) {
+            fx.home.insert(sae, 0);
+        }
+        fx
+    }
+
+    fn with_clients(dir: tempfile::TempDir, pki: DemoPki, kmes: Vec<Kme>) -> Self {
+        let ca = pki.ca_cert().to_owned();
+        let mut clients = HashMap::new();
+        let mut configs = HashMap::new();
+        for sae in SAES {
+            let issued = pki
+                .issue_sae(&SaeId::parse(sae).expect("valid"), SAE_PREFIX)
+                .expect("SAE cert");
+            let config = Arc::new(tls::client_config(&issued.tls_files(&ca)).expect("client TLS"));
+            clients.insert(sae, http_client(&config));
+            configs.insert(sae, config);
+        }
+        // A node certificate used as a client certificate: trusted, but names no SAE here.
+        let node = pki
+            .issue_node(
+                &NodeId::parse("kme-1").expect("valid"),
+                [127, 0, 0, 1].into(),
+            )
+            .expect("node cert");
+        let config = Arc::new(tls::client_config(&node.tls_files(&ca)).expect("client TLS"));
+        clients.insert("NODE", http_client(&config));
+        configs.insert("NODE", config);
+
+        let other_dir = dir.path().join("untrusted");
+        let other = DemoPki::create(&other_dir).expect("second PKI");
+        let foreign = other
+            .issue_sae(&SaeId::parse("A").expect("valid"), SAE_PREFIX)
+            .expect("foreign cert");
+        // Trusts our servers (our CA) but presents a certificate of the other CA.
+        let untrusted = Arc::new(
+            tls::client_config(&TlsFiles {
+                cert_chain: foreign.cert,
+                key: foreign.key,
+                ca: ca.clone(),
+            })
+            .expect("client TLS"),
+        );
+        Self {
+            _dir: dir,
+            kmes,
+            home: HashMap::new(),
+            clients,
+            tls: configs,
+            untrusted,
+        }
+    }
+
+    /// Full URL of `path_and_query` at the KME `sae` talks to.
+    pub fn url(&self, sae: &str, path_and_query: &str) -> String {
+        format!("{}{}", self.kmes[self.home[sae]].base, path_and_query)
+    }
+
+    /// The HTTP client holding `sae`'s certificate.
+    pub fn client(&self, sae: &str) -> &reqwest::Client {
+        &self.clients[sae]
+    }
+
+    /// A raw TLS connection from `sae` to its KME.
+    pub async fn raw(&self, sae: &str) -> std::io::Result<RawConn> {
+        RawConn::connect(self.kmes[self.home[sae]].addr, self.tls[sae].clone()).await
+    }
+
+    /// Stops every KME and checks that each shut down cleanly and promptly, even with idle
+    /// keep-alive connections still open in the clients' pools.
+    pub async fn stop(mut self) {
+        for kme in &mut self.kmes {
+            if let Some(stop) = kme.stop.take() {
+                let _ = stop.send(());
+            }
+        }
+        for kme in self.kmes.drain(..) {
+            let result = tokio::time::timeout(Duration::from_secs(10), kme.task)
+                .await
+                .expect("server shut down within 10 s")
+                .expect("server task did not panic");
+            result.expect("serve returned Ok");
+        }
+    }
+}
+
+/// Starts one ETSI 014 server for `service` with a node certificate for 127.0.0.1.
+pub async fn start_kme(pki: &DemoPki, node: &str, service: Arc<dyn KeyService>) -> Kme {
+    let issued = pki
+        .issue_node(&NodeId::parse(node).expect("valid"), [127, 0, 0, 1].into())
+        .expect("node cert");
+    let config = tls::server_config(&issued.tls_files(pki.ca_cert())).expect("server TLS");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(etsi::serve(
+        listener,
+        Arc::new(config),
+        service,
+        SaeIdentityRule::new(SAE_PREFIX),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    Kme {
+        base: format!("https://{addr}"),
+        addr,
+        stop: Some(stop),
+        task,
+    }
+}
+
+fn http_client(config: &Arc<ClientConfig>) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured((**config).clone())
+        .http1_only()
+        .pool_max_idle_per_host(1)
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("reqwest client")
+}
+
+/// One TLS connection on which the test writes raw HTTP/1.1 requests.
+pub struct RawConn {
+    stream: TlsStream<TcpStream>,
+    buf: Vec<u8>,
+}
+
+/// A parsed HTTP/1.1 response.
+#[derive(Debug)]
+pub struct RawResponse {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// First header with this (lower-case) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl RawConn {
+    /// Connects and completes the TLS handshake.
+    pub async fn connect(addr: SocketAddr, config: Arc<ClientConfig>) -> std::io::Result<Self> {
+        let tcp = TcpStream::connect(addr).await?;
+        let name = ServerName::IpAddress(addr.ip().into());
+        let mut stream = TlsConnector::from(config).connect(name, tcp).await?;
+        // With TLS 1.3 a rejected client certificate surfaces on the first read, not in connect.
+        stream.flush().await?;
+        Ok(Self {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Sends `head` (request line and headers, without the blank line) and `body`, with a
+    /// Content-Length, and reads one response.
+    pub async fn send(&mut self, head: &str, body: &[u8]) -> std::io::Result<RawResponse> {
+        let mut req = format!(
+            "{head}\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        self.stream.write_all(&req).await?;
+        self.stream.flush().await?;
+        self.read_response().await
+    }
+
+    async fn read_response(&mut self) -> std::io::Result<RawResponse> {
+        let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
+        let head_end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+            self.fill().await?;
+        };
+        let head = String::from_utf8(self.buf[..head_end].to_vec()).map_err(|_| bad("head"))?;
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("status line"))?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let len: usize = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let start = head_end + 4;
+        while self.buf.len() < start + len {
+            self.fill().await?;
+        }
+        let body = self.buf[start..start + len].to_vec();
+        self.buf.drain(..start + len);
+        Ok(RawResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    async fn fill(&mut self) -> std::io::Result<()> {
+        let mut chunk = [0u8; 8192];
+        let n = self.stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+
+    /// Whether the server has closed the connection (reads EOF or an error within 2 s).
+    pub async fn is_closed(&mut self) -> bool {
+        let mut chunk = [0u8; 1];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), self.stream.read(&mut chunk)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+}

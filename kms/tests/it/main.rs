@@ -1,0 +1,5 @@
+//! The one integration-test binary of qkd-kms.
+
+mod etsi014;
+mod etsi_fixture;
+mod fake;
