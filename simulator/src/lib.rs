@@ -10,10 +10,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod curve;
 pub mod faults;
 pub mod link;
 pub mod model;
+pub mod network;
 pub mod physical;
 pub mod physics;
 pub mod satellite;
+pub mod scenario;
 pub mod spec;

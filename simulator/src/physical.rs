@@ -352,6 +352,39 @@ fn blocks_between(seg: &Segment, end_ms: u64, plans: &[(f64, BlockPlan)]) -> u64
     }
 }
 
+/// Coarse state of a link at a time, cheap to query (no strings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Producing key.
+    Up,
+    /// Down (outage, cut, maintenance, no satellite in view).
+    Down,
+    /// Aborted by the protocol (QBER, no key).
+    Aborted,
+}
+
+impl TimelineLink {
+    /// Cumulative key, phase and QBER at `t` ms, in one lookup.
+    pub fn sample(&self, t: UnixMillis) -> (u64, Phase, Option<f64>) {
+        let seg = self.segment(t);
+        match seg.state {
+            SegState::Up(i) => {
+                let p = &self.plans[i];
+                let n = ((t - seg.start_ms) as f64 / (p.block_s * 1000.0)).floor() as u64;
+                (
+                    seg.bits_at_start
+                        .saturating_add(n.saturating_mul(p.key_bits)),
+                    Phase::Up,
+                    p.qber,
+                )
+            }
+            SegState::Down(_) => (seg.bits_at_start, Phase::Down, None),
+            SegState::Aborted(_) => (seg.bits_at_start, Phase::Aborted, None),
+        }
+    }
+}
+
 impl LinkModel for TimelineLink {
     fn cumulative_secret_bits(&self, t: UnixMillis) -> u64 {
         let seg = self.segment(t);
@@ -534,6 +567,18 @@ impl PassLink {
     /// The passes and their outcome.
     pub fn passes(&self) -> &[PassOutcome] {
         &self.passes
+    }
+}
+
+impl PassLink {
+    /// Cumulative key, phase and QBER at `t` ms, in one lookup.
+    pub fn sample(&self, t: UnixMillis) -> (u64, Phase, Option<f64>) {
+        let n = self.passes.partition_point(|p| p.end_ms <= t);
+        let cum = if n == 0 { 0 } else { self.cumulative[n - 1] };
+        match self.passes.get(n) {
+            Some(p) if p.start_ms <= t && p.lost.is_none() => (cum, Phase::Up, Some(p.qber)),
+            _ => (cum, Phase::Down, None),
+        }
     }
 }
 

@@ -677,6 +677,19 @@ pub enum Built {
 }
 
 impl Built {
+    /// Cumulative key, phase and QBER at `t` ms, in one lookup.
+    pub fn sample(&self, t: qkd_types::UnixMillis) -> (u64, crate::physical::Phase, Option<f64>) {
+        match self {
+            Built::Timeline(l) => l.sample(t),
+            Built::Pass(p) => p.sample(t),
+            Built::Constant(c) => (
+                c.cumulative_secret_bits(t),
+                crate::physical::Phase::Up,
+                Some(c.qber),
+            ),
+        }
+    }
+
     /// As a trait object reference.
     pub fn as_model(&self) -> &dyn LinkModel {
         match self {

@@ -4,3 +4,4 @@
 mod checks;
 mod plob;
 mod satellite;
+mod scenarios;

@@ -1,0 +1,573 @@
+//! Network simulation in accelerated time: every link of a [`Scenario`] stepped at the
+//! scenario's resolution, per-link time series aggregated into buckets, and end-to-end key
+//! availability between node pairs along trusted-node paths.
+//!
+//! End to end, a trusted-node network relays key hop by hop with one-time pads: delivering k bits
+//! from A to B along l₁…lₙ consumes k bits on *every* link (qkd-models.md §8). For each pair the
+//! report uses the widest path (largest bottleneck mean rate, then fewest hops), and gives the key
+//! that path could have delivered by each time, min over its links of their cumulative key (all
+//! of it dedicated to the pair: an upper bound when pairs share links), plus the fraction of time
+//! the pair was connected by links that were up, rerouting allowed. A path through a satellite is
+//! the trusted-satellite XOR relay: min(K_A, K_B) (§7.5).
+//!
+//! Deterministic: the same scenario and seed give the same result, whatever the thread count.
+
+use std::collections::BinaryHeap;
+
+use serde::Serialize;
+
+use crate::physical::Phase;
+use crate::scenario::{BuiltLink, Scenario};
+
+/// How to run.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// Width of a time-series bucket, s (a multiple of the step; rounded up to one).
+    pub aggregate_s: u64,
+    /// Worker threads (links are split between them).
+    pub threads: usize,
+}
+
+/// One bucket of one link.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Bucket {
+    /// End of the bucket, s after the start.
+    pub t_s: u64,
+    /// Key generated in the bucket, bits.
+    pub key_bits: u64,
+    /// Cumulative key at the end of the bucket, bits.
+    pub cumulative_bits: u64,
+    /// Mean QBER over the up steps of the bucket (NaN if none or not reported).
+    pub qber: f32,
+    /// Fraction of steps up.
+    pub up_fraction: f32,
+    /// Fraction of steps aborted by the protocol.
+    pub aborted_fraction: f32,
+    /// Phase at the end of the bucket.
+    pub phase: Phase,
+}
+
+/// Time series and summary of one link.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkSeries {
+    /// Identifier.
+    pub id: String,
+    /// One end (node id).
+    pub a: String,
+    /// Other end.
+    pub b: String,
+    /// Protocol.
+    pub kind: &'static str,
+    /// Fibre length, km.
+    pub length_km: Option<f64>,
+    /// Buckets.
+    #[serde(skip)]
+    pub buckets: Vec<Bucket>,
+    /// Total key over the run, bits.
+    pub total_bits: u64,
+    /// Mean secret key rate, bit/s.
+    pub mean_rate_bps: f64,
+    /// Fraction of the run up.
+    pub availability: f64,
+    /// Fraction of the run aborted by the protocol.
+    pub aborted: f64,
+    /// Time of the first key, s (None if none).
+    pub first_key_s: Option<u64>,
+    /// Times (s) at which the phase changed, with the new phase.
+    #[serde(skip)]
+    pub changes: Vec<(u64, Phase)>,
+}
+
+/// End-to-end result for one pair.
+#[derive(Debug, Clone, Serialize)]
+pub struct PairSeries {
+    /// One end.
+    pub a: String,
+    /// Other end.
+    pub b: String,
+    /// Widest path, node ids (empty if not connected at all).
+    pub path: Vec<String>,
+    /// Bottleneck mean rate of the path, bit/s.
+    pub bottleneck_bps: f64,
+    /// Key the path could have delivered by the end of each bucket, bits.
+    #[serde(skip)]
+    pub cumulative_bits: Vec<u64>,
+    /// Key deliverable by the end of the run, bits.
+    pub total_bits: u64,
+    /// Fraction of time connected through up links (rerouting allowed).
+    pub connected_fraction: f64,
+}
+
+/// Result of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    /// Scenario name.
+    pub name: String,
+    /// Simulated span, s.
+    pub duration_s: u64,
+    /// Step, s.
+    pub step_s: u64,
+    /// Bucket width, s.
+    pub aggregate_s: u64,
+    /// Bucket end times, s.
+    #[serde(skip)]
+    pub times: Vec<u64>,
+    /// Per link.
+    pub links: Vec<LinkSeries>,
+    /// Per pair.
+    pub pairs: Vec<PairSeries>,
+}
+
+/// Steps every link over the scenario span. `progress(done_links)` is called as links finish.
+pub fn run(
+    scenario: &Scenario,
+    links: &[BuiltLink],
+    opts: RunOptions,
+    progress: &(dyn Fn(usize) + Sync),
+) -> RunResult {
+    let step = scenario.scenario.step_s.max(1);
+    let duration = scenario.scenario.duration_s;
+    let agg = opts.aggregate_s.max(step).div_ceil(step) * step;
+    let steps = duration / step;
+    let n_buckets = steps.div_ceil(agg / step);
+    let times: Vec<u64> = (1..=n_buckets)
+        .map(|b| (b * agg).min(steps * step))
+        .collect();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let simulate = |l: &BuiltLink| {
+        let s = simulate_link(scenario, l, step, steps, agg, &times);
+        progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
+        s
+    };
+    let threads = opts.threads.clamp(1, links.len().max(1));
+    let chunk = links.len().div_ceil(threads).max(1);
+    let series: Vec<LinkSeries> = std::thread::scope(|s| {
+        let handles: Vec<_> = links
+            .chunks(chunk)
+            .map(|c| s.spawn(move || c.iter().map(simulate).collect::<Vec<_>>()))
+            .collect();
+        // A panicking worker is a bug; its links are then missing from the result.
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let pairs = scenario
+        .pairs
+        .iter()
+        .map(|p| pair_series(scenario, links, &series, &p.a, &p.b, steps * step))
+        .collect();
+    RunResult {
+        name: scenario.scenario.name.clone(),
+        duration_s: steps * step,
+        step_s: step,
+        aggregate_s: agg,
+        times,
+        links: series,
+        pairs,
+    }
+}
+
+fn simulate_link(
+    sc: &Scenario,
+    l: &BuiltLink,
+    step: u64,
+    steps: u64,
+    agg: u64,
+    times: &[u64],
+) -> LinkSeries {
+    let mut buckets = Vec::with_capacity(times.len());
+    let mut changes = Vec::new();
+    let (mut up_total, mut ab_total) = (0u64, 0u64);
+    let mut first_key = None;
+    let (start_cum, mut phase, _) = l.model.sample(0);
+    changes.push((0, phase));
+    let mut cum_prev_bucket = start_cum;
+    let mut k = 1u64;
+    for &t_end in times {
+        let (mut up, mut ab, mut qsum, mut qn) = (0u32, 0u32, 0f64, 0u32);
+        let mut cum = cum_prev_bucket;
+        while k <= steps && k * step <= t_end {
+            let t = k * step;
+            let (c, ph, q) = l.model.sample(t * 1000);
+            match ph {
+                Phase::Up => {
+                    up += 1;
+                    if let Some(q) = q {
+                        qsum += q;
+                        qn += 1;
+                    }
+                }
+                Phase::Aborted => ab += 1,
+                Phase::Down => {}
+            }
+            if ph != phase {
+                changes.push((t, ph));
+                phase = ph;
+            }
+            if first_key.is_none() && c > start_cum {
+                first_key = Some(t);
+            }
+            cum = c;
+            k += 1;
+        }
+        let n = (agg / step).max(1) as f32;
+        buckets.push(Bucket {
+            t_s: t_end,
+            key_bits: cum - cum_prev_bucket,
+            cumulative_bits: cum,
+            qber: if qn > 0 {
+                (qsum / f64::from(qn)) as f32
+            } else {
+                f32::NAN
+            },
+            up_fraction: up as f32 / n,
+            aborted_fraction: ab as f32 / n,
+            phase,
+        });
+        up_total += u64::from(up);
+        ab_total += u64::from(ab);
+        cum_prev_bucket = cum;
+    }
+    let total = cum_prev_bucket - start_cum;
+    let span = (steps * step).max(1) as f64;
+    LinkSeries {
+        id: l.id.clone(),
+        a: sc.nodes[l.a].id.clone(),
+        b: sc.nodes[l.b].id.clone(),
+        kind: l.kind,
+        length_km: l.length_km,
+        buckets,
+        total_bits: total,
+        mean_rate_bps: total as f64 / span,
+        availability: up_total as f64 / steps.max(1) as f64,
+        aborted: ab_total as f64 / steps.max(1) as f64,
+        first_key_s: first_key,
+        changes,
+    }
+}
+
+/// Widest path from `from` to `to` over links weighted by `rate`: maximises the bottleneck, then
+/// minimises hops. Returns link indices in order, or None.
+pub fn widest_path(
+    n_nodes: usize,
+    ends: &[(usize, usize)],
+    rate: &[f64],
+    from: usize,
+    to: usize,
+) -> Option<Vec<usize>> {
+    let mut adj = vec![Vec::new(); n_nodes];
+    for (i, &(a, b)) in ends.iter().enumerate() {
+        adj[a].push((b, i));
+        adj[b].push((a, i));
+    }
+    #[derive(PartialEq)]
+    struct Item(f64, std::cmp::Reverse<usize>, usize);
+    impl Eq for Item {}
+    impl PartialOrd for Item {
+        fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+            Some(self.cmp(o))
+        }
+    }
+    impl Ord for Item {
+        fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+            self.0
+                .total_cmp(&o.0)
+                .then(self.1.cmp(&o.1))
+                .then(self.2.cmp(&o.2))
+        }
+    }
+    let mut best = vec![(f64::NEG_INFINITY, usize::MAX); n_nodes];
+    let mut via: Vec<Option<(usize, usize)>> = vec![None; n_nodes];
+    let mut heap = BinaryHeap::new();
+    best[from] = (f64::INFINITY, 0);
+    heap.push(Item(f64::INFINITY, std::cmp::Reverse(0), from));
+    while let Some(Item(w, std::cmp::Reverse(h), u)) = heap.pop() {
+        if (w, h) != best[u] {
+            continue;
+        }
+        for &(v, li) in &adj[u] {
+            let nw = w.min(rate[li]);
+            if nw <= 0.0 {
+                continue;
+            }
+            let better = nw > best[v].0 || (nw == best[v].0 && h + 1 < best[v].1);
+            if better {
+                best[v] = (nw, h + 1);
+                via[v] = Some((u, li));
+                heap.push(Item(nw, std::cmp::Reverse(h + 1), v));
+            }
+        }
+    }
+    via[to]?;
+    let mut path = Vec::new();
+    let mut cur = to;
+    while cur != from {
+        let (prev, li) = via[cur]?;
+        path.push(li);
+        cur = prev;
+    }
+    path.reverse();
+    Some(path)
+}
+
+fn pair_series(
+    sc: &Scenario,
+    links: &[BuiltLink],
+    series: &[LinkSeries],
+    a: &str,
+    b: &str,
+    span: u64,
+) -> PairSeries {
+    let idx = |id: &str| sc.nodes.iter().position(|n| n.id == id).unwrap_or(0);
+    let (ia, ib) = (idx(a), idx(b));
+    let ends: Vec<(usize, usize)> = links.iter().map(|l| (l.a, l.b)).collect();
+    let rates: Vec<f64> = series.iter().map(|s| s.mean_rate_bps).collect();
+    let path_links = widest_path(sc.nodes.len(), &ends, &rates, ia, ib).unwrap_or_default();
+    let mut path = Vec::new();
+    if !path_links.is_empty() {
+        let mut cur = ia;
+        path.push(sc.nodes[cur].id.clone());
+        for &li in &path_links {
+            cur = if ends[li].0 == cur {
+                ends[li].1
+            } else {
+                ends[li].0
+            };
+            path.push(sc.nodes[cur].id.clone());
+        }
+    }
+    let n_buckets = series.first().map_or(0, |s| s.buckets.len());
+    let cumulative: Vec<u64> = (0..n_buckets)
+        .map(|k| {
+            if path_links.is_empty() {
+                0
+            } else {
+                path_links
+                    .iter()
+                    .map(|&li| series[li].buckets[k].cumulative_bits)
+                    .min()
+                    .unwrap_or(0)
+            }
+        })
+        .collect();
+    let bottleneck = path_links
+        .iter()
+        .map(|&li| rates[li])
+        .fold(f64::INFINITY, f64::min);
+    PairSeries {
+        a: a.to_string(),
+        b: b.to_string(),
+        path,
+        bottleneck_bps: if path_links.is_empty() {
+            0.0
+        } else {
+            bottleneck
+        },
+        total_bits: cumulative.last().copied().unwrap_or(0),
+        cumulative_bits: cumulative,
+        connected_fraction: connected_fraction(sc.nodes.len(), &ends, series, ia, ib, span),
+    }
+}
+
+/// Fraction of `[0, span)` during which `a` and `b` are joined by up links; evaluated only at the
+/// times some link changes phase.
+fn connected_fraction(
+    n: usize,
+    ends: &[(usize, usize)],
+    series: &[LinkSeries],
+    a: usize,
+    b: usize,
+    span: u64,
+) -> f64 {
+    let mut events: Vec<(u64, usize, Phase)> = series
+        .iter()
+        .enumerate()
+        .flat_map(|(li, s)| s.changes.iter().map(move |&(t, p)| (t, li, p)))
+        .collect();
+    events.sort_by_key(|e| (e.0, e.1));
+    let mut up = vec![false; series.len()];
+    let mut connected_time = 0u64;
+    let mut i = 0;
+    while i < events.len() {
+        let t = events[i].0;
+        while i < events.len() && events[i].0 == t {
+            up[events[i].1] = events[i].2 == Phase::Up;
+            i += 1;
+        }
+        let next = events.get(i).map_or(span, |e| e.0).min(span);
+        if next > t && joined(n, ends, &up, a, b) {
+            connected_time += next - t;
+        }
+    }
+    connected_time as f64 / span.max(1) as f64
+}
+
+fn joined(n: usize, ends: &[(usize, usize)], up: &[bool], a: usize, b: usize) -> bool {
+    let mut parent: Vec<usize> = (0..n).collect();
+    fn find(p: &mut [usize], mut x: usize) -> usize {
+        while p[x] != x {
+            p[x] = p[p[x]];
+            x = p[x];
+        }
+        x
+    }
+    for (i, &(x, y)) in ends.iter().enumerate() {
+        if up[i] {
+            let (rx, ry) = (find(&mut parent, x), find(&mut parent, y));
+            parent[rx] = ry;
+        }
+    }
+    find(&mut parent, a) == find(&mut parent, b)
+}
+
+impl RunResult {
+    /// A plain-text summary table: one line per link (sorted by mean rate), then the pairs.
+    pub fn summary_table(&self, max_links: usize) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "scenario {}: {} links, {} s simulated at {} s steps",
+            self.name,
+            self.links.len(),
+            self.duration_s,
+            self.step_s
+        );
+        let _ = writeln!(
+            out,
+            "{:<28} {:<18} {:>8} {:>14} {:>12} {:>7} {:>7} {:>9}",
+            "link", "protocol", "km", "key (bits)", "rate (b/s)", "up %", "abort %", "1st key s"
+        );
+        let mut order: Vec<&LinkSeries> = self.links.iter().collect();
+        order.sort_by(|x, y| x.mean_rate_bps.total_cmp(&y.mean_rate_bps));
+        for l in order.iter().take(max_links) {
+            let _ = writeln!(
+                out,
+                "{:<28} {:<18} {:>8} {:>14} {:>12.1} {:>7.1} {:>7.1} {:>9}",
+                truncate(&l.id, 28),
+                l.kind,
+                l.length_km.map_or("-".to_string(), |x| format!("{x:.1}")),
+                l.total_bits,
+                l.mean_rate_bps,
+                100.0 * l.availability,
+                100.0 * l.aborted,
+                l.first_key_s.map_or("-".to_string(), |t| t.to_string())
+            );
+        }
+        if self.links.len() > max_links {
+            let _ = writeln!(
+                out,
+                "... {} more links (slowest shown first; all in links.csv)",
+                self.links.len() - max_links
+            );
+        }
+        if !self.pairs.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n{:<36} {:>6} {:>14} {:>14} {:>10}",
+                "pair", "hops", "e2e key (bits)", "bottleneck b/s", "connected%"
+            );
+            for p in &self.pairs {
+                let _ = writeln!(
+                    out,
+                    "{:<36} {:>6} {:>14} {:>14.1} {:>10.1}",
+                    truncate(&format!("{} <-> {}", p.a, p.b), 36),
+                    p.path.len().saturating_sub(1),
+                    p.total_bits,
+                    p.bottleneck_bps,
+                    100.0 * p.connected_fraction
+                );
+            }
+        }
+        out
+    }
+
+    /// Writes `links.csv` (one row per link and bucket), `pairs.csv`, and `summary.json` into
+    /// `dir`.
+    pub fn write(&self, dir: &std::path::Path) -> Result<(), OutputError> {
+        std::fs::create_dir_all(dir)?;
+        let mut w = csv::Writer::from_path(dir.join("links.csv"))?;
+        w.write_record([
+            "t_s",
+            "link",
+            "key_bits",
+            "cumulative_bits",
+            "qber",
+            "up_fraction",
+            "aborted_fraction",
+            "phase",
+        ])?;
+        for l in &self.links {
+            for b in &l.buckets {
+                w.write_record([
+                    b.t_s.to_string(),
+                    l.id.clone(),
+                    b.key_bits.to_string(),
+                    b.cumulative_bits.to_string(),
+                    if b.qber.is_nan() {
+                        String::new()
+                    } else {
+                        format!("{:.5}", b.qber)
+                    },
+                    format!("{:.4}", b.up_fraction),
+                    format!("{:.4}", b.aborted_fraction),
+                    format!("{:?}", b.phase).to_lowercase(),
+                ])?;
+            }
+        }
+        w.flush()?;
+        let mut w = csv::Writer::from_path(dir.join("pairs.csv"))?;
+        w.write_record(["t_s", "pair", "e2e_cumulative_bits"])?;
+        for p in &self.pairs {
+            let name = format!("{}<->{}", p.a, p.b);
+            for (t, c) in self.times.iter().zip(&p.cumulative_bits) {
+                w.write_record([t.to_string(), name.clone(), c.to_string()])?;
+            }
+        }
+        w.flush()?;
+        std::fs::write(dir.join("summary.json"), serde_json::to_vec_pretty(self)?)?;
+        Ok(())
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        s.chars().take(n - 1).chain(['…']).collect()
+    }
+}
+
+/// Writing results failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// File system.
+    #[error("writing output: {0}")]
+    Io(#[from] std::io::Error),
+    /// CSV.
+    #[error("writing CSV: {0}")]
+    Csv(#[from] csv::Error),
+    /// JSON.
+    #[error("writing JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Plot.
+    #[error("drawing plot: {0}")]
+    Plot(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn widest_path_prefers_bottleneck_then_hops() {
+        // 0-1-3 with rates 10,10; 0-2-3 with 5,100; 0-3 direct with 1.
+        let ends = [(0, 1), (1, 3), (0, 2), (2, 3), (0, 3)];
+        let rate = [10.0, 10.0, 5.0, 100.0, 1.0];
+        assert_eq!(widest_path(4, &ends, &rate, 0, 3), Some(vec![0, 1]));
+        let rate = [10.0, 0.0, 5.0, 100.0, 1.0];
+        assert_eq!(widest_path(4, &ends, &rate, 0, 3), Some(vec![2, 3]));
+        assert_eq!(widest_path(4, &ends, &[0.0; 5], 0, 3), None);
+    }
+}
