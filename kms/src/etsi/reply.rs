@@ -28,6 +28,9 @@ pub const MSG_UNKNOWN_SLAVE: &str = "unknown slave_SAE_ID";
 /// Product policy (§1.9): the peer KME could not take part in the request.
 pub const MSG_PEER_UNAVAILABLE: &str = "peer KME unavailable";
 
+/// The body sent if a reply cannot be serialised (which our types never cause).
+const FALLBACK_BODY: &[u8] = br#"{"message":"key data access error"}"#;
+
 /// The `Allow` header value for `…/status`.
 pub const ALLOW_STATUS: &str = "GET";
 /// The `Allow` header value for `…/enc_keys` and `…/dec_keys`.
@@ -54,7 +57,11 @@ impl Reply {
                 body: Some(body),
                 allow: None,
             },
-            Err(_) => error_reply(&EtsiError::Service(ServiceError::Storage)),
+            Err(_) => Self {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                body: Some(FALLBACK_BODY.to_vec()),
+                allow: None,
+            },
         }
     }
 }

@@ -25,7 +25,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use qkd_types::SaeId;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
@@ -43,6 +43,8 @@ pub const MAX_DISCARD: usize = 1024 * 1024;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a client has to send a request's headers.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most connections served at once; further clients wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 4096;
 
 /// Serves ETSI GS QKD 014 on `listener` until `shutdown` completes, then stops accepting, lets
 /// every in-flight request finish, closes idle connections and returns.
@@ -61,13 +63,16 @@ pub async fn serve(
     let identity = Arc::new(identity);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
+            // Accept only with a free slot; the permit lives as long as the connection task.
+            accepted = accept(&listener, &slots) => match accepted {
+                Ok((tcp, peer, permit)) => {
                     connections.spawn(connection(
+                        permit,
                         tcp,
                         peer,
                         acceptor.clone(),
@@ -93,8 +98,23 @@ pub async fn serve(
     Ok(())
 }
 
+async fn accept(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+) -> io::Result<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    // The semaphore is never closed, so acquiring only waits.
+    let permit = slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| io::Error::other("connection limit closed"))?;
+    let (tcp, peer) = listener.accept().await?;
+    Ok((tcp, peer, permit))
+}
+
 /// One TCP connection: handshake, identity, then HTTP/1.1 until the client leaves or shutdown.
 async fn connection(
+    _permit: OwnedSemaphorePermit,
     tcp: TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,

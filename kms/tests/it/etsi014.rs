@@ -12,15 +12,25 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
 use qkd_kms::etsi::reply::{
     MSG_INSUFFICIENT_KEY_MATERIAL, MSG_KEYS_NOT_FOUND, MSG_MANDATORY_UNSUPPORTED,
     MSG_SIZE_NOT_MULTIPLE_OF_8, MSG_UNKNOWN_SLAVE,
 };
+use qkd_kms::service::{
+    DecKeysRequest, DeliveredKey, EncKeysRequest, KeyLimits, KeyService, PairStatus, ServiceError,
+};
+use qkd_kms::tls;
 use qkd_proto::etsi014::{KeyContainer, Status};
-use qkd_types::Secret;
+use qkd_types::{SaeId, Secret};
 use serde_json::Value;
+use tokio::sync::Notify;
 
-use crate::etsi_fixture::Fixture;
+use crate::etsi_fixture::{Fixture, RawConn};
+use crate::fake::FakeKeys;
 
 /// One request and the answer it must get.
 #[derive(Debug, Clone, Copy)]
@@ -490,7 +500,7 @@ async fn untrusted_client_certificate_fails_the_handshake() {
     let fx = Fixture::fake().await;
     let addr = fx.kmes[0].addr;
     let result = async {
-        let mut conn = crate::etsi_fixture::RawConn::connect(addr, fx.untrusted.clone()).await?;
+        let mut conn = RawConn::connect(addr, fx.untrusted.clone()).await?;
         conn.send("GET /api/v1/keys/B/status HTTP/1.1", b"").await
     }
     .await;
@@ -513,4 +523,111 @@ async fn shutdown_finishes_in_flight_and_closes_idle_connections() {
     );
     fx.stop().await; // asserts a prompt, clean return
     assert!(idle.is_closed().await);
+}
+
+/// Delays enc_keys after signalling that a request reached the key manager.
+struct Slow {
+    inner: Arc<FakeKeys>,
+    entered: Arc<Notify>,
+}
+
+#[async_trait]
+impl KeyService for Slow {
+    fn admits(&self, s: &SaeId) -> bool {
+        self.inner.admits(s)
+    }
+    fn knows(&self, s: &SaeId) -> bool {
+        self.inner.knows(s)
+    }
+    fn limits(&self, m: &SaeId, s: &SaeId) -> KeyLimits {
+        self.inner.limits(m, s)
+    }
+    fn may_pair(&self, m: &SaeId, s: &SaeId) -> bool {
+        self.inner.may_pair(m, s)
+    }
+    async fn status(&self, m: &SaeId, s: &SaeId) -> Result<PairStatus, ServiceError> {
+        self.inner.status(m, s).await
+    }
+    async fn enc_keys(&self, req: EncKeysRequest) -> Result<Vec<DeliveredKey>, ServiceError> {
+        self.entered.notify_one();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.inner.enc_keys(req).await
+    }
+    async fn dec_keys(&self, req: DecKeysRequest) -> Result<Vec<DeliveredKey>, ServiceError> {
+        self.inner.dec_keys(req).await
+    }
+}
+
+#[tokio::test]
+async fn shutdown_lets_the_request_in_flight_finish() {
+    let entered = Arc::new(Notify::new());
+    let notify = entered.clone();
+    let fx = Fixture::fake_with(move |inner| {
+        Arc::new(Slow {
+            inner,
+            entered: notify,
+        })
+    })
+    .await;
+    let client = fx.client("A").clone();
+    let url = fx.url("A", "/api/v1/keys/B/enc_keys");
+    let in_flight = tokio::spawn(async move { client.get(url).send().await });
+    entered.notified().await;
+    fx.stop().await;
+    let resp = in_flight.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    let c: KeyContainer = resp.json().await.unwrap();
+    assert_eq!(c.keys.len(), 1);
+}
+
+#[tokio::test]
+async fn tls_prefers_hybrid_post_quantum_and_accepts_tls12() {
+    let fx = Fixture::fake().await;
+    let conn = fx.raw("A").await.unwrap();
+    assert_eq!(
+        conn.negotiated(),
+        (
+            "Some(TLSv1_3)".to_owned(),
+            "Some(X25519MLKEM768)".to_owned()
+        )
+    );
+
+    // A TLS 1.2-only client with the same certificate is served too.
+    let files = fx.files("A");
+    let tls12 = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(tls::load_roots(&files.ca).unwrap())
+        .with_client_auth_cert(
+            tls::load_certs(&files.cert_chain).unwrap(),
+            tls::load_private_key(&files.key).unwrap(),
+        )
+        .unwrap();
+    let mut conn = RawConn::connect(fx.kmes[0].addr, Arc::new(tls12))
+        .await
+        .unwrap();
+    assert_eq!(conn.negotiated().0, "Some(TLSv1_2)");
+    let r = conn
+        .send("GET /api/v1/keys/B/status HTTP/1.1", b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    fx.stop().await;
+}
+
+#[tokio::test]
+async fn client_without_certificate_fails_the_handshake() {
+    let fx = Fixture::fake().await;
+    let config = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(tls::load_roots(&fx.files("A").ca).unwrap())
+        .with_no_client_auth();
+    let result = async {
+        let mut conn = RawConn::connect(fx.kmes[0].addr, Arc::new(config)).await?;
+        conn.send("GET /api/v1/keys/B/status HTTP/1.1", b"").await
+    }
+    .await;
+    assert!(result.is_err(), "client without certificate got {result:?}");
+    fx.stop().await;
 }

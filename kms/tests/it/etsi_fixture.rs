@@ -56,6 +56,7 @@ pub struct Fixture {
     pub home: HashMap<&'static str, usize>,
     clients: HashMap<&'static str, reqwest::Client>,
     tls: HashMap<&'static str, Arc<ClientConfig>>,
+    files: HashMap<&'static str, TlsFiles>,
     /// A client whose certificate comes from a CA the KMEs do not trust.
     pub untrusted: Arc<ClientConfig>,
 }
@@ -64,12 +65,18 @@ impl Fixture {
     /// One KME (`KME-1`) backed by the in-memory fake; A, B, C attached, R remote.
     /// Pools: A→B 64 Kibit, B→A 64 Kibit, C→B 16 Kibit; A may not pair with C.
     pub async fn fake() -> Self {
-        let service = Arc::new(FakeKeys::new(FakeConfig {
+        Self::fake_with(|fake| fake).await
+    }
+
+    /// Like [`Fixture::fake`], with the service wrapped by `wrap` (e.g. to slow it down).
+    pub async fn fake_with(wrap: impl FnOnce(Arc<FakeKeys>) -> Arc<dyn KeyService>) -> Self {
+        let fake = Arc::new(FakeKeys::new(FakeConfig {
             kme: "KME-1",
             attached: vec!["A", "B", "C"],
             remote: vec!["R"],
             pairs: vec![("A", "B", 65536), ("B", "A", 65536), ("C", "B", 16384)],
         }));
+        let service = wrap(fake);
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = DemoPki::create(dir.path()).expect("demo PKI");
         let kme = start_kme(&pki, "kme-1", service).await;
@@ -84,6 +91,7 @@ impl Fixture {
         let ca = pki.ca_cert().to_owned();
         let mut clients = HashMap::new();
         let mut configs = HashMap::new();
+        let mut files = HashMap::new();
         for sae in SAES {
             let issued = pki
                 .issue_sae(&SaeId::parse(sae).expect("valid"), SAE_PREFIX)
@@ -91,6 +99,7 @@ impl Fixture {
             let config = Arc::new(tls::client_config(&issued.tls_files(&ca)).expect("client TLS"));
             clients.insert(sae, http_client(&config));
             configs.insert(sae, config);
+            files.insert(sae, issued.tls_files(&ca));
         }
         // A node certificate used as a client certificate: trusted, but names no SAE here.
         let node = pki
@@ -123,6 +132,7 @@ impl Fixture {
             home: HashMap::new(),
             clients,
             tls: configs,
+            files,
             untrusted,
         }
     }
@@ -135,6 +145,11 @@ impl Fixture {
     /// The HTTP client holding `sae`'s certificate.
     pub fn client(&self, sae: &str) -> &reqwest::Client {
         &self.clients[sae]
+    }
+
+    /// The certificate, key and CA files of `sae` (one of [`SAES`]).
+    pub fn files(&self, sae: &str) -> TlsFiles {
+        self.files[sae].clone()
     }
 
     /// A raw TLS connection from `sae` to its KME.
@@ -296,6 +311,18 @@ impl RawConn {
         }
         self.buf.extend_from_slice(&chunk[..n]);
         Ok(())
+    }
+
+    /// The negotiated TLS version and key-exchange group, e.g. `("TLSv1_3", "X25519MLKEM768")`.
+    pub fn negotiated(&self) -> (String, String) {
+        let conn = self.stream.get_ref().1;
+        (
+            format!("{:?}", conn.protocol_version()),
+            format!(
+                "{:?}",
+                conn.negotiated_key_exchange_group().map(|g| g.name())
+            ),
+        )
     }
 
     /// Whether the server has closed the connection (reads EOF or an error within 2 s).
