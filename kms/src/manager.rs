@@ -94,6 +94,9 @@ pub struct LinkSetup {
 struct LinkRt {
     setup: LinkSetup,
     pool: Mutex<LinkPool>,
+    /// Non-allocator: release points announced by the allocator, applied only once old enough
+    /// that no bind or allocation naming those blocks can still be in flight.
+    releases: Mutex<std::collections::VecDeque<(u64, std::time::Instant)>>,
 }
 
 impl LinkRt {
@@ -173,6 +176,7 @@ impl KeyManager {
                 LinkRt {
                     setup,
                     pool: Mutex::new(pool),
+                    releases: Mutex::default(),
                 },
             );
         }
@@ -318,18 +322,27 @@ impl KeyManager {
             self.offer(link, &pending).await?;
             return Ok(0);
         }
-        let (room, next_seq) = {
+        let (room, next_seq, block_len) = {
             let p = link.pool();
-            (p.room_bytes(), p.next_seq())
+            (
+                p.room_bytes(),
+                p.next_seq(),
+                p.blocks().last().map(|(_, b)| u64::from(b.len)),
+            )
         };
-        if room == 0 {
+        // Never hold more than the capacity: ask only for blocks that fit (one block to learn
+        // the device's block size if the pool is empty), at most 64 per pass.
+        let want = match block_len {
+            Some(len) => (room / len.max(1)).min(64),
+            None => u64::from(room > 0),
+        };
+        if want == 0 {
             return Ok(0);
         }
-        // Ask for at most 64 blocks per pass; the pool may overshoot its capacity by one pass.
         let blocks = link
             .setup
             .source
-            .next_blocks(64)
+            .next_blocks(want as usize)
             .await
             .map_err(|e| PeerError::Device(e.to_string()))?;
         if blocks.is_empty() {
@@ -591,15 +604,17 @@ impl KeyManager {
             keys: Vec::new(),
         };
         if link.allocator() {
-            let ranges = {
+            // Allocate and queue the durable write under one lock, so store writes follow
+            // allocation order.
+            let persisted = {
                 let mut p = link.pool();
-                p.allocate(&vec![size_bytes; key_ids.len()])
-                    .map_err(|_| ServiceError::InsufficientKeyMaterial)?
+                let ranges = p
+                    .allocate(&vec![size_bytes; key_ids.len()])
+                    .map_err(|_| ServiceError::InsufficientKeyMaterial)?;
+                rec.keys = key_ids.iter().copied().zip(ranges).collect();
+                self.master_side_job(&mut p, link, request_id, rec.clone())
             };
-            rec.keys = key_ids.iter().copied().zip(ranges).collect();
-            let keys = self
-                .persist_master_side(link, request_id, rec.clone())
-                .await?;
+            let keys = store_result(persisted.await)?;
             match self.send_bind(link, &request_id, &rec).await {
                 Ok(()) => {
                     // Settle the request lazily: it is answerable already (tombstones durable,
@@ -646,15 +661,23 @@ impl KeyManager {
                 .iter()
                 .flat_map(|(_, r)| r.iter().copied())
                 .collect();
-            let taken = link.pool().take(&all);
-            if let Err(e) = taken {
-                tracing::error!(link = %link.setup.id, error = %e, "peer allocated link key this node cannot use");
-                self.void_at_peer(link, request_id, &rec).await;
-                return Err(ServiceError::PeerUnavailable(
-                    "peer allocation rejected".into(),
-                ));
+            let persisted = {
+                let mut p = link.pool();
+                match p.take(&all) {
+                    Ok(()) => Ok(self.master_side_job(&mut p, link, request_id, rec.clone())),
+                    Err(e) => Err(e),
+                }
+            };
+            match persisted {
+                Ok(fut) => store_result(fut.await),
+                Err(e) => {
+                    tracing::error!(link = %link.setup.id, error = %e, "peer allocated link key this node cannot use");
+                    self.void_at_peer(link, request_id, &rec).await;
+                    Err(ServiceError::PeerUnavailable(
+                        "peer allocation rejected".into(),
+                    ))
+                }
             }
-            self.persist_master_side(link, request_id, rec).await
         }
     }
 
@@ -688,19 +711,21 @@ impl KeyManager {
         Err(ServiceError::PeerUnavailable(last))
     }
 
-    /// Persists a master-side request (reserved or committed) with its tombstones and taken link
-    /// bytes, and returns the keys read from the link bytes.
-    async fn persist_master_side(
+    /// Under the pool lock: queues the durable write of a master-side request (reserved or
+    /// committed) with its tombstones and taken link bytes; the future yields the keys read from
+    /// the link bytes once durable.
+    fn master_side_job(
         &self,
+        pool: &mut LinkPool,
         link: &LinkRt,
         request_id: [u8; 16],
         rec: RequestRecord,
-    ) -> Result<Vec<DeliveredKey>, ServiceError> {
-        let (metas, drained) = touched_blocks(link, &rec);
+    ) -> impl std::future::Future<Output = Result<Result<Vec<DeliveredKey>, StoreError>, StoreError>>
+    + use<> {
+        let (metas, drained) = block_updates(pool, rec.keys.iter().flat_map(|(_, r)| r.iter()));
         let lid = link.setup.id.clone();
         let now = self.inner.clock.now();
-        let out = self
-            .inner
+        self.inner
             .writer
             .run(move |tx| -> Result<Vec<DeliveredKey>, StoreError> {
                 let mut keys = Vec::with_capacity(rec.keys.len());
@@ -717,14 +742,6 @@ impl KeyManager {
                 tx.put_request(&request_id, &rec)?;
                 Ok(keys)
             })
-            .await;
-        match out {
-            Ok(Ok(keys)) => Ok(keys),
-            Ok(Err(e)) | Err(e) => {
-                tracing::error!(error = %e, "store failed while delivering keys");
-                Err(ServiceError::Storage)
-            }
-        }
     }
 
     // ---- peer-facing operations (called by crate::peer) ----
@@ -805,7 +822,21 @@ impl KeyManager {
                 .await??;
         }
         // Blocks the allocator has used up entirely can go.
-        let released = link.pool().released_before(req.release_before);
+        let release_before = {
+            let mut q = link.releases.lock().unwrap_or_else(|p| p.into_inner());
+            q.push_back((req.release_before, std::time::Instant::now()));
+            let grace = self.inner.cfg.peer_timeout * 2;
+            let mut upto = 0;
+            while let Some(&(seq, at)) = q.front() {
+                if at.elapsed() < grace {
+                    break;
+                }
+                upto = upto.max(seq);
+                q.pop_front();
+            }
+            upto
+        };
+        let released = link.pool().released_before(release_before);
         if !released.is_empty() {
             self.discard_blocks(link, released).await?;
         }
@@ -835,10 +866,13 @@ impl KeyManager {
             .iter()
             .flat_map(|(_, r)| r.iter().copied())
             .collect();
-        link.pool()
-            .take(&all)
-            .map_err(|e| PeerError::Refused(e.to_string()))?;
-        self.persist_slave_side(link, request_id, rec).await
+        let persisted = {
+            let mut p = link.pool();
+            p.take(&all)
+                .map_err(|e| PeerError::Refused(e.to_string()))?;
+            self.slave_side_job(&mut p, link, request_id, rec)
+        };
+        persisted.await??
     }
 
     /// `Allocate` from the peer at `from`: pick link bytes and store keys for a slave here.
@@ -874,21 +908,24 @@ impl KeyManager {
         {
             return Err(PeerError::Malformed("key size".into()));
         }
-        let ranges = link
-            .pool()
-            .allocate(&vec![rec.size_bits / 8; ids.len()])
-            .map_err(|e| match e {
-                PoolError::Insufficient { .. } => PeerError::Exhausted,
-                e => PeerError::Refused(e.to_string()),
-            })?;
-        let rec = RequestRecord {
-            keys: ids.iter().copied().zip(ranges).collect(),
-            ..rec
+        let (reply, persisted) = {
+            let mut p = link.pool();
+            let ranges = p
+                .allocate(&vec![rec.size_bits / 8; ids.len()])
+                .map_err(|e| match e {
+                    PoolError::Insufficient { .. } => PeerError::Exhausted,
+                    e => PeerError::Refused(e.to_string()),
+                })?;
+            let rec = RequestRecord {
+                keys: ids.iter().copied().zip(ranges).collect(),
+                ..rec
+            };
+            let reply = pb::AllocateReply {
+                keys: rec.keys.iter().map(|(k, r)| binding_msg(*k, r)).collect(),
+            };
+            (reply, self.slave_side_job(&mut p, link, request_id, rec))
         };
-        let reply = pb::AllocateReply {
-            keys: rec.keys.iter().map(|(k, r)| binding_msg(*k, r)).collect(),
-        };
-        self.persist_slave_side(link, request_id, rec).await?;
+        persisted.await???;
         Ok(reply)
     }
 
@@ -897,8 +934,9 @@ impl KeyManager {
         let link = self.peer_link(from, &req.link_id)?;
         let request_id = request_id(&req.request_id)?;
         let ranges: Vec<Range> = req.ranges.iter().map(range_of).collect();
-        // Retire the link bytes here too (those not yet taken), so they are never used.
-        let fresh: Vec<Range> = {
+        // Retire the link bytes here too (those not yet taken), so they are never used; queue the
+        // store write under the same lock.
+        let persisted = {
             let mut p = link.pool();
             let fresh: Vec<Range> = ranges
                 .iter()
@@ -906,14 +944,10 @@ impl KeyManager {
                 .filter(|r| p.check_free(&[*r]).is_ok())
                 .collect();
             let _ = p.take(&fresh);
-            fresh
-        };
-        let (metas, drained) = touched_blocks_of(link, &fresh);
-        let lid = link.setup.id.clone();
-        let now = self.inner.clock.now();
-        self.inner
-            .writer
-            .run(move |tx| -> Result<(), StoreError> {
+            let (metas, drained) = block_updates(&mut p, fresh.iter());
+            let lid = link.setup.id.clone();
+            let now = self.inner.clock.now();
+            self.inner.writer.run(move |tx| -> Result<(), StoreError> {
                 match tx.request(&request_id)? {
                     Some(mut r) => {
                         if r.state != RequestState::Voided {
@@ -950,8 +984,8 @@ impl KeyManager {
                 }
                 write_blocks(tx, &lid, &metas, &drained)
             })
-            .await??;
-        link.pool().forget(&drained_of(link));
+        };
+        persisted.await??;
         Ok(())
     }
 
@@ -1046,16 +1080,20 @@ impl KeyManager {
         })
     }
 
-    async fn persist_slave_side(
+    /// Under the pool lock: queues the durable write of a slave-side request: the keys for the
+    /// slave, the taken link bytes and the request record. Refuses reused key or request IDs.
+    fn slave_side_job(
         &self,
+        pool: &mut LinkPool,
         link: &LinkRt,
         request_id: [u8; 16],
         rec: RequestRecord,
-    ) -> Result<(), PeerError> {
-        let (metas, drained) = touched_blocks(link, &rec);
+    ) -> impl std::future::Future<
+        Output = Result<Result<Result<(), PeerError>, StoreError>, StoreError>,
+    > + use<> {
+        let (metas, drained) = block_updates(pool, rec.keys.iter().flat_map(|(_, r)| r.iter()));
         let lid = link.setup.id.clone();
-        let r = self
-            .inner
+        self.inner
             .writer
             .run(move |tx| -> Result<Result<(), PeerError>, StoreError> {
                 for (id, _) in &rec.keys {
@@ -1084,9 +1122,6 @@ impl KeyManager {
                 tx.put_request(&request_id, &rec)?;
                 Ok(Ok(()))
             })
-            .await??;
-        link.pool().forget(&drained_of(link));
-        r
     }
 }
 
@@ -1111,27 +1146,19 @@ pub struct LinkLevel {
     pub capacity_bytes: u64,
 }
 
-fn drained_of(link: &LinkRt) -> Vec<u64> {
-    link.pool().drained()
-}
-
-/// Block metadata to rewrite and drained blocks to erase after taking the ranges of `rec`.
-fn touched_blocks(link: &LinkRt, rec: &RequestRecord) -> (Vec<(u64, BlockMeta)>, Vec<u64>) {
-    let all: Vec<Range> = rec
-        .keys
-        .iter()
-        .flat_map(|(_, r)| r.iter().copied())
-        .collect();
-    touched_blocks_of(link, &all)
-}
-
-fn touched_blocks_of(link: &LinkRt, ranges: &[Range]) -> (Vec<(u64, BlockMeta)>, Vec<u64>) {
-    let p = link.pool();
-    let seqs: BTreeSet<u64> = ranges.iter().map(|r| r.block_seq).collect();
+/// Under the pool lock, after taking `ranges`: the metadata to rewrite for the blocks they touch,
+/// and the blocks now drained, which are forgotten here and erased by the same store operation.
+/// Because the caller queues that operation while still holding the lock, store writes of
+/// block metadata follow the pool's own order and never go backwards.
+fn block_updates<'a>(
+    pool: &mut LinkPool,
+    ranges: impl Iterator<Item = &'a Range>,
+) -> (Vec<(u64, BlockMeta)>, Vec<u64>) {
+    let seqs: BTreeSet<u64> = ranges.map(|r| r.block_seq).collect();
     let mut metas = Vec::new();
     let mut drained = Vec::new();
     for s in seqs {
-        if let Some(m) = p.block(s) {
+        if let Some(m) = pool.block(s) {
             if m.is_drained() {
                 drained.push(s);
             } else {
@@ -1139,7 +1166,19 @@ fn touched_blocks_of(link: &LinkRt, ranges: &[Range]) -> (Vec<(u64, BlockMeta)>,
             }
         }
     }
+    pool.forget(&drained);
     (metas, drained)
+}
+
+/// Maps a store outcome of a key delivery to the SAE-facing error.
+fn store_result<T>(r: Result<Result<T, StoreError>, StoreError>) -> Result<T, ServiceError> {
+    match r {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) | Err(e) => {
+            tracing::error!(error = %e, "store failed while delivering keys");
+            Err(ServiceError::Storage)
+        }
+    }
 }
 
 fn write_blocks(

@@ -47,40 +47,48 @@ impl Writer {
         Self { tx, failed, fatal }
     }
 
-    /// Runs `op` in the next batch and returns its result once the batch is durable.
+    /// Queues `op` for the next batch **now** (operations run in the order they were queued) and
+    /// returns a future of its result once the batch is durable.
     ///
     /// `op` must check everything before it writes anything: an `Err` from it leaves the
-    /// transaction as it found it (other operations of the batch still commit).
-    pub async fn run<T, E>(
+    /// transaction as it found it (other operations of the batch still commit). Because queueing
+    /// happens in this call, a caller holding a lock while calling it fixes the order of its
+    /// operation relative to every other caller of that lock.
+    pub fn run<T, E, F>(
         &self,
-        op: impl FnOnce(&mut Txn<'_>) -> Result<T, E> + Send + 'static,
-    ) -> Result<Result<T, E>, StoreError>
+        op: F,
+    ) -> impl std::future::Future<Output = Result<Result<T, E>, StoreError>> + Send + use<T, E, F>
     where
         T: Send + 'static,
         E: Send + 'static,
+        F: FnOnce(&mut Txn<'_>) -> Result<T, E> + Send + 'static,
     {
-        if self.failed.load(Ordering::SeqCst) {
-            return Err(StoreError::Db(
-                "store writer stopped after a failed commit".into(),
-            ));
-        }
         let (reply_tx, reply_rx) = oneshot::channel();
-        let job: Job = Box::new(move |txn: &mut Txn<'_>| {
-            let result = op(txn);
-            Box::new(move |committed: Result<(), &StoreError>| {
-                let _ = reply_tx.send(
-                    committed
-                        .map(|()| result)
-                        .map_err(|e| StoreError::Db(e.to_string())),
-                );
-            })
-        });
-        self.tx
-            .send(job)
-            .map_err(|_| StoreError::Db("store writer stopped".into()))?;
-        reply_rx
-            .await
-            .map_err(|_| StoreError::Db("store writer stopped".into()))?
+        let queued = if self.failed.load(Ordering::SeqCst) {
+            Err(StoreError::Db(
+                "store writer stopped after a failed commit".into(),
+            ))
+        } else {
+            let job: Job = Box::new(move |txn: &mut Txn<'_>| {
+                let result = op(txn);
+                Box::new(move |committed: Result<(), &StoreError>| {
+                    let _ = reply_tx.send(
+                        committed
+                            .map(|()| result)
+                            .map_err(|e| StoreError::Db(e.to_string())),
+                    );
+                })
+            });
+            self.tx
+                .send(job)
+                .map_err(|_| StoreError::Db("store writer stopped".into()))
+        };
+        async move {
+            queued?;
+            reply_rx
+                .await
+                .map_err(|_| StoreError::Db("store writer stopped".into()))?
+        }
     }
 
     /// Resolves when a commit has failed: the node must exit and recover from disk.

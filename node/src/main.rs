@@ -1,1 +1,123 @@
-fn main() {}
+//! `qkd-node`: the trusted-node daemon, and a demo that runs a network of them on loopback.
+
+#![forbid(unsafe_code)]
+
+mod config;
+mod daemon;
+mod demo;
+mod status;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "qkd-node",
+    version,
+    about = "Trusted-node daemon of the QKD key-management stack"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run one node from its configuration file.
+    ///
+    /// Example: qkd-node run --config /etc/qkd/node.toml
+    Run {
+        /// The node's TOML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a configuration file and exit.
+    ///
+    /// Example: qkd-node check --config /etc/qkd/node.toml
+    Check {
+        /// The node's TOML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Start a demo network of trusted nodes on loopback with simulated QKD links, print what to
+    /// run next, and keep it running until Ctrl-C.
+    ///
+    /// Example: qkd-node demo --data-dir demo-data
+    Demo(demo::DemoArgs),
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("QKD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("QKD_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.cmd {
+        Cmd::Check { config } => {
+            let cfg = config::NodeConfig::load(&config)?;
+            println!(
+                "{}: OK (node {}, {} links, {} SAEs)",
+                config.display(),
+                cfg.node.id,
+                cfg.links.len(),
+                cfg.saes.len()
+            );
+            Ok(())
+        }
+        Cmd::Run { config } => {
+            init_logging();
+            let cfg = config::NodeConfig::load(&config)?;
+            rt.block_on(async move {
+                let (tx, rx) = watch::channel(false);
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    let _ = tx.send(true);
+                });
+                daemon::run(cfg, rx).await
+            })
+        }
+        Cmd::Demo(args) => {
+            init_logging();
+            rt.block_on(demo::run(args))
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

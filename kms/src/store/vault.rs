@@ -162,7 +162,7 @@ fn check_private(_path: &Path) -> Result<(), VaultError> {
 }
 
 /// Writes `bytes` to a new file only the owner can read, and syncs it.
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);

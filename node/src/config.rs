@@ -1,0 +1,495 @@
+//! The node's TOML configuration: parsing and checking, with errors that name the file, the key
+//! and what is wrong. Nothing secret is ever read from here (no key material, no seeds): TLS
+//! private keys and link seeds are files the configuration points to.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use qkd_types::{KmeId, LinkId, NodeId, SaeId};
+use serde::Deserialize;
+
+/// A configuration problem: which file, which key, what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {what}")]
+pub struct ConfigError {
+    /// The configuration file.
+    pub file: PathBuf,
+    /// Dotted path of the offending key (with line and column when the parser knows them).
+    pub key: String,
+    /// What is wrong.
+    pub what: String,
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node.
+    pub node: NodeSection,
+    /// TLS material (one certificate for the ETSI 014 server and the peer protocol).
+    pub tls: TlsSection,
+    /// ETSI 014 limits for every pair.
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// Neighbour nodes.
+    #[serde(default, rename = "neighbour")]
+    pub neighbours: Vec<NeighbourSection>,
+    /// QKD links of this node.
+    #[serde(default, rename = "link")]
+    pub links: Vec<LinkSection>,
+    /// Every SAE of the network and whom it may pair with.
+    #[serde(default, rename = "sae")]
+    pub saes: Vec<SaeSection>,
+}
+
+/// `[node]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Node ID (also in the node's certificate as `urn:qkd:node:<id>`).
+    pub id: NodeId,
+    /// KME ID reported to SAEs.
+    pub kme_id: KmeId,
+    /// Directory of the store, the KEK files, recorded ports and link seeds. Relative paths are
+    /// relative to the configuration file.
+    pub data_dir: PathBuf,
+    /// ETSI 014 HTTPS listener; port 0 picks one at first start and records it.
+    pub etsi_listen: SocketAddr,
+    /// Node-to-node gRPC listener; port 0 as above.
+    pub peer_listen: SocketAddr,
+    /// Plain-HTTP operator status listener (loopback only is advised); port 0 as above.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
+    /// URI SAN prefix of SAE client certificates; the SAE ID is the rest.
+    #[serde(default = "default_prefix")]
+    pub sae_uri_prefix: String,
+    /// Seconds a key waits for its slave after the master got it.
+    #[serde(default = "default_ttl")]
+    pub key_ttl_seconds: u64,
+    /// Milliseconds to wait for a neighbour's answer.
+    #[serde(default = "default_peer_timeout")]
+    pub peer_timeout_ms: u64,
+    /// Milliseconds between polls of the QKD devices.
+    #[serde(default = "default_poll")]
+    pub device_poll_ms: u64,
+    /// Days a KEK period lasts (file-held KEKs rotate at start once a period has passed).
+    #[serde(default = "default_kek_days")]
+    pub kek_period_days: u64,
+}
+
+fn default_prefix() -> String {
+    "urn:qkd:sae:".into()
+}
+fn default_ttl() -> u64 {
+    3600
+}
+fn default_peer_timeout() -> u64 {
+    3000
+}
+fn default_poll() -> u64 {
+    20
+}
+fn default_kek_days() -> u64 {
+    1
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain of this node.
+    pub cert: PathBuf,
+    /// PEM private key of this node.
+    pub key: PathBuf,
+    /// PEM CA certificate(s) that SAEs' and neighbours' certificates chain to.
+    pub ca: PathBuf,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Default key size in bits.
+    #[serde(default = "d_key_size")]
+    pub key_size: u32,
+    /// Smallest key size in bits.
+    #[serde(default = "d_min")]
+    pub min_key_size: u32,
+    /// Largest key size in bits.
+    #[serde(default = "d_max")]
+    pub max_key_size: u32,
+    /// Most keys per request.
+    #[serde(default = "d_per_req")]
+    pub max_key_per_request: u32,
+}
+
+fn d_key_size() -> u32 {
+    256
+}
+fn d_min() -> u32 {
+    64
+}
+fn d_max() -> u32 {
+    1024
+}
+fn d_per_req() -> u32 {
+    128
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            key_size: d_key_size(),
+            min_key_size: d_min(),
+            max_key_size: d_max(),
+            max_key_per_request: d_per_req(),
+        }
+    }
+}
+
+/// `[[neighbour]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NeighbourSection {
+    /// Its node ID.
+    pub id: NodeId,
+    /// Its KME ID.
+    pub kme_id: KmeId,
+    /// The link to it.
+    pub link: LinkId,
+    /// Its peer-protocol address.
+    #[serde(default)]
+    pub peer_addr: Option<SocketAddr>,
+    /// Or: the `listen.json` file it records its addresses in (same host, demos and tests).
+    #[serde(default)]
+    pub peer_addr_file: Option<PathBuf>,
+    /// Name its certificate must be valid for; defaults to the address's IP.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+/// `[[link]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSection {
+    /// Link ID, the same at both ends.
+    pub id: LinkId,
+    /// The node at the other end.
+    pub peer: NodeId,
+    /// This end's device role: `master` (this node allocates the link's key) or `slave`.
+    pub role: Role,
+    /// Most unallocated link key to hold, in bytes.
+    #[serde(default = "d_capacity")]
+    pub capacity_bytes: u64,
+    /// Where the key comes from.
+    pub source: SourceSection,
+}
+
+fn d_capacity() -> u64 {
+    16 << 20
+}
+
+/// Device role in configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Pulls new keys.
+    Master,
+    /// Fetches keys by ID.
+    Slave,
+}
+
+/// `[link.source]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum SourceSection {
+    /// A simulated link. Its seed is read from `<data_dir>/sim/<link>.seed` (never from here).
+    Simulated {
+        /// Bits per block (multiple of 8).
+        #[serde(default = "d_block_bits")]
+        block_bits: u32,
+        /// Unix time (ms) at which both ends started producing key.
+        start_unix_ms: u64,
+        /// Link model parameters.
+        model: qkd_simulator::model::LinkModelSpec,
+    },
+}
+
+fn d_block_bits() -> u32 {
+    65536
+}
+
+/// `[[sae]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaeSection {
+    /// SAE ID.
+    pub id: SaeId,
+    /// Node it is attached to.
+    pub node: NodeId,
+    /// SAEs it may share keys with.
+    #[serde(default)]
+    pub peers: BTreeSet<SaeId>,
+}
+
+impl NodeConfig {
+    /// Reads, parses and checks a configuration file; relative paths become relative to it.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            key: "(file)".into(),
+            what: e.to_string(),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and checks configuration text that came from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let err = |key: &str, what: String| ConfigError {
+            file: path.to_path_buf(),
+            key: key.into(),
+            what,
+        };
+        let mut cfg: NodeConfig = toml::from_str(text).map_err(|e| {
+            let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+            ConfigError {
+                file: path.to_path_buf(),
+                key: format!("line {line}, column {col}"),
+                what: e.message().to_string(),
+            }
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut cfg.node.data_dir);
+        abs(&mut cfg.tls.cert);
+        abs(&mut cfg.tls.key);
+        abs(&mut cfg.tls.ca);
+        for n in &mut cfg.neighbours {
+            if let Some(p) = &mut n.peer_addr_file {
+                abs(p);
+            }
+        }
+        let l = &cfg.limits;
+        for (k, v) in [
+            ("limits.key_size", l.key_size),
+            ("limits.min_key_size", l.min_key_size),
+            ("limits.max_key_size", l.max_key_size),
+        ] {
+            if v == 0 || v % 8 != 0 {
+                return Err(err(k, format!("{v} is not a positive multiple of 8")));
+            }
+        }
+        if !(l.min_key_size <= l.key_size && l.key_size <= l.max_key_size) {
+            return Err(err(
+                "limits",
+                "need min_key_size <= key_size <= max_key_size".into(),
+            ));
+        }
+        if l.max_key_per_request == 0 {
+            return Err(err(
+                "limits.max_key_per_request",
+                "must be at least 1".into(),
+            ));
+        }
+        let mut sae_ids = BTreeMap::new();
+        for (i, s) in cfg.saes.iter().enumerate() {
+            if sae_ids.insert(s.id.clone(), i).is_some() {
+                return Err(err(
+                    &format!("sae[{i}].id"),
+                    format!("SAE {} is registered twice", s.id),
+                ));
+            }
+        }
+        for (i, s) in cfg.saes.iter().enumerate() {
+            if let Some(p) = s.peers.iter().find(|p| !sae_ids.contains_key(*p)) {
+                return Err(err(
+                    &format!("sae[{i}].peers"),
+                    format!("{p} is not a registered SAE"),
+                ));
+            }
+            if s.peers.contains(&s.id) {
+                return Err(err(
+                    &format!("sae[{i}].peers"),
+                    "an SAE cannot pair with itself".into(),
+                ));
+            }
+            if s.node != cfg.node.id && !cfg.neighbours.iter().any(|n| n.id == s.node) {
+                return Err(err(
+                    &format!("sae[{i}].node"),
+                    format!("{} is neither this node nor a neighbour", s.node),
+                ));
+            }
+        }
+        let mut link_ids = BTreeSet::new();
+        for (i, lk) in cfg.links.iter().enumerate() {
+            if !link_ids.insert(lk.id.clone()) {
+                return Err(err(
+                    &format!("link[{i}].id"),
+                    format!("link {} is configured twice", lk.id),
+                ));
+            }
+            if !cfg
+                .neighbours
+                .iter()
+                .any(|n| n.id == lk.peer && n.link == lk.id)
+            {
+                return Err(err(
+                    &format!("link[{i}].peer"),
+                    format!("no [[neighbour]] {} with link = \"{}\"", lk.peer, lk.id),
+                ));
+            }
+            if lk.capacity_bytes == 0 {
+                return Err(err(
+                    &format!("link[{i}].capacity_bytes"),
+                    "must be positive".into(),
+                ));
+            }
+            let SourceSection::Simulated {
+                block_bits, model, ..
+            } = &lk.source;
+            if *block_bits == 0 || block_bits % 8 != 0 {
+                return Err(err(
+                    &format!("link[{i}].source.block_bits"),
+                    format!("{block_bits} is not a positive multiple of 8"),
+                ));
+            }
+            model
+                .build()
+                .map_err(|e| err(&format!("link[{i}].source.model"), e.to_string()))?;
+        }
+        for (i, n) in cfg.neighbours.iter().enumerate() {
+            if n.peer_addr.is_none() == n.peer_addr_file.is_none() {
+                return Err(err(
+                    &format!("neighbour[{i}]"),
+                    "set exactly one of peer_addr and peer_addr_file".into(),
+                ));
+            }
+            if !link_ids.contains(&n.link) {
+                return Err(err(
+                    &format!("neighbour[{i}].link"),
+                    format!("no [[link]] with id = \"{}\"", n.link),
+                ));
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |p| before.len() - p - 1)
+        + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[node]
+id = "A"
+kme_id = "KME-A"
+data_dir = "data"
+etsi_listen = "127.0.0.1:0"
+peer_listen = "127.0.0.1:0"
+
+[tls]
+cert = "a.pem"
+key = "a.key"
+ca = "ca.pem"
+
+[[neighbour]]
+id = "B"
+kme_id = "KME-B"
+link = "A-B"
+peer_addr = "127.0.0.2:7000"
+
+[[link]]
+id = "A-B"
+peer = "B"
+role = "master"
+[link.source]
+kind = "simulated"
+start_unix_ms = 0
+model = { kind = "constant-rate", bits_per_second = 1000000 }
+
+[[sae]]
+id = "ENC-A"
+node = "A"
+peers = ["ENC-B"]
+
+[[sae]]
+id = "ENC-B"
+node = "B"
+peers = ["ENC-A"]
+"#;
+
+    fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
+        NodeConfig::parse(Path::new("/etc/qkd/node.toml"), text)
+    }
+
+    #[test]
+    fn good_config_parses_with_paths_made_absolute() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.node.data_dir, PathBuf::from("/etc/qkd/data"));
+        assert_eq!(c.limits.key_size, 256);
+        assert_eq!(c.saes.len(), 2);
+    }
+
+    #[test]
+    fn errors_name_file_key_and_problem() {
+        let cases = [
+            (
+                GOOD.replace("id = \"ENC-A\"", "id = \"ENC A\""),
+                "line",
+                "SAE ID contains ' '",
+            ),
+            (
+                GOOD.replace("peers = [\"ENC-B\"]", "peers = [\"ENC-X\"]"),
+                "sae[0].peers",
+                "ENC-X is not a registered SAE",
+            ),
+            (
+                GOOD.replace("role = \"master\"", "role = \"boss\""),
+                "line",
+                "unknown variant",
+            ),
+            (
+                GOOD.replace("[limits]", "") + "\n[limits]\nkey_size = 100\n",
+                "limits.key_size",
+                "not a positive multiple of 8",
+            ),
+            (
+                GOOD.replace("peer_addr = \"127.0.0.2:7000\"", ""),
+                "neighbour[0]",
+                "exactly one of",
+            ),
+            (
+                GOOD.replace("bits_per_second = 1000000", "bits_per_second = \"fast\""),
+                "line",
+                "invalid type",
+            ),
+            (
+                GOOD.replace("kme_id = \"KME-A\"", "kme_id = \"KME-A\"\ncolour = \"red\""),
+                "line 4",
+                "unknown field",
+            ),
+        ];
+        for (text, key, what) in cases {
+            let e = parse(&text).unwrap_err();
+            let s = e.to_string();
+            assert!(s.starts_with("/etc/qkd/node.toml: "), "{s}");
+            assert!(e.key.contains(key), "key {:?} lacks {key:?} ({s})", e.key);
+            assert!(s.contains(what), "{s} lacks {what:?}");
+        }
+    }
+}

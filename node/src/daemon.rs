@@ -1,0 +1,353 @@
+//! The trusted-node daemon: binds its listeners (reusing the ports recorded at first start),
+//! opens the store, starts the links, the key manager, the node-to-node gRPC service, the ETSI
+//! 014 server and the operator status endpoint, and runs until told to stop or until the store
+//! fails (then it exits so that it recovers from disk at the next start).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use qkd_hardware::{KeySource, LinkRole};
+use qkd_kms::manager::{KeyManager, LinkSetup, ManagerConfig, NeighbourEntry, SaeEntry};
+use qkd_kms::service::{KeyLimits, KeyService};
+use qkd_kms::store::Store;
+use qkd_kms::store::vault::FileKek;
+use qkd_kms::tls::{SaeIdentityRule, TlsFiles};
+use qkd_kms::writer::Writer;
+use qkd_simulator::link::{SimLinkConfig, SimulatedLink};
+use qkd_types::{Clock, SystemClock};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::{NodeConfig, Role, SourceSection};
+use crate::status;
+
+/// Addresses a node listens on, recorded in `<data_dir>/listen.json` once all are bound.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ListenRecord {
+    /// Schema version of this file.
+    pub version: u32,
+    /// ETSI 014 HTTPS address.
+    pub etsi: SocketAddr,
+    /// Node-to-node gRPC address.
+    pub peer: SocketAddr,
+    /// Operator status address, if enabled.
+    pub admin: Option<SocketAddr>,
+}
+
+/// Name of the listen record in the data directory.
+pub const LISTEN_FILE: &str = "listen.json";
+
+/// Writes `bytes` to `path` atomically (temporary file, sync, rename, sync directory).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Binds `want`, or, when its port is 0 and an earlier start recorded a port for the same IP,
+/// that port, so a restarted node serves on the same addresses as before.
+async fn bind(want: SocketAddr, recorded: Option<SocketAddr>, what: &str) -> Result<TcpListener> {
+    let addr = match recorded {
+        Some(r) if want.port() == 0 && r.ip() == want.ip() => r,
+        _ => want,
+    };
+    let l = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("cannot bind the {what} listener to {addr}"))?;
+    l.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(l)?)
+}
+
+/// Runs the node until `shutdown` flips to true. Returns an error for a fatal store failure.
+pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let data = cfg.node.data_dir.clone();
+    std::fs::create_dir_all(&data)
+        .with_context(|| format!("cannot create data directory {}", data.display()))?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+
+    let recorded: Option<ListenRecord> = std::fs::read(data.join(LISTEN_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let etsi_l = bind(
+        cfg.node.etsi_listen,
+        recorded.as_ref().map(|r| r.etsi),
+        "ETSI 014",
+    )
+    .await?;
+    let peer_l = bind(
+        cfg.node.peer_listen,
+        recorded.as_ref().map(|r| r.peer),
+        "peer",
+    )
+    .await?;
+    let admin_l = match cfg.node.admin_listen {
+        Some(a) => Some(bind(a, recorded.as_ref().and_then(|r| r.admin), "admin").await?),
+        None => None,
+    };
+
+    // Every listener is bound (connections wait in the backlog until the servers start): record
+    // the addresses, for restarts and for neighbours and demos on the same host.
+    let etsi_addr = etsi_l.local_addr()?;
+    let peer_addr = peer_l.local_addr()?;
+    let admin_addr = admin_l.as_ref().map(|l| l.local_addr()).transpose()?;
+    let record = ListenRecord {
+        version: 1,
+        etsi: etsi_addr,
+        peer: peer_addr,
+        admin: admin_addr,
+    };
+    write_atomic(
+        &data.join(LISTEN_FILE),
+        &serde_json::to_vec_pretty(&record)?,
+    )?;
+
+    // Store and encryption at rest.
+    let key_dir = data.join("keys");
+    std::fs::create_dir_all(&key_dir)?;
+    restrict_dir(&key_dir)?;
+    let kek = FileKek::open(
+        &key_dir,
+        clock.now(),
+        cfg.node.kek_period_days.max(1) * 86_400_000,
+    )
+    .context("cannot open the key-encryption key")?;
+    let (store, mut recovered) =
+        Store::open(&data.join("store.redb"), &kek).context("cannot open the key store")?;
+    tracing::info!(
+        epoch = recovered.epoch,
+        "key store open; fresh data-key epoch started"
+    );
+    let reserved = std::mem::take(&mut recovered.reserved);
+    let writer = Writer::spawn(store);
+
+    let tls = TlsFiles {
+        cert_chain: cfg.tls.cert.clone(),
+        key: cfg.tls.key.clone(),
+        ca: cfg.tls.ca.clone(),
+    };
+
+    // Links.
+    let mut setups = Vec::new();
+    let mut neighbours = std::collections::BTreeMap::new();
+    for n in &cfg.neighbours {
+        neighbours.insert(
+            n.id.clone(),
+            NeighbourEntry {
+                kme: n.kme_id.clone(),
+                link: n.link.clone(),
+            },
+        );
+    }
+    for link in &cfg.links {
+        let source = make_source(&data, link, clock.clone())?;
+        let info = source.info();
+        if info.simulated {
+            tracing::warn!(link = %link.id, "link {} is SIMULATED: its keys are for demos and tests, never for protecting data", link.id);
+        }
+        let n = cfg
+            .neighbours
+            .iter()
+            .find(|n| n.id == link.peer)
+            .context("link without neighbour")?;
+        let addr = resolve_peer(n.peer_addr, n.peer_addr_file.as_deref(), &mut shutdown).await?;
+        let name = n
+            .server_name
+            .clone()
+            .unwrap_or_else(|| addr.ip().to_string());
+        let client = qkd_kms::peer::client(addr, &name, &tls)?;
+        setups.push(LinkSetup {
+            id: link.id.clone(),
+            peer: link.peer.clone(),
+            source,
+            capacity_bytes: link.capacity_bytes,
+            client,
+        });
+    }
+
+    let mcfg = ManagerConfig {
+        node: cfg.node.id.clone(),
+        kme: cfg.node.kme_id.clone(),
+        saes: cfg
+            .saes
+            .iter()
+            .map(|s| {
+                (
+                    s.id.clone(),
+                    SaeEntry {
+                        node: s.node.clone(),
+                        peers: s.peers.clone(),
+                    },
+                )
+            })
+            .collect(),
+        neighbours,
+        limits: KeyLimits {
+            key_size: cfg.limits.key_size,
+            min_key_size: cfg.limits.min_key_size,
+            max_key_size: cfg.limits.max_key_size,
+            max_key_per_request: cfg.limits.max_key_per_request,
+            max_sae_id_count: 0,
+        },
+        key_ttl_ms: cfg.node.key_ttl_seconds * 1000,
+        peer_timeout: Duration::from_millis(cfg.node.peer_timeout_ms),
+        tombstone_retention_ms: 30 * 86_400_000,
+    };
+    let manager = KeyManager::new(mcfg, clock.clone(), writer, setups, recovered);
+
+    // Servers.
+    let stop = {
+        let s = shutdown.clone();
+        move || {
+            let mut s = s.clone();
+            async move {
+                let _ = s.wait_for(|v| *v).await;
+            }
+        }
+    };
+    let server_cfg =
+        Arc::new(qkd_kms::tls::server_config(&tls).context("ETSI 014 TLS configuration")?);
+    let service: Arc<dyn KeyService> = Arc::new(manager.clone());
+    let etsi_task = tokio::spawn(qkd_kms::etsi::server::serve(
+        etsi_l,
+        server_cfg,
+        service,
+        SaeIdentityRule::new(cfg.node.sae_uri_prefix.clone()),
+        stop(),
+    ));
+    let peer_task = tokio::spawn({
+        let m = manager.clone();
+        let tls = tls.clone();
+        let st = stop();
+        async move { qkd_kms::peer::serve(peer_l, &tls, m, st).await }
+    });
+    let admin_task = admin_l.map(|l| {
+        tokio::spawn(status::serve(
+            l,
+            manager.clone(),
+            cfg.node.id.clone(),
+            stop(),
+        ))
+    });
+
+    tracing::info!(node = %cfg.node.id, etsi = %etsi_addr, peer = %peer_addr, admin = ?admin_addr, "node serving");
+
+    let bg = {
+        let m = manager.clone();
+        let poll = Duration::from_millis(cfg.node.device_poll_ms.max(1));
+        tokio::spawn(async move {
+            m.recover(reserved).await;
+            m.run_background(poll).await;
+        })
+    };
+
+    let fatal = tokio::select! {
+        _ = shutdown.wait_for(|v| *v) => false,
+        () = manager.fatal() => true,
+    };
+    bg.abort();
+    if fatal {
+        bail!("key store commit failed; exiting so that the next start recovers from disk");
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+    let _ = etsi_task.await;
+    let _ = peer_task.await;
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+fn make_source(
+    data: &Path,
+    link: &crate::config::LinkSection,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<dyn KeySource>> {
+    match &link.source {
+        SourceSection::Simulated {
+            block_bits,
+            start_unix_ms,
+            model,
+        } => {
+            let seed_path = seed_path(data, &link.id);
+            let text = std::fs::read_to_string(&seed_path).with_context(|| {
+                format!(
+                    "simulated link {}: cannot read its seed file {}",
+                    link.id,
+                    seed_path.display()
+                )
+            })?;
+            let seed = SimulatedLink::parse_seed(&text)
+                .with_context(|| format!("seed file {}", seed_path.display()))?;
+            let role = match link.role {
+                Role::Master => LinkRole::Master,
+                Role::Slave => LinkRole::Slave,
+            };
+            let cfg = SimLinkConfig {
+                link: link.id.clone(),
+                role,
+                block_bits: *block_bits,
+                start: *start_unix_ms,
+            };
+            Ok(Arc::new(SimulatedLink::new(
+                cfg,
+                &seed,
+                model.build()?,
+                clock,
+            )?))
+        }
+    }
+}
+
+/// Where a simulated link's seed lives in a data directory.
+pub fn seed_path(data: &Path, link: &qkd_types::LinkId) -> PathBuf {
+    data.join("sim").join(format!("{link}.seed"))
+}
+
+async fn resolve_peer(
+    addr: Option<SocketAddr>,
+    file: Option<&Path>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<SocketAddr> {
+    if let Some(a) = addr {
+        return Ok(a);
+    }
+    let file = file.context("neighbour without address")?;
+    // The neighbour records its address once it has bound its listeners; wait for that (bounded).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(bytes) = std::fs::read(file) {
+            if let Ok(r) = serde_json::from_slice::<ListenRecord>(&bytes) {
+                return Ok(r.peer);
+            }
+        }
+        if tokio::time::Instant::now() > deadline || *shutdown.borrow() {
+            bail!("neighbour address file {} did not appear", file.display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(unix)]
+fn restrict_dir(p: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))?;
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn restrict_dir(_p: &Path) -> Result<()> {
+    Ok(())
+}

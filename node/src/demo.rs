@@ -1,0 +1,412 @@
+//! `qkd-node demo`: a network of trusted nodes on loopback, each a real `qkd-node run` process
+//! with its own data directory, embedded store and ETSI 014 endpoint, joined by simulated QKD
+//! links. First run generates the test PKI, link seeds and configurations into the data
+//! directory; later runs reuse them (and the nodes their recorded ports).
+//!
+//! Once every node has bound its listeners, the demo writes `demo.json` (atomically) describing
+//! the running network and prints ready-to-paste `curl` commands.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use qkd_kms::pki::DemoPki;
+use qkd_simulator::link::SimulatedLink;
+use qkd_types::{LinkId, NodeId, SaeId};
+use serde::Serialize;
+
+use crate::daemon::{LISTEN_FILE, ListenRecord, seed_path, write_atomic};
+
+/// Schema version of `demo.json`.
+pub const DEMO_SCHEMA_VERSION: u32 = 1;
+/// URI SAN prefix of the demo's SAE certificates.
+pub const SAE_PREFIX: &str = "urn:qkd:sae:";
+
+/// Arguments of `qkd-node demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Directory for PKI, configurations, stores and logs (created on first run).
+    #[arg(long, default_value = "demo-data")]
+    pub data_dir: PathBuf,
+    /// Secret key rate of every simulated link, in bit/s.
+    #[arg(long, default_value_t = 50_000_000)]
+    pub link_rate_bps: u64,
+    /// Write the configuration and exit without starting nodes.
+    #[arg(long)]
+    pub setup_only: bool,
+}
+
+/// One node of the demo topology.
+#[derive(Debug, Clone)]
+struct DemoNode {
+    id: NodeId,
+    ip: Ipv4Addr,
+}
+
+/// The demo topology: nodes, links (first node of each pair is the device master), SAEs.
+struct Topology {
+    nodes: Vec<DemoNode>,
+    links: Vec<(LinkId, usize, usize)>,
+    saes: Vec<(SaeId, usize, Vec<&'static str>)>,
+}
+
+fn topology() -> Result<Topology> {
+    let n = |id: &str, last: u8| -> Result<DemoNode> {
+        Ok(DemoNode {
+            id: NodeId::parse(id)?,
+            ip: Ipv4Addr::new(127, 0, 0, last),
+        })
+    };
+    Ok(Topology {
+        nodes: vec![n("A", 1)?, n("B", 2)?],
+        links: vec![(LinkId::parse("A-B")?, 0, 1)],
+        // ENC-A1 <-> ENC-B1 and ENC-A2 <-> ENC-B2 may pair; the crossed pairs are refused.
+        saes: vec![
+            (SaeId::parse("ENC-A1")?, 0, vec!["ENC-B1"]),
+            (SaeId::parse("ENC-A2")?, 0, vec!["ENC-B2"]),
+            (SaeId::parse("ENC-B1")?, 1, vec!["ENC-A1"]),
+            (SaeId::parse("ENC-B2")?, 1, vec!["ENC-A2"]),
+        ],
+    })
+}
+
+/// `demo.json`: what a script or a third-party ETSI 014 client needs to talk to the demo.
+#[derive(Debug, Serialize)]
+pub struct DemoDescription {
+    /// Version of this document's schema.
+    pub schema_version: u32,
+    /// Every node.
+    pub nodes: Vec<DemoNodeOut>,
+    /// Every SAE.
+    pub saes: Vec<DemoSaeOut>,
+    /// SAE pairs allowed to share keys.
+    pub allowed_pairs: Vec<[SaeId; 2]>,
+    /// Whether the links are simulated (always true for the demo).
+    pub simulated_links: bool,
+}
+
+/// A node in `demo.json`.
+#[derive(Debug, Serialize)]
+pub struct DemoNodeOut {
+    /// Node ID.
+    pub id: NodeId,
+    /// KME ID (ETSI `source_KME_ID`).
+    pub kme_id: String,
+    /// ETSI 014 base URL, host matching the server certificate.
+    pub etsi_base_url: String,
+    /// CA certificate that verifies the node's server certificate.
+    pub ca_file: PathBuf,
+    /// Operator status URL.
+    pub status_url: Option<String>,
+    /// Configuration file.
+    pub config_file: PathBuf,
+    /// Log file.
+    pub log_file: PathBuf,
+}
+
+/// An SAE in `demo.json`.
+#[derive(Debug, Serialize)]
+pub struct DemoSaeOut {
+    /// SAE ID.
+    pub id: SaeId,
+    /// Node it is attached to.
+    pub node: NodeId,
+    /// Client certificate (PEM).
+    pub cert_file: PathBuf,
+    /// Client private key (PEM).
+    pub key_file: PathBuf,
+}
+
+/// Writes PKI, seeds and configurations (only what is missing). Returns config paths per node.
+fn setup(dir: &Path, topo: &Topology, rate: u64) -> Result<(DemoPki, Vec<PathBuf>)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let pki = DemoPki::create(&dir.join("pki"))?;
+    let start_ms = qkd_types::Clock::now(&qkd_types::SystemClock);
+    let mut configs = Vec::new();
+    for link in &topo.links {
+        // One seed per link, written into both ends' data directories (never a config file).
+        let a = dir.join(topo.nodes[link.1].id.as_str()).join("data");
+        let b = dir.join(topo.nodes[link.2].id.as_str()).join("data");
+        let (pa, pb) = (seed_path(&a, &link.0), seed_path(&b, &link.0));
+        if !(pa.exists() && pb.exists()) {
+            let seed = SimulatedLink::generate_seed_hex();
+            for p in [&pa, &pb] {
+                std::fs::create_dir_all(p.parent().context("seed dir")?)?;
+                let _ = std::fs::remove_file(p);
+                qkd_kms::store::vault::write_private(p, seed.as_bytes())?;
+            }
+        }
+    }
+    for (i, node) in topo.nodes.iter().enumerate() {
+        let ndir = dir.join(node.id.as_str());
+        std::fs::create_dir_all(&ndir)?;
+        let cfg_path = ndir.join("node.toml");
+        configs.push(cfg_path.clone());
+        if cfg_path.exists() {
+            continue;
+        }
+        let cert = pki.issue_node(&node.id, IpAddr::V4(node.ip))?;
+        let mut t = String::new();
+        use std::fmt::Write;
+        writeln!(
+            t,
+            "# Demo node {} (generated by `qkd-node demo`; edit freely).",
+            node.id
+        )?;
+        writeln!(
+            t,
+            "[node]\nid = \"{}\"\nkme_id = \"KME-{}\"\ndata_dir = \"data\"",
+            node.id, node.id
+        )?;
+        writeln!(
+            t,
+            "etsi_listen = \"{}:0\"\npeer_listen = \"{}:0\"\nadmin_listen = \"{}:0\"",
+            node.ip, node.ip, node.ip
+        )?;
+        writeln!(
+            t,
+            "sae_uri_prefix = \"{SAE_PREFIX}\"\nkey_ttl_seconds = 3600\n"
+        )?;
+        writeln!(
+            t,
+            "[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
+            cert.cert,
+            cert.key,
+            pki.ca_cert()
+        )?;
+        writeln!(
+            t,
+            "[limits]\nkey_size = 256\nmin_key_size = 64\nmax_key_size = 4096\nmax_key_per_request = 128\n"
+        )?;
+        for (lid, a, b) in &topo.links {
+            let (me, other) = if *a == i {
+                (true, *b)
+            } else if *b == i {
+                (false, *a)
+            } else {
+                continue;
+            };
+            let peer = &topo.nodes[other];
+            writeln!(
+                t,
+                "[[neighbour]]\nid = \"{}\"\nkme_id = \"KME-{}\"\nlink = \"{lid}\"",
+                peer.id, peer.id
+            )?;
+            writeln!(
+                t,
+                "peer_addr_file = \"../{}/data/{LISTEN_FILE}\"\n",
+                peer.id
+            )?;
+            writeln!(
+                t,
+                "[[link]]\nid = \"{lid}\"\npeer = \"{}\"\nrole = \"{}\"",
+                peer.id,
+                if me { "master" } else { "slave" }
+            )?;
+            writeln!(
+                t,
+                "capacity_bytes = {}\n[link.source]\nkind = \"simulated\"\nblock_bits = 65536\nstart_unix_ms = {start_ms}",
+                16 << 20
+            )?;
+            writeln!(
+                t,
+                "model = {{ kind = \"constant-rate\", bits_per_second = {rate} }}\n"
+            )?;
+        }
+        for (sid, at, peers) in &topo.saes {
+            let peers: Vec<String> = peers.iter().map(|p| format!("\"{p}\"")).collect();
+            writeln!(
+                t,
+                "[[sae]]\nid = \"{sid}\"\nnode = \"{}\"\npeers = [{}]\n",
+                topo.nodes[*at].id,
+                peers.join(", ")
+            )?;
+        }
+        write_atomic(&cfg_path, t.as_bytes())?;
+    }
+    for (sid, _, _) in &topo.saes {
+        pki.issue_sae(sid, SAE_PREFIX)?;
+    }
+    Ok((pki, configs))
+}
+
+/// Runs the demo.
+pub async fn run(args: DemoArgs) -> Result<()> {
+    let topo = topology()?;
+    let (pki, configs) = setup(&args.data_dir, &topo, args.link_rate_bps)?;
+    let dir = args.data_dir.canonicalize()?;
+    if args.setup_only {
+        println!("demo configuration written under {}", dir.display());
+        return Ok(());
+    }
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::new();
+    for (node, cfg) in topo.nodes.iter().zip(&configs) {
+        let log_path = dir.join(node.id.as_str()).join("node.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
+        let child = tokio::process::Command::new(&exe)
+            .arg("run")
+            .arg("--config")
+            .arg(cfg)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start node {}", node.id))?;
+        children.push((node.clone(), child, log_path));
+    }
+    // Wait until every node has recorded its bound addresses (or one died).
+    let mut listens = Vec::new();
+    for (node, child, log) in children.iter_mut() {
+        let file = dir.join(node.id.as_str()).join("data").join(LISTEN_FILE);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let started = std::time::SystemTime::now();
+        loop {
+            let fresh = std::fs::metadata(&file)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= started - Duration::from_secs(1));
+            if fresh {
+                if let Ok(r) = serde_json::from_slice::<ListenRecord>(&std::fs::read(&file)?) {
+                    listens.push(r);
+                    break;
+                }
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "node {} exited ({status}) during start; see {}",
+                    node.id,
+                    log.display()
+                );
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "node {} did not come up within 60 s; see {}",
+                    node.id,
+                    log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let url = |a: SocketAddr| format!("https://{a}/api/v1/keys/");
+    let desc = DemoDescription {
+        schema_version: DEMO_SCHEMA_VERSION,
+        nodes: topo
+            .nodes
+            .iter()
+            .zip(&listens)
+            .zip(&configs)
+            .map(|((n, l), c)| DemoNodeOut {
+                id: n.id.clone(),
+                kme_id: format!("KME-{}", n.id),
+                etsi_base_url: url(l.etsi),
+                ca_file: pki.ca_cert().to_path_buf(),
+                status_url: l.admin.map(|a| format!("http://{a}/status")),
+                config_file: c.clone(),
+                log_file: dir.join(n.id.as_str()).join("node.log"),
+            })
+            .collect(),
+        saes: topo
+            .saes
+            .iter()
+            .map(|(s, at, _)| {
+                let c = pki.issue_sae(s, SAE_PREFIX)?;
+                Ok(DemoSaeOut {
+                    id: s.clone(),
+                    node: topo.nodes[*at].id.clone(),
+                    cert_file: c.cert,
+                    key_file: c.key,
+                })
+            })
+            .collect::<Result<_>>()?,
+        allowed_pairs: topo
+            .saes
+            .iter()
+            .flat_map(|(s, _, peers)| {
+                peers.iter().filter_map(move |p| {
+                    SaeId::parse(p)
+                        .ok()
+                        .filter(|p| s < p)
+                        .map(|p| [s.clone(), p])
+                })
+            })
+            .collect(),
+        simulated_links: true,
+    };
+    let demo_json = dir.join("demo.json");
+    write_atomic(&demo_json, &serde_json::to_vec_pretty(&desc)?)?;
+    print_next_steps(&desc, &demo_json);
+
+    crate::wait_for_signal().await;
+    println!("stopping the demo nodes...");
+    for (_, child, _) in &children {
+        if let Some(pid) = child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+    for (_, child, _) in children.iter_mut() {
+        let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    }
+    Ok(())
+}
+
+fn print_next_steps(d: &DemoDescription, json: &Path) {
+    let sae = |id: &str| d.saes.iter().find(|s| s.id.as_str() == id);
+    let node = |id: &str| d.nodes.iter().find(|n| n.id.as_str() == id);
+    let (Some(a1), Some(b1), Some(na), Some(nb)) =
+        (sae("ENC-A1"), sae("ENC-B1"), node("A"), node("B"))
+    else {
+        return;
+    };
+    let ca = na.ca_file.display();
+    println!();
+    println!(
+        "Demo network running: {} trusted nodes, simulated QKD links (demo keys: never protect real data).",
+        d.nodes.len()
+    );
+    for n in &d.nodes {
+        println!(
+            "  node {:<3} ETSI 014 {}   status {}",
+            n.id.as_str(),
+            n.etsi_base_url,
+            n.status_url.as_deref().unwrap_or("-")
+        );
+    }
+    println!("Description for scripts: {}", json.display());
+    println!();
+    println!("1. SAE ENC-A1 gets a key at node A for slave ENC-B1 (GET form):");
+    println!();
+    println!(
+        "KEY_ID=$(curl -s --cacert {ca} --cert {} --key {} '{}ENC-B1/enc_keys?number=1&size=256' | tee /dev/stderr | sed -n 's/.*\"key_ID\": *\"\\([^\"]*\\)\".*/\\1/p'); echo; echo key_ID=$KEY_ID",
+        a1.cert_file.display(),
+        a1.key_file.display(),
+        na.etsi_base_url
+    );
+    println!();
+    println!("2. SAE ENC-B1 fetches the same key at node B by its key_ID:");
+    println!();
+    println!(
+        "curl -s --cacert {ca} --cert {} --key {} \"{}ENC-A1/dec_keys?key_ID=$KEY_ID\"; echo",
+        b1.cert_file.display(),
+        b1.key_file.display(),
+        nb.etsi_base_url
+    );
+    println!();
+    println!("   POST forms work too, e.g.:");
+    println!(
+        "curl -s --cacert {ca} --cert {} --key {} -H 'Content-Type: application/json' -d '{{\"number\":2,\"size\":512}}' {}ENC-B1/enc_keys; echo",
+        a1.cert_file.display(),
+        a1.key_file.display(),
+        na.etsi_base_url
+    );
+    println!();
+    println!("Press Ctrl-C to stop the network.");
+}
