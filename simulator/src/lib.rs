@@ -17,6 +17,7 @@ pub mod model;
 pub mod network;
 pub mod physical;
 pub mod physics;
+pub mod plot;
 pub mod satellite;
 pub mod scenario;
 pub mod spec;

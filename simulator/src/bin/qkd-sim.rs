@@ -1,1 +1,360 @@
-fn main() {}
+//! `qkd-sim`: the research command line of the QKD simulator. A thin shell over the
+//! `qkd_simulator` library: argument parsing, progress bars, files.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use qkd_simulator::curve::{Axis, CurvePoint, CurveProtocol, rate_curve};
+use qkd_simulator::network::{RunOptions, run};
+use qkd_simulator::physics::channel::DvHardware;
+use qkd_simulator::physics::cv::Gg02;
+use qkd_simulator::physics::twinfield::TwinField;
+use qkd_simulator::plot;
+use qkd_simulator::scenario::Scenario;
+use qkd_simulator::spec::HardwarePreset;
+
+#[derive(Parser)]
+#[command(
+    name = "qkd-sim",
+    version,
+    about = "QKD link and network simulator (research tool)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Secret key rate and QBER versus distance or loss, with the PLOB bound alongside.
+    #[command(after_help = "Examples:\n  \
+        qkd-sim rate --protocol decoy-vacuum-weak --hardware gys --to 150 --out gys\n  \
+        qkd-sim rate --protocol finite-key --hardware lim2014 --block 1e7 --to 200 --points 101 --out lim\n  \
+        qkd-sim rate --protocol cv-gg02 --axis loss --to 30 --out cv\n\n\
+        Writes rate.csv, rate.json, rate.png/svg (key rate, PLOB, TGW) and qber.png/svg into --out.")]
+    Rate(RateArgs),
+    /// Simulate a network scenario: per-link time series, end-to-end key, summary, plots.
+    #[command(after_help = "Examples:\n  \
+        qkd-sim run simulator/scenarios/metro-2node.toml --out metro\n  \
+        qkd-sim run simulator/scenarios/euroqci.toml --aggregate 300 --out euroqci\n\n\
+        Writes links.csv, pairs.csv, summary.json, links.png/svg and pairs.png/svg into --out\n\
+        and prints a summary table.")]
+    Run(RunArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Protocol {
+    /// Decoy BB84, infinitely many decoys, μ optimised per point.
+    DecoyInfinite,
+    /// Decoy BB84, vacuum + weak decoy (--mu, --nu).
+    DecoyVacuumWeak,
+    /// BB84 with weak coherent pulses and no decoy (GLLP).
+    NoDecoy,
+    /// Efficient BB84 with biased basis choice (--p-z).
+    EfficientBb84,
+    /// Finite-key three-intensity decoy BB84, Lim 2014 (--block), optimised per point.
+    FiniteKey,
+    /// Finite-key one-decoy BB84, Rusca 2018 (--block), optimised per point.
+    OneDecoy,
+    /// GG02 CV-QKD, reverse reconciliation, homodyne, trusted detector.
+    CvGg02,
+    /// Phase-matching twin-field QKD (total Alice-Bob distance).
+    TwinField,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Hw {
+    Gys,
+    Kth,
+    Lim2014,
+    MetroGhz,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum AxisArg {
+    Distance,
+    Loss,
+}
+
+#[derive(clap::Args)]
+struct RateArgs {
+    /// Protocol.
+    #[arg(long, value_enum, default_value = "decoy-infinite")]
+    protocol: Protocol,
+    /// Hardware parameter set (DV protocols).
+    #[arg(long, value_enum, default_value = "gys")]
+    hardware: Hw,
+    /// Override fibre attenuation, dB/km.
+    #[arg(long)]
+    alpha: Option<f64>,
+    /// Override Bob's optics × detector efficiency.
+    #[arg(long)]
+    eta_bob: Option<f64>,
+    /// Override dark-count probability per detector per gate.
+    #[arg(long)]
+    dark_count: Option<f64>,
+    /// Override misalignment error.
+    #[arg(long)]
+    misalignment: Option<f64>,
+    /// Override repetition rate, Hz.
+    #[arg(long)]
+    rep_rate: Option<f64>,
+    /// Extra fixed loss (connectors), dB.
+    #[arg(long)]
+    extra_loss: Option<f64>,
+    /// Error-correction inefficiency f.
+    #[arg(long, default_value_t = 1.22)]
+    f_ec: f64,
+    /// Signal intensity (vacuum + weak).
+    #[arg(long, default_value_t = 0.48)]
+    mu: f64,
+    /// Weak decoy intensity (vacuum + weak).
+    #[arg(long, default_value_t = 0.05)]
+    nu: f64,
+    /// Basis-Z probability (efficient BB84).
+    #[arg(long, default_value_t = 0.9)]
+    p_z: f64,
+    /// Block size in key-basis bits (finite key).
+    #[arg(long, default_value_t = 1e7)]
+    block: f64,
+    /// X axis.
+    #[arg(long, value_enum, default_value = "distance")]
+    axis: AxisArg,
+    /// First x value (km or dB).
+    #[arg(long, default_value_t = 0.0)]
+    from: f64,
+    /// Last x value (km or dB).
+    #[arg(long, default_value_t = 200.0)]
+    to: f64,
+    /// Number of points.
+    #[arg(long, default_value_t = 201)]
+    points: usize,
+    /// Output directory.
+    #[arg(long, default_value = "qkd-sim-rate")]
+    out: PathBuf,
+    /// Skip the plots.
+    #[arg(long)]
+    no_plot: bool,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Scenario file (.toml or .json).
+    scenario: PathBuf,
+    /// Output directory.
+    #[arg(long, default_value = "qkd-sim-run")]
+    out: PathBuf,
+    /// Aggregate time series into buckets of this many seconds (default: 60, or the step if
+    /// larger). Use the step itself for full resolution on small scenarios.
+    #[arg(long)]
+    aggregate: Option<u64>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Skip the plots.
+    #[arg(long)]
+    no_plot: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// Links shown in the summary table (slowest first).
+    #[arg(long, default_value_t = 25)]
+    max_rows: usize,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Rate(a) => rate(a),
+        Command::Run(a) => run_scenario(a),
+    }
+}
+
+fn rate(a: RateArgs) -> Result<()> {
+    let preset = match a.hardware {
+        Hw::Gys => HardwarePreset::Gys,
+        Hw::Kth => HardwarePreset::Kth,
+        Hw::Lim2014 => HardwarePreset::Lim2014,
+        Hw::MetroGhz => HardwarePreset::MetroGhz,
+    };
+    let mut hw: DvHardware = preset.hardware();
+    for (dst, v) in [
+        (&mut hw.alpha_db_per_km, a.alpha),
+        (&mut hw.eta_bob, a.eta_bob),
+        (&mut hw.dark_count_prob, a.dark_count),
+        (&mut hw.misalignment, a.misalignment),
+        (&mut hw.rep_rate_hz, a.rep_rate),
+        (&mut hw.extra_loss_db, a.extra_loss),
+    ] {
+        if let Some(v) = v {
+            *dst = v;
+        }
+    }
+    let (protocol, name) = match a.protocol {
+        Protocol::DecoyInfinite => (
+            CurveProtocol::DecoyInfinite,
+            "decoy BB84, infinite decoys".to_string(),
+        ),
+        Protocol::DecoyVacuumWeak => (
+            CurveProtocol::DecoyVacuumWeak { mu: a.mu, nu: a.nu },
+            format!("decoy BB84, vacuum+weak (mu {}, nu {})", a.mu, a.nu),
+        ),
+        Protocol::NoDecoy => (
+            CurveProtocol::NoDecoy,
+            "BB84 without decoys (GLLP)".to_string(),
+        ),
+        Protocol::EfficientBb84 => (
+            CurveProtocol::EfficientBb84 { p_z: a.p_z },
+            format!("efficient BB84 (p_Z {})", a.p_z),
+        ),
+        Protocol::FiniteKey => (
+            CurveProtocol::FiniteKey {
+                block_bits: a.block,
+            },
+            format!("finite-key decoy BB84, Lim 2014, n_X = {:e}", a.block),
+        ),
+        Protocol::OneDecoy => (
+            CurveProtocol::OneDecoy {
+                block_bits: a.block,
+            },
+            format!("one-decoy BB84, Rusca 2018, n_Z = {:e}", a.block),
+        ),
+        Protocol::CvGg02 => {
+            let mut m = Gg02::REFERENCE;
+            if let Some(x) = a.alpha {
+                m.alpha_db_per_km = x;
+            }
+            (
+                CurveProtocol::CvGg02(m),
+                "GG02 CV-QKD (RR, homodyne)".to_string(),
+            )
+        }
+        Protocol::TwinField => {
+            let mut m = TwinField::LONG_HAUL;
+            if let Some(x) = a.alpha {
+                m.alpha_db_per_km = x;
+            }
+            (
+                CurveProtocol::TwinField(m),
+                "twin-field (PM-QKD)".to_string(),
+            )
+        }
+    };
+    let axis = if a.axis == AxisArg::Loss {
+        Axis::Loss
+    } else {
+        Axis::Distance
+    };
+    if a.block < 1e3 || !a.block.is_finite() {
+        bail!("--block {}: a block holds at least 1000 bits", a.block);
+    }
+    let started = Instant::now();
+    let points = rate_curve(&protocol, &hw, a.f_ec, axis, a.from, a.to, a.points)
+        .context("invalid parameters")?;
+    let elapsed = started.elapsed();
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    write_curve(&points, &a.out)?;
+    if !a.no_plot {
+        plot::rate_curve(&points, axis, &name, &a.out)?;
+    }
+    println!(
+        "{name}: {} points in {:.1} ms",
+        points.len(),
+        elapsed.as_secs_f64() * 1e3
+    );
+    println!(
+        "{:>10} {:>10} {:>14} {:>14} {:>10}",
+        if axis == Axis::Loss { "loss dB" } else { "km" },
+        "loss dB",
+        "key bit/s",
+        "PLOB bit/s",
+        "QBER %"
+    );
+    let every = (points.len() / 10).max(1);
+    for p in points.iter().step_by(every) {
+        println!(
+            "{:>10.2} {:>10.2} {:>14.4e} {:>14.4e} {:>10.3}",
+            p.x,
+            p.loss_db,
+            p.key_bps,
+            p.plob_bps,
+            100.0 * p.qber
+        );
+    }
+    if let Some(last) = points.iter().rev().find(|p| p.key_per_pulse > 0.0) {
+        println!(
+            "last point with key: {:.2} ({:.2} km, {:.2} dB)",
+            last.x, last.length_km, last.loss_db
+        );
+    } else {
+        println!("no point with a positive key rate");
+    }
+    println!("wrote {}", a.out.display());
+    Ok(())
+}
+
+fn write_curve(points: &[CurvePoint], dir: &Path) -> Result<()> {
+    let mut w = csv::Writer::from_path(dir.join("rate.csv"))?;
+    for p in points {
+        w.serialize(p)?;
+    }
+    w.flush()?;
+    std::fs::write(dir.join("rate.json"), serde_json::to_vec_pretty(points)?)?;
+    Ok(())
+}
+
+fn bar(len: u64, what: &str, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::new(len);
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} links {elapsed}")
+    {
+        b.set_style(style.progress_chars("=> "));
+    }
+    b.set_message(what.to_string());
+    b
+}
+
+fn run_scenario(a: RunArgs) -> Result<()> {
+    let sc = Scenario::load(&a.scenario)?;
+    let n = sc.links.len() as u64;
+    let threads = a
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |p| p.get()));
+    let t0 = Instant::now();
+    let pb = bar(n, "physics", a.quiet);
+    let links = sc.build_links(&a.scenario, &|_| pb.inc(1))?;
+    pb.finish();
+    let t_build = t0.elapsed();
+    let pb = bar(n, "simulate", a.quiet);
+    let aggregate = a.aggregate.unwrap_or(60);
+    let t1 = Instant::now();
+    let result = run(
+        &sc,
+        &links,
+        RunOptions {
+            aggregate_s: aggregate,
+            threads,
+        },
+        &|_| pb.inc(1),
+    );
+    pb.finish();
+    let t_run = t1.elapsed();
+    result.write(&a.out)?;
+    if !a.no_plot {
+        plot::run_result(&result, &a.out)?;
+    }
+    print!("{}", result.summary_table(a.max_rows));
+    println!(
+        "\nphysics set-up {:.2} s, simulation {:.2} s ({} threads), output in {}",
+        t_build.as_secs_f64(),
+        t_run.as_secs_f64(),
+        threads,
+        a.out.display()
+    );
+    Ok(())
+}

@@ -2,6 +2,7 @@
 //! through the public API, scenarios and the `qkd-sim` binary.
 
 mod checks;
+mod cli;
 mod plob;
 mod satellite;
 mod scenarios;

@@ -1,0 +1,127 @@
+//! The `qkd-sim` binary end to end, into a temporary directory.
+
+use std::process::Command;
+
+use crate::scenarios::scenario_path;
+
+fn qkd_sim() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_qkd-sim"))
+}
+
+fn is_png(path: &std::path::Path) -> bool {
+    std::fs::read(path).is_ok_and(|b| b.starts_with(b"\x89PNG\r\n\x1a\n") && b.len() > 5_000)
+}
+
+fn is_svg_with_text(path: &std::path::Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|s| s.contains("<svg") && s.contains("<text"))
+}
+
+#[test]
+fn run_metro_scenario_writes_parsable_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("metro");
+    let o = qkd_sim()
+        .args(["run", "--quiet", "--out"])
+        .arg(&out)
+        .arg(scenario_path("metro-2node.toml"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("defense-saclay") && stdout.contains("paris-defense <-> saclay"),
+        "{stdout}"
+    );
+    let mut rdr = csv::Reader::from_path(out.join("links.csv")).unwrap();
+    let rows: Vec<csv::StringRecord> = rdr.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), 1440);
+    let last: u64 = rows[1439][3].parse().unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["links"][0]["total_bits"].as_u64(), Some(last));
+    assert_eq!(
+        summary["pairs"][0]["path"].as_array().map(Vec::len),
+        Some(2)
+    );
+    assert!(
+        std::fs::read_to_string(out.join("pairs.csv"))
+            .unwrap()
+            .lines()
+            .count()
+            == 1441
+    );
+    for stem in ["links", "pairs"] {
+        assert!(is_png(&out.join(format!("{stem}.png"))), "{stem}.png");
+        assert!(
+            is_svg_with_text(&out.join(format!("{stem}.svg"))),
+            "{stem}.svg"
+        );
+    }
+}
+
+#[test]
+fn rate_writes_curve_and_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = qkd_sim()
+        .args([
+            "rate",
+            "--protocol",
+            "decoy-vacuum-weak",
+            "--hardware",
+            "gys",
+            "--to",
+            "150",
+            "--points",
+            "301",
+            "--out",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("rate.json")).unwrap()).unwrap();
+    let pts = json.as_array().unwrap();
+    assert_eq!(pts.len(), 301);
+    let last_key = pts
+        .iter()
+        .filter(|p| p["key_per_pulse"].as_f64().unwrap() > 0.0)
+        .last()
+        .unwrap();
+    assert!((last_key["x"].as_f64().unwrap() - 140.5).abs() < 0.6);
+    let rows = csv::Reader::from_path(dir.path().join("rate.csv"))
+        .unwrap()
+        .records()
+        .count();
+    assert_eq!(rows, 301);
+    assert!(is_png(&dir.path().join("rate.png")) && is_svg_with_text(&dir.path().join("rate.svg")));
+    assert!(is_png(&dir.path().join("qber.png")));
+}
+
+#[test]
+fn errors_are_clear_and_help_has_examples() {
+    let o = qkd_sim()
+        .args(["rate", "--eta-bob", "1.5", "--out", "/nonexistent/x"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("eta_bob") && err.contains("(0, 1]"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[scenario]\nname = \"x\"\n").unwrap();
+    let o = qkd_sim().arg("run").arg(&bad).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("bad.toml") && err.contains("start_utc"),
+        "{err}"
+    );
+    for sub in ["rate", "run"] {
+        let o = qkd_sim().args([sub, "--help"]).output().unwrap();
+        let help = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            help.contains("Examples:") && help.contains(&format!("qkd-sim {sub} ")),
+            "{help}"
+        );
+    }
+}
