@@ -268,8 +268,9 @@ async fn check(fx: &Fixture, c: &Case) -> Result<(), String> {
     }
 
     if status != 200 {
+        // `<`, not `!=`: a real deployment may refill the pool from its link meanwhile.
         let after = stored_key_count(fx).await?;
-        if after != before {
+        if after < before {
             return Err(format!("refused request consumed key: {before} → {after}"));
         }
         if let Some((id, bytes)) = key {
@@ -344,12 +345,20 @@ async fn keys(
         .collect()
 }
 
-#[tokio::test]
-async fn conformance_table_against_fake_kme() {
-    let fx = Fixture::fake().await;
-    run_table(&fx).await;
-    fx.stop().await;
+/// Runs the conformance table against one deployment: `conformance!(test_name, constructor)`,
+/// where the constructor is an `async` expression giving a [`Fixture`].
+macro_rules! conformance {
+    ($name:ident, $fixture:expr) => {
+        #[tokio::test]
+        async fn $name() {
+            let fx = $fixture.await;
+            run_table(&fx).await;
+            fx.stop().await;
+        }
+    };
 }
+
+conformance!(conformance_table_against_fake_kme, Fixture::fake());
 
 #[tokio::test]
 async fn slave_gets_identical_keys_in_request_order_once() {
@@ -576,6 +585,8 @@ async fn shutdown_lets_the_request_in_flight_finish() {
     fx.stop().await;
     let resp = in_flight.await.unwrap().unwrap();
     assert_eq!(resp.status(), 200);
+    // The server announces that it closes the connection after this answer.
+    assert_eq!(resp.headers()["connection"], "close");
     let c: KeyContainer = resp.json().await.unwrap();
     assert_eq!(c.keys.len(), 1);
 }

@@ -2,12 +2,19 @@
 //! 127.0.0.1 port 0, certificates from the demo PKI in a temporary directory, a reqwest client per
 //! SAE and raw TLS connections for what reqwest cannot express.
 //!
-//! The table in `etsi014.rs` only talks to a [`Fixture`]: which KME an SAE's requests go to, and
-//! the client holding that SAE's certificate. [`Fixture::fake`] runs one KME backed by the
-//! in-memory [`FakeKeys`]. To run the same table against the real two-node key manager, add a
-//! constructor that starts both nodes (A, C and the unattached SAEs at node 1; B at node 2, or B
-//! and C at node 2), fills `kmes` and `home` accordingly, and call `etsi014::run_table` with it:
-//! nothing in the table or in `check()` assumes a single KME.
+//! The table in `etsi014.rs` only talks to a [`Fixture`]: which KME an SAE's requests go to
+//! (`home`), and the client holding that SAE's certificate. [`Fixture::fake`] runs one KME backed
+//! by the in-memory [`FakeKeys`]. To run the same table against the real two-node key manager, add
+//! a constructor that starts both nodes, fills `kmes` and `home`, and add one line to
+//! `etsi014.rs`: `conformance!(conformance_table_against_two_nodes, Fixture::two_nodes());`.
+//! Nothing in the table or in `check()` assumes a single KME; it assumes this registration:
+//!
+//! * A attached to the KME `home["A"]`; B and C attached to `home["B"]` (`home["C"]` must equal
+//!   `home["B"]`, the KME where dec_keys is asked); R registered in the network but attached to
+//!   another KME than `home["R"]`; U registered nowhere; NODE presents a node certificate;
+//! * A may pair with B (pool of fewer than 128 × 1024 bits, so that `number 128, size 1024` is
+//!   beyond it, and at least 64 default-size keys), A may not pair with C or R;
+//! * default limits (256-bit keys, 64 to 1024 bits, 128 keys per request, `max_SAE_ID_count` 0).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
