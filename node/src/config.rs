@@ -480,7 +480,7 @@ peers = ["ENC-A"]
             ),
             (
                 GOOD.replace("kme_id = \"KME-A\"", "kme_id = \"KME-A\"\ncolour = \"red\""),
-                "line 4",
+                "line 5",
                 "unknown field",
             ),
         ];

@@ -1,0 +1,80 @@
+//! Architecture invariant checks on the crate graph, from `cargo metadata`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+fn workspace_edges() -> BTreeMap<String, BTreeSet<String>> {
+    let meta = cargo_metadata::MetadataCommand::new()
+        .manifest_path(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"))
+        .no_deps()
+        .exec()
+        .unwrap();
+    let members: BTreeSet<String> = meta
+        .workspace_packages()
+        .iter()
+        .map(|p| p.name.to_string())
+        .collect();
+    meta.workspace_packages()
+        .iter()
+        .map(|p| {
+            let deps = p
+                .dependencies
+                .iter()
+                .filter(|d| d.kind == cargo_metadata::DependencyKind::Normal)
+                .map(|d| d.name.clone())
+                .filter(|d| members.contains(d))
+                .collect();
+            (p.name.to_string(), deps)
+        })
+        .collect()
+}
+
+#[test]
+fn crate_dependency_edges_follow_the_architecture() {
+    let edges = workspace_edges();
+    let allowed: BTreeMap<&str, &[&str]> = BTreeMap::from([
+        ("qkd-types", &[][..]),
+        ("qkd-proto", &["qkd-types"][..]),
+        ("qkd-hardware", &["qkd-types", "qkd-proto"][..]),
+        (
+            "qkd-simulator",
+            &["qkd-types", "qkd-hardware", "qkd-proto"][..],
+        ),
+        ("qkd-kms", &["qkd-types", "qkd-proto", "qkd-hardware"][..]),
+        (
+            "qkd-node",
+            &[
+                "qkd-types",
+                "qkd-kms",
+                "qkd-hardware",
+                "qkd-simulator",
+                "qkd-proto",
+            ][..],
+        ),
+        (
+            "qkd-testkit",
+            &[
+                "qkd-types",
+                "qkd-proto",
+                "qkd-hardware",
+                "qkd-kms",
+                "qkd-simulator",
+            ][..],
+        ),
+    ]);
+    for (krate, deps) in &edges {
+        let ok = allowed
+            .get(krate.as_str())
+            .unwrap_or_else(|| panic!("crate {krate} is not in the architecture table"));
+        for d in deps {
+            assert!(ok.contains(&d.as_str()), "{krate} must not depend on {d}");
+        }
+    }
+    // The two invariants the guide names explicitly.
+    assert!(
+        !edges["qkd-simulator"].contains("qkd-kms") && !edges["qkd-simulator"].contains("qkd-node")
+    );
+    assert!(
+        edges.values().all(|d| !d.contains("qkd-node")),
+        "nothing depends on the node"
+    );
+}

@@ -1,0 +1,209 @@
+//! Starts and stops real `qkd-node` processes from a demo layout in a temporary directory, and
+//! talks ETSI 014 to them with client certificates.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_qkd-node");
+
+/// A demo network laid out (PKI, configs, seeds) by `qkd-node demo --setup-only`.
+pub struct Net {
+    pub dir: tempfile::TempDir,
+    pub procs: std::sync::Mutex<HashMap<String, Child>>,
+    pub clients: HashMap<String, reqwest::Client>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Listen {
+    pub etsi: std::net::SocketAddr,
+}
+
+impl Net {
+    pub fn setup(rate_bps: u64) -> Net {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(BIN)
+            .args([
+                "demo",
+                "--setup-only",
+                "--link-rate-bps",
+                &rate_bps.to_string(),
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut net = Net {
+            dir,
+            procs: Default::default(),
+            clients: HashMap::new(),
+        };
+        for sae in ["ENC-A1", "ENC-A2", "ENC-B1", "ENC-B2"] {
+            net.clients.insert(sae.into(), net.client(sae));
+        }
+        net
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().canonicalize().unwrap()
+    }
+
+    fn client(&self, sae: &str) -> reqwest::Client {
+        let pki = self.path().join("pki");
+        let ca = std::fs::read(pki.join("ca.crt")).unwrap();
+        let mut pem = std::fs::read(pki.join(format!("sae-{sae}.crt"))).unwrap();
+        pem.extend(std::fs::read(pki.join(format!("sae-{sae}.key"))).unwrap());
+        reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
+            .identity(reqwest::Identity::from_pem(&pem).unwrap())
+            .pool_max_idle_per_host(64)
+            .build()
+            .unwrap()
+    }
+
+    fn listen_file(&self, node: &str) -> PathBuf {
+        self.path().join(node).join("data").join("listen.json")
+    }
+
+    /// Starts a node and waits until it has recorded its listeners and answers TLS.
+    pub fn start(&self, node: &str) {
+        let before = std::fs::metadata(self.listen_file(node))
+            .and_then(|m| m.modified())
+            .ok();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path().join(node).join("node.log"))
+            .unwrap();
+        let child = Command::new(BIN)
+            .arg("run")
+            .arg("--config")
+            .arg(self.path().join(node).join("node.toml"))
+            .env("QKD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.procs.lock().unwrap().insert(node.into(), child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let m = std::fs::metadata(self.listen_file(node))
+                .and_then(|m| m.modified())
+                .ok();
+            if m.is_some() && m != before {
+                break;
+            }
+            if let Some(st) = self
+                .procs
+                .lock()
+                .unwrap()
+                .get_mut(node)
+                .unwrap()
+                .try_wait()
+                .unwrap()
+            {
+                panic!("node {node} exited: {st}\n{}", self.log(node));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {node} did not start\n{}",
+                self.log(node)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self, node: &str) -> String {
+        std::fs::read_to_string(self.path().join(node).join("node.log")).unwrap_or_default()
+    }
+
+    pub fn kill9(&self, node: &str) {
+        let child = self.procs.lock().unwrap().remove(node);
+        if let Some(mut c) = child {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn base(&self, node: &str) -> String {
+        let l: Listen =
+            serde_json::from_slice(&std::fs::read(self.listen_file(node)).unwrap()).unwrap();
+        format!("https://{}/api/v1/keys/", l.etsi)
+    }
+
+    pub fn node_of(sae: &str) -> &'static str {
+        if sae.starts_with("ENC-A") { "A" } else { "B" }
+    }
+
+    /// GET or POST to the node of `caller`; returns status and JSON body (Null when empty).
+    pub async fn call(&self, caller: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("{}{}", self.base(Self::node_of(caller)), path);
+        let c = &self.clients[caller];
+        let req = match body {
+            Some(b) => c.post(url).json(&b),
+            None => c.get(url),
+        };
+        match req.send().await {
+            Ok(r) => {
+                let code = r.status().as_u16();
+                let bytes = r.bytes().await.unwrap_or_default();
+                (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+            }
+            Err(e) => (0, Value::String(e.to_string())),
+        }
+    }
+
+    /// Waits until `master`'s node reports at least `n` keys for the pair.
+    pub async fn wait_for_keys(&self, master: &str, slave: &str, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (code, st) = self.call(master, &format!("{slave}/status"), None).await;
+            if code == 200 && st["stored_key_count"].as_u64().unwrap_or(0) >= n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no key material: {code} {st}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for (_, c) in self.procs.lock().unwrap().iter_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The keys of a key container as (key_ID, bytes).
+pub fn keys(v: &Value) -> Vec<(String, Vec<u8>)> {
+    v["keys"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|k| {
+                    let id = k["key_ID"].as_str().unwrap().to_string();
+                    let b = base64::engine::general_purpose::STANDARD
+                        .decode(k["key"].as_str().unwrap())
+                        .unwrap();
+                    (id, b)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[allow(dead_code)]
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}

@@ -1,0 +1,6 @@
+//! Integration tests of the node daemon: real `qkd-node` processes on 127.0.0.x, real TLS, real
+//! gRPC, real on-disk stores.
+
+mod deps;
+mod harness;
+mod network;

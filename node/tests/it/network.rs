@@ -1,0 +1,212 @@
+//! Two trusted nodes as real processes: keys agree across nodes, concurrent load from both ends
+//! never delivers a key twice, and SIGKILL during load loses no answered key and duplicates none.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::json;
+
+use crate::harness::{Net, keys};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enc_at_a_then_dec_at_b_returns_identical_bytes_both_directions() {
+    let net = Net::setup(20_000_000);
+    net.start("A");
+    net.start("B");
+    net.wait_for_keys("ENC-A1", "ENC-B1", 10).await;
+
+    // GET form, A's SAE is master.
+    let (code, body) = net
+        .call("ENC-A1", "ENC-B1/enc_keys?number=2&size=512", None)
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let got = keys(&body);
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|(_, k)| k.len() == 64));
+    let ids: Vec<_> = got.iter().map(|(id, _)| json!({ "key_ID": id })).collect();
+    let (code, back) = net
+        .call("ENC-B1", "ENC-A1/dec_keys", Some(json!({ "key_IDs": ids })))
+        .await;
+    assert_eq!(code, 200, "{back}");
+    assert_eq!(keys(&back), got);
+    // Second fetch: gone.
+    let (code, again) = net
+        .call(
+            "ENC-B1",
+            &format!("ENC-A1/dec_keys?key_ID={}", got[0].0),
+            None,
+        )
+        .await;
+    assert_eq!(code, 400);
+    assert_eq!(
+        again["message"],
+        "one or more keys specified are not found on KME"
+    );
+
+    // POST form, B's SAE is master (B does not allocate the link: it asks A).
+    let (code, body) = net
+        .call("ENC-B1", "ENC-A1/enc_keys", Some(json!({ "number": 3 })))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let got = keys(&body);
+    assert_eq!(got.len(), 3);
+    for (id, k) in &got {
+        let (code, back) = net
+            .call("ENC-A1", &format!("ENC-B1/dec_keys?key_ID={id}"), None)
+            .await;
+        assert_eq!(code, 200, "{back}");
+        assert_eq!(&keys(&back)[0].1, k);
+    }
+
+    // Pairing policy: ENC-A2 may not pair with ENC-B1; a third SAE cannot take B1's key.
+    assert_eq!(net.call("ENC-A2", "ENC-B1/enc_keys", None).await.0, 401);
+    let (_, body) = net.call("ENC-A1", "ENC-B1/enc_keys", None).await;
+    let id = &keys(&body)[0].0;
+    assert_eq!(
+        net.call("ENC-B2", &format!("ENC-A1/dec_keys?key_ID={id}"), None)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        net.call("ENC-B1", &format!("ENC-A1/dec_keys?key_ID={id}"), None)
+            .await
+            .0,
+        200
+    );
+}
+
+/// Runs `rounds` of enc_keys at the master's node followed by dec_keys at the slave's node;
+/// returns every delivered (key_ID, bytes) seen by the master and checks the slave got the same.
+async fn load(
+    net: Arc<Net>,
+    master: &'static str,
+    slave: &'static str,
+    rounds: usize,
+) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for _ in 0..rounds {
+        let (code, body) = net
+            .call(master, &format!("{slave}/enc_keys?number=4&size=256"), None)
+            .await;
+        if code != 200 {
+            continue;
+        }
+        let got = keys(&body);
+        let ids: Vec<_> = got.iter().map(|(id, _)| json!({ "key_ID": id })).collect();
+        let (code, back) = net
+            .call(
+                slave,
+                &format!("{master}/dec_keys"),
+                Some(json!({ "key_IDs": ids })),
+            )
+            .await;
+        assert_eq!(code, 200, "slave could not fetch answered keys: {back}");
+        assert_eq!(keys(&back), got, "slave got other bytes than master");
+        out.extend(got);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_load_from_both_ends_never_delivers_a_key_twice() {
+    let net = Net::setup(50_000_000);
+    net.start("A");
+    net.start("B");
+    net.wait_for_keys("ENC-A1", "ENC-B1", 2000).await;
+    net.wait_for_keys("ENC-B1", "ENC-A1", 2000).await;
+    let net = Arc::new(net);
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let (m, s) = match i % 4 {
+            0 => ("ENC-A1", "ENC-B1"),
+            1 => ("ENC-B1", "ENC-A1"),
+            2 => ("ENC-A2", "ENC-B2"),
+            _ => ("ENC-B2", "ENC-A2"),
+        };
+        tasks.push(tokio::spawn(load(net.clone(), m, s, 25)));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    assert!(
+        all.len() >= 16 * 25 * 4 * 9 / 10,
+        "too few keys delivered: {}",
+        all.len()
+    );
+    let ids: HashSet<_> = all.iter().map(|(id, _)| id.clone()).collect();
+    let bytes: HashSet<_> = all.iter().map(|(_, k)| k.clone()).collect();
+    assert_eq!(ids.len(), all.len(), "a key_ID was delivered twice");
+    assert_eq!(bytes.len(), all.len(), "link key was used for two keys");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_load_loses_no_answered_key_and_duplicates_none() {
+    let net = Net::setup(50_000_000);
+    net.start("A");
+    net.start("B");
+    net.wait_for_keys("ENC-A1", "ENC-B1", 2000).await;
+    net.wait_for_keys("ENC-B1", "ENC-A1", 2000).await;
+    let net = Arc::new(net);
+    let mut seen: HashMap<String, Vec<u8>> = HashMap::new();
+    for victim in ["B", "A"] {
+        let answers = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let net = net.clone();
+                let answers = answers.clone();
+                tokio::spawn(async move {
+                    let (m, s) = if i % 2 == 0 {
+                        ("ENC-A1", "ENC-B1")
+                    } else {
+                        ("ENC-B1", "ENC-A1")
+                    };
+                    let mut got = Vec::new();
+                    for _ in 0..60 {
+                        let (code, body) =
+                            net.call(m, &format!("{s}/enc_keys?number=2"), None).await;
+                        if code == 200 {
+                            answers.fetch_add(1, Ordering::SeqCst);
+                            got.extend(keys(&body).into_iter().map(|k| (m, s, k)));
+                        }
+                    }
+                    got
+                })
+            })
+            .collect();
+        // Kill the victim once the load is well under way.
+        while answers.load(Ordering::SeqCst) < 40 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        net.kill9(victim);
+        let mut answered = Vec::new();
+        for t in tasks {
+            answered.extend(t.await.unwrap());
+        }
+        net.start(victim);
+        assert!(answered.len() >= 80);
+        // Every answered key is fetchable once by its slave, with the same bytes; none twice.
+        for (m, s, (id, k)) in &answered {
+            assert!(
+                seen.insert(id.clone(), k.clone()).is_none(),
+                "key_ID answered twice"
+            );
+            let (code, back) = net
+                .call(s, &format!("{m}/dec_keys?key_ID={id}"), None)
+                .await;
+            assert_eq!(
+                code, 200,
+                "answered key lost after killing {victim}: {back}"
+            );
+            assert_eq!(&keys(&back)[0].1, k, "slave got other bytes");
+            let (code, _) = net
+                .call(s, &format!("{m}/dec_keys?key_ID={id}"), None)
+                .await;
+            assert_eq!(code, 400, "key delivered twice to its slave");
+        }
+    }
+    let distinct: HashSet<_> = seen.values().collect();
+    assert_eq!(distinct.len(), seen.len(), "link key reused across keys");
+}
