@@ -83,7 +83,10 @@ fn rate_writes_curve_and_plots() {
         serde_json::from_slice(&std::fs::read(dir.path().join("rate.json")).unwrap()).unwrap();
     let pts = json.as_array().unwrap();
     assert_eq!(pts.len(), 301);
-    let last_key = pts.iter().rev().find(|p| p["key_per_pulse"].as_f64().unwrap() > 0.0)
+    let last_key = pts
+        .iter()
+        .rev()
+        .find(|p| p["key_per_pulse"].as_f64().unwrap() > 0.0)
         .unwrap();
     assert!((last_key["x"].as_f64().unwrap() - 140.5).abs() < 0.6);
     let rows = csv::Reader::from_path(dir.path().join("rate.csv"))

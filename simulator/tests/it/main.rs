@@ -1,8 +1,10 @@
 //! Integration tests of `qkd-simulator`: published check values, physical bounds, link models
 //! through the public API, scenarios and the `qkd-sim` binary.
 
+mod benches;
 mod checks;
 mod cli;
+mod euroqci;
 mod plob;
 mod satellite;
 mod scenarios;

@@ -1,0 +1,19 @@
+//! Every benchmark workload, tiny, so the benchmarks cannot rot.
+
+#[path = "../../benches/workloads.rs"]
+mod workloads;
+
+use crate::scenarios::scenario_path;
+
+#[test]
+fn benchmark_workloads_run_small() {
+    let c = workloads::asymptotic_curves(50);
+    assert!(
+        (c[0].1 - 142.0).abs() < 5.0 && (c[1].1 - 140.0).abs() < 5.0,
+        "{c:?}"
+    );
+    let f = workloads::finite_key_optimisations(3);
+    assert!(f[0].1 >= 2 && f[1].1 >= 2, "{f:?}");
+    let (_, _, r) = workloads::network(&scenario_path("metro-2node.toml"), Some(600), 60, 1);
+    assert_eq!(r.links[0].buckets.len(), 10);
+}
