@@ -214,10 +214,8 @@ impl KeyManager {
                 RequestState::Voided
             };
             let r = self.set_request_state(id, state).await;
-            if !ok {
-                if let Some(link) = self.inner.links.get(&rec.link) {
-                    self.void_at_peer(link, id, &rec).await;
-                }
+            if let (false, Some(link)) = (ok, self.inner.links.get(&rec.link)) {
+                self.void_at_peer(link, id, &rec).await;
             }
             tracing::info!(request = %hex_id(&id), ?state, ok = r.is_ok(), "recovered reserved request");
         }
@@ -774,13 +772,8 @@ impl KeyManager {
                     None => fresh.push((seq, *id)),
                 }
             }
-            if let Some((seq, _)) = fresh.first() {
-                if *seq != p.next_seq() {
-                    return Err(PeerError::Refused(format!(
-                        "offer starts at {seq}, expected {}",
-                        p.next_seq()
-                    )));
-                }
+            if let Some((seq, _)) = fresh.first().filter(|(seq, _)| *seq != p.next_seq()) {
+                return Err(PeerError::Refused(format!("offer starts at {seq}, expected {}", p.next_seq())));
             }
         }
         if !fresh.is_empty() {

@@ -328,10 +328,9 @@ async fn resolve_peer(
     // The neighbour records its address once it has bound its listeners; wait for that (bounded).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
-        if let Ok(bytes) = std::fs::read(file) {
-            if let Ok(r) = serde_json::from_slice::<ListenRecord>(&bytes) {
-                return Ok(r.peer);
-            }
+        let record = std::fs::read(file).ok().and_then(|b| serde_json::from_slice::<ListenRecord>(&b).ok());
+        if let Some(r) = record {
+            return Ok(r.peer);
         }
         if tokio::time::Instant::now() > deadline || *shutdown.borrow() {
             bail!("neighbour address file {} did not appear", file.display());

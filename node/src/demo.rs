@@ -270,11 +270,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             let fresh = std::fs::metadata(&file)
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| t >= started - Duration::from_secs(1));
-            if fresh {
-                if let Ok(r) = serde_json::from_slice::<ListenRecord>(&std::fs::read(&file)?) {
-                    listens.push(r);
-                    break;
-                }
+            let record = if fresh { serde_json::from_slice::<ListenRecord>(&std::fs::read(&file)?).ok() } else { None };
+            if let Some(r) = record {
+                listens.push(r);
+                break;
             }
             if let Some(status) = child.try_wait()? {
                 bail!(

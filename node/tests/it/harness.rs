@@ -2,7 +2,7 @@
 //! talks ETSI 014 to them with client certificates.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -201,9 +201,4 @@ pub fn keys(v: &Value) -> Vec<(String, Vec<u8>)> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-#[allow(dead_code)]
-pub fn exists(p: &Path) -> bool {
-    p.exists()
 }

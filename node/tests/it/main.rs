@@ -1,6 +1,8 @@
 //! Integration tests of the node daemon: real `qkd-node` processes on 127.0.0.x, real TLS, real
 //! gRPC, real on-disk stores.
 
+#![allow(clippy::unwrap_used)]
+
 mod deps;
 mod harness;
 mod network;
