@@ -2,6 +2,7 @@
 //! Figures are recorded in simulator/BENCHMARKS.md.
 
 #[allow(dead_code)]
+#[path = "support/workloads.rs"]
 mod workloads;
 
 use std::path::Path;

@@ -600,4 +600,58 @@ mod tests {
         let d = lim.counts(&s, 1e-3, 2e9);
         assert!((c.key_total() / d.key_total() - 1.0).abs() < 1e-12);
     }
+
+    #[test]
+    fn optimisers_beat_a_coarse_grid() {
+        for l in [10.0, 80.0] {
+            let lim = Lim2014::paper(1e7);
+            let eta = lim.hw.eta_sys(l);
+            let (_, k) = lim.optimise(eta);
+            let mut grid = 0.0f64;
+            for q_x in [0.8, 0.85, 0.9] {
+                for p1 in [0.2, 0.3, 0.4, 0.5, 0.6] {
+                    for p2 in [0.2, 0.3, 0.4] {
+                        for mu1 in [0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6] {
+                            for mu2 in [0.1, 0.15, 0.2, 0.25] {
+                                let s = LimSettings {
+                                    mu: [mu1, mu2, 2e-4],
+                                    p: [p1, p2, 1.0 - p1 - p2],
+                                    q_x,
+                                };
+                                grid = grid.max(lim.block_key(&s, eta).key_per_pulse);
+                            }
+                        }
+                    }
+                }
+            }
+            assert!(
+                k.key_per_pulse >= 0.999 * grid,
+                "Lim at {l} km: {} < grid {grid}",
+                k.key_per_pulse
+            );
+            let r = Rusca2018::new(DvHardware::METRO_GHZ, 1e7);
+            let eta = r.hw.eta_sys(l);
+            let (_, k) = r.optimise(eta);
+            let mut grid = 0.0f64;
+            for mu1 in [0.2, 0.3, 0.4, 0.5] {
+                for ratio in [0.2, 0.3, 0.4] {
+                    for p1 in [0.4, 0.5, 0.6, 0.7] {
+                        for p_z in [0.8, 0.85, 0.9, 0.95] {
+                            let s = RuscaSettings {
+                                mu: [mu1, mu1 * ratio],
+                                p1,
+                                p_z,
+                            };
+                            grid = grid.max(r.block_key(&s, eta).key_per_pulse);
+                        }
+                    }
+                }
+            }
+            assert!(
+                k.key_per_pulse >= 0.999 * grid,
+                "Rusca at {l} km: {} < grid {grid}",
+                k.key_per_pulse
+            );
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! Every benchmark workload, tiny, so the benchmarks cannot rot.
 
-#[path = "../../benches/workloads.rs"]
+#[path = "../../benches/support/workloads.rs"]
 mod workloads;
 
 use crate::scenarios::scenario_path;
