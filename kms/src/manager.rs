@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use qkd_hardware::{KeySource, LinkRole};
 use qkd_proto::peer as pb;
 use qkd_proto::peer::peer_kms_client::PeerKmsClient;
-use qkd_types::{BlockId, Clock, KeyId, KmeId, LinkId, NodeId, SaeId, Secret, UnixMillis};
+use qkd_types::{BlockId, Clock, KeyId, KmeId, LinkId, NodeId, SaeId};
 use tonic::transport::Channel;
 
 use crate::core::pool::{BlockMeta, BlockState, LinkPool, PoolError, Range};
@@ -773,7 +773,10 @@ impl KeyManager {
                 }
             }
             if let Some((seq, _)) = fresh.first().filter(|(seq, _)| *seq != p.next_seq()) {
-                return Err(PeerError::Refused(format!("offer starts at {seq}, expected {}", p.next_seq())));
+                return Err(PeerError::Refused(format!(
+                    "offer starts at {seq}, expected {}",
+                    p.next_seq()
+                )));
             }
         }
         if !fresh.is_empty() {
@@ -1406,11 +1409,3 @@ impl KeyService for KeyManager {
         }
     }
 }
-
-/// Key bytes never leave through this module except inside [`DeliveredKey`]: keep the import
-/// used for documentation links.
-#[allow(dead_code)]
-type _KeyBytes = Secret;
-
-#[allow(dead_code)]
-fn _unused(_: UnixMillis) {}
