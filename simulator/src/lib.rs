@@ -21,3 +21,8 @@ pub mod plot;
 pub mod satellite;
 pub mod scenario;
 pub mod spec;
+
+/// The examples of README.md, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

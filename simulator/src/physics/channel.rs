@@ -78,7 +78,7 @@ impl DvHardware {
     };
 
     /// The KTH parameter set of Ma et al. 2005, Table I (α 0.2, η_Bob 14.3 %, e_d 1 %,
-    /// Y₀ 2×10⁻⁶ [S]).
+    /// Y₀ 2×10⁻⁶ \[S\]).
     pub const KTH: DvHardware = DvHardware {
         rep_rate_hz: 2e6,
         alpha_db_per_km: 0.2,

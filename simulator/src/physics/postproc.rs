@@ -41,7 +41,7 @@ pub enum EcModel {
         frame_bits: u32,
     },
     /// Interactive Cascade, with the literature efficiency (each parity reply counted as one
-    /// bit); `f` is typically 1.05–1.2 [M].
+    /// bit); `f` is typically 1.05–1.2 \[M\].
     Cascade {
         /// Cascade efficiency.
         f: f64,
