@@ -68,3 +68,138 @@ fn propagated_overhead_pass_matches_closed_form() {
     // Values quoted in qkd-models.md: 7.4 min above 10°, 6.0 min above 15° at 500 km.
     assert!((overhead_pass_duration_s(500.0, 10f64.to_radians()) / 60.0 - 7.4).abs() < 0.05);
 }
+
+use qkd_hardware::LinkState;
+use qkd_simulator::model::LinkModelSpec;
+use qkd_simulator::network::{RunOptions, run};
+use qkd_simulator::scenario::Scenario;
+use qkd_simulator::spec::Built;
+
+const DOWNLINK: &str = r#"
+kind = "satellite-downlink"
+orbit = { altitude_km = 500.0, inclination_deg = 97.4, raan_deg = 265.0 }
+station = { lat_deg = 40.649, lon_deg = 16.704, min_elevation_deg = 15.0, clear_sky_prob = 1.0 }
+start_unix_s = 1782043200
+horizon_s = 259200
+"#;
+
+#[test]
+fn downlink_gives_finite_key_per_night_pass_only() {
+    let spec: LinkModelSpec = toml::from_str(DOWNLINK).unwrap();
+    let Built::Pass(link) = spec.build_concrete().unwrap() else {
+        panic!("not a pass link")
+    };
+    let passes = link.passes();
+    // A 500 km orbit is seen above 15° a few times a day from mid latitudes.
+    assert!(passes.len() >= 6 && passes.len() <= 20, "{}", passes.len());
+    let night: Vec<_> = passes.iter().filter(|p| p.lost.is_none()).collect();
+    let day: Vec<_> = passes
+        .iter()
+        .filter(|p| p.lost.as_deref().is_some_and(|r| r.contains("daylight")))
+        .collect();
+    assert!(!night.is_empty() && !day.is_empty(), "{passes:?}");
+    for p in &night {
+        // Finite key per pass: 10⁴..10⁷ bits (Micius-class: ~10⁵ to 10⁶).
+        assert!(p.key_bits > 10_000 && p.key_bits < 10_000_000, "{p:?}");
+        assert!(p.qber > 0.005 && p.qber < 0.08, "{p:?}");
+        let minutes = (p.end_ms - p.start_ms) as f64 / 60_000.0;
+        assert!(minutes > 0.5 && minutes < 6.2, "{minutes}");
+    }
+    // Key arrives at the end of a pass, not during it.
+    let p = night[0];
+    let before = link_bits(&spec, p.start_ms + 1);
+    assert_eq!(link_bits(&spec, p.end_ms - 1), before);
+    assert_eq!(link_bits(&spec, p.end_ms), before + p.key_bits);
+    let model = spec.build().unwrap();
+    assert_eq!(
+        model.status((p.start_ms + p.end_ms) / 2).state,
+        LinkState::Up
+    );
+    assert!(matches!(
+        model.status(p.end_ms + 1000).state,
+        LinkState::Down { .. }
+    ));
+    // Day and night: more passes give key.
+    let mut all = spec.clone();
+    if let LinkModelSpec::SatelliteDownlink(s) = &mut all {
+        s.night_only = false;
+    }
+    let Built::Pass(all) = all.build_concrete().unwrap() else {
+        panic!()
+    };
+    assert!(all.passes().iter().filter(|p| p.lost.is_none()).count() > night.len());
+}
+
+fn link_bits(spec: &LinkModelSpec, t: u64) -> u64 {
+    spec.build().unwrap().cumulative_secret_bits(t)
+}
+
+#[test]
+fn trusted_satellite_relays_between_unconnected_stations() {
+    let text = r#"
+[scenario]
+name = "relay"
+start_utc = "2026-06-21T12:00:00Z"
+duration_s = 172800
+step_s = 10
+seed = 3
+
+[[nodes]]
+id = "gs-a"
+kind = "ground-station"
+lat = 40.649
+lon = 16.704
+clear_sky_prob = 1.0
+
+[[nodes]]
+id = "gs-b"
+kind = "ground-station"
+lat = 37.224
+lon = -2.546
+clear_sky_prob = 1.0
+
+[[nodes]]
+id = "sat"
+kind = "satellite"
+orbit = { altitude_km = 500.0, inclination_deg = 97.4, raan_deg = 265.0 }
+
+[[links]]
+a = "sat"
+b = "gs-a"
+
+[[links]]
+a = "sat"
+b = "gs-b"
+
+[[pairs]]
+a = "gs-a"
+b = "gs-b"
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    std::fs::write(&path, text).unwrap();
+    let sc = Scenario::load(&path).unwrap();
+    let links = sc.build_links(&path, &|_| {}).unwrap();
+    let r = run(
+        &sc,
+        &links,
+        RunOptions {
+            aggregate_s: 600,
+            threads: 1,
+        },
+        &|_| {},
+    );
+    let pair = &r.pairs[0];
+    assert_eq!(pair.path, ["gs-a", "sat", "gs-b"]);
+    let (ka, kb) = (r.links[0].total_bits, r.links[1].total_bits);
+    assert!(ka > 0 && kb > 0);
+    assert_eq!(pair.total_bits, ka.min(kb));
+    // The relay key never exceeds either buffer at any time.
+    for (k, c) in pair.cumulative_bits.iter().enumerate() {
+        assert!(
+            *c <= r.links[0].buckets[k]
+                .cumulative_bits
+                .min(r.links[1].buckets[k].cumulative_bits)
+        );
+    }
+}

@@ -114,3 +114,30 @@ fn invalid_scenarios_name_file_field_and_problem() {
         }
     }
 }
+
+#[test]
+fn json_scenarios_load_like_toml() {
+    let path = scenario_path("metro-2node.toml");
+    let sc = Scenario::load(&path).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("metro.json");
+    std::fs::write(&json, serde_json::to_vec_pretty(&sc).unwrap()).unwrap();
+    let back = Scenario::load(&json).unwrap();
+    assert_eq!(back, sc);
+    let opts = RunOptions {
+        aggregate_s: 3600,
+        threads: 1,
+    };
+    let a = run(&sc, &sc.build_links(&path, &|_| {}).unwrap(), opts, &|_| {});
+    let b = run(
+        &back,
+        &back.build_links(&json, &|_| {}).unwrap(),
+        opts,
+        &|_| {},
+    );
+    assert_eq!(a.links[0].total_bits, b.links[0].total_bits);
+    // A JSON syntax error names the file and the position.
+    std::fs::write(&json, "{ \"scenario\": ").unwrap();
+    let e = Scenario::load(&json).unwrap_err().to_string();
+    assert!(e.contains("metro.json") && e.contains("line"), "{e}");
+}
