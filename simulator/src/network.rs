@@ -146,10 +146,10 @@ pub fn run(
             .chunks(chunk)
             .map(|c| s.spawn(move || c.iter().map(simulate).collect::<Vec<_>>()))
             .collect();
-        // A panicking worker is a bug; its links are then missing from the result.
+        // A panicking worker is a bug: pass its panic on rather than return a partial result.
         handles
             .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
+            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
             .collect()
     });
     let pairs = scenario

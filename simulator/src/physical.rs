@@ -333,6 +333,7 @@ impl TimelineLink {
     }
 
     fn segment(&self, t: u64) -> &Segment {
+        // `segments` is never empty: `new` always pushes the segment starting at 0.
         let i = self
             .segments
             .partition_point(|s| s.start_ms <= t)
