@@ -388,16 +388,7 @@ impl TimelineLink {
 
 impl LinkModel for TimelineLink {
     fn cumulative_secret_bits(&self, t: UnixMillis) -> u64 {
-        let seg = self.segment(t);
-        match seg.state {
-            SegState::Up(i) => {
-                let p = &self.plans[i];
-                let n = ((t - seg.start_ms) as f64 / (p.block_s * 1000.0)).floor() as u64;
-                seg.bits_at_start
-                    .saturating_add(n.saturating_mul(p.key_bits))
-            }
-            _ => seg.bits_at_start,
-        }
+        self.sample(t).0
     }
 
     fn status(&self, t: UnixMillis) -> LinkStatus {

@@ -88,6 +88,17 @@ pub fn gllp_rate(q: f64, f_ec: f64, q_mu: f64, e_mu: f64, q1: f64, e1: f64) -> f
 }
 
 impl AsymptoticBb84 {
+    /// The evaluation setting of Ma, Qi, Zhao, Lo 2005 for the GYS hardware: standard BB84
+    /// (p_Z = ½), f = 1.22, with the given decoy method.
+    pub fn gys(method: DecoyMethod) -> Self {
+        Self {
+            hw: DvHardware::GYS,
+            f_ec: 1.22,
+            p_z: 0.5,
+            method,
+        }
+    }
+
     /// The rate at system transmittance `eta_sys` with signal intensity `mu`.
     pub fn at_eta(&self, eta_sys: f64, mu: f64) -> AsymptoticPoint {
         let hw = &self.hw;
@@ -170,15 +181,6 @@ fn f_h(f_ec: f64, e: f64) -> f64 {
 mod tests {
     use super::*;
 
-    fn gys(method: DecoyMethod) -> AsymptoticBb84 {
-        AsymptoticBb84 {
-            hw: DvHardware::GYS,
-            f_ec: 1.22,
-            p_z: 0.5,
-            method,
-        }
-    }
-
     #[test]
     fn reproduces_computed_table_of_section_2_1() {
         // (L, infinite decoy with μ optimised, vacuum+weak μ = 0.48 ν = 0.05) [C] in qkd-models.md.
@@ -188,8 +190,8 @@ mod tests {
             (100.0, 1.719e-5, 1.602e-5),
             (125.0, 3.212e-6, 2.855e-6),
         ];
-        let inf = gys(DecoyMethod::Infinite);
-        let vw = gys(DecoyMethod::VacuumWeak { nu: 0.05 });
+        let inf = AsymptoticBb84::gys(DecoyMethod::Infinite);
+        let vw = AsymptoticBb84::gys(DecoyMethod::VacuumWeak { nu: 0.05 });
         for (l, r_inf, r_vw) in rows {
             let (_, p) = inf.optimal_mu(inf.hw.eta_sys(l));
             assert!(
@@ -216,7 +218,7 @@ mod tests {
 
     #[test]
     fn efficient_bb84_approaches_twice_standard() {
-        let std = gys(DecoyMethod::Infinite);
+        let std = AsymptoticBb84::gys(DecoyMethod::Infinite);
         let eff = AsymptoticBb84 { p_z: 0.99, ..std };
         let r_std = std.at_distance(50.0, 0.48).key_per_pulse;
         let r_eff = eff.at_distance(50.0, 0.48).key_per_pulse;
@@ -226,8 +228,8 @@ mod tests {
 
     #[test]
     fn no_decoy_is_much_shorter() {
-        let nd = gys(DecoyMethod::NoDecoy).max_distance(None);
-        let inf = gys(DecoyMethod::Infinite).max_distance(None);
+        let nd = AsymptoticBb84::gys(DecoyMethod::NoDecoy).max_distance(None);
+        let inf = AsymptoticBb84::gys(DecoyMethod::Infinite).max_distance(None);
         assert!(nd > 5.0 && nd < 0.5 * inf, "no decoy {nd} km vs {inf} km");
     }
 }

@@ -108,6 +108,33 @@ pub struct FiniteKey {
     pub ec_ok: bool,
 }
 
+impl FiniteKey {
+    /// The result for an unrounded key length `l` (floored and clamped at 0 unless `raw`).
+    #[allow(clippy::too_many_arguments)] // one field each, named at the call sites
+    fn assemble(
+        l: f64,
+        raw: bool,
+        pulses: f64,
+        qber: f64,
+        phase: f64,
+        s1: f64,
+        eps_sec: f64,
+        ec_ok: bool,
+    ) -> Self {
+        let key_bits = if raw { l } else { l.floor().max(0.0) };
+        FiniteKey {
+            key_bits,
+            pulses,
+            key_per_pulse: if pulses > 0.0 { key_bits / pulses } else { 0.0 },
+            qber,
+            phase_error: phase,
+            s1,
+            eps_sec,
+            ec_ok,
+        }
+    }
+}
+
 /// γ(a, b, c, d) of Lim 2014 Eq. (5), with 21²/a² inside the logarithm.
 pub fn gamma(a: f64, b: f64, c: f64, d: f64) -> f64 {
     if !(b > 0.0 && b < 1.0 && c > 0.0 && d > 0.0) {
@@ -301,21 +328,7 @@ impl Lim2014 {
             - leak.unwrap_or(n_x)
             - 6.0 * (21.0 / eps_sec).log2()
             - (2.0 / self.eps_cor).log2();
-        let key_bits = if raw { l } else { l.floor().max(0.0) };
-        FiniteKey {
-            key_bits,
-            pulses: c.pulses,
-            key_per_pulse: if c.pulses > 0.0 {
-                key_bits / c.pulses
-            } else {
-                0.0
-            },
-            qber,
-            phase_error: phase,
-            s1: sx1,
-            eps_sec,
-            ec_ok,
-        }
+        FiniteKey::assemble(l, raw, c.pulses, qber, phase, sx1, eps_sec, ec_ok)
     }
 
     /// Key of one block of `block_bits` at `eta_sys` with settings `s`.
@@ -483,21 +496,8 @@ impl Rusca2018 {
             - leak.unwrap_or(n_z)
             - 6.0 * (19.0 / self.eps_sec).log2()
             - (2.0 / self.eps_cor).log2();
-        let key_bits = if raw { l } else { l.floor().max(0.0) };
-        FiniteKey {
-            key_bits,
-            pulses: c.pulses,
-            key_per_pulse: if c.pulses > 0.0 {
-                key_bits / c.pulses
-            } else {
-                0.0
-            },
-            qber,
-            phase_error: phase,
-            s1: sz1,
-            eps_sec: self.eps_sec,
-            ec_ok: leak.is_some(),
-        }
+        let ec_ok = leak.is_some();
+        FiniteKey::assemble(l, raw, c.pulses, qber, phase, sz1, self.eps_sec, ec_ok)
     }
 
     /// Pulses needed to sift `block_bits` key-basis bits.

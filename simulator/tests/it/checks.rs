@@ -3,37 +3,28 @@
 use qkd_simulator::physics::channel::{DvHardware, error_1, yield_1};
 use qkd_simulator::physics::decoy::{AsymptoticBb84, DecoyMethod, vacuum_weak_bounds};
 
-fn gys(method: DecoyMethod) -> AsymptoticBb84 {
-    AsymptoticBb84 {
-        hw: DvHardware::GYS,
-        f_ec: 1.22,
-        p_z: 0.5,
-        method,
-    }
-}
-
 /// GYS maximum distances: published 140.55 km (vacuum + weak) and 142.05 km (infinite decoys),
 /// Ma, Qi, Zhao, Lo, PRA 72, 012326 (2005); reproduced within 1 %.
 #[test]
 fn gys_maximum_distance_within_one_percent_of_published() {
-    let vw = gys(DecoyMethod::VacuumWeak { nu: 0.05 }).max_distance(Some(0.48));
+    let vw = AsymptoticBb84::gys(DecoyMethod::VacuumWeak { nu: 0.05 }).max_distance(Some(0.48));
     assert!((vw / 140.55 - 1.0).abs() < 0.01, "vacuum+weak: {vw} km");
     // The reference reimplementation gives 140.62 km for ν = 0.05.
     assert!((vw - 140.62).abs() < 0.05, "vacuum+weak: {vw} km");
-    let inf = gys(DecoyMethod::Infinite).max_distance(Some(0.48));
+    let inf = AsymptoticBb84::gys(DecoyMethod::Infinite).max_distance(Some(0.48));
     assert!(
         (inf / 142.05 - 1.0).abs() < 0.01,
         "infinite decoys: {inf} km"
     );
     assert!((inf - 142.01).abs() < 0.05, "infinite decoys: {inf} km");
-    let inf_opt = gys(DecoyMethod::Infinite).max_distance(None);
+    let inf_opt = AsymptoticBb84::gys(DecoyMethod::Infinite).max_distance(None);
     assert!(
         inf_opt >= inf - 1e-3 && (inf_opt / 142.05 - 1.0).abs() < 0.01,
         "{inf_opt}"
     );
     // The decoy ordering of the paper: ν smaller → longer reach.
-    let nu02 = gys(DecoyMethod::VacuumWeak { nu: 0.02 }).max_distance(Some(0.48));
-    let nu10 = gys(DecoyMethod::VacuumWeak { nu: 0.1 }).max_distance(Some(0.48));
+    let nu02 = AsymptoticBb84::gys(DecoyMethod::VacuumWeak { nu: 0.02 }).max_distance(Some(0.48));
+    let nu10 = AsymptoticBb84::gys(DecoyMethod::VacuumWeak { nu: 0.1 }).max_distance(Some(0.48));
     assert!(
         (nu02 - 141.47).abs() < 0.1 && (nu10 - 139.1).abs() < 0.1,
         "{nu02} {nu10}"
