@@ -1,0 +1,151 @@
+//! `qkd-bench`: the performance figures of issue 3, measured the same way every time.
+//!
+//! * `etsi` - key pairs/s and latency through ETSI GS QKD 014 (`enc_keys` at one node, `dec_keys`
+//!   of the same key at the other) against two real `qkd-node` processes on loopback, with many
+//!   concurrent clients on keep-alive mutual-TLS connections;
+//! * `ingest` - how fast the durable store makes link key material durable (group commit,
+//!   `Durability::Immediate`), in Mbit/s;
+//! * `disk` - the disk's own sync-write figures, so that a store limit can be told apart from a
+//!   disk limit.
+//!
+//! Every run prints where it ran (CPU model, cores, memory): the load generator always shares the
+//! host with the nodes and talks to them over loopback. This binary only measures; it never
+//! changes a node's configuration beyond the demo layout it creates in a temporary directory.
+
+#![forbid(unsafe_code)]
+
+mod disk;
+mod etsi;
+mod ingest;
+mod machine;
+mod measure;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use tempfile::TempDir;
+
+/// Benchmarks of the QKD key-management stack.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// Print one JSON document instead of the human-readable table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Key pairs/s through enc_keys at one node then dec_keys at the other, over mutual TLS.
+    ///
+    /// Example: qkd-bench etsi --clients 64 --duration 20s --size 256
+    Etsi(etsi::Args),
+    /// Durable ingest rate of link key material into the store (group commit, fsync per commit).
+    ///
+    /// Example: qkd-bench ingest --mib 1024 --block-kib 64
+    Ingest(ingest::Args),
+    /// The disk's own sync-write figures (fio if installed, else a built-in loop).
+    ///
+    /// Example: qkd-bench disk --runtime 10s
+    Disk(disk::Args),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let machine = machine::Machine::probe();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = match &cli.cmd {
+        Cmd::Etsi(a) => {
+            let r = rt.block_on(etsi::run(a))?;
+            output(cli.json, &machine, "etsi", &r, || r.print())?;
+            r.check()
+        }
+        Cmd::Ingest(a) => {
+            let r = rt.block_on(ingest::run(a))?;
+            output(cli.json, &machine, "ingest", &r, || r.print())
+        }
+        Cmd::Disk(a) => {
+            let r = disk::run(a)?;
+            output(cli.json, &machine, "disk", &r, || r.print())
+        }
+    };
+    // The writer thread of `ingest` and the client connections close with the runtime.
+    rt.shutdown_timeout(Duration::from_secs(5));
+    report
+}
+
+/// Prints `report` with the machine it ran on, as JSON or as a table.
+fn output<R: serde::Serialize>(
+    json: bool,
+    machine: &machine::Machine,
+    bench: &str,
+    report: &R,
+    table: impl FnOnce(),
+) -> Result<()> {
+    if json {
+        let doc = serde_json::json!({
+            "bench": bench,
+            "machine": machine,
+            "load_generator": machine::LOAD_GENERATOR,
+            "report": report,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        machine.print();
+        table();
+    }
+    Ok(())
+}
+
+/// A fresh temporary directory in `parent` (default: the system temp directory), removed on drop.
+fn scratch_dir(parent: Option<&std::path::Path>, prefix: &str) -> std::io::Result<TempDir> {
+    let mut b = tempfile::Builder::new();
+    b.prefix(prefix);
+    match parent {
+        Some(d) => b.tempdir_in(d),
+        None => b.tempdir(),
+    }
+}
+
+/// Parses a duration such as `20s`, `500ms`, `2m` or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 20s, 500ms, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" | "min" => n * 60.0,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s or m)")),
+    };
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(format!("`{s}`: a duration must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("1h").is_err());
+        assert!(parse_duration("x").is_err());
+    }
+}
