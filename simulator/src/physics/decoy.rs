@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::channel::{DvHardware, error_1, gain, h2, qber, yield_1};
+use super::channel::{DvHardware, dead_time_factor, error_1, gain, h2, qber, yield_1};
 use super::optimise::{bisect_last_true, log_grid_golden_max};
 
 /// How Y₁ and e₁ are obtained.
@@ -99,8 +99,20 @@ impl AsymptoticBb84 {
         }
     }
 
-    /// The rate at system transmittance `eta_sys` with signal intensity `mu`.
+    /// The rate at system transmittance `eta_sys` with signal intensity `mu`. A detector dead
+    /// time scales every detection by the factor c_dt of Rusca 2018, App. B (saturation removes
+    /// detections whatever their content, so the QBER and the bounds are unchanged).
     pub fn at_eta(&self, eta_sys: f64, mu: f64) -> AsymptoticPoint {
+        let mut p = self.at_eta_unsaturated(eta_sys, mu);
+        if self.hw.dead_time_s > 0.0 {
+            let c_dt = dead_time_factor(self.hw.rep_rate_hz, p.gain, self.hw.dead_time_s);
+            p.key_per_pulse *= c_dt;
+            p.sifted_per_pulse *= c_dt;
+        }
+        p
+    }
+
+    fn at_eta_unsaturated(&self, eta_sys: f64, mu: f64) -> AsymptoticPoint {
         let hw = &self.hw;
         let y0 = hw.y0();
         let q_mu = gain(eta_sys, y0, mu);
@@ -224,6 +236,31 @@ mod tests {
         let r_eff = eff.at_distance(50.0, 0.48).key_per_pulse;
         // Sifting p_Z² + p_X² versus ½ for standard BB84.
         assert!((r_eff / r_std - (0.99 * 0.99 + 0.01 * 0.01) / 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn dead_time_saturates_short_links_only() {
+        let free = AsymptoticBb84 {
+            hw: DvHardware::METRO_GHZ,
+            ..AsymptoticBb84::gys(DecoyMethod::Infinite)
+        };
+        let no_dt = AsymptoticBb84 {
+            hw: DvHardware {
+                dead_time_s: 0.0,
+                ..DvHardware::METRO_GHZ
+            },
+            ..free
+        };
+        let ratio = |l: f64| {
+            free.at_distance(l, 0.5).key_per_pulse / no_dt.at_distance(l, 0.5).key_per_pulse
+        };
+        // 2.5 GHz × 50 ns: at 0 km a click every few pulses saturates the detector.
+        assert!(ratio(0.0) < 0.2, "{}", ratio(0.0));
+        assert!(
+            ratio(150.0) > 0.98 && ratio(150.0) < 1.0,
+            "{}",
+            ratio(150.0)
+        );
     }
 
     #[test]

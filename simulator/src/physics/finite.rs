@@ -229,19 +229,25 @@ impl Lim2014 {
     pub fn counts(&self, s: &LimSettings, eta_sys: f64, pulses: f64) -> Counts<3> {
         let hw = &self.hw;
         let (kx, kz) = (s.q_x * s.q_x, (1.0 - s.q_x) * (1.0 - s.q_x));
+        // Dead time (0 in the paper's setting): Rusca 2018, App. B.
+        let total: f64 = (0..3)
+            .map(|k| s.p[k] * lim_click(eta_sys, hw.dark_count_prob, hw.afterpulse_prob, s.mu[k]))
+            .sum();
+        let c_dt = dead_time_factor(hw.rep_rate_hz, total, hw.dead_time_s);
         let mut c = Counts {
             pulses,
             ..Counts::default()
         };
         for k in 0..3 {
-            let r = lim_click(eta_sys, hw.dark_count_prob, hw.afterpulse_prob, s.mu[k]);
-            let e = lim_error(
-                eta_sys,
-                hw.dark_count_prob,
-                hw.afterpulse_prob,
-                hw.misalignment,
-                s.mu[k],
-            );
+            let r = c_dt * lim_click(eta_sys, hw.dark_count_prob, hw.afterpulse_prob, s.mu[k]);
+            let e = c_dt
+                * lim_error(
+                    eta_sys,
+                    hw.dark_count_prob,
+                    hw.afterpulse_prob,
+                    hw.misalignment,
+                    s.mu[k],
+                );
             c.n_key[k] = pulses * kx * s.p[k] * r;
             c.m_key[k] = pulses * kx * s.p[k] * e;
             c.n_test[k] = pulses * kz * s.p[k] * r;

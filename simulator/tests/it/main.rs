@@ -9,3 +9,4 @@ mod node_feed;
 mod plob;
 mod satellite;
 mod scenarios;
+mod timeline;
