@@ -59,6 +59,73 @@ pub enum CurveProtocol {
     TwinField(TwinField),
 }
 
+impl CurveProtocol {
+    /// Checks the protocol parameters; the error names the parameter.
+    pub fn validate(&self) -> Result<(), ParamError> {
+        use crate::physics::channel::{positive, probability, probability_open};
+        let block = |b: f64| {
+            if b.is_finite() && (1e3..=1e13).contains(&b) {
+                Ok(())
+            } else {
+                Err(ParamError::new(
+                    "block_bits",
+                    b,
+                    "a block holds between 10³ and 10¹³ bits",
+                ))
+            }
+        };
+        match *self {
+            CurveProtocol::DecoyInfinite | CurveProtocol::NoDecoy => Ok(()),
+            CurveProtocol::DecoyVacuumWeak { mu, nu } => {
+                if !(mu > 0.0 && mu <= 2.0) {
+                    return Err(ParamError::new(
+                        "mu",
+                        mu,
+                        "a signal intensity lies in (0, 2]",
+                    ));
+                }
+                if !(nu > 0.0 && nu < mu) {
+                    return Err(ParamError::new("nu", nu, "the weak decoy lies in (0, mu)"));
+                }
+                Ok(())
+            }
+            CurveProtocol::EfficientBb84 { p_z } => {
+                if p_z > 0.0 && p_z < 1.0 {
+                    Ok(())
+                } else {
+                    Err(ParamError::new("p_z", p_z, "must lie in (0, 1)"))
+                }
+            }
+            CurveProtocol::FiniteKey { block_bits } | CurveProtocol::OneDecoy { block_bits } => {
+                block(block_bits)
+            }
+            CurveProtocol::CvGg02(m) => m.validate(),
+            CurveProtocol::TwinField(m) => {
+                probability_open("eta_det", m.eta_det)?;
+                probability("dark_count_prob", m.dark_count_prob)?;
+                probability("misalignment", m.misalignment)?;
+                positive("rep_rate_hz", m.rep_rate_hz)?;
+                positive("alpha_db_per_km", m.alpha_db_per_km)?;
+                if m.phase_slices == 0 {
+                    return Err(ParamError::new(
+                        "phase_slices",
+                        0.0,
+                        "at least one phase slice",
+                    ));
+                }
+                if !(1.0..=3.0).contains(&m.f_ec) {
+                    return Err(ParamError::new(
+                        "f_ec",
+                        m.f_ec,
+                        "an EC inefficiency lies in [1, 3]",
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// What the x axis is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -123,11 +190,9 @@ pub fn rate_curve(
     if !(1.0..=3.0).contains(&f_ec) {
         return Err(ParamError::new("f_ec", f_ec, "an EC inefficiency lies in [1, 3]").into());
     }
+    protocol.validate()?;
     let alpha = match protocol {
-        CurveProtocol::CvGg02(m) => {
-            m.validate()?;
-            m.alpha_db_per_km
-        }
+        CurveProtocol::CvGg02(m) => m.alpha_db_per_km,
         CurveProtocol::TwinField(m) => m.alpha_db_per_km,
         _ => hw.alpha_db_per_km,
     };

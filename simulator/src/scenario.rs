@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::faults::{EventSpec, RandomFaults};
 use crate::satellite::{EARTH_RADIUS_KM, GroundStation, Orbit};
-use crate::spec::{Built, LinkModelSpec, LinkOps, SatelliteSpec};
+use crate::spec::{Built, LinkModelSpec, LinkOps, SatelliteSpec, SpecError};
 
 /// A parsed scenario file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -494,9 +494,28 @@ impl Scenario {
         };
         let build_one = |i: usize| -> Result<BuiltLink, ScenarioError> {
             let spec = self.link_spec(i).map_err(|p| invalid(i, p))?;
-            let model = spec
-                .build_concrete()
-                .map_err(|e| invalid(i, e.to_string()))?;
+            let model = spec.build_concrete().map_err(|e| {
+                let (field, source) = match &e {
+                    SpecError::Param { source, .. } => {
+                        (format!("links[{i}].model.{}", source.field), source)
+                    }
+                    SpecError::Event { index, source, .. } => (
+                        format!("links[{i}].model.events[{index}].{}", source.field),
+                        source,
+                    ),
+                };
+                ScenarioError::Invalid {
+                    file: file.to_path_buf(),
+                    field,
+                    problem: format!(
+                        "{}: {} ({} link `{}`)",
+                        source.value,
+                        source.problem,
+                        spec.kind(),
+                        self.link_id(i)
+                    ),
+                }
+            })?;
             let l = &self.links[i];
             progress(i);
             Ok(BuiltLink {

@@ -643,9 +643,8 @@ impl LinkModelSpec {
             }
             LinkModelSpec::TwinField(s) => {
                 let model = s.params.unwrap_or(TwinField::LONG_HAUL);
-                crate::physics::channel::probability_open("eta_det", model.eta_det)
-                    .map_err(param)?;
-                crate::physics::channel::positive("rep_rate_hz", model.rep_rate_hz)
+                crate::curve::CurveProtocol::TwinField(model)
+                    .validate()
                     .map_err(param)?;
                 check_block("block_bits", s.block_bits)?;
                 check_ops(&s.ops)?;

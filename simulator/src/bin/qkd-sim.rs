@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use qkd_simulator::curve::{Axis, CurvePoint, CurveProtocol, rate_curve};
@@ -165,10 +165,18 @@ struct RunArgs {
     max_rows: usize,
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+fn main() -> std::process::ExitCode {
+    let result = match Cli::parse().command {
         Command::Rate(a) => rate(a),
         Command::Run(a) => run_scenario(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The whole cause chain on one line, without a backtrace: these are user errors.
+            eprintln!("qkd-sim: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 
@@ -247,9 +255,6 @@ fn rate(a: RateArgs) -> Result<()> {
     } else {
         Axis::Distance
     };
-    if a.block < 1e3 || !a.block.is_finite() {
-        bail!("--block {}: a block holds at least 1000 bits", a.block);
-    }
     let started = Instant::now();
     let points = rate_curve(&protocol, &hw, a.f_ec, axis, a.from, a.to, a.points)
         .context("invalid parameters")?;
