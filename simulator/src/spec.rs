@@ -814,4 +814,41 @@ mod tests {
             s => panic!("{s:?}"),
         }
     }
+
+    #[test]
+    fn documented_variants_parse_and_build() {
+        for text in [
+            "kind = \"decoy-bb84\"\nlength_km = 20\ndecoy = { kind = \"vacuum-weak\", nu = 0.05 }\nmu = 0.5",
+            "kind = \"decoy-bb84\"\nlength_km = 5\ndecoy = { kind = \"no-decoy\" }\np_z = 0.9",
+            "kind = \"finite-key-bb84\"\nlength_km = 20\nec = { kind = \"ldpc\", f_crit = 1.22, frame_bits = 4096 }",
+            "kind = \"one-decoy-bb84\"\nlength_km = 20\nec = { kind = \"cascade\", f = 1.1 }\neps_sec = 1e-10",
+            "kind = \"cv-gg02\"\nlength_km = 20\nblock_symbols = 1e7",
+            "kind = \"twin-field\"\nlength_km = 300\nauth = { tag_bits = 40, messages_per_block = 4 }",
+            "kind = \"decoy-bb84\"\nlength_km = 20\nrandom_faults = { cuts_per_year_per_100km = 2, mean_repair_h = 6 }\nseed = 9",
+        ] {
+            let spec = parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            let m = spec.build().unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(m.status(0).state, LinkState::Up, "{text}");
+        }
+    }
+
+    #[test]
+    fn slow_link_delivers_nothing_until_a_block_fills() {
+        // GYS at 130 km sifts ~40 bit/s: a 10⁶-bit block takes hours.
+        let spec = parse("kind = \"decoy-bb84\"\nlength_km = 130\nhardware = { preset = \"gys\" }\nblock_bits = 1e6").unwrap();
+        let Built::Timeline(link) = spec.build_concrete().unwrap() else {
+            panic!("not a timeline")
+        };
+        let plan = link.baseline().unwrap().clone();
+        assert!(
+            plan.block_s > 3.0 * 3600.0 && plan.block_s < 48.0 * 3600.0,
+            "{}",
+            plan.block_s
+        );
+        let first = (plan.block_s * 1000.0).ceil() as u64;
+        assert_eq!(link.cumulative_secret_bits(first - 1000), 0);
+        assert_eq!(link.status(first - 1000).state, LinkState::Up);
+        assert_eq!(link.cumulative_secret_bits(first), plan.key_bits);
+        assert!(plan.key_bits > 1000);
+    }
 }
