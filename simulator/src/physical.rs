@@ -438,9 +438,15 @@ pub struct SatelliteDownlink {
     pub epoch_unix_s: f64,
     /// Span over which passes are computed, s.
     pub horizon_s: f64,
-    /// Passes are used only if the Sun stays below this elevation (degrees); `None` = day and
-    /// night.
-    pub max_sun_elevation_deg: Option<f64>,
+    /// A pass is at night if the Sun stays below this elevation (degrees).
+    pub max_sun_elevation_deg: f64,
+    /// Use only night passes (the Micius practice). When false, daylight passes run with the
+    /// daylight background below.
+    pub night_only: bool,
+    /// Background click probability per detector per pulse in daylight (sky radiance through
+    /// the receiver's spectral, spatial and temporal filters); replaces the dark-count
+    /// probability when it is larger.
+    pub day_background_prob: f64,
     /// Seed for cloud cover.
     pub seed: u64,
     /// Authentication cost per pass.
@@ -498,26 +504,36 @@ impl PassLink {
             d.epoch_unix_s,
             d.horizon_s,
             1.0,
-            d.max_sun_elevation_deg.unwrap_or(90.0),
+            d.max_sun_elevation_deg,
         ) {
             let clear = rng.random::<f64>() < d.station.clear_sky_prob;
             let (start_ms, end_ms) = ((p.start_s * 1000.0) as u64, (p.end_s * 1000.0) as u64);
+            let protocol = if p.night {
+                d.protocol
+            } else {
+                let dark_count_prob = hw.dark_count_prob.max(d.day_background_prob);
+                Lim2014 {
+                    hw: DvHardware {
+                        dark_count_prob,
+                        ..hw
+                    },
+                    ..d.protocol
+                }
+            };
             let mut counts = Counts::<3>::default();
             let mut t = p.start_s;
             while t < p.end_s {
                 let (el, range) = look(&d.orbit, &d.station, t, gmst0, true);
-                counts += d
-                    .protocol
-                    .counts(&settings, d.budget.system(range, el), hw.rep_rate_hz);
+                counts += protocol.counts(&settings, d.budget.system(range, el), hw.rep_rate_hz);
                 t += 1.0;
             }
-            let k = d.protocol.key_from_counts(&settings, &counts);
+            let k = protocol.key_from_counts(&settings, &counts);
             let key = net_block_key(k.key_bits, &d.auth);
             let outage = down
                 .iter()
                 .find(|iv| iv.start_ms < end_ms && start_ms < iv.end_ms);
-            let lost = if d.max_sun_elevation_deg.is_some() && !p.night {
-                Some("daylight pass: background too high".to_string())
+            let lost = if d.night_only && !p.night {
+                Some("daylight pass: the link is configured for night-only operation".to_string())
             } else if !clear {
                 Some("pass lost to cloud cover".to_string())
             } else if let Some(iv) = outage {
@@ -527,7 +543,8 @@ impl PassLink {
                 })
             } else if key == 0 {
                 Some(format!(
-                    "no secret key from this pass (QBER {:.2} %, too few detections for the finite-key bound)",
+                    "no secret key from this {} pass (QBER {:.2} %: the finite-key bound gives zero)",
+                    if p.night { "night" } else { "daylight" },
                     100.0 * k.qber
                 ))
             } else {

@@ -439,6 +439,7 @@ impl Scenario {
                     horizon_s: self.scenario.duration_s as f64,
                     night_only: true,
                     max_sun_elevation_deg: -12.0,
+                    day_background_prob: 5e-5,
                     ops: LinkOps::default(),
                 })
             }

@@ -314,6 +314,11 @@ pub struct SatelliteSpec {
     /// Sun elevation below which it is night, degrees (default −12).
     #[serde(default = "default_sun")]
     pub max_sun_elevation_deg: f64,
+    /// Background click probability per detector per pulse in daylight, used when
+    /// `night_only` is false (default 5×10⁻⁵: an 850 nm receiver with ~1 nm, 100 µrad and 1 ns
+    /// filtering under a bright sky is in the 10⁻⁵–10⁻⁴ range \[M\]).
+    #[serde(default = "default_day_background")]
+    pub day_background_prob: f64,
     /// Events (ground-station outages, maintenance), authentication, seed for cloud cover.
     #[serde(default, flatten)]
     pub ops: LinkOps,
@@ -327,6 +332,9 @@ fn yes() -> bool {
 }
 fn default_sun() -> f64 {
     -12.0
+}
+fn default_day_background() -> f64 {
+    5e-5
 }
 
 /// A link specification that makes no physical sense. The operator who wrote the configuration
@@ -450,6 +458,8 @@ impl LinkModelSpec {
                         "must lie in (0, 1 year]",
                     )));
                 }
+                crate::physics::channel::probability("day_background_prob", s.day_background_prob)
+                    .map_err(param)?;
                 if !s.start_unix_s.is_finite() {
                     return Err(param(ParamError::new(
                         "start_unix_s",
@@ -468,7 +478,9 @@ impl LinkModelSpec {
                     },
                     epoch_unix_s: s.start_unix_s,
                     horizon_s: s.horizon_s,
-                    max_sun_elevation_deg: s.night_only.then_some(s.max_sun_elevation_deg),
+                    max_sun_elevation_deg: s.max_sun_elevation_deg,
+                    night_only: s.night_only,
+                    day_background_prob: s.day_background_prob,
                     seed: s.ops.seed,
                     auth: s.ops.auth,
                 };

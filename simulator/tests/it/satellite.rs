@@ -119,15 +119,38 @@ fn downlink_gives_finite_key_per_night_pass_only() {
         model.status(p.end_ms + 1000).state,
         LinkState::Down { .. }
     ));
-    // Day and night: more passes give key.
-    let mut all = spec.clone();
-    if let LinkModelSpec::SatelliteDownlink(s) = &mut all {
-        s.night_only = false;
-    }
-    let Built::Pass(all) = all.build_concrete().unwrap() else {
-        panic!()
+    // Day and night: the daylight background (default 5e-5 per pulse) kills daylight key at
+    // 850 nm; with ideal filtering (1e-6) daylight passes give key too, less than at night.
+    let with_day = |bg: f64| {
+        let mut all = spec.clone();
+        if let LinkModelSpec::SatelliteDownlink(s) = &mut all {
+            s.night_only = false;
+            s.day_background_prob = bg;
+        }
+        let Built::Pass(all) = all.build_concrete().unwrap() else {
+            panic!()
+        };
+        all.passes().to_vec()
     };
-    assert!(all.passes().iter().filter(|p| p.lost.is_none()).count() > night.len());
+    let bright = with_day(5e-5);
+    assert_eq!(
+        bright.iter().filter(|p| p.lost.is_none()).count(),
+        night.len()
+    );
+    assert!(
+        bright.iter().any(|p| p
+            .lost
+            .as_deref()
+            .is_some_and(|r| r.contains("daylight pass (QBER"))),
+        "{bright:?}"
+    );
+    let filtered = with_day(1e-6);
+    let day_keys: Vec<u64> = filtered
+        .iter()
+        .filter(|p| p.lost.is_none())
+        .map(|p| p.key_bits)
+        .collect();
+    assert!(day_keys.len() > night.len(), "{filtered:?}");
 }
 
 #[test]
