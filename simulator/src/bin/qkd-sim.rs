@@ -13,7 +13,7 @@ use qkd_simulator::physics::channel::DvHardware;
 use qkd_simulator::physics::cv::Gg02;
 use qkd_simulator::physics::twinfield::TwinField;
 use qkd_simulator::plot;
-use qkd_simulator::scenario::Scenario;
+use qkd_simulator::scenario::{PairSpec, Scenario};
 use qkd_simulator::spec::HardwarePreset;
 
 #[derive(Parser)]
@@ -39,7 +39,8 @@ enum Command {
     /// Simulate a network scenario: per-link time series, end-to-end key, summary, plots.
     #[command(after_help = "Examples:\n  \
         qkd-sim run simulator/scenarios/metro-2node.toml --out metro\n  \
-        qkd-sim run simulator/scenarios/euroqci.toml --aggregate 300 --out euroqci\n\n\
+        qkd-sim run simulator/scenarios/euroqci.toml --aggregate 300 --out euroqci\n  \
+        qkd-sim run simulator/scenarios/euroqci.toml --pair lisbon:copenhagen --no-plot --out eu\n\n\
         Writes links.csv, pairs.csv, summary.json, links.png/svg and pairs.png/svg into --out\n\
         and prints a summary table.")]
     Run(RunArgs),
@@ -163,6 +164,9 @@ struct RunArgs {
     /// Links shown in the summary table (slowest first).
     #[arg(long, default_value_t = 25)]
     max_rows: usize,
+    /// Also report end-to-end key between these nodes, as `A:B` (repeatable).
+    #[arg(long = "pair", value_name = "A:B")]
+    pairs: Vec<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -325,7 +329,21 @@ fn bar(len: u64, what: &str, quiet: bool) -> ProgressBar {
 }
 
 fn run_scenario(a: RunArgs) -> Result<()> {
-    let sc = Scenario::load(&a.scenario)?;
+    let mut sc = Scenario::load(&a.scenario)?;
+    for p in &a.pairs {
+        let Some((x, y)) = p.split_once(':') else {
+            anyhow::bail!("--pair {p}: write the two node ids as A:B");
+        };
+        for id in [x, y] {
+            if !sc.nodes.iter().any(|n| n.id == id) {
+                anyhow::bail!("--pair {p}: {} has no node `{id}`", a.scenario.display());
+            }
+        }
+        sc.pairs.push(PairSpec {
+            a: x.to_string(),
+            b: y.to_string(),
+        });
+    }
     let n = sc.links.len() as u64;
     let threads = a
         .threads
