@@ -185,7 +185,7 @@ fn simulate_link(
     let mut cum_prev_bucket = start_cum;
     let mut k = 1u64;
     for &t_end in times {
-        let (mut up, mut ab, mut qsum, mut qn) = (0u32, 0u32, 0f64, 0u32);
+        let (mut up, mut ab, mut qsum, mut qn, mut n_steps) = (0u32, 0u32, 0f64, 0u32, 0u32);
         let mut cum = cum_prev_bucket;
         while k <= steps && k * step <= t_end {
             let t = k * step;
@@ -210,8 +210,10 @@ fn simulate_link(
             }
             cum = c;
             k += 1;
+            n_steps += 1;
         }
-        let n = (agg / step).max(1) as f32;
+        // The last bucket may be shorter than the others.
+        let n = n_steps.max(1) as f32;
         buckets.push(Bucket {
             t_s: t_end,
             key_bits: cum - cum_prev_bucket,
