@@ -135,7 +135,7 @@ pub fn run(
         .collect();
     let done = std::sync::atomic::AtomicUsize::new(0);
     let simulate = |l: &BuiltLink| {
-        let s = simulate_link(scenario, l, step, steps, agg, &times);
+        let s = simulate_link(scenario, l, step, steps, &times);
         progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
         s
     };
@@ -168,14 +168,7 @@ pub fn run(
     }
 }
 
-fn simulate_link(
-    sc: &Scenario,
-    l: &BuiltLink,
-    step: u64,
-    steps: u64,
-    agg: u64,
-    times: &[u64],
-) -> LinkSeries {
+fn simulate_link(sc: &Scenario, l: &BuiltLink, step: u64, steps: u64, times: &[u64]) -> LinkSeries {
     let mut buckets = Vec::with_capacity(times.len());
     let mut changes = Vec::new();
     let (mut up_total, mut ab_total) = (0u64, 0u64);
