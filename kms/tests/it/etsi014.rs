@@ -180,12 +180,54 @@ const TABLE: &[Case] = &[
     case("A", "POST", "/api/v1/keys/A/dec_keys", J, r#"{"key_IDs":[{"key_ID":"{KEY}"}]}"#, 401, None),
 ];
 
-/// Runs the whole table against a deployment; panics listing every failing row.
-pub async fn run_table(fx: &Fixture) {
+/// A row a backend is known to answer against the policy, pending a fix in that backend. The row
+/// still runs and must fail with exactly this status, so the fix makes the suite fail until the
+/// entry is removed: a deviation cannot outlive its bug, nor hide a different one.
+#[derive(Debug, Clone, Copy)]
+struct KnownDeviation {
+    /// The row, by its SAE, method and path (these must pick exactly one row).
+    sae: &'static str,
+    method: &'static str,
+    path: &'static str,
+    /// The status the backend answers instead of the row's.
+    got: u16,
+}
+
+/// The real key manager with the master's and the slave's KMEs apart: the keys wait at the
+/// slave's KME, and the master's KME keeps of them only a tombstone its store cannot read back
+/// (`Txn::key_id_used` says whether one exists, not for which pair). So `KeyManager::dec_keys`
+/// answers 400 "not found" to a master asking for its own keys at its KME, where [DECISION]
+/// §1.3 step 4 and §1.9 "Master calling dec_keys on its own keys" say 401.
+const TWO_NODE_DEVIATIONS: &[KnownDeviation] = &[KnownDeviation {
+    sae: "A",
+    method: "POST",
+    path: "/api/v1/keys/A/dec_keys",
+    got: 400,
+}];
+
+/// Runs the whole table against a deployment; panics listing every failing row, every known
+/// deviation that no longer fails as recorded, and every deviation that names no single row.
+async fn run_table(fx: &Fixture, deviations: &[KnownDeviation]) {
+    let is = |d: &KnownDeviation, c: &Case| (d.sae, d.method, d.path) == (c.sae, c.method, c.path);
     let mut failures = Vec::new();
+    for d in deviations {
+        let rows = TABLE.iter().filter(|c| is(d, c)).count();
+        if rows != 1 {
+            failures.push(format!("known deviation {d:?} names {rows} rows, not 1"));
+        }
+    }
     for (i, c) in TABLE.iter().enumerate() {
-        if let Err(e) = check(fx, c).await {
-            failures.push(format!("row {i} {} {} {}: {e}", c.sae, c.method, c.path));
+        let result = check(fx, c).await;
+        let row = format!("row {i} {} {} {}", c.sae, c.method, c.path);
+        match (deviations.iter().find(|d| is(d, c)), result) {
+            (None, Ok(())) => {}
+            (None, Err(e)) => failures.push(format!("{row}: {e}")),
+            (Some(d), Err(e)) if e.starts_with(&format!("status {}, ", d.got)) => {}
+            (Some(d), result) => failures.push(format!(
+                "{row}: known deviation (status {}) no longer seen, got {result:?}; \
+                 remove it if the backend was fixed",
+                d.got
+            )),
         }
     }
     assert!(
@@ -346,19 +388,28 @@ async fn keys(
 }
 
 /// Runs the conformance table against one deployment: `conformance!(test_name, constructor)`,
-/// where the constructor is an `async` expression giving a [`Fixture`].
+/// where the constructor is an `async` expression giving a [`Fixture`]; a third argument lists
+/// the rows that backend is known to fail ([`KnownDeviation`]).
 macro_rules! conformance {
     ($name:ident, $fixture:expr) => {
+        conformance!($name, $fixture, &[]);
+    };
+    ($name:ident, $fixture:expr, $deviations:expr) => {
         #[tokio::test]
         async fn $name() {
             let fx = $fixture.await;
-            run_table(&fx).await;
+            run_table(&fx, $deviations).await;
             fx.stop().await;
         }
     };
 }
 
 conformance!(conformance_table_against_fake_kme, Fixture::fake());
+conformance!(
+    conformance_table_against_two_nodes,
+    Fixture::two_nodes(),
+    TWO_NODE_DEVIATIONS
+);
 
 #[tokio::test]
 async fn slave_gets_identical_keys_in_request_order_once() {

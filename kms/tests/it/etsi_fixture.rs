@@ -4,10 +4,9 @@
 //!
 //! The table in `etsi014.rs` only talks to a [`Fixture`]: which KME an SAE's requests go to
 //! (`home`), and the client holding that SAE's certificate. [`Fixture::fake`] runs one KME backed
-//! by the in-memory [`FakeKeys`]. To run the same table against the real two-node key manager, add
-//! a constructor that starts both nodes, fills `kmes` and `home`, and add one line to
-//! `etsi014.rs`: `conformance!(conformance_table_against_two_nodes, Fixture::two_nodes());`.
-//! Nothing in the table or in `check()` assumes a single KME; it assumes this registration:
+//! by the in-memory [`FakeKeys`]. [`Fixture::two_nodes`] runs the real key manager as two trusted
+//! nodes in this process, wired as the node daemon wires them. Nothing in the table or in `check()`
+//! assumes a single KME; it assumes this registration:
 //!
 //! * A attached to the KME `home["A"]`; B and C attached to `home["B"]` (`home["C"]` must equal
 //!   `home["B"]`, the KME where dec_keys is asked); R registered in the network but attached to
@@ -16,21 +15,29 @@
 //!   beyond it, and at least 64 default-size keys), A may not pair with C or R;
 //! * default limits (256-bit keys, 64 to 1024 bits, 128 keys per request, `max_SAE_ID_count` 0).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use qkd_hardware::LinkRole;
 use qkd_kms::etsi;
+use qkd_kms::manager::{KeyManager, LinkSetup, ManagerConfig, NeighbourEntry, SaeEntry};
+use qkd_kms::peer::{self, PeerSetupError};
 use qkd_kms::pki::DemoPki;
-use qkd_kms::service::KeyService;
+use qkd_kms::service::{KeyLimits, KeyService};
+use qkd_kms::store::Store;
+use qkd_kms::store::vault::FileKek;
 use qkd_kms::tls::{self, SaeIdentityRule, TlsFiles};
-use qkd_types::{NodeId, SaeId};
+use qkd_kms::writer::Writer;
+use qkd_simulator::link::{SimLinkConfig, SimulatedLink};
+use qkd_simulator::model::ConstantRate;
+use qkd_types::{Clock, KmeId, LinkId, NodeId, SaeId, SystemClock};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -66,7 +73,32 @@ pub struct Fixture {
     files: HashMap<&'static str, TlsFiles>,
     /// A client whose certificate comes from a CA the KMEs do not trust.
     pub untrusted: Arc<ClientConfig>,
+    /// What runs behind the KMEs besides their ETSI servers (real nodes only).
+    nodes: Option<Nodes>,
 }
+
+/// The parts of real nodes other than their ETSI 014 servers.
+struct Nodes {
+    /// Tells the node-to-node gRPC servers to stop.
+    stop: watch::Sender<bool>,
+    /// The node-to-node gRPC servers.
+    peers: Vec<JoinHandle<Result<(), PeerSetupError>>>,
+    /// Each key manager's recovery, then its ingest and expiry loops; they never end by
+    /// themselves, so they are aborted.
+    background: Vec<JoinHandle<()>>,
+}
+
+/// Two-node deployment: pool capacity of the link in bytes. 64 Kibit: fewer than the
+/// 128 × 1024 bits the table asks for to get a 503, room for 256 default-size keys.
+const POOL_BYTES: u64 = 8192;
+/// Block size of the simulated link; divides the pool, so that the pool refills to capacity.
+const BLOCK_BITS: u32 = 8192;
+/// Secret key rate of the simulated link: refills the whole pool in under 10 ms.
+const LINK_BPS: u64 = 10_000_000;
+/// How often the allocator polls its device.
+const DEVICE_POLL: Duration = Duration::from_millis(10);
+/// Default-size keys A→B must hold before the table starts (the contract's minimum).
+const MIN_STORED_KEYS: u64 = 64;
 
 impl Fixture {
     /// One KME (`KME-1`) backed by the in-memory fake; A, B, C attached, R remote.
@@ -90,6 +122,189 @@ impl Fixture {
         let mut fx = Self::with_clients(dir, pki, vec![kme]);
         for sae in SAES.iter().chain(&["NODE"]) {
             fx.home.insert(sae, 0);
+        }
+        fx
+    }
+
+    /// The real key manager as two trusted nodes, wired as `qkd_node::daemon` wires one node:
+    /// each has its own redb store, they agree on keys over gRPC with mutual TLS, and a simulated
+    /// link joins them (node 1 is the device master, hence the allocator). A is attached to
+    /// node 1; B and C to node 2; R to a node 3 that is not running; U is registered nowhere.
+    /// Pool A→B: [`POOL_BYTES`], refilled continuously. Returns once A→B holds at least
+    /// [`MIN_STORED_KEYS`] keys.
+    pub async fn two_nodes() -> Self {
+        // tonic builds its TLS configurations from the process-wide provider.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = DemoPki::create(dir.path()).expect("demo PKI");
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let node = |s: &str| NodeId::parse(s).expect("valid");
+        let sae = |s: &str| SaeId::parse(s).expect("valid");
+        let peers = |list: &[&str]| list.iter().map(|s| sae(s)).collect::<BTreeSet<_>>();
+        let ids = [node("n1"), node("n2")];
+        let kme_ids = [
+            KmeId::parse("KME-1").expect("valid"),
+            KmeId::parse("KME-2").expect("valid"),
+        ];
+        let roles = [LinkRole::Master, LinkRole::Slave];
+        let link = LinkId::parse("n1-n2").expect("valid");
+        let saes = BTreeMap::from([
+            (
+                sae("A"),
+                SaeEntry {
+                    node: ids[0].clone(),
+                    peers: peers(&["B"]),
+                },
+            ),
+            (
+                sae("B"),
+                SaeEntry {
+                    node: ids[1].clone(),
+                    peers: peers(&["A"]),
+                },
+            ),
+            (
+                sae("C"),
+                SaeEntry {
+                    node: ids[1].clone(),
+                    peers: peers(&[]),
+                },
+            ),
+            (
+                sae("R"),
+                SaeEntry {
+                    node: node("n3"),
+                    peers: peers(&[]),
+                },
+            ),
+        ]);
+        let seed = SimulatedLink::parse_seed(&SimulatedLink::generate_seed_hex()).expect("seed");
+        let start = clock.now();
+
+        // Both peer listeners first: each node's client needs the other's address.
+        let mut listeners = Vec::new();
+        for _ in &ids {
+            listeners.push(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
+        }
+        let addrs: Vec<SocketAddr> = listeners
+            .iter()
+            .map(|l| l.local_addr().expect("local addr"))
+            .collect();
+        let (stop, stopped) = watch::channel(false);
+        let mut managers = Vec::new();
+        let mut nodes = Nodes {
+            stop,
+            peers: Vec::new(),
+            background: Vec::new(),
+        };
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let other = 1 - i;
+            let data = dir.path().join(ids[i].as_str());
+            let key_dir = data.join("keys");
+            std::fs::create_dir_all(&key_dir).expect("data directory");
+            let kek = FileKek::open(&key_dir, clock.now(), 86_400_000).expect("KEK");
+            let (store, mut recovered) =
+                Store::open(&data.join("store.redb"), &kek).expect("store");
+            let reserved = std::mem::take(&mut recovered.reserved);
+            let tls = pki
+                .issue_node(&ids[i], [127, 0, 0, 1].into())
+                .expect("node cert")
+                .tls_files(pki.ca_cert());
+            let source = SimulatedLink::new(
+                SimLinkConfig {
+                    link: link.clone(),
+                    role: roles[i],
+                    block_bits: BLOCK_BITS,
+                    start,
+                },
+                &seed,
+                Box::new(ConstantRate::new(LINK_BPS)),
+                clock.clone(),
+            )
+            .expect("simulated link");
+            let setup = LinkSetup {
+                id: link.clone(),
+                peer: ids[other].clone(),
+                source: Arc::new(source),
+                capacity_bytes: POOL_BYTES,
+                client: peer::client(addrs[other], "127.0.0.1", &tls).expect("peer client"),
+            };
+            let config = ManagerConfig {
+                node: ids[i].clone(),
+                kme: kme_ids[i].clone(),
+                saes: saes.clone(),
+                neighbours: BTreeMap::from([(
+                    ids[other].clone(),
+                    NeighbourEntry {
+                        kme: kme_ids[other].clone(),
+                        link: link.clone(),
+                    },
+                )]),
+                limits: KeyLimits::default(),
+                key_ttl_ms: 3_600_000,
+                peer_timeout: Duration::from_secs(3),
+                tombstone_retention_ms: 30 * 86_400_000,
+            };
+            let manager = KeyManager::new(
+                config,
+                clock.clone(),
+                Writer::spawn(store),
+                vec![setup],
+                recovered,
+            );
+            nodes.peers.push(tokio::spawn({
+                let m = manager.clone();
+                let mut stopped = stopped.clone();
+                async move {
+                    let stop = async move {
+                        let _ = stopped.wait_for(|v| *v).await;
+                    };
+                    peer::serve(listener, &tls, m, stop).await
+                }
+            }));
+            nodes.background.push(tokio::spawn({
+                let m = manager.clone();
+                async move {
+                    m.recover(reserved).await;
+                    m.run_background(DEVICE_POLL).await;
+                }
+            }));
+            managers.push(manager);
+        }
+
+        let mut kmes = Vec::new();
+        for (id, m) in ids.iter().zip(&managers) {
+            kmes.push(start_kme(&pki, id.as_str(), Arc::new(m.clone())).await);
+        }
+        let mut fx = Self::with_clients(dir, pki, kmes);
+        fx.nodes = Some(nodes);
+        for (who, kme) in [
+            ("A", 0),
+            ("B", 1),
+            ("C", 1),
+            ("R", 0),
+            ("U", 0),
+            ("NODE", 0),
+        ] {
+            fx.home.insert(who, kme);
+        }
+
+        // The link fills the pool within milliseconds; wait for it, but not forever.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = managers[0]
+                .status(&sae("A"), &sae("B"))
+                .await
+                .expect("status");
+            if status.stored_key_count >= MIN_STORED_KEYS {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "pool A→B still holds {} keys after 30 s",
+                status.stored_key_count
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         fx
     }
@@ -141,6 +356,7 @@ impl Fixture {
             tls: configs,
             files,
             untrusted,
+            nodes: None,
         }
     }
 
@@ -165,7 +381,8 @@ impl Fixture {
     }
 
     /// Stops every KME and checks that each shut down cleanly and promptly, even with idle
-    /// keep-alive connections still open in the clients' pools.
+    /// keep-alive connections still open in the clients' pools; then, for real nodes, stops their
+    /// background loops and their node-to-node servers, which must shut down cleanly too.
     pub async fn stop(mut self) {
         for kme in &mut self.kmes {
             if let Some(stop) = kme.stop.take() {
@@ -178,6 +395,17 @@ impl Fixture {
                 .expect("server shut down within 10 s")
                 .expect("server task did not panic");
             result.expect("serve returned Ok");
+        }
+        if let Some(nodes) = self.nodes.take() {
+            nodes.background.iter().for_each(JoinHandle::abort);
+            let _ = nodes.stop.send(true);
+            for task in nodes.peers {
+                let result = tokio::time::timeout(Duration::from_secs(10), task)
+                    .await
+                    .expect("peer server shut down within 10 s")
+                    .expect("peer server task did not panic");
+                result.expect("peer serve returned Ok");
+            }
         }
     }
 }
