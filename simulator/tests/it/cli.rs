@@ -125,3 +125,45 @@ fn errors_are_clear_and_help_has_examples() {
         );
     }
 }
+
+/// Every example line of `--help` runs successfully (from the workspace root, where the example
+/// paths point), with its output directory moved into a temporary directory.
+#[test]
+fn help_examples_work() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let dir = tempfile::tempdir().unwrap();
+    let mut ran = 0;
+    for sub in ["rate", "run"] {
+        let o = qkd_sim().args([sub, "--help"]).output().unwrap();
+        let help = String::from_utf8_lossy(&o.stdout).to_string();
+        for line in help
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("qkd-sim "))
+        {
+            let mut args: Vec<String> = line.split_whitespace().skip(1).map(String::from).collect();
+            let out = args
+                .iter()
+                .position(|a| a == "--out")
+                .expect("examples name --out");
+            args[out + 1] = dir.path().join(format!("ex{ran}")).display().to_string();
+            if !args.iter().any(|a| a == "--no-plot") {
+                args.push("--no-plot".into());
+            }
+            if sub == "run" {
+                args.push("--quiet".into());
+            }
+            let o = qkd_sim().args(&args).current_dir(&root).output().unwrap();
+            assert!(
+                o.status.success(),
+                "`{line}` failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            ran += 1;
+        }
+    }
+    assert!(ran >= 6, "{ran} examples");
+}
