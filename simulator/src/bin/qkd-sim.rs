@@ -16,6 +16,13 @@ use qkd_simulator::plot;
 use qkd_simulator::scenario::{PairSpec, Scenario};
 use qkd_simulator::spec::HardwarePreset;
 
+/// Appends a formatted line to a report string (writing to a String cannot fail).
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
 #[derive(Parser)]
 #[command(
     name = "qkd-sim",
@@ -185,6 +192,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn rate(a: RateArgs) -> Result<()> {
+    let mut out = String::new();
     let preset = match a.hardware {
         Hw::Gys => HardwarePreset::Gys,
         Hw::Kth => HardwarePreset::Kth,
@@ -268,12 +276,14 @@ fn rate(a: RateArgs) -> Result<()> {
     if !a.no_plot {
         plot::rate_curve(&points, axis, &name, &a.out)?;
     }
-    println!(
+    outln!(
+        out,
         "{name}: {} points in {:.1} ms",
         points.len(),
         elapsed.as_secs_f64() * 1e3
     );
-    println!(
+    outln!(
+        out,
         "{:>10} {:>10} {:>14} {:>14} {:>10}",
         if axis == Axis::Loss { "loss dB" } else { "km" },
         "loss dB",
@@ -283,7 +293,8 @@ fn rate(a: RateArgs) -> Result<()> {
     );
     let every = (points.len() / 10).max(1);
     for p in points.iter().step_by(every) {
-        println!(
+        outln!(
+            out,
             "{:>10.2} {:>10.2} {:>14.4e} {:>14.4e} {:>10.3}",
             p.x,
             p.loss_db,
@@ -293,15 +304,27 @@ fn rate(a: RateArgs) -> Result<()> {
         );
     }
     if let Some(last) = points.iter().rev().find(|p| p.key_per_pulse > 0.0) {
-        println!(
+        outln!(
+            out,
             "last point with key: {:.2} ({:.2} km, {:.2} dB)",
-            last.x, last.length_km, last.loss_db
+            last.x,
+            last.length_km,
+            last.loss_db
         );
     } else {
-        println!("no point with a positive key rate");
+        outln!(out, "no point with a positive key rate");
     }
-    println!("wrote {}", a.out.display());
-    Ok(())
+    outln!(out, "wrote {}", a.out.display());
+    emit(&out)
+}
+
+/// Writes the report to stdout; a closed pipe (`qkd-sim ... | head`) is not an error.
+fn emit(report: &str) -> Result<()> {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(report.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 fn write_curve(points: &[CurvePoint], dir: &Path) -> Result<()> {
@@ -329,6 +352,7 @@ fn bar(len: u64, what: &str, quiet: bool) -> ProgressBar {
 }
 
 fn run_scenario(a: RunArgs) -> Result<()> {
+    let mut out = String::new();
     let mut sc = Scenario::load(&a.scenario)?;
     for p in &a.pairs {
         let Some((x, y)) = p.split_once(':') else {
@@ -371,13 +395,14 @@ fn run_scenario(a: RunArgs) -> Result<()> {
     if !a.no_plot {
         plot::run_result(&result, &a.out)?;
     }
-    print!("{}", result.summary_table(a.max_rows));
-    println!(
+    out.push_str(&result.summary_table(a.max_rows));
+    outln!(
+        out,
         "\nphysics set-up {:.2} s, simulation {:.2} s ({} threads), output in {}",
         t_build.as_secs_f64(),
         t_run.as_secs_f64(),
         threads,
         a.out.display()
     );
-    Ok(())
+    emit(&out)
 }
