@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/peer.proto"];
+    let files = ["proto/peer.proto", "proto/hybrid.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -10,4 +10,5 @@
 #![forbid(unsafe_code)]
 
 pub mod etsi014;
+pub mod hybrid;
 pub mod peer;

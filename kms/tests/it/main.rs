@@ -3,3 +3,4 @@
 mod etsi014;
 mod etsi_fixture;
 mod fake;
+mod hybrid;
