@@ -4,9 +4,29 @@
 //! * a **key source** for trusted nodes: [`link::SimulatedLink`] implements the device interface
 //!   of `qkd-hardware`, producing identical blocks at both ends of a link at the rate a
 //!   [`model::LinkModel`] dictates;
-//! * a **research tool**: the models are plain functions of their parameters.
+//! * a **research tool**: the models are plain functions of their parameters, and the
+//!   `qkd-sim` binary (feature `cli`, on by default) is a thin shell over them.
 //!
-//! Architecture invariant: this crate never depends on `qkd-kms` or `qkd-node`.
+//! Map of the crate, from the physics up:
+//!
+//! * [`physics`]: pure functions with their sources: channel and detectors, PLOB/TGW bounds,
+//!   decoy BB84 (asymptotic), finite-key BB84 (Lim 2014, Rusca 2018), GG02 CV-QKD, twin-field,
+//!   post-processing costs;
+//! * [`satellite`]: orbit geometry, link budget, passes, day/night, the XOR relay;
+//! * [`faults`]: cuts, outages, maintenance, intercept-resend, random cuts;
+//! * [`physical`]: [`model::LinkModel`]s built from the physics (finite blocks, aborts with a
+//!   reason, outages; key per satellite pass);
+//! * [`spec`]: [`model::LinkModelSpec`], the configuration form of every model, checked;
+//! * [`curve`]: key-rate sweeps with the bounds alongside;
+//! * [`scenario`] and [`network`]: scenario files and accelerated, deterministic network runs
+//!   with trusted-node paths; [`plot`]: PNG/SVG output with a bundled font.
+//!
+//! Nothing here reads the wall clock: [`link::SimulatedLink`] takes an injected
+//! [`qkd_types::Clock`], and simulations run on explicit times. All randomness is seeded (fibre
+//! cuts, cloud cover), except [`link::SimulatedLink::generate_seed_hex`], which draws a fresh
+//! link seed on purpose. Key bytes exist only in [`qkd_types::Secret`].
+//!
+//! **Architecture invariant:** this crate never depends on `qkd-kms` or `qkd-node`.
 
 #![forbid(unsafe_code)]
 
