@@ -15,6 +15,7 @@ pub mod hybrid;
 pub mod manager;
 pub mod peer;
 pub mod pki;
+pub mod relay;
 pub mod service;
 pub mod store;
 pub mod tls;

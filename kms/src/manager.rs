@@ -29,11 +29,11 @@ use qkd_proto::peer::peer_kms_client::PeerKmsClient;
 use qkd_types::{BlockId, Clock, KeyId, KmeId, LinkId, NodeId, SaeId};
 use tonic::transport::Channel;
 
-use crate::core::pool::{BlockMeta, BlockState, LinkPool, PoolError, Range};
+use crate::core::pool::{BlockMeta, BlockState, LinkPool, Range};
 use crate::service::{
     DecKeysRequest, DeliveredKey, EncKeysRequest, KeyLimits, KeyService, PairStatus, ServiceError,
 };
-use crate::store::{Recovered, RequestRecord, RequestState, Side, StoreError, StoredKey, Txn};
+use crate::store::{Recovered, StoreError, Txn};
 use crate::writer::Writer;
 
 /// An SAE of the network, as every node's registry knows it.
@@ -73,6 +73,8 @@ pub struct ManagerConfig {
     pub peer_timeout: Duration,
     /// How long tombstones are kept (they guard against key-ID reuse).
     pub tombstone_retention_ms: u64,
+    /// Relay, pools and end-to-end protection.
+    pub relay: RelayConfig,
 }
 
 /// One link as the manager runs it.
@@ -123,6 +125,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     writer: Writer,
     links: HashMap<LinkId, LinkRt>,
+    relay: relay::RelayState,
 }
 
 /// Peer errors that are worth a gRPC status; mapped to `tonic::Status` in [`crate::peer`] only.
@@ -180,14 +183,17 @@ impl KeyManager {
                 },
             );
         }
-        Self {
+        let me = Self {
             inner: Arc::new(Inner {
                 cfg,
                 clock,
                 writer,
                 links: map,
+                relay: Default::default(),
             }),
-        }
+        };
+        me.restore_pools(std::mem::take(&mut recovered.pool));
+        me
     }
 
     /// The configuration.
@@ -198,27 +204,6 @@ impl KeyManager {
     /// Resolves when the store failed and the node must exit.
     pub async fn fatal(&self) {
         self.inner.writer.fatal().await
-    }
-
-    /// Finishes what a crash interrupted: requests reserved but never settled are bound again at
-    /// the peer (they may have been answered) or, if the peer refuses, voided.
-    pub async fn recover(&self, reserved: Vec<([u8; 16], RequestRecord)>) {
-        for (id, rec) in reserved {
-            let ok = match self.inner.links.get(&rec.link) {
-                Some(link) => self.send_bind(link, &id, &rec).await.is_ok(),
-                None => false,
-            };
-            let state = if ok {
-                RequestState::Committed
-            } else {
-                RequestState::Voided
-            };
-            let r = self.set_request_state(id, state).await;
-            if let (false, Some(link)) = (ok, self.inner.links.get(&rec.link)) {
-                self.void_at_peer(link, id, &rec).await;
-            }
-            tracing::info!(request = %hex_id(&id), ?state, ok = r.is_ok(), "recovered reserved request");
-        }
     }
 
     /// Per-link status for operators: (link, peer, role, simulated, available bytes, capacity).
@@ -264,6 +249,8 @@ impl KeyManager {
         }
         let me = self.clone();
         tasks.push(tokio::spawn(async move { me.expiry_loop().await }));
+        let me = self.clone();
+        tasks.push(tokio::spawn(async move { me.relay_loop().await }));
         // Abort the spawned loops when this future is dropped.
         struct AbortAll(Vec<tokio::task::JoinHandle<()>>);
         impl Drop for AbortAll {
@@ -498,13 +485,6 @@ impl KeyManager {
             .ok_or_else(|| PeerError::UnknownLink(id.to_string()))
     }
 
-    /// The link towards the node a remote SAE is attached to.
-    fn link_to_sae(&self, sae: &SaeId) -> Option<&LinkRt> {
-        let entry = self.inner.cfg.saes.get(sae)?;
-        let n = self.inner.cfg.neighbours.get(&entry.node)?;
-        self.inner.links.get(&n.link)
-    }
-
     fn is_local(&self, sae: &SaeId) -> bool {
         self.inner
             .cfg
@@ -517,229 +497,6 @@ impl KeyManager {
         let cfg = &self.inner.cfg;
         cfg.saes.get(a).is_some_and(|e| e.peers.contains(b))
             && cfg.saes.get(b).is_some_and(|e| e.peers.contains(a))
-    }
-
-    async fn set_request_state(&self, id: [u8; 16], state: RequestState) -> Result<(), StoreError> {
-        self.inner
-            .writer
-            .run(move |tx| -> Result<(), StoreError> {
-                if let Some(mut r) = tx.request(&id)? {
-                    r.state = state;
-                    tx.put_request(&id, &r)?;
-                }
-                Ok(())
-            })
-            .await?
-    }
-
-    async fn send_bind(
-        &self,
-        link: &LinkRt,
-        id: &[u8; 16],
-        rec: &RequestRecord,
-    ) -> Result<(), tonic::Status> {
-        let req = pb::BindRequest {
-            request_id: id.to_vec(),
-            link_id: link.setup.id.to_string(),
-            pair: Some(pair_msg(rec)),
-            keys: rec.keys.iter().map(|(k, r)| binding_msg(*k, r)).collect(),
-        };
-        let mut client = link.setup.client.clone();
-        let mut r = tonic::Request::new(req);
-        r.set_timeout(self.inner.cfg.peer_timeout);
-        client.bind(r).await.map(|_| ())
-    }
-
-    /// Voids a request at the peer, in the background, until the peer acknowledges.
-    async fn void_at_peer(&self, link: &LinkRt, id: [u8; 16], rec: &RequestRecord) {
-        let req = pb::VoidRequest {
-            request_id: id.to_vec(),
-            link_id: link.setup.id.to_string(),
-            ranges: rec
-                .keys
-                .iter()
-                .flat_map(|(_, r)| r.iter().map(range_msg))
-                .collect(),
-        };
-        let client = link.setup.client.clone();
-        let timeout = self.inner.cfg.peer_timeout;
-        tokio::spawn(async move {
-            let mut delay = Duration::from_millis(100);
-            for _ in 0..60 {
-                let mut c = client.clone();
-                let mut r = tonic::Request::new(req.clone());
-                r.set_timeout(timeout);
-                match c.void(r).await {
-                    Ok(_) => return,
-                    Err(s) => tracing::debug!(status = %s.message(), "void not acknowledged yet"),
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-            tracing::warn!(request = %hex_id(&id), "peer never acknowledged void; its keys expire by TTL");
-        });
-    }
-
-    /// Keys for a master SAE here and a slave at a neighbour.
-    async fn enc_remote(
-        &self,
-        req: EncKeysRequest,
-        link: &LinkRt,
-    ) -> Result<Vec<DeliveredKey>, ServiceError> {
-        let now = self.inner.clock.now();
-        let request_id = *KeyId::random().as_bytes();
-        let key_ids: Vec<KeyId> = (0..req.number).map(|_| KeyId::random()).collect();
-        let size_bytes = req.size_bits / 8;
-        let mut rec = RequestRecord {
-            state: RequestState::Reserved,
-            side: Side::Master,
-            link: link.setup.id.clone(),
-            master: req.master.clone(),
-            slave: req.slave.clone(),
-            size_bits: req.size_bits,
-            expires_at: now + self.inner.cfg.key_ttl_ms,
-            created_at: now,
-            keys: Vec::new(),
-        };
-        if link.allocator() {
-            // Allocate and queue the durable write under one lock, so store writes follow
-            // allocation order.
-            let persisted = {
-                let mut p = link.pool();
-                let ranges = p
-                    .allocate(&vec![size_bytes; key_ids.len()])
-                    .map_err(|_| ServiceError::InsufficientKeyMaterial)?;
-                rec.keys = key_ids.iter().copied().zip(ranges).collect();
-                self.master_side_job(&mut p, link, request_id, rec.clone())
-            };
-            let keys = store_result(persisted.await)?;
-            match self.send_bind(link, &request_id, &rec).await {
-                Ok(()) => {
-                    // Settle the request lazily: it is answerable already (tombstones durable,
-                    // peer committed); a crash before this commit only re-binds idempotently.
-                    let me = self.clone();
-                    tokio::spawn(async move {
-                        let _ = me
-                            .set_request_state(request_id, RequestState::Committed)
-                            .await;
-                    });
-                    Ok(keys)
-                }
-                Err(status) => {
-                    drop(keys);
-                    tracing::warn!(link = %link.setup.id, status = %status.message(), "peer did not bind; voiding");
-                    self.set_request_state(request_id, RequestState::Voided)
-                        .await
-                        .map_err(|_| ServiceError::Storage)?;
-                    self.void_at_peer(link, request_id, &rec).await;
-                    Err(ServiceError::PeerUnavailable(status.message().to_string()))
-                }
-            }
-        } else {
-            let msg = pb::AllocateRequest {
-                request_id: request_id.to_vec(),
-                link_id: link.setup.id.to_string(),
-                pair: Some(pair_msg(&rec)),
-                key_ids: key_ids.iter().map(|k| k.as_bytes().to_vec()).collect(),
-            };
-            let reply = self.allocate_at_peer(link, msg).await;
-            let bindings = match reply.and_then(|r| parse_bindings(&r.keys, &key_ids, size_bytes)) {
-                Ok(b) => b,
-                Err(e) => {
-                    if e != ServiceError::InsufficientKeyMaterial {
-                        self.void_at_peer(link, request_id, &rec).await;
-                    }
-                    return Err(e);
-                }
-            };
-            rec.keys = bindings;
-            rec.state = RequestState::Committed;
-            let all: Vec<Range> = rec
-                .keys
-                .iter()
-                .flat_map(|(_, r)| r.iter().copied())
-                .collect();
-            let persisted = {
-                let mut p = link.pool();
-                match p.take(&all) {
-                    Ok(()) => Ok(self.master_side_job(&mut p, link, request_id, rec.clone())),
-                    Err(e) => Err(e),
-                }
-            };
-            match persisted {
-                Ok(fut) => store_result(fut.await),
-                Err(e) => {
-                    tracing::error!(link = %link.setup.id, error = %e, "peer allocated link key this node cannot use");
-                    self.void_at_peer(link, request_id, &rec).await;
-                    Err(ServiceError::PeerUnavailable(
-                        "peer allocation rejected".into(),
-                    ))
-                }
-            }
-        }
-    }
-
-    async fn allocate_at_peer(
-        &self,
-        link: &LinkRt,
-        msg: pb::AllocateRequest,
-    ) -> Result<pb::AllocateReply, ServiceError> {
-        let mut last = String::new();
-        for attempt in 0..3u32 {
-            let mut client = link.setup.client.clone();
-            let mut r = tonic::Request::new(msg.clone());
-            r.set_timeout(self.inner.cfg.peer_timeout);
-            match client.allocate(r).await {
-                Ok(reply) => return Ok(reply.into_inner()),
-                Err(s) if s.code() == tonic::Code::ResourceExhausted => {
-                    return Err(ServiceError::InsufficientKeyMaterial);
-                }
-                Err(s)
-                    if matches!(
-                        s.code(),
-                        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
-                    ) =>
-                {
-                    last = s.message().to_string();
-                    tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
-                }
-                Err(s) => return Err(ServiceError::PeerUnavailable(s.message().to_string())),
-            }
-        }
-        Err(ServiceError::PeerUnavailable(last))
-    }
-
-    /// Under the pool lock: queues the durable write of a master-side request (reserved or
-    /// committed) with its tombstones and taken link bytes; the future yields the keys read from
-    /// the link bytes once durable.
-    fn master_side_job(
-        &self,
-        pool: &mut LinkPool,
-        link: &LinkRt,
-        request_id: [u8; 16],
-        rec: RequestRecord,
-    ) -> impl std::future::Future<Output = Result<Result<Vec<DeliveredKey>, StoreError>, StoreError>>
-    + use<> {
-        let (metas, drained) = block_updates(pool, rec.keys.iter().flat_map(|(_, r)| r.iter()));
-        let lid = link.setup.id.clone();
-        let now = self.inner.clock.now();
-        self.inner
-            .writer
-            .run(move |tx| -> Result<Vec<DeliveredKey>, StoreError> {
-                let mut keys = Vec::with_capacity(rec.keys.len());
-                for (id, ranges) in &rec.keys {
-                    keys.push(DeliveredKey {
-                        id: *id,
-                        key: tx.read_ranges(&lid, ranges)?,
-                    });
-                }
-                write_blocks(tx, &lid, &metas, &drained)?;
-                for (id, _) in &rec.keys {
-                    tx.put_tombstone(*id, &rec.master, Some(&rec.slave), now)?;
-                }
-                tx.put_request(&request_id, &rec)?;
-                Ok(keys)
-            })
     }
 
     // ---- peer-facing operations (called by crate::peer) ----
@@ -839,166 +596,6 @@ impl KeyManager {
         Ok(())
     }
 
-    /// `Bind` from the allocator at `from`: store keys for a slave here.
-    pub async fn on_bind(&self, from: &NodeId, req: pb::BindRequest) -> Result<(), PeerError> {
-        let link = self.peer_link(from, &req.link_id)?;
-        let request_id = request_id(&req.request_id)?;
-        let rec = self.slave_side_record(from, link, req.pair.as_ref(), RequestState::Committed)?;
-        let size_bytes = rec.size_bits / 8;
-        let ids: Vec<KeyId> = req
-            .keys
-            .iter()
-            .map(|k| key_id(&k.key_id))
-            .collect::<Result<_, _>>()?;
-        let keys = parse_bindings(&req.keys, &ids, size_bytes)
-            .map_err(|_| PeerError::Malformed("bindings".into()))?;
-        let rec = RequestRecord { keys, ..rec };
-        // A retry of a request already settled is answered from the store.
-        if let Some(done) = self.settled(request_id).await? {
-            return done;
-        }
-        let all: Vec<Range> = rec
-            .keys
-            .iter()
-            .flat_map(|(_, r)| r.iter().copied())
-            .collect();
-        let persisted = {
-            let mut p = link.pool();
-            p.take(&all)
-                .map_err(|e| PeerError::Refused(e.to_string()))?;
-            self.slave_side_job(&mut p, link, request_id, rec)
-        };
-        persisted.await??
-    }
-
-    /// `Allocate` from the peer at `from`: pick link bytes and store keys for a slave here.
-    pub async fn on_allocate(
-        &self,
-        from: &NodeId,
-        req: pb::AllocateRequest,
-    ) -> Result<pb::AllocateReply, PeerError> {
-        let link = self.peer_link(from, &req.link_id)?;
-        if !link.allocator() {
-            return Err(PeerError::Refused(
-                "this node does not allocate the link".into(),
-            ));
-        }
-        let request_id = request_id(&req.request_id)?;
-        if let Some(done) = self.settled(request_id).await? {
-            done?;
-            return self.bindings_of(request_id).await;
-        }
-        let rec = self.slave_side_record(from, link, req.pair.as_ref(), RequestState::Committed)?;
-        let ids: Vec<KeyId> = req
-            .key_ids
-            .iter()
-            .map(|k| key_id(k))
-            .collect::<Result<_, _>>()?;
-        let limits = self.inner.cfg.limits;
-        if ids.is_empty() || ids.len() > limits.max_key_per_request as usize {
-            return Err(PeerError::Malformed("number of keys".into()));
-        }
-        if rec.size_bits % 8 != 0
-            || rec.size_bits < limits.min_key_size
-            || rec.size_bits > limits.max_key_size
-        {
-            return Err(PeerError::Malformed("key size".into()));
-        }
-        let (reply, persisted) = {
-            let mut p = link.pool();
-            let ranges = p
-                .allocate(&vec![rec.size_bits / 8; ids.len()])
-                .map_err(|e| match e {
-                    PoolError::Insufficient { .. } => PeerError::Exhausted,
-                    e => PeerError::Refused(e.to_string()),
-                })?;
-            let rec = RequestRecord {
-                keys: ids.iter().copied().zip(ranges).collect(),
-                ..rec
-            };
-            let reply = pb::AllocateReply {
-                keys: rec.keys.iter().map(|(k, r)| binding_msg(*k, r)).collect(),
-            };
-            (reply, self.slave_side_job(&mut p, link, request_id, rec))
-        };
-        persisted.await???;
-        Ok(reply)
-    }
-
-    /// `Void` from the peer at `from`.
-    pub async fn on_void(&self, from: &NodeId, req: pb::VoidRequest) -> Result<(), PeerError> {
-        let link = self.peer_link(from, &req.link_id)?;
-        let request_id = request_id(&req.request_id)?;
-        let ranges: Vec<Range> = req.ranges.iter().map(range_of).collect();
-        // Retire the link bytes here too (those not yet taken), so they are never used; queue the
-        // store write under the same lock.
-        let persisted = {
-            let mut p = link.pool();
-            let fresh: Vec<Range> = ranges
-                .iter()
-                .copied()
-                .filter(|r| p.check_free(&[*r]).is_ok())
-                .collect();
-            let _ = p.take(&fresh);
-            let (metas, drained) = block_updates(&mut p, fresh.iter());
-            let lid = link.setup.id.clone();
-            let now = self.inner.clock.now();
-            self.inner.writer.run(move |tx| -> Result<(), StoreError> {
-                match tx.request(&request_id)? {
-                    Some(mut r) => {
-                        if r.state != RequestState::Voided {
-                            if r.side == Side::Slave {
-                                for (id, _) in &r.keys {
-                                    if let Some(meta) = tx.key_meta(*id)? {
-                                        tx.retire_key(*id, &meta, now)?;
-                                    }
-                                }
-                            }
-                            r.state = RequestState::Voided;
-                            tx.put_request(&request_id, &r)?;
-                        }
-                    }
-                    None => {
-                        // Never seen: remember the void so a late Bind or Allocate is refused.
-                        let placeholder =
-                            SaeId::parse("voided").map_err(|_| StoreError::Corrupt("id"))?;
-                        tx.put_request(
-                            &request_id,
-                            &RequestRecord {
-                                state: RequestState::Voided,
-                                side: Side::Slave,
-                                link: lid.clone(),
-                                master: placeholder.clone(),
-                                slave: placeholder,
-                                size_bits: 0,
-                                expires_at: now,
-                                created_at: now,
-                                keys: Vec::new(),
-                            },
-                        )?;
-                    }
-                }
-                write_blocks(tx, &lid, &metas, &drained)
-            })
-        };
-        persisted.await??;
-        Ok(())
-    }
-
-    /// `PoolLevel` from the peer at `from`.
-    pub fn on_pool_level(
-        &self,
-        from: &NodeId,
-        link_id: &str,
-    ) -> Result<pb::PoolLevelReply, PeerError> {
-        let link = self.peer_link(from, link_id)?;
-        let p = link.pool();
-        Ok(pb::PoolLevelReply {
-            available_bytes: p.available_bytes(),
-            capacity_bytes: p.capacity_bytes(),
-        })
-    }
-
     fn peer_link(&self, from: &NodeId, link_id: &str) -> Result<&LinkRt, PeerError> {
         let id = LinkId::parse(link_id).map_err(|e| PeerError::Malformed(e.to_string()))?;
         let link = self.link(&id)?;
@@ -1006,118 +603,6 @@ impl KeyManager {
             return Err(PeerError::UnknownLink(link_id.to_string()));
         }
         Ok(link)
-    }
-
-    fn slave_side_record(
-        &self,
-        from: &NodeId,
-        link: &LinkRt,
-        pair: Option<&pb::Pair>,
-        state: RequestState,
-    ) -> Result<RequestRecord, PeerError> {
-        let pair = pair.ok_or_else(|| PeerError::Malformed("missing pair".into()))?;
-        let master =
-            SaeId::parse(&pair.master_sae).map_err(|e| PeerError::Malformed(e.to_string()))?;
-        let slave =
-            SaeId::parse(&pair.slave_sae).map_err(|e| PeerError::Malformed(e.to_string()))?;
-        let cfg = &self.inner.cfg;
-        if cfg.saes.get(&master).map(|e| &e.node) != Some(from) {
-            return Err(PeerError::Refused(format!(
-                "master SAE {master} is not attached to the calling node"
-            )));
-        }
-        if !self.is_local(&slave) {
-            return Err(PeerError::Refused(format!(
-                "slave SAE {slave} is not attached here"
-            )));
-        }
-        if !self.pair_allowed(&master, &slave) {
-            return Err(PeerError::Refused(format!(
-                "{master} may not pair with {slave}"
-            )));
-        }
-        if pair.size_bits == 0 || pair.size_bits % 8 != 0 {
-            return Err(PeerError::Malformed("key size".into()));
-        }
-        let now = self.inner.clock.now();
-        Ok(RequestRecord {
-            state,
-            side: Side::Slave,
-            link: link.setup.id.clone(),
-            master,
-            slave,
-            size_bits: pair.size_bits,
-            // The expiry is this node's: TTL from now, whatever the peer's clock says.
-            expires_at: now + cfg.key_ttl_ms,
-            created_at: now,
-            keys: Vec::new(),
-        })
-    }
-
-    /// `Some(Ok)` if the request is already committed, `Some(Err(Voided))` if voided.
-    async fn settled(&self, id: [u8; 16]) -> Result<Option<Result<(), PeerError>>, PeerError> {
-        let state = self
-            .inner
-            .writer
-            .run(move |tx| tx.request(&id).map(|r| r.map(|r| r.state)))
-            .await??;
-        Ok(match state {
-            Some(RequestState::Committed) => Some(Ok(())),
-            Some(RequestState::Voided) => Some(Err(PeerError::Voided)),
-            _ => None,
-        })
-    }
-
-    async fn bindings_of(&self, id: [u8; 16]) -> Result<pb::AllocateReply, PeerError> {
-        let rec = self.inner.writer.run(move |tx| tx.request(&id)).await??;
-        let rec = rec.ok_or(PeerError::Refused("request vanished".into()))?;
-        Ok(pb::AllocateReply {
-            keys: rec.keys.iter().map(|(k, r)| binding_msg(*k, r)).collect(),
-        })
-    }
-
-    /// Under the pool lock: queues the durable write of a slave-side request: the keys for the
-    /// slave, the taken link bytes and the request record. Refuses reused key or request IDs.
-    fn slave_side_job(
-        &self,
-        pool: &mut LinkPool,
-        link: &LinkRt,
-        request_id: [u8; 16],
-        rec: RequestRecord,
-    ) -> impl std::future::Future<
-        Output = Result<Result<Result<(), PeerError>, StoreError>, StoreError>,
-    > + use<> {
-        let (metas, drained) = block_updates(pool, rec.keys.iter().flat_map(|(_, r)| r.iter()));
-        let lid = link.setup.id.clone();
-        self.inner
-            .writer
-            .run(move |tx| -> Result<Result<(), PeerError>, StoreError> {
-                for (id, _) in &rec.keys {
-                    if tx.key_id_used(*id)? {
-                        return Ok(Err(PeerError::Refused(format!("key ID {id} already used"))));
-                    }
-                }
-                if tx.request(&request_id)?.is_some() {
-                    return Ok(Err(PeerError::Refused("request ID already used".into())));
-                }
-                let meta = StoredKey {
-                    request: request_id,
-                    master: rec.master.clone(),
-                    slaves: vec![(rec.slave.clone(), false)],
-                    size_bits: rec.size_bits,
-                    expires_at: rec.expires_at,
-                };
-                let mut keys = Vec::with_capacity(rec.keys.len());
-                for (id, ranges) in &rec.keys {
-                    keys.push((*id, tx.read_ranges(&lid, ranges)?));
-                }
-                for (id, key) in &keys {
-                    tx.put_key(*id, &meta, key)?;
-                }
-                write_blocks(tx, &lid, &metas, &drained)?;
-                tx.put_request(&request_id, &rec)?;
-                Ok(Ok(()))
-            })
     }
 }
 
@@ -1192,15 +677,6 @@ fn write_blocks(
     Ok(())
 }
 
-fn pair_msg(rec: &RequestRecord) -> pb::Pair {
-    pb::Pair {
-        master_sae: rec.master.to_string(),
-        slave_sae: rec.slave.to_string(),
-        size_bits: rec.size_bits,
-        expires_at_ms: rec.expires_at,
-    }
-}
-
 fn range_msg(r: &Range) -> pb::Range {
     pb::Range {
         block_seq: r.block_seq,
@@ -1217,37 +693,6 @@ fn range_of(r: &pb::Range) -> Range {
     }
 }
 
-fn binding_msg(k: KeyId, ranges: &[Range]) -> pb::KeyBinding {
-    pb::KeyBinding {
-        key_id: k.as_bytes().to_vec(),
-        ranges: ranges.iter().map(range_msg).collect(),
-    }
-}
-
-/// Checks a peer's bindings: the expected key IDs in order, each backed by exactly its size.
-fn parse_bindings(
-    keys: &[pb::KeyBinding],
-    expected: &[KeyId],
-    size_bytes: u32,
-) -> Result<Vec<(KeyId, Vec<Range>)>, ServiceError> {
-    let bad = || ServiceError::PeerUnavailable("malformed allocation from peer".into());
-    if keys.len() != expected.len() {
-        return Err(bad());
-    }
-    keys.iter()
-        .zip(expected)
-        .map(|(k, want)| {
-            let id = key_id(&k.key_id).map_err(|_| bad())?;
-            let ranges: Vec<Range> = k.ranges.iter().map(range_of).collect();
-            let total: u64 = ranges.iter().map(|r| u64::from(r.len)).sum();
-            if id != *want || total != u64::from(size_bytes) {
-                return Err(bad());
-            }
-            Ok((id, ranges))
-        })
-        .collect()
-}
-
 fn key_id(b: &[u8]) -> Result<KeyId, PeerError> {
     <[u8; 16]>::try_from(b)
         .map(KeyId::from_bytes)
@@ -1262,10 +707,6 @@ fn block_id(b: &[u8]) -> Result<BlockId, PeerError> {
 
 fn request_id(b: &[u8]) -> Result<[u8; 16], PeerError> {
     <[u8; 16]>::try_from(b).map_err(|_| PeerError::Malformed("request ID".into()))
-}
-
-fn hex_id(id: &[u8; 16]) -> String {
-    KeyId::from_bytes(*id).to_string()
 }
 
 #[async_trait]
@@ -1288,68 +729,62 @@ impl KeyService for KeyManager {
 
     async fn status(&self, master: &SaeId, slave: &SaeId) -> Result<PairStatus, ServiceError> {
         let cfg = &self.inner.cfg;
-        let limits = cfg.limits;
-        let key_bytes = u64::from(limits.key_size / 8).max(1);
-        let target_node = cfg.saes.get(slave).map(|e| e.node.clone());
-        let target_kme = target_node
-            .as_ref()
-            .and_then(|n| cfg.neighbours.get(n).map(|e| e.kme.clone()))
-            .unwrap_or_else(|| cfg.kme.clone());
-        let _ = master;
-        let Some(link) = self.link_to_sae(slave) else {
-            return Ok(PairStatus {
-                source_kme: cfg.kme.clone(),
-                target_kme,
-                limits,
-                stored_key_count: 0,
-                max_key_count: 0,
-            });
-        };
-        let (available, capacity) = if link.allocator() {
-            let p = link.pool();
-            (p.available_bytes(), p.capacity_bytes())
-        } else {
-            // The allocator holds the truth; ask it now (never cached).
-            let mut client = link.setup.client.clone();
-            let mut r = tonic::Request::new(pb::PoolLevelRequest {
-                link_id: link.setup.id.to_string(),
-            });
-            r.set_timeout(cfg.peer_timeout);
-            match client.pool_level(r).await {
-                Ok(reply) => {
-                    let reply = reply.into_inner();
-                    (reply.available_bytes, reply.capacity_bytes)
-                }
-                Err(_) => (0, link.pool().capacity_bytes()),
-            }
-        };
+        let target_kme = cfg
+            .saes
+            .get(slave)
+            .map_or_else(|| cfg.kme.clone(), |e| self.kme_of(&e.node));
+        let local_pair = self.is_local(slave);
         Ok(PairStatus {
             source_kme: cfg.kme.clone(),
             target_kme,
-            limits,
-            stored_key_count: available / key_bytes,
-            max_key_count: capacity / key_bytes,
+            limits: cfg.limits,
+            // Finished keys of the default size ready in the pair's pool, counted now.
+            stored_key_count: if local_pair {
+                0
+            } else {
+                self.pool_level(master, slave)
+            },
+            max_key_count: if local_pair {
+                0
+            } else {
+                u64::from(cfg.relay.pool_keys)
+            },
         })
     }
 
     async fn enc_keys(&self, req: EncKeysRequest) -> Result<Vec<DeliveredKey>, ServiceError> {
-        if !req.additional_slaves.is_empty() {
-            // Multicast is advertised as unsupported (max_SAE_ID_count 0); the front end refuses
-            // it before we get here.
+        if self.is_local(&req.slave) {
+            // Every key comes from a QKD link or a relay: a pair inside one node has none.
             return Err(ServiceError::PeerUnavailable(
-                "multicast not supported".into(),
+                "both SAEs are attached to this KME".into(),
             ));
         }
-        let Some(link) = self.link_to_sae(&req.slave) else {
-            return Err(ServiceError::PeerUnavailable(
-                "no link towards the slave's KME".into(),
-            ));
-        };
-        self.enc_remote(req, link).await
+        let number = req.number as usize;
+        if req.additional_slaves.is_empty() && req.size_bits == self.inner.cfg.limits.key_size {
+            return self.enc_from_pool(&req.master, &req.slave, number).await;
+        }
+        // Other sizes (and multicast) are derived on demand, but only for requests the pair's
+        // pool could cover (policy: never more key material than `stored_key_count`).
+        let key_size = u64::from(self.inner.cfg.limits.key_size);
+        let wanted = u64::from(req.number)
+            * u64::from(req.size_bits)
+            * (1 + req.additional_slaves.len() as u64);
+        if wanted > self.pool_level(&req.master, &req.slave) * key_size {
+            self.kick_refill(req.master.clone(), req.slave.clone());
+            return Err(ServiceError::InsufficientKeyMaterial);
+        }
+        let mut slaves = vec![req.slave.clone()];
+        slaves.extend(req.additional_slaves.iter().cloned());
+        self.enc_on_demand(&req.master, slaves, number, req.size_bits)
+            .await
     }
 
     async fn dec_keys(&self, req: DecKeysRequest) -> Result<Vec<DeliveredKey>, ServiceError> {
         let now = self.inner.clock.now();
+        // Keys a master attached here got wait for their slave at the peer; this node keeps
+        // their tombstones, which prove the key exists (within its TTL) and whose it is.
+        let master_here = self.is_local(&req.master);
+        let ttl = self.inner.cfg.key_ttl_ms;
         let out = self
             .inner
             .writer
@@ -1358,10 +793,23 @@ impl KeyService for KeyManager {
                     // Check every key first (all or nothing), in the policy's order: existence for
                     // this master (400), then the caller's right to it (401).
                     let mut metas = Vec::with_capacity(req.key_ids.len());
+                    let mut issued_here = false;
                     for id in &req.key_ids {
+                        if master_here && tx.key_meta(*id)?.is_none() {
+                            match tx.tombstone(*id)? {
+                                // Issued here to the master, waiting for its slave at the peer:
+                                // it exists, and the caller (attached here) is not its slave.
+                                Some((at, m, _)) if m == req.master && at + ttl > now => {
+                                    issued_here = true;
+                                    continue;
+                                }
+                                _ => return Ok(Err(ServiceError::KeysNotFound)),
+                            }
+                        }
                         match tx.key_meta(*id)? {
                             Some(m)
-                                if m.master == req.master
+                                if m.released
+                                    && m.master == req.master
                                     && m.expires_at > now
                                     && !m
                                         .slaves
@@ -1373,9 +821,10 @@ impl KeyService for KeyManager {
                             _ => return Ok(Err(ServiceError::KeysNotFound)),
                         }
                     }
-                    if metas
-                        .iter()
-                        .any(|m| !m.slaves.iter().any(|(s, _)| *s == req.slave))
+                    if issued_here
+                        || metas
+                            .iter()
+                            .any(|m| !m.slaves.iter().any(|(s, _)| *s == req.slave))
                     {
                         return Ok(Err(ServiceError::NotSlave));
                     }
@@ -1409,3 +858,9 @@ impl KeyService for KeyManager {
         }
     }
 }
+
+mod e2e;
+mod relay;
+
+pub use e2e::{E2eKeys, KeyMode};
+pub use relay::{RelayConfig, RelayError};

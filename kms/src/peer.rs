@@ -95,43 +95,49 @@ impl PeerKms for PeerService {
         Ok(Response::new(pb::OfferBlocksReply {}))
     }
 
-    async fn bind(&self, req: Request<pb::BindRequest>) -> Result<Response<pb::BindReply>, Status> {
+    async fn advertise(
+        &self,
+        req: Request<pb::AdvertiseRequest>,
+    ) -> Result<Response<pb::AdvertiseReply>, Status> {
         let from = caller(&req)?;
         self.manager
-            .on_bind(&from, req.into_inner())
-            .await
+            .on_advertise(&from, req.into_inner())
             .map_err(|e| status_of(&e))?;
-        Ok(Response::new(pb::BindReply {}))
+        Ok(Response::new(pb::AdvertiseReply {}))
     }
 
-    async fn allocate(
+    async fn relay_allocate(
         &self,
-        req: Request<pb::AllocateRequest>,
-    ) -> Result<Response<pb::AllocateReply>, Status> {
+        req: Request<pb::RelayAllocateRequest>,
+    ) -> Result<Response<pb::RelayAllocateReply>, Status> {
         let from = caller(&req)?;
         self.manager
-            .on_allocate(&from, req.into_inner())
+            .on_relay_allocate(&from, req.into_inner())
             .await
             .map(Response::new)
             .map_err(|e| status_of(&e))
     }
 
-    async fn void(&self, req: Request<pb::VoidRequest>) -> Result<Response<pb::VoidReply>, Status> {
+    async fn relay(
+        &self,
+        req: Request<pb::RelayRequest>,
+    ) -> Result<Response<pb::RelayReply>, Status> {
         let from = caller(&req)?;
         self.manager
-            .on_void(&from, req.into_inner())
+            .on_relay(&from, req.into_inner())
             .await
-            .map_err(|e| status_of(&e))?;
-        Ok(Response::new(pb::VoidReply {}))
+            .map(Response::new)
+            .map_err(|e| status_of(&e))
     }
 
-    async fn pool_level(
+    async fn forward(
         &self,
-        req: Request<pb::PoolLevelRequest>,
-    ) -> Result<Response<pb::PoolLevelReply>, Status> {
+        req: Request<pb::ForwardRequest>,
+    ) -> Result<Response<pb::ForwardReply>, Status> {
         let from = caller(&req)?;
         self.manager
-            .on_pool_level(&from, &req.get_ref().link_id)
+            .on_forward(&from, req.into_inner())
+            .await
             .map(Response::new)
             .map_err(|e| status_of(&e))
     }

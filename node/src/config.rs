@@ -41,6 +41,128 @@ pub struct NodeConfig {
     /// Every SAE of the network and whom it may pair with.
     #[serde(default, rename = "sae")]
     pub saes: Vec<SaeSection>,
+    /// Relay, pools and end-to-end protection.
+    #[serde(default)]
+    pub relay: RelaySection,
+    /// Other nodes of the network (beyond neighbours): KME IDs and pinned signing keys.
+    #[serde(default, rename = "node_info")]
+    pub nodes: Vec<NodeInfoSection>,
+    /// Per-pair protection, overriding the relay defaults.
+    #[serde(default, rename = "pair")]
+    pub pairs: Vec<PairSection>,
+}
+
+/// `[relay]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySection {
+    /// Finished keys kept ready per SAE pair (`max_key_count`).
+    #[serde(default = "d_pool_keys")]
+    pub pool_keys: u32,
+    /// Keys per relayed batch (one end-to-end exchange each).
+    #[serde(default = "d_batch_keys")]
+    pub batch_keys: u32,
+    /// Seconds a pool key may wait before it is handed out.
+    #[serde(default = "d_pool_ttl")]
+    pub pool_ttl_seconds: u64,
+    /// Milliseconds allowed per relay hop.
+    #[serde(default = "d_hop_timeout")]
+    pub hop_timeout_ms: u64,
+    /// Protection of pairs without a `[[pair]]` entry: `qkd+pq` (QKD+PQ+T), `QKD+PQ`,
+    /// `pq-only` (PQ+T) or `qkd-only` (no protection against trusted nodes).
+    #[serde(default = "d_policy")]
+    pub default_policy: String,
+    /// Hybrid suite of pairs without a `[[pair]]` entry.
+    #[serde(default = "d_suite")]
+    pub default_suite: String,
+    /// This node's long-term signing key (ML-DSA-65 + Ed25519 seeds, hex), relative to the data
+    /// directory; generated on first start, its public half written next to it as `.pub`.
+    #[serde(default = "d_signing")]
+    pub signing_key: PathBuf,
+    /// Fault injection for tests only: corrupt every relay message this node sends.
+    #[serde(default)]
+    pub test_tamper_relay: bool,
+}
+
+fn d_pool_keys() -> u32 {
+    1024
+}
+fn d_batch_keys() -> u32 {
+    64
+}
+fn d_pool_ttl() -> u64 {
+    86_400
+}
+fn d_hop_timeout() -> u64 {
+    2000
+}
+fn d_policy() -> String {
+    "qkd+pq".into()
+}
+fn d_suite() -> String {
+    "X25519/ML-KEM-768".into()
+}
+fn d_signing() -> PathBuf {
+    PathBuf::from("keys/signing.key")
+}
+
+impl Default for RelaySection {
+    fn default() -> Self {
+        Self {
+            pool_keys: d_pool_keys(),
+            batch_keys: d_batch_keys(),
+            pool_ttl_seconds: d_pool_ttl(),
+            hop_timeout_ms: d_hop_timeout(),
+            default_policy: d_policy(),
+            default_suite: d_suite(),
+            signing_key: d_signing(),
+            test_tamper_relay: false,
+        }
+    }
+}
+
+/// `[[node_info]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeInfoSection {
+    /// Node ID.
+    pub id: NodeId,
+    /// Its KME ID.
+    pub kme_id: KmeId,
+    /// Its pinned end-to-end signing public key (hex file written by that node), if this node
+    /// exchanges hybrid keys with it.
+    #[serde(default)]
+    pub signing_public_key: Option<PathBuf>,
+}
+
+/// `[[pair]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairSection {
+    /// The two SAEs (either may be master).
+    pub saes: [SaeId; 2],
+    /// Protection (see `relay.default_policy`).
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// Hybrid suite.
+    #[serde(default)]
+    pub suite: Option<String>,
+}
+
+impl NodeConfig {
+    /// The protection of a pair as configured (pair entry, else the relay defaults).
+    pub fn key_mode(
+        &self,
+        policy: Option<&str>,
+        suite: Option<&str>,
+    ) -> Result<qkd_kms::manager::KeyMode, String> {
+        use qkd_kms::hybrid::{Protection, Suite};
+        let protection = Protection::parse(policy.unwrap_or(&self.relay.default_policy))
+            .map_err(|e| e.to_string())?;
+        let suite =
+            Suite::parse(suite.unwrap_or(&self.relay.default_suite)).map_err(|e| e.to_string())?;
+        Ok(qkd_kms::manager::KeyMode { protection, suite })
+    }
 }
 
 /// `[node]`.
@@ -269,6 +391,14 @@ impl NodeConfig {
         abs(&mut cfg.tls.cert);
         abs(&mut cfg.tls.key);
         abs(&mut cfg.tls.ca);
+        if cfg.relay.signing_key.is_relative() {
+            cfg.relay.signing_key = cfg.node.data_dir.join(&cfg.relay.signing_key);
+        }
+        for n in &mut cfg.nodes {
+            if let Some(p) = &mut n.signing_public_key {
+                abs(p);
+            }
+        }
         for n in &mut cfg.neighbours {
             if let Some(p) = &mut n.peer_addr_file {
                 abs(p);
@@ -318,10 +448,16 @@ impl NodeConfig {
                     "an SAE cannot pair with itself".into(),
                 ));
             }
-            if s.node != cfg.node.id && !cfg.neighbours.iter().any(|n| n.id == s.node) {
+            let known = s.node == cfg.node.id
+                || cfg.neighbours.iter().any(|n| n.id == s.node)
+                || cfg.nodes.iter().any(|n| n.id == s.node);
+            if !known {
                 return Err(err(
                     &format!("sae[{i}].node"),
-                    format!("{} is neither this node nor a neighbour", s.node),
+                    format!(
+                        "{} is neither this node, a neighbour nor a [[node_info]]",
+                        s.node
+                    ),
                 ));
             }
         }
@@ -375,6 +511,25 @@ impl NodeConfig {
                     format!("no [[link]] with id = \"{}\"", n.link),
                 ));
             }
+        }
+        cfg.key_mode(None, None).map_err(|e| err("relay", e))?;
+        if cfg.relay.pool_keys == 0 || cfg.relay.batch_keys == 0 || cfg.relay.batch_keys > 4096 {
+            return Err(err(
+                "relay",
+                "pool_keys must be positive and batch_keys within 1..=4096".into(),
+            ));
+        }
+        for (i, p) in cfg.pairs.iter().enumerate() {
+            for sae in &p.saes {
+                if !sae_ids.contains_key(sae) {
+                    return Err(err(
+                        &format!("pair[{i}].saes"),
+                        format!("{sae} is not a registered SAE"),
+                    ));
+                }
+            }
+            cfg.key_mode(p.policy.as_deref(), p.suite.as_deref())
+                .map_err(|e| err(&format!("pair[{i}]"), e))?;
         }
         Ok(cfg)
     }

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use qkd_hardware::{KeySource, LinkRole};
-use qkd_kms::manager::{KeyManager, LinkSetup, ManagerConfig, NeighbourEntry, SaeEntry};
+use qkd_kms::manager::{
+    E2eKeys, KeyManager, LinkSetup, ManagerConfig, NeighbourEntry, RelayConfig, SaeEntry,
+};
 use qkd_kms::service::{KeyLimits, KeyService};
 use qkd_kms::store::Store;
 use qkd_kms::store::vault::FileKek;
@@ -124,13 +126,12 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         cfg.node.kek_period_days.max(1) * 86_400_000,
     )
     .context("cannot open the key-encryption key")?;
-    let (store, mut recovered) =
+    let (store, recovered) =
         Store::open(&data.join("store.redb"), &kek).context("cannot open the key store")?;
     tracing::info!(
         epoch = recovered.epoch,
         "key store open; fresh data-key epoch started"
     );
-    let reserved = std::mem::take(&mut recovered.reserved);
     let writer = Writer::spawn(store);
 
     let tls = TlsFiles {
@@ -204,6 +205,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         key_ttl_ms: cfg.node.key_ttl_seconds * 1000,
         peer_timeout: Duration::from_millis(cfg.node.peer_timeout_ms),
         tombstone_retention_ms: 30 * 86_400_000,
+        relay: relay_config(&cfg)?,
     };
     let manager = KeyManager::new(mcfg, clock.clone(), writer, setups, recovered);
 
@@ -248,7 +250,6 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         let m = manager.clone();
         let poll = Duration::from_millis(cfg.node.device_poll_ms.max(1));
         tokio::spawn(async move {
-            m.recover(reserved).await;
             m.run_background(poll).await;
         })
     };
@@ -267,6 +268,90 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     if let Some(t) = admin_task {
         let _ = t.await;
     }
+    Ok(())
+}
+
+/// Relay settings, pair protection and the end-to-end identity (generated on first start).
+fn relay_config(cfg: &NodeConfig) -> Result<RelayConfig> {
+    use qkd_kms::hybrid::{LocalIdentity, NodeSigningKey, PeerKey, PeerPublicKeys, PinnedPeers};
+    use qkd_types::Secret;
+    let path = &cfg.relay.signing_key;
+    let signing = match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let raw = zeroize::Zeroizing::new(
+                hex::decode(text.trim())
+                    .with_context(|| format!("{} is not hex", path.display()))?,
+            );
+            NodeSigningKey::from_raw(Secret::copy_from(&raw))
+                .with_context(|| format!("signing key {}", path.display()))?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = NodeSigningKey::generate(&mut rand::rng())?;
+            write_signing_key(path, &key)?;
+            tracing::info!(file = %path.display(), "generated this node's end-to-end signing key");
+            key
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read signing key {}", path.display()));
+        }
+    };
+    let public = signing.public_key();
+    write_atomic(
+        &path.with_extension("pub"),
+        hex::encode(public.to_bytes()).as_bytes(),
+    )?;
+    let mut peers = PinnedPeers::new();
+    let mut kme_ids = std::collections::BTreeMap::new();
+    for n in &cfg.neighbours {
+        kme_ids.insert(n.id.clone(), n.kme_id.clone());
+    }
+    for n in &cfg.nodes {
+        kme_ids.insert(n.id.clone(), n.kme_id.clone());
+        if let Some(p) = &n.signing_public_key {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("node_info {}: cannot read {}", n.id, p.display()))?;
+            let bytes =
+                hex::decode(text.trim()).with_context(|| format!("{} is not hex", p.display()))?;
+            let key = PeerKey::from_bytes(&bytes)
+                .with_context(|| format!("node_info {}: {}", n.id, p.display()))?;
+            peers.insert(PeerPublicKeys::new(n.kme_id.clone(), vec![key])?);
+        }
+    }
+    let mut pairs = std::collections::BTreeMap::new();
+    for p in &cfg.pairs {
+        let mode = cfg
+            .key_mode(p.policy.as_deref(), p.suite.as_deref())
+            .map_err(anyhow::Error::msg)?;
+        let [a, b] = p.saes.clone();
+        pairs.insert(if a <= b { (a, b) } else { (b, a) }, mode);
+    }
+    Ok(RelayConfig {
+        kme_ids,
+        pool_keys: cfg.relay.pool_keys,
+        batch_keys: cfg.relay.batch_keys,
+        pool_ttl_ms: cfg.relay.pool_ttl_seconds * 1000,
+        hop_timeout: Duration::from_millis(cfg.relay.hop_timeout_ms),
+        advert_interval: Duration::from_millis(300),
+        pairs,
+        default_mode: cfg.key_mode(None, None).map_err(anyhow::Error::msg)?,
+        tamper_relay: cfg.relay.test_tamper_relay,
+        e2e: Arc::new(E2eKeys {
+            local: Some(LocalIdentity::new(cfg.node.kme_id.clone(), signing)),
+            peers,
+            replay: Default::default(),
+        }),
+    })
+}
+
+/// Writes a new signing key file, owner-only.
+pub fn write_signing_key(path: &Path, key: &qkd_kms::hybrid::NodeSigningKey) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let raw = key.to_raw()?;
+    // The seed is written once, hex-encoded, to a file only the node's user can read.
+    let text = zeroize::Zeroizing::new(hex::encode(raw.expose()));
+    qkd_kms::store::vault::write_private(path, text.as_bytes())?;
     Ok(())
 }
 
@@ -328,7 +413,9 @@ async fn resolve_peer(
     // The neighbour records its address once it has bound its listeners; wait for that (bounded).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
-        let record = std::fs::read(file).ok().and_then(|b| serde_json::from_slice::<ListenRecord>(&b).ok());
+        let record = std::fs::read(file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<ListenRecord>(&b).ok());
         if let Some(r) = record {
             return Ok(r.peer);
         }

@@ -35,6 +35,13 @@ pub struct DemoArgs {
     /// Write the configuration and exit without starting nodes.
     #[arg(long)]
     pub setup_only: bool,
+    /// Network shape: `demo` (chain A-B-C-D-E with a second path B-D), `pair` (A-B),
+    /// `chain5` (A-B-C-D-E) or `mesh` (two disjoint paths A-B-E and A-C-D-E).
+    #[arg(long, default_value = "demo")]
+    pub topology: String,
+    /// Protection of every pair: `qkd+pq` (default), `QKD+PQ`, `pq-only` or `qkd-only`.
+    #[arg(long, default_value = "qkd+pq")]
+    pub policy: String,
 }
 
 /// One node of the demo topology.
@@ -51,24 +58,50 @@ struct Topology {
     saes: Vec<(SaeId, usize, Vec<&'static str>)>,
 }
 
-fn topology() -> Result<Topology> {
-    let n = |id: &str, last: u8| -> Result<DemoNode> {
-        Ok(DemoNode {
-            id: NodeId::parse(id)?,
-            ip: Ipv4Addr::new(127, 0, 0, last),
+fn topology(name: &str) -> Result<Topology> {
+    let letters = ["A", "B", "C", "D", "E"];
+    let count = if name == "pair" { 2 } else { 5 };
+    let nodes = letters[..count]
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            Ok(DemoNode {
+                id: NodeId::parse(id)?,
+                ip: Ipv4Addr::new(127, 0, 0, i as u8 + 1),
+            })
         })
+        .collect::<Result<Vec<_>>>()?;
+    let edges: &[(usize, usize)] = match name {
+        "pair" => &[(0, 1)],
+        "chain5" => &[(0, 1), (1, 2), (2, 3), (3, 4)],
+        "demo" => &[(0, 1), (1, 2), (2, 3), (3, 4), (1, 3)],
+        "mesh" => &[(0, 1), (1, 4), (0, 2), (2, 3), (3, 4)],
+        other => bail!("unknown topology {other:?}: use demo, pair, chain5 or mesh"),
     };
-    Ok(Topology {
-        nodes: vec![n("A", 1)?, n("B", 2)?],
-        links: vec![(LinkId::parse("A-B")?, 0, 1)],
-        // ENC-A1 <-> ENC-B1 and ENC-A2 <-> ENC-B2 may pair; the crossed pairs are refused.
-        saes: vec![
-            (SaeId::parse("ENC-A1")?, 0, vec!["ENC-B1"]),
-            (SaeId::parse("ENC-A2")?, 0, vec!["ENC-B2"]),
-            (SaeId::parse("ENC-B1")?, 1, vec!["ENC-A1"]),
-            (SaeId::parse("ENC-B2")?, 1, vec!["ENC-A2"]),
-        ],
-    })
+    let links = edges
+        .iter()
+        .map(|&(a, b)| {
+            Ok((
+                LinkId::parse(&format!("{}-{}", letters[a], letters[b]))?,
+                a,
+                b,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // ENC-A1 <-> ENC-B1 and ENC-A2 <-> ENC-B2 may pair (the crossed pairs are refused); on five
+    // nodes ENC-A1 <-> ENC-E1 and ENC-C1 <-> ENC-E1 cross several trusted nodes.
+    let mut saes = vec![
+        (SaeId::parse("ENC-A1")?, 0, vec!["ENC-B1"]),
+        (SaeId::parse("ENC-A2")?, 0, vec!["ENC-B2"]),
+        (SaeId::parse("ENC-B1")?, 1, vec!["ENC-A1"]),
+        (SaeId::parse("ENC-B2")?, 1, vec!["ENC-A2"]),
+    ];
+    if count == 5 {
+        saes[0].2.push("ENC-E1");
+        saes.push((SaeId::parse("ENC-C1")?, 2, vec!["ENC-E1"]));
+        saes.push((SaeId::parse("ENC-E1")?, 4, vec!["ENC-A1", "ENC-C1"]));
+    }
+    Ok(Topology { nodes, links, saes })
 }
 
 /// `demo.json`: what a script or a third-party ETSI 014 client needs to talk to the demo.
@@ -119,7 +152,7 @@ pub struct DemoSaeOut {
 }
 
 /// Writes PKI, seeds and configurations (only what is missing). Returns config paths per node.
-fn setup(dir: &Path, topo: &Topology, rate: u64) -> Result<(DemoPki, Vec<PathBuf>)> {
+fn setup(dir: &Path, topo: &Topology, rate: u64, policy: &str) -> Result<(DemoPki, Vec<PathBuf>)> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     let pki = DemoPki::create(&dir.join("pki"))?;
@@ -138,6 +171,25 @@ fn setup(dir: &Path, topo: &Topology, rate: u64) -> Result<(DemoPki, Vec<PathBuf
                 qkd_kms::store::vault::write_private(p, seed.as_bytes())?;
             }
         }
+    }
+    // Every node's end-to-end signing key, generated here so that every configuration can pin
+    // every other node's public key.
+    let mut pubs = Vec::new();
+    for node in &topo.nodes {
+        let key_path = dir
+            .join(node.id.as_str())
+            .join("data")
+            .join("keys")
+            .join("signing.key");
+        if !key_path.exists() {
+            let key = qkd_kms::hybrid::NodeSigningKey::generate(&mut rand::rng())?;
+            crate::daemon::write_signing_key(&key_path, &key)?;
+            write_atomic(
+                &key_path.with_extension("pub"),
+                hex::encode(key.public_key().to_bytes()).as_bytes(),
+            )?;
+        }
+        pubs.push(key_path.with_extension("pub"));
     }
     for (i, node) in topo.nodes.iter().enumerate() {
         let ndir = dir.join(node.id.as_str());
@@ -180,6 +232,19 @@ fn setup(dir: &Path, topo: &Topology, rate: u64) -> Result<(DemoPki, Vec<PathBuf
             t,
             "[limits]\nkey_size = 256\nmin_key_size = 64\nmax_key_size = 4096\nmax_key_per_request = 128\n"
         )?;
+        writeln!(
+            t,
+            "[relay]\ndefault_policy = \"{policy}\"\ndefault_suite = \"X25519/ML-KEM-768\"\npool_keys = 1024\nbatch_keys = 64\n"
+        )?;
+        for (j, other) in topo.nodes.iter().enumerate() {
+            if j != i {
+                writeln!(
+                    t,
+                    "[[node_info]]\nid = \"{}\"\nkme_id = \"KME-{}\"\nsigning_public_key = {:?}\n",
+                    other.id, other.id, pubs[j]
+                )?;
+            }
+        }
         for (lid, a, b) in &topo.links {
             let (me, other) = if *a == i {
                 (true, *b)
@@ -234,8 +299,8 @@ fn setup(dir: &Path, topo: &Topology, rate: u64) -> Result<(DemoPki, Vec<PathBuf
 
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> Result<()> {
-    let topo = topology()?;
-    let (pki, configs) = setup(&args.data_dir, &topo, args.link_rate_bps)?;
+    let topo = topology(&args.topology)?;
+    let (pki, configs) = setup(&args.data_dir, &topo, args.link_rate_bps, &args.policy)?;
     let dir = args.data_dir.canonicalize()?;
     if args.setup_only {
         println!("demo configuration written under {}", dir.display());
@@ -270,7 +335,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             let fresh = std::fs::metadata(&file)
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| t >= started - Duration::from_secs(1));
-            let record = if fresh { serde_json::from_slice::<ListenRecord>(&std::fs::read(&file)?).ok() } else { None };
+            let record = if fresh {
+                serde_json::from_slice::<ListenRecord>(&std::fs::read(&file)?).ok()
+            } else {
+                None
+            };
             if let Some(r) = record {
                 listens.push(r);
                 break;

@@ -5,8 +5,7 @@
 //!   of their bytes are taken;
 //! * keys waiting for their slave SAE (`dec_keys`), sealed, with master, slaves and expiry;
 //! * tombstones of delivered keys: key ID, SAE pair and time only, never key bytes or hashes;
-//! * requests: which link bytes back which keys, and whether the binding is reserved,
-//!   committed or voided, so retries are idempotent and a crash can be recovered from;
+//! * finished keys in the pools of SAE pairs whose master is attached here (sealed);
 //! * the wrapped data keys of live epochs.
 //!
 //! Every change goes through one [`Txn`], committed with `Durability::Immediate` by the group
@@ -37,7 +36,7 @@ const BLOCK_META: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("bl
 const BLOCK_DATA: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("block_data");
 const KEYS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("keys");
 const TOMBSTONES: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("tombstones");
-const REQUESTS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("requests");
+const POOL: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("pool");
 
 /// Schema version written into `meta`.
 const SCHEMA_VERSION: u64 = 1;
@@ -80,53 +79,10 @@ db_err!(
     redb::SetDurabilityError
 );
 
-/// Where a binding stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RequestState {
-    /// Persisted by the proposing side before asking its peer; not answered to any SAE.
-    Reserved,
-    /// Agreed by both sides.
-    Committed,
-    /// Abandoned: its keys are erased, its link bytes never used again.
-    Voided,
-}
-
-/// Which side of the key pair this node serves for a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// The master SAE is attached here: keys go out through `enc_keys`.
-    Master,
-    /// The slave SAE is attached here: keys wait for `dec_keys`.
-    Slave,
-}
-
-/// A request binding link bytes to keys.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestRecord {
-    /// Where the binding stands.
-    pub state: RequestState,
-    /// Which side this node serves.
-    pub side: Side,
-    /// Link whose bytes back the keys.
-    pub link: LinkId,
-    /// Master SAE.
-    pub master: SaeId,
-    /// Slave SAE.
-    pub slave: SaeId,
-    /// Size of each key in bits.
-    pub size_bits: u32,
-    /// Expiry of the keys at the slave.
-    pub expires_at: UnixMillis,
-    /// When the request was made.
-    pub created_at: UnixMillis,
-    /// Keys and the link bytes behind each.
-    pub keys: Vec<(KeyId, Vec<Range>)>,
-}
-
 /// A key waiting at the slave side, without its bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredKey {
-    /// Request that created it.
+    /// Relayed batch that created it.
     pub request: [u8; 16],
     /// Master SAE.
     pub master: SaeId,
@@ -136,6 +92,21 @@ pub struct StoredKey {
     pub size_bits: u32,
     /// After this time it is erased.
     pub expires_at: UnixMillis,
+    /// Whether the slave may fetch it: false while its batch awaits end-to-end confirmation.
+    pub released: bool,
+}
+
+/// A finished key in a pair's pool at the master's node, without its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolKey {
+    /// Master SAE.
+    pub master: SaeId,
+    /// Slave SAEs.
+    pub slaves: Vec<SaeId>,
+    /// Size in bits.
+    pub size_bits: u32,
+    /// When it was derived.
+    pub created_at: UnixMillis,
 }
 
 /// What the store held when it was opened.
@@ -143,10 +114,10 @@ pub struct StoredKey {
 pub struct Recovered {
     /// Per link: next sequence number and the blocks still stored.
     pub links: HashMap<LinkId, (u64, Vec<(u64, BlockMeta)>)>,
-    /// Requests that were reserved but never committed or voided.
-    pub reserved: Vec<([u8; 16], RequestRecord)>,
     /// Epoch started by this open.
     pub epoch: u64,
+    /// Finished keys in pairs' pools (master side).
+    pub pool: Vec<(KeyId, PoolKey)>,
 }
 
 /// The durable store. Owned by the writer thread; readers use [`Store::read_key_meta`].
@@ -248,12 +219,51 @@ impl Store {
                 let key = old
                     .get(&sealed.epoch)
                     .ok_or(VaultError::UnknownEpoch(sealed.epoch))?;
+                if !meta.released {
+                    // Its batch's end-to-end confirmation lived in memory and is gone: the
+                    // slave never gets this key.
+                    rewrites.push((k.value(), None));
+                    continue;
+                }
                 let aad = key_aad(id, &meta);
                 let plain = key.open(&aad, &sealed)?;
-                rewrites.push((k.value(), encode_key(&meta, &epoch.seal(&aad, &plain)?)));
+                rewrites.push((
+                    k.value(),
+                    Some(encode_key(&meta, &epoch.seal(&aad, &plain)?)),
+                ));
             }
             for (k, v) in rewrites {
-                keys.insert(k, v.as_slice())?;
+                match v {
+                    Some(v) => {
+                        keys.insert(k, v.as_slice())?;
+                    }
+                    None => {
+                        keys.remove(k)?;
+                    }
+                }
+            }
+        }
+        // Re-encrypt pool keys and list them.
+        {
+            let mut pool = tx.open_table(POOL)?;
+            let mut rewrites = Vec::new();
+            for entry in pool.iter()? {
+                let (k, v) = entry?;
+                let id = KeyId::from_bytes(k.value());
+                let (meta, sealed) = decode_pool_key(v.value())?;
+                let key = old
+                    .get(&sealed.epoch)
+                    .ok_or(VaultError::UnknownEpoch(sealed.epoch))?;
+                let aad = pool_aad(id, &meta);
+                let plain = key.open(&aad, &sealed)?;
+                rewrites.push((
+                    k.value(),
+                    encode_pool_key(&meta, &epoch.seal(&aad, &plain)?),
+                ));
+                rec.pool.push((id, meta));
+            }
+            for (k, v) in rewrites {
+                pool.insert(k, v.as_slice())?;
             }
         }
         {
@@ -280,14 +290,6 @@ impl Store {
                     .or_default()
                     .1
                     .push((seq, decode_block_meta(v.value())?));
-            }
-            let reqs = tx.open_table(REQUESTS)?;
-            for entry in reqs.iter()? {
-                let (k, v) = entry?;
-                let r = decode_request(v.value())?;
-                if r.state == RequestState::Reserved {
-                    rec.reserved.push((k.value(), r));
-                }
             }
         }
         rec.epoch = new_epoch;
@@ -439,21 +441,6 @@ impl Txn<'_> {
             .ok_or(StoreError::Corrupt("block cache"))
     }
 
-    /// Reads a request record.
-    pub fn request(&self, id: &[u8; 16]) -> Result<Option<RequestRecord>, StoreError> {
-        let t = self.tx.open_table(REQUESTS)?;
-        let v = t.get(*id)?;
-        v.map(|v| decode_request(v.value())).transpose()
-    }
-
-    /// Writes a request record.
-    pub fn put_request(&mut self, id: &[u8; 16], r: &RequestRecord) -> Result<(), StoreError> {
-        self.tx
-            .open_table(REQUESTS)?
-            .insert(*id, encode_request(r).as_slice())?;
-        Ok(())
-    }
-
     /// Whether a key ID is in use or was ever delivered (waiting key or tombstone).
     pub fn key_id_used(&self, id: KeyId) -> Result<bool, StoreError> {
         Ok(self.tx.open_table(KEYS)?.get(*id.as_bytes())?.is_some()
@@ -534,6 +521,70 @@ impl Txn<'_> {
         Ok(())
     }
 
+    /// Stores a finished key in its pair's pool (master side).
+    pub fn put_pool_key(
+        &mut self,
+        id: KeyId,
+        meta: &PoolKey,
+        key: &Secret,
+    ) -> Result<(), StoreError> {
+        let sealed = self.epoch.seal(&pool_aad(id, meta), key)?;
+        self.tx
+            .open_table(POOL)?
+            .insert(*id.as_bytes(), encode_pool_key(meta, &sealed).as_slice())?;
+        Ok(())
+    }
+
+    /// Removes a key from its pool and returns it (to deliver or to discard).
+    pub fn take_pool_key(&mut self, id: KeyId) -> Result<Option<(PoolKey, Secret)>, StoreError> {
+        let mut t = self.tx.open_table(POOL)?;
+        let Some((meta, sealed)) = t
+            .remove(*id.as_bytes())?
+            .map(|v| decode_pool_key(v.value()))
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        let key = self.epoch.open(&pool_aad(id, &meta), &sealed)?;
+        Ok(Some((meta, key)))
+    }
+
+    /// Marks a waiting key fetchable (its batch was confirmed end to end).
+    pub fn release_key(&mut self, id: KeyId) -> Result<bool, StoreError> {
+        let Some(mut meta) = self.key_meta(id)? else {
+            return Ok(false);
+        };
+        meta.released = true;
+        self.update_key_meta(id, &meta)?;
+        Ok(true)
+    }
+
+    /// Erases a waiting key without a tombstone (an unconfirmed batch's key, never fetchable).
+    pub fn drop_key(&mut self, id: KeyId) -> Result<(), StoreError> {
+        self.tx.open_table(KEYS)?.remove(*id.as_bytes())?;
+        Ok(())
+    }
+
+    /// The tombstone of a key ID: when it was written, the master and the first slave.
+    pub fn tombstone(
+        &self,
+        id: KeyId,
+    ) -> Result<Option<(UnixMillis, SaeId, Option<SaeId>)>, StoreError> {
+        let t = self.tx.open_table(TOMBSTONES)?;
+        let Some(v) = t.get(*id.as_bytes())? else {
+            return Ok(None);
+        };
+        let mut r = R(v.value());
+        r.u8()?;
+        let at = r.u64()?;
+        let master = sae(r.str()?)?;
+        let slave = match r.str()? {
+            "" => None,
+            s => Some(sae(s)?),
+        };
+        Ok(Some((at, master, slave)))
+    }
+
     /// Waiting keys whose expiry is at or before `now`.
     pub fn expired_keys(
         &self,
@@ -606,6 +657,56 @@ fn key_aad(id: KeyId, meta: &StoredKey) -> Vec<u8> {
     v
 }
 
+/// AAD of a pool key: like [`key_aad`] with role 0 (the master side, enc).
+fn pool_aad(id: KeyId, meta: &PoolKey) -> Vec<u8> {
+    let mut v = Vec::with_capacity(96);
+    enc(&mut v, b"QKMS-store-v1");
+    enc(&mut v, id.as_bytes());
+    enc(&mut v, meta.master.as_str().as_bytes());
+    for s in &meta.slaves {
+        enc(&mut v, s.as_str().as_bytes());
+    }
+    v.push(0);
+    v.extend_from_slice(&meta.size_bits.to_be_bytes());
+    v
+}
+
+fn encode_pool_key(m: &PoolKey, s: &Sealed) -> Vec<u8> {
+    let mut w = W::default();
+    w.u8(1).str(m.master.as_str()).u32(m.slaves.len() as u32);
+    for s in &m.slaves {
+        w.str(s.as_str());
+    }
+    w.u32(m.size_bits).u64(m.created_at);
+    w.0.extend_from_slice(&encode_sealed(s));
+    w.0
+}
+
+fn decode_pool_key(v: &[u8]) -> Result<(PoolKey, Sealed), StoreError> {
+    let mut r = R(v);
+    if r.u8()? != 1 {
+        return Err(StoreError::Corrupt("pool key version"));
+    }
+    let master = sae(r.str()?)?;
+    let n = r.u32()?;
+    let mut slaves = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        slaves.push(sae(r.str()?)?);
+    }
+    let size_bits = r.u32()?;
+    let created_at = r.u64()?;
+    let sealed = decode_sealed(r.0)?;
+    Ok((
+        PoolKey {
+            master,
+            slaves,
+            size_bits,
+            created_at,
+        },
+        sealed,
+    ))
+}
+
 fn encode_sealed(s: &Sealed) -> Vec<u8> {
     let mut w = W::default();
     w.u64(s.epoch).u64(s.nonce).bytes(&s.ct);
@@ -673,7 +774,9 @@ fn encode_key(m: &StoredKey, s: &Sealed) -> Vec<u8> {
     for (s, done) in &m.slaves {
         w.str(s.as_str()).u8(u8::from(*done));
     }
-    w.u32(m.size_bits).u64(m.expires_at);
+    w.u32(m.size_bits)
+        .u64(m.expires_at)
+        .u8(u8::from(m.released));
     w.0.extend_from_slice(&encode_sealed(s));
     w.0
 }
@@ -695,6 +798,7 @@ fn decode_key(v: &[u8]) -> Result<(StoredKey, Sealed), StoreError> {
     }
     let size_bits = r.u32()?;
     let expires_at = r.u64()?;
+    let released = r.u8()? != 0;
     let sealed = decode_sealed(r.0)?;
     Ok((
         StoredKey {
@@ -703,89 +807,8 @@ fn decode_key(v: &[u8]) -> Result<(StoredKey, Sealed), StoreError> {
             slaves,
             size_bits,
             expires_at,
+            released,
         },
         sealed,
     ))
-}
-
-fn encode_request(q: &RequestRecord) -> Vec<u8> {
-    let mut w = W::default();
-    w.u8(1)
-        .u8(match q.state {
-            RequestState::Reserved => 0,
-            RequestState::Committed => 1,
-            RequestState::Voided => 2,
-        })
-        .u8(match q.side {
-            Side::Master => 0,
-            Side::Slave => 1,
-        })
-        .str(q.link.as_str())
-        .str(q.master.as_str())
-        .str(q.slave.as_str())
-        .u32(q.size_bits)
-        .u64(q.expires_at)
-        .u64(q.created_at)
-        .u32(q.keys.len() as u32);
-    for (id, ranges) in &q.keys {
-        w.bytes(id.as_bytes()).u32(ranges.len() as u32);
-        for r in ranges {
-            w.u64(r.block_seq).u32(r.offset).u32(r.len);
-        }
-    }
-    w.0
-}
-
-fn decode_request(v: &[u8]) -> Result<RequestRecord, StoreError> {
-    let mut r = R(v);
-    if r.u8()? != 1 {
-        return Err(StoreError::Corrupt("request version"));
-    }
-    let state = match r.u8()? {
-        0 => RequestState::Reserved,
-        1 => RequestState::Committed,
-        2 => RequestState::Voided,
-        _ => return Err(StoreError::Corrupt("request state")),
-    };
-    let side = if r.u8()? == 0 {
-        Side::Master
-    } else {
-        Side::Slave
-    };
-    let link = LinkId::parse(r.str()?).map_err(|_| StoreError::Corrupt("link id"))?;
-    let master = sae(r.str()?)?;
-    let slave = sae(r.str()?)?;
-    let size_bits = r.u32()?;
-    let expires_at = r.u64()?;
-    let created_at = r.u64()?;
-    let n = r.u32()?;
-    let mut keys = Vec::with_capacity(n as usize);
-    for _ in 0..n {
-        let id = KeyId::from_bytes(
-            r.bytes()?
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("key id"))?,
-        );
-        let m = r.u32()?;
-        let mut ranges = Vec::with_capacity(m as usize);
-        for _ in 0..m {
-            ranges.push(Range {
-                block_seq: r.u64()?,
-                offset: r.u32()?,
-                len: r.u32()?,
-            });
-        }
-        keys.push((id, ranges));
-    }
-    Ok(RequestRecord {
-        state,
-        side,
-        link,
-        master,
-        slave,
-        size_bits,
-        expires_at,
-        created_at,
-        keys,
-    })
 }

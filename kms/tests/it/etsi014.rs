@@ -198,12 +198,6 @@ struct KnownDeviation {
 /// (`Txn::key_id_used` says whether one exists, not for which pair). So `KeyManager::dec_keys`
 /// answers 400 "not found" to a master asking for its own keys at its KME, where [DECISION]
 /// §1.3 step 4 and §1.9 "Master calling dec_keys on its own keys" say 401.
-const TWO_NODE_DEVIATIONS: &[KnownDeviation] = &[KnownDeviation {
-    sae: "A",
-    method: "POST",
-    path: "/api/v1/keys/A/dec_keys",
-    got: 400,
-}];
 
 /// Runs the whole table against a deployment; panics listing every failing row, every known
 /// deviation that no longer fails as recorded, and every deviation that names no single row.
@@ -405,11 +399,7 @@ macro_rules! conformance {
 }
 
 conformance!(conformance_table_against_fake_kme, Fixture::fake());
-conformance!(
-    conformance_table_against_two_nodes,
-    Fixture::two_nodes(),
-    TWO_NODE_DEVIATIONS
-);
+conformance!(conformance_table_against_two_nodes, Fixture::two_nodes());
 
 #[tokio::test]
 async fn slave_gets_identical_keys_in_request_order_once() {

@@ -22,7 +22,10 @@ use std::time::Duration;
 
 use qkd_hardware::LinkRole;
 use qkd_kms::etsi;
-use qkd_kms::manager::{KeyManager, LinkSetup, ManagerConfig, NeighbourEntry, SaeEntry};
+use qkd_kms::hybrid::{LocalIdentity, NodeSigningKey, PeerPublicKeys, PinnedPeers};
+use qkd_kms::manager::{
+    E2eKeys, KeyManager, LinkSetup, ManagerConfig, NeighbourEntry, RelayConfig, SaeEntry,
+};
 use qkd_kms::peer::{self, PeerSetupError};
 use qkd_kms::pki::DemoPki;
 use qkd_kms::service::{KeyLimits, KeyService};
@@ -88,9 +91,11 @@ struct Nodes {
     background: Vec<JoinHandle<()>>,
 }
 
-/// Two-node deployment: pool capacity of the link in bytes. 64 Kibit: fewer than the
-/// 128 × 1024 bits the table asks for to get a 503, room for 256 default-size keys.
-const POOL_BYTES: u64 = 8192;
+/// Two-node deployment: capacity of the link's key pool in bytes (room for several batches).
+const POOL_BYTES: u64 = 65_536;
+/// Finished keys kept per SAE pair: 100 × 256 bits, fewer than the 128 × 1024 bits the table
+/// asks for to get a 503, and at least the 64 keys it needs.
+const POOL_KEYS: u32 = 100;
 /// Block size of the simulated link; divides the pool, so that the pool refills to capacity.
 const BLOCK_BITS: u32 = 8192;
 /// Secret key rate of the simulated link: refills the whole pool in under 10 ms.
@@ -179,6 +184,20 @@ impl Fixture {
             ),
         ]);
         let seed = SimulatedLink::parse_seed(&SimulatedLink::generate_seed_hex()).expect("seed");
+        // End-to-end identities: each node pins the other's signing key.
+        let mut signing: Vec<NodeSigningKey> = (0..2)
+            .map(|_| NodeSigningKey::generate(&mut rand::rng()).expect("signing key"))
+            .collect();
+        let mut pinned: Vec<Option<PinnedPeers>> = (0..2)
+            .map(|i| {
+                let mut p = PinnedPeers::new();
+                p.insert(
+                    PeerPublicKeys::new(kme_ids[1 - i].clone(), vec![signing[1 - i].public_key()])
+                        .expect("peer key"),
+                );
+                Some(p)
+            })
+            .collect();
         let start = clock.now();
 
         // Both peer listeners first: each node's client needs the other's address.
@@ -203,9 +222,7 @@ impl Fixture {
             let key_dir = data.join("keys");
             std::fs::create_dir_all(&key_dir).expect("data directory");
             let kek = FileKek::open(&key_dir, clock.now(), 86_400_000).expect("KEK");
-            let (store, mut recovered) =
-                Store::open(&data.join("store.redb"), &kek).expect("store");
-            let reserved = std::mem::take(&mut recovered.reserved);
+            let (store, recovered) = Store::open(&data.join("store.redb"), &kek).expect("store");
             let tls = pki
                 .issue_node(&ids[i], [127, 0, 0, 1].into())
                 .expect("node cert")
@@ -244,6 +261,16 @@ impl Fixture {
                 key_ttl_ms: 3_600_000,
                 peer_timeout: Duration::from_secs(3),
                 tombstone_retention_ms: 30 * 86_400_000,
+                relay: RelayConfig {
+                    pool_keys: POOL_KEYS,
+                    batch_keys: 50,
+                    e2e: Arc::new(E2eKeys {
+                        local: Some(LocalIdentity::new(kme_ids[i].clone(), signing.remove(0))),
+                        peers: pinned[i].take().expect("pinned peers"),
+                        replay: Default::default(),
+                    }),
+                    ..RelayConfig::default()
+                },
             };
             let manager = KeyManager::new(
                 config,
@@ -265,7 +292,6 @@ impl Fixture {
             nodes.background.push(tokio::spawn({
                 let m = manager.clone();
                 async move {
-                    m.recover(reserved).await;
                     m.run_background(DEVICE_POLL).await;
                 }
             }));

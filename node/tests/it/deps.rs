@@ -51,6 +51,16 @@ fn crate_dependency_edges_follow_the_architecture() {
             ][..],
         ),
         (
+            "qkd-bench",
+            &[
+                "qkd-types",
+                "qkd-proto",
+                "qkd-hardware",
+                "qkd-kms",
+                "qkd-simulator",
+            ][..],
+        ),
+        (
             "qkd-testkit",
             &[
                 "qkd-types",

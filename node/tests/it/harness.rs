@@ -30,6 +30,8 @@ impl Net {
             .args([
                 "demo",
                 "--setup-only",
+                "--topology",
+                "pair",
                 "--link-rate-bps",
                 &rate_bps.to_string(),
                 "--data-dir",

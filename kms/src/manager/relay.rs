@@ -1,0 +1,1226 @@
+//! Trusted-node key relay and the per-pair key pools it fills.
+//!
+//! A batch of keys for SAE pair (master at node S, slave at node D) is made like this:
+//!
+//! 1. S picks a route to D over available link key ([`Topology::route`]).
+//! 2. S draws the batch's relayed keys from its CSPRNG and sends them hop by hop: on every hop the
+//!    keys travel XOR a fresh run of link key exactly as long (one-time pad), with an HMAC-SHA-256
+//!    tag keyed by 32 further bytes of fresh link key. Each relay checks the tag, decrypts and
+//!    re-encrypts for its next hop, and forgets the keys. The first end-to-end message (hybrid
+//!    message 1) travels with the keys; D answers it (message 2) on the way back, after storing
+//!    the derived keys as *not released*.
+//! 3. S checks the answer, derives the same keys and confirms end to end (message 3, forwarded
+//!    along the path); D verifies, releases its keys durably and acknowledges (message 4).
+//! 4. Only then does S store the keys in the pair's pool, from which `enc_keys` serves them.
+//!
+//! Any failure before step 4 leaves nothing usable: D's unreleased keys are voided (by message or
+//! by timeout), S never stores them, and link key used on the way is never used again.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use qkd_proto::peer as pb;
+use qkd_types::{KeyId, KmeId, LinkId, NodeId, SaeId, Secret, UnixMillis};
+use rand::RngCore;
+use ring::hmac;
+use subtle::ConstantTimeEq;
+
+use super::{
+    DeliveredKey, KeyManager, LinkRt, PeerError, ServiceError, block_updates, range_msg, range_of,
+    store_result,
+};
+use crate::core::pool::{LinkPool, PoolError, Range};
+use crate::manager::e2e::{self, DestState, E2eKeys, KeyMode};
+use crate::relay::topology::{LinkAdvert, NodeAdvert, Topology};
+use crate::store::{PoolKey, StoreError, StoredKey};
+
+/// Bytes of link key keying the MAC of one hop message.
+const AUTH_LEN: u32 = 32;
+/// Forward kinds.
+const FORWARD_CONFIRM: u32 = 1;
+const FORWARD_VOID: u32 = 2;
+
+/// Relay and pool settings.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// KME ID of every node of the network (for `target_KME_ID` and end-to-end identities).
+    pub kme_ids: std::collections::BTreeMap<NodeId, KmeId>,
+    /// Finished keys to keep ready per SAE pair (the pool's capacity, `max_key_count`).
+    pub pool_keys: u32,
+    /// Keys made per relayed batch (one end-to-end exchange each).
+    pub batch_keys: u32,
+    /// How long a pool key may wait before it is handed out.
+    pub pool_ttl_ms: u64,
+    /// Time allowed per hop of a relay.
+    pub hop_timeout: Duration,
+    /// How often link-state adverts are sent.
+    pub advert_interval: Duration,
+    /// How the keys of each pair are protected; pairs not listed get `default_mode`.
+    pub pairs: std::collections::BTreeMap<(SaeId, SaeId), KeyMode>,
+    /// Protection of pairs not listed.
+    pub default_mode: KeyMode,
+    /// Fault injection for tests: flip a bit of every relay ciphertext this node sends.
+    pub tamper_relay: bool,
+    /// This node's end-to-end identity and its peers' pinned keys.
+    pub e2e: std::sync::Arc<E2eKeys>,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            kme_ids: Default::default(),
+            pool_keys: 1024,
+            batch_keys: 64,
+            pool_ttl_ms: 86_400_000,
+            hop_timeout: Duration::from_secs(2),
+            advert_interval: Duration::from_millis(300),
+            pairs: Default::default(),
+            default_mode: KeyMode::default(),
+            tamper_relay: false,
+            e2e: Default::default(),
+        }
+    }
+}
+
+/// In-memory relay state of a node.
+#[derive(Debug, Default)]
+pub(super) struct RelayState {
+    topology: Mutex<Topology>,
+    advert_seq: Mutex<u64>,
+    /// Master side: ready keys per (master, slave), oldest first.
+    pools: Mutex<HashMap<(SaeId, SaeId), PairPool>>,
+    /// Destination side: batches awaiting end-to-end confirmation.
+    pending: Mutex<HashMap<[u8; 16], Pending>>,
+    /// Allocator side: hop allocations answered to a neighbour, with the link bytes read when
+    /// they were taken (a drained block is erased at once), until the hop's message arrives.
+    hop_allocs: Mutex<VecDeque<HopAlloc>>,
+    /// Neighbours that did not answer the last advert.
+    unreachable: Mutex<BTreeSet<NodeId>>,
+}
+
+#[derive(Debug)]
+struct HopAlloc {
+    hop_id: [u8; 16],
+    link: LinkId,
+    ranges: Vec<Range>,
+    bytes: Secret,
+}
+
+#[derive(Debug, Default)]
+struct PairPool {
+    ready: VecDeque<(KeyId, UnixMillis)>,
+    refilling: bool,
+}
+
+#[derive(Debug)]
+struct Pending {
+    source: NodeId,
+    master: SaeId,
+    slaves: Vec<SaeId>,
+    size_bits: u32,
+    keys: Vec<KeyId>,
+    state: DestState,
+    deadline: UnixMillis,
+}
+
+/// What a batch is for.
+#[derive(Debug, Clone)]
+struct BatchSpec {
+    master: SaeId,
+    slaves: Vec<SaeId>,
+    size_bits: u32,
+    number: usize,
+}
+
+impl KeyManager {
+    fn relay(&self) -> &RelayState {
+        &self.inner.relay
+    }
+
+    fn now(&self) -> UnixMillis {
+        self.inner.clock.now()
+    }
+
+    /// The mode (policy) of a pair, whichever order its SAEs are given in.
+    pub(super) fn pair_mode(&self, a: &SaeId, b: &SaeId) -> KeyMode {
+        let rc = &self.inner.cfg.relay;
+        let key = if a <= b {
+            (a.clone(), b.clone())
+        } else {
+            (b.clone(), a.clone())
+        };
+        rc.pairs
+            .get(&key)
+            .cloned()
+            .unwrap_or_else(|| rc.default_mode.clone())
+    }
+
+    /// KME ID of a node.
+    pub(super) fn kme_of(&self, node: &NodeId) -> KmeId {
+        let cfg = &self.inner.cfg;
+        if node == &cfg.node {
+            return cfg.kme.clone();
+        }
+        cfg.relay
+            .kme_ids
+            .get(node)
+            .cloned()
+            .or_else(|| cfg.neighbours.get(node).map(|n| n.kme.clone()))
+            .unwrap_or_else(|| KmeId::parse(node.as_str()).unwrap_or_else(|_| cfg.kme.clone()))
+    }
+
+    fn neighbour_link(&self, node: &NodeId) -> Option<&LinkRt> {
+        let n = self.inner.cfg.neighbours.get(node)?;
+        self.inner.links.get(&n.link)
+    }
+
+    /// Restores the pools from the store at start.
+    pub(super) fn restore_pools(&self, pool: Vec<(KeyId, PoolKey)>) {
+        let mut pools = lock(&self.relay().pools);
+        let mut all: Vec<_> = pool.into_iter().collect();
+        all.sort_by_key(|(_, m)| m.created_at);
+        for (id, meta) in all {
+            if let Some(slave) = meta.slaves.first() {
+                pools
+                    .entry((meta.master.clone(), slave.clone()))
+                    .or_default()
+                    .ready
+                    .push_back((id, meta.created_at));
+            }
+        }
+    }
+
+    /// Ready keys for a pair at this (master's) node, not counting keys too old to hand out.
+    pub(super) fn pool_level(&self, master: &SaeId, slave: &SaeId) -> u64 {
+        let min_created = self.now().saturating_sub(self.inner.cfg.relay.pool_ttl_ms);
+        lock(&self.relay().pools)
+            .get(&(master.clone(), slave.clone()))
+            .map_or(0, |p| {
+                p.ready.iter().filter(|(_, c)| *c >= min_created).count() as u64
+            })
+    }
+
+    /// Serves `enc_keys` of the default size from the pair's pool, all or nothing.
+    pub(super) async fn enc_from_pool(
+        &self,
+        master: &SaeId,
+        slave: &SaeId,
+        number: usize,
+    ) -> Result<Vec<DeliveredKey>, ServiceError> {
+        let min_created = self.now().saturating_sub(self.inner.cfg.relay.pool_ttl_ms);
+        let (ids, stale) = {
+            let mut pools = lock(&self.relay().pools);
+            let pool = pools.entry((master.clone(), slave.clone())).or_default();
+            // Keys too old to hand out are discarded (their slave copies expire at the peer).
+            let mut stale = Vec::new();
+            while pool.ready.front().is_some_and(|(_, c)| *c < min_created) {
+                if let Some((id, _)) = pool.ready.pop_front() {
+                    stale.push(id);
+                }
+            }
+            if pool.ready.len() < number {
+                (None, stale)
+            } else {
+                (
+                    Some(
+                        pool.ready
+                            .drain(..number)
+                            .map(|(id, _)| id)
+                            .collect::<Vec<_>>(),
+                    ),
+                    stale,
+                )
+            }
+        };
+        self.kick_refill(master.clone(), slave.clone());
+        if !stale.is_empty() {
+            let _ = self
+                .inner
+                .writer
+                .run(move |tx| -> Result<(), StoreError> {
+                    for id in &stale {
+                        tx.take_pool_key(*id)?;
+                    }
+                    Ok(())
+                })
+                .await;
+        }
+        let ids = ids.ok_or(ServiceError::InsufficientKeyMaterial)?;
+        let now = self.now();
+        let r = self
+            .inner
+            .writer
+            .run(move |tx| -> Result<Vec<DeliveredKey>, StoreError> {
+                let mut out = Vec::with_capacity(ids.len());
+                for id in &ids {
+                    let (meta, key) = tx
+                        .take_pool_key(*id)?
+                        .ok_or(StoreError::Corrupt("pool key vanished"))?;
+                    tx.put_tombstone(*id, &meta.master, meta.slaves.first(), now)?;
+                    out.push(DeliveredKey { id: *id, key });
+                }
+                Ok(out)
+            })
+            .await;
+        store_result(r)
+    }
+
+    /// Starts a refill of the pair's pool in the background, unless one runs or it is full.
+    pub(super) fn kick_refill(&self, master: SaeId, slave: SaeId) {
+        let target = self.inner.cfg.relay.pool_keys as usize;
+        {
+            let mut pools = lock(&self.relay().pools);
+            let p = pools.entry((master.clone(), slave.clone())).or_default();
+            if p.refilling || p.ready.len() >= target {
+                return;
+            }
+            p.refilling = true;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let r = me.refill(&master, &slave).await;
+            if let Some(p) = lock(&me.relay().pools).get_mut(&(master.clone(), slave.clone())) {
+                p.refilling = false;
+            }
+            match r {
+                Ok(n) if n > 0 => me.kick_refill(master, slave),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(%master, %slave, error = %e, "pool refill failed; will retry")
+                }
+            }
+        });
+    }
+
+    async fn refill(&self, master: &SaeId, slave: &SaeId) -> Result<usize, RelayError> {
+        let target = self.inner.cfg.relay.pool_keys as usize;
+        let have = lock(&self.relay().pools)
+            .get(&(master.clone(), slave.clone()))
+            .map_or(0, |p| p.ready.len());
+        let n = target
+            .saturating_sub(have)
+            .min(self.inner.cfg.relay.batch_keys as usize);
+        if n == 0 {
+            return Ok(0);
+        }
+        let spec = BatchSpec {
+            master: master.clone(),
+            slaves: vec![slave.clone()],
+            size_bits: self.inner.cfg.limits.key_size,
+            number: n,
+        };
+        let keys = self.run_batch(&spec).await?;
+        let now = self.now();
+        let meta = PoolKey {
+            master: master.clone(),
+            slaves: spec.slaves.clone(),
+            size_bits: spec.size_bits,
+            created_at: now,
+        };
+        let ids: Vec<KeyId> = keys.iter().map(|k| k.id).collect();
+        let r = self
+            .inner
+            .writer
+            .run(move |tx| -> Result<(), StoreError> {
+                for k in &keys {
+                    tx.put_pool_key(k.id, &meta, &k.key)?;
+                }
+                Ok(())
+            })
+            .await;
+        store_result(r).map_err(|_| RelayError::Store)?;
+        let mut pools = lock(&self.relay().pools);
+        let p = pools.entry((master.clone(), slave.clone())).or_default();
+        p.ready.extend(ids.into_iter().map(|id| (id, now)));
+        Ok(n)
+    }
+
+    /// Keys of a non-default size (or for several slaves) made on demand and answered directly.
+    pub(super) async fn enc_on_demand(
+        &self,
+        master: &SaeId,
+        slaves: Vec<SaeId>,
+        number: usize,
+        size_bits: u32,
+    ) -> Result<Vec<DeliveredKey>, ServiceError> {
+        let spec = BatchSpec {
+            master: master.clone(),
+            slaves,
+            size_bits,
+            number,
+        };
+        let keys = self.run_batch(&spec).await.map_err(|e| match e {
+            RelayError::NoRoute | RelayError::Exhausted => ServiceError::InsufficientKeyMaterial,
+            RelayError::Store => ServiceError::Storage,
+            e => ServiceError::PeerUnavailable(e.to_string()),
+        })?;
+        let now = self.now();
+        let ids: Vec<(KeyId, SaeId, SaeId)> = keys
+            .iter()
+            .map(|k| (k.id, spec.master.clone(), spec.slaves[0].clone()))
+            .collect();
+        let r = self
+            .inner
+            .writer
+            .run(move |tx| -> Result<(), StoreError> {
+                for (id, m, s) in &ids {
+                    tx.put_tombstone(*id, m, Some(s), now)?;
+                }
+                Ok(())
+            })
+            .await;
+        store_result(r)?;
+        Ok(keys)
+    }
+
+    /// Makes one batch end to end; returns the keys once the destination has released its copies.
+    async fn run_batch(&self, spec: &BatchSpec) -> Result<Vec<DeliveredKey>, RelayError> {
+        let cfg = &self.inner.cfg;
+        let dest = cfg
+            .saes
+            .get(&spec.slaves[0])
+            .map(|e| e.node.clone())
+            .ok_or(RelayError::NoRoute)?;
+        if spec
+            .slaves
+            .iter()
+            .any(|s| cfg.saes.get(s).map(|e| &e.node) != Some(&dest))
+        {
+            return Err(RelayError::Unsupported(
+                "additional slaves at different nodes",
+            ));
+        }
+        let mode = self.pair_mode(&spec.master, &spec.slaves[0]);
+        let relayed_len = mode.relayed_len(spec.size_bits);
+        let need = u64::from(relayed_len) * spec.number as u64 + u64::from(AUTH_LEN);
+        let path = {
+            let topo = lock(&self.relay().topology);
+            topo.route(&cfg.node, &dest, if relayed_len == 0 { 0 } else { need })
+        }
+        .ok_or(RelayError::NoRoute)?;
+        let relay_id = *KeyId::random().as_bytes();
+        let key_ids: Vec<KeyId> = (0..spec.number).map(|_| KeyId::random()).collect();
+        let relay_key_ids: Vec<KeyId> = (0..spec.number).map(|_| KeyId::random()).collect();
+        let mut payload = Secret::zeroed(relayed_len as usize * spec.number);
+        rand::rng().fill_bytes(payload.expose_mut());
+        let ctx = e2e::Context {
+            mode: mode.clone(),
+            kme_source: cfg.kme.clone(),
+            kme_dest: self.kme_of(&dest),
+            master: spec.master.clone(),
+            slaves: spec.slaves.clone(),
+            size_bits: spec.size_bits,
+            key_ids: key_ids.clone(),
+            relay_key_ids: relay_key_ids.clone(),
+        };
+        let e2e_keys = self.inner.cfg.relay.e2e.clone();
+        let (source_state, msg1) = e2e::source_start(&e2e_keys, &ctx, &payload)?;
+        let header = pb::RelayHeader {
+            relay_id: relay_id.to_vec(),
+            path: path.iter().map(|n| n.to_string()).collect(),
+            master_sae: spec.master.to_string(),
+            slave_saes: spec.slaves.iter().map(|s| s.to_string()).collect(),
+            size_bits: spec.size_bits,
+            policy: mode.policy_name().to_string(),
+            suite: mode.suite_name().to_string(),
+            key_ids: key_ids.iter().map(|k| k.as_bytes().to_vec()).collect(),
+            relay_key_ids: relay_key_ids
+                .iter()
+                .map(|k| k.as_bytes().to_vec())
+                .collect(),
+            relayed_len,
+        };
+        let hops = (path.len() - 1) as u32;
+        let reply = self.send_hop(&header, 1, &payload, msg1, hops).await;
+        let result = async {
+            let reply = reply?;
+            let (state, msg3) = e2e::source_finish(&e2e_keys, source_state, &reply.e2e)?;
+            let ack = self
+                .forward(&relay_id, &path, 1, FORWARD_CONFIRM, msg3)
+                .await?;
+            Ok(e2e::source_ack(state, &ack.e2e)?)
+        }
+        .await;
+        match result {
+            Ok(keys) => Ok(key_ids
+                .into_iter()
+                .zip(keys)
+                .map(|(id, key)| DeliveredKey { id, key })
+                .collect()),
+            Err(e) => {
+                // Void at the destination in the background; its unreleased keys also expire.
+                let me = self.clone();
+                let path = path.clone();
+                tokio::spawn(async move {
+                    let _ = me
+                        .forward(&relay_id, &path, 1, FORWARD_VOID, Vec::new())
+                        .await;
+                });
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends the batch's keys over the hop into `header.path[hop]` and returns the end-to-end
+    /// answer that comes back from the destination.
+    fn send_hop<'a>(
+        &'a self,
+        header: &'a pb::RelayHeader,
+        hop: u32,
+        payload: &'a Secret,
+        e2e_msg: Vec<u8>,
+        hops_left: u32,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<pb::RelayReply, RelayError>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let next = NodeId::parse(
+                header
+                    .path
+                    .get(hop as usize)
+                    .ok_or(RelayError::Malformed("path"))?,
+            )
+            .map_err(|_| RelayError::Malformed("path"))?;
+            let link = self.neighbour_link(&next).ok_or(RelayError::NoRoute)?;
+            let len = payload.len() as u32;
+            let hop_id = *KeyId::random().as_bytes();
+            // Link bytes for the pad and the MAC key, taken durably before anything is sent.
+            let (all, bytes) = self.hop_key(link, hop_id, len).await?;
+            let (pad_ranges, auth_ranges) = split_ranges(&all, len);
+            let mut ciphertext = xor(payload, &bytes, len as usize);
+            if self.inner.cfg.relay.tamper_relay {
+                if let Some(b) = ciphertext.first_mut() {
+                    *b ^= 1;
+                }
+            }
+            let mut req = pb::RelayRequest {
+                header: Some(header.clone()),
+                hop,
+                hop_id: hop_id.to_vec(),
+                link_id: link.setup.id.to_string(),
+                pad: pad_ranges.iter().map(range_msg).collect(),
+                auth: auth_ranges.iter().map(range_msg).collect(),
+                ciphertext,
+                tag: Vec::new(),
+                e2e: e2e_msg,
+            };
+            // The MAC key is exposed only to key the HMAC of this one message.
+            let auth_key = &bytes.expose()[len as usize..];
+            req.tag = mac(auth_key, &req);
+            let mut client = link.setup.client.clone();
+            let mut r = tonic::Request::new(req);
+            r.set_timeout(self.inner.cfg.relay.hop_timeout * hops_left.max(1));
+            client
+                .relay(r)
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| RelayError::Hop(format!("{next}: {}", s.message())))
+        })
+    }
+
+    /// Takes fresh link key for one hop message (`len` pad bytes, then the MAC key): allocated
+    /// here if this node allocates the link, else by the neighbour. Durable before it returns.
+    async fn hop_key(
+        &self,
+        link: &LinkRt,
+        hop_id: [u8; 16],
+        len: u32,
+    ) -> Result<(Vec<Range>, Secret), RelayError> {
+        let (all, fut) = if link.allocator() {
+            let mut p = link.pool();
+            let all: Vec<Range> = p
+                .allocate(&[len, AUTH_LEN])
+                .map_err(|_| RelayError::Exhausted)?
+                .into_iter()
+                .flatten()
+                .collect();
+            let fut = self.take_read_job(&mut p, link, all.clone());
+            (all, fut)
+        } else {
+            let all = self
+                .allocate_at_neighbour(link, hop_id, len + AUTH_LEN)
+                .await?;
+            let mut p = link.pool();
+            p.take(&all).map_err(|e| {
+                RelayError::Hop(format!("neighbour allocated unusable link key: {e}"))
+            })?;
+            let fut = self.take_read_job(&mut p, link, all.clone());
+            (all, fut)
+        };
+        let bytes = fut
+            .await
+            .map_err(|_| RelayError::Store)?
+            .map_err(|_| RelayError::Store)?;
+        Ok((all, bytes))
+    }
+
+    /// Under the pool lock, after the ranges were taken in memory: queues the durable write of
+    /// the taken bytes and the read of their contents.
+    fn take_read_job(
+        &self,
+        pool: &mut LinkPool,
+        link: &LinkRt,
+        ranges: Vec<Range>,
+    ) -> impl Future<Output = Result<Result<Secret, StoreError>, StoreError>> + use<> {
+        let (metas, drained) = block_updates(pool, ranges.iter());
+        let lid = link.setup.id.clone();
+        self.inner
+            .writer
+            .run(move |tx| -> Result<Secret, StoreError> {
+                let bytes = tx.read_ranges(&lid, &ranges)?;
+                super::write_blocks(tx, &lid, &metas, &drained)?;
+                Ok(bytes)
+            })
+    }
+
+    async fn allocate_at_neighbour(
+        &self,
+        link: &LinkRt,
+        hop_id: [u8; 16],
+        len: u32,
+    ) -> Result<Vec<Range>, RelayError> {
+        let msg = pb::RelayAllocateRequest {
+            hop_id: hop_id.to_vec(),
+            link_id: link.setup.id.to_string(),
+            len,
+        };
+        let mut last = String::new();
+        for attempt in 0..3u32 {
+            let mut client = link.setup.client.clone();
+            let mut r = tonic::Request::new(msg.clone());
+            r.set_timeout(self.inner.cfg.relay.hop_timeout);
+            match client.relay_allocate(r).await {
+                Ok(reply) => {
+                    let ranges: Vec<Range> =
+                        reply.into_inner().ranges.iter().map(range_of).collect();
+                    if ranges.iter().map(|r| u64::from(r.len)).sum::<u64>() != u64::from(len) {
+                        return Err(RelayError::Malformed("allocation length"));
+                    }
+                    return Ok(ranges);
+                }
+                Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                    return Err(RelayError::Exhausted);
+                }
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                    ) =>
+                {
+                    last = s.message().to_string();
+                    tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+                }
+                Err(s) => return Err(RelayError::Hop(s.message().to_string())),
+            }
+        }
+        Err(RelayError::Hop(last))
+    }
+
+    /// Sends an end-to-end message along `path` from the node at `hop - 1` (this one).
+    fn forward<'a>(
+        &'a self,
+        relay_id: &'a [u8; 16],
+        path: &'a [NodeId],
+        hop: u32,
+        kind: u32,
+        e2e_msg: Vec<u8>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<pb::ForwardReply, RelayError>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let next = path
+                .get(hop as usize)
+                .ok_or(RelayError::Malformed("path"))?;
+            let link = self.neighbour_link(next).ok_or(RelayError::NoRoute)?;
+            let req = pb::ForwardRequest {
+                relay_id: relay_id.to_vec(),
+                path: path.iter().map(|n| n.to_string()).collect(),
+                hop,
+                kind,
+                e2e: e2e_msg,
+            };
+            let mut client = link.setup.client.clone();
+            let mut r = tonic::Request::new(req);
+            r.set_timeout(self.inner.cfg.relay.hop_timeout * (path.len() as u32 - hop).max(1));
+            client
+                .forward(r)
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| RelayError::Hop(format!("{next}: {}", s.message())))
+        })
+    }
+
+    /// Copies of link bytes for a relay, read back after a hop.
+    async fn read_back(&self, link: &LinkRt, ranges: Vec<Range>) -> Result<Secret, PeerError> {
+        let fut = {
+            let mut p = link.pool();
+            p.take(&ranges)
+                .map_err(|e| PeerError::Refused(e.to_string()))?;
+            self.take_read_job(&mut p, link, ranges)
+        };
+        Ok(fut.await??)
+    }
+
+    // ---- peer-facing ----
+
+    /// `Advertise` from a neighbour: store newer adverts.
+    pub fn on_advertise(&self, from: &NodeId, req: pb::AdvertiseRequest) -> Result<(), PeerError> {
+        if !self.inner.cfg.neighbours.contains_key(from) {
+            return Err(PeerError::Refused("not a neighbour".into()));
+        }
+        let now = self.now();
+        let mut topo = lock(&self.relay().topology);
+        for a in req.adverts {
+            let Ok(advert) = advert_of(&a) else { continue };
+            // Our own advert comes back from neighbours: ignore it.
+            if advert.origin != self.inner.cfg.node {
+                topo.update(advert, now);
+            }
+        }
+        Ok(())
+    }
+
+    /// `RelayAllocate` from a neighbour: pick link bytes for its hop to us.
+    pub async fn on_relay_allocate(
+        &self,
+        from: &NodeId,
+        req: pb::RelayAllocateRequest,
+    ) -> Result<pb::RelayAllocateReply, PeerError> {
+        let link = self.peer_link(from, &req.link_id)?;
+        if !link.allocator() {
+            return Err(PeerError::Refused(
+                "this node does not allocate the link".into(),
+            ));
+        }
+        let hop_id = super::request_id(&req.hop_id)?;
+        if let Some(a) = lock(&self.relay().hop_allocs)
+            .iter()
+            .find(|a| a.hop_id == hop_id)
+        {
+            return Ok(pb::RelayAllocateReply {
+                ranges: a.ranges.iter().map(range_msg).collect(),
+            });
+        }
+        if req.len == 0 || req.len > 1 << 24 {
+            return Err(PeerError::Malformed("length".into()));
+        }
+        let (all, fut) = {
+            let mut p = link.pool();
+            let all: Vec<Range> = p
+                .allocate(&[req.len])
+                .map_err(|e| match e {
+                    PoolError::Insufficient { .. } => PeerError::Exhausted,
+                    e => PeerError::Refused(e.to_string()),
+                })?
+                .into_iter()
+                .flatten()
+                .collect();
+            let fut = self.take_read_job(&mut p, link, all.clone());
+            (all, fut)
+        };
+        let bytes = fut.await??;
+        {
+            let mut h = lock(&self.relay().hop_allocs);
+            h.push_back(HopAlloc {
+                hop_id,
+                link: link.setup.id.clone(),
+                ranges: all.clone(),
+                bytes,
+            });
+            while h.len() > 1024 {
+                h.pop_front();
+            }
+        }
+        Ok(pb::RelayAllocateReply {
+            ranges: all.iter().map(range_msg).collect(),
+        })
+    }
+
+    /// `Relay` from a neighbour: check, decrypt, then forward or (at the destination) answer.
+    pub async fn on_relay(
+        &self,
+        from: &NodeId,
+        req: pb::RelayRequest,
+    ) -> Result<pb::RelayReply, PeerError> {
+        let header = req
+            .header
+            .clone()
+            .ok_or_else(|| PeerError::Malformed("no header".into()))?;
+        let path = parse_path(&header.path)?;
+        let hop = req.hop as usize;
+        if hop == 0
+            || hop >= path.len()
+            || path[hop] != self.inner.cfg.node
+            || &path[hop - 1] != from
+        {
+            return Err(PeerError::Refused(
+                "relay path does not run through this hop".into(),
+            ));
+        }
+        let link = self.peer_link(from, &req.link_id)?;
+        let pad: Vec<Range> = req.pad.iter().map(range_of).collect();
+        let auth: Vec<Range> = req.auth.iter().map(range_of).collect();
+        let pad_len: u64 = pad.iter().map(|r| u64::from(r.len)).sum();
+        let auth_len: u64 = auth.iter().map(|r| u64::from(r.len)).sum();
+        let expected = u64::from(header.relayed_len) * header.key_ids.len() as u64;
+        if pad_len != req.ciphertext.len() as u64
+            || pad_len != expected
+            || auth_len != u64::from(AUTH_LEN)
+        {
+            return Err(PeerError::Malformed("relay lengths".into()));
+        }
+        // The link bytes are taken whatever the outcome: the sender used them.
+        let mut all = pad.clone();
+        all.extend(auth.iter().copied());
+        let bytes = if link.allocator() {
+            // We allocated them for this hop when the sender asked, and kept their bytes.
+            let hop_id = super::request_id(&req.hop_id)?;
+            let mut h = lock(&self.relay().hop_allocs);
+            let pos = h
+                .iter()
+                .position(|a| {
+                    a.hop_id == hop_id
+                        && a.link == link.setup.id
+                        && merged(&a.ranges) == merged(&all)
+                })
+                .ok_or_else(|| {
+                    PeerError::Refused("relay names link key not allocated for this hop".into())
+                })?;
+            h.remove(pos)
+                .map(|a| a.bytes)
+                .ok_or_else(|| PeerError::Refused("hop allocation vanished".into()))?
+        } else {
+            self.read_back(link, all).await?
+        };
+        let pad_len = pad_len as usize;
+        // The MAC key is exposed only to check this one message's tag.
+        if !verify_mac(&bytes.expose()[pad_len..], &req) {
+            tracing::warn!(from = %from, link = %link.setup.id, "relay message failed authentication; dropped");
+            return Err(PeerError::Refused(
+                "relay message authentication failed".into(),
+            ));
+        }
+        let mut payload = Secret::zeroed(pad_len);
+        for (i, b) in payload.expose_mut().iter_mut().enumerate() {
+            *b = req.ciphertext[i] ^ bytes.expose()[i];
+        }
+        drop(bytes);
+        if hop + 1 == path.len() {
+            return self.accept_batch(&header, &path, &payload, &req.e2e).await;
+        }
+        let hops_left = (path.len() - 1 - hop) as u32;
+        self.send_hop(&header, req.hop + 1, &payload, req.e2e.clone(), hops_left)
+            .await
+            .map_err(|e| PeerError::Refused(e.to_string()))
+    }
+
+    /// The destination's part of a batch: derive, store unreleased, answer message 2.
+    async fn accept_batch(
+        &self,
+        header: &pb::RelayHeader,
+        path: &[NodeId],
+        payload: &Secret,
+        msg1: &[u8],
+    ) -> Result<pb::RelayReply, PeerError> {
+        let cfg = &self.inner.cfg;
+        let bad = |w: &str| PeerError::Refused(w.to_string());
+        let master =
+            SaeId::parse(&header.master_sae).map_err(|e| PeerError::Malformed(e.to_string()))?;
+        let slaves: Vec<SaeId> = header
+            .slave_saes
+            .iter()
+            .map(|s| SaeId::parse(s))
+            .collect::<Result<_, _>>()
+            .map_err(|e| PeerError::Malformed(e.to_string()))?;
+        let source = &path[0];
+        if cfg.saes.get(&master).map(|e| &e.node) != Some(source) {
+            return Err(bad("master SAE is not attached to the source node"));
+        }
+        if slaves.is_empty()
+            || !slaves
+                .iter()
+                .all(|s| self.is_local(s) && self.pair_allowed(&master, s))
+        {
+            return Err(bad("slave SAEs not attached here or not allowed to pair"));
+        }
+        let mode = self.pair_mode(&master, &slaves[0]);
+        if header.policy != mode.policy_name() || header.suite != mode.suite_name() {
+            return Err(bad(
+                "policy or suite differs from this node's configuration",
+            ));
+        }
+        let key_ids: Vec<KeyId> = header
+            .key_ids
+            .iter()
+            .map(|k| super::key_id(k))
+            .collect::<Result<_, _>>()?;
+        let relay_key_ids: Vec<KeyId> = header
+            .relay_key_ids
+            .iter()
+            .map(|k| super::key_id(k))
+            .collect::<Result<_, _>>()?;
+        let limits = cfg.limits;
+        if key_ids.is_empty()
+            || key_ids.len() != relay_key_ids.len()
+            || header.size_bits % 8 != 0
+            || header.size_bits < limits.min_key_size
+            || header.size_bits > limits.max_key_size.max(limits.key_size)
+            || header.relayed_len != mode.relayed_len(header.size_bits)
+        {
+            return Err(PeerError::Malformed("batch parameters".into()));
+        }
+        let relay_id = super::request_id(&header.relay_id)?;
+        let ctx = e2e::Context {
+            mode,
+            kme_source: self.kme_of(source),
+            kme_dest: cfg.kme.clone(),
+            master: master.clone(),
+            slaves: slaves.clone(),
+            size_bits: header.size_bits,
+            key_ids: key_ids.clone(),
+            relay_key_ids,
+        };
+        let (state, msg2) = e2e::dest_respond(&cfg.relay.e2e, &ctx, msg1, payload)
+            .map_err(|e| PeerError::Refused(e.to_string()))?;
+        let now = self.now();
+        let deadline = now + (cfg.relay.hop_timeout.as_millis() as u64) * (path.len() as u64 + 2);
+        lock(&self.relay().pending).insert(
+            relay_id,
+            Pending {
+                source: source.clone(),
+                master,
+                slaves,
+                size_bits: header.size_bits,
+                keys: key_ids,
+                state,
+                deadline,
+            },
+        );
+        Ok(pb::RelayReply { e2e: msg2 })
+    }
+
+    /// `Forward` from a neighbour: pass on, or (at the destination) confirm or void a batch.
+    pub async fn on_forward(
+        &self,
+        from: &NodeId,
+        req: pb::ForwardRequest,
+    ) -> Result<pb::ForwardReply, PeerError> {
+        let path = parse_path(&req.path)?;
+        let hop = req.hop as usize;
+        if hop == 0
+            || hop >= path.len()
+            || path[hop] != self.inner.cfg.node
+            || &path[hop - 1] != from
+        {
+            return Err(PeerError::Refused(
+                "forward path does not run through this hop".into(),
+            ));
+        }
+        let relay_id = super::request_id(&req.relay_id)?;
+        if hop + 1 < path.len() {
+            return self
+                .forward(&relay_id, &path, req.hop + 1, req.kind, req.e2e)
+                .await
+                .map_err(|e| PeerError::Refused(e.to_string()));
+        }
+        let pending = lock(&self.relay().pending).remove(&relay_id);
+        let Some(pending) = pending else {
+            return Err(PeerError::Voided);
+        };
+        if path[0] != pending.source {
+            return Err(PeerError::Refused("not the batch's source".into()));
+        }
+        if req.kind != FORWARD_CONFIRM {
+            return Ok(pb::ForwardReply { e2e: Vec::new() });
+        }
+        let (keys, ack) = e2e::dest_confirm(pending.state, &req.e2e)
+            .map_err(|e| PeerError::Refused(e.to_string()))?;
+        if keys.len() != pending.keys.len() {
+            return Err(PeerError::Refused("key count differs".into()));
+        }
+        let now = self.now();
+        let cfg = &self.inner.cfg;
+        let meta = StoredKey {
+            request: relay_id,
+            master: pending.master,
+            slaves: pending.slaves.into_iter().map(|s| (s, false)).collect(),
+            size_bits: pending.size_bits,
+            expires_at: now + cfg.relay.pool_ttl_ms + cfg.key_ttl_ms,
+            released: true,
+        };
+        let ids = pending.keys;
+        // Commit before the ack leaves: once the source has the ack it may hand the keys out.
+        self.inner
+            .writer
+            .run(move |tx| -> Result<Result<(), PeerError>, StoreError> {
+                for id in &ids {
+                    if tx.key_id_used(*id)? {
+                        return Ok(Err(PeerError::Refused(format!("key ID {id} already used"))));
+                    }
+                }
+                for (id, k) in ids.iter().zip(&keys) {
+                    tx.put_key(*id, &meta, k)?;
+                }
+                Ok(Ok(()))
+            })
+            .await???;
+        Ok(pb::ForwardReply { e2e: ack })
+    }
+
+    /// Drops batches whose confirmation never came.
+    pub(super) fn sweep_pending(&self) {
+        let now = self.now();
+        let expired: Vec<Pending> = {
+            let mut p = lock(&self.relay().pending);
+            let ids: Vec<[u8; 16]> = p
+                .iter()
+                .filter(|(_, v)| v.deadline <= now)
+                .map(|(k, _)| *k)
+                .collect();
+            ids.iter().filter_map(|k| p.remove(k)).collect()
+        };
+        for p in expired {
+            // Nothing was stored for it: dropping the state (zeroized) voids it.
+            tracing::info!(keys = p.keys.len(), source = %p.source, "voiding a relayed batch never confirmed end to end");
+        }
+    }
+
+    /// This node's advert of its own links.
+    fn own_advert(&self, statuses: &HashMap<LinkId, bool>) -> NodeAdvert {
+        let unreachable = lock(&self.relay().unreachable).clone();
+        let links = self
+            .inner
+            .links
+            .values()
+            .map(|l| LinkAdvert {
+                link: l.setup.id.clone(),
+                peer: l.setup.peer.clone(),
+                up: statuses.get(&l.setup.id).copied().unwrap_or(false)
+                    && !unreachable.contains(&l.setup.peer),
+                available_bytes: l.pool().available_bytes(),
+                secret_key_rate_bps: None,
+            })
+            .collect();
+        let mut seq = lock(&self.relay().advert_seq);
+        *seq = (*seq + 1).max(self.now());
+        NodeAdvert {
+            origin: self.inner.cfg.node.clone(),
+            seq: *seq,
+            links,
+        }
+    }
+
+    /// Runs forever: advertises links, refills pools, sweeps unconfirmed batches.
+    pub(super) async fn relay_loop(&self) {
+        let rc = &self.inner.cfg.relay;
+        let mut tick = tokio::time::interval(rc.advert_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            let mut statuses = HashMap::new();
+            for l in self.inner.links.values() {
+                let up = matches!(
+                    l.setup.source.status().await.state,
+                    qkd_hardware::LinkState::Up
+                );
+                statuses.insert(l.setup.id.clone(), up);
+            }
+            let own = self.own_advert(&statuses);
+            let now = self.now();
+            let adverts: Vec<pb::NodeAdvertMsg> = {
+                let mut topo = lock(&self.relay().topology);
+                topo.update(own, now);
+                topo.expire(now, (rc.advert_interval.as_millis() as u64) * 10);
+                topo.adverts().map(advert_msg).collect()
+            };
+            for l in self.inner.links.values() {
+                let mut client = l.setup.client.clone();
+                let mut r = tonic::Request::new(pb::AdvertiseRequest {
+                    adverts: adverts.clone(),
+                });
+                r.set_timeout(rc.advert_interval * 3);
+                let peer = l.setup.peer.clone();
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let ok = client.advertise(r).await.is_ok();
+                    let mut u = lock(&me.relay().unreachable);
+                    if ok {
+                        u.remove(&peer);
+                    } else {
+                        u.insert(peer);
+                    }
+                });
+            }
+            self.sweep_pending();
+            // Refill every pair whose master is here.
+            let cfg = &self.inner.cfg;
+            for (sae, entry) in &cfg.saes {
+                if entry.node != cfg.node {
+                    continue;
+                }
+                for peer in &entry.peers {
+                    if !self.is_local(peer) && self.pair_allowed(sae, peer) {
+                        self.kick_refill(sae.clone(), peer.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// A snapshot of the link-state database, for status pages.
+    pub fn topology(&self) -> Topology {
+        lock(&self.relay().topology).clone()
+    }
+}
+
+/// Why a relay or a batch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// No usable route (links down, or not enough link key on any path).
+    #[error("no route with enough link key")]
+    NoRoute,
+    /// Not enough link key on a hop.
+    #[error("not enough link key on a hop")]
+    Exhausted,
+    /// A hop failed or timed out.
+    #[error("relay hop failed: {0}")]
+    Hop(String),
+    /// A peer sent something malformed.
+    #[error("malformed relay message: {0}")]
+    Malformed(&'static str),
+    /// The end-to-end exchange failed (see the message).
+    #[error("end-to-end exchange: {0}")]
+    E2e(String),
+    /// Not supported (yet) in this configuration.
+    #[error("unsupported: {0}")]
+    Unsupported(&'static str),
+    /// The store failed.
+    #[error("store failure")]
+    Store,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Ranges with contiguous neighbours in one block joined, to compare two descriptions of the
+/// same bytes.
+fn merged(ranges: &[Range]) -> Vec<Range> {
+    let mut out: Vec<Range> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match out.last_mut() {
+            Some(l) if l.block_seq == r.block_seq && l.offset + l.len == r.offset => l.len += r.len,
+            _ => out.push(*r),
+        }
+    }
+    out
+}
+
+/// Splits ranges after `n` bytes.
+fn split_ranges(ranges: &[Range], n: u32) -> (Vec<Range>, Vec<Range>) {
+    let mut first = Vec::new();
+    let mut second = Vec::new();
+    let mut left = n;
+    for r in ranges {
+        if left >= r.len {
+            first.push(*r);
+            left -= r.len;
+        } else if left == 0 {
+            second.push(*r);
+        } else {
+            first.push(Range { len: left, ..*r });
+            second.push(Range {
+                offset: r.offset + left,
+                len: r.len - left,
+                ..*r
+            });
+            left = 0;
+        }
+    }
+    (first, second)
+}
+
+/// `a XOR b[..len]` as a plain byte vector (ciphertext; safe to send).
+fn xor(a: &Secret, b: &Secret, len: usize) -> Vec<u8> {
+    a.expose()
+        .iter()
+        .zip(&b.expose()[..len])
+        .map(|(x, y)| x ^ y)
+        .collect()
+}
+
+/// The MAC of a hop message: HMAC-SHA-256 over every field but the tag.
+fn mac(key: &[u8], req: &pb::RelayRequest) -> Vec<u8> {
+    let mut m = req.clone();
+    m.tag.clear();
+    let k = hmac::Key::new(hmac::HMAC_SHA256, key);
+    hmac::sign(&k, &prost::Message::encode_to_vec(&m))
+        .as_ref()
+        .to_vec()
+}
+
+fn verify_mac(key: &[u8], req: &pb::RelayRequest) -> bool {
+    let expected = mac(key, req);
+    expected.len() == req.tag.len() && bool::from(expected.ct_eq(&req.tag))
+}
+
+impl From<e2e::E2eError> for RelayError {
+    fn from(e: e2e::E2eError) -> Self {
+        RelayError::E2e(e.to_string())
+    }
+}
+
+fn parse_path(p: &[String]) -> Result<Vec<NodeId>, PeerError> {
+    if p.len() < 2 || p.len() > 64 {
+        return Err(PeerError::Malformed("path length".into()));
+    }
+    let path: Vec<NodeId> = p
+        .iter()
+        .map(|n| NodeId::parse(n))
+        .collect::<Result<_, _>>()
+        .map_err(|e| PeerError::Malformed(e.to_string()))?;
+    let distinct: BTreeSet<&NodeId> = path.iter().collect();
+    if distinct.len() != path.len() {
+        return Err(PeerError::Malformed("path repeats a node".into()));
+    }
+    Ok(path)
+}
+
+fn advert_msg(a: &NodeAdvert) -> pb::NodeAdvertMsg {
+    pb::NodeAdvertMsg {
+        origin: a.origin.to_string(),
+        seq: a.seq,
+        links: a
+            .links
+            .iter()
+            .map(|l| pb::LinkAdvertMsg {
+                link_id: l.link.to_string(),
+                peer: l.peer.to_string(),
+                up: l.up,
+                available_bytes: l.available_bytes,
+                secret_key_rate_bps: l.secret_key_rate_bps.unwrap_or(-1.0),
+            })
+            .collect(),
+    }
+}
+
+fn advert_of(m: &pb::NodeAdvertMsg) -> Result<NodeAdvert, qkd_types::IdError> {
+    Ok(NodeAdvert {
+        origin: NodeId::parse(&m.origin)?,
+        seq: m.seq,
+        links: m
+            .links
+            .iter()
+            .map(|l| {
+                Ok(LinkAdvert {
+                    link: LinkId::parse(&l.link_id)?,
+                    peer: NodeId::parse(&l.peer)?,
+                    up: l.up,
+                    available_bytes: l.available_bytes,
+                    secret_key_rate_bps: (l.secret_key_rate_bps >= 0.0)
+                        .then_some(l.secret_key_rate_bps),
+                })
+            })
+            .collect::<Result<_, qkd_types::IdError>>()?,
+    })
+}
