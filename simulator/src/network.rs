@@ -7,7 +7,9 @@
 //! report uses the widest path (largest bottleneck mean rate, then fewest hops), and gives the key
 //! that path could have delivered by each time, min over its links of their cumulative key (all
 //! of it dedicated to the pair: an upper bound when pairs share links), plus the fraction of time
-//! the pair was connected by links that were up, rerouting allowed. A path through a satellite is
+//! the pair was connected by links that were up, rerouting allowed. A second figure splits each
+//! link's key evenly between the reported pairs whose paths use it (a lower, shared-network
+//! view). A path through a satellite is
 //! the trusted-satellite XOR relay: min(K_A, K_B) (§7.5).
 //!
 //! Deterministic: the same scenario and seed give the same result, whatever the thread count.
@@ -94,6 +96,15 @@ pub struct PairSeries {
     pub cumulative_bits: Vec<u64>,
     /// Key deliverable by the end of the run, bits.
     pub total_bits: u64,
+    /// Links of the path (indices into the run's links).
+    #[serde(skip)]
+    pub path_links: Vec<usize>,
+    /// Key the path could have delivered by the end of each bucket if every link's key were
+    /// split evenly between the reported pairs whose paths use it, bits.
+    #[serde(skip)]
+    pub shared_cumulative_bits: Vec<u64>,
+    /// Key deliverable by the end of the run under that even split, bits.
+    pub shared_total_bits: u64,
     /// Fraction of time connected through up links (rerouting allowed).
     pub connected_fraction: f64,
 }
@@ -152,11 +163,12 @@ pub fn run(
             .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
             .collect()
     });
-    let pairs = scenario
+    let mut pairs: Vec<PairSeries> = scenario
         .pairs
         .iter()
         .map(|p| pair_series(scenario, links, &series, &p.a, &p.b, steps * step))
         .collect();
+    share_links(&mut pairs, &series);
     RunResult {
         name: scenario.scenario.name.clone(),
         duration_s: steps * step,
@@ -306,6 +318,29 @@ pub fn widest_path(
     Some(path)
 }
 
+/// Fills the shared-key fields: each link's key split evenly between the pairs routed over it.
+fn share_links(pairs: &mut [PairSeries], series: &[LinkSeries]) {
+    let mut users = vec![0u64; series.len()];
+    for p in pairs.iter() {
+        for &li in &p.path_links {
+            users[li] += 1;
+        }
+    }
+    let n_buckets = series.first().map_or(0, |s| s.buckets.len());
+    for p in pairs.iter_mut() {
+        p.shared_cumulative_bits = (0..n_buckets)
+            .map(|k| {
+                p.path_links
+                    .iter()
+                    .map(|&li| series[li].buckets[k].cumulative_bits / users[li].max(1))
+                    .min()
+                    .unwrap_or(0)
+            })
+            .collect();
+        p.shared_total_bits = p.shared_cumulative_bits.last().copied().unwrap_or(0);
+    }
+}
+
 fn pair_series(
     sc: &Scenario,
     links: &[BuiltLink],
@@ -360,6 +395,9 @@ fn pair_series(
             bottleneck
         },
         total_bits: cumulative.last().copied().unwrap_or(0),
+        path_links,
+        shared_cumulative_bits: Vec::new(),
+        shared_total_bits: 0,
         cumulative_bits: cumulative,
         connected_fraction: connected_fraction(sc.nodes.len(), &ends, series, ia, ib, span),
     }
@@ -460,16 +498,17 @@ impl RunResult {
         if !self.pairs.is_empty() {
             let _ = writeln!(
                 out,
-                "\n{:<36} {:>6} {:>14} {:>14} {:>10}",
-                "pair", "hops", "e2e key (bits)", "bottleneck b/s", "connected%"
+                "\n{:<36} {:>6} {:>14} {:>14} {:>14} {:>10}",
+                "pair", "hops", "e2e key (bits)", "shared (bits)", "bottleneck b/s", "connected%"
             );
             for p in &self.pairs {
                 let _ = writeln!(
                     out,
-                    "{:<36} {:>6} {:>14} {:>14.1} {:>10.1}",
+                    "{:<36} {:>6} {:>14} {:>14} {:>14.1} {:>10.1}",
                     truncate(&format!("{} <-> {}", p.a, p.b), 36),
                     p.path.len().saturating_sub(1),
                     p.total_bits,
+                    p.shared_total_bits,
                     p.bottleneck_bps,
                     100.0 * p.connected_fraction
                 );
@@ -513,11 +552,21 @@ impl RunResult {
         }
         w.flush()?;
         let mut w = csv::Writer::from_path(dir.join("pairs.csv"))?;
-        w.write_record(["t_s", "pair", "e2e_cumulative_bits"])?;
+        w.write_record([
+            "t_s",
+            "pair",
+            "e2e_cumulative_bits",
+            "e2e_shared_cumulative_bits",
+        ])?;
         for p in &self.pairs {
             let name = format!("{}<->{}", p.a, p.b);
-            for (t, c) in self.times.iter().zip(&p.cumulative_bits) {
-                w.write_record([t.to_string(), name.clone(), c.to_string()])?;
+            for ((t, c), sh) in self
+                .times
+                .iter()
+                .zip(&p.cumulative_bits)
+                .zip(&p.shared_cumulative_bits)
+            {
+                w.write_record([t.to_string(), name.clone(), c.to_string(), sh.to_string()])?;
             }
         }
         w.flush()?;

@@ -141,3 +141,40 @@ fn json_scenarios_load_like_toml() {
     let e = Scenario::load(&json).unwrap_err().to_string();
     assert!(e.contains("metro.json") && e.contains("line"), "{e}");
 }
+
+#[test]
+fn shared_links_split_key_between_pairs() {
+    let path = scenario_path("euroqci.toml");
+    let mut sc = Scenario::load(&path).unwrap();
+    sc.scenario.duration_s = 600;
+    let links = sc.build_links(&path, &|_| {}).unwrap();
+    let r = run(
+        &sc,
+        &links,
+        RunOptions {
+            aggregate_s: 60,
+            threads: 2,
+        },
+        &|_| {},
+    );
+    let mut users = vec![0u64; r.links.len()];
+    for p in &r.pairs {
+        for &li in &p.path_links {
+            users[li] += 1;
+        }
+    }
+    assert!(
+        users.iter().any(|&u| u > 1),
+        "some links carry several pairs"
+    );
+    for p in &r.pairs {
+        assert!(p.shared_total_bits <= p.total_bits);
+        let expect = p
+            .path_links
+            .iter()
+            .map(|&li| r.links[li].buckets.last().unwrap().cumulative_bits / users[li])
+            .min()
+            .unwrap();
+        assert_eq!(p.shared_total_bits, expect);
+    }
+}
