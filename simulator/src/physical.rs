@@ -182,7 +182,12 @@ impl FibreProtocol {
                 )
             }
         };
-        let key_bits = net_block_key(pa_bits, auth);
+        let auth = match (self, qber) {
+            (FibreProtocol::Lim { model, .. }, Some(q)) => auth.with_ec(&model.ec, q),
+            (FibreProtocol::Rusca { model, .. }, Some(q)) => auth.with_ec(&model.ec, q),
+            _ => *auth,
+        };
+        let key_bits = net_block_key(pa_bits, &auth);
         let abort = match qber {
             Some(q) if q > qber_abort => Some(format!(
                 "QBER {:.2} % above the abort threshold {:.2} %: possible eavesdropping, key generation stopped",

@@ -41,7 +41,8 @@ pub enum EcModel {
         frame_bits: u32,
     },
     /// Interactive Cascade, with the literature efficiency (each parity reply counted as one
-    /// bit); `f` is typically 1.05–1.2 \[M\].
+    /// bit); `f` is typically 1.05–1.2 \[M\]. Its many round trips are charged to
+    /// authentication ([`EcModel::round_trips`], [`Authentication::with_ec`]).
     Cascade {
         /// Cascade efficiency.
         f: f64,
@@ -84,6 +85,22 @@ impl EcModel {
                 // m syndrome bits reveal information on `payload` key bits.
                 Some(n * m / payload)
             }
+        }
+    }
+
+    /// Round trips over the classical channel to correct one block at QBER `e`. One-way codes
+    /// (LDPC, a fixed-efficiency model) need one. Cascade runs 4 passes with blocks of
+    /// k₁ = ⌈0.73/e⌉ bits, doubling each pass. Each pass exchanges the block parities and then
+    /// bisects the blocks with odd parity, about ⌈log₂ kᵢ⌉ round trips (Brassard–Salvail 1994).
+    pub fn round_trips(&self, e: f64) -> u32 {
+        match *self {
+            EcModel::Cascade { .. } => {
+                let k1 = (0.73 / e.max(1e-4)).ceil().max(2.0);
+                (0..4)
+                    .map(|i| 1 + (k1 * 2f64.powi(i)).log2().ceil() as u32)
+                    .sum()
+            }
+            _ => 1,
         }
     }
 
@@ -140,6 +157,15 @@ impl Authentication {
     pub fn cost_per_block(&self) -> u64 {
         u64::from(self.tag_bits) * u64::from(self.messages_per_block)
     }
+
+    /// The same with the extra messages of an interactive EC. Each round trip beyond the first
+    /// adds two authenticated messages (question and answer).
+    pub fn with_ec(&self, ec: &EcModel, qber: f64) -> Self {
+        Self {
+            messages_per_block: self.messages_per_block + 2 * (ec.round_trips(qber) - 1),
+            ..*self
+        }
+    }
 }
 
 /// Verification hash length for correctness ε_cor: ⌈log₂(1/ε_cor)⌉ bits.
@@ -183,6 +209,25 @@ mod tests {
         assert!((f - 0.1 / h2(0.005)).abs() < 1e-9);
         let ideal = EcModel::Efficiency { f: 1.0 };
         assert!((ideal.leakage(1000.0, 0.11).unwrap() - 1000.0 * h2(0.11)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn cascade_is_interactive_and_costs_authentication() {
+        let cascade = EcModel::Cascade { f: 1.1 };
+        // 2 % QBER: k1 = 37, passes of 37, 74, 148, 296 bits: 4 + 6 + 7 + 8 + 9 round trips.
+        assert_eq!(cascade.round_trips(0.02), 34);
+        assert!(cascade.round_trips(0.005) > cascade.round_trips(0.05));
+        let ldpc = EcModel::Ldpc {
+            f_crit: 1.22,
+            frame_bits: 4096,
+        };
+        assert_eq!(ldpc.round_trips(0.02), 1);
+        let auth = Authentication::default();
+        assert_eq!(auth.with_ec(&ldpc, 0.02), auth);
+        assert_eq!(
+            auth.with_ec(&cascade, 0.02).cost_per_block(),
+            40 * (2 + 2 * 33)
+        );
     }
 
     #[test]
