@@ -19,7 +19,7 @@ use std::f64::consts::LN_2;
 use serde::{Deserialize, Serialize};
 
 use super::channel::{DvHardware, ParamError, dead_time_factor, h2, lim_click, lim_error};
-use super::optimise::nelder_mead_max;
+use super::optimise::multi_start_max;
 use super::postproc::EcModel;
 
 /// Expected detection statistics of one block, per intensity `k` (index into the intensities).
@@ -379,16 +379,7 @@ impl Lim2014 {
             [0.7, 0.2, 0.65, 0.43, 0.45],
             [0.95, 0.4, 0.5, 0.6, 0.35],
         ];
-        let mut best = starts
-            .iter()
-            .map(|x0| nelder_mead_max(objective, *x0, lo, hi, 300))
-            .fold((starts[0], f64::NEG_INFINITY), |a, b| {
-                if b.1 > a.1 { b } else { a }
-            });
-        let again = nelder_mead_max(objective, best.0, lo, hi, 400);
-        if again.1 > best.1 {
-            best = again;
-        }
+        let best = multi_start_max(objective, &starts, lo, hi, 300, 400);
         let s = decode(&best.0);
         (s, self.block_key(&s, eta_sys))
     }
@@ -557,16 +548,7 @@ impl Rusca2018 {
         let hi = [1.0, 0.95, 0.95, 0.999];
         // Two starts, then the better one refined (see `Lim2014::optimise`).
         let starts = [[0.5, 0.4, 0.7, 0.85], [0.35, 0.3, 0.5, 0.7]];
-        let mut best = starts
-            .iter()
-            .map(|x0| nelder_mead_max(objective, *x0, lo, hi, 300))
-            .fold((starts[0], f64::NEG_INFINITY), |a, b| {
-                if b.1 > a.1 { b } else { a }
-            });
-        let again = nelder_mead_max(objective, best.0, lo, hi, 300);
-        if again.1 > best.1 {
-            best = again;
-        }
+        let best = multi_start_max(objective, &starts, lo, hi, 300, 300);
         let s = decode(&best.0);
         (s, self.block_key(&s, eta_sys))
     }

@@ -151,6 +151,27 @@ pub fn nelder_mead_max<const D: usize>(
     (simplex[0].0, -simplex[0].1)
 }
 
+/// Nelder–Mead from each of `starts` (`evals_each` evaluations), then `refine` more from the
+/// best point: a cheap guard against a simplex stalling on a bound or in a local optimum.
+pub fn multi_start_max<const D: usize>(
+    mut f: impl FnMut(&[f64; D]) -> f64,
+    starts: &[[f64; D]],
+    lo: [f64; D],
+    hi: [f64; D],
+    evals_each: usize,
+    refine: usize,
+) -> ([f64; D], f64) {
+    let mut best = (lo, f64::NEG_INFINITY);
+    for x0 in starts {
+        let r = nelder_mead_max(&mut f, *x0, lo, hi, evals_each);
+        if r.1 > best.1 {
+            best = r;
+        }
+    }
+    let again = nelder_mead_max(&mut f, best.0, lo, hi, refine);
+    if again.1 > best.1 { again } else { best }
+}
+
 /// Largest `x` in `[lo, hi]` with `pred(x)` true, by bisection, assuming `pred` is true at `lo`
 /// and switches to false once. Returns `lo` if `pred(lo)` is false.
 pub fn bisect_last_true(mut pred: impl FnMut(f64) -> bool, lo: f64, hi: f64, tol: f64) -> f64 {
