@@ -222,3 +222,26 @@ b = "gs-b"
         );
     }
 }
+
+#[test]
+fn cloud_cover_is_deterministic_for_a_seed() {
+    let outcome = |seed: u64| {
+        let text = DOWNLINK.replace("clear_sky_prob = 1.0", "clear_sky_prob = 0.5")
+            + &format!("seed = {seed}\nhorizon_s = 1209600\n");
+        let text = text.replacen("horizon_s = 259200\n", "", 1);
+        let spec: LinkModelSpec = toml::from_str(&text).unwrap();
+        let Built::Pass(link) = spec.build_concrete().unwrap() else {
+            panic!()
+        };
+        link.passes()
+            .iter()
+            .map(|p| p.lost.is_some())
+            .collect::<Vec<bool>>()
+    };
+    assert_eq!(outcome(1), outcome(1));
+    let patterns: std::collections::HashSet<Vec<bool>> = (1..6).map(outcome).collect();
+    assert!(
+        patterns.len() > 1,
+        "the seed changes which passes are clouded out"
+    );
+}
