@@ -11,4 +11,5 @@
 
 pub mod etsi014;
 pub mod hybrid;
+pub mod hybrid;
 pub mod peer;
