@@ -12,7 +12,6 @@
 pub mod core;
 pub mod etsi;
 pub mod hybrid;
-pub mod hybrid;
 pub mod manager;
 pub mod peer;
 pub mod pki;

@@ -11,5 +11,4 @@
 
 pub mod etsi014;
 pub mod hybrid;
-pub mod hybrid;
 pub mod peer;
