@@ -99,6 +99,27 @@ struct LinkRt {
     /// Non-allocator: release points announced by the allocator, applied only once old enough
     /// that no bind or allocation naming those blocks can still be in flight.
     releases: Mutex<std::collections::VecDeque<(u64, std::time::Instant)>>,
+    /// Relay traffic over this link since start, both directions.
+    counters: RelayCounters,
+}
+
+/// Relay traffic over one link since the node started (both directions).
+#[derive(Debug, Default)]
+struct RelayCounters {
+    messages: std::sync::atomic::AtomicU64,
+    keys: std::sync::atomic::AtomicU64,
+    pad_bytes: std::sync::atomic::AtomicU64,
+    auth_bytes: std::sync::atomic::AtomicU64,
+}
+
+impl RelayCounters {
+    fn add(&self, keys: u64, pad: u64, auth: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.messages.fetch_add(1, Relaxed);
+        self.keys.fetch_add(keys, Relaxed);
+        self.pad_bytes.fetch_add(pad, Relaxed);
+        self.auth_bytes.fetch_add(auth, Relaxed);
+    }
 }
 
 impl LinkRt {
@@ -180,6 +201,7 @@ impl KeyManager {
                     setup,
                     pool: Mutex::new(pool),
                     releases: Mutex::default(),
+                    counters: RelayCounters::default(),
                 },
             );
         }
@@ -224,6 +246,19 @@ impl KeyManager {
                     available_bytes: pool.available_bytes(),
                     stored_bytes: pool.stored_bytes(),
                     capacity_bytes: pool.capacity_bytes(),
+                    relay_messages: l
+                        .counters
+                        .messages
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                    relay_keys: l.counters.keys.load(std::sync::atomic::Ordering::Relaxed),
+                    relay_pad_bytes: l
+                        .counters
+                        .pad_bytes
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                    relay_auth_bytes: l
+                        .counters
+                        .auth_bytes
+                        .load(std::sync::atomic::Ordering::Relaxed),
                 }
             })
             .collect();
@@ -625,6 +660,14 @@ pub struct LinkLevel {
     pub stored_bytes: u64,
     /// Capacity of the pool.
     pub capacity_bytes: u64,
+    /// Relay messages over this link since start (both directions).
+    pub relay_messages: u64,
+    /// Keys relayed over this link since start.
+    pub relay_keys: u64,
+    /// Link key used as one-time pad since start: exactly the relayed key material.
+    pub relay_pad_bytes: u64,
+    /// Link key used to authenticate relay messages since start (32 bytes per message).
+    pub relay_auth_bytes: u64,
 }
 
 /// Under the pool lock, after taking `ranges`: the metadata to rewrite for the blocks they touch,

@@ -10,36 +10,30 @@ use qkd_proto::peer as pb;
 use qkd_proto::peer::peer_kms_client::PeerKmsClient;
 use qkd_proto::peer::peer_kms_server::{PeerKms, PeerKmsServer};
 use qkd_types::NodeId;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{
-    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
-};
+use std::sync::Arc;
+
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Request, Response, Status};
 
 use crate::manager::{KeyManager, PeerError};
-use crate::tls::{TlsFiles, node_id};
+use crate::tls::{TlsFiles, node_id, peer_client_config, peer_server_config};
 
 /// Errors setting up the peer channel. Caused by the operator (files, addresses).
 #[derive(Debug, thiserror::Error)]
 pub enum PeerSetupError {
-    /// A TLS file cannot be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: std::path::PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
     /// tonic refused the configuration.
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
-}
-
-fn read(path: &std::path::Path) -> Result<Vec<u8>, PeerSetupError> {
-    std::fs::read(path).map_err(|source| PeerSetupError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
+    /// The TLS material is unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// The configured server name is not a DNS name or IP address.
+    #[error("invalid server name {0:?}")]
+    ServerName(String),
 }
 
 /// The one mapping from key-manager errors to gRPC statuses.
@@ -143,42 +137,71 @@ impl PeerKms for PeerService {
     }
 }
 
-/// Serves the peer protocol on `listener` with mutual TLS until `shutdown` resolves.
+/// Serves the peer protocol on `listener` with mutual TLS 1.3 and the hybrid X25519MLKEM768 key
+/// exchange (required: classical-only clients fail the handshake) until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: &TlsFiles,
     manager: KeyManager,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), PeerSetupError> {
-    let identity = Identity::from_pem(read(&tls.cert_chain)?, read(&tls.key)?);
-    let tls_cfg = ServerTlsConfig::new()
-        .identity(identity)
-        .client_ca_root(Certificate::from_pem(read(&tls.ca)?));
-    Server::builder()
-        .tls_config(tls_cfg)?
+    let acceptor = TlsAcceptor::from(Arc::new(peer_server_config(tls)?));
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<TlsStream<TcpStream>, std::io::Error>>(64);
+    // Accept and handshake outside the gRPC server, each handshake in its own task, so that a
+    // slow or hostile client cannot hold up the others.
+    let accept = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "peer TLS handshake failed"),
+                    Err(_) => tracing::debug!("peer TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    let result = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .add_service(PeerKmsServer::new(PeerService::new(manager)))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(rx), shutdown)
+        .await;
+    accept.abort();
+    result?;
     Ok(())
 }
 
 /// A lazily connecting client of a peer node at `addr`, whose certificate must be valid for
-/// `server_name` and chain to our CA.
+/// `server_name` and chain to our CA; mutual TLS 1.3 with X25519MLKEM768 only.
 pub fn client(
     addr: SocketAddr,
     server_name: &str,
     tls: &TlsFiles,
 ) -> Result<PeerKmsClient<Channel>, PeerSetupError> {
-    let tls_cfg = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(&tls.ca)?))
-        .identity(Identity::from_pem(read(&tls.cert_chain)?, read(&tls.key)?))
-        .domain_name(server_name.to_string());
-    let channel = Endpoint::from_shared(format!("https://{addr}"))?
-        .tls_config(tls_cfg)?
+    let connector = TlsConnector::from(Arc::new(peer_client_config(tls)?));
+    let name = ServerName::try_from(server_name.to_string())
+        .map_err(|_| PeerSetupError::ServerName(server_name.to_string()))?;
+    let connect = tower::service_fn(move |_: http::Uri| {
+        let connector = connector.clone();
+        let name = name.clone();
+        async move {
+            let tcp = TcpStream::connect(addr).await?;
+            tcp.set_nodelay(true)?;
+            let tls = connector.connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    let channel = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .connect_lazy();
+        .connect_with_connector_lazy(connect);
     Ok(PeerKmsClient::new(channel))
 }

@@ -142,6 +142,62 @@ pub fn client_config(files: &TlsFiles) -> Result<ClientConfig, TlsError> {
         })
 }
 
+/// The provider of node-to-node channels: TLS 1.3 with the hybrid X25519MLKEM768 key exchange
+/// only, so that a recorded peer channel stays confidential against a quantum adversary.
+pub fn hybrid_only_provider() -> Arc<CryptoProvider> {
+    Arc::new(CryptoProvider {
+        kx_groups: vec![rustls::crypto::aws_lc_rs::kx_group::X25519MLKEM768],
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    })
+}
+
+/// The server side of the node-to-node gRPC channel: mutual TLS 1.3, X25519MLKEM768 required,
+/// ALPN `h2`.
+pub fn peer_server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
+    let provider = hybrid_only_provider();
+    let roots = Arc::new(load_roots(&files.ca)?);
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(|source| TlsError::Verifier {
+            path: files.ca.clone(),
+            source,
+        })?;
+    let chain = load_certs(&files.cert_chain)?;
+    let key = load_private_key(&files.key)?;
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(TlsError::Provider)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|source| TlsError::Config {
+            cert: files.cert_chain.clone(),
+            key: files.key.clone(),
+            source,
+        })?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(cfg)
+}
+
+/// The client side of the node-to-node gRPC channel: the same requirements as
+/// [`peer_server_config`].
+pub fn peer_client_config(files: &TlsFiles) -> Result<ClientConfig, TlsError> {
+    let roots = load_roots(&files.ca)?;
+    let chain = load_certs(&files.cert_chain)?;
+    let key = load_private_key(&files.key)?;
+    let mut cfg = ClientConfig::builder_with_provider(hybrid_only_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(TlsError::Provider)?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|source| TlsError::Config {
+            cert: files.cert_chain.clone(),
+            key: files.key.clone(),
+            source,
+        })?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(cfg)
+}
+
 /// Every PEM certificate in `path`, in file order; at least one.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bytes = read(path)?;

@@ -487,13 +487,13 @@ impl KeyManager {
             let hop_id = *KeyId::random().as_bytes();
             // Link bytes for the pad and the MAC key, taken durably before anything is sent.
             let (all, bytes) = self.hop_key(link, hop_id, len).await?;
+            link.counters.add(
+                header.key_ids.len() as u64,
+                u64::from(len),
+                u64::from(AUTH_LEN),
+            );
             let (pad_ranges, auth_ranges) = split_ranges(&all, len);
-            let mut ciphertext = xor(payload, &bytes, len as usize);
-            if self.inner.cfg.relay.tamper_relay {
-                if let Some(b) = ciphertext.first_mut() {
-                    *b ^= 1;
-                }
-            }
+            let ciphertext = xor(payload, &bytes, len as usize);
             let mut req = pb::RelayRequest {
                 header: Some(header.clone()),
                 hop,
@@ -508,6 +508,13 @@ impl KeyManager {
             // The MAC key is exposed only to key the HMAC of this one message.
             let auth_key = &bytes.expose()[len as usize..];
             req.tag = mac(auth_key, &req);
+            if self.inner.cfg.relay.tamper_relay {
+                // Test fault: the message is altered after it was authenticated, as an attacker
+                // on the wire (or a broken relay) would.
+                if let Some(b) = req.ciphertext.first_mut() {
+                    *b ^= 1;
+                }
+            }
             let mut client = link.setup.client.clone();
             let mut r = tonic::Request::new(req);
             r.set_timeout(self.inner.cfg.relay.hop_timeout * hops_left.max(1));
@@ -793,6 +800,8 @@ impl KeyManager {
             self.read_back(link, all).await?
         };
         let pad_len = pad_len as usize;
+        link.counters
+            .add(header.key_ids.len() as u64, pad_len as u64, auth_len);
         // The MAC key is exposed only to check this one message's tag.
         if !verify_mac(&bytes.expose()[pad_len..], &req) {
             tracing::warn!(from = %from, link = %link.setup.id, "relay message failed authentication; dropped");

@@ -21,17 +21,23 @@ pub struct Net {
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct Listen {
     pub etsi: std::net::SocketAddr,
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 impl Net {
     pub fn setup(rate_bps: u64) -> Net {
+        Self::setup_topology("pair", rate_bps)
+    }
+
+    /// Lays out a demo network of the given topology (`pair`, `chain5`, `mesh`, `demo`).
+    pub fn setup_topology(topology: &str, rate_bps: u64) -> Net {
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new(BIN)
             .args([
                 "demo",
                 "--setup-only",
                 "--topology",
-                "pair",
+                topology,
                 "--link-rate-bps",
                 &rate_bps.to_string(),
                 "--data-dir",
@@ -49,8 +55,15 @@ impl Net {
             procs: Default::default(),
             clients: HashMap::new(),
         };
-        for sae in ["ENC-A1", "ENC-A2", "ENC-B1", "ENC-B2"] {
-            net.clients.insert(sae.into(), net.client(sae));
+        for sae in ["ENC-A1", "ENC-A2", "ENC-B1", "ENC-B2", "ENC-C1", "ENC-E1"] {
+            if net
+                .path()
+                .join("pki")
+                .join(format!("sae-{sae}.crt"))
+                .exists()
+            {
+                net.clients.insert(sae.into(), net.client(sae));
+            }
         }
         net
     }
@@ -143,7 +156,33 @@ impl Net {
     }
 
     pub fn node_of(sae: &str) -> &'static str {
-        if sae.starts_with("ENC-A") { "A" } else { "B" }
+        ["A", "B", "C", "D", "E"]
+            .into_iter()
+            .find(|n| sae.starts_with(&format!("ENC-{n}")))
+            .unwrap_or("A")
+    }
+
+    /// Appends `line` under the `[relay]` table of a node's configuration (before starting it).
+    pub fn set_relay_option(&self, node: &str, line: &str) {
+        let p = self.path().join(node).join("node.toml");
+        let text = std::fs::read_to_string(&p).unwrap();
+        let text = text.replacen("[relay]\n", &format!("[relay]\n{line}\n"), 1);
+        std::fs::write(&p, text).unwrap();
+    }
+
+    /// The node's operator status document.
+    pub async fn status(&self, node: &str) -> serde_json::Value {
+        let l: Listen =
+            serde_json::from_slice(&std::fs::read(self.listen_file(node)).unwrap()).unwrap();
+        let url = format!("http://{}/status", l.admin.unwrap());
+        reqwest::Client::new()
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     /// GET or POST to the node of `caller`; returns status and JSON body (Null when empty).
@@ -166,7 +205,7 @@ impl Net {
 
     /// Waits until `master`'s node reports at least `n` keys for the pair.
     pub async fn wait_for_keys(&self, master: &str, slave: &str, n: u64) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let (code, st) = self.call(master, &format!("{slave}/status"), None).await;
             if code == 200 && st["stored_key_count"].as_u64().unwrap_or(0) >= n {

@@ -6,3 +6,4 @@
 mod deps;
 mod harness;
 mod network;
+mod relay;

@@ -4,3 +4,13 @@
 
 mod exchange;
 mod kat;
+
+/// The benchmark's workloads, run a few times each so the benchmark cannot rot.
+#[allow(dead_code)] // its `main` is for `cargo bench`
+#[path = "../../../benches/hybrid.rs"]
+mod bench;
+
+#[test]
+fn bench_smoke() {
+    assert!(bench::run(false).len() >= 6);
+}

@@ -1,0 +1,205 @@
+//! Multi-hop relay across real node processes: a five-node chain, a mesh with two disjoint paths
+//! and a failing middle node, and tampered relay messages.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::{Net, keys};
+
+/// Waits until every pool of every master at `nodes` is full, so that no relay is in flight.
+async fn wait_quiet(net: &Net, pairs: &[(&str, &str)]) {
+    for (m, s) in pairs {
+        net.wait_for_keys(m, s, 1024).await;
+    }
+}
+
+/// Per link, the counters both ends report.
+async fn link_counters(net: &Net, nodes: &[&str]) -> HashMap<String, Vec<Value>> {
+    let mut out: HashMap<String, Vec<Value>> = HashMap::new();
+    for n in nodes {
+        let st = net.status(n).await;
+        for l in st["links"].as_array().unwrap() {
+            out.entry(l["link"].as_str().unwrap().to_string())
+                .or_default()
+                .push(l.clone());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_node_chain_delivers_identical_keys_and_uses_one_pad_per_key_per_hop() {
+    let net = Net::setup_topology("chain5", 50_000_000);
+    for n in ["A", "B", "C", "D", "E"] {
+        net.start(n);
+    }
+    // Pools fill in both directions over the chain at once (A1->E1 and E1->A1 share links).
+    let pairs = [
+        ("ENC-A1", "ENC-E1"),
+        ("ENC-E1", "ENC-A1"),
+        ("ENC-C1", "ENC-E1"),
+        ("ENC-E1", "ENC-C1"),
+    ];
+    wait_quiet(&net, &pairs).await;
+
+    let mut seen = HashSet::new();
+    for (m, s) in pairs {
+        // Default size from the pool, and a 512-bit key derived on demand.
+        for q in ["number=5", "number=2&size=512"] {
+            let (code, body) = net.call(m, &format!("{s}/enc_keys?{q}"), None).await;
+            assert_eq!(code, 200, "{m}->{s} {q}: {body}");
+            let got = keys(&body);
+            let ids: Vec<_> = got.iter().map(|(id, _)| json!({ "key_ID": id })).collect();
+            let (code, back) = net
+                .call(s, &format!("{m}/dec_keys"), Some(json!({ "key_IDs": ids })))
+                .await;
+            assert_eq!(code, 200, "{back}");
+            assert_eq!(
+                keys(&back),
+                got,
+                "slave got other bytes than master across the chain"
+            );
+            for (_, k) in got {
+                assert!(seen.insert(k), "a key was delivered twice");
+            }
+        }
+    }
+    wait_quiet(&net, &pairs).await;
+    // Every hop used exactly 32 bytes of link key as pad per relayed key (whatever the size
+    // asked for), plus 32 bytes per message for its MAC, and both ends agree.
+    let links = link_counters(&net, &["A", "B", "C", "D", "E"]).await;
+    assert_eq!(links.len(), 4);
+    for (link, ends) in &links {
+        assert_eq!(ends.len(), 2, "{link}");
+        let keys_relayed = ends[0]["relay_keys"].as_u64().unwrap();
+        assert!(keys_relayed >= 1024, "{link} carried {keys_relayed} keys");
+        for e in ends {
+            assert_eq!(
+                e["relay_keys"], ends[0]["relay_keys"],
+                "{link}: ends disagree"
+            );
+            assert_eq!(
+                e["relay_pad_bytes"].as_u64().unwrap(),
+                32 * keys_relayed,
+                "{link}: pad bytes"
+            );
+            assert_eq!(
+                e["relay_auth_bytes"].as_u64().unwrap(),
+                32 * e["relay_messages"].as_u64().unwrap(),
+                "{link}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_middle_node_reroutes_and_never_releases_unconfirmed_keys() {
+    let net = Net::setup_topology("mesh", 50_000_000);
+    for n in ["A", "B", "C", "D", "E"] {
+        net.start(n);
+    }
+    net.wait_for_keys("ENC-A1", "ENC-E1", 1024).await;
+    // Take keys while B (on the shorter path A-B-E) dies, so that refills in flight through B
+    // fail and later ones take A-C-D-E.
+    let mut answered = Vec::new();
+    let mut killed = false;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while answered.len() < 3000 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} keys after killing B",
+            answered.len()
+        );
+        let (code, body) = net.call("ENC-A1", "ENC-E1/enc_keys?number=100", None).await;
+        if code == 200 {
+            answered.extend(keys(&body));
+        } else {
+            assert_eq!(code, 503, "{body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if !killed && answered.len() >= 500 {
+            net.kill9("B");
+            killed = true;
+        }
+    }
+    // Traffic went around B: links A-C, C-D and D-E carried relays.
+    let links = link_counters(&net, &["A", "C", "D", "E"]).await;
+    for l in ["A-C", "C-D", "D-E"] {
+        assert!(
+            links[l][0]["relay_keys"].as_u64().unwrap() > 0,
+            "{l} carried nothing"
+        );
+    }
+    // Every key A answered is at E, once, with the same bytes; nothing twice.
+    let mut ids = HashSet::new();
+    for chunk in answered.chunks(100) {
+        let want: Vec<_> = chunk
+            .iter()
+            .map(|(id, _)| json!({ "key_ID": id }))
+            .collect();
+        let (code, back) = net
+            .call(
+                "ENC-E1",
+                "ENC-A1/dec_keys",
+                Some(json!({ "key_IDs": want })),
+            )
+            .await;
+        assert_eq!(code, 200, "an answered key is missing at E: {back}");
+        assert_eq!(keys(&back), chunk.to_vec());
+        for (id, _) in chunk {
+            assert!(ids.insert(id.clone()));
+        }
+        let (code, _) = net
+            .call(
+                "ENC-E1",
+                &format!("ENC-A1/dec_keys?key_ID={}", chunk[0].0),
+                None,
+            )
+            .await;
+        assert_eq!(code, 400, "delivered twice");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_relay_messages_are_rejected_and_release_nothing() {
+    let net = Net::setup_topology("chain5", 50_000_000);
+    // C corrupts every relay message it sends.
+    net.set_relay_option("C", "test_tamper_relay = true");
+    for n in ["A", "B", "C", "D", "E"] {
+        net.start(n);
+    }
+    // A pair that does not cross C still works...
+    net.wait_for_keys("ENC-A1", "ENC-B1", 1024).await;
+    // ...while batches A1->E1 reach C, are corrupted towards D, and D refuses them.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = net.status("D").await;
+        let cd = st["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["link"] == "C-D")
+            .cloned()
+            .unwrap();
+        if cd["relay_messages"].as_u64().unwrap() >= 5 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no relay attempts reached D");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, st) = net.call("ENC-A1", "ENC-E1/status", None).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        st["stored_key_count"], 0,
+        "a batch crossing the tampering node was released"
+    );
+    assert_eq!(net.call("ENC-A1", "ENC-E1/enc_keys", None).await.0, 503);
+    // D stopped every corrupted message: it never sent a relay on to E for A1's batches, and
+    // said why.
+    assert!(
+        net.log("D").contains("failed authentication"),
+        "D did not report the forgery"
+    );
+}
