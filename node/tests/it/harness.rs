@@ -21,6 +21,7 @@ pub struct Net {
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct Listen {
     pub etsi: std::net::SocketAddr,
+    pub peer: std::net::SocketAddr,
     pub admin: Option<std::net::SocketAddr>,
 }
 
@@ -168,6 +169,11 @@ impl Net {
         let text = std::fs::read_to_string(&p).unwrap();
         let text = text.replacen("[relay]\n", &format!("[relay]\n{line}\n"), 1);
         std::fs::write(&p, text).unwrap();
+    }
+
+    /// The node's recorded addresses.
+    pub fn listen(&self, node: &str) -> Listen {
+        serde_json::from_slice(&std::fs::read(self.listen_file(node)).unwrap()).unwrap()
     }
 
     /// The node's operator status document.

@@ -211,3 +211,88 @@ async fn sigkill_during_load_loses_no_answered_key_and_duplicates_none() {
     let distinct: HashSet<_> = seen.values().collect();
     assert_eq!(distinct.len(), seen.len(), "link key reused across keys");
 }
+
+/// Opens a TLS 1.3 connection to a node's peer port offering only `groups`, presenting node
+/// A's certificate; returns the negotiated group or the handshake error.
+async fn peer_handshake(
+    net: &Net,
+    groups: Vec<&'static dyn rustls::crypto::SupportedKxGroup>,
+) -> Result<String, String> {
+    let pki = net.path().join("pki");
+    let files = qkd_kms::tls::TlsFiles {
+        cert_chain: std::fs::read_dir(&pki)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("node-A")
+                    && p.extension().is_some_and(|e| e == "crt")
+            })
+            .unwrap(),
+        key: std::fs::read_dir(&pki)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("node-A")
+                    && p.extension().is_some_and(|e| e == "key")
+            })
+            .unwrap(),
+        ca: pki.join("ca.crt"),
+    };
+    let provider = rustls::crypto::CryptoProvider {
+        kx_groups: groups,
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    };
+    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(qkd_kms::tls::load_roots(&files.ca).unwrap())
+        .with_client_auth_cert(
+            qkd_kms::tls::load_certs(&files.cert_chain).unwrap(),
+            qkd_kms::tls::load_private_key(&files.key).unwrap(),
+        )
+        .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let addr = net.listen("B").peer;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from(addr.ip().to_string()).unwrap();
+    match tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+    {
+        Ok(s) => Ok(format!(
+            "{:?}",
+            s.get_ref()
+                .1
+                .negotiated_key_exchange_group()
+                .map(|g| g.name())
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_to_node_channel_requires_hybrid_post_quantum_key_exchange() {
+    use rustls::crypto::aws_lc_rs::kx_group::{SECP256R1, X25519, X25519MLKEM768};
+    let net = Net::setup(1_000_000);
+    net.start("A");
+    net.start("B");
+    // B serves its peer port once its neighbour is known; a status answer says it is serving.
+    net.wait_for_keys("ENC-B1", "ENC-A1", 1).await;
+    let classical = peer_handshake(&net, vec![X25519, SECP256R1]).await;
+    assert!(
+        classical.is_err(),
+        "a classical-only client got through: {classical:?}"
+    );
+    let hybrid = peer_handshake(&net, vec![X25519MLKEM768])
+        .await
+        .expect("hybrid handshake");
+    assert!(hybrid.contains("X25519MLKEM768"), "{hybrid}");
+}
