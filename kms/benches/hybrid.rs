@@ -249,10 +249,9 @@ impl ExchangeFixture {
 
     /// One whole exchange (messages 1-4), both ends; returns the number of keys agreed.
     fn exchange(&self, suite: Suite, policy: Policy, n: usize) -> usize {
-        let mut rng = rand::rng();
         let qkd = || (0..n).map(|i| Secret::copy_from(&[i as u8; 32])).collect();
         let go = || -> Result<usize, qkd_kms::hybrid::HybridError> {
-            let mut rng2 = rand::rng();
+            let mut rng = rand::rng();
             let (init, m1) = Initiator::start(
                 &self.a,
                 &self.a_pins_b,
@@ -263,7 +262,7 @@ impl ExchangeFixture {
             )?;
             let (resp, m2) = ReceivedInit::parse(&m1)?
                 .verify(&self.b, &self.pinned_at_b, suite, policy)?
-                .respond(&self.b, qkd(), &mut MemoryReplayGuard::default(), &mut rng2)?;
+                .respond(&self.b, qkd(), &mut MemoryReplayGuard::default(), &mut rng)?;
             let (wait, m3) = init.handle_reply(&self.a, &m2)?;
             let (kb, pending) = resp.handle_confirm(&m3)?;
             let ka = wait.handle_ack(&pending.ack())?;

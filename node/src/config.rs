@@ -244,6 +244,13 @@ pub struct LimitsSection {
     /// Most keys per request.
     #[serde(default = "d_per_req")]
     pub max_key_per_request: u32,
+    /// Most additional slaves per request (multicast); 0 disables multicast.
+    #[serde(default = "d_sae_count")]
+    pub max_sae_id_count: u32,
+}
+
+fn d_sae_count() -> u32 {
+    8
 }
 
 fn d_key_size() -> u32 {
@@ -266,6 +273,7 @@ impl Default for LimitsSection {
             min_key_size: d_min(),
             max_key_size: d_max(),
             max_key_per_request: d_per_req(),
+            max_sae_id_count: d_sae_count(),
         }
     }
 }

@@ -200,7 +200,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
             min_key_size: cfg.limits.min_key_size,
             max_key_size: cfg.limits.max_key_size,
             max_key_per_request: cfg.limits.max_key_per_request,
-            max_sae_id_count: 0,
+            max_sae_id_count: cfg.limits.max_sae_id_count,
         },
         key_ttl_ms: cfg.node.key_ttl_seconds * 1000,
         peer_timeout: Duration::from_millis(cfg.node.peer_timeout_ms),

@@ -97,8 +97,8 @@ fn topology(name: &str) -> Result<Topology> {
         (SaeId::parse("ENC-B2")?, 1, vec!["ENC-A2"]),
     ];
     if count == 5 {
-        saes[0].2.push("ENC-E1");
-        saes.push((SaeId::parse("ENC-C1")?, 2, vec!["ENC-E1"]));
+        saes[0].2.extend(["ENC-E1", "ENC-C1"]);
+        saes.push((SaeId::parse("ENC-C1")?, 2, vec!["ENC-E1", "ENC-A1"]));
         saes.push((SaeId::parse("ENC-E1")?, 4, vec!["ENC-A1", "ENC-C1"]));
     }
     Ok(Topology { nodes, links, saes })

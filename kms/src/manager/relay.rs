@@ -41,6 +41,7 @@ const AUTH_LEN: u32 = 32;
 /// Forward kinds.
 const FORWARD_CONFIRM: u32 = 1;
 const FORWARD_VOID: u32 = 2;
+const FORWARD_DELIVER: u32 = 3;
 
 /// Relay and pool settings.
 #[derive(Debug, Clone)]
@@ -98,6 +99,17 @@ pub(super) struct RelayState {
     hop_allocs: Mutex<VecDeque<HopAlloc>>,
     /// Neighbours that did not answer the last advert.
     unreachable: Mutex<BTreeSet<NodeId>>,
+    /// Destination side: confirmed wrap batches waiting for their multicast keys.
+    wraps: Mutex<HashMap<[u8; 16], Wraps>>,
+}
+
+#[derive(Debug)]
+struct Wraps {
+    source: NodeId,
+    master: SaeId,
+    slaves: Vec<SaeId>,
+    keys: Vec<Secret>,
+    deadline: UnixMillis,
 }
 
 #[derive(Debug)]
@@ -116,6 +128,7 @@ struct PairPool {
 
 #[derive(Debug)]
 struct Pending {
+    wrap: bool,
     source: NodeId,
     master: SaeId,
     slaves: Vec<SaeId>,
@@ -132,6 +145,16 @@ struct BatchSpec {
     slaves: Vec<SaeId>,
     size_bits: u32,
     number: usize,
+    /// Keys that wrap multicast keys, never delivered themselves.
+    wrap: bool,
+}
+
+/// A finished batch.
+#[derive(Debug)]
+struct Batch {
+    keys: Vec<DeliveredKey>,
+    path: Vec<NodeId>,
+    relay_id: [u8; 16],
 }
 
 impl KeyManager {
@@ -310,8 +333,9 @@ impl KeyManager {
             slaves: vec![slave.clone()],
             size_bits: self.inner.cfg.limits.key_size,
             number: n,
+            wrap: false,
         };
-        let keys = self.run_batch(&spec).await?;
+        let keys = self.run_batch(&spec).await?.keys;
         let now = self.now();
         let meta = PoolKey {
             master: master.clone(),
@@ -345,21 +369,41 @@ impl KeyManager {
         number: usize,
         size_bits: u32,
     ) -> Result<Vec<DeliveredKey>, ServiceError> {
-        let spec = BatchSpec {
-            master: master.clone(),
-            slaves,
-            size_bits,
-            number,
-        };
-        let keys = self.run_batch(&spec).await.map_err(|e| match e {
+        let map_err = |e: RelayError| match e {
             RelayError::NoRoute | RelayError::Exhausted => ServiceError::InsufficientKeyMaterial,
             RelayError::Store => ServiceError::Storage,
             e => ServiceError::PeerUnavailable(e.to_string()),
-        })?;
+        };
+        // Slaves grouped by the node they are attached to.
+        let mut groups: std::collections::BTreeMap<NodeId, Vec<SaeId>> = Default::default();
+        for s in &slaves {
+            let node = self
+                .inner
+                .cfg
+                .saes
+                .get(s)
+                .map(|e| e.node.clone())
+                .ok_or(ServiceError::KeysNotFound)?;
+            groups.entry(node).or_default().push(s.clone());
+        }
+        let keys = if groups.len() == 1 {
+            let spec = BatchSpec {
+                master: master.clone(),
+                slaves: slaves.clone(),
+                size_bits,
+                number,
+                wrap: false,
+            };
+            self.run_batch(&spec).await.map_err(map_err)?.keys
+        } else {
+            self.multicast(master, groups, number, size_bits)
+                .await
+                .map_err(map_err)?
+        };
         let now = self.now();
         let ids: Vec<(KeyId, SaeId, SaeId)> = keys
             .iter()
-            .map(|k| (k.id, spec.master.clone(), spec.slaves[0].clone()))
+            .map(|k| (k.id, master.clone(), slaves[0].clone()))
             .collect();
         let r = self
             .inner
@@ -375,8 +419,67 @@ impl KeyManager {
         Ok(keys)
     }
 
+    /// Multicast to slaves at several nodes: one random key per output key, sealed for each
+    /// node under wrap keys from an end-to-end (hybrid) batch with that node (crypto.md §1.12).
+    async fn multicast(
+        &self,
+        master: &SaeId,
+        groups: std::collections::BTreeMap<NodeId, Vec<SaeId>>,
+        number: usize,
+        size_bits: u32,
+    ) -> Result<Vec<DeliveredKey>, RelayError> {
+        let key_ids: Vec<KeyId> = (0..number).map(|_| KeyId::random()).collect();
+        let keys: Vec<Secret> = (0..number)
+            .map(|_| {
+                let mut k = Secret::zeroed(size_bits as usize / 8);
+                rand::rng().fill_bytes(k.expose_mut());
+                k
+            })
+            .collect();
+        let deliveries = groups.into_values().map(|slaves| {
+            let spec = BatchSpec {
+                master: master.clone(),
+                slaves,
+                size_bits: 256,
+                number,
+                wrap: true,
+            };
+            let key_ids = &key_ids;
+            let keys = &keys;
+            async move {
+                let batch = self.run_batch(&spec).await?;
+                let mut sealed = Vec::with_capacity(number);
+                for ((wrap, id), k) in batch.keys.iter().zip(key_ids).zip(keys) {
+                    sealed.push(seal_multicast(&wrap.key, *id, &batch.relay_id, k)?);
+                }
+                let msg = pb::MulticastDeliver {
+                    key_ids: key_ids.iter().map(|k| k.as_bytes().to_vec()).collect(),
+                    sealed,
+                    size_bits,
+                };
+                self.forward(
+                    &batch.relay_id,
+                    &batch.path,
+                    1,
+                    FORWARD_DELIVER,
+                    prost::Message::encode_to_vec(&msg),
+                )
+                .await
+                .map(|_| ())
+            }
+        });
+        for r in futures::future::join_all(deliveries).await {
+            r?;
+        }
+        Ok(key_ids
+            .into_iter()
+            .zip(keys)
+            .map(|(id, key)| DeliveredKey { id, key })
+            .collect())
+    }
+
     /// Makes one batch end to end; returns the keys once the destination has released its copies.
-    async fn run_batch(&self, spec: &BatchSpec) -> Result<Vec<DeliveredKey>, RelayError> {
+    async fn run_batch(&self, spec: &BatchSpec) -> Result<Batch, RelayError> {
         let cfg = &self.inner.cfg;
         let dest = cfg
             .saes
@@ -431,6 +534,7 @@ impl KeyManager {
                 .map(|k| k.as_bytes().to_vec())
                 .collect(),
             relayed_len,
+            wrap: spec.wrap,
         };
         let hops = (path.len() - 1) as u32;
         let reply = self.send_hop(&header, 1, &payload, msg1, hops).await;
@@ -444,11 +548,15 @@ impl KeyManager {
         }
         .await;
         match result {
-            Ok(keys) => Ok(key_ids
-                .into_iter()
-                .zip(keys)
-                .map(|(id, key)| DeliveredKey { id, key })
-                .collect()),
+            Ok(keys) => Ok(Batch {
+                keys: key_ids
+                    .into_iter()
+                    .zip(keys)
+                    .map(|(id, key)| DeliveredKey { id, key })
+                    .collect(),
+                path,
+                relay_id,
+            }),
             Err(e) => {
                 // Void at the destination in the background; its unreleased keys also expire.
                 let me = self.clone();
@@ -896,6 +1004,7 @@ impl KeyManager {
         lock(&self.relay().pending).insert(
             relay_id,
             Pending {
+                wrap: header.wrap,
                 source: source.clone(),
                 master,
                 slaves,
@@ -932,6 +1041,9 @@ impl KeyManager {
                 .await
                 .map_err(|e| PeerError::Refused(e.to_string()));
         }
+        if req.kind == FORWARD_DELIVER {
+            return self.accept_multicast(&path[0], relay_id, &req.e2e).await;
+        }
         let pending = lock(&self.relay().pending).remove(&relay_id);
         let Some(pending) = pending else {
             return Err(PeerError::Voided);
@@ -944,6 +1056,22 @@ impl KeyManager {
         }
         let (keys, ack) = e2e::dest_confirm(pending.state, &req.e2e)
             .map_err(|e| PeerError::Refused(e.to_string()))?;
+        if pending.wrap {
+            // Wrap keys stay in memory until the multicast keys they seal arrive.
+            let deadline = self.now()
+                + self.inner.cfg.relay.hop_timeout.as_millis() as u64 * (path.len() as u64 + 2);
+            lock(&self.relay().wraps).insert(
+                relay_id,
+                Wraps {
+                    source: pending.source,
+                    master: pending.master,
+                    slaves: pending.slaves,
+                    keys,
+                    deadline,
+                },
+            );
+            return Ok(pb::ForwardReply { e2e: ack });
+        }
         if keys.len() != pending.keys.len() {
             return Err(PeerError::Refused("key count differs".into()));
         }
@@ -976,6 +1104,65 @@ impl KeyManager {
         Ok(pb::ForwardReply { e2e: ack })
     }
 
+    /// The multicast keys sealed for the slaves here under a confirmed wrap batch.
+    async fn accept_multicast(
+        &self,
+        source: &NodeId,
+        relay_id: [u8; 16],
+        msg: &[u8],
+    ) -> Result<pb::ForwardReply, PeerError> {
+        let wraps = lock(&self.relay().wraps)
+            .remove(&relay_id)
+            .ok_or(PeerError::Voided)?;
+        if &wraps.source != source {
+            return Err(PeerError::Refused("not the batch's source".into()));
+        }
+        let msg: pb::MulticastDeliver = prost::Message::decode(msg)
+            .map_err(|_| PeerError::Malformed("multicast delivery".into()))?;
+        let limits = self.inner.cfg.limits;
+        if msg.key_ids.len() != wraps.keys.len()
+            || msg.sealed.len() != wraps.keys.len()
+            || msg.size_bits % 8 != 0
+            || msg.size_bits < limits.min_key_size
+            || msg.size_bits > limits.max_key_size
+        {
+            return Err(PeerError::Malformed("multicast delivery".into()));
+        }
+        let mut out = Vec::with_capacity(wraps.keys.len());
+        for ((id, sealed), wrap) in msg.key_ids.iter().zip(&msg.sealed).zip(&wraps.keys) {
+            let id = super::key_id(id)?;
+            let key = open_multicast(wrap, id, &relay_id, sealed)
+                .filter(|k| k.len() == msg.size_bits as usize / 8)
+                .ok_or_else(|| PeerError::Refused("multicast key failed authentication".into()))?;
+            out.push((id, key));
+        }
+        let now = self.now();
+        let cfg = &self.inner.cfg;
+        let meta = StoredKey {
+            request: relay_id,
+            master: wraps.master,
+            slaves: wraps.slaves.into_iter().map(|s| (s, false)).collect(),
+            size_bits: msg.size_bits,
+            expires_at: now + cfg.key_ttl_ms,
+            released: true,
+        };
+        self.inner
+            .writer
+            .run(move |tx| -> Result<Result<(), PeerError>, StoreError> {
+                for (id, _) in &out {
+                    if tx.key_id_used(*id)? {
+                        return Ok(Err(PeerError::Refused(format!("key ID {id} already used"))));
+                    }
+                }
+                for (id, k) in &out {
+                    tx.put_key(*id, &meta, k)?;
+                }
+                Ok(Ok(()))
+            })
+            .await???;
+        Ok(pb::ForwardReply { e2e: Vec::new() })
+    }
+
     /// Drops batches whose confirmation never came.
     pub(super) fn sweep_pending(&self) {
         let now = self.now();
@@ -988,6 +1175,7 @@ impl KeyManager {
                 .collect();
             ids.iter().filter_map(|k| p.remove(k)).collect()
         };
+        lock(&self.relay().wraps).retain(|_, w| w.deadline > now);
         for p in expired {
             // Nothing was stored for it: dropping the state (zeroized) voids it.
             tracing::info!(keys = p.keys.len(), source = %p.source, "voiding a relayed batch never confirmed end to end");
@@ -1232,4 +1420,48 @@ fn advert_of(m: &pb::NodeAdvertMsg) -> Result<NodeAdvert, qkd_types::IdError> {
             })
             .collect::<Result<_, qkd_types::IdError>>()?,
     })
+}
+
+/// Seals one multicast key under a wrap key used for nothing else (so a zero nonce is unique).
+fn seal_multicast(
+    wrap: &Secret,
+    id: KeyId,
+    relay_id: &[u8; 16],
+    key: &Secret,
+) -> Result<Vec<u8>, RelayError> {
+    use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+    // The wrap key is exposed only to key AES-GCM; the multicast key only to be encrypted.
+    let k = LessSafeKey::new(
+        UnboundKey::new(&AES_256_GCM, wrap.expose())
+            .map_err(|_| RelayError::Malformed("wrap key"))?,
+    );
+    let mut buf = key.expose().to_vec();
+    k.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key([0; 12]),
+        Aad::from(multicast_aad(id, relay_id)),
+        &mut buf,
+    )
+    .map_err(|_| RelayError::Malformed("seal"))?;
+    Ok(buf)
+}
+
+fn open_multicast(wrap: &Secret, id: KeyId, relay_id: &[u8; 16], sealed: &[u8]) -> Option<Secret> {
+    use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+    let k = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, wrap.expose()).ok()?);
+    let mut buf = zeroize::Zeroizing::new(sealed.to_vec());
+    let plain = k
+        .open_in_place(
+            Nonce::assume_unique_for_key([0; 12]),
+            Aad::from(multicast_aad(id, relay_id)),
+            &mut buf,
+        )
+        .ok()?;
+    Some(Secret::copy_from(plain))
+}
+
+fn multicast_aad(id: KeyId, relay_id: &[u8; 16]) -> Vec<u8> {
+    let mut v = b"QKMS-multicast-v1".to_vec();
+    v.extend_from_slice(id.as_bytes());
+    v.extend_from_slice(relay_id);
+    v
 }

@@ -203,3 +203,33 @@ async fn tampered_relay_messages_are_rejected_and_release_nothing() {
         "D did not report the forgery"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multicast_reaches_slaves_at_two_nodes_with_identical_keys_once_each() {
+    let net = Net::setup_topology("chain5", 50_000_000);
+    for n in ["A", "B", "C", "D", "E"] {
+        net.start(n);
+    }
+    net.wait_for_keys("ENC-A1", "ENC-E1", 100).await;
+    let (code, st) = net.call("ENC-A1", "ENC-E1/status", None).await;
+    assert_eq!(code, 200);
+    assert!(st["max_SAE_ID_count"].as_u64().unwrap() >= 1, "{st}");
+    let body = json!({ "number": 3, "size": 512, "additional_slave_SAE_IDs": ["ENC-C1"] });
+    let (code, got) = net.call("ENC-A1", "ENC-E1/enc_keys", Some(body)).await;
+    assert_eq!(code, 200, "{got}");
+    let got = keys(&got);
+    assert_eq!(got.len(), 3);
+    assert!(got.iter().all(|(_, k)| k.len() == 64));
+    let ids: Vec<_> = got.iter().map(|(id, _)| json!({ "key_ID": id })).collect();
+    for slave in ["ENC-E1", "ENC-C1"] {
+        let (code, back) = net
+            .call(slave, "ENC-A1/dec_keys", Some(json!({ "key_IDs": ids })))
+            .await;
+        assert_eq!(code, 200, "{slave}: {back}");
+        assert_eq!(keys(&back), got, "{slave} got other bytes");
+        let (code, _) = net
+            .call(slave, "ENC-A1/dec_keys", Some(json!({ "key_IDs": ids })))
+            .await;
+        assert_eq!(code, 400, "{slave} fetched a multicast key twice");
+    }
+}
