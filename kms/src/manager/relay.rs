@@ -177,7 +177,7 @@ impl KeyManager {
         rc.pairs
             .get(&key)
             .cloned()
-            .unwrap_or_else(|| rc.default_mode.clone())
+            .unwrap_or(rc.default_mode)
     }
 
     /// KME ID of a node.
@@ -509,7 +509,7 @@ impl KeyManager {
         let mut payload = Secret::zeroed(relayed_len as usize * spec.number);
         rand::rng().fill_bytes(payload.expose_mut());
         let ctx = e2e::Context {
-            mode: mode.clone(),
+            mode,
             kme_source: cfg.kme.clone(),
             kme_dest: self.kme_of(&dest),
             master: spec.master.clone(),
@@ -979,7 +979,7 @@ impl KeyManager {
         let limits = cfg.limits;
         if key_ids.is_empty()
             || key_ids.len() != relay_key_ids.len()
-            || header.size_bits % 8 != 0
+            || !header.size_bits.is_multiple_of(8)
             || header.size_bits < limits.min_key_size
             || header.size_bits > limits.max_key_size.max(limits.key_size)
             || header.relayed_len != mode.relayed_len(header.size_bits)
@@ -1122,7 +1122,7 @@ impl KeyManager {
         let limits = self.inner.cfg.limits;
         if msg.key_ids.len() != wraps.keys.len()
             || msg.sealed.len() != wraps.keys.len()
-            || msg.size_bits % 8 != 0
+            || !msg.size_bits.is_multiple_of(8)
             || msg.size_bits < limits.min_key_size
             || msg.size_bits > limits.max_key_size
         {

@@ -193,12 +193,6 @@ struct KnownDeviation {
     got: u16,
 }
 
-/// The real key manager with the master's and the slave's KMEs apart: the keys wait at the
-/// slave's KME, and the master's KME keeps of them only a tombstone its store cannot read back
-/// (`Txn::key_id_used` says whether one exists, not for which pair). So `KeyManager::dec_keys`
-/// answers 400 "not found" to a master asking for its own keys at its KME, where [DECISION]
-/// §1.3 step 4 and §1.9 "Master calling dec_keys on its own keys" say 401.
-
 /// Runs the whole table against a deployment; panics listing every failing row, every known
 /// deviation that no longer fails as recorded, and every deviation that names no single row.
 async fn run_table(fx: &Fixture, deviations: &[KnownDeviation]) {
