@@ -44,6 +44,10 @@ pub struct Args {
     /// Directory in which the temporary demo network is created.
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Count each node's fsync/fdatasync calls in the window with `perf stat` (needs perf and
+    /// permission to trace syscalls).
+    #[arg(long)]
+    pub perf: bool,
 }
 
 /// Result of `qkd-bench etsi`.
@@ -61,6 +65,8 @@ pub struct Report {
     pub pair: Latency,
     pub errors: Errors,
     pub cpu: CpuUse,
+    /// With `--perf`: fsync + fdatasync calls per second of each node in the window.
+    pub syncs_per_s: Vec<(String, f64)>,
 }
 
 /// Failures over the whole run (warm-up included).
@@ -117,6 +123,12 @@ impl Report {
             println!("  e.g. {s}");
         }
         self.cpu.print();
+        for (node, n) in &self.syncs_per_s {
+            println!(
+                "{node}: {n:.0} fsync+fdatasync/s ({:.2} per key pair)",
+                n / self.pairs_per_s.max(1e-9)
+            );
+        }
     }
 
     /// Fails the run if any key pair did not match (a correctness failure, not a slow run).
@@ -193,8 +205,24 @@ pub async fn run(args: &Args) -> Result<Report> {
     ];
     tokio::time::sleep_until(warm_end.into()).await;
     let cpu0 = CpuSnapshot::take(&procs);
+    let perf: Vec<(String, std::process::Child)> = if args.perf {
+        ["A", "B"]
+            .iter()
+            .map(|n| Ok((format!("node {n}"), count_syncs(net.pid(n), args.duration)?)))
+            .collect::<Result<_>>()?
+    } else {
+        Vec::new()
+    };
     tokio::time::sleep_until(stop.into()).await;
     let cpu = cpu0.until(&CpuSnapshot::take(&procs));
+    let mut syncs_per_s = Vec::new();
+    for (node, child) in perf {
+        let out = child.wait_with_output()?;
+        syncs_per_s.push((
+            node,
+            perf_total(&String::from_utf8_lossy(&out.stderr))? / args.duration.as_secs_f64(),
+        ));
+    }
 
     let mut enc = Samples::default();
     let mut dec = Samples::default();
@@ -230,7 +258,38 @@ pub async fn run(args: &Args) -> Result<Report> {
         pair,
         errors,
         cpu,
+        syncs_per_s,
     })
+}
+
+/// Syscalls that make data durable, counted by `perf stat`.
+const SYNC_EVENTS: &str = "syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync";
+
+/// Starts `perf stat` counting `pid`'s sync calls for `window`.
+fn count_syncs(pid: u32, window: Duration) -> Result<std::process::Child> {
+    Command::new("perf")
+        .args(["stat", "-x", ",", "-e", SYNC_EVENTS, "-p"])
+        .arg(pid.to_string())
+        .arg("--")
+        .arg("sleep")
+        .arg(format!("{:.3}", window.as_secs_f64()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting `perf stat` (is perf installed?)")
+}
+
+/// Sum of the counts of `perf stat -x ,` output.
+fn perf_total(csv: &str) -> Result<f64> {
+    let counts: Vec<f64> = csv
+        .lines()
+        .filter(|l| l.contains("sys_enter_f"))
+        .filter_map(|l| l.split(',').next()?.trim().parse().ok())
+        .collect();
+    if counts.is_empty() {
+        bail!("`perf stat` counted nothing (no permission to trace syscalls?):\n{csv}");
+    }
+    Ok(counts.iter().sum())
 }
 
 /// An allowed SAE pair and the PEM (certificate + key) of each side.
@@ -476,7 +535,7 @@ impl Network {
             while !net.listen_file(node).exists() {
                 net.check_alive()?;
                 if Instant::now() > deadline {
-                    bail!("node {node} did not start:\n{}", net.log(node));
+                    bail!("node {node} did not start:\n{}", tail(&net.log(node)));
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -504,7 +563,7 @@ impl Network {
         for i in 0..self.nodes.len() {
             if let Some(st) = self.nodes[i].1.try_wait()? {
                 let node = self.nodes[i].0.clone();
-                bail!("node {node} exited ({st}):\n{}", self.log(&node));
+                bail!("node {node} exited ({st}):\n{}", tail(&self.log(&node)));
             }
         }
         Ok(())
@@ -551,8 +610,18 @@ impl Network {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        bail!("no key material at node A after 60 s (last status: {last})")
+        bail!(
+            "no key material at node A after 60 s (last status: {last})\nnode A log:\n{}\nnode B log:\n{}",
+            tail(&self.log("A")),
+            tail(&self.log("B"))
+        )
     }
+}
+
+/// The last lines of a log.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 impl Drop for Network {
@@ -561,5 +630,19 @@ impl Drop for Network {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn perf_csv_is_summed() {
+        let csv = "1200,,syscalls:sys_enter_fsync,10001,100.00,,\n\
+                   34,,syscalls:sys_enter_fdatasync,10001,100.00,,\n";
+        assert_eq!(perf_total(csv).unwrap(), 1234.0);
+        assert!(perf_total("<not supported>,,syscalls:sys_enter_fsync").is_err());
     }
 }

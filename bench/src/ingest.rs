@@ -71,6 +71,8 @@ pub struct Report {
     pub writer_busy_in_ops_percent: f64,
     /// Size of the store file at the end, in MiB.
     pub store_file_mib: f64,
+    /// Bytes this process sent to the disk per byte of key material (`/proc/self/io`).
+    pub write_amplification: f64,
 }
 
 impl Report {
@@ -96,13 +98,17 @@ impl Report {
             self.max_ops_per_commit
         );
         println!(
-            "writer thread inside operations (seal + insert): {:.0}% of wall time; store file {:.0} MiB",
-            self.writer_busy_in_ops_percent, self.store_file_mib
+            "writer thread inside operations (seal + insert): {:.0}% of wall time",
+            self.writer_busy_in_ops_percent
+        );
+        println!(
+            "store file {:.0} MiB; {:.2} bytes written to disk per byte of key",
+            self.store_file_mib, self.write_amplification
         );
     }
 }
 
-/// When one operation ran on the writer thread, and how many bytes it stored.
+/// When one operation ran on the writer thread.
 #[derive(Debug, Clone, Copy)]
 struct OpSpan {
     start: Instant,
@@ -136,6 +142,7 @@ pub async fn run(args: &Args) -> Result<Report> {
     let next = Arc::new(AtomicU64::new(0));
     let spans: Arc<Mutex<Vec<OpSpan>>> = Arc::new(Mutex::new(Vec::new()));
 
+    let written0 = crate::measure::write_bytes(std::process::id());
     let start = Instant::now();
     let mut producers = tokio::task::JoinSet::new();
     for _ in 0..args.inflight {
@@ -196,6 +203,7 @@ pub async fn run(args: &Args) -> Result<Report> {
     }
     let seconds = start.elapsed().as_secs_f64();
     drop(writer);
+    let written = crate::measure::write_bytes(std::process::id()).saturating_sub(written0);
 
     let spans = spans.lock().map(|s| s.clone()).unwrap_or_default();
     let batches = batches(&spans);
@@ -219,6 +227,7 @@ pub async fn run(args: &Args) -> Result<Report> {
         mean_mib_per_commit: bytes as f64 / commits.max(1) as f64 / 1048576.0,
         writer_busy_in_ops_percent: busy.as_secs_f64() / seconds * 100.0,
         store_file_mib,
+        write_amplification: written as f64 / bytes as f64,
     })
 }
 

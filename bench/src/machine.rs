@@ -16,6 +16,8 @@ pub struct Machine {
     pub ram_mib: u64,
     /// Kernel release.
     pub kernel: String,
+    /// 1-minute load average when the run started: other work sharing the cores skews results.
+    pub load_avg_1m: f64,
 }
 
 impl Machine {
@@ -35,19 +37,24 @@ impl Machine {
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "unknown".into());
+        let load_avg_1m = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
         Self {
             cpu_model,
             cores,
             ram_mib,
             kernel,
+            load_avg_1m,
         }
     }
 
     /// Prints the one-paragraph header of a human-readable report.
     pub fn print(&self) {
         println!(
-            "machine: {}, {} cores, {} MiB RAM, Linux {}",
-            self.cpu_model, self.cores, self.ram_mib, self.kernel
+            "machine: {}, {} cores, {} MiB RAM, Linux {}, load average {:.2} at start",
+            self.cpu_model, self.cores, self.ram_mib, self.kernel, self.load_avg_1m
         );
         println!("load generator: {LOAD_GENERATOR}");
         println!();

@@ -62,6 +62,9 @@ pub struct CpuSnapshot {
     at: Instant,
     /// Per labelled process: total ticks and ticks per thread name.
     procs: Vec<(String, u64, BTreeMap<String, u64>)>,
+    /// Per labelled process: nanoseconds its threads spent runnable but waiting for a CPU, and
+    /// bytes it caused to be written to storage.
+    waits: Vec<(u64, u64)>,
     /// Machine-wide (busy, total) ticks from `/proc/stat`, summed over all CPUs.
     machine: (u64, u64),
 }
@@ -81,6 +84,10 @@ impl CpuSnapshot {
                     )
                 })
                 .collect(),
+            waits: procs
+                .iter()
+                .map(|(_, pid)| (runqueue_wait_ns(*pid), write_bytes(*pid)))
+                .collect(),
             machine: machine_ticks().unwrap_or((0, 0)),
         }
     }
@@ -94,7 +101,8 @@ impl CpuSnapshot {
             .procs
             .iter()
             .zip(&end.procs)
-            .map(|((label, t0, th0), (_, t1, th1))| {
+            .zip(self.waits.iter().zip(&end.waits))
+            .map(|(((label, t0, th0), (_, t1, th1)), ((w0, b0), (w1, b1)))| {
                 let mut threads: Vec<(String, f64)> = th1
                     .iter()
                     .map(|(name, t)| {
@@ -109,6 +117,8 @@ impl CpuSnapshot {
                 ProcessCpu {
                     label: label.clone(),
                     percent_of_one_core: pct(t1.saturating_sub(*t0)),
+                    runqueue_wait_percent: w1.saturating_sub(*w0) as f64 / 1e9 / wall * 100.0,
+                    disk_write_mb_per_s: b1.saturating_sub(*b0) as f64 / 1e6 / wall,
                     threads,
                 }
             })
@@ -140,6 +150,11 @@ pub struct ProcessCpu {
     pub label: String,
     /// User + system time as a share of one core (200 = two cores busy).
     pub percent_of_one_core: f64,
+    /// Time its threads were runnable but not running (waiting for a CPU taken by someone
+    /// else), as a share of the window summed over threads: CPU starvation, not CPU use.
+    pub runqueue_wait_percent: f64,
+    /// `write_bytes` of `/proc/<pid>/io` per second: what it sent to the disk.
+    pub disk_write_mb_per_s: f64,
     /// The same per thread name (threads of one name summed), busiest first.
     pub threads: Vec<(String, f64)>,
 }
@@ -147,7 +162,7 @@ pub struct ProcessCpu {
 impl CpuUse {
     /// Prints one line per process.
     pub fn print(&self) {
-        println!("cpu (% of one core, user+system):");
+        println!("cpu (% of one core; run-queue wait = runnable but no CPU; disk writes):");
         for p in &self.processes {
             let threads: Vec<String> = p
                 .threads
@@ -156,14 +171,16 @@ impl CpuUse {
                 .map(|(n, v)| format!("{n} {v:.0}"))
                 .collect();
             println!(
-                "  {:<16} {:>6.1}   [{}]",
+                "  {:<16} cpu {:>6.1}  wait {:>6.1}  write {:>7.1} MB/s  [{}]",
                 p.label,
                 p.percent_of_one_core,
+                p.runqueue_wait_percent,
+                p.disk_write_mb_per_s,
                 threads.join(", ")
             );
         }
         println!(
-            "  machine busy     {:>6.1}%  of all cores",
+            "  machine busy         {:>6.1}% of all cores (anyone's work)",
             self.machine_busy_percent
         );
     }
@@ -202,6 +219,29 @@ fn thread_ticks(pid: u32) -> BTreeMap<String, u64> {
         }
     }
     out
+}
+
+/// Sum over `pid`'s threads of the second field of `schedstat`: time runnable but waiting.
+fn runqueue_wait_ns(pid: u32) -> u64 {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    dir.flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// `write_bytes` of `/proc/<pid>/io` (0 where it cannot be read).
+pub fn write_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("write_bytes:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// (busy, total) ticks of the first line of `/proc/stat`.

@@ -25,11 +25,17 @@ fn bench(args: &[&str]) -> Value {
     v["report"].clone()
 }
 
-/// The `qkd-node` binary of the same target directory and profile, built if needed (a test of
-/// this package alone does not build another package's binary).
+/// The `qkd-node` binary of the same target directory and profile. `cargo test --workspace` (the
+/// README's test command) builds it with the same features as this test; a test of this package
+/// alone does not build another package's binary, so it is built here when missing. Building it
+/// unconditionally would select other features than the outer build and rebuild it every time.
 fn node_bin() -> PathBuf {
     let exe = PathBuf::from(BENCH);
     let profile_dir = exe.parent().unwrap();
+    let bin = profile_dir.join("qkd-node");
+    if bin.is_file() {
+        return bin;
+    }
     let target_dir = profile_dir.parent().unwrap();
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -51,7 +57,6 @@ fn node_bin() -> PathBuf {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let bin = profile_dir.join("qkd-node");
     assert!(bin.is_file(), "no {}", bin.display());
     bin
 }
