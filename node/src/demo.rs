@@ -475,6 +475,25 @@ fn print_next_steps(d: &DemoDescription, json: &Path) {
         a1.key_file.display(),
         na.etsi_base_url
     );
+    if let (Some(e1), Some(ne)) = (sae("ENC-E1"), node("E")) {
+        println!();
+        println!(
+            "3. A key relayed across the trusted nodes A-B-(C)-D-E and hybridised end to end (ML-KEM-768 + X25519):"
+        );
+        println!();
+        println!(
+            "KEY_ID=$(curl -s --cacert {ca} --cert {} --key {} '{}ENC-E1/enc_keys' | tee /dev/stderr | sed -n 's/.*\"key_ID\": *\"\\([^\"]*\\)\".*/\\1/p'); echo",
+            a1.cert_file.display(),
+            a1.key_file.display(),
+            na.etsi_base_url
+        );
+        println!(
+            "curl -s --cacert {ca} --cert {} --key {} \"{}ENC-A1/dec_keys?key_ID=$KEY_ID\"; echo",
+            e1.cert_file.display(),
+            e1.key_file.display(),
+            ne.etsi_base_url
+        );
+    }
     println!();
     println!("Press Ctrl-C to stop the network.");
 }
