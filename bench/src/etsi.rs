@@ -500,7 +500,7 @@ impl Network {
     fn start(bin: &Path, args: &Args) -> Result<Self> {
         let dir = crate::scratch_dir(args.dir.as_deref(), "qkd-bench-")?;
         let out = Command::new(bin)
-            .args(["demo", "--setup-only", "--link-rate-bps"])
+            .args(["demo", "--setup-only", "--topology", "pair", "--link-rate-bps"])
             .arg(args.link_rate_bps.to_string())
             .arg("--data-dir")
             .arg(dir.path())
