@@ -188,6 +188,8 @@ fn available_suites() -> Vec<Suite> {
 
 #[test]
 fn both_ends_derive_identical_keys_for_every_suite_and_policy() {
+    let expected = if cfg!(feature = "oqs") { 6 } else { 3 };
+    assert_eq!(available_suites().len(), expected);
     for suite in available_suites() {
         for policy in Policy::ALL {
             for n in [1, 3] {
