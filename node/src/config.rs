@@ -347,7 +347,7 @@ pub enum SourceSection {
 }
 
 fn d_block_bits() -> u32 {
-    65536
+    524_288
 }
 
 /// `[[sae]]`.

@@ -204,7 +204,9 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         },
         key_ttl_ms: cfg.node.key_ttl_seconds * 1000,
         peer_timeout: Duration::from_millis(cfg.node.peer_timeout_ms),
-        tombstone_retention_ms: 30 * 86_400_000,
+        // Tombstones answer a master asking for its own keys (within the key TTL) and keep key IDs
+        // unique while their keys could still be around: pool TTL plus key TTL covers both.
+        tombstone_retention_ms: (cfg.relay.pool_ttl_seconds + cfg.node.key_ttl_seconds) * 1000,
         relay: relay_config(&cfg)?,
     };
     let manager = KeyManager::new(mcfg, clock.clone(), writer, setups, recovered);

@@ -42,6 +42,9 @@ pub struct DemoArgs {
     /// Protection of every pair: `qkd+pq` (default), `QKD+PQ`, `pq-only` or `qkd-only`.
     #[arg(long, default_value = "qkd+pq")]
     pub policy: String,
+    /// Finished keys each node keeps ready per SAE pair.
+    #[arg(long, default_value_t = 1024)]
+    pub pool_keys: u32,
 }
 
 /// One node of the demo topology.
@@ -152,7 +155,13 @@ pub struct DemoSaeOut {
 }
 
 /// Writes PKI, seeds and configurations (only what is missing). Returns config paths per node.
-fn setup(dir: &Path, topo: &Topology, rate: u64, policy: &str) -> Result<(DemoPki, Vec<PathBuf>)> {
+fn setup(
+    dir: &Path,
+    topo: &Topology,
+    rate: u64,
+    policy: &str,
+    pool_keys: u32,
+) -> Result<(DemoPki, Vec<PathBuf>)> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     let pki = DemoPki::create(&dir.join("pki"))?;
@@ -234,7 +243,7 @@ fn setup(dir: &Path, topo: &Topology, rate: u64, policy: &str) -> Result<(DemoPk
         )?;
         writeln!(
             t,
-            "[relay]\ndefault_policy = \"{policy}\"\ndefault_suite = \"X25519/ML-KEM-768\"\npool_keys = 1024\nbatch_keys = 64\n"
+            "[relay]\ndefault_policy = \"{policy}\"\ndefault_suite = \"X25519/ML-KEM-768\"\npool_keys = {pool_keys}\nbatch_keys = 64\n"
         )?;
         for (j, other) in topo.nodes.iter().enumerate() {
             if j != i {
@@ -272,7 +281,7 @@ fn setup(dir: &Path, topo: &Topology, rate: u64, policy: &str) -> Result<(DemoPk
             )?;
             writeln!(
                 t,
-                "capacity_bytes = {}\n[link.source]\nkind = \"simulated\"\nblock_bits = 65536\nstart_unix_ms = {start_ms}",
+                "capacity_bytes = {}\n[link.source]\nkind = \"simulated\"\nblock_bits = 524288\nstart_unix_ms = {start_ms}",
                 16 << 20
             )?;
             writeln!(
@@ -300,7 +309,13 @@ fn setup(dir: &Path, topo: &Topology, rate: u64, policy: &str) -> Result<(DemoPk
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> Result<()> {
     let topo = topology(&args.topology)?;
-    let (pki, configs) = setup(&args.data_dir, &topo, args.link_rate_bps, &args.policy)?;
+    let (pki, configs) = setup(
+        &args.data_dir,
+        &topo,
+        args.link_rate_bps,
+        &args.policy,
+        args.pool_keys,
+    )?;
     let dir = args.data_dir.canonicalize()?;
     if args.setup_only {
         println!("demo configuration written under {}", dir.display());

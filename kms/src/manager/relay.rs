@@ -174,10 +174,7 @@ impl KeyManager {
         } else {
             (b.clone(), a.clone())
         };
-        rc.pairs
-            .get(&key)
-            .cloned()
-            .unwrap_or(rc.default_mode)
+        rc.pairs.get(&key).cloned().unwrap_or(rc.default_mode)
     }
 
     /// KME ID of a node.
@@ -369,10 +366,15 @@ impl KeyManager {
         number: usize,
         size_bits: u32,
     ) -> Result<Vec<DeliveredKey>, ServiceError> {
-        let map_err = |e: RelayError| match e {
-            RelayError::NoRoute | RelayError::Exhausted => ServiceError::InsufficientKeyMaterial,
-            RelayError::Store => ServiceError::Storage,
-            e => ServiceError::PeerUnavailable(e.to_string()),
+        let map_err = |e: RelayError| {
+            tracing::warn!(%master, error = %e, "on-demand keys failed");
+            match e {
+                RelayError::NoRoute | RelayError::Exhausted => {
+                    ServiceError::InsufficientKeyMaterial
+                }
+                RelayError::Store => ServiceError::Storage,
+                e => ServiceError::PeerUnavailable(e.to_string()),
+            }
         };
         // Slaves grouped by the node they are attached to.
         let mut groups: std::collections::BTreeMap<NodeId, Vec<SaeId>> = Default::default();
@@ -1227,7 +1229,7 @@ impl KeyManager {
             let adverts: Vec<pb::NodeAdvertMsg> = {
                 let mut topo = lock(&self.relay().topology);
                 topo.update(own, now);
-                topo.expire(now, (rc.advert_interval.as_millis() as u64) * 10);
+                topo.expire(now, (rc.advert_interval.as_millis() as u64) * 20);
                 topo.adverts().map(advert_msg).collect()
             };
             for l in self.inner.links.values() {
@@ -1235,7 +1237,7 @@ impl KeyManager {
                 let mut r = tonic::Request::new(pb::AdvertiseRequest {
                     adverts: adverts.clone(),
                 });
-                r.set_timeout(rc.advert_interval * 3);
+                r.set_timeout(rc.hop_timeout.max(rc.advert_interval * 3));
                 let peer = l.setup.peer.clone();
                 let me = self.clone();
                 tokio::spawn(async move {

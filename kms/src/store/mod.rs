@@ -37,6 +37,10 @@ const BLOCK_DATA: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("bl
 const KEYS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("keys");
 const TOMBSTONES: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("tombstones");
 const POOL: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("pool");
+/// Waiting keys ordered by expiry, so expiry is a range scan over only what expires.
+const KEY_EXPIRY: TableDefinition<(u64, [u8; 16]), ()> = TableDefinition::new("key_expiry");
+/// Tombstones ordered by time, so pruning is a range scan over only what is pruned.
+const TOMB_TIME: TableDefinition<(u64, [u8; 16]), ()> = TableDefinition::new("tombstone_time");
 
 /// Schema version written into `meta`.
 const SCHEMA_VERSION: u64 = 1;
@@ -209,6 +213,7 @@ impl Store {
             }
         }
         // Re-encrypt waiting keys.
+        let mut dropped_expiry = Vec::new();
         {
             let mut keys = tx.open_table(KEYS)?;
             let mut rewrites = Vec::new();
@@ -223,6 +228,7 @@ impl Store {
                     // Its batch's end-to-end confirmation lived in memory and is gone: the
                     // slave never gets this key.
                     rewrites.push((k.value(), None));
+                    dropped_expiry.push((meta.expires_at, k.value()));
                     continue;
                 }
                 let aad = key_aad(id, &meta);
@@ -241,6 +247,12 @@ impl Store {
                         keys.remove(k)?;
                     }
                 }
+            }
+        }
+        {
+            let mut idx = tx.open_table(KEY_EXPIRY)?;
+            for k in dropped_expiry {
+                idx.remove(k)?;
             }
         }
         // Re-encrypt pool keys and list them.
@@ -457,6 +469,9 @@ impl Txn<'_> {
         self.tx
             .open_table(KEYS)?
             .insert(*id.as_bytes(), encode_key(meta, &sealed).as_slice())?;
+        self.tx
+            .open_table(KEY_EXPIRY)?
+            .insert((meta.expires_at, *id.as_bytes()), ())?;
         Ok(())
     }
 
@@ -499,6 +514,9 @@ impl Txn<'_> {
         now: UnixMillis,
     ) -> Result<(), StoreError> {
         self.tx.open_table(KEYS)?.remove(*id.as_bytes())?;
+        self.tx
+            .open_table(KEY_EXPIRY)?
+            .remove((meta.expires_at, *id.as_bytes()))?;
         self.put_tombstone(id, &meta.master, meta.slaves.first().map(|s| &s.0), now)
     }
 
@@ -515,9 +533,21 @@ impl Txn<'_> {
             .u64(now)
             .str(master.as_str())
             .str(slave.map_or("", |s| s.as_str()));
-        self.tx
+        let old = self
+            .tx
             .open_table(TOMBSTONES)?
-            .insert(*id.as_bytes(), w.0.as_slice())?;
+            .insert(*id.as_bytes(), w.0.as_slice())?
+            .map(|v| v.value().to_vec());
+        if let Some(old) = old {
+            let mut r = R(&old);
+            r.u8()?;
+            self.tx
+                .open_table(TOMB_TIME)?
+                .remove((r.u64()?, *id.as_bytes()))?;
+        }
+        self.tx
+            .open_table(TOMB_TIME)?
+            .insert((now, *id.as_bytes()), ())?;
         Ok(())
     }
 
@@ -561,7 +591,12 @@ impl Txn<'_> {
 
     /// Erases a waiting key without a tombstone (an unconfirmed batch's key, never fetchable).
     pub fn drop_key(&mut self, id: KeyId) -> Result<(), StoreError> {
-        self.tx.open_table(KEYS)?.remove(*id.as_bytes())?;
+        if let Some(meta) = self.key_meta(id)? {
+            self.tx.open_table(KEYS)?.remove(*id.as_bytes())?;
+            self.tx
+                .open_table(KEY_EXPIRY)?
+                .remove((meta.expires_at, *id.as_bytes()))?;
+        }
         Ok(())
     }
 
@@ -585,48 +620,46 @@ impl Txn<'_> {
         Ok(Some((at, master, slave)))
     }
 
-    /// Waiting keys whose expiry is at or before `now`.
+    /// Waiting keys whose expiry is at or before `now` (at most `limit`).
     pub fn expired_keys(
         &self,
         now: UnixMillis,
         limit: usize,
     ) -> Result<Vec<(KeyId, StoredKey)>, StoreError> {
-        let t = self.tx.open_table(KEYS)?;
+        let idx = self.tx.open_table(KEY_EXPIRY)?;
         let mut out = Vec::new();
-        for entry in t.iter()? {
-            let (k, v) = entry?;
-            let (meta, _) = decode_key(v.value())?;
-            if meta.expires_at <= now {
-                out.push((KeyId::from_bytes(k.value()), meta));
-                if out.len() >= limit {
-                    break;
-                }
-            }
+        for entry in idx.range(..=(now, [0xff; 16]))?.take(limit) {
+            let (k, _) = entry?;
+            let (_, id) = k.value();
+            let id = KeyId::from_bytes(id);
+            let meta = self
+                .key_meta(id)?
+                .ok_or(StoreError::Corrupt("expiry index names no key"))?;
+            out.push((id, meta));
         }
         Ok(out)
     }
 
-    /// Erases tombstones older than `before` (they only guard against key-ID reuse).
+    /// Erases tombstones written before `before` (at most `limit`); they only guard against
+    /// key-ID reuse and answer a master asking for its own keys within their TTL.
     pub fn prune_tombstones(
         &mut self,
         before: UnixMillis,
         limit: usize,
     ) -> Result<usize, StoreError> {
-        let mut t = self.tx.open_table(TOMBSTONES)?;
-        let mut old = Vec::new();
-        for entry in t.iter()? {
-            let (k, v) = entry?;
-            let mut r = R(v.value());
-            r.u8()?;
-            if r.u64()? < before {
-                old.push(k.value());
-                if old.len() >= limit {
-                    break;
-                }
+        let old: Vec<(u64, [u8; 16])> = {
+            let idx = self.tx.open_table(TOMB_TIME)?;
+            let mut v = Vec::new();
+            for entry in idx.range(..(before, [0u8; 16]))?.take(limit) {
+                v.push(entry?.0.value());
             }
-        }
+            v
+        };
+        let mut idx = self.tx.open_table(TOMB_TIME)?;
+        let mut t = self.tx.open_table(TOMBSTONES)?;
         for k in &old {
-            t.remove(*k)?;
+            idx.remove(*k)?;
+            t.remove(k.1)?;
         }
         Ok(old.len())
     }
@@ -811,4 +844,129 @@ fn decode_key(v: &[u8]) -> Result<(StoredKey, Sealed), StoreError> {
         },
         sealed,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::vault::FileKek;
+
+    fn open(dir: &Path) -> (Store, Recovered) {
+        let kek = FileKek::open(&dir.join("keys"), 1_000, 86_400_000).unwrap();
+        Store::open(&dir.join("store.redb"), &kek).unwrap()
+    }
+
+    fn sae(s: &str) -> SaeId {
+        SaeId::parse(s).unwrap()
+    }
+
+    fn waiting(expires_at: u64) -> StoredKey {
+        StoredKey {
+            request: [7; 16],
+            master: sae("M"),
+            slaves: vec![(sae("S"), false)],
+            size_bits: 256,
+            expires_at,
+            released: true,
+        }
+    }
+
+    #[test]
+    fn blocks_keys_and_pool_survive_reopen_under_a_new_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+        let link = LinkId::parse("A-B").unwrap();
+        let block = BlockMeta {
+            id: BlockId::random(),
+            len: 64,
+            state: BlockState::Available,
+            taken: vec![],
+        };
+        let bytes: Vec<u8> = (0..64).collect();
+        let key_id = KeyId::random();
+        let pool_id = KeyId::random();
+        let pool_meta = PoolKey {
+            master: sae("M"),
+            slaves: vec![sae("S")],
+            size_bits: 256,
+            created_at: 5,
+        };
+        let epoch1 = {
+            let (mut store, rec) = open(dir.path());
+            let mut tx = store.begin().unwrap();
+            tx.put_block(&link, 0, &block, &Secret::copy_from(&bytes))
+                .unwrap();
+            tx.put_key(key_id, &waiting(100), &Secret::copy_from(&[1; 32]))
+                .unwrap();
+            tx.put_pool_key(pool_id, &pool_meta, &Secret::copy_from(&[2; 32]))
+                .unwrap();
+            tx.commit().unwrap();
+            rec.epoch
+        };
+        let (mut store, rec) = open(dir.path());
+        assert_eq!(rec.epoch, epoch1 + 1, "a fresh epoch at every open");
+        assert_eq!(rec.links[&link].1.len(), 1);
+        assert_eq!(rec.pool, vec![(pool_id, pool_meta)]);
+        let mut tx = store.begin().unwrap();
+        let r = crate::core::pool::Range {
+            block_seq: 0,
+            offset: 10,
+            len: 4,
+        };
+        assert_eq!(
+            tx.read_ranges(&link, &[r]).unwrap().expose(),
+            &[10, 11, 12, 13]
+        );
+        assert_eq!(
+            tx.key_bytes(key_id).unwrap().unwrap(),
+            Secret::copy_from(&[1; 32])
+        );
+        assert_eq!(
+            tx.take_pool_key(pool_id).unwrap().unwrap().1,
+            Secret::copy_from(&[2; 32])
+        );
+        assert!(tx.take_pool_key(pool_id).unwrap().is_none());
+        tx.commit().unwrap();
+        // The data file holds no plaintext key bytes.
+        let raw = std::fs::read(dir.path().join("store.redb")).unwrap();
+        assert!(!raw.windows(32).any(|w| w == [1u8; 32]));
+        assert!(!raw.windows(16).any(|w| w == &bytes[16..32]));
+    }
+
+    #[test]
+    fn expiry_and_tombstones_are_found_by_time() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+        let (mut store, _) = open(dir.path());
+        let ids: Vec<KeyId> = (0..5).map(|_| KeyId::random()).collect();
+        let mut tx = store.begin().unwrap();
+        for (i, id) in ids.iter().enumerate() {
+            tx.put_key(
+                *id,
+                &waiting(100 * (i as u64 + 1)),
+                &Secret::copy_from(&[3; 32]),
+            )
+            .unwrap();
+        }
+        let expired = tx.expired_keys(250, 10).unwrap();
+        assert_eq!(
+            expired.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            ids[..2].to_vec()
+        );
+        for (id, meta) in &expired {
+            tx.retire_key(*id, meta, 1_000).unwrap();
+        }
+        assert!(tx.expired_keys(250, 10).unwrap().is_empty());
+        assert!(
+            tx.key_id_used(ids[0]).unwrap(),
+            "a tombstone keeps the ID used"
+        );
+        assert_eq!(tx.tombstone(ids[0]).unwrap().unwrap().0, 1_000);
+        tx.drop_key(ids[4]).unwrap();
+        assert_eq!(tx.expired_keys(10_000, 10).unwrap().len(), 2);
+        assert_eq!(tx.prune_tombstones(1_000, 10).unwrap(), 0);
+        assert_eq!(tx.prune_tombstones(1_001, 10).unwrap(), 2);
+        assert!(!tx.key_id_used(ids[0]).unwrap());
+        tx.commit().unwrap();
+    }
 }

@@ -11,11 +11,45 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_qkd-node");
 
+/// Finished keys per SAE pair in test networks (smaller than the demo's, to keep CI light).
+pub const POOL: u64 = 256;
+
+/// At most this many test networks run at once: each is several node processes sharing the
+/// machine's cores, and relay hops have timeouts.
+const MAX_NETWORKS: usize = 2;
+
+static RUNNING: (std::sync::Mutex<usize>, std::sync::Condvar) =
+    (std::sync::Mutex::new(0), std::sync::Condvar::new());
+
+/// A slot among the networks allowed to run at once; freed on drop.
+pub struct Slot;
+
+impl Slot {
+    fn take() -> Slot {
+        let (m, cv) = &RUNNING;
+        let mut n = m.lock().unwrap_or_else(|p| p.into_inner());
+        while *n >= MAX_NETWORKS {
+            n = cv.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+        *n += 1;
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let (m, cv) = &RUNNING;
+        *m.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        cv.notify_one();
+    }
+}
+
 /// A demo network laid out (PKI, configs, seeds) by `qkd-node demo --setup-only`.
 pub struct Net {
     pub dir: tempfile::TempDir,
     pub procs: std::sync::Mutex<HashMap<String, Child>>,
     pub clients: HashMap<String, reqwest::Client>,
+    _slot: Slot,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -32,6 +66,7 @@ impl Net {
 
     /// Lays out a demo network of the given topology (`pair`, `chain5`, `mesh`, `demo`).
     pub fn setup_topology(topology: &str, rate_bps: u64) -> Net {
+        let slot = Slot::take();
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new(BIN)
             .args([
@@ -39,6 +74,8 @@ impl Net {
                 "--setup-only",
                 "--topology",
                 topology,
+                "--pool-keys",
+                &POOL.to_string(),
                 "--link-rate-bps",
                 &rate_bps.to_string(),
                 "--data-dir",
@@ -55,6 +92,7 @@ impl Net {
             dir,
             procs: Default::default(),
             clients: HashMap::new(),
+            _slot: slot,
         };
         for sae in ["ENC-A1", "ENC-A2", "ENC-B1", "ENC-B2", "ENC-C1", "ENC-E1"] {
             if net

@@ -7,15 +7,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::json;
 
-use crate::harness::{Net, keys};
+use crate::harness::{Net, POOL, keys};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enc_at_a_then_dec_at_b_returns_identical_bytes_both_directions() {
     let net = Net::setup(20_000_000);
     net.start("A");
     net.start("B");
-    net.wait_for_keys("ENC-A1", "ENC-B1", 1000).await;
-    net.wait_for_keys("ENC-B1", "ENC-A1", 1000).await;
+    net.wait_for_keys("ENC-A1", "ENC-B1", POOL).await;
+    net.wait_for_keys("ENC-B1", "ENC-A1", POOL).await;
 
     // GET form, A's SAE is master.
     let (code, body) = net
@@ -115,8 +115,8 @@ async fn concurrent_load_from_both_ends_never_delivers_a_key_twice() {
     let net = Net::setup(50_000_000);
     net.start("A");
     net.start("B");
-    net.wait_for_keys("ENC-A1", "ENC-B1", 1000).await;
-    net.wait_for_keys("ENC-B1", "ENC-A1", 1000).await;
+    net.wait_for_keys("ENC-A1", "ENC-B1", POOL).await;
+    net.wait_for_keys("ENC-B1", "ENC-A1", POOL).await;
     let net = Arc::new(net);
     let mut tasks = Vec::new();
     for i in 0..16 {
@@ -148,8 +148,8 @@ async fn sigkill_during_load_loses_no_answered_key_and_duplicates_none() {
     let net = Net::setup(50_000_000);
     net.start("A");
     net.start("B");
-    net.wait_for_keys("ENC-A1", "ENC-B1", 1000).await;
-    net.wait_for_keys("ENC-B1", "ENC-A1", 1000).await;
+    net.wait_for_keys("ENC-A1", "ENC-B1", POOL).await;
+    net.wait_for_keys("ENC-B1", "ENC-A1", POOL).await;
     let net = Arc::new(net);
     let mut seen: HashMap<String, Vec<u8>> = HashMap::new();
     for victim in ["B", "A"] {

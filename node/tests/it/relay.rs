@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Net, keys};
+use crate::harness::{Net, POOL, keys};
 
 /// Waits until every pool of every master at `nodes` is full, so that no relay is in flight.
 async fn wait_quiet(net: &Net, pairs: &[(&str, &str)]) {
     for (m, s) in pairs {
-        net.wait_for_keys(m, s, 1024).await;
+        net.wait_for_keys(m, s, POOL).await;
     }
 }
 
@@ -68,7 +68,7 @@ async fn five_node_chain_delivers_identical_keys_and_uses_one_pad_per_key_per_ho
     }
     wait_quiet(&net, &pairs).await;
     // Every hop used exactly 32 bytes of link key as pad per relayed key (whatever the size
-    // asked for), plus 32 bytes per message for its MAC, and both ends agree.
+    // asked for), plus 32 bytes per message for its MAC, as each end counted it.
     let links = link_counters(&net, &["A", "B", "C", "D", "E"]).await;
     assert_eq!(links.len(), 4);
     for (link, ends) in &links {
@@ -100,13 +100,13 @@ async fn killing_a_middle_node_reroutes_and_never_releases_unconfirmed_keys() {
     for n in ["A", "B", "C", "D", "E"] {
         net.start(n);
     }
-    net.wait_for_keys("ENC-A1", "ENC-E1", 1024).await;
+    net.wait_for_keys("ENC-A1", "ENC-E1", POOL).await;
     // Take keys while B (on the shorter path A-B-E) dies, so that refills in flight through B
     // fail and later ones take A-C-D-E.
     let mut answered = Vec::new();
     let mut killed = false;
     let deadline = Instant::now() + Duration::from_secs(120);
-    while answered.len() < 3000 {
+    while answered.len() < 1500 {
         assert!(
             Instant::now() < deadline,
             "only {} keys after killing B",
@@ -119,7 +119,7 @@ async fn killing_a_middle_node_reroutes_and_never_releases_unconfirmed_keys() {
             assert_eq!(code, 503, "{body}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        if !killed && answered.len() >= 500 {
+        if !killed && answered.len() >= 200 {
             net.kill9("B");
             killed = true;
         }
@@ -171,7 +171,7 @@ async fn tampered_relay_messages_are_rejected_and_release_nothing() {
         net.start(n);
     }
     // A pair that does not cross C still works...
-    net.wait_for_keys("ENC-A1", "ENC-B1", 1024).await;
+    net.wait_for_keys("ENC-A1", "ENC-B1", POOL).await;
     // ...while batches A1->E1 reach C, are corrupted towards D, and D refuses them.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -210,13 +210,25 @@ async fn multicast_reaches_slaves_at_two_nodes_with_identical_keys_once_each() {
     for n in ["A", "B", "C", "D", "E"] {
         net.start(n);
     }
-    net.wait_for_keys("ENC-A1", "ENC-E1", 100).await;
+    net.wait_for_keys("ENC-A1", "ENC-E1", POOL).await;
+    net.wait_for_keys("ENC-A1", "ENC-C1", POOL).await;
     let (code, st) = net.call("ENC-A1", "ENC-E1/status", None).await;
     assert_eq!(code, 200);
     assert!(st["max_SAE_ID_count"].as_u64().unwrap() >= 1, "{st}");
     let body = json!({ "number": 3, "size": 512, "additional_slave_SAE_IDs": ["ENC-C1"] });
-    let (code, got) = net.call("ENC-A1", "ENC-E1/enc_keys", Some(body)).await;
-    assert_eq!(code, 200, "{got}");
+    // On-demand keys are made while the client waits; on a loaded machine a hop may time out
+    // (503, nothing released), and a client tries again.
+    let mut attempt = 0;
+    let got = loop {
+        let (code, got) = net
+            .call("ENC-A1", "ENC-E1/enc_keys", Some(body.clone()))
+            .await;
+        if code == 200 || attempt == 4 {
+            assert_eq!(code, 200, "{got}\n{}", net.log("A"));
+            break got;
+        }
+        attempt += 1;
+    };
     let got = keys(&got);
     assert_eq!(got.len(), 3);
     assert!(got.iter().all(|(_, k)| k.len() == 64));
