@@ -388,15 +388,7 @@ impl KeyManager {
                 .filter_map(|(s, _)| p.block(*s).map(|m| (*s, m.clone())))
                 .collect()
         };
-        self.inner
-            .writer
-            .run(move |tx| -> Result<(), StoreError> {
-                for ((seq, meta), b) in metas.iter().zip(&blocks) {
-                    tx.put_block(&lid, *seq, meta, &b.key)?;
-                }
-                Ok(())
-            })
-            .await??;
+        self.store_blocks(lid, metas, blocks).await?;
         let n = added.len();
         self.offer(link, &added).await?;
         Ok(n)
@@ -463,6 +455,25 @@ impl KeyManager {
             })
             .await??;
         link.pool().mark_available(seqs);
+        Ok(())
+    }
+
+    /// Stores new link blocks durably.
+    async fn store_blocks(
+        &self,
+        lid: LinkId,
+        metas: Vec<(u64, BlockMeta)>,
+        blocks: Vec<qkd_hardware::KeyBlock>,
+    ) -> Result<(), PeerError> {
+        self.inner
+            .writer
+            .run(move |tx| -> Result<(), StoreError> {
+                for ((seq, meta), b) in metas.iter().zip(&blocks) {
+                    tx.put_block(&lid, *seq, meta, &b.key)?;
+                }
+                Ok(())
+            })
+            .await??;
         Ok(())
     }
 
@@ -599,15 +610,7 @@ impl KeyManager {
                 }
             }
             let lid = link.setup.id.clone();
-            self.inner
-                .writer
-                .run(move |tx| -> Result<(), StoreError> {
-                    for ((seq, meta), b) in metas.iter().zip(&blocks) {
-                        tx.put_block(&lid, *seq, meta, &b.key)?;
-                    }
-                    Ok(())
-                })
-                .await??;
+            self.store_blocks(lid, metas, blocks).await?;
         }
         // Blocks the allocator has used up entirely can go.
         let release_before = {

@@ -99,47 +99,23 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// A server configuration that requires a client certificate chaining to `files.ca`.
 ///
-/// No ALPN protocol is set: the ETSI 014 server speaks HTTP/1.1 only; a gRPC server sets
-/// `alpn_protocols = vec![b"h2".to_vec()]` on the result.
+/// No ALPN protocol is set: the ETSI 014 server speaks HTTP/1.1 only.
 pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
-    let provider = provider();
-    let roots = Arc::new(load_roots(&files.ca)?);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-        .build()
-        .map_err(|source| TlsError::Verifier {
-            path: files.ca.clone(),
-            source,
-        })?;
-    let chain = load_certs(&files.cert_chain)?;
-    let key = load_private_key(&files.key)?;
-    ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(TlsError::Provider)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|source| TlsError::Config {
-            cert: files.cert_chain.clone(),
-            key: files.key.clone(),
-            source,
-        })
+    mutual_server(
+        files,
+        provider(),
+        &[&rustls::version::TLS13, &rustls::version::TLS12],
+    )
 }
 
 /// A client configuration that presents `files.cert_chain` and trusts servers chaining to
-/// `files.ca` (tests, tools, and a node calling its peer).
+/// `files.ca` (tests and tools).
 pub fn client_config(files: &TlsFiles) -> Result<ClientConfig, TlsError> {
-    let roots = load_roots(&files.ca)?;
-    let chain = load_certs(&files.cert_chain)?;
-    let key = load_private_key(&files.key)?;
-    ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(TlsError::Provider)?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|source| TlsError::Config {
-            cert: files.cert_chain.clone(),
-            key: files.key.clone(),
-            source,
-        })
+    mutual_client(
+        files,
+        provider(),
+        &[&rustls::version::TLS13, &rustls::version::TLS12],
+    )
 }
 
 /// The provider of node-to-node channels: TLS 1.3 with the hybrid X25519MLKEM768 key exchange
@@ -154,7 +130,24 @@ pub fn hybrid_only_provider() -> Arc<CryptoProvider> {
 /// The server side of the node-to-node gRPC channel: mutual TLS 1.3, X25519MLKEM768 required,
 /// ALPN `h2`.
 pub fn peer_server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
-    let provider = hybrid_only_provider();
+    let mut cfg = mutual_server(files, hybrid_only_provider(), &[&rustls::version::TLS13])?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(cfg)
+}
+
+/// The client side of the node-to-node gRPC channel: the same requirements as
+/// [`peer_server_config`].
+pub fn peer_client_config(files: &TlsFiles) -> Result<ClientConfig, TlsError> {
+    let mut cfg = mutual_client(files, hybrid_only_provider(), &[&rustls::version::TLS13])?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(cfg)
+}
+
+fn mutual_server(
+    files: &TlsFiles,
+    provider: Arc<CryptoProvider>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<ServerConfig, TlsError> {
     let roots = Arc::new(load_roots(&files.ca)?);
     let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
         .build()
@@ -164,38 +157,36 @@ pub fn peer_server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
         })?;
     let chain = load_certs(&files.cert_chain)?;
     let key = load_private_key(&files.key)?;
-    let mut cfg = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
+    ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
         .map_err(TlsError::Provider)?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
-        .map_err(|source| TlsError::Config {
-            cert: files.cert_chain.clone(),
-            key: files.key.clone(),
-            source,
-        })?;
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(cfg)
+        .map_err(|source| config_error(files, source))
 }
 
-/// The client side of the node-to-node gRPC channel: the same requirements as
-/// [`peer_server_config`].
-pub fn peer_client_config(files: &TlsFiles) -> Result<ClientConfig, TlsError> {
+fn mutual_client(
+    files: &TlsFiles,
+    provider: Arc<CryptoProvider>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<ClientConfig, TlsError> {
     let roots = load_roots(&files.ca)?;
     let chain = load_certs(&files.cert_chain)?;
     let key = load_private_key(&files.key)?;
-    let mut cfg = ClientConfig::builder_with_provider(hybrid_only_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
+    ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
         .map_err(TlsError::Provider)?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
-        .map_err(|source| TlsError::Config {
-            cert: files.cert_chain.clone(),
-            key: files.key.clone(),
-            source,
-        })?;
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(cfg)
+        .map_err(|source| config_error(files, source))
+}
+
+fn config_error(files: &TlsFiles, source: rustls::Error) -> TlsError {
+    TlsError::Config {
+        cert: files.cert_chain.clone(),
+        key: files.key.clone(),
+        source,
+    }
 }
 
 /// Every PEM certificate in `path`, in file order; at least one.

@@ -780,6 +780,22 @@ impl KeyManager {
 
     // ---- peer-facing ----
 
+    /// Checks that a message for position `hop` of `path` came from the node before it and is
+    /// for this node; returns the position.
+    fn check_hop(&self, from: &NodeId, path: &[NodeId], hop: u32) -> Result<usize, PeerError> {
+        let hop = hop as usize;
+        if hop == 0
+            || hop >= path.len()
+            || path[hop] != self.inner.cfg.node
+            || &path[hop - 1] != from
+        {
+            return Err(PeerError::Refused(
+                "relay path does not run through this hop".into(),
+            ));
+        }
+        Ok(hop)
+    }
+
     /// `Advertise` from a neighbour: store newer adverts.
     pub fn on_advertise(&self, from: &NodeId, req: pb::AdvertiseRequest) -> Result<(), PeerError> {
         if !self.inner.cfg.neighbours.contains_key(from) {
@@ -864,16 +880,7 @@ impl KeyManager {
             .clone()
             .ok_or_else(|| PeerError::Malformed("no header".into()))?;
         let path = parse_path(&header.path)?;
-        let hop = req.hop as usize;
-        if hop == 0
-            || hop >= path.len()
-            || path[hop] != self.inner.cfg.node
-            || &path[hop - 1] != from
-        {
-            return Err(PeerError::Refused(
-                "relay path does not run through this hop".into(),
-            ));
-        }
+        let hop = self.check_hop(from, &path, req.hop)?;
         let link = self.peer_link(from, &req.link_id)?;
         let pad: Vec<Range> = req.pad.iter().map(range_of).collect();
         let auth: Vec<Range> = req.auth.iter().map(range_of).collect();
@@ -1026,16 +1033,7 @@ impl KeyManager {
         req: pb::ForwardRequest,
     ) -> Result<pb::ForwardReply, PeerError> {
         let path = parse_path(&req.path)?;
-        let hop = req.hop as usize;
-        if hop == 0
-            || hop >= path.len()
-            || path[hop] != self.inner.cfg.node
-            || &path[hop - 1] != from
-        {
-            return Err(PeerError::Refused(
-                "forward path does not run through this hop".into(),
-            ));
-        }
+        let hop = self.check_hop(from, &path, req.hop)?;
         let relay_id = super::request_id(&req.relay_id)?;
         if hop + 1 < path.len() {
             return self
