@@ -220,30 +220,8 @@ async fn peer_handshake(
 ) -> Result<String, String> {
     let pki = net.path().join("pki");
     let files = qkd_kms::tls::TlsFiles {
-        cert_chain: std::fs::read_dir(&pki)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with("node-A")
-                    && p.extension().is_some_and(|e| e == "crt")
-            })
-            .unwrap(),
-        key: std::fs::read_dir(&pki)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with("node-A")
-                    && p.extension().is_some_and(|e| e == "key")
-            })
-            .unwrap(),
+        cert_chain: pki.join("node-A.crt"),
+        key: pki.join("node-A.key"),
         ca: pki.join("ca.crt"),
     };
     let provider = rustls::crypto::CryptoProvider {
