@@ -181,12 +181,15 @@ async fn sigkill_during_load_loses_no_answered_key_and_duplicates_none() {
         while answers.load(Ordering::SeqCst) < 40 {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
+        let before = net.listen(victim);
         net.kill9(victim);
         let mut answered = Vec::new();
         for t in tasks {
             answered.extend(t.await.unwrap());
         }
         net.start(victim);
+        let after = net.listen(victim);
+        assert_eq!((before.etsi, before.peer), (after.etsi, after.peer), "a restarted node moved");
         assert!(answered.len() >= 80);
         // Every answered key is fetchable once by its slave, with the same bytes; none twice.
         for (m, s, (id, k)) in &answered {
