@@ -725,4 +725,43 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&reply.body.unwrap()).unwrap();
         assert_eq!(v["message"], "key data access error");
     }
+
+    proptest::proptest! {
+        /// Whatever arrives (method, path, query, content type, body), `route` answers without
+        /// panicking, and every refusal maps to a status the policy allows, with a JSON body
+        /// unless it is 401.
+        #[test]
+        fn arbitrary_requests_get_a_policy_status(
+            method in proptest::sample::select(vec!["GET", "POST", "PUT", "DELETE", "PATCH"]),
+            sae_seg in proptest::sample::select(vec!["B", "C", "A", "A2", "X", "%42", "%", "", "B%2F", "urn%3Ax"]),
+            op in proptest::sample::select(vec!["status", "enc_keys", "dec_keys", "keys", ""]),
+            query in proptest::option::of("[a-zA-Z_=&%0-9.-]{0,40}"),
+            ctype in proptest::option::of(proptest::sample::select(vec!["application/json", "text/plain", "application/json; charset=utf-8", ""])),
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+            json_body in proptest::option::of(proptest::sample::select(vec![
+                "{}", "{\"number\":3}", "{\"number\":\"3\"}", "{\"size\":1.5}", "[]", "{\"key_IDs\":[]}",
+                "{\"key_IDs\":[{\"key_ID\":\"550e8400-e29b-41d4-a716-446655440000\"}]}", "null", "{\"number\":-1}",
+                "{\"additional_slave_SAE_IDs\":[\"C\",\"C\"]}",
+            ])),
+            caller in proptest::option::of(proptest::sample::select(vec!["A", "A2", "B", "Z"])),
+        ) {
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            let path = format!("/api/v1/keys/{sae_seg}/{op}");
+            let body_bytes: Vec<u8> = json_body.map(|j| j.as_bytes().to_vec()).unwrap_or(body);
+            let req = RawRequest {
+                method: &method,
+                path: &path,
+                query: query.as_deref(),
+                content_type: ctype.map(str::as_bytes),
+                body: Body::Complete(&body_bytes),
+            };
+            let caller = caller.map(sae);
+            if let Err(e) = route(&req, caller.as_ref(), &Policy) {
+                let reply = super::super::reply::error_reply(&e);
+                let code = reply.status.as_u16();
+                proptest::prop_assert!([400, 401, 404, 405].contains(&code), "{code} for {e:?}");
+                proptest::prop_assert_eq!(reply.body.is_none(), code == 401);
+            }
+        }
+    }
 }
