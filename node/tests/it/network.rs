@@ -189,7 +189,11 @@ async fn sigkill_during_load_loses_no_answered_key_and_duplicates_none() {
         }
         net.start(victim);
         let after = net.listen(victim);
-        assert_eq!((before.etsi, before.peer), (after.etsi, after.peer), "a restarted node moved");
+        assert_eq!(
+            (before.etsi, before.peer),
+            (after.etsi, after.peer),
+            "a restarted node moved"
+        );
         assert!(answered.len() >= 80);
         // Every answered key is fetchable once by its slave, with the same bytes; none twice.
         for (m, s, (id, k)) in &answered {
