@@ -7,15 +7,16 @@
 //! checking that both answers carry the same bytes. Clients alternate between the two allowed
 //! SAE pairs (A1-B1, A2-B2) so both pairs and their connections are exercised.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use base64::Engine;
 
 use crate::measure::{CpuSnapshot, CpuUse, Latency, Samples};
+use crate::network::{Layout, Network};
 
 /// Arguments of `qkd-bench etsi`.
 #[derive(Debug, clap::Args)]
@@ -41,6 +42,14 @@ pub struct Args {
     /// Secret key rate of the simulated link, bit/s (fast, so key never runs out).
     #[arg(long, default_value_t = 200_000_000)]
     pub link_rate_bps: u64,
+    /// Finished keys each node keeps ready per SAE pair (`qkd-node demo --pool-keys`). The
+    /// pools are filled before the clock starts; make them larger than the run consumes
+    /// (about pairs/s x (warm-up + duration) / 2 per pair) so that no client waits for a refill.
+    #[arg(long)]
+    pub pool_keys: Option<u32>,
+    /// Keys per relayed batch (`[relay] batch_keys` of every node; default as generated).
+    #[arg(long)]
+    pub batch_keys: Option<u32>,
     /// Directory in which the temporary demo network is created.
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -58,6 +67,13 @@ pub struct Report {
     pub both_directions: bool,
     pub window_s: f64,
     pub link_rate_bps: u64,
+    /// Pool target per SAE pair (`max_key_count`).
+    pub pool_keys: u64,
+    /// Seconds from the nodes' start until every pool was full and no relay ran.
+    pub pool_fill_s: f64,
+    /// Pool level of each used pair (master->slave) at the end of the window: above 0 means
+    /// no client ever had to wait for a refill.
+    pub pool_left: Vec<(String, u64)>,
     /// Key pairs (enc_keys answered and dec_keys returned the same bytes) per second in the window.
     pub pairs_per_s: f64,
     pub enc_keys: Latency,
@@ -98,6 +114,16 @@ impl Report {
             },
             self.window_s,
             self.link_rate_bps / 1_000_000
+        );
+        println!(
+            "pools: {} keys per pair, filled in {:.1} s; left at the end: {}",
+            self.pool_keys,
+            self.pool_fill_s,
+            self.pool_left
+                .iter()
+                .map(|(p, n)| format!("{p} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         println!("key pairs/s: {:.0}", self.pairs_per_s);
         println!(
@@ -148,37 +174,34 @@ pub async fn run(args: &Args) -> Result<Report> {
     if args.clients == 0 {
         bail!("--clients must be at least 1");
     }
-    let bin = match &args.nodes_bin {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("the bench binary has no directory")?
-            .join("qkd-node"),
+    let bin = crate::network::node_bin(args.nodes_bin.as_ref())?;
+    let layout = Layout {
+        topology: "pair".into(),
+        link_rate_bps: args.link_rate_bps,
+        pool_keys: args.pool_keys,
+        batch_keys: args.batch_keys,
     };
-    if !bin.is_file() {
-        bail!(
-            "no qkd-node binary at {} (build it with `cargo build --release -p qkd-node` into the \
-             same target directory, or pass --nodes-bin)",
-            bin.display()
-        );
-    }
-    let mut net = Network::start(&bin, args)?;
-    let ids = [("ENC-A1", "ENC-B1"), ("ENC-A2", "ENC-B2")];
-    let mut pairs = Vec::new();
-    for (a, b) in ids {
-        pairs.push(Arc::new(PairIdentity {
-            a: a.into(),
-            b: b.into(),
-            a_pem: net.identity(a)?,
-            b_pem: net.identity(b)?,
-        }));
-    }
-    let ca = std::fs::read(net.dir.path().join("pki").join("ca.crt"))?;
+    let mut net = Network::start(&bin, args.dir.as_deref(), &layout)?;
+    let pairs: Vec<Arc<PairIdentity>> = [("ENC-A1", "ENC-B1"), ("ENC-A2", "ENC-B2")]
+        .iter()
+        .map(|(a, b)| {
+            Ok(Arc::new(PairIdentity {
+                a: (*a).into(),
+                b: (*b).into(),
+                a_client: net.sae_client(a)?,
+                b_client: net.sae_client(b)?,
+            }))
+        })
+        .collect::<Result<_>>()?;
     let bases = [net.base("A")?, net.base("B")?];
-    // Key material must be there before the clock starts.
-    let probe = client(&ca, &pairs[0].a_pem)?;
-    net.wait_for_key(&probe, &bases[0], &pairs[0].b, 1_000)
-        .await?;
+    // Every pool (both directions) full and the refills finished before the clock starts.
+    let mut pools = Vec::new();
+    for p in &pairs {
+        pools.push((p.a_client.clone(), "A".to_string(), p.b.clone()));
+        pools.push((p.b_client.clone(), "B".to_string(), p.a.clone()));
+    }
+    let pool_fill = net.wait_settled(&pools, Duration::from_secs(1800)).await?;
+    let pool_keys = net.pool_level(&pools[0].0, "A", &pairs[0].b).await?.1;
 
     let start = Instant::now();
     let warm_end = start + args.warmup;
@@ -187,8 +210,8 @@ pub async fn run(args: &Args) -> Result<Report> {
     for i in 0..args.clients {
         let pair = pairs[i % pairs.len()].clone();
         let c = Client {
-            to_a: client(&ca, &pair.a_pem)?,
-            to_b: client(&ca, &pair.b_pem)?,
+            to_a: net.sae_client(&pair.a)?,
+            to_b: net.sae_client(&pair.b)?,
             bases: bases.clone(),
             pair,
             size: args.size,
@@ -198,11 +221,7 @@ pub async fn run(args: &Args) -> Result<Report> {
         };
         tasks.spawn(c.run(warm_end, stop));
     }
-    let procs = vec![
-        ("node A".to_string(), net.pid("A")),
-        ("node B".to_string(), net.pid("B")),
-        ("load generator".to_string(), std::process::id()),
-    ];
+    let procs = net.processes();
     tokio::time::sleep_until(warm_end.into()).await;
     let cpu0 = CpuSnapshot::take(&procs);
     let perf: Vec<(String, std::process::Child)> = if args.perf {
@@ -233,17 +252,16 @@ pub async fn run(args: &Args) -> Result<Report> {
         enc.extend(r.enc);
         dec.extend(r.dec);
         pair.extend(r.pair);
-        errors.enc_keys += r.errors.enc_keys;
-        errors.dec_keys += r.errors.dec_keys;
-        errors.transport += r.errors.transport;
-        errors.mismatches += r.errors.mismatches;
-        for s in r.errors.samples {
-            if errors.samples.len() < 5 {
-                errors.samples.push(s);
-            }
-        }
+        errors.merge(r.errors);
     }
     net.check_alive()?;
+    let mut pool_left = Vec::new();
+    for (c, node, slave) in &pools {
+        pool_left.push((
+            format!("{node}->{slave}"),
+            net.pool_level(c, node, slave).await?.0,
+        ));
+    }
     let window = args.duration.as_secs_f64();
     let pair = pair.summary();
     Ok(Report {
@@ -252,6 +270,9 @@ pub async fn run(args: &Args) -> Result<Report> {
         both_directions: args.both_directions,
         window_s: window,
         link_rate_bps: args.link_rate_bps,
+        pool_keys,
+        pool_fill_s: pool_fill.as_secs_f64(),
+        pool_left,
         pairs_per_s: pair.count as f64 / window,
         enc_keys: enc.summary(),
         dec_keys: dec.summary(),
@@ -292,13 +313,13 @@ fn perf_total(csv: &str) -> Result<f64> {
     Ok(counts.iter().sum())
 }
 
-/// An allowed SAE pair and the PEM (certificate + key) of each side.
+/// An allowed SAE pair and a client of each side (for pool levels).
 #[derive(Debug)]
 struct PairIdentity {
     a: String,
     b: String,
-    a_pem: Vec<u8>,
-    b_pem: Vec<u8>,
+    a_client: reqwest::Client,
+    b_client: reqwest::Client,
 }
 
 /// One benchmark client: its own connection to each node.
@@ -336,8 +357,12 @@ struct KeyEntry {
 }
 
 /// A failed request: which counter it goes to, and why.
-enum Failure {
+pub(crate) enum Failure {
+    /// 503: no key material (an empty pool) or a peer unavailable.
+    Unavailable(String),
+    /// Any other status, or an answer that does not parse.
     Status(String),
+    /// Connection or TLS failure.
     Transport(String),
 }
 
@@ -420,9 +445,22 @@ impl Client {
 }
 
 impl Errors {
-    fn note(&mut self, enc: bool, f: Failure) {
+    /// Adds another client's failures (keeping the first few samples).
+    pub(crate) fn merge(&mut self, other: Errors) {
+        self.enc_keys += other.enc_keys;
+        self.dec_keys += other.dec_keys;
+        self.transport += other.transport;
+        self.mismatches += other.mismatches;
+        for s in other.samples {
+            if self.samples.len() < 5 {
+                self.samples.push(s);
+            }
+        }
+    }
+
+    pub(crate) fn note(&mut self, enc: bool, f: Failure) {
         match f {
-            Failure::Status(s) => self.note_status(enc, s),
+            Failure::Status(s) | Failure::Unavailable(s) => self.note_status(enc, s),
             Failure::Transport(s) => {
                 self.transport += 1;
                 self.sample(s);
@@ -430,7 +468,7 @@ impl Errors {
         }
     }
 
-    fn note_status(&mut self, enc: bool, s: String) {
+    pub(crate) fn note_status(&mut self, enc: bool, s: String) {
         if enc {
             self.enc_keys += 1;
         } else {
@@ -439,7 +477,7 @@ impl Errors {
         self.sample(s);
     }
 
-    fn sample(&mut self, s: String) {
+    pub(crate) fn sample(&mut self, s: String) {
         if self.samples.len() < 3 {
             self.samples.push(s);
         }
@@ -447,9 +485,24 @@ impl Errors {
 }
 
 /// GETs `url` and returns its keys as (key_ID, bytes).
-async fn fetch(c: &reqwest::Client, url: &str) -> Result<Vec<(String, Vec<u8>)>, Failure> {
-    let r = c
-        .get(url)
+pub(crate) async fn fetch(
+    c: &reqwest::Client,
+    url: &str,
+) -> Result<Vec<(String, Vec<u8>)>, Failure> {
+    send(c.get(url), url).await
+}
+
+/// POSTs `body` as JSON to `url` and returns its keys as (key_ID, bytes).
+pub(crate) async fn fetch_post(
+    c: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> Result<Vec<(String, Vec<u8>)>, Failure> {
+    send(c.post(url).json(body), url).await
+}
+
+async fn send(rb: reqwest::RequestBuilder, url: &str) -> Result<Vec<(String, Vec<u8>)>, Failure> {
+    let r = rb
         .send()
         .await
         .map_err(|e| Failure::Transport(format!("{url}: {e}")))?;
@@ -459,10 +512,12 @@ async fn fetch(c: &reqwest::Client, url: &str) -> Result<Vec<(String, Vec<u8>)>,
         .await
         .map_err(|e| Failure::Transport(format!("{url}: {e}")))?;
     if status != reqwest::StatusCode::OK {
-        return Err(Failure::Status(format!(
-            "{url}: {status} {}",
-            String::from_utf8_lossy(&body)
-        )));
+        let msg = format!("{url}: {status} {}", String::from_utf8_lossy(&body));
+        return Err(if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            Failure::Unavailable(msg)
+        } else {
+            Failure::Status(msg)
+        });
     }
     let kc: KeyContainer = serde_json::from_slice(&body)
         .map_err(|e| Failure::Status(format!("{url}: bad key container: {e}")))?;
@@ -475,162 +530,6 @@ async fn fetch(c: &reqwest::Client, url: &str) -> Result<Vec<(String, Vec<u8>)>,
                 .map_err(|e| Failure::Status(format!("{url}: bad base64: {e}")))
         })
         .collect()
-}
-
-/// An HTTPS client presenting `identity_pem` (certificate + key) and trusting only `ca`.
-fn client(ca: &[u8], identity_pem: &[u8]) -> Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(ca)?])
-        .identity(reqwest::Identity::from_pem(identity_pem)?)
-        .no_proxy()
-        .http1_only()
-        .pool_max_idle_per_host(4)
-        .timeout(Duration::from_secs(30))
-        .build()?)
-}
-
-/// The two node processes and their directory; both are killed on drop.
-#[derive(Debug)]
-struct Network {
-    dir: tempfile::TempDir,
-    nodes: Vec<(String, Child)>,
-}
-
-impl Network {
-    fn start(bin: &Path, args: &Args) -> Result<Self> {
-        let dir = crate::scratch_dir(args.dir.as_deref(), "qkd-bench-")?;
-        let out = Command::new(bin)
-            .args(["demo", "--setup-only", "--topology", "pair", "--link-rate-bps"])
-            .arg(args.link_rate_bps.to_string())
-            .arg("--data-dir")
-            .arg(dir.path())
-            .output()
-            .with_context(|| format!("running {}", bin.display()))?;
-        if !out.status.success() {
-            bail!(
-                "qkd-node demo --setup-only failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let mut net = Self {
-            dir,
-            nodes: Vec::new(),
-        };
-        for node in ["A", "B"] {
-            let log = std::fs::File::create(net.dir.path().join(node).join("node.log"))?;
-            let child = Command::new(bin)
-                .arg("run")
-                .arg("--config")
-                .arg(net.dir.path().join(node).join("node.toml"))
-                .env("QKD_LOG", "warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .with_context(|| format!("starting node {node}"))?;
-            net.nodes.push((node.to_string(), child));
-        }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        for node in ["A", "B"] {
-            while !net.listen_file(node).exists() {
-                net.check_alive()?;
-                if Instant::now() > deadline {
-                    bail!("node {node} did not start:\n{}", tail(&net.log(node)));
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        Ok(net)
-    }
-
-    fn listen_file(&self, node: &str) -> PathBuf {
-        self.dir.path().join(node).join("data").join("listen.json")
-    }
-
-    fn log(&self, node: &str) -> String {
-        std::fs::read_to_string(self.dir.path().join(node).join("node.log")).unwrap_or_default()
-    }
-
-    fn pid(&self, node: &str) -> u32 {
-        self.nodes
-            .iter()
-            .find(|(n, _)| n == node)
-            .map_or(0, |(_, c)| c.id())
-    }
-
-    /// Fails if a node has exited.
-    fn check_alive(&mut self) -> Result<()> {
-        for i in 0..self.nodes.len() {
-            if let Some(st) = self.nodes[i].1.try_wait()? {
-                let node = self.nodes[i].0.clone();
-                bail!("node {node} exited ({st}):\n{}", tail(&self.log(&node)));
-            }
-        }
-        Ok(())
-    }
-
-    /// The node's ETSI 014 base URL from its `listen.json`.
-    fn base(&self, node: &str) -> Result<String> {
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(self.listen_file(node))?)?;
-        let etsi = v["etsi"]
-            .as_str()
-            .ok_or_else(|| anyhow!("no `etsi` address in {}", self.listen_file(node).display()))?;
-        Ok(format!("https://{etsi}/api/v1/keys/"))
-    }
-
-    /// PEM of the SAE's certificate followed by its key.
-    fn identity(&self, sae: &str) -> Result<Vec<u8>> {
-        let pki = self.dir.path().join("pki");
-        let mut pem = std::fs::read(pki.join(format!("sae-{sae}.crt")))?;
-        pem.extend(std::fs::read(pki.join(format!("sae-{sae}.key")))?);
-        Ok(pem)
-    }
-
-    /// Waits until the master's node reports at least `n` keys for `slave`.
-    async fn wait_for_key(
-        &self,
-        c: &reqwest::Client,
-        base: &str,
-        slave: &str,
-        n: u64,
-    ) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut last = String::new();
-        while Instant::now() < deadline {
-            match c.get(format!("{base}{slave}/status")).send().await {
-                Ok(r) if r.status().is_success() => {
-                    let v: serde_json::Value = r.json().await?;
-                    if v["stored_key_count"].as_u64().unwrap_or(0) >= n {
-                        return Ok(());
-                    }
-                    last = v.to_string();
-                }
-                Ok(r) => last = r.status().to_string(),
-                Err(e) => last = e.to_string(),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!(
-            "no key material at node A after 60 s (last status: {last})\nnode A log:\n{}\nnode B log:\n{}",
-            tail(&self.log("A")),
-            tail(&self.log("B"))
-        )
-    }
-}
-
-/// The last lines of a log.
-fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
-}
-
-impl Drop for Network {
-    fn drop(&mut self) {
-        for (_, c) in &mut self.nodes {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 #[cfg(test)]

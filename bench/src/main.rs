@@ -1,4 +1,4 @@
-//! `qkd-bench`: the performance figures of issue 3, measured the same way every time.
+//! `qkd-bench`: the performance figures of issues 3 and 5, measured the same way every time.
 //!
 //! * `etsi` - key pairs/s and latency through ETSI GS QKD 014 (`enc_keys` at one node, `dec_keys`
 //!   of the same key at the other) against two real `qkd-node` processes on loopback, with many
@@ -6,7 +6,10 @@
 //! * `ingest` - how fast the durable store makes link key material durable (group commit,
 //!   `Durability::Immediate`), in Mbit/s;
 //! * `disk` - the disk's own sync-write figures, so that a store limit can be told apart from a
-//!   disk limit.
+//!   disk limit;
+//! * `relay` - the figures of issue 5 on a multi-hop network: end-to-end latency of on-demand
+//!   relayed + hybridised batches, sustained keys/s from a drained pool, and the share of a
+//!   scarce link's key rate that a long-running relay turns into relayed key.
 //!
 //! Every run prints where it ran (CPU model, cores, memory): the load generator always shares the
 //! host with the nodes and talks to them over loopback. This binary only measures; it never
@@ -19,6 +22,8 @@ mod etsi;
 mod ingest;
 mod machine;
 mod measure;
+mod network;
+mod relay;
 
 use std::time::Duration;
 
@@ -51,6 +56,10 @@ enum Cmd {
     ///
     /// Example: qkd-bench disk --runtime 10s
     Disk(disk::Args),
+    /// Relayed + hybridised keys across the five-node chain: latency, keys/s, scarce-link use.
+    ///
+    /// Example: qkd-bench relay --parts latency,throughput --clients 8 --number 128
+    Relay(relay::Args),
 }
 
 fn main() -> Result<()> {
@@ -68,6 +77,11 @@ fn main() -> Result<()> {
         Cmd::Ingest(a) => {
             let r = rt.block_on(ingest::run(a))?;
             output(cli.json, &machine, "ingest", &r, || r.print())
+        }
+        Cmd::Relay(a) => {
+            let r = rt.block_on(relay::run(a))?;
+            output(cli.json, &machine, "relay", &r, || r.print())?;
+            r.check()
         }
         Cmd::Disk(a) => {
             let r = disk::run(a)?;

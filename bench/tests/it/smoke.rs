@@ -73,12 +73,60 @@ fn etsi() {
         "--warmup",
         "500ms",
         "--both-directions",
+        "--pool-keys",
+        "256",
         "--nodes-bin",
         bin.to_str().unwrap(),
     ]);
     assert_eq!(r["errors"]["mismatches"], 0, "{r}");
     assert!(r["pairs_per_s"].as_f64().unwrap() > 0.0, "{r}");
     assert!(r["pair"]["p99_ms"].as_f64().unwrap() > 0.0, "{r}");
+}
+
+#[test]
+fn relay() {
+    let bin = node_bin();
+    let r = bench(&[
+        "relay",
+        "--pool-keys",
+        "64",
+        "--concurrency",
+        "1,2",
+        "--requests",
+        "4",
+        "--clients",
+        "2",
+        "--number",
+        "16",
+        "--warmup",
+        "500ms",
+        "--duration",
+        "1500ms",
+        "--scarce-link-rate-bps",
+        "2000000",
+        "--scarce-warmup",
+        "500ms",
+        "--scarce-duration",
+        "1500ms",
+        "--scarce-clients",
+        "1",
+        "--nodes-bin",
+        bin.to_str().unwrap(),
+    ]);
+    for level in r["latency"].as_array().unwrap() {
+        // A request that fails (e.g. a route through a peer that a debug build under load
+        // reported late) is counted as an error, not retried.
+        assert!(level["enc_keys"]["count"].as_u64().unwrap() >= 1, "{r}");
+        assert_eq!(level["errors"]["mismatches"], 0, "{r}");
+    }
+    let t = &r["throughput"];
+    assert!(t["delivered_keys_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(t["relayed_keys_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    assert_eq!(t["errors"]["mismatches"], 0, "{r}");
+    let s = &r["scarce"];
+    assert_eq!(s["links"].as_array().unwrap().len(), 4, "{r}");
+    assert!(s["busiest_pad_fraction"].as_f64().unwrap() > 0.0, "{r}");
+    assert_eq!(s["errors"]["mismatches"], 0, "{r}");
 }
 
 #[test]
