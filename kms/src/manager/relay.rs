@@ -42,6 +42,10 @@ const AUTH_LEN: u32 = 32;
 const FORWARD_CONFIRM: u32 = 1;
 const FORWARD_VOID: u32 = 2;
 const FORWARD_DELIVER: u32 = 3;
+/// Batches of one pair's pool under way at once.
+const MAX_INFLIGHT: usize = 3;
+/// Adverts a neighbour may miss in a row before its link is taken out of routes.
+const MISSED_ADVERTS: u32 = 3;
 
 /// Relay and pool settings.
 #[derive(Debug, Clone)]
@@ -99,6 +103,8 @@ pub(super) struct RelayState {
     hop_allocs: Mutex<VecDeque<HopAlloc>>,
     /// Neighbours that did not answer the last advert.
     unreachable: Mutex<BTreeSet<NodeId>>,
+    /// Adverts each neighbour missed in a row.
+    missed: Mutex<HashMap<NodeId, u32>>,
     /// Destination side: confirmed wrap batches waiting for their multicast keys.
     wraps: Mutex<HashMap<[u8; 16], Wraps>>,
 }
@@ -123,7 +129,9 @@ struct HopAlloc {
 #[derive(Debug, Default)]
 struct PairPool {
     ready: VecDeque<(KeyId, UnixMillis)>,
-    refilling: bool,
+    /// Batches being made for this pool now, and the keys they will add.
+    inflight: usize,
+    inflight_keys: usize,
 }
 
 #[derive(Debug)]
@@ -287,44 +295,44 @@ impl KeyManager {
         store_result(r)
     }
 
-    /// Starts a refill of the pair's pool in the background, unless one runs or it is full.
+    /// Starts refills of the pair's pool in the background until it is full, with at most
+    /// [`MAX_INFLIGHT`] batches of the pair under way (so one pair cannot take every link's key).
     pub(super) fn kick_refill(&self, master: SaeId, slave: SaeId) {
-        let target = self.inner.cfg.relay.pool_keys as usize;
-        {
-            let mut pools = lock(&self.relay().pools);
-            let p = pools.entry((master.clone(), slave.clone())).or_default();
-            if p.refilling || p.ready.len() >= target {
-                return;
-            }
-            p.refilling = true;
-        }
-        let me = self.clone();
-        tokio::spawn(async move {
-            let r = me.refill(&master, &slave).await;
-            if let Some(p) = lock(&me.relay().pools).get_mut(&(master.clone(), slave.clone())) {
-                p.refilling = false;
-            }
-            match r {
-                Ok(n) if n > 0 => me.kick_refill(master, slave),
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(%master, %slave, error = %e, "pool refill failed; will retry")
+        let rc = &self.inner.cfg.relay;
+        let target = rc.pool_keys as usize;
+        loop {
+            let n = {
+                let mut pools = lock(&self.relay().pools);
+                let p = pools.entry((master.clone(), slave.clone())).or_default();
+                let n = target
+                    .saturating_sub(p.ready.len() + p.inflight_keys)
+                    .min(rc.batch_keys as usize);
+                if p.inflight >= MAX_INFLIGHT || n == 0 {
+                    return;
                 }
-            }
-        });
+                p.inflight += 1;
+                p.inflight_keys += n;
+                n
+            };
+            let me = self.clone();
+            let (master, slave) = (master.clone(), slave.clone());
+            tokio::spawn(async move {
+                let r = me.refill(&master, &slave, n).await;
+                if let Some(p) = lock(&me.relay().pools).get_mut(&(master.clone(), slave.clone())) {
+                    p.inflight -= 1;
+                    p.inflight_keys -= n;
+                }
+                match r {
+                    Ok(()) => me.kick_refill(master, slave),
+                    Err(e) => {
+                        tracing::debug!(%master, %slave, error = %e, "pool refill failed; will retry")
+                    }
+                }
+            });
+        }
     }
 
-    async fn refill(&self, master: &SaeId, slave: &SaeId) -> Result<usize, RelayError> {
-        let target = self.inner.cfg.relay.pool_keys as usize;
-        let have = lock(&self.relay().pools)
-            .get(&(master.clone(), slave.clone()))
-            .map_or(0, |p| p.ready.len());
-        let n = target
-            .saturating_sub(have)
-            .min(self.inner.cfg.relay.batch_keys as usize);
-        if n == 0 {
-            return Ok(0);
-        }
+    async fn refill(&self, master: &SaeId, slave: &SaeId, n: usize) -> Result<(), RelayError> {
         let spec = BatchSpec {
             master: master.clone(),
             slaves: vec![slave.clone()],
@@ -355,7 +363,7 @@ impl KeyManager {
         let mut pools = lock(&self.relay().pools);
         let p = pools.entry((master.clone(), slave.clone())).or_default();
         p.ready.extend(ids.into_iter().map(|id| (id, now)));
-        Ok(n)
+        Ok(())
     }
 
     /// Keys of a non-default size (or for several slaves) made on demand and answered directly.
@@ -1240,10 +1248,16 @@ impl KeyManager {
                 let me = self.clone();
                 tokio::spawn(async move {
                     let ok = client.advertise(r).await.is_ok();
+                    let missed = {
+                        let mut m = lock(&me.relay().missed);
+                        let c = m.entry(peer.clone()).or_default();
+                        *c = if ok { 0 } else { *c + 1 };
+                        *c
+                    };
                     let mut u = lock(&me.relay().unreachable);
-                    if ok {
+                    if missed == 0 {
                         u.remove(&peer);
-                    } else {
+                    } else if missed >= MISSED_ADVERTS {
                         u.insert(peer);
                     }
                 });

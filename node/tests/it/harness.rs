@@ -247,6 +247,25 @@ impl Net {
         }
     }
 
+    /// Like [`Net::call`], trying again (up to 5 times) on 503: keys made on demand are relayed
+    /// while the client waits, and on a loaded machine a hop may time out (nothing is released
+    /// then), so a client tries again.
+    pub async fn call_retrying(
+        &self,
+        caller: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut last = (0, Value::Null);
+        for _ in 0..5 {
+            last = self.call(caller, path, body.clone()).await;
+            if last.0 != 503 {
+                break;
+            }
+        }
+        last
+    }
+
     /// Waits until `master`'s node reports at least `n` keys for the pair.
     pub async fn wait_for_keys(&self, master: &str, slave: &str, n: u64) {
         let deadline = Instant::now() + Duration::from_secs(90);

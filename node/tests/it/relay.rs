@@ -48,7 +48,9 @@ async fn five_node_chain_delivers_identical_keys_and_uses_one_pad_per_key_per_ho
     for (m, s) in pairs {
         // Default size from the pool, and a 512-bit key derived on demand.
         for q in ["number=5", "number=2&size=512"] {
-            let (code, body) = net.call(m, &format!("{s}/enc_keys?{q}"), None).await;
+            let (code, body) = net
+                .call_retrying(m, &format!("{s}/enc_keys?{q}"), None)
+                .await;
             assert_eq!(code, 200, "{m}->{s} {q}: {body}");
             let got = keys(&body);
             let ids: Vec<_> = got.iter().map(|(id, _)| json!({ "key_ID": id })).collect();
@@ -216,19 +218,10 @@ async fn multicast_reaches_slaves_at_two_nodes_with_identical_keys_once_each() {
     assert_eq!(code, 200);
     assert!(st["max_SAE_ID_count"].as_u64().unwrap() >= 1, "{st}");
     let body = json!({ "number": 3, "size": 512, "additional_slave_SAE_IDs": ["ENC-C1"] });
-    // On-demand keys are made while the client waits; on a loaded machine a hop may time out
-    // (503, nothing released), and a client tries again.
-    let mut attempt = 0;
-    let got = loop {
-        let (code, got) = net
-            .call("ENC-A1", "ENC-E1/enc_keys", Some(body.clone()))
-            .await;
-        if code == 200 || attempt == 4 {
-            assert_eq!(code, 200, "{got}\n{}", net.log("A"));
-            break got;
-        }
-        attempt += 1;
-    };
+    let (code, got) = net
+        .call_retrying("ENC-A1", "ENC-E1/enc_keys", Some(body))
+        .await;
+    assert_eq!(code, 200, "{got}\n{}", net.log("A"));
     let got = keys(&got);
     assert_eq!(got.len(), 3);
     assert!(got.iter().all(|(_, k)| k.len() == 64));
