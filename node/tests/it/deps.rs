@@ -60,16 +60,6 @@ fn crate_dependency_edges_follow_the_architecture() {
                 "qkd-simulator",
             ][..],
         ),
-        (
-            "qkd-testkit",
-            &[
-                "qkd-types",
-                "qkd-proto",
-                "qkd-hardware",
-                "qkd-kms",
-                "qkd-simulator",
-            ][..],
-        ),
     ]);
     for (krate, deps) in &edges {
         let ok = allowed
