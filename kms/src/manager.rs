@@ -97,7 +97,7 @@ struct LinkRt {
     setup: LinkSetup,
     pool: Mutex<LinkPool>,
     /// Non-allocator: release points announced by the allocator, applied only once old enough
-    /// that no bind or allocation naming those blocks can still be in flight.
+    /// that no relay hop naming those blocks can still be in flight.
     releases: Mutex<std::collections::VecDeque<(u64, std::time::Instant)>>,
     /// Relay traffic over this link since start, both directions.
     counters: RelayCounters,

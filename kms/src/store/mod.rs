@@ -579,27 +579,6 @@ impl Txn<'_> {
         Ok(Some((meta, key)))
     }
 
-    /// Marks a waiting key fetchable (its batch was confirmed end to end).
-    pub fn release_key(&mut self, id: KeyId) -> Result<bool, StoreError> {
-        let Some(mut meta) = self.key_meta(id)? else {
-            return Ok(false);
-        };
-        meta.released = true;
-        self.update_key_meta(id, &meta)?;
-        Ok(true)
-    }
-
-    /// Erases a waiting key without a tombstone (an unconfirmed batch's key, never fetchable).
-    pub fn drop_key(&mut self, id: KeyId) -> Result<(), StoreError> {
-        if let Some(meta) = self.key_meta(id)? {
-            self.tx.open_table(KEYS)?.remove(*id.as_bytes())?;
-            self.tx
-                .open_table(KEY_EXPIRY)?
-                .remove((meta.expires_at, *id.as_bytes()))?;
-        }
-        Ok(())
-    }
-
     /// The tombstone of a key ID: when it was written, the master and the first slave.
     pub fn tombstone(
         &self,
@@ -962,8 +941,7 @@ mod tests {
             "a tombstone keeps the ID used"
         );
         assert_eq!(tx.tombstone(ids[0]).unwrap().unwrap().0, 1_000);
-        tx.drop_key(ids[4]).unwrap();
-        assert_eq!(tx.expired_keys(10_000, 10).unwrap().len(), 2);
+        assert_eq!(tx.expired_keys(10_000, 10).unwrap().len(), 3);
         assert_eq!(tx.prune_tombstones(1_000, 10).unwrap(), 0);
         assert_eq!(tx.prune_tombstones(1_001, 10).unwrap(), 2);
         assert!(!tx.key_id_used(ids[0]).unwrap());
