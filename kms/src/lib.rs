@@ -9,14 +9,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod core;
-pub mod etsi;
 pub mod hybrid;
 pub mod manager;
 pub mod peer;
 pub mod pki;
 pub mod relay;
-pub mod service;
 pub mod store;
 pub mod tls;
 pub mod writer;

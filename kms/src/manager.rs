@@ -29,10 +29,10 @@ use qkd_proto::peer::peer_kms_client::PeerKmsClient;
 use qkd_types::{BlockId, Clock, KeyId, KmeId, LinkId, NodeId, SaeId};
 use tonic::transport::Channel;
 
-use crate::core::pool::{BlockMeta, BlockState, LinkPool, Range};
-use crate::service::{
+use crate::api::{
     DecKeysRequest, DeliveredKey, EncKeysRequest, KeyLimits, KeyService, PairStatus, ServiceError,
 };
+use crate::core::pool::{BlockMeta, BlockState, LinkPool, Range};
 use crate::store::{Recovered, StoreError, Txn};
 use crate::writer::Writer;
 

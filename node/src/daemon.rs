@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use qkd_hardware::{KeySource, LinkRole};
+use qkd_kms::api::{KeyLimits, KeyService};
 use qkd_kms::manager::{
     E2eKeys, KeyManager, LinkSetup, ManagerConfig, NeighbourEntry, RelayConfig, SaeEntry,
 };
-use qkd_kms::service::{KeyLimits, KeyService};
 use qkd_kms::store::Store;
 use qkd_kms::store::vault::FileKek;
 use qkd_kms::tls::{SaeIdentityRule, TlsFiles};
@@ -224,7 +224,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     let server_cfg =
         Arc::new(qkd_kms::tls::server_config(&tls).context("ETSI 014 TLS configuration")?);
     let service: Arc<dyn KeyService> = Arc::new(manager.clone());
-    let etsi_task = tokio::spawn(qkd_kms::etsi::server::serve(
+    let etsi_task = tokio::spawn(qkd_kms::api::etsi014::server::serve(
         etsi_l,
         server_cfg,
         service,

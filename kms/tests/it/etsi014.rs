@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use qkd_kms::etsi::reply::{
+use qkd_kms::api::etsi014::reply::{
     MSG_INSUFFICIENT_KEY_MATERIAL, MSG_KEYS_NOT_FOUND, MSG_MANDATORY_UNSUPPORTED,
     MSG_SIZE_NOT_MULTIPLE_OF_8, MSG_UNKNOWN_SLAVE,
 };
-use qkd_kms::service::{
+use qkd_kms::api::{
     DecKeysRequest, DeliveredKey, EncKeysRequest, KeyLimits, KeyService, PairStatus, ServiceError,
 };
 use qkd_kms::tls;

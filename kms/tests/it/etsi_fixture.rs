@@ -21,14 +21,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qkd_hardware::LinkRole;
-use qkd_kms::etsi;
+use qkd_kms::api::etsi014;
+use qkd_kms::api::{KeyLimits, KeyService};
 use qkd_kms::hybrid::{LocalIdentity, NodeSigningKey, PeerPublicKeys, PinnedPeers};
 use qkd_kms::manager::{
     E2eKeys, KeyManager, LinkSetup, ManagerConfig, NeighbourEntry, RelayConfig, SaeEntry,
 };
 use qkd_kms::peer::{self, PeerSetupError};
 use qkd_kms::pki::DemoPki;
-use qkd_kms::service::{KeyLimits, KeyService};
 use qkd_kms::store::Store;
 use qkd_kms::store::vault::FileKek;
 use qkd_kms::tls::{self, SaeIdentityRule, TlsFiles};
@@ -445,7 +445,7 @@ pub async fn start_kme(pki: &DemoPki, node: &str, service: Arc<dyn KeyService>) 
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(etsi::serve(
+    let task = tokio::spawn(etsi014::serve(
         listener,
         Arc::new(config),
         service,

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use qkd_kms::service::{
+use qkd_kms::api::{
     DecKeysRequest, DeliveredKey, EncKeysRequest, KeyLimits, KeyService, PairStatus, ServiceError,
 };
 use qkd_types::{KeyId, KmeId, SaeId, Secret};

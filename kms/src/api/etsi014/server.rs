@@ -31,7 +31,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::reply::{EtsiError, Reply, error_reply};
 use super::request::{Body, RawRequest, handle};
-use crate::service::KeyService;
+use crate::api::KeyService;
 use crate::tls::SaeIdentityRule;
 
 /// Largest request body the front end parses. A Key IDs body of 128 UUIDs is about 7 KiB.

@@ -23,7 +23,7 @@ use qkd_proto::etsi014;
 use qkd_types::{KeyId, SaeId};
 
 use super::reply::{ALLOW_KEYS, ALLOW_STATUS, EtsiError, Reply, error_reply};
-use crate::service::{DecKeysRequest, DeliveredKey, EncKeysRequest, KeyService, PairStatus};
+use crate::api::{DecKeysRequest, DeliveredKey, EncKeysRequest, KeyService, PairStatus};
 
 /// The path prefix of every ETSI 014 method.
 pub const BASE_PATH: &str = "/api/v1/keys/";
@@ -136,7 +136,7 @@ pub fn route(
             // The path master gets no check of its own (policy §1.3 step 3): an ID that cannot
             // even be parsed names no key, exactly like an unknown one.
             let master = SaeId::from_path_segment(segment)
-                .map_err(|_| EtsiError::Service(crate::service::ServiceError::KeysNotFound))?;
+                .map_err(|_| EtsiError::Service(crate::api::ServiceError::KeysNotFound))?;
             Ok(Call::DecKeys(DecKeysRequest {
                 slave: caller.clone(),
                 master,
@@ -444,7 +444,7 @@ fn check_enc_keys(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::service::{KeyLimits, ServiceError};
+    use crate::api::{KeyLimits, ServiceError};
     use async_trait::async_trait;
 
     /// Policy only; the async methods are never reached by `route`.

@@ -1,8 +1,12 @@
-//! The boundary between the ETSI GS QKD 014 front end and the key manager.
+//! The protocol-neutral key-delivery service and its front ends.
 //!
-//! The HTTP shell parses and checks a request (in the order product policy fixes), then calls a
-//! [`KeyService`]. The key manager implements it; tests may implement it with a fake. Nothing here
-//! knows about HTTP, and nothing here carries ETSI spellings.
+//! Every front end (today [`etsi014`], the ETSI GS QKD 014 REST API) authenticates its caller,
+//! parses and checks a request in the order its protocol's policy fixes, and then calls the one
+//! [`KeyService`]. The key manager implements it; tests may implement it with a fake. The types in
+//! this module know nothing of HTTP, gRPC or any protocol's spellings; each front end maps
+//! [`ServiceError`] to its own wire status in exactly one place.
+
+pub mod etsi014;
 
 use async_trait::async_trait;
 use qkd_types::{KeyId, KmeId, SaeId, Secret};

@@ -9,7 +9,7 @@ use http::StatusCode;
 use qkd_proto::etsi014;
 use serde_json::Value;
 
-use crate::service::ServiceError;
+use crate::api::ServiceError;
 
 /// ETSI 014 §6.4 / product policy: a size outside our multiple-of-8 rule.
 pub const MSG_SIZE_NOT_MULTIPLE_OF_8: &str = "size shall be a multiple of 8";

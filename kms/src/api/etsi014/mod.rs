@@ -1,7 +1,7 @@
 //! The ETSI GS QKD 014 front end: SAEs fetch keys here over HTTPS with mutual TLS.
 //!
 //! * [`request`]: the sans-IO layer. It checks a request in the order product policy fixes and
-//!   turns it into a [`Call`] on the [`KeyService`](crate::service::KeyService), or an error.
+//!   turns it into a [`Call`] on the [`KeyService`](crate::api::KeyService), or an error.
 //! * [`reply`]: the answers, the ETSI message constants, and the single mapping from errors to
 //!   HTTP status and ETSI `Error` body.
 //! * [`server`]: the HTTPS shell (hyper 1 over tokio-rustls) with graceful shutdown.
