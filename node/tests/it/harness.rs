@@ -209,6 +209,26 @@ impl Net {
         std::fs::write(&p, text).unwrap();
     }
 
+    /// Rewrites a node's configuration file (before starting it) through its TOML table.
+    pub fn edit_config(&self, node: &str, edit: impl FnOnce(&mut toml::Table)) {
+        let p = self.path().join(node).join("node.toml");
+        let mut table: toml::Table = std::fs::read_to_string(&p).unwrap().parse().unwrap();
+        edit(&mut table);
+        std::fs::write(&p, toml::to_string(&table).unwrap()).unwrap();
+    }
+
+    /// Stops a node with SIGTERM and waits until it has exited.
+    pub fn stop(&self, node: &str) {
+        let child = self.procs.lock().unwrap().remove(node);
+        if let Some(mut c) = child {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            c.wait().unwrap();
+        }
+    }
+
     /// The node's recorded addresses.
     pub fn listen(&self, node: &str) -> Listen {
         serde_json::from_slice(&std::fs::read(self.listen_file(node)).unwrap()).unwrap()
