@@ -30,7 +30,8 @@ use qkd_types::{BlockId, Clock, KeyId, KmeId, LinkId, NodeId, SaeId};
 use tonic::transport::Channel;
 
 use crate::api::{
-    DecKeysRequest, DeliveredKey, EncKeysRequest, KeyLimits, KeyService, PairStatus, ServiceError,
+    DecKeysRequest, DeliveredKey, EncKeysRequest, KeyLimits, KeyProfile, KeyService, PairStatus,
+    ServiceError,
 };
 use crate::core::pool::{BlockMeta, BlockState, LinkPool, Range};
 use crate::store::{Recovered, StoreError, Txn};
@@ -771,6 +772,14 @@ impl KeyService for KeyManager {
 
     fn may_pair(&self, master: &SaeId, slave: &SaeId) -> bool {
         self.pair_allowed(master, slave)
+    }
+
+    fn profile(&self, master: &SaeId, slave: &SaeId) -> KeyProfile {
+        let mode = self.pair_mode(master, slave);
+        KeyProfile {
+            policy: mode.policy_name(),
+            suite: mode.suite_name(),
+        }
     }
 
     async fn status(&self, master: &SaeId, slave: &SaeId) -> Result<PairStatus, ServiceError> {

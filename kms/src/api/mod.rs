@@ -39,6 +39,17 @@ impl Default for KeyLimits {
     }
 }
 
+/// How the keys of one SAE pair are made, as configured: the protection policy and the hybrid
+/// suite. Configuration, never negotiated; a request whose pairs differ is refused, never served
+/// under one of them (docs/etsi014.md, "one profile per request").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyProfile {
+    /// The policy's name (`QKD+PQ+T`, `QKD-only`...).
+    pub policy: &'static str,
+    /// The hybrid suite's name; empty where the policy uses none.
+    pub suite: &'static str,
+}
+
 /// What the Get status method reports, besides the IDs and limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PairStatus {
@@ -106,6 +117,10 @@ pub enum ServiceError {
     /// Peer node or device: the peer KME cannot be reached or refused to agree. 503.
     #[error("peer KME unavailable: {0}")]
     PeerUnavailable(String),
+    /// SAE or operator: the pairs of one request differ in policy or suite (front ends refuse
+    /// such requests before they reach the key manager; this is the key manager's own guard). 400.
+    #[error("the pairs of the request differ in policy or suite")]
+    MixedProfiles,
     /// Operator or bug: the store failed; the node is shutting down to recover from disk. 503.
     #[error("key data access error")]
     Storage,
@@ -125,6 +140,9 @@ pub trait KeyService: Send + Sync + 'static {
 
     /// Whether `master` may obtain keys shared with `slave`.
     fn may_pair(&self, master: &SaeId, slave: &SaeId) -> bool;
+
+    /// The configured policy and suite of keys from `master` to `slave`.
+    fn profile(&self, master: &SaeId, slave: &SaeId) -> KeyProfile;
 
     /// Get status for an admitted master and a known, permitted slave.
     async fn status(&self, master: &SaeId, slave: &SaeId) -> Result<PairStatus, ServiceError>;

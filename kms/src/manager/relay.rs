@@ -381,9 +381,14 @@ impl KeyManager {
                     ServiceError::InsufficientKeyMaterial
                 }
                 RelayError::Store => ServiceError::Storage,
+                RelayError::MixedProfiles => ServiceError::MixedProfiles,
                 e => ServiceError::PeerUnavailable(e.to_string()),
             }
         };
+        let mode = self.pair_mode(master, &slaves[0]);
+        if slaves.iter().any(|s| self.pair_mode(master, s) != mode) {
+            return Err(ServiceError::MixedProfiles);
+        }
         // Slaves grouped by the node they are attached to.
         let mut groups: std::collections::BTreeMap<NodeId, Vec<SaeId>> = Default::default();
         for s in &slaves {
@@ -506,6 +511,14 @@ impl KeyManager {
             ));
         }
         let mode = self.pair_mode(&spec.master, &spec.slaves[0]);
+        // One batch, one policy and suite: never make keys for a pair under another pair's.
+        if spec
+            .slaves
+            .iter()
+            .any(|s| self.pair_mode(&spec.master, s) != mode)
+        {
+            return Err(RelayError::MixedProfiles);
+        }
         let relayed_len = mode.relayed_len(spec.size_bits);
         let need = u64::from(relayed_len) * spec.number as u64 + u64::from(AUTH_LEN);
         let path = {
@@ -978,7 +991,10 @@ impl KeyManager {
             return Err(bad("slave SAEs not attached here or not allowed to pair"));
         }
         let mode = self.pair_mode(&master, &slaves[0]);
-        if header.policy != mode.policy_name() || header.suite != mode.suite_name() {
+        if slaves.iter().any(|s| self.pair_mode(&master, s) != mode)
+            || header.policy != mode.policy_name()
+            || header.suite != mode.suite_name()
+        {
             return Err(bad(
                 "policy or suite differs from this node's configuration",
             ));
@@ -1302,6 +1318,9 @@ pub enum RelayError {
     /// The end-to-end exchange failed (see the message).
     #[error("end-to-end exchange: {0}")]
     E2e(String),
+    /// The slaves' pairs differ in policy or suite (the front end refuses such requests first).
+    #[error("the slaves' pairs differ in policy or suite")]
+    MixedProfiles,
     /// Not supported (yet) in this configuration.
     #[error("unsupported: {0}")]
     Unsupported(&'static str),

@@ -21,7 +21,8 @@ use qkd_kms::api::etsi014::reply::{
     MSG_SIZE_NOT_MULTIPLE_OF_8, MSG_UNKNOWN_SLAVE,
 };
 use qkd_kms::api::{
-    DecKeysRequest, DeliveredKey, EncKeysRequest, KeyLimits, KeyService, PairStatus, ServiceError,
+    DecKeysRequest, DeliveredKey, EncKeysRequest, KeyLimits, KeyProfile, KeyService, PairStatus,
+    ServiceError,
 };
 use qkd_kms::tls;
 use qkd_proto::etsi014::{KeyContainer, Status};
@@ -588,6 +589,9 @@ impl KeyService for Slow {
     }
     fn may_pair(&self, m: &SaeId, s: &SaeId) -> bool {
         self.inner.may_pair(m, s)
+    }
+    fn profile(&self, m: &SaeId, s: &SaeId) -> KeyProfile {
+        self.inner.profile(m, s)
     }
     async fn status(&self, m: &SaeId, s: &SaeId) -> Result<PairStatus, ServiceError> {
         self.inner.status(m, s).await

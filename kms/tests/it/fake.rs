@@ -11,7 +11,8 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use qkd_kms::api::{
-    DecKeysRequest, DeliveredKey, EncKeysRequest, KeyLimits, KeyService, PairStatus, ServiceError,
+    DecKeysRequest, DeliveredKey, EncKeysRequest, KeyLimits, KeyProfile, KeyService, PairStatus,
+    ServiceError,
 };
 use qkd_types::{KeyId, KmeId, SaeId, Secret};
 
@@ -104,6 +105,14 @@ impl KeyService for FakeKeys {
 
     fn may_pair(&self, master: &SaeId, slave: &SaeId) -> bool {
         self.capacity.contains_key(&(master.clone(), slave.clone()))
+    }
+
+    fn profile(&self, _: &SaeId, _: &SaeId) -> KeyProfile {
+        // Every pair of the fake is made alike.
+        KeyProfile {
+            policy: "QKD+PQ+T",
+            suite: "X25519/ML-KEM-768",
+        }
     }
 
     async fn status(&self, master: &SaeId, slave: &SaeId) -> Result<PairStatus, ServiceError> {

@@ -9,7 +9,9 @@ use http::StatusCode;
 use qkd_proto::etsi014;
 use serde_json::Value;
 
-use crate::api::ServiceError;
+use qkd_types::SaeId;
+
+use crate::api::{KeyProfile, ServiceError};
 
 /// ETSI 014 §6.4 / product policy: a size outside our multiple-of-8 rule.
 pub const MSG_SIZE_NOT_MULTIPLE_OF_8: &str = "size shall be a multiple of 8";
@@ -25,6 +27,11 @@ pub const MSG_INSUFFICIENT_KEY_MATERIAL: &str = "insufficient key material";
 pub const MSG_KEY_DATA_ACCESS: &str = "key data access error";
 /// Product policy (§1.9): the path slave or an additional slave is not a configured SAE.
 pub const MSG_UNKNOWN_SLAVE: &str = "unknown slave_SAE_ID";
+/// Product policy (docs/etsi014.md): the pairs of one request differ in policy or suite.
+pub const MSG_MIXED_PROFILES: &str =
+    "all slaves of a request must share the policy and suite of the pair";
+/// The `details` member naming one pair of such a request.
+pub const DETAIL_PAIR: &str = "pair";
 /// Product policy (§1.9): the peer KME could not take part in the request.
 pub const MSG_PEER_UNAVAILABLE: &str = "peer KME unavailable";
 
@@ -128,6 +135,13 @@ pub enum EtsiError {
     /// SAE: an additional slave repeats the master, the slave or another additional slave.
     #[error("additional_slave_SAE_IDs must differ from each other, the master and the slave")]
     DuplicateAdditionalSlave,
+    /// SAE or operator: the pairs of the master with the slave and the additional slaves are
+    /// configured with different policies or suites, so no one key can serve them all.
+    #[error("all slaves of a request must share the policy and suite of the pair")]
+    MixedProfiles {
+        /// Each pair of the request, with its profile, in request order.
+        pairs: Vec<(SaeId, SaeId, KeyProfile)>,
+    },
     /// SAE: `key_IDs` is empty.
     #[error("key_IDs must hold at least one key_ID")]
     NoKeyIds,
@@ -189,6 +203,35 @@ pub fn error_reply(err: &EtsiError) -> Reply {
                     MSG_MANDATORY_UNSUPPORTED.into(),
                     Some(details),
                 )
+            }
+            EtsiError::MixedProfiles { pairs } => {
+                let details = pairs
+                    .iter()
+                    .map(|(master, slave, profile)| {
+                        let mut o = etsi014::JsonObject::new();
+                        o.insert(
+                            DETAIL_PAIR.into(),
+                            Value::String(format!(
+                                "{master} -> {slave}: policy {}, suite {}",
+                                profile.policy,
+                                if profile.suite.is_empty() {
+                                    "none"
+                                } else {
+                                    profile.suite
+                                }
+                            )),
+                        );
+                        o
+                    })
+                    .collect();
+                (
+                    StatusCode::BAD_REQUEST,
+                    MSG_MIXED_PROFILES.into(),
+                    Some(details),
+                )
+            }
+            EtsiError::Service(ServiceError::MixedProfiles) => {
+                (StatusCode::BAD_REQUEST, MSG_MIXED_PROFILES.into(), None)
             }
             EtsiError::Service(ServiceError::KeysNotFound) => {
                 (StatusCode::BAD_REQUEST, MSG_KEYS_NOT_FOUND.into(), None)
@@ -262,6 +305,11 @@ mod tests {
             ),
             (EtsiError::UnknownSlave, 400, Some(MSG_UNKNOWN_SLAVE)),
             (EtsiError::NotFound, 404, Some("not found")),
+            (
+                ServiceError::MixedProfiles.into(),
+                400,
+                Some(MSG_MIXED_PROFILES),
+            ),
         ];
         for (err, code, msg) in cases {
             let r = error_reply(&err);
@@ -271,6 +319,36 @@ mod tests {
                 Some(m) => assert_eq!(body(&r)["message"], m, "{err:?}"),
             }
         }
+    }
+
+    #[test]
+    fn mixed_profiles_name_every_pair_of_the_request() {
+        let sae = |s: &str| SaeId::parse(s).unwrap();
+        let hybrid = KeyProfile {
+            policy: "QKD+PQ+T",
+            suite: "X25519/ML-KEM-768",
+        };
+        let qkd_only = KeyProfile {
+            policy: "QKD-only",
+            suite: "",
+        };
+        let r = error_reply(&EtsiError::MixedProfiles {
+            pairs: vec![
+                (sae("ENC-A1"), sae("ENC-B1"), qkd_only),
+                (sae("ENC-A1"), sae("ENC-B2"), hybrid),
+            ],
+        });
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            body(&r),
+            serde_json::json!({
+                "message": MSG_MIXED_PROFILES,
+                "details": [
+                    {"pair": "ENC-A1 -> ENC-B1: policy QKD-only, suite none"},
+                    {"pair": "ENC-A1 -> ENC-B2: policy QKD+PQ+T, suite X25519/ML-KEM-768"}
+                ]
+            })
+        );
     }
 
     #[test]

@@ -3,14 +3,14 @@
 //! [`route`] takes what the HTTP shell saw (method, raw path, raw query, Content-Type, body bytes)
 //! and the caller's SAE ID from its certificate, consults the key manager's synchronous policy
 //! methods ([`KeyService::admits`], [`knows`](KeyService::knows), [`limits`](KeyService::limits),
-//! [`may_pair`](KeyService::may_pair)), and returns either a checked [`Call`] or the [`EtsiError`]
+//! [`may_pair`](KeyService::may_pair), [`profile`](KeyService::profile)), and returns either a checked [`Call`] or the [`EtsiError`]
 //! to answer at once. [`handle`] runs the call against the key manager and renders the reply.
 //!
-//! The order of checks is product policy (reference/standards.md §1.3 and §1.9) and must not be
-//! rearranged:
+//! The order of checks is product policy (docs/etsi014.md) and must not be rearranged:
 //! * status and enc_keys: caller admission (401) → path slave known and not the caller (400) →
 //!   query/body syntax and values, the `additional_slave_SAE_IDs` list included (400) → pairing
-//!   permission (401) → `extension_mandatory` (400) → key availability (503, key manager);
+//!   permission (401) → every pair of the request shares one policy and suite (400) →
+//!   `extension_mandatory` (400) → key availability (503, key manager);
 //! * dec_keys: caller admission (401) → request shape (400) → lookup by (path master, key_ID)
 //!   (400, key manager; an unparsable path ID ends there too) → caller is a slave (401, key manager).
 //!
@@ -409,6 +409,22 @@ fn check_enc_keys(
         return Err(EtsiError::Unauthorized);
     }
 
+    // One key serves every slave of the request, so their pairs must agree on how keys are
+    // made; serving them under the first pair's profile would silently weaken the others.
+    if !additional.is_empty() {
+        let profile = service.profile(caller, &slave);
+        if additional
+            .iter()
+            .any(|a| service.profile(caller, a) != profile)
+        {
+            let pairs = std::iter::once(&slave)
+                .chain(&additional)
+                .map(|s| (caller.clone(), s.clone(), service.profile(caller, s)))
+                .collect();
+            return Err(EtsiError::MixedProfiles { pairs });
+        }
+    }
+
     // This KME implements no extension, so every mandatory one is unsupported. Optional ones
     // are ignored (policy §1.9).
     let names: Vec<String> = wire
@@ -444,7 +460,7 @@ fn check_enc_keys(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::api::{KeyLimits, ServiceError};
+    use crate::api::{KeyLimits, KeyProfile, ServiceError};
     use async_trait::async_trait;
 
     /// Policy only; the async methods are never reached by `route`.
@@ -453,6 +469,25 @@ mod tests {
     const HERE: [&str; 2] = ["A", "A2"];
     const KNOWN: [&str; 6] = ["A", "A2", "B", "C", "M", "X"];
     const PAIRS: [(&str, &str); 4] = [("A", "B"), ("A", "C"), ("A2", "B"), ("A", "A2")];
+    const HYBRID: KeyProfile = KeyProfile {
+        policy: "QKD+PQ+T",
+        suite: "X25519/ML-KEM-768",
+    };
+    const QKD_ONLY: KeyProfile = KeyProfile {
+        policy: "QKD-only",
+        suite: "",
+    };
+
+    fn mixed(slaves: &[&str]) -> Result<Call, EtsiError> {
+        let pairs = slaves
+            .iter()
+            .map(|s| {
+                let profile = if *s == "A2" { QKD_ONLY } else { HYBRID };
+                (sae("A"), sae(s), profile)
+            })
+            .collect();
+        Err(EtsiError::MixedProfiles { pairs })
+    }
 
     #[async_trait]
     impl KeyService for Policy {
@@ -464,13 +499,21 @@ mod tests {
         }
         fn limits(&self, master: &SaeId, slave: &SaeId) -> KeyLimits {
             let mut l = KeyLimits::default();
-            if (master.as_str(), slave.as_str()) == ("A", "B") {
+            if master.as_str() == "A" && ["B", "A2"].contains(&slave.as_str()) {
                 l.max_sae_id_count = 2;
             }
             l
         }
         fn may_pair(&self, master: &SaeId, slave: &SaeId) -> bool {
             PAIRS.contains(&(master.as_str(), slave.as_str()))
+        }
+        fn profile(&self, _: &SaeId, slave: &SaeId) -> KeyProfile {
+            // A2 is the one slave whose pair with A is configured QKD-only.
+            if slave.as_str() == "A2" {
+                QKD_ONLY
+            } else {
+                HYBRID
+            }
         }
         async fn status(&self, _: &SaeId, _: &SaeId) -> Result<PairStatus, ServiceError> {
             Err(ServiceError::Storage)
@@ -625,6 +668,12 @@ mod tests {
             (Some("A"), "POST", p_enc, None, JSON, r#"{"additional_slave_SAE_IDs":["C","C"]}"#, Err(E::DuplicateAdditionalSlave)),
             (Some("A"), "POST", p_enc, None, JSON, r#"{"additional_slave_SAE_IDs":["X"]}"#, Err(E::Unauthorized)),
             (Some("A"), "POST", p_enc, None, JSON, r#"{"additional_slave_SAE_IDs":"C"}"#, bad_body()),
+            // One profile per request: after pairing permission, before extension_mandatory.
+            (Some("A"), "POST", p_enc, None, JSON, r#"{"additional_slave_SAE_IDs":["A2"]}"#, mixed(&["B", "A2"])),
+            (Some("A"), "POST", "/api/v1/keys/A2/enc_keys", None, JSON, r#"{"additional_slave_SAE_IDs":["C","B"]}"#, mixed(&["A2", "C", "B"])),
+            (Some("A"), "POST", p_enc, None, JSON, r#"{"additional_slave_SAE_IDs":["A2","X"]}"#, Err(E::Unauthorized)),
+            (Some("A"), "POST", p_enc, None, JSON, r#"{"additional_slave_SAE_IDs":["A2"],"extension_mandatory":[{"abc_a":1}]}"#, mixed(&["B", "A2"])),
+            (Some("A"), "POST", p_enc, None, JSON, r#"{"additional_slave_SAE_IDs":["C"],"extension_mandatory":[{"abc_a":1}]}"#, Err(E::UnsupportedMandatoryExtensions { names: vec!["abc_a".into()] })),
             // Extensions: mandatory after pairing, optional ignored.
             (Some("A"), "POST", p_enc, None, JSON, r#"{"extension_mandatory":[{"abc_route_type":"direct"}]}"#, Err(E::UnsupportedMandatoryExtensions { names: vec!["abc_route_type".into()], })),
             (Some("A"), "POST", p_enc, None, JSON, r#"{"extension_mandatory":[{"abc_a":1},{"abc_b":2}]}"#, Err(E::UnsupportedMandatoryExtensions { names: vec!["abc_a".into(), "abc_b".into()], })),
