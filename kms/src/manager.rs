@@ -148,6 +148,24 @@ struct Inner {
     writer: Writer,
     links: HashMap<LinkId, LinkRt>,
     relay: relay::RelayState,
+    /// Pool keys found at start that no longer fit their pair's configuration, to be erased by
+    /// [`KeyManager::void_stale_keys`] (never served meanwhile: they are not in the pools).
+    stale_pool: Mutex<Vec<KeyId>>,
+    /// Keys voided at start because the configuration changed, per pair and reason.
+    voided: Mutex<BTreeMap<(SaeId, SaeId, String), u64>>,
+}
+
+/// Keys of one pair voided at start because they no longer fit its configuration.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct VoidedKeys {
+    /// Master SAE of the pair.
+    pub master: SaeId,
+    /// Slave SAE of the pair.
+    pub slave: SaeId,
+    /// How many keys.
+    pub keys: u64,
+    /// Why, e.g. "pool key of 256 bits, default key size now 512".
+    pub reason: String,
 }
 
 /// Peer errors that are worth a gRPC status; mapped to `tonic::Status` in [`crate::peer`] only.
@@ -213,6 +231,8 @@ impl KeyManager {
                 writer,
                 links: map,
                 relay: Default::default(),
+                stale_pool: Mutex::default(),
+                voided: Mutex::default(),
             }),
         };
         me.restore_pools(std::mem::take(&mut recovered.pool));
@@ -222,6 +242,116 @@ impl KeyManager {
     /// The configuration.
     pub fn config(&self) -> &ManagerConfig {
         &self.inner.cfg
+    }
+
+    /// Erases, before the node serves anything, every stored key that no longer fits its pair's
+    /// configuration (a changed key size, policy or suite): the pool keys left out at restore,
+    /// and the keys waiting here for their slaves. Each leaves a tombstone, so its ID stays
+    /// used. They are logged and listed in [`KeyManager::voided_at_start`]. `dec_keys` checks
+    /// the same rule on every key it serves, so nothing stale is served even before this ran.
+    pub async fn void_stale_keys(&self) -> Result<(), StoreError> {
+        const BATCH: usize = 1024;
+        let stale: Vec<KeyId> = std::mem::take(&mut *relay::lock(&self.inner.stale_pool));
+        for chunk in stale.chunks(BATCH) {
+            let ids = chunk.to_vec();
+            self.inner
+                .writer
+                .run(move |tx| -> Result<(), StoreError> {
+                    for id in &ids {
+                        tx.take_pool_key(*id)?;
+                    }
+                    Ok(())
+                })
+                .await??;
+        }
+        let mut after = None;
+        loop {
+            let page = self
+                .inner
+                .writer
+                .run(move |tx| tx.keys_after(after, BATCH))
+                .await??;
+            let Some(last) = page.last().map(|(id, _)| *id) else {
+                break;
+            };
+            after = Some(last);
+            let mut void = Vec::new();
+            for (id, meta) in page {
+                let slaves: Vec<SaeId> = meta.slaves.iter().map(|(s, _)| s.clone()).collect();
+                let origin = crate::core::fit::KeyOrigin {
+                    made_under: meta.made_under.as_ref(),
+                    size_bits: meta.size_bits,
+                    pool: meta.pool,
+                };
+                if let Some(why) = self.misfit(&meta.master, &slaves, origin) {
+                    let slave = slaves.first().cloned().unwrap_or(meta.master.clone());
+                    self.note_voided(&meta.master, &slave, &why);
+                    void.push((id, meta));
+                }
+            }
+            if !void.is_empty() {
+                let now = self.inner.clock.now();
+                self.inner
+                    .writer
+                    .run(move |tx| -> Result<(), StoreError> {
+                        for (id, meta) in &void {
+                            tx.retire_key(*id, meta, now)?;
+                        }
+                        Ok(())
+                    })
+                    .await??;
+            }
+        }
+        for v in self.voided_at_start() {
+            tracing::warn!(
+                master = %v.master,
+                slave = %v.slave,
+                keys = v.keys,
+                reason = %v.reason,
+                "voided stored keys made under an earlier configuration"
+            );
+        }
+        Ok(())
+    }
+
+    /// Keys voided at start because the configuration changed (for `/status`).
+    pub fn voided_at_start(&self) -> Vec<VoidedKeys> {
+        relay::lock(&self.inner.voided)
+            .iter()
+            .map(|((master, slave, reason), keys)| VoidedKeys {
+                master: master.clone(),
+                slave: slave.clone(),
+                keys: *keys,
+                reason: reason.clone(),
+            })
+            .collect()
+    }
+
+    fn note_voided(&self, master: &SaeId, slave: &SaeId, why: &crate::core::fit::Misfit) {
+        *relay::lock(&self.inner.voided)
+            .entry((master.clone(), slave.clone(), why.to_string()))
+            .or_default() += 1;
+    }
+
+    /// Why a key of `master` for `slaves` may no longer be served, if it may not.
+    fn misfit(
+        &self,
+        master: &SaeId,
+        slaves: &[SaeId],
+        origin: crate::core::fit::KeyOrigin<'_>,
+    ) -> Option<crate::core::fit::Misfit> {
+        let profiles = slaves.iter().map(|s| self.profile(master, s));
+        crate::core::fit::misfit(origin, profiles, &self.inner.cfg.limits)
+    }
+
+    fn stored_key_fits(&self, m: &crate::store::StoredKey) -> bool {
+        let slaves: Vec<SaeId> = m.slaves.iter().map(|(s, _)| s.clone()).collect();
+        let origin = crate::core::fit::KeyOrigin {
+            made_under: m.made_under.as_ref(),
+            size_bits: m.size_bits,
+            pool: m.pool,
+        };
+        self.misfit(&m.master, &slaves, origin).is_none()
     }
 
     /// Resolves when the store failed and the node must exit.
@@ -840,6 +970,8 @@ impl KeyService for KeyManager {
         // their tombstones, which prove the key exists (within its TTL) and whose it is.
         let master_here = self.is_local(&req.master);
         let ttl = self.inner.cfg.key_ttl_ms;
+        // The configuration keys must still fit (checked per key below; voided at start too).
+        let me = self.clone();
         let out = self
             .inner
             .writer
@@ -866,6 +998,7 @@ impl KeyService for KeyManager {
                                 if m.released
                                     && m.master == req.master
                                     && m.expires_at > now
+                                    && me.stored_key_fits(&m)
                                     && !m
                                         .slaves
                                         .iter()

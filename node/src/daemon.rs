@@ -210,6 +210,11 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         relay: relay_config(&cfg)?,
     };
     let manager = KeyManager::new(mcfg, clock.clone(), writer, setups, recovered);
+    // Before anything is served: keys made under an earlier configuration are erased.
+    manager
+        .void_stale_keys()
+        .await
+        .context("cannot void keys made under an earlier configuration")?;
 
     // Servers.
     let stop = {

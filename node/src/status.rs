@@ -23,6 +23,8 @@ struct NodeStatus {
     /// True if any link is simulated: this node must not protect real data.
     simulated: bool,
     links: Vec<LinkStatusOut>,
+    /// Keys erased at start because their pair's key size, policy or suite changed.
+    voided_at_start: Vec<qkd_kms::manager::VoidedKeys>,
 }
 
 #[derive(Debug, Serialize)]
@@ -48,6 +50,7 @@ pub async fn status_json(manager: &KeyManager, node: &NodeId) -> String {
         kme_id: manager.config().kme.to_string(),
         simulated: links.iter().any(|l| l.level.simulated),
         links,
+        voided_at_start: manager.voided_at_start(),
     };
     serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }

@@ -31,10 +31,11 @@ use super::{
     DeliveredKey, KeyManager, LinkRt, PeerError, ServiceError, block_updates, range_msg, range_of,
     store_result,
 };
+use crate::core::fit::KeyOrigin;
 use crate::core::pool::{LinkPool, PoolError, Range};
 use crate::manager::e2e::{self, DestState, E2eKeys, KeyMode};
 use crate::relay::topology::{LinkAdvert, NodeAdvert, Topology};
-use crate::store::{PoolKey, StoreError, StoredKey};
+use crate::store::{MadeUnder, PoolKey, StoreError, StoredKey};
 
 /// Bytes of link key keying the MAC of one hop message.
 const AUTH_LEN: u32 = 32;
@@ -137,6 +138,7 @@ struct PairPool {
 #[derive(Debug)]
 struct Pending {
     wrap: bool,
+    pool: bool,
     source: NodeId,
     master: SaeId,
     slaves: Vec<SaeId>,
@@ -155,6 +157,8 @@ struct BatchSpec {
     number: usize,
     /// Keys that wrap multicast keys, never delivered themselves.
     wrap: bool,
+    /// Keys for the pair's pool, at its default size.
+    pool: bool,
 }
 
 /// A finished batch.
@@ -204,12 +208,33 @@ impl KeyManager {
         self.inner.links.get(&n.link)
     }
 
-    /// Restores the pools from the store at start.
+    /// What keys of a pair are made under now.
+    pub(super) fn made_under(&self, master: &SaeId, slave: &SaeId) -> MadeUnder {
+        let mode = self.pair_mode(master, slave);
+        MadeUnder {
+            policy: mode.policy_name().to_string(),
+            suite: mode.suite_name().to_string(),
+        }
+    }
+
+    /// Restores the pools from the store at start. Keys that no longer fit their pair's
+    /// configuration are left out, to be erased by [`KeyManager::void_stale_keys`].
     pub(super) fn restore_pools(&self, pool: Vec<(KeyId, PoolKey)>) {
         let mut pools = lock(&self.relay().pools);
         let mut all: Vec<_> = pool.into_iter().collect();
         all.sort_by_key(|(_, m)| m.created_at);
         for (id, meta) in all {
+            let origin = KeyOrigin {
+                made_under: meta.made_under.as_ref(),
+                size_bits: meta.size_bits,
+                pool: true,
+            };
+            if let Some(why) = self.misfit(&meta.master, &meta.slaves, origin) {
+                let slave = meta.slaves.first().cloned().unwrap_or(meta.master.clone());
+                self.note_voided(&meta.master, &slave, &why);
+                lock(&self.inner.stale_pool).push(id);
+                continue;
+            }
             if let Some(slave) = meta.slaves.first() {
                 pools
                     .entry((meta.master.clone(), slave.clone()))
@@ -339,6 +364,7 @@ impl KeyManager {
             size_bits: self.inner.cfg.limits.key_size,
             number: n,
             wrap: false,
+            pool: true,
         };
         let keys = self.run_batch(&spec).await?.keys;
         let now = self.now();
@@ -347,6 +373,7 @@ impl KeyManager {
             slaves: spec.slaves.clone(),
             size_bits: spec.size_bits,
             created_at: now,
+            made_under: Some(self.made_under(master, slave)),
         };
         let ids: Vec<KeyId> = keys.iter().map(|k| k.id).collect();
         let r = self
@@ -408,6 +435,7 @@ impl KeyManager {
                 size_bits,
                 number,
                 wrap: false,
+                pool: false,
             };
             self.run_batch(&spec).await.map_err(map_err)?.keys
         } else {
@@ -458,6 +486,7 @@ impl KeyManager {
                 size_bits: 256,
                 number,
                 wrap: true,
+                pool: false,
             };
             let key_ids = &key_ids;
             let keys = &keys;
@@ -558,6 +587,7 @@ impl KeyManager {
                 .collect(),
             relayed_len,
             wrap: spec.wrap,
+            pool: spec.pool,
         };
         let hops = (path.len() - 1) as u32;
         let reply = self.send_hop(&header, 1, &payload, msg1, hops).await;
@@ -1038,6 +1068,7 @@ impl KeyManager {
             relay_id,
             Pending {
                 wrap: header.wrap,
+                pool: header.pool,
                 source: source.clone(),
                 master,
                 slaves,
@@ -1101,6 +1132,7 @@ impl KeyManager {
         }
         let now = self.now();
         let cfg = &self.inner.cfg;
+        let made_under = self.made_under(&pending.master, &pending.slaves[0]);
         let meta = StoredKey {
             request: relay_id,
             master: pending.master,
@@ -1108,6 +1140,8 @@ impl KeyManager {
             size_bits: pending.size_bits,
             expires_at: now + cfg.relay.pool_ttl_ms + cfg.key_ttl_ms,
             released: true,
+            made_under: Some(made_under),
+            pool: pending.pool,
         };
         let ids = pending.keys;
         // Commit before the ack leaves: once the source has the ack it may hand the keys out.
@@ -1162,6 +1196,7 @@ impl KeyManager {
         }
         let now = self.now();
         let cfg = &self.inner.cfg;
+        let made_under = self.made_under(&wraps.master, &wraps.slaves[0]);
         let meta = StoredKey {
             request: relay_id,
             master: wraps.master,
@@ -1169,6 +1204,8 @@ impl KeyManager {
             size_bits: msg.size_bits,
             expires_at: now + cfg.key_ttl_ms,
             released: true,
+            made_under: Some(made_under),
+            pool: false,
         };
         self.inner
             .writer
@@ -1329,7 +1366,7 @@ pub enum RelayError {
     Store,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 

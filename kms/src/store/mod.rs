@@ -98,6 +98,21 @@ pub struct StoredKey {
     pub expires_at: UnixMillis,
     /// Whether the slave may fetch it: false while its batch awaits end-to-end confirmation.
     pub released: bool,
+    /// The configuration it was made under; `None` for keys stored before it was recorded.
+    pub made_under: Option<MadeUnder>,
+    /// Made to fill the pair's pool (at the pair's default size) rather than for one request.
+    pub pool: bool,
+}
+
+/// The configuration a key was made under: the pair's policy and suite by name. A key is served
+/// only while its pair's configuration still names the same ones (docs/design.md, "Keys and
+/// configuration").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MadeUnder {
+    /// Policy name.
+    pub policy: String,
+    /// Suite name (empty where the policy uses none).
+    pub suite: String,
 }
 
 /// A finished key in a pair's pool at the master's node, without its bytes.
@@ -111,6 +126,8 @@ pub struct PoolKey {
     pub size_bits: u32,
     /// When it was derived.
     pub created_at: UnixMillis,
+    /// The configuration it was made under; `None` for keys stored before it was recorded.
+    pub made_under: Option<MadeUnder>,
 }
 
 /// What the store held when it was opened.
@@ -599,6 +616,28 @@ impl Txn<'_> {
         Ok(Some((at, master, slave)))
     }
 
+    /// Waiting keys in key-ID order, starting after `after` (at most `limit`): a bounded scan.
+    pub fn keys_after(
+        &self,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<(KeyId, StoredKey)>, StoreError> {
+        let t = self.tx.open_table(KEYS)?;
+        let mut out = Vec::new();
+        let range = match after {
+            Some(a) => t.range((
+                std::ops::Bound::Excluded(*a.as_bytes()),
+                std::ops::Bound::Unbounded,
+            ))?,
+            None => t.range::<[u8; 16]>(..)?,
+        };
+        for entry in range.take(limit) {
+            let (k, v) = entry?;
+            out.push((KeyId::from_bytes(k.value()), decode_key(v.value())?.0));
+        }
+        Ok(out)
+    }
+
     /// Waiting keys whose expiry is at or before `now` (at most `limit`).
     pub fn expired_keys(
         &self,
@@ -685,18 +724,43 @@ fn pool_aad(id: KeyId, meta: &PoolKey) -> Vec<u8> {
 
 fn encode_pool_key(m: &PoolKey, s: &Sealed) -> Vec<u8> {
     let mut w = W::default();
-    w.u8(1).str(m.master.as_str()).u32(m.slaves.len() as u32);
+    w.u8(2).str(m.master.as_str()).u32(m.slaves.len() as u32);
     for s in &m.slaves {
         w.str(s.as_str());
     }
     w.u32(m.size_bits).u64(m.created_at);
+    encode_made_under(&mut w, m.made_under.as_ref());
     w.0.extend_from_slice(&encode_sealed(s));
     w.0
 }
 
+/// Version 2 records carry what a key was made under: `u8(present) [‖ str policy ‖ str suite]`.
+fn encode_made_under(w: &mut W, m: Option<&MadeUnder>) {
+    match m {
+        None => {
+            w.u8(0);
+        }
+        Some(m) => {
+            w.u8(1).str(&m.policy).str(&m.suite);
+        }
+    }
+}
+
+fn decode_made_under(r: &mut R<'_>) -> Result<Option<MadeUnder>, StoreError> {
+    Ok(match r.u8()? {
+        0 => None,
+        1 => Some(MadeUnder {
+            policy: r.str()?.to_string(),
+            suite: r.str()?.to_string(),
+        }),
+        _ => return Err(StoreError::Corrupt("made-under flag")),
+    })
+}
+
 fn decode_pool_key(v: &[u8]) -> Result<(PoolKey, Sealed), StoreError> {
     let mut r = R(v);
-    if r.u8()? != 1 {
+    let version = r.u8()?;
+    if !(1..=2).contains(&version) {
         return Err(StoreError::Corrupt("pool key version"));
     }
     let master = sae(r.str()?)?;
@@ -707,6 +771,11 @@ fn decode_pool_key(v: &[u8]) -> Result<(PoolKey, Sealed), StoreError> {
     }
     let size_bits = r.u32()?;
     let created_at = r.u64()?;
+    let made_under = if version >= 2 {
+        decode_made_under(&mut r)?
+    } else {
+        None
+    };
     let sealed = decode_sealed(r.0)?;
     Ok((
         PoolKey {
@@ -714,6 +783,7 @@ fn decode_pool_key(v: &[u8]) -> Result<(PoolKey, Sealed), StoreError> {
             slaves,
             size_bits,
             created_at,
+            made_under,
         },
         sealed,
     ))
@@ -779,7 +849,7 @@ fn sae(s: &str) -> Result<SaeId, StoreError> {
 
 fn encode_key(m: &StoredKey, s: &Sealed) -> Vec<u8> {
     let mut w = W::default();
-    w.u8(1)
+    w.u8(2)
         .bytes(&m.request)
         .str(m.master.as_str())
         .u32(m.slaves.len() as u32);
@@ -789,13 +859,16 @@ fn encode_key(m: &StoredKey, s: &Sealed) -> Vec<u8> {
     w.u32(m.size_bits)
         .u64(m.expires_at)
         .u8(u8::from(m.released));
+    encode_made_under(&mut w, m.made_under.as_ref());
+    w.u8(u8::from(m.pool));
     w.0.extend_from_slice(&encode_sealed(s));
     w.0
 }
 
 fn decode_key(v: &[u8]) -> Result<(StoredKey, Sealed), StoreError> {
     let mut r = R(v);
-    if r.u8()? != 1 {
+    let version = r.u8()?;
+    if !(1..=2).contains(&version) {
         return Err(StoreError::Corrupt("key version"));
     }
     let request: [u8; 16] = r
@@ -811,6 +884,11 @@ fn decode_key(v: &[u8]) -> Result<(StoredKey, Sealed), StoreError> {
     let size_bits = r.u32()?;
     let expires_at = r.u64()?;
     let released = r.u8()? != 0;
+    let (made_under, pool) = if version >= 2 {
+        (decode_made_under(&mut r)?, r.u8()? != 0)
+    } else {
+        (None, false)
+    };
     let sealed = decode_sealed(r.0)?;
     Ok((
         StoredKey {
@@ -820,6 +898,8 @@ fn decode_key(v: &[u8]) -> Result<(StoredKey, Sealed), StoreError> {
             size_bits,
             expires_at,
             released,
+            made_under,
+            pool,
         },
         sealed,
     ))
@@ -847,7 +927,40 @@ mod tests {
             size_bits: 256,
             expires_at,
             released: true,
+            made_under: Some(MadeUnder {
+                policy: "QKD+PQ+T".into(),
+                suite: "X25519/ML-KEM-768".into(),
+            }),
+            pool: true,
         }
+    }
+
+    #[test]
+    fn records_of_the_first_version_still_decode_with_no_recorded_origin() {
+        let sealed = Sealed {
+            epoch: 3,
+            nonce: 9,
+            ct: vec![1, 2, 3],
+        };
+        // A version 1 pool key and waiting key, as stored before the origin was recorded.
+        let mut w = W::default();
+        w.u8(1).str("M").u32(1).str("S").u32(256).u64(5);
+        w.0.extend_from_slice(&encode_sealed(&sealed));
+        let (pool, _) = decode_pool_key(&w.0).unwrap();
+        assert_eq!(pool.made_under, None);
+        let mut w = W::default();
+        w.u8(1).bytes(&[7; 16]).str("M").u32(1).str("S").u8(0);
+        w.u32(256).u64(100).u8(1);
+        w.0.extend_from_slice(&encode_sealed(&sealed));
+        let (key, s) = decode_key(&w.0).unwrap();
+        assert_eq!(
+            (key.made_under, key.pool, s.ct),
+            (None, false, vec![1, 2, 3])
+        );
+        // Version 2 round-trips what it records.
+        let meta = waiting(100);
+        let (back, _) = decode_key(&encode_key(&meta, &sealed)).unwrap();
+        assert_eq!((back.made_under, back.pool), (meta.made_under, meta.pool));
     }
 
     #[test]
@@ -869,6 +982,7 @@ mod tests {
             slaves: vec![sae("S")],
             size_bits: 256,
             created_at: 5,
+            made_under: None,
         };
         let epoch1 = {
             let (mut store, rec) = open(dir.path());

@@ -156,6 +156,7 @@ async fn pool_keys_made_before_a_policy_change_are_never_served() {
     net.start("B");
     net.start("A");
     net.wait_for_keys("ENC-A1", "ENC-B1", POOL).await;
+    net.wait_for_keys("ENC-A2", "ENC-B2", POOL).await;
     net.stop("A");
     net.stop("B");
     for node in ["A", "B"] {
