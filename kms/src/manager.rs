@@ -33,7 +33,7 @@ use crate::api::{
     DecKeysRequest, DeliveredKey, EncKeysRequest, KeyLimits, KeyProfile, KeyService, PairStatus,
     ServiceError,
 };
-use crate::core::pool::{BlockMeta, BlockState, LinkPool, Range};
+use crate::core::pool::{BlockMeta, BlockState, LinkPool, PoolError, Range};
 use crate::store::{Recovered, StoreError, Txn};
 use crate::writer::Writer;
 
@@ -111,6 +111,8 @@ struct RelayCounters {
     keys: std::sync::atomic::AtomicU64,
     pad_bytes: std::sync::atomic::AtomicU64,
     auth_bytes: std::sync::atomic::AtomicU64,
+    /// Device key IDs refused because they were already used on the link.
+    reissued: std::sync::atomic::AtomicU64,
 }
 
 impl RelayCounters {
@@ -213,7 +215,8 @@ impl KeyManager {
         for setup in links {
             let allocator = setup.source.info().role == LinkRole::Master;
             let (next_seq, blocks) = recovered.links.remove(&setup.id).unwrap_or_default();
-            let pool = LinkPool::restore(allocator, setup.capacity_bytes, next_seq, blocks);
+            let mut pool = LinkPool::restore(allocator, setup.capacity_bytes, next_seq, blocks);
+            pool.remember_device_ids(recovered.device_ids.remove(&setup.id).unwrap_or_default());
             map.insert(
                 setup.id.clone(),
                 LinkRt {
@@ -390,6 +393,10 @@ impl KeyManager {
                         .counters
                         .auth_bytes
                         .load(std::sync::atomic::Ordering::Relaxed),
+                    device_reissued_ids: l
+                        .counters
+                        .reissued
+                        .load(std::sync::atomic::Ordering::Relaxed),
                 }
             })
             .collect();
@@ -500,17 +507,38 @@ impl KeyManager {
             return Ok(0);
         }
         let mut added = Vec::with_capacity(blocks.len());
+        let mut kept = Vec::with_capacity(blocks.len());
+        let mut reissued = 0u64;
         {
             let mut p = link.pool();
-            for (i, b) in blocks.iter().enumerate() {
-                let seq = next_seq + i as u64;
+            debug_assert_eq!(p.next_seq(), next_seq);
+            for b in blocks {
+                let seq = p.next_seq();
                 let len = u32::try_from(b.key.len())
                     .map_err(|_| PeerError::Device("block too large".into()))?;
-                p.add_block(seq, b.id, len)
-                    .map_err(|e| PeerError::Refused(e.to_string()))?;
-                added.push((seq, b.id));
+                match p.add_block(seq, b.id, len) {
+                    Ok(()) => {
+                        added.push((seq, b.id));
+                        kept.push(b);
+                    }
+                    // Dropping the block zeroizes it: its bytes are never used.
+                    Err(PoolError::Reissued(_)) => reissued += 1,
+                    Err(e) => return Err(PeerError::Refused(e.to_string())),
+                }
             }
         }
+        if reissued > 0 {
+            link.counters
+                .reissued
+                .fetch_add(reissued, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(
+                link = %link_id,
+                count = reissued,
+                "the QKD device re-issued key IDs already used on this link; refused them \
+                 (a device fault: check the device)"
+            );
+        }
+        let blocks = kept;
         let lid = link_id.clone();
         let metas: Vec<(u64, BlockMeta)> = {
             let p = link.pool();
@@ -703,6 +731,16 @@ impl KeyManager {
                     Some(b) if b.id == *id => {}
                     Some(_) => return Err(PeerError::Refused(format!("block {seq} differs"))),
                     None if seq < p.next_seq() => {}
+                    // Never fetch from the device a key ID already used here: refuse the block.
+                    None if p.seen_device_id(id) => {
+                        link.counters
+                            .reissued
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::error!(link = %link.setup.id, block = %id, "peer offered a device key ID already used on this link; refused");
+                        return Err(PeerError::Device(format!(
+                            "device key ID {id} was already used on this link"
+                        )));
+                    }
                     None => fresh.push((seq, *id)),
                 }
             }
@@ -730,8 +768,17 @@ impl KeyManager {
                     if b.id != *id {
                         return Err(PeerError::Device("device returned another block".into()));
                     }
-                    p.add_block(*seq, *id, len)
-                        .map_err(|e| PeerError::Refused(e.to_string()))?;
+                    p.add_block(*seq, *id, len).map_err(|e| match e {
+                        // The allocator discards blocks its peer's device cannot back.
+                        PoolError::Reissued(_) => {
+                            link.counters
+                                .reissued
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tracing::error!(link = %link.setup.id, error = %e, "refused offered link key");
+                            PeerError::Device(e.to_string())
+                        }
+                        e => PeerError::Refused(e.to_string()),
+                    })?;
                     metas.push((
                         *seq,
                         p.block(*seq)
@@ -802,6 +849,9 @@ pub struct LinkLevel {
     pub relay_pad_bytes: u64,
     /// Link key used to authenticate relay messages since start (32 bytes per message).
     pub relay_auth_bytes: u64,
+    /// Device key IDs refused since start because they were already used on this link: the
+    /// device re-issued key (a device fault an operator must look at).
+    pub device_reissued_ids: u64,
 }
 
 /// Under the pool lock, after taking `ranges`: the metadata to rewrite for the blocks they touch,

@@ -393,12 +393,13 @@ fn make_source(
                 block_bits: *block_bits,
                 start: *start_unix_ms,
             };
-            Ok(Arc::new(SimulatedLink::new(
-                cfg,
-                &seed,
-                model.build()?,
-                clock,
-            )?))
+            // The simulated device keeps its place in the key stream beside its seed, so a
+            // restarted node never receives the same link key twice.
+            let position = seed_path.with_extension("position");
+            let sim = SimulatedLink::new(cfg, &seed, model.build()?, clock)?
+                .with_position_file(position.clone())
+                .with_context(|| format!("simulated link position file {}", position.display()))?;
+            Ok(Arc::new(sim))
         }
     }
 }

@@ -64,6 +64,9 @@ pub struct SimulatedLink {
 struct EndState {
     /// Master: index of the next block to hand out.
     next_index: u64,
+    /// Master: the file that keeps `next_index` across restarts, as a device keeps its place in
+    /// its key stream; without one, a restarted master end would hand out blocks again.
+    position_file: Option<std::path::PathBuf>,
     /// Slave: indices already handed out (each at most once).
     fetched: BTreeSet<u64>,
 }
@@ -111,6 +114,33 @@ impl SimulatedLink {
             tag,
             state: Mutex::new(EndState::default()),
         })
+    }
+
+    /// Keeps the master end's position in its key stream in `path` (created if missing), so that
+    /// after a restart it resumes where it was and never hands out a block twice, as a real
+    /// device does. The position is written (and synced) before blocks are handed out: a crash
+    /// after that loses those blocks, never repeats them. The slave end keeps no file: it hands
+    /// out only blocks whose IDs its peer names, and the nodes refuse any ID already used.
+    pub fn with_position_file(self, path: std::path::PathBuf) -> std::io::Result<Self> {
+        let next_index = match std::fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse::<u64>().map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: not a block index", path.display()),
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e),
+        };
+        {
+            let mut st = self
+                .state
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?;
+            st.next_index = st.next_index.max(next_index);
+            st.position_file = Some(path);
+        }
+        Ok(self)
     }
 
     /// Parses a seed written as 64 hexadecimal digits (surrounding white space ignored).
@@ -208,6 +238,14 @@ impl KeySource for SimulatedLink {
             if end <= start {
                 return Ok(Vec::new());
             }
+            if let Some(path) = &st.position_file {
+                write_position(path, end).map_err(|e| {
+                    DeviceError::Transport(format!(
+                        "cannot record the key stream position in {}: {e}",
+                        path.display()
+                    ))
+                })?;
+            }
             st.next_index = end;
             start..end
         };
@@ -255,6 +293,22 @@ impl KeySource for SimulatedLink {
     }
 }
 
+/// Writes `index` to `path` atomically and durably (temporary file, sync, rename, sync dir).
+fn write_position(path: &std::path::Path, index: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        writeln!(f, "{index}")?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,6 +333,38 @@ mod tests {
             .unwrap()
         };
         (mk(LinkRole::Master), mk(LinkRole::Slave), clock)
+    }
+
+    #[tokio::test]
+    async fn a_restarted_master_end_resumes_where_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("A-B.position");
+        let (master, slave, clock) = pair(1024 * 100);
+        let master = master.with_position_file(file.clone()).unwrap();
+        clock.advance(1_000);
+        let first: Vec<BlockId> = master
+            .next_blocks(10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|b| b.id)
+            .collect();
+        assert_eq!(first.len(), 10);
+        drop(master);
+        // The same end again, as after a crash of its node: no block is handed out twice.
+        let (again, _, _) = pair(1024 * 100);
+        let again = again.with_position_file(file).unwrap();
+        let clock2 = ManualClock::new(2_000);
+        let again = SimulatedLink {
+            clock: Arc::new(clock2),
+            ..again
+        };
+        let next = again.next_blocks(200).await.unwrap();
+        assert_eq!(next.len(), 90);
+        assert!(next.iter().all(|b| !first.contains(&b.id)));
+        // The slave end still serves every block, once.
+        let ids: Vec<BlockId> = next.iter().map(|b| b.id).collect();
+        assert_eq!(slave.blocks_by_id(&ids).await.unwrap().len(), 90);
     }
 
     #[tokio::test]

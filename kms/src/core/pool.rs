@@ -114,6 +114,11 @@ pub enum PoolError {
         /// Sequence number expected next.
         expected: u64,
     },
+    /// Device (or a peer relaying what its device said): a block's device key ID was already
+    /// used for link key on this link. Its bytes are refused, whatever they are: a device that
+    /// re-issues key could make a one-time pad serve twice.
+    #[error("device key ID {0} was already used on this link (the device re-issued key)")]
+    Reissued(BlockId),
     /// Bug: an allocation was asked of the end that does not allocate.
     #[error("this end of the link does not allocate")]
     NotAllocator,
@@ -128,6 +133,37 @@ pub struct LinkPool {
     next_seq: u64,
     /// Allocator: first byte not yet allocated, as (block sequence, offset).
     cursor: (u64, u32),
+    /// Device key IDs of the most recent blocks, held or already erased.
+    seen: SeenIds,
+}
+
+/// How many of a link's most recent device key IDs each end remembers (and stores), so that a
+/// device re-issuing key is caught. Bounded, because real devices issue random IDs at up to
+/// hundreds of thousands per second.
+pub const SEEN_DEVICE_IDS: usize = 1 << 16;
+
+/// The last [`SEEN_DEVICE_IDS`] device key IDs, oldest first.
+#[derive(Debug, Clone, Default)]
+struct SeenIds {
+    order: std::collections::VecDeque<BlockId>,
+    set: std::collections::HashSet<BlockId>,
+}
+
+impl SeenIds {
+    fn contains(&self, id: &BlockId) -> bool {
+        self.set.contains(id)
+    }
+
+    fn insert(&mut self, id: BlockId) {
+        if self.set.insert(id) {
+            self.order.push_back(id);
+            while self.order.len() > SEEN_DEVICE_IDS {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
 }
 
 impl LinkPool {
@@ -139,6 +175,20 @@ impl LinkPool {
             blocks: BTreeMap::new(),
             next_seq: 0,
             cursor: (0, 0),
+            seen: SeenIds::default(),
+        }
+    }
+
+    /// Whether a device key ID was used on this link recently (within [`SEEN_DEVICE_IDS`]).
+    pub fn seen_device_id(&self, id: &BlockId) -> bool {
+        self.seen.contains(id)
+    }
+
+    /// Remembers device key IDs of earlier blocks (from the store, oldest first), so that a
+    /// device re-issuing any of them is refused ([`PoolError::Reissued`]).
+    pub fn remember_device_ids(&mut self, ids: impl IntoIterator<Item = BlockId>) {
+        for id in ids {
+            self.seen.insert(id);
         }
     }
 
@@ -164,12 +214,17 @@ impl LinkPool {
             .map(|(&seq, b)| (seq, b.high_water()))
             .or_else(|| blocks.keys().next().map(|&s| (s, 0)))
             .unwrap_or((next_seq, 0));
+        let mut seen = SeenIds::default();
+        for b in blocks.values() {
+            seen.insert(b.id);
+        }
         Self {
             allocator,
             capacity_bytes,
             blocks,
             next_seq,
             cursor,
+            seen,
         }
     }
 
@@ -237,6 +292,10 @@ impl LinkPool {
                 expected: self.next_seq,
             });
         }
+        if self.seen.contains(&id) {
+            return Err(PoolError::Reissued(id));
+        }
+        self.seen.insert(id);
         let state = if self.allocator {
             BlockState::Pending
         } else {
@@ -468,6 +527,39 @@ mod tests {
                 len: 16
             }]
         );
+    }
+
+    #[test]
+    fn a_reissued_device_key_id_is_refused_even_after_its_block_is_gone() {
+        let mut p = LinkPool::new(true, 1 << 20);
+        let id = BlockId::random();
+        p.add_block(0, id, 64).unwrap();
+        // The same block offered again under its own sequence is an idempotent retry.
+        p.add_block(0, id, 64).unwrap();
+        // Under a new sequence it is key the device already gave: refused.
+        assert_eq!(p.add_block(1, id, 64), Err(PoolError::Reissued(id)));
+        p.mark_available([0]);
+        p.allocate(&[64]).unwrap();
+        p.forget(&p.drained());
+        assert_eq!(p.add_block(1, id, 64), Err(PoolError::Reissued(id)));
+        // Across a restart, through the IDs the store remembers.
+        let mut q = LinkPool::restore(true, 1 << 20, 1, []);
+        q.remember_device_ids([id]);
+        assert!(q.seen_device_id(&id));
+        assert_eq!(q.add_block(1, id, 64), Err(PoolError::Reissued(id)));
+        q.add_block(1, BlockId::random(), 64).unwrap();
+    }
+
+    #[test]
+    fn the_window_of_device_key_ids_is_bounded() {
+        let mut p = LinkPool::new(false, u64::MAX);
+        let first = BlockId::random();
+        p.add_block(0, first, 8).unwrap();
+        for seq in 1..=SEEN_DEVICE_IDS as u64 {
+            p.add_block(seq, BlockId::random(), 8).unwrap();
+        }
+        assert!(!p.seen_device_id(&first));
+        assert_eq!(p.seen.set.len(), SEEN_DEVICE_IDS);
     }
 
     #[test]

@@ -27,13 +27,16 @@ use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefi
 
 use self::codec::{R, W, enc};
 use self::vault::{EpochKey, KeyWrap, Sealed, VaultError, dek_aad};
-use crate::core::pool::{BlockMeta, BlockState, Range};
+use crate::core::pool::{BlockMeta, BlockState, Range, SEEN_DEVICE_IDS};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const EPOCHS: TableDefinition<u64, &[u8]> = TableDefinition::new("epochs");
 const LINKS: TableDefinition<&str, u64> = TableDefinition::new("links");
 const BLOCK_META: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("block_meta");
 const BLOCK_DATA: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("block_data");
+/// The device key IDs of each link's most recent blocks (held or erased), by sequence: at most
+/// [`SEEN_DEVICE_IDS`] per link, so that a device re-issuing key is caught across restarts.
+const DEVICE_IDS: TableDefinition<(&str, u64), [u8; 16]> = TableDefinition::new("device_ids");
 const KEYS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("keys");
 const TOMBSTONES: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("tombstones");
 const POOL: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("pool");
@@ -139,6 +142,8 @@ pub struct Recovered {
     pub epoch: u64,
     /// Finished keys in pairs' pools (master side).
     pub pool: Vec<(KeyId, PoolKey)>,
+    /// Per link: the device key IDs of its most recent blocks, oldest first.
+    pub device_ids: HashMap<LinkId, Vec<BlockId>>,
 }
 
 /// The durable store. Owned by the writer thread; readers use [`Store::read_key_meta`].
@@ -320,6 +325,15 @@ impl Store {
                     .1
                     .push((seq, decode_block_meta(v.value())?));
             }
+            let ids = tx.open_table(DEVICE_IDS)?;
+            for entry in ids.iter()? {
+                let (k, v) = entry?;
+                let id = LinkId::parse(k.value().0).map_err(|_| StoreError::Corrupt("link id"))?;
+                rec.device_ids
+                    .entry(id)
+                    .or_default()
+                    .push(BlockId::from_bytes(v.value()));
+            }
         }
         rec.epoch = new_epoch;
         tx.commit()?;
@@ -391,6 +405,14 @@ impl Txn<'_> {
             .open_table(BLOCK_DATA)?
             .insert((link.as_str(), seq), encode_sealed(&sealed).as_slice())?;
         self.put_block_meta(link, seq, meta)?;
+        {
+            // One ID in, the one a window's length older out: the table stays bounded.
+            let mut ids = self.tx.open_table(DEVICE_IDS)?;
+            ids.insert((link.as_str(), seq), *meta.id.as_bytes())?;
+            if let Some(old) = seq.checked_sub(SEEN_DEVICE_IDS as u64) {
+                ids.remove((link.as_str(), old))?;
+            }
+        }
         let mut links = self.tx.open_table(LINKS)?;
         let next = links
             .get(link.as_str())?
@@ -999,6 +1021,7 @@ mod tests {
         let (mut store, rec) = open(dir.path());
         assert_eq!(rec.epoch, epoch1 + 1, "a fresh epoch at every open");
         assert_eq!(rec.links[&link].1.len(), 1);
+        assert_eq!(rec.device_ids[&link], vec![block.id]);
         assert_eq!(rec.pool, vec![(pool_id, pool_meta)]);
         let mut tx = store.begin().unwrap();
         let r = crate::core::pool::Range {
