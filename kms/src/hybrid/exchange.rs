@@ -52,6 +52,52 @@ impl ReplayGuard for MemoryReplayGuard {
     }
 }
 
+/// A [`ReplayGuard`] in memory whose entries last as long as their exchange could still complete
+/// (its validity window), so it holds only the exchanges of one window, never grows without
+/// bound, and needs no persistence: a message 1 replayed after its window (or after a restart)
+/// gets a fresh answer that nobody can confirm, since message 3 needs secrets only the real
+/// initiator had (docs/design.md, "Replay"). Sans-IO: the caller passes the time.
+#[derive(Debug, Default)]
+pub struct WindowReplayGuard {
+    seen: HashSet<(KmeId, [u8; NONCE_LEN])>,
+    by_expiry: std::collections::BTreeSet<(u64, KmeId, [u8; NONCE_LEN])>,
+    valid_until: u64,
+}
+
+impl WindowReplayGuard {
+    /// Forgets every entry whose window ended by `now`; entries recorded next last until
+    /// `valid_until` (the deadline of the exchange about to be answered).
+    pub fn arm(&mut self, now: u64, valid_until: u64) -> &mut Self {
+        while let Some(first) = self.by_expiry.first().filter(|e| e.0 <= now).cloned() {
+            self.by_expiry.remove(&first);
+            self.seen.remove(&(first.1, first.2));
+        }
+        self.valid_until = valid_until;
+        self
+    }
+
+    /// Entries held now.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Whether no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
+impl ReplayGuard for WindowReplayGuard {
+    fn check_and_record(&mut self, kme_a: &KmeId, nonce_a: &[u8; NONCE_LEN]) -> bool {
+        if !self.seen.insert((kme_a.clone(), *nonce_a)) {
+            return false;
+        }
+        self.by_expiry
+            .insert((self.valid_until, kme_a.clone(), *nonce_a));
+        true
+    }
+}
+
 /// Source side (A), after sending message 1 and before message 2 arrives.
 #[derive(Debug)]
 pub struct Initiator {
@@ -594,4 +640,33 @@ fn static_hashes(
         (theirs.fingerprint(), own.public_key().fingerprint())
     };
     Ok(Some(StaticKeyHashes { a, b }))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_replay_guard_refuses_repeats_until_the_window_closes_and_stays_bounded() {
+        let a = KmeId::parse("KME-A").unwrap();
+        let mut g = WindowReplayGuard::default();
+        assert!(g.arm(1_000, 5_000).check_and_record(&a, &[1; NONCE_LEN]));
+        assert!(!g.arm(4_999, 9_000).check_and_record(&a, &[1; NONCE_LEN]));
+        assert!(g.arm(4_999, 9_000).check_and_record(&a, &[2; NONCE_LEN]));
+        // The first exchange's window closed at 5 000: it is forgotten, the second is not.
+        g.arm(5_000, 10_000);
+        assert_eq!(g.len(), 1);
+        assert!(!g.check_and_record(&a, &[2; NONCE_LEN]));
+        // However many exchanges pass, only those of one window are held.
+        for t in 0..10_000u64 {
+            let mut nonce = [0u8; NONCE_LEN];
+            nonce[..8].copy_from_slice(&t.to_be_bytes());
+            assert!(
+                g.arm(20_000 + t, 20_000 + t + 100)
+                    .check_and_record(&a, &nonce)
+            );
+        }
+        assert!(g.len() <= 101, "{}", g.len());
+    }
 }

@@ -88,7 +88,7 @@ pub use config::{Classical, ConfigParseError, Policy, PqKem, Protection, Suite};
 pub use error::{Culprit, HybridError};
 pub use exchange::{
     AwaitingAck, Initiator, MemoryReplayGuard, PendingAck, ReceivedInit, ReplayGuard, Responder,
-    VerifiedInit,
+    VerifiedInit, WindowReplayGuard,
 };
 pub use identity::{LocalIdentity, NodeSigningKey, PeerKey, PeerPublicKeys, PinnedPeers};
 pub use kem::{StaticKemKeyPair, StaticKemPublicKey};

@@ -10,11 +10,11 @@ use std::sync::Mutex;
 
 use prost::Message;
 use qkd_proto::hybrid as hpb;
-use qkd_types::{KeyId, KmeId, SaeId, Secret};
+use qkd_types::{KeyId, KmeId, SaeId, Secret, UnixMillis};
 
 use crate::hybrid::combiner::{Context as HybridContext, KeySlot};
 use crate::hybrid::config::{Protection, Suite};
-use crate::hybrid::exchange::{AwaitingAck, Initiator, MemoryReplayGuard, ReceivedInit, Responder};
+use crate::hybrid::exchange::{AwaitingAck, Initiator, ReceivedInit, Responder, WindowReplayGuard};
 use crate::hybrid::identity::{LocalIdentity, PinnedPeers};
 
 /// How one SAE pair's keys are protected: the configured protection and suite (never
@@ -62,8 +62,9 @@ pub struct E2eKeys {
     pub local: Option<LocalIdentity>,
     /// Pinned public keys of other nodes, by KME ID.
     pub peers: PinnedPeers,
-    /// Exchanges already answered (the relay voids batches across restarts anyway).
-    pub replay: Mutex<MemoryReplayGuard>,
+    /// Exchanges answered whose window is still open (the relay voids batches across restarts
+    /// anyway, and a batch whose window closed can no longer be confirmed).
+    pub replay: Mutex<WindowReplayGuard>,
 }
 
 /// Everything both ends know about a batch.
@@ -229,6 +230,8 @@ pub fn dest_respond(
     ctx: &Context,
     msg1: &[u8],
     payload: &Secret,
+    now: UnixMillis,
+    valid_until: UnixMillis,
 ) -> Result<(DestState, Vec<u8>), E2eError> {
     let qkd = chunks(payload, ctx.key_ids.len());
     match ctx.mode.protection {
@@ -260,7 +263,7 @@ pub fn dest_respond(
             }
             let mut replay = keys.replay.lock().unwrap_or_else(|p| p.into_inner());
             let (responder, reply) =
-                verified.respond(local, qkd, &mut *replay, &mut rand::rng())?;
+                verified.respond(local, qkd, replay.arm(now, valid_until), &mut rand::rng())?;
             Ok((
                 DestState::Hybrid(Box::new(responder)),
                 reply.encode_to_vec(),

@@ -1060,10 +1060,11 @@ impl KeyManager {
             key_ids: key_ids.clone(),
             relay_key_ids,
         };
-        let (state, msg2) = e2e::dest_respond(&cfg.relay.e2e, &ctx, msg1, payload)
-            .map_err(|e| PeerError::Refused(e.to_string()))?;
         let now = self.now();
+        // The batch's validity window: unconfirmed by then, it is void (and so is its replay).
         let deadline = now + (cfg.relay.hop_timeout.as_millis() as u64) * (path.len() as u64 + 2);
+        let (state, msg2) = e2e::dest_respond(&cfg.relay.e2e, &ctx, msg1, payload, now, deadline)
+            .map_err(|e| PeerError::Refused(e.to_string()))?;
         lock(&self.relay().pending).insert(
             relay_id,
             Pending {
