@@ -226,3 +226,70 @@ async fn a_link_keeps_yielding_key_after_its_master_end_restarts() {
         "the simulated device re-issued link key"
     );
 }
+
+/// Defect 3: a key waiting at the slave's node expired a pool TTL plus a key TTL after its pool
+/// batch was made, not `key_ttl_seconds` after the master's enc_keys (standards.md §1.9). The
+/// source now stamps each delivery and tells the destination asynchronously; the destination
+/// expires the key a key TTL after that stamp.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_expires_at_the_slaves_node_a_key_ttl_after_the_masters_enc_keys() {
+    const TTL_S: u64 = 3;
+    let net = Net::setup(20_000_000);
+    for node in ["A", "B"] {
+        net.edit_config(node, |t| {
+            t["node"]["key_ttl_seconds"] = toml::Value::Integer(TTL_S as i64);
+        });
+    }
+    net.start("B");
+    net.start("A");
+    net.wait_for_keys("ENC-A1", "ENC-B1", 4).await;
+
+    // Within the TTL the slave gets its key.
+    let (code, fresh) = net.call("ENC-A1", "ENC-B1/enc_keys", None).await;
+    assert_eq!(code, 200, "{fresh}");
+    let fresh = keys(&fresh);
+    let (code, back) = net
+        .call(
+            "ENC-B1",
+            &format!("ENC-A1/dec_keys?key_ID={}", fresh[0].0),
+            None,
+        )
+        .await;
+    assert_eq!(code, 200, "{back}");
+
+    let (code, late) = net.call("ENC-A1", "ENC-B1/enc_keys?number=2", None).await;
+    assert_eq!(code, 200, "{late}");
+    let delivered = std::time::Instant::now();
+    let late = keys(&late);
+    // The delivery notice reaches B asynchronously; wait for it (generously: a loaded machine).
+    let deadline = delivered + std::time::Duration::from_secs(60);
+    loop {
+        let st = net.status("B").await;
+        if st["delivery_notices"]["keys_received"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 3
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no delivery notice: {st}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Past the TTL (counted from A's enc_keys, plus a margin for clocks and the expiry sweep),
+    // the slave's request finds nothing.
+    let wait = std::time::Duration::from_secs(TTL_S + 2).saturating_sub(delivered.elapsed());
+    tokio::time::sleep(wait).await;
+    for (id, _) in &late {
+        let (code, reply) = net
+            .call("ENC-B1", &format!("ENC-A1/dec_keys?key_ID={id}"), None)
+            .await;
+        assert_eq!(code, 400, "expired key served: {reply}");
+        assert_eq!(
+            reply["message"],
+            "one or more keys specified are not found on KME"
+        );
+    }
+}
