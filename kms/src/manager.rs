@@ -1101,4 +1101,4 @@ mod e2e;
 mod relay;
 
 pub use e2e::{E2eKeys, KeyMode};
-pub use relay::{RelayConfig, RelayError};
+pub use relay::{NoticeStats, RelayConfig, RelayError};

@@ -25,6 +25,8 @@ struct NodeStatus {
     links: Vec<LinkStatusOut>,
     /// Keys erased at start because their pair's key size, policy or suite changed.
     voided_at_start: Vec<qkd_kms::manager::VoidedKeys>,
+    /// Delivery notices (master's node to slaves' nodes) since start.
+    delivery_notices: qkd_kms::manager::NoticeStats,
 }
 
 #[derive(Debug, Serialize)]
@@ -51,6 +53,7 @@ pub async fn status_json(manager: &KeyManager, node: &NodeId) -> String {
         simulated: links.iter().any(|l| l.level.simulated),
         links,
         voided_at_start: manager.voided_at_start(),
+        delivery_notices: manager.notice_stats(),
     };
     serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }

@@ -43,6 +43,7 @@ const AUTH_LEN: u32 = 32;
 const FORWARD_CONFIRM: u32 = 1;
 const FORWARD_VOID: u32 = 2;
 const FORWARD_DELIVER: u32 = 3;
+const FORWARD_NOTICE: u32 = 4;
 /// Batches of one pair's pool under way at once.
 const MAX_INFLIGHT: usize = 3;
 /// Adverts a neighbour may miss in a row before its link is taken out of routes.
@@ -108,6 +109,32 @@ pub(super) struct RelayState {
     missed: Mutex<HashMap<NodeId, u32>>,
     /// Destination side: confirmed wrap batches waiting for their multicast keys.
     wraps: Mutex<HashMap<[u8; 16], Wraps>>,
+    /// Source side: a pass over the delivery-notice outbox is under way.
+    sending_notices: std::sync::atomic::AtomicBool,
+    /// Delivery notices sent and received since start.
+    notices: NoticeCounters,
+}
+
+/// Delivery notices since start (for `/status`).
+#[derive(Debug, Default)]
+struct NoticeCounters {
+    sent: std::sync::atomic::AtomicU64,
+    keys_sent: std::sync::atomic::AtomicU64,
+    received: std::sync::atomic::AtomicU64,
+    keys_received: std::sync::atomic::AtomicU64,
+}
+
+/// Delivery notices since start, as `/status` shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct NoticeStats {
+    /// Notices this node sent (as the master's node).
+    pub sent: u64,
+    /// Keys they named.
+    pub keys_sent: u64,
+    /// Notices this node received and applied (as a slave's node).
+    pub received: u64,
+    /// Keys they named.
+    pub keys_received: u64,
 }
 
 #[derive(Debug)]
@@ -217,6 +244,159 @@ impl KeyManager {
         }
     }
 
+    /// The nodes the slaves are attached to, each once, in order.
+    fn slave_nodes(&self, slaves: &[SaeId]) -> Vec<NodeId> {
+        let mut out: Vec<NodeId> = Vec::new();
+        for s in slaves {
+            if let Some(e) = self.inner.cfg.saes.get(s)
+                && !out.contains(&e.node)
+            {
+                out.push(e.node.clone());
+            }
+        }
+        out
+    }
+
+    /// Delivery notices sent and received since start.
+    pub fn notice_stats(&self) -> NoticeStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = &self.relay().notices;
+        NoticeStats {
+            sent: n.sent.load(Relaxed),
+            keys_sent: n.keys_sent.load(Relaxed),
+            received: n.received.load(Relaxed),
+            keys_received: n.keys_received.load(Relaxed),
+        }
+    }
+
+    /// Starts a pass over the delivery-notice outbox in the background, unless one is running:
+    /// each queued notice goes along a route to its destination and is dropped once answered,
+    /// or once it is too old to matter (the destination's fallback expiry has passed by then).
+    fn kick_notices(&self) {
+        use std::sync::atomic::Ordering;
+        if self.relay().sending_notices.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.send_notices().await {
+                tracing::debug!(error = %e, "delivery notices not sent; will retry");
+            }
+            me.relay().sending_notices.store(false, Ordering::Release);
+        });
+    }
+
+    async fn send_notices(&self) -> Result<(), RelayError> {
+        let queued = self
+            .inner
+            .writer
+            .run(|tx| tx.queued_notices(256))
+            .await
+            .map_err(|_| RelayError::Store)?
+            .map_err(|_| RelayError::Store)?;
+        let cfg = &self.inner.cfg;
+        let stale_before = self
+            .now()
+            .saturating_sub(cfg.relay.pool_ttl_ms + cfg.key_ttl_ms);
+        let mut done = Vec::new();
+        let mut unreachable: BTreeSet<NodeId> = BTreeSet::new();
+        for (dest, seq, delivered_at, ids) in queued {
+            if delivered_at < stale_before || dest == cfg.node {
+                done.push((dest, seq));
+                continue;
+            }
+            if unreachable.contains(&dest) {
+                continue;
+            }
+            let path = lock(&self.relay().topology).route(&cfg.node, &dest, 0);
+            let Some(path) = path else {
+                unreachable.insert(dest);
+                continue;
+            };
+            let msg = pb::DeliveryNotice {
+                key_ids: ids.iter().map(|k| k.as_bytes().to_vec()).collect(),
+                delivered_at,
+            };
+            let id = *KeyId::random().as_bytes();
+            let encoded = prost::Message::encode_to_vec(&msg);
+            match self.forward(&id, &path, 1, FORWARD_NOTICE, encoded).await {
+                Ok(_) => {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    self.relay().notices.sent.fetch_add(1, Relaxed);
+                    self.relay()
+                        .notices
+                        .keys_sent
+                        .fetch_add(ids.len() as u64, Relaxed);
+                    done.push((dest, seq));
+                }
+                Err(_) => {
+                    // Notices to one node go in order: try its later ones next pass.
+                    unreachable.insert(dest);
+                }
+            }
+        }
+        if !done.is_empty() {
+            self.inner
+                .writer
+                .run(move |tx| -> Result<(), StoreError> {
+                    for (dest, seq) in &done {
+                        tx.drop_notice(dest, *seq)?;
+                    }
+                    Ok(())
+                })
+                .await
+                .map_err(|_| RelayError::Store)?
+                .map_err(|_| RelayError::Store)?;
+        }
+        Ok(())
+    }
+
+    /// A delivery notice from `source`: keys waiting here whose master is attached there expire
+    /// a key TTL after the stamp (never later than they would have).
+    async fn accept_notice(
+        &self,
+        source: &NodeId,
+        msg: &[u8],
+    ) -> Result<pb::ForwardReply, PeerError> {
+        let msg: pb::DeliveryNotice = prost::Message::decode(msg)
+            .map_err(|_| PeerError::Malformed("delivery notice".into()))?;
+        let ids: Vec<KeyId> = msg
+            .key_ids
+            .iter()
+            .map(|k| super::key_id(k))
+            .collect::<Result<_, _>>()?;
+        let n = ids.len() as u64;
+        let expires_at = msg.delivered_at.saturating_add(self.inner.cfg.key_ttl_ms);
+        let saes: std::collections::BTreeMap<SaeId, NodeId> = self
+            .inner
+            .cfg
+            .saes
+            .iter()
+            .map(|(s, e)| (s.clone(), e.node.clone()))
+            .collect();
+        let source = source.clone();
+        self.inner
+            .writer
+            .run(move |tx| -> Result<(), StoreError> {
+                for id in &ids {
+                    let Some(meta) = tx.key_meta(*id)? else {
+                        continue;
+                    };
+                    // Only the master's own node may say when its master got the key.
+                    if saes.get(&meta.master) != Some(&source) || meta.expires_at <= expires_at {
+                        continue;
+                    }
+                    tx.set_key_expiry(*id, &meta, expires_at)?;
+                }
+                Ok(())
+            })
+            .await??;
+        use std::sync::atomic::Ordering::Relaxed;
+        self.relay().notices.received.fetch_add(1, Relaxed);
+        self.relay().notices.keys_received.fetch_add(n, Relaxed);
+        Ok(pb::ForwardReply { e2e: Vec::new() })
+    }
+
     /// Restores the pools from the store at start. Keys that no longer fit their pair's
     /// configuration are left out, to be erased by [`KeyManager::void_stale_keys`].
     pub(super) fn restore_pools(&self, pool: Vec<(KeyId, PoolKey)>) {
@@ -302,6 +482,7 @@ impl KeyManager {
         }
         let ids = ids.ok_or(ServiceError::InsufficientKeyMaterial)?;
         let now = self.now();
+        let dests = self.slave_nodes(std::slice::from_ref(slave));
         let r = self
             .inner
             .writer
@@ -313,6 +494,9 @@ impl KeyManager {
                         .ok_or(StoreError::Corrupt("pool key vanished"))?;
                     tx.put_tombstone(*id, &meta.master, meta.slaves.first(), now)?;
                     out.push(DeliveredKey { id: *id, key });
+                }
+                for dest in &dests {
+                    tx.queue_notice(dest, &ids, now)?;
                 }
                 Ok(out)
             })
@@ -448,12 +632,17 @@ impl KeyManager {
             .iter()
             .map(|k| (k.id, master.clone(), slaves[0].clone()))
             .collect();
+        let dests = self.slave_nodes(&slaves);
         let r = self
             .inner
             .writer
             .run(move |tx| -> Result<(), StoreError> {
                 for (id, m, s) in &ids {
                     tx.put_tombstone(*id, m, Some(s), now)?;
+                }
+                let key_ids: Vec<KeyId> = ids.iter().map(|(id, _, _)| *id).collect();
+                for dest in &dests {
+                    tx.queue_notice(dest, &key_ids, now)?;
                 }
                 Ok(())
             })
@@ -1100,6 +1289,9 @@ impl KeyManager {
         if req.kind == FORWARD_DELIVER {
             return self.accept_multicast(&path[0], relay_id, &req.e2e).await;
         }
+        if req.kind == FORWARD_NOTICE {
+            return self.accept_notice(&path[0], &req.e2e).await;
+        }
         let pending = lock(&self.relay().pending).remove(&relay_id);
         let Some(pending) = pending else {
             return Err(PeerError::Voided);
@@ -1317,6 +1509,7 @@ impl KeyManager {
                 });
             }
             self.sweep_pending();
+            self.kick_notices();
             // Refill every pair whose master is here.
             let cfg = &self.inner.cfg;
             for (sae, entry) in &cfg.saes {

@@ -22,7 +22,7 @@ pub mod vault;
 use std::collections::HashMap;
 use std::path::Path;
 
-use qkd_types::{BlockId, KeyId, LinkId, SaeId, Secret, UnixMillis};
+use qkd_types::{BlockId, KeyId, LinkId, NodeId, SaeId, Secret, UnixMillis};
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use self::codec::{R, W, enc};
@@ -37,6 +37,9 @@ const BLOCK_DATA: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("bl
 /// The device key IDs of each link's most recent blocks (held or erased), by sequence: at most
 /// [`SEEN_DEVICE_IDS`] per link, so that a device re-issuing key is caught across restarts.
 const DEVICE_IDS: TableDefinition<(&str, u64), [u8; 16]> = TableDefinition::new("device_ids");
+/// Delivery notices waiting to be sent, by (destination node, sequence): `u64 delivered_at ‖
+/// key IDs`. No key material.
+const NOTICES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("delivery_notices");
 const KEYS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("keys");
 const TOMBSTONES: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("tombstones");
 const POOL: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("pool");
@@ -638,6 +641,85 @@ impl Txn<'_> {
         Ok(Some((at, master, slave)))
     }
 
+    /// Queues a delivery notice for `dest` (the node of the keys' slaves): the keys were
+    /// delivered to their master at `delivered_at`.
+    pub fn queue_notice(
+        &mut self,
+        dest: &NodeId,
+        key_ids: &[KeyId],
+        delivered_at: UnixMillis,
+    ) -> Result<(), StoreError> {
+        let mut t = self.tx.open_table(NOTICES)?;
+        let seq = t
+            .range((dest.as_str(), 0)..=(dest.as_str(), u64::MAX))?
+            .next_back()
+            .transpose()?
+            .map_or(0, |(k, _)| k.value().1 + 1);
+        let mut v = Vec::with_capacity(8 + 16 * key_ids.len());
+        v.extend_from_slice(&delivered_at.to_be_bytes());
+        for id in key_ids {
+            v.extend_from_slice(id.as_bytes());
+        }
+        t.insert((dest.as_str(), seq), v.as_slice())?;
+        Ok(())
+    }
+
+    /// Up to `limit` queued delivery notices, oldest first per destination:
+    /// (destination, sequence, delivered_at, key IDs).
+    #[allow(clippy::type_complexity)]
+    pub fn queued_notices(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(NodeId, u64, UnixMillis, Vec<KeyId>)>, StoreError> {
+        let t = self.tx.open_table(NOTICES)?;
+        let mut out = Vec::new();
+        for entry in t.iter()?.take(limit) {
+            let (k, v) = entry?;
+            let (dest, seq) = k.value();
+            let dest = NodeId::parse(dest).map_err(|_| StoreError::Corrupt("notice node"))?;
+            let v = v.value();
+            if v.len() < 8 || !(v.len() - 8).is_multiple_of(16) {
+                return Err(StoreError::Corrupt("notice"));
+            }
+            let mut at = [0u8; 8];
+            at.copy_from_slice(&v[..8]);
+            let ids = v[8..]
+                .chunks_exact(16)
+                .map(|c| {
+                    let mut b = [0u8; 16];
+                    b.copy_from_slice(c);
+                    KeyId::from_bytes(b)
+                })
+                .collect();
+            out.push((dest, seq, u64::from_be_bytes(at), ids));
+        }
+        Ok(out)
+    }
+
+    /// Drops a queued delivery notice (sent, or no longer useful).
+    pub fn drop_notice(&mut self, dest: &NodeId, seq: u64) -> Result<(), StoreError> {
+        self.tx.open_table(NOTICES)?.remove((dest.as_str(), seq))?;
+        Ok(())
+    }
+
+    /// Moves a waiting key's expiry (a delivery notice arrived), keeping the expiry index true.
+    pub fn set_key_expiry(
+        &mut self,
+        id: KeyId,
+        meta: &StoredKey,
+        expires_at: UnixMillis,
+    ) -> Result<(), StoreError> {
+        let mut idx = self.tx.open_table(KEY_EXPIRY)?;
+        idx.remove((meta.expires_at, *id.as_bytes()))?;
+        idx.insert((expires_at, *id.as_bytes()), ())?;
+        drop(idx);
+        let meta = StoredKey {
+            expires_at,
+            ..meta.clone()
+        };
+        self.update_key_meta(id, &meta)
+    }
+
     /// Waiting keys in key-ID order, starting after `after` (at most `limit`): a bounded scan.
     pub fn keys_after(
         &self,
@@ -955,6 +1037,39 @@ mod tests {
             }),
             pool: true,
         }
+    }
+
+    #[test]
+    fn delivery_notices_queue_in_order_and_move_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+        let (mut store, _) = open(dir.path());
+        let (b, c) = (NodeId::parse("B").unwrap(), NodeId::parse("C").unwrap());
+        let (k1, k2) = (KeyId::random(), KeyId::random());
+        let mut tx = store.begin().unwrap();
+        tx.queue_notice(&b, &[k1], 10).unwrap();
+        tx.queue_notice(&c, &[k2], 11).unwrap();
+        tx.queue_notice(&b, &[k1, k2], 12).unwrap();
+        let q = tx.queued_notices(10).unwrap();
+        assert_eq!(
+            q,
+            vec![
+                (b.clone(), 0, 10, vec![k1]),
+                (b.clone(), 1, 12, vec![k1, k2]),
+                (c.clone(), 0, 11, vec![k2]),
+            ]
+        );
+        tx.drop_notice(&b, 0).unwrap();
+        assert_eq!(tx.queued_notices(10).unwrap().len(), 2);
+        // A notice moves a waiting key's expiry, index included.
+        tx.put_key(k1, &waiting(1_000), &Secret::copy_from(&[1; 32]))
+            .unwrap();
+        let meta = tx.key_meta(k1).unwrap().unwrap();
+        tx.set_key_expiry(k1, &meta, 500).unwrap();
+        assert_eq!(tx.key_meta(k1).unwrap().unwrap().expires_at, 500);
+        assert_eq!(tx.expired_keys(499, 10).unwrap().len(), 0);
+        assert_eq!(tx.expired_keys(500, 10).unwrap()[0].0, k1);
+        assert_eq!(tx.key_bytes(k1).unwrap().unwrap().expose(), &[1; 32]);
     }
 
     #[test]
