@@ -1699,14 +1699,18 @@ fn seal_multicast(
         UnboundKey::new(&AES_256_GCM, wrap.expose())
             .map_err(|_| RelayError::Malformed("wrap key"))?,
     );
-    let mut buf = key.expose().to_vec();
+    // The plaintext copy is zeroized whatever happens; once sealed in place it is ciphertext.
+    // Room for the tag is reserved first, so appending it never reallocates (which would leave
+    // an unzeroized copy of the plaintext behind).
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(key.len() + AES_256_GCM.tag_len()));
+    buf.extend_from_slice(key.expose());
     k.seal_in_place_append_tag(
         Nonce::assume_unique_for_key([0; 12]),
         Aad::from(multicast_aad(id, relay_id)),
-        &mut buf,
+        &mut *buf,
     )
     .map_err(|_| RelayError::Malformed("seal"))?;
-    Ok(buf)
+    Ok(std::mem::take(&mut *buf))
 }
 
 fn open_multicast(wrap: &Secret, id: KeyId, relay_id: &[u8; 16], sealed: &[u8]) -> Option<Secret> {
