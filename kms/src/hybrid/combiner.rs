@@ -1,5 +1,5 @@
-//! The QKMS-HYB-v1 combiner, byte for byte as crypto.md §1.12 specifies (ETSI TS 103 744
-//! CatKDF with HKDF-SHA-384, `psk := k_QKD`), and the key-confirmation derivations of §1.13.
+//! The QKMS-HYB-v1 combiner, byte for byte as docs/hybrid.md ("Combiner") specifies (ETSI TS 103 744
+//! CatKDF with HKDF-SHA-384, `psk := k_QKD`), and the key-confirmation derivations ("Exchange").
 //!
 //! Everything here is a pure function of public bytes and [`Secret`]s: no randomness, no I/O, no
 //! parsing of KEM values (public keys and ciphertexts are opaque byte strings of the suite's
@@ -119,7 +119,7 @@ pub struct HybridKey {
     pub key: Secret,
 }
 
-/// The two key-confirmation keys `KcB ‖ KcA` of §1.13.
+/// The two key-confirmation keys `KcB ‖ KcA` (docs/hybrid.md, "Exchange").
 #[derive(Debug)]
 pub struct ConfirmKeys {
     /// Keys B's tag (and our ack tag).
@@ -323,7 +323,7 @@ impl Mb {
     }
 }
 
-/// Derives `K_1..K_N` (crypto.md §1.12):
+/// Derives `K_1..K_N` (docs/hybrid.md, "Combiner"):
 /// `K_i = HKDF-SHA-384(salt = "QKMS-HYB-v1", IKM = k_QKD_i ‖ ss_T ‖ ss_PQ [‖ ss_sB ‖ ss_sA],
 /// info = SHA-384(enc(info_i) ‖ enc(MA) ‖ enc(MB)), L = size_bits / 8)`, leaving out the
 /// components the policy excludes. `ma` and `mb` are the exact encodings that were exchanged.

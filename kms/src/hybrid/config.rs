@@ -120,7 +120,7 @@ pub enum Suite {
     X25519Frodo1344Aes,
     /// `X25519/Classic-McEliece-460896` (`oqs` feature): ephemeral X25519 and ML-KEM-768 for
     /// forward secrecy, plus mutual *static* Classic McEliece encapsulations to keys each end pins
-    /// for the other (crypto.md §1.13, "mutual static KEM"). Never one-sided.
+    /// for the other (docs/hybrid.md, "Exchange", "mutual static KEM"). Never one-sided.
     X25519McEliece460896,
 }
 
@@ -220,7 +220,7 @@ impl FromStr for Suite {
     }
 }
 
-/// Which secrets enter the combiner (crypto.md §1.12): a closed set. The relayed QKD key is
+/// Which secrets enter the combiner (docs/hybrid.md, "Combiner"): a closed set. The relayed QKD key is
 /// `QKD`, the post-quantum KEM `PQ`, the classical Diffie-Hellman `T`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Policy {

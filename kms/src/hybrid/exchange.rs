@@ -1,4 +1,4 @@
-//! The end-to-end authenticated exchange of crypto.md §1.13 as two sans-IO state machines: the
+//! The end-to-end authenticated exchange of docs/hybrid.md, "Exchange" as two sans-IO state machines: the
 //! [`Initiator`] (source KME A, master side) and the responder (destination KME B: parse with
 //! [`ReceivedInit`], check with [`ReceivedInit::verify`], answer with [`VerifiedInit::respond`],
 //! finish with [`Responder::handle_confirm`]).

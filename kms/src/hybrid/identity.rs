@@ -1,4 +1,4 @@
-//! Long-term end-to-end identities (crypto.md §1.13): each KME's own ML-DSA-65 + Ed25519 key
+//! Long-term end-to-end identities (docs/hybrid.md, "Exchange"): each KME's own ML-DSA-65 + Ed25519 key
 //! pair, provisioned out of band (deliberately not the TLS PKI), and the public keys each KME
 //! pins for its peers (at most two per peer, for rotation). `HSig(m) = enc(ML-DSA-65.Sign(m)) ‖
 //! enc(Ed25519.Sign(m))` is valid only if **both** signatures verify under the **same** pinned

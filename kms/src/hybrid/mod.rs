@@ -1,5 +1,5 @@
 //! End-to-end hybrid keys: the QKMS-HYB-v1 combiner and its authenticated exchange
-//! (crypto.md §1.12 and §1.13), sans-IO.
+//! (docs/hybrid.md), sans-IO.
 //!
 //! Every key delivered across trusted relay nodes is
 //! `K_i = HKDF-SHA-384(salt = "QKMS-HYB-v1", IKM = k_QKD_i ‖ ss_T ‖ ss_PQ, info = SHA-384(enc(info_i)

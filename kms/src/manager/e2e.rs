@@ -1,6 +1,8 @@
 //! The end-to-end part of a relayed batch: the hybrid exchange of [`crate::hybrid`] between the
-//! source and the destination node, or, for pairs explicitly configured `QKD-only`, nothing at
-//! all (the relayed key is the delivered key; every trusted node on the path knows it).
+//! source and the destination node, or, for pairs explicitly configured `QKD-only`, the signed
+//! batch description of QKMS-QKDONLY-v1 (docs/qkd-only.md): the relayed key is the delivered key
+//! and every trusted node on the path knows it, but only the source can describe a batch and only
+//! the destination can confirm it, so no other node can plant or alter keys for the pair.
 //!
 //! This module adapts the sans-IO state machines to the relay's four messages: message 1 travels
 //! with the relayed keys, message 2 comes back with the relay's answer, message 3 and the ack
@@ -106,11 +108,23 @@ pub enum E2eError {
     Order,
 }
 
+/// A QKD-only batch between messages: its transcript hash, its nonce and the relayed keys.
+#[derive(Debug)]
+pub struct QkdOnlyBatch {
+    th: [u8; 48],
+    nonce: [u8; 32],
+    /// The other end's KME (whose signatures are expected).
+    peer: KmeId,
+    keys: Vec<Secret>,
+}
+
 /// Source side between messages.
 #[derive(Debug)]
 pub enum SourceState {
-    /// QKD-only: the relayed keys are the keys.
-    QkdOnly(Vec<Secret>),
+    /// QKD-only, waiting for message 2.
+    QkdOnly(QkdOnlyBatch),
+    /// QKD-only, waiting for the ack.
+    QkdOnlyConfirmed(QkdOnlyBatch),
     /// Waiting for message 2.
     Started(Box<Initiator>),
     /// Waiting for the ack.
@@ -121,7 +135,7 @@ pub enum SourceState {
 #[derive(Debug)]
 pub enum DestState {
     /// QKD-only: the relayed keys, released on confirmation.
-    QkdOnly(Vec<Secret>),
+    QkdOnly(QkdOnlyBatch),
     /// Waiting for message 3.
     Hybrid(Box<Responder>),
 }
@@ -167,7 +181,44 @@ pub fn source_start(
 ) -> Result<(SourceState, Vec<u8>), E2eError> {
     let qkd = chunks(payload, ctx.key_ids.len());
     match ctx.mode.protection {
-        Protection::QkdOnly => Ok((SourceState::QkdOnly(qkd), Vec::new())),
+        Protection::QkdOnly => {
+            let local = keys
+                .local
+                .as_ref()
+                .ok_or_else(|| E2eError::Identity("no signing key configured".into()))?;
+            let mut nonce = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut nonce);
+            let digest = qkd_only_digest(&nonce, &qkd);
+            let th = qkd_only_th(ctx, &nonce, &digest);
+            let sig_a = local
+                .signing()
+                .sign(&labelled(b"QKMS-QKDONLY-v1 sigA", &th))?;
+            let msg = hpb::QkdOnlyInit {
+                kme_a: ctx.kme_source.to_string(),
+                kme_b: ctx.kme_dest.to_string(),
+                sae_master: ctx.master.to_string(),
+                sae_slaves: ctx.slaves.iter().map(|s| s.to_string()).collect(),
+                size_bits: ctx.size_bits,
+                key_ids: ctx.key_ids.iter().map(|k| k.as_bytes().to_vec()).collect(),
+                relay_key_ids: ctx
+                    .relay_key_ids
+                    .iter()
+                    .map(|k| k.as_bytes().to_vec())
+                    .collect(),
+                nonce_a: nonce.to_vec(),
+                key_digest: digest.to_vec(),
+                sig_a,
+            };
+            Ok((
+                SourceState::QkdOnly(QkdOnlyBatch {
+                    th,
+                    nonce,
+                    peer: ctx.kme_dest.clone(),
+                    keys: qkd,
+                }),
+                msg.encode_to_vec(),
+            ))
+        }
         Protection::Hybrid(policy) => {
             let local = keys
                 .local
@@ -191,7 +242,20 @@ pub fn source_finish(
     msg2: &[u8],
 ) -> Result<(SourceState, Vec<u8>), E2eError> {
     match state {
-        SourceState::QkdOnly(k) => Ok((SourceState::QkdOnly(k), Vec::new())),
+        SourceState::QkdOnly(batch) => {
+            let reply = hpb::QkdOnlyReply::decode(msg2).map_err(|_| E2eError::Decode)?;
+            if reply.nonce_a != batch.nonce {
+                return Err(E2eError::Order);
+            }
+            peer_of(keys, &batch.peer)?.verify(
+                &labelled(b"QKMS-QKDONLY-v1 sigB", &batch.th),
+                &reply.sig_b,
+                "sigB",
+            )?;
+            let confirm = batch.nonce.to_vec();
+            Ok((SourceState::QkdOnlyConfirmed(batch), confirm))
+        }
+        SourceState::QkdOnlyConfirmed(_) => Err(E2eError::Order),
         SourceState::Started(init) => {
             let local = keys
                 .local
@@ -209,9 +273,21 @@ pub fn source_finish(
 }
 
 /// Source: handles the ack; returns the keys, now releasable.
-pub fn source_ack(state: SourceState, ack: &[u8]) -> Result<Vec<Secret>, E2eError> {
+pub fn source_ack(keys: &E2eKeys, state: SourceState, ack: &[u8]) -> Result<Vec<Secret>, E2eError> {
     match state {
-        SourceState::QkdOnly(k) => Ok(k),
+        SourceState::QkdOnlyConfirmed(batch) => {
+            let ack = hpb::QkdOnlyAck::decode(ack).map_err(|_| E2eError::Decode)?;
+            if ack.nonce_a != batch.nonce {
+                return Err(E2eError::Order);
+            }
+            peer_of(keys, &batch.peer)?.verify(
+                &labelled(b"QKMS-QKDONLY-v1 ack", &batch.th),
+                &ack.sig_ack,
+                "sigAck",
+            )?;
+            Ok(batch.keys)
+        }
+        SourceState::QkdOnly(_) => Err(E2eError::Order),
         SourceState::Confirmed(awaiting) => {
             let ack = hpb::HybridAck::decode(ack).map_err(|_| E2eError::Decode)?;
             Ok(awaiting
@@ -235,7 +311,70 @@ pub fn dest_respond(
 ) -> Result<(DestState, Vec<u8>), E2eError> {
     let qkd = chunks(payload, ctx.key_ids.len());
     match ctx.mode.protection {
-        Protection::QkdOnly => Ok((DestState::QkdOnly(qkd), Vec::new())),
+        Protection::QkdOnly => {
+            let local = keys
+                .local
+                .as_ref()
+                .ok_or_else(|| E2eError::Identity("no signing key configured".into()))?;
+            let init = hpb::QkdOnlyInit::decode(msg1).map_err(|_| E2eError::Decode)?;
+            let nonce: [u8; 32] = init
+                .nonce_a
+                .as_slice()
+                .try_into()
+                .map_err(|_| E2eError::Decode)?;
+            let ids = |v: &[KeyId]| v.iter().map(|k| k.as_bytes().to_vec()).collect::<Vec<_>>();
+            let slaves: Vec<String> = ctx.slaves.iter().map(|s| s.to_string()).collect();
+            if init.kme_a != ctx.kme_source.as_str()
+                || init.kme_b != ctx.kme_dest.as_str()
+                || init.sae_master != ctx.master.as_str()
+                || init.sae_slaves != slaves
+                || init.size_bits != ctx.size_bits
+                || init.key_ids != ids(&ctx.key_ids)
+                || init.relay_key_ids != ids(&ctx.relay_key_ids)
+            {
+                return Err(E2eError::Identity(
+                    "signed batch differs from the relay header".into(),
+                ));
+            }
+            let digest = qkd_only_digest(&nonce, &qkd);
+            if init.key_digest != digest {
+                return Err(E2eError::Identity(
+                    "relayed keys differ from the signed batch".into(),
+                ));
+            }
+            let th = qkd_only_th(ctx, &nonce, &digest);
+            peer_of(keys, &ctx.kme_source)?.verify(
+                &labelled(b"QKMS-QKDONLY-v1 sigA", &th),
+                &init.sig_a,
+                "sigA",
+            )?;
+            {
+                let mut replay = keys.replay.lock().unwrap_or_else(|p| p.into_inner());
+                if !crate::hybrid::ReplayGuard::check_and_record(
+                    replay.arm(now, valid_until),
+                    &ctx.kme_source,
+                    &nonce,
+                ) {
+                    return Err(E2eError::Hybrid(crate::hybrid::HybridError::Replay));
+                }
+            }
+            let sig_b = local
+                .signing()
+                .sign(&labelled(b"QKMS-QKDONLY-v1 sigB", &th))?;
+            let reply = hpb::QkdOnlyReply {
+                nonce_a: nonce.to_vec(),
+                sig_b,
+            };
+            Ok((
+                DestState::QkdOnly(QkdOnlyBatch {
+                    th,
+                    nonce,
+                    peer: ctx.kme_source.clone(),
+                    keys: qkd,
+                }),
+                reply.encode_to_vec(),
+            ))
+        }
         Protection::Hybrid(policy) => {
             let local = keys
                 .local
@@ -273,9 +412,28 @@ pub fn dest_respond(
 }
 
 /// Destination: handles message 3; returns the keys (to commit, then release) and the ack.
-pub fn dest_confirm(state: DestState, msg3: &[u8]) -> Result<(Vec<Secret>, Vec<u8>), E2eError> {
+pub fn dest_confirm(
+    keys: &E2eKeys,
+    state: DestState,
+    msg3: &[u8],
+) -> Result<(Vec<Secret>, Vec<u8>), E2eError> {
     match state {
-        DestState::QkdOnly(k) => Ok((k, Vec::new())),
+        DestState::QkdOnly(batch) => {
+            if msg3 != batch.nonce {
+                return Err(E2eError::Order);
+            }
+            let local = keys
+                .local
+                .as_ref()
+                .ok_or_else(|| E2eError::Identity("no signing key configured".into()))?;
+            let ack = hpb::QkdOnlyAck {
+                nonce_a: batch.nonce.to_vec(),
+                sig_ack: local
+                    .signing()
+                    .sign(&labelled(b"QKMS-QKDONLY-v1 ack", &batch.th))?,
+            };
+            Ok((batch.keys, ack.encode_to_vec()))
+        }
         DestState::Hybrid(responder) => {
             let confirm = hpb::HybridConfirm::decode(msg3).map_err(|_| E2eError::Decode)?;
             let (keys, pending) = responder.handle_confirm(&confirm)?;
@@ -284,5 +442,174 @@ pub fn dest_confirm(state: DestState, msg3: &[u8]) -> Result<(Vec<Secret>, Vec<u
                 pending.ack().encode_to_vec(),
             ))
         }
+    }
+}
+
+/// The pinned keys of `kme`, or an identity error.
+fn peer_of<'a>(
+    keys: &'a E2eKeys,
+    kme: &KmeId,
+) -> Result<&'a crate::hybrid::PeerPublicKeys, E2eError> {
+    keys.peers
+        .get(kme)
+        .ok_or_else(|| E2eError::Identity(format!("no pinned key for {kme}")))
+}
+
+/// `label ‖ th`: what a QKD-only signature covers.
+fn labelled(label: &[u8], th: &[u8; 48]) -> Vec<u8> {
+    let mut m = label.to_vec();
+    m.extend_from_slice(th);
+    m
+}
+
+/// SHA-384(enc("QKMS-QKDONLY-v1 keys") ‖ enc(nonce) ‖ enc(k_1) ‖ … ‖ enc(k_n)): binds the
+/// relayed keys to the signed description without revealing them.
+fn qkd_only_digest(nonce: &[u8; 32], keys: &[Secret]) -> [u8; 48] {
+    use crate::hybrid::combiner::enc;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA384);
+    let mut head = Vec::new();
+    enc(&mut head, b"QKMS-QKDONLY-v1 keys");
+    enc(&mut head, nonce);
+    ctx.update(&head);
+    for k in keys {
+        // Each key is exposed only to be hashed into the digest.
+        let mut framed = zeroize::Zeroizing::new(Vec::with_capacity(k.len() + 4));
+        enc(&mut framed, k.expose());
+        ctx.update(&framed);
+    }
+    let mut out = [0u8; 48];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// TH = SHA-384 of the batch description: `enc("QKMS-QKDONLY-v1") ‖ enc(KME_A) ‖ enc(KME_B) ‖
+/// enc(SAE_master) ‖ u32be(#slaves) ‖ enc(slave)… ‖ u32be(size_bits) ‖ u32be(n) ‖
+/// (key_ID ‖ relay_key_ID)… ‖ enc(nonce_A) ‖ enc(key_digest)`.
+fn qkd_only_th(ctx: &Context, nonce: &[u8; 32], digest: &[u8; 48]) -> [u8; 48] {
+    use crate::hybrid::combiner::enc;
+    let mut m = Vec::with_capacity(256);
+    enc(&mut m, b"QKMS-QKDONLY-v1");
+    enc(&mut m, ctx.kme_source.as_str().as_bytes());
+    enc(&mut m, ctx.kme_dest.as_str().as_bytes());
+    enc(&mut m, ctx.master.as_str().as_bytes());
+    m.extend_from_slice(&(ctx.slaves.len() as u32).to_be_bytes());
+    for s in &ctx.slaves {
+        enc(&mut m, s.as_str().as_bytes());
+    }
+    m.extend_from_slice(&ctx.size_bits.to_be_bytes());
+    m.extend_from_slice(&(ctx.key_ids.len() as u32).to_be_bytes());
+    for (k, r) in ctx.key_ids.iter().zip(&ctx.relay_key_ids) {
+        m.extend_from_slice(k.as_bytes());
+        m.extend_from_slice(r.as_bytes());
+    }
+    enc(&mut m, nonce);
+    enc(&mut m, digest);
+    let mut out = [0u8; 48];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA384, &m).as_ref());
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::hybrid::{NodeSigningKey, PinnedPeers};
+
+    fn node(kme: &str) -> (LocalIdentity, crate::hybrid::PeerPublicKeys) {
+        let id = LocalIdentity::new(
+            KmeId::parse(kme).unwrap(),
+            NodeSigningKey::generate(&mut rand::rng()).unwrap(),
+        );
+        let public = id.public_keys().unwrap();
+        (id, public)
+    }
+
+    fn keys_of(local: LocalIdentity, pinned: &[&crate::hybrid::PeerPublicKeys]) -> E2eKeys {
+        let mut peers = PinnedPeers::new();
+        for p in pinned {
+            peers.insert((*p).clone());
+        }
+        E2eKeys {
+            local: Some(local),
+            peers,
+            replay: Mutex::default(),
+        }
+    }
+
+    fn context(n: usize) -> Context {
+        Context {
+            mode: KeyMode {
+                protection: Protection::QkdOnly,
+                suite: Suite::default(),
+            },
+            kme_source: KmeId::parse("KME-A").unwrap(),
+            kme_dest: KmeId::parse("KME-E").unwrap(),
+            master: SaeId::parse("ENC-A1").unwrap(),
+            slaves: vec![SaeId::parse("ENC-E1").unwrap()],
+            size_bits: 256,
+            key_ids: (0..n).map(|_| KeyId::random()).collect(),
+            relay_key_ids: (0..n).map(|_| KeyId::random()).collect(),
+        }
+    }
+
+    fn payload(n: usize, byte: u8) -> Secret {
+        Secret::copy_from(&vec![byte; 32 * n])
+    }
+
+    #[test]
+    fn a_qkd_only_batch_is_signed_end_to_end_and_confirmed_both_ways() {
+        let ((a, pa), (e, pe)) = (node("KME-A"), node("KME-E"));
+        let (ka, ke) = (keys_of(a, &[&pe]), keys_of(e, &[&pa]));
+        let ctx = context(3);
+        let (s, m1) = source_start(&ka, &ctx, &payload(3, 7)).unwrap();
+        let (d, m2) = dest_respond(&ke, &ctx, &m1, &payload(3, 7), 0, 1_000).unwrap();
+        let (s, m3) = source_finish(&ka, s, &m2).unwrap();
+        let (dest_keys, ack) = dest_confirm(&ke, d, &m3).unwrap();
+        let source_keys = source_ack(&ka, s, &ack).unwrap();
+        assert_eq!(source_keys.len(), 3);
+        assert_eq!(source_keys, dest_keys);
+        // The same message 1 again (a replay) is refused.
+        assert!(dest_respond(&ke, &ctx, &m1, &payload(3, 7), 10, 1_000).is_err());
+    }
+
+    #[test]
+    fn no_other_node_can_plant_or_alter_qkd_only_keys() {
+        let ((a, pa), (e, pe), (x, px)) = (node("KME-A"), node("KME-E"), node("KME-A"));
+        let ke = keys_of(e, &[&pa]);
+        let ctx = context(2);
+        // Keys altered on the way (a relay substituting its own): the digest differs.
+        let ka = keys_of(a, &[&pe]);
+        let (_, m1) = source_start(&ka, &ctx, &payload(2, 1)).unwrap();
+        assert!(dest_respond(&ke, &ctx, &m1, &payload(2, 2), 0, 1_000).is_err());
+        // A batch described by another node claiming to be A: the signature fails.
+        let kx = keys_of(x, &[&pe]);
+        let (_, forged) = source_start(&kx, &ctx, &payload(2, 1)).unwrap();
+        assert!(dest_respond(&ke, &ctx, &forged, &payload(2, 1), 0, 1_000).is_err());
+        // No message 1 at all (the protocol before it was signed): refused.
+        assert!(dest_respond(&ke, &ctx, &[], &payload(2, 1), 0, 1_000).is_err());
+        // A header that differs from what A signed (another slave): refused.
+        let mut other = ctx.clone();
+        other.slaves = vec![SaeId::parse("ENC-E2").unwrap()];
+        assert!(dest_respond(&ke, &other, &m1, &payload(2, 1), 0, 1_000).is_err());
+        // An ack signed by anyone but E (here X, another key for A's ID) is refused at A.
+        let (s, m1) = source_start(&ka, &ctx, &payload(2, 1)).unwrap();
+        let (_, m2) = dest_respond(&ke, &ctx, &m1, &payload(2, 1), 0, 1_000).unwrap();
+        let (s, _) = source_finish(&ka, s, &m2).unwrap();
+        let SourceState::QkdOnlyConfirmed(batch) = &s else {
+            panic!("not confirmed")
+        };
+        let forged_ack = hpb::QkdOnlyAck {
+            nonce_a: batch.nonce.to_vec(),
+            sig_ack: kx
+                .local
+                .as_ref()
+                .unwrap()
+                .signing()
+                .sign(&labelled(b"QKMS-QKDONLY-v1 ack", &batch.th))
+                .unwrap(),
+        }
+        .encode_to_vec();
+        let _ = px;
+        assert!(source_ack(&ka, s, &forged_ack).is_err());
     }
 }

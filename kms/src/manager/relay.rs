@@ -652,7 +652,7 @@ impl KeyManager {
     }
 
     /// Multicast to slaves at several nodes: one random key per output key, sealed for each
-    /// node under wrap keys from an end-to-end (hybrid) batch with that node (crypto.md §1.12).
+    /// node under wrap keys from an end-to-end (hybrid) batch with that node (docs/hybrid.md, "Multicast").
     async fn multicast(
         &self,
         master: &SaeId,
@@ -786,7 +786,7 @@ impl KeyManager {
             let ack = self
                 .forward(&relay_id, &path, 1, FORWARD_CONFIRM, msg3)
                 .await?;
-            Ok(e2e::source_ack(state, &ack.e2e)?)
+            Ok(e2e::source_ack(&e2e_keys, state, &ack.e2e)?)
         }
         .await;
         match result {
@@ -1302,7 +1302,7 @@ impl KeyManager {
         if req.kind != FORWARD_CONFIRM {
             return Ok(pb::ForwardReply { e2e: Vec::new() });
         }
-        let (keys, ack) = e2e::dest_confirm(pending.state, &req.e2e)
+        let (keys, ack) = e2e::dest_confirm(&self.inner.cfg.relay.e2e, pending.state, &req.e2e)
             .map_err(|e| PeerError::Refused(e.to_string()))?;
         if pending.wrap {
             // Wrap keys stay in memory until the multicast keys they seal arrive.

@@ -63,7 +63,7 @@ impl<'a> R<'a> {
     }
 }
 
-/// `u32be(len) ‖ bytes`, the `enc()` of crypto.md, for associated data.
+/// `u32be(len) ‖ bytes`, the `enc()` of docs/hybrid.md, for associated data.
 pub(crate) fn enc(out: &mut Vec<u8>, v: &[u8]) {
     out.extend_from_slice(&(v.len() as u32).to_be_bytes());
     out.extend_from_slice(v);

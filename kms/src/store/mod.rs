@@ -796,7 +796,7 @@ fn block_aad(link: &str, seq: u64, id: BlockId) -> Vec<u8> {
     v
 }
 
-/// AAD of a waiting key (crypto.md §4.3): `enc("QKMS-store-v1") ‖ enc(uuid key_ID) ‖
+/// AAD of a waiting key (docs/hybrid.md, "At rest"): `enc("QKMS-store-v1") ‖ enc(uuid key_ID) ‖
 /// enc(id SAE_master) ‖ enc(id SAE_slave) ‖ u8(role = 1, dec) ‖ … ‖ u32be(size_bits)`; epoch and
 /// nonce are appended by the vault.
 fn key_aad(id: KeyId, meta: &StoredKey) -> Vec<u8> {

@@ -8,7 +8,7 @@
 //! consumed nothing: A→B's `stored_key_count` is unchanged and a `{KEY}` named by a refused
 //! request is still fetchable by B, byte for byte.
 //!
-//! Every [DECISION] line of reference/standards.md §1 is covered by rows tagged in comments.
+//! Every ETSI 014 decision of docs/etsi014.md is covered by rows tagged in comments.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 

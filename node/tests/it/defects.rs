@@ -228,7 +228,7 @@ async fn a_link_keeps_yielding_key_after_its_master_end_restarts() {
 }
 
 /// Defect 3: a key waiting at the slave's node expired a pool TTL plus a key TTL after its pool
-/// batch was made, not `key_ttl_seconds` after the master's enc_keys (standards.md §1.9). The
+/// batch was made, not `key_ttl_seconds` after the master's enc_keys (docs/etsi014.md, key expiry). The
 /// source now stamps each delivery and tells the destination asynchronously; the destination
 /// expires the key a key TTL after that stamp.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,4 @@
-//! The authenticated exchange (crypto.md §1.13) end to end in memory: both ends agree for every
+//! The authenticated exchange (docs/hybrid.md, "Exchange") end to end in memory: both ends agree for every
 //! suite × policy; a trusted relay node that knows every relayed QKD key cannot derive K nor
 //! substitute its own MA/MB; every tampered field is refused before any key is released; wrong
 //! configuration aborts; replays are refused; tags are compared in constant time.

@@ -1,5 +1,5 @@
-//! Known-answer vectors of the QKMS-HYB-v1 combiner (crypto.md §1.12) and of the confirmation
-//! values of §1.13, for every suite × policy with N = 1 and N = 3.
+//! Known-answer vectors of the QKMS-HYB-v1 combiner (docs/hybrid.md, "Combiner") and of the confirmation
+//! values (docs/hybrid.md, "Exchange"), for every suite × policy with N = 1 and N = 3.
 //!
 //! `kms/tests/vectors/qkms-hyb-v1.json` gives every input as bytes: hex, or for long opaque
 //! values (ML-KEM/FrodoKEM keys and ciphertexts) `{"sha384_ctr": label, "len": n}`, meaning
@@ -164,7 +164,7 @@ pub fn library(i: &Inputs) -> Outputs {
     }
 }
 
-/// A second implementation, written straight from the text of crypto.md §1.12/§1.13 on *ring*.
+/// A second implementation, written straight from the text of docs/hybrid.md on *ring*.
 pub fn independent(i: &Inputs) -> Outputs {
     use ring::{digest, hkdf, hmac};
 
@@ -508,7 +508,7 @@ fn regenerate() {
         })
         .collect();
     let doc = json!({
-        "scheme": "QKMS-HYB-v1 (crypto.md §1.12 combiner, §1.13 confirmation)",
+        "scheme": "QKMS-HYB-v1 (docs/hybrid.md: combiner and confirmation)",
         "bytes": "hex, or {\"sha384_ctr\": label, \"len\": n} = SHA-384(label || u32be(0)) || SHA-384(label || u32be(1)) || ... truncated to n bytes",
         "notes": [
             "KEM public keys and ciphertexts are opaque to the combiner: the ML-KEM/FrodoKEM values here are pseudo-random strings of the right lengths, not valid keys",
