@@ -17,6 +17,8 @@
 //! nonce reuse after a crash) and old ciphertext becomes undecryptable.
 
 mod codec;
+#[cfg(test)]
+mod faulty;
 pub mod vault;
 
 use std::collections::HashMap;
@@ -136,6 +138,17 @@ impl Store {
     /// secrets under it.
     pub fn open(path: &Path, wrap: &dyn KeyWrap) -> Result<(Self, Recovered), StoreError> {
         let db = Database::create(path)?;
+        let (epoch, recovered) = Self::start_epoch(&db, wrap)?;
+        Ok((Self { db, epoch }, recovered))
+    }
+
+    /// Opens a store over a test storage backend (a simulated disk).
+    #[cfg(test)]
+    pub(crate) fn open_backend(
+        backend: impl redb::StorageBackend,
+        wrap: &dyn KeyWrap,
+    ) -> Result<(Self, Recovered), StoreError> {
+        let db = redb::Builder::new().create_with_backend(backend)?;
         let (epoch, recovered) = Self::start_epoch(&db, wrap)?;
         Ok((Self { db, epoch }, recovered))
     }
@@ -946,5 +959,100 @@ mod tests {
         assert_eq!(tx.prune_tombstones(1_001, 10).unwrap(), 2);
         assert!(!tx.key_id_used(ids[0]).unwrap());
         tx.commit().unwrap();
+    }
+
+    /// Key IDs, each with the byte its key is filled with.
+    type Filled = Vec<(KeyId, u8)>;
+
+    /// Writes pool keys and waiting keys in batches until the disk refuses a write. Returns what
+    /// committed: pool key IDs and waiting key IDs, each with the byte its key is filled with.
+    fn fill_until_full(store: &mut Store) -> (Filled, Filled) {
+        let (mut pool, mut waiting_keys) = (Vec::new(), Vec::new());
+        for round in 0..10_000u32 {
+            let fill = (round % 200) as u8 + 20;
+            let batch_pool: Vec<KeyId> = (0..32).map(|_| KeyId::random()).collect();
+            let batch_wait: Vec<KeyId> = (0..32).map(|_| KeyId::random()).collect();
+            let attempt = (|| -> Result<(), StoreError> {
+                let mut tx = store.begin()?;
+                for id in &batch_pool {
+                    tx.put_pool_key(*id, &pool_meta(), &Secret::copy_from(&[fill; 32]))?;
+                }
+                for id in &batch_wait {
+                    tx.put_key(*id, &waiting(u64::MAX), &Secret::copy_from(&[fill; 32]))?;
+                }
+                tx.commit()
+            })();
+            if attempt.is_err() {
+                return (pool, waiting_keys);
+            }
+            pool.extend(batch_pool.into_iter().map(|id| (id, fill)));
+            waiting_keys.extend(batch_wait.into_iter().map(|id| (id, fill)));
+        }
+        panic!("the simulated disk never filled");
+    }
+
+    fn pool_meta() -> PoolKey {
+        PoolKey {
+            master: sae("M"),
+            slaves: vec![sae("S")],
+            size_bits: 256,
+            created_at: 5,
+        }
+    }
+
+    /// Defect 5: after the disk filled, the node must restart (a new epoch) and serve the keys
+    /// it holds, without free space in proportion to the store.
+    #[test]
+    fn reopens_on_a_full_disk_and_serves_stored_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = FileKek::open(dir.path(), 1_000, 86_400_000).unwrap();
+        let disk = faulty::Disk::new(4 << 20);
+        let (mut store, rec) = Store::open_backend(disk.backend(), &kek).unwrap();
+        let first_epoch = rec.epoch;
+        let (pool, waiting_keys) = fill_until_full(&mut store);
+        drop(store);
+        assert!(disk.refused() > 0, "the disk refused a write");
+        assert!(pool.len() > 1000, "filled with {} pool keys", pool.len());
+
+        // Restart on the same, still full disk.
+        let (mut store, rec) = Store::open_backend(disk.backend(), &kek)
+            .expect("a store on a full disk opens (fresh epoch, no bulk re-encryption)");
+        assert_eq!(rec.epoch, first_epoch + 1);
+        assert_eq!(rec.pool.len(), pool.len());
+
+        // Consumption commits: pool keys delivered at the master's node, waiting keys fetched by
+        // the slave, each with its tombstone.
+        for chunk in 0..4 {
+            let mut tx = store.begin().unwrap();
+            for (id, fill) in &pool[chunk * 16..(chunk + 1) * 16] {
+                let (meta, key) = tx.take_pool_key(*id).unwrap().unwrap();
+                assert_eq!(key, Secret::copy_from(&[*fill; 32]));
+                tx.put_tombstone(*id, &meta.master, meta.slaves.first(), 2_000)
+                    .unwrap();
+            }
+            for (id, fill) in &waiting_keys[chunk * 16..(chunk + 1) * 16] {
+                let meta = tx.key_meta(*id).unwrap().unwrap();
+                assert_eq!(
+                    tx.key_bytes(*id).unwrap().unwrap(),
+                    Secret::copy_from(&[*fill; 32])
+                );
+                tx.retire_key(*id, &meta, 2_000).unwrap();
+            }
+            tx.commit().expect("consumption commits on a full disk");
+        }
+        drop(store);
+
+        // And once more: a restart after consuming still works on the full disk.
+        let (mut store, rec) = Store::open_backend(disk.backend(), &kek).unwrap();
+        assert_eq!(rec.epoch, first_epoch + 2);
+        assert_eq!(rec.pool.len(), pool.len() - 64);
+        let tx = store.begin().unwrap();
+        assert!(tx.key_id_used(waiting_keys[0].0).unwrap());
+        assert!(tx.key_meta(waiting_keys[0].0).unwrap().is_none());
+        let (id, fill) = waiting_keys[100];
+        assert_eq!(
+            tx.key_bytes(id).unwrap().unwrap(),
+            Secret::copy_from(&[fill; 32])
+        );
     }
 }
