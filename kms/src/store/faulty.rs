@@ -11,6 +11,8 @@ use std::collections::BTreeSet;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::space::FreeSpace;
+
 /// File-system block size of the simulated disk.
 const BLOCK: u64 = 4096;
 
@@ -28,6 +30,14 @@ struct DiskState {
     limit: u64,
     /// Writes refused for lack of space.
     refused: u64,
+    /// Bytes held by the store's reserve file (another file on the same disk).
+    reserve: u64,
+}
+
+impl DiskState {
+    fn used(&self) -> u64 {
+        self.allocated.len() as u64 * BLOCK + self.reserve
+    }
 }
 
 impl Disk {
@@ -45,6 +55,32 @@ impl Disk {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Bytes the disk can still allocate.
+    pub(crate) fn available(&self) -> u64 {
+        let s = self.state();
+        s.limit.saturating_sub(s.used())
+    }
+
+    /// Bytes allocated so far, by the database file and the reserve.
+    pub(crate) fn used(&self) -> u64 {
+        self.state().used()
+    }
+
+    /// Changes the size of the disk (another program filled or freed it).
+    pub(crate) fn set_limit(&self, limit: u64) {
+        self.state().limit = limit;
+    }
+
+    /// A copy of every byte of the database file, for scanning.
+    pub(crate) fn snapshot(&self) -> Vec<u8> {
+        self.state().bytes.clone()
+    }
+
+    /// The free-space probe of this disk, for the store.
+    pub(crate) fn space(self: &Arc<Self>) -> Box<dyn FreeSpace> {
+        Box::new(DiskSpace(self.clone()))
+    }
+
     /// How many writes were refused with ENOSPC.
     pub(crate) fn refused(&self) -> u64 {
         self.state().refused
@@ -53,6 +89,36 @@ impl Disk {
     /// A backend over this disk, for one `Database`.
     pub(crate) fn backend(self: &Arc<Self>) -> FaultyBackend {
         FaultyBackend(self.clone())
+    }
+}
+
+/// The store's view of a [`Disk`]'s free space.
+#[derive(Debug)]
+struct DiskSpace(Arc<Disk>);
+
+impl FreeSpace for DiskSpace {
+    fn available(&self) -> io::Result<u64> {
+        Ok(self.0.available())
+    }
+
+    fn reserved(&self) -> io::Result<u64> {
+        Ok(self.0.state().reserve)
+    }
+
+    fn reserve(&self, bytes: u64) -> io::Result<()> {
+        let mut s = self.0.state();
+        let more = bytes.saturating_sub(s.reserve);
+        if s.used() + more > s.limit {
+            s.refused += 1;
+            return Err(io::Error::from(io::ErrorKind::StorageFull));
+        }
+        s.reserve = s.reserve.max(bytes);
+        Ok(())
+    }
+
+    fn release(&self) -> io::Result<()> {
+        self.0.state().reserve = 0;
+        Ok(())
     }
 }
 
@@ -102,7 +168,7 @@ impl redb::StorageBackend for FaultyBackend {
         }
         let blocks = offset / BLOCK..end.div_ceil(BLOCK);
         let new = blocks.clone().filter(|b| !s.allocated.contains(b)).count() as u64;
-        if (s.allocated.len() as u64 + new) * BLOCK > s.limit {
+        if s.used() + new * BLOCK > s.limit {
             s.refused += 1;
             return Err(io::Error::from(io::ErrorKind::StorageFull));
         }
