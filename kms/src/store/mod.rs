@@ -34,6 +34,7 @@ pub mod vault;
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::Arc;
 
 use qkd_types::{BlockId, KeyId, LinkId, SaeId, Secret, UnixMillis};
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -201,7 +202,7 @@ pub struct Store {
     keys: Keyring,
     /// KEK period the current epoch's DEK is wrapped under.
     period: u64,
-    space: Box<dyn FreeSpace>,
+    gauge: SpaceGauge,
     options: StoreOptions,
     /// The rotation pass in progress (persisted in the same transactions as its steps).
     pass: Option<Pass>,
@@ -266,7 +267,10 @@ impl Store {
             db,
             keys,
             period,
-            space,
+            gauge: SpaceGauge {
+                space: Arc::from(space),
+                watermark: options.watermark_bytes,
+            },
             options,
             pass,
         };
@@ -512,14 +516,15 @@ impl Store {
     /// Takes the reserve file again (see [`space`]) if there is room for it above the watermark.
     fn retake_reserve(&self) {
         let want = self.options.reserve_bytes;
-        let (Ok(available), Ok(reserved)) = (self.space.available(), self.space.reserved()) else {
+        let space = &self.gauge.space;
+        let (Ok(available), Ok(reserved)) = (space.available(), space.reserved()) else {
             return;
         };
         let more = want.saturating_sub(reserved);
         if more == 0 || available < self.options.watermark_bytes.saturating_add(more) {
             return;
         }
-        if let Err(e) = self.space.reserve(want) {
+        if let Err(e) = space.reserve(want) {
             tracing::warn!(error = %e, bytes = want, "cannot allocate the key store's reserve file");
         }
     }
@@ -531,25 +536,16 @@ impl Store {
 
     /// Free bytes of the store's file system, if they can be measured.
     pub fn available_space(&self) -> Option<u64> {
-        match self.space.available() {
-            Ok(v) => Some(v),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot measure the key store's free space");
-                None
-            }
-        }
+        self.gauge.available()
     }
 
-    /// The configured free-space watermark in bytes.
-    pub fn watermark(&self) -> u64 {
-        self.options.watermark_bytes
+    /// A handle on the store's free space for other threads (see [`SpaceGauge`]).
+    pub fn gauge(&self) -> SpaceGauge {
+        self.gauge.clone()
     }
 
-    /// Free bytes, if below the watermark. Unmeasurable space does not refuse anything: the
-    /// commit itself is the last line (a failed commit makes the node restart).
     fn low_space(&self) -> Option<u64> {
-        self.available_space()
-            .filter(|a| *a < self.options.watermark_bytes)
+        self.gauge.low()
     }
 
     /// Whether a rotation step fits: free space at the watermark and at least a generous bound
@@ -707,6 +703,50 @@ impl Store {
             tx.open_table(KEYS)?.len()?,
             tx.open_table(TOMBSTONES)?.len()?,
         ))
+    }
+}
+
+/// The store's free space and watermark, cheap to clone and to ask from any thread. Ask it before
+/// pulling key from a device or starting a relay batch, so that no link key is spent on material
+/// the store would refuse; the store checks again when the batch begins.
+#[derive(Debug, Clone)]
+pub struct SpaceGauge {
+    space: Arc<dyn FreeSpace>,
+    watermark: u64,
+}
+
+impl SpaceGauge {
+    /// Free bytes, if they can be measured.
+    pub fn available(&self) -> Option<u64> {
+        match self.space.available() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot measure the key store's free space");
+                None
+            }
+        }
+    }
+
+    /// The configured watermark in bytes.
+    pub fn watermark(&self) -> u64 {
+        self.watermark
+    }
+
+    /// [`StoreError::LowSpace`] while free space is below the watermark.
+    pub fn admit_ingest(&self) -> Result<(), StoreError> {
+        match self.low() {
+            Some(available) => Err(StoreError::LowSpace {
+                available,
+                watermark: self.watermark,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Free bytes, if below the watermark. Unmeasurable space refuses nothing: the commit is the
+    /// last line (a failed commit makes the node restart).
+    fn low(&self) -> Option<u64> {
+        self.available().filter(|a| *a < self.watermark)
     }
 }
 
@@ -1677,8 +1717,11 @@ mod tests {
         tx.commit().unwrap();
 
         // Free space falls to half the watermark.
+        let gauge = store.gauge();
+        gauge.admit_ingest().unwrap();
         disk.set_limit(disk.used() + (1 << 20));
         assert_eq!(store.available_space(), Some(1 << 20));
+        assert_low_space(&gauge.admit_ingest().unwrap_err());
         let fresh = KeyId::random();
         let mut tx = store.begin().unwrap();
         assert_low_space(
@@ -1718,6 +1761,7 @@ mod tests {
 
         // Space freed: ingest is accepted again.
         disk.set_limit(disk.used() + (4 << 20));
+        gauge.admit_ingest().unwrap();
         let mut tx = store.begin().unwrap();
         tx.put_block(&link, 1, &block, &Secret::copy_from(&[43; 64]))
             .unwrap();
