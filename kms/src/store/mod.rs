@@ -1920,4 +1920,21 @@ mod tests {
         drop(store);
         assert_no_plaintext(&disk.snapshot());
     }
+
+    #[test]
+    fn rotation_cursor_roundtrips() {
+        for c in [
+            Cursor::Blocks(None),
+            Cursor::Blocks(Some(("A-B".into(), 7))),
+            Cursor::Keys(None),
+            Cursor::Keys(Some([3; 16])),
+            Cursor::Pool(None),
+            Cursor::Pool(Some([4; 16])),
+            Cursor::End,
+        ] {
+            assert_eq!(Cursor::decode(&c.encode()).unwrap(), c);
+        }
+        assert!(Cursor::decode(&[9, 0]).is_err());
+        assert!(Cursor::decode(&[1, 1, 0, 0, 0, 2, 1, 2]).is_err());
+    }
 }

@@ -1,9 +1,10 @@
 //! Free space for the store: the watermark that keeps room for consumption, and a reserve file
 //! that a restart on a full disk can give back.
 //!
-//! redb is copy-on-write: even erasing a key writes new pages before the old ones are freed, and
-//! on a file system with no free block at all not even a one-record commit succeeds (the
-//! fault-injection tests show it). So the store
+//! redb is copy-on-write: even erasing a key writes new pages before the old ones are freed, so
+//! on a file system with no free block at all a commit, however small, fails unless redb happens
+//! to reuse pages it had written before; on the fault-injecting disk of the tests a restart's
+//! first commit fails in some runs and not in others. So the store
 //! * refuses new key material (link blocks, pool keys, keys for slaves) once free space falls
 //!   below a configured **watermark**, keeping that room for consumption and rotation; and
 //! * holds a **reserve** file next to the store, allocated for real. When the disk was filled by
