@@ -191,6 +191,10 @@ pub enum PeerError {
     /// This node's device failed.
     #[error("device: {0}")]
     Device(String),
+    /// Operator: the store's free space is below its watermark; no new key material is taken
+    /// (stored keys are still served). Transient: ingest resumes once space is freed.
+    #[error("key store below its free-space watermark: {0}")]
+    LowSpace(StoreError),
     /// This node's store failed (the node is going down).
     #[error("store: {0}")]
     Store(String),
@@ -198,7 +202,10 @@ pub enum PeerError {
 
 impl From<StoreError> for PeerError {
     fn from(e: StoreError) -> Self {
-        PeerError::Store(e.to_string())
+        match e {
+            e @ StoreError::LowSpace { .. } => PeerError::LowSpace(e),
+            e => PeerError::Store(e.to_string()),
+        }
     }
 }
 
@@ -480,6 +487,8 @@ impl KeyManager {
             self.offer(link, &pending).await?;
             return Ok(0);
         }
+        // Below the store's watermark, take no key from the device: it would be refused.
+        self.inner.writer.space().admit_ingest()?;
         let (room, next_seq, block_len) = {
             let p = link.pool();
             (
@@ -670,6 +679,13 @@ impl KeyManager {
                     Err(PeerError::Store(e)) => {
                         tracing::error!(link = %link, error = %e, "store failed during ingest");
                         return;
+                    }
+                    Err(e @ PeerError::LowSpace(_)) => {
+                        if !failing {
+                            tracing::error!(link = %link, error = %e, "link key ingest paused: the key store is low on disk space; stored keys are still served");
+                            failing = true;
+                        }
+                        break;
                     }
                     Err(e) => {
                         if !failing {

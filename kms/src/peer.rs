@@ -47,6 +47,7 @@ pub fn status_of(e: &PeerError) -> Status {
         // A device that cannot deliver the offered blocks: the allocator discards them.
         PeerError::Device(_) => Status::failed_precondition(e.to_string()),
         PeerError::Store(_) => Status::unavailable(e.to_string()),
+        PeerError::LowSpace(_) => Status::resource_exhausted(e.to_string()),
     }
 }
 

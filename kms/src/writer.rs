@@ -29,6 +29,9 @@ pub struct Writer {
     tx: mpsc::UnboundedSender<Job>,
     failed: Arc<AtomicBool>,
     fatal: watch::Receiver<bool>,
+    /// The store's free-space gauge, readable off the writer thread: ingest asks it before it
+    /// spends device or link key on material the store would refuse.
+    space: crate::store::SpaceGauge,
 }
 
 impl Writer {
@@ -38,13 +41,24 @@ impl Writer {
         let (fatal_tx, fatal) = watch::channel(false);
         let failed = Arc::new(AtomicBool::new(false));
         let failed2 = failed.clone();
+        let space = store.gauge();
         std::thread::Builder::new()
             .name("kms-writer".into())
             .spawn(move || run(store, rx, failed2, fatal_tx))
             // Invariant: spawning a thread at start-up only fails when the OS is out of
             // resources, and the node cannot run without its writer.
             .unwrap_or_else(|e| panic!("cannot start the store writer thread: {e}"));
-        Self { tx, failed, fatal }
+        Self {
+            tx,
+            failed,
+            fatal,
+            space,
+        }
+    }
+
+    /// The store's free-space gauge.
+    pub fn space(&self) -> &crate::store::SpaceGauge {
+        &self.space
     }
 
     /// Queues `op` for the next batch **now** (operations run in the order they were queued) and

@@ -198,6 +198,10 @@ pub struct NodeSection {
     /// Days a KEK period lasts (file-held KEKs rotate at start once a period has passed).
     #[serde(default = "default_kek_days")]
     pub kek_period_days: u64,
+    /// MiB of free disk kept for consuming stored keys: below it the store refuses new key
+    /// material (docs/design.md §4.2).
+    #[serde(default = "default_store_watermark_mb")]
+    pub store_watermark_mb: u64,
 }
 
 fn default_prefix() -> String {
@@ -214,6 +218,9 @@ fn default_poll() -> u64 {
 }
 fn default_kek_days() -> u64 {
     1
+}
+fn default_store_watermark_mb() -> u64 {
+    qkd_kms::store::space::DEFAULT_WATERMARK_BYTES >> 20
 }
 
 /// `[tls]`.

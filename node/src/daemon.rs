@@ -14,8 +14,8 @@ use qkd_kms::api::{KeyLimits, KeyService};
 use qkd_kms::manager::{
     E2eKeys, KeyManager, LinkSetup, ManagerConfig, NeighbourEntry, RelayConfig, SaeEntry,
 };
-use qkd_kms::store::Store;
 use qkd_kms::store::vault::FileKek;
+use qkd_kms::store::{Store, StoreOptions};
 use qkd_kms::tls::{SaeIdentityRule, TlsFiles};
 use qkd_kms::writer::Writer;
 use qkd_simulator::link::{SimLinkConfig, SimulatedLink};
@@ -126,8 +126,12 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         cfg.node.kek_period_days.max(1) * 86_400_000,
     )
     .context("cannot open the key-encryption key")?;
-    let (store, recovered) =
-        Store::open(&data.join("store.redb"), &kek).context("cannot open the key store")?;
+    let store_options = StoreOptions {
+        watermark_bytes: cfg.node.store_watermark_mb.saturating_mul(1 << 20),
+        ..StoreOptions::default()
+    };
+    let (store, recovered) = Store::open_with(&data.join("store.redb"), &kek, store_options)
+        .context("cannot open the key store")?;
     tracing::info!(
         epoch = recovered.epoch,
         "key store open; fresh data-key epoch started"

@@ -542,6 +542,11 @@ impl KeyManager {
     }
 
     async fn refill(&self, master: &SaeId, slave: &SaeId, n: usize) -> Result<(), RelayError> {
+        // Below the store's watermark no batch is made: its keys could not be stored, and the
+        // link key it would use is gone either way.
+        if self.inner.writer.space().admit_ingest().is_err() {
+            return Err(RelayError::Store);
+        }
         let spec = BatchSpec {
             master: master.clone(),
             slaves: vec![slave.clone()],

@@ -1,8 +1,9 @@
 //! Encryption at rest: AES-256-GCM under per-epoch data keys (DEKs), wrapped by a key-encryption
 //! key (KEK) held behind the [`KeyWrap`] interface.
 //!
-//! * A fresh DEK epoch starts at every start of the node and is never used after the process
-//!   ends, so an AES-GCM nonce (a per-epoch counter) is never reused after a crash.
+//! * A fresh DEK epoch starts at every start of the node and never seals anything after the
+//!   process ends, so an AES-GCM nonce (a per-epoch counter) is never reused after a crash. Older
+//!   epochs' DEKs are kept only as [`OpeningKey`]s, which cannot seal, until no record needs them.
 //! * Destroying an epoch's DEK crypto-shreds everything sealed under it. On a copy-on-write store
 //!   or an SSD the wrapped DEK may survive on disk, so the shred only becomes real when the KEK
 //!   itself is destroyed; hence KEKs live in periods and are rotated. A KEK in a file
@@ -13,6 +14,7 @@
 //! This module never writes a DEK or a KEK anywhere except through [`KeyWrap`] and the epoch
 //! table, and never logs them.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -276,8 +278,7 @@ impl EpochKey {
         Ok((Self::from_secret(epoch, &dek), dek))
     }
 
-    /// Rebuilds the key of an older epoch, for opening only.
-    pub fn from_secret(epoch: u64, dek: &Secret) -> Self {
+    fn from_secret(epoch: u64, dek: &Secret) -> Self {
         Self {
             epoch,
             key: aead_key(dek),
@@ -314,24 +315,109 @@ impl EpochKey {
 
     /// Decrypts a value sealed under this epoch.
     pub fn open(&self, aad: &[u8], sealed: &Sealed) -> Result<Secret, VaultError> {
-        if sealed.epoch != self.epoch {
-            return Err(VaultError::UnknownEpoch(sealed.epoch));
-        }
-        let mut buf = Zeroizing::new(sealed.ct.clone());
-        let plain = self
-            .key
-            .open_in_place(
-                nonce_bytes(sealed.nonce),
-                Aad::from(full_aad(aad, sealed.epoch, sealed.nonce)),
-                &mut buf,
-            )
-            .map_err(|_| VaultError::Authentication)?;
-        Ok(Secret::copy_from(plain))
+        open_with(&self.key, self.epoch, aad, sealed)
     }
 }
 
+/// The DEK of an older epoch, in memory only. It can open what was sealed under it and cannot
+/// seal: its nonce counter died with the process that used it.
+#[derive(Debug)]
+pub struct OpeningKey {
+    epoch: u64,
+    key: LessSafeKey,
+}
+
+impl OpeningKey {
+    /// Rebuilds the key of an older epoch from its (unwrapped) DEK.
+    pub fn new(epoch: u64, dek: &Secret) -> Self {
+        Self {
+            epoch,
+            key: aead_key(dek),
+        }
+    }
+
+    /// The epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Decrypts a value sealed under this epoch.
+    pub fn open(&self, aad: &[u8], sealed: &Sealed) -> Result<Secret, VaultError> {
+        open_with(&self.key, self.epoch, aad, sealed)
+    }
+}
+
+/// The current epoch's key, which seals, and the older epochs' keys still needed to open records
+/// not yet re-encrypted.
+#[derive(Debug)]
+pub struct Keyring {
+    current: EpochKey,
+    older: BTreeMap<u64, OpeningKey>,
+}
+
+impl Keyring {
+    /// A ring sealing under `current` and opening `older` epochs too.
+    pub fn new(current: EpochKey, older: impl IntoIterator<Item = OpeningKey>) -> Self {
+        Self {
+            current,
+            older: older.into_iter().map(|k| (k.epoch, k)).collect(),
+        }
+    }
+
+    /// The current epoch, under which everything is sealed.
+    pub fn epoch(&self) -> u64 {
+        self.current.epoch
+    }
+
+    /// Older epochs whose keys are still held.
+    pub fn older_epochs(&self) -> impl Iterator<Item = u64> + '_ {
+        self.older.keys().copied()
+    }
+
+    /// Seals under the current epoch.
+    pub fn seal(&self, aad: &[u8], plain: &Secret) -> Result<Sealed, VaultError> {
+        self.current.seal(aad, plain)
+    }
+
+    /// Opens a value sealed under the current epoch or an older one still held.
+    pub fn open(&self, aad: &[u8], sealed: &Sealed) -> Result<Secret, VaultError> {
+        if sealed.epoch == self.current.epoch {
+            return self.current.open(aad, sealed);
+        }
+        self.older
+            .get(&sealed.epoch)
+            .ok_or(VaultError::UnknownEpoch(sealed.epoch))?
+            .open(aad, sealed)
+    }
+
+    /// Drops the keys of the older epochs before `below`: no record needs them any more.
+    pub fn forget_before(&mut self, below: u64) {
+        self.older.retain(|e, _| *e >= below);
+    }
+}
+
+fn open_with(
+    key: &LessSafeKey,
+    epoch: u64,
+    aad: &[u8],
+    sealed: &Sealed,
+) -> Result<Secret, VaultError> {
+    if sealed.epoch != epoch {
+        return Err(VaultError::UnknownEpoch(sealed.epoch));
+    }
+    let mut buf = Zeroizing::new(sealed.ct.clone());
+    let plain = key
+        .open_in_place(
+            nonce_bytes(sealed.nonce),
+            Aad::from(full_aad(aad, sealed.epoch, sealed.nonce)),
+            &mut buf,
+        )
+        .map_err(|_| VaultError::Authentication)?;
+    Ok(Secret::copy_from(plain))
+}
+
 fn nonce_bytes(n: u64) -> Nonce {
-    // nonce = u32be(0) ‖ u64be(counter), unique because a DEK never outlives its process.
+    // nonce = u32be(0) ‖ u64be(counter), unique because a DEK never seals after its process.
     let mut b = [0u8; NONCE_LEN];
     b[4..].copy_from_slice(&n.to_be_bytes());
     Nonce::assume_unique_for_key(b)
