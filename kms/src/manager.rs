@@ -99,7 +99,7 @@ struct LinkRt {
     pool: Mutex<LinkPool>,
     /// Non-allocator: release points announced by the allocator, applied only once old enough
     /// that no relay hop naming those blocks can still be in flight.
-    releases: Mutex<std::collections::VecDeque<(u64, std::time::Instant)>>,
+    releases: Mutex<std::collections::VecDeque<(u64, qkd_types::UnixMillis)>>,
     /// Relay traffic over this link since start, both directions.
     counters: RelayCounters,
 }
@@ -808,12 +808,13 @@ impl KeyManager {
         }
         // Blocks the allocator has used up entirely can go.
         let release_before = {
+            let now = self.inner.clock.now();
             let mut q = link.releases.lock().unwrap_or_else(|p| p.into_inner());
-            q.push_back((req.release_before, std::time::Instant::now()));
-            let grace = self.inner.cfg.peer_timeout * 2;
+            q.push_back((req.release_before, now));
+            let grace = (self.inner.cfg.peer_timeout * 2).as_millis() as u64;
             let mut upto = 0;
             while let Some(&(seq, at)) = q.front() {
-                if at.elapsed() < grace {
+                if now.saturating_sub(at) < grace {
                     break;
                 }
                 upto = upto.max(seq);
