@@ -11,7 +11,6 @@
 //! SAN carries the prefix. This module reads files but never logs or returns private-key bytes.
 
 use std::fs;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,6 +18,7 @@ use qkd_types::{IdError, NodeId, SaeId};
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
@@ -47,6 +47,14 @@ pub enum TlsError {
         path: PathBuf,
         /// The I/O error.
         source: std::io::Error,
+    },
+    /// Operator: the file is not well-formed PEM (a section without its end line, bad base64).
+    #[error("{path} is not valid PEM: {source}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What the PEM parser objected to.
+        source: pem::Error,
     },
     /// Operator: the file holds no PEM certificate.
     #[error("{path} holds no PEM certificate")]
@@ -192,12 +200,9 @@ fn config_error(files: &TlsFiles, source: rustls::Error) -> TlsError {
 /// Every PEM certificate in `path`, in file order; at least one.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bytes = read(path)?;
-    let certs = rustls_pemfile::certs(&mut BufReader::new(bytes.as_slice()))
+    let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        .map_err(|source| pem_error(path, source))?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate {
             path: path.to_owned(),
@@ -206,17 +211,15 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(certs)
 }
 
-/// The first PEM private key in `path`.
+/// The first PEM private key in `path` (PKCS#8, PKCS#1 or SEC1).
 pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let bytes = zeroize::Zeroizing::new(read(path)?);
-    rustls_pemfile::private_key(&mut BufReader::new(bytes.as_slice()))
-        .map_err(|source| TlsError::Read {
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|source| match source {
+        pem::Error::NoItemsFound => TlsError::NoPrivateKey {
             path: path.to_owned(),
-            source,
-        })?
-        .ok_or_else(|| TlsError::NoPrivateKey {
-            path: path.to_owned(),
-        })
+        },
+        source => pem_error(path, source),
+    })
 }
 
 /// The CA certificates in `path` as a root store.
@@ -312,6 +315,13 @@ pub fn identity_text(
             .map(str::to_owned)
             .map_err(|_| IdentityError::NoIdentity),
         _ => Err(IdentityError::NoIdentity),
+    }
+}
+
+fn pem_error(path: &Path, source: pem::Error) -> TlsError {
+    TlsError::Pem {
+        path: path.to_owned(),
+        source,
     }
 }
 
