@@ -362,6 +362,68 @@ mod tests {
         ));
     }
 
+    /// Defect 8: on the peer port only the `urn:qkd:node:` URI SAN names a node. An SAE
+    /// certificate from the same CA whose CN equals a neighbour's node ID must not pass as it.
+    #[test]
+    fn peer_identity_needs_the_node_uri_san() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = DemoPki::create(dir.path()).unwrap();
+        let sae = pki
+            .issue_sae(&SaeId::parse("n2").unwrap(), "urn:qkd:sae:")
+            .unwrap();
+        let cert = &tls::load_certs(&sae.cert).unwrap()[0];
+        assert_eq!(tls::node_id(cert), Err(IdentityError::NoIdentity));
+
+        // A CN-only certificate names no node either.
+        let paths = pki.paths("other", "cn-only");
+        pki.issue(&paths, "n2", |_| Ok(())).unwrap();
+        let cert = &tls::load_certs(&paths.cert).unwrap()[0];
+        assert_eq!(tls::node_id(cert), Err(IdentityError::NoIdentity));
+
+        // The node's own certificate still does.
+        let node = NodeId::parse("n2").unwrap();
+        let n = pki.issue_node(&node, "127.0.0.1".parse().unwrap()).unwrap();
+        let cert = &tls::load_certs(&n.cert).unwrap()[0];
+        assert_eq!(tls::node_id(cert).unwrap(), node);
+    }
+
+    /// Defect 8: on the ETSI port a certificate carrying a `urn:qkd:node:` URI SAN is refused,
+    /// even when its CN (or another URI SAN) names a registered SAE; the CN fallback stays for
+    /// SAE certificates without any URI SAN.
+    #[test]
+    fn sae_identity_refuses_node_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = DemoPki::create(dir.path()).unwrap();
+        let rule = SaeIdentityRule::new("urn:qkd:sae:");
+        let n = pki
+            .issue_node(
+                &NodeId::parse("ENC-A").unwrap(),
+                "127.0.0.1".parse().unwrap(),
+            )
+            .unwrap();
+        let cert = &tls::load_certs(&n.cert).unwrap()[0];
+        assert_eq!(rule.sae_id(cert), Err(IdentityError::NodeCertificate));
+
+        // Both an SAE URI and a node URI: still a node certificate.
+        let paths = pki.paths("other", "both");
+        pki.issue(&paths, "ENC-A", |p| {
+            p.subject_alt_names = vec![
+                SanType::URI(ia5("urn:qkd:sae:ENC-A")?),
+                SanType::URI(ia5("urn:qkd:node:ENC-A")?),
+            ];
+            Ok(())
+        })
+        .unwrap();
+        let cert = &tls::load_certs(&paths.cert).unwrap()[0];
+        assert_eq!(rule.sae_id(cert), Err(IdentityError::NodeCertificate));
+
+        // An encryptor that can only carry a CN is still an SAE.
+        let paths = pki.paths("other", "cn-only");
+        pki.issue(&paths, "ENC-A", |_| Ok(())).unwrap();
+        let cert = &tls::load_certs(&paths.cert).unwrap()[0];
+        assert_eq!(rule.sae_id(cert).unwrap(), SaeId::parse("ENC-A").unwrap());
+    }
+
     #[test]
     fn load_refuses_a_missing_or_half_ca() {
         let dir = tempfile::tempdir().unwrap();

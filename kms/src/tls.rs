@@ -247,6 +247,9 @@ pub enum IdentityError {
     /// No URI SAN has the prefix and there is no single CN.
     #[error("certificate has no URI SAN with the configured prefix and no single common name")]
     NoIdentity,
+    /// An SAE-facing port got a node certificate (a `urn:qkd:node:` URI SAN).
+    #[error("certificate is a node certificate (urn:qkd:node: URI SAN)")]
+    NodeCertificate,
     /// Several URI SANs with the prefix name different identities.
     #[error("certificate names several identities")]
     Ambiguous,

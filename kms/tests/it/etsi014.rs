@@ -539,6 +539,30 @@ async fn oversized_body_is_refused_and_connection_closed() {
     fx.stop().await;
 }
 
+/// Defect 8: a node certificate is never an SAE, even when its CN names an attached SAE.
+#[tokio::test]
+async fn node_certificate_naming_an_sae_gets_401() {
+    let fx = Fixture::fake().await;
+    for path in ["/api/v1/keys/B/status", "/api/v1/keys/B/enc_keys"] {
+        let r = fx
+            .client("NODE-A")
+            .get(fx.url("NODE-A", path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{path}");
+    }
+    // The SAE A itself is served.
+    let r = fx
+        .client("A")
+        .get(fx.url("A", "/api/v1/keys/B/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    fx.stop().await;
+}
+
 #[tokio::test]
 async fn untrusted_client_certificate_fails_the_handshake() {
     let fx = Fixture::fake().await;

@@ -11,6 +11,7 @@
 //! * A attached to the KME `home["A"]`; B and C attached to `home["B"]` (`home["C"]` must equal
 //!   `home["B"]`, the KME where dec_keys is asked); R registered in the network but attached to
 //!   another KME than `home["R"]`; U registered nowhere; NODE presents a node certificate;
+//!   NODE-A presents a node certificate whose node ID and CN are `A`;
 //! * A may pair with B (pool of fewer than 128 × 1024 bits, so that `number 128, size 1024` is
 //!   beyond it, and at least 64 default-size keys), A may not pair with C or R;
 //! * default limits (256-bit keys, 64 to 1024 bits, 128 keys per request, `max_SAE_ID_count` 0).
@@ -125,7 +126,7 @@ impl Fixture {
         let pki = DemoPki::create(dir.path()).expect("demo PKI");
         let kme = start_kme(&pki, "kme-1", service).await;
         let mut fx = Self::with_clients(dir, pki, vec![kme]);
-        for sae in SAES.iter().chain(&["NODE"]) {
+        for sae in SAES.iter().chain(&["NODE", "NODE-A"]) {
             fx.home.insert(sae, 0);
         }
         fx
@@ -311,6 +312,7 @@ impl Fixture {
             ("R", 0),
             ("U", 0),
             ("NODE", 0),
+            ("NODE-A", 0),
         ] {
             fx.home.insert(who, kme);
         }
@@ -359,6 +361,13 @@ impl Fixture {
         let config = Arc::new(tls::client_config(&node.tls_files(&ca)).expect("client TLS"));
         clients.insert("NODE", http_client(&config));
         configs.insert("NODE", config);
+        // A node certificate whose node ID (and CN) is the ID of the attached SAE A.
+        let node_a = pki
+            .issue_node(&NodeId::parse("A").expect("valid"), [127, 0, 0, 1].into())
+            .expect("node cert");
+        let config = Arc::new(tls::client_config(&node_a.tls_files(&ca)).expect("client TLS"));
+        clients.insert("NODE-A", http_client(&config));
+        configs.insert("NODE-A", config);
 
         let other_dir = dir.path().join("untrusted");
         let other = DemoPki::create(&other_dir).expect("second PKI");
