@@ -6,9 +6,13 @@
 //! requires the KME to derive the caller's SAE ID from it, and node-to-node gRPC uses the same rule
 //! for node IDs.
 //!
-//! An identity is read from the end-entity certificate only: the text after a configured prefix in
-//! a URI SAN (`urn:…:sae:ENC-A` → `ENC-A`, `urn:qkd:node:a` → `a`), or the subject CN when no URI
-//! SAN carries the prefix. This module reads files but never logs or returns private-key bytes.
+//! An identity is read from the end-entity certificate only. A node is named by its
+//! `urn:qkd:node:<id>` URI SAN and nothing else: a certificate without one names no node, whatever
+//! its CN says (an SAE certificate from the same CA must never pass as a neighbour). An SAE is
+//! named by the text after a configured prefix in a URI SAN (`urn:qkd:sae:ENC-A` → `ENC-A`), or by
+//! the subject CN when no URI SAN carries the prefix (encryptors that can only carry a CN); a
+//! certificate with a `urn:qkd:node:` URI SAN is a node's and names no SAE. This module reads
+//! files but never logs or returns private-key bytes.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -245,7 +249,9 @@ pub enum IdentityError {
     #[error("certificate is not valid X.509")]
     NotX509,
     /// No URI SAN has the prefix and there is no single CN.
-    #[error("certificate has no URI SAN with the configured prefix and no single common name")]
+    #[error(
+        "certificate has no URI SAN with the expected prefix (and, where a CN is accepted, no single common name)"
+    )]
     NoIdentity,
     /// An SAE-facing port got a node certificate (a `urn:qkd:node:` URI SAN).
     #[error("certificate is a node certificate (urn:qkd:node: URI SAN)")]
@@ -273,28 +279,44 @@ impl SaeIdentityRule {
         }
     }
 
-    /// The SAE ID of the end-entity certificate of a verified chain.
+    /// The SAE ID of the end-entity certificate of a verified chain. A node certificate (one
+    /// with a `urn:qkd:node:` URI SAN) is refused, whatever else it carries.
     pub fn sae_id(&self, end_entity: &CertificateDer<'_>) -> Result<SaeId, IdentityError> {
-        SaeId::parse(&identity_text(end_entity, &self.uri_prefix)?).map_err(IdentityError::Invalid)
+        let cert = parse(end_entity)?;
+        if uri_identity(&cert, NODE_URI_PREFIX)?.is_some() {
+            return Err(IdentityError::NodeCertificate);
+        }
+        let text = match uri_identity(&cert, &self.uri_prefix)? {
+            Some(text) => text.to_owned(),
+            None => common_name(&cert)?,
+        };
+        SaeId::parse(&text).map_err(IdentityError::Invalid)
     }
 }
 
-/// The node ID of a verified peer node certificate (URI SAN `urn:qkd:node:<id>`, else the CN).
+/// The node ID of a verified peer node certificate: its URI SAN `urn:qkd:node:<id>`, never the
+/// CN. A certificate without that SAN names no node.
 pub fn node_id(end_entity: &CertificateDer<'_>) -> Result<NodeId, IdentityError> {
-    NodeId::parse(&identity_text(end_entity, NODE_URI_PREFIX)?).map_err(IdentityError::Invalid)
+    let cert = parse(end_entity)?;
+    let text = uri_identity(&cert, NODE_URI_PREFIX)?.ok_or(IdentityError::NoIdentity)?;
+    NodeId::parse(text).map_err(IdentityError::Invalid)
 }
 
-/// The identity text of a certificate: the rest of the URI SAN that starts with `uri_prefix`,
-/// or, only when no URI SAN starts with it, the subject's single common name.
+fn parse<'a>(end_entity: &'a CertificateDer<'_>) -> Result<X509Certificate<'a>, IdentityError> {
+    X509Certificate::from_der(end_entity)
+        .map(|(_, cert)| cert)
+        .map_err(|_| IdentityError::NotX509)
+}
+
+/// The rest of the URI SAN that starts with `uri_prefix`, if any.
 ///
-/// A URI SAN with the prefix is authoritative: if its remainder is not a valid ID, the CN is
-/// *not* consulted (the CA stated an identity; silently picking another would be wrong). Several
-/// prefixed SANs must agree.
-pub fn identity_text(
-    end_entity: &CertificateDer<'_>,
+/// A URI SAN with the prefix is authoritative: if its remainder is not a valid ID, the caller
+/// must not fall back to the CN (the CA stated an identity; silently picking another would be
+/// wrong). Several prefixed SANs must agree.
+fn uri_identity<'a>(
+    cert: &'a X509Certificate<'_>,
     uri_prefix: &str,
-) -> Result<String, IdentityError> {
-    let (_, cert) = X509Certificate::from_der(end_entity).map_err(|_| IdentityError::NotX509)?;
+) -> Result<Option<&'a str>, IdentityError> {
     let mut found: Option<&str> = None;
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
@@ -308,9 +330,11 @@ pub fn identity_text(
             }
         }
     }
-    if let Some(text) = found {
-        return Ok(text.to_owned());
-    }
+    Ok(found)
+}
+
+/// The subject's single common name.
+fn common_name(cert: &X509Certificate<'_>) -> Result<String, IdentityError> {
     let mut cns = cert.subject().iter_common_name();
     match (cns.next(), cns.next()) {
         (Some(cn), None) => cn
