@@ -46,6 +46,33 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most connections served at once; further clients wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 4096;
 
+/// Resource limits of the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Most connections served at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// Most connections one client identity may hold at once.
+    pub max_connections_per_client: usize,
+    /// Time a client has to complete the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time a client has to send a request's headers.
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's body once its headers arrived.
+    pub body_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: MAX_CONNECTIONS,
+            max_connections_per_client: MAX_CONNECTIONS,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            header_timeout: HEADER_TIMEOUT,
+            body_timeout: Duration::MAX,
+        }
+    }
+}
+
 /// Serves ETSI GS QKD 014 on `listener` until `shutdown` completes, then stops accepting, lets
 /// every in-flight request finish, closes idle connections and returns.
 ///
@@ -59,11 +86,35 @@ pub async fn serve(
     identity: SaeIdentityRule,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let acceptor = TlsAcceptor::from(tls);
-    let identity = Arc::new(identity);
+    serve_with(
+        listener,
+        tls,
+        service,
+        identity,
+        ServerLimits::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] with explicit limits.
+pub async fn serve_with(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    service: Arc<dyn KeyService>,
+    identity: SaeIdentityRule,
+    limits: ServerLimits,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let shared = Arc::new(Shared {
+        acceptor: TlsAcceptor::from(tls),
+        service,
+        identity,
+        limits,
+    });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -75,9 +126,7 @@ pub async fn serve(
                         permit,
                         tcp,
                         peer,
-                        acceptor.clone(),
-                        service.clone(),
-                        identity.clone(),
+                        shared.clone(),
                         stop_rx.clone(),
                     ));
                 }
@@ -96,6 +145,14 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// What every connection of one server shares.
+struct Shared {
+    acceptor: TlsAcceptor,
+    service: Arc<dyn KeyService>,
+    identity: SaeIdentityRule,
+    limits: ServerLimits,
 }
 
 async fn accept(
@@ -117,13 +174,12 @@ async fn connection(
     _permit: OwnedSemaphorePermit,
     tcp: TcpStream,
     peer: SocketAddr,
-    acceptor: TlsAcceptor,
-    service: Arc<dyn KeyService>,
-    identity: Arc<SaeIdentityRule>,
+    shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
-    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+    let handshake =
+        tokio::time::timeout(shared.limits.handshake_timeout, shared.acceptor.accept(tcp));
     let tls = tokio::select! {
         r = handshake => match r {
             Ok(Ok(tls)) => tls,
@@ -141,7 +197,7 @@ async fn connection(
 
     // The verifier already checked the chain; here we only read who it names.
     let caller: Option<SaeId> = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
-        Some(cert) => match identity.sae_id(cert) {
+        Some(cert) => match shared.identity.sae_id(cert) {
             Ok(id) => Some(id),
             Err(e) => {
                 tracing::info!(%peer, error = %e, "ETSI 014 client certificate names no SAE");
@@ -152,6 +208,7 @@ async fn connection(
     };
     let caller = Arc::new(caller);
 
+    let service = shared.service.clone();
     let svc = service_fn(move |req| {
         let caller = caller.clone();
         let service = service.clone();
@@ -160,7 +217,7 @@ async fn connection(
     let conn = http1::Builder::new()
         .keep_alive(true)
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(shared.limits.header_timeout)
         .serve_connection(TokioIo::new(tls), svc);
     tokio::pin!(conn);
     let result = tokio::select! {
