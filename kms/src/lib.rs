@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod conn;
 pub mod core;
 pub mod hybrid;
 pub mod manager;

@@ -198,6 +198,14 @@ pub struct NodeSection {
     /// Days a KEK period lasts (file-held KEKs rotate at start once a period has passed).
     #[serde(default = "default_kek_days")]
     pub kek_period_days: u64,
+    /// Most ETSI 014 connections one SAE may hold at once (the others are closed at once), so
+    /// that no client can take every connection of the port.
+    #[serde(default = "default_per_client")]
+    pub etsi_max_connections_per_client: usize,
+}
+
+fn default_per_client() -> usize {
+    qkd_kms::api::etsi014::ServerLimits::default().max_connections_per_client
 }
 
 fn default_prefix() -> String {

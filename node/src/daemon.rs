@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use qkd_hardware::{KeySource, LinkRole};
+use qkd_kms::api::etsi014::ServerLimits;
 use qkd_kms::api::{KeyLimits, KeyService};
 use qkd_kms::manager::{
     E2eKeys, KeyManager, LinkSetup, ManagerConfig, NeighbourEntry, RelayConfig, SaeEntry,
@@ -224,11 +225,15 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     let server_cfg =
         Arc::new(qkd_kms::tls::server_config(&tls).context("ETSI 014 TLS configuration")?);
     let service: Arc<dyn KeyService> = Arc::new(manager.clone());
-    let etsi_task = tokio::spawn(qkd_kms::api::etsi014::server::serve(
+    let etsi_task = tokio::spawn(qkd_kms::api::etsi014::serve_with(
         etsi_l,
         server_cfg,
         service,
         SaeIdentityRule::new(cfg.node.sae_uri_prefix.clone()),
+        ServerLimits {
+            max_connections_per_client: cfg.node.etsi_max_connections_per_client,
+            ..ServerLimits::default()
+        },
         stop(),
     ));
     let peer_task = tokio::spawn({
