@@ -616,6 +616,89 @@ peers = ["ENC-A"]
         assert_eq!(c.saes.len(), 2);
     }
 
+    /// Defect 7: semantic rules that were missing. Each error names the key and the problem.
+    #[test]
+    fn semantic_rules_name_the_key() {
+        let pair = |a: &str, b: &str, policy: &str| {
+            format!("\n[[pair]]\nsaes = [\"{a}\", \"{b}\"]\npolicy = \"{policy}\"\n")
+        };
+        let extra_sae = "\n[[sae]]\nid = \"ENC-C\"\nnode = \"A\"\npeers = []\n";
+        let cases = [
+            (
+                GOOD.to_string()
+                    + &pair("ENC-A", "ENC-B", "qkd+pq")
+                    + &pair("ENC-A", "ENC-B", "qkd+pq"),
+                "pair[1]",
+                "same pair as pair[0]",
+            ),
+            (
+                GOOD.to_string()
+                    + &pair("ENC-A", "ENC-B", "qkd+pq")
+                    + &pair("ENC-B", "ENC-A", "qkd-only"),
+                "pair[1]",
+                "conflicts with pair[0]",
+            ),
+            (
+                GOOD.to_string() + &pair("ENC-A", "ENC-A", "qkd+pq"),
+                "pair[0].saes",
+                "with itself",
+            ),
+            (
+                GOOD.to_string() + extra_sae + &pair("ENC-A", "ENC-C", "qkd+pq"),
+                "pair[0].saes",
+                "not allowed",
+            ),
+            (
+                GOOD.replace(
+                    "peer_listen = \"127.0.0.1:0\"",
+                    "peer_listen = \"127.0.0.1:0\"\nkey_ttl_seconds = 0",
+                ),
+                "node.key_ttl_seconds",
+                "must be positive",
+            ),
+            (
+                GOOD.replace(
+                    "peer_listen = \"127.0.0.1:0\"",
+                    "peer_listen = \"127.0.0.1:0\"\npeer_timeout_ms = 0",
+                ),
+                "node.peer_timeout_ms",
+                "must be positive",
+            ),
+            (
+                GOOD.replace(
+                    "peer_listen = \"127.0.0.1:0\"",
+                    "peer_listen = \"127.0.0.1:0\"\ndevice_poll_ms = 0",
+                ),
+                "node.device_poll_ms",
+                "must be positive",
+            ),
+            (
+                GOOD.replace(
+                    "peer_listen = \"127.0.0.1:0\"",
+                    "peer_listen = \"127.0.0.1:0\"\nkek_period_days = 0",
+                ),
+                "node.kek_period_days",
+                "must be positive",
+            ),
+            (
+                GOOD.to_string() + "\n[relay]\nhop_timeout_ms = 0\n",
+                "relay.hop_timeout_ms",
+                "must be positive",
+            ),
+            (
+                GOOD.to_string() + "\n[relay]\npool_ttl_seconds = 0\n",
+                "relay.pool_ttl_seconds",
+                "must be positive",
+            ),
+        ];
+        for (text, key, what) in cases {
+            let e = parse(&text).expect_err(key);
+            let s = e.to_string();
+            assert!(e.key.contains(key), "key {:?} lacks {key:?} ({s})", e.key);
+            assert!(s.contains(what), "{s} lacks {what:?}");
+        }
+    }
+
     #[test]
     fn errors_name_file_key_and_problem() {
         let cases = [
