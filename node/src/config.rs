@@ -50,6 +50,9 @@ pub struct NodeConfig {
     /// Per-pair protection, overriding the relay defaults.
     #[serde(default, rename = "pair")]
     pub pairs: Vec<PairSection>,
+    /// The file this configuration was read from (for error messages).
+    #[serde(skip)]
+    pub path: PathBuf,
 }
 
 /// `[relay]`.
@@ -535,6 +538,35 @@ impl NodeConfig {
                 "pool_keys must be positive and batch_keys within 1..=4096".into(),
             ));
         }
+        // A zero timeout or period makes no sense anywhere; say so rather than run with it.
+        for (k, v) in [
+            ("node.key_ttl_seconds", cfg.node.key_ttl_seconds),
+            ("node.peer_timeout_ms", cfg.node.peer_timeout_ms),
+            ("node.device_poll_ms", cfg.node.device_poll_ms),
+            ("node.kek_period_days", cfg.node.kek_period_days),
+            (
+                "node.etsi_max_connections_per_client",
+                cfg.node.etsi_max_connections_per_client as u64,
+            ),
+            ("relay.pool_ttl_seconds", cfg.relay.pool_ttl_seconds),
+            ("relay.hop_timeout_ms", cfg.relay.hop_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(err(k, "must be positive".into()));
+            }
+        }
+        let prefix = &cfg.node.sae_uri_prefix;
+        if prefix.is_empty() || qkd_kms::tls::NODE_URI_PREFIX.starts_with(prefix.as_str()) {
+            return Err(err(
+                "node.sae_uri_prefix",
+                format!(
+                    "{prefix:?} would read node certificates ({}<id>) as SAEs",
+                    qkd_kms::tls::NODE_URI_PREFIX
+                ),
+            ));
+        }
+        // One entry per unordered pair: a second one would silently override the first.
+        let mut pairs: BTreeMap<(SaeId, SaeId), usize> = BTreeMap::new();
         for (i, p) in cfg.pairs.iter().enumerate() {
             for sae in &p.saes {
                 if !sae_ids.contains_key(sae) {
@@ -544,9 +576,49 @@ impl NodeConfig {
                     ));
                 }
             }
-            cfg.key_mode(p.policy.as_deref(), p.suite.as_deref())
+            let [a, b] = &p.saes;
+            if a == b {
+                return Err(err(
+                    &format!("pair[{i}].saes"),
+                    format!("{a} cannot pair with itself"),
+                ));
+            }
+            let may =
+                |x: &SaeId, y: &SaeId| cfg.saes.iter().any(|s| &s.id == x && s.peers.contains(y));
+            if !(may(a, b) && may(b, a)) {
+                return Err(err(
+                    &format!("pair[{i}].saes"),
+                    format!(
+                        "{a} and {b} are not allowed to pair: each [[sae]] must list the other in \
+                         its peers"
+                    ),
+                ));
+            }
+            let mode = cfg
+                .key_mode(p.policy.as_deref(), p.suite.as_deref())
                 .map_err(|e| err(&format!("pair[{i}]"), e))?;
+            let key = if a <= b {
+                (a.clone(), b.clone())
+            } else {
+                (b.clone(), a.clone())
+            };
+            if let Some(j) = pairs.insert(key, i) {
+                let q = &cfg.pairs[j];
+                let earlier = cfg
+                    .key_mode(q.policy.as_deref(), q.suite.as_deref())
+                    .map_err(|e| err(&format!("pair[{j}]"), e))?;
+                let what = if earlier == mode {
+                    format!("same pair as pair[{j}] ({a}, {b}); list each pair once")
+                } else {
+                    format!(
+                        "conflicts with pair[{j}]: the pair ({a}, {b}) is configured twice with \
+                         different policy or suite"
+                    )
+                };
+                return Err(err(&format!("pair[{i}]"), what));
+            }
         }
+        cfg.path = path.to_path_buf();
         Ok(cfg)
     }
 }

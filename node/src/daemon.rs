@@ -17,7 +17,7 @@ use qkd_kms::manager::{
 };
 use qkd_kms::store::Store;
 use qkd_kms::store::vault::FileKek;
-use qkd_kms::tls::{SaeIdentityRule, TlsFiles};
+use qkd_kms::tls::SaeIdentityRule;
 use qkd_kms::writer::Writer;
 use qkd_simulator::link::{SimLinkConfig, SimulatedLink};
 use qkd_types::{Clock, SystemClock};
@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{NodeConfig, Role, SourceSection};
-use crate::status;
+use crate::{check, status};
 
 /// Addresses a node listens on, recorded in `<data_dir>/listen.json` once all are bound.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -74,8 +74,12 @@ async fn bind(want: SocketAddr, recorded: Option<SocketAddr>, what: &str) -> Res
 }
 
 /// Runs the node until `shutdown` flips to true. Returns an error for a fatal store failure.
+///
+/// Every offline check of `qkd-node check` passes first ([`check::offline`]): a bad file fails
+/// the start before the data directory is touched.
 pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    check::offline(&cfg)?;
     let data = cfg.node.data_dir.clone();
     std::fs::create_dir_all(&data)
         .with_context(|| format!("cannot create data directory {}", data.display()))?;
@@ -135,11 +139,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     );
     let writer = Writer::spawn(store);
 
-    let tls = TlsFiles {
-        cert_chain: cfg.tls.cert.clone(),
-        key: cfg.tls.key.clone(),
-        ca: cfg.tls.ca.clone(),
-    };
+    let tls = check::tls_files(&cfg);
 
     // Links.
     let mut setups = Vec::new();
@@ -280,26 +280,17 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
 
 /// Relay settings, pair protection and the end-to-end identity (generated on first start).
 fn relay_config(cfg: &NodeConfig) -> Result<RelayConfig> {
-    use qkd_kms::hybrid::{LocalIdentity, NodeSigningKey, PeerKey, PeerPublicKeys, PinnedPeers};
-    use qkd_types::Secret;
+    use qkd_kms::hybrid::{LocalIdentity, NodeSigningKey, PeerPublicKeys, PinnedPeers};
     let path = &cfg.relay.signing_key;
-    let signing = match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let raw = zeroize::Zeroizing::new(
-                hex::decode(text.trim())
-                    .with_context(|| format!("{} is not hex", path.display()))?,
-            );
-            NodeSigningKey::from_raw(Secret::copy_from(&raw))
-                .with_context(|| format!("signing key {}", path.display()))?
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    let signing = match check::read_signing_key(path)
+        .map_err(|e| anyhow::anyhow!("signing key {}: {e}", path.display()))?
+    {
+        Some(key) => key,
+        None => {
             let key = NodeSigningKey::generate(&mut rand::rng())?;
             write_signing_key(path, &key)?;
             tracing::info!(file = %path.display(), "generated this node's end-to-end signing key");
             key
-        }
-        Err(e) => {
-            return Err(e).with_context(|| format!("cannot read signing key {}", path.display()));
         }
     };
     let public = signing.public_key();
@@ -315,12 +306,8 @@ fn relay_config(cfg: &NodeConfig) -> Result<RelayConfig> {
     for n in &cfg.nodes {
         kme_ids.insert(n.id.clone(), n.kme_id.clone());
         if let Some(p) = &n.signing_public_key {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("node_info {}: cannot read {}", n.id, p.display()))?;
-            let bytes =
-                hex::decode(text.trim()).with_context(|| format!("{} is not hex", p.display()))?;
-            let key = PeerKey::from_bytes(&bytes)
-                .with_context(|| format!("node_info {}: {}", n.id, p.display()))?;
+            let key = check::read_peer_key(p)
+                .map_err(|e| anyhow::anyhow!("node_info {}: {}: {e}", n.id, p.display()))?;
             peers.insert(PeerPublicKeys::new(n.kme_id.clone(), vec![key])?);
         }
     }
@@ -374,15 +361,9 @@ fn make_source(
             model,
         } => {
             let seed_path = seed_path(data, &link.id);
-            let text = std::fs::read_to_string(&seed_path).with_context(|| {
-                format!(
-                    "simulated link {}: cannot read its seed file {}",
-                    link.id,
-                    seed_path.display()
-                )
+            let seed = check::read_seed(&seed_path).map_err(|e| {
+                anyhow::anyhow!("simulated link {}: {}: {e}", link.id, seed_path.display())
             })?;
-            let seed = SimulatedLink::parse_seed(&text)
-                .with_context(|| format!("seed file {}", seed_path.display()))?;
             let role = match link.role {
                 Role::Master => LinkRole::Master,
                 Role::Slave => LinkRole::Slave,
