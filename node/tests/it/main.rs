@@ -8,3 +8,4 @@ mod deps;
 mod harness;
 mod network;
 mod relay;
+mod status;
