@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{NodeConfig, Role, SourceSection};
+use crate::status::PairWarning;
 use crate::{check, status};
 
 /// Addresses a node listens on, recorded in `<data_dir>/listen.json` once all are bound.
@@ -73,6 +74,36 @@ async fn bind(want: SocketAddr, recorded: Option<SocketAddr>, what: &str) -> Res
     Ok(TcpListener::from_std(l)?)
 }
 
+/// The SAE pairs with an SAE attached to this node that are configured `qkd-only` (by a
+/// `[[pair]]` entry or by `relay.default_policy`), each with the warning the operator must see.
+pub fn qkd_only_pairs(cfg: &NodeConfig) -> Result<Vec<PairWarning>> {
+    use qkd_kms::hybrid::Protection;
+    let mut out = Vec::new();
+    for a in &cfg.saes {
+        for b in cfg.saes.iter().filter(|b| a.id < b.id) {
+            let allowed = a.peers.contains(&b.id) && b.peers.contains(&a.id);
+            let local = a.node == cfg.node.id || b.node == cfg.node.id;
+            if !allowed || !local {
+                continue;
+            }
+            let entry = cfg
+                .pairs
+                .iter()
+                .find(|p| p.saes.contains(&a.id) && p.saes.contains(&b.id));
+            let mode = cfg
+                .key_mode(
+                    entry.and_then(|p| p.policy.as_deref()),
+                    entry.and_then(|p| p.suite.as_deref()),
+                )
+                .map_err(anyhow::Error::msg)?;
+            if mode.protection == Protection::QkdOnly {
+                out.push(PairWarning::qkd_only(a.id.clone(), b.id.clone()));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Runs the node until `shutdown` flips to true. Returns an error for a fatal store failure.
 ///
 /// Every offline check of `qkd-node check` passes first ([`check::offline`]): a bad file fails
@@ -80,6 +111,10 @@ async fn bind(want: SocketAddr, recorded: Option<SocketAddr>, what: &str) -> Res
 pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     check::offline(&cfg)?;
+    let warnings = qkd_only_pairs(&cfg)?;
+    for w in &warnings {
+        tracing::warn!(saes = ?w.saes, "{}", w.warning);
+    }
     let data = cfg.node.data_dir.clone();
     std::fs::create_dir_all(&data)
         .with_context(|| format!("cannot create data directory {}", data.display()))?;
@@ -247,6 +282,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
             l,
             manager.clone(),
             cfg.node.id.clone(),
+            warnings.clone(),
             stop(),
         ))
     });
