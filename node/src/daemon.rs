@@ -63,15 +63,41 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Binds `want`, or, when its port is 0 and an earlier start recorded a port for the same IP,
 /// that port, so a restarted node serves on the same addresses as before.
+///
+/// SO_REUSEADDR is set, so that a port whose previous owner was just killed (connections in
+/// TIME_WAIT) can be bound again; if the port is still in use (the old process not yet reaped),
+/// binding is retried briefly with exponential backoff (about 6 s in all) before giving up.
 async fn bind(want: SocketAddr, recorded: Option<SocketAddr>, what: &str) -> Result<TcpListener> {
+    use backon::{ExponentialBuilder, Retryable};
     let addr = match recorded {
         Some(r) if want.port() == 0 && r.ip() == want.ip() => r,
         _ => want,
     };
-    let l = std::net::TcpListener::bind(addr)
-        .with_context(|| format!("cannot bind the {what} listener to {addr}"))?;
-    l.set_nonblocking(true)?;
-    Ok(TcpListener::from_std(l)?)
+    let attempt = || async move { bind_reusable(addr) };
+    attempt
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(50))
+                .with_max_delay(Duration::from_secs(1))
+                .with_max_times(10),
+        )
+        .when(|e: &std::io::Error| e.kind() == std::io::ErrorKind::AddrInUse)
+        .notify(|e, after| {
+            tracing::info!(%addr, error = %e, retry_in = ?after, "{what} address in use; retrying");
+        })
+        .await
+        .with_context(|| format!("cannot bind the {what} listener to {addr}"))
+}
+
+fn bind_reusable(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// The SAE pairs with an SAE attached to this node that are configured `qkd-only` (by a
