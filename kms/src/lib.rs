@@ -12,6 +12,7 @@
 pub mod api;
 pub mod conn;
 pub mod core;
+pub mod durable;
 pub mod hybrid;
 pub mod manager;
 pub mod peer;

@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use qkd_hardware::{KeySource, LinkRole};
 use qkd_kms::api::etsi014::ServerLimits;
 use qkd_kms::api::{KeyLimits, KeyService};
+use qkd_kms::durable::Access;
 use qkd_kms::manager::{
     E2eKeys, KeyManager, LinkSetup, ManagerConfig, NeighbourEntry, RelayConfig, SaeEntry,
 };
@@ -45,20 +46,9 @@ pub struct ListenRecord {
 /// Name of the listen record in the data directory.
 pub const LISTEN_FILE: &str = "listen.json";
 
-/// Writes `bytes` to `path` atomically (temporary file, sync, rename, sync directory).
+/// Writes a public file (a record, a configuration, a public key) atomically and durably.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    qkd_kms::durable::write_atomic(path, bytes, Access::Public)
 }
 
 /// Binds `want`, or, when its port is 0 and an earlier start recorded a port for the same IP,
@@ -407,7 +397,7 @@ pub fn write_signing_key(path: &Path, key: &qkd_kms::hybrid::NodeSigningKey) -> 
     let raw = key.to_raw()?;
     // The seed is written once, hex-encoded, to a file only the node's user can read.
     let text = zeroize::Zeroizing::new(hex::encode(raw.expose()));
-    qkd_kms::store::vault::write_private(path, text.as_bytes())?;
+    qkd_kms::durable::write_atomic(path, text.as_bytes(), Access::Private)?;
     Ok(())
 }
 
