@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use qkd_kms::api::KeyLimits;
+use qkd_kms::manager::RelayConfig;
 use qkd_types::{KmeId, LinkId, NodeId, SaeId};
 use serde::Deserialize;
 
@@ -87,17 +89,18 @@ pub struct RelaySection {
     pub test_tamper_relay: bool,
 }
 
+// Relay defaults live in one place, `RelayConfig::default`.
 fn d_pool_keys() -> u32 {
-    1024
+    RelayConfig::default().pool_keys
 }
 fn d_batch_keys() -> u32 {
-    64
+    RelayConfig::default().batch_keys
 }
 fn d_pool_ttl() -> u64 {
-    86_400
+    RelayConfig::default().pool_ttl_ms / 1000
 }
 fn d_hop_timeout() -> u64 {
-    2000
+    u64::try_from(RelayConfig::default().hop_timeout.as_millis()).unwrap_or(u64::MAX)
 }
 fn d_policy() -> String {
     "qkd+pq".into()
@@ -260,21 +263,21 @@ pub struct LimitsSection {
     pub max_sae_id_count: u32,
 }
 
+// The ETSI limits' defaults live in one place, `KeyLimits::default`.
 fn d_sae_count() -> u32 {
-    8
+    KeyLimits::default().max_sae_id_count
 }
-
 fn d_key_size() -> u32 {
-    256
+    KeyLimits::default().key_size
 }
 fn d_min() -> u32 {
-    64
+    KeyLimits::default().min_key_size
 }
 fn d_max() -> u32 {
-    1024
+    KeyLimits::default().max_key_size
 }
 fn d_per_req() -> u32 {
-    128
+    KeyLimits::default().max_key_per_request
 }
 
 impl Default for LimitsSection {

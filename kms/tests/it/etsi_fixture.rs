@@ -270,7 +270,11 @@ impl Fixture {
                         link: link.clone(),
                     },
                 )]),
-                limits: KeyLimits::default(),
+                // The table's contract: default limits without multicast.
+                limits: KeyLimits {
+                    max_sae_id_count: 0,
+                    ..KeyLimits::default()
+                },
                 key_ttl_ms: 3_600_000,
                 peer_timeout: Duration::from_secs(3),
                 tombstone_retention_ms: 30 * 86_400_000,

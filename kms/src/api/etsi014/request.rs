@@ -463,7 +463,11 @@ mod tests {
             KNOWN.contains(&sae.as_str())
         }
         fn limits(&self, master: &SaeId, slave: &SaeId) -> KeyLimits {
-            let mut l = KeyLimits::default();
+            // Multicast only from A to B (up to 2 extra slaves); none elsewhere.
+            let mut l = KeyLimits {
+                max_sae_id_count: 0,
+                ..KeyLimits::default()
+            };
             if (master.as_str(), slave.as_str()) == ("A", "B") {
                 l.max_sae_id_count = 2;
             }
