@@ -67,8 +67,8 @@ pub struct ServerLimits {
     /// Most connections served at once; further clients wait in the listen backlog.
     pub max_connections: usize,
     /// Most connections one client identity may hold at once; a connection beyond it is closed
-    /// right after the handshake. Clients whose certificate names no SAE share one allowance
-    /// (they are refused on every request anyway).
+    /// right after the handshake. Callers that are not admitted (no SAE, or an SAE not attached
+    /// here) share one allowance (they are refused on every request anyway).
     pub max_connections_per_client: usize,
     /// Time a client has to complete the TLS handshake.
     pub handshake_timeout: Duration,
@@ -182,9 +182,9 @@ struct Shared {
 /// Whom a connection's certificate names, for the per-client cap.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Client {
-    /// An SAE (admitted here or not).
+    /// An SAE admitted here.
     Sae(SaeId),
-    /// No SAE: every such client shares one allowance.
+    /// Anyone else (no SAE, or an SAE not attached here): all share one allowance.
     Unidentified,
 }
 
@@ -192,7 +192,7 @@ impl std::fmt::Display for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Client::Sae(id) => write!(f, "SAE {id}"),
-            Client::Unidentified => f.write_str("(certificates naming no SAE)"),
+            Client::Unidentified => f.write_str("(callers not admitted here)"),
         }
     }
 }
@@ -258,7 +258,12 @@ async fn connection(
         },
         None => None,
     };
-    let client = caller.clone().map_or(Client::Unidentified, Client::Sae);
+    // Callers that are not admitted are refused on every request; they share one allowance so
+    // that certificates for many unregistered names cannot take many.
+    let client = match &caller {
+        Some(id) if shared.service.admits(id) => Client::Sae(id.clone()),
+        _ => Client::Unidentified,
+    };
     let Some(_slot) = shared.caps.try_acquire(client) else {
         // Over its cap: close at once (close_notify, briefly) so the slot frees for others.
         let mut tls = tls;
