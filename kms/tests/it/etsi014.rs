@@ -8,7 +8,8 @@
 //! consumed nothing: A→B's `stored_key_count` is unchanged and a `{KEY}` named by a refused
 //! request is still fetchable by B, byte for byte.
 //!
-//! Every [DECISION] line of reference/standards.md §1 is covered by rows tagged in comments.
+//! Every rule of docs/etsi014.md (the product policy for what ETSI 014 leaves open) is covered
+//! by rows tagged `[DECISION]` in comments.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
