@@ -492,6 +492,28 @@ pub(crate) async fn fetch(
     send(c.get(url), url).await
 }
 
+/// How a real client retries a 503 (a peer KME briefly unavailable, a relay hop that timed out
+/// on a loaded machine, a pool being refilled): exponential backoff from 20 ms up to 1 s between
+/// attempts, at most 8 retries (about 4 s in all), then the 503 stands.
+pub(crate) fn client_backoff() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(20))
+        .with_max_delay(Duration::from_secs(1))
+        .with_max_times(8)
+}
+
+/// [`fetch`], retried on 503 the way a client retries ([`client_backoff`]).
+pub(crate) async fn fetch_retrying(
+    c: &reqwest::Client,
+    url: &str,
+) -> Result<Vec<(String, Vec<u8>)>, Failure> {
+    use backon::Retryable;
+    (|| fetch(c, url))
+        .retry(client_backoff())
+        .when(|f| matches!(f, Failure::Unavailable(_)))
+        .await
+}
+
 /// POSTs `body` as JSON to `url` and returns its keys as (key_ID, bytes).
 pub(crate) async fn fetch_post(
     c: &reqwest::Client,

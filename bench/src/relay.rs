@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use crate::etsi::{Errors, Failure, fetch, fetch_post};
+use crate::etsi::{Errors, Failure, fetch, fetch_post, fetch_retrying};
 use crate::measure::{CpuSnapshot, CpuUse, Latency, Samples};
 use crate::network::{Layout, LinkCounters, Network};
 
@@ -441,7 +441,9 @@ async fn latency(net: &Network, args: &Args, c: usize) -> Result<LatencyLevel> {
                     break;
                 }
                 let t0 = Instant::now();
-                let (id, key) = match fetch(&enc_c, &enc_url).await {
+                // On demand: a 503 (a hop timed out under load) is retried as a client would;
+                // the latency then includes the retries, as a client would see it.
+                let (id, key) = match fetch_retrying(&enc_c, &enc_url).await {
                     Ok(mut keys) if keys.len() == 1 => keys.remove(0),
                     Ok(keys) => {
                         errors.note_status(true, format!("enc_keys returned {} keys", keys.len()));

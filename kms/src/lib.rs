@@ -10,7 +10,9 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod conn;
 pub mod core;
+pub mod durable;
 pub mod hybrid;
 pub mod manager;
 pub mod peer;

@@ -4,13 +4,12 @@
 //! It exists so that the demo network and the tests run mutual TLS without an operator-provided
 //! PKI. It is idempotent: files already present are reused, so a restarted demo keeps its
 //! certificates and SAEs keep working. Private keys are written with mode 0600 (unix), through a
-//! temporary file and a rename so that a crash never leaves half a key. Production deployments
+//! temporary file and a rename ([`crate::durable`]) so that a crash never leaves half a key. Production deployments
 //! bring their own certificates; nothing else in the stack depends on this module.
 //!
 //! File layout in the directory: `ca.crt`/`ca.key`, `node-<id>.crt`/`.key`, `sae-<id>.crt`/`.key`.
 
 use std::fs;
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -20,6 +19,7 @@ use rcgen::{
     KeyUsagePurpose, SanType,
 };
 
+use crate::durable::{Access, write_atomic};
 use crate::tls::{NODE_URI_PREFIX, TlsFiles};
 
 /// Common name of the demo CA.
@@ -252,40 +252,18 @@ fn read(path: &Path) -> Result<String, PkiError> {
 }
 
 fn write_public(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
-    write_atomic(path, contents, 0o644)
+    write(path, contents, Access::Public)
 }
 
 fn write_private(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
-    write_atomic(path, contents, 0o600)
+    write(path, contents, Access::Private)
 }
 
-/// Writes `path` through a temporary sibling and a rename, with `mode` on unix from creation on.
-fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
-    let io = |source| PkiError::Io {
+fn write(path: &Path, contents: &[u8], access: Access) -> Result<(), PkiError> {
+    write_atomic(path, contents, access).map_err(|source| PkiError::Io {
         path: path.to_owned(),
         source,
-    };
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    // A leftover from a crash may carry other permissions; `mode` only applies to a new file.
-    match fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
-        _ => {}
-    }
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(mode);
-    }
-    #[cfg(not(unix))]
-    let _ = mode;
-    let mut file = options.open(&tmp).map_err(io)?;
-    file.write_all(contents).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)
+    })
 }
 
 #[cfg(test)]
@@ -360,6 +338,68 @@ mod tests {
             SaeIdentityRule::new("urn:qkd:sae:").sae_id(cert),
             Err(IdentityError::Invalid(_))
         ));
+    }
+
+    /// Defect 8: on the peer port only the `urn:qkd:node:` URI SAN names a node. An SAE
+    /// certificate from the same CA whose CN equals a neighbour's node ID must not pass as it.
+    #[test]
+    fn peer_identity_needs_the_node_uri_san() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = DemoPki::create(dir.path()).unwrap();
+        let sae = pki
+            .issue_sae(&SaeId::parse("n2").unwrap(), "urn:qkd:sae:")
+            .unwrap();
+        let cert = &tls::load_certs(&sae.cert).unwrap()[0];
+        assert_eq!(tls::node_id(cert), Err(IdentityError::NoIdentity));
+
+        // A CN-only certificate names no node either.
+        let paths = pki.paths("other", "cn-only");
+        pki.issue(&paths, "n2", |_| Ok(())).unwrap();
+        let cert = &tls::load_certs(&paths.cert).unwrap()[0];
+        assert_eq!(tls::node_id(cert), Err(IdentityError::NoIdentity));
+
+        // The node's own certificate still does.
+        let node = NodeId::parse("n2").unwrap();
+        let n = pki.issue_node(&node, "127.0.0.1".parse().unwrap()).unwrap();
+        let cert = &tls::load_certs(&n.cert).unwrap()[0];
+        assert_eq!(tls::node_id(cert).unwrap(), node);
+    }
+
+    /// Defect 8: on the ETSI port a certificate carrying a `urn:qkd:node:` URI SAN is refused,
+    /// even when its CN (or another URI SAN) names a registered SAE; the CN fallback stays for
+    /// SAE certificates without any URI SAN.
+    #[test]
+    fn sae_identity_refuses_node_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = DemoPki::create(dir.path()).unwrap();
+        let rule = SaeIdentityRule::new("urn:qkd:sae:");
+        let n = pki
+            .issue_node(
+                &NodeId::parse("ENC-A").unwrap(),
+                "127.0.0.1".parse().unwrap(),
+            )
+            .unwrap();
+        let cert = &tls::load_certs(&n.cert).unwrap()[0];
+        assert_eq!(rule.sae_id(cert), Err(IdentityError::NodeCertificate));
+
+        // Both an SAE URI and a node URI: still a node certificate.
+        let paths = pki.paths("other", "both");
+        pki.issue(&paths, "ENC-A", |p| {
+            p.subject_alt_names = vec![
+                SanType::URI(ia5("urn:qkd:sae:ENC-A")?),
+                SanType::URI(ia5("urn:qkd:node:ENC-A")?),
+            ];
+            Ok(())
+        })
+        .unwrap();
+        let cert = &tls::load_certs(&paths.cert).unwrap()[0];
+        assert_eq!(rule.sae_id(cert), Err(IdentityError::NodeCertificate));
+
+        // An encryptor that can only carry a CN is still an SAE.
+        let paths = pki.paths("other", "cn-only");
+        pki.issue(&paths, "ENC-A", |_| Ok(())).unwrap();
+        let cert = &tls::load_certs(&paths.cert).unwrap()[0];
+        assert_eq!(rule.sae_id(cert).unwrap(), SaeId::parse("ENC-A").unwrap());
     }
 
     #[test]

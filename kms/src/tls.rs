@@ -6,12 +6,15 @@
 //! requires the KME to derive the caller's SAE ID from it, and node-to-node gRPC uses the same rule
 //! for node IDs.
 //!
-//! An identity is read from the end-entity certificate only: the text after a configured prefix in
-//! a URI SAN (`urn:…:sae:ENC-A` → `ENC-A`, `urn:qkd:node:a` → `a`), or the subject CN when no URI
-//! SAN carries the prefix. This module reads files but never logs or returns private-key bytes.
+//! An identity is read from the end-entity certificate only. A node is named by its
+//! `urn:qkd:node:<id>` URI SAN and nothing else: a certificate without one names no node, whatever
+//! its CN says (an SAE certificate from the same CA must never pass as a neighbour). An SAE is
+//! named by the text after a configured prefix in a URI SAN (`urn:qkd:sae:ENC-A` → `ENC-A`), or by
+//! the subject CN when no URI SAN carries the prefix (encryptors that can only carry a CN); a
+//! certificate with a `urn:qkd:node:` URI SAN is a node's and names no SAE. This module reads
+//! files but never logs or returns private-key bytes.
 
 use std::fs;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,6 +22,7 @@ use qkd_types::{IdError, NodeId, SaeId};
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
@@ -47,6 +51,14 @@ pub enum TlsError {
         path: PathBuf,
         /// The I/O error.
         source: std::io::Error,
+    },
+    /// Operator: the file is not well-formed PEM (a section without its end line, bad base64).
+    #[error("{path} is not valid PEM: {source}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What the PEM parser objected to.
+        source: pem::Error,
     },
     /// Operator: the file holds no PEM certificate.
     #[error("{path} holds no PEM certificate")]
@@ -192,12 +204,9 @@ fn config_error(files: &TlsFiles, source: rustls::Error) -> TlsError {
 /// Every PEM certificate in `path`, in file order; at least one.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bytes = read(path)?;
-    let certs = rustls_pemfile::certs(&mut BufReader::new(bytes.as_slice()))
+    let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        .map_err(|source| pem_error(path, source))?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate {
             path: path.to_owned(),
@@ -206,17 +215,15 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(certs)
 }
 
-/// The first PEM private key in `path`.
+/// The first PEM private key in `path` (PKCS#8, PKCS#1 or SEC1).
 pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let bytes = zeroize::Zeroizing::new(read(path)?);
-    rustls_pemfile::private_key(&mut BufReader::new(bytes.as_slice()))
-        .map_err(|source| TlsError::Read {
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|source| match source {
+        pem::Error::NoItemsFound => TlsError::NoPrivateKey {
             path: path.to_owned(),
-            source,
-        })?
-        .ok_or_else(|| TlsError::NoPrivateKey {
-            path: path.to_owned(),
-        })
+        },
+        source => pem_error(path, source),
+    })
 }
 
 /// The CA certificates in `path` as a root store.
@@ -242,8 +249,13 @@ pub enum IdentityError {
     #[error("certificate is not valid X.509")]
     NotX509,
     /// No URI SAN has the prefix and there is no single CN.
-    #[error("certificate has no URI SAN with the configured prefix and no single common name")]
+    #[error(
+        "certificate has no URI SAN with the expected prefix (and, where a CN is accepted, no single common name)"
+    )]
     NoIdentity,
+    /// An SAE-facing port got a node certificate (a `urn:qkd:node:` URI SAN).
+    #[error("certificate is a node certificate (urn:qkd:node: URI SAN)")]
+    NodeCertificate,
     /// Several URI SANs with the prefix name different identities.
     #[error("certificate names several identities")]
     Ambiguous,
@@ -267,28 +279,44 @@ impl SaeIdentityRule {
         }
     }
 
-    /// The SAE ID of the end-entity certificate of a verified chain.
+    /// The SAE ID of the end-entity certificate of a verified chain. A node certificate (one
+    /// with a `urn:qkd:node:` URI SAN) is refused, whatever else it carries.
     pub fn sae_id(&self, end_entity: &CertificateDer<'_>) -> Result<SaeId, IdentityError> {
-        SaeId::parse(&identity_text(end_entity, &self.uri_prefix)?).map_err(IdentityError::Invalid)
+        let cert = parse(end_entity)?;
+        if uri_identity(&cert, NODE_URI_PREFIX)?.is_some() {
+            return Err(IdentityError::NodeCertificate);
+        }
+        let text = match uri_identity(&cert, &self.uri_prefix)? {
+            Some(text) => text.to_owned(),
+            None => common_name(&cert)?,
+        };
+        SaeId::parse(&text).map_err(IdentityError::Invalid)
     }
 }
 
-/// The node ID of a verified peer node certificate (URI SAN `urn:qkd:node:<id>`, else the CN).
+/// The node ID of a verified peer node certificate: its URI SAN `urn:qkd:node:<id>`, never the
+/// CN. A certificate without that SAN names no node.
 pub fn node_id(end_entity: &CertificateDer<'_>) -> Result<NodeId, IdentityError> {
-    NodeId::parse(&identity_text(end_entity, NODE_URI_PREFIX)?).map_err(IdentityError::Invalid)
+    let cert = parse(end_entity)?;
+    let text = uri_identity(&cert, NODE_URI_PREFIX)?.ok_or(IdentityError::NoIdentity)?;
+    NodeId::parse(text).map_err(IdentityError::Invalid)
 }
 
-/// The identity text of a certificate: the rest of the URI SAN that starts with `uri_prefix`,
-/// or, only when no URI SAN starts with it, the subject's single common name.
+fn parse<'a>(end_entity: &'a CertificateDer<'_>) -> Result<X509Certificate<'a>, IdentityError> {
+    X509Certificate::from_der(end_entity)
+        .map(|(_, cert)| cert)
+        .map_err(|_| IdentityError::NotX509)
+}
+
+/// The rest of the URI SAN that starts with `uri_prefix`, if any.
 ///
-/// A URI SAN with the prefix is authoritative: if its remainder is not a valid ID, the CN is
-/// *not* consulted (the CA stated an identity; silently picking another would be wrong). Several
-/// prefixed SANs must agree.
-pub fn identity_text(
-    end_entity: &CertificateDer<'_>,
+/// A URI SAN with the prefix is authoritative: if its remainder is not a valid ID, the caller
+/// must not fall back to the CN (the CA stated an identity; silently picking another would be
+/// wrong). Several prefixed SANs must agree.
+fn uri_identity<'a>(
+    cert: &'a X509Certificate<'_>,
     uri_prefix: &str,
-) -> Result<String, IdentityError> {
-    let (_, cert) = X509Certificate::from_der(end_entity).map_err(|_| IdentityError::NotX509)?;
+) -> Result<Option<&'a str>, IdentityError> {
     let mut found: Option<&str> = None;
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
@@ -302,9 +330,11 @@ pub fn identity_text(
             }
         }
     }
-    if let Some(text) = found {
-        return Ok(text.to_owned());
-    }
+    Ok(found)
+}
+
+/// The subject's single common name.
+fn common_name(cert: &X509Certificate<'_>) -> Result<String, IdentityError> {
     let mut cns = cert.subject().iter_common_name();
     match (cns.next(), cns.next()) {
         (Some(cn), None) => cn
@@ -312,6 +342,13 @@ pub fn identity_text(
             .map(str::to_owned)
             .map_err(|_| IdentityError::NoIdentity),
         _ => Err(IdentityError::NoIdentity),
+    }
+}
+
+fn pem_error(path: &Path, source: pem::Error) -> TlsError {
+    TlsError::Pem {
+        path: path.to_owned(),
+        source,
     }
 }
 

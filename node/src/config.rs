@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use qkd_kms::api::KeyLimits;
+use qkd_kms::manager::RelayConfig;
 use qkd_types::{KmeId, LinkId, NodeId, SaeId};
 use serde::Deserialize;
 
@@ -50,6 +52,9 @@ pub struct NodeConfig {
     /// Per-pair protection, overriding the relay defaults.
     #[serde(default, rename = "pair")]
     pub pairs: Vec<PairSection>,
+    /// The file this configuration was read from (for error messages).
+    #[serde(skip)]
+    pub path: PathBuf,
 }
 
 /// `[relay]`.
@@ -84,17 +89,18 @@ pub struct RelaySection {
     pub test_tamper_relay: bool,
 }
 
+// Relay defaults live in one place, `RelayConfig::default`.
 fn d_pool_keys() -> u32 {
-    1024
+    RelayConfig::default().pool_keys
 }
 fn d_batch_keys() -> u32 {
-    64
+    RelayConfig::default().batch_keys
 }
 fn d_pool_ttl() -> u64 {
-    86_400
+    RelayConfig::default().pool_ttl_ms / 1000
 }
 fn d_hop_timeout() -> u64 {
-    2000
+    u64::try_from(RelayConfig::default().hop_timeout.as_millis()).unwrap_or(u64::MAX)
 }
 fn d_policy() -> String {
     "qkd+pq".into()
@@ -202,6 +208,14 @@ pub struct NodeSection {
     /// material (docs/design.md §4.2).
     #[serde(default = "default_store_watermark_mb")]
     pub store_watermark_mb: u64,
+    /// Most ETSI 014 connections one SAE may hold at once (the others are closed at once), so
+    /// that no client can take every connection of the port.
+    #[serde(default = "default_per_client")]
+    pub etsi_max_connections_per_client: usize,
+}
+
+fn default_per_client() -> usize {
+    qkd_kms::api::etsi014::ServerLimits::default().max_connections_per_client
 }
 
 fn default_prefix() -> String {
@@ -256,21 +270,21 @@ pub struct LimitsSection {
     pub max_sae_id_count: u32,
 }
 
+// The ETSI limits' defaults live in one place, `KeyLimits::default`.
 fn d_sae_count() -> u32 {
-    8
+    KeyLimits::default().max_sae_id_count
 }
-
 fn d_key_size() -> u32 {
-    256
+    KeyLimits::default().key_size
 }
 fn d_min() -> u32 {
-    64
+    KeyLimits::default().min_key_size
 }
 fn d_max() -> u32 {
-    1024
+    KeyLimits::default().max_key_size
 }
 fn d_per_req() -> u32 {
-    128
+    KeyLimits::default().max_key_per_request
 }
 
 impl Default for LimitsSection {
@@ -534,6 +548,35 @@ impl NodeConfig {
                 "pool_keys must be positive and batch_keys within 1..=4096".into(),
             ));
         }
+        // A zero timeout or period makes no sense anywhere; say so rather than run with it.
+        for (k, v) in [
+            ("node.key_ttl_seconds", cfg.node.key_ttl_seconds),
+            ("node.peer_timeout_ms", cfg.node.peer_timeout_ms),
+            ("node.device_poll_ms", cfg.node.device_poll_ms),
+            ("node.kek_period_days", cfg.node.kek_period_days),
+            (
+                "node.etsi_max_connections_per_client",
+                cfg.node.etsi_max_connections_per_client as u64,
+            ),
+            ("relay.pool_ttl_seconds", cfg.relay.pool_ttl_seconds),
+            ("relay.hop_timeout_ms", cfg.relay.hop_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(err(k, "must be positive".into()));
+            }
+        }
+        let prefix = &cfg.node.sae_uri_prefix;
+        if prefix.is_empty() || qkd_kms::tls::NODE_URI_PREFIX.starts_with(prefix.as_str()) {
+            return Err(err(
+                "node.sae_uri_prefix",
+                format!(
+                    "{prefix:?} would read node certificates ({}<id>) as SAEs",
+                    qkd_kms::tls::NODE_URI_PREFIX
+                ),
+            ));
+        }
+        // One entry per unordered pair: a second one would silently override the first.
+        let mut pairs: BTreeMap<(SaeId, SaeId), usize> = BTreeMap::new();
         for (i, p) in cfg.pairs.iter().enumerate() {
             for sae in &p.saes {
                 if !sae_ids.contains_key(sae) {
@@ -543,9 +586,49 @@ impl NodeConfig {
                     ));
                 }
             }
-            cfg.key_mode(p.policy.as_deref(), p.suite.as_deref())
+            let [a, b] = &p.saes;
+            if a == b {
+                return Err(err(
+                    &format!("pair[{i}].saes"),
+                    format!("{a} cannot pair with itself"),
+                ));
+            }
+            let may =
+                |x: &SaeId, y: &SaeId| cfg.saes.iter().any(|s| &s.id == x && s.peers.contains(y));
+            if !(may(a, b) && may(b, a)) {
+                return Err(err(
+                    &format!("pair[{i}].saes"),
+                    format!(
+                        "{a} and {b} are not allowed to pair: each [[sae]] must list the other in \
+                         its peers"
+                    ),
+                ));
+            }
+            let mode = cfg
+                .key_mode(p.policy.as_deref(), p.suite.as_deref())
                 .map_err(|e| err(&format!("pair[{i}]"), e))?;
+            let key = if a <= b {
+                (a.clone(), b.clone())
+            } else {
+                (b.clone(), a.clone())
+            };
+            if let Some(j) = pairs.insert(key, i) {
+                let q = &cfg.pairs[j];
+                let earlier = cfg
+                    .key_mode(q.policy.as_deref(), q.suite.as_deref())
+                    .map_err(|e| err(&format!("pair[{j}]"), e))?;
+                let what = if earlier == mode {
+                    format!("same pair as pair[{j}] ({a}, {b}); list each pair once")
+                } else {
+                    format!(
+                        "conflicts with pair[{j}]: the pair ({a}, {b}) is configured twice with \
+                         different policy or suite"
+                    )
+                };
+                return Err(err(&format!("pair[{i}]"), what));
+            }
         }
+        cfg.path = path.to_path_buf();
         Ok(cfg)
     }
 }
@@ -613,6 +696,89 @@ peers = ["ENC-A"]
         assert_eq!(c.node.data_dir, PathBuf::from("/etc/qkd/data"));
         assert_eq!(c.limits.key_size, 256);
         assert_eq!(c.saes.len(), 2);
+    }
+
+    /// Defect 7: semantic rules that were missing. Each error names the key and the problem.
+    #[test]
+    fn semantic_rules_name_the_key() {
+        let pair = |a: &str, b: &str, policy: &str| {
+            format!("\n[[pair]]\nsaes = [\"{a}\", \"{b}\"]\npolicy = \"{policy}\"\n")
+        };
+        let extra_sae = "\n[[sae]]\nid = \"ENC-C\"\nnode = \"A\"\npeers = []\n";
+        let cases = [
+            (
+                GOOD.to_string()
+                    + &pair("ENC-A", "ENC-B", "qkd+pq")
+                    + &pair("ENC-A", "ENC-B", "qkd+pq"),
+                "pair[1]",
+                "same pair as pair[0]",
+            ),
+            (
+                GOOD.to_string()
+                    + &pair("ENC-A", "ENC-B", "qkd+pq")
+                    + &pair("ENC-B", "ENC-A", "qkd-only"),
+                "pair[1]",
+                "conflicts with pair[0]",
+            ),
+            (
+                GOOD.to_string() + &pair("ENC-A", "ENC-A", "qkd+pq"),
+                "pair[0].saes",
+                "with itself",
+            ),
+            (
+                GOOD.to_string() + extra_sae + &pair("ENC-A", "ENC-C", "qkd+pq"),
+                "pair[0].saes",
+                "not allowed",
+            ),
+            (
+                GOOD.replace(
+                    "peer_listen = \"127.0.0.1:0\"",
+                    "peer_listen = \"127.0.0.1:0\"\nkey_ttl_seconds = 0",
+                ),
+                "node.key_ttl_seconds",
+                "must be positive",
+            ),
+            (
+                GOOD.replace(
+                    "peer_listen = \"127.0.0.1:0\"",
+                    "peer_listen = \"127.0.0.1:0\"\npeer_timeout_ms = 0",
+                ),
+                "node.peer_timeout_ms",
+                "must be positive",
+            ),
+            (
+                GOOD.replace(
+                    "peer_listen = \"127.0.0.1:0\"",
+                    "peer_listen = \"127.0.0.1:0\"\ndevice_poll_ms = 0",
+                ),
+                "node.device_poll_ms",
+                "must be positive",
+            ),
+            (
+                GOOD.replace(
+                    "peer_listen = \"127.0.0.1:0\"",
+                    "peer_listen = \"127.0.0.1:0\"\nkek_period_days = 0",
+                ),
+                "node.kek_period_days",
+                "must be positive",
+            ),
+            (
+                GOOD.to_string() + "\n[relay]\nhop_timeout_ms = 0\n",
+                "relay.hop_timeout_ms",
+                "must be positive",
+            ),
+            (
+                GOOD.to_string() + "\n[relay]\npool_ttl_seconds = 0\n",
+                "relay.pool_ttl_seconds",
+                "must be positive",
+            ),
+        ];
+        for (text, key, what) in cases {
+            let e = parse(&text).expect_err(key);
+            let s = e.to_string();
+            assert!(e.key.contains(key), "key {:?} lacks {key:?} ({s})", e.key);
+            assert!(s.contains(what), "{s} lacks {what:?}");
+        }
     }
 
     #[test]

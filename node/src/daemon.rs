@@ -10,13 +10,15 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use qkd_hardware::{KeySource, LinkRole};
+use qkd_kms::api::etsi014::ServerLimits;
 use qkd_kms::api::{KeyLimits, KeyService};
+use qkd_kms::durable::Access;
 use qkd_kms::manager::{
     E2eKeys, KeyManager, LinkSetup, ManagerConfig, NeighbourEntry, RelayConfig, SaeEntry,
 };
 use qkd_kms::store::vault::FileKek;
 use qkd_kms::store::{Store, StoreOptions};
-use qkd_kms::tls::{SaeIdentityRule, TlsFiles};
+use qkd_kms::tls::SaeIdentityRule;
 use qkd_kms::writer::Writer;
 use qkd_simulator::link::{SimLinkConfig, SimulatedLink};
 use qkd_types::{Clock, SystemClock};
@@ -25,7 +27,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{NodeConfig, Role, SourceSection};
-use crate::status;
+use crate::status::PairWarning;
+use crate::{check, status};
 
 /// Addresses a node listens on, recorded in `<data_dir>/listen.json` once all are bound.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -43,38 +46,91 @@ pub struct ListenRecord {
 /// Name of the listen record in the data directory.
 pub const LISTEN_FILE: &str = "listen.json";
 
-/// Writes `bytes` to `path` atomically (temporary file, sync, rename, sync directory).
+/// Writes a public file (a record, a configuration, a public key) atomically and durably.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    qkd_kms::durable::write_atomic(path, bytes, Access::Public)
 }
 
 /// Binds `want`, or, when its port is 0 and an earlier start recorded a port for the same IP,
 /// that port, so a restarted node serves on the same addresses as before.
+///
+/// SO_REUSEADDR is set, so that a port whose previous owner was just killed (connections in
+/// TIME_WAIT) can be bound again; if the port is still in use (the old process not yet reaped),
+/// binding is retried briefly with exponential backoff (about 6 s in all) before giving up.
 async fn bind(want: SocketAddr, recorded: Option<SocketAddr>, what: &str) -> Result<TcpListener> {
+    use backon::{ExponentialBuilder, Retryable};
     let addr = match recorded {
         Some(r) if want.port() == 0 && r.ip() == want.ip() => r,
         _ => want,
     };
-    let l = std::net::TcpListener::bind(addr)
-        .with_context(|| format!("cannot bind the {what} listener to {addr}"))?;
-    l.set_nonblocking(true)?;
-    Ok(TcpListener::from_std(l)?)
+    let attempt = || async move { bind_reusable(addr) };
+    attempt
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(50))
+                .with_max_delay(Duration::from_secs(1))
+                .with_max_times(10),
+        )
+        .when(|e: &std::io::Error| e.kind() == std::io::ErrorKind::AddrInUse)
+        .notify(|e, after| {
+            tracing::info!(%addr, error = %e, retry_in = ?after, "{what} address in use; retrying");
+        })
+        .await
+        .with_context(|| format!("cannot bind the {what} listener to {addr}"))
+}
+
+fn bind_reusable(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// The SAE pairs with an SAE attached to this node that are configured `qkd-only` (by a
+/// `[[pair]]` entry or by `relay.default_policy`), each with the warning the operator must see.
+pub fn qkd_only_pairs(cfg: &NodeConfig) -> Result<Vec<PairWarning>> {
+    use qkd_kms::hybrid::Protection;
+    let mut out = Vec::new();
+    for a in &cfg.saes {
+        for b in cfg.saes.iter().filter(|b| a.id < b.id) {
+            let allowed = a.peers.contains(&b.id) && b.peers.contains(&a.id);
+            let local = a.node == cfg.node.id || b.node == cfg.node.id;
+            if !allowed || !local {
+                continue;
+            }
+            let entry = cfg
+                .pairs
+                .iter()
+                .find(|p| p.saes.contains(&a.id) && p.saes.contains(&b.id));
+            let mode = cfg
+                .key_mode(
+                    entry.and_then(|p| p.policy.as_deref()),
+                    entry.and_then(|p| p.suite.as_deref()),
+                )
+                .map_err(anyhow::Error::msg)?;
+            if mode.protection == Protection::QkdOnly {
+                out.push(PairWarning::qkd_only(a.id.clone(), b.id.clone()));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Runs the node until `shutdown` flips to true. Returns an error for a fatal store failure.
+///
+/// Every offline check of `qkd-node check` passes first ([`check::offline`]): a bad file fails
+/// the start before the data directory is touched.
 pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    check::offline(&cfg)?;
+    let warnings = qkd_only_pairs(&cfg)?;
+    for w in &warnings {
+        tracing::warn!(saes = ?w.saes, "{}", w.warning);
+    }
     let data = cfg.node.data_dir.clone();
     std::fs::create_dir_all(&data)
         .with_context(|| format!("cannot create data directory {}", data.display()))?;
@@ -138,11 +194,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     );
     let writer = Writer::spawn(store);
 
-    let tls = TlsFiles {
-        cert_chain: cfg.tls.cert.clone(),
-        key: cfg.tls.key.clone(),
-        ca: cfg.tls.ca.clone(),
-    };
+    let tls = check::tls_files(&cfg);
 
     // Links.
     let mut setups = Vec::new();
@@ -233,11 +285,15 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     let server_cfg =
         Arc::new(qkd_kms::tls::server_config(&tls).context("ETSI 014 TLS configuration")?);
     let service: Arc<dyn KeyService> = Arc::new(manager.clone());
-    let etsi_task = tokio::spawn(qkd_kms::api::etsi014::server::serve(
+    let etsi_task = tokio::spawn(qkd_kms::api::etsi014::serve_with(
         etsi_l,
         server_cfg,
         service,
         SaeIdentityRule::new(cfg.node.sae_uri_prefix.clone()),
+        ServerLimits {
+            max_connections_per_client: cfg.node.etsi_max_connections_per_client,
+            ..ServerLimits::default()
+        },
         stop(),
     ));
     let peer_task = tokio::spawn({
@@ -251,6 +307,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
             l,
             manager.clone(),
             cfg.node.id.clone(),
+            warnings.clone(),
             stop(),
         ))
     });
@@ -284,26 +341,17 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
 
 /// Relay settings, pair protection and the end-to-end identity (generated on first start).
 fn relay_config(cfg: &NodeConfig) -> Result<RelayConfig> {
-    use qkd_kms::hybrid::{LocalIdentity, NodeSigningKey, PeerKey, PeerPublicKeys, PinnedPeers};
-    use qkd_types::Secret;
+    use qkd_kms::hybrid::{LocalIdentity, NodeSigningKey, PeerPublicKeys, PinnedPeers};
     let path = &cfg.relay.signing_key;
-    let signing = match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let raw = zeroize::Zeroizing::new(
-                hex::decode(text.trim())
-                    .with_context(|| format!("{} is not hex", path.display()))?,
-            );
-            NodeSigningKey::from_raw(Secret::copy_from(&raw))
-                .with_context(|| format!("signing key {}", path.display()))?
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    let signing = match check::read_signing_key(path)
+        .map_err(|e| anyhow::anyhow!("signing key {}: {e}", path.display()))?
+    {
+        Some(key) => key,
+        None => {
             let key = NodeSigningKey::generate(&mut rand::rng())?;
             write_signing_key(path, &key)?;
             tracing::info!(file = %path.display(), "generated this node's end-to-end signing key");
             key
-        }
-        Err(e) => {
-            return Err(e).with_context(|| format!("cannot read signing key {}", path.display()));
         }
     };
     let public = signing.public_key();
@@ -319,12 +367,8 @@ fn relay_config(cfg: &NodeConfig) -> Result<RelayConfig> {
     for n in &cfg.nodes {
         kme_ids.insert(n.id.clone(), n.kme_id.clone());
         if let Some(p) = &n.signing_public_key {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("node_info {}: cannot read {}", n.id, p.display()))?;
-            let bytes =
-                hex::decode(text.trim()).with_context(|| format!("{} is not hex", p.display()))?;
-            let key = PeerKey::from_bytes(&bytes)
-                .with_context(|| format!("node_info {}: {}", n.id, p.display()))?;
+            let key = check::read_peer_key(p)
+                .map_err(|e| anyhow::anyhow!("node_info {}: {}: {e}", n.id, p.display()))?;
             peers.insert(PeerPublicKeys::new(n.kme_id.clone(), vec![key])?);
         }
     }
@@ -362,7 +406,7 @@ pub fn write_signing_key(path: &Path, key: &qkd_kms::hybrid::NodeSigningKey) -> 
     let raw = key.to_raw()?;
     // The seed is written once, hex-encoded, to a file only the node's user can read.
     let text = zeroize::Zeroizing::new(hex::encode(raw.expose()));
-    qkd_kms::store::vault::write_private(path, text.as_bytes())?;
+    qkd_kms::durable::write_atomic(path, text.as_bytes(), Access::Private)?;
     Ok(())
 }
 
@@ -378,15 +422,9 @@ fn make_source(
             model,
         } => {
             let seed_path = seed_path(data, &link.id);
-            let text = std::fs::read_to_string(&seed_path).with_context(|| {
-                format!(
-                    "simulated link {}: cannot read its seed file {}",
-                    link.id,
-                    seed_path.display()
-                )
+            let seed = check::read_seed(&seed_path).map_err(|e| {
+                anyhow::anyhow!("simulated link {}: {}: {e}", link.id, seed_path.display())
             })?;
-            let seed = SimulatedLink::parse_seed(&text)
-                .with_context(|| format!("seed file {}", seed_path.display()))?;
             let role = match link.role {
                 Role::Master => LinkRole::Master,
                 Role::Slave => LinkRole::Slave,

@@ -182,7 +182,11 @@ fn setup(
             for p in [&pa, &pb] {
                 std::fs::create_dir_all(p.parent().context("seed dir")?)?;
                 let _ = std::fs::remove_file(p);
-                qkd_kms::store::vault::write_private(p, seed.as_bytes())?;
+                qkd_kms::durable::write_atomic(
+                    p,
+                    seed.as_bytes(),
+                    qkd_kms::durable::Access::Private,
+                )?;
             }
         }
     }

@@ -1,20 +1,43 @@
-//! Operator status over plain HTTP on a loopback listener: `GET /status` answers JSON with the
-//! node's identity and, per link, its state, QBER, key rate, pool levels and whether its keys are
-//! simulated. Never any key bytes. `GET /healthz` answers `ok`.
+//! Operator status over plain HTTP on a loopback listener (axum): `GET /status` answers JSON with
+//! the node's identity, per link its state, QBER, key rate, pool levels and whether its keys are
+//! simulated, and the configuration warnings an operator must see (SAE pairs configured
+//! `qkd-only`). Never any key bytes. `GET /healthz` answers `ok`.
 
-use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
 use qkd_kms::manager::KeyManager;
-use qkd_types::NodeId;
+use qkd_types::{NodeId, SaeId};
 use serde::Serialize;
 use tokio::net::TcpListener;
+
+/// A configuration warning shown at start and in `/status`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PairWarning {
+    /// The two SAEs of the pair.
+    pub saes: [SaeId; 2],
+    /// What the operator must know.
+    pub warning: String,
+}
+
+impl PairWarning {
+    /// The warning for a pair configured `qkd-only`.
+    pub fn qkd_only(a: SaeId, b: SaeId) -> Self {
+        let warning = format!(
+            "pair ({a}, {b}) is configured qkd-only: end-to-end PQ protection is OFF for this \
+             pair; every trusted node on its path can read its keys"
+        );
+        Self {
+            saes: [a, b],
+            warning,
+        }
+    }
+}
 
 #[derive(Debug, Serialize)]
 struct NodeStatus {
@@ -27,6 +50,8 @@ struct NodeStatus {
     voided_at_start: Vec<qkd_kms::manager::VoidedKeys>,
     /// Delivery notices (master's node to slaves' nodes) since start.
     delivery_notices: qkd_kms::manager::NoticeStats,
+    /// Pairs of this node's SAEs configured `qkd-only`.
+    warnings: Vec<PairWarning>,
 }
 
 #[derive(Debug, Serialize)]
@@ -37,23 +62,32 @@ struct LinkStatusOut {
     device: Option<qkd_hardware::LinkStatus>,
 }
 
+/// What the endpoint reads.
+#[derive(Debug, Clone)]
+struct Ctx {
+    manager: KeyManager,
+    node: NodeId,
+    warnings: Arc<Vec<PairWarning>>,
+}
+
 /// The status document.
-pub async fn status_json(manager: &KeyManager, node: &NodeId) -> String {
+async fn status_json(ctx: &Ctx) -> String {
     let mut links = Vec::new();
-    for level in manager.link_levels() {
-        let device = match manager.source(&level.link) {
+    for level in ctx.manager.link_levels() {
+        let device = match ctx.manager.source(&level.link) {
             Some(s) => Some(s.status().await),
             None => None,
         };
         links.push(LinkStatusOut { level, device });
     }
     let doc = NodeStatus {
-        node: node.clone(),
-        kme_id: manager.config().kme.to_string(),
+        node: ctx.node.clone(),
+        kme_id: ctx.manager.config().kme.to_string(),
         simulated: links.iter().any(|l| l.level.simulated),
         links,
-        voided_at_start: manager.voided_at_start(),
-        delivery_notices: manager.notice_stats(),
+        voided_at_start: ctx.manager.voided_at_start(),
+        delivery_notices: ctx.manager.notice_stats(),
+        warnings: ctx.warnings.as_ref().clone(),
     };
     serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
@@ -63,47 +97,30 @@ pub async fn serve(
     listener: TcpListener,
     manager: KeyManager,
     node: NodeId,
-    shutdown: impl Future<Output = ()>,
+    warnings: Vec<PairWarning>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            () = &mut shutdown => return,
-            a = listener.accept() => a,
-        };
-        let Ok((tcp, _)) = accepted else { continue };
-        let manager = manager.clone();
-        let node = node.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let manager = manager.clone();
-                let node = node.clone();
-                async move {
-                    let (code, ctype, body) = match req.uri().path() {
-                        "/status" => (
-                            StatusCode::OK,
-                            "application/json",
-                            status_json(&manager, &node).await,
-                        ),
-                        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-                        _ => (
-                            StatusCode::NOT_FOUND,
-                            "text/plain",
-                            "not found\n".to_string(),
-                        ),
-                    };
-                    let mut resp = Response::new(Full::new(Bytes::from(body)));
-                    *resp.status_mut() = code;
-                    resp.headers_mut().insert(
-                        hyper::header::CONTENT_TYPE,
-                        hyper::header::HeaderValue::from_static(ctype),
-                    );
-                    Ok::<_, Infallible>(resp)
-                }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
-        });
+    let ctx = Ctx {
+        manager,
+        node,
+        warnings: Arc::new(warnings),
+    };
+    let app = Router::new()
+        .route("/status", get(status))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .with_state(ctx);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::warn!(error = %e, "status endpoint stopped");
     }
+}
+
+async fn status(State(ctx): State<Ctx>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        status_json(&ctx).await,
+    )
 }

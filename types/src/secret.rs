@@ -12,20 +12,31 @@ use zeroize::{Zeroize, Zeroizing};
 /// Key bytes of any length (link key, a delivered key, a data-encryption key).
 ///
 /// The bytes live in one heap allocation that never grows, so no stale copy is left behind by a
-/// reallocation; they are overwritten with zeros when the value is dropped.
+/// reallocation (see [`Secret::new`] for buffers handed in); they are overwritten with zeros when
+/// the value is dropped.
 pub struct Secret(Box<[u8]>);
 
 impl Secret {
-    /// Takes ownership of `bytes`. The caller's buffer is moved, not copied.
+    /// Takes ownership of `bytes`, leaving no unzeroed copy behind.
+    ///
+    /// A buffer whose capacity equals its length is moved into the secret as it is. Otherwise
+    /// `into_boxed_slice` would shrink it by reallocating, and the allocator would free the old
+    /// buffer with the bytes still in it; so the bytes are copied into an exact-size allocation
+    /// instead, and the whole old buffer, spare capacity included, is zeroized as `bytes` drops.
     pub fn new(bytes: Zeroizing<Vec<u8>>) -> Self {
         let mut bytes = bytes;
-        let boxed: Box<[u8]> = std::mem::take(&mut *bytes).into_boxed_slice();
-        Self(boxed)
+        if bytes.len() == bytes.capacity() {
+            // No reallocation: the boxed slice keeps the vector's allocation.
+            Self(std::mem::take(&mut *bytes).into_boxed_slice())
+        } else {
+            Self::copy_from(&bytes)
+        }
     }
 
-    /// Copies `bytes` into a new secret. The caller remains responsible for its own copy.
+    /// Copies `bytes` into a new secret (one exact-size allocation). The caller remains
+    /// responsible for its own copy.
     pub fn copy_from(bytes: &[u8]) -> Self {
-        Self(bytes.to_vec().into_boxed_slice())
+        Self(Box::from(bytes))
     }
 
     /// A secret of `len` zero bytes, to be filled through [`Secret::expose_mut`].
@@ -114,5 +125,29 @@ mod tests {
         let s = Secret::new(Zeroizing::new(vec![7u8; 32]));
         assert_eq!(s.len(), 32);
         assert_eq!(s.expose()[0], 7);
+    }
+
+    /// An exact-size buffer is moved, not copied: the secret holds the caller's allocation.
+    #[test]
+    fn new_moves_an_exact_buffer() {
+        let mut v = Vec::with_capacity(32);
+        v.extend_from_slice(&[9u8; 32]);
+        assert_eq!(v.capacity(), 32);
+        let ptr = v.as_ptr();
+        let s = Secret::new(Zeroizing::new(v));
+        assert_eq!(s.expose().as_ptr(), ptr);
+    }
+
+    /// A buffer with spare capacity is copied (never shrunk in place by a reallocation that
+    /// frees the old bytes unzeroed), and the old buffer is zeroized on drop by `Zeroizing`.
+    /// Whether freed memory was zeroed cannot be observed from safe code; this checks the path.
+    #[test]
+    fn new_copies_a_buffer_with_spare_capacity() {
+        let mut v = Vec::with_capacity(64);
+        v.extend_from_slice(&[5u8; 40]);
+        let ptr = v.as_ptr();
+        let s = Secret::new(Zeroizing::new(v));
+        assert_eq!(s.expose(), &[5u8; 40][..]);
+        assert_ne!(s.expose().as_ptr(), ptr);
     }
 }

@@ -27,14 +27,16 @@ pub struct KeyLimits {
 }
 
 impl Default for KeyLimits {
-    /// The defaults of the product policy: 256-bit keys, 64 to 1024 bits, 128 keys per request.
+    /// The defaults of the product policy, and the only place they are written down (the node's
+    /// configuration takes its defaults from here): 256-bit keys, 64 to 1024 bits, 128 keys per
+    /// request, up to 8 additional slaves (docs/design.md).
     fn default() -> Self {
         Self {
             key_size: 256,
             min_key_size: 64,
             max_key_size: 1024,
             max_key_per_request: 128,
-            max_sae_id_count: 0,
+            max_sae_id_count: 8,
         }
     }
 }

@@ -132,7 +132,8 @@ fn load_or_create(path: &Path) -> Result<Secret, VaultError> {
                 .fill(key.expose_mut())
                 .map_err(|_| VaultError::Random)?;
             // Written once, owner-only, then synced: the KEK is the root of all stored keys.
-            write_private(path, key.expose()).map_err(|e| kek_err(path, e))?;
+            crate::durable::write_atomic(path, key.expose(), crate::durable::Access::Private)
+                .map_err(|e| kek_err(path, e))?;
             Ok(key)
         }
         Err(e) => Err(kek_err(path, e)),
@@ -163,26 +164,6 @@ fn check_private(_path: &Path) -> Result<(), VaultError> {
     Ok(())
 }
 
-/// Writes `bytes` to a new file only the owner can read, and syncs it.
-pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    if let Some(dir) = path.parent() {
-        // Make the new directory entry durable too.
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 impl KeyWrap for FileKek {
     fn current_period(&self) -> u64 {
         self.period
@@ -195,12 +176,15 @@ impl KeyWrap for FileKek {
             .fill(&mut nonce)
             .map_err(|_| VaultError::Random)?;
         // The DEK is exposed only to be encrypted under the KEK.
-        let mut out = dek.expose().to_vec();
+        // Room for the tag is reserved first, so appending it never reallocates (which would
+        // leave an unzeroized copy of the DEK behind); the copy is zeroized whatever happens.
+        let mut out = Zeroizing::new(Vec::with_capacity(dek.len() + AES_256_GCM.tag_len()));
+        out.extend_from_slice(dek.expose());
         aead_key(&kek)
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(aad),
-                &mut out,
+                &mut *out,
             )
             .map_err(|_| VaultError::Authentication)?;
         let mut wrapped = nonce.to_vec();

@@ -8,7 +8,8 @@
 //! consumed nothing: A→B's `stored_key_count` is unchanged and a `{KEY}` named by a refused
 //! request is still fetchable by B, byte for byte.
 //!
-//! Every ETSI 014 decision of docs/etsi014.md is covered by rows tagged in comments.
+//! Every rule of docs/etsi014.md (the product policy for what ETSI 014 leaves open) is covered
+//! by rows tagged `[DECISION]` in comments.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use qkd_kms::api::etsi014::ServerLimits;
 use qkd_kms::api::etsi014::reply::{
     MSG_INSUFFICIENT_KEY_MATERIAL, MSG_KEYS_NOT_FOUND, MSG_MANDATORY_UNSUPPORTED,
     MSG_SIZE_NOT_MULTIPLE_OF_8, MSG_UNKNOWN_SLAVE,
@@ -537,6 +539,127 @@ async fn oversized_body_is_refused_and_connection_closed() {
         .unwrap();
     assert_eq!(r.status, 400);
     assert_eq!(r.header("connection"), Some("close"));
+    fx.stop().await;
+}
+
+/// Defect 6: many connections from one admitted but slow client (headers sent, then nothing)
+/// must not make a legitimate client's request time out. The server's total cap is small so that
+/// the test needs only a few connections; the per-client cap must leave room for others, and the
+/// body deadline is long so that only the cap can save the legitimate client.
+#[tokio::test]
+async fn slow_admitted_client_cannot_starve_the_port() {
+    const TOTAL: usize = 12;
+    const PER_CLIENT: usize = 3;
+    let fx = Fixture::fake_limited(ServerLimits {
+        max_connections: TOTAL,
+        max_connections_per_client: PER_CLIENT,
+        body_timeout: Duration::from_secs(600),
+        ..ServerLimits::default()
+    })
+    .await;
+    let mut slow = Vec::new();
+    for _ in 0..TOTAL {
+        let mut conn = fx.raw("B").await.unwrap();
+        // Over its cap the server may already have closed the connection: ignore write errors.
+        let _ = conn
+            .send_head("POST /api/v1/keys/A/enc_keys HTTP/1.1", 100)
+            .await;
+        slow.push(conn);
+    }
+    // Generous: the request itself takes milliseconds; the deadline only turns a hang into a
+    // failure.
+    let status = tokio::time::timeout(Duration::from_secs(60), async {
+        fx.client("A")
+            .get(fx.url("A", "/api/v1/keys/B/status"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    })
+    .await
+    .expect("the legitimate client was starved")
+    .expect("the legitimate request failed");
+    assert_eq!(status, 200);
+    // Connections beyond the per-client cap were closed by the server.
+    let mut closed = 0;
+    for conn in &mut slow {
+        if conn.is_closed().await {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed >= TOTAL - PER_CLIENT,
+        "only {closed} of {TOTAL} closed"
+    );
+    drop(slow);
+    fx.stop().await;
+}
+
+/// Defect 6: a body that never arrives is answered 400 with `Connection: close` once the body
+/// deadline passed.
+#[tokio::test]
+async fn body_that_never_arrives_gets_400_and_close() {
+    let fx = Fixture::fake_limited(ServerLimits {
+        body_timeout: Duration::from_secs(1),
+        ..ServerLimits::default()
+    })
+    .await;
+    let mut conn = fx.raw("A").await.unwrap();
+    conn.send_head("POST /api/v1/keys/B/enc_keys HTTP/1.1", 100)
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(60), conn.response())
+        .await
+        .expect("no answer after the body deadline")
+        .unwrap();
+    assert_eq!(r.status, 400);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(conn.is_closed().await);
+    fx.stop().await;
+}
+
+/// Defect 6: admission comes before the body. A client whose certificate names no SAE attached
+/// here gets 401 with `Connection: close` although its body was never sent.
+#[tokio::test]
+async fn unadmitted_client_gets_401_and_close_without_its_body_being_read() {
+    let fx = Fixture::fake().await;
+    for who in ["U", "R", "NODE"] {
+        let mut conn = fx.raw(who).await.unwrap();
+        conn.send_head("POST /api/v1/keys/B/enc_keys HTTP/1.1", 1000)
+            .await
+            .unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(60), conn.response())
+            .await
+            .unwrap_or_else(|_| panic!("{who}: no answer without the body"))
+            .unwrap();
+        assert_eq!(r.status, 401, "{who}");
+        assert_eq!(r.header("connection"), Some("close"), "{who}");
+        assert!(r.body.is_empty(), "{who}");
+        assert!(conn.is_closed().await, "{who}");
+    }
+    fx.stop().await;
+}
+
+/// Defect 8: a node certificate is never an SAE, even when its CN names an attached SAE.
+#[tokio::test]
+async fn node_certificate_naming_an_sae_gets_401() {
+    let fx = Fixture::fake().await;
+    for path in ["/api/v1/keys/B/status", "/api/v1/keys/B/enc_keys"] {
+        let r = fx
+            .client("NODE-A")
+            .get(fx.url("NODE-A", path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{path}");
+    }
+    // The SAE A itself is served.
+    let r = fx
+        .client("A")
+        .get(fx.url("A", "/api/v1/keys/B/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
     fx.stop().await;
 }
 

@@ -11,6 +11,7 @@
 //! * A attached to the KME `home["A"]`; B and C attached to `home["B"]` (`home["C"]` must equal
 //!   `home["B"]`, the KME where dec_keys is asked); R registered in the network but attached to
 //!   another KME than `home["R"]`; U registered nowhere; NODE presents a node certificate;
+//!   NODE-A presents a node certificate whose node ID and CN are `A`;
 //! * A may pair with B (pool of fewer than 128 × 1024 bits, so that `number 128, size 1024` is
 //!   beyond it, and at least 64 default-size keys), A may not pair with C or R;
 //! * default limits (256-bit keys, 64 to 1024 bits, 128 keys per request, `max_SAE_ID_count` 0).
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qkd_hardware::LinkRole;
-use qkd_kms::api::etsi014;
+use qkd_kms::api::etsi014::{self, ServerLimits};
 use qkd_kms::api::{KeyLimits, KeyService};
 use qkd_kms::hybrid::{LocalIdentity, NodeSigningKey, PeerPublicKeys, PinnedPeers};
 use qkd_kms::manager::{
@@ -114,6 +115,18 @@ impl Fixture {
 
     /// Like [`Fixture::fake`], with the service wrapped by `wrap` (e.g. to slow it down).
     pub async fn fake_with(wrap: impl FnOnce(Arc<FakeKeys>) -> Arc<dyn KeyService>) -> Self {
+        Self::fake_with_limits(wrap, ServerLimits::default()).await
+    }
+
+    /// Like [`Fixture::fake`], with the server's resource limits set to `limits`.
+    pub async fn fake_limited(limits: ServerLimits) -> Self {
+        Self::fake_with_limits(|fake| fake, limits).await
+    }
+
+    async fn fake_with_limits(
+        wrap: impl FnOnce(Arc<FakeKeys>) -> Arc<dyn KeyService>,
+        limits: ServerLimits,
+    ) -> Self {
         let fake = Arc::new(FakeKeys::new(FakeConfig {
             kme: "KME-1",
             attached: vec!["A", "B", "C"],
@@ -123,9 +136,9 @@ impl Fixture {
         let service = wrap(fake);
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = DemoPki::create(dir.path()).expect("demo PKI");
-        let kme = start_kme(&pki, "kme-1", service).await;
+        let kme = start_kme_with(&pki, "kme-1", service, limits).await;
         let mut fx = Self::with_clients(dir, pki, vec![kme]);
-        for sae in SAES.iter().chain(&["NODE"]) {
+        for sae in SAES.iter().chain(&["NODE", "NODE-A"]) {
             fx.home.insert(sae, 0);
         }
         fx
@@ -257,7 +270,11 @@ impl Fixture {
                         link: link.clone(),
                     },
                 )]),
-                limits: KeyLimits::default(),
+                // The table's contract: default limits without multicast.
+                limits: KeyLimits {
+                    max_sae_id_count: 0,
+                    ..KeyLimits::default()
+                },
                 key_ttl_ms: 3_600_000,
                 peer_timeout: Duration::from_secs(3),
                 tombstone_retention_ms: 30 * 86_400_000,
@@ -311,6 +328,7 @@ impl Fixture {
             ("R", 0),
             ("U", 0),
             ("NODE", 0),
+            ("NODE-A", 0),
         ] {
             fx.home.insert(who, kme);
         }
@@ -359,6 +377,13 @@ impl Fixture {
         let config = Arc::new(tls::client_config(&node.tls_files(&ca)).expect("client TLS"));
         clients.insert("NODE", http_client(&config));
         configs.insert("NODE", config);
+        // A node certificate whose node ID (and CN) is the ID of the attached SAE A.
+        let node_a = pki
+            .issue_node(&NodeId::parse("A").expect("valid"), [127, 0, 0, 1].into())
+            .expect("node cert");
+        let config = Arc::new(tls::client_config(&node_a.tls_files(&ca)).expect("client TLS"));
+        clients.insert("NODE-A", http_client(&config));
+        configs.insert("NODE-A", config);
 
         let other_dir = dir.path().join("untrusted");
         let other = DemoPki::create(&other_dir).expect("second PKI");
@@ -438,6 +463,16 @@ impl Fixture {
 
 /// Starts one ETSI 014 server for `service` with a node certificate for 127.0.0.1.
 pub async fn start_kme(pki: &DemoPki, node: &str, service: Arc<dyn KeyService>) -> Kme {
+    start_kme_with(pki, node, service, ServerLimits::default()).await
+}
+
+/// Like [`start_kme`], with explicit server limits.
+pub async fn start_kme_with(
+    pki: &DemoPki,
+    node: &str,
+    service: Arc<dyn KeyService>,
+    limits: ServerLimits,
+) -> Kme {
     let issued = pki
         .issue_node(&NodeId::parse(node).expect("valid"), [127, 0, 0, 1].into())
         .expect("node cert");
@@ -445,11 +480,12 @@ pub async fn start_kme(pki: &DemoPki, node: &str, service: Arc<dyn KeyService>) 
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(etsi014::serve(
+    let task = tokio::spawn(etsi014::serve_with(
         listener,
         Arc::new(config),
         service,
         SaeIdentityRule::new(SAE_PREFIX),
+        limits,
         async {
             let _ = stopped.await;
         },
@@ -524,6 +560,19 @@ impl RawConn {
         req.extend_from_slice(body);
         self.stream.write_all(&req).await?;
         self.stream.flush().await?;
+        self.read_response().await
+    }
+
+    /// Sends `head` (request line and headers, without the blank line) with a Content-Length of
+    /// `content_length` and the blank line, but no body.
+    pub async fn send_head(&mut self, head: &str, content_length: usize) -> std::io::Result<()> {
+        let req = format!("{head}\r\nHost: 127.0.0.1\r\nContent-Length: {content_length}\r\n\r\n");
+        self.stream.write_all(req.as_bytes()).await?;
+        self.stream.flush().await
+    }
+
+    /// Reads one response.
+    pub async fn response(&mut self) -> std::io::Result<RawResponse> {
         self.read_response().await
     }
 

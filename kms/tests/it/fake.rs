@@ -100,7 +100,11 @@ impl KeyService for FakeKeys {
     }
 
     fn limits(&self, _: &SaeId, _: &SaeId) -> KeyLimits {
-        KeyLimits::default()
+        // The conformance table's contract: no multicast.
+        KeyLimits {
+            max_sae_id_count: 0,
+            ..KeyLimits::default()
+        }
     }
 
     fn may_pair(&self, master: &SaeId, slave: &SaeId) -> bool {

@@ -274,23 +274,31 @@ impl Net {
         }
     }
 
-    /// Like [`Net::call`], trying again (up to 5 times) on 503: keys made on demand are relayed
-    /// while the client waits, and on a loaded machine a hop may time out (nothing is released
-    /// then), so a client tries again.
+    /// Like [`Net::call`], trying again on 503 as a client does: keys made on demand are
+    /// relayed while the client waits, and on a loaded machine a hop may time out (nothing is
+    /// released then). Exponential backoff from 50 ms to 2 s, at most 8 retries.
     pub async fn call_retrying(
         &self,
         caller: &str,
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut last = (0, Value::Null);
-        for _ in 0..5 {
-            last = self.call(caller, path, body.clone()).await;
-            if last.0 != 503 {
-                break;
+        use backon::{ExponentialBuilder, Retryable};
+        let attempt = || async {
+            match self.call(caller, path, body.clone()).await {
+                (503, v) => Err(v),
+                other => Ok(other),
             }
-        }
-        last
+        };
+        attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(50))
+                    .with_max_delay(Duration::from_secs(2))
+                    .with_max_times(8),
+            )
+            .await
+            .unwrap_or_else(|v| (503, v))
     }
 
     /// Waits until `master`'s node reports at least `n` keys for the pair.

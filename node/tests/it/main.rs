@@ -3,8 +3,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod check;
 mod defects;
 mod deps;
 mod harness;
 mod network;
 mod relay;
+mod status;

@@ -281,3 +281,51 @@ async fn node_to_node_channel_requires_hybrid_post_quantum_key_exchange() {
         .expect("hybrid handshake");
     assert!(hybrid.contains("X25519MLKEM768"), "{hybrid}");
 }
+
+/// Defect 8 at the peer port: a certificate from the same CA whose CN is a neighbour's node ID
+/// but that carries no `urn:qkd:node:` URI SAN is closed right after the handshake, while the
+/// neighbour's own certificate gets the server's HTTP/2 preface.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_port_closes_a_certificate_without_a_node_uri() {
+    use tokio::io::AsyncReadExt;
+    let net = Net::setup(1_000_000);
+    net.start("A");
+    net.start("B");
+    let pki_dir = net.path().join("pki");
+    let pki = qkd_kms::pki::DemoPki::load(&pki_dir).unwrap();
+    // CN "A" (node A's ID), URI SAN urn:qkd:sae:A: an SAE certificate.
+    let impostor = pki
+        .issue_sae(&qkd_types::SaeId::parse("A").unwrap(), "urn:qkd:sae:")
+        .unwrap();
+    let addr = net.listen("B").peer;
+    let first_read = |cert: std::path::PathBuf, key: std::path::PathBuf| {
+        let ca = pki_dir.join("ca.crt");
+        async move {
+            let files = qkd_kms::tls::TlsFiles {
+                cert_chain: cert,
+                key,
+                ca,
+            };
+            let cfg = qkd_kms::tls::peer_client_config(&files).unwrap();
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from(addr.ip().to_string()).unwrap();
+            let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            let mut buf = [0u8; 64];
+            // Generous: the server answers at once either way.
+            tokio::time::timeout(std::time::Duration::from_secs(30), tls.read(&mut buf))
+                .await
+                .expect("the peer port neither spoke nor closed")
+                .unwrap_or(0)
+        }
+    };
+    let n = first_read(impostor.cert, impostor.key).await;
+    assert_eq!(
+        n, 0,
+        "the peer port spoke to a certificate without a node URI"
+    );
+    let n = first_read(pki_dir.join("node-A.crt"), pki_dir.join("node-A.key")).await;
+    assert!(n > 0, "the peer port did not speak to node A");
+}

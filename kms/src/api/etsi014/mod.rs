@@ -16,4 +16,4 @@ pub mod server;
 
 pub use reply::{EtsiError, Reply, error_reply};
 pub use request::{Body, Call, RawRequest, handle, route};
-pub use server::serve;
+pub use server::{ServerLimits, serve, serve_with};

@@ -21,18 +21,19 @@ pub const MSG_MANDATORY_UNSUPPORTED: &str = "not all extension_mandatory paramet
 pub const DETAIL_MANDATORY_UNSUPPORTED: &str = "extension_mandatory_unsupported";
 /// ETSI 014 §6.4: dec_keys could not return one or more of the keys.
 pub const MSG_KEYS_NOT_FOUND: &str = "one or more keys specified are not found on KME";
-/// Product policy (§1.9): not enough stored key for the request.
+/// Product policy (docs/etsi014.md §6.1): not enough stored key for the request.
 pub const MSG_INSUFFICIENT_KEY_MATERIAL: &str = "insufficient key material";
 /// ETSI 014 §6 example message, used for store failures.
 pub const MSG_KEY_DATA_ACCESS: &str = "key data access error";
-/// Product policy (§1.9): the path slave or an additional slave is not a configured SAE.
+/// Product policy (docs/etsi014.md §5): the path slave or an additional slave is not a
+/// configured SAE.
 pub const MSG_UNKNOWN_SLAVE: &str = "unknown slave_SAE_ID";
 /// Product policy (docs/etsi014.md): the pairs of one request differ in policy or suite.
 pub const MSG_MIXED_PROFILES: &str =
     "all slaves of a request must share the policy and suite of the pair";
 /// The `details` member naming one pair of such a request.
 pub const DETAIL_PAIR: &str = "pair";
-/// Product policy (§1.9): the peer KME could not take part in the request.
+/// Product policy (docs/etsi014.md §4.1, 503): the peer KME could not take part in the request.
 pub const MSG_PEER_UNAVAILABLE: &str = "peer KME unavailable";
 
 /// The body sent if a reply cannot be serialised (which our types never cause).

@@ -6,7 +6,8 @@
 //! [`may_pair`](KeyService::may_pair), [`profile`](KeyService::profile)), and returns either a checked [`Call`] or the [`EtsiError`]
 //! to answer at once. [`handle`] runs the call against the key manager and renders the reply.
 //!
-//! The order of checks is product policy (docs/etsi014.md) and must not be rearranged:
+//! The order of checks is product policy (docs/etsi014.md §5) and must not be
+//! rearranged:
 //! * status and enc_keys: caller admission (401) → path slave known and not the caller (400) →
 //!   query/body syntax and values, the `additional_slave_SAE_IDs` list included (400) → pairing
 //!   permission (401) → every pair of the request shares one policy and suite (400) →
@@ -133,7 +134,7 @@ pub fn route(
             if !key_ids.iter().all(|id| seen.insert(*id)) {
                 return Err(EtsiError::DuplicateKeyId);
             }
-            // The path master gets no check of its own (policy §1.3 step 3): an ID that cannot
+            // The path master gets no check of its own (docs/etsi014.md §5, dec_keys step 3): an ID that cannot
             // even be parsed names no key, exactly like an unknown one.
             let master = SaeId::from_path_segment(segment)
                 .map_err(|_| EtsiError::Service(crate::api::ServiceError::KeysNotFound))?;
@@ -344,7 +345,7 @@ fn json_body<T: serde::de::DeserializeOwned>(req: &RawRequest<'_>) -> Result<T, 
         Body::TooLarge => return Err(EtsiError::BodyTooLarge),
     };
     if body.is_empty() {
-        // Policy §1.2: an empty POST body is `{}`, whatever the Content-Type says.
+        // docs/etsi014.md §3.1: an empty POST body is `{}`, whatever the Content-Type says.
         return etsi014::from_json_object(b"{}").map_err(|e| EtsiError::BadBody(e.to_string()));
     }
     if req.content_type.is_some_and(|ct| !is_json(ct)) {
@@ -426,7 +427,7 @@ fn check_enc_keys(
     }
 
     // This KME implements no extension, so every mandatory one is unsupported. Optional ones
-    // are ignored (policy §1.9).
+    // are ignored (docs/etsi014.md §5 step 6).
     let names: Vec<String> = wire
         .extension_mandatory
         .unwrap_or_default()
@@ -498,7 +499,11 @@ mod tests {
             KNOWN.contains(&sae.as_str())
         }
         fn limits(&self, master: &SaeId, slave: &SaeId) -> KeyLimits {
-            let mut l = KeyLimits::default();
+            // Multicast only from A to B (up to 2 extra slaves); none elsewhere.
+            let mut l = KeyLimits {
+                max_sae_id_count: 0,
+                ..KeyLimits::default()
+            };
             if master.as_str() == "A" && ["B", "A2"].contains(&slave.as_str()) {
                 l.max_sae_id_count = 2;
             }

@@ -2,11 +2,18 @@
 //! own task, so a slow client cannot hold up others), HTTP/1.1 with keep-alive (hyper 1), and
 //! graceful shutdown that lets in-flight requests finish.
 //!
-//! Per request the shell reads the whole body first (bounded), so that an error answer never
-//! leaves unread bytes on a keep-alive connection; then it hands method, path, query,
-//! Content-Type and body to the sans-IO layer ([`super::request::handle`]) together with the SAE ID
-//! read once per connection from the client certificate. The SAE ID never comes from the URL.
-//! The shell logs methods, paths and status codes, never bodies.
+//! The SAE ID is read once per connection from the client certificate, never from the URL.
+//! Per request the shell first checks admission (the certificate names an SAE registered at this
+//! KME, docs/etsi014.md): an unadmitted caller gets 401 with `Connection: close` before a byte of
+//! its body is read. For an admitted caller it reads the whole body (bounded in size and time), so
+//! that an error answer never leaves unread bytes on a keep-alive connection, then hands method,
+//! path, query, Content-Type and body to the sans-IO layer ([`super::request::handle`]), which
+//! keeps every other check in policy order. The shell logs methods, paths and status codes, never
+//! bodies.
+//!
+//! Resources are bounded so that no client, not even an admitted one, can starve the others: a
+//! total connection cap, a cap per client identity ([`ServerLimits`]), and deadlines for the
+//! handshake, the headers and the body. A cap that refuses a client is logged, rate-limited.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,13 +24,14 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use qkd_types::SaeId;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
@@ -32,6 +40,7 @@ use tokio_rustls::TlsAcceptor;
 use super::reply::{EtsiError, Reply, error_reply};
 use super::request::{Body, RawRequest, handle};
 use crate::api::KeyService;
+use crate::conn::{CapLog, ClientCaps};
 use crate::tls::SaeIdentityRule;
 
 /// Largest request body the front end parses. A Key IDs body of 128 UUIDs is about 7 KiB.
@@ -42,9 +51,45 @@ pub const MAX_DISCARD: usize = 1024 * 1024;
 /// Time a client has to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a client has to send a request's headers.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to send a request's body once its headers arrived (a 64 KiB body takes
+/// milliseconds on any link an SAE uses).
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most connections served at once; further clients wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 4096;
+/// Most connections one client identity (one SAE) may hold at once. An encryptor needs a few;
+/// 64 leaves room for connection pools while 64 clients cannot fill [`MAX_CONNECTIONS`].
+pub const MAX_CONNECTIONS_PER_CLIENT: usize = 64;
+
+/// Resource limits of the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Most connections served at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// Most connections one client identity may hold at once; a connection beyond it is closed
+    /// right after the handshake. Callers that are not admitted (no SAE, or an SAE not attached
+    /// here) share one allowance (they are refused on every request anyway).
+    pub max_connections_per_client: usize,
+    /// Time a client has to complete the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time a client has to send a request's headers.
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's body once its headers arrived; then 400 and the
+    /// connection is closed.
+    pub body_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: MAX_CONNECTIONS,
+            max_connections_per_client: MAX_CONNECTIONS_PER_CLIENT,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            header_timeout: HEADER_TIMEOUT,
+            body_timeout: BODY_TIMEOUT,
+        }
+    }
+}
 
 /// Serves ETSI GS QKD 014 on `listener` until `shutdown` completes, then stops accepting, lets
 /// every in-flight request finish, closes idle connections and returns.
@@ -59,25 +104,49 @@ pub async fn serve(
     identity: SaeIdentityRule,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let acceptor = TlsAcceptor::from(tls);
-    let identity = Arc::new(identity);
+    serve_with(
+        listener,
+        tls,
+        service,
+        identity,
+        ServerLimits::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] with explicit limits.
+pub async fn serve_with(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    service: Arc<dyn KeyService>,
+    identity: SaeIdentityRule,
+    limits: ServerLimits,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let shared = Arc::new(Shared {
+        acceptor: TlsAcceptor::from(tls),
+        service,
+        identity,
+        limits,
+        caps: ClientCaps::new(limits.max_connections_per_client, "ETSI 014"),
+        full: CapLog::new("ETSI 014"),
+    });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             // Accept only with a free slot; the permit lives as long as the connection task.
-            accepted = accept(&listener, &slots) => match accepted {
+            accepted = accept(&listener, &slots, &shared.full) => match accepted {
                 Ok((tcp, peer, permit)) => {
                     connections.spawn(connection(
                         permit,
                         tcp,
                         peer,
-                        acceptor.clone(),
-                        service.clone(),
-                        identity.clone(),
+                        shared.clone(),
                         stop_rx.clone(),
                     ));
                 }
@@ -98,10 +167,50 @@ pub async fn serve(
     Ok(())
 }
 
+/// What every connection of one server shares.
+struct Shared {
+    acceptor: TlsAcceptor,
+    service: Arc<dyn KeyService>,
+    identity: SaeIdentityRule,
+    limits: ServerLimits,
+    /// Open connections per client identity.
+    caps: Arc<ClientCaps<Client>>,
+    /// Warns when every connection slot is in use.
+    full: CapLog,
+}
+
+/// Whom a connection's certificate names, for the per-client cap.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Client {
+    /// An SAE admitted here.
+    Sae(SaeId),
+    /// Anyone else (no SAE, or an SAE not attached here): all share one allowance.
+    Unidentified,
+}
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Client::Sae(id) => write!(f, "SAE {id}"),
+            Client::Unidentified => f.write_str("(callers not admitted here)"),
+        }
+    }
+}
+
 async fn accept(
     listener: &TcpListener,
     slots: &Arc<Semaphore>,
+    full: &CapLog,
 ) -> io::Result<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    if slots.available_permits() == 0 {
+        full.refused(|suppressed| {
+            tracing::warn!(
+                suppressed,
+                "ETSI 014: every connection slot is in use; new clients wait in the listen \
+                 backlog ({suppressed} more times since the last warning)"
+            );
+        });
+    }
     // The semaphore is never closed, so acquiring only waits.
     let permit = slots
         .clone()
@@ -117,13 +226,12 @@ async fn connection(
     _permit: OwnedSemaphorePermit,
     tcp: TcpStream,
     peer: SocketAddr,
-    acceptor: TlsAcceptor,
-    service: Arc<dyn KeyService>,
-    identity: Arc<SaeIdentityRule>,
+    shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
-    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+    let handshake =
+        tokio::time::timeout(shared.limits.handshake_timeout, shared.acceptor.accept(tcp));
     let tls = tokio::select! {
         r = handshake => match r {
             Ok(Ok(tls)) => tls,
@@ -141,7 +249,7 @@ async fn connection(
 
     // The verifier already checked the chain; here we only read who it names.
     let caller: Option<SaeId> = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
-        Some(cert) => match identity.sae_id(cert) {
+        Some(cert) => match shared.identity.sae_id(cert) {
             Ok(id) => Some(id),
             Err(e) => {
                 tracing::info!(%peer, error = %e, "ETSI 014 client certificate names no SAE");
@@ -150,17 +258,35 @@ async fn connection(
         },
         None => None,
     };
+    // Callers that are not admitted are refused on every request; they share one allowance so
+    // that certificates for many unregistered names cannot take many.
+    let client = match &caller {
+        Some(id) if shared.service.admits(id) => Client::Sae(id.clone()),
+        _ => Client::Unidentified,
+    };
+    let Some(_slot) = shared.caps.try_acquire(client) else {
+        // Over its cap: close at once (close_notify, briefly) so the slot frees for others.
+        let mut tls = tls;
+        let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
+        return;
+    };
     let caller = Arc::new(caller);
 
+    let service = shared.service.clone();
+    let body_timeout = shared.limits.body_timeout;
     let svc = service_fn(move |req| {
         let caller = caller.clone();
         let service = service.clone();
-        async move { Ok::<_, Infallible>(respond(req, caller.as_ref().as_ref(), &*service).await) }
+        async move {
+            Ok::<_, Infallible>(
+                respond(req, caller.as_ref().as_ref(), &*service, body_timeout).await,
+            )
+        }
     });
     let conn = http1::Builder::new()
         .keep_alive(true)
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(shared.limits.header_timeout)
         .serve_connection(TokioIo::new(tls), svc);
     tokio::pin!(conn);
     let result = tokio::select! {
@@ -189,6 +315,8 @@ enum ReadBody {
     TooLarge { drained: bool },
     /// The client broke off mid-body.
     Failed,
+    /// The body did not arrive within the deadline.
+    TimedOut,
 }
 
 async fn read_body(parts: &http::request::Parts, mut body: Incoming) -> ReadBody {
@@ -227,12 +355,28 @@ async fn respond(
     req: Request<Incoming>,
     caller: Option<&SaeId>,
     service: &dyn KeyService,
+    body_timeout: Duration,
 ) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
-    let read = read_body(&parts, body).await;
+    // Admission before the body (docs/etsi014.md): a client that is not one of our SAEs gets
+    // 401 at once, its body unread, and the connection closes (unread bytes cannot stay on it).
+    if !caller.is_some_and(|c| service.admits(c)) {
+        log_request(&parts, StatusCode::UNAUTHORIZED, caller);
+        return into_response(error_reply(&EtsiError::Unauthorized), true);
+    }
+    let read = tokio::time::timeout(body_timeout, read_body(&parts, body))
+        .await
+        .unwrap_or(ReadBody::TimedOut);
     let (reply, close) = match &read {
         ReadBody::Failed => (
             error_reply(&EtsiError::BadBody("incomplete body".into())),
+            true,
+        ),
+        ReadBody::TimedOut => (
+            error_reply(&EtsiError::BadBody(format!(
+                "body not received within {} s",
+                body_timeout.as_secs()
+            ))),
             true,
         ),
         ReadBody::Complete(bytes) => (
@@ -244,14 +388,18 @@ async fn respond(
             !drained,
         ),
     };
+    log_request(&parts, reply.status, caller);
+    into_response(reply, close)
+}
+
+fn log_request(parts: &http::request::Parts, status: StatusCode, caller: Option<&SaeId>) {
     tracing::debug!(
         method = %parts.method,
         path = parts.uri.path(),
-        status = reply.status.as_u16(),
+        status = status.as_u16(),
         caller = caller.map(SaeId::as_str),
         "ETSI 014 request"
     );
-    into_response(reply, close)
 }
 
 fn raw<'a>(parts: &'a http::request::Parts, body: Body<'a>) -> RawRequest<'a> {

@@ -1,0 +1,248 @@
+//! Checks of a configuration beyond its TOML: every file it names is read and cross-checked
+//! ([`offline`]), and, on request, whether the neighbours' peer ports answer ([`online`]).
+//!
+//! `qkd-node run` passes [`offline`] before it touches the data directory, so a bad file never
+//! costs a store epoch; `qkd-node check` runs the same function. Reachability is never a
+//! precondition of `run` (a link that is down goes down and recovers): only `check --online` asks.
+//! Errors name the configuration file, the TOML key and the file that is wrong. Nothing here
+//! writes a file, and no key bytes reach an error or a log line.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use qkd_kms::hybrid::{NodeSigningKey, PeerKey};
+use qkd_kms::tls::{self, TlsFiles};
+use qkd_types::Secret;
+
+use crate::config::{ConfigError, NodeConfig, SourceSection};
+use crate::daemon::{ListenRecord, seed_path};
+
+/// Loads and cross-checks every file the configuration names: the TLS certificate (and that it
+/// names this node), its key (and that the two belong together), the CA, this node's signing key
+/// if it exists yet (it is generated at first start otherwise), every pinned signing key of
+/// `[[node_info]]`, and the seed of every simulated link.
+pub fn offline(cfg: &NodeConfig) -> Result<(), ConfigError> {
+    let err = |key: &str, file: &Path, what: String| {
+        let name = file.display().to_string();
+        ConfigError {
+            file: cfg.path.clone(),
+            key: key.to_owned(),
+            // TLS errors name their file already.
+            what: if what.contains(&name) {
+                what
+            } else {
+                format!("{name}: {what}")
+            },
+        }
+    };
+    let certs = tls::load_certs(&cfg.tls.cert)
+        .map_err(|e| err("tls.cert", &cfg.tls.cert, e.to_string()))?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| err("tls.cert", &cfg.tls.cert, "no certificate".into()))?;
+    match tls::node_id(leaf) {
+        Ok(id) if id == cfg.node.id => {}
+        Ok(id) => {
+            return Err(err(
+                "tls.cert",
+                &cfg.tls.cert,
+                format!(
+                    "the certificate names node {id}, but node.id is {}",
+                    cfg.node.id
+                ),
+            ));
+        }
+        Err(e) => {
+            return Err(err(
+                "tls.cert",
+                &cfg.tls.cert,
+                format!(
+                    "{e}: neighbours identify a node only by its {}{} URI SAN",
+                    tls::NODE_URI_PREFIX,
+                    cfg.node.id
+                ),
+            ));
+        }
+    }
+    tls::load_private_key(&cfg.tls.key).map_err(|e| err("tls.key", &cfg.tls.key, e.to_string()))?;
+    tls::load_roots(&cfg.tls.ca).map_err(|e| err("tls.ca", &cfg.tls.ca, e.to_string()))?;
+    // Building the configurations checks the key against the certificate and the CA as a
+    // client verifier, exactly as `run` will.
+    let files = tls_files(cfg);
+    for result in [
+        tls::server_config(&files).map(drop),
+        tls::peer_server_config(&files).map(drop),
+        tls::peer_client_config(&files).map(drop),
+    ] {
+        result.map_err(|e| match e {
+            tls::TlsError::Config { source, .. } => err(
+                "tls.key",
+                &cfg.tls.key,
+                format!(
+                    "does not fit the certificate {}: {source}",
+                    cfg.tls.cert.display()
+                ),
+            ),
+            e => err("tls.ca", &cfg.tls.ca, e.to_string()),
+        })?;
+    }
+
+    read_signing_key(&cfg.relay.signing_key)
+        .map_err(|e| err("relay.signing_key", &cfg.relay.signing_key, e))?;
+    for (i, n) in cfg.nodes.iter().enumerate() {
+        if let Some(p) = &n.signing_public_key {
+            read_peer_key(p)
+                .map_err(|e| err(&format!("node_info[{i}].signing_public_key"), p, e))?;
+        }
+    }
+    for (i, link) in cfg.links.iter().enumerate() {
+        match &link.source {
+            SourceSection::Simulated { .. } => {
+                let p = seed_path(&cfg.node.data_dir, &link.id);
+                read_seed(&p).map_err(|e| err(&format!("link[{i}].source"), &p, e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The TLS files of the configuration.
+pub fn tls_files(cfg: &NodeConfig) -> TlsFiles {
+    TlsFiles {
+        cert_chain: cfg.tls.cert.clone(),
+        key: cfg.tls.key.clone(),
+        ca: cfg.tls.ca.clone(),
+    }
+}
+
+/// This node's signing key, if the file exists (hex of the raw seeds).
+pub fn read_signing_key(path: &Path) -> Result<Option<NodeSigningKey>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => zeroize::Zeroizing::new(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read: {e}")),
+    };
+    let raw = zeroize::Zeroizing::new(
+        hex::decode(text.trim()).map_err(|_| "is not a hex-encoded signing key".to_string())?,
+    );
+    NodeSigningKey::from_raw(Secret::copy_from(&raw))
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+/// A pinned signing public key (hex, as the node writes it beside its signing key).
+pub fn read_peer_key(path: &Path) -> Result<PeerKey, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+    let bytes =
+        hex::decode(text.trim()).map_err(|_| "is not a hex-encoded public key".to_string())?;
+    PeerKey::from_bytes(&bytes).map_err(|e| e.to_string())
+}
+
+/// A simulated link's seed.
+pub fn read_seed(path: &Path) -> Result<Secret, String> {
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read the link seed: {e}"))?,
+    );
+    qkd_simulator::link::SimulatedLink::parse_seed(&text).map_err(|e| e.to_string())
+}
+
+/// What `check --online` found for one neighbour.
+#[derive(Debug)]
+pub struct Reach {
+    /// The neighbour's node ID.
+    pub neighbour: String,
+    /// `Ok(description)` if its peer port completed a TLS handshake and named it, else why not.
+    pub result: Result<String, String>,
+}
+
+/// Tries a TLS handshake with every neighbour's peer port (the same mutual TLS 1.3 with
+/// X25519MLKEM768 that the relay uses) and checks that the server's certificate names the
+/// neighbour. Nothing is sent after the handshake.
+pub async fn online(cfg: &NodeConfig) -> Vec<Reach> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let client = match tls::peer_client_config(&tls_files(cfg)) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            return cfg
+                .neighbours
+                .iter()
+                .map(|n| Reach {
+                    neighbour: n.id.to_string(),
+                    result: Err(e.to_string()),
+                })
+                .collect();
+        }
+    };
+    let mut out = Vec::new();
+    for n in &cfg.neighbours {
+        let addr: Result<SocketAddr, String> = match (n.peer_addr, &n.peer_addr_file) {
+            (Some(a), _) => Ok(a),
+            (None, Some(f)) => std::fs::read(f)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<ListenRecord>(&b).ok())
+                .map(|r| r.peer)
+                .ok_or_else(|| {
+                    format!(
+                        "{} does not record an address (not started yet?)",
+                        f.display()
+                    )
+                }),
+            (None, None) => Err("no address configured".into()),
+        };
+        let result = match addr {
+            Ok(addr) => {
+                let name = n
+                    .server_name
+                    .clone()
+                    .unwrap_or_else(|| addr.ip().to_string());
+                handshake(addr, &name, client.clone(), &n.id).await
+            }
+            Err(e) => Err(e),
+        };
+        out.push(Reach {
+            neighbour: n.id.to_string(),
+            result,
+        });
+    }
+    out
+}
+
+async fn handshake(
+    addr: SocketAddr,
+    name: &str,
+    client: Arc<rustls::ClientConfig>,
+    expect: &qkd_types::NodeId,
+) -> Result<String, String> {
+    const TIMEOUT: Duration = Duration::from_secs(5);
+    let server_name = rustls::pki_types::ServerName::try_from(name.to_owned())
+        .map_err(|_| format!("invalid server name {name:?}"))?;
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("{addr}: cannot connect: {e}"))?;
+        let tls = tokio_rustls::TlsConnector::from(client)
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| format!("{addr}: TLS handshake failed: {e}"))?;
+        let leaf = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or_else(|| format!("{addr}: no server certificate"))?;
+        match tls::node_id(leaf) {
+            Ok(id) if &id == expect => Ok(format!(
+                "{addr}: TLS 1.3 handshake OK, certificate names node {id}"
+            )),
+            Ok(id) => Err(format!(
+                "{addr}: the certificate names node {id}, expected {expect}"
+            )),
+            Err(e) => Err(format!("{addr}: {e}")),
+        }
+    };
+    tokio::time::timeout(TIMEOUT, attempt)
+        .await
+        .unwrap_or_else(|_| Err(format!("{addr}: no answer within {} s", TIMEOUT.as_secs())))
+}
