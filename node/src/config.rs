@@ -628,6 +628,34 @@ impl NodeConfig {
                 return Err(err(&format!("pair[{i}]"), what));
             }
         }
+        // Every batch that crosses nodes is authenticated end to end, whatever the policy
+        // (qkd-only batches too: docs/qkd-only.md), so each remote node this node's SAEs pair
+        // with needs a pinned signing key.
+        for s in cfg.saes.iter().filter(|s| s.node == cfg.node.id) {
+            for peer in &s.peers {
+                let Some(remote) = cfg.saes.iter().find(|x| &x.id == peer).map(|x| &x.node) else {
+                    continue;
+                };
+                if remote == &cfg.node.id {
+                    continue;
+                }
+                if !cfg
+                    .nodes
+                    .iter()
+                    .any(|n| &n.id == remote && n.signing_public_key.is_some())
+                {
+                    return Err(err(
+                        "node_info",
+                        format!(
+                            "{} pairs with {peer} at node {remote}, whose end-to-end signing key \
+                             is not pinned: add a [[node_info]] with id = \"{remote}\" and its \
+                             signing_public_key",
+                            s.id
+                        ),
+                    ));
+                }
+            }
+        }
         cfg.path = path.to_path_buf();
         Ok(cfg)
     }
@@ -666,6 +694,11 @@ kme_id = "KME-B"
 link = "A-B"
 peer_addr = "127.0.0.2:7000"
 
+[[node_info]]
+id = "B"
+kme_id = "KME-B"
+signing_public_key = "b-signing.pub"
+
 [[link]]
 id = "A-B"
 peer = "B"
@@ -688,6 +721,20 @@ peers = ["ENC-A"]
 
     fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
         NodeConfig::parse(Path::new("/etc/qkd/node.toml"), text)
+    }
+
+    #[test]
+    fn a_pair_across_nodes_needs_the_remote_nodes_pinned_signing_key() {
+        for policy in ["qkd+pq", "qkd-only", "pq-only"] {
+            let text = GOOD.replace("signing_public_key = \"b-signing.pub\"\n", "")
+                + &format!("\n[[pair]]\nsaes = [\"ENC-A\", \"ENC-B\"]\npolicy = \"{policy}\"\n");
+            let e = parse(&text).unwrap_err();
+            assert_eq!(e.key, "node_info", "{policy}: {e}");
+            assert!(
+                e.what.contains("not pinned") && e.what.contains("node B"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
