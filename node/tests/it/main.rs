@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod conform;
 mod deps;
 mod harness;
 mod network;
