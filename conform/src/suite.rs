@@ -570,99 +570,47 @@ impl Suite<'_> {
             .find(|s| *s != l.key_size && *s >= l.min && *s <= l.max && s % 8 == 0)
             .unwrap_or(l.key_size);
 
-        let title = "GET enc_keys without parameters: one key of the default size";
-        if self.may(
-            "enc-keys-get-default",
-            title,
-            Basis::Spec("§5.3, §6.3 Table 11"),
-        ) {
-            let a = self
-                .send(Who::Master, "enc-keys-get-default", "GET", &enc, None)
-                .await;
-            let r = self.keys_of(&a, 1, l.key_size);
-            if let Ok(k) = &r {
-                self.pending.get_default = k.clone();
-            }
-            let q = (a.status == 405).then_some("post-only");
-            self.check(
-                "enc-keys-get-default",
-                title,
-                Basis::Spec("§5.3, §6.3 Table 11"),
-                summary(r, &a),
-                q,
-            );
-        }
-        let title = "GET enc_keys?number=&size=: that many keys of that size";
-        if self.may("enc-keys-get-number-size", title, Basis::Spec("§5.3")) {
-            let url = format!("{enc}?number={two}&size={other}");
-            let a = self
-                .send(Who::Master, "enc-keys-get-number-size", "GET", &url, None)
-                .await;
-            let r = self.keys_of(&a, two, other);
-            if let Ok(k) = &r {
-                self.pending.get_number_size = (k.clone(), other);
-            }
-            let q = (a.status == 405).then_some("post-only");
-            self.check(
-                "enc-keys-get-number-size",
-                title,
-                Basis::Spec("§5.3"),
-                summary(r, &a),
-                q,
-            );
-        }
-        let title = "POST enc_keys with {}: one key of the default size";
-        if self.may(
-            "enc-keys-post-empty",
-            title,
-            Basis::Spec("§5.3, §6.2 Table 10"),
-        ) {
-            let a = self
-                .send(Who::Master, "enc-keys-post-empty", "POST", &enc, Some("{}"))
-                .await;
-            let r = self.keys_of(&a, 1, l.key_size);
-            if let Ok(k) = &r {
-                self.pending.post_empty = k.clone();
-            }
-            let q = (a.status == 405).then_some("get-only");
-            self.check(
-                "enc-keys-post-empty",
-                title,
-                Basis::Spec("§5.3, §6.2 Table 10"),
-                summary(r, &a),
-                q,
-            );
-        }
-        let title = "POST enc_keys with number and size: that many keys of that size";
         let three = 3.min(l.per_request) as usize;
-        if self.may(
-            "enc-keys-post-number-size",
-            title,
-            Basis::Spec("§5.3, §6.2 Table 10"),
-        ) {
-            let body = json!({"number": three, "size": other}).to_string();
-            let a = self
-                .send(
-                    Who::Master,
-                    "enc-keys-post-number-size",
-                    "POST",
-                    &enc,
-                    Some(&body),
-                )
-                .await;
-            let r = self.keys_of(&a, three, other);
-            if let Ok(k) = &r {
-                self.pending.post_number_size = (k.clone(), other);
-            }
-            let q = (a.status == 405).then_some("get-only");
-            self.check(
-                "enc-keys-post-number-size",
-                title,
+        let sized = json!({"number": three, "size": other}).to_string();
+        let url = format!("{enc}?number={two}&size={other}");
+        self.pending.get_default = self
+            .obtain(
+                "enc-keys-get-default",
+                "GET enc_keys without parameters: one key of the default size",
+                Basis::Spec("§5.3, §6.3 Table 11"),
+                (&enc, None),
+                (1, l.key_size),
+            )
+            .await;
+        let keys = self
+            .obtain(
+                "enc-keys-get-number-size",
+                "GET enc_keys?number=&size=: that many keys of that size",
+                Basis::Spec("§5.3"),
+                (&url, None),
+                (two, other),
+            )
+            .await;
+        self.pending.get_number_size = (keys, other);
+        self.pending.post_empty = self
+            .obtain(
+                "enc-keys-post-empty",
+                "POST enc_keys with {}: one key of the default size",
                 Basis::Spec("§5.3, §6.2 Table 10"),
-                summary(r, &a),
-                q,
-            );
-        }
+                (&enc, Some("{}")),
+                (1, l.key_size),
+            )
+            .await;
+        let keys = self
+            .obtain(
+                "enc-keys-post-number-size",
+                "POST enc_keys with number and size: that many keys of that size",
+                Basis::Spec("§5.3, §6.2 Table 10"),
+                (&enc, Some(&sized)),
+                (three, other),
+            )
+            .await;
+        self.pending.post_number_size = (keys, other);
 
         // Error cases, back to back: nothing they do may consume key.
         let before = self.stored().await;
@@ -878,6 +826,33 @@ impl Suite<'_> {
             if ok { Ok(seen) } else { Err(seen) },
             None,
         );
+    }
+
+    /// A request the KME must serve with `number` keys of `bits` bits: GET without a body,
+    /// POST with one. Returns the keys (none if the case failed or was skipped).
+    async fn obtain(
+        &mut self,
+        id: &'static str,
+        title: &'static str,
+        basis: Basis,
+        (url, body): (&str, Option<&str>),
+        (number, bits): (usize, u32),
+    ) -> Delivered {
+        if !self.may(id, title, basis.clone()) {
+            return Vec::new();
+        }
+        let method = if body.is_some() { "POST" } else { "GET" };
+        let a = self.send(Who::Master, id, method, url, body).await;
+        let r = self.keys_of(&a, number, bits);
+        let keys = r.clone().unwrap_or_default();
+        // 405 for one form while the other works: a KME that serves only the other form.
+        let quirk = match (a.status, body) {
+            (405, None) => Some("post-only"),
+            (405, Some(_)) => Some("get-only"),
+            _ => None,
+        };
+        self.check(id, title, basis, summary(r, &a), quirk);
+        keys
     }
 
     /// A request the KME must refuse; a faulty KME's keys are counted all the same. A 200
