@@ -17,6 +17,7 @@ use qkd_proto::etsi014::{
 };
 use qkd_types::{KeyId, SaeId};
 use reqwest::{Method, StatusCode, Url};
+use zeroize::Zeroizing;
 
 use super::config::{ConfigError, DeviceConfig, DeviceLimits};
 
@@ -256,7 +257,7 @@ impl DeviceClient {
         method: Method,
         url: Url,
         body: Option<Body>,
-    ) -> Result<bytes::Bytes, RequestError> {
+    ) -> Result<Zeroizing<Vec<u8>>, RequestError> {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(self.limits.min_backoff_ms))
             .with_max_delay(Duration::from_millis(self.limits.max_backoff_ms))
@@ -273,7 +274,7 @@ impl DeviceClient {
         method: Method,
         url: Url,
         body: Option<Body>,
-    ) -> Result<bytes::Bytes, RequestError> {
+    ) -> Result<Zeroizing<Vec<u8>>, RequestError> {
         let mut req = self
             .http
             .request(method, url)
@@ -285,7 +286,7 @@ impl DeviceClient {
         }
         let resp = req.send().await.map_err(transport)?;
         let code = resp.status();
-        let bytes = resp.bytes().await.map_err(transport)?;
+        let bytes = wipe_after_copy(resp.bytes().await.map_err(transport)?);
         if code == StatusCode::OK {
             return Ok(bytes);
         }
@@ -325,6 +326,17 @@ impl Form {
             Form::Post => Form::Get,
         }
     }
+}
+
+/// Copies a response body into a buffer zeroized on drop and overwrites the original when this
+/// is its only owner: a key container carries key bytes in base64. (Best effort: the HTTP
+/// stack's own read buffers are beyond our reach.)
+fn wipe_after_copy(body: bytes::Bytes) -> Zeroizing<Vec<u8>> {
+    let copy = Zeroizing::new(body.to_vec());
+    if let Ok(mut owned) = body.try_into_mut() {
+        owned.as_mut().fill(0);
+    }
+    copy
 }
 
 fn transport(e: reqwest::Error) -> RequestError {

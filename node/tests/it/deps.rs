@@ -60,6 +60,7 @@ fn crate_dependency_edges_follow_the_architecture() {
                 "qkd-hardware",
                 "qkd-kms",
                 "qkd-simulator",
+                "qkd-conform",
             ][..],
         ),
     ]);
