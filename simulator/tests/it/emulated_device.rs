@@ -519,3 +519,95 @@ async fn tls_1_2_only_devices_are_served() {
     dev.stop().await;
     bench.stop().await;
 }
+
+#[tokio::test]
+async fn the_qkd_device_emu_binary_serves_a_pair_from_its_toml_file() {
+    use tokio::io::AsyncBufReadExt;
+
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let put = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    put("ca.crt", &pki.ca_pem);
+    let mut devices = String::new();
+    for i in 0..2 {
+        let (chain, key) = pki.device();
+        put(&format!("d{i}.crt"), &chain);
+        put(&format!("d{i}.key"), &key);
+        devices.push_str(&format!(
+            "[[device]]\nlisten = \"127.0.0.1:0\"\ncert = \"d{i}.crt\"\nkey = \"d{i}.key\"\nclient_ca = \"ca.crt\"\n"
+        ));
+    }
+    put(
+        "emu.toml",
+        &format!(
+            r#"
+[pair]
+kme_ids = ["KME-0", "KME-1"]
+saes = [["node-a"], ["node-b"]]
+key_size = 256
+min_key_size = 256
+max_key_size = 256
+max_key_per_request = 1
+max_key_count = 1000
+seed = 7
+quirks = ["capital-keys", "get-only"]
+
+[model]
+kind = "constant-rate"
+bits_per_second = 100000
+
+{devices}"#
+        ),
+    );
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_qkd-device-emu"))
+        .arg(dir.path().join("emu.toml"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut urls = Vec::new();
+    while urls.len() < 2 {
+        let line = lines.next_line().await.unwrap().expect("emulator exited");
+        let addr = line.rsplit(' ').next().unwrap();
+        urls.push(format!("https://{addr}"));
+    }
+    let config = |i: usize| {
+        let (chain, key) = pki.sae(["node-a", "node-b"][i]);
+        DeviceConfig {
+            url: urls[i].clone(),
+            ca: PemSource::Pem(pki.ca_pem.clone()),
+            client_cert: PemSource::Pem(chain),
+            client_key: PemSource::Pem(key),
+            expected_kme_id: KmeId::parse(&format!("KME-{i}")).unwrap(),
+            sae_id: SaeId::parse(["node-a", "node-b"][i]).unwrap(),
+            peer_sae_id: SaeId::parse(["node-b", "node-a"][i]).unwrap(),
+            server_name: None,
+            key_bits: None,
+            limits: DeviceLimits::default(),
+        }
+    };
+    let master = Etsi014Source::new(config(0), LinkRole::Master).unwrap();
+    let slave = Etsi014Source::new(config(1), LinkRole::Slave).unwrap();
+    // Key accrues on the wall clock at 100 kbit/s: wait (bounded) until some is stored.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let blocks = loop {
+        let b = master.next_blocks(3).await.unwrap();
+        if b.len() == 3 {
+            break b;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no key from the emulator"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let ids: Vec<_> = blocks.iter().map(|b| b.id).collect();
+    let mirrored = slave.blocks_by_id(&ids).await.unwrap();
+    for (a, b) in blocks.iter().zip(&mirrored) {
+        assert_eq!((a.id, &a.key), (b.id, &b.key));
+        assert_eq!(a.key.len(), 32);
+    }
+    child.kill().await.unwrap();
+}
