@@ -258,13 +258,8 @@ impl DeviceClient {
         url: Url,
         body: Option<Body>,
     ) -> Result<Zeroizing<Vec<u8>>, RequestError> {
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(self.limits.min_backoff_ms))
-            .with_max_delay(Duration::from_millis(self.limits.max_backoff_ms))
-            .with_max_times(self.limits.attempts.saturating_sub(1) as usize)
-            .with_jitter();
         (|| self.once(method.clone(), url.clone(), body.clone()))
-            .retry(backoff)
+            .retry(self.backoff())
             .when(|e| matches!(e, RequestError::Transport(_)))
             .await
     }
@@ -294,6 +289,15 @@ impl DeviceClient {
             code: code.as_u16(),
             message: ErrorBody::parse_lenient(&bytes).message.map(printable),
         })
+    }
+
+    /// The back-off between attempts: exponential with jitter, bounded by the configured limits.
+    pub(crate) fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(self.limits.min_backoff_ms))
+            .with_max_delay(Duration::from_millis(self.limits.max_backoff_ms))
+            .with_max_times(self.limits.attempts.saturating_sub(1) as usize)
+            .with_jitter()
     }
 
     fn url(&self, sae: &SaeId, method: &str, query: &[(&str, String)]) -> Url {

@@ -8,6 +8,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use backon::Retryable;
 use qkd_proto::etsi014::{DeviceStatus, KeyContainer};
 use qkd_types::{BlockId, KeyId, Secret};
 
@@ -336,11 +337,22 @@ impl KeySource for Etsi014Source {
                 .iter()
                 .map(|b| KeyId::from_bytes(*b.as_bytes()))
                 .collect();
-            match self
-                .client
-                .dec_keys(&self.config.peer_sae_id, &key_ids)
-                .await
-            {
+            // A key the master just got may not have reached this device yet (standards.md
+            // §1.8 item 7): "not found" consumes nothing, so it is asked again with back-off
+            // before the block is reported unknown.
+            let fetched = (|| self.client.dec_keys(&self.config.peer_sae_id, &key_ids))
+                .retry(self.client.backoff())
+                .when(|e| {
+                    matches!(
+                        e,
+                        RequestError::Status {
+                            code: 400 | 404,
+                            ..
+                        }
+                    )
+                })
+                .await;
+            match fetched {
                 Ok(container) => out.extend(self.accept(container, bits, Some(chunk))?),
                 // 400 is the spec's answer for an unknown key; 404 is what several KMEs send.
                 Err(RequestError::Status {

@@ -200,6 +200,11 @@ struct Inner {
     last_issued: Option<KeyId>,
     /// Keys handed out by enc_keys, for tests and benchmarks.
     issued_keys: u64,
+    /// How long after enc_keys a key becomes fetchable at the peer device, in clock
+    /// milliseconds (the relay between devices is not instantaneous).
+    peer_delay_ms: u64,
+    /// dec_keys requests answered "not found", for tests.
+    dec_refusals: u64,
 }
 
 #[derive(Debug)]
@@ -209,6 +214,8 @@ struct Pending {
     slave: SaeId,
     /// The device where the slave fetches it.
     device: usize,
+    /// Clock time (relative to the pair's start) from which the slave's device has it.
+    visible_at: UnixMillis,
 }
 
 const NOT_FOUND: &str = "one or more keys specified are not found on KME";
@@ -236,6 +243,8 @@ impl DevicePair {
                     fault: None,
                     last_issued: None,
                     issued_keys: 0,
+                    peer_delay_ms: 0,
+                    dec_refusals: 0,
                 }),
             }),
         }
@@ -270,6 +279,17 @@ impl DevicePair {
         before - inner.pending.len()
     }
 
+    /// Keys reach the peer device `ms` clock milliseconds after enc_keys handed them out; a
+    /// dec_keys before that finds nothing (standards.md §1.8 item 7).
+    pub fn set_peer_delay(&self, ms: u64) {
+        self.lock().peer_delay_ms = ms;
+    }
+
+    /// dec_keys requests answered "not found" so far.
+    pub fn dec_keys_refusals(&self) -> u64 {
+        self.lock().dec_refusals
+    }
+
     /// Keys handed out by enc_keys so far.
     pub fn issued_keys(&self) -> u64 {
         self.lock().issued_keys
@@ -289,7 +309,7 @@ impl DevicePair {
         let now = self.shared.clock.now().saturating_sub(self.shared.start);
         let produced = self.shared.model.cumulative_secret_bits(now);
         let mut inner = self.lock();
-        inner.handle(device & 1, produced, req)
+        inner.handle(device & 1, now, produced, req)
     }
 }
 
@@ -333,7 +353,13 @@ impl Inner {
         }
     }
 
-    fn handle(&mut self, dev: usize, produced: u64, req: &Request<'_>) -> Response {
+    fn handle(
+        &mut self,
+        dev: usize,
+        now: UnixMillis,
+        produced: u64,
+        req: &Request<'_>,
+    ) -> Response {
         if self.outage[dev] == Outage::ServiceUnavailable {
             return self.error(503, "device unavailable", None);
         }
@@ -359,8 +385,8 @@ impl Inner {
             ("enc_keys" | "dec_keys", "GET" | "POST") if post_refused || get_refused => {
                 self.method_not_allowed(if post_refused { "GET" } else { "POST" })
             }
-            ("enc_keys", "GET" | "POST") => self.enc_keys(dev, produced, caller, peer, req),
-            ("dec_keys", "GET" | "POST") => self.dec_keys(dev, caller, peer, req),
+            ("enc_keys", "GET" | "POST") => self.enc_keys(dev, now, produced, caller, peer, req),
+            ("dec_keys", "GET" | "POST") => self.dec_keys(dev, now, caller, peer, req),
             ("enc_keys" | "dec_keys", _) => self.method_not_allowed("GET, POST"),
             _ => self.error(404, "unknown path", None),
         }
@@ -405,6 +431,7 @@ impl Inner {
     fn enc_keys(
         &mut self,
         dev: usize,
+        now: UnixMillis,
         produced: u64,
         master: SaeId,
         slave: SaeId,
@@ -502,6 +529,7 @@ impl Inner {
                     master: master.clone(),
                     slave: slave.clone(),
                     device: 1 - dev,
+                    visible_at: now.saturating_add(self.peer_delay_ms),
                 },
             );
         }
@@ -511,6 +539,7 @@ impl Inner {
     fn dec_keys(
         &mut self,
         dev: usize,
+        now: UnixMillis,
         caller: SaeId,
         master: SaeId,
         req: &Request<'_>,
@@ -533,9 +562,10 @@ impl Inner {
                 && self
                     .pending
                     .get(id)
-                    .is_some_and(|p| p.device == dev && p.master == master)
+                    .is_some_and(|p| p.device == dev && p.master == master && p.visible_at <= now)
         });
         if !found {
+            self.dec_refusals += 1;
             let code = if self.has(Quirk::NotFound404) {
                 404
             } else {

@@ -611,3 +611,45 @@ bits_per_second = 100000
     }
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_slave_asking_before_its_device_has_the_key_asks_again() {
+    let bench = Bench::start(["node-a", "node-b"], 1_000_000, &[]).await;
+    // Keys reach device 1 one clock second after device 0 handed them out.
+    bench.pair.set_peer_delay(1_000);
+    let master = Etsi014Source::new(bench.config(0), LinkRole::Master).unwrap();
+    let mut cfg = bench.config(1);
+    // Patient enough to outlast a busy test machine; bounded all the same.
+    cfg.limits.attempts = 400;
+    let slave = Arc::new(Etsi014Source::new(cfg, LinkRole::Slave).unwrap());
+    let blocks = master.next_blocks(4).await.unwrap();
+    let ids: Vec<_> = blocks.iter().map(|b| b.id).collect();
+    let fetch = {
+        let slave = slave.clone();
+        let ids = ids.clone();
+        tokio::spawn(async move { slave.blocks_by_id(&ids).await })
+    };
+    // Once the slave's device has said "not found", the key arrives there.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while bench.pair.dec_keys_refusals() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slave never asked"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    bench.clock.advance(1_000);
+    let mirrored = fetch.await.unwrap().unwrap();
+    for (a, b) in blocks.iter().zip(&mirrored) {
+        assert_eq!((a.id, &a.key), (b.id, &b.key));
+    }
+    // A key that never arrives is still reported unknown, after the bounded retries.
+    bench.pair.set_peer_delay(u64::MAX / 2);
+    let late = master.next_blocks(1).await.unwrap();
+    let (_, quick) = bench.ends();
+    assert!(matches!(
+        quick.blocks_by_id(&[late[0].id]).await,
+        Err(DeviceError::UnknownBlock(_))
+    ));
+    bench.stop().await;
+}
