@@ -9,7 +9,10 @@
 //!   disk limit;
 //! * `relay` - the figures of issue 5 on a multi-hop network: end-to-end latency of on-demand
 //!   relayed + hybridised batches, sustained keys/s from a drained pool, and the share of a
-//!   scarce link's key rate that a long-running relay turns into relayed key.
+//!   scarce link's key rate that a long-running relay turns into relayed key;
+//! * `device` - the ETSI 014 device adapter against an emulated QKD device pair: key rate
+//!   delivered at both ends and the adapter's CPU (issue 9);
+//! * `conform` - the time of `qkd-conform`'s whole suite against two local nodes (issue 9).
 //!
 //! Every run prints where it ran (CPU model, cores, memory): the load generator always shares the
 //! host with the nodes and talks to them over loopback. This binary only measures; it never
@@ -17,6 +20,8 @@
 
 #![forbid(unsafe_code)]
 
+mod conform;
+mod device;
 mod disk;
 mod etsi;
 mod ingest;
@@ -60,6 +65,14 @@ enum Cmd {
     ///
     /// Example: qkd-bench relay --parts latency,throughput --clients 8 --number 128
     Relay(relay::Args),
+    /// The ETSI 014 device adapter against an emulated device pair: Mbit/s and CPU.
+    ///
+    /// Example: qkd-bench device --rate-bps 100000000 --key-bits 256 --duration 10s
+    Device(device::Args),
+    /// Time of qkd-conform's whole suite against two local qkd-node processes.
+    ///
+    /// Example: qkd-bench conform --runs 5
+    Conform(conform::Args),
 }
 
 fn main() -> Result<()> {
@@ -82,6 +95,14 @@ fn main() -> Result<()> {
             let r = rt.block_on(relay::run(a))?;
             output(cli.json, &machine, "relay", &r, || r.print())?;
             r.check()
+        }
+        Cmd::Device(a) => {
+            let r = device::run(a)?;
+            output(cli.json, &machine, "device", &r, || r.print())
+        }
+        Cmd::Conform(a) => {
+            let r = rt.block_on(conform::run(a))?;
+            output(cli.json, &machine, "conform", &r, || r.print())
         }
         Cmd::Disk(a) => {
             let r = disk::run(a)?;

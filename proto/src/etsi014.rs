@@ -10,6 +10,10 @@
 //! Key bytes travel only inside [`KeyValue`], which zeroizes its base64 text on drop and never
 //! shows it under `Debug`. This module holds no policy: limits and the order of checks live in
 //! `qkd-kms`.
+//!
+//! Two shapes are for clients reading what devices in the field send, not for emitting:
+//! [`DeviceStatus`] (integer IDs, missing limits) and [`DeviceError`] (`details` of any shape,
+//! non-JSON bodies). Our KME emits [`Status`] and [`Error`] only.
 
 use std::fmt;
 
@@ -163,6 +167,102 @@ impl Error {
             details: None,
         }
     }
+}
+
+/// A Status as a client reads it from a device in the field: lenient where real KMEs differ.
+///
+/// [`Status`] is what our KME emits; this is what our device adapter accepts. IDs may be JSON
+/// strings or integers (some KMEs number their SAEs), and only the members a client needs to pick
+/// its request are required: `source_KME_ID` (checked against configuration) and `key_size`.
+/// Missing limits read as "not advertised"; the client then falls back to safe defaults.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct DeviceStatus {
+    /// KME ID of the responding KME.
+    #[serde(rename = "source_KME_ID")]
+    pub source_kme_id: LenientId,
+    /// KME ID of the KME that serves the slave SAE.
+    #[serde(rename = "target_KME_ID", default)]
+    pub target_kme_id: Option<LenientId>,
+    /// SAE ID of the calling SAE, as the KME derived it from the client certificate.
+    #[serde(rename = "master_SAE_ID", default)]
+    pub master_sae_id: Option<LenientId>,
+    /// SAE ID named in the request path.
+    #[serde(rename = "slave_SAE_ID", default)]
+    pub slave_sae_id: Option<LenientId>,
+    /// Default key size in bits.
+    pub key_size: u32,
+    /// Keys of the default size the KME can deliver to this pair right now.
+    #[serde(default)]
+    pub stored_key_count: Option<u64>,
+    /// Largest possible `stored_key_count`.
+    #[serde(default)]
+    pub max_key_count: Option<u64>,
+    /// Most keys in one request.
+    #[serde(default)]
+    pub max_key_per_request: Option<u32>,
+    /// Largest key size in bits.
+    #[serde(default)]
+    pub max_key_size: Option<u32>,
+    /// Smallest key size in bits.
+    #[serde(default)]
+    pub min_key_size: Option<u32>,
+    /// Most entries in `additional_slave_SAE_IDs`; 0 means no multicast.
+    #[serde(rename = "max_SAE_ID_count", default)]
+    pub max_sae_id_count: Option<u32>,
+}
+
+/// An identifier read from a device: a JSON string, or a non-negative integer read as its decimal
+/// text (KMEs that number their SAEs send `"master_SAE_ID": 12`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LenientId(pub String);
+
+impl fmt::Display for LenientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for LenientId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Number(u64),
+        }
+        Ok(match Raw::deserialize(d)? {
+            Raw::Text(s) => Self(s),
+            Raw::Number(n) => Self(n.to_string()),
+        })
+    }
+}
+
+/// An error body as a client reads it from a device: every member optional, `details` of any
+/// JSON shape (the spec's array of objects, a single object or a list of strings all occur).
+/// Clients parse it best-effort and fall back to the HTTP status when the body is not JSON at all
+/// (proxy pages, empty 401 bodies).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct DeviceError {
+    /// The error message, when the body has a string `message`.
+    #[serde(default, deserialize_with = "string_or_none")]
+    pub message: Option<String>,
+    /// Whatever the device put under `details`.
+    #[serde(default)]
+    pub details: Option<serde_json::Value>,
+}
+
+impl DeviceError {
+    /// Reads an error body; anything that is not a JSON object gives an empty error.
+    pub fn parse_lenient(body: &[u8]) -> Self {
+        serde_json::from_slice(body).unwrap_or_default()
+    }
+}
+
+fn string_or_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    })
 }
 
 /// A key as it travels in JSON: standard base64 with padding, no line breaks (RFC 4648 §4).
@@ -369,6 +469,44 @@ mod tests {
             serde_json::to_string(&Error::new("key data access error")).unwrap(),
             r#"{"message":"key data access error"}"#
         );
+    }
+
+    #[test]
+    fn device_status_accepts_integer_ids_and_missing_limits() {
+        let s: DeviceStatus = serde_json::from_str(
+            r#"{"source_KME_ID": 7, "target_KME_ID": "KME-B", "master_SAE_ID": 12,
+                "slave_SAE_ID": "13", "key_size": 256, "vendor": {}}"#,
+        )
+        .unwrap();
+        assert_eq!(s.source_kme_id.0, "7");
+        assert_eq!(s.master_sae_id.unwrap().0, "12");
+        assert_eq!(s.max_key_per_request, None);
+        assert!(serde_json::from_str::<DeviceStatus>(r#"{"key_size": 256}"#).is_err());
+        assert!(
+            serde_json::from_str::<DeviceStatus>(r#"{"source_KME_ID": -1, "key_size": 256}"#)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn device_error_reads_every_details_shape() {
+        for body in [
+            r#"{"message": "m", "details": [{"a": 1}]}"#,
+            r#"{"message": "m", "details": {"a": 1}}"#,
+            r#"{"message": "m", "details": ["a is wrong"]}"#,
+        ] {
+            let e = DeviceError::parse_lenient(body.as_bytes());
+            assert_eq!(e.message.as_deref(), Some("m"), "{body}");
+            assert!(e.details.is_some());
+        }
+        for body in [
+            "",
+            "<html>502 Bad Gateway</html>",
+            "[1]",
+            r#"{"message": 3}"#,
+        ] {
+            assert_eq!(DeviceError::parse_lenient(body.as_bytes()).message, None);
+        }
     }
 
     #[test]

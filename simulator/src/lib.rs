@@ -19,7 +19,10 @@
 //! * [`spec`]: [`model::LinkModelSpec`], the configuration form of every model, checked;
 //! * [`curve`]: key-rate sweeps with the bounds alongside;
 //! * [`scenario`] and [`network`]: scenario files and accelerated, deterministic network runs
-//!   with trusted-node paths; [`plot`]: PNG/SVG output with a bundled font.
+//!   with trusted-node paths; [`plot`]: PNG/SVG output with a bundled font;
+//! * `emulator` (feature `emulator`): a link served as a pair of vendor-style ETSI GS QKD 014
+//!   devices over HTTPS, with switchable quirks, faults and outages, for testing device adapters
+//!   and KME conformance tools.
 //!
 //! Nothing here reads the wall clock: [`link::SimulatedLink`] takes an injected
 //! [`qkd_types::Clock`], and simulations run on explicit times. All randomness is seeded (fibre
@@ -31,6 +34,8 @@
 #![forbid(unsafe_code)]
 
 pub mod curve;
+#[cfg(feature = "emulator")]
+pub mod emulator;
 pub mod faults;
 pub mod link;
 pub mod model;

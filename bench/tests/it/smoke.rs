@@ -159,3 +159,34 @@ fn disk() {
         figure(&t["iops"], &r);
     }
 }
+
+#[test]
+fn device() {
+    let r = bench(&[
+        "device",
+        "--rate-bps",
+        "2000000",
+        "--duration",
+        "1s",
+        "--warmup",
+        "300ms",
+    ]);
+    assert_eq!(r["mismatches"], 0, "{r}");
+    assert!(r["blocks"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["adapter_cpu_percent"].as_f64().unwrap() >= 0.0, "{r}");
+}
+
+#[test]
+fn conform() {
+    let bin = node_bin();
+    let r = bench(&[
+        "conform",
+        "--runs",
+        "1",
+        "--nodes-bin",
+        bin.to_str().unwrap(),
+    ]);
+    assert_eq!(r["failed"], 0, "{r}");
+    assert!(r["passed"].as_u64().unwrap() > 30, "{r}");
+    assert_eq!(r["runs_s"].as_array().unwrap().len(), 1, "{r}");
+}

@@ -50,6 +50,8 @@ fn crate_dependency_edges_follow_the_architecture() {
                 "qkd-proto",
             ][..],
         ),
+        // The conformance tester must work against any KME: wire types and vocabulary only.
+        ("qkd-conform", &["qkd-types", "qkd-proto"][..]),
         (
             "qkd-bench",
             &[
@@ -58,6 +60,7 @@ fn crate_dependency_edges_follow_the_architecture() {
                 "qkd-hardware",
                 "qkd-kms",
                 "qkd-simulator",
+                "qkd-conform",
             ][..],
         ),
     ]);
@@ -77,4 +80,10 @@ fn crate_dependency_edges_follow_the_architecture() {
         edges.values().all(|d| !d.contains("qkd-node")),
         "nothing depends on the node"
     );
+    for k in ["qkd-kms", "qkd-node", "qkd-simulator"] {
+        assert!(
+            !edges["qkd-hardware"].contains(k),
+            "qkd-hardware must not depend on {k}"
+        );
+    }
 }

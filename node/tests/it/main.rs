@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod check;
+mod conform;
 mod defects;
 mod deps;
 mod harness;

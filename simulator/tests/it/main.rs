@@ -4,6 +4,7 @@
 mod benches;
 mod checks;
 mod cli;
+mod emulated_device;
 mod euroqci;
 mod node_feed;
 mod plob;

@@ -1,0 +1,655 @@
+//! The ETSI 014 device adapter of `qkd-hardware` against the emulated device pair, over real
+//! TLS on 127.0.0.1: identical blocks at both ends, every vendor quirk, every refused fault,
+//! outages and restarts mid-transfer, and keys fetched by one end but not the other.
+
+#![allow(clippy::unwrap_used)] // test helpers, not only #[test] functions
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use qkd_hardware::etsi014::{DeviceConfig, DeviceLimits, Etsi014Source, PemSource};
+use qkd_hardware::{DeviceError, KeySource, LinkRole, LinkState};
+use qkd_simulator::emulator::{DevicePair, Fault, Outage, PairConfig, Quirk, run, server_tls};
+use qkd_simulator::model::ConstantRate;
+use qkd_types::{BlockId, KmeId, ManualClock, SaeId};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A CA and certificates issued by it, all PEM.
+pub struct Pki {
+    pub ca_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "emulator test CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            ca_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// (chain PEM, key PEM) of a device: valid for 127.0.0.1 and localhost.
+    pub fn device(&self) -> (String, String) {
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// (chain PEM, key PEM) of an SAE whose CN is its ID.
+    pub fn sae(&self, id: &str) -> (String, String) {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, id);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// One running emulated device.
+pub struct Device {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+    tls: Arc<rustls::ServerConfig>,
+}
+
+impl Device {
+    pub async fn start_on(
+        addr: SocketAddr,
+        tls: Arc<rustls::ServerConfig>,
+        pair: &DevicePair,
+        index: usize,
+    ) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(run(listener, tls.clone(), pair.clone(), index, async {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            stop: Some(tx),
+            task: Some(task),
+            tls,
+        }
+    }
+
+    /// Stops serving and closes every connection.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+
+    /// Stops and starts again on the same address, as a device that reboots.
+    pub async fn restart(&mut self, pair: &DevicePair, index: usize) {
+        self.stop().await;
+        *self = Self::start_on(self.addr, self.tls.clone(), pair, index).await;
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+}
+
+/// An emulated pair with both devices served, and the PKI to talk to them.
+pub struct Bench {
+    pub pki: Pki,
+    pub pair: DevicePair,
+    pub clock: ManualClock,
+    pub devices: [Device; 2],
+    pub saes: [String; 2],
+}
+
+impl Bench {
+    /// A pair of devices producing `rate` bit/s, with 10 s of key already produced.
+    pub async fn start(saes: [&str; 2], rate: u64, quirks: &[Quirk]) -> Self {
+        let pki = Pki::new();
+        let clock = ManualClock::new(1_000_000);
+        let mut config = PairConfig::new(
+            SaeId::parse(saes[0]).unwrap(),
+            SaeId::parse(saes[1]).unwrap(),
+        );
+        config.quirks = quirks.iter().copied().collect();
+        let pair = DevicePair::new(
+            config,
+            Box::new(ConstantRate::new(rate)),
+            Arc::new(clock.clone()),
+            990_000,
+        );
+        let mut devices = Vec::new();
+        for i in 0..2 {
+            let (chain, key) = pki.device();
+            let tls = server_tls(chain.as_bytes(), key.as_bytes(), pki.ca_pem.as_bytes()).unwrap();
+            devices.push(Device::start_on("127.0.0.1:0".parse().unwrap(), tls, &pair, i).await);
+        }
+        let devices: [Device; 2] = devices.try_into().ok().unwrap();
+        Self {
+            pki,
+            pair,
+            clock,
+            devices,
+            saes: saes.map(str::to_owned),
+        }
+    }
+
+    /// The adapter configuration of the node attached to device `i`.
+    pub fn config(&self, i: usize) -> DeviceConfig {
+        let (chain, key) = self.pki.sae(&self.saes[i]);
+        DeviceConfig {
+            url: self.devices[i].url(),
+            ca: PemSource::Pem(self.pki.ca_pem.clone()),
+            client_cert: PemSource::Pem(chain),
+            client_key: PemSource::Pem(key),
+            expected_kme_id: KmeId::parse(&format!("KME-{i}")).unwrap(),
+            sae_id: SaeId::parse(&self.saes[i]).unwrap(),
+            peer_sae_id: SaeId::parse(&self.saes[1 - i]).unwrap(),
+            server_name: None,
+            key_bits: None,
+            limits: DeviceLimits {
+                // Short back-off keeps outage tests quick; no assertion depends on it.
+                min_backoff_ms: 10,
+                max_backoff_ms: 50,
+                ..DeviceLimits::default()
+            },
+        }
+    }
+
+    /// Master adapter at device 0, slave adapter at device 1.
+    pub fn ends(&self) -> (Etsi014Source, Etsi014Source) {
+        (
+            Etsi014Source::new(self.config(0), LinkRole::Master).unwrap(),
+            Etsi014Source::new(self.config(1), LinkRole::Slave).unwrap(),
+        )
+    }
+
+    pub async fn stop(mut self) {
+        for d in &mut self.devices {
+            d.stop().await;
+        }
+    }
+}
+
+/// Pulls up to `n` blocks at the master and fetches them at the slave; checks they match.
+async fn exchange(master: &Etsi014Source, slave: &Etsi014Source, n: usize) -> usize {
+    let blocks = master.next_blocks(n).await.unwrap();
+    assert!(!blocks.is_empty(), "no block from the master");
+    let ids: Vec<BlockId> = blocks.iter().map(|b| b.id).collect();
+    let mirrored = slave.blocks_by_id(&ids).await.unwrap();
+    assert_eq!(mirrored.len(), blocks.len());
+    for (a, b) in blocks.iter().zip(&mirrored) {
+        assert_eq!(a.id, b.id);
+        assert_eq!(a.key, b.key, "block {} differs between the ends", a.id);
+    }
+    blocks.len()
+}
+
+#[tokio::test]
+async fn both_ends_of_an_emulated_pair_get_identical_blocks() {
+    let bench = Bench::start(["node-a", "node-b"], 1_000_000, &[]).await;
+    let (master, slave) = bench.ends();
+    assert_eq!(master.info().kind, "etsi014");
+    assert!(!master.info().simulated);
+    assert_eq!(master.status().await.state, LinkState::Up);
+    assert_eq!(slave.status().await.state, LinkState::Up);
+    let report = master.check_online().await.unwrap();
+    assert_eq!(report.kme_id, "KME-0");
+    assert_eq!(report.key_bits, 256);
+    // 1200 blocks: more than one request of 512 per call.
+    assert_eq!(exchange(&master, &slave, 1200).await, 1200);
+    assert_eq!(bench.pair.issued_keys(), 1200);
+    assert_eq!(bench.pair.pending_keys(), 0);
+    // Roles are enforced.
+    assert!(matches!(
+        slave.next_blocks(1).await,
+        Err(DeviceError::WrongRole { .. })
+    ));
+    assert!(matches!(
+        master.blocks_by_id(&[]).await,
+        Err(DeviceError::WrongRole { .. })
+    ));
+    bench.stop().await;
+}
+
+#[tokio::test]
+async fn master_follows_the_stored_key_count_and_the_configured_size() {
+    // 10 s at 25 600 bit/s: 1000 keys of 256 bits, 250 of 1024.
+    let bench = Bench::start(["node-a", "node-b"], 25_600, &[]).await;
+    let mut cfg = bench.config(0);
+    cfg.key_bits = Some(1024);
+    let master = Etsi014Source::new(cfg, LinkRole::Master).unwrap();
+    let mut cfg = bench.config(1);
+    cfg.key_bits = Some(1024);
+    let slave = Etsi014Source::new(cfg, LinkRole::Slave).unwrap();
+    let blocks = master.next_blocks(10_000).await.unwrap();
+    assert_eq!(blocks.len(), 250);
+    assert!(blocks.iter().all(|b| b.key.len() == 128));
+    assert!(
+        master.next_blocks(10).await.unwrap().is_empty(),
+        "no key left"
+    );
+    bench.clock.advance(1_000);
+    assert_eq!(master.next_blocks(1000).await.unwrap().len(), 25);
+    let ids: Vec<_> = blocks.iter().map(|b| b.id).collect();
+    assert_eq!(slave.blocks_by_id(&ids).await.unwrap().len(), 250);
+    // A size the device does not serve is refused before any key request.
+    let mut cfg = bench.config(0);
+    cfg.key_bits = Some(16_384);
+    let too_big = Etsi014Source::new(cfg, LinkRole::Master).unwrap();
+    bench.clock.advance(10_000);
+    let before = bench.pair.issued_keys();
+    assert!(matches!(
+        too_big.next_blocks(1).await,
+        Err(DeviceError::Unavailable(_))
+    ));
+    assert_eq!(bench.pair.issued_keys(), before);
+    bench.stop().await;
+}
+
+#[tokio::test]
+async fn every_vendor_quirk_is_tolerated() {
+    for quirk in Quirk::ALL {
+        // Numeric SAE IDs so that `integer-sae-ids` applies.
+        let bench = Bench::start(["1001", "1002"], 1_000_000, &[quirk]).await;
+        let (master, slave) = bench.ends();
+        assert_eq!(master.status().await.state, LinkState::Up, "{quirk:?}");
+        let n = exchange(&master, &slave, 40).await;
+        assert_eq!(n, 40, "{quirk:?}");
+        if quirk == Quirk::Fixed256 {
+            let mut cfg = bench.config(0);
+            cfg.key_bits = Some(512);
+            let m = Etsi014Source::new(cfg, LinkRole::Master).unwrap();
+            assert!(m.next_blocks(1).await.is_err(), "{quirk:?}");
+        }
+        // Unknown keys: 400 or 404, JSON or HTML, any `details` shape.
+        assert!(
+            matches!(
+                slave.blocks_by_id(&[BlockId::random()]).await,
+                Err(DeviceError::UnknownBlock(_))
+            ),
+            "{quirk:?}"
+        );
+        // A client the device does not know: 401 (possibly with an empty body).
+        let mut cfg = bench.config(0);
+        let (chain, key) = bench.pki.sae("9999");
+        cfg.client_cert = PemSource::Pem(chain);
+        cfg.client_key = PemSource::Pem(key);
+        let stranger = Etsi014Source::new(cfg, LinkRole::Master).unwrap();
+        let err = stranger.next_blocks(1).await.unwrap_err().to_string();
+        assert!(err.contains("401"), "{quirk:?}: {err}");
+        // Outage errors through the quirk's error format.
+        bench.pair.set_outage(0, Outage::ServiceUnavailable);
+        assert!(
+            matches!(
+                master.next_blocks(1).await,
+                Err(DeviceError::Unavailable(_))
+            ),
+            "{quirk:?}"
+        );
+        bench.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn malformed_and_reissued_keys_are_refused() {
+    let bench = Bench::start(["node-a", "node-b"], 1_000_000, &[]).await;
+    let (master, slave) = bench.ends();
+    for fault in [Fault::WrongLength, Fault::BadBase64, Fault::DuplicateId] {
+        bench.pair.set_fault(Some(fault));
+        let err = master.next_blocks(5).await.unwrap_err();
+        assert!(matches!(err, DeviceError::Transport(_)), "{fault:?}: {err}");
+        assert!(err.to_string().contains("refused"), "{fault:?}: {err}");
+    }
+    // Re-issued ID: the first answer is fine, the second repeats its first ID.
+    bench.pair.set_fault(Some(Fault::ReissueId));
+    let first = master.next_blocks(3).await.unwrap();
+    let err = master.next_blocks(3).await.unwrap_err();
+    assert!(err.to_string().contains("already issued"), "{err}");
+    // The slave refuses a malformed answer too; the keys it would have got are gone for good.
+    bench.pair.set_fault(Some(Fault::WrongLength));
+    let ids: Vec<_> = first.iter().map(|b| b.id).collect();
+    assert!(matches!(
+        slave.blocks_by_id(&ids).await,
+        Err(DeviceError::Transport(_))
+    ));
+    bench.pair.set_fault(None);
+    assert!(matches!(
+        slave.blocks_by_id(&ids).await,
+        Err(DeviceError::UnknownBlock(_))
+    ));
+    // And good key flows again.
+    assert_eq!(exchange(&master, &slave, 10).await, 10);
+    bench.stop().await;
+}
+
+#[tokio::test]
+async fn a_device_naming_another_kme_gets_no_key_request() {
+    let bench = Bench::start(["node-a", "node-b"], 1_000_000, &[]).await;
+    let mut cfg = bench.config(0);
+    cfg.expected_kme_id = KmeId::parse("KME-elsewhere").unwrap();
+    let master = Etsi014Source::new(cfg, LinkRole::Master).unwrap();
+    let err = master.next_blocks(5).await.unwrap_err();
+    assert!(err.to_string().contains("KME-elsewhere"), "{err}");
+    assert!(matches!(
+        master.status().await.state,
+        LinkState::Down { .. }
+    ));
+    assert!(master.check_online().await.is_err());
+    assert_eq!(bench.pair.issued_keys(), 0);
+    bench.stop().await;
+}
+
+#[tokio::test]
+async fn outages_and_restarts_mid_transfer_mark_the_link_down_and_recover() {
+    let mut bench = Bench::start(["node-a", "node-b"], 1_000_000, &[]).await;
+    let (master, slave) = bench.ends();
+    let mut cfg = bench.config(0);
+    cfg.limits.request_timeout_ms = 300;
+    cfg.limits.attempts = 2;
+    let impatient = Etsi014Source::new(cfg, LinkRole::Master).unwrap();
+    assert_eq!(exchange(&master, &slave, 100).await, 100);
+
+    for outage in [Outage::ServiceUnavailable, Outage::Refuse, Outage::Hang] {
+        // Pulled at the master, then the slave's device fails before the slave fetches.
+        let blocks = master.next_blocks(10).await.unwrap();
+        let ids: Vec<_> = blocks.iter().map(|b| b.id).collect();
+        bench.pair.set_outage(1, outage);
+        bench.pair.set_outage(0, outage);
+        if outage == Outage::Refuse {
+            // Existing keep-alive connections would bypass a refusal at accept: restart both.
+            bench.devices[0].restart(&bench.pair, 0).await;
+            bench.devices[1].restart(&bench.pair, 1).await;
+        }
+        let source = if outage == Outage::Hang {
+            &impatient
+        } else {
+            &master
+        };
+        assert!(
+            matches!(source.status().await.state, LinkState::Down { .. }),
+            "{outage:?}"
+        );
+        assert!(
+            matches!(
+                source.next_blocks(1).await,
+                Err(DeviceError::Unavailable(_))
+            ),
+            "{outage:?}"
+        );
+        if outage != Outage::Hang {
+            assert!(
+                matches!(
+                    slave.blocks_by_id(&ids).await,
+                    Err(DeviceError::Unavailable(_))
+                ),
+                "{outage:?}"
+            );
+        }
+        bench.pair.set_outage(0, Outage::None);
+        bench.pair.set_outage(1, Outage::None);
+        if outage == Outage::Hang {
+            // Requests stuck in a hung device are dropped with the device's restart.
+            bench.devices[0].restart(&bench.pair, 0).await;
+            bench.devices[1].restart(&bench.pair, 1).await;
+        }
+        // Recovery on its own: the same adapters, no intervention.
+        assert_eq!(master.status().await.state, LinkState::Up, "{outage:?}");
+        if outage != Outage::Hang {
+            let mirrored = slave.blocks_by_id(&ids).await.unwrap();
+            assert_eq!(mirrored.len(), ids.len());
+        }
+        assert_eq!(exchange(&master, &slave, 20).await, 20);
+    }
+
+    // A device down (not listening at all) and back.
+    bench.devices[0].stop().await;
+    assert!(matches!(
+        master.status().await.state,
+        LinkState::Down { .. }
+    ));
+    assert!(matches!(
+        master.next_blocks(5).await,
+        Err(DeviceError::Unavailable(_))
+    ));
+    let tls = bench.devices[0].tls.clone();
+    bench.devices[0] = Device::start_on(bench.devices[0].addr, tls, &bench.pair, 0).await;
+    assert_eq!(master.status().await.state, LinkState::Up);
+    assert_eq!(exchange(&master, &slave, 20).await, 20);
+    bench.stop().await;
+}
+
+#[tokio::test]
+async fn a_key_fetched_by_one_end_only_is_detected_and_never_used() {
+    let mut bench = Bench::start(["node-a", "node-b"], 1_000_000, &[]).await;
+    let (master, slave) = bench.ends();
+    // The master's device handed out keys; the slave's device restarts and loses them.
+    let blocks = master.next_blocks(8).await.unwrap();
+    let ids: Vec<_> = blocks.iter().map(|b| b.id).collect();
+    bench.devices[1].restart(&bench.pair, 1).await;
+    assert_eq!(bench.pair.lose_pending(1), 8);
+    assert!(matches!(
+        slave.blocks_by_id(&ids).await,
+        Err(DeviceError::UnknownBlock(_))
+    ));
+
+    // The slave fetched half a batch (e.g. the node crashed after dec_keys): asking again for
+    // the whole batch is refused without a request, and nothing of it is returned.
+    let blocks = master.next_blocks(8).await.unwrap();
+    let ids: Vec<_> = blocks.iter().map(|b| b.id).collect();
+    assert_eq!(slave.blocks_by_id(&ids[..4]).await.unwrap().len(), 4);
+    assert!(matches!(
+        slave.blocks_by_id(&ids).await,
+        Err(DeviceError::UnknownBlock(_))
+    ));
+    // The other half is still there, once.
+    assert_eq!(slave.blocks_by_id(&ids[4..]).await.unwrap().len(), 4);
+    assert!(slave.blocks_by_id(&ids[4..]).await.is_err());
+    // A fresh adapter (a restarted node) has no memory, but the device consumed the keys.
+    let fresh = Etsi014Source::new(bench.config(1), LinkRole::Slave).unwrap();
+    assert!(matches!(
+        fresh.blocks_by_id(&ids[..1]).await,
+        Err(DeviceError::UnknownBlock(_))
+    ));
+    // Duplicate IDs in one request are refused before any request.
+    let more = master.next_blocks(1).await.unwrap();
+    assert!(slave.blocks_by_id(&[more[0].id, more[0].id]).await.is_err());
+    assert_eq!(slave.blocks_by_id(&[more[0].id]).await.unwrap().len(), 1);
+    bench.stop().await;
+}
+
+#[tokio::test]
+async fn tls_1_2_only_devices_are_served() {
+    let bench = Bench::start(["node-a", "node-b"], 1_000_000, &[]).await;
+    let (chain, key) = bench.pki.device();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject;
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(bench.pki.ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let tls12 = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            rustls_pki_types::CertificateDer::pem_slice_iter(chain.as_bytes())
+                .map(Result::unwrap)
+                .collect(),
+            rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let mut dev = Device::start_on(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(tls12),
+        &bench.pair,
+        0,
+    )
+    .await;
+    let mut cfg = bench.config(0);
+    cfg.url = dev.url();
+    let master = Etsi014Source::new(cfg, LinkRole::Master).unwrap();
+    let (_, slave) = bench.ends();
+    assert_eq!(exchange(&master, &slave, 5).await, 5);
+    dev.stop().await;
+    bench.stop().await;
+}
+
+#[tokio::test]
+async fn the_qkd_device_emu_binary_serves_a_pair_from_its_toml_file() {
+    use tokio::io::AsyncBufReadExt;
+
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let put = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    put("ca.crt", &pki.ca_pem);
+    let mut devices = String::new();
+    for i in 0..2 {
+        let (chain, key) = pki.device();
+        put(&format!("d{i}.crt"), &chain);
+        put(&format!("d{i}.key"), &key);
+        devices.push_str(&format!(
+            "[[device]]\nlisten = \"127.0.0.1:0\"\ncert = \"d{i}.crt\"\nkey = \"d{i}.key\"\nclient_ca = \"ca.crt\"\n"
+        ));
+    }
+    put(
+        "emu.toml",
+        &format!(
+            r#"
+[pair]
+kme_ids = ["KME-0", "KME-1"]
+saes = [["node-a"], ["node-b"]]
+key_size = 256
+min_key_size = 256
+max_key_size = 256
+max_key_per_request = 1
+max_key_count = 1000
+seed = 7
+quirks = ["capital-keys", "get-only"]
+
+[model]
+kind = "constant-rate"
+bits_per_second = 100000
+
+{devices}"#
+        ),
+    );
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_qkd-device-emu"))
+        .arg(dir.path().join("emu.toml"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut urls = Vec::new();
+    while urls.len() < 2 {
+        let line = lines.next_line().await.unwrap().expect("emulator exited");
+        let addr = line.rsplit(' ').next().unwrap();
+        urls.push(format!("https://{addr}"));
+    }
+    let config = |i: usize| {
+        let (chain, key) = pki.sae(["node-a", "node-b"][i]);
+        DeviceConfig {
+            url: urls[i].clone(),
+            ca: PemSource::Pem(pki.ca_pem.clone()),
+            client_cert: PemSource::Pem(chain),
+            client_key: PemSource::Pem(key),
+            expected_kme_id: KmeId::parse(&format!("KME-{i}")).unwrap(),
+            sae_id: SaeId::parse(["node-a", "node-b"][i]).unwrap(),
+            peer_sae_id: SaeId::parse(["node-b", "node-a"][i]).unwrap(),
+            server_name: None,
+            key_bits: None,
+            limits: DeviceLimits::default(),
+        }
+    };
+    let master = Etsi014Source::new(config(0), LinkRole::Master).unwrap();
+    let slave = Etsi014Source::new(config(1), LinkRole::Slave).unwrap();
+    // Key accrues on the wall clock at 100 kbit/s: wait (bounded) until some is stored.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let blocks = loop {
+        let b = master.next_blocks(3).await.unwrap();
+        if b.len() == 3 {
+            break b;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no key from the emulator"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let ids: Vec<_> = blocks.iter().map(|b| b.id).collect();
+    let mirrored = slave.blocks_by_id(&ids).await.unwrap();
+    for (a, b) in blocks.iter().zip(&mirrored) {
+        assert_eq!((a.id, &a.key), (b.id, &b.key));
+        assert_eq!(a.key.len(), 32);
+    }
+    child.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_slave_asking_before_its_device_has_the_key_asks_again() {
+    let bench = Bench::start(["node-a", "node-b"], 1_000_000, &[]).await;
+    // Keys reach device 1 one clock second after device 0 handed them out.
+    bench.pair.set_peer_delay(1_000);
+    let master = Etsi014Source::new(bench.config(0), LinkRole::Master).unwrap();
+    let mut cfg = bench.config(1);
+    // Patient enough to outlast a busy test machine; bounded all the same.
+    cfg.limits.attempts = 400;
+    let slave = Arc::new(Etsi014Source::new(cfg, LinkRole::Slave).unwrap());
+    let blocks = master.next_blocks(4).await.unwrap();
+    let ids: Vec<_> = blocks.iter().map(|b| b.id).collect();
+    let fetch = {
+        let slave = slave.clone();
+        let ids = ids.clone();
+        tokio::spawn(async move { slave.blocks_by_id(&ids).await })
+    };
+    // Once the slave's device has said "not found", the key arrives there.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while bench.pair.dec_keys_refusals() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slave never asked"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    bench.clock.advance(1_000);
+    let mirrored = fetch.await.unwrap().unwrap();
+    for (a, b) in blocks.iter().zip(&mirrored) {
+        assert_eq!((a.id, &a.key), (b.id, &b.key));
+    }
+    // A key that never arrives is still reported unknown, after the bounded retries.
+    bench.pair.set_peer_delay(u64::MAX / 2);
+    let late = master.next_blocks(1).await.unwrap();
+    let (_, quick) = bench.ends();
+    assert!(matches!(
+        quick.blocks_by_id(&[late[0].id]).await,
+        Err(DeviceError::UnknownBlock(_))
+    ));
+    bench.stop().await;
+}
