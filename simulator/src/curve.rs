@@ -22,6 +22,7 @@ use crate::physics::decoy::{AsymptoticBb84, DecoyMethod};
 use crate::physics::finite::{Lim2014, Rusca2018};
 use crate::physics::postproc::EcModel;
 use crate::physics::twinfield::TwinField;
+use crate::physics::{bbm92::Bbm92, cv_finite, mdi::MdiQkd, sns::Sns};
 
 /// The protocol of a curve.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +58,31 @@ pub enum CurveProtocol {
     CvGg02(Gg02),
     /// PM twin-field with the given parameters; the distance is the total Alice–Bob length.
     TwinField(TwinField),
+    /// Decoy MDI-QKD (infinite decoys, asymptotic), μ optimised; total Alice–Bob length.
+    Mdi(MdiQkd),
+    /// Entanglement-based BBM92 with a PDC source, brightness optimised; total length.
+    Bbm92(Bbm92),
+    /// Sending-or-not-sending twin-field: asymptotic when `pulses` is absent, otherwise the
+    /// finite-key rate of `pulses` pulse pairs with phase slice `delta_rad` (ε_cor = ε_sec =
+    /// 10⁻¹⁰), all settings optimised; total length.
+    SnsTf {
+        /// Hardware and channel.
+        model: Sns,
+        /// Pulse pairs of one finite-key run.
+        pulses: Option<f64>,
+        /// Phase-matching slice Δ, rad.
+        delta_rad: f64,
+    },
+    /// GG02 CV-QKD with homodyne or heterodyne detection; composable finite size when
+    /// `finite` is given.
+    CvQkd {
+        /// Channel and detector.
+        model: Gg02,
+        /// Homodyne or heterodyne.
+        detection: cv_finite::CvDetection,
+        /// Finite-size settings (None: asymptotic).
+        finite: Option<cv_finite::CvFiniteSize>,
+    },
 }
 
 impl CurveProtocol {
@@ -100,6 +126,36 @@ impl CurveProtocol {
                 block(block_bits)
             }
             CurveProtocol::CvGg02(m) => m.validate(),
+            CurveProtocol::Mdi(m) => m.validate(),
+            CurveProtocol::Bbm92(m) => m.validate(),
+            CurveProtocol::SnsTf {
+                model,
+                pulses,
+                delta_rad,
+            } => {
+                model.validate()?;
+                if let Some(n) = pulses
+                    && !(n.is_finite() && (1e6..=1e18).contains(&n))
+                {
+                    return Err(ParamError::new(
+                        "pulses",
+                        n,
+                        "a finite-key run sends between 10⁶ and 10¹⁸ pulse pairs",
+                    ));
+                }
+                if !(delta_rad > 0.0 && delta_rad <= std::f64::consts::PI) {
+                    return Err(ParamError::new(
+                        "delta_rad",
+                        delta_rad,
+                        "the phase slice lies in (0, π]",
+                    ));
+                }
+                Ok(())
+            }
+            CurveProtocol::CvQkd { model, finite, .. } => {
+                model.validate()?;
+                finite.map_or(Ok(()), |f| f.validate())
+            }
             CurveProtocol::TwinField(m) => {
                 probability_open("eta_det", m.eta_det)?;
                 probability("dark_count_prob", m.dark_count_prob)?;
@@ -194,6 +250,10 @@ pub fn rate_curve(
     let alpha = match protocol {
         CurveProtocol::CvGg02(m) => m.alpha_db_per_km,
         CurveProtocol::TwinField(m) => m.alpha_db_per_km,
+        CurveProtocol::Mdi(m) => m.alpha_db_per_km,
+        CurveProtocol::Bbm92(m) => m.alpha_db_per_km,
+        CurveProtocol::SnsTf { model, .. } => model.alpha_db_per_km,
+        CurveProtocol::CvQkd { model, .. } => model.alpha_db_per_km,
         _ => hw.alpha_db_per_km,
     };
     if axis == Axis::Distance && alpha <= 0.0 {
@@ -272,6 +332,39 @@ fn point(
         CurveProtocol::TwinField(m) => {
             let (r, e) = m.optimal(length_km);
             (r, e, m.rep_rate_hz)
+        }
+        CurveProtocol::Mdi(m) => {
+            let p = m.optimal(length_km);
+            (p.key_per_pulse, p.qber, m.rep_rate_hz)
+        }
+        CurveProtocol::Bbm92(m) => {
+            let p = m.optimal(length_km);
+            (p.key_per_pulse, p.qber, m.rep_rate_hz)
+        }
+        CurveProtocol::SnsTf {
+            model,
+            pulses,
+            delta_rad,
+        } => match pulses {
+            None => {
+                let p = model.asymptotic_optimal(length_km);
+                (p.key_per_pulse, p.qber, model.rep_rate_hz)
+            }
+            Some(n) => {
+                let (_, k) = model.finite_optimal(length_km, *n, *delta_rad, 1e-10, 1e-10);
+                (k.key_per_pulse, k.qber, model.rep_rate_hz)
+            }
+        },
+        CurveProtocol::CvQkd {
+            model,
+            detection,
+            finite,
+        } => {
+            let k = match finite {
+                None => cv_finite::asymptotic(model, *detection, eta_ch).key_per_symbol,
+                Some(f) => f.at_transmittance(model, *detection, eta_ch).key_per_symbol,
+            };
+            (k, f64::NAN, model.symbol_rate_hz)
         }
     };
     CurvePoint {

@@ -26,6 +26,7 @@ use crate::physics::decoy::AsymptoticBb84;
 use crate::physics::finite::{Counts, Lim2014, LimSettings, Rusca2018, RuscaSettings};
 use crate::physics::postproc::{Authentication, net_block_key};
 use crate::physics::twinfield::TwinField;
+use crate::physics::{bbm92::Bbm92, cv_finite, mdi::MdiQkd, sns};
 use crate::satellite::{GroundStation, LinkBudget, Orbit, gmst_rad, look, passes};
 
 /// What one post-processing block of a link gives under fixed conditions.
@@ -92,6 +93,48 @@ pub enum FibreProtocol {
         /// Detected (sifted) events per block.
         block_bits: f64,
     },
+    /// Decoy MDI-QKD (asymptotic rate), `block_bits` key-basis detections per block.
+    Mdi {
+        /// The model.
+        model: MdiQkd,
+        /// Signal intensity (both sides), optimised for the undisturbed link.
+        mu: f64,
+        /// Key-basis detections per block.
+        block_bits: f64,
+    },
+    /// Entanglement-based BBM92 (asymptotic rate), `block_bits` sifted coincidences per block.
+    Bbm92 {
+        /// The model.
+        model: Bbm92,
+        /// Source brightness λ, optimised for the undisturbed link.
+        lambda: f64,
+        /// Sifted coincidences per block.
+        block_bits: f64,
+    },
+    /// SNS twin-field with its finite-key analysis; one block is one run of `pulses` pairs.
+    SnsTf {
+        /// The model.
+        model: sns::Sns,
+        /// Settings optimised for the undisturbed link.
+        settings: sns::SnsSettings,
+        /// Pulse pairs per block.
+        pulses: f64,
+        /// Phase slice Δ, rad.
+        delta_rad: f64,
+        /// ε_cor.
+        eps_cor: f64,
+        /// ε_sec.
+        eps_sec: f64,
+    },
+    /// CV-QKD, homodyne or heterodyne, composable finite size per block.
+    CvFinite {
+        /// Channel and detector.
+        model: Gg02,
+        /// Homodyne or heterodyne.
+        detection: cv_finite::CvDetection,
+        /// Finite-size settings (its `symbols` is the block).
+        finite: cv_finite::CvFiniteSize,
+    },
 }
 
 impl FibreProtocol {
@@ -103,6 +146,10 @@ impl FibreProtocol {
             FibreProtocol::Rusca { .. } => "one-decoy BB84 (Rusca 2018)",
             FibreProtocol::Cv { .. } => "GG02 CV-QKD",
             FibreProtocol::TwinField { .. } => "twin-field (PM-QKD)",
+            FibreProtocol::Mdi { .. } => "decoy MDI-QKD",
+            FibreProtocol::Bbm92 { .. } => "entanglement-based BBM92",
+            FibreProtocol::SnsTf { .. } => "SNS twin-field (finite key)",
+            FibreProtocol::CvFinite { .. } => "CV-QKD (finite size)",
         }
     }
 
@@ -180,6 +227,69 @@ impl FibreProtocol {
                     block_bits * r / (q * 2.0 / f64::from(m.phase_slices.max(1))),
                     Some(e),
                 )
+            }
+            FibreProtocol::Mdi {
+                model,
+                mu,
+                block_bits,
+            } => {
+                let m = MdiQkd {
+                    misalignment: (model.misalignment + intercept_resend_error(eve)).min(0.5),
+                    ..*model
+                };
+                let (ea, eb) = m.arms(length_km);
+                let p = m.at_arms(ea, eb, *mu, *mu);
+                let sifted_rate = p.gain * m.rep_rate_hz;
+                (
+                    block_bits / sifted_rate,
+                    block_bits * p.key_per_pulse / p.gain.max(1e-300),
+                    Some(p.qber),
+                )
+            }
+            FibreProtocol::Bbm92 {
+                model,
+                lambda,
+                block_bits,
+            } => {
+                let m = Bbm92 {
+                    misalignment: (model.misalignment + intercept_resend_error(eve)).min(0.5),
+                    ..*model
+                };
+                let (ea, eb) = m.sides(length_km);
+                let p = m.at_sides(ea, eb, *lambda);
+                let sifted = m.sifting * p.gain;
+                (
+                    block_bits / (sifted * m.rep_rate_hz),
+                    block_bits * p.key_per_pulse / sifted.max(1e-300),
+                    Some(p.qber),
+                )
+            }
+            FibreProtocol::SnsTf {
+                model,
+                settings,
+                pulses,
+                delta_rad,
+                eps_cor,
+                eps_sec,
+            } => {
+                let m = sns::Sns {
+                    misalignment: (model.misalignment + intercept_resend_error(eve)).min(0.5),
+                    ..*model
+                };
+                let k = m.finite(length_km, *pulses, settings, *delta_rad, *eps_cor, *eps_sec);
+                (pulses / m.rep_rate_hz, k.key_bits, Some(k.qber))
+            }
+            FibreProtocol::CvFinite {
+                model,
+                detection,
+                finite,
+            } => {
+                let m = Gg02 {
+                    xi: model.xi + intercept_resend_excess_noise(eve),
+                    ..*model
+                };
+                let k = finite.at_distance(&m, *detection, length_km).key_per_symbol;
+                (finite.symbols / m.symbol_rate_hz, finite.symbols * k, None)
             }
         };
         let auth = match (self, qber) {

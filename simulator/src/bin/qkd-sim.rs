@@ -12,6 +12,13 @@ use qkd_simulator::network::{RunOptions, run};
 use qkd_simulator::physics::channel::DvHardware;
 use qkd_simulator::physics::cv::Gg02;
 use qkd_simulator::physics::twinfield::TwinField;
+use qkd_simulator::physics::{
+    bbm92::Bbm92,
+    cv_finite::{CvDetection, CvFiniteSize},
+    detector::Timing,
+    mdi::MdiQkd,
+    sns::Sns,
+};
 use qkd_simulator::plot;
 use qkd_simulator::scenario::{PairSpec, Scenario};
 use qkd_simulator::spec::HardwarePreset;
@@ -71,6 +78,20 @@ enum Protocol {
     CvGg02,
     /// Phase-matching twin-field QKD (total Alice-Bob distance).
     TwinField,
+    /// Decoy MDI-QKD, infinite decoys (total Alice-Bob distance, Charlie in the middle).
+    MdiQkd,
+    /// Entanglement-based BBM92, PDC source in the middle (total distance).
+    Bbm92,
+    /// Sending-or-not-sending twin-field; finite key with --pulses, else asymptotic.
+    SnsTf,
+    /// CV-QKD with --detection homodyne|heterodyne; composable finite size with --symbols.
+    CvQkd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DetectionArg {
+    Homodyne,
+    Heterodyne,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -128,6 +149,29 @@ struct RateArgs {
     /// Block size in key-basis bits (finite key).
     #[arg(long, default_value_t = 1e7)]
     block: f64,
+    /// Detector dead time, s (DV protocols on --hardware; Rusca's correction).
+    #[arg(long)]
+    dead_time: Option<f64>,
+    /// Afterpulse probability (finite-key models, Lim's detector model).
+    #[arg(long)]
+    afterpulse: Option<f64>,
+    /// Detector timing jitter, standard deviation in s (DV protocols on --hardware): lowers
+    /// Bob's efficiency and adds errors from detections in the neighbouring slot.
+    #[arg(long)]
+    jitter: Option<f64>,
+    /// Detection acceptance window, s (default: the whole slot 1/rep-rate; with --jitter).
+    #[arg(long)]
+    window: Option<f64>,
+    /// Pulse pairs of one SNS finite-key run (sns-tf; absent: asymptotic).
+    #[arg(long)]
+    pulses: Option<f64>,
+    /// CV-QKD detection (cv-qkd).
+    #[arg(long, value_enum, default_value = "heterodyne")]
+    detection: DetectionArg,
+    /// Symbols of one CV-QKD block for the composable finite-size rate (cv-qkd; absent:
+    /// asymptotic).
+    #[arg(long)]
+    symbols: Option<f64>,
     /// X axis.
     #[arg(long, value_enum, default_value = "distance")]
     axis: AxisArg,
@@ -207,10 +251,22 @@ fn rate(a: RateArgs) -> Result<()> {
         (&mut hw.misalignment, a.misalignment),
         (&mut hw.rep_rate_hz, a.rep_rate),
         (&mut hw.extra_loss_db, a.extra_loss),
+        (&mut hw.dead_time_s, a.dead_time),
+        (&mut hw.afterpulse_prob, a.afterpulse),
     ] {
         if let Some(v) = v {
             *dst = v;
         }
+    }
+    if a.jitter.is_some() || a.window.is_some() {
+        let timing = Timing {
+            jitter_s: a.jitter.unwrap_or(0.0),
+            window_s: a.window,
+        };
+        timing
+            .validate(hw.rep_rate_hz)
+            .context("invalid parameters")?;
+        hw = timing.apply(&hw);
     }
     let (protocol, name) = match a.protocol {
         Protocol::DecoyInfinite => (
@@ -259,6 +315,102 @@ fn rate(a: RateArgs) -> Result<()> {
             (
                 CurveProtocol::TwinField(m),
                 "twin-field (PM-QKD)".to_string(),
+            )
+        }
+        Protocol::MdiQkd => {
+            let mut m = MdiQkd::XU2013;
+            two_arm_overrides(
+                &a,
+                [
+                    &mut m.alpha_db_per_km,
+                    &mut m.eta_det,
+                    &mut m.dark_count_prob,
+                    &mut m.misalignment,
+                    &mut m.rep_rate_hz,
+                ],
+            );
+            m.f_ec = a.f_ec;
+            (
+                CurveProtocol::Mdi(m),
+                "decoy MDI-QKD (infinite decoys)".to_string(),
+            )
+        }
+        Protocol::Bbm92 => {
+            let mut m = Bbm92::GYS;
+            two_arm_overrides(
+                &a,
+                [
+                    &mut m.alpha_db_per_km,
+                    &mut m.eta_det,
+                    &mut m.dark_count_prob,
+                    &mut m.misalignment,
+                    &mut m.rep_rate_hz,
+                ],
+            );
+            m.f_ec = a.f_ec;
+            (
+                CurveProtocol::Bbm92(m),
+                "entanglement-based BBM92 (PDC source in the middle)".to_string(),
+            )
+        }
+        Protocol::SnsTf => {
+            let mut m = Sns {
+                misalignment: 0.03,
+                ..Sns::WYH2018
+            };
+            two_arm_overrides(
+                &a,
+                [
+                    &mut m.alpha_db_per_km,
+                    &mut m.eta_det,
+                    &mut m.dark_count_prob,
+                    &mut m.misalignment,
+                    &mut m.rep_rate_hz,
+                ],
+            );
+            let name = match a.pulses {
+                Some(n) => format!("SNS twin-field, finite key, N = {n:e}"),
+                None => "SNS twin-field, asymptotic".to_string(),
+            };
+            (
+                CurveProtocol::SnsTf {
+                    model: m,
+                    pulses: a.pulses,
+                    delta_rad: 0.2,
+                },
+                name,
+            )
+        }
+        Protocol::CvQkd => {
+            let mut m = Gg02::REFERENCE;
+            if let Some(x) = a.alpha {
+                m.alpha_db_per_km = x;
+            }
+            let detection = match a.detection {
+                DetectionArg::Homodyne => CvDetection::Homodyne,
+                DetectionArg::Heterodyne => CvDetection::Heterodyne,
+            };
+            let finite = a.symbols.map(|n| CvFiniteSize {
+                symbols: n,
+                ..Default::default()
+            });
+            (
+                CurveProtocol::CvQkd {
+                    model: m,
+                    detection,
+                    finite,
+                },
+                format!(
+                    "GG02 CV-QKD (RR, {}, {})",
+                    match detection {
+                        CvDetection::Homodyne => "homodyne",
+                        CvDetection::Heterodyne => "heterodyne",
+                    },
+                    match a.symbols {
+                        Some(n) => format!("finite size, N = {n:e}"),
+                        None => "asymptotic".to_string(),
+                    }
+                ),
             )
         }
     };
@@ -316,6 +468,17 @@ fn rate(a: RateArgs) -> Result<()> {
     }
     outln!(out, "wrote {}", a.out.display());
     emit(&out)
+}
+
+/// The overrides a two-arm model (MDI, BBM92, SNS) takes from the DV flags: --alpha, --eta-bob
+/// (the detector efficiency), --dark-count, --misalignment and --rep-rate, in that order.
+fn two_arm_overrides(a: &RateArgs, fields: [&mut f64; 5]) {
+    let values = [a.alpha, a.eta_bob, a.dark_count, a.misalignment, a.rep_rate];
+    for (dst, v) in fields.into_iter().zip(values) {
+        if let Some(v) = v {
+            *dst = v;
+        }
+    }
 }
 
 /// Writes the report to stdout; a closed pipe (`qkd-sim ... | head`) is not an error.

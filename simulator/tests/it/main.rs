@@ -5,6 +5,7 @@ mod benches;
 mod checks;
 mod cli;
 mod euroqci;
+mod models;
 mod node_feed;
 mod plob;
 mod satellite;
