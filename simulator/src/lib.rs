@@ -13,13 +13,17 @@
 //!   decoy BB84 (asymptotic), finite-key BB84 (Lim 2014, Rusca 2018), GG02 CV-QKD, twin-field,
 //!   post-processing costs;
 //! * [`satellite`]: orbit geometry, link budget, passes, day/night, the XOR relay;
+//!   [`passtrack`]: passes from a measured loss table, an elevation track or a TLE, with sifted
+//!   and secret key per pass and the rates over it;
 //! * [`faults`]: cuts, outages, maintenance, intercept-resend, random cuts;
 //! * [`physical`]: [`model::LinkModel`]s built from the physics (finite blocks, aborts with a
 //!   reason, outages; key per satellite pass);
 //! * [`spec`]: [`model::LinkModelSpec`], the configuration form of every model, checked;
 //! * [`curve`]: key-rate sweeps with the bounds alongside;
 //! * [`scenario`] and [`network`]: scenario files and accelerated, deterministic network runs
-//!   with trusted-node paths; [`plot`]: PNG/SVG output with a bundled font.
+//!   with trusted-node paths; [`plot`]: PNG/SVG output with a bundled font;
+//! * [`dynamics`]: time-resolved runs with key buffers per link, demand per pair and hop-by-hop
+//!   relaying, the effect of cuts and attacks against an event-free baseline.
 //!
 //! Nothing here reads the wall clock: [`link::SimulatedLink`] takes an injected
 //! [`qkd_types::Clock`], and simulations run on explicit times. All randomness is seeded (fibre
@@ -31,10 +35,12 @@
 #![forbid(unsafe_code)]
 
 pub mod curve;
+pub mod dynamics;
 pub mod faults;
 pub mod link;
 pub mod model;
 pub mod network;
+pub mod passtrack;
 pub mod physical;
 pub mod physics;
 pub mod plot;

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use qkd_simulator::curve::{Axis, CurvePoint, CurveProtocol, rate_curve};
+use qkd_simulator::dynamics::{Demand, DynamicsOptions, baseline_links, run_dynamics};
 use qkd_simulator::network::{RunOptions, run};
 use qkd_simulator::physics::channel::DvHardware;
 use qkd_simulator::physics::cv::Gg02;
@@ -58,6 +59,51 @@ enum Command {
         Writes links.csv, pairs.csv, summary.json, links.png/svg and pairs.png/svg into --out\n\
         and prints a summary table.")]
     Run(RunArgs),
+    /// Time-resolved network run with key buffers: demand per pair, hop-by-hop relaying, buffer
+    /// levels, unmet demand, and the key lost to cuts and attacks against an event-free run.
+    #[command(after_help = "Examples:\n  \
+        qkd-sim dynamics simulator/scenarios/metro-2node.toml --demand constant:2000 --step 10 --aggregate 600 --out metro-dyn\n  \
+        qkd-sim dynamics simulator/scenarios/euroqci.toml --days 1 --demand bursty:20000,300,900 --out eu-dyn\n\n\
+        --demand is constant:BPS, bursty:BPS,ON_S,OFF_S[,SEED] or trace:FILE.csv (columns t_s,\n\
+        bits_per_s and optionally pair as A:B). Writes dynamics_pairs.csv, dynamics_links.csv and\n\
+        dynamics_summary.json into --out and prints a table.")]
+    Dynamics(DynamicsArgs),
+}
+
+#[derive(clap::Args)]
+struct DynamicsArgs {
+    /// Scenario file (.toml or .json).
+    scenario: PathBuf,
+    /// Demand of every pair: constant:BPS, bursty:BPS,ON_S,OFF_S[,SEED] or trace:FILE.csv.
+    #[arg(long, default_value = "constant:1000")]
+    demand: String,
+    /// Simulated days (default: the scenario's duration).
+    #[arg(long)]
+    days: Option<f64>,
+    /// Time step, s.
+    #[arg(long, default_value_t = 60)]
+    step: u64,
+    /// Width of the reported buckets, s.
+    #[arg(long, default_value_t = 3600)]
+    aggregate: u64,
+    /// Key block drawn by relays, bits.
+    #[arg(long, default_value_t = 256)]
+    block: u64,
+    /// Buffer capacity per link, bits.
+    #[arg(long, default_value_t = 1e9)]
+    capacity: f64,
+    /// Pre-shared key in every buffer at the start, bits.
+    #[arg(long, default_value_t = 0.0)]
+    initial: f64,
+    /// Also serve these node pairs, as `A:B` (repeatable).
+    #[arg(long = "pair", value_name = "A:B")]
+    pairs: Vec<String>,
+    /// Skip the event-free baseline run (the "lost to events" column).
+    #[arg(long)]
+    no_baseline: bool,
+    /// Output directory.
+    #[arg(long, default_value = "qkd-sim-dynamics")]
+    out: PathBuf,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -224,6 +270,7 @@ fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
         Command::Rate(a) => rate(a),
         Command::Run(a) => run_scenario(a),
+        Command::Dynamics(a) => dynamics(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -514,16 +561,15 @@ fn bar(len: u64, what: &str, quiet: bool) -> ProgressBar {
     b
 }
 
-fn run_scenario(a: RunArgs) -> Result<()> {
-    let mut out = String::new();
-    let mut sc = Scenario::load(&a.scenario)?;
-    for p in &a.pairs {
+/// Adds `--pair A:B` arguments to the scenario's pairs, checking the node ids.
+fn add_pairs(sc: &mut Scenario, pairs: &[String], file: &Path) -> Result<()> {
+    for p in pairs {
         let Some((x, y)) = p.split_once(':') else {
             anyhow::bail!("--pair {p}: write the two node ids as A:B");
         };
         for id in [x, y] {
             if !sc.nodes.iter().any(|n| n.id == id) {
-                anyhow::bail!("--pair {p}: {} has no node `{id}`", a.scenario.display());
+                anyhow::bail!("--pair {p}: {} has no node `{id}`", file.display());
             }
         }
         sc.pairs.push(PairSpec {
@@ -531,6 +577,77 @@ fn run_scenario(a: RunArgs) -> Result<()> {
             b: y.to_string(),
         });
     }
+    Ok(())
+}
+
+fn dynamics(a: DynamicsArgs) -> Result<()> {
+    let mut out = String::new();
+    let demand = Demand::parse(&a.demand)?;
+    let mut sc = Scenario::load(&a.scenario)?;
+    add_pairs(&mut sc, &a.pairs, &a.scenario)?;
+    if let Some(days) = a.days {
+        if !(days > 0.0 && days <= 366.0) {
+            anyhow::bail!("--days {days}: simulate between a second and a year");
+        }
+        sc.scenario.duration_s = (days * 86_400.0).round() as u64;
+    }
+    if sc.pairs.is_empty() {
+        anyhow::bail!(
+            "{} has no [[pairs]]: name the pairs to serve with --pair A:B",
+            a.scenario.display()
+        );
+    }
+    for (name, v) in [("--capacity", a.capacity), ("--initial", a.initial)] {
+        if !(v.is_finite() && (0.0..=1e18).contains(&v)) {
+            anyhow::bail!("{name} {v}: a number of bits between 0 and 10¹⁸");
+        }
+    }
+    if a.step == 0 || a.block == 0 || a.capacity < a.block as f64 {
+        anyhow::bail!("--step and --block must be > 0, and --capacity at least one block");
+    }
+    let opts = DynamicsOptions {
+        step_s: a.step,
+        block_bits: a.block,
+        capacity_bits: a.capacity as u64,
+        initial_bits: a.initial as u64,
+        max_paths: 3,
+        aggregate_s: a.aggregate,
+    };
+    let t0 = Instant::now();
+    let links = sc.build_links(&a.scenario, &|_| ())?;
+    let baseline = if a.no_baseline {
+        None
+    } else {
+        Some(baseline_links(&sc, &a.scenario)?)
+    };
+    let t_build = t0.elapsed();
+    let t1 = Instant::now();
+    let mut result = run_dynamics(&sc, &links, &demand, &opts);
+    if let Some(b) = &baseline {
+        result.set_baseline(&run_dynamics(&sc, b, &demand, &opts));
+    }
+    let t_run = t1.elapsed();
+    result.write(&a.out)?;
+    out.push_str(&result.summary_table());
+    outln!(
+        out,
+        "\nphysics set-up {:.2} s, simulation {:.2} s{}, output in {}",
+        t_build.as_secs_f64(),
+        t_run.as_secs_f64(),
+        if baseline.is_some() {
+            " (with the event-free baseline)"
+        } else {
+            ""
+        },
+        a.out.display()
+    );
+    emit(&out)
+}
+
+fn run_scenario(a: RunArgs) -> Result<()> {
+    let mut out = String::new();
+    let mut sc = Scenario::load(&a.scenario)?;
+    add_pairs(&mut sc, &a.pairs, &a.scenario)?;
     let n = sc.links.len() as u64;
     let threads = a
         .threads

@@ -4,6 +4,7 @@
 mod benches;
 mod checks;
 mod cli;
+mod dynamics;
 mod euroqci;
 mod models;
 mod node_feed;
