@@ -229,8 +229,8 @@ impl Trace {
         let cp = col("pair");
         let mut trace = Trace::default();
         for (i, rec) in rdr.records().enumerate() {
-            let line = i + 2;
-            let rec = rec.map_err(|e| bad(line, "row", e.to_string()))?;
+            let rec = rec.map_err(|e| bad(i + 2, "row", e.to_string()))?;
+            let line = rec.position().map_or(i + 2, |p| p.line() as usize);
             let num = |c: usize, name: &str| -> Result<f64, DemandError> {
                 let s = rec.get(c).unwrap_or("");
                 match s.parse::<f64>() {

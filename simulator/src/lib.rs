@@ -14,7 +14,7 @@
 //!   post-processing costs;
 //! * [`satellite`]: orbit geometry, link budget, passes, day/night, the XOR relay;
 //!   [`passtrack`]: passes from a measured loss table, an elevation track or a TLE, with sifted
-//!   and secret key per pass and the rates over it;
+//!   and secret key per pass and the rates over it; [`tle`]: SGP4 orbits from TLEs;
 //! * [`faults`]: cuts, outages, maintenance, intercept-resend, random cuts;
 //! * [`physical`]: [`model::LinkModel`]s built from the physics (finite blocks, aborts with a
 //!   reason, outages; key per satellite pass);
@@ -47,6 +47,7 @@ pub mod plot;
 pub mod satellite;
 pub mod scenario;
 pub mod spec;
+pub mod tle;
 
 /// The examples of README.md, compiled and run as doctests.
 #[cfg(doctest)]

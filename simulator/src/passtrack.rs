@@ -281,12 +281,13 @@ impl TrackError {
     }
 }
 
-/// Opens a CSV file with a header row, cells trimmed.
+/// Opens a CSV file with a header row, cells trimmed, `#` lines ignored.
 pub(crate) fn open_table(
     path: &Path,
 ) -> Result<(csv::Reader<std::fs::File>, csv::StringRecord), TrackError> {
     let mut rdr = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
+        .comment(Some(b'#'))
         .from_path(path)
         .map_err(|e| TrackError::new(path, 0, "file", e.to_string()))?;
     let headers = rdr
@@ -325,8 +326,8 @@ fn read_columns(
     let names: Vec<&str> = required.iter().chain(optional).copied().collect();
     let mut out: Vec<Vec<Option<f64>>> = Vec::new();
     for (i, rec) in rdr.records().enumerate() {
-        let line = i + 2;
-        let rec = rec.map_err(|e| bad(line, "row", e.to_string()))?;
+        let rec = rec.map_err(|e| bad(i + 2, "row", e.to_string()))?;
+        let line = rec.position().map_or(i + 2, |p| p.line() as usize);
         let mut row = Vec::with_capacity(cols.len());
         for (j, c) in cols.iter().enumerate() {
             let name = names[j];

@@ -10,6 +10,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use qkd_simulator::curve::{Axis, CurvePoint, CurveProtocol, rate_curve};
 use qkd_simulator::dynamics::{Demand, DynamicsOptions, baseline_links, run_dynamics};
 use qkd_simulator::network::{RunOptions, run};
+use qkd_simulator::passtrack::{
+    PassOptions, evaluate_passes, load_elevation_track, load_loss_table, write_passes,
+};
 use qkd_simulator::physics::channel::DvHardware;
 use qkd_simulator::physics::cv::Gg02;
 use qkd_simulator::physics::twinfield::TwinField;
@@ -21,8 +24,11 @@ use qkd_simulator::physics::{
     sns::Sns,
 };
 use qkd_simulator::plot;
+use qkd_simulator::satellite::{GroundStation, LinkBudget};
+use qkd_simulator::scenario::parse_utc;
 use qkd_simulator::scenario::{PairSpec, Scenario};
 use qkd_simulator::spec::HardwarePreset;
+use qkd_simulator::tle::Tle;
 
 /// Appends a formatted line to a report string (writing to a String cannot fail).
 macro_rules! outln {
@@ -68,6 +74,64 @@ enum Command {
         bits_per_s and optionally pair as A:B). Writes dynamics_pairs.csv, dynamics_links.csv and\n\
         dynamics_summary.json into --out and prints a table.")]
     Dynamics(DynamicsArgs),
+    /// Satellite passes from a measured loss table, an elevation track or a TLE (SGP4): sifted
+    /// and finite-key secret key per pass, and the rates over each pass.
+    #[command(after_help = "Examples:\n  \
+        qkd-sim pass --tle simulator/data/tle/iss-2020-07-12.tle --station 48.15,11.58 --hours 24 --day --out iss\n  \
+        qkd-sim pass --tle simulator/data/tle/sgp4-verification.tle --sat 28057 --station 40.65,16.70 --hours 48 --out s28057\n\n\
+        --loss-table FILE.csv has columns t_s and loss_db (channel loss without the detector; an\n\
+        empty loss is no link); --elevation-track FILE.csv has t_s, elevation_deg and optionally\n\
+        range_km. Writes passes.csv, pass_points.csv and passes.json into --out.")]
+    Pass(PassArgs),
+}
+
+#[derive(clap::Args)]
+struct PassArgs {
+    /// Loss table: CSV with t_s and loss_db.
+    #[arg(long, conflicts_with_all = ["elevation_track", "tle"])]
+    loss_table: Option<PathBuf>,
+    /// Elevation track: CSV with t_s, elevation_deg and optionally range_km.
+    #[arg(long, conflicts_with = "tle")]
+    elevation_track: Option<PathBuf>,
+    /// TLE file (two- or three-line sets).
+    #[arg(long)]
+    tle: Option<PathBuf>,
+    /// NORAD number of the satellite in the TLE file (default: the first set).
+    #[arg(long)]
+    sat: Option<u64>,
+    /// Ground station as LAT,LON in degrees (with --tle).
+    #[arg(long, value_name = "LAT,LON", allow_hyphen_values = true)]
+    station: Option<String>,
+    /// Start, UTC as YYYY-MM-DDTHH:MM:SSZ (with --tle; default: the TLE epoch).
+    #[arg(long)]
+    start: Option<String>,
+    /// Span searched for passes, hours (with --tle).
+    #[arg(long, default_value_t = 24.0)]
+    hours: f64,
+    /// Lowest usable elevation, degrees (--tle and --elevation-track).
+    #[arg(long, default_value_t = 15.0)]
+    min_elevation: f64,
+    /// Use daylight passes too (with --tle; the default is night only, Sun below −12°).
+    #[arg(long)]
+    day: bool,
+    /// Orbit altitude for slant ranges when an elevation track has no range_km, km.
+    #[arg(long, default_value_t = 500.0)]
+    altitude: f64,
+    /// Source repetition rate, Hz.
+    #[arg(long, default_value_t = 1e8)]
+    rep_rate: f64,
+    /// Ground detector efficiency.
+    #[arg(long, default_value_t = 0.5)]
+    eta_det: f64,
+    /// Dark-count (background) probability per detector per pulse.
+    #[arg(long)]
+    dark_count: Option<f64>,
+    /// Sampling step along the pass, s.
+    #[arg(long, default_value_t = 1.0)]
+    step: f64,
+    /// Output directory.
+    #[arg(long, default_value = "qkd-sim-pass")]
+    out: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -271,6 +335,7 @@ fn main() -> std::process::ExitCode {
         Command::Rate(a) => rate(a),
         Command::Run(a) => run_scenario(a),
         Command::Dynamics(a) => dynamics(a),
+        Command::Pass(a) => pass(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -641,6 +706,115 @@ fn dynamics(a: DynamicsArgs) -> Result<()> {
         },
         a.out.display()
     );
+    emit(&out)
+}
+
+fn pass(a: PassArgs) -> Result<()> {
+    let mut out = String::new();
+    let mut opts = PassOptions::default();
+    opts.protocol.hw.rep_rate_hz = a.rep_rate;
+    opts.protocol.hw.eta_bob = a.eta_det;
+    if let Some(p) = a.dark_count {
+        opts.protocol.hw.dark_count_prob = p;
+    }
+    opts.protocol.hw.validate().context("invalid parameters")?;
+    if !(a.step > 0.0 && a.step <= 60.0) {
+        anyhow::bail!("--step {}: sample a pass every 0 to 60 s", a.step);
+    }
+    opts.max_gap_s = opts.max_gap_s.max(2.0 * a.step);
+    let budget = LinkBudget::MICIUS_LIKE;
+    let (track, what) = if let Some(f) = &a.loss_table {
+        (load_loss_table(f)?, format!("loss table {}", f.display()))
+    } else if let Some(f) = &a.elevation_track {
+        (
+            load_elevation_track(f, &budget, a.altitude, a.min_elevation)?,
+            format!("elevation track {}", f.display()),
+        )
+    } else if let Some(f) = &a.tle {
+        let sets = Tle::load(f)?;
+        let tle = match a.sat {
+            Some(id) => sets
+                .iter()
+                .find(|t| t.norad_id == id)
+                .with_context(|| format!("{} has no satellite {id}", f.display()))?,
+            None => &sets[0],
+        };
+        let Some((lat, lon)) = a
+            .station
+            .as_deref()
+            .and_then(|s| s.split_once(','))
+            .and_then(|(x, y)| {
+                Some((x.trim().parse::<f64>().ok()?, y.trim().parse::<f64>().ok()?))
+            })
+        else {
+            anyhow::bail!("--tle needs --station LAT,LON in degrees");
+        };
+        let station = GroundStation {
+            lat_deg: lat,
+            lon_deg: lon,
+            min_elevation_deg: a.min_elevation,
+            clear_sky_prob: 1.0,
+        };
+        if !((-90.0..=90.0).contains(&lat) && (-180.0..=360.0).contains(&lon)) {
+            anyhow::bail!("--station {lat},{lon}: latitude in [−90, 90], longitude in [−180, 360]");
+        }
+        if !(a.hours > 0.0 && a.hours <= 24.0 * 31.0) {
+            anyhow::bail!("--hours {}: search between 0 and 744 hours", a.hours);
+        }
+        let start = match &a.start {
+            Some(s) => parse_utc(s).map_err(|e| anyhow::anyhow!("--start {s}: {e}"))? as f64,
+            None => tle.epoch_unix_s,
+        };
+        let track = tle.track(
+            &station,
+            &budget,
+            start,
+            a.hours * 3600.0,
+            a.step,
+            -12.0,
+            !a.day,
+        )?;
+        (
+            track,
+            format!(
+                "{} (NORAD {}) over {lat:.2},{lon:.2}, {} h from Unix {start:.0}{}",
+                tle.name.as_deref().unwrap_or("TLE"),
+                tle.norad_id,
+                a.hours,
+                if a.day { "" } else { ", night passes only" }
+            ),
+        )
+    } else {
+        anyhow::bail!("give --loss-table, --elevation-track or --tle");
+    };
+    let passes = evaluate_passes(&track, &opts);
+    write_passes(&passes, &a.out)?;
+    outln!(out, "{what}: {} passes", passes.len());
+    outln!(
+        out,
+        "{:>10} {:>10} {:>9} {:>9} {:>14} {:>14} {:>8}",
+        "start s",
+        "length s",
+        "min dB",
+        "max dB",
+        "sifted bits",
+        "secret bits",
+        "QBER %"
+    );
+    for p in &passes {
+        outln!(
+            out,
+            "{:>10.1} {:>10.1} {:>9.2} {:>9.2} {:>14.0} {:>14} {:>8.3}",
+            p.start_s,
+            p.end_s - p.start_s,
+            p.min_loss_db,
+            p.max_loss_db,
+            p.sifted_bits,
+            p.secret_bits,
+            100.0 * p.qber
+        );
+    }
+    outln!(out, "wrote {}", a.out.display());
     emit(&out)
 }
 

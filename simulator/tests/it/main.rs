@@ -8,6 +8,7 @@ mod dynamics;
 mod euroqci;
 mod models;
 mod node_feed;
+mod passes;
 mod plob;
 mod satellite;
 mod scenarios;
