@@ -17,9 +17,14 @@
 //! * [`physical`]: [`model::LinkModel`]s built from the physics (finite blocks, aborts with a
 //!   reason, outages; key per satellite pass);
 //! * [`spec`]: [`model::LinkModelSpec`], the configuration form of every model, checked;
-//! * [`curve`]: key-rate sweeps with the bounds alongside;
+//! * [`curve`]: key-rate sweeps with the bounds alongside; [`detail`]: what lies behind each
+//!   point (parameters, estimator values, the bound of the protocol's family);
 //! * [`scenario`] and [`network`]: scenario files and accelerated, deterministic network runs
-//!   with trusted-node paths; [`plot`]: PNG/SVG output with a bundled font.
+//!   with trusted-node paths; `plot` (feature `plot`): PNG/SVG output with a bundled font.
+//!
+//! Features: `cli` (default) builds the `qkd-sim` binary and turns on `output` (CSV files of
+//! network runs) and `plot`. A trusted node takes the crate with `default-features = false`:
+//! physics, link models and scenarios only, without plotters, the font or csv.
 //!
 //! Nothing here reads the wall clock: [`link::SimulatedLink`] takes an injected
 //! [`qkd_types::Clock`], and simulations run on explicit times. All randomness is seeded (fibre
@@ -31,12 +36,14 @@
 #![forbid(unsafe_code)]
 
 pub mod curve;
+pub mod detail;
 pub mod faults;
 pub mod link;
 pub mod model;
 pub mod network;
 pub mod physical;
 pub mod physics;
+#[cfg(feature = "plot")]
 pub mod plot;
 pub mod satellite;
 pub mod scenario;

@@ -7,6 +7,7 @@ mod cli;
 mod euroqci;
 mod node_feed;
 mod plob;
+mod rate_detail;
 mod satellite;
 mod scenarios;
 mod timeline;
