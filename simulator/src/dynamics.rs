@@ -31,8 +31,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+#[cfg(feature = "output")]
 use crate::network::OutputError;
-use crate::passtrack::{TrackError, open_table};
+use crate::passtrack::TrackError;
+#[cfg(feature = "output")]
+use crate::passtrack::open_table;
 use crate::physical::Phase;
 use crate::scenario::{BuiltLink, Scenario, ScenarioError};
 
@@ -136,7 +139,10 @@ impl Demand {
                     seed,
                 })
             }
+            #[cfg(feature = "output")]
             "trace" => Ok(Demand::Trace(Trace::load(Path::new(rest))?)),
+            #[cfg(not(feature = "output"))]
+            "trace" => Err(err("reading a trace needs the `output` feature")),
             _ => Err(err("the kind is constant, bursty or trace")),
         }
     }
@@ -211,6 +217,7 @@ fn rng_start(p_on: f64, seed: u64) -> bool {
     ChaCha8Rng::seed_from_u64(seed.wrapping_add(1)).random::<f64>() < p_on
 }
 
+#[cfg(feature = "output")]
 impl Trace {
     /// Reads a trace CSV (`t_s`, `bits_per_s`, optional `pair`).
     pub fn load(path: &Path) -> Result<Self, DemandError> {
@@ -623,6 +630,7 @@ impl DynamicsResult {
     }
 
     /// Writes `dynamics_pairs.csv`, `dynamics_links.csv` and `dynamics_summary.json` into `dir`.
+    #[cfg(feature = "output")]
     pub fn write(&self, dir: &Path) -> Result<(), OutputError> {
         std::fs::create_dir_all(dir)?;
         let mut w = csv::Writer::from_path(dir.join("dynamics_pairs.csv"))?;
@@ -894,6 +902,7 @@ mod tests {
         assert_ne!(a, d.per_step(1, "a:c", 10, 100_000));
     }
 
+    #[cfg(feature = "output")]
     #[test]
     fn trace_is_a_step_function_per_pair() {
         let dir = tempfile::tempdir().unwrap();

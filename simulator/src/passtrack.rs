@@ -8,16 +8,19 @@
 //! detector's input, as the Micius tables quote it (Liao et al., Nature 549, 43 (2017); the
 //! detector efficiency is applied separately, `eta_det`). A sample holds for the interval up to the
 //! next one; a gap between samples longer than `max_gap_s`, or an empty or non-finite loss, ends a
-//! pass.
+//! pass. Reading and writing CSV files needs the `output` feature (on with `cli`).
 
 use std::path::Path;
 
 use serde::Serialize;
 
-use crate::physics::channel::{DvHardware, db_to_transmittance, transmittance_to_db};
+#[cfg(feature = "output")]
+use crate::physics::channel::db_to_transmittance;
+use crate::physics::channel::{DvHardware, transmittance_to_db};
 use crate::physics::decoy::{AsymptoticBb84, DecoyMethod};
 use crate::physics::finite::{Counts, Lim2014};
 use crate::physics::postproc::{Authentication, net_block_key};
+#[cfg(feature = "output")]
 use crate::satellite::{LinkBudget, slant_range_km};
 
 /// One sample of a track: time and channel transmittance (no detector).
@@ -113,6 +116,7 @@ pub struct TrackError {
 }
 
 /// Reads a loss table: CSV with columns `t_s` and `loss_db`. An empty `loss_db` means no link.
+#[cfg(feature = "output")]
 pub fn load_loss_table(path: &Path) -> Result<Vec<TrackSample>, TrackError> {
     let rows = read_columns(path, &["t_s", "loss_db"], &[])?;
     Ok(rows
@@ -127,6 +131,7 @@ pub fn load_loss_table(path: &Path) -> Result<Vec<TrackSample>, TrackError> {
 /// Reads an elevation track (`t_s`, `elevation_deg`, optional `range_km`) and turns it into a
 /// transmittance track with `budget`; without a range column the slant range of a circular orbit
 /// at `altitude_km` is used. Samples below `min_elevation_deg` have no link.
+#[cfg(feature = "output")]
 pub fn load_elevation_track(
     path: &Path,
     budget: &LinkBudget,
@@ -236,6 +241,7 @@ fn evaluate_pass(
 
 /// Writes `passes.csv` (one row per pass), `pass_points.csv` (one row per sample) and
 /// `passes.json` into `dir`.
+#[cfg(feature = "output")]
 pub fn write_passes(passes: &[PassReport], dir: &Path) -> Result<(), crate::network::OutputError> {
     std::fs::create_dir_all(dir)?;
     let mut w = csv::Writer::from_path(dir.join("passes.csv"))?;
@@ -282,6 +288,7 @@ impl TrackError {
 }
 
 /// Opens a CSV file with a header row, cells trimmed, `#` lines ignored.
+#[cfg(feature = "output")]
 pub(crate) fn open_table(
     path: &Path,
 ) -> Result<(csv::Reader<std::fs::File>, csv::StringRecord), TrackError> {
@@ -299,6 +306,7 @@ pub(crate) fn open_table(
 
 /// Reads numeric columns by header name; `required` must be present, `optional` may be. Returns
 /// per row the values in the order required ++ optional (None for empty cells or absent columns).
+#[cfg(feature = "output")]
 fn read_columns(
     path: &Path,
     required: &[&str],
@@ -358,6 +366,7 @@ fn read_columns(
 }
 
 #[cfg(test)]
+#[cfg(feature = "output")]
 mod tests {
     use super::*;
 

@@ -7,7 +7,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use qkd_simulator::curve::{Axis, CurvePoint, CurveProtocol, rate_curve};
+use qkd_simulator::curve::{Axis, CurveProtocol, rate_curve_detailed};
+use qkd_simulator::detail::{self, DetailedPoint, FixedParams};
 use qkd_simulator::dynamics::{Demand, DynamicsOptions, baseline_links, run_dynamics};
 use qkd_simulator::network::{RunOptions, run};
 use qkd_simulator::passtrack::{
@@ -54,8 +55,12 @@ enum Command {
     #[command(after_help = "Examples:\n  \
         qkd-sim rate --protocol decoy-vacuum-weak --hardware gys --to 150 --out gys\n  \
         qkd-sim rate --protocol finite-key --hardware lim2014 --block 1e7 --to 200 --points 101 --out lim\n  \
-        qkd-sim rate --protocol cv-gg02 --axis loss --to 30 --out cv\n\n\
-        Writes rate.csv, rate.json, rate.png/svg (key rate, PLOB, TGW) and qber.png/svg into --out.")]
+        qkd-sim rate --protocol cv-gg02 --axis loss --to 30 --out cv\n  \
+        qkd-sim rate --protocol one-decoy --hardware metro-ghz --block 1e6 --p-basis 0.9 --out rusca\n\n\
+        Writes rate.csv and rate.json (per point: key rate, bounds, the parameters used and the\n\
+        estimator values behind the rate), rate.png/svg (key rate, PLOB, TGW, and the\n\
+        single-repeater bound for twin-field) and qber.png/svg into --out.\n\
+        Flags a protocol does not use are refused.")]
     Rate(RateArgs),
     /// Simulate a network scenario: per-link time series, end-to-end key, summary, plots.
     #[command(after_help = "Examples:\n  \
@@ -219,46 +224,63 @@ enum AxisArg {
 }
 
 #[derive(clap::Args)]
+#[command(allow_negative_numbers = true)]
 struct RateArgs {
     /// Protocol.
     #[arg(long, value_enum, default_value = "decoy-infinite")]
     protocol: Protocol,
-    /// Hardware parameter set (DV protocols).
-    #[arg(long, value_enum, default_value = "gys")]
-    hardware: Hw,
+    /// Hardware parameter set (DV protocols) [default: gys].
+    #[arg(long, value_enum)]
+    hardware: Option<Hw>,
     /// Override fibre attenuation, dB/km.
     #[arg(long)]
     alpha: Option<f64>,
-    /// Override Bob's optics × detector efficiency.
+    /// Override Bob's optics × detector efficiency (DV protocols).
     #[arg(long)]
     eta_bob: Option<f64>,
-    /// Override dark-count probability per detector per gate.
+    /// Override dark-count probability per detector per gate (DV protocols).
     #[arg(long)]
     dark_count: Option<f64>,
-    /// Override misalignment error.
+    /// Override misalignment error (DV protocols).
     #[arg(long)]
     misalignment: Option<f64>,
-    /// Override repetition rate, Hz.
+    /// Override repetition rate, Hz (DV protocols).
     #[arg(long)]
     rep_rate: Option<f64>,
-    /// Extra fixed loss (connectors), dB.
+    /// Extra fixed loss (connectors), dB (not twin-field).
     #[arg(long)]
     extra_loss: Option<f64>,
-    /// Error-correction inefficiency f.
-    #[arg(long, default_value_t = 1.22)]
-    f_ec: f64,
-    /// Signal intensity (vacuum + weak).
-    #[arg(long, default_value_t = 0.48)]
-    mu: f64,
-    /// Weak decoy intensity (vacuum + weak).
-    #[arg(long, default_value_t = 0.05)]
-    nu: f64,
-    /// Basis-Z probability (efficient BB84).
-    #[arg(long, default_value_t = 0.9)]
-    p_z: f64,
-    /// Block size in key-basis bits (finite key).
-    #[arg(long, default_value_t = 1e7)]
-    block: f64,
+    /// Error-correction inefficiency f (DV protocols) [default: 1.22].
+    #[arg(long)]
+    f_ec: Option<f64>,
+    /// Signal intensity, photons per pulse: vacuum + weak [default: 0.48]; fixes μ (μ₁) of
+    /// decoy-infinite, no-decoy, efficient-bb84, finite-key and one-decoy instead of optimising it.
+    #[arg(long)]
+    mu: Option<f64>,
+    /// Weak decoy intensity (vacuum + weak) [default: 0.05].
+    #[arg(long)]
+    nu: Option<f64>,
+    /// Basis-Z probability (efficient BB84) [default: 0.9].
+    #[arg(long)]
+    p_z: Option<f64>,
+    /// Fixes the decoy intensity μ₂ (finite-key, one-decoy).
+    #[arg(long)]
+    mu2: Option<f64>,
+    /// Sets the weakest intensity μ₃ (finite-key) [default: 2e-4].
+    #[arg(long)]
+    mu3: Option<f64>,
+    /// Fixes the probability of sending μ₁ (finite-key, one-decoy).
+    #[arg(long)]
+    p_mu1: Option<f64>,
+    /// Fixes the probability of sending μ₂ (finite-key).
+    #[arg(long)]
+    p_mu2: Option<f64>,
+    /// Fixes the key-basis probability, q_x of finite-key or p_Z of one-decoy.
+    #[arg(long)]
+    p_basis: Option<f64>,
+    /// Block size in key-basis bits (finite-key, one-decoy) [default: 1e7].
+    #[arg(long)]
+    block: Option<f64>,
     /// Detector dead time, s (DV protocols on --hardware; Rusca's correction).
     #[arg(long)]
     dead_time: Option<f64>,
@@ -275,9 +297,9 @@ struct RateArgs {
     /// Pulse pairs of one SNS finite-key run (sns-tf; absent: asymptotic).
     #[arg(long)]
     pulses: Option<f64>,
-    /// CV-QKD detection (cv-qkd).
-    #[arg(long, value_enum, default_value = "heterodyne")]
-    detection: DetectionArg,
+    /// CV-QKD detection (cv-qkd) [default: heterodyne].
+    #[arg(long, value_enum)]
+    detection: Option<DetectionArg>,
     /// Symbols of one CV-QKD block for the composable finite-size rate (cv-qkd; absent:
     /// asymptotic).
     #[arg(long)]
@@ -300,6 +322,127 @@ struct RateArgs {
     /// Skip the plots.
     #[arg(long)]
     no_plot: bool,
+}
+
+impl RateArgs {
+    /// Refuses every optional flag that `self.protocol` would ignore, naming them.
+    fn refuse_unused_flags(&self) -> Result<()> {
+        let given: [(&str, bool); 24] = [
+            ("--hardware", self.hardware.is_some()),
+            ("--eta-bob", self.eta_bob.is_some()),
+            ("--dark-count", self.dark_count.is_some()),
+            ("--misalignment", self.misalignment.is_some()),
+            ("--rep-rate", self.rep_rate.is_some()),
+            ("--extra-loss", self.extra_loss.is_some()),
+            ("--f-ec", self.f_ec.is_some()),
+            ("--mu", self.mu.is_some()),
+            ("--nu", self.nu.is_some()),
+            ("--p-z", self.p_z.is_some()),
+            ("--mu2", self.mu2.is_some()),
+            ("--mu3", self.mu3.is_some()),
+            ("--p-mu1", self.p_mu1.is_some()),
+            ("--p-mu2", self.p_mu2.is_some()),
+            ("--p-basis", self.p_basis.is_some()),
+            ("--block", self.block.is_some()),
+            ("--alpha", self.alpha.is_some()),
+            ("--dead-time", self.dead_time.is_some()),
+            ("--afterpulse", self.afterpulse.is_some()),
+            ("--jitter", self.jitter.is_some()),
+            ("--window", self.window.is_some()),
+            ("--pulses", self.pulses.is_some()),
+            ("--detection", self.detection.is_some()),
+            ("--symbols", self.symbols.is_some()),
+        ];
+        const DV: [&str; 11] = [
+            "--hardware",
+            "--eta-bob",
+            "--dark-count",
+            "--misalignment",
+            "--rep-rate",
+            "--extra-loss",
+            "--f-ec",
+            "--alpha",
+            "--dead-time",
+            "--jitter",
+            "--window",
+        ];
+        const TWO_ARM: [&str; 6] = [
+            "--alpha",
+            "--eta-bob",
+            "--dark-count",
+            "--misalignment",
+            "--rep-rate",
+            "--f-ec",
+        ];
+        let (name, own): (&str, &[&str]) = match self.protocol {
+            Protocol::DecoyInfinite => ("decoy-infinite", &["--mu"]),
+            Protocol::DecoyVacuumWeak => ("decoy-vacuum-weak", &["--mu", "--nu"]),
+            Protocol::NoDecoy => ("no-decoy", &["--mu"]),
+            Protocol::EfficientBb84 => ("efficient-bb84", &["--mu", "--p-z"]),
+            Protocol::FiniteKey => (
+                "finite-key",
+                &[
+                    "--block",
+                    "--mu",
+                    "--mu2",
+                    "--mu3",
+                    "--p-mu1",
+                    "--p-mu2",
+                    "--p-basis",
+                    "--afterpulse",
+                ],
+            ),
+            Protocol::OneDecoy => (
+                "one-decoy",
+                &[
+                    "--block",
+                    "--mu",
+                    "--mu2",
+                    "--p-mu1",
+                    "--p-basis",
+                    "--afterpulse",
+                ],
+            ),
+            Protocol::CvGg02 => ("cv-gg02", &["--alpha", "--extra-loss"]),
+            Protocol::TwinField => ("twin-field", &["--alpha"]),
+            Protocol::MdiQkd => ("mdi-qkd", &TWO_ARM),
+            Protocol::Bbm92 => ("bbm92", &TWO_ARM),
+            Protocol::SnsTf => (
+                "sns-tf",
+                &[
+                    "--alpha",
+                    "--eta-bob",
+                    "--dark-count",
+                    "--misalignment",
+                    "--rep-rate",
+                    "--pulses",
+                ],
+            ),
+            Protocol::CvQkd => ("cv-qkd", &["--alpha", "--detection", "--symbols"]),
+        };
+        let dv = !matches!(
+            self.protocol,
+            Protocol::CvGg02
+                | Protocol::TwinField
+                | Protocol::MdiQkd
+                | Protocol::Bbm92
+                | Protocol::SnsTf
+                | Protocol::CvQkd
+        );
+        let unused: Vec<&str> = given
+            .iter()
+            .filter(|(flag, set)| *set && !own.contains(flag) && !(dv && DV.contains(flag)))
+            .map(|(flag, _)| *flag)
+            .collect();
+        if !unused.is_empty() {
+            anyhow::bail!(
+                "--protocol {name} does not use {}: remove {} (see `qkd-sim rate --help`)",
+                unused.join(", "),
+                if unused.len() == 1 { "it" } else { "them" }
+            );
+        }
+        Ok(())
+    }
 }
 
 #[derive(clap::Args)]
@@ -348,8 +491,9 @@ fn main() -> std::process::ExitCode {
 }
 
 fn rate(a: RateArgs) -> Result<()> {
+    a.refuse_unused_flags()?;
     let mut out = String::new();
-    let preset = match a.hardware {
+    let preset = match a.hardware.unwrap_or(Hw::Gys) {
         Hw::Gys => HardwarePreset::Gys,
         Hw::Kth => HardwarePreset::Kth,
         Hw::Lim2014 => HardwarePreset::Lim2014,
@@ -380,34 +524,37 @@ fn rate(a: RateArgs) -> Result<()> {
             .context("invalid parameters")?;
         hw = timing.apply(&hw);
     }
+    let block = a.block.unwrap_or(1e7);
     let (protocol, name) = match a.protocol {
         Protocol::DecoyInfinite => (
             CurveProtocol::DecoyInfinite,
             "decoy BB84, infinite decoys".to_string(),
         ),
-        Protocol::DecoyVacuumWeak => (
-            CurveProtocol::DecoyVacuumWeak { mu: a.mu, nu: a.nu },
-            format!("decoy BB84, vacuum+weak (mu {}, nu {})", a.mu, a.nu),
-        ),
+        Protocol::DecoyVacuumWeak => {
+            let (mu, nu) = (a.mu.unwrap_or(0.48), a.nu.unwrap_or(0.05));
+            (
+                CurveProtocol::DecoyVacuumWeak { mu, nu },
+                format!("decoy BB84, vacuum+weak (mu {mu}, nu {nu})"),
+            )
+        }
         Protocol::NoDecoy => (
             CurveProtocol::NoDecoy,
             "BB84 without decoys (GLLP)".to_string(),
         ),
-        Protocol::EfficientBb84 => (
-            CurveProtocol::EfficientBb84 { p_z: a.p_z },
-            format!("efficient BB84 (p_Z {})", a.p_z),
-        ),
+        Protocol::EfficientBb84 => {
+            let p_z = a.p_z.unwrap_or(0.9);
+            (
+                CurveProtocol::EfficientBb84 { p_z },
+                format!("efficient BB84 (p_Z {p_z})"),
+            )
+        }
         Protocol::FiniteKey => (
-            CurveProtocol::FiniteKey {
-                block_bits: a.block,
-            },
-            format!("finite-key decoy BB84, Lim 2014, n_X = {:e}", a.block),
+            CurveProtocol::FiniteKey { block_bits: block },
+            format!("finite-key decoy BB84, Lim 2014, n_X = {block:e}"),
         ),
         Protocol::OneDecoy => (
-            CurveProtocol::OneDecoy {
-                block_bits: a.block,
-            },
-            format!("one-decoy BB84, Rusca 2018, n_Z = {:e}", a.block),
+            CurveProtocol::OneDecoy { block_bits: block },
+            format!("one-decoy BB84, Rusca 2018, n_Z = {block:e}"),
         ),
         Protocol::CvGg02 => {
             let mut m = Gg02::REFERENCE;
@@ -441,7 +588,9 @@ fn rate(a: RateArgs) -> Result<()> {
                     &mut m.rep_rate_hz,
                 ],
             );
-            m.f_ec = a.f_ec;
+            if let Some(f) = a.f_ec {
+                m.f_ec = f;
+            }
             (
                 CurveProtocol::Mdi(m),
                 "decoy MDI-QKD (infinite decoys)".to_string(),
@@ -459,7 +608,9 @@ fn rate(a: RateArgs) -> Result<()> {
                     &mut m.rep_rate_hz,
                 ],
             );
-            m.f_ec = a.f_ec;
+            if let Some(f) = a.f_ec {
+                m.f_ec = f;
+            }
             (
                 CurveProtocol::Bbm92(m),
                 "entanglement-based BBM92 (PDC source in the middle)".to_string(),
@@ -498,7 +649,7 @@ fn rate(a: RateArgs) -> Result<()> {
             if let Some(x) = a.alpha {
                 m.alpha_db_per_km = x;
             }
-            let detection = match a.detection {
+            let detection = match a.detection.unwrap_or(DetectionArg::Heterodyne) {
                 DetectionArg::Homodyne => CvDetection::Homodyne,
                 DetectionArg::Heterodyne => CvDetection::Heterodyne,
             };
@@ -526,19 +677,41 @@ fn rate(a: RateArgs) -> Result<()> {
             )
         }
     };
+    // --mu is the protocol's own value for vacuum + weak, a fixed parameter elsewhere.
+    let fixed = FixedParams {
+        mu: a
+            .mu
+            .filter(|_| !matches!(a.protocol, Protocol::DecoyVacuumWeak)),
+        mu2: a.mu2,
+        mu3: a.mu3,
+        p_mu1: a.p_mu1,
+        p_mu2: a.p_mu2,
+        p_basis: a.p_basis,
+    };
     let axis = if a.axis == AxisArg::Loss {
         Axis::Loss
     } else {
         Axis::Distance
     };
     let started = Instant::now();
-    let points = rate_curve(&protocol, &hw, a.f_ec, axis, a.from, a.to, a.points)
-        .context("invalid parameters")?;
+    let points = rate_curve_detailed(
+        &protocol,
+        &hw,
+        a.f_ec.unwrap_or(1.22),
+        &fixed,
+        axis,
+        a.from,
+        a.to,
+        a.points,
+    )
+    .context("invalid parameters")?;
     let elapsed = started.elapsed();
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    write_curve(&points, &a.out)?;
+    detail::write_csv(&points, &a.out.join("rate.csv"))?;
+    detail::write_json(&points, &a.out.join("rate.json"))?;
+    let mut notes = Vec::new();
     if !a.no_plot {
-        plot::rate_curve(&points, axis, &name, &a.out)?;
+        notes = plot::rate_curve(&points, axis, &name, &a.out)?;
     }
     outln!(
         out,
@@ -546,6 +719,14 @@ fn rate(a: RateArgs) -> Result<()> {
         points.len(),
         elapsed.as_secs_f64() * 1e3
     );
+    let given = fixed.given();
+    if !given.is_empty() {
+        outln!(
+            out,
+            "fixed: {} (the rest optimised per point)",
+            given.join(", ")
+        );
+    }
     outln!(
         out,
         "{:>10} {:>10} {:>14} {:>14} {:>10}",
@@ -556,7 +737,7 @@ fn rate(a: RateArgs) -> Result<()> {
         "QBER %"
     );
     let every = (points.len() / 10).max(1);
-    for p in points.iter().step_by(every) {
+    for p in points.iter().step_by(every).map(|d| &d.point) {
         outln!(
             out,
             "{:>10.2} {:>10.2} {:>14.4e} {:>14.4e} {:>10.3}",
@@ -567,19 +748,47 @@ fn rate(a: RateArgs) -> Result<()> {
             100.0 * p.qber
         );
     }
-    if let Some(last) = points.iter().rev().find(|p| p.key_per_pulse > 0.0) {
+    if let Some(last) = points.iter().rev().find(|p| p.point.key_per_pulse > 0.0) {
         outln!(
             out,
             "last point with key: {:.2} ({:.2} km, {:.2} dB)",
-            last.x,
-            last.length_km,
-            last.loss_db
+            last.point.x,
+            last.point.length_km,
+            last.point.loss_db
         );
     } else {
         outln!(out, "no point with a positive key rate");
     }
+    report_bound(&mut out, &points);
+    for n in notes {
+        outln!(out, "note: {n}");
+    }
     outln!(out, "wrote {}", a.out.display());
     emit(&out)
+}
+
+/// Says which bound the protocol's family is held against, and flags every point above it.
+fn report_bound(out: &mut String, points: &[DetailedPoint]) {
+    let Some(first) = points.first() else { return };
+    let over = detail::violations(points);
+    if over.is_empty() {
+        outln!(
+            out,
+            "bound: {}; no point exceeds it",
+            first.bound.describe()
+        );
+    } else {
+        let shown: Vec<String> = over.iter().take(5).map(|x| format!("{x:.2}")).collect();
+        outln!(
+            out,
+            "BOUND VIOLATED: {} of {} points exceed {} (x = {}{}); see exceeds_bound in rate.csv",
+            over.len(),
+            points.len(),
+            first.bound.describe(),
+            shown.join(", "),
+            if over.len() > 5 { ", ..." } else { "" }
+        );
+    }
 }
 
 /// The overrides a two-arm model (MDI, BBM92, SNS) takes from the DV flags: --alpha, --eta-bob
@@ -600,16 +809,6 @@ fn emit(report: &str) -> Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
     }
-}
-
-fn write_curve(points: &[CurvePoint], dir: &Path) -> Result<()> {
-    let mut w = csv::Writer::from_path(dir.join("rate.csv"))?;
-    for p in points {
-        w.serialize(p)?;
-    }
-    w.flush()?;
-    std::fs::write(dir.join("rate.json"), serde_json::to_vec_pretty(points)?)?;
-    Ok(())
 }
 
 fn bar(len: u64, what: &str, quiet: bool) -> ProgressBar {
@@ -846,10 +1045,14 @@ fn run_scenario(a: RunArgs) -> Result<()> {
     pb.finish();
     let t_run = t1.elapsed();
     result.write(&a.out)?;
+    let mut notes = Vec::new();
     if !a.no_plot {
-        plot::run_result(&result, &a.out)?;
+        notes = plot::run_result(&result, &a.out)?;
     }
     out.push_str(&result.summary_table(a.max_rows));
+    for n in notes {
+        outln!(out, "note: {n}");
+    }
     outln!(
         out,
         "\nphysics set-up {:.2} s, simulation {:.2} s ({} threads), output in {}",

@@ -117,6 +117,10 @@ pub struct CvFinitePoint {
     pub xi_up: f64,
     /// Asymptotic key per symbol at the true channel, for comparison.
     pub asymptotic: f64,
+    /// Alice–Bob mutual information at the true channel, bits per symbol.
+    pub i_ab: f64,
+    /// Eve's Holevo information at the worst-case channel, bits per symbol.
+    pub chi_be: f64,
 }
 
 impl CvFiniteSize {
@@ -185,6 +189,8 @@ impl CvFiniteSize {
             t_low,
             xi_up,
             asymptotic: true_point.key_per_symbol,
+            i_ab: true_point.i_ab,
+            chi_be: chi,
         }
     }
 

@@ -10,6 +10,7 @@ mod models;
 mod node_feed;
 mod passes;
 mod plob;
+mod rate_detail;
 mod satellite;
 mod scenarios;
 mod timeline;

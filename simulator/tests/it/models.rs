@@ -216,12 +216,7 @@ fn rate_json(args: &[&str]) -> Result<Vec<serde_json::Value>, String> {
 fn cli_serves_new_protocols_and_detector_flags() {
     let key = |p: &serde_json::Value| p["key_per_pulse"].as_f64().unwrap();
     let mdi = rate_json(&["--protocol", "mdi-qkd", "--to", "100", "--points", "3"]).unwrap();
-    // The CLI applies --f-ec (default 1.22) to every protocol.
-    let lib = MdiQkd {
-        f_ec: 1.22,
-        ..MdiQkd::XU2013
-    };
-    assert_eq!(key(&mdi[1]), lib.optimal(50.0).key_per_pulse);
+    assert_eq!(key(&mdi[1]), MdiQkd::XU2013.optimal(50.0).key_per_pulse);
     let sns = rate_json(&["--protocol", "sns-tf", "--to", "600", "--points", "3"]).unwrap();
     assert!(key(&sns[2]) > sns[2]["plob_per_use"].as_f64().unwrap());
     let fin = rate_json(&[
