@@ -56,7 +56,10 @@ enum Command {
         qkd-sim rate --protocol decoy-vacuum-weak --hardware gys --to 150 --out gys\n  \
         qkd-sim rate --protocol finite-key --hardware lim2014 --block 1e7 --to 200 --points 101 --out lim\n  \
         qkd-sim rate --protocol cv-gg02 --axis loss --to 30 --out cv\n  \
-        qkd-sim rate --protocol one-decoy --hardware metro-ghz --block 1e6 --p-basis 0.9 --out rusca\n\n\
+        qkd-sim rate --protocol one-decoy --hardware metro-ghz --block 1e6 --p-basis 0.9 --out rusca\n  \
+        qkd-sim rate --protocol sns-tf --pulses 1e12 --to 500 --points 26 --out sns\n  \
+        qkd-sim rate --protocol mdi-qkd --to 250 --out mdi\n  \
+        qkd-sim rate --protocol decoy-infinite --hardware metro-ghz --jitter 5e-11 --dead-time 1e-7 --out jitter\n\n\
         Writes rate.csv and rate.json (per point: key rate, bounds, the parameters used and the\n\
         estimator values behind the rate), rate.png/svg (key rate, PLOB, TGW, and the\n\
         single-repeater bound for twin-field) and qber.png/svg into --out.\n\
