@@ -23,7 +23,7 @@
 //!   with trusted-node paths; `plot` (feature `plot`): PNG/SVG output with a bundled font.
 //!
 //! Features: `cli` (default) builds the `qkd-sim` binary and turns on `output` (CSV files of
-//! network runs) and `plot`. A trusted node takes the crate with `default-features = false`:
+//! network runs) and `plot`; `parquet` adds Parquet output of network runs (`parquet_out`). A trusted node takes the crate with `default-features = false`:
 //! physics, link models and scenarios only, without plotters, the font or csv.
 //!
 //! Nothing here reads the wall clock: [`link::SimulatedLink`] takes an injected
@@ -41,6 +41,8 @@ pub mod faults;
 pub mod link;
 pub mod model;
 pub mod network;
+#[cfg(feature = "parquet")]
+pub mod parquet_out;
 pub mod physical;
 pub mod physics;
 #[cfg(feature = "plot")]

@@ -17,3 +17,12 @@ fn benchmark_workloads_run_small() {
     let (_, _, r) = workloads::network(&scenario_path("metro-2node.toml"), Some(600), 60, 1);
     assert_eq!(r.links[0].buckets.len(), 10);
 }
+
+/// The metro scenario over its first two hours, one-minute buckets (set-up, run, result).
+pub fn small_metro_run() -> (
+    std::time::Duration,
+    std::time::Duration,
+    qkd_simulator::network::RunResult,
+) {
+    workloads::network(&scenario_path("metro-2node.toml"), Some(7200), 60, 1)
+}
