@@ -279,7 +279,6 @@ pub fn rate_curve_detailed(
     to: f64,
     points: usize,
 ) -> Result<Vec<DetailedPoint>, CurveError> {
-    hw.validate()?;
     if !(from.is_finite() && from >= 0.0) {
         return Err(ParamError::new("from", from, "the sweep starts at a finite value ≥ 0").into());
     }
@@ -288,6 +287,26 @@ pub fn rate_curve_detailed(
     }
     if !(2..=1_000_000).contains(&points) {
         return Err(ParamError::new("points", points as f64, "between 2 and 10⁶ points").into());
+    }
+    let xs: Vec<f64> = (0..points)
+        .map(|i| from + (to - from) * i as f64 / (points - 1) as f64)
+        .collect();
+    rate_points(protocol, hw, f_ec, fixed, axis, &xs)
+}
+
+/// Like [`rate_curve_detailed`] at the given x values (km or dB, each finite and ≥ 0) rather
+/// than an even sweep.
+pub fn rate_points(
+    protocol: &CurveProtocol,
+    hw: &DvHardware,
+    f_ec: f64,
+    fixed: &FixedParams,
+    axis: Axis,
+    xs: &[f64],
+) -> Result<Vec<DetailedPoint>, CurveError> {
+    hw.validate()?;
+    if let Some(&x) = xs.iter().find(|x| !(x.is_finite() && **x >= 0.0)) {
+        return Err(ParamError::new("x", x, "every x value is finite and ≥ 0").into());
     }
     if !(1.0..=3.0).contains(&f_ec) {
         return Err(ParamError::new("f_ec", f_ec, "an EC inefficiency lies in [1, 3]").into());
@@ -311,9 +330,9 @@ pub fn rate_curve_detailed(
         )
         .into());
     }
-    Ok((0..points)
-        .map(|i| {
-            let x = from + (to - from) * i as f64 / (points - 1) as f64;
+    Ok(xs
+        .iter()
+        .map(|&x| {
             let (length_km, loss_db) = match axis {
                 Axis::Distance => (x, alpha * x + hw.extra_loss_db),
                 Axis::Loss => ((x - hw.extra_loss_db).max(0.0) / alpha.max(1e-12), x),

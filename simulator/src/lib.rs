@@ -27,7 +27,8 @@
 //!   relaying, the effect of cuts and attacks against an event-free baseline.
 //!
 //! Features: `cli` (default) builds the `qkd-sim` binary and turns on `output` (CSV files of
-//! network runs), `plot` and `tle` (SGP4 orbits). A trusted node takes the crate with `default-features = false`:
+//! network runs), `plot` and `tle` (SGP4 orbits); `parquet` adds Parquet output of network runs
+//! (`parquet_out`). A trusted node takes the crate with `default-features = false`:
 //! physics, link models and scenarios only, without plotters, the font or csv.
 //!
 //! Nothing here reads the wall clock: [`link::SimulatedLink`] takes an injected
@@ -47,6 +48,8 @@ pub mod link;
 pub mod model;
 pub mod network;
 pub mod passtrack;
+#[cfg(feature = "parquet")]
+pub mod parquet_out;
 pub mod physical;
 pub mod physics;
 #[cfg(feature = "plot")]

@@ -566,6 +566,45 @@ impl RunResult {
         out
     }
 
+    /// Rows of links.csv (one per link and bucket) and pairs.csv (one per pair and bucket).
+    pub fn rows(&self) -> (u64, u64) {
+        let buckets = self.times.len() as u64;
+        (
+            self.links.len() as u64 * buckets,
+            self.pairs.len() as u64 * buckets,
+        )
+    }
+
+    /// Size of links.csv and pairs.csv, bytes, estimated from the rows and the lengths of the
+    /// ids and numbers (within a few per cent), without writing anything: for a warning before
+    /// a large write.
+    pub fn estimated_csv_bytes(&self) -> u64 {
+        let digits = |v: u64| (v.max(1).ilog10() + 1) as u64;
+        let buckets = self.times.len() as u64;
+        let t_digits: u64 = self.times.iter().map(|t| digits(*t)).sum();
+        // qber (7), two fractions (6 each), phase (~2), 7 commas, newline.
+        let fixed = 7 + 6 + 6 + 2 + 7 + 1;
+        let links: u64 = self
+            .links
+            .iter()
+            .map(|l| {
+                let total = l.buckets.last().map_or(0, |b| b.cumulative_bits);
+                let per_bucket = l.total_bits / buckets.max(1);
+                t_digits
+                    + buckets * (l.id.len() as u64 + fixed + digits(total) + digits(per_bucket))
+            })
+            .sum();
+        let pairs: u64 = self
+            .pairs
+            .iter()
+            .map(|p| {
+                let name = (p.a.len() + p.b.len() + 3) as u64;
+                t_digits + buckets * (name + 2 * digits(p.total_bits) + 4)
+            })
+            .sum();
+        links + pairs
+    }
+
     /// Writes `links.csv` (one row per link and bucket), `pairs.csv`, and `summary.json` into
     /// `dir`.
     #[cfg(feature = "output")]
@@ -596,7 +635,7 @@ impl RunResult {
                     },
                     format!("{:.4}", b.up_fraction),
                     format!("{:.4}", b.aborted_fraction),
-                    format!("{:?}", b.phase).to_lowercase(),
+                    b.phase.name().to_string(),
                 ])?;
             }
         }
@@ -620,6 +659,12 @@ impl RunResult {
             }
         }
         w.flush()?;
+        self.write_summary(dir)
+    }
+
+    /// Writes `summary.json` (the run without its time series) into `dir`.
+    pub fn write_summary(&self, dir: &std::path::Path) -> Result<(), OutputError> {
+        std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("summary.json"), serde_json::to_vec_pretty(self)?)?;
         Ok(())
     }
@@ -649,6 +694,9 @@ pub enum OutputError {
     /// Plot.
     #[error("drawing plot: {0}")]
     Plot(String),
+    /// Parquet (feature `parquet`).
+    #[error("writing Parquet: {0}")]
+    Parquet(String),
 }
 
 #[cfg(test)]

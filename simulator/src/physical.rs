@@ -480,6 +480,17 @@ pub enum Phase {
     Aborted,
 }
 
+impl Phase {
+    /// The name in output files: `up`, `down` or `aborted`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Up => "up",
+            Phase::Down => "down",
+            Phase::Aborted => "aborted",
+        }
+    }
+}
+
 impl TimelineLink {
     /// Cumulative key, phase and QBER at `t` ms, in one lookup.
     pub fn sample(&self, t: UnixMillis) -> (u64, Phase, Option<f64>) {

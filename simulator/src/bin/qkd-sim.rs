@@ -474,7 +474,21 @@ struct RunArgs {
     /// Also report end-to-end key between these nodes, as `A:B` (repeatable).
     #[arg(long = "pair", value_name = "A:B")]
     pairs: Vec<String>,
+    /// Time-series files: links.csv/pairs.csv, links.parquet/pairs.parquet (needs the
+    /// `parquet` feature), or both. summary.json is always written.
+    #[arg(long, value_enum, default_value = "csv")]
+    format: Format,
 }
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum Format {
+    Csv,
+    Parquet,
+    Both,
+}
+
+/// Above this many bytes of CSV, `run` warns before writing.
+const LARGE_OUTPUT_BYTES: u64 = 1_000_000_000;
 
 fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
@@ -814,6 +828,52 @@ fn emit(report: &str) -> Result<()> {
     }
 }
 
+/// Writes the run's files in `format`, warning on stderr first when the CSV files would exceed
+/// a gigabyte.
+fn write_run(
+    r: &qkd_simulator::network::RunResult,
+    dir: &std::path::Path,
+    format: Format,
+) -> Result<()> {
+    if format != Format::Parquet {
+        let bytes = r.estimated_csv_bytes();
+        if bytes > LARGE_OUTPUT_BYTES {
+            let (links, pairs) = r.rows();
+            eprintln!(
+                "qkd-sim: warning: writing about {:.1} GB of CSV ({} + {} rows) into {}; a coarser \
+                 --aggregate or --format parquet writes far less",
+                bytes as f64 / 1e9,
+                links,
+                pairs,
+                dir.display()
+            );
+        }
+        r.write(dir)?;
+    } else {
+        r.write_summary(dir)?;
+    }
+    if format != Format::Csv {
+        write_parquet(r, dir)?;
+    }
+    Ok(())
+}
+
+#[cfg(feature = "parquet")]
+fn write_parquet(r: &qkd_simulator::network::RunResult, dir: &std::path::Path) -> Result<()> {
+    Ok(qkd_simulator::parquet_out::write(r, dir)?)
+}
+
+#[cfg(not(feature = "parquet"))]
+fn write_parquet(_: &qkd_simulator::network::RunResult, _: &std::path::Path) -> Result<()> {
+    write_parquet_unavailable()
+}
+
+fn write_parquet_unavailable() -> Result<()> {
+    anyhow::bail!(
+        "--format parquet needs the `parquet` feature: cargo build --release -p qkd-simulator --features parquet"
+    )
+}
+
 fn bar(len: u64, what: &str, quiet: bool) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
@@ -1021,6 +1081,10 @@ fn pass(a: PassArgs) -> Result<()> {
 }
 
 fn run_scenario(a: RunArgs) -> Result<()> {
+    if a.format != Format::Csv && !cfg!(feature = "parquet") {
+        // Say so before the simulation, not after it.
+        write_parquet_unavailable()?;
+    }
     let mut out = String::new();
     let mut sc = Scenario::load(&a.scenario)?;
     add_pairs(&mut sc, &a.pairs, &a.scenario)?;
@@ -1047,7 +1111,7 @@ fn run_scenario(a: RunArgs) -> Result<()> {
     );
     pb.finish();
     let t_run = t1.elapsed();
-    result.write(&a.out)?;
+    write_run(&result, &a.out, a.format)?;
     let mut notes = Vec::new();
     if !a.no_plot {
         notes = plot::run_result(&result, &a.out)?;

@@ -24,3 +24,12 @@ fn benchmark_workloads_run_small() {
     );
     assert_eq!(d.pairs[0].demanded_bits, d.pairs[0].served_bits);
 }
+
+/// The metro scenario over its first two hours, one-minute buckets (set-up, run, result).
+pub fn small_metro_run() -> (
+    std::time::Duration,
+    std::time::Duration,
+    qkd_simulator::network::RunResult,
+) {
+    workloads::network(&scenario_path("metro-2node.toml"), Some(7200), 60, 1)
+}

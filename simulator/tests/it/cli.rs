@@ -352,3 +352,37 @@ fn run_explains_what_its_links_plot_shows() {
         "note missing from the plot"
     );
 }
+
+#[test]
+fn csv_size_is_estimated_before_writing() {
+    let (_, _, r) = crate::benches::small_metro_run();
+    let dir = tempfile::tempdir().unwrap();
+    r.write(dir.path()).unwrap();
+    let actual = ["links.csv", "pairs.csv"]
+        .iter()
+        .map(|f| std::fs::metadata(dir.path().join(f)).unwrap().len())
+        .sum::<u64>() as f64;
+    let est = r.estimated_csv_bytes() as f64;
+    assert!(
+        (est / actual - 1.0).abs() < 0.1,
+        "estimated {est}, wrote {actual}"
+    );
+}
+
+#[cfg(not(feature = "parquet"))]
+#[test]
+fn parquet_without_the_feature_is_refused_before_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = qkd_sim()
+        .args(["run", "--quiet", "--format", "parquet", "--out"])
+        .arg(dir.path())
+        .arg(scenario_path("metro-2node.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("--features parquet"),
+        "{err}"
+    );
+    assert!(!dir.path().join("summary.json").exists());
+}
