@@ -22,6 +22,10 @@ Protocol = Literal[
     "one-decoy",
     "cv-gg02",
     "twin-field",
+    "mdi-qkd",
+    "bbm92",
+    "sns-tf",
+    "cv-qkd",
 ]
 
 def hardware(preset: str = "gys", **overrides: float) -> dict[str, float]: ...
@@ -51,6 +55,9 @@ def rate_curve(
     p_basis: Optional[float] = None,
     alpha_db_per_km: Optional[float] = None,
     params: Optional[Mapping[str, Any]] = None,
+    pulses: Optional[float] = None,
+    detection: Optional[Literal["homodyne", "heterodyne"]] = None,
+    symbols: Optional[float] = None,
 ) -> dict[str, Any]:
     """Columns of rate.csv as arrays (float64; exceeds_bound bool), and "bound"
     ("plob" or "single-repeater")."""
@@ -119,6 +126,59 @@ def run_scenario(
     pairs: Optional[Sequence[str]] = None,
     out: Optional[Union[str, PathLike[str]]] = None,
 ) -> dict[str, Any]: ...
+
+def mdi_qkd(length_km: ArrayLike, params: Optional[Mapping[str, float]] = None) -> dict[str, F64]: ...
+def bbm92(length_km: ArrayLike, params: Optional[Mapping[str, float]] = None) -> dict[str, F64]: ...
+def sns_tf(
+    length_km: ArrayLike,
+    params: Optional[Mapping[str, float]] = None,
+    *,
+    pulses: Optional[float] = None,
+    delta_rad: float = 0.2,
+    eps_cor: float = 1e-10,
+    eps_sec: float = 1e-10,
+) -> dict[str, F64]: ...
+def cv_qkd(
+    transmittance: ArrayLike,
+    params: Optional[Mapping[str, float]] = None,
+    *,
+    detection: Literal["homodyne", "heterodyne"] = "heterodyne",
+    finite: Optional[Mapping[str, float]] = None,
+) -> dict[str, F64]: ...
+def detector_timing(hardware: Hardware, jitter_s: float, window_s: Optional[float] = None) -> dict[str, float]: ...
+def run_dynamics(
+    path: Union[str, PathLike[str]],
+    demand: str = "constant:1000",
+    *,
+    days: Optional[float] = None,
+    step_s: int = 60,
+    aggregate_s: int = 3600,
+    block_bits: int = 256,
+    capacity_bits: float = 1e9,
+    initial_bits: float = 0.0,
+    pairs: Optional[Sequence[str]] = None,
+    baseline: bool = True,
+    out: Optional[Union[str, PathLike[str]]] = None,
+) -> dict[str, Any]:
+    """Summary of `qkd-sim dynamics`; per pair and per link also NumPy arrays (uint64) per bucket."""
+def passes_from_loss(
+    t_s: ArrayLike,
+    loss_db: ArrayLike,
+    *,
+    hardware: Optional[Mapping[str, float]] = None,
+    max_gap_s: float = 30.0,
+) -> list[dict[str, Any]]: ...
+def tle_passes(
+    tle: str,
+    station: Mapping[str, float],
+    *,
+    norad_id: Optional[int] = None,
+    start_unix_s: Optional[float] = None,
+    hours: float = 24.0,
+    step_s: float = 1.0,
+    night_only: bool = True,
+    hardware: Optional[Mapping[str, float]] = None,
+) -> list[dict[str, Any]]: ...
 
 class Link:
     """A link model built from a LinkModelSpec (dict or TOML text)."""

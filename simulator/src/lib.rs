@@ -47,9 +47,9 @@ pub mod faults;
 pub mod link;
 pub mod model;
 pub mod network;
-pub mod passtrack;
 #[cfg(feature = "parquet")]
 pub mod parquet_out;
+pub mod passtrack;
 pub mod physical;
 pub mod physics;
 #[cfg(feature = "plot")]

@@ -9,6 +9,9 @@
 
 #![forbid(unsafe_code)]
 
+mod protocols;
+mod time_resolved;
+
 use numpy::{AllowTypeChange, IntoPyArray, PyArray1, PyArrayDyn, PyArrayLike1, PyArrayLikeDyn};
 use pyo3::exceptions::{PyIOError, PyValueError};
 use pyo3::prelude::*;
@@ -173,6 +176,7 @@ fn curve_protocol(
     p_z: Option<f64>,
     alpha: Option<f64>,
     params: Option<&Bound<'_, PyAny>>,
+    more: &protocols::MoreCurveArgs,
 ) -> PyResult<(CurveProtocol, Option<f64>)> {
     let parse = |what: &str| -> PyResult<Option<String>> {
         params
@@ -219,10 +223,15 @@ fn curve_protocol(
             }
             (CurveProtocol::TwinField(m), mu)
         }
+        "mdi-qkd" | "bbm92" | "sns-tf" | "cv-qkd" => (
+            protocols::curve_protocol(py, name, alpha, params, more)?,
+            mu,
+        ),
         other => {
             return Err(PyValueError::new_err(format!(
                 "protocol `{other}`: expected one of decoy-infinite, decoy-vacuum-weak, no-decoy, \
-                 efficient-bb84, finite-key, one-decoy, cv-gg02, twin-field"
+                 efficient-bb84, finite-key, one-decoy, cv-gg02, twin-field, mdi-qkd, bbm92, \
+                 sns-tf, cv-qkd"
             )));
         }
     })
@@ -290,7 +299,10 @@ fn detailed_columns<'py>(py: Python<'py>, pts: &[DetailedPoint]) -> PyResult<Col
 ///
 /// protocol: decoy-infinite, decoy-vacuum-weak, no-decoy, efficient-bb84, finite-key (Lim
 /// 2014, block_bits = n_X), one-decoy (Rusca 2018, block_bits = n_Z), cv-gg02, twin-field
-/// (total Alice-Bob length). `mu` and `nu` (photons per pulse) set vacuum + weak (defaults 0.48,
+/// (total Alice-Bob length), mdi-qkd, bbm92, sns-tf (asymptotic, or finite key with `pulses`
+/// pulse pairs) and cv-qkd (`detection` homodyne or heterodyne, composable finite size with
+/// `symbols`), whose parameters `params` sets as a dict (see `mdi_qkd`, `bbm92`, `sns_tf`,
+/// `cv_qkd`). `mu` and `nu` (photons per pulse) set vacuum + weak (defaults 0.48,
 /// 0.05); elsewhere `mu`, `mu2`, `mu3`, `p_mu1`, `p_mu2` and `p_basis` (key-basis probability)
 /// fix parameters that are otherwise optimised per point. `p_z` is efficient BB84's basis
 /// bias (0.9). `params` gives the CV-QKD (Gg02) or twin-field parameters as a dict;
@@ -307,7 +319,8 @@ fn detailed_columns<'py>(py: Python<'py>, pts: &[DetailedPoint]) -> PyResult<Col
 #[pyfunction]
 #[pyo3(signature = (protocol, start=0.0, stop=200.0, points=201, *, x=None, axis="distance",
     hardware=None, f_ec=1.22, block_bits=1e7, mu=None, nu=None, p_z=None, mu2=None,
-    mu3=None, p_mu1=None, p_mu2=None, p_basis=None, alpha_db_per_km=None, params=None))]
+    mu3=None, p_mu1=None, p_mu2=None, p_basis=None, alpha_db_per_km=None, params=None,
+    pulses=None, detection=None, symbols=None))]
 #[allow(clippy::too_many_arguments)]
 fn rate_curve<'py>(
     py: Python<'py>,
@@ -330,12 +343,23 @@ fn rate_curve<'py>(
     p_basis: Option<f64>,
     alpha_db_per_km: Option<f64>,
     params: Option<Bound<'py, PyAny>>,
+    pulses: Option<f64>,
+    detection: Option<String>,
+    symbols: Option<f64>,
 ) -> PyResult<Columns<'py>> {
+    let more = protocols::MoreCurveArgs {
+        pulses,
+        detection,
+        symbols,
+    };
     let mut hw = match &hardware {
         Some(h) => dv_hardware(py, h)?,
         None => DvHardware::GYS,
     };
-    let dv = !matches!(protocol, "cv-gg02" | "twin-field");
+    let dv = !matches!(
+        protocol,
+        "cv-gg02" | "twin-field" | "mdi-qkd" | "bbm92" | "sns-tf" | "cv-qkd"
+    );
     if dv && let Some(a) = alpha_db_per_km {
         hw.alpha_db_per_km = a;
     }
@@ -348,6 +372,7 @@ fn rate_curve<'py>(
         p_z,
         alpha_db_per_km.filter(|_| !dv),
         params.as_ref(),
+        &more,
     )?;
     let fixed = FixedParams {
         mu: fixed_mu,
@@ -699,18 +724,7 @@ fn cv_gg02<'py>(
         .iter()
         .map(|&t| m.at_transmittance(t))
         .collect();
-    columns(
-        py,
-        &rows,
-        &[
-            (
-                "key_per_symbol",
-                &|p: &qkd_simulator::physics::cv::CvPoint| p.key_per_symbol,
-            ),
-            ("i_ab", &|p| p.i_ab),
-            ("chi_be", &|p| p.chi_be),
-        ],
-    )
+    cv_columns(py, &rows)
 }
 
 fn gg02(py: Python<'_>, params: Option<&Bound<'_, PyAny>>) -> PyResult<Gg02> {
@@ -933,27 +947,9 @@ fn run_scenario<'py>(
     out: Option<std::path::PathBuf>,
 ) -> PyResult<Bound<'py, PyAny>> {
     use qkd_simulator::network::{RunOptions, run};
-    use qkd_simulator::scenario::{PairSpec, Scenario};
+    use qkd_simulator::scenario::Scenario;
     let mut sc = Scenario::load(&path).map_err(value_error)?;
-    for p in pairs.unwrap_or_default() {
-        let Some((a, b)) = p.split_once(':') else {
-            return Err(PyValueError::new_err(format!(
-                "pair {p}: write the two node ids as A:B"
-            )));
-        };
-        for id in [a, b] {
-            if !sc.nodes.iter().any(|n| n.id == id) {
-                return Err(PyValueError::new_err(format!(
-                    "pair {p}: {} has no node `{id}`",
-                    path.display()
-                )));
-            }
-        }
-        sc.pairs.push(PairSpec {
-            a: a.into(),
-            b: b.into(),
-        });
-    }
+    add_pairs(&mut sc, pairs.unwrap_or_default(), &path)?;
     let threads =
         threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |p| p.get()));
     let r = py
@@ -1008,13 +1004,62 @@ fn run_scenario<'py>(
     Ok(summary)
 }
 
+/// Adds node pairs given as "A:B" to a scenario, checking the node ids.
+fn add_pairs(
+    sc: &mut qkd_simulator::scenario::Scenario,
+    pairs: Vec<String>,
+    path: &std::path::Path,
+) -> PyResult<()> {
+    for p in pairs {
+        let Some((a, b)) = p.split_once(':') else {
+            return Err(PyValueError::new_err(format!(
+                "pair {p}: write the two node ids as A:B"
+            )));
+        };
+        for id in [a, b] {
+            if !sc.nodes.iter().any(|n| n.id == id) {
+                return Err(PyValueError::new_err(format!(
+                    "pair {p}: {} has no node `{id}`",
+                    path.display()
+                )));
+            }
+        }
+        sc.pairs.push(qkd_simulator::scenario::PairSpec {
+            a: a.into(),
+            b: b.into(),
+        });
+    }
+    Ok(())
+}
+
+/// Columns of CV-QKD points: key_per_symbol, i_ab, chi_be (bit/symbol).
+fn cv_columns<'py>(
+    py: Python<'py>,
+    rows: &[qkd_simulator::physics::cv::CvPoint],
+) -> PyResult<Columns<'py>> {
+    columns(
+        py,
+        rows,
+        &[
+            (
+                "key_per_symbol",
+                &|p: &qkd_simulator::physics::cv::CvPoint| p.key_per_symbol,
+            ),
+            ("i_ab", &|p| p.i_ab),
+            ("chi_be", &|p| p.chi_be),
+        ],
+    )
+}
+
 /// QKD link and network models of qkd-simulator, from Python.
 ///
 /// Key-rate curves (`rate_curve`, the numbers of `qkd-sim rate`), link models (`decoy_bb84`,
-/// `finite_key_lim`, `one_decoy_rusca`, `cv_gg02`, `twin_field`, `Link`), bounds (`plob`,
-/// `tgw`, `single_repeater`, `plob_thermal`), optimisers (all parameters not given are
-/// optimised; `decoy_max_distance`), satellite passes (`satellite_passes`, `Link.passes`) and
-/// network runs (`run_scenario`). Arrays in, NumPy arrays out.
+/// `finite_key_lim`, `one_decoy_rusca`, `cv_gg02`, `twin_field`, `mdi_qkd`, `bbm92`, `sns_tf`,
+/// `cv_qkd`, `Link`), detector timing (`detector_timing`), bounds (`plob`, `tgw`,
+/// `single_repeater`, `plob_thermal`), optimisers (all parameters not given are optimised;
+/// `decoy_max_distance`), satellite passes (`satellite_passes`, `Link.passes`,
+/// `passes_from_loss`, `tle_passes`) and network runs (`run_scenario`, `run_dynamics`). Arrays
+/// in, NumPy arrays out.
 #[pymodule]
 fn qkd_sim(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -1034,5 +1079,7 @@ fn qkd_sim(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(satellite_passes, m)?)?;
     m.add_function(wrap_pyfunction!(run_scenario, m)?)?;
     m.add_class::<Link>()?;
+    protocols::register(m)?;
+    time_resolved::register(m)?;
     Ok(())
 }
