@@ -552,8 +552,13 @@ impl LinkModel for TimelineLink {
 /// Everything a satellite downlink needs.
 #[derive(Debug, Clone)]
 pub struct SatelliteDownlink {
-    /// The orbit.
+    /// The orbit (circular model; with a TLE, its mean altitude sets the reference point the
+    /// protocol is configured for).
     pub orbit: Orbit,
+    /// A real orbit from a TLE, propagated with SGP4; when given it replaces the circular
+    /// geometry for passes, elevation and range.
+    #[cfg(feature = "tle")]
+    pub tle: Option<crate::tle::Tle>,
     /// The ground station.
     pub station: GroundStation,
     /// Optical link budget.
@@ -577,6 +582,59 @@ pub struct SatelliteDownlink {
     pub seed: u64,
     /// Authentication cost per pass.
     pub auth: Authentication,
+}
+
+/// Where the satellite is: the circular model, or SGP4 on a TLE.
+enum Geometry<'a> {
+    Circular(&'a Orbit),
+    #[cfg(feature = "tle")]
+    Tle(&'a crate::tle::Tle),
+}
+
+impl<'a> Geometry<'a> {
+    fn of(d: &'a SatelliteDownlink) -> Self {
+        #[cfg(feature = "tle")]
+        if let Some(t) = &d.tle {
+            return Geometry::Tle(t);
+        }
+        Geometry::Circular(&d.orbit)
+    }
+
+    fn passes(&self, d: &SatelliteDownlink, _gmst0: f64) -> Vec<crate::satellite::Pass> {
+        match self {
+            Geometry::Circular(o) => passes(
+                o,
+                &d.station,
+                d.epoch_unix_s,
+                d.horizon_s,
+                1.0,
+                d.max_sun_elevation_deg,
+            ),
+            // A set SGP4 cannot propagate over the horizon (a decayed orbit) gives the passes
+            // found before the failure: none.
+            #[cfg(feature = "tle")]
+            Geometry::Tle(t) => t
+                .passes(
+                    &d.station,
+                    d.epoch_unix_s,
+                    d.horizon_s,
+                    10.0,
+                    d.max_sun_elevation_deg,
+                )
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Elevation (rad) and range (km) `t` seconds after the epoch.
+    fn look(&self, d: &SatelliteDownlink, t: f64, gmst0: f64) -> (f64, f64) {
+        match self {
+            Geometry::Circular(o) => look(o, &d.station, t, gmst0, true),
+            #[cfg(feature = "tle")]
+            Geometry::Tle(tle) => tle
+                .look(&d.station, d.epoch_unix_s + t)
+                .unwrap_or((-std::f64::consts::FRAC_PI_2, f64::INFINITY)),
+        }
+    }
 }
 
 /// What happened on one pass.
@@ -624,14 +682,8 @@ impl PassLink {
         };
         let (settings, _) = lim_pass.optimise(ref_eta);
         let mut out = Vec::new();
-        for p in passes(
-            &d.orbit,
-            &d.station,
-            d.epoch_unix_s,
-            d.horizon_s,
-            1.0,
-            d.max_sun_elevation_deg,
-        ) {
+        let geometry = Geometry::of(d);
+        for p in geometry.passes(d, gmst0) {
             let clear = rng.random::<f64>() < d.station.clear_sky_prob;
             let (start_ms, end_ms) = ((p.start_s * 1000.0) as u64, (p.end_s * 1000.0) as u64);
             let protocol = if p.night {
@@ -649,7 +701,7 @@ impl PassLink {
             let mut counts = Counts::<3>::default();
             let mut t = p.start_s;
             while t < p.end_s {
-                let (el, range) = look(&d.orbit, &d.station, t, gmst0, true);
+                let (el, range) = geometry.look(d, t, gmst0);
                 counts += protocol.counts(&settings, d.budget.system(range, el), hw.rep_rate_hz);
                 t += 1.0;
             }

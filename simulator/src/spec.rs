@@ -395,8 +395,13 @@ pub struct TwinFieldSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SatelliteSpec {
-    /// The orbit.
+    /// The orbit (circular model). With `tle`, only its altitude is used: it sets the
+    /// mid-elevation point the protocol is configured for.
     pub orbit: Orbit,
+    /// A real orbit: the two element lines of a TLE, propagated with SGP4 instead of the
+    /// circular model (needs the crate's `tle` feature, on with `cli`).
+    #[serde(default)]
+    pub tle: Option<Vec<String>>,
     /// The ground station.
     pub station: GroundStation,
     /// Link budget (default Micius-like).
@@ -583,8 +588,25 @@ impl LinkModelSpec {
                     )));
                 }
                 let intervals = expand_ops(kind, &s.ops, 0.0)?;
+                #[cfg(feature = "tle")]
+                let tle = s
+                    .tle
+                    .as_ref()
+                    .map(|l| parse_tle(l))
+                    .transpose()
+                    .map_err(param)?;
+                #[cfg(not(feature = "tle"))]
+                if s.tle.is_some() {
+                    return Err(param(ParamError::new(
+                        "tle",
+                        f64::NAN,
+                        "TLE orbits need the `tle` feature of qkd-simulator",
+                    )));
+                }
                 let d = SatelliteDownlink {
                     orbit: s.orbit,
+                    #[cfg(feature = "tle")]
+                    tle,
                     station: s.station,
                     budget,
                     protocol: Lim2014 {
@@ -903,6 +925,25 @@ impl Built {
             Built::Constant(c) => c,
         }
     }
+}
+
+/// One TLE from its two element lines.
+#[cfg(feature = "tle")]
+pub fn parse_tle(lines: &[String]) -> Result<crate::tle::Tle, ParamError> {
+    let bad = || {
+        ParamError::new(
+            "tle",
+            f64::NAN,
+            "two element lines (1 … and 2 …) with valid checksums that SGP4 accepts",
+        )
+    };
+    if lines.len() != 2 {
+        return Err(bad());
+    }
+    crate::tle::Tle::parse(&lines.join("\n"), "tle")
+        .ok()
+        .and_then(|mut v| v.pop())
+        .ok_or_else(bad)
 }
 
 fn check_station(s: &GroundStation) -> Result<(), ParamError> {

@@ -251,3 +251,82 @@ fn pass_command_with_tle_and_tables() {
     let e = Tle::load(&broken).unwrap_err().to_string();
     assert!(e.contains("broken.tle") && e.contains("line 1"), "{e}");
 }
+
+/// A scenario's satellite node can carry a TLE instead of a circular orbit: its downlinks then
+/// follow SGP4, pass for pass as `Tle::passes` finds them, with key per night pass.
+#[test]
+fn scenario_satellite_from_a_tle() {
+    let lines: Vec<String> = std::fs::read_to_string(data("tle/sgp4-verification.tle"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("1 28057") || l.starts_with("2 28057"))
+        .map(String::from)
+        .collect();
+    let text = format!(
+        r#"
+[scenario]
+name = "tle"
+start_utc = "2006-06-26T20:00:00Z"
+duration_s = 172800
+
+[[nodes]]
+id = "sat"
+kind = "satellite"
+tle = ["{}", "{}"]
+
+[[nodes]]
+id = "matera"
+kind = "ground-station"
+lat = 40.65
+lon = 16.70
+clear_sky_prob = 1.0
+
+[[links]]
+a = "sat"
+b = "matera"
+"#,
+        lines[0], lines[1]
+    );
+    let sc = qkd_simulator::scenario::Scenario::parse(&text, false).unwrap();
+    sc.check().unwrap();
+    let links = sc.build_links(Path::new("tle.toml"), &|_| ()).unwrap();
+    let qkd_simulator::spec::Built::Pass(link) = &links[0].model else {
+        panic!("not a pass link")
+    };
+    let tle = &Tle::parse(&lines.join("\n"), "t").unwrap()[0];
+    let start = sc.start_unix_s().unwrap() as f64;
+    let station = GroundStation {
+        lat_deg: 40.65,
+        lon_deg: 16.70,
+        min_elevation_deg: 15.0,
+        clear_sky_prob: 1.0,
+    };
+    let direct = tle.passes(&station, start, 172_800.0, 10.0, -12.0).unwrap();
+    assert_eq!(link.passes().len(), direct.len());
+    assert!(direct.len() >= 2);
+    for (a, b) in link.passes().iter().zip(&direct) {
+        assert_eq!(a.start_ms, (b.start_s * 1000.0) as u64);
+    }
+    assert!(
+        link.passes().iter().any(|p| p.key_bits > 0),
+        "{:?}",
+        link.passes()
+    );
+    // The TLE's mean altitude stands in for the circular orbit: about 800 km for 28057.
+    let spec = sc.link_spec(0).unwrap();
+    let qkd_simulator::model::LinkModelSpec::SatelliteDownlink(s) = spec else {
+        panic!()
+    };
+    assert!(
+        (s.orbit.altitude_km - 800.0).abs() < 60.0,
+        "{}",
+        s.orbit.altitude_km
+    );
+    // A broken TLE is refused with the node's field.
+    let bad = text.replace("1 28057U", "1 28058U");
+    let e = qkd_simulator::scenario::Scenario::parse(&bad, false)
+        .unwrap()
+        .check()
+        .unwrap_err();
+    assert_eq!(e.0, "nodes[0].tle", "{e:?}");
+}
