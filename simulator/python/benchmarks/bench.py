@@ -1,6 +1,7 @@
 """Benchmarks of the Python bindings (not tests: nothing fails when a figure is slow).
 
-    python simulator/python/benchmarks/bench.py
+    python simulator/python/benchmarks/bench.py            # full size
+    python simulator/python/benchmarks/bench.py --quick    # tiny, without TNO (a smoke test)
 
 Prints, on this machine:
 * the 1,000-point infinite-decoy curve (GYS, 0-200 km) through `qkd_sim.rate_curve`, best of
@@ -12,6 +13,7 @@ Prints, on this machine:
   optimised over mu, and the finite-key BB84 optimisation, each at a few attenuations.
 """
 
+import argparse
 import statistics
 import time
 
@@ -30,22 +32,28 @@ def best(f, n):
 
 
 def main():
-    py_best, py_med = best(lambda: qkd_sim.rate_curve("decoy-infinite", 0.0, 200.0, 1000), 20)
-    rust = [qkd_sim._rust_time_rate_curve("decoy-infinite", 0.0, 200.0, 1000) for _ in range(20)]
-    print(f"1000-point infinite-decoy curve: Python call {py_best * 1e3:.3f} ms best "
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, no TNO comparison")
+    quick = ap.parse_args().quick
+    n, runs, fk_points = (50, 2, 3) if quick else (1000, 20, 50)
+    py_best, py_med = best(lambda: qkd_sim.rate_curve("decoy-infinite", 0.0, 200.0, n), runs)
+    rust = [qkd_sim._rust_time_rate_curve("decoy-infinite", 0.0, 200.0, n) for _ in range(runs)]
+    print(f"{n}-point infinite-decoy curve: Python call {py_best * 1e3:.3f} ms best "
           f"({py_med * 1e3:.3f} median); Rust call {min(rust) * 1e3:.3f} ms best "
           f"({statistics.median(rust) * 1e3:.3f} median); overhead {100 * (py_best / min(rust) - 1):+.1f} %")
 
     hw = qkd_sim.hardware("lim2014")
     reach_km = 178.0
-    lengths = np.linspace(0.0, reach_km, 50)
+    lengths = np.linspace(0.0, reach_km, fk_points)
     eta = qkd_sim.db_to_transmittance(hw["alpha_db_per_km"] * lengths) * hw["eta_bob"]
     t = time.perf_counter()
     r = qkd_sim.finite_key_lim(eta, 1e7)
     per = (time.perf_counter() - t) / len(eta)
-    print(f"finite-key optimisation (Lim 2014, n_X = 1e7), 50 points 0-{reach_km:.0f} km: "
+    print(f"finite-key optimisation (Lim 2014, n_X = 1e7), {fk_points} points 0-{reach_km:.0f} km: "
           f"{per * 1e3:.3f} ms per point ({int((r['key_bits'] > 0).sum())} with key)")
 
+    if quick:
+        return
     try:
         from tno.quantum.communication.qkd_key_rate.quantum import standard_detector
         from tno.quantum.communication.qkd_key_rate.quantum.bb84 import (
