@@ -17,6 +17,7 @@ use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
 
 use crate::network::{OutputError, RunResult};
+use crate::physical::Phase;
 
 /// Rows per row group: bounded memory whatever the run's size.
 const ROW_GROUP: usize = 1 << 20;
@@ -36,19 +37,29 @@ pub fn write(r: &RunResult, dir: &Path) -> Result<(), OutputError> {
         required float aborted_fraction;
         required binary phase (UTF8);
     }";
+    // One buffer per distinct string, shared by every row that holds it (a clone is a
+    // reference count), rather than a copy per row.
+    let ids: Vec<ByteArray> = r
+        .links
+        .iter()
+        .map(|l| ByteArray::from(l.id.as_str()))
+        .collect();
+    let phases = [Phase::Up, Phase::Down, Phase::Aborted].map(|p| ByteArray::from(p.name()));
+    let phase = |p: Phase| phases[p as usize].clone();
     let rows = r
         .links
         .iter()
-        .flat_map(|l| l.buckets.iter().map(move |b| (l.id.as_str(), b)));
+        .zip(&ids)
+        .flat_map(|(l, id)| l.buckets.iter().map(move |b| (id, b)));
     write_table(&dir.join("links.parquet"), links, rows, |chunk, cols| {
         cols.i64(chunk.iter().map(|(_, b)| b.t_s as i64))?;
-        cols.str(chunk.iter().map(|(id, _)| *id))?;
+        cols.bytes(chunk.iter().map(|(id, _)| (*id).clone()))?;
         cols.i64(chunk.iter().map(|(_, b)| b.key_bits as i64))?;
         cols.i64(chunk.iter().map(|(_, b)| b.cumulative_bits as i64))?;
         cols.f32(chunk.iter().map(|(_, b)| b.qber))?;
         cols.f32(chunk.iter().map(|(_, b)| b.up_fraction))?;
         cols.f32(chunk.iter().map(|(_, b)| b.aborted_fraction))?;
-        cols.str(chunk.iter().map(|(_, b)| b.phase.name()))
+        cols.bytes(chunk.iter().map(|(_, b)| phase(b.phase)))
     })?;
     let pairs = "message pairs {
         required int64 t_s;
@@ -56,21 +67,21 @@ pub fn write(r: &RunResult, dir: &Path) -> Result<(), OutputError> {
         required int64 e2e_cumulative_bits;
         required int64 e2e_shared_cumulative_bits;
     }";
-    let names: Vec<String> = r
+    let names: Vec<ByteArray> = r
         .pairs
         .iter()
-        .map(|p| format!("{}<->{}", p.a, p.b))
+        .map(|p| ByteArray::from(format!("{}<->{}", p.a, p.b).as_str()))
         .collect();
     let rows = r.pairs.iter().zip(&names).flat_map(|(p, name)| {
         r.times
             .iter()
             .zip(&p.cumulative_bits)
             .zip(&p.shared_cumulative_bits)
-            .map(move |((t, c), s)| (*t, name.as_str(), *c, *s))
+            .map(move |((t, c), s)| (*t, name, *c, *s))
     });
     write_table(&dir.join("pairs.parquet"), pairs, rows, |chunk, cols| {
         cols.i64(chunk.iter().map(|r| r.0 as i64))?;
-        cols.str(chunk.iter().map(|r| r.1))?;
+        cols.bytes(chunk.iter().map(|r| r.1.clone()))?;
         cols.i64(chunk.iter().map(|r| r.2 as i64))?;
         cols.i64(chunk.iter().map(|r| r.3 as i64))
     })
@@ -107,8 +118,8 @@ impl Columns<'_, '_> {
         c.close().map_err(pq)
     }
 
-    fn str<'s>(&mut self, v: impl Iterator<Item = &'s str>) -> Result<(), OutputError> {
-        let v: Vec<ByteArray> = v.map(ByteArray::from).collect();
+    fn bytes(&mut self, v: impl Iterator<Item = ByteArray>) -> Result<(), OutputError> {
+        let v: Vec<ByteArray> = v.collect();
         let mut c = self.next()?;
         c.typed::<ByteArrayType>()
             .write_batch(&v, None, None)

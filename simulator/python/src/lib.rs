@@ -406,6 +406,43 @@ fn rate_curve<'py>(
     detailed_columns(py, &pts)
 }
 
+/// _rust_time_rate_curve(protocol, start, stop, points) -> float
+///
+/// Seconds the Rust library takes for `rate_curve` with the CLI's defaults, measured inside
+/// Rust with no conversion: the reference the binding's overhead is measured against
+/// (benchmarks/bench.py).
+#[pyfunction]
+fn _rust_time_rate_curve(
+    py: Python<'_>,
+    protocol: &str,
+    start: f64,
+    stop: f64,
+    points: usize,
+) -> PyResult<f64> {
+    let (proto, mu) = curve_protocol(py, protocol, 1e7, None, None, None, None, None)?;
+    let fixed = FixedParams {
+        mu,
+        ..FixedParams::NONE
+    };
+    let hw = DvHardware::GYS;
+    py.detach(|| {
+        let t = std::time::Instant::now();
+        let r = qkd_simulator::curve::rate_curve_detailed(
+            &proto,
+            &hw,
+            1.22,
+            &fixed,
+            Axis::Distance,
+            start,
+            stop,
+            points,
+        );
+        let el = t.elapsed().as_secs_f64();
+        r.map(|_| el)
+    })
+    .map_err(value_error)
+}
+
 // ---------------------------------------------------------------- link models
 
 fn decoy_method(method: &str, nu: f64) -> PyResult<DecoyMethod> {
@@ -1070,6 +1107,7 @@ fn qkd_sim(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(plob_thermal, m)?)?;
     m.add_function(wrap_pyfunction!(db_to_transmittance, m)?)?;
     m.add_function(wrap_pyfunction!(rate_curve, m)?)?;
+    m.add_function(wrap_pyfunction!(_rust_time_rate_curve, m)?)?;
     m.add_function(wrap_pyfunction!(decoy_bb84, m)?)?;
     m.add_function(wrap_pyfunction!(decoy_max_distance, m)?)?;
     m.add_function(wrap_pyfunction!(finite_key_lim, m)?)?;

@@ -66,6 +66,17 @@ impl<const K: usize> Counts<K> {
     pub fn key_total(&self) -> f64 {
         self.n_key.iter().sum()
     }
+    /// The counts of `factor` times as many pulses (expected counts are linear in the pulses).
+    pub fn scaled(&self, factor: f64) -> Self {
+        Self {
+            pulses: self.pulses * factor,
+            n_key: self.n_key.map(|v| v * factor),
+            m_key: self.m_key.map(|v| v * factor),
+            n_test: self.n_test.map(|v| v * factor),
+            m_test: self.m_test.map(|v| v * factor),
+        }
+    }
+
     /// Observed QBER in the key basis.
     pub fn key_qber(&self) -> f64 {
         let n = self.key_total();
@@ -371,16 +382,29 @@ impl Lim2014 {
                 q_x: fixed.q_x.unwrap_or(x[0]),
             }
         };
+        // The search solves ε_sec = κℓ only approximately: one evaluation at the ℓ of the
+        // previous one (ℓ enters through a logarithm and moves little between neighbouring
+        // settings). The settings found are then evaluated exactly by `block_key`.
+        let l_guess = std::cell::Cell::new(self.block_bits);
         let objective = |x: &[f64; 5]| {
             let s = decode(x);
             if s.validate().is_err() {
                 return -1e300;
             }
-            let n = self.pulses_for_block(&s, eta_sys);
-            if !n.is_finite() {
+            let per_pulse = self.counts(&s, eta_sys, 1.0);
+            let n = self.block_bits / per_pulse.key_total();
+            if !(n.is_finite() && n > 0.0) {
                 return -1e300;
             }
-            let k = self.key_inner(&s, &self.counts(&s, eta_sys, n), true);
+            let c = per_pulse.scaled(n);
+            let k = match self.secrecy {
+                Secrecy::Fixed(eps) => self.key_at(&s, &c, eps, true),
+                Secrecy::PerBit(kappa) => {
+                    let k = self.key_at(&s, &c, kappa * l_guess.get().max(1.0), true);
+                    l_guess.set(k.key_bits.max(1.0));
+                    k
+                }
+            };
             k.key_bits / n
         };
         let x = if fixed.all_fixed() {
@@ -682,13 +706,12 @@ impl Rusca2018 {
             if !(s.mu[0] > s.mu[1] && s.mu[1] > 0.0) {
                 return -1e300;
             }
-            let n = self.pulses_for_block(&s, eta_sys);
-            if !n.is_finite() {
+            let per_pulse = self.counts(&s, eta_sys, 1.0);
+            let n = self.block_bits / per_pulse.key_total();
+            if !(n.is_finite() && n > 0.0) {
                 return -1e300;
             }
-            self.key_inner(&s, &self.counts(&s, eta_sys, n), true)
-                .key_bits
-                / n
+            self.key_inner(&s, &per_pulse.scaled(n), true).key_bits / n
         };
         let x = if fixed.all_fixed() {
             [0.0; 4]
