@@ -419,7 +419,17 @@ fn _rust_time_rate_curve(
     stop: f64,
     points: usize,
 ) -> PyResult<f64> {
-    let (proto, mu) = curve_protocol(py, protocol, 1e7, None, None, None, None, None)?;
+    let (proto, mu) = curve_protocol(
+        py,
+        protocol,
+        1e7,
+        None,
+        None,
+        None,
+        None,
+        None,
+        &protocols::MoreCurveArgs::default(),
+    )?;
     let fixed = FixedParams {
         mu,
         ..FixedParams::NONE

@@ -16,6 +16,7 @@ use qkd_simulator::physics::sns::Sns;
 use crate::{Arr1, Columns, columns, cv_columns, dv_hardware, from_rust, merge, value_error};
 
 /// The `rate_curve` arguments only the protocols of this module use.
+#[derive(Default)]
 pub(crate) struct MoreCurveArgs {
     /// SNS pulse pairs per finite-key run.
     pub pulses: Option<f64>,
