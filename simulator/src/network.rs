@@ -107,6 +107,9 @@ pub struct PairSeries {
     pub shared_total_bits: u64,
     /// Fraction of time connected through up links (rerouting allowed).
     pub connected_fraction: f64,
+    /// Why the path is longer than the network's shortest route, when a link of that route made
+    /// no key in the run (a satellite without a usable pass, a link cut all along), or `None`.
+    pub detour: Option<String>,
 }
 
 /// Result of a run.
@@ -385,6 +388,7 @@ fn pair_series(
         .iter()
         .map(|&li| rates[li])
         .fold(f64::INFINITY, f64::min);
+    let detour = detour_note(sc.nodes.len(), &ends, series, ia, ib, &path_links);
     PairSeries {
         a: a.to_string(),
         b: b.to_string(),
@@ -400,7 +404,43 @@ fn pair_series(
         shared_total_bits: 0,
         cumulative_bits: cumulative,
         connected_fraction: connected_fraction(sc.nodes.len(), &ends, series, ia, ib, span),
+        detour,
     }
+}
+
+/// Explains a path longer than the fewest-hop route between `a` and `b`, when that route is
+/// unusable because links on it made no key in the run.
+fn detour_note(
+    n: usize,
+    ends: &[(usize, usize)],
+    series: &[LinkSeries],
+    a: usize,
+    b: usize,
+    path: &[usize],
+) -> Option<String> {
+    let shortest = widest_path(n, ends, &vec![1.0; ends.len()], a, b)?;
+    let dead: Vec<&LinkSeries> = shortest
+        .iter()
+        .map(|&li| &series[li])
+        .filter(|s| s.total_bits == 0)
+        .collect();
+    if dead.is_empty() || (!path.is_empty() && path.len() <= shortest.len()) {
+        return None;
+    }
+    let names: Vec<String> = dead
+        .iter()
+        .map(|s| format!("{} ({})", s.id, s.kind))
+        .collect();
+    let route = if path.is_empty() {
+        "no path".to_string()
+    } else {
+        format!("routed over {} hops", path.len())
+    };
+    Some(format!(
+        "{route}: the {}-hop route is unusable because {} made no key in the run",
+        shortest.len(),
+        names.join(", ")
+    ))
 }
 
 /// Fraction of `[0, span)` during which `a` and `b` are joined by up links; evaluated only at the
@@ -513,12 +553,61 @@ impl RunResult {
                     100.0 * p.connected_fraction
                 );
             }
+            for p in self.pairs.iter().filter(|p| p.detour.is_some()) {
+                let _ = writeln!(
+                    out,
+                    "note: {} <-> {} {}",
+                    p.a,
+                    p.b,
+                    p.detour.as_deref().unwrap_or_default()
+                );
+            }
         }
         out
     }
 
+    /// Rows of links.csv (one per link and bucket) and pairs.csv (one per pair and bucket).
+    pub fn rows(&self) -> (u64, u64) {
+        let buckets = self.times.len() as u64;
+        (
+            self.links.len() as u64 * buckets,
+            self.pairs.len() as u64 * buckets,
+        )
+    }
+
+    /// Size of links.csv and pairs.csv, bytes, estimated from the rows and the lengths of the
+    /// ids and numbers (within a few per cent), without writing anything: for a warning before
+    /// a large write.
+    pub fn estimated_csv_bytes(&self) -> u64 {
+        let digits = |v: u64| (v.max(1).ilog10() + 1) as u64;
+        let buckets = self.times.len() as u64;
+        let t_digits: u64 = self.times.iter().map(|t| digits(*t)).sum();
+        // qber (7), two fractions (6 each), phase (~2), 7 commas, newline.
+        let fixed = 7 + 6 + 6 + 2 + 7 + 1;
+        let links: u64 = self
+            .links
+            .iter()
+            .map(|l| {
+                let total = l.buckets.last().map_or(0, |b| b.cumulative_bits);
+                let per_bucket = l.total_bits / buckets.max(1);
+                t_digits
+                    + buckets * (l.id.len() as u64 + fixed + digits(total) + digits(per_bucket))
+            })
+            .sum();
+        let pairs: u64 = self
+            .pairs
+            .iter()
+            .map(|p| {
+                let name = (p.a.len() + p.b.len() + 3) as u64;
+                t_digits + buckets * (name + 2 * digits(p.total_bits) + 4)
+            })
+            .sum();
+        links + pairs
+    }
+
     /// Writes `links.csv` (one row per link and bucket), `pairs.csv`, and `summary.json` into
     /// `dir`.
+    #[cfg(feature = "output")]
     pub fn write(&self, dir: &std::path::Path) -> Result<(), OutputError> {
         std::fs::create_dir_all(dir)?;
         let mut w = csv::Writer::from_path(dir.join("links.csv"))?;
@@ -532,22 +621,32 @@ impl RunResult {
             "aborted_fraction",
             "phase",
         ])?;
+        // 26 million rows for a EuroQCI day at 1 s: no allocation per row, and each float
+        // formatted only when it differs from the row before (it rarely does).
+        let mut num = String::new();
+        let mut floats = [
+            FloatField::default(),
+            FloatField::default(),
+            FloatField::default(),
+        ];
         for l in &self.links {
             for b in &l.buckets {
-                w.write_record([
-                    b.t_s.to_string(),
-                    l.id.clone(),
-                    b.key_bits.to_string(),
-                    b.cumulative_bits.to_string(),
-                    if b.qber.is_nan() {
-                        String::new()
-                    } else {
-                        format!("{:.5}", b.qber)
-                    },
-                    format!("{:.4}", b.up_fraction),
-                    format!("{:.4}", b.aborted_fraction),
-                    format!("{:?}", b.phase).to_lowercase(),
-                ])?;
+                use std::fmt::Write as _;
+                num.clear();
+                let _ = write!(num, "{}", b.t_s);
+                w.write_field(&num)?;
+                w.write_field(&l.id)?;
+                num.clear();
+                let _ = write!(num, "{}", b.key_bits);
+                w.write_field(&num)?;
+                num.clear();
+                let _ = write!(num, "{}", b.cumulative_bits);
+                w.write_field(&num)?;
+                w.write_field(floats[0].format(b.qber, 5))?;
+                w.write_field(floats[1].format(b.up_fraction, 4))?;
+                w.write_field(floats[2].format(b.aborted_fraction, 4))?;
+                w.write_field(b.phase.name())?;
+                w.write_record(None::<&[u8]>)?;
             }
         }
         w.flush()?;
@@ -570,8 +669,38 @@ impl RunResult {
             }
         }
         w.flush()?;
+        self.write_summary(dir)
+    }
+
+    /// Writes `summary.json` (the run without its time series) into `dir`.
+    pub fn write_summary(&self, dir: &std::path::Path) -> Result<(), OutputError> {
+        std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("summary.json"), serde_json::to_vec_pretty(self)?)?;
         Ok(())
+    }
+}
+
+/// A float column of the CSV: the text of the last value, reused while the value repeats. NaN
+/// is an empty cell.
+#[cfg(feature = "output")]
+#[derive(Default)]
+struct FloatField {
+    bits: Option<u32>,
+    text: String,
+}
+
+#[cfg(feature = "output")]
+impl FloatField {
+    fn format(&mut self, v: f32, decimals: usize) -> &str {
+        if self.bits != Some(v.to_bits()) {
+            self.bits = Some(v.to_bits());
+            self.text = if v.is_nan() {
+                String::new()
+            } else {
+                format!("{v:.decimals$}")
+            };
+        }
+        &self.text
     }
 }
 
@@ -590,6 +719,7 @@ pub enum OutputError {
     #[error("writing output: {0}")]
     Io(#[from] std::io::Error),
     /// CSV.
+    #[cfg(feature = "output")]
     #[error("writing CSV: {0}")]
     Csv(#[from] csv::Error),
     /// JSON.
@@ -598,6 +728,9 @@ pub enum OutputError {
     /// Plot.
     #[error("drawing plot: {0}")]
     Plot(String),
+    /// Parquet (feature `parquet`).
+    #[error("writing Parquet: {0}")]
+    Parquet(String),
 }
 
 #[cfg(test)]
@@ -613,5 +746,49 @@ mod tests {
         let rate = [10.0, 0.0, 5.0, 100.0, 1.0];
         assert_eq!(widest_path(4, &ends, &rate, 0, 3), Some(vec![2, 3]));
         assert_eq!(widest_path(4, &ends, &[0.0; 5], 0, 3), None);
+    }
+
+    fn series(id: &str, kind: &'static str, total_bits: u64) -> LinkSeries {
+        LinkSeries {
+            id: id.into(),
+            a: String::new(),
+            b: String::new(),
+            kind,
+            length_km: None,
+            buckets: Vec::new(),
+            total_bits,
+            mean_rate_bps: total_bits as f64,
+            availability: 1.0,
+            aborted: 0.0,
+            first_key_s: None,
+            changes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_detour_around_a_link_without_key_is_explained() {
+        // 0 - 1 (satellite, no key) - 2, and a fibre chain 0 - 3 - 4 - 2.
+        let ends = [(0, 1), (1, 2), (0, 3), (3, 4), (4, 2)];
+        let s = [
+            series("gs-a~sat", "satellite-downlink", 0),
+            series("sat~gs-b", "satellite-downlink", 500),
+            series("f1", "finite-key-bb84", 9),
+            series("f2", "finite-key-bb84", 9),
+            series("f3", "finite-key-bb84", 9),
+        ];
+        let rates: Vec<f64> = s.iter().map(|l| l.mean_rate_bps).collect();
+        let path = widest_path(5, &ends, &rates, 0, 2).unwrap();
+        assert_eq!(path, vec![2, 3, 4]);
+        let note = detour_note(5, &ends, &s, 0, 2, &path).unwrap();
+        assert!(
+            note.contains("routed over 3 hops")
+                && note.contains("2-hop route")
+                && note.contains("gs-a~sat (satellite-downlink) made no key"),
+            "{note}"
+        );
+        // With key on the satellite, no note.
+        let mut ok = s.clone();
+        ok[0].total_bits = 100;
+        assert_eq!(detour_note(5, &ends, &ok, 0, 2, &[0, 1]), None);
     }
 }

@@ -26,6 +26,7 @@ use crate::physics::decoy::AsymptoticBb84;
 use crate::physics::finite::{Counts, Lim2014, LimSettings, Rusca2018, RuscaSettings};
 use crate::physics::postproc::{Authentication, net_block_key};
 use crate::physics::twinfield::TwinField;
+use crate::physics::{bbm92::Bbm92, cv_finite, mdi::MdiQkd, sns};
 use crate::satellite::{GroundStation, LinkBudget, Orbit, gmst_rad, look, passes};
 
 /// What one post-processing block of a link gives under fixed conditions.
@@ -92,6 +93,48 @@ pub enum FibreProtocol {
         /// Detected (sifted) events per block.
         block_bits: f64,
     },
+    /// Decoy MDI-QKD (asymptotic rate), `block_bits` key-basis detections per block.
+    Mdi {
+        /// The model.
+        model: MdiQkd,
+        /// Signal intensity (both sides), optimised for the undisturbed link.
+        mu: f64,
+        /// Key-basis detections per block.
+        block_bits: f64,
+    },
+    /// Entanglement-based BBM92 (asymptotic rate), `block_bits` sifted coincidences per block.
+    Bbm92 {
+        /// The model.
+        model: Bbm92,
+        /// Source brightness λ, optimised for the undisturbed link.
+        lambda: f64,
+        /// Sifted coincidences per block.
+        block_bits: f64,
+    },
+    /// SNS twin-field with its finite-key analysis; one block is one run of `pulses` pairs.
+    SnsTf {
+        /// The model.
+        model: sns::Sns,
+        /// Settings optimised for the undisturbed link.
+        settings: sns::SnsSettings,
+        /// Pulse pairs per block.
+        pulses: f64,
+        /// Phase slice Δ, rad.
+        delta_rad: f64,
+        /// ε_cor.
+        eps_cor: f64,
+        /// ε_sec.
+        eps_sec: f64,
+    },
+    /// CV-QKD, homodyne or heterodyne, composable finite size per block.
+    CvFinite {
+        /// Channel and detector.
+        model: Gg02,
+        /// Homodyne or heterodyne.
+        detection: cv_finite::CvDetection,
+        /// Finite-size settings (its `symbols` is the block).
+        finite: cv_finite::CvFiniteSize,
+    },
 }
 
 impl FibreProtocol {
@@ -103,6 +146,10 @@ impl FibreProtocol {
             FibreProtocol::Rusca { .. } => "one-decoy BB84 (Rusca 2018)",
             FibreProtocol::Cv { .. } => "GG02 CV-QKD",
             FibreProtocol::TwinField { .. } => "twin-field (PM-QKD)",
+            FibreProtocol::Mdi { .. } => "decoy MDI-QKD",
+            FibreProtocol::Bbm92 { .. } => "entanglement-based BBM92",
+            FibreProtocol::SnsTf { .. } => "SNS twin-field (finite key)",
+            FibreProtocol::CvFinite { .. } => "CV-QKD (finite size)",
         }
     }
 
@@ -180,6 +227,69 @@ impl FibreProtocol {
                     block_bits * r / (q * 2.0 / f64::from(m.phase_slices.max(1))),
                     Some(e),
                 )
+            }
+            FibreProtocol::Mdi {
+                model,
+                mu,
+                block_bits,
+            } => {
+                let m = MdiQkd {
+                    misalignment: (model.misalignment + intercept_resend_error(eve)).min(0.5),
+                    ..*model
+                };
+                let (ea, eb) = m.arms(length_km);
+                let p = m.at_arms(ea, eb, *mu, *mu);
+                let sifted_rate = p.gain * m.rep_rate_hz;
+                (
+                    block_bits / sifted_rate,
+                    block_bits * p.key_per_pulse / p.gain.max(1e-300),
+                    Some(p.qber),
+                )
+            }
+            FibreProtocol::Bbm92 {
+                model,
+                lambda,
+                block_bits,
+            } => {
+                let m = Bbm92 {
+                    misalignment: (model.misalignment + intercept_resend_error(eve)).min(0.5),
+                    ..*model
+                };
+                let (ea, eb) = m.sides(length_km);
+                let p = m.at_sides(ea, eb, *lambda);
+                let sifted = m.sifting * p.gain;
+                (
+                    block_bits / (sifted * m.rep_rate_hz),
+                    block_bits * p.key_per_pulse / sifted.max(1e-300),
+                    Some(p.qber),
+                )
+            }
+            FibreProtocol::SnsTf {
+                model,
+                settings,
+                pulses,
+                delta_rad,
+                eps_cor,
+                eps_sec,
+            } => {
+                let m = sns::Sns {
+                    misalignment: (model.misalignment + intercept_resend_error(eve)).min(0.5),
+                    ..*model
+                };
+                let k = m.finite(length_km, *pulses, settings, *delta_rad, *eps_cor, *eps_sec);
+                (pulses / m.rep_rate_hz, k.key_bits, Some(k.qber))
+            }
+            FibreProtocol::CvFinite {
+                model,
+                detection,
+                finite,
+            } => {
+                let m = Gg02 {
+                    xi: model.xi + intercept_resend_excess_noise(eve),
+                    ..*model
+                };
+                let k = finite.at_distance(&m, *detection, length_km).key_per_symbol;
+                (finite.symbols / m.symbol_rate_hz, finite.symbols * k, None)
             }
         };
         let auth = match (self, qber) {
@@ -370,6 +480,17 @@ pub enum Phase {
     Aborted,
 }
 
+impl Phase {
+    /// The name in output files: `up`, `down` or `aborted`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Up => "up",
+            Phase::Down => "down",
+            Phase::Aborted => "aborted",
+        }
+    }
+}
+
 impl TimelineLink {
     /// Cumulative key, phase and QBER at `t` ms, in one lookup.
     pub fn sample(&self, t: UnixMillis) -> (u64, Phase, Option<f64>) {
@@ -431,8 +552,13 @@ impl LinkModel for TimelineLink {
 /// Everything a satellite downlink needs.
 #[derive(Debug, Clone)]
 pub struct SatelliteDownlink {
-    /// The orbit.
+    /// The orbit (circular model; with a TLE, its mean altitude sets the reference point the
+    /// protocol is configured for).
     pub orbit: Orbit,
+    /// A real orbit from a TLE, propagated with SGP4; when given it replaces the circular
+    /// geometry for passes, elevation and range.
+    #[cfg(feature = "tle")]
+    pub tle: Option<crate::tle::Tle>,
     /// The ground station.
     pub station: GroundStation,
     /// Optical link budget.
@@ -456,6 +582,59 @@ pub struct SatelliteDownlink {
     pub seed: u64,
     /// Authentication cost per pass.
     pub auth: Authentication,
+}
+
+/// Where the satellite is: the circular model, or SGP4 on a TLE.
+enum Geometry<'a> {
+    Circular(&'a Orbit),
+    #[cfg(feature = "tle")]
+    Tle(&'a crate::tle::Tle),
+}
+
+impl<'a> Geometry<'a> {
+    fn of(d: &'a SatelliteDownlink) -> Self {
+        #[cfg(feature = "tle")]
+        if let Some(t) = &d.tle {
+            return Geometry::Tle(t);
+        }
+        Geometry::Circular(&d.orbit)
+    }
+
+    fn passes(&self, d: &SatelliteDownlink, _gmst0: f64) -> Vec<crate::satellite::Pass> {
+        match self {
+            Geometry::Circular(o) => passes(
+                o,
+                &d.station,
+                d.epoch_unix_s,
+                d.horizon_s,
+                1.0,
+                d.max_sun_elevation_deg,
+            ),
+            // A set SGP4 cannot propagate over the horizon (a decayed orbit) gives the passes
+            // found before the failure: none.
+            #[cfg(feature = "tle")]
+            Geometry::Tle(t) => t
+                .passes(
+                    &d.station,
+                    d.epoch_unix_s,
+                    d.horizon_s,
+                    10.0,
+                    d.max_sun_elevation_deg,
+                )
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Elevation (rad) and range (km) `t` seconds after the epoch.
+    fn look(&self, d: &SatelliteDownlink, t: f64, gmst0: f64) -> (f64, f64) {
+        match self {
+            Geometry::Circular(o) => look(o, &d.station, t, gmst0, true),
+            #[cfg(feature = "tle")]
+            Geometry::Tle(tle) => tle
+                .look(&d.station, d.epoch_unix_s + t)
+                .unwrap_or((-std::f64::consts::FRAC_PI_2, f64::INFINITY)),
+        }
+    }
 }
 
 /// What happened on one pass.
@@ -503,14 +682,8 @@ impl PassLink {
         };
         let (settings, _) = lim_pass.optimise(ref_eta);
         let mut out = Vec::new();
-        for p in passes(
-            &d.orbit,
-            &d.station,
-            d.epoch_unix_s,
-            d.horizon_s,
-            1.0,
-            d.max_sun_elevation_deg,
-        ) {
+        let geometry = Geometry::of(d);
+        for p in geometry.passes(d, gmst0) {
             let clear = rng.random::<f64>() < d.station.clear_sky_prob;
             let (start_ms, end_ms) = ((p.start_s * 1000.0) as u64, (p.end_s * 1000.0) as u64);
             let protocol = if p.night {
@@ -528,7 +701,7 @@ impl PassLink {
             let mut counts = Counts::<3>::default();
             let mut t = p.start_s;
             while t < p.end_s {
-                let (el, range) = look(&d.orbit, &d.station, t, gmst0, true);
+                let (el, range) = geometry.look(d, t, gmst0);
                 counts += protocol.counts(&settings, d.budget.system(range, el), hw.rep_rate_hz);
                 t += 1.0;
             }

@@ -335,7 +335,8 @@ pub fn passes(
     out
 }
 
-fn finish_pass(
+/// A pass from its bounds, with its night flag (the Sun below `sun_max` at start, middle, end).
+pub(crate) fn finish_pass(
     start: f64,
     end: f64,
     max_el: f64,

@@ -123,9 +123,14 @@ pub struct NodeSpec {
     /// Country code, for reports.
     #[serde(default)]
     pub country: String,
-    /// Orbit of a satellite node.
+    /// Orbit of a satellite node (circular model).
     #[serde(default)]
     pub orbit: Option<Orbit>,
+    /// Real orbit of a satellite node: the two element lines of a TLE, propagated with SGP4
+    /// (feature `tle`). Without `orbit`, the circular orbit of the TLE's mean motion and
+    /// inclination stands in where a single altitude is needed.
+    #[serde(default)]
+    pub tle: Option<Vec<String>>,
     /// Lowest usable elevation of a ground station, degrees (default 15).
     #[serde(default)]
     pub min_elevation_deg: Option<f64>,
@@ -294,9 +299,21 @@ impl Scenario {
                     format!("{}: a longitude lies in [−180, 180]", n.lon),
                 );
             }
+            if let Some(lines) = &n.tle {
+                if n.kind != NodeKind::Satellite {
+                    return bad(&f("tle"), "only satellite nodes have an orbit".into());
+                }
+                if let Err(p) = tle_orbit(lines) {
+                    return bad(&f("tle"), p);
+                }
+            }
             match (n.kind, &n.orbit) {
+                (NodeKind::Satellite, None) if n.tle.is_some() => {}
                 (NodeKind::Satellite, None) => {
-                    return bad(&f("orbit"), "a satellite node needs an orbit".into());
+                    return bad(
+                        &f("orbit"),
+                        "a satellite node needs an orbit (or a tle)".into(),
+                    );
                 }
                 (NodeKind::Satellite, Some(o)) => {
                     if let Err(e) = o.validate() {
@@ -424,9 +441,14 @@ impl Scenario {
                 } else {
                     (b, a)
                 };
-                let orbit = sat.orbit.ok_or("satellite without orbit")?;
+                let orbit = match (sat.orbit, &sat.tle) {
+                    (Some(o), _) => o,
+                    (None, Some(lines)) => tle_orbit(lines)?,
+                    (None, None) => return Err("satellite without orbit".into()),
+                };
                 LinkModelSpec::SatelliteDownlink(SatelliteSpec {
                     orbit,
+                    tle: sat.tle.clone(),
                     station: GroundStation {
                         lat_deg: gs.lat,
                         lon_deg: gs.lon,
@@ -553,6 +575,32 @@ impl Scenario {
                 .collect()
         });
         results.into_iter().collect()
+    }
+}
+
+/// The circular orbit standing in for a TLE where one altitude is needed: the altitude of the
+/// mean motion's semi-major axis and the TLE's inclination. Checks the TLE.
+fn tle_orbit(lines: &[String]) -> Result<Orbit, String> {
+    #[cfg(feature = "tle")]
+    {
+        let t = crate::spec::parse_tle(lines).map_err(|e| e.problem.to_string())?;
+        let n = t.revs_per_day * 2.0 * std::f64::consts::PI / 86_400.0;
+        let a = (crate::satellite::MU_EARTH / (n * n)).cbrt();
+        let orbit = Orbit {
+            altitude_km: a - EARTH_RADIUS_KM,
+            inclination_deg: t.inclination_deg,
+            raan_deg: 0.0,
+            phase_deg: 0.0,
+        };
+        orbit
+            .validate()
+            .map_err(|e| format!("the TLE's orbit: {}: {}", e.field, e.problem))?;
+        Ok(orbit)
+    }
+    #[cfg(not(feature = "tle"))]
+    {
+        let _ = lines;
+        Err("TLE orbits need the `tle` feature of qkd-simulator".into())
     }
 }
 

@@ -24,6 +24,7 @@ use crate::physics::decoy::{AsymptoticBb84, DecoyMethod};
 use crate::physics::finite::{Lim2014, Rusca2018, Secrecy};
 use crate::physics::postproc::{Authentication, EcModel};
 use crate::physics::twinfield::TwinField;
+use crate::physics::{bbm92::Bbm92, cv_finite, mdi::MdiQkd, sns};
 use crate::satellite::{GroundStation, LinkBudget, Orbit};
 
 /// A link model as written in a configuration file.
@@ -44,6 +45,108 @@ pub enum LinkModelSpec {
     TwinField(TwinFieldSpec),
     /// Satellite–ground downlink, key per night pass.
     SatelliteDownlink(SatelliteSpec),
+    /// Decoy MDI-QKD, total Alice–Bob length (Charlie at `params.charlie_fraction`).
+    MdiQkd(MdiSpec),
+    /// Entanglement-based BBM92, total length (source at `params.source_fraction`).
+    Bbm92(Bbm92Spec),
+    /// Sending-or-not-sending twin-field with its finite-key analysis, total length.
+    SnsTf(SnsSpec),
+    /// CV-QKD with homodyne or heterodyne detection and composable finite size.
+    CvQkd(CvQkdSpec),
+}
+
+/// `kind = "mdi-qkd"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MdiSpec {
+    /// Total Alice–Bob fibre length, km.
+    pub length_km: f64,
+    /// Model parameters (default [`MdiQkd::SNSPD`]).
+    #[serde(default)]
+    pub params: Option<MdiQkd>,
+    /// Key-basis detections per block.
+    #[serde(default = "default_block")]
+    pub block_bits: f64,
+    /// Events, faults, abort threshold, authentication.
+    #[serde(default, flatten)]
+    pub ops: LinkOps,
+}
+
+/// `kind = "bbm92"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bbm92Spec {
+    /// Total Alice–Bob fibre length, km.
+    pub length_km: f64,
+    /// Model parameters (default [`Bbm92::SNSPD`]).
+    #[serde(default)]
+    pub params: Option<Bbm92>,
+    /// Sifted coincidences per block.
+    #[serde(default = "default_block")]
+    pub block_bits: f64,
+    /// Events, faults, abort threshold, authentication.
+    #[serde(default, flatten)]
+    pub ops: LinkOps,
+}
+
+/// `kind = "sns-tf"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnsSpec {
+    /// Total Alice–Bob fibre length, km.
+    pub length_km: f64,
+    /// Model parameters (default [`sns::Sns::WYH2018`] with 3 % misalignment).
+    #[serde(default)]
+    pub params: Option<sns::Sns>,
+    /// Pulse pairs per finite-key block (default 10¹²).
+    #[serde(default = "default_sns_pulses")]
+    pub pulses: f64,
+    /// Phase slice Δ of the phase-matched X windows, rad (default 0.2).
+    #[serde(default = "default_delta")]
+    pub delta_rad: f64,
+    /// ε_cor (default 10⁻¹⁰).
+    #[serde(default = "default_eps_10")]
+    pub eps_cor: f64,
+    /// ε_sec (default 10⁻¹⁰).
+    #[serde(default = "default_eps_10")]
+    pub eps_sec: f64,
+    /// Events, faults, abort threshold, authentication.
+    #[serde(default, flatten)]
+    pub ops: LinkOps,
+}
+
+fn default_sns_pulses() -> f64 {
+    1e12
+}
+fn default_delta() -> f64 {
+    0.2
+}
+fn default_eps_10() -> f64 {
+    1e-10
+}
+
+/// `kind = "cv-qkd"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CvQkdSpec {
+    /// Fibre length, km.
+    pub length_km: f64,
+    /// Channel and detector (default the qkd-models.md §2.5 setting at 100 MBd).
+    #[serde(default)]
+    pub params: Option<Gg02>,
+    /// `homodyne` or `heterodyne` (default heterodyne).
+    #[serde(default = "default_detection")]
+    pub detection: cv_finite::CvDetection,
+    /// Finite-size settings; `symbols` is the block (default 10⁹ symbols, 10 % for estimation).
+    #[serde(default)]
+    pub finite: cv_finite::CvFiniteSize,
+    /// Events, faults, authentication.
+    #[serde(default, flatten)]
+    pub ops: LinkOps,
+}
+
+fn default_detection() -> cv_finite::CvDetection {
+    cv_finite::CvDetection::Heterodyne
 }
 
 /// `kind = "constant-rate"`.
@@ -292,8 +395,13 @@ pub struct TwinFieldSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SatelliteSpec {
-    /// The orbit.
+    /// The orbit (circular model). With `tle`, only its altitude is used: it sets the
+    /// mid-elevation point the protocol is configured for.
     pub orbit: Orbit,
+    /// A real orbit: the two element lines of a TLE, propagated with SGP4 instead of the
+    /// circular model (needs the crate's `tle` feature, on with `cli`).
+    #[serde(default)]
+    pub tle: Option<Vec<String>>,
     /// The ground station.
     pub station: GroundStation,
     /// Link budget (default Micius-like).
@@ -372,6 +480,10 @@ impl LinkModelSpec {
             LinkModelSpec::CvGg02(_) => "cv-gg02",
             LinkModelSpec::TwinField(_) => "twin-field",
             LinkModelSpec::SatelliteDownlink(_) => "satellite-downlink",
+            LinkModelSpec::MdiQkd(_) => "mdi-qkd",
+            LinkModelSpec::Bbm92(_) => "bbm92",
+            LinkModelSpec::SnsTf(_) => "sns-tf",
+            LinkModelSpec::CvQkd(_) => "cv-qkd",
         }
     }
 
@@ -382,6 +494,10 @@ impl LinkModelSpec {
             LinkModelSpec::FiniteKeyBb84(s) | LinkModelSpec::OneDecoyBb84(s) => Some(s.length_km),
             LinkModelSpec::CvGg02(s) => Some(s.length_km),
             LinkModelSpec::TwinField(s) => Some(s.length_km),
+            LinkModelSpec::MdiQkd(s) => Some(s.length_km),
+            LinkModelSpec::Bbm92(s) => Some(s.length_km),
+            LinkModelSpec::SnsTf(s) => Some(s.length_km),
+            LinkModelSpec::CvQkd(s) => Some(s.length_km),
             _ => None,
         }
     }
@@ -395,6 +511,10 @@ impl LinkModelSpec {
             LinkModelSpec::CvGg02(s) => Some(&mut s.ops),
             LinkModelSpec::TwinField(s) => Some(&mut s.ops),
             LinkModelSpec::SatelliteDownlink(s) => Some(&mut s.ops),
+            LinkModelSpec::MdiQkd(s) => Some(&mut s.ops),
+            LinkModelSpec::Bbm92(s) => Some(&mut s.ops),
+            LinkModelSpec::SnsTf(s) => Some(&mut s.ops),
+            LinkModelSpec::CvQkd(s) => Some(&mut s.ops),
         }
     }
 
@@ -468,8 +588,25 @@ impl LinkModelSpec {
                     )));
                 }
                 let intervals = expand_ops(kind, &s.ops, 0.0)?;
+                #[cfg(feature = "tle")]
+                let tle = s
+                    .tle
+                    .as_ref()
+                    .map(|l| parse_tle(l))
+                    .transpose()
+                    .map_err(param)?;
+                #[cfg(not(feature = "tle"))]
+                if s.tle.is_some() {
+                    return Err(param(ParamError::new(
+                        "tle",
+                        f64::NAN,
+                        "TLE orbits need the `tle` feature of qkd-simulator",
+                    )));
+                }
                 let d = SatelliteDownlink {
                     orbit: s.orbit,
+                    #[cfg(feature = "tle")]
+                    tle,
                     station: s.station,
                     budget,
                     protocol: Lim2014 {
@@ -669,6 +806,85 @@ impl LinkModelSpec {
                     &s.ops,
                 ))
             }
+            LinkModelSpec::MdiQkd(s) => {
+                let model = s.params.unwrap_or(MdiQkd::SNSPD);
+                model.validate().map_err(param)?;
+                check_block("block_bits", s.block_bits)?;
+                check_ops(&s.ops)?;
+                let mu = model.optimal(length).mu;
+                Ok((
+                    FibreProtocol::Mdi {
+                        model,
+                        mu,
+                        block_bits: s.block_bits,
+                    },
+                    length,
+                    &s.ops,
+                ))
+            }
+            LinkModelSpec::Bbm92(s) => {
+                let model = s.params.unwrap_or(Bbm92::SNSPD);
+                model.validate().map_err(param)?;
+                check_block("block_bits", s.block_bits)?;
+                check_ops(&s.ops)?;
+                let lambda = model.optimal(length).lambda;
+                Ok((
+                    FibreProtocol::Bbm92 {
+                        model,
+                        lambda,
+                        block_bits: s.block_bits,
+                    },
+                    length,
+                    &s.ops,
+                ))
+            }
+            LinkModelSpec::SnsTf(s) => {
+                let model = s.params.unwrap_or(sns::Sns {
+                    misalignment: 0.03,
+                    ..sns::Sns::WYH2018
+                });
+                crate::curve::CurveProtocol::SnsTf {
+                    model,
+                    pulses: Some(s.pulses),
+                    delta_rad: s.delta_rad,
+                }
+                .validate()
+                .map_err(param)?;
+                check_ops(&s.ops)?;
+                for (f, v) in [("eps_cor", s.eps_cor), ("eps_sec", s.eps_sec)] {
+                    if !(v > 0.0 && v < 1e-3) {
+                        return Err(param(ParamError::new(f, v, "must lie in (0, 10⁻³)")));
+                    }
+                }
+                let (settings, _) =
+                    model.finite_optimal(length, s.pulses, s.delta_rad, s.eps_cor, s.eps_sec);
+                Ok((
+                    FibreProtocol::SnsTf {
+                        model,
+                        settings,
+                        pulses: s.pulses,
+                        delta_rad: s.delta_rad,
+                        eps_cor: s.eps_cor,
+                        eps_sec: s.eps_sec,
+                    },
+                    length,
+                    &s.ops,
+                ))
+            }
+            LinkModelSpec::CvQkd(s) => {
+                let model = s.params.unwrap_or(Gg02::REFERENCE);
+                model.validate().map_err(param)?;
+                s.finite.validate().map_err(param)?;
+                Ok((
+                    FibreProtocol::CvFinite {
+                        model,
+                        detection: s.detection,
+                        finite: s.finite,
+                    },
+                    length,
+                    &s.ops,
+                ))
+            }
             LinkModelSpec::ConstantRate(_) | LinkModelSpec::SatelliteDownlink(_) => Err(param(
                 ParamError::new("kind", f64::NAN, "not a fibre protocol"),
             )),
@@ -709,6 +925,25 @@ impl Built {
             Built::Constant(c) => c,
         }
     }
+}
+
+/// One TLE from its two element lines.
+#[cfg(feature = "tle")]
+pub fn parse_tle(lines: &[String]) -> Result<crate::tle::Tle, ParamError> {
+    let bad = || {
+        ParamError::new(
+            "tle",
+            f64::NAN,
+            "two element lines (1 … and 2 …) with valid checksums that SGP4 accepts",
+        )
+    };
+    if lines.len() != 2 {
+        return Err(bad());
+    }
+    crate::tle::Tle::parse(&lines.join("\n"), "tle")
+        .ok()
+        .and_then(|mut v| v.pop())
+        .ok_or_else(bad)
 }
 
 fn check_station(s: &GroundStation) -> Result<(), ParamError> {
@@ -837,6 +1072,11 @@ mod tests {
             "kind = \"cv-gg02\"\nlength_km = 20\nblock_symbols = 1e7",
             "kind = \"twin-field\"\nlength_km = 300\nauth = { tag_bits = 40, messages_per_block = 4 }",
             "kind = \"decoy-bb84\"\nlength_km = 20\nrandom_faults = { cuts_per_year_per_100km = 2, mean_repair_h = 6 }\nseed = 9",
+            "kind = \"mdi-qkd\"\nlength_km = 100",
+            "kind = \"bbm92\"\nlength_km = 50\nblock_bits = 1e5",
+            "kind = \"sns-tf\"\nlength_km = 300\npulses = 1e12",
+            "kind = \"cv-qkd\"\nlength_km = 20\ndetection = \"homodyne\"\nfinite = { symbols = 1e10, pe_fraction = 0.2 }",
+            "kind = \"cv-qkd\"\nlength_km = 20",
         ] {
             let spec = parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
             let m = spec.build().unwrap_or_else(|e| panic!("{text}: {e}"));

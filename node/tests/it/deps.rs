@@ -87,3 +87,25 @@ fn crate_dependency_edges_follow_the_architecture() {
         );
     }
 }
+
+/// The daemon takes the simulator's physics only: no plotting, bundled font or CSV code
+/// (simulator features `plot`, `output`, `cli` off).
+#[test]
+fn the_node_links_no_simulator_plotting_or_output() {
+    let o = std::process::Command::new(env!("CARGO"))
+        .args([
+            "tree", "-p", "qkd-node", "-e", "features", "--prefix", "none",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let tree = String::from_utf8_lossy(&o.stdout);
+    assert!(tree.contains("qkd-simulator"), "{tree}");
+    for krate in ["plotters", "dejavu", "csv ", "ttf-parser", "indicatif"] {
+        assert!(
+            !tree.lines().any(|l| l.starts_with(krate)),
+            "qkd-node pulls in {krate}"
+        );
+    }
+}

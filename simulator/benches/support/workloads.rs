@@ -92,3 +92,31 @@ pub fn network(
     );
     (setup, t.elapsed(), r)
 }
+
+/// The time-resolved buffer simulation of `path` over `days` at `step_s`, with the demand
+/// `demand` on every pair and the event-free baseline run as well (what `qkd-sim dynamics` does).
+/// Returns (set-up time, simulation time of both runs, result); no output is written.
+pub fn dynamics(
+    path: &Path,
+    days: f64,
+    step_s: u64,
+    demand: &str,
+) -> (Duration, Duration, qkd_simulator::dynamics::DynamicsResult) {
+    use qkd_simulator::dynamics::{Demand, DynamicsOptions, baseline_links, run_dynamics};
+    // Workloads run on the scenarios shipped with the crate; failing to load one is a bug.
+    let mut sc = Scenario::load(path).expect("scenario loads");
+    sc.scenario.duration_s = (days * 86_400.0) as u64;
+    let demand = Demand::parse(demand).expect("valid demand");
+    let opts = DynamicsOptions {
+        step_s,
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let links = sc.build_links(path, &|_| ()).expect("links build");
+    let base = baseline_links(&sc, path).expect("links build");
+    let setup = t.elapsed();
+    let t = Instant::now();
+    let mut r = run_dynamics(&sc, &links, &demand, &opts);
+    r.set_baseline(&run_dynamics(&sc, &base, &demand, &opts));
+    (setup, t.elapsed(), r)
+}

@@ -3,6 +3,9 @@
 //! * PLOB: Pirandola, Laurenza, Ottaviani, Banchi, Nat. Commun. 8, 15043 (2017):
 //!   K(η) = −log₂(1 − η) bits per channel use for the pure-loss channel.
 //! * TGW: Takeoka, Guha, Wilde, Nat. Commun. 5, 5235 (2014): K(η) = log₂[(1 + η)/(1 − η)].
+//! * Single-repeater bound: Pirandola, Commun. Phys. 2, 51 (2019): with one (untrusted or
+//!   trusted) node in the middle of a pure-loss channel of end-to-end transmittance η, at most
+//!   −log₂(1 − √η) bits per use. Twin-field protocols are held against it.
 //! * Thermal-loss upper bound (PLOB): −log₂[(1 − η)ηⁿ̄] − h(n̄), valid for n̄ < η/(1 − η).
 //!
 //! All are computed with `ln_1p` so they stay accurate down to η = 10⁻³⁰⁰ (thousands of km):
@@ -17,6 +20,12 @@ pub fn plob(eta_ch: f64) -> f64 {
         return f64::INFINITY;
     }
     -(-eta_ch.max(0.0)).ln_1p() / LN_2
+}
+
+/// Single-repeater bound in bits per channel use at end-to-end channel transmittance `eta_ch`:
+/// −log₂(1 − √η), the PLOB bound of one of the two halves.
+pub fn single_repeater(eta_ch: f64) -> f64 {
+    plob(eta_ch.max(0.0).sqrt())
 }
 
 /// TGW bound in bits per channel use: 2·atanh(η)/ln 2.
@@ -86,6 +95,18 @@ mod tests {
             assert!((k / (eta / LN_2) - 1.0).abs() < 1e-12, "{db} dB");
             assert!((tgw(eta) / (2.0 * eta / LN_2) - 1.0).abs() < 1e-12);
         }
+    }
+
+    #[test]
+    fn single_repeater_bound_is_plob_of_half_the_loss() {
+        // 40 dB end to end: each half 20 dB, −log₂(1 − 0.01) = 1.45e-2.
+        let eta = db_to_transmittance(40.0);
+        assert!((single_repeater(eta) / 1.45e-2 - 1.0).abs() < 3e-3);
+        assert!((single_repeater(eta) / plob(db_to_transmittance(20.0)) - 1.0).abs() < 1e-12);
+        // √η scaling far away: 200 dB → 100 dB per half, ≈ 1.4427e-10.
+        let far = single_repeater(db_to_transmittance(200.0));
+        assert!((far / (1e-10 / LN_2) - 1.0).abs() < 1e-9);
+        assert!(single_repeater(eta) > plob(eta));
     }
 
     #[test]

@@ -73,17 +73,7 @@ impl Gg02 {
         let sb = b.sqrt();
         let c = (v * sb + t * (v + chi_line) + a * chi_hom) / (t * (v + chi_tot));
         let d = sb * (v + sb * chi_hom) / (t * (v + chi_tot));
-        let eig = |p: f64, q: f64| {
-            let r = (p * p - 4.0 * q).max(0.0).sqrt();
-            (
-                ((p + r) / 2.0).max(0.0).sqrt(),
-                ((p - r) / 2.0).max(0.0).sqrt(),
-            )
-        };
-        let (l1, l2) = eig(a, b);
-        let (l3, l4) = eig(c, d);
-        let g = |l: f64| entropy_g((l - 1.0) / 2.0);
-        let chi_be = (g(l1) + g(l2) - g(l3) - g(l4)).max(0.0);
+        let chi_be = holevo_from_invariants(a, b, c, d);
         CvPoint {
             key_per_symbol: (self.beta * i_ab - chi_be).max(0.0),
             i_ab,
@@ -106,6 +96,22 @@ impl Gg02 {
         non_negative("alpha_db_per_km", self.alpha_db_per_km)?;
         positive("symbol_rate_hz", self.symbol_rate_hz)
     }
+}
+
+/// χ_BE = G((λ₁ − 1)/2) + G((λ₂ − 1)/2) − G((λ₃ − 1)/2) − G((λ₄ − 1)/2), clamped at 0, from the
+/// invariants of the two symplectic spectra: λ²₁,₂ = ½[A ± √(A² − 4B)], λ²₃,₄ = ½[C ± √(C² − 4D)].
+pub fn holevo_from_invariants(a: f64, b: f64, c: f64, d: f64) -> f64 {
+    let eig = |p: f64, q: f64| {
+        let r = (p * p - 4.0 * q).max(0.0).sqrt();
+        (
+            ((p + r) / 2.0).max(0.0).sqrt(),
+            ((p - r) / 2.0).max(0.0).sqrt(),
+        )
+    };
+    let (l1, l2) = eig(a, b);
+    let (l3, l4) = eig(c, d);
+    let g = |l: f64| entropy_g((l - 1.0) / 2.0);
+    (g(l1) + g(l2) - g(l3) - g(l4)).max(0.0)
 }
 
 /// G(x) = (x + 1) log₂(x + 1) − x log₂ x, the entropy of a thermal state of mean photon number

@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::channel::{DvHardware, dead_time_factor, error_1, gain, h2, qber, yield_1};
-use super::optimise::{bisect_last_true, log_grid_golden_max};
+use super::optimise::{bisect_last_true, brent_max, log_grid_golden_max};
 
 /// How Y₁ and e₁ are obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -163,6 +163,33 @@ impl AsymptoticBb84 {
     /// Signal intensity maximising the key rate at `eta_sys` (log grid then golden section on
     /// [10⁻⁴, 1.2], kept above the weak decoy), with the point it gives.
     pub fn optimal_mu(&self, eta_sys: f64) -> (f64, AsymptoticPoint) {
+        if self.method == DecoyMethod::Infinite {
+            // With Y₁ and e₁ exact, the unclamped rate is smooth and unimodal in ln μ: Brent's
+            // method finds its maximum in a dozen or two evaluations. Where that maximum gives
+            // no key (beyond the reach) the grid search below decides.
+            let hw = &self.hw;
+            let y0 = hw.y0();
+            let single = 1.0 - h2(error_1(eta_sys, y0, hw.misalignment));
+            let y1 = yield_1(eta_sys, y0);
+            let q = self.p_z * self.p_z + (1.0 - self.p_z) * (1.0 - self.p_z);
+            let raw = |t: f64| {
+                let mu = t.exp();
+                let q_mu = gain(eta_sys, y0, mu);
+                let e_mu = qber(eta_sys, y0, hw.misalignment, mu);
+                let r = q * (y1 * mu * (-mu).exp() * single - self.f_ec * q_mu * h2(e_mu));
+                if hw.dead_time_s > 0.0 {
+                    r * dead_time_factor(hw.rep_rate_hz, q_mu, hw.dead_time_s)
+                } else {
+                    r
+                }
+            };
+            let (t, _) = brent_max(raw, 1e-3f64.ln(), 1.2f64.ln(), 1e-5);
+            let mu = t.exp();
+            let p = self.at_eta(eta_sys, mu);
+            if p.key_per_pulse > 0.0 {
+                return (mu, p);
+            }
+        }
         let lo = match self.method {
             DecoyMethod::VacuumWeak { nu } => nu * 1.05 + 1e-3,
             _ => 1e-3,

@@ -66,6 +66,17 @@ impl<const K: usize> Counts<K> {
     pub fn key_total(&self) -> f64 {
         self.n_key.iter().sum()
     }
+    /// The counts of `factor` times as many pulses (expected counts are linear in the pulses).
+    pub fn scaled(&self, factor: f64) -> Self {
+        Self {
+            pulses: self.pulses * factor,
+            n_key: self.n_key.map(|v| v * factor),
+            m_key: self.m_key.map(|v| v * factor),
+            n_test: self.n_test.map(|v| v * factor),
+            m_test: self.m_test.map(|v| v * factor),
+        }
+    }
+
     /// Observed QBER in the key basis.
     pub fn key_qber(&self) -> f64 {
         let n = self.key_total();
@@ -100,6 +111,8 @@ pub struct FiniteKey {
     pub qber: f64,
     /// Upper bound on the phase error rate of the key.
     pub phase_error: f64,
+    /// Lower bound on vacuum key-basis detections (s_X,0 for Lim, s_Z,0 for Rusca).
+    pub s0: f64,
     /// Lower bound on single-photon key-basis detections.
     pub s1: f64,
     /// ε_sec actually used.
@@ -117,7 +130,7 @@ impl FiniteKey {
         pulses: f64,
         qber: f64,
         phase: f64,
-        s1: f64,
+        (s0, s1): (f64, f64),
         eps_sec: f64,
         ec_ok: bool,
     ) -> Self {
@@ -128,6 +141,7 @@ impl FiniteKey {
             key_per_pulse: if pulses > 0.0 { key_bits / pulses } else { 0.0 },
             qber,
             phase_error: phase,
+            s0,
             s1,
             eps_sec,
             ec_ok,
@@ -150,8 +164,8 @@ pub fn gamma(a: f64, b: f64, c: f64, d: f64) -> f64 {
     if v > 0.0 { v.sqrt() } else { 0.0 }
 }
 
-/// τ_n = Σ_k p_k e^(−k) kⁿ/n!, the probability that an n-photon state was sent.
-fn tau<const K: usize>(n: u32, mu: &[f64; K], p: &[f64; K]) -> f64 {
+/// τ_n = Σ_k p_k e^(−μ_k) μ_kⁿ/n!, the probability that an n-photon state was sent.
+pub fn tau<const K: usize>(n: u32, mu: &[f64; K], p: &[f64; K]) -> f64 {
     let fact = (1..=n).product::<u32>() as f64;
     (0..K)
         .map(|k| p[k] * (-mu[k]).exp() * mu[k].powi(n as i32) / fact)
@@ -334,7 +348,7 @@ impl Lim2014 {
             - leak.unwrap_or(n_x)
             - 6.0 * (21.0 / eps_sec).log2()
             - (2.0 / self.eps_cor).log2();
-        FiniteKey::assemble(l, raw, c.pulses, qber, phase, sx1, eps_sec, ec_ok)
+        FiniteKey::assemble(l, raw, c.pulses, qber, phase, (sx0, sx1), eps_sec, ec_ok)
     }
 
     /// Key of one block of `block_bits` at `eta_sys` with settings `s`.
@@ -349,40 +363,175 @@ impl Lim2014 {
     /// Settings maximising ℓ/N at `eta_sys` (Nelder–Mead over q_x, p_μ₁, p_μ₂, μ₁, μ₂ with μ₃
     /// fixed; the unclamped ℓ guides the search through the region without key).
     pub fn optimise(&self, eta_sys: f64) -> (LimSettings, FiniteKey) {
+        self.optimise_with(eta_sys, &LimFixed::default())
+    }
+
+    /// Like [`Self::optimise`], with the parameters that `fixed` gives held at their values (a
+    /// paper's setting) and only the others optimised. Check `fixed` first with
+    /// [`LimFixed::validate`]; settings it makes impossible give no key.
+    pub fn optimise_with(&self, eta_sys: f64, fixed: &LimFixed) -> (LimSettings, FiniteKey) {
         let mu3 = self.mu3;
         let decode = |x: &[f64; 5]| {
-            let mu1 = x[3];
-            let mu2 = mu3 + x[4] * (mu1 - 2.0 * mu3);
-            let p1 = x[1];
-            let p2 = (1.0 - p1) * x[2];
+            let mu1 = fixed.mu1.unwrap_or(x[3]);
+            let mu2 = fixed.mu2.unwrap_or(mu3 + x[4] * (mu1 - 2.0 * mu3));
+            let p1 = fixed.p_mu1.unwrap_or(x[1]);
+            let p2 = fixed.p_mu2.unwrap_or((1.0 - p1) * x[2]);
             LimSettings {
                 mu: [mu1, mu2, mu3],
                 p: [p1, p2, 1.0 - p1 - p2],
-                q_x: x[0],
+                q_x: fixed.q_x.unwrap_or(x[0]),
             }
         };
+        // The search solves ε_sec = κℓ only approximately: one evaluation at the ℓ of the
+        // previous one (ℓ enters through a logarithm and moves little between neighbouring
+        // settings). The settings found are then evaluated exactly by `block_key`.
+        let l_guess = std::cell::Cell::new(self.block_bits);
         let objective = |x: &[f64; 5]| {
             let s = decode(x);
-            let n = self.pulses_for_block(&s, eta_sys);
-            if !n.is_finite() {
+            if s.validate().is_err() {
                 return -1e300;
             }
-            let k = self.key_inner(&s, &self.counts(&s, eta_sys, n), true);
+            let per_pulse = self.counts(&s, eta_sys, 1.0);
+            let n = self.block_bits / per_pulse.key_total();
+            if !(n.is_finite() && n > 0.0) {
+                return -1e300;
+            }
+            let c = per_pulse.scaled(n);
+            let k = match self.secrecy {
+                Secrecy::Fixed(eps) => self.key_at(&s, &c, eps, true),
+                Secrecy::PerBit(kappa) => {
+                    let k = self.key_at(&s, &c, kappa * l_guess.get().max(1.0), true);
+                    l_guess.set(k.key_bits.max(1.0));
+                    k
+                }
+            };
             k.key_bits / n
         };
-        let lo = [0.2, 0.05, 0.05, 2.0 * mu3 + 0.05, 0.02];
-        let hi = [0.999, 0.95, 0.95, 1.0, 0.9];
-        // Several starts (short runs), then the best one refined: the landscape has a ridge
-        // along q_x at long distance where a single simplex can stall on a bound.
-        let starts = [
-            [0.85, 0.6, 0.6, 0.5, 0.3],
-            [0.7, 0.2, 0.65, 0.43, 0.45],
-            [0.95, 0.4, 0.5, 0.6, 0.35],
-        ];
-        let best = multi_start_max(objective, &starts, lo, hi, 300, 400);
-        let s = decode(&best.0);
+        let x = if fixed.all_fixed() {
+            [0.0; 5]
+        } else {
+            let lo = [0.2, 0.05, 0.05, 2.0 * mu3 + 0.05, 0.02];
+            let hi = [0.999, 0.95, 0.95, 1.0, 0.9];
+            // Several starts (short runs), then the best one refined: the landscape has a ridge
+            // along q_x at long distance where a single simplex can stall on a bound.
+            let starts = [
+                [0.85, 0.6, 0.6, 0.5, 0.3],
+                [0.7, 0.2, 0.65, 0.43, 0.45],
+                [0.95, 0.4, 0.5, 0.6, 0.35],
+            ];
+            let best = multi_start_max(&objective, &starts, lo, hi, 300, 400);
+            if best.1 > 0.0 {
+                best.0
+            } else {
+                // No key from the usual starts: near the reach (small blocks above all) the
+                // region with key is a thin sliver, so search again from a spread of points.
+                let more = spread_starts(&lo, &hi);
+                let again = multi_start_max(&objective, &more, lo, hi, 200, 400);
+                if again.1 > best.1 { again.0 } else { best.0 }
+            }
+        };
+        let s = decode(&x);
         (s, self.block_key(&s, eta_sys))
     }
+}
+
+/// Parameters of [`Lim2014`] held at given values instead of optimised (`None`: optimised). μ₃
+/// is always fixed, by [`Lim2014::mu3`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimFixed {
+    /// Signal intensity μ₁, mean photons per pulse.
+    pub mu1: Option<f64>,
+    /// Decoy intensity μ₂, mean photons per pulse.
+    pub mu2: Option<f64>,
+    /// Probability of sending μ₁.
+    pub p_mu1: Option<f64>,
+    /// Probability of sending μ₂ (μ₃ takes the rest).
+    pub p_mu2: Option<f64>,
+    /// Probability of the key basis X, both sides.
+    pub q_x: Option<f64>,
+}
+
+impl LimFixed {
+    /// Whether nothing is left to optimise.
+    pub fn all_fixed(&self) -> bool {
+        self.mu1.is_some()
+            && self.mu2.is_some()
+            && self.p_mu1.is_some()
+            && self.p_mu2.is_some()
+            && self.q_x.is_some()
+    }
+
+    /// Checks the fixed values against the protocol's constraints (with the model's μ₃).
+    pub fn validate(&self, mu3: f64) -> Result<(), ParamError> {
+        check_fixed_intensity("mu1", self.mu1)?;
+        check_fixed_intensity("mu2", self.mu2)?;
+        check_fixed_probability("p_mu1", self.p_mu1)?;
+        check_fixed_probability("p_mu2", self.p_mu2)?;
+        check_fixed_probability("q_x", self.q_x)?;
+        if !(mu3.is_finite() && mu3 >= 0.0) {
+            return Err(ParamError::new("mu3", mu3, "must be a finite number ≥ 0"));
+        }
+        if let Some(m2) = self.mu2
+            && m2 <= mu3
+        {
+            return Err(ParamError::new("mu2", m2, "needs mu2 > mu3"));
+        }
+        if let (Some(m1), Some(m2)) = (self.mu1, self.mu2)
+            && m1 <= m2 + mu3
+        {
+            return Err(ParamError::new("mu1", m1, "needs mu1 > mu2 + mu3"));
+        }
+        if let (Some(p1), Some(p2)) = (self.p_mu1, self.p_mu2)
+            && p1 + p2 >= 1.0
+        {
+            return Err(ParamError::new(
+                "p_mu2",
+                p2,
+                "p_mu1 + p_mu2 must stay below 1 (mu3 takes the rest)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A fixed intensity, if given, lies in (0, 2] photons per pulse.
+pub(crate) fn check_fixed_intensity(field: &'static str, v: Option<f64>) -> Result<(), ParamError> {
+    match v {
+        Some(v) if !(v > 0.0 && v <= 2.0) => Err(ParamError::new(
+            field,
+            v,
+            "an intensity lies in (0, 2] photons per pulse",
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_fixed_probability(field: &'static str, v: Option<f64>) -> Result<(), ParamError> {
+    match v {
+        Some(v) if !(v > 0.0 && v < 1.0) => Err(ParamError::new(field, v, "must lie in (0, 1)")),
+        _ => Ok(()),
+    }
+}
+
+/// Twelve deterministic starting points spread over the box `[lo, hi]` (a Halton sequence in
+/// bases 2, 3, 5, 7, 11), for a second search when the usual starts find no key.
+fn spread_starts<const D: usize>(lo: &[f64; D], hi: &[f64; D]) -> Vec<[f64; D]> {
+    const BASES: [u32; 5] = [2, 3, 5, 7, 11];
+    (1..=12u32)
+        .map(|i| {
+            std::array::from_fn(|d| {
+                let (mut f, mut r, mut n) = (1.0, 0.0, i);
+                let b = BASES[d % BASES.len()];
+                while n > 0 {
+                    f /= f64::from(b);
+                    r += f * f64::from(n % b);
+                    n /= b;
+                }
+                lo[d] + r * (hi[d] - lo[d])
+            })
+        })
+        .collect()
 }
 
 /// Parameters of the one-decoy protocol.
@@ -505,7 +654,16 @@ impl Rusca2018 {
             - 6.0 * (19.0 / self.eps_sec).log2()
             - (2.0 / self.eps_cor).log2();
         let ec_ok = leak.is_some();
-        FiniteKey::assemble(l, raw, c.pulses, qber, phase, sz1, self.eps_sec, ec_ok)
+        FiniteKey::assemble(
+            l,
+            raw,
+            c.pulses,
+            qber,
+            phase,
+            (sz0, sz1),
+            self.eps_sec,
+            ec_ok,
+        )
     }
 
     /// Pulses needed to sift `block_bits` key-basis bits.
@@ -529,28 +687,85 @@ impl Rusca2018 {
 
     /// Settings maximising ℓ/N at `eta_sys` (over μ₁, μ₂, p₁, p_Z).
     pub fn optimise(&self, eta_sys: f64) -> (RuscaSettings, FiniteKey) {
-        let decode = |x: &[f64; 4]| RuscaSettings {
-            mu: [x[0], x[0] * x[1]],
-            p1: x[2],
-            p_z: x[3],
+        self.optimise_with(eta_sys, &RuscaFixed::default())
+    }
+
+    /// Like [`Self::optimise`], with the parameters that `fixed` gives held at their values and
+    /// only the others optimised. Check `fixed` first with [`RuscaFixed::validate`].
+    pub fn optimise_with(&self, eta_sys: f64, fixed: &RuscaFixed) -> (RuscaSettings, FiniteKey) {
+        let decode = |x: &[f64; 4]| {
+            let mu1 = fixed.mu1.unwrap_or(x[0]);
+            RuscaSettings {
+                mu: [mu1, fixed.mu2.unwrap_or(mu1 * x[1])],
+                p1: fixed.p_mu1.unwrap_or(x[2]),
+                p_z: fixed.p_z.unwrap_or(x[3]),
+            }
         };
         let objective = |x: &[f64; 4]| {
             let s = decode(x);
-            let n = self.pulses_for_block(&s, eta_sys);
-            if !n.is_finite() {
+            if !(s.mu[0] > s.mu[1] && s.mu[1] > 0.0) {
                 return -1e300;
             }
-            self.key_inner(&s, &self.counts(&s, eta_sys, n), true)
-                .key_bits
-                / n
+            let per_pulse = self.counts(&s, eta_sys, 1.0);
+            let n = self.block_bits / per_pulse.key_total();
+            if !(n.is_finite() && n > 0.0) {
+                return -1e300;
+            }
+            self.key_inner(&s, &per_pulse.scaled(n), true).key_bits / n
         };
-        let lo = [0.05, 0.02, 0.05, 0.2];
-        let hi = [1.0, 0.95, 0.95, 0.999];
-        // Two starts, then the better one refined (see `Lim2014::optimise`).
-        let starts = [[0.5, 0.4, 0.7, 0.85], [0.35, 0.3, 0.5, 0.7]];
-        let best = multi_start_max(objective, &starts, lo, hi, 300, 300);
-        let s = decode(&best.0);
+        let x = if fixed.all_fixed() {
+            [0.0; 4]
+        } else {
+            let lo = [0.05, 0.02, 0.05, 0.2];
+            let hi = [1.0, 0.95, 0.95, 0.999];
+            // Two starts, then the better one refined (see `Lim2014::optimise_with`).
+            let starts = [[0.5, 0.4, 0.7, 0.85], [0.35, 0.3, 0.5, 0.7]];
+            let best = multi_start_max(&objective, &starts, lo, hi, 300, 300);
+            if best.1 > 0.0 {
+                best.0
+            } else {
+                let more = spread_starts(&lo, &hi);
+                let again = multi_start_max(&objective, &more, lo, hi, 200, 300);
+                if again.1 > best.1 { again.0 } else { best.0 }
+            }
+        };
+        let s = decode(&x);
         (s, self.block_key(&s, eta_sys))
+    }
+}
+
+/// Parameters of [`Rusca2018`] held at given values instead of optimised (`None`: optimised).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuscaFixed {
+    /// Signal intensity μ₁, mean photons per pulse.
+    pub mu1: Option<f64>,
+    /// Decoy intensity μ₂ < μ₁, mean photons per pulse.
+    pub mu2: Option<f64>,
+    /// Probability of sending μ₁.
+    pub p_mu1: Option<f64>,
+    /// Probability of the key basis Z, both sides.
+    pub p_z: Option<f64>,
+}
+
+impl RuscaFixed {
+    /// Whether nothing is left to optimise.
+    pub fn all_fixed(&self) -> bool {
+        self.mu1.is_some() && self.mu2.is_some() && self.p_mu1.is_some() && self.p_z.is_some()
+    }
+
+    /// Checks the fixed values against the protocol's constraints.
+    pub fn validate(&self) -> Result<(), ParamError> {
+        check_fixed_intensity("mu1", self.mu1)?;
+        check_fixed_intensity("mu2", self.mu2)?;
+        check_fixed_probability("p_mu1", self.p_mu1)?;
+        check_fixed_probability("p_z", self.p_z)?;
+        if let (Some(m1), Some(m2)) = (self.mu1, self.mu2)
+            && m1 <= m2
+        {
+            return Err(ParamError::new("mu2", m2, "needs mu2 < mu1"));
+        }
+        Ok(())
     }
 }
 
@@ -590,6 +805,44 @@ mod tests {
         assert!(k.key_bits > 0.0 && k.qber < 0.05, "{k:?}");
         let far = r.optimise(DvHardware::METRO_GHZ.eta_sys(400.0)).1;
         assert_eq!(far.key_bits, 0.0);
+    }
+
+    #[test]
+    fn small_blocks_reach_as_far_as_a_wider_search() {
+        // One decoy, n_Z = 10⁴: the two usual starts found no key beyond 189.2 km; the spread
+        // of further starts finds it to ~192.7 km.
+        let r = Rusca2018::new(DvHardware::METRO_GHZ, 1e4);
+        let k = r.optimise(r.hw.eta_sys(191.5)).1;
+        assert!(k.key_bits > 0.0, "{k:?}");
+        assert_eq!(r.optimise(r.hw.eta_sys(196.0)).1.key_bits, 0.0);
+    }
+
+    #[test]
+    fn fixed_parameters_are_held() {
+        let lim = Lim2014::paper(1e6);
+        let eta = lim.hw.eta_sys(40.0);
+        let fixed = LimFixed {
+            mu1: Some(0.45),
+            q_x: Some(0.8),
+            ..LimFixed::default()
+        };
+        fixed.validate(lim.mu3).unwrap();
+        let (s, k) = lim.optimise_with(eta, &fixed);
+        assert_eq!((s.mu[0], s.q_x), (0.45, 0.8));
+        assert!(k.key_bits > 0.0 && k.key_per_pulse <= lim.optimise(eta).1.key_per_pulse);
+        let bad = LimFixed {
+            mu1: Some(0.2),
+            mu2: Some(0.3),
+            ..LimFixed::default()
+        };
+        assert_eq!(bad.validate(lim.mu3).unwrap_err().field, "mu1");
+        let r = Rusca2018::new(DvHardware::METRO_GHZ, 1e6);
+        let f = RuscaFixed {
+            p_z: Some(0.7),
+            ..RuscaFixed::default()
+        };
+        let (s, _) = r.optimise_with(r.hw.eta_sys(40.0), &f);
+        assert_eq!(s.p_z, 0.7);
     }
 
     #[test]

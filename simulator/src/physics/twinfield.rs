@@ -54,8 +54,15 @@ impl TwinField {
         rep_rate_hz: 1e9,
     };
 
-    /// Key per pulse pair at total Alice–Bob distance `length_km` and total intensity `mu`.
+    /// Key per pulse pair and QBER E_Z at total Alice–Bob distance `length_km` and total
+    /// intensity `mu`.
     pub fn key_per_pulse(&self, length_km: f64, mu: f64) -> (f64, f64) {
+        let (r, e_z, _) = self.evaluate(length_km, mu);
+        (r, e_z)
+    }
+
+    /// Key per pulse pair, bit error E_Z and phase error E_X.
+    fn evaluate(&self, length_km: f64, mu: f64) -> (f64, f64, f64) {
         let eta_arm = 10f64.powf(-self.alpha_db_per_km * length_km / 20.0) * self.eta_det;
         let pd = self.dark_count_prob;
         let q = 1.0 - (1.0 - pd).powi(2) * (-mu * eta_arm).exp();
@@ -76,13 +83,20 @@ impl TwinField {
         }
         let e_x = (even / q).min(0.5);
         let r = 2.0 / m * q * (1.0 - self.f_ec * h2(e_z) - h2(e_x));
-        (r.max(0.0), e_z)
+        (r.max(0.0), e_z, e_x)
     }
 
     /// Key per pulse with μ optimised, and the QBER at that μ.
     pub fn optimal(&self, length_km: f64) -> (f64, f64) {
-        let (mu, r) = log_grid_golden_max(|mu| self.key_per_pulse(length_km, mu).0, 1e-5, 2.0, 32);
-        (r, self.key_per_pulse(length_km, mu).1)
+        let (_, r, e_z, _) = self.optimal_detail(length_km);
+        (r, e_z)
+    }
+
+    /// The optimal total intensity μ with the key per pulse pair, E_Z and E_X there.
+    pub fn optimal_detail(&self, length_km: f64) -> (f64, f64, f64, f64) {
+        let (mu, r) = log_grid_golden_max(|mu| self.evaluate(length_km, mu).0, 1e-5, 2.0, 32);
+        let (_, e_z, e_x) = self.evaluate(length_km, mu);
+        (mu, r, e_z, e_x)
     }
 }
 

@@ -16,4 +16,20 @@ fn benchmark_workloads_run_small() {
     assert!(f[0].1 >= 2 && f[1].1 >= 2, "{f:?}");
     let (_, _, r) = workloads::network(&scenario_path("metro-2node.toml"), Some(600), 60, 1);
     assert_eq!(r.links[0].buckets.len(), 10);
+    let (_, _, d) = workloads::dynamics(
+        &scenario_path("metro-2node.toml"),
+        0.05,
+        60,
+        "constant:1000",
+    );
+    assert_eq!(d.pairs[0].demanded_bits, d.pairs[0].served_bits);
+}
+
+/// The metro scenario over its first two hours, one-minute buckets (set-up, run, result).
+pub fn small_metro_run() -> (
+    std::time::Duration,
+    std::time::Duration,
+    qkd_simulator::network::RunResult,
+) {
+    workloads::network(&scenario_path("metro-2node.toml"), Some(7200), 60, 1)
 }

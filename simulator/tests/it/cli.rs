@@ -136,7 +136,7 @@ fn help_examples_work() {
         .to_path_buf();
     let dir = tempfile::tempdir().unwrap();
     let mut ran = 0;
-    for sub in ["rate", "run"] {
+    for sub in ["rate", "run", "dynamics", "pass"] {
         let o = qkd_sim().args([sub, "--help"]).output().unwrap();
         let help = String::from_utf8_lossy(&o.stdout).to_string();
         for line in help
@@ -150,7 +150,8 @@ fn help_examples_work() {
                 .position(|a| a == "--out")
                 .expect("examples name --out");
             args[out + 1] = dir.path().join(format!("ex{ran}")).display().to_string();
-            if !args.iter().any(|a| a == "--no-plot") {
+            // Only `rate` and `run` draw plots.
+            if matches!(sub, "rate" | "run") && !args.iter().any(|a| a == "--no-plot") {
                 args.push("--no-plot".into());
             }
             if sub == "run" {
@@ -165,5 +166,223 @@ fn help_examples_work() {
             ran += 1;
         }
     }
-    assert!(ran >= 6, "{ran} examples");
+    assert!(ran >= 10, "{ran} examples");
+}
+
+fn rate(args: &[&str], out: &std::path::Path) -> (bool, String, String) {
+    let o = qkd_sim()
+        .arg("rate")
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .expect("qkd-sim runs");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
+}
+
+#[test]
+fn negative_numbers_reach_the_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    // `--from -10` used to be cut by the argument parser ("unexpected argument '-1'").
+    let (ok, _, err) = rate(&["--from", "-10", "--no-plot"], dir.path());
+    assert!(
+        !ok && err.contains("from = -10") && err.contains("≥ 0"),
+        "{err}"
+    );
+    let (ok, _, err) = rate(&["--extra-loss", "-3", "--no-plot"], dir.path());
+    assert!(!ok && err.contains("extra_loss_db = -3"), "{err}");
+}
+
+#[test]
+fn flags_a_protocol_ignores_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, named) in [
+        (
+            &[
+                "--protocol",
+                "twin-field",
+                "--eta-bob",
+                "0.5",
+                "--rep-rate",
+                "1e9",
+            ][..],
+            &["--eta-bob", "--rep-rate"][..],
+        ),
+        (
+            &["--protocol", "cv-gg02", "--dark-count", "1e-6"][..],
+            &["--dark-count"][..],
+        ),
+        (
+            &["--protocol", "decoy-infinite", "--block", "1e6"][..],
+            &["--block"][..],
+        ),
+        (
+            &["--protocol", "finite-key", "--nu", "0.1"][..],
+            &["--nu"][..],
+        ),
+        (
+            &["--protocol", "twin-field", "--extra-loss", "2"][..],
+            &["--extra-loss"][..],
+        ),
+    ] {
+        let (ok, _, err) = rate(args, dir.path());
+        assert!(!ok, "{args:?}");
+        assert!(
+            named.iter().all(|f| err.contains(f)) && err.contains("does not use"),
+            "{args:?}: {err}"
+        );
+    }
+    // The flags a protocol does use are accepted.
+    let (ok, _, err) = rate(
+        &[
+            "--protocol",
+            "cv-gg02",
+            "--alpha",
+            "0.18",
+            "--extra-loss",
+            "1",
+            "--to",
+            "20",
+            "--points",
+            "3",
+            "--no-plot",
+        ],
+        dir.path(),
+    );
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn cv_rate_draws_no_empty_qber_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    // A QBER plot from an earlier run in the same directory must not survive either.
+    std::fs::write(dir.path().join("qber.png"), b"stale").unwrap();
+    let (ok, out, err) = rate(
+        &[
+            "--protocol",
+            "cv-gg02",
+            "--axis",
+            "loss",
+            "--to",
+            "30",
+            "--points",
+            "31",
+        ],
+        dir.path(),
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("no qber plot") && out.contains("CV-QKD"),
+        "{out}"
+    );
+    assert!(!dir.path().join("qber.png").exists());
+    assert!(is_png(&dir.path().join("rate.png")));
+}
+
+#[test]
+fn qber_plot_has_units_and_stops_at_the_key_cutoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, err) = rate(
+        &[
+            "--protocol",
+            "decoy-vacuum-weak",
+            "--to",
+            "200",
+            "--points",
+            "201",
+        ],
+        dir.path(),
+    );
+    assert!(ok, "{err}");
+    let texts = svg_texts(&dir.path().join("qber.svg"));
+    assert!(
+        texts.iter().any(|t| t == "QBER (%)"),
+        "no unit on the QBER axis"
+    );
+    // The x axis ends at the last point with key (~140 km), not at 200 km.
+    assert!(texts.iter().any(|t| t == "140"), "{texts:?}");
+    assert!(!texts.iter().any(|t| t == "160" || t == "200"), "{texts:?}");
+    // Log-axis ticks of the rate plot share one format: 1e-3 ... 1e8.
+    let texts = svg_texts(&dir.path().join("rate.svg"));
+    let ticks: Vec<&String> = texts.iter().filter(|t| t.starts_with("1e")).collect();
+    assert!(ticks.len() >= 5, "{texts:?}");
+    assert!(
+        !texts
+            .iter()
+            .any(|t| t.contains(".0e") || t == "0.01" || t == "0.1" || t == "1000"),
+        "mixed tick formats: {texts:?}"
+    );
+}
+
+/// The text elements of an SVG written by plotters (one per `<text>`, trimmed).
+fn svg_texts(path: &std::path::Path) -> Vec<String> {
+    let svg = std::fs::read_to_string(path).expect("SVG written");
+    svg.split("<text")
+        .skip(1)
+        .filter_map(|t| {
+            t.split_once('>')
+                .and_then(|(_, rest)| rest.split_once("</text>"))
+        })
+        .map(|(inner, _)| inner.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn run_explains_what_its_links_plot_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = qkd_sim()
+        .args(["run", "--quiet", "--out"])
+        .arg(dir.path())
+        .arg(scenario_path("metro-2node.toml"))
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("note: links plot shows the links on the path"),
+        "{out}"
+    );
+    let svg = std::fs::read_to_string(dir.path().join("links.svg")).unwrap();
+    assert!(
+        svg.contains("Showing the links on the path"),
+        "note missing from the plot"
+    );
+}
+
+#[test]
+fn csv_size_is_estimated_before_writing() {
+    let (_, _, r) = crate::benches::small_metro_run();
+    let dir = tempfile::tempdir().unwrap();
+    r.write(dir.path()).unwrap();
+    let actual = ["links.csv", "pairs.csv"]
+        .iter()
+        .map(|f| std::fs::metadata(dir.path().join(f)).unwrap().len())
+        .sum::<u64>() as f64;
+    let est = r.estimated_csv_bytes() as f64;
+    assert!(
+        (est / actual - 1.0).abs() < 0.1,
+        "estimated {est}, wrote {actual}"
+    );
+}
+
+#[cfg(not(feature = "parquet"))]
+#[test]
+fn parquet_without_the_feature_is_refused_before_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = qkd_sim()
+        .args(["run", "--quiet", "--format", "parquet", "--out"])
+        .arg(dir.path())
+        .arg(scenario_path("metro-2node.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("--features parquet"),
+        "{err}"
+    );
+    assert!(!dir.path().join("summary.json").exists());
 }

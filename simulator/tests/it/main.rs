@@ -4,10 +4,14 @@
 mod benches;
 mod checks;
 mod cli;
+mod dynamics;
 mod emulated_device;
 mod euroqci;
+mod models;
 mod node_feed;
+mod passes;
 mod plob;
+mod rate_detail;
 mod satellite;
 mod scenarios;
 mod timeline;
