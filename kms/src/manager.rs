@@ -1,22 +1,29 @@
-//! The key manager of one node: the shell around the link pools and the store.
+//! The key manager of one node: the shell around the link pools, the relay and the store.
 //!
 //! It serves three masters:
-//! * SAEs, through [`KeyService`] (the ETSI 014 front end calls it);
+//! * SAEs, through [`KeyService`] (the front ends in [`crate::api`] call it);
 //! * the peer nodes, through the gRPC service in [`crate::peer`];
-//! * the QKD devices, through the ingest loop of each link it allocates.
+//! * the QKD devices, through the ingest loop of each link whose device master end is here.
 //!
-//! The decisions (which bytes back which key, what a peer may claim) are made by the sans-IO
-//! [`LinkPool`]; this module sequences them with the durable store and the network:
+//! What it sequences (docs/design.md has the protocol and its invariants):
 //!
-//! * **Master SAE here, allocator here**: allocate → persist the request *reserved*, the link
-//!   bytes taken and the keys' tombstones (consumed) → `Bind` at the peer, which stores the keys
-//!   for the slave durably → answer the SAE. The request is then marked committed lazily; a
-//!   reserved request found after a crash is bound again (idempotent), never reused.
-//! * **Master SAE here, allocator at the peer**: `Allocate` at the peer, which picks the bytes
-//!   and stores the keys for its slave durably → check and take the ranges, persist tombstones →
-//!   answer. Retries carry the same request ID and get the same ranges.
-//! * Any failure before the answer voids the request at both ends; voided link bytes are never
-//!   used again.
+//! * **Link key.** At a link's allocator (the device's master end) the ingest loop pulls blocks,
+//!   refuses any device key ID already used on the link, stores them *pending*, offers them to
+//!   the peer (which fetches the same blocks from its end by ID and stores them) and then marks
+//!   them available. The sans-IO [`LinkPool`] decides which bytes back which use; only the
+//!   allocator chooses, the other end checks.
+//! * **Keys for SAEs.** Every delivered key comes from a relayed batch ([`relay`]): hop-by-hop
+//!   one-time pad over link key to the slave's node, end-to-end exchange (hybrid, or a signed
+//!   description for `qkd-only` pairs), the destination commits before the source keeps the keys.
+//!   Default-size keys wait in per-pair pools at the master's node; other sizes and multicast are
+//!   made on demand. `enc_keys` takes keys from a pool, writes tombstones and queues a delivery
+//!   notice in one durable commit before answering; `dec_keys` at the slave's node checks and
+//!   consumes in one commit.
+//! * **Configuration.** A key that no longer fits its pair's size, policy or suite is erased at
+//!   start and never served ([`crate::core::fit`]).
+//!
+//! Any failure before a batch's keys are committed at both ends voids the batch; link key used on
+//! the way is never used again. A store commit error stops the node, which recovers from disk.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -1,4 +1,4 @@
-//! Trusted-node key relay and the per-pair key pools it fills.
+//! Trusted-node key relay, the per-pair key pools it fills, and delivery notices.
 //!
 //! A batch of keys for SAE pair (master at node S, slave at node D) is made like this:
 //!
@@ -6,15 +6,20 @@
 //! 2. S draws the batch's relayed keys from its CSPRNG and sends them hop by hop: on every hop the
 //!    keys travel XOR a fresh run of link key exactly as long (one-time pad), with an HMAC-SHA-256
 //!    tag keyed by 32 further bytes of fresh link key. Each relay checks the tag, decrypts and
-//!    re-encrypts for its next hop, and forgets the keys. The first end-to-end message (hybrid
-//!    message 1) travels with the keys; D answers it (message 2) on the way back, after storing
-//!    the derived keys as *not released*.
-//! 3. S checks the answer, derives the same keys and confirms end to end (message 3, forwarded
-//!    along the path); D verifies, releases its keys durably and acknowledges (message 4).
+//!    re-encrypts for its next hop, and forgets the keys. The first end-to-end message travels
+//!    with the keys; D checks it against its own configuration for the pair, keeps its state
+//!    in memory only (nothing durable yet) and answers (message 2) on the way back.
+//! 3. S checks the answer and confirms end to end (message 3, forwarded along the path); D
+//!    verifies, commits its keys durably and only then acknowledges (message 4).
 //! 4. Only then does S store the keys in the pair's pool, from which `enc_keys` serves them.
 //!
-//! Any failure before step 4 leaves nothing usable: D's unreleased keys are voided (by message or
-//! by timeout), S never stores them, and link key used on the way is never used again.
+//! Any failure before step 4 leaves nothing usable: D's in-memory state is voided (by message or
+//! after the batch's deadline), S never stores the keys, and link key used on the way is never
+//! used again. The end-to-end messages are the hybrid exchange (docs/hybrid.md) or, for pairs
+//! configured `qkd-only`, the signed batch description (docs/qkd-only.md).
+//!
+//! After `enc_keys`, S forwards a delivery notice to D from a durable outbox, so D expires the
+//! slave's copy a key TTL after the master got it (docs/design.md, "Expiry").
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
@@ -1185,7 +1190,8 @@ impl KeyManager {
             .map_err(|e| PeerError::Refused(e.to_string()))
     }
 
-    /// The destination's part of a batch: derive, store unreleased, answer message 2.
+    /// The destination's part of a batch: check it against this node's configuration, answer
+    /// message 2 and keep the exchange in memory until message 3 (nothing durable before).
     async fn accept_batch(
         &self,
         header: &pb::RelayHeader,
