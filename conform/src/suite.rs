@@ -24,7 +24,7 @@ pub const MSG_MANDATORY_UNSUPPORTED: &str = "not all extension_mandatory paramet
 pub const MSG_OPTIONAL_UNHANDLED: &str = "not all extension_optional request options handled";
 
 /// Where our decisions are written down.
-const DECISIONS: &str = "standards.md §1";
+const DECISIONS: &str = "docs/etsi014.md";
 
 /// What the run will cost, announced before it starts.
 #[derive(Debug, Clone)]

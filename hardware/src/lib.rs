@@ -14,12 +14,13 @@
 //! and the node daemon see nothing else, so a simulated link and a real device are interchangeable
 //! without touching them.
 //!
-//! Adapters: [`etsi014`] takes key from a real QKD device over ETSI GS QKD 014.
+//! Adapters (feature `etsi014`): `etsi014` takes key from a real QKD device over ETSI GS QKD 014.
 //!
 //! This crate must never depend on the key manager or the node, and never log key bytes.
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "etsi014")]
 pub mod etsi014;
 
 use std::fmt;

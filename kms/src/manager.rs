@@ -1042,6 +1042,15 @@ impl KeyService for KeyManager {
         let now = self.inner.clock.now();
         // Keys a master attached here got wait for their slave at the peer; this node keeps
         // their tombstones, which prove the key exists (within its TTL) and whose it is.
+        // The front ends refuse duplicate key IDs; the key manager does not rely on it.
+        if req
+            .key_ids
+            .iter()
+            .enumerate()
+            .any(|(i, id)| req.key_ids[..i].contains(id))
+        {
+            return Err(ServiceError::KeysNotFound);
+        }
         let master_here = self.is_local(&req.master);
         let ttl = self.inner.cfg.key_ttl_ms;
         // The configuration keys must still fit (checked per key below; voided at start too).

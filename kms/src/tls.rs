@@ -318,7 +318,11 @@ fn uri_identity<'a>(
     uri_prefix: &str,
 ) -> Result<Option<&'a str>, IdentityError> {
     let mut found: Option<&str> = None;
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
+    // A SAN extension that does not parse is no identity at all (never a CN fallback).
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|_| IdentityError::NotX509)?;
+    if let Some(san) = san {
         for name in &san.value.general_names {
             if let GeneralName::URI(uri) = name
                 && let Some(rest) = uri.strip_prefix(uri_prefix)

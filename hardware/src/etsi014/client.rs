@@ -246,8 +246,14 @@ impl DeviceClient {
         };
         let bytes = self.retrying(method, url, body).await?;
         serde_json::from_slice(&bytes).map_err(|e| {
-            // serde_json's message names a position and the expected type, never the input.
-            RequestError::Malformed(format!("key container: {e}"))
+            // serde_json's message can quote the input (a string of the wrong type may be a
+            // key): only its category and position are kept.
+            RequestError::Malformed(format!(
+                "key container: {:?} error at line {} column {}",
+                e.classify(),
+                e.line(),
+                e.column()
+            ))
         })
     }
 

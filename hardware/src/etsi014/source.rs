@@ -115,6 +115,7 @@ impl Etsi014Source {
         if let Some(me) = &status.master_sae_id
             && me.0 != self.config.sae_id.as_str()
         {
+            self.lock().verified = None;
             return Err(DeviceError::Transport(format!(
                 "device identifies this node as SAE {:?}, expected {:?} (client certificate?)",
                 me.0,

@@ -185,11 +185,15 @@ impl LinkPool {
     }
 
     /// Remembers device key IDs of earlier blocks (from the store, oldest first), so that a
-    /// device re-issuing any of them is refused ([`PoolError::Reissued`]).
+    /// device re-issuing any of them is refused ([`PoolError::Reissued`]). They are older than
+    /// the blocks the pool holds, so they go first in the window's order (evicted first).
     pub fn remember_device_ids(&mut self, ids: impl IntoIterator<Item = BlockId>) {
-        for id in ids {
-            self.seen.insert(id);
+        let held: Vec<BlockId> = self.blocks.values().map(|b| b.id).collect();
+        let mut seen = SeenIds::default();
+        for id in ids.into_iter().chain(held) {
+            seen.insert(id);
         }
+        self.seen = seen;
     }
 
     /// Rebuilds a pool from stored blocks (`next_seq` is one past the highest sequence ever

@@ -113,6 +113,8 @@ pub enum E2eError {
 pub struct QkdOnlyBatch {
     th: [u8; 48],
     nonce: [u8; 32],
+    /// B's nonce of this exchange (zero until message 2).
+    nonce_b: [u8; 32],
     /// The other end's KME (whose signatures are expected).
     peer: KmeId,
     keys: Vec<Secret>,
@@ -213,6 +215,7 @@ pub fn source_start(
                 SourceState::QkdOnly(QkdOnlyBatch {
                     th,
                     nonce,
+                    nonce_b: [0; 32],
                     peer: ctx.kme_dest.clone(),
                     keys: qkd,
                 }),
@@ -242,18 +245,35 @@ pub fn source_finish(
     msg2: &[u8],
 ) -> Result<(SourceState, Vec<u8>), E2eError> {
     match state {
-        SourceState::QkdOnly(batch) => {
+        SourceState::QkdOnly(mut batch) => {
             let reply = hpb::QkdOnlyReply::decode(msg2).map_err(|_| E2eError::Decode)?;
             if reply.nonce_a != batch.nonce {
                 return Err(E2eError::Order);
             }
+            batch.nonce_b = reply
+                .nonce_b
+                .as_slice()
+                .try_into()
+                .map_err(|_| E2eError::Decode)?;
             peer_of(keys, &batch.peer)?.verify(
-                &labelled(b"QKMS-QKDONLY-v1 sigB", &batch.th),
+                &bound(b"QKMS-QKDONLY-v1 sigB", &batch),
                 &reply.sig_b,
                 "sigB",
             )?;
-            let confirm = batch.nonce.to_vec();
-            Ok((SourceState::QkdOnlyConfirmed(batch), confirm))
+            let local = keys
+                .local
+                .as_ref()
+                .ok_or_else(|| E2eError::Identity("no signing key configured".into()))?;
+            let confirm = hpb::QkdOnlyConfirm {
+                nonce_a: batch.nonce.to_vec(),
+                sig_confirm: local
+                    .signing()
+                    .sign(&bound(b"QKMS-QKDONLY-v1 confirm", &batch))?,
+            };
+            Ok((
+                SourceState::QkdOnlyConfirmed(batch),
+                confirm.encode_to_vec(),
+            ))
         }
         SourceState::QkdOnlyConfirmed(_) => Err(E2eError::Order),
         SourceState::Started(init) => {
@@ -281,7 +301,7 @@ pub fn source_ack(keys: &E2eKeys, state: SourceState, ack: &[u8]) -> Result<Vec<
                 return Err(E2eError::Order);
             }
             peer_of(keys, &batch.peer)?.verify(
-                &labelled(b"QKMS-QKDONLY-v1 ack", &batch.th),
+                &bound(b"QKMS-QKDONLY-v1 ack", &batch),
                 &ack.sig_ack,
                 "sigAck",
             )?;
@@ -358,22 +378,23 @@ pub fn dest_respond(
                     return Err(E2eError::Hybrid(crate::hybrid::HybridError::Replay));
                 }
             }
-            let sig_b = local
-                .signing()
-                .sign(&labelled(b"QKMS-QKDONLY-v1 sigB", &th))?;
+            let mut nonce_b = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut nonce_b);
+            let batch = QkdOnlyBatch {
+                th,
+                nonce,
+                nonce_b,
+                peer: ctx.kme_source.clone(),
+                keys: qkd,
+            };
             let reply = hpb::QkdOnlyReply {
                 nonce_a: nonce.to_vec(),
-                sig_b,
+                sig_b: local
+                    .signing()
+                    .sign(&bound(b"QKMS-QKDONLY-v1 sigB", &batch))?,
+                nonce_b: nonce_b.to_vec(),
             };
-            Ok((
-                DestState::QkdOnly(QkdOnlyBatch {
-                    th,
-                    nonce,
-                    peer: ctx.kme_source.clone(),
-                    keys: qkd,
-                }),
-                reply.encode_to_vec(),
-            ))
+            Ok((DestState::QkdOnly(batch), reply.encode_to_vec()))
         }
         Protection::Hybrid(policy) => {
             let local = keys
@@ -419,9 +440,16 @@ pub fn dest_confirm(
 ) -> Result<(Vec<Secret>, Vec<u8>), E2eError> {
     match state {
         DestState::QkdOnly(batch) => {
-            if msg3 != batch.nonce {
+            let confirm = hpb::QkdOnlyConfirm::decode(msg3).map_err(|_| E2eError::Decode)?;
+            if confirm.nonce_a != batch.nonce {
                 return Err(E2eError::Order);
             }
+            // Only A can confirm: a replayed message 1 gets a fresh nonce_b it never signed.
+            peer_of(keys, &batch.peer)?.verify(
+                &bound(b"QKMS-QKDONLY-v1 confirm", &batch),
+                &confirm.sig_confirm,
+                "sigConfirm",
+            )?;
             let local = keys
                 .local
                 .as_ref()
@@ -430,7 +458,7 @@ pub fn dest_confirm(
                 nonce_a: batch.nonce.to_vec(),
                 sig_ack: local
                     .signing()
-                    .sign(&labelled(b"QKMS-QKDONLY-v1 ack", &batch.th))?,
+                    .sign(&bound(b"QKMS-QKDONLY-v1 ack", &batch))?,
             };
             Ok((batch.keys, ack.encode_to_vec()))
         }
@@ -459,6 +487,13 @@ fn peer_of<'a>(
 fn labelled(label: &[u8], th: &[u8; 48]) -> Vec<u8> {
     let mut m = label.to_vec();
     m.extend_from_slice(th);
+    m
+}
+
+/// `label ‖ TH ‖ nonce_B`: what the signatures after message 1 cover.
+fn bound(label: &[u8], batch: &QkdOnlyBatch) -> Vec<u8> {
+    let mut m = labelled(label, &batch.th);
+    m.extend_from_slice(&batch.nonce_b);
     m
 }
 
@@ -570,6 +605,17 @@ mod tests {
         assert_eq!(source_keys, dest_keys);
         // The same message 1 again (a replay) is refused.
         assert!(dest_respond(&ke, &ctx, &m1, &payload(3, 7), 10, 1_000).is_err());
+        // Even once the replay guard forgot it (after its window, or a restart), a relay that
+        // replays message 1 cannot confirm it: message 3 must be A's signature over B's fresh
+        // nonce, and A's old confirmation does not fit.
+        let forgetful = keys_of(node("KME-E").0, &[&pa]);
+        let ke_again = E2eKeys {
+            local: ke.local,
+            peers: forgetful.peers,
+            replay: Mutex::default(),
+        };
+        let (d, _) = dest_respond(&ke_again, &ctx, &m1, &payload(3, 7), 5_000, 6_000).unwrap();
+        assert!(dest_confirm(&ke_again, d, &m3).is_err());
     }
 
     #[test]
@@ -605,7 +651,7 @@ mod tests {
                 .as_ref()
                 .unwrap()
                 .signing()
-                .sign(&labelled(b"QKMS-QKDONLY-v1 ack", &batch.th))
+                .sign(&bound(b"QKMS-QKDONLY-v1 ack", batch))
                 .unwrap(),
         }
         .encode_to_vec();

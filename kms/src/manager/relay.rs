@@ -318,9 +318,18 @@ impl KeyManager {
                 unreachable.insert(dest);
                 continue;
             };
+            let Some(local) = cfg.relay.e2e.local.as_ref() else {
+                return Err(RelayError::E2e("no signing key configured".into()));
+            };
+            let sig = local
+                .signing()
+                .sign(&notice_signed(&cfg.kme, delivered_at, &ids))
+                .map_err(|e| RelayError::E2e(e.to_string()))?;
             let msg = pb::DeliveryNotice {
                 key_ids: ids.iter().map(|k| k.as_bytes().to_vec()).collect(),
                 delivered_at,
+                source_kme: cfg.kme.to_string(),
+                sig,
             };
             let id = *KeyId::random().as_bytes();
             let encoded = prost::Message::encode_to_vec(&msg);
@@ -370,6 +379,27 @@ impl KeyManager {
             .iter()
             .map(|k| super::key_id(k))
             .collect::<Result<_, _>>()?;
+        // Only the source node itself may say when its master got the keys: its signature,
+        // under the key pinned for the KME of the node the path starts at.
+        let kme = self.kme_of(source);
+        if msg.source_kme != kme.as_str() {
+            return Err(PeerError::Refused(
+                "delivery notice from another node".into(),
+            ));
+        }
+        self.inner
+            .cfg
+            .relay
+            .e2e
+            .peers
+            .get(&kme)
+            .ok_or_else(|| PeerError::Refused("no pinned key for the notice's source".into()))?
+            .verify(
+                &notice_signed(&kme, msg.delivered_at, &ids),
+                &msg.sig,
+                "delivery notice",
+            )
+            .map_err(|e| PeerError::Refused(e.to_string()))?;
         let n = ids.len() as u64;
         let expires_at = msg.delivered_at.saturating_add(self.inner.cfg.key_ttl_ms);
         let saes: std::collections::BTreeMap<SaeId, NodeId> = self
@@ -1743,4 +1773,16 @@ fn multicast_aad(id: KeyId, relay_id: &[u8; 16]) -> Vec<u8> {
     v.extend_from_slice(id.as_bytes());
     v.extend_from_slice(relay_id);
     v
+}
+
+/// What a delivery notice's signature covers: `"QKMS-NOTICE-v1" ‖ enc(source KME) ‖
+/// u64be(delivered_at) ‖ key IDs`.
+fn notice_signed(kme: &KmeId, delivered_at: UnixMillis, ids: &[KeyId]) -> Vec<u8> {
+    let mut m = b"QKMS-NOTICE-v1".to_vec();
+    crate::hybrid::combiner::enc(&mut m, kme.as_str().as_bytes());
+    m.extend_from_slice(&delivered_at.to_be_bytes());
+    for id in ids {
+        m.extend_from_slice(id.as_bytes());
+    }
+    m
 }

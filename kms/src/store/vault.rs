@@ -281,15 +281,19 @@ impl EpochKey {
         if nonce == u64::MAX {
             return Err(VaultError::NoncesExhausted);
         }
-        // Key bytes are exposed only to be encrypted in place into the ciphertext buffer.
-        let mut ct = plain.expose().to_vec();
+        // Key bytes are exposed only to be encrypted in place into the ciphertext buffer, which
+        // has room for the tag, so appending it never reallocates (leaving a plaintext copy);
+        // the buffer is zeroized if sealing fails.
+        let mut buf = Zeroizing::new(Vec::with_capacity(plain.len() + AES_256_GCM.tag_len()));
+        buf.extend_from_slice(plain.expose());
         self.key
             .seal_in_place_append_tag(
                 nonce_bytes(nonce),
                 Aad::from(full_aad(aad, self.epoch, nonce)),
-                &mut ct,
+                &mut *buf,
             )
             .map_err(|_| VaultError::Authentication)?;
+        let ct = std::mem::take(&mut *buf);
         Ok(Sealed {
             epoch: self.epoch,
             nonce,

@@ -635,11 +635,12 @@ impl RawConn {
         )
     }
 
-    /// Whether the server has closed the connection (reads EOF or an error within 2 s).
+    /// Whether the server has closed the connection (reads EOF or an error within 10 s: a closed
+    /// socket answers at once, so the generous wait costs nothing on a loaded machine).
     pub async fn is_closed(&mut self) -> bool {
         let mut chunk = [0u8; 1];
         matches!(
-            tokio::time::timeout(Duration::from_secs(2), self.stream.read(&mut chunk)).await,
+            tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk)).await,
             Ok(Ok(0)) | Ok(Err(_))
         )
     }

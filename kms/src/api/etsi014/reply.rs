@@ -45,7 +45,8 @@ pub const ALLOW_STATUS: &str = "GET";
 pub const ALLOW_KEYS: &str = "GET, POST";
 
 /// An answer ready for the HTTP shell: a status, an optional JSON body, an optional `Allow`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A 200 body carries keys, so `Debug` shows only its length.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Reply {
     /// HTTP status code.
     pub status: StatusCode,
@@ -53,6 +54,16 @@ pub struct Reply {
     pub body: Option<Vec<u8>>,
     /// Value of the `Allow` header (405 only).
     pub allow: Option<&'static str>,
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reply")
+            .field("status", &self.status)
+            .field("body_len", &self.body.as_ref().map(Vec::len))
+            .field("allow", &self.allow)
+            .finish()
+    }
 }
 
 impl Reply {
