@@ -294,6 +294,7 @@ impl KeySource for SimulatedLink {
 }
 
 /// Writes `index` to `path` atomically and durably (temporary file, sync, rename, sync dir).
+/// (The key manager has its own helper, `kms::durable`; the simulator may not depend on it.)
 fn write_position(path: &std::path::Path, index: u64) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");

@@ -1442,7 +1442,9 @@ fn decode_pool_key(v: &[u8]) -> Result<(PoolKey, Sealed), StoreError> {
     }
     let master = sae(r.str()?)?;
     let n = r.u32()?;
-    let mut slaves = Vec::with_capacity(n as usize);
+    // A count read from the record is not trusted to size an allocation: each entry takes at
+    // least four bytes, so no honest record holds more than its remaining length allows.
+    let mut slaves = Vec::with_capacity((n as usize).min(r.0.len() / 4));
     for _ in 0..n {
         slaves.push(sae(r.str()?)?);
     }
@@ -1508,7 +1510,7 @@ fn decode_block_meta(v: &[u8]) -> Result<BlockMeta, StoreError> {
         _ => return Err(StoreError::Corrupt("block state")),
     };
     let n = r.u32()?;
-    let mut taken = Vec::with_capacity(n as usize);
+    let mut taken = Vec::with_capacity((n as usize).min(r.0.len() / 8));
     for _ in 0..n {
         taken.push((r.u32()?, r.u32()?));
     }
@@ -1554,7 +1556,9 @@ fn decode_key(v: &[u8]) -> Result<(StoredKey, Sealed), StoreError> {
         .map_err(|_| StoreError::Corrupt("request id"))?;
     let master = sae(r.str()?)?;
     let n = r.u32()?;
-    let mut slaves = Vec::with_capacity(n as usize);
+    // A count read from the record is not trusted to size an allocation: each entry takes at
+    // least four bytes, so no honest record holds more than its remaining length allows.
+    let mut slaves = Vec::with_capacity((n as usize).min(r.0.len() / 4));
     for _ in 0..n {
         slaves.push((sae(r.str()?)?, r.u8()? != 0));
     }
