@@ -936,7 +936,7 @@ fn range_msg(r: &Range) -> pb::Range {
     }
 }
 
-fn range_of(r: &pb::Range) -> Range {
+pub(crate) fn range_of(r: &pb::Range) -> Range {
     Range {
         block_seq: r.block_seq,
         offset: r.offset,
@@ -944,19 +944,19 @@ fn range_of(r: &pb::Range) -> Range {
     }
 }
 
-fn key_id(b: &[u8]) -> Result<KeyId, PeerError> {
+pub(crate) fn key_id(b: &[u8]) -> Result<KeyId, PeerError> {
     <[u8; 16]>::try_from(b)
         .map(KeyId::from_bytes)
         .map_err(|_| PeerError::Malformed("key ID".into()))
 }
 
-fn block_id(b: &[u8]) -> Result<BlockId, PeerError> {
+pub(crate) fn block_id(b: &[u8]) -> Result<BlockId, PeerError> {
     <[u8; 16]>::try_from(b)
         .map(BlockId::from_bytes)
         .map_err(|_| PeerError::Malformed("block ID".into()))
 }
 
-fn request_id(b: &[u8]) -> Result<[u8; 16], PeerError> {
+pub(crate) fn request_id(b: &[u8]) -> Result<[u8; 16], PeerError> {
     <[u8; 16]>::try_from(b).map_err(|_| PeerError::Malformed("request ID".into()))
 }
 
@@ -1126,3 +1126,5 @@ mod relay;
 
 pub use e2e::{E2eKeys, KeyMode};
 pub use relay::{NoticeStats, RelayConfig, RelayError};
+// For the fuzz target bodies (crate::fuzzing) only.
+pub(crate) use relay::{advert_of, merged, parse_path};

@@ -1577,7 +1577,7 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Ranges with contiguous neighbours in one block joined, to compare two descriptions of the
 /// same bytes.
-fn merged(ranges: &[Range]) -> Vec<Range> {
+pub(crate) fn merged(ranges: &[Range]) -> Vec<Range> {
     let mut out: Vec<Range> = Vec::with_capacity(ranges.len());
     for r in ranges {
         match out.last_mut() {
@@ -1642,7 +1642,7 @@ impl From<e2e::E2eError> for RelayError {
     }
 }
 
-fn parse_path(p: &[String]) -> Result<Vec<NodeId>, PeerError> {
+pub(crate) fn parse_path(p: &[String]) -> Result<Vec<NodeId>, PeerError> {
     if p.len() < 2 || p.len() > 64 {
         return Err(PeerError::Malformed("path length".into()));
     }
@@ -1676,7 +1676,7 @@ fn advert_msg(a: &NodeAdvert) -> pb::NodeAdvertMsg {
     }
 }
 
-fn advert_of(m: &pb::NodeAdvertMsg) -> Result<NodeAdvert, qkd_types::IdError> {
+pub(crate) fn advert_of(m: &pb::NodeAdvertMsg) -> Result<NodeAdvert, qkd_types::IdError> {
     Ok(NodeAdvert {
         origin: NodeId::parse(&m.origin)?,
         seq: m.seq,
