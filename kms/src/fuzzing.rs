@@ -24,7 +24,7 @@ use crate::core::pool::{BlockMeta, BlockState};
 use crate::hybrid::combiner::{Ma, Mb};
 use crate::hybrid::exchange::ReceivedInit;
 use crate::hybrid::{Policy, Suite};
-use crate::manager::{advert_of, block_id, key_id, merged, parse_path, range_of, request_id};
+use crate::manager::{advert_of, key_id, merged, offered_blocks, parse_path, range_of, request_id};
 use crate::relay::topology::Topology;
 use crate::store::vault::Sealed;
 use crate::store::{self, MadeUnder, PoolKey, StoredKey};
@@ -309,9 +309,11 @@ pub fn peer_messages(data: &[u8]) {
                 return;
             };
             let _ = qkd_types::LinkId::parse(&m.link_id);
-            let ids: Result<Vec<BlockId>, _> = m.block_ids.iter().map(|b| block_id(b)).collect();
-            if let Ok(ids) = ids {
-                assert_eq!(ids.len(), m.block_ids.len());
+            if let Ok(blocks) = offered_blocks(&m) {
+                assert_eq!(blocks.len(), m.block_ids.len());
+                for (i, (seq, _)) in blocks.iter().enumerate() {
+                    assert_eq!(*seq - m.first_seq, i as u64, "sequence numbers follow on");
+                }
             }
         }
         1 => {

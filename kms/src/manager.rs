@@ -739,17 +739,12 @@ impl KeyManager {
         if link.allocator() {
             return Err(PeerError::Refused("this node allocates the link".into()));
         }
-        let ids = req
-            .block_ids
-            .iter()
-            .map(|b| block_id(b))
-            .collect::<Result<Vec<_>, _>>()?;
+        let offered = offered_blocks(&req)?;
         // Blocks already held (a retried offer) are skipped; the rest are fetched by ID.
         let mut fresh = Vec::new();
         {
             let p = link.pool();
-            for (i, id) in ids.iter().enumerate() {
-                let seq = req.first_seq + i as u64;
+            for (seq, id) in offered.iter().map(|(s, id)| (*s, id)) {
                 match p.block(seq) {
                     Some(b) if b.id == *id => {}
                     Some(_) => return Err(PeerError::Refused(format!("block {seq} differs"))),
@@ -942,6 +937,17 @@ pub(crate) fn range_of(r: &pb::Range) -> Range {
         offset: r.offset,
         len: r.len,
     }
+}
+
+/// The blocks an `OfferBlocks` names, with their sequence numbers on the link.
+pub(crate) fn offered_blocks(
+    req: &pb::OfferBlocksRequest,
+) -> Result<Vec<(u64, BlockId)>, PeerError> {
+    req.block_ids
+        .iter()
+        .enumerate()
+        .map(|(i, b)| Ok((req.first_seq + i as u64, block_id(b)?)))
+        .collect()
 }
 
 pub(crate) fn key_id(b: &[u8]) -> Result<KeyId, PeerError> {
