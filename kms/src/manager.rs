@@ -939,14 +939,21 @@ pub(crate) fn range_of(r: &pb::Range) -> Range {
     }
 }
 
-/// The blocks an `OfferBlocks` names, with their sequence numbers on the link.
+/// The blocks an `OfferBlocks` names, with their sequence numbers on the link (a peer's numbers:
+/// one past `u64::MAX` is malformed, not an overflow).
 pub(crate) fn offered_blocks(
     req: &pb::OfferBlocksRequest,
 ) -> Result<Vec<(u64, BlockId)>, PeerError> {
     req.block_ids
         .iter()
         .enumerate()
-        .map(|(i, b)| Ok((req.first_seq + i as u64, block_id(b)?)))
+        .map(|(i, b)| {
+            let seq = req
+                .first_seq
+                .checked_add(i as u64)
+                .ok_or_else(|| PeerError::Malformed("block sequence number".into()))?;
+            Ok((seq, block_id(b)?))
+        })
         .collect()
 }
 
