@@ -13,6 +13,8 @@ pub mod api;
 pub mod conn;
 pub mod core;
 pub mod durable;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hybrid;
 pub mod manager;
 pub mod peer;

@@ -739,17 +739,12 @@ impl KeyManager {
         if link.allocator() {
             return Err(PeerError::Refused("this node allocates the link".into()));
         }
-        let ids = req
-            .block_ids
-            .iter()
-            .map(|b| block_id(b))
-            .collect::<Result<Vec<_>, _>>()?;
+        let offered = offered_blocks(&req)?;
         // Blocks already held (a retried offer) are skipped; the rest are fetched by ID.
         let mut fresh = Vec::new();
         {
             let p = link.pool();
-            for (i, id) in ids.iter().enumerate() {
-                let seq = req.first_seq + i as u64;
+            for (seq, id) in offered.iter().map(|(s, id)| (*s, id)) {
                 match p.block(seq) {
                     Some(b) if b.id == *id => {}
                     Some(_) => return Err(PeerError::Refused(format!("block {seq} differs"))),
@@ -936,7 +931,7 @@ fn range_msg(r: &Range) -> pb::Range {
     }
 }
 
-fn range_of(r: &pb::Range) -> Range {
+pub(crate) fn range_of(r: &pb::Range) -> Range {
     Range {
         block_seq: r.block_seq,
         offset: r.offset,
@@ -944,19 +939,37 @@ fn range_of(r: &pb::Range) -> Range {
     }
 }
 
-fn key_id(b: &[u8]) -> Result<KeyId, PeerError> {
+/// The blocks an `OfferBlocks` names, with their sequence numbers on the link (a peer's numbers:
+/// one past `u64::MAX` is malformed, not an overflow).
+pub(crate) fn offered_blocks(
+    req: &pb::OfferBlocksRequest,
+) -> Result<Vec<(u64, BlockId)>, PeerError> {
+    req.block_ids
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let seq = req
+                .first_seq
+                .checked_add(i as u64)
+                .ok_or_else(|| PeerError::Malformed("block sequence number".into()))?;
+            Ok((seq, block_id(b)?))
+        })
+        .collect()
+}
+
+pub(crate) fn key_id(b: &[u8]) -> Result<KeyId, PeerError> {
     <[u8; 16]>::try_from(b)
         .map(KeyId::from_bytes)
         .map_err(|_| PeerError::Malformed("key ID".into()))
 }
 
-fn block_id(b: &[u8]) -> Result<BlockId, PeerError> {
+pub(crate) fn block_id(b: &[u8]) -> Result<BlockId, PeerError> {
     <[u8; 16]>::try_from(b)
         .map(BlockId::from_bytes)
         .map_err(|_| PeerError::Malformed("block ID".into()))
 }
 
-fn request_id(b: &[u8]) -> Result<[u8; 16], PeerError> {
+pub(crate) fn request_id(b: &[u8]) -> Result<[u8; 16], PeerError> {
     <[u8; 16]>::try_from(b).map_err(|_| PeerError::Malformed("request ID".into()))
 }
 
@@ -1135,3 +1148,5 @@ mod relay;
 
 pub use e2e::{E2eKeys, KeyMode};
 pub use relay::{NoticeStats, RelayConfig, RelayError};
+// For the fuzz target bodies (crate::fuzzing) only.
+pub(crate) use relay::{advert_of, merged, parse_path};

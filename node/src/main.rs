@@ -3,7 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod check;
-mod config;
+use qkd_node::config;
 mod daemon;
 mod demo;
 mod status;

@@ -1606,13 +1606,16 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Ranges with contiguous neighbours in one block joined, to compare two descriptions of the
-/// same bytes.
-fn merged(ranges: &[Range]) -> Vec<Range> {
+/// same bytes. Offsets and lengths come from a peer: a sum that would overflow joins nothing.
+pub(crate) fn merged(ranges: &[Range]) -> Vec<Range> {
     let mut out: Vec<Range> = Vec::with_capacity(ranges.len());
     for r in ranges {
-        match out.last_mut() {
-            Some(l) if l.block_seq == r.block_seq && l.offset + l.len == r.offset => l.len += r.len,
-            _ => out.push(*r),
+        let joined = out
+            .last_mut()
+            .filter(|l| l.block_seq == r.block_seq && l.offset.checked_add(l.len) == Some(r.offset))
+            .and_then(|l| l.len.checked_add(r.len).map(|len| l.len = len));
+        if joined.is_none() {
+            out.push(*r);
         }
     }
     out
@@ -1672,7 +1675,7 @@ impl From<e2e::E2eError> for RelayError {
     }
 }
 
-fn parse_path(p: &[String]) -> Result<Vec<NodeId>, PeerError> {
+pub(crate) fn parse_path(p: &[String]) -> Result<Vec<NodeId>, PeerError> {
     if p.len() < 2 || p.len() > 64 {
         return Err(PeerError::Malformed("path length".into()));
     }
@@ -1706,7 +1709,7 @@ fn advert_msg(a: &NodeAdvert) -> pb::NodeAdvertMsg {
     }
 }
 
-fn advert_of(m: &pb::NodeAdvertMsg) -> Result<NodeAdvert, qkd_types::IdError> {
+pub(crate) fn advert_of(m: &pb::NodeAdvertMsg) -> Result<NodeAdvert, qkd_types::IdError> {
     Ok(NodeAdvert {
         origin: NodeId::parse(&m.origin)?,
         seq: m.seq,

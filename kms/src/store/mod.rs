@@ -1399,7 +1399,7 @@ fn pool_aad(id: KeyId, meta: &PoolKey) -> Vec<u8> {
     v
 }
 
-fn encode_pool_key(m: &PoolKey, s: &Sealed) -> Vec<u8> {
+pub(crate) fn encode_pool_key(m: &PoolKey, s: &Sealed) -> Vec<u8> {
     let mut w = W::default();
     w.u8(2).str(m.master.as_str()).u32(m.slaves.len() as u32);
     for s in &m.slaves {
@@ -1434,7 +1434,7 @@ fn decode_made_under(r: &mut R<'_>) -> Result<Option<MadeUnder>, StoreError> {
     })
 }
 
-fn decode_pool_key(v: &[u8]) -> Result<(PoolKey, Sealed), StoreError> {
+pub(crate) fn decode_pool_key(v: &[u8]) -> Result<(PoolKey, Sealed), StoreError> {
     let mut r = R(v);
     let version = r.u8()?;
     if !(1..=2).contains(&version) {
@@ -1468,13 +1468,13 @@ fn decode_pool_key(v: &[u8]) -> Result<(PoolKey, Sealed), StoreError> {
     ))
 }
 
-fn encode_sealed(s: &Sealed) -> Vec<u8> {
+pub(crate) fn encode_sealed(s: &Sealed) -> Vec<u8> {
     let mut w = W::default();
     w.u64(s.epoch).u64(s.nonce).bytes(&s.ct);
     w.0
 }
 
-fn decode_sealed(v: &[u8]) -> Result<Sealed, StoreError> {
+pub(crate) fn decode_sealed(v: &[u8]) -> Result<Sealed, StoreError> {
     let mut r = R(v);
     Ok(Sealed {
         epoch: r.u64()?,
@@ -1483,7 +1483,7 @@ fn decode_sealed(v: &[u8]) -> Result<Sealed, StoreError> {
     })
 }
 
-fn encode_block_meta(m: &BlockMeta) -> Vec<u8> {
+pub(crate) fn encode_block_meta(m: &BlockMeta) -> Vec<u8> {
     let mut w = W::default();
     w.u8(1).bytes(m.id.as_bytes()).u32(m.len).u8(match m.state {
         BlockState::Pending => 0,
@@ -1496,7 +1496,7 @@ fn encode_block_meta(m: &BlockMeta) -> Vec<u8> {
     w.0
 }
 
-fn decode_block_meta(v: &[u8]) -> Result<BlockMeta, StoreError> {
+pub(crate) fn decode_block_meta(v: &[u8]) -> Result<BlockMeta, StoreError> {
     let mut r = R(v);
     if r.u8()? != 1 {
         return Err(StoreError::Corrupt("block meta version"));
@@ -1526,7 +1526,7 @@ fn sae(s: &str) -> Result<SaeId, StoreError> {
     SaeId::parse(s).map_err(|_| StoreError::Corrupt("SAE id"))
 }
 
-fn encode_key(m: &StoredKey, s: &Sealed) -> Vec<u8> {
+pub(crate) fn encode_key(m: &StoredKey, s: &Sealed) -> Vec<u8> {
     let mut w = W::default();
     w.u8(2)
         .bytes(&m.request)
@@ -1544,7 +1544,7 @@ fn encode_key(m: &StoredKey, s: &Sealed) -> Vec<u8> {
     w.0
 }
 
-fn decode_key(v: &[u8]) -> Result<(StoredKey, Sealed), StoreError> {
+pub(crate) fn decode_key(v: &[u8]) -> Result<(StoredKey, Sealed), StoreError> {
     let mut r = R(v);
     let version = r.u8()?;
     if !(1..=2).contains(&version) {

@@ -3,4 +3,5 @@
 mod etsi014;
 mod etsi_fixture;
 mod fake;
+mod fuzz_corpus;
 mod hybrid;
