@@ -815,6 +815,8 @@ mod tests {
         let notice = pb::DeliveryNotice {
             key_ids: vec![id(1), id(2)],
             delivered_at: 1_796_413_742_723,
+            source_kme: "KME-A".into(),
+            sig: vec![5; 64],
         };
         for (kind, name, e2e) in [
             (1, "forward-confirm", m3.encode_to_vec()),
@@ -848,6 +850,7 @@ mod tests {
         let reply = hpb::QkdOnlyReply {
             nonce_a: vec![7; 32],
             sig_b: vec![3; 64],
+            nonce_b: vec![8; 32],
         };
         put(t, "qkd-only-reply", 12, &reply.encode_to_vec());
         let ack = hpb::QkdOnlyAck {

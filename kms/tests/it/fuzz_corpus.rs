@@ -46,11 +46,9 @@ fn store_codecs_corpus() {
 /// Found by `store_codecs` (docs/fuzzing.md): a record whose slave count (or taken-range count)
 /// is huge makes the decoder reserve memory for that many entries before reading one, and the
 /// failed allocation aborts the process, so one corrupt record stops the node at every start
-/// instead of being `StoreError::Corrupt`. The fix belongs in `kms/src/store/mod.rs` (the store
-/// branch's file): never reserve more entries than the remaining bytes can hold. Once it lands,
-/// drop the `ignore` and move these inputs to `fuzz/regressions/store_codecs/`.
+/// instead of being `StoreError::Corrupt`. Fixed in `kms/src/store/mod.rs`: a decoder never
+/// reserves more entries than the record's remaining bytes can hold.
 #[test]
-#[ignore = "aborts until the store decoders bound their pre-allocation (kms/src/store/mod.rs)"]
 fn store_records_with_huge_counts_are_corrupt_not_an_abort() {
     let huge = 0xfcff_0001u32.to_be_bytes();
     let mut pool_key = vec![1, 2, 0, 0, 0, 6];
