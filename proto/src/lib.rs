@@ -4,6 +4,8 @@
 //!   IDs, error). ETSI spellings such as `key_ID` appear only as serde renames.
 //! * [`peer`]: the node-to-node gRPC protocol (`proto/peer.proto`), compiled with `protox`, so no
 //!   system `protoc` is needed.
+//! * [`keys`]: key delivery to SAEs over gRPC (`proto/keys.proto`), the typed counterpart of
+//!   ETSI 014; its `Key` message is the only gRPC message that carries key bytes.
 //!
 //! This crate holds no logic beyond encoding: validation and policy live in `qkd-kms`.
 
@@ -11,4 +13,5 @@
 
 pub mod etsi014;
 pub mod hybrid;
+pub mod keys;
 pub mod peer;

@@ -1,0 +1,44 @@
+//! Key delivery to SAEs over gRPC (`proto/keys.proto`): messages, client and server stubs.
+//!
+//! [`Key`] is the one message of the stack's gRPC protocols that carries key bytes. Its `Debug`
+//! prints the key ID and the key's length only, and its bytes are zeroized when it is dropped.
+//! (The encoded copy that tonic writes to the connection is the transport's, as with every
+//! protocol that sends a key.)
+
+#![allow(missing_docs, clippy::all)]
+
+tonic::include_proto!("qkd.keys.v1");
+
+/// Encoded file descriptor set of `keys.proto`, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("keys_descriptor");
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("key_id", &self.key_id)
+            .field("key", &format_args!("<SECRET {} bytes>", self.key.len()))
+            .finish()
+    }
+}
+
+impl Drop for Key {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_debug_hides_the_bytes() {
+        let k = Key {
+            key_id: "550e8400-e29b-41d4-a716-446655440000".into(),
+            key: vec![0xAB; 32],
+        };
+        let shown = format!("{:?}", GetKeysResponse { keys: vec![k] });
+        assert!(shown.contains("<SECRET 32 bytes>"), "{shown}");
+        assert!(!shown.contains("171"), "{shown}");
+    }
+}
