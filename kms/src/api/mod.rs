@@ -6,6 +6,7 @@
 //! this module know nothing of HTTP, gRPC or any protocol's spellings; each front end maps
 //! [`ServiceError`] to its own wire status in exactly one place.
 
+pub mod check;
 pub mod etsi014;
 
 use async_trait::async_trait;

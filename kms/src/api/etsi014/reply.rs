@@ -9,9 +9,8 @@ use http::StatusCode;
 use qkd_proto::etsi014;
 use serde_json::Value;
 
-use qkd_types::SaeId;
-
-use crate::api::{KeyProfile, ServiceError};
+use crate::api::ServiceError;
+use crate::api::check::RequestError;
 
 /// ETSI 014 §6.4 / product policy: a size outside our multiple-of-8 rule.
 pub const MSG_SIZE_NOT_MULTIPLE_OF_8: &str = "size shall be a multiple of 8";
@@ -88,9 +87,6 @@ impl Reply {
 /// Why a request was refused. Every variant is caused by the calling SAE unless it says otherwise.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EtsiError {
-    /// SAE: its certificate maps to no SAE attached to this KME, or it may not pair with a slave.
-    #[error("unauthorized")]
-    Unauthorized,
     /// SAE: the path is not one of the three ETSI 014 methods.
     #[error("not found")]
     NotFound,
@@ -100,12 +96,6 @@ pub enum EtsiError {
         /// The methods the path allows.
         allow: &'static str,
     },
-    /// SAE: the path `slave_SAE_ID` (status, enc_keys) or an additional slave is not configured.
-    #[error("unknown slave_SAE_ID")]
-    UnknownSlave,
-    /// SAE: it named itself as the slave.
-    #[error("slave_SAE_ID must differ from the calling SAE")]
-    SlaveIsCaller,
     /// SAE: a non-empty body declared a Content-Type other than `application/json`.
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
@@ -121,51 +111,9 @@ pub enum EtsiError {
     /// SAE: a GET carried a body.
     #[error("a GET request carries no body; use POST")]
     GetWithBody,
-    /// SAE: `number` outside 1..=max_key_per_request.
-    #[error("number must be between 1 and {max}")]
-    NumberOutOfRange {
-        /// `max_key_per_request` of the pair.
-        max: u32,
-    },
-    /// SAE: `size` outside min_key_size..=max_key_size.
-    #[error("size must be between {min} and {max} bits")]
-    SizeOutOfRange {
-        /// `min_key_size` of the pair.
-        min: u32,
-        /// `max_key_size` of the pair.
-        max: u32,
-    },
-    /// SAE: `size` within the range but not a multiple of 8.
-    #[error("size shall be a multiple of 8")]
-    SizeNotMultipleOf8,
-    /// SAE: more `additional_slave_SAE_IDs` than `max_SAE_ID_count`.
-    #[error("additional_slave_SAE_IDs has more than max_SAE_ID_count ({max}) entries")]
-    TooManyAdditionalSlaves {
-        /// `max_SAE_ID_count` of the pair.
-        max: u32,
-    },
-    /// SAE: an additional slave repeats the master, the slave or another additional slave.
-    #[error("additional_slave_SAE_IDs must differ from each other, the master and the slave")]
-    DuplicateAdditionalSlave,
-    /// SAE or operator: the pairs of the master with the slave and the additional slaves are
-    /// configured with different policies or suites, so no one key can serve them all.
-    #[error("all slaves of a request must share the policy and suite of the pair")]
-    MixedProfiles {
-        /// Each pair of the request, with its profile, in request order.
-        pairs: Vec<(SaeId, SaeId, KeyProfile)>,
-    },
-    /// SAE: `key_IDs` is empty.
-    #[error("key_IDs must hold at least one key_ID")]
-    NoKeyIds,
-    /// SAE: a `key_ID` appears twice.
-    #[error("key_IDs names a key_ID twice")]
-    DuplicateKeyId,
-    /// SAE: `extension_mandatory` names extensions this KME does not support.
-    #[error("not all extension_mandatory parameters are supported")]
-    UnsupportedMandatoryExtensions {
-        /// The unsupported names, in request order.
-        names: Vec<String>,
-    },
+    /// SAE (or operator): a protocol-neutral check refused the request; see [`RequestError`].
+    #[error(transparent)]
+    Request(#[from] RequestError),
     /// Key manager (SAE, peer, operator): see [`ServiceError`].
     #[error(transparent)]
     Service(#[from] ServiceError),
@@ -176,7 +124,8 @@ pub enum EtsiError {
 pub fn error_reply(err: &EtsiError) -> Reply {
     let (status, message, details): (StatusCode, String, Option<Vec<etsi014::JsonObject>>) =
         match err {
-            EtsiError::Unauthorized | EtsiError::Service(ServiceError::NotSlave) => {
+            EtsiError::Request(RequestError::NotAdmitted | RequestError::NotPermitted)
+            | EtsiError::Service(ServiceError::NotSlave) => {
                 return Reply {
                     status: StatusCode::UNAUTHORIZED,
                     body: None,
@@ -192,13 +141,13 @@ pub fn error_reply(err: &EtsiError) -> Reply {
                 reply.allow = Some(allow);
                 return reply;
             }
-            EtsiError::UnknownSlave => (StatusCode::BAD_REQUEST, MSG_UNKNOWN_SLAVE.into(), None),
-            EtsiError::SizeNotMultipleOf8 => (
+            EtsiError::Request(RequestError::UnknownSlave) => (StatusCode::BAD_REQUEST, MSG_UNKNOWN_SLAVE.into(), None),
+            EtsiError::Request(RequestError::SizeNotMultipleOf8) => (
                 StatusCode::BAD_REQUEST,
                 MSG_SIZE_NOT_MULTIPLE_OF_8.into(),
                 None,
             ),
-            EtsiError::UnsupportedMandatoryExtensions { names } => {
+            EtsiError::Request(RequestError::UnsupportedMandatoryExtensions { names }) => {
                 let details = names
                     .iter()
                     .map(|name| {
@@ -216,7 +165,7 @@ pub fn error_reply(err: &EtsiError) -> Reply {
                     Some(details),
                 )
             }
-            EtsiError::MixedProfiles { pairs } => {
+            EtsiError::Request(RequestError::MixedProfiles { pairs }) => {
                 let details = pairs
                     .iter()
                     .map(|(master, slave, profile)| {
@@ -264,18 +213,20 @@ pub fn error_reply(err: &EtsiError) -> Reply {
                 MSG_KEY_DATA_ACCESS.into(),
                 None,
             ),
-            other @ (EtsiError::SlaveIsCaller
-            | EtsiError::UnsupportedMediaType
+            other @ (EtsiError::UnsupportedMediaType
             | EtsiError::BadBody(_)
             | EtsiError::BodyTooLarge
             | EtsiError::BadQuery(_)
             | EtsiError::GetWithBody
-            | EtsiError::NumberOutOfRange { .. }
-            | EtsiError::SizeOutOfRange { .. }
-            | EtsiError::TooManyAdditionalSlaves { .. }
-            | EtsiError::DuplicateAdditionalSlave
-            | EtsiError::NoKeyIds
-            | EtsiError::DuplicateKeyId) => (StatusCode::BAD_REQUEST, other.to_string(), None),
+            | EtsiError::Request(
+                RequestError::SlaveIsCaller
+                | RequestError::NumberOutOfRange { .. }
+                | RequestError::SizeOutOfRange { .. }
+                | RequestError::TooManyAdditionalSlaves { .. }
+                | RequestError::DuplicateAdditionalSlave
+                | RequestError::NoKeyIds
+                | RequestError::DuplicateKeyId,
+            )) => (StatusCode::BAD_REQUEST, other.to_string(), None),
         };
     Reply::json(status, &etsi014::Error { message, details })
 }
@@ -284,6 +235,8 @@ pub fn error_reply(err: &EtsiError) -> Reply {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::api::KeyProfile;
+    use qkd_types::SaeId;
 
     fn body(r: &Reply) -> Value {
         serde_json::from_slice(r.body.as_deref().unwrap()).unwrap()
@@ -292,10 +245,11 @@ mod tests {
     #[test]
     fn status_codes_and_exact_messages() {
         let cases: Vec<(EtsiError, u16, Option<&str>)> = vec![
-            (EtsiError::Unauthorized, 401, None),
+            (RequestError::NotAdmitted.into(), 401, None),
+            (RequestError::NotPermitted.into(), 401, None),
             (ServiceError::NotSlave.into(), 401, None),
             (
-                EtsiError::SizeNotMultipleOf8,
+                RequestError::SizeNotMultipleOf8.into(),
                 400,
                 Some(MSG_SIZE_NOT_MULTIPLE_OF_8),
             ),
@@ -315,7 +269,11 @@ mod tests {
                 503,
                 Some(MSG_PEER_UNAVAILABLE),
             ),
-            (EtsiError::UnknownSlave, 400, Some(MSG_UNKNOWN_SLAVE)),
+            (
+                RequestError::UnknownSlave.into(),
+                400,
+                Some(MSG_UNKNOWN_SLAVE),
+            ),
             (EtsiError::NotFound, 404, Some("not found")),
             (
                 ServiceError::MixedProfiles.into(),
@@ -344,12 +302,12 @@ mod tests {
             policy: "QKD-only",
             suite: "",
         };
-        let r = error_reply(&EtsiError::MixedProfiles {
+        let r = error_reply(&EtsiError::from(RequestError::MixedProfiles {
             pairs: vec![
                 (sae("ENC-A1"), sae("ENC-B1"), qkd_only),
                 (sae("ENC-A1"), sae("ENC-B2"), hybrid),
             ],
-        });
+        }));
         assert_eq!(r.status, StatusCode::BAD_REQUEST);
         assert_eq!(
             body(&r),
@@ -365,9 +323,9 @@ mod tests {
 
     #[test]
     fn mandatory_extension_details_follow_the_spec_example() {
-        let r = error_reply(&EtsiError::UnsupportedMandatoryExtensions {
+        let r = error_reply(&EtsiError::from(RequestError::UnsupportedMandatoryExtensions {
             names: vec!["abc_route_type".into()],
-        });
+        }));
         assert_eq!(r.status, StatusCode::BAD_REQUEST);
         assert_eq!(
             body(&r),

@@ -6,6 +6,10 @@
 //! [`may_pair`](KeyService::may_pair), [`profile`](KeyService::profile)), and returns either a checked [`Call`] or the [`EtsiError`]
 //! to answer at once. [`handle`] runs the call against the key manager and renders the reply.
 //!
+//! The protocol-neutral steps (admission, slave, values, multicast list, pairing, profiles,
+//! extensions, key-ID list) are [`crate::api::check`], shared with the gRPC front end; this layer
+//! adds the HTTP forms around them.
+//!
 //! The order of checks is product policy (docs/etsi014.md §5) and must not be
 //! rearranged:
 //! * status and enc_keys: caller admission (401) → path slave known and not the caller (400) →
@@ -17,13 +21,12 @@
 //!
 //! Nothing here does I/O, reads a clock or touches key bytes other than to encode a delivered key.
 
-use std::collections::HashSet;
-
 use http::{Method, StatusCode};
 use qkd_proto::etsi014;
 use qkd_types::{KeyId, SaeId};
 
 use super::reply::{ALLOW_KEYS, ALLOW_STATUS, EtsiError, Reply, error_reply};
+use crate::api::check;
 use crate::api::{DecKeysRequest, DeliveredKey, EncKeysRequest, KeyService, PairStatus};
 
 /// The path prefix of every ETSI 014 method.
@@ -77,9 +80,7 @@ pub fn route(
 ) -> Result<Call, EtsiError> {
     // 1. Admission comes before everything, even before 404/405: a client that is not one of
     //    our SAEs learns nothing about the request it sent.
-    let caller = caller
-        .filter(|c| service.admits(c))
-        .ok_or(EtsiError::Unauthorized)?;
+    let caller = check::admit(caller, service)?;
 
     let (segment, method_name) = split_path(req.path)?;
     match method_name {
@@ -97,9 +98,7 @@ pub fn route(
                 )));
             }
             get_body_is_empty(req.body)?;
-            if !service.may_pair(caller, &slave) {
-                return Err(EtsiError::Unauthorized);
-            }
+            check::permit(caller, &slave, service)?;
             Ok(Call::Status {
                 master: caller.clone(),
                 slave,
@@ -115,7 +114,18 @@ pub fn route(
                 post_has_no_query(req.query)?;
                 json_body::<etsi014::KeyRequest>(req)?
             };
-            check_enc_keys(wire, caller, slave, service)
+            let params = check::EncKeysParams {
+                number: wire.number,
+                size: wire.size,
+                additional_slaves: wire.additional_slave_sae_ids.unwrap_or_default(),
+                mandatory_extensions: wire
+                    .extension_mandatory
+                    .unwrap_or_default()
+                    .into_iter()
+                    .flat_map(|o| o.into_iter().map(|(name, _)| name))
+                    .collect(),
+            };
+            Ok(Call::EncKeys(check::enc_keys(params, caller, slave, service)?))
         }
         "dec_keys" => {
             let is_get = keys_method(req.method)?;
@@ -127,13 +137,7 @@ pub fn route(
                 let wire = json_body::<etsi014::KeyIds>(req)?;
                 wire.key_ids.into_iter().map(|e| e.key_id).collect()
             };
-            if key_ids.is_empty() {
-                return Err(EtsiError::NoKeyIds);
-            }
-            let mut seen = HashSet::with_capacity(key_ids.len());
-            if !key_ids.iter().all(|id| seen.insert(*id)) {
-                return Err(EtsiError::DuplicateKeyId);
-            }
+            let key_ids = check::key_ids(key_ids)?;
             // The path master gets no check of its own (docs/etsi014.md §5, dec_keys step 3): an ID that cannot
             // even be parsed names no key, exactly like an unknown one.
             let master = SaeId::from_path_segment(segment)
@@ -230,14 +234,8 @@ fn keys_method(method: &Method) -> Result<bool, EtsiError> {
 
 /// The path slave of status and enc_keys: a configured SAE other than the caller.
 fn path_slave(segment: &str, caller: &SaeId, service: &dyn KeyService) -> Result<SaeId, EtsiError> {
-    let slave = SaeId::from_path_segment(segment).map_err(|_| EtsiError::UnknownSlave)?;
-    if !service.knows(&slave) {
-        return Err(EtsiError::UnknownSlave);
-    }
-    if &slave == caller {
-        return Err(EtsiError::SlaveIsCaller);
-    }
-    Ok(slave)
+    let slave = SaeId::from_path_segment(segment).ok();
+    Ok(check::known_slave(slave, caller, service)?)
 }
 
 fn nonempty(query: Option<&str>) -> Option<&str> {
@@ -363,104 +361,11 @@ fn is_json(content_type: &[u8]) -> bool {
     })
 }
 
-/// Values, multicast list, pairing and mandatory extensions of enc_keys, in policy order.
-fn check_enc_keys(
-    wire: etsi014::KeyRequest,
-    caller: &SaeId,
-    slave: SaeId,
-    service: &dyn KeyService,
-) -> Result<Call, EtsiError> {
-    let limits = service.limits(caller, &slave);
-
-    let number = wire.number.unwrap_or(1);
-    if number < 1 || number > u64::from(limits.max_key_per_request) {
-        return Err(EtsiError::NumberOutOfRange {
-            max: limits.max_key_per_request,
-        });
-    }
-    let size = wire.size.unwrap_or(u64::from(limits.key_size));
-    if size == 0 || size < u64::from(limits.min_key_size) || size > u64::from(limits.max_key_size) {
-        return Err(EtsiError::SizeOutOfRange {
-            min: limits.min_key_size,
-            max: limits.max_key_size,
-        });
-    }
-    if !size.is_multiple_of(8) {
-        return Err(EtsiError::SizeNotMultipleOf8);
-    }
-
-    let additional = wire.additional_slave_sae_ids.unwrap_or_default();
-    if additional.len() > limits.max_sae_id_count as usize {
-        return Err(EtsiError::TooManyAdditionalSlaves {
-            max: limits.max_sae_id_count,
-        });
-    }
-    let mut seen: HashSet<&SaeId> = HashSet::from([caller, &slave]);
-    for extra in &additional {
-        if !service.knows(extra) {
-            return Err(EtsiError::UnknownSlave);
-        }
-        if !seen.insert(extra) {
-            return Err(EtsiError::DuplicateAdditionalSlave);
-        }
-    }
-
-    if !service.may_pair(caller, &slave) || !additional.iter().all(|a| service.may_pair(caller, a))
-    {
-        return Err(EtsiError::Unauthorized);
-    }
-
-    // One key serves every slave of the request, so their pairs must agree on how keys are
-    // made; serving them under the first pair's profile would silently weaken the others.
-    if !additional.is_empty() {
-        let profile = service.profile(caller, &slave);
-        if additional
-            .iter()
-            .any(|a| service.profile(caller, a) != profile)
-        {
-            let pairs = std::iter::once(&slave)
-                .chain(&additional)
-                .map(|s| (caller.clone(), s.clone(), service.profile(caller, s)))
-                .collect();
-            return Err(EtsiError::MixedProfiles { pairs });
-        }
-    }
-
-    // This KME implements no extension, so every mandatory one is unsupported. Optional ones
-    // are ignored (docs/etsi014.md §5 step 6).
-    let names: Vec<String> = wire
-        .extension_mandatory
-        .unwrap_or_default()
-        .into_iter()
-        .flat_map(|o| o.into_iter().map(|(name, _)| name))
-        .collect();
-    if !names.is_empty() {
-        return Err(EtsiError::UnsupportedMandatoryExtensions { names });
-    }
-
-    // Both values are within u32 limits checked above.
-    let (number, size_bits) = (
-        u32::try_from(number).map_err(|_| EtsiError::NumberOutOfRange {
-            max: limits.max_key_per_request,
-        })?,
-        u32::try_from(size).map_err(|_| EtsiError::SizeOutOfRange {
-            min: limits.min_key_size,
-            max: limits.max_key_size,
-        })?,
-    );
-    Ok(Call::EncKeys(EncKeysRequest {
-        master: caller.clone(),
-        slave,
-        additional_slaves: additional,
-        number,
-        size_bits,
-    }))
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::api::check::RequestError;
     use crate::api::{KeyLimits, KeyProfile, ServiceError};
     use async_trait::async_trait;
 
@@ -487,7 +392,7 @@ mod tests {
                 (sae("A"), sae(s), profile)
             })
             .collect();
-        Err(EtsiError::MixedProfiles { pairs })
+        Err(RequestError::MixedProfiles { pairs }.into())
     }
 
     #[async_trait]
@@ -583,6 +488,10 @@ mod tests {
     #[rustfmt::skip]
     fn table() -> Vec<Row> {
         use EtsiError as E;
+        use RequestError as R;
+        fn r(e: RequestError) -> Result<Call, EtsiError> {
+            Err(e.into())
+        }
         const JSON: Option<&str> = Some("application/json");
         let p_st = "/api/v1/keys/B/status";
         let p_enc = "/api/v1/keys/B/enc_keys";
@@ -590,12 +499,12 @@ mod tests {
         let dec1 = r#"{"key_IDs":[{"key_ID":"550e8400-e29b-41d4-a716-446655440000"}]}"#;
         vec![
             // Admission first, on every path, even with a malformed request.
-            (None, "GET", p_st, None, None, "", Err(E::Unauthorized)),
-            (Some("B"), "GET", p_st, None, None, "", Err(E::Unauthorized)),
-            (Some("Z"), "POST", p_enc, None, JSON, "{bad", Err(E::Unauthorized)),
-            (Some("B"), "POST", p_dec, None, JSON, "[]", Err(E::Unauthorized)),
-            (Some("B"), "GET", "/nope", None, None, "", Err(E::Unauthorized)),
-            (Some("B"), "DELETE", p_st, None, None, "", Err(E::Unauthorized)),
+            (None, "GET", p_st, None, None, "", r(R::NotAdmitted)),
+            (Some("B"), "GET", p_st, None, None, "", r(R::NotAdmitted)),
+            (Some("Z"), "POST", p_enc, None, JSON, "{bad", r(R::NotAdmitted)),
+            (Some("B"), "POST", p_dec, None, JSON, "[]", r(R::NotAdmitted)),
+            (Some("B"), "GET", "/nope", None, None, "", r(R::NotAdmitted)),
+            (Some("B"), "DELETE", p_st, None, None, "", r(R::NotAdmitted)),
             // 404 and 405.
             (Some("A"), "GET", "/api/v1/keys/B/other", None, None, "", Err(E::NotFound)),
             (Some("A"), "GET", "/api/v1/keys/B/status/", None, None, "", Err(E::NotFound)),
@@ -608,16 +517,16 @@ mod tests {
             // status.
             (Some("A"), "GET", p_st, None, None, "", Ok(Call::Status { master: sae("A"), slave: sae("B"), })),
             (Some("A"), "GET", "/api/v1/keys/%42/status", None, None, "", Ok(Call::Status { master: sae("A"), slave: sae("B"), })),
-            (Some("A"), "GET", "/api/v1/keys/Q/status", None, None, "", Err(E::UnknownSlave)),
-            (Some("A"), "GET", "/api/v1/keys//status", None, None, "", Err(E::UnknownSlave)),
-            (Some("A"), "GET", "/api/v1/keys/a%2Fb/status", None, None, "", Err(E::UnknownSlave)),
-            (Some("A"), "GET", "/api/v1/keys/A/status", None, None, "", Err(E::SlaveIsCaller)),
-            (Some("A"), "GET", "/api/v1/keys/%41/status", None, None, "", Err(E::SlaveIsCaller)),
-            (Some("A"), "GET", "/api/v1/keys/X/status", None, None, "", Err(E::Unauthorized)),
+            (Some("A"), "GET", "/api/v1/keys/Q/status", None, None, "", r(R::UnknownSlave)),
+            (Some("A"), "GET", "/api/v1/keys//status", None, None, "", r(R::UnknownSlave)),
+            (Some("A"), "GET", "/api/v1/keys/a%2Fb/status", None, None, "", r(R::UnknownSlave)),
+            (Some("A"), "GET", "/api/v1/keys/A/status", None, None, "", r(R::SlaveIsCaller)),
+            (Some("A"), "GET", "/api/v1/keys/%41/status", None, None, "", r(R::SlaveIsCaller)),
+            (Some("A"), "GET", "/api/v1/keys/X/status", None, None, "", r(R::NotPermitted)),
             (Some("A"), "GET", p_st, Some("x=1"), None, "", bad_query()),
             (Some("A"), "GET", p_st, Some(""), None, "", Ok(Call::Status { master: sae("A"), slave: sae("B"), })),
             // Unknown slave beats a bad query; bad query beats pairing.
-            (Some("A"), "GET", "/api/v1/keys/Q/status", Some("x=1"), None, "", Err(E::UnknownSlave)),
+            (Some("A"), "GET", "/api/v1/keys/Q/status", Some("x=1"), None, "", r(R::UnknownSlave)),
             (Some("A"), "GET", "/api/v1/keys/X/status", Some("x=1"), None, "", bad_query()),
             // enc_keys, GET form.
             (Some("A"), "GET", p_enc, None, None, "", enc("B", 1, 256, &[])),
@@ -636,15 +545,15 @@ mod tests {
             (Some("A"), "GET", p_enc, Some("abc_ext=1"), None, "", bad_query()),
             (Some("A"), "GET", p_enc, Some("Number=1"), None, "", bad_query()),
             (Some("A"), "GET", p_enc, None, JSON, "{}", Err(E::GetWithBody)),
-            (Some("A"), "GET", p_enc, Some("number=0"), None, "", Err(E::NumberOutOfRange { max: 128 })),
-            (Some("A"), "GET", p_enc, Some("number=129"), None, "", Err(E::NumberOutOfRange { max: 128 })),
-            (Some("A"), "GET", p_enc, Some("size=0"), None, "", Err(E::SizeOutOfRange { min: 64, max: 1024 })),
-            (Some("A"), "GET", p_enc, Some("size=1032"), None, "", Err(E::SizeOutOfRange { min: 64, max: 1024 })),
-            (Some("A"), "GET", p_enc, Some("size=60"), None, "", Err(E::SizeOutOfRange { min: 64, max: 1024 })),
-            (Some("A"), "GET", p_enc, Some("size=100"), None, "", Err(E::SizeNotMultipleOf8)),
-            (Some("A"), "GET", "/api/v1/keys/X/enc_keys", Some("size=100"), None, "", Err(E::SizeNotMultipleOf8)),
-            (Some("A"), "GET", "/api/v1/keys/X/enc_keys", None, None, "", Err(E::Unauthorized)),
-            (Some("A"), "GET", "/api/v1/keys/Q/enc_keys", Some("size=100"), None, "", Err(E::UnknownSlave)),
+            (Some("A"), "GET", p_enc, Some("number=0"), None, "", r(R::NumberOutOfRange { max: 128 })),
+            (Some("A"), "GET", p_enc, Some("number=129"), None, "", r(R::NumberOutOfRange { max: 128 })),
+            (Some("A"), "GET", p_enc, Some("size=0"), None, "", r(R::SizeOutOfRange { min: 64, max: 1024 })),
+            (Some("A"), "GET", p_enc, Some("size=1032"), None, "", r(R::SizeOutOfRange { min: 64, max: 1024 })),
+            (Some("A"), "GET", p_enc, Some("size=60"), None, "", r(R::SizeOutOfRange { min: 64, max: 1024 })),
+            (Some("A"), "GET", p_enc, Some("size=100"), None, "", r(R::SizeNotMultipleOf8)),
+            (Some("A"), "GET", "/api/v1/keys/X/enc_keys", Some("size=100"), None, "", r(R::SizeNotMultipleOf8)),
+            (Some("A"), "GET", "/api/v1/keys/X/enc_keys", None, None, "", r(R::NotPermitted)),
+            (Some("A"), "GET", "/api/v1/keys/Q/enc_keys", Some("size=100"), None, "", r(R::UnknownSlave)),
             // enc_keys, POST form.
             (Some("A"), "POST", p_enc, None, None, "", enc("B", 1, 256, &[])),
             (Some("A"), "POST", p_enc, None, Some("text/plain"), "", enc("B", 1, 256, &[])),
@@ -660,30 +569,30 @@ mod tests {
             (Some("A"), "POST", p_enc, None, JSON, r#"{"number":1.5}"#, bad_body()),
             (Some("A"), "POST", p_enc, None, JSON, r#"{"number":-1}"#, bad_body()),
             (Some("A"), "POST", p_enc, None, JSON, r#"{"size":"256"}"#, bad_body()),
-            (Some("A"), "POST", p_enc, None, JSON, r#"{"size":100}"#, Err(E::SizeNotMultipleOf8)),
-            (Some("A"), "POST", p_enc, None, JSON, r#"{"number":99999999999}"#, Err(E::NumberOutOfRange { max: 128 })),
+            (Some("A"), "POST", p_enc, None, JSON, r#"{"size":100}"#, r(R::SizeNotMultipleOf8)),
+            (Some("A"), "POST", p_enc, None, JSON, r#"{"number":99999999999}"#, r(R::NumberOutOfRange { max: 128 })),
             // Multicast list: counted, known, distinct; then pairing.
             (Some("A"), "POST", p_enc, None, JSON, r#"{"additional_slave_SAE_IDs":["C"]}"#, enc("B", 1, 256, &["C"])),
             (Some("A"), "POST", p_enc, None, JSON, r#"{"additional_slave_SAE_IDs":[]}"#, enc("B", 1, 256, &[])),
-            (Some("A"), "POST", p_enc, None, JSON, r#"{"additional_slave_SAE_IDs":["C","A2","M"]}"#, Err(E::TooManyAdditionalSlaves { max: 2 })),
-            (Some("A"), "POST", "/api/v1/keys/C/enc_keys", None, JSON, r#"{"additional_slave_SAE_IDs":["B"]}"#, Err(E::TooManyAdditionalSlaves { max: 0 })),
-            (Some("A"), "POST", p_enc, None, JSON, r#"{"additional_slave_SAE_IDs":["Q"]}"#, Err(E::UnknownSlave)),
-            (Some("A"), "POST", p_enc, None, JSON, r#"{"additional_slave_SAE_IDs":["B"]}"#, Err(E::DuplicateAdditionalSlave)),
-            (Some("A"), "POST", p_enc, None, JSON, r#"{"additional_slave_SAE_IDs":["A"]}"#, Err(E::DuplicateAdditionalSlave)),
-            (Some("A"), "POST", p_enc, None, JSON, r#"{"additional_slave_SAE_IDs":["C","C"]}"#, Err(E::DuplicateAdditionalSlave)),
-            (Some("A"), "POST", p_enc, None, JSON, r#"{"additional_slave_SAE_IDs":["X"]}"#, Err(E::Unauthorized)),
+            (Some("A"), "POST", p_enc, None, JSON, r#"{"additional_slave_SAE_IDs":["C","A2","M"]}"#, r(R::TooManyAdditionalSlaves { max: 2 })),
+            (Some("A"), "POST", "/api/v1/keys/C/enc_keys", None, JSON, r#"{"additional_slave_SAE_IDs":["B"]}"#, r(R::TooManyAdditionalSlaves { max: 0 })),
+            (Some("A"), "POST", p_enc, None, JSON, r#"{"additional_slave_SAE_IDs":["Q"]}"#, r(R::UnknownSlave)),
+            (Some("A"), "POST", p_enc, None, JSON, r#"{"additional_slave_SAE_IDs":["B"]}"#, r(R::DuplicateAdditionalSlave)),
+            (Some("A"), "POST", p_enc, None, JSON, r#"{"additional_slave_SAE_IDs":["A"]}"#, r(R::DuplicateAdditionalSlave)),
+            (Some("A"), "POST", p_enc, None, JSON, r#"{"additional_slave_SAE_IDs":["C","C"]}"#, r(R::DuplicateAdditionalSlave)),
+            (Some("A"), "POST", p_enc, None, JSON, r#"{"additional_slave_SAE_IDs":["X"]}"#, r(R::NotPermitted)),
             (Some("A"), "POST", p_enc, None, JSON, r#"{"additional_slave_SAE_IDs":"C"}"#, bad_body()),
             // One profile per request: after pairing permission, before extension_mandatory.
             (Some("A"), "POST", p_enc, None, JSON, r#"{"additional_slave_SAE_IDs":["A2"]}"#, mixed(&["B", "A2"])),
             (Some("A"), "POST", "/api/v1/keys/A2/enc_keys", None, JSON, r#"{"additional_slave_SAE_IDs":["C","B"]}"#, mixed(&["A2", "C", "B"])),
-            (Some("A"), "POST", p_enc, None, JSON, r#"{"additional_slave_SAE_IDs":["A2","X"]}"#, Err(E::Unauthorized)),
+            (Some("A"), "POST", p_enc, None, JSON, r#"{"additional_slave_SAE_IDs":["A2","X"]}"#, r(R::NotPermitted)),
             (Some("A"), "POST", p_enc, None, JSON, r#"{"additional_slave_SAE_IDs":["A2"],"extension_mandatory":[{"abc_a":1}]}"#, mixed(&["B", "A2"])),
-            (Some("A"), "POST", p_enc, None, JSON, r#"{"additional_slave_SAE_IDs":["C"],"extension_mandatory":[{"abc_a":1}]}"#, Err(E::UnsupportedMandatoryExtensions { names: vec!["abc_a".into()] })),
+            (Some("A"), "POST", p_enc, None, JSON, r#"{"additional_slave_SAE_IDs":["C"],"extension_mandatory":[{"abc_a":1}]}"#, r(R::UnsupportedMandatoryExtensions { names: vec!["abc_a".into()] })),
             // Extensions: mandatory after pairing, optional ignored.
-            (Some("A"), "POST", p_enc, None, JSON, r#"{"extension_mandatory":[{"abc_route_type":"direct"}]}"#, Err(E::UnsupportedMandatoryExtensions { names: vec!["abc_route_type".into()], })),
-            (Some("A"), "POST", p_enc, None, JSON, r#"{"extension_mandatory":[{"abc_a":1},{"abc_b":2}]}"#, Err(E::UnsupportedMandatoryExtensions { names: vec!["abc_a".into(), "abc_b".into()], })),
-            (Some("A"), "POST", "/api/v1/keys/X/enc_keys", None, JSON, r#"{"extension_mandatory":[{"abc_a":1}]}"#, Err(E::Unauthorized)),
-            (Some("A"), "POST", p_enc, None, JSON, r#"{"size":100,"extension_mandatory":[{"abc_a":1}]}"#, Err(E::SizeNotMultipleOf8)),
+            (Some("A"), "POST", p_enc, None, JSON, r#"{"extension_mandatory":[{"abc_route_type":"direct"}]}"#, r(R::UnsupportedMandatoryExtensions { names: vec!["abc_route_type".into()], })),
+            (Some("A"), "POST", p_enc, None, JSON, r#"{"extension_mandatory":[{"abc_a":1},{"abc_b":2}]}"#, r(R::UnsupportedMandatoryExtensions { names: vec!["abc_a".into(), "abc_b".into()], })),
+            (Some("A"), "POST", "/api/v1/keys/X/enc_keys", None, JSON, r#"{"extension_mandatory":[{"abc_a":1}]}"#, r(R::NotPermitted)),
+            (Some("A"), "POST", p_enc, None, JSON, r#"{"size":100,"extension_mandatory":[{"abc_a":1}]}"#, r(R::SizeNotMultipleOf8)),
             (Some("A"), "POST", p_enc, None, JSON, r#"{"extension_mandatory":[]}"#, enc("B", 1, 256, &[])),
             (Some("A"), "POST", p_enc, None, JSON, r#"{"extension_optional":[{"abc_x":1}]}"#, enc("B", 1, 256, &[])),
             (Some("A"), "POST", p_enc, None, JSON, r#"{"extension_mandatory":{"abc_x":1}}"#, bad_body()),
@@ -702,13 +611,13 @@ mod tests {
             (Some("A"), "POST", "/api/v1/keys/a%2Fb/dec_keys", None, JSON, dec1, Err(E::Service(ServiceError::KeysNotFound))),
             (Some("A"), "POST", "/api/v1/keys/a%2Fb/dec_keys", None, JSON, "{}", bad_body()),
             (Some("A"), "POST", p_dec, None, JSON, r#"{"key_IDs":[{"key_ID":"6ba7b810-9dad-11d1-80b4-00c04fd430c8"},{"key_ID":"550e8400-e29b-41d4-a716-446655440000","key_ID_extension":{}}],"key_IDs_extension":{}}"#, dec("M", &[K2, K1])),
-            (Some("A"), "POST", p_dec, None, JSON, r#"{"key_IDs":[]}"#, Err(E::NoKeyIds)),
+            (Some("A"), "POST", p_dec, None, JSON, r#"{"key_IDs":[]}"#, r(R::NoKeyIds)),
             (Some("A"), "POST", p_dec, None, JSON, "{}", bad_body()),
             (Some("A"), "POST", p_dec, None, None, "", bad_body()),
             (Some("A"), "POST", p_dec, None, JSON, r#"{"key_IDs":[{"key_ID":""}]}"#, bad_body()),
             (Some("A"), "POST", p_dec, None, JSON, r#"{"key_IDs":[{"key_ID":"x"}]}"#, bad_body()),
             (Some("A"), "POST", p_dec, None, JSON, r#"{"key_IDs":"x"}"#, bad_body()),
-            (Some("A"), "POST", p_dec, None, JSON, r#"{"key_IDs":[{"key_ID":"550e8400-e29b-41d4-a716-446655440000"},{"key_ID":"550E8400-E29B-41D4-A716-446655440000"}]}"#, Err(E::DuplicateKeyId)),
+            (Some("A"), "POST", p_dec, None, JSON, r#"{"key_IDs":[{"key_ID":"550e8400-e29b-41d4-a716-446655440000"},{"key_ID":"550E8400-E29B-41D4-A716-446655440000"}]}"#, r(R::DuplicateKeyId)),
             (Some("A"), "POST", p_dec, None, Some("text/plain"), dec1, Err(E::UnsupportedMediaType)),
         ]
     }
@@ -760,7 +669,7 @@ mod tests {
         );
         assert_eq!(
             route(&req, Some(&sae("B")), &Policy),
-            Err(EtsiError::Unauthorized)
+            Err(RequestError::NotAdmitted.into())
         );
     }
 

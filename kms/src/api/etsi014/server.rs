@@ -40,6 +40,7 @@ use tokio_rustls::TlsAcceptor;
 use super::reply::{EtsiError, Reply, error_reply};
 use super::request::{Body, RawRequest, handle};
 use crate::api::KeyService;
+use crate::api::check::RequestError;
 use crate::conn::{CapLog, ClientCaps};
 use crate::tls::SaeIdentityRule;
 
@@ -362,7 +363,7 @@ async fn respond(
     // 401 at once, its body unread, and the connection closes (unread bytes cannot stay on it).
     if !caller.is_some_and(|c| service.admits(c)) {
         log_request(&parts, StatusCode::UNAUTHORIZED, caller);
-        return into_response(error_reply(&EtsiError::Unauthorized), true);
+        return into_response(error_reply(&RequestError::NotAdmitted.into()), true);
     }
     let read = tokio::time::timeout(body_timeout, read_body(&parts, body))
         .await
