@@ -8,6 +8,7 @@
 
 pub mod check;
 pub mod etsi014;
+pub mod observe;
 
 use async_trait::async_trait;
 use qkd_types::{KeyId, KmeId, SaeId, Secret};

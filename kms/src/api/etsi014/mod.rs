@@ -14,6 +14,6 @@ pub mod reply;
 pub mod request;
 pub mod server;
 
-pub use reply::{EtsiError, Reply, error_reply};
-pub use request::{Body, Call, RawRequest, handle, route};
-pub use server::{ServerLimits, serve, serve_with};
+pub use reply::{EtsiError, Reply, error_reply, outcome_of};
+pub use request::{Body, Call, RawRequest, handle, handle_classified, route};
+pub use server::{ServerLimits, serve, serve_observed, serve_with};

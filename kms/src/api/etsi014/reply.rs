@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::api::ServiceError;
 use crate::api::check::RequestError;
+use crate::api::observe::Outcome;
 
 /// ETSI 014 §6.4 / product policy: a size outside our multiple-of-8 rule.
 pub const MSG_SIZE_NOT_MULTIPLE_OF_8: &str = "size shall be a multiple of 8";
@@ -229,6 +230,21 @@ pub fn error_reply(err: &EtsiError) -> Reply {
             )) => (StatusCode::BAD_REQUEST, other.to_string(), None),
         };
     Reply::json(status, &etsi014::Error { message, details })
+}
+
+/// The outcome class of an error, for the instrumentation hook ([`crate::api::observe`]).
+pub fn outcome_of(err: &EtsiError) -> Outcome {
+    match err {
+        EtsiError::Request(e) => Outcome::of_request(e),
+        EtsiError::Service(e) => Outcome::of_service(e),
+        EtsiError::NotFound
+        | EtsiError::MethodNotAllowed { .. }
+        | EtsiError::UnsupportedMediaType
+        | EtsiError::BadBody(_)
+        | EtsiError::BodyTooLarge
+        | EtsiError::BadQuery(_)
+        | EtsiError::GetWithBody => Outcome::Invalid,
+    }
 }
 
 #[cfg(test)]

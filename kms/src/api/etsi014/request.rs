@@ -25,7 +25,8 @@ use http::{Method, StatusCode};
 use qkd_proto::etsi014;
 use qkd_types::{KeyId, SaeId};
 
-use super::reply::{ALLOW_KEYS, ALLOW_STATUS, EtsiError, Reply, error_reply};
+use super::reply::{ALLOW_KEYS, ALLOW_STATUS, EtsiError, Reply, error_reply, outcome_of};
+use crate::api::observe::{Operation, Outcome};
 use crate::api::check;
 use crate::api::{DecKeysRequest, DeliveredKey, EncKeysRequest, KeyService, PairStatus};
 
@@ -158,11 +159,35 @@ pub async fn handle(
     caller: Option<&SaeId>,
     service: &dyn KeyService,
 ) -> Reply {
+    handle_classified(req, caller, service).await.0
+}
+
+/// [`handle`], also saying which operation the request was and how it ended, for the
+/// instrumentation hook ([`crate::api::observe`]).
+pub async fn handle_classified(
+    req: &RawRequest<'_>,
+    caller: Option<&SaeId>,
+    service: &dyn KeyService,
+) -> (Reply, Operation, Outcome) {
     let result = match route(req, caller, service) {
         Ok(call) => execute(call, service).await,
         Err(e) => Err(e),
     };
-    result.unwrap_or_else(|e| error_reply(&e))
+    let operation = operation_of(req.path);
+    match result {
+        Ok(reply) => (reply, operation, Outcome::Ok),
+        Err(e) => (error_reply(&e), operation, outcome_of(&e)),
+    }
+}
+
+/// The operation a path names, for instrumentation only (no check relies on it).
+pub fn operation_of(path: &str) -> Operation {
+    match split_path(path) {
+        Ok((_, "status")) => Operation::Status,
+        Ok((_, "enc_keys")) => Operation::EncKeys,
+        Ok((_, "dec_keys")) => Operation::DecKeys,
+        _ => Operation::Other,
+    }
 }
 
 /// Runs a checked call.

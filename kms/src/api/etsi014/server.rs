@@ -9,7 +9,8 @@
 //! that an error answer never leaves unread bytes on a keep-alive connection, then hands method,
 //! path, query, Content-Type and body to the sans-IO layer ([`super::request::handle`]), which
 //! keeps every other check in policy order. The shell logs methods, paths and status codes, never
-//! bodies.
+//! bodies, and reports every answered request to the instrumentation hook
+//! ([`crate::api::observe`]).
 //!
 //! Resources are bounded so that no client, not even an admitted one, can starve the others: a
 //! total connection cap, a cap per client identity ([`ServerLimits`]), and deadlines for the
@@ -37,10 +38,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use super::reply::{EtsiError, Reply, error_reply};
-use super::request::{Body, RawRequest, handle};
+use super::reply::{EtsiError, Reply, error_reply, outcome_of};
+use super::request::{Body, RawRequest, handle_classified, operation_of};
 use crate::api::KeyService;
 use crate::api::check::RequestError;
+use crate::api::observe::{Api, ApiObserver, NoObserver, Outcome};
 use crate::conn::{CapLog, ClientCaps};
 use crate::tls::SaeIdentityRule;
 
@@ -125,11 +127,34 @@ pub async fn serve_with(
     limits: ServerLimits,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    serve_observed(
+        listener,
+        tls,
+        service,
+        identity,
+        limits,
+        Arc::new(NoObserver),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve_with`], reporting every answered request to `observer`.
+pub async fn serve_observed(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    service: Arc<dyn KeyService>,
+    identity: SaeIdentityRule,
+    limits: ServerLimits,
+    observer: Arc<dyn ApiObserver>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
     let shared = Arc::new(Shared {
         acceptor: TlsAcceptor::from(tls),
         service,
         identity,
         limits,
+        observer,
         caps: ClientCaps::new(limits.max_connections_per_client, "ETSI 014"),
         full: CapLog::new("ETSI 014"),
     });
@@ -174,6 +199,8 @@ struct Shared {
     service: Arc<dyn KeyService>,
     identity: SaeIdentityRule,
     limits: ServerLimits,
+    /// Told about every answered request.
+    observer: Arc<dyn ApiObserver>,
     /// Open connections per client identity.
     caps: Arc<ClientCaps<Client>>,
     /// Warns when every connection slot is in use.
@@ -274,13 +301,22 @@ async fn connection(
     let caller = Arc::new(caller);
 
     let service = shared.service.clone();
+    let observer = shared.observer.clone();
     let body_timeout = shared.limits.body_timeout;
     let svc = service_fn(move |req| {
         let caller = caller.clone();
         let service = service.clone();
+        let observer = observer.clone();
         async move {
             Ok::<_, Infallible>(
-                respond(req, caller.as_ref().as_ref(), &*service, body_timeout).await,
+                respond(
+                    req,
+                    caller.as_ref().as_ref(),
+                    &*service,
+                    &*observer,
+                    body_timeout,
+                )
+                .await,
             )
         }
     });
@@ -356,40 +392,42 @@ async fn respond(
     req: Request<Incoming>,
     caller: Option<&SaeId>,
     service: &dyn KeyService,
+    observer: &dyn ApiObserver,
     body_timeout: Duration,
 ) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
+    let operation = operation_of(parts.uri.path());
     // Admission before the body (docs/etsi014.md): a client that is not one of our SAEs gets
     // 401 at once, its body unread, and the connection closes (unread bytes cannot stay on it).
     if !caller.is_some_and(|c| service.admits(c)) {
         log_request(&parts, StatusCode::UNAUTHORIZED, caller);
+        observer.observe(Api::Etsi014, operation, Outcome::NotAdmitted);
         return into_response(error_reply(&RequestError::NotAdmitted.into()), true);
     }
     let read = tokio::time::timeout(body_timeout, read_body(&parts, body))
         .await
         .unwrap_or(ReadBody::TimedOut);
-    let (reply, close) = match &read {
-        ReadBody::Failed => (
-            error_reply(&EtsiError::BadBody("incomplete body".into())),
-            true,
-        ),
+    let unread = |e: EtsiError| (error_reply(&e), operation, outcome_of(&e));
+    let ((reply, operation, outcome), close) = match &read {
+        ReadBody::Failed => (unread(EtsiError::BadBody("incomplete body".into())), true),
         ReadBody::TimedOut => (
-            error_reply(&EtsiError::BadBody(format!(
+            unread(EtsiError::BadBody(format!(
                 "body not received within {} s",
                 body_timeout.as_secs()
             ))),
             true,
         ),
         ReadBody::Complete(bytes) => (
-            handle(&raw(&parts, Body::Complete(bytes)), caller, service).await,
+            handle_classified(&raw(&parts, Body::Complete(bytes)), caller, service).await,
             false,
         ),
         ReadBody::TooLarge { drained } => (
-            handle(&raw(&parts, Body::TooLarge), caller, service).await,
+            handle_classified(&raw(&parts, Body::TooLarge), caller, service).await,
             !drained,
         ),
     };
     log_request(&parts, reply.status, caller);
+    observer.observe(Api::Etsi014, operation, outcome);
     into_response(reply, close)
 }
 
