@@ -9,7 +9,10 @@ use std::path::PathBuf;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     let sets: [(&[&str], &str); 2] = [
-        (&["proto/peer.proto", "proto/hybrid.proto"], "peer_descriptor.bin"),
+        (
+            &["proto/peer.proto", "proto/hybrid.proto"],
+            "peer_descriptor.bin",
+        ),
         (&["proto/keys.proto"], "keys_descriptor.bin"),
     ];
     for (files, descriptor) in sets {

@@ -1,19 +1,33 @@
-//! Connection caps of the TLS front doors (the ETSI 014 port and the node-to-node port): how many
-//! connections one client identity may hold at once, and a rate-limited warning whenever a cap
-//! refuses a connection.
+//! Connection caps of the TLS front doors (the ETSI 014 port, the gRPC key delivery port and the
+//! node-to-node port): how many connections one client identity may hold at once, and a
+//! rate-limited warning whenever a cap refuses a connection; and, for the two gRPC ports, the one
+//! accept loop that applies them ([`accept_capped`]).
 //!
 //! A total cap alone lets one authenticated client take every slot (connections that send headers
 //! and then nothing); a per-identity cap leaves room for everyone else. The identity is what the
 //! server read from the client certificate after the handshake, so the cap cannot be dodged by
-//! opening connections from other addresses. This module holds counters only; it never reads a
-//! certificate, a socket or a clock other than for rate-limiting its own log lines.
+//! opening connections from other addresses. Apart from [`accept_capped`], which accepts sockets and
+//! leaves reading identities to its caller, this module holds counters only; it never reads a
+//! certificate, or a clock other than for rate-limiting its own log lines.
 
 use std::collections::HashMap;
 use std::fmt::Display;
 use std::hash::Hash;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use qkd_types::SaeId;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
 
 /// Counts open connections per client identity and refuses those beyond a cap.
 #[derive(Debug)]
@@ -126,6 +140,187 @@ impl CapLog {
                 *last = Some(now);
                 warn(self.suppressed.swap(0, Ordering::Relaxed));
             }
+        }
+    }
+}
+
+/// Limits of a gRPC port served through [`accept_capped`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcceptLimits {
+    /// Most connections open at once, handshakes included; further clients wait in the listen
+    /// backlog.
+    pub max_connections: usize,
+    /// Most connections one client identity may hold at once.
+    pub max_connections_per_client: usize,
+    /// Time a client has to complete the TLS handshake.
+    pub handshake_timeout: Duration,
+}
+
+/// Accepts TLS connections for a tonic server: each handshake in its own task (a slow or hostile
+/// client cannot hold up the others), a total cap taken before accepting, then `identify` names
+/// the client from its verified certificate (`None` closes the connection at once) and the
+/// per-identity cap admits it or closes it. Admitted connections come out of the returned stream
+/// for `Server::serve_with_incoming_shutdown`; the task runs until it is aborted.
+pub fn accept_capped<K, F>(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    limits: AcceptLimits,
+    port: &'static str,
+    identify: F,
+) -> (
+    ReceiverStream<Result<CappedStream<K>, std::io::Error>>,
+    JoinHandle<()>,
+)
+where
+    K: Eq + Hash + Clone + Display + Send + Sync + 'static,
+    F: Fn(&TlsStream<TcpStream>) -> Option<K> + Send + Sync + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let caps = ClientCaps::<K>::new(limits.max_connections_per_client, port);
+    let full = CapLog::new(port);
+    let identify = Arc::new(identify);
+    let task =
+        tokio::spawn(async move {
+            loop {
+                if slots.available_permits() == 0 {
+                    full.refused(|suppressed| {
+                        tracing::warn!(
+                            suppressed,
+                            "{port}: every connection slot is in use; new clients wait in the \
+                         listen backlog ({suppressed} more times since the last warning)"
+                        );
+                    });
+                }
+                // The slot is taken before accepting and lives as long as the connection.
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    // Per-connection failures (reset before accept, EMFILE): back off a little.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let _ = tcp.set_nodelay(true);
+                let (acceptor, tx, caps, identify) =
+                    (acceptor.clone(), tx.clone(), caps.clone(), identify.clone());
+                tokio::spawn(async move {
+                    let stream =
+                        match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp))
+                            .await
+                        {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "{port}: TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!("{port}: TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let Some(client) = identify(&stream) else {
+                        return;
+                    };
+                    let Some(slot) = caps.try_acquire(client) else {
+                        return;
+                    };
+                    let _ = tx
+                        .send(Ok(CappedStream {
+                            inner: stream,
+                            _permit: permit,
+                            _slot: slot,
+                        }))
+                        .await;
+                });
+            }
+        });
+    (ReceiverStream::new(rx), task)
+}
+
+/// A connection together with its places under the port's caps, freed when the server drops it.
+#[derive(Debug)]
+pub struct CappedStream<K: Eq + Hash> {
+    inner: TlsStream<TcpStream>,
+    _permit: OwnedSemaphorePermit,
+    _slot: ClientSlot<K>,
+}
+
+impl<K: Eq + Hash + Send + Sync + 'static> Connected for CappedStream<K> {
+    type ConnectInfo = <TlsStream<TcpStream> as Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        // The TLS connection info, so that `Request::peer_certs` keeps working.
+        self.inner.connect_info()
+    }
+}
+
+impl<K: Eq + Hash + Unpin> AsyncRead for CappedStream<K> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<K: Eq + Hash + Unpin> AsyncWrite for CappedStream<K> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Whom an SAE-facing connection's certificate names, for the per-client cap of the ETSI 014
+/// and gRPC key delivery ports.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SaeClient {
+    /// An SAE admitted here.
+    Sae(SaeId),
+    /// Anyone else (no SAE, or an SAE not attached here): all share one allowance, so that
+    /// certificates for many unregistered names cannot take many.
+    Unidentified,
+}
+
+impl SaeClient {
+    /// The cap identity of a caller: its SAE if `admits` says it is attached here.
+    pub fn of(caller: Option<&SaeId>, admits: impl FnOnce(&SaeId) -> bool) -> Self {
+        match caller {
+            Some(id) if admits(id) => SaeClient::Sae(id.clone()),
+            _ => SaeClient::Unidentified,
+        }
+    }
+}
+
+impl Display for SaeClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SaeClient::Sae(id) => write!(f, "SAE {id}"),
+            SaeClient::Unidentified => f.write_str("(callers not admitted here)"),
         }
     }
 }

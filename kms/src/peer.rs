@@ -5,8 +5,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use qkd_proto::peer as pb;
@@ -16,16 +14,12 @@ use qkd_types::NodeId;
 use std::sync::Arc;
 
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::server::TlsStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
-use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Request, Response, Status};
 
-use crate::conn::{CapLog, ClientCaps, ClientSlot};
+use crate::conn::{AcceptLimits, accept_capped};
 use crate::manager::{KeyManager, PeerError};
 use crate::tls::{TlsFiles, node_id, peer_client_config, peer_server_config};
 
@@ -189,145 +183,35 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), PeerSetupError> {
     let acceptor = TlsAcceptor::from(Arc::new(peer_server_config(tls)?));
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<CappedStream, std::io::Error>>(64);
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let caps = ClientCaps::<NodeId>::new(limits.max_connections_per_node, "peer port");
-    let full = CapLog::new("peer port");
-    // Accept and handshake outside the gRPC server, each handshake in its own task, so that a
-    // slow or hostile client cannot hold up the others. The slot is taken before accepting and
-    // lives as long as the connection.
-    let accept = tokio::spawn(async move {
-        loop {
-            if slots.available_permits() == 0 {
-                full.refused(|suppressed| {
-                    tracing::warn!(
-                        suppressed,
-                        "peer port: every connection slot is in use; new clients wait in the \
-                         listen backlog ({suppressed} more times since the last warning)"
-                    );
-                });
-            }
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
+    let accept_limits = AcceptLimits {
+        max_connections: limits.max_connections,
+        max_connections_per_client: limits.max_connections_per_node,
+        handshake_timeout: limits.handshake_timeout,
+    };
+    let (incoming, accept) =
+        accept_capped(listener, acceptor, accept_limits, "peer port", |stream| {
+            let node = match stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+            {
+                Some(leaf) => node_id(leaf),
+                None => Err(crate::tls::IdentityError::NoCertificate),
             };
-            let Ok((tcp, _)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
-            let caps = caps.clone();
-            tokio::spawn(async move {
-                let stream = match tokio::time::timeout(
-                    limits.handshake_timeout,
-                    acceptor.accept(tcp),
-                )
-                .await
-                {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "peer TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!("peer TLS handshake timed out");
-                        return;
-                    }
-                };
-                let node = match stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                {
-                    Some(leaf) => node_id(leaf),
-                    None => Err(crate::tls::IdentityError::NoCertificate),
-                };
-                let node = match node {
-                    Ok(node) => node,
-                    Err(e) => {
-                        tracing::info!(error = %e, "peer port: client certificate names no node; closed");
-                        return;
-                    }
-                };
-                let Some(slot) = caps.try_acquire(node) else {
-                    return;
-                };
-                let _ = tx
-                    .send(Ok(CappedStream {
-                        inner: stream,
-                        _permit: permit,
-                        _slot: slot,
-                    }))
-                    .await;
-            });
-        }
-    });
+            node.map_err(|e| {
+                tracing::info!(error = %e, "peer port: client certificate names no node; closed");
+            })
+            .ok()
+        });
     let result = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .add_service(PeerKmsServer::new(PeerService::new(manager)))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(rx), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     accept.abort();
     result?;
     Ok(())
-}
-
-/// A peer connection together with its places under the port's caps, freed when tonic drops it.
-struct CappedStream {
-    inner: TlsStream<TcpStream>,
-    _permit: OwnedSemaphorePermit,
-    _slot: ClientSlot<NodeId>,
-}
-
-impl Connected for CappedStream {
-    type ConnectInfo = <TlsStream<TcpStream> as Connected>::ConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        // The TLS connection info, so that `Request::peer_certs` keeps working.
-        self.inner.connect_info()
-    }
-}
-
-impl AsyncRead for CappedStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for CappedStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 /// A lazily connecting client of a peer node at `addr`, whose certificate must be valid for

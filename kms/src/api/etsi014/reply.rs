@@ -142,7 +142,9 @@ pub fn error_reply(err: &EtsiError) -> Reply {
                 reply.allow = Some(allow);
                 return reply;
             }
-            EtsiError::Request(RequestError::UnknownSlave) => (StatusCode::BAD_REQUEST, MSG_UNKNOWN_SLAVE.into(), None),
+            EtsiError::Request(RequestError::UnknownSlave) => {
+                (StatusCode::BAD_REQUEST, MSG_UNKNOWN_SLAVE.into(), None)
+            }
             EtsiError::Request(RequestError::SizeNotMultipleOf8) => (
                 StatusCode::BAD_REQUEST,
                 MSG_SIZE_NOT_MULTIPLE_OF_8.into(),
@@ -339,9 +341,11 @@ mod tests {
 
     #[test]
     fn mandatory_extension_details_follow_the_spec_example() {
-        let r = error_reply(&EtsiError::from(RequestError::UnsupportedMandatoryExtensions {
-            names: vec!["abc_route_type".into()],
-        }));
+        let r = error_reply(&EtsiError::from(
+            RequestError::UnsupportedMandatoryExtensions {
+                names: vec!["abc_route_type".into()],
+            },
+        ));
         assert_eq!(r.status, StatusCode::BAD_REQUEST);
         assert_eq!(
             body(&r),

@@ -26,8 +26,8 @@ use qkd_proto::etsi014;
 use qkd_types::{KeyId, SaeId};
 
 use super::reply::{ALLOW_KEYS, ALLOW_STATUS, EtsiError, Reply, error_reply, outcome_of};
-use crate::api::observe::{Operation, Outcome};
 use crate::api::check;
+use crate::api::observe::{Operation, Outcome};
 use crate::api::{DecKeysRequest, DeliveredKey, EncKeysRequest, KeyService, PairStatus};
 
 /// The path prefix of every ETSI 014 method.
@@ -126,7 +126,9 @@ pub fn route(
                     .flat_map(|o| o.into_iter().map(|(name, _)| name))
                     .collect(),
             };
-            Ok(Call::EncKeys(check::enc_keys(params, caller, slave, service)?))
+            Ok(Call::EncKeys(check::enc_keys(
+                params, caller, slave, service,
+            )?))
         }
         "dec_keys" => {
             let is_get = keys_method(req.method)?;

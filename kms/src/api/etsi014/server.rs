@@ -43,7 +43,7 @@ use super::request::{Body, RawRequest, handle_classified, operation_of};
 use crate::api::KeyService;
 use crate::api::check::RequestError;
 use crate::api::observe::{Api, ApiObserver, NoObserver, Outcome};
-use crate::conn::{CapLog, ClientCaps};
+use crate::conn::{CapLog, ClientCaps, SaeClient};
 use crate::tls::SaeIdentityRule;
 
 /// Largest request body the front end parses. A Key IDs body of 128 UUIDs is about 7 KiB.
@@ -202,27 +202,9 @@ struct Shared {
     /// Told about every answered request.
     observer: Arc<dyn ApiObserver>,
     /// Open connections per client identity.
-    caps: Arc<ClientCaps<Client>>,
+    caps: Arc<ClientCaps<SaeClient>>,
     /// Warns when every connection slot is in use.
     full: CapLog,
-}
-
-/// Whom a connection's certificate names, for the per-client cap.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Client {
-    /// An SAE admitted here.
-    Sae(SaeId),
-    /// Anyone else (no SAE, or an SAE not attached here): all share one allowance.
-    Unidentified,
-}
-
-impl std::fmt::Display for Client {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Client::Sae(id) => write!(f, "SAE {id}"),
-            Client::Unidentified => f.write_str("(callers not admitted here)"),
-        }
-    }
 }
 
 async fn accept(
@@ -288,10 +270,7 @@ async fn connection(
     };
     // Callers that are not admitted are refused on every request; they share one allowance so
     // that certificates for many unregistered names cannot take many.
-    let client = match &caller {
-        Some(id) if shared.service.admits(id) => Client::Sae(id.clone()),
-        _ => Client::Unidentified,
-    };
+    let client = SaeClient::of(caller.as_ref(), |id| shared.service.admits(id));
     let Some(_slot) = shared.caps.try_acquire(client) else {
         // Over its cap: close at once (close_notify, briefly) so the slot frees for others.
         let mut tls = tls;
