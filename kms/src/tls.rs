@@ -120,6 +120,14 @@ pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
     )
 }
 
+/// The server side of the gRPC key delivery port: the ETSI 014 port's configuration (mutual TLS
+/// 1.2 and 1.3, X25519MLKEM768 preferred) with ALPN `h2`, which gRPC requires.
+pub fn grpc_server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
+    let mut cfg = server_config(files)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(cfg)
+}
+
 /// A client configuration that presents `files.cert_chain` and trusts servers chaining to
 /// `files.ca` (tests and tools).
 pub fn client_config(files: &TlsFiles) -> Result<ClientConfig, TlsError> {

@@ -12,6 +12,17 @@ tonic::include_proto!("qkd.keys.v1");
 /// Encoded file descriptor set of `keys.proto`, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("keys_descriptor");
 
+impl Key {
+    /// The wire form of a delivered key. The one place the gRPC front end copies key bytes out of
+    /// a `Secret`: into the response to the authenticated SAE the key manager delivered them to.
+    pub fn from_secret(key_id: String, secret: &qkd_types::Secret) -> Self {
+        Self {
+            key_id,
+            key: secret.expose().to_vec(),
+        }
+    }
+}
+
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Key")

@@ -1,13 +1,15 @@
 //! The protocol-neutral key-delivery service and its front ends.
 //!
-//! Every front end (today [`etsi014`], the ETSI GS QKD 014 REST API) authenticates its caller,
-//! parses and checks a request in the order its protocol's policy fixes, and then calls the one
-//! [`KeyService`]. The key manager implements it; tests may implement it with a fake. The types in
+//! Every front end ([`etsi014`], the ETSI GS QKD 014 REST API; [`grpc`], the same model over
+//! gRPC) authenticates its caller, parses and checks a request in the order its protocol's policy
+//! fixes (through the shared steps of [`check`]), calls the one [`KeyService`], and reports the
+//! outcome to the one instrumentation hook ([`observe`]). The key manager implements it; tests may implement it with a fake. The types in
 //! this module know nothing of HTTP, gRPC or any protocol's spellings; each front end maps
 //! [`ServiceError`] to its own wire status in exactly one place.
 
 pub mod check;
 pub mod etsi014;
+pub mod grpc;
 pub mod observe;
 
 use async_trait::async_trait;
@@ -130,7 +132,7 @@ pub enum ServiceError {
     Storage,
 }
 
-/// What the ETSI front end needs from the key manager.
+/// What the front ends need from the key manager.
 #[async_trait]
 pub trait KeyService: Send + Sync + 'static {
     /// Whether `sae` is registered as attached to this KME (only those may call it).

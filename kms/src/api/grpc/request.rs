@@ -1,0 +1,265 @@
+//! The sans-IO request layer of the gRPC key delivery front end: each protobuf request and the
+//! caller's SAE ID (from its certificate) become a checked call on the
+//! [`KeyService`](crate::api::KeyService), or a [`GrpcError`].
+//!
+//! The order of checks is the ETSI 014 front end's (docs/etsi014.md §5, docs/grpc.md), through the
+//! same functions ([`crate::api::check`]):
+//! * GetStatus and GetKeys: caller admission → slave known and not the caller → field syntax
+//!   (additional slave IDs) → values, additional-slave list, pairing permission, one profile per
+//!   request → key availability (key manager);
+//! * GetKeysByIds: caller admission → request shape (every key ID a UUID, at least one, none twice)
+//!   → lookup by (master_sae_id, key ID) and "caller is a slave" (key manager). An unparsable
+//!   master_sae_id names no key, exactly like an unknown one.
+//!
+//! Nothing here does I/O, reads a clock or touches key bytes.
+
+use qkd_proto::keys as pb;
+use qkd_types::{KeyId, SaeId};
+
+use super::status::GrpcError;
+use crate::api::check::{self, EncKeysParams};
+use crate::api::{DecKeysRequest, EncKeysRequest, KeyService, ServiceError};
+
+/// Checks a GetStatus request; returns (master, slave).
+pub fn status(
+    caller: Option<&SaeId>,
+    req: &pb::GetStatusRequest,
+    service: &dyn KeyService,
+) -> Result<(SaeId, SaeId), GrpcError> {
+    let caller = check::admit(caller, service)?;
+    let slave = check::known_slave(SaeId::parse(&req.slave_sae_id).ok(), caller, service)?;
+    check::permit(caller, &slave, service)?;
+    Ok((caller.clone(), slave))
+}
+
+/// Checks a GetKeys request.
+pub fn get_keys(
+    caller: Option<&SaeId>,
+    req: &pb::GetKeysRequest,
+    service: &dyn KeyService,
+) -> Result<EncKeysRequest, GrpcError> {
+    let caller = check::admit(caller, service)?;
+    let slave = check::known_slave(SaeId::parse(&req.slave_sae_id).ok(), caller, service)?;
+    let additional_slaves = req
+        .additional_slave_sae_ids
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            SaeId::parse(s).map_err(|e| GrpcError::Malformed {
+                field: format!("additional_slave_sae_ids[{i}]"),
+                problem: format!("not a valid SAE ID: {e}"),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let params = EncKeysParams {
+        number: req.number.map(u64::from),
+        size: req.size.map(u64::from),
+        additional_slaves,
+        // keys.proto has no extensions.
+        mandatory_extensions: Vec::new(),
+    };
+    Ok(check::enc_keys(params, caller, slave, service)?)
+}
+
+/// Checks a GetKeysByIds request.
+pub fn get_keys_by_ids(
+    caller: Option<&SaeId>,
+    req: &pb::GetKeysByIdsRequest,
+    service: &dyn KeyService,
+) -> Result<DecKeysRequest, GrpcError> {
+    let caller = check::admit(caller, service)?;
+    let key_ids = req
+        .key_ids
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            KeyId::parse(s).map_err(|_| GrpcError::Malformed {
+                field: format!("key_ids[{i}]"),
+                problem: "not a UUID (e.g. 550e8400-e29b-41d4-a716-446655440000)".into(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let key_ids = check::key_ids(key_ids)?;
+    let master = SaeId::parse(&req.master_sae_id).map_err(|_| ServiceError::KeysNotFound)?;
+    Ok(DecKeysRequest {
+        slave: caller.clone(),
+        master,
+        key_ids,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::api::check::RequestError;
+    use crate::api::{DeliveredKey, KeyLimits, KeyProfile, PairStatus};
+    use async_trait::async_trait;
+
+    /// Policy only: A is attached; A may pair with B and C; multicast up to 1 extra slave.
+    struct Policy;
+
+    #[async_trait]
+    impl KeyService for Policy {
+        fn admits(&self, sae: &SaeId) -> bool {
+            sae.as_str() == "A"
+        }
+        fn knows(&self, sae: &SaeId) -> bool {
+            ["A", "B", "C", "X"].contains(&sae.as_str())
+        }
+        fn limits(&self, _: &SaeId, _: &SaeId) -> KeyLimits {
+            KeyLimits {
+                max_sae_id_count: 1,
+                ..KeyLimits::default()
+            }
+        }
+        fn may_pair(&self, _: &SaeId, slave: &SaeId) -> bool {
+            ["B", "C"].contains(&slave.as_str())
+        }
+        fn profile(&self, _: &SaeId, _: &SaeId) -> KeyProfile {
+            KeyProfile {
+                policy: "QKD+PQ+T",
+                suite: "X25519/ML-KEM-768",
+            }
+        }
+        async fn status(&self, _: &SaeId, _: &SaeId) -> Result<PairStatus, ServiceError> {
+            Err(ServiceError::Storage)
+        }
+        async fn enc_keys(&self, _: EncKeysRequest) -> Result<Vec<DeliveredKey>, ServiceError> {
+            Err(ServiceError::Storage)
+        }
+        async fn dec_keys(&self, _: DecKeysRequest) -> Result<Vec<DeliveredKey>, ServiceError> {
+            Err(ServiceError::Storage)
+        }
+    }
+
+    fn sae(s: &str) -> SaeId {
+        SaeId::parse(s).unwrap()
+    }
+
+    fn keys(
+        slave: &str,
+        number: Option<u32>,
+        size: Option<u32>,
+        extra: &[&str],
+    ) -> pb::GetKeysRequest {
+        pb::GetKeysRequest {
+            slave_sae_id: slave.into(),
+            number,
+            size,
+            additional_slave_sae_ids: extra.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn malformed<T: std::fmt::Debug>(r: Result<T, GrpcError>) -> bool {
+        matches!(r, Err(GrpcError::Malformed { .. }))
+    }
+
+    #[test]
+    fn get_keys_checks_in_the_etsi_order() {
+        let a = sae("A");
+        let check = |caller: Option<&SaeId>, req| get_keys(caller, &req, &Policy);
+        // Admission before anything else, even a malformed request.
+        assert_eq!(
+            check(Some(&sae("B")), keys("", Some(0), None, &["!"])),
+            Err(RequestError::NotAdmitted.into())
+        );
+        assert_eq!(
+            check(None, keys("B", None, None, &[])),
+            Err(RequestError::NotAdmitted.into())
+        );
+        // Then the slave: unknown (or unparsable) beats bad values.
+        assert_eq!(
+            check(Some(&a), keys("Q", Some(0), None, &[])),
+            Err(RequestError::UnknownSlave.into())
+        );
+        assert_eq!(
+            check(Some(&a), keys("bad id", None, None, &[])),
+            Err(RequestError::UnknownSlave.into())
+        );
+        assert_eq!(
+            check(Some(&a), keys("A", None, None, &[])),
+            Err(RequestError::SlaveIsCaller.into())
+        );
+        // Syntax, then values, then pairing.
+        assert!(malformed(check(
+            Some(&a),
+            keys("X", Some(0), None, &["bad id"])
+        )));
+        assert_eq!(
+            check(Some(&a), keys("X", Some(0), None, &[])),
+            Err(RequestError::NumberOutOfRange { max: 128 }.into())
+        );
+        assert_eq!(
+            check(Some(&a), keys("B", None, Some(100), &[])),
+            Err(RequestError::SizeNotMultipleOf8.into())
+        );
+        assert_eq!(
+            check(Some(&a), keys("B", None, None, &["C", "X"])),
+            Err(RequestError::TooManyAdditionalSlaves { max: 1 }.into())
+        );
+        assert_eq!(
+            check(Some(&a), keys("X", None, None, &[])),
+            Err(RequestError::NotPermitted.into())
+        );
+        assert_eq!(
+            check(Some(&a), keys("B", None, None, &["X"])),
+            Err(RequestError::NotPermitted.into())
+        );
+        // Defaults: one key of the pair's default size.
+        let ok = check(Some(&a), keys("B", None, None, &["C"])).unwrap();
+        assert_eq!((ok.number, ok.size_bits), (1, 256));
+        assert_eq!(ok.additional_slaves, vec![sae("C")]);
+    }
+
+    #[test]
+    fn status_checks_admission_slave_and_pairing() {
+        let req = |s: &str| pb::GetStatusRequest {
+            slave_sae_id: s.into(),
+        };
+        assert_eq!(
+            status(Some(&sae("C")), &req("B"), &Policy),
+            Err(RequestError::NotAdmitted.into())
+        );
+        assert_eq!(
+            status(Some(&sae("A")), &req("Q"), &Policy),
+            Err(RequestError::UnknownSlave.into())
+        );
+        assert_eq!(
+            status(Some(&sae("A")), &req("X"), &Policy),
+            Err(RequestError::NotPermitted.into())
+        );
+        assert_eq!(
+            status(Some(&sae("A")), &req("B"), &Policy),
+            Ok((sae("A"), sae("B")))
+        );
+    }
+
+    #[test]
+    fn get_keys_by_ids_checks_shape_then_leaves_the_master_to_the_lookup() {
+        const K: &str = "550e8400-e29b-41d4-a716-446655440000";
+        let req = |m: &str, ids: &[&str]| pb::GetKeysByIdsRequest {
+            master_sae_id: m.into(),
+            key_ids: ids.iter().map(|s| s.to_string()).collect(),
+        };
+        let a = sae("A");
+        let check = |r| get_keys_by_ids(Some(&a), &r, &Policy);
+        assert_eq!(
+            get_keys_by_ids(None, &req("B", &["x"]), &Policy),
+            Err(RequestError::NotAdmitted.into())
+        );
+        assert!(malformed(check(req("B", &[K, "nope"]))));
+        assert_eq!(check(req("B", &[])), Err(RequestError::NoKeyIds.into()));
+        assert_eq!(
+            check(req("B", &[K, &K.to_uppercase()])),
+            Err(RequestError::DuplicateKeyId.into())
+        );
+        assert_eq!(
+            check(req("bad id", &[K])),
+            Err(ServiceError::KeysNotFound.into())
+        );
+        let ok = check(req("Nobody", &[K])).unwrap();
+        assert_eq!(ok.master, sae("Nobody"));
+        assert_eq!(ok.slave, a);
+    }
+}
