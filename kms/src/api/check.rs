@@ -225,3 +225,76 @@ pub fn key_ids(ids: Vec<KeyId>) -> Result<Vec<KeyId>, RequestError> {
     }
     Ok(ids)
 }
+
+/// The registration the request-layer tests of every front end check against: A and A2 are
+/// attached here; B, C, M and X are known elsewhere; A may pair with B, C and A2, A2 with B;
+/// multicast (up to 2 extra slaves) only from A to B or A2; the pair A–A2 is QKD-only.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) mod policy {
+    use super::*;
+    use crate::api::{
+        DecKeysRequest, DeliveredKey, EncKeysRequest, KeyLimits, PairStatus, ServiceError,
+    };
+    use async_trait::async_trait;
+
+    /// Policy only; the async methods fail with a store error (checks never reach them).
+    pub(crate) struct Policy;
+
+    const HERE: [&str; 2] = ["A", "A2"];
+    const KNOWN: [&str; 6] = ["A", "A2", "B", "C", "M", "X"];
+    const PAIRS: [(&str, &str); 4] = [("A", "B"), ("A", "C"), ("A2", "B"), ("A", "A2")];
+    pub(crate) const HYBRID: KeyProfile = KeyProfile {
+        policy: "QKD+PQ+T",
+        suite: "X25519/ML-KEM-768",
+    };
+    pub(crate) const QKD_ONLY: KeyProfile = KeyProfile {
+        policy: "QKD-only",
+        suite: "",
+    };
+
+    #[async_trait]
+    impl KeyService for Policy {
+        fn admits(&self, sae: &SaeId) -> bool {
+            HERE.contains(&sae.as_str())
+        }
+        fn knows(&self, sae: &SaeId) -> bool {
+            KNOWN.contains(&sae.as_str())
+        }
+        fn limits(&self, master: &SaeId, slave: &SaeId) -> KeyLimits {
+            // Multicast only from A to B (up to 2 extra slaves); none elsewhere.
+            let mut l = KeyLimits {
+                max_sae_id_count: 0,
+                ..KeyLimits::default()
+            };
+            if master.as_str() == "A" && ["B", "A2"].contains(&slave.as_str()) {
+                l.max_sae_id_count = 2;
+            }
+            l
+        }
+        fn may_pair(&self, master: &SaeId, slave: &SaeId) -> bool {
+            PAIRS.contains(&(master.as_str(), slave.as_str()))
+        }
+        fn profile(&self, _: &SaeId, slave: &SaeId) -> KeyProfile {
+            // A2 is the one slave whose pair with A is configured QKD-only.
+            if slave.as_str() == "A2" {
+                QKD_ONLY
+            } else {
+                HYBRID
+            }
+        }
+        async fn status(&self, _: &SaeId, _: &SaeId) -> Result<PairStatus, ServiceError> {
+            Err(ServiceError::Storage)
+        }
+        async fn enc_keys(&self, _: EncKeysRequest) -> Result<Vec<DeliveredKey>, ServiceError> {
+            Err(ServiceError::Storage)
+        }
+        async fn dec_keys(&self, _: DecKeysRequest) -> Result<Vec<DeliveredKey>, ServiceError> {
+            Err(ServiceError::Storage)
+        }
+    }
+
+    pub(crate) fn sae(s: &str) -> SaeId {
+        SaeId::parse(s).unwrap()
+    }
+}

@@ -392,24 +392,9 @@ fn is_json(content_type: &[u8]) -> bool {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::api::ServiceError;
     use crate::api::check::RequestError;
-    use crate::api::{KeyLimits, KeyProfile, ServiceError};
-    use async_trait::async_trait;
-
-    /// Policy only; the async methods are never reached by `route`.
-    struct Policy;
-
-    const HERE: [&str; 2] = ["A", "A2"];
-    const KNOWN: [&str; 6] = ["A", "A2", "B", "C", "M", "X"];
-    const PAIRS: [(&str, &str); 4] = [("A", "B"), ("A", "C"), ("A2", "B"), ("A", "A2")];
-    const HYBRID: KeyProfile = KeyProfile {
-        policy: "QKD+PQ+T",
-        suite: "X25519/ML-KEM-768",
-    };
-    const QKD_ONLY: KeyProfile = KeyProfile {
-        policy: "QKD-only",
-        suite: "",
-    };
+    use crate::api::check::policy::{HYBRID, Policy, QKD_ONLY, sae};
 
     fn mixed(slaves: &[&str]) -> Result<Call, EtsiError> {
         let pairs = slaves
@@ -420,51 +405,6 @@ mod tests {
             })
             .collect();
         Err(RequestError::MixedProfiles { pairs }.into())
-    }
-
-    #[async_trait]
-    impl KeyService for Policy {
-        fn admits(&self, sae: &SaeId) -> bool {
-            HERE.contains(&sae.as_str())
-        }
-        fn knows(&self, sae: &SaeId) -> bool {
-            KNOWN.contains(&sae.as_str())
-        }
-        fn limits(&self, master: &SaeId, slave: &SaeId) -> KeyLimits {
-            // Multicast only from A to B (up to 2 extra slaves); none elsewhere.
-            let mut l = KeyLimits {
-                max_sae_id_count: 0,
-                ..KeyLimits::default()
-            };
-            if master.as_str() == "A" && ["B", "A2"].contains(&slave.as_str()) {
-                l.max_sae_id_count = 2;
-            }
-            l
-        }
-        fn may_pair(&self, master: &SaeId, slave: &SaeId) -> bool {
-            PAIRS.contains(&(master.as_str(), slave.as_str()))
-        }
-        fn profile(&self, _: &SaeId, slave: &SaeId) -> KeyProfile {
-            // A2 is the one slave whose pair with A is configured QKD-only.
-            if slave.as_str() == "A2" {
-                QKD_ONLY
-            } else {
-                HYBRID
-            }
-        }
-        async fn status(&self, _: &SaeId, _: &SaeId) -> Result<PairStatus, ServiceError> {
-            Err(ServiceError::Storage)
-        }
-        async fn enc_keys(&self, _: EncKeysRequest) -> Result<Vec<DeliveredKey>, ServiceError> {
-            Err(ServiceError::Storage)
-        }
-        async fn dec_keys(&self, _: DecKeysRequest) -> Result<Vec<DeliveredKey>, ServiceError> {
-            Err(ServiceError::Storage)
-        }
-    }
-
-    fn sae(s: &str) -> SaeId {
-        SaeId::parse(s).unwrap()
     }
 
     const K1: &str = "550e8400-e29b-41d4-a716-446655440000";

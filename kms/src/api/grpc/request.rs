@@ -40,17 +40,11 @@ pub fn get_keys(
 ) -> Result<EncKeysRequest, GrpcError> {
     let caller = check::admit(caller, service)?;
     let slave = check::known_slave(SaeId::parse(&req.slave_sae_id).ok(), caller, service)?;
-    let additional_slaves = req
-        .additional_slave_sae_ids
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            SaeId::parse(s).map_err(|e| GrpcError::Malformed {
-                field: format!("additional_slave_sae_ids[{i}]"),
-                problem: format!("not a valid SAE ID: {e}"),
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let additional_slaves = parse_each(
+        &req.additional_slave_sae_ids,
+        "additional_slave_sae_ids",
+        |s| SaeId::parse(s).map_err(|e| format!("not a valid SAE ID: {e}")),
+    )?;
     let params = EncKeysParams {
         number: req.number.map(u64::from),
         size: req.size.map(u64::from),
@@ -68,17 +62,10 @@ pub fn get_keys_by_ids(
     service: &dyn KeyService,
 ) -> Result<DecKeysRequest, GrpcError> {
     let caller = check::admit(caller, service)?;
-    let key_ids = req
-        .key_ids
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            KeyId::parse(s).map_err(|_| GrpcError::Malformed {
-                field: format!("key_ids[{i}]"),
-                problem: "not a UUID (e.g. 550e8400-e29b-41d4-a716-446655440000)".into(),
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let key_ids = parse_each(&req.key_ids, "key_ids", |s| {
+        KeyId::parse(s)
+            .map_err(|_| "not a UUID (e.g. 550e8400-e29b-41d4-a716-446655440000)".to_owned())
+    })?;
     let key_ids = check::key_ids(key_ids)?;
     let master = SaeId::parse(&req.master_sae_id).map_err(|_| ServiceError::KeysNotFound)?;
     Ok(DecKeysRequest {
@@ -88,54 +75,30 @@ pub fn get_keys_by_ids(
     })
 }
 
+/// Parses every entry of a repeated field; the first failure names the field and its index.
+fn parse_each<T>(
+    items: &[String],
+    field: &str,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, GrpcError> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            parse(s).map_err(|problem| GrpcError::Malformed {
+                field: format!("{field}[{i}]"),
+                problem,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::api::check::RequestError;
-    use crate::api::{DeliveredKey, KeyLimits, KeyProfile, PairStatus};
-    use async_trait::async_trait;
-
-    /// Policy only: A is attached; A may pair with B and C; multicast up to 1 extra slave.
-    struct Policy;
-
-    #[async_trait]
-    impl KeyService for Policy {
-        fn admits(&self, sae: &SaeId) -> bool {
-            sae.as_str() == "A"
-        }
-        fn knows(&self, sae: &SaeId) -> bool {
-            ["A", "B", "C", "X"].contains(&sae.as_str())
-        }
-        fn limits(&self, _: &SaeId, _: &SaeId) -> KeyLimits {
-            KeyLimits {
-                max_sae_id_count: 1,
-                ..KeyLimits::default()
-            }
-        }
-        fn may_pair(&self, _: &SaeId, slave: &SaeId) -> bool {
-            ["B", "C"].contains(&slave.as_str())
-        }
-        fn profile(&self, _: &SaeId, _: &SaeId) -> KeyProfile {
-            KeyProfile {
-                policy: "QKD+PQ+T",
-                suite: "X25519/ML-KEM-768",
-            }
-        }
-        async fn status(&self, _: &SaeId, _: &SaeId) -> Result<PairStatus, ServiceError> {
-            Err(ServiceError::Storage)
-        }
-        async fn enc_keys(&self, _: EncKeysRequest) -> Result<Vec<DeliveredKey>, ServiceError> {
-            Err(ServiceError::Storage)
-        }
-        async fn dec_keys(&self, _: DecKeysRequest) -> Result<Vec<DeliveredKey>, ServiceError> {
-            Err(ServiceError::Storage)
-        }
-    }
-
-    fn sae(s: &str) -> SaeId {
-        SaeId::parse(s).unwrap()
-    }
+    use crate::api::check::policy::{Policy, sae};
 
     fn keys(
         slave: &str,
@@ -195,8 +158,8 @@ mod tests {
             Err(RequestError::SizeNotMultipleOf8.into())
         );
         assert_eq!(
-            check(Some(&a), keys("B", None, None, &["C", "X"])),
-            Err(RequestError::TooManyAdditionalSlaves { max: 1 }.into())
+            check(Some(&a), keys("B", None, None, &["C", "X", "M"])),
+            Err(RequestError::TooManyAdditionalSlaves { max: 2 }.into())
         );
         assert_eq!(
             check(Some(&a), keys("X", None, None, &[])),
