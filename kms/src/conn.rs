@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use qkd_types::SaeId;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -180,61 +180,63 @@ where
     let caps = ClientCaps::<K>::new(limits.max_connections_per_client, port);
     let full = CapLog::new(port);
     let identify = Arc::new(identify);
-    let task =
-        tokio::spawn(async move {
-            loop {
-                if slots.available_permits() == 0 {
-                    full.refused(|suppressed| {
-                        tracing::warn!(
-                            suppressed,
-                            "{port}: every connection slot is in use; new clients wait in the \
+    let task = tokio::spawn(async move {
+        loop {
+            if slots.available_permits() == 0 {
+                full.refused(|suppressed| {
+                    tracing::warn!(
+                        suppressed,
+                        "{port}: every connection slot is in use; new clients wait in the \
                          listen backlog ({suppressed} more times since the last warning)"
-                        );
-                    });
-                }
-                // The slot is taken before accepting and lives as long as the connection.
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    return;
-                };
-                let Ok((tcp, _)) = listener.accept().await else {
-                    // Per-connection failures (reset before accept, EMFILE): back off a little.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let _ = tcp.set_nodelay(true);
-                let (acceptor, tx, caps, identify) =
-                    (acceptor.clone(), tx.clone(), caps.clone(), identify.clone());
-                tokio::spawn(async move {
-                    let stream =
-                        match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp))
-                            .await
-                        {
-                            Ok(Ok(stream)) => stream,
-                            Ok(Err(e)) => {
-                                tracing::debug!(error = %e, "{port}: TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!("{port}: TLS handshake timed out");
-                                return;
-                            }
-                        };
-                    let Some(client) = identify(&stream) else {
-                        return;
-                    };
-                    let Some(slot) = caps.try_acquire(client) else {
-                        return;
-                    };
-                    let _ = tx
-                        .send(Ok(CappedStream {
-                            inner: stream,
-                            _permit: permit,
-                            _slot: slot,
-                        }))
-                        .await;
+                    );
                 });
             }
-        });
+            // The slot is taken before accepting and lives as long as the connection.
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let Ok((tcp, _)) = listener.accept().await else {
+                // Per-connection failures (reset before accept, EMFILE): back off a little.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx, caps, identify) =
+                (acceptor.clone(), tx.clone(), caps.clone(), identify.clone());
+            tokio::spawn(async move {
+                let stream = match tokio::time::timeout(
+                    limits.handshake_timeout,
+                    acceptor.accept(tcp),
+                )
+                .await
+                {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "{port}: TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!("{port}: TLS handshake timed out");
+                        return;
+                    }
+                };
+                let slot = identify(&stream).and_then(|client| caps.try_acquire(client));
+                let Some(slot) = slot else {
+                    // Refused: close at once (close_notify, briefly) so the slot frees.
+                    let mut stream = stream;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+                    return;
+                };
+                let _ = tx
+                    .send(Ok(CappedStream {
+                        inner: stream,
+                        _permit: permit,
+                        _slot: slot,
+                    }))
+                    .await;
+            });
+        }
+    });
     (ReceiverStream::new(rx), task)
 }
 

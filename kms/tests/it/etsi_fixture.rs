@@ -79,6 +79,11 @@ pub struct Fixture {
     pub untrusted: Arc<ClientConfig>,
     /// What runs behind the KMEs besides their ETSI servers (real nodes only).
     nodes: Option<Nodes>,
+    /// The key service behind each KME, in `kmes` order (for other front ends over the same
+    /// keys).
+    pub services: Vec<Arc<dyn KeyService>>,
+    /// The deployment's PKI (for the certificates of other front ends).
+    pub pki: DemoPki,
 }
 
 /// The parts of real nodes other than their ETSI 014 servers.
@@ -136,8 +141,9 @@ impl Fixture {
         let service = wrap(fake);
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = DemoPki::create(dir.path()).expect("demo PKI");
-        let kme = start_kme_with(&pki, "kme-1", service, limits).await;
+        let kme = start_kme_with(&pki, "kme-1", service.clone(), limits).await;
         let mut fx = Self::with_clients(dir, pki, vec![kme]);
+        fx.services = vec![service];
         for sae in SAES.iter().chain(&["NODE", "NODE-A"]) {
             fx.home.insert(sae, 0);
         }
@@ -321,6 +327,10 @@ impl Fixture {
         }
         let mut fx = Self::with_clients(dir, pki, kmes);
         fx.nodes = Some(nodes);
+        fx.services = managers
+            .iter()
+            .map(|m| Arc::new(m.clone()) as Arc<dyn KeyService>)
+            .collect();
         for (who, kme) in [
             ("A", 0),
             ("B", 1),
@@ -408,6 +418,8 @@ impl Fixture {
             files,
             untrusted,
             nodes: None,
+            services: Vec::new(),
+            pki,
         }
     }
 
@@ -424,6 +436,19 @@ impl Fixture {
     /// The certificate, key and CA files of `sae` (one of [`SAES`]).
     pub fn files(&self, sae: &str) -> TlsFiles {
         self.files[sae].clone()
+    }
+
+    /// The TLS client configuration of `who` (an SAE of [`SAES`], "NODE" or "NODE-A").
+    pub fn tls_config(&self, who: &str) -> Arc<ClientConfig> {
+        self.tls[who].clone()
+    }
+
+    /// Real nodes only: stops both node-to-node servers, so that neither node can reach the
+    /// other any more (the key managers and the SAE-facing servers keep running).
+    pub fn stop_peers(&self) {
+        if let Some(nodes) = &self.nodes {
+            let _ = nodes.stop.send(true);
+        }
     }
 
     /// A raw TLS connection from `sae` to its KME.

@@ -4,4 +4,5 @@ mod etsi014;
 mod etsi_fixture;
 mod fake;
 mod fuzz_corpus;
+mod grpc;
 mod hybrid;
