@@ -16,13 +16,14 @@ use qkd_kms::hybrid::{NodeSigningKey, PeerKey};
 use qkd_kms::tls::{self, TlsFiles};
 use qkd_types::Secret;
 
-use crate::config::{ConfigError, NodeConfig, SourceSection};
+use crate::config::{ConfigError, GrpcSection, NodeConfig, SourceSection};
 use crate::daemon::{ListenRecord, seed_path};
 
 /// Loads and cross-checks every file the configuration names: the TLS certificate (and that it
 /// names this node), its key (and that the two belong together), the CA, this node's signing key
 /// if it exists yet (it is generated at first start otherwise), every pinned signing key of
-/// `[[node_info]]`, and the seed of every simulated link.
+/// `[[node_info]]`, the seed of every simulated link, and the files of the gRPC port if `[grpc]`
+/// is configured.
 pub fn offline(cfg: &NodeConfig) -> Result<(), ConfigError> {
     let err = |key: &str, file: &Path, what: String| {
         let name = file.display().to_string();
@@ -89,6 +90,10 @@ pub fn offline(cfg: &NodeConfig) -> Result<(), ConfigError> {
         })?;
     }
 
+    if let Some(g) = &cfg.grpc {
+        check_grpc_tls(cfg, g)?;
+    }
+
     read_signing_key(&cfg.relay.signing_key)
         .map_err(|e| err("relay.signing_key", &cfg.relay.signing_key, e))?;
     for (i, n) in cfg.nodes.iter().enumerate() {
@@ -115,6 +120,55 @@ pub fn tls_files(cfg: &NodeConfig) -> TlsFiles {
         key: cfg.tls.key.clone(),
         ca: cfg.tls.ca.clone(),
     }
+}
+
+/// The TLS files of the gRPC key delivery port: its own where `[grpc]` names them, else `[tls]`'s.
+pub fn grpc_tls_files(cfg: &NodeConfig, g: &GrpcSection) -> TlsFiles {
+    TlsFiles {
+        cert_chain: g.cert.clone().unwrap_or_else(|| cfg.tls.cert.clone()),
+        key: g.key.clone().unwrap_or_else(|| cfg.tls.key.clone()),
+        ca: g.ca.clone().unwrap_or_else(|| cfg.tls.ca.clone()),
+    }
+}
+
+/// Loads the gRPC port's TLS files and builds its configuration exactly as `run` will; errors
+/// name the `[grpc]` key when the file is the port's own, the `[tls]` key otherwise.
+fn check_grpc_tls(cfg: &NodeConfig, g: &GrpcSection) -> Result<(), ConfigError> {
+    let files = grpc_tls_files(cfg, g);
+    let key_of = |own: bool, name: &str| {
+        if own {
+            format!("grpc.{name}")
+        } else {
+            format!("tls.{name}")
+        }
+    };
+    let fail = |key: String, file: &Path, e: tls::TlsError| {
+        let what = e.to_string();
+        let name = file.display().to_string();
+        ConfigError {
+            file: cfg.path.clone(),
+            key,
+            what: if what.contains(&name) {
+                what
+            } else {
+                format!("{name}: {what}")
+            },
+        }
+    };
+    let (cert_key, key_key, ca_key) = (
+        key_of(g.cert.is_some(), "cert"),
+        key_of(g.key.is_some(), "key"),
+        key_of(g.ca.is_some(), "ca"),
+    );
+    tls::load_certs(&files.cert_chain).map_err(|e| fail(cert_key, &files.cert_chain, e))?;
+    tls::load_private_key(&files.key).map_err(|e| fail(key_key.clone(), &files.key, e))?;
+    tls::load_roots(&files.ca).map_err(|e| fail(ca_key.clone(), &files.ca, e))?;
+    tls::grpc_server_config(&files)
+        .map(drop)
+        .map_err(|e| match e {
+            tls::TlsError::Config { .. } => fail(key_key, &files.key, e),
+            e => fail(ca_key, &files.ca, e),
+        })
 }
 
 /// This node's signing key, if the file exists (hex of the raw seeds).

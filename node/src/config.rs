@@ -52,6 +52,9 @@ pub struct NodeConfig {
     /// Per-pair protection, overriding the relay defaults.
     #[serde(default, rename = "pair")]
     pub pairs: Vec<PairSection>,
+    /// The optional gRPC key delivery listener for SAEs (`qkd.keys.v1.KeyDelivery`).
+    #[serde(default)]
+    pub grpc: Option<GrpcSection>,
     /// The file this configuration was read from (for error messages).
     #[serde(skip)]
     pub path: PathBuf,
@@ -249,6 +252,31 @@ pub struct TlsSection {
     pub ca: PathBuf,
 }
 
+/// `[grpc]`: key delivery to SAEs over gRPC (docs/grpc.md), beside ETSI 014, with the same SAEs,
+/// pairs, limits and admission.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcSection {
+    /// Listener address; port 0 picks one at first start and records it.
+    pub listen: SocketAddr,
+    /// PEM certificate chain served on this port; `[tls] cert` when absent. Set with `key`.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`; `[tls] key` when absent. Set with `cert`.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// PEM CA certificate(s) that SAE certificates chain to; `[tls] ca` when absent.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Most connections one SAE may hold at once (the others are closed at once).
+    #[serde(default = "default_grpc_per_client")]
+    pub max_connections_per_client: usize,
+}
+
+fn default_grpc_per_client() -> usize {
+    qkd_kms::api::grpc::GrpcLimits::default().max_connections_per_client
+}
+
 /// `[limits]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -426,6 +454,24 @@ impl NodeConfig {
         for n in &mut cfg.nodes {
             if let Some(p) = &mut n.signing_public_key {
                 abs(p);
+            }
+        }
+        if let Some(g) = &mut cfg.grpc {
+            for p in [&mut g.cert, &mut g.key, &mut g.ca].into_iter().flatten() {
+                abs(p);
+            }
+            if g.cert.is_some() != g.key.is_some() {
+                return Err(err(
+                    "grpc",
+                    "set both cert and key, or neither (then [tls] cert and key serve gRPC too)"
+                        .into(),
+                ));
+            }
+            if g.max_connections_per_client == 0 {
+                return Err(err(
+                    "grpc.max_connections_per_client",
+                    "must be positive".into(),
+                ));
             }
         }
         for n in &mut cfg.neighbours {
@@ -743,6 +789,24 @@ peers = ["ENC-A"]
         assert_eq!(c.node.data_dir, PathBuf::from("/etc/qkd/data"));
         assert_eq!(c.limits.key_size, 256);
         assert_eq!(c.saes.len(), 2);
+        assert!(c.grpc.is_none());
+    }
+
+    #[test]
+    fn grpc_section_is_optional_and_defaults_to_the_tls_files() {
+        let c = parse(&(GOOD.to_string() + "\n[grpc]\nlisten = \"127.0.0.1:50051\"\n")).unwrap();
+        let g = c.grpc.unwrap();
+        assert_eq!(g.listen, "127.0.0.1:50051".parse().unwrap());
+        assert_eq!((g.cert, g.key, g.ca), (None, None, None));
+        assert_eq!(g.max_connections_per_client, 64);
+        let c = parse(
+            &(GOOD.to_string()
+                + "\n[grpc]\nlisten = \"127.0.0.1:0\"\ncert = \"g.pem\"\nkey = \"g.key\"\n"),
+        )
+        .unwrap();
+        let g = c.grpc.unwrap();
+        assert_eq!(g.cert, Some(PathBuf::from("/etc/qkd/g.pem")));
+        assert_eq!(g.key, Some(PathBuf::from("/etc/qkd/g.key")));
     }
 
     /// Defect 7: semantic rules that were missing. Each error names the key and the problem.
@@ -818,6 +882,22 @@ peers = ["ENC-A"]
                 GOOD.to_string() + "\n[relay]\npool_ttl_seconds = 0\n",
                 "relay.pool_ttl_seconds",
                 "must be positive",
+            ),
+            (
+                GOOD.to_string() + "\n[grpc]\nlisten = \"127.0.0.1:0\"\ncert = \"g.pem\"\n",
+                "grpc",
+                "set both cert and key",
+            ),
+            (
+                GOOD.to_string()
+                    + "\n[grpc]\nlisten = \"127.0.0.1:0\"\nmax_connections_per_client = 0\n",
+                "grpc.max_connections_per_client",
+                "must be positive",
+            ),
+            (
+                GOOD.to_string() + "\n[grpc]\nlisten = \"localhost:50051\"\n",
+                "line 46",
+                "invalid socket address",
             ),
         ];
         for (text, key, what) in cases {

@@ -1,6 +1,6 @@
 //! The trusted-node daemon: binds its listeners (reusing the ports recorded at first start),
 //! opens the store, starts the links, the key manager, the node-to-node gRPC service, the ETSI
-//! 014 server and the operator status endpoint, and runs until told to stop or until the store
+//! 014 server, the gRPC key delivery server (if configured) and the operator status endpoint, and runs until told to stop or until the store
 //! fails (then it exits so that it recovers from disk at the next start).
 
 use std::net::SocketAddr;
@@ -11,6 +11,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use qkd_hardware::{KeySource, LinkRole};
 use qkd_kms::api::etsi014::ServerLimits;
+use qkd_kms::api::grpc::GrpcLimits;
+use qkd_kms::api::observe::ApiCounters;
 use qkd_kms::api::{KeyLimits, KeyService};
 use qkd_kms::durable::Access;
 use qkd_kms::manager::{
@@ -41,6 +43,9 @@ pub struct ListenRecord {
     pub peer: SocketAddr,
     /// Operator status address, if enabled.
     pub admin: Option<SocketAddr>,
+    /// gRPC key delivery address, if enabled (absent in records of earlier versions).
+    #[serde(default)]
+    pub grpc: Option<SocketAddr>,
 }
 
 /// Name of the listen record in the data directory.
@@ -155,17 +160,23 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         Some(a) => Some(bind(a, recorded.as_ref().and_then(|r| r.admin), "admin").await?),
         None => None,
     };
+    let grpc_l = match &cfg.grpc {
+        Some(g) => Some(bind(g.listen, recorded.as_ref().and_then(|r| r.grpc), "gRPC").await?),
+        None => None,
+    };
 
     // Every listener is bound (connections wait in the backlog until the servers start): record
     // the addresses, for restarts and for neighbours and demos on the same host.
     let etsi_addr = etsi_l.local_addr()?;
     let peer_addr = peer_l.local_addr()?;
     let admin_addr = admin_l.as_ref().map(|l| l.local_addr()).transpose()?;
+    let grpc_addr = grpc_l.as_ref().map(|l| l.local_addr()).transpose()?;
     let record = ListenRecord {
         version: 1,
         etsi: etsi_addr,
         peer: peer_addr,
         admin: admin_addr,
+        grpc: grpc_addr,
     };
     write_atomic(
         &data.join(LISTEN_FILE),
@@ -285,17 +296,41 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     let server_cfg =
         Arc::new(qkd_kms::tls::server_config(&tls).context("ETSI 014 TLS configuration")?);
     let service: Arc<dyn KeyService> = Arc::new(manager.clone());
-    let etsi_task = tokio::spawn(qkd_kms::api::etsi014::serve_with(
+    // One instrumentation hook for every front end; `/status` shows its counts.
+    let counters = Arc::new(ApiCounters::new());
+    let identity = SaeIdentityRule::new(cfg.node.sae_uri_prefix.clone());
+    let etsi_task = tokio::spawn(qkd_kms::api::etsi014::serve_observed(
         etsi_l,
         server_cfg,
-        service,
-        SaeIdentityRule::new(cfg.node.sae_uri_prefix.clone()),
+        service.clone(),
+        identity.clone(),
         ServerLimits {
             max_connections_per_client: cfg.node.etsi_max_connections_per_client,
             ..ServerLimits::default()
         },
+        counters.clone(),
         stop(),
     ));
+    let grpc_task = match (grpc_l, &cfg.grpc) {
+        (Some(l), Some(g)) => {
+            let tls = qkd_kms::tls::grpc_server_config(&check::grpc_tls_files(&cfg, g))
+                .context("gRPC TLS configuration")?;
+            let limits = GrpcLimits {
+                max_connections_per_client: g.max_connections_per_client,
+                ..GrpcLimits::default()
+            };
+            Some(tokio::spawn(qkd_kms::api::grpc::serve(
+                l,
+                Arc::new(tls),
+                service,
+                identity,
+                limits,
+                counters.clone(),
+                stop(),
+            )))
+        }
+        _ => None,
+    };
     let peer_task = tokio::spawn({
         let m = manager.clone();
         let tls = tls.clone();
@@ -308,11 +343,12 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
             manager.clone(),
             cfg.node.id.clone(),
             warnings.clone(),
+            counters.clone(),
             stop(),
         ))
     });
 
-    tracing::info!(node = %cfg.node.id, etsi = %etsi_addr, peer = %peer_addr, admin = ?admin_addr, "node serving");
+    tracing::info!(node = %cfg.node.id, etsi = %etsi_addr, peer = %peer_addr, admin = ?admin_addr, grpc = ?grpc_addr, "node serving");
 
     let bg = {
         let m = manager.clone();
@@ -332,6 +368,14 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     }
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = etsi_task.await;
+    if let Some(t) = grpc_task {
+        match t.await {
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "gRPC key delivery server stopped with an error")
+            }
+            Ok(Ok(())) | Err(_) => {}
+        }
+    }
     let _ = peer_task.await;
     if let Some(t) = admin_task {
         let _ = t.await;

@@ -136,6 +136,9 @@ pub struct DemoNodeOut {
     pub kme_id: String,
     /// ETSI 014 base URL, host matching the server certificate.
     pub etsi_base_url: String,
+    /// gRPC key delivery address (`host:port`, host matching the server certificate), if the
+    /// node serves it.
+    pub grpc_addr: Option<String>,
     /// CA certificate that verifies the node's server certificate.
     pub ca_file: PathBuf,
     /// Operator status URL.
@@ -245,6 +248,11 @@ fn setup(
             cert.cert,
             cert.key,
             pki.ca_cert()
+        )?;
+        writeln!(
+            t,
+            "# gRPC key delivery (docs/grpc.md), with the [tls] files.\n[grpc]\nlisten = \"{}:0\"\n",
+            node.ip
         )?;
         writeln!(
             t,
@@ -405,6 +413,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
                 id: n.id.clone(),
                 kme_id: format!("KME-{}", n.id),
                 etsi_base_url: url(l.etsi),
+                grpc_addr: l.grpc.map(|a| a.to_string()),
                 ca_file: pki.ca_cert().to_path_buf(),
                 status_url: l.admin.map(|a| format!("http://{a}/status")),
                 config_file: c.clone(),
@@ -474,9 +483,10 @@ fn print_next_steps(d: &DemoDescription, json: &Path) {
     );
     for n in &d.nodes {
         println!(
-            "  node {:<3} ETSI 014 {}   status {}",
+            "  node {:<3} ETSI 014 {}   gRPC {}   status {}",
             n.id.as_str(),
             n.etsi_base_url,
+            n.grpc_addr.as_deref().unwrap_or("-"),
             n.status_url.as_deref().unwrap_or("-")
         );
     }
@@ -507,6 +517,22 @@ fn print_next_steps(d: &DemoDescription, json: &Path) {
         a1.key_file.display(),
         na.etsi_base_url
     );
+    if let (Some(ga), Some(gb)) = (&na.grpc_addr, &nb.grpc_addr) {
+        println!();
+        println!(
+            "   The same over gRPC (qkd.keys.v1.KeyDelivery, docs/grpc.md; grpcurl shows key bytes base64-encoded):"
+        );
+        println!(
+            "grpcurl -cacert {ca} -cert {} -key {} -d '{{\"slave_sae_id\":\"ENC-B1\",\"number\":1}}' {ga} qkd.keys.v1.KeyDelivery/GetKeys",
+            a1.cert_file.display(),
+            a1.key_file.display(),
+        );
+        println!(
+            "grpcurl -cacert {ca} -cert {} -key {} -d \"{{\\\"master_sae_id\\\":\\\"ENC-A1\\\",\\\"key_ids\\\":[\\\"$KEY_ID\\\"]}}\" {gb} qkd.keys.v1.KeyDelivery/GetKeysByIds",
+            b1.cert_file.display(),
+            b1.key_file.display(),
+        );
+    }
     if let (Some(e1), Some(ne)) = (sae("ENC-E1"), node("E")) {
         println!();
         println!(

@@ -1,7 +1,8 @@
 //! Operator status over plain HTTP on a loopback listener (axum): `GET /status` answers JSON with
 //! the node's identity, per link its state, QBER, key rate, pool levels and whether its keys are
-//! simulated, and the configuration warnings an operator must see (SAE pairs configured
-//! `qkd-only`). Never any key bytes. `GET /healthz` answers `ok`.
+//! simulated, the configuration warnings an operator must see (SAE pairs configured
+//! `qkd-only`), and the requests each key-delivery API answered, per operation and outcome class
+//! (`api_requests`). Never any key bytes, SAE IDs or key IDs in the counters. `GET /healthz` answers `ok`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use qkd_kms::api::observe::ApiCounters;
 use qkd_kms::manager::KeyManager;
 use qkd_types::{NodeId, SaeId};
 use serde::Serialize;
@@ -52,6 +54,8 @@ struct NodeStatus {
     delivery_notices: qkd_kms::manager::NoticeStats,
     /// Pairs of this node's SAEs configured `qkd-only`.
     warnings: Vec<PairWarning>,
+    /// Requests answered since start, per key-delivery API, operation and outcome.
+    api_requests: serde_json::Value,
 }
 
 #[derive(Debug, Serialize)]
@@ -68,6 +72,7 @@ struct Ctx {
     manager: KeyManager,
     node: NodeId,
     warnings: Arc<Vec<PairWarning>>,
+    api_requests: Arc<ApiCounters>,
 }
 
 /// The status document.
@@ -88,6 +93,8 @@ async fn status_json(ctx: &Ctx) -> String {
         voided_at_start: ctx.manager.voided_at_start(),
         delivery_notices: ctx.manager.notice_stats(),
         warnings: ctx.warnings.as_ref().clone(),
+        api_requests: serde_json::to_value(ctx.api_requests.as_ref())
+            .unwrap_or(serde_json::Value::Null),
     };
     serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
@@ -98,12 +105,14 @@ pub async fn serve(
     manager: KeyManager,
     node: NodeId,
     warnings: Vec<PairWarning>,
+    api_requests: Arc<ApiCounters>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let ctx = Ctx {
         manager,
         node,
         warnings: Arc::new(warnings),
+        api_requests,
     };
     let app = Router::new()
         .route("/status", get(status))

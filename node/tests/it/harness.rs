@@ -57,6 +57,7 @@ pub struct Listen {
     pub etsi: std::net::SocketAddr,
     pub peer: std::net::SocketAddr,
     pub admin: Option<std::net::SocketAddr>,
+    pub grpc: Option<std::net::SocketAddr>,
 }
 
 impl Net {
@@ -116,6 +117,40 @@ impl Net {
 
     pub fn path(&self) -> PathBuf {
         self.dir.path().canonicalize().unwrap()
+    }
+
+    /// A gRPC key delivery client holding `sae`'s certificate, connected to `node`'s gRPC port.
+    pub fn grpc(
+        &self,
+        sae: &str,
+        node: &str,
+    ) -> qkd_proto::keys::key_delivery_client::KeyDeliveryClient<tonic::transport::Channel> {
+        use std::sync::Arc;
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let addr = self.listen(node).grpc.expect("the node serves gRPC");
+        let pki = self.path().join("pki");
+        let files = qkd_kms::tls::TlsFiles {
+            cert_chain: pki.join(format!("sae-{sae}.crt")),
+            key: pki.join(format!("sae-{sae}.key")),
+            ca: pki.join("ca.crt"),
+        };
+        let mut config = qkd_kms::tls::client_config(&files).unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let connect = tower::service_fn(move |_: http::Uri| {
+            let connector = connector.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        });
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(10))
+            .connect_with_connector_lazy(connect);
+        qkd_proto::keys::key_delivery_client::KeyDeliveryClient::new(channel)
     }
 
     fn client(&self, sae: &str) -> reqwest::Client {

@@ -8,6 +8,7 @@ mod conform;
 mod defects;
 mod deps;
 mod fuzz_corpus;
+mod grpc;
 mod harness;
 mod network;
 mod relay;
