@@ -896,7 +896,7 @@ peers = ["ENC-A"]
             ),
             (
                 GOOD.to_string() + "\n[grpc]\nlisten = \"localhost:50051\"\n",
-                "line 46",
+                "line 45, column 10",
                 "invalid socket address",
             ),
         ];

@@ -215,6 +215,10 @@ async fn status_mapping_and_consume_once_over_real_nodes() {
         Code::InvalidArgument,
     );
 
+    // A request beyond the port's message limit never reaches the checks.
+    let huge: Vec<String> = (0..2000).map(|_| KeyId::random().to_string()).collect();
+    refused(b.get_keys_by_ids(by_ids("A", &huge)).await, Code::OutOfRange);
+
     // NOT_FOUND: a key ID nobody issued.
     refused(
         b.get_keys_by_ids(by_ids("A", &[KeyId::random().to_string()]))

@@ -98,6 +98,8 @@ fn bad_files_and_rules_are_named_and_run_leaves_the_data_directory_untouched() {
     let g = garbage.display().to_string();
     let other_key = pki.join("node-B.key").display().to_string();
     let pair = "\n[[pair]]\nsaes = [\"ENC-A1\", \"ENC-B1\"]\npolicy = \"qkd+pq\"\n";
+    assert!(good.contains("[grpc]\n"), "the demo configures a gRPC port");
+    let grpc = |lines: &str| good.replacen("[grpc]\n", &format!("[grpc]\n{lines}\n"), 1);
     // (configuration, TOML key and file the message must name)
     let cases: Vec<(String, &str, String)> = vec![
         (good.replace(&cert, &missing), "tls.cert", missing.clone()),
@@ -110,6 +112,21 @@ fn bad_files_and_rules_are_named_and_run_leaves_the_data_directory_untouched() {
             missing.clone(),
         ),
         (format!("{good}{pair}{pair}"), "pair[1]", String::new()),
+        // The gRPC port's own files, when `[grpc]` names them.
+        (
+            grpc(&format!("cert = {missing:?}\nkey = {key:?}")),
+            "grpc.cert",
+            missing.clone(),
+        ),
+        (
+            grpc(&format!(
+                "cert = {:?}\nkey = {key:?}",
+                pki.join("node-B.crt").display().to_string()
+            )),
+            "grpc.key",
+            key.clone(),
+        ),
+        (grpc(&format!("ca = {g:?}")), "grpc.ca", g.clone()),
     ];
     for (text, key, file) in cases {
         let bad = dir.join("bad.toml");
