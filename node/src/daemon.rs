@@ -368,13 +368,10 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     }
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = etsi_task.await;
-    if let Some(t) = grpc_task {
-        match t.await {
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "gRPC key delivery server stopped with an error")
-            }
-            Ok(Ok(())) | Err(_) => {}
-        }
+    if let Some(t) = grpc_task
+        && let Ok(Err(e)) = t.await
+    {
+        tracing::warn!(error = %e, "gRPC key delivery server stopped with an error");
     }
     let _ = peer_task.await;
     if let Some(t) = admin_task {

@@ -4,6 +4,8 @@
 //! attached to node 1, B and C to node 2; A may pair with B only; R is attached elsewhere, U is
 //! registered nowhere, NODE and NODE-A present node certificates.
 
+#![allow(clippy::unwrap_used)]
+
 use std::error::Error as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -217,7 +219,10 @@ async fn status_mapping_and_consume_once_over_real_nodes() {
 
     // A request beyond the port's message limit never reaches the checks.
     let huge: Vec<String> = (0..2000).map(|_| KeyId::random().to_string()).collect();
-    refused(b.get_keys_by_ids(by_ids("A", &huge)).await, Code::OutOfRange);
+    refused(
+        b.get_keys_by_ids(by_ids("A", &huge)).await,
+        Code::OutOfRange,
+    );
 
     // NOT_FOUND: a key ID nobody issued.
     refused(
