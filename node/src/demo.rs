@@ -523,7 +523,7 @@ fn print_next_steps(d: &DemoDescription, json: &Path) {
             "   The same over gRPC (qkd.keys.v1.KeyDelivery, docs/grpc.md; grpcurl shows key bytes base64-encoded):"
         );
         println!(
-            "grpcurl -cacert {ca} -cert {} -key {} -d '{{\"slave_sae_id\":\"ENC-B1\",\"number\":1}}' {ga} qkd.keys.v1.KeyDelivery/GetKeys",
+            "KEY_ID=$(grpcurl -cacert {ca} -cert {} -key {} -d '{{\"slave_sae_id\":\"ENC-B1\",\"number\":1}}' {ga} qkd.keys.v1.KeyDelivery/GetKeys | tee /dev/stderr | sed -n 's/.*\"keyId\": *\"\\([^\"]*\\)\".*/\\1/p'); echo key_ID=$KEY_ID",
             a1.cert_file.display(),
             a1.key_file.display(),
         );
