@@ -235,4 +235,64 @@ async fn multicast_reaches_slaves_at_two_nodes_with_identical_keys_once_each() {
             .await;
         assert_eq!(code, 400, "{slave} fetched a multicast key twice");
     }
+
+    // The same over gRPC: the master asks at A, E1 fetches over gRPC at E, C1 over ETSI at C.
+    let mut a1 = net.grpc("ENC-A1", "A");
+    let req = qkd_proto::keys::GetKeysRequest {
+        slave_sae_id: "ENC-E1".into(),
+        number: Some(2),
+        size: Some(512),
+        additional_slave_sae_ids: vec!["ENC-C1".into()],
+    };
+    // Retry as a client does on RESOURCE_EXHAUSTED / UNAVAILABLE (on-demand relay, busy machine).
+    let mut delay = Duration::from_millis(50);
+    let got = loop {
+        match a1.get_keys(req.clone()).await {
+            Ok(r) => break r.into_inner().keys,
+            Err(s)
+                if [tonic::Code::ResourceExhausted, tonic::Code::Unavailable]
+                    .contains(&s.code())
+                    && delay < Duration::from_secs(10) =>
+            {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(s) => panic!("{s:?}\n{}", net.log("A")),
+        }
+    };
+    assert_eq!(got.len(), 2);
+    let id_strings: Vec<String> = got.iter().map(|k| k.key_id.clone()).collect();
+    let by_ids = qkd_proto::keys::GetKeysByIdsRequest {
+        master_sae_id: "ENC-A1".into(),
+        key_ids: id_strings.clone(),
+    };
+    let mut e1 = net.grpc("ENC-E1", "E");
+    let back = e1
+        .get_keys_by_ids(by_ids.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    assert_eq!(back.len(), 2);
+    for (x, y) in got.iter().zip(&back) {
+        assert_eq!(
+            (&x.key_id, &x.key),
+            (&y.key_id, &y.key),
+            "ENC-E1 got other bytes"
+        );
+    }
+    let again = e1.get_keys_by_ids(by_ids).await.unwrap_err();
+    assert_eq!(again.code(), tonic::Code::NotFound, "{again:?}");
+    let ids: Vec<_> = id_strings
+        .iter()
+        .map(|id| json!({ "key_ID": id }))
+        .collect();
+    let (code, back) = net
+        .call("ENC-C1", "ENC-A1/dec_keys", Some(json!({ "key_IDs": ids })))
+        .await;
+    assert_eq!(code, 200, "{back}");
+    let back = keys(&back);
+    for (x, (id, bytes)) in got.iter().zip(&back) {
+        assert_eq!((&x.key_id, &x.key), (id, bytes), "ENC-C1 got other bytes");
+    }
 }
