@@ -43,6 +43,9 @@ pub struct GrpcLimits {
     pub handshake_timeout: Duration,
     /// Largest request message decoded; a GetKeysByIds of 128 key IDs is about 5 KiB.
     pub max_request_bytes: usize,
+    /// Most calls in flight on one connection (HTTP/2 streams); together with the per-SAE
+    /// connection cap it bounds what one SAE can have the key manager work on at once.
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for GrpcLimits {
@@ -52,6 +55,7 @@ impl Default for GrpcLimits {
             max_connections_per_client: 64,
             handshake_timeout: Duration::from_secs(10),
             max_request_bytes: 64 * 1024,
+            max_concurrent_streams: 64,
         }
     }
 }
@@ -263,6 +267,7 @@ pub async fn serve(
     };
     let result = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(limits.max_concurrent_streams)
         .add_service(delivery)
         .add_service(health_service)
         .add_service(reflection_v1)
