@@ -42,6 +42,30 @@ impl Drop for Key {
 mod tests {
     use super::*;
 
+    /// Every message, field and RPC of `keys.proto` carries a comment on the line above it.
+    #[test]
+    fn every_declaration_of_keys_proto_is_commented() {
+        let text = include_str!("../proto/keys.proto");
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        let mut checked = 0;
+        for (i, line) in lines.iter().enumerate() {
+            let field = line.ends_with(';') && line.contains(" = ");
+            let decl = line.starts_with("message ")
+                || line.starts_with("rpc ")
+                || line.starts_with("service ");
+            if field || decl {
+                checked += 1;
+                assert!(
+                    i > 0 && lines[i - 1].starts_with("//"),
+                    "keys.proto line {}: {line:?} has no comment",
+                    i + 1
+                );
+            }
+        }
+        // 1 service, 3 RPCs, 6 messages and 21 fields today.
+        assert!(checked >= 31, "only {checked} declarations found");
+    }
+
     #[test]
     fn key_debug_hides_the_bytes() {
         let k = Key {
