@@ -452,3 +452,76 @@ async fn connections_are_capped_per_sae() {
     n1.stop().await;
     fx.stop().await;
 }
+
+/// Item 4: the ETSI 014 server and the gRPC server report to one observer, each request once,
+/// classed by API, operation and outcome (the admission refusal the ETSI shell answers before
+/// reading a body included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_front_ends_report_to_one_observer() {
+    use qkd_kms::api::etsi014::{self, ServerLimits};
+
+    let fx = Fixture::fake().await;
+    let n1 = GrpcKme::start(&fx, 0, GrpcLimits::default()).await;
+    // An ETSI 014 server over the same keys, reporting to the gRPC server's counters.
+    let issued = fx
+        .pki
+        .issue_node(
+            &NodeId::parse("etsi-observed").unwrap(),
+            [127, 0, 0, 1].into(),
+        )
+        .unwrap();
+    let config = tls::server_config(&issued.tls_files(fx.pki.ca_cert())).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("https://{}/api/v1/keys/", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let etsi = tokio::spawn(etsi014::serve_observed(
+        listener,
+        Arc::new(config),
+        fx.services[0].clone(),
+        SaeIdentityRule::new(SAE_PREFIX),
+        ServerLimits::default(),
+        n1.counters.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+
+    let get = |who: &str, path: &str| fx.client(who).get(format!("{base}{path}")).send();
+    assert_eq!(get("U", "B/enc_keys").await.unwrap().status(), 401);
+    assert_eq!(get("A", "B/status").await.unwrap().status(), 200);
+    assert_eq!(get("A", "B/enc_keys?number=0").await.unwrap().status(), 400);
+    assert_eq!(get("A", "B/nowhere").await.unwrap().status(), 404);
+    let unknown = format!("A/dec_keys?key_ID={}", KeyId::random());
+    assert_eq!(get("B", &unknown).await.unwrap().status(), 400);
+    client(&fx, "A", &n1)
+        .get_status(pb::GetStatusRequest {
+            slave_sae_id: "B".into(),
+        })
+        .await
+        .unwrap();
+
+    let c = &n1.counters;
+    let etsi_count = |op, o| c.count(Api::Etsi014, op, o);
+    assert_eq!(etsi_count(Operation::EncKeys, Outcome::NotAdmitted), 1);
+    assert_eq!(etsi_count(Operation::Status, Outcome::Ok), 1);
+    assert_eq!(etsi_count(Operation::EncKeys, Outcome::Invalid), 1);
+    assert_eq!(etsi_count(Operation::Other, Outcome::Invalid), 1);
+    assert_eq!(etsi_count(Operation::DecKeys, Outcome::NotFound), 1);
+    assert_eq!(c.count(Api::Grpc, Operation::Status, Outcome::Ok), 1);
+    // Nothing else was counted: six requests in all.
+    let v = serde_json::to_value(c.as_ref()).unwrap();
+    let total: u64 = v
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|ops| ops.as_object().unwrap().values())
+        .flat_map(|outs| outs.as_object().unwrap().values())
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 6, "{v}");
+
+    let _ = stop.send(());
+    etsi.await.unwrap().unwrap();
+    n1.stop().await;
+    fx.stop().await;
+}
