@@ -179,6 +179,11 @@ impl ApiCounters {
         Self::default()
     }
 
+    /// Requests counted so far, all labels together.
+    pub fn total(&self) -> u64 {
+        self.cells.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
     /// Requests counted so far for one (API, operation, outcome).
     pub fn count(&self, api: Api, operation: Operation, outcome: Outcome) -> u64 {
         self.cells[index(api, operation, outcome)].load(Ordering::Relaxed)
@@ -237,6 +242,7 @@ mod tests {
         c.observe(Api::Etsi014, Operation::DecKeys, Outcome::NotFound);
         assert_eq!(c.count(Api::Grpc, Operation::EncKeys, Outcome::Ok), 2);
         assert_eq!(c.count(Api::Etsi014, Operation::EncKeys, Outcome::Ok), 0);
+        assert_eq!(c.total(), 3);
         let v = serde_json::to_value(&c).unwrap();
         assert_eq!(v["grpc"]["enc_keys"]["ok"], 2);
         assert_eq!(v["etsi014"]["dec_keys"]["not_found"], 1);
