@@ -7,6 +7,8 @@ use qkd_netsim::{Options, Shape, run, run_seeds, seed_count};
 
 /// Steps per run in CI.
 const STEPS: u32 = 200;
+/// Seeds per shape in CI: 1,000 runs in all (about 0.2 s of CPU each, docs/simulation.md).
+const SEEDS: u64 = 500;
 
 fn must_hold(shape: Shape, default_seeds: u64) {
     let count = seed_count(default_seeds);
@@ -18,12 +20,12 @@ fn must_hold(shape: Shape, default_seeds: u64) {
 
 #[test]
 fn chain_of_five() {
-    must_hold(Shape::Chain(5), 2);
+    must_hold(Shape::Chain(5), SEEDS);
 }
 
 #[test]
 fn mesh_of_six() {
-    must_hold(Shape::Mesh(6), 2);
+    must_hold(Shape::Mesh(6), SEEDS);
 }
 
 /// Two runs of the same options give the same trace.
