@@ -25,16 +25,14 @@
 //! Any failure before a batch's keys are committed at both ends voids the batch; link key used on
 //! the way is never used again. A store commit error stops the node, which recovers from disk.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use qkd_hardware::{KeySource, LinkRole};
 use qkd_proto::peer as pb;
-use qkd_proto::peer::peer_kms_client::PeerKmsClient;
 use qkd_types::{BlockId, Clock, KeyId, KmeId, LinkId, NodeId, SaeId};
-use tonic::transport::Channel;
 
 use crate::api::{
     DecKeysRequest, DeliveredKey, EncKeysRequest, KeyLimits, KeyProfile, KeyService, PairStatus,
@@ -96,8 +94,8 @@ pub struct LinkSetup {
     pub source: Arc<dyn KeySource>,
     /// Most unallocated link key held at once, in bytes.
     pub capacity_bytes: u64,
-    /// Client of the peer's gRPC service (lazy connection).
-    pub client: PeerKmsClient<Channel>,
+    /// The neighbour's peer service (gRPC with a lazy connection, or the simulated network).
+    pub client: Arc<dyn crate::peer::PeerLink>,
 }
 
 #[derive(Debug)]
@@ -155,14 +153,24 @@ struct Inner {
     cfg: ManagerConfig,
     clock: Arc<dyn Clock>,
     writer: Writer,
-    links: HashMap<LinkId, LinkRt>,
+    links: BTreeMap<LinkId, LinkRt>,
     relay: relay::RelayState,
     /// Pool keys found at start that no longer fit their pair's configuration, to be erased by
     /// [`KeyManager::void_stale_keys`] (never served meanwhile: they are not in the pools).
     stale_pool: Mutex<Vec<KeyId>>,
     /// Keys voided at start because the configuration changed, per pair and reason.
     voided: Mutex<BTreeMap<(SaeId, SaeId, String), u64>>,
+    /// Every task this manager spawned and that may still run; [`KeyManager::halt`] aborts them.
+    tasks: Mutex<tokio::task::JoinSet<()>>,
+    /// Who hears this node's events (see [`KeyManager::observe`]).
+    observer: std::sync::OnceLock<Arc<dyn crate::events::Observer>>,
 }
+
+/// Keys for a slave, and the configuration each was made under.
+type SlaveDelivery = (
+    Vec<DeliveredKey>,
+    Vec<(KeyId, Option<crate::store::MadeUnder>)>,
+);
 
 /// Keys of one pair voided at start because they no longer fit its configuration.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -225,7 +233,7 @@ impl KeyManager {
         links: Vec<LinkSetup>,
         mut recovered: Recovered,
     ) -> Self {
-        let mut map = HashMap::new();
+        let mut map = BTreeMap::new();
         for setup in links {
             let allocator = setup.source.info().role == LinkRole::Master;
             let (next_seq, blocks) = recovered.links.remove(&setup.id).unwrap_or_default();
@@ -250,10 +258,39 @@ impl KeyManager {
                 relay: Default::default(),
                 stale_pool: Mutex::default(),
                 voided: Mutex::default(),
+                tasks: Mutex::default(),
+                observer: std::sync::OnceLock::new(),
             }),
         };
         me.restore_pools(std::mem::take(&mut recovered.pool));
         me
+    }
+
+    /// Runs `task` in the background as part of this manager: [`KeyManager::halt`] aborts it.
+    /// Must be called inside a tokio runtime.
+    pub fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut tasks = relay::lock(&self.inner.tasks);
+        // Reap finished tasks so the set holds only live ones.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(task);
+    }
+
+    /// Aborts every background task of this manager at its next await point, the way a crash
+    /// stops a process: nothing in flight completes, what is durable stays. The manager must not
+    /// be used afterwards. The network simulation crashes nodes with it.
+    pub fn halt(&self) {
+        relay::lock(&self.inner.tasks).abort_all();
+    }
+
+    /// Subscribes `observer` to this node's events (one subscriber; later calls are ignored).
+    pub fn observe(&self, observer: Arc<dyn crate::events::Observer>) {
+        let _ = self.inner.observer.set(observer);
+    }
+
+    fn emit(&self, event: &crate::events::Event<'_>) {
+        if let Some(o) = self.inner.observer.get() {
+            o.event(event);
+        }
     }
 
     /// The configuration.
@@ -357,6 +394,9 @@ impl KeyManager {
         slaves: &[SaeId],
         origin: crate::core::fit::KeyOrigin<'_>,
     ) -> Option<crate::core::fit::Misfit> {
+        if crate::events::defects::active().stale_keys {
+            return None;
+        }
         let profiles = slaves.iter().map(|s| self.profile(master, s));
         crate::core::fit::misfit(origin, profiles, &self.inner.cfg.limits)
     }
@@ -418,6 +458,20 @@ impl KeyManager {
         v
     }
 
+    /// The blocks of a link this node holds, by link sequence number with their device key
+    /// IDs (both ends of a link must agree on them).
+    pub fn link_blocks(&self, link: &LinkId) -> Vec<(u64, BlockId)> {
+        self.inner.links.get(link).map_or_else(Vec::new, |l| {
+            l.pool().blocks().map(|(seq, b)| (seq, b.id)).collect()
+        })
+    }
+
+    /// Reads the store in a transaction that is never committed, when the writer is inline
+    /// ([`Writer::inline`]); `None` otherwise. For the network simulation's invariant checks.
+    pub fn inspect_store<T>(&self, read: impl FnOnce(&mut Txn<'_>) -> T) -> Option<T> {
+        self.inner.writer.inspect(read)
+    }
+
     /// The key source of a link, for status pages.
     pub fn source(&self, link: &LinkId) -> Option<Arc<dyn KeySource>> {
         self.inner.links.get(link).map(|l| l.setup.source.clone())
@@ -426,28 +480,26 @@ impl KeyManager {
     /// Runs forever: pulls blocks from the devices of the links this node allocates and offers
     /// them to the peers. Also expires keys. Cancel by dropping the future.
     pub async fn run_background(&self, poll: Duration) {
-        let mut tasks = Vec::new();
         for link in self.inner.links.values() {
             if link.allocator() {
                 let me = self.clone();
                 let id = link.setup.id.clone();
-                tasks.push(tokio::spawn(async move { me.ingest_loop(id, poll).await }));
+                self.spawn(async move { me.ingest_loop(id, poll).await });
             }
         }
         let me = self.clone();
-        tasks.push(tokio::spawn(async move { me.expiry_loop().await }));
+        self.spawn(async move { me.expiry_loop().await });
         let me = self.clone();
-        tasks.push(tokio::spawn(async move { me.relay_loop().await }));
-        // Abort the spawned loops when this future is dropped.
-        struct AbortAll(Vec<tokio::task::JoinHandle<()>>);
-        impl Drop for AbortAll {
+        self.spawn(async move { me.relay_loop().await });
+        // Abort every task of the manager when this future is dropped.
+        struct Halt<'a>(&'a KeyManager);
+        impl Drop for Halt<'_> {
             fn drop(&mut self) {
-                self.0.iter().for_each(|t| t.abort());
+                self.0.halt();
             }
         }
-        let guard = AbortAll(tasks);
+        let _guard = Halt(self);
         futures::future::pending::<()>().await;
-        drop(guard);
     }
 
     async fn expiry_loop(&self) {
@@ -583,10 +635,8 @@ impl KeyManager {
                 .collect(),
             release_before,
         };
-        let mut client = link.setup.client.clone();
-        let mut r = tonic::Request::new(req);
-        r.set_timeout(self.inner.cfg.peer_timeout * 4);
-        match client.offer_blocks(r).await {
+        let timeout = self.inner.cfg.peer_timeout * 4;
+        match link.setup.client.offer_blocks(req, timeout).await {
             Ok(_) => {}
             Err(s) if s.code() == tonic::Code::FailedPrecondition => {
                 // The peer's device cannot deliver these blocks: they are useless, retire them.
@@ -1068,11 +1118,12 @@ impl KeyService for KeyManager {
         let ttl = self.inner.cfg.key_ttl_ms;
         // The configuration keys must still fit (checked per key below; voided at start too).
         let me = self.clone();
+        let (master, slave) = (req.master.clone(), req.slave.clone());
         let out = self
             .inner
             .writer
             .run(
-                move |tx| -> Result<Result<Vec<DeliveredKey>, ServiceError>, StoreError> {
+                move |tx| -> Result<Result<SlaveDelivery, ServiceError>, StoreError> {
                     // Check every key first (all or nothing), in the policy's order: existence for
                     // this master (400), then the caller's right to it (401).
                     let mut metas = Vec::with_capacity(req.key_ids.len());
@@ -1113,11 +1164,13 @@ impl KeyService for KeyManager {
                         return Ok(Err(ServiceError::NotSlave));
                     }
                     let mut keys = Vec::with_capacity(req.key_ids.len());
+                    let mut made = Vec::with_capacity(req.key_ids.len());
                     for (id, mut meta) in req.key_ids.iter().zip(metas) {
                         let key = tx
                             .key_bytes(*id)?
                             .ok_or(StoreError::Corrupt("key bytes vanished"))?;
                         keys.push(DeliveredKey { id: *id, key });
+                        made.push((*id, meta.made_under.clone()));
                         for s in meta.slaves.iter_mut() {
                             if s.0 == req.slave {
                                 s.1 = true;
@@ -1129,12 +1182,21 @@ impl KeyService for KeyManager {
                             tx.update_key_meta(*id, &meta)?;
                         }
                     }
-                    Ok(Ok(keys))
+                    Ok(Ok((keys, made)))
                 },
             )
             .await;
         match out {
-            Ok(Ok(r)) => r,
+            Ok(Ok(Ok((keys, made)))) => {
+                self.emit(&crate::events::Event::Delivered {
+                    side: crate::events::Side::Slave,
+                    master: &master,
+                    slaves: std::slice::from_ref(&slave),
+                    keys: &made,
+                });
+                Ok(keys)
+            }
+            Ok(Ok(Err(e))) => Err(e),
             Ok(Err(e)) | Err(e) => {
                 tracing::error!(error = %e, "store failed while delivering keys");
                 Err(ServiceError::Storage)

@@ -21,13 +21,13 @@
 //! After `enc_keys`, S forwards a delivery notice to D from a durable outbox, so D expires the
 //! slave's copy a key TTL after the master got it (docs/design.md, "Expiry").
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use qkd_proto::peer as pb;
-use qkd_types::{KeyId, KmeId, LinkId, NodeId, SaeId, Secret, UnixMillis};
+use qkd_types::{BlockId, KeyId, KmeId, LinkId, NodeId, SaeId, Secret, UnixMillis};
 use rand::RngCore;
 use ring::hmac;
 use subtle::ConstantTimeEq;
@@ -38,6 +38,7 @@ use super::{
 };
 use crate::core::fit::KeyOrigin;
 use crate::core::pool::{LinkPool, PoolError, Range};
+use crate::events::{Event, Side};
 use crate::manager::e2e::{self, DestState, E2eKeys, KeyMode};
 use crate::relay::topology::{LinkAdvert, NodeAdvert, Topology};
 use crate::store::{MadeUnder, PoolKey, StoreError, StoredKey};
@@ -102,18 +103,18 @@ pub(super) struct RelayState {
     topology: Mutex<Topology>,
     advert_seq: Mutex<u64>,
     /// Master side: ready keys per (master, slave), oldest first.
-    pools: Mutex<HashMap<(SaeId, SaeId), PairPool>>,
+    pools: Mutex<BTreeMap<(SaeId, SaeId), PairPool>>,
     /// Destination side: batches awaiting end-to-end confirmation.
-    pending: Mutex<HashMap<[u8; 16], Pending>>,
+    pending: Mutex<BTreeMap<[u8; 16], Pending>>,
     /// Allocator side: hop allocations answered to a neighbour, with the link bytes read when
     /// they were taken (a drained block is erased at once), until the hop's message arrives.
     hop_allocs: Mutex<VecDeque<HopAlloc>>,
     /// Neighbours that did not answer the last advert.
     unreachable: Mutex<BTreeSet<NodeId>>,
     /// Adverts each neighbour missed in a row.
-    missed: Mutex<HashMap<NodeId, u32>>,
+    missed: Mutex<BTreeMap<NodeId, u32>>,
     /// Destination side: confirmed wrap batches waiting for their multicast keys.
-    wraps: Mutex<HashMap<[u8; 16], Wraps>>,
+    wraps: Mutex<BTreeMap<[u8; 16], Wraps>>,
     /// Source side: a pass over the delivery-notice outbox is under way.
     sending_notices: std::sync::atomic::AtomicBool,
     /// Delivery notices sent and received since start.
@@ -192,6 +193,9 @@ struct BatchSpec {
     /// Keys for the pair's pool, at its default size.
     pool: bool,
 }
+
+/// Keys taken from a pool, and the configuration each was made under.
+type PoolDelivery = (Vec<DeliveredKey>, Vec<(KeyId, Option<MadeUnder>)>);
 
 /// A finished batch.
 #[derive(Debug)]
@@ -283,7 +287,7 @@ impl KeyManager {
             return;
         }
         let me = self.clone();
-        tokio::spawn(async move {
+        self.spawn(async move {
             if let Err(e) = me.send_notices().await {
                 tracing::debug!(error = %e, "delivery notices not sent; will retry");
             }
@@ -521,22 +525,31 @@ impl KeyManager {
         let r = self
             .inner
             .writer
-            .run(move |tx| -> Result<Vec<DeliveredKey>, StoreError> {
+            .run(move |tx| -> Result<PoolDelivery, StoreError> {
                 let mut out = Vec::with_capacity(ids.len());
+                let mut made = Vec::with_capacity(ids.len());
                 for id in &ids {
                     let (meta, key) = tx
                         .take_pool_key(*id)?
                         .ok_or(StoreError::Corrupt("pool key vanished"))?;
                     tx.put_tombstone(*id, &meta.master, meta.slaves.first(), now)?;
                     out.push(DeliveredKey { id: *id, key });
+                    made.push((*id, meta.made_under));
                 }
                 for dest in &dests {
                     tx.queue_notice(dest, &ids, now)?;
                 }
-                Ok(out)
+                Ok((out, made))
             })
             .await;
-        store_result(r)
+        let (out, made) = store_result(r)?;
+        self.emit(&Event::Delivered {
+            side: Side::Master,
+            master,
+            slaves: std::slice::from_ref(slave),
+            keys: &made,
+        });
+        Ok(out)
     }
 
     /// Starts refills of the pair's pool in the background until it is full, with at most
@@ -560,7 +573,7 @@ impl KeyManager {
             };
             let me = self.clone();
             let (master, slave) = (master.clone(), slave.clone());
-            tokio::spawn(async move {
+            self.spawn(async move {
                 let r = me.refill(&master, &slave, n).await;
                 if let Some(p) = lock(&me.relay().pools).get_mut(&(master.clone(), slave.clone())) {
                     p.inflight -= 1;
@@ -637,7 +650,9 @@ impl KeyManager {
             }
         };
         let mode = self.pair_mode(master, &slaves[0]);
-        if slaves.iter().any(|s| self.pair_mode(master, s) != mode) {
+        if slaves.iter().any(|s| self.pair_mode(master, s) != mode)
+            && !crate::events::defects::active().mixed_profiles
+        {
             return Err(ServiceError::MixedProfiles);
         }
         // Slaves grouped by the node they are attached to.
@@ -688,6 +703,17 @@ impl KeyManager {
             })
             .await;
         store_result(r)?;
+        let made_under = self.made_under(master, &slaves[0]);
+        let made: Vec<(KeyId, Option<MadeUnder>)> = keys
+            .iter()
+            .map(|k| (k.id, Some(made_under.clone())))
+            .collect();
+        self.emit(&Event::Delivered {
+            side: Side::Master,
+            master,
+            slaves: &slaves,
+            keys: &made,
+        });
         Ok(keys)
     }
 
@@ -774,6 +800,7 @@ impl KeyManager {
             .slaves
             .iter()
             .any(|s| self.pair_mode(&spec.master, s) != mode)
+            && !crate::events::defects::active().mixed_profiles
         {
             return Err(RelayError::MixedProfiles);
         }
@@ -843,7 +870,7 @@ impl KeyManager {
                 // Void at the destination in the background; its unreleased keys also expire.
                 let me = self.clone();
                 let path = path.clone();
-                tokio::spawn(async move {
+                self.spawn(async move {
                     let _ = me
                         .forward(&relay_id, &path, 1, FORWARD_VOID, Vec::new())
                         .await;
@@ -905,13 +932,11 @@ impl KeyManager {
                     *b ^= 1;
                 }
             }
-            let mut client = link.setup.client.clone();
-            let mut r = tonic::Request::new(req);
-            r.set_timeout(self.inner.cfg.relay.hop_timeout * hops_left.max(1));
-            client
-                .relay(r)
+            let timeout = self.inner.cfg.relay.hop_timeout * hops_left.max(1);
+            link.setup
+                .client
+                .relay(req, timeout)
                 .await
-                .map(|r| r.into_inner())
                 .map_err(|s| RelayError::Hop(format!("{next}: {}", s.message())))
         })
     }
@@ -960,15 +985,33 @@ impl KeyManager {
         link: &LinkRt,
         ranges: Vec<Range>,
     ) -> impl Future<Output = Result<Result<Secret, StoreError>, StoreError>> + use<> {
+        let runs: Vec<(BlockId, u32, u32)> = ranges
+            .iter()
+            .filter_map(|r| pool.block(r.block_seq).map(|b| (b.id, r.offset, r.len)))
+            .collect();
         let (metas, drained) = block_updates(pool, ranges.iter());
         let lid = link.setup.id.clone();
-        self.inner
+        let done = self
+            .inner
             .writer
             .run(move |tx| -> Result<Secret, StoreError> {
                 let bytes = tx.read_ranges(&lid, &ranges)?;
                 super::write_blocks(tx, &lid, &metas, &drained)?;
                 Ok(bytes)
-            })
+            });
+        let me = self.clone();
+        let lid = link.setup.id.clone();
+        async move {
+            let r = done.await;
+            // Reported once the take is durable: only then may the bytes be used.
+            if matches!(r, Ok(Ok(_))) {
+                me.emit(&Event::LinkKeyTaken {
+                    link: &lid,
+                    runs: &runs,
+                });
+            }
+            r
+        }
     }
 
     async fn allocate_at_neighbour(
@@ -984,13 +1027,10 @@ impl KeyManager {
         };
         let mut last = String::new();
         for attempt in 0..3u32 {
-            let mut client = link.setup.client.clone();
-            let mut r = tonic::Request::new(msg.clone());
-            r.set_timeout(self.inner.cfg.relay.hop_timeout);
-            match client.relay_allocate(r).await {
+            let timeout = self.inner.cfg.relay.hop_timeout;
+            match link.setup.client.relay_allocate(msg.clone(), timeout).await {
                 Ok(reply) => {
-                    let ranges: Vec<Range> =
-                        reply.into_inner().ranges.iter().map(range_of).collect();
+                    let ranges: Vec<Range> = reply.ranges.iter().map(range_of).collect();
                     if ranges.iter().map(|r| u64::from(r.len)).sum::<u64>() != u64::from(len) {
                         return Err(RelayError::Malformed("allocation length"));
                     }
@@ -1036,13 +1076,11 @@ impl KeyManager {
                 kind,
                 e2e: e2e_msg,
             };
-            let mut client = link.setup.client.clone();
-            let mut r = tonic::Request::new(req);
-            r.set_timeout(self.inner.cfg.relay.hop_timeout * (path.len() as u32 - hop).max(1));
-            client
-                .forward(r)
+            let timeout = self.inner.cfg.relay.hop_timeout * (path.len() as u32 - hop).max(1);
+            link.setup
+                .client
+                .forward(req, timeout)
                 .await
-                .map(|r| r.into_inner())
                 .map_err(|s| RelayError::Hop(format!("{next}: {}", s.message())))
         })
     }
@@ -1251,7 +1289,8 @@ impl KeyManager {
             return Err(bad("slave SAEs not attached here or not allowed to pair"));
         }
         let mode = self.pair_mode(&master, &slaves[0]);
-        if slaves.iter().any(|s| self.pair_mode(&master, s) != mode)
+        if (slaves.iter().any(|s| self.pair_mode(&master, s) != mode)
+            && !crate::events::defects::active().mixed_profiles)
             || header.policy != mode.policy_name()
             || header.suite != mode.suite_name()
         {
@@ -1478,7 +1517,7 @@ impl KeyManager {
     }
 
     /// This node's advert of its own links.
-    fn own_advert(&self, statuses: &HashMap<LinkId, bool>) -> NodeAdvert {
+    fn own_advert(&self, statuses: &BTreeMap<LinkId, bool>) -> NodeAdvert {
         let unreachable = lock(&self.relay().unreachable).clone();
         let links = self
             .inner
@@ -1509,7 +1548,7 @@ impl KeyManager {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tick.tick().await;
-            let mut statuses = HashMap::new();
+            let mut statuses = BTreeMap::new();
             for l in self.inner.links.values() {
                 let up = matches!(
                     l.setup.source.status().await.state,
@@ -1526,15 +1565,15 @@ impl KeyManager {
                 topo.adverts().map(advert_msg).collect()
             };
             for l in self.inner.links.values() {
-                let mut client = l.setup.client.clone();
-                let mut r = tonic::Request::new(pb::AdvertiseRequest {
+                let client = l.setup.client.clone();
+                let r = pb::AdvertiseRequest {
                     adverts: adverts.clone(),
-                });
-                r.set_timeout(rc.hop_timeout.max(rc.advert_interval * 3));
+                };
+                let timeout = rc.hop_timeout.max(rc.advert_interval * 3);
                 let peer = l.setup.peer.clone();
                 let me = self.clone();
-                tokio::spawn(async move {
-                    let ok = client.advertise(r).await.is_ok();
+                self.spawn(async move {
+                    let ok = client.advertise(r, timeout).await.is_ok();
                     let missed = {
                         let mut m = lock(&me.relay().missed);
                         let c = m.entry(peer.clone()).or_default();
