@@ -516,3 +516,40 @@ async fn both_front_ends_report_to_one_observer() {
     n1.stop().await;
     fx.stop().await;
 }
+
+/// Shutdown: a load balancer watching health sees `NOT_SERVING`, and a `Watch` stream (which
+/// never ends by itself) holds `serve` no longer than its grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_turns_health_not_serving_and_does_not_wait_for_open_streams() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let fx = Fixture::fake().await;
+    let n1 = GrpcKme::start(
+        &fx,
+        0,
+        GrpcLimits {
+            shutdown_grace: Duration::from_secs(1),
+            ..GrpcLimits::default()
+        },
+    )
+    .await;
+    let mut health = HealthClient::new(channel(n1.addr, &fx.tls_config("A")));
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: "qkd.keys.v1.KeyDelivery".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status(), ServingStatus::Serving);
+
+    // `stop` fails the test unless serve returns (within 10 s) with Ok.
+    let stopping = tokio::spawn(n1.stop());
+    let next = watch.message().await.unwrap().expect("a status update");
+    assert_eq!(next.status(), ServingStatus::NotServing);
+    stopping.await.unwrap();
+    drop(watch);
+    fx.stop().await;
+}

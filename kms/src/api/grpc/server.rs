@@ -46,6 +46,9 @@ pub struct GrpcLimits {
     /// Most calls in flight on one connection (HTTP/2 streams); together with the per-SAE
     /// connection cap it bounds what one SAE can have the key manager work on at once.
     pub max_concurrent_streams: u32,
+    /// How long shutdown waits for calls in flight before it closes the remaining connections
+    /// (a health `Watch` stream, for one, never ends by itself).
+    pub shutdown_grace: Duration,
 }
 
 impl Default for GrpcLimits {
@@ -56,6 +59,7 @@ impl Default for GrpcLimits {
             handshake_timeout: Duration::from_secs(10),
             max_request_bytes: 64 * 1024,
             max_concurrent_streams: 64,
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -201,7 +205,9 @@ fn container(keys: Vec<DeliveredKey>) -> pb::GetKeysResponse {
 }
 
 /// Serves `KeyDelivery`, health and reflection on `listener` until `shutdown` resolves; then
-/// health turns `NOT_SERVING`, in-flight calls finish and the function returns.
+/// health turns `NOT_SERVING`, in-flight calls get [`GrpcLimits::shutdown_grace`] to finish, and
+/// the function returns even if some (a health `Watch` stream) are still open; the connection
+/// tasks of such calls end with the process.
 ///
 /// `tls` must require client certificates and offer ALPN `h2` (see
 /// [`crate::tls::grpc_server_config`]).
@@ -259,21 +265,40 @@ pub async fn serve(
     );
     let delivery = KeyDeliveryServer::new(KeyDeliveryService::new(service, identity, observer))
         .max_decoding_message_size(limits.max_request_bytes);
-    let stop = async {
-        shutdown.await;
-        health
-            .set_not_serving::<KeyDeliveryServer<KeyDeliveryService>>()
-            .await;
-    };
-    let result = Server::builder()
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .max_concurrent_streams(limits.max_concurrent_streams)
         .add_service(delivery)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(incoming, stop)
-        .await;
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = drain_rx.await;
+        });
+    tokio::pin!(server);
+    let result = tokio::select! {
+        r = &mut server => r,
+        () = shutdown => {
+            // Load balancers watching health drain this node while in-flight calls finish.
+            health
+                .set_not_serving::<KeyDeliveryServer<KeyDeliveryService>>()
+                .await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            let _ = drain_tx.send(());
+            match tokio::time::timeout(limits.shutdown_grace, &mut server).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::info!(
+                        "{PORT}: calls still open after the shutdown grace period; not waiting"
+                    );
+                    Ok(())
+                }
+            }
+        }
+    };
     accept.abort();
     result?;
     Ok(())
