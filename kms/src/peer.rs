@@ -53,6 +53,8 @@ pub fn status_of(e: &PeerError) -> Status {
         PeerError::Exhausted => Status::resource_exhausted(e.to_string()),
         // A device that cannot deliver the offered blocks: the allocator discards them.
         PeerError::Device(_) => Status::failed_precondition(e.to_string()),
+        // A later hop failed: this relay is fine, the path is not.
+        PeerError::Onward(_) => Status::aborted(e.to_string()),
         PeerError::Store(_) => Status::unavailable(e.to_string()),
         PeerError::LowSpace(_) => Status::resource_exhausted(e.to_string()),
     }
