@@ -158,7 +158,9 @@ pub enum DeviceFault {
     },
     /// The device identifies this node as another SAE: the client certificate or the device's
     /// registration is wrong. Operator.
-    #[error("device identifies this node as SAE {reported:?}, expected {expected} (client certificate?)")]
+    #[error(
+        "device identifies this node as SAE {reported:?}, expected {expected} (client certificate?)"
+    )]
     SaeMismatch {
         /// The configured SAE ID of this node.
         expected: SaeId,
@@ -234,7 +236,9 @@ pub enum DeviceFault {
     },
     /// The device does not serve the configured key size. Operator (or a device whose
     /// limits changed).
-    #[error("device serves keys of {min} to {max} bits (default {default}), configured {configured}")]
+    #[error(
+        "device serves keys of {min} to {max} bits (default {default}), configured {configured}"
+    )]
     KeySize {
         /// The configured size.
         configured: u32,

@@ -232,7 +232,9 @@ impl DeviceClient {
                 };
                 for id in ids {
                     let url = self.url(master, "dec_keys", &[("key_ID", id.to_string())]);
-                    let one = self.keys_request(DeviceOp::DecKeys, form, url, None).await?;
+                    let one = self
+                        .keys_request(DeviceOp::DecKeys, form, url, None)
+                        .await?;
                     all.keys.extend(one.keys);
                 }
                 Ok(all)
@@ -400,7 +402,9 @@ async fn read_capped(
 fn append_zeroizing(out: &mut Zeroizing<Vec<u8>>, data: &[u8], cap: usize) {
     let need = out.len() + data.len();
     if need > out.capacity() {
-        let size = need.max(out.capacity().saturating_mul(2)).min(cap.max(need));
+        let size = need
+            .max(out.capacity().saturating_mul(2))
+            .min(cap.max(need));
         let mut grown = Zeroizing::new(Vec::with_capacity(size));
         grown.extend_from_slice(out);
         *out = grown;

@@ -461,9 +461,12 @@ impl KeySource for Etsi014Source {
                 })
                 .await;
             match fetched {
-                Ok(container) => {
-                    out.extend(self.accept(DeviceOp::DecKeys, container, bits, Asked::Ids(chunk))?)
-                }
+                Ok(container) => out.extend(self.accept(
+                    DeviceOp::DecKeys,
+                    container,
+                    bits,
+                    Asked::Ids(chunk),
+                )?),
                 // 400 is the spec's answer for an unknown key; 404 is what several KMEs send.
                 Err(DeviceFault::Status {
                     code: 400 | 404,

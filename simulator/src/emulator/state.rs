@@ -174,7 +174,11 @@ fn link_figures(link: &LinkStatus) -> serde_json::Map<String, serde_json::Value>
     if let Some(q) = link.qber.filter(|_| up) {
         figures.insert(QBER_MEMBER.into(), q.into());
     }
-    let rate = if up { link.secret_key_rate_bps } else { Some(0.0) };
+    let rate = if up {
+        link.secret_key_rate_bps
+    } else {
+        Some(0.0)
+    };
     if let Some(r) = rate {
         figures.insert(KEY_RATE_MEMBER.into(), r.into());
     }

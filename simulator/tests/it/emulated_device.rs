@@ -9,9 +9,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use qkd_hardware::etsi014::{
-    DeviceConfig, DeviceLimits, Etsi014Source, PemSource, StatusMetrics,
-};
+use qkd_hardware::etsi014::{DeviceConfig, DeviceLimits, Etsi014Source, PemSource, StatusMetrics};
 use qkd_hardware::{
     DeviceError, DeviceFault, KeyCheck, KeySource, LinkRole, LinkState, StatusClass, TlsFailure,
 };
@@ -647,8 +645,8 @@ async fn qber_and_key_rate_come_from_the_device_or_are_measured() {
         qber: Some(QBER_MEMBER.into()),
         key_rate_bps: Some(KEY_RATE_MEMBER.into()),
     };
-    let reported = Etsi014Source::with_clock(cfg, LinkRole::Master, Arc::new(bench.clock.clone()))
-        .unwrap();
+    let reported =
+        Etsi014Source::with_clock(cfg, LinkRole::Master, Arc::new(bench.clock.clone())).unwrap();
     let status = reported.status().await;
     assert_eq!(status.state, LinkState::Up);
     assert_eq!(status.qber, Some(0.015));
@@ -658,9 +656,12 @@ async fn qber_and_key_rate_come_from_the_device_or_are_measured() {
     assert_eq!(online.reported_key_rate_bps, Some(25_600.0));
 
     // No members named: the rate is measured from the key fetched, on the injected clock.
-    let measured =
-        Etsi014Source::with_clock(bench.config(0), LinkRole::Master, Arc::new(bench.clock.clone()))
-            .unwrap();
+    let measured = Etsi014Source::with_clock(
+        bench.config(0),
+        LinkRole::Master,
+        Arc::new(bench.clock.clone()),
+    )
+    .unwrap();
     let status = measured.status().await;
     assert_eq!((status.qber, status.secret_key_rate_bps), (None, None));
     bench.clock.advance(10_000);
