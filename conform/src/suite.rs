@@ -241,7 +241,7 @@ impl Suite<'_> {
             "tls-1.2-or-higher",
             "HTTPS with TLS 1.2 or higher and mutual authentication",
             Basis::Spec("§5.1 Table 1"),
-            if ok { Ok(seen) } else { Err(seen) },
+            pass_if(ok, seen),
             None,
         );
 
@@ -258,7 +258,7 @@ impl Suite<'_> {
                     "client-certificate-required",
                     "a client without a certificate is refused (handshake or 401)",
                     Basis::Spec("§4, §5.1 Table 1"),
-                    if ok { Ok(seen) } else { Err(seen) },
+                    pass_if(ok, seen),
                     None,
                 );
             }
@@ -284,11 +284,7 @@ impl Suite<'_> {
             "json-media-type",
             "answers are application/json",
             Basis::Spec("§5.1 Table 1"),
-            if media_ok && a.status == 200 {
-                Ok(a.describe())
-            } else {
-                Err(a.describe())
-            },
+            pass_if(media_ok && a.status == 200, a.describe()),
             None,
         );
         let Some(v) = a.json().filter(|_| a.status == 200) else {
@@ -348,11 +344,7 @@ impl Suite<'_> {
             "status-fields",
             "Status has every required member with its JSON type",
             Basis::Spec("§6.1 Table 9"),
-            if problems.is_empty() {
-                Ok(seen)
-            } else {
-                Err(seen)
-            },
+            pass_if(problems.is_empty(), seen),
             quirk,
         );
         let text = |k: &str| match v.get(k) {
@@ -433,11 +425,7 @@ impl Suite<'_> {
             "status-target-kme",
             "target_KME_ID is the KME ID of the KME serving the slave",
             Basis::Spec("§6.1 Table 9"),
-            if b.status == 200 && slave_kme == target {
-                Ok(seen)
-            } else {
-                Err(seen)
-            },
+            pass_if(b.status == 200 && slave_kme == target, seen),
             None,
         );
 
@@ -460,11 +448,7 @@ impl Suite<'_> {
             "status-get-only",
             "Get status is GET only: a POST is not served",
             Basis::Spec("§5.2 Table 3"),
-            if (200..300).contains(&a.status) {
-                Err(a.describe())
-            } else {
-                Ok(a.describe())
-            },
+            pass_if(!(200..300).contains(&a.status), a.describe()),
             None,
         );
         self.check(
@@ -622,111 +606,92 @@ impl Suite<'_> {
         self.pending.post_number_size = (keys, other);
 
         // Error cases, back to back: nothing they do may consume key.
+        const SIZE_MULTIPLE_OF_8: Case = Case::spec(
+            "enc-keys-size-multiple-of-8",
+            "a size that is not a multiple of 8 gets the spec's exact message (or keys)",
+            "§6.2",
+        );
+        const NUMBER_TOO_LARGE: Case = Case::decision(
+            "enc-keys-number-too-large",
+            "number above max_key_per_request is answered 400",
+        );
+        const SIZE_OUT_OF_RANGE: Case = Case::decision(
+            "enc-keys-size-out-of-range",
+            "size above max_key_size is answered 400",
+        );
+        const EXTENSION_MANDATORY: Case = Case::spec(
+            "enc-keys-extension-mandatory",
+            "an unsupported extension_mandatory gets the spec's message",
+            "§6.2",
+        );
+        const MALFORMED_JSON: Case = Case::spec(
+            "enc-keys-malformed-json",
+            "a malformed JSON body is answered 400 with an Error body",
+            "§5.3 Table 6",
+        );
+        const MULTICAST_UNSUPPORTED: Case = Case::decision(
+            "enc-keys-multicast-unsupported",
+            "additional_slave_SAE_IDs on a KME without multicast is answered 400",
+        );
         let before = self.stored().await;
-        let title = "a size that is not a multiple of 8 gets the spec's exact message (or keys)";
+        // (case, GET URL or POST body, expected answer, size of the keys a faulty KME serves)
+        let mut cases: Vec<(Case, Request, Expect, u32)> = Vec::new();
         match (l.min..=l.max).find(|s| s % 8 != 0) {
-            Some(size) => {
-                let url = format!("{enc}?size={size}");
-                let expect = Expect::Message(400, MSG_SIZE_MULTIPLE_OF_8);
-                let id = "enc-keys-size-multiple-of-8";
-                // The spec allows KMEs that serve such sizes: 200 with such keys passes too.
-                self.refused(
-                    id,
-                    title,
-                    Basis::Spec("§6.2"),
-                    "GET",
-                    &url,
-                    None,
-                    expect,
-                    size,
-                )
-                .await;
-            }
-            None => self.skip(
-                "enc-keys-size-multiple-of-8",
-                title,
-                Basis::Spec("§6.2"),
+            // The spec allows KMEs that serve such sizes: 200 with such keys passes too.
+            Some(size) => cases.push((
+                SIZE_MULTIPLE_OF_8,
+                Request::Get(format!("{enc}?size={size}")),
+                Expect::Message(400, MSG_SIZE_MULTIPLE_OF_8),
+                size,
+            )),
+            None => self.skip_all(
+                &[SIZE_MULTIPLE_OF_8],
                 "every size the KME serves is a multiple of 8",
             ),
         }
-        let too_many = json!({"number": u64::from(l.per_request) + 1}).to_string();
-        let too_big = json!({"size": u64::from(l.max) + 8}).to_string();
-        let mandatory =
-            json!({"extension_mandatory": [{"xyzconform_route": "direct"}]}).to_string();
-        let cases: [(&'static str, &'static str, Basis, &str, Expect); 4] = [
+        let post = |body: Value| Request::Post(body.to_string());
+        cases.extend([
             (
-                "enc-keys-number-too-large",
-                "number above max_key_per_request is answered 400",
-                Basis::Decision(DECISIONS),
-                &too_many,
+                NUMBER_TOO_LARGE,
+                post(json!({"number": u64::from(l.per_request) + 1})),
                 Expect::Status(&[400]),
-            ),
-            (
-                "enc-keys-size-out-of-range",
-                "size above max_key_size is answered 400",
-                Basis::Decision(DECISIONS),
-                &too_big,
-                Expect::Status(&[400]),
-            ),
-            (
-                "enc-keys-extension-mandatory",
-                "an unsupported extension_mandatory gets the spec's message",
-                Basis::Spec("§6.2"),
-                &mandatory,
-                Expect::Message(400, MSG_MANDATORY_UNSUPPORTED),
-            ),
-            (
-                "enc-keys-malformed-json",
-                "a malformed JSON body is answered 400 with an Error body",
-                Basis::Spec("§5.3 Table 6"),
-                "{\"number\": ",
-                Expect::Status(&[400]),
-            ),
-        ];
-        for (id, title, basis, body, expect) in cases {
-            self.refused(
-                id,
-                title,
-                basis,
-                "POST",
-                &enc,
-                Some(body),
-                expect,
                 l.key_size,
-            )
-            .await;
+            ),
+            (
+                SIZE_OUT_OF_RANGE,
+                post(json!({"size": u64::from(l.max) + 8})),
+                Expect::Status(&[400]),
+                l.key_size,
+            ),
+            (
+                EXTENSION_MANDATORY,
+                post(json!({"extension_mandatory": [{"xyzconform_route": "direct"}]})),
+                Expect::Message(400, MSG_MANDATORY_UNSUPPORTED),
+                l.key_size,
+            ),
+            (
+                MALFORMED_JSON,
+                Request::Post("{\"number\": ".into()),
+                Expect::Status(&[400]),
+                l.key_size,
+            ),
+        ]);
+        match (&self.third, l.multicast) {
+            (Some(t), 0) => cases.push((
+                MULTICAST_UNSUPPORTED,
+                post(json!({"additional_slave_SAE_IDs": [t.id]})),
+                Expect::Status(&[400]),
+                l.key_size,
+            )),
+            (None, _) => self.skip_all(&[MULTICAST_UNSUPPORTED], "no third SAE configured"),
+            _ => self.skip_all(&[MULTICAST_UNSUPPORTED], "the KME advertises multicast"),
         }
-        let title = "additional_slave_SAE_IDs on a KME without multicast is answered 400";
-        let id = "enc-keys-multicast-unsupported";
-        match (self.third.clone(), l.multicast) {
-            (Some(t), 0) => {
-                let body = json!({"additional_slave_SAE_IDs": [t.id]}).to_string();
-                let expect = Expect::Status(&[400]);
-                let basis = Basis::Decision(DECISIONS);
-                self.refused(
-                    id,
-                    title,
-                    basis,
-                    "POST",
-                    &enc,
-                    Some(&body),
-                    expect,
-                    l.key_size,
-                )
-                .await;
-            }
-            (None, _) => self.skip(
-                id,
-                title,
-                Basis::Decision(DECISIONS),
-                "no third SAE configured",
-            ),
-            _ => self.skip(
-                id,
-                title,
-                Basis::Decision(DECISIONS),
-                "the KME advertises multicast",
-            ),
+        for (case, request, expect, bits) in cases {
+            let (method, url, body) = match &request {
+                Request::Get(url) => ("GET", url.as_str(), None),
+                Request::Post(body) => ("POST", enc.as_str(), Some(body.as_str())),
+            };
+            self.refused(case, (method, url, body), expect, bits).await;
         }
         let after = self.stored().await;
         let seen = format!("stored_key_count {before:?} before the error cases, {after:?} after");
@@ -735,7 +700,7 @@ impl Suite<'_> {
             "enc-keys-nothing-consumed-on-error",
             "refused requests remove no key from the pool",
             Basis::Spec("§5.3 post-condition"),
-            if ok { Ok(seen) } else { Err(seen) },
+            pass_if(ok, seen),
             None,
         );
 
@@ -831,13 +796,7 @@ impl Suite<'_> {
             ));
         }
         let seen = seen.join(", ");
-        self.check(
-            "enc-keys-multicast",
-            title,
-            basis,
-            if ok { Ok(seen) } else { Err(seen) },
-            None,
-        );
+        self.check("enc-keys-multicast", title, basis, pass_if(ok, seen), None);
     }
 
     /// A request the KME must serve with `number` keys of `bits` bits: GET without a body,
@@ -875,18 +834,14 @@ impl Suite<'_> {
     /// A request the KME must refuse; a faulty KME's keys are counted all the same. A 200
     /// passes only for [`Expect::Message`] cases where the spec lets a KME serve the request
     /// (sizes that are not multiples of 8), with keys of `bits` bits.
-    #[allow(clippy::too_many_arguments)] // one call site per case kind; a struct adds nothing
     async fn refused(
         &mut self,
-        id: &'static str,
-        title: &'static str,
-        basis: Basis,
-        method: &str,
-        url: &str,
-        body: Option<&str>,
+        case: Case,
+        (method, url, body): (&str, &str, Option<&str>),
         expect: Expect,
         bits: u32,
     ) {
+        let (id, title, basis) = (case.id, case.title, case.basis);
         if !self.may(id, title, basis.clone()) {
             return;
         }
@@ -1144,7 +1099,7 @@ impl Suite<'_> {
             "error-bodies",
             "every 400 and 503 carries an application/json Error body (message, details)",
             Basis::Spec("§5.1 Tables 4, 6, 8; §6.5 Table 13"),
-            if ok { Ok(seen) } else { Err(seen) },
+            pass_if(ok, seen),
             quirk,
         );
 
@@ -1267,6 +1222,13 @@ impl Case {
     }
 }
 
+/// An enc_keys request: GET with this URL, or POST with this body.
+#[derive(Debug)]
+enum Request {
+    Get(String),
+    Post(String),
+}
+
 /// What a refused request must get.
 #[derive(Debug, Clone, Copy)]
 enum Expect {
@@ -1282,6 +1244,11 @@ enum Who {
     Master,
     Slave,
     Third,
+}
+
+/// What was seen, as a pass or a failure.
+fn pass_if(ok: bool, seen: String) -> Result<String, String> {
+    if ok { Ok(seen) } else { Err(seen) }
 }
 
 fn expect_status(a: &Answer, want: &[u16]) -> Result<String, String> {
