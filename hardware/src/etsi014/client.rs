@@ -466,6 +466,9 @@ fn transport(op: DeviceOp, e: &reqwest::Error) -> DeviceFault {
         detail.push_str(&s.to_string());
         source = s.source();
     }
+    if detail.is_empty() {
+        detail = e.to_string();
+    }
     DeviceFault::Unreachable { op, detail }
 }
 

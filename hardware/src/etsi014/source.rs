@@ -226,7 +226,13 @@ impl Etsi014Source {
     /// lost connections need not stand: the next status request meets them again.)
     fn fault(&self, f: DeviceFault) -> DeviceError {
         let mut st = self.lock();
-        if f.lost_connection() || matches!(f, DeviceFault::KmeMismatch { .. }) {
+        // A device that names another KME or another SAE is not verified any more either.
+        if f.lost_connection()
+            || matches!(
+                f,
+                DeviceFault::KmeMismatch { .. } | DeviceFault::SaeMismatch { .. }
+            )
+        {
             st.verified = None;
         }
         if f.breaks_integrity()
@@ -409,7 +415,8 @@ impl KeySource for Etsi014Source {
                     out.extend(got);
                 }
                 // Key ran out between the status and this request: hand out what we have.
-                Err(e) if !out.is_empty() => {
+                Err(f) if !out.is_empty() => {
+                    let e = self.fault(f);
                     tracing::debug!(error = %e, "enc_keys stopped a batch early");
                     break;
                 }

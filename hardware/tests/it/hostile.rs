@@ -314,3 +314,25 @@ async fn transport_and_tls_failures_say_which() {
         "{f}"
     );
 }
+
+#[tokio::test]
+async fn a_device_naming_this_node_as_another_sae_gets_no_key_request() {
+    let pki = Pki::new("device CA");
+    // Were the key request made, its answer (an HTML page) would be a `Malformed` fault.
+    let device = hostile(&pki, &pki, Misbehaviour::NotJson).await;
+    let mut cfg = config(&device.url, &pki, &pki);
+    cfg.sae_id = SaeId::parse("node-x").unwrap();
+    let source = Etsi014Source::new(cfg, LinkRole::Master).unwrap();
+    for _ in 0..2 {
+        let f = fault(source.next_blocks(1).await);
+        assert!(
+            matches!(&f, DeviceFault::SaeMismatch { reported, .. } if reported == "node-a"),
+            "{f}"
+        );
+        assert_eq!(f.culprit(), qkd_hardware::Culprit::Operator);
+    }
+    assert!(matches!(
+        source.status().await.state,
+        LinkState::Down { .. }
+    ));
+}
