@@ -336,7 +336,8 @@ mod tests {
         (cert.pem(), key.serialize_pem())
     }
 
-    fn config() -> DeviceConfig {
+    /// A device section with `extra` members before `[limits]`.
+    fn parse(extra: &str) -> Result<DeviceConfig, toml::de::Error> {
         let (cert, key) = pem_pair("node-a");
         let (ca, _) = pem_pair("ca");
         toml::from_str::<DeviceConfig>(&format!(
@@ -348,11 +349,15 @@ mod tests {
             expected_kme_id = "KME-A"
             sae_id = "node-a"
             peer_sae_id = 12
+            {extra}
             [limits]
             attempts = 5
             "#
         ))
-        .unwrap()
+    }
+
+    fn config() -> DeviceConfig {
+        parse("").unwrap()
     }
 
     #[test]
@@ -379,27 +384,21 @@ mod tests {
         c.load_tls().unwrap();
         assert_eq!(versions(&c), [TLSv1_3, TLSv1_2]);
         // The flag is read from the device's section, and misspellings are refused.
-        let (cert, key) = pem_pair("node-a");
-        let text = |flag: &str| {
-            format!(
-                r#"
-                url = "https://127.0.0.1:8443/"
-                ca = {{ pem = '''{cert}''' }}
-                client_cert = {{ pem = '''{cert}''' }}
-                client_key = {{ pem = '''{key}''' }}
-                expected_kme_id = "KME-A"
-                sae_id = "node-a"
-                peer_sae_id = "node-b"
-                {flag}
-                "#
-            )
-        };
-        let c: DeviceConfig = toml::from_str(&text("allow_tls12 = true")).unwrap();
-        assert!(c.allow_tls12);
-        let e = toml::from_str::<DeviceConfig>(&text("tls12 = true")).unwrap_err();
+        assert!(parse("allow_tls12 = true").unwrap().allow_tls12);
+        let e = parse("tls12 = true").unwrap_err();
         assert!(e.to_string().contains("tls12"), "{e}");
-        let e = toml::from_str::<DeviceConfig>(&text("allow_tls12 = \"yes\"")).unwrap_err();
+        let e = parse("allow_tls12 = \"yes\"").unwrap_err();
         assert!(e.to_string().contains("allow_tls12"), "{e}");
+    }
+
+    #[test]
+    fn status_metrics_name_the_device_members() {
+        let c = parse("[status_metrics]\nqber = \"idq_qber\"").unwrap();
+        assert_eq!(c.status_metrics.qber.as_deref(), Some("idq_qber"));
+        assert_eq!(c.status_metrics.key_rate_bps, None);
+        assert!(config().status_metrics.qber.is_none());
+        let e = parse("[status_metrics]\nrate = \"x\"").unwrap_err();
+        assert!(e.to_string().contains("rate"), "{e}");
     }
 
     #[test]

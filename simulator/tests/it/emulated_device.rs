@@ -695,6 +695,10 @@ async fn the_qkd_device_emu_binary_serves_a_pair_from_its_toml_file() {
         devices.push_str(&format!(
             "[[device]]\nlisten = \"127.0.0.1:0\"\ncert = \"d{i}.crt\"\nkey = \"d{i}.key\"\nclient_ca = \"ca.crt\"\n"
         ));
+        // Device 1 is an older device: TLS 1.2 only.
+        if i == 1 {
+            devices.push_str("tls = \"tls12-only\"\n");
+        }
     }
     put(
         "emu.toml",
@@ -744,13 +748,24 @@ bits_per_second = 100000
             peer_sae_id: SaeId::parse(["node-b", "node-a"][i]).unwrap(),
             server_name: None,
             key_bits: None,
-            allow_tls12: false,
+            allow_tls12: i == 1,
             status_metrics: StatusMetrics::default(),
             limits: DeviceLimits::default(),
         }
     };
     let master = Etsi014Source::new(config(0), LinkRole::Master).unwrap();
     let slave = Etsi014Source::new(config(1), LinkRole::Slave).unwrap();
+    // Device 1 speaks TLS 1.2 only: without the opt-in, no handshake.
+    let mut strict = config(1);
+    strict.allow_tls12 = false;
+    let strict = Etsi014Source::new(strict, LinkRole::Slave).unwrap();
+    assert!(matches!(
+        strict.check_online().await,
+        Err(DeviceError::Device(DeviceFault::Tls {
+            failure: TlsFailure::ProtocolVersion,
+            ..
+        }))
+    ));
     // Key accrues on the wall clock at 100 kbit/s: wait (bounded) until some is stored.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let blocks = loop {
