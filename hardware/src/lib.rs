@@ -170,3 +170,37 @@ pub trait KeySource: Send + Sync + fmt::Debug {
     /// master end answers [`DeviceError::WrongRole`].
     async fn blocks_by_id(&self, ids: &[BlockId]) -> Result<Vec<KeyBlock>, DeviceError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_link_state_through_their_fault() {
+        let fault = DeviceFault::BadKey {
+            op: DeviceOp::EncKeys,
+            key: BlockId::random(),
+            check: KeyCheck::NotBase64,
+        };
+        let err = DeviceError::from(fault.clone());
+        assert_eq!(err.link_state(), Some(fault.link_state()));
+        assert!(matches!(err.link_state(), Some(LinkState::Aborted { .. })));
+        assert_eq!(err.to_string(), fault.to_string());
+        let down = DeviceError::Unavailable("fibre cut".into());
+        assert_eq!(
+            down.link_state(),
+            Some(LinkState::Down {
+                reason: "fibre cut".into()
+            })
+        );
+        assert_eq!(
+            DeviceError::UnknownBlock(BlockId::random()).link_state(),
+            None
+        );
+        let bug = DeviceError::WrongRole {
+            needed: LinkRole::Master,
+            actual: LinkRole::Slave,
+        };
+        assert_eq!(bug.link_state(), None);
+    }
+}
