@@ -8,7 +8,7 @@
 //! * Efficient BB84 (Lo, Chau, Ardehali, J. Cryptol. 18, 133 (2005)): basis Z with probability
 //!   p_Z on both sides; sifting p_Z² + p_X² and a key from Z only.
 //!
-//! Model of the channel: qkd-models.md §1 (η_sys, Y₀ = 2p_dc, e₀ = ½, misalignment e_d).
+//! Model of the channel: simulator/docs/models.md §1 (η_sys, Y₀ = 2p_dc, e₀ = ½, misalignment e_d).
 
 use serde::{Deserialize, Serialize};
 
@@ -222,7 +222,7 @@ mod tests {
 
     #[test]
     fn reproduces_computed_table_of_section_2_1() {
-        // (L, infinite decoy with μ optimised, vacuum+weak μ = 0.48 ν = 0.05) [C] in qkd-models.md.
+        // (L, infinite decoy with μ optimised, vacuum+weak μ = 0.48 ν = 0.05) [C], simulator/docs/models.md §2.1.
         let rows = [
             (0.0, 2.555e-3, 2.414e-3),
             (50.0, 2.226e-4, 2.096e-4),

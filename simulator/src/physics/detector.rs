@@ -1,7 +1,7 @@
 //! Single-photon detector imperfections beyond efficiency and dark counts, applied to a
 //! [`DvHardware`]: dead time and afterpulsing are fields of the hardware already (used by every
 //! DV model: Rusca's dead-time factor c_dt; Lim's afterpulse model R_k = D_k(1 + p_ap) and
-//! e_k += p_ap D_k/2, qkd-models.md §1); this module adds **timing jitter**.
+//! e_k += p_ap D_k/2, simulator/docs/models.md §1); this module adds **timing jitter**.
 //!
 //! Timing jitter (Gaussian, standard deviation σ_j, e.g. the FWHM/2.355 of a datasheet) makes a
 //! detection land outside its acceptance window of width w (the gate, at most the slot 1/f_rep),

@@ -17,7 +17,7 @@ use qkd_simulator::physics::sns::{Sns, asymptotic_reach};
 
 /// Heterodyne GG02 (trusted detector, RR): Fossier et al., J. Phys. B 42, 114014 (2009). The
 /// values were computed with the independent implementation `qosst-skr` 0.10.0 (PyPI,
-/// `GaussianTrustedHeterodyneAsymptotic`, which cites the same paper) for the qkd-models.md §2.5
+/// `GaussianTrustedHeterodyneAsymptotic`, which cites the same paper) for the simulator/docs/models.md §2.5
 /// setting (V_A = 4, ξ = 0.01, η = 0.6, v_el = 0.01, β = 0.95, 0.2 dB/km).
 #[test]
 fn heterodyne_matches_qosst_skr() {

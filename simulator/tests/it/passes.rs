@@ -54,7 +54,7 @@ fn sgp4_reproduces_vallado_verification_positions() {
 }
 
 /// The ISS over Munich in the day after its TLE epoch: passes last no longer than an overhead
-/// pass of the same altitude (closed form, qkd-models.md §7.1, Earth fixed: the Earth's rotation
+/// pass of the same altitude (closed form, simulator/docs/models.md §5.1, Earth fixed: the Earth's rotation
 /// and the WGS-84 station radius stretch a real pass by a few per cent), come about one orbital
 /// period apart, and reach plausible elevations.
 #[test]
