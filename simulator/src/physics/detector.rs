@@ -12,6 +12,14 @@
 //! p_spill = ½[erf(3w/(2√2 σ_j)) − erf(w/(2√2 σ_j))] (the adjacent window on one side, the
 //! symbol of either neighbour counted once). See Boaron et al., PRL 121, 190502 (2018) and Rusca
 //! et al. 2018 for jitter-limited GHz systems, where the gate is ~100–300 ps.
+//!
+//! Check values: none from a paper. The detector papers we could read (abstracts only: Rogers
+//! et al., "Detector dead-time effects and paralyzability in high-speed quantum key
+//! distribution", NJP 9, 319 (2007); Papapanos et al., "Afterpulsing effect on the baseline
+//! system error rate and on the decoy-state QKD protocols", arXiv:2010.03358 (2020)) give no
+//! number these models can be held to, and the jitter model is ours. The tests check the
+//! Gaussian arithmetic against tables (erf, the ±2σ fraction) and the direction of every
+//! effect; dead time and afterpulsing are the formulas of Rusca 2018 (App. B) and Lim 2014.
 
 use serde::{Deserialize, Serialize};
 
