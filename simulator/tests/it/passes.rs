@@ -107,16 +107,17 @@ fn iss_passes_have_the_timing_of_its_orbit() {
 }
 
 /// Micius from a real element set (data/tle/micius-2016-12-18.tle, source named there) over the
-/// Xinglong station (40.39587° N, 117.57746° E) in the three days after its epoch. Published
-/// facts it is held to: an orbit at "~500 km" (the Micius team's description of the satellite,
-/// e.g. in Liao et al., PRL 120, 030501 (2018) and its press material) and QKD "over a distance
-/// of up to 1,200 kilometres" (Liao et al., "Satellite-to-ground quantum key distribution",
-/// Nature 549, 43 (2017), abstract), i.e. a pass whose slant range runs from 1,200 km down to
-/// its closest approach. The night passes come near local midnight (UTC+8): the netsquid
-/// example the set comes from models the pass of 19 Dec 2016 at 16:45–17:00 UTC, 00:45–01:00
-/// in Beijing. Tolerances: altitude ±25 km (SGP4 mean motion of a slightly eccentric orbit);
-/// culmination within 01:30 h of 00:50 local time (the orbit's local time drifts by minutes over
-/// days, and passes east or west of the station come a quarter of an hour earlier or later).
+/// Xinglong station (40.39587° N, 117.57746° E) in the three days after its epoch. Facts it is
+/// held to: an orbit at "~500 km" (the USTC announcement of the first Micius results, as reported
+/// by engineering.com, "Micius Satellite Enables Intercontinental Quantum Communication") and
+/// QKD "over a distance of up to 1,200 kilometres" (Liao et al., "Satellite-to-ground quantum
+/// key distribution", Nature 549, 43 (2017), abstract), i.e. a pass whose slant range runs from
+/// 1,200 km down to its closest approach. The night passes come near local midnight (UTC+8): the
+/// netsquid example the set comes from models the pass of 19 Dec 2016 at 16:45–17:00 UTC,
+/// 00:45–01:00 in Beijing, whose middle (00:50) is the reference here. Tolerances: altitude
+/// ±25 km (SGP4 mean motion of a slightly eccentric orbit); culmination within 1.5 h of 00:50
+/// local time (the orbit's local time drifts by minutes over days, and passes east or west of
+/// the station come a quarter of an hour earlier or later).
 #[test]
 fn micius_passes_over_xinglong_from_a_real_tle() {
     let micius = &Tle::load(&data("tle/micius-2016-12-18.tle")).unwrap()[0];
