@@ -62,7 +62,6 @@ fn crate_dependency_edges_follow_the_architecture() {
             ][..],
         ),
         // The conformance tester must work against any KME: wire types and vocabulary only.
-
         ("qkd-conform", &["qkd-types", "qkd-proto"][..]),
         (
             "qkd-bench",
@@ -119,7 +118,8 @@ fn the_node_links_no_simulator_plotting_or_output() {
             !tree.lines().any(|l| l.starts_with(krate)),
             "qkd-node pulls in {krate}"
         );
-    }    // The simulation's test seams (the simulated disk, the switches that put defects back) are
+    }
+    // The simulation's test seams (the simulated disk, the switches that put defects back) are
     // never built into the daemon.
     assert!(
         !tree.contains("qkd-kms feature \"simulation\""),
