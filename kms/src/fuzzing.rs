@@ -564,7 +564,6 @@ impl<'a> Arbitrary<'a> for Records {
                 .collect::<arbitrary::Result<_>>()?,
             size_bits: u.arbitrary()?,
             expires_at: u.arbitrary()?,
-            released: u.arbitrary()?,
             made_under: made_under(u)?,
             pool: u.arbitrary()?,
         };
@@ -876,7 +875,6 @@ mod tests {
             slaves: vec![(sae("ENC-C1"), false), (sae("ENC-C2"), true)],
             size_bits: 256,
             expires_at: 1_796_413_742_723,
-            released: true,
             made_under: Some(MadeUnder {
                 policy: "QKD+PQ+T".into(),
                 suite: "X25519/ML-KEM-768".into(),
@@ -887,7 +885,6 @@ mod tests {
         let plain = StoredKey {
             made_under: None,
             pool: false,
-            released: false,
             ..key.clone()
         };
         put(t, "key-no-origin", 0, &store::encode_key(&plain, &sealed));

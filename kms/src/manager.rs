@@ -1263,8 +1263,7 @@ impl KeyService for KeyManager {
                         }
                         match tx.key_meta(*id)? {
                             Some(m)
-                                if m.released
-                                    && m.master == req.master
+                                if m.master == req.master
                                     && m.expires_at > now
                                     && me.stored_key_fits(&m)
                                     && !m

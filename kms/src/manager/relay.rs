@@ -1414,7 +1414,6 @@ impl KeyManager {
             slaves: pending.slaves.into_iter().map(|s| (s, false)).collect(),
             size_bits: pending.size_bits,
             expires_at: now + cfg.relay.pool_ttl_ms + cfg.key_ttl_ms,
-            released: true,
             made_under: Some(made_under),
             pool: pending.pool,
         };
@@ -1478,7 +1477,6 @@ impl KeyManager {
             slaves: wraps.slaves.into_iter().map(|s| (s, false)).collect(),
             size_bits: msg.size_bits,
             expires_at: now + cfg.key_ttl_ms,
-            released: true,
             made_under: Some(made_under),
             pool: false,
         };
