@@ -129,6 +129,8 @@ pub struct Outcome {
     pub partitions: u32,
     /// Runs of link key taken.
     pub link_runs: u64,
+    /// Waiting keys whose expiry a delivery notice set.
+    pub notified_keys: u64,
     /// Simulated time, in milliseconds.
     pub sim_ms: u64,
     /// Hash of the trace (the same for two runs of the same options).
@@ -507,6 +509,8 @@ struct Checker {
     violations: Vec<String>,
     /// Runs of link key taken at each node, by (node, link, device block ID).
     taken: BTreeMap<(usize, LinkId, BlockId), Vec<(u32, u32)>>,
+    /// Expiry of waiting keys at slaves' nodes, as delivery notices set it, by (node, key).
+    expiry: BTreeMap<(usize, KeyId), UnixMillis>,
     link_runs: u64,
 }
 
@@ -542,6 +546,12 @@ impl Observer for NodeObserver {
             Event::LinkKeyTaken { link, runs } => {
                 for (block, offset, len) in runs.iter() {
                     c.take(self.node, link, *block, *offset, *len);
+                }
+            }
+            Event::ExpiryMoved { keys, expires_at } => {
+                for id in keys.iter() {
+                    let e = c.expiry.entry((self.node, *id)).or_insert(*expires_at);
+                    *e = (*e).min(*expires_at);
                 }
             }
             Event::Delivered {
@@ -772,7 +782,9 @@ impl Sim {
                 key_size: key_bits,
                 ..KeyLimits::default()
             },
-            key_ttl_ms: 600_000,
+            // Short enough that keys expire during a run: a delivery notice must make the slave's
+            // copy expire a key TTL after the master got it.
+            key_ttl_ms: 20_000,
             peer_timeout: Duration::from_millis(500),
             tombstone_retention_ms: 86_400_000,
             relay: RelayConfig {
@@ -1105,9 +1117,25 @@ impl Sim {
                         continue;
                     };
                     let twice = !k.fetched.insert(slave.clone());
+                    let now = self.clock.now();
+                    let expired = self
+                        .checker
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .expiry
+                        .get(&(node, got.id))
+                        .copied()
+                        .filter(|e| now >= *e);
                     let differs = k.key != got.key;
                     if twice {
                         self.fail(format!("key {} delivered twice to slave {slave}", got.id));
+                    }
+                    if let Some(e) = expired {
+                        self.fail(format!(
+                            "key {} served to slave {slave} at {now}, after the expiry {e} its \
+                             master's node set (a key TTL after its master got it)",
+                            got.id
+                        ));
                     }
                     if differs {
                         self.fail(format!(
@@ -1190,11 +1218,11 @@ impl Sim {
                 m.halt();
             }
         }
-        self.outcome.link_runs = self
-            .checker
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .link_runs;
+        {
+            let c = self.checker.lock().unwrap_or_else(|p| p.into_inner());
+            self.outcome.link_runs = c.link_runs;
+            self.outcome.notified_keys = c.expiry.len() as u64;
+        }
         self.outcome.sim_ms = self.clock.now() - self.clock.base;
         self.outcome.trace_hash = {
             use std::hash::{Hash, Hasher};
@@ -1341,6 +1369,7 @@ pub fn run_seeds(
         s.master_keys += o.master_keys;
         s.slave_keys += o.slave_keys;
         s.multicast_keys += o.multicast_keys;
+        s.notified_keys += o.notified_keys;
         s.crashes += u64::from(o.crashes);
         s.sim_ms += o.sim_ms;
     }
@@ -1360,6 +1389,8 @@ pub struct Summary {
     pub slave_keys: u64,
     /// Keys delivered for two slaves at once.
     pub multicast_keys: u64,
+    /// Waiting keys whose expiry a delivery notice set.
+    pub notified_keys: u64,
     /// Crashes.
     pub crashes: u64,
     /// Simulated milliseconds.
@@ -1371,13 +1402,14 @@ impl std::fmt::Display for Summary {
         let mut s = String::new();
         let _ = write!(
             s,
-            "{} runs, {} steps, {} keys to masters ({} for two slaves), {} to slaves, {} crashes, \
-             {:.0} s simulated",
+            "{} runs, {} steps, {} keys to masters ({} for two slaves), {} to slaves, {} expiries \
+             set by delivery notices, {} crashes, {:.0} s simulated",
             self.runs,
             self.steps,
             self.master_keys,
             self.multicast_keys,
             self.slave_keys,
+            self.notified_keys,
             self.crashes,
             self.sim_ms as f64 / 1000.0
         );

@@ -414,9 +414,11 @@ impl KeyManager {
             .map(|(s, e)| (s.clone(), e.node.clone()))
             .collect();
         let source = source.clone();
-        self.inner
+        let moved = self
+            .inner
             .writer
-            .run(move |tx| -> Result<(), StoreError> {
+            .run(move |tx| -> Result<Vec<KeyId>, StoreError> {
+                let mut moved = Vec::new();
                 for id in &ids {
                     let Some(meta) = tx.key_meta(*id)? else {
                         continue;
@@ -426,10 +428,15 @@ impl KeyManager {
                         continue;
                     }
                     tx.set_key_expiry(*id, &meta, expires_at)?;
+                    moved.push(*id);
                 }
-                Ok(())
+                Ok(moved)
             })
             .await??;
+        self.emit(&Event::ExpiryMoved {
+            keys: &moved,
+            expires_at,
+        });
         use std::sync::atomic::Ordering::Relaxed;
         self.relay().notices.received.fetch_add(1, Relaxed);
         self.relay().notices.keys_received.fetch_add(n, Relaxed);
