@@ -153,12 +153,41 @@ pub struct Violation {
 impl Violation {
     /// The command that replays this run exactly.
     pub fn replay_command(&self) -> String {
+        let d = self.options.defects;
+        let defects: Vec<&str> = [
+            (d.mixed_profiles, "mixed_profiles"),
+            (d.stale_keys, "stale_keys"),
+            (d.reissued_ids, "reissued_ids"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        let defects = if defects.is_empty() {
+            String::new()
+        } else {
+            format!("SIM_DEFECTS={} ", defects.join(","))
+        };
         format!(
-            "SIM_SEED={} SIM_STEPS={} SIM_SHAPE={} cargo test -p qkd-netsim --test it -- replay --exact --nocapture",
+            "{defects}SIM_SEED={} SIM_STEPS={} SIM_SHAPE={} cargo test -p qkd-netsim --test it -- \
+             replay --exact --nocapture",
             self.options.seed,
             self.options.steps,
             self.options.shape.name()
         )
+    }
+
+    /// Parses the `SIM_DEFECTS` spelling of [`Violation::replay_command`].
+    pub fn parse_defects(s: &str) -> Option<Defects> {
+        let mut d = Defects::default();
+        for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name {
+                "mixed_profiles" => d.mixed_profiles = true,
+                "stale_keys" => d.stale_keys = true,
+                "reissued_ids" => d.reissued_ids = true,
+                _ => return None,
+            }
+        }
+        Some(d)
     }
 }
 
