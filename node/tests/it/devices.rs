@@ -4,6 +4,7 @@
 //! marks the link down without stopping its node, and the link recovers when the device is back;
 //! `qkd-node check` names what is wrong in a device section and `check --online` asks the device.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -25,6 +26,10 @@ use crate::harness::{BIN, Net, keys};
 
 /// Key rate of the emulated link, bit/s (reported by the devices in their status).
 const RATE: u64 = 2_000_000;
+
+/// Link key each end holds at most, bytes: enough to fill the SAE pools, small enough that the
+/// ingest pauses once it is full.
+const CAPACITY: u64 = 96 * 1024;
 
 /// The SAE ID of each node at its device (the CN of its client certificate).
 const DEVICE_SAES: [&str; 2] = ["node-A", "node-B"];
@@ -163,11 +168,16 @@ max_backoff_ms = 200
         .unwrap()
     }
 
-    /// Backs the link A-B of a `pair` network with this device pair at both ends.
+    /// Backs the link A-B of a `pair` network with this device pair at both ends, each end
+    /// holding at most [`CAPACITY`] bytes of link key.
     fn attach(&self, net: &Net) {
         for (i, node) in ["A", "B"].into_iter().enumerate() {
             let source = self.source(i);
-            net.edit_config(node, |t| set_link_source(t, source));
+            net.edit_config(node, |t| {
+                set_link_source(t, source);
+                let link = t["link"].as_array_mut().unwrap()[0].as_table_mut().unwrap();
+                link.insert("capacity_bytes".into(), toml::Value::Integer(CAPACITY as i64));
+            });
         }
     }
 }
@@ -275,35 +285,25 @@ async fn wait_link(net: &Net, node: &str, what: &str, pred: impl Fn(&Value) -> b
     }
 }
 
-/// Waits until the devices have issued more than `n` keys and the slave's device has handed
-/// out every one (nothing pending between the two devices): key flows A -> B again.
-async fn wait_device_keys(emu: &Emu, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !(emu.pair.issued_keys() > n && emu.pair.pending_keys() == 0) {
+/// Takes keys from the SAEs until the link needs new key and the devices have issued more than
+/// `n` keys, each fetched from the slave's device too (nothing pending between the two devices:
+/// the link's pool holds `CAPACITY` bytes, so the ingest pauses once it is full). Key flows
+/// from A's device through both nodes to B's device again.
+async fn until_device_key_flows(net: &Net, emu: &Emu, n: u64, seen: &mut HashSet<String>) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        same_keys_at_both_ends(net, seen).await;
+        if emu.pair.issued_keys() > n && emu.pair.pending_keys() == 0 {
+            return;
+        }
         assert!(
             Instant::now() < deadline,
-            "device key flow did not resume: issued {}, pending {}",
+            "device key flow did not resume: issued {} (before {n}), pending {}",
             emu.pair.issued_keys(),
             emu.pair.pending_keys()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// One key made for ENC-A1 (enc_keys at A) and fetched by ENC-B1 (dec_keys at B): same bytes.
-async fn same_key_at_both_ends(net: &Net) {
-    let (code, body) = net
-        .call_retrying("ENC-A1", "ENC-B1/enc_keys?number=2", None)
-        .await;
-    assert_eq!(code, 200, "{body}");
-    let got = keys(&body);
-    assert_eq!(got.len(), 2, "{body}");
-    let ids: Vec<_> = got.iter().map(|(id, _)| json!({ "key_ID": id })).collect();
-    let (code, back) = net
-        .call("ENC-B1", "ENC-A1/dec_keys", Some(json!({ "key_IDs": ids })))
-        .await;
-    assert_eq!(code, 200, "{back}");
-    assert_eq!(keys(&back), got);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,8 +325,9 @@ async fn device_backed_link_delivers_keys_and_rides_out_device_outages() {
         "{out}"
     );
 
-    net.wait_for_keys("ENC-A1", "ENC-B1", 1).await;
-    same_key_at_both_ends(&net).await;
+    net.wait_for_keys("ENC-A1", "ENC-B1", 4).await;
+    let mut seen = HashSet::new();
+    same_keys_at_both_ends(&net, &mut seen).await;
     // The link key came from the devices: every key the master's device issued was fetched
     // from the slave's device.
     assert!(emu.pair.issued_keys() > 0);
@@ -352,8 +353,7 @@ async fn device_backed_link_delivers_keys_and_rides_out_device_outages() {
     let issued = emu.pair.issued_keys();
     emu.devices[0].restart(&emu.pair, 0).await;
     wait_link(&net, "A", "up", |s| s["state"] == "up").await;
-    wait_device_keys(&emu, issued).await;
-    same_key_at_both_ends(&net).await;
+    until_device_key_flows(&net, &emu, issued, &mut seen).await;
 
     // The slave's device goes down and comes back: its end follows.
     emu.devices[1].stop().await;
@@ -361,14 +361,7 @@ async fn device_backed_link_delivers_keys_and_rides_out_device_outages() {
     let issued = emu.pair.issued_keys();
     emu.devices[1].restart(&emu.pair, 1).await;
     wait_link(&net, "B", "up", |s| s["state"] == "up").await;
-    // Pull new device key until the ingest has gone round again (the pool refills as keys go).
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while emu.pair.issued_keys() <= issued {
-        same_key_at_both_ends(&net).await;
-        assert!(Instant::now() < deadline, "ingest never resumed");
-    }
-    wait_device_keys(&emu, issued).await;
-    same_key_at_both_ends(&net).await;
+    until_device_key_flows(&net, &emu, issued, &mut seen).await;
     for d in &mut emu.devices {
         d.stop().await;
     }
@@ -454,4 +447,66 @@ async fn check_names_what_is_wrong_in_a_device_section() {
         "{out}"
     );
     emu.devices[1].stop().await;
+}
+
+/// SIGKILL of the master end's node while it takes key from its device, at whatever point of
+/// enc_keys, the durable record of the new blocks, the offer to B and B's dec_keys the kill
+/// lands: no key is ever delivered twice or with different bytes at the two ends, no device
+/// key ID is used twice on the link, and key flows again after each restart. (A key the
+/// master's device handed out but the dead node never recorded stays unused at B's device.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_node_killed_mid_ingest_uses_no_key_twice() {
+    let net = Net::setup(1_000_000);
+    let mut emu = Emu::start(&net).await;
+    emu.attach(&net);
+    net.start("A");
+    net.start("B");
+    net.wait_for_keys("ENC-A1", "ENC-B1", 1).await;
+    let mut seen = HashSet::new();
+    for round in 0..4 {
+        // Make the master's node take key from its device, and kill it while it does.
+        let issued = emu.pair.issued_keys();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while emu.pair.issued_keys() == issued {
+            same_keys_at_both_ends(&net, &mut seen).await;
+            assert!(Instant::now() < deadline, "round {round}: no ingest");
+        }
+        net.kill9("A");
+        net.start("A");
+        wait_link(&net, "A", "up", |s| s["state"] == "up").await;
+        let issued = emu.pair.issued_keys();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while emu.pair.issued_keys() <= issued {
+            same_keys_at_both_ends(&net, &mut seen).await;
+            assert!(Instant::now() < deadline, "round {round}: ingest did not resume");
+        }
+    }
+    for node in ["A", "B"] {
+        let st = link_status(&net, node).await;
+        assert_eq!(st["device_reissued_ids"], 0, "{node}: {st}");
+    }
+    for d in &mut emu.devices {
+        d.stop().await;
+    }
+}
+
+/// Keys made for ENC-A1 (enc_keys at A) and fetched by ENC-B1 (dec_keys at B): the same bytes
+/// at both ends, and none of them (ID or bytes) in `seen` before.
+async fn same_keys_at_both_ends(net: &Net, seen: &mut HashSet<String>) {
+    let (code, body) = net
+        .call_retrying("ENC-A1", "ENC-B1/enc_keys?number=4", None)
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let got = keys(&body);
+    assert_eq!(got.len(), 4, "{body}");
+    let ids: Vec<_> = got.iter().map(|(id, _)| json!({ "key_ID": id })).collect();
+    let (code, back) = net
+        .call("ENC-B1", "ENC-A1/dec_keys", Some(json!({ "key_IDs": ids })))
+        .await;
+    assert_eq!(code, 200, "{back}");
+    assert_eq!(keys(&back), got);
+    for (id, key) in got {
+        assert!(seen.insert(id.clone()), "key ID {id} delivered twice");
+        assert!(seen.insert(hex::encode(&key)), "key bytes delivered twice");
+    }
 }
