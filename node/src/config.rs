@@ -804,7 +804,10 @@ peers = ["ENC-A"]
 
     #[test]
     fn a_device_link_parses_with_its_pem_paths_made_absolute() {
-        let c = parse(&with_device("allow_tls12 = true\n[link.source.limits]\nattempts = 5\n")).unwrap();
+        let c = parse(&with_device(
+            "allow_tls12 = true\n[link.source.limits]\nattempts = 5\n",
+        ))
+        .unwrap();
         let SourceSection::Etsi014(dev) = &c.links[0].source else {
             panic!("not a device link: {:?}", c.links[0].source);
         };
