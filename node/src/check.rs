@@ -155,7 +155,7 @@ pub async fn online_devices(cfg: &NodeConfig) -> Vec<DeviceReach> {
         let SourceSection::Etsi014(dev) = &link.source else {
             continue;
         };
-        let result = match Etsi014Source::new((**dev).clone(), link.role.link_role()) {
+        let result = match Etsi014Source::new(dev.clone(), link.role.link_role()) {
             Err(e) => Err(e.to_string()),
             Ok(source) => source
                 .check_online()

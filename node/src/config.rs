@@ -379,7 +379,7 @@ pub enum SourceSection {
     /// A QKD device (its built-in KME) over ETSI GS QKD 014: this node is an SAE of its device.
     /// The members are the adapter's [`DeviceConfig`] (docs/devices.md); relative PEM file paths
     /// are relative to the configuration file.
-    Etsi014(Box<DeviceConfig>),
+    Etsi014(DeviceConfig),
 }
 
 impl SourceSection {

@@ -443,7 +443,7 @@ fn make_source(
         // Never contacts the device: an unreachable device leaves the link down (the key
         // manager's ingest retries it), never the node unstarted.
         SourceSection::Etsi014(dev) => {
-            let source = Etsi014Source::with_clock((**dev).clone(), link.role.link_role(), clock)
+            let source = Etsi014Source::with_clock(dev.clone(), link.role.link_role(), clock)
                 .with_context(|| format!("link {}: device {}", link.id, dev.url))?;
             tracing::info!(link = %link.id, device = %dev.url, role = ?link.role, "link takes key from an ETSI 014 device");
             Ok(Arc::new(source))

@@ -415,47 +415,41 @@ async fn check_names_what_is_wrong_in_a_device_section() {
     let mut emu = Emu::start(&net).await;
     let config = net.path().join("A").join("node.toml");
     let dir = emu.dir.clone();
-    let cases: [(&str, Box<dyn Fn(&mut toml::Table)>, &[&str]); 4] = [
+    // (what, member of the device section, its new value, what the error must name)
+    let file = |p: &Path| {
+        let mut t = toml::Table::new();
+        t.insert("file".into(), p.display().to_string().into());
+        toml::Value::Table(t)
+    };
+    let cases = [
         (
             "missing CA file",
-            Box::new(|s| {
-                let mut t = toml::Table::new();
-                t.insert("file".into(), "/nonexistent/ca.pem".into());
-                s.insert("ca".into(), toml::Value::Table(t));
-            }),
-            &["link[0].source.ca", "/nonexistent/ca.pem"],
+            "ca",
+            file(Path::new("/nonexistent/ca.pem")),
+            &["link[0].source.ca", "/nonexistent/ca.pem"][..],
         ),
         (
             "key of another certificate",
-            Box::new(|s| {
-                let other = dir.join(format!("{}.key", DEVICE_SAES[1]));
-                let mut t = toml::Table::new();
-                t.insert("file".into(), other.display().to_string().into());
-                s.insert("client_key".into(), toml::Value::Table(t));
-            }),
+            "client_key",
+            file(&dir.join(format!("{}.key", DEVICE_SAES[1]))),
             &["link[0].source.client_key", "does not match client_cert"],
         ),
         (
             "CA file that holds no certificate",
-            Box::new(|s| {
-                let key = dir.join(format!("{}.key", DEVICE_SAES[0]));
-                let mut t = toml::Table::new();
-                t.insert("file".into(), key.display().to_string().into());
-                s.insert("ca".into(), toml::Value::Table(t));
-            }),
+            "ca",
+            file(&dir.join(format!("{}.key", DEVICE_SAES[0]))),
             &["link[0].source.ca", "no CERTIFICATE"],
         ),
         (
             "misspelled member",
-            Box::new(|s| {
-                s.insert("allow_tls_12".into(), true.into());
-            }),
+            "allow_tls_12",
+            true.into(),
             &["line", "allow_tls_12"],
         ),
     ];
-    for (what, edit, needles) in cases {
+    for (what, member, value, needles) in cases {
         let mut source = emu.source(0);
-        edit(&mut source);
+        source.insert(member.into(), value);
         net.edit_config("A", |t| set_link_source(t, source));
         let (ok, out) = check(&config, &[]);
         assert!(!ok, "{what}: check passed\n{out}");
