@@ -365,6 +365,13 @@ async fn device_backed_link_delivers_keys_and_rides_out_device_outages() {
     wait_link(&net, "A", "up", |s| s["state"] == "up").await;
     until_device_key_flows(&net, &emu, issued, &mut seen).await;
 
+    // The slave end's link follows its own device (key flow after such an outage: see
+    // `slave_device_outage_and_recovery`).
+    emu.devices[1].stop().await;
+    let st = wait_link(&net, "B", "down", |s| s["state"] == "down").await;
+    assert_eq!(st["secret_key_rate_bps"].as_f64(), Some(0.0), "{st}");
+    emu.devices[1].restart(&emu.pair, 1).await;
+    wait_link(&net, "B", "up", |s| s["state"] == "up").await;
     for d in &mut emu.devices {
         d.stop().await;
     }
