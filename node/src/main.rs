@@ -36,7 +36,8 @@ enum Cmd {
         config: PathBuf,
     },
     /// Check a configuration file and every file it names (certificates, keys, CA, pinned
-    /// signing keys, link seeds, device certificates), then exit; `run` performs the same checks before it starts.
+    /// signing keys, link seeds, device certificates), then exit; `run` performs the same
+    /// checks before it starts.
     ///
     /// Example: qkd-node check --config /etc/qkd/node.toml
     Check {
