@@ -1,7 +1,8 @@
 //! Operator status over plain HTTP on a loopback listener (axum): `GET /status` answers JSON with
 //! the node's identity, per link its source kind (`simulated`, `etsi014`), state, QBER, key rate
 //! as the source reports them, pool levels and whether its keys are simulated, and the
-//! configuration warnings an operator must see (SAE pairs configured `qkd-only`). Never any key bytes. `GET /healthz` answers `ok`.
+//! configuration warnings an operator must see (SAE pairs configured `qkd-only`). Never any key
+//! bytes. `GET /healthz` answers `ok`.
 
 use std::future::Future;
 use std::sync::Arc;
