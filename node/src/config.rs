@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use qkd_hardware::etsi014::{DeviceConfig, PemSource};
 use qkd_kms::api::KeyLimits;
 use qkd_kms::manager::RelayConfig;
 use qkd_types::{KmeId, LinkId, NodeId, SaeId};
@@ -351,6 +352,16 @@ pub enum Role {
     Slave,
 }
 
+impl Role {
+    /// The device interface's name for this role.
+    pub fn link_role(self) -> qkd_hardware::LinkRole {
+        match self {
+            Role::Master => qkd_hardware::LinkRole::Master,
+            Role::Slave => qkd_hardware::LinkRole::Slave,
+        }
+    }
+}
+
 /// `[link.source]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
@@ -365,6 +376,20 @@ pub enum SourceSection {
         /// Link model parameters.
         model: qkd_simulator::model::LinkModelSpec,
     },
+    /// A QKD device (its built-in KME) over ETSI GS QKD 014: this node is an SAE of its device.
+    /// The members are the adapter's [`DeviceConfig`] (docs/devices.md); relative PEM file paths
+    /// are relative to the configuration file.
+    Etsi014(DeviceConfig),
+}
+
+impl SourceSection {
+    /// The `kind` as written in the configuration.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceSection::Simulated { .. } => "simulated",
+            SourceSection::Etsi014(_) => "etsi014",
+        }
+    }
 }
 
 fn d_block_bits() -> u32 {
@@ -431,6 +456,15 @@ impl NodeConfig {
         for n in &mut cfg.neighbours {
             if let Some(p) = &mut n.peer_addr_file {
                 abs(p);
+            }
+        }
+        for lk in &mut cfg.links {
+            if let SourceSection::Etsi014(dev) = &mut lk.source {
+                for pem in [&mut dev.ca, &mut dev.client_cert, &mut dev.client_key] {
+                    if let PemSource::File(p) = pem {
+                        abs(p);
+                    }
+                }
             }
         }
         let l = &cfg.limits;
@@ -514,18 +548,36 @@ impl NodeConfig {
                     "must be positive".into(),
                 ));
             }
-            let SourceSection::Simulated {
-                block_bits, model, ..
-            } = &lk.source;
-            if *block_bits == 0 || block_bits % 8 != 0 {
-                return Err(err(
-                    &format!("link[{i}].source.block_bits"),
-                    format!("{block_bits} is not a positive multiple of 8"),
-                ));
+            match &lk.source {
+                SourceSection::Simulated {
+                    block_bits, model, ..
+                } => {
+                    if *block_bits == 0 || block_bits % 8 != 0 {
+                        return Err(err(
+                            &format!("link[{i}].source.block_bits"),
+                            format!("{block_bits} is not a positive multiple of 8"),
+                        ));
+                    }
+                    model
+                        .build()
+                        .map_err(|e| err(&format!("link[{i}].source.model"), e.to_string()))?;
+                }
+                // The checks that need no file; the files are read by `check::offline`.
+                SourceSection::Etsi014(dev) => {
+                    dev.base_url()
+                        .map_err(|e| err(&format!("link[{i}].source.url"), e.to_string()))?;
+                    if dev.sae_id == dev.peer_sae_id {
+                        return Err(err(
+                            &format!("link[{i}].source.peer_sae_id"),
+                            format!(
+                                "{} is also sae_id: the peer is the node at the other end of \
+                                 the link",
+                                dev.peer_sae_id
+                            ),
+                        ));
+                    }
+                }
             }
-            model
-                .build()
-                .map_err(|e| err(&format!("link[{i}].source.model"), e.to_string()))?;
         }
         for (i, n) in cfg.neighbours.iter().enumerate() {
             if n.peer_addr.is_none() == n.peer_addr_file.is_none() {
@@ -734,6 +786,72 @@ peers = ["ENC-A"]
                 e.what.contains("not pinned") && e.what.contains("node B"),
                 "{e}"
             );
+        }
+    }
+
+    /// The link of GOOD backed by an ETSI 014 device instead of the simulator.
+    fn with_device(extra: &str) -> String {
+        GOOD.replace(
+            "kind = \"simulated\"\nstart_unix_ms = 0\nmodel = { kind = \"constant-rate\", bits_per_second = 1000000 }\n",
+            &format!(
+                "kind = \"etsi014\"\nurl = \"https://qkd-a.example:8443\"\n\
+                 ca = {{ file = \"dev/ca.pem\" }}\nclient_cert = {{ file = \"dev/a.crt\" }}\n\
+                 client_key = {{ file = \"/abs/a.key\" }}\nexpected_kme_id = \"IDQ-1\"\n\
+                 sae_id = \"node-a\"\npeer_sae_id = 12\n{extra}"
+            ),
+        )
+    }
+
+    #[test]
+    fn a_device_link_parses_with_its_pem_paths_made_absolute() {
+        let c = parse(&with_device(
+            "allow_tls12 = true\n[link.source.limits]\nattempts = 5\n",
+        ))
+        .unwrap();
+        let SourceSection::Etsi014(dev) = &c.links[0].source else {
+            panic!("not a device link: {:?}", c.links[0].source);
+        };
+        assert_eq!(c.links[0].source.kind(), "etsi014");
+        let file = |p: &PemSource| match p {
+            PemSource::File(p) => p.clone(),
+            PemSource::Pem(_) => panic!("inline"),
+        };
+        assert_eq!(file(&dev.ca), PathBuf::from("/etc/qkd/dev/ca.pem"));
+        assert_eq!(file(&dev.client_cert), PathBuf::from("/etc/qkd/dev/a.crt"));
+        assert_eq!(file(&dev.client_key), PathBuf::from("/abs/a.key"));
+        assert_eq!(dev.peer_sae_id.as_str(), "12");
+        assert!(dev.allow_tls12);
+        assert_eq!(dev.limits.attempts, 5);
+        // The simulator stays the source of existing configurations.
+        assert_eq!(parse(GOOD).unwrap().links[0].source.kind(), "simulated");
+    }
+
+    #[test]
+    fn device_link_errors_name_the_member() {
+        let cases = [
+            (
+                with_device("").replace("https://qkd-a", "http://qkd-a"),
+                "link[0].source.url",
+                "HTTPS only",
+            ),
+            (
+                with_device("").replace("peer_sae_id = 12", "peer_sae_id = \"node-a\""),
+                "link[0].source.peer_sae_id",
+                "also sae_id",
+            ),
+            (with_device("colour = \"red\"\n"), "line", "colour"),
+            (
+                with_device("").replace("expected_kme_id = \"IDQ-1\"\n", ""),
+                "line",
+                "expected_kme_id",
+            ),
+        ];
+        for (text, key, what) in cases {
+            let e = parse(&text).expect_err(key);
+            let s = e.to_string();
+            assert!(s.starts_with("/etc/qkd/node.toml: "), "{s}");
+            assert!(e.key.contains(key), "key {:?} lacks {key:?} ({s})", e.key);
+            assert!(s.contains(what), "{s} lacks {what:?}");
         }
     }
 

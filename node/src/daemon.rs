@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use qkd_hardware::{KeySource, LinkRole};
+use qkd_hardware::KeySource;
+use qkd_hardware::etsi014::Etsi014Source;
 use qkd_kms::api::etsi014::ServerLimits;
 use qkd_kms::api::{KeyLimits, KeyService};
 use qkd_kms::durable::Access;
@@ -26,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{NodeConfig, Role, SourceSection};
+use crate::config::{NodeConfig, SourceSection};
 use crate::status::PairWarning;
 use crate::{check, status};
 
@@ -425,13 +426,9 @@ fn make_source(
             let seed = check::read_seed(&seed_path).map_err(|e| {
                 anyhow::anyhow!("simulated link {}: {}: {e}", link.id, seed_path.display())
             })?;
-            let role = match link.role {
-                Role::Master => LinkRole::Master,
-                Role::Slave => LinkRole::Slave,
-            };
             let cfg = SimLinkConfig {
                 link: link.id.clone(),
-                role,
+                role: link.role.link_role(),
                 block_bits: *block_bits,
                 start: *start_unix_ms,
             };
@@ -442,6 +439,14 @@ fn make_source(
                 .with_position_file(position.clone())
                 .with_context(|| format!("simulated link position file {}", position.display()))?;
             Ok(Arc::new(sim))
+        }
+        // Never contacts the device: an unreachable device leaves the link down (the key
+        // manager's ingest retries it), never the node unstarted.
+        SourceSection::Etsi014(dev) => {
+            let source = Etsi014Source::with_clock(dev.clone(), link.role.link_role(), clock)
+                .with_context(|| format!("link {}: device {}", link.id, dev.url))?;
+            tracing::info!(link = %link.id, device = %dev.url, role = ?link.role, "link takes key from an ETSI 014 device");
+            Ok(Arc::new(source))
         }
     }
 }

@@ -7,6 +7,7 @@ mod check;
 mod conform;
 mod defects;
 mod deps;
+mod devices;
 mod fuzz_corpus;
 mod harness;
 mod network;
