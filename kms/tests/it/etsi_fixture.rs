@@ -527,6 +527,32 @@ pub async fn start_server(
     }
 }
 
+/// The invariant every refused request keeps: the pool did not shrink (`<`, not `!=`: a real
+/// deployment may refill it from its link meanwhile), and `key`, a key the request named, is still
+/// there for its slave, byte for byte (`refetch` fetches it).
+pub async fn check_nothing_consumed<
+    K: PartialEq,
+    F: std::future::Future<Output = Result<K, String>>,
+>(
+    before: u64,
+    after: u64,
+    key: Option<(String, K)>,
+    refetch: impl FnOnce(String) -> F,
+) -> Result<(), String> {
+    if after < before {
+        return Err(format!("refused request consumed key: {before} → {after}"));
+    }
+    if let Some((id, bytes)) = key {
+        let fetched = refetch(id)
+            .await
+            .map_err(|e| format!("key burnt by a refused request: {e}"))?;
+        if fetched != bytes {
+            return Err("slave got different bytes".into());
+        }
+    }
+    Ok(())
+}
+
 fn http_client(config: &Arc<ClientConfig>) -> reqwest::Client {
     reqwest::Client::builder()
         .tls_backend_preconfigured((**config).clone())
