@@ -3,7 +3,7 @@
 //! links. First run generates the test PKI, link seeds and configurations into the data
 //! directory; later runs reuse them (and the nodes their recorded ports).
 //!
-//! Every node is also a SKIP Key Provider (`KP_<node>`) with a route for each of its SAEs to
+//! Every node with encryptors is also a SKIP Key Provider (`KP_<node>`) with a route for each of its SAEs to
 //! each of their peers. Once every node has bound its listeners, the demo writes `demo.json`
 //! (atomically) describing the running network, every endpoint of every node included, and
 //! prints ready-to-paste `curl` commands for ETSI 014 and SKIP.
@@ -312,14 +312,16 @@ fn setup(
                 )?,
             }
         }
-        // This node as a SKIP Key Provider: each of its encryptors reaches each of its peers
-        // through the peer node's Key Provider.
-        writeln!(
-            t,
-            "[skip]\nlisten = \"{}:0\"\nlocal_system_id = \"{}\"\n",
-            node.ip,
-            system_id(&node.id)
-        )?;
+        // This node as a SKIP Key Provider, if encryptors are attached to it: each of them
+        // reaches each of its peers through the peer node's Key Provider.
+        if topo.saes.iter().any(|(_, at, _)| *at == i) {
+            writeln!(
+                t,
+                "[skip]\nlisten = \"{}:0\"\nlocal_system_id = \"{}\"\n",
+                node.ip,
+                system_id(&node.id)
+            )?;
+        }
         for (sid, _, peers) in topo.saes.iter().filter(|(_, at, _)| *at == i) {
             for p in peers {
                 let Some((_, peer_at, _)) = topo.saes.iter().find(|(s, _, _)| s.as_str() == *p)
