@@ -163,7 +163,7 @@ fn d_true() -> bool {
 pub struct SkipRouteSection {
     /// The calling encryptor: an SAE attached to this node, named by its client certificate.
     pub encryptor: Spanned<SaeId>,
-    /// The `localSystemID` of the peer's Key Provider (this node's own for a peer at this site).
+    /// The `localSystemID` of the peer's Key Provider (another node's).
     pub remote_system_id: Spanned<SystemId>,
     /// The SAE at that Key Provider; `encryptor` and it must list each other as peers.
     pub peer_sae: Spanned<SaeId>,
@@ -764,6 +764,15 @@ fn check_skip(cfg: &NodeConfig, skip: &SkipSection, text: &str) -> Result<(), (S
                 format!("{peer} is not a registered SAE (add an [[sae]])"),
             ));
         };
+        if peer_node == &cfg.node.id {
+            return Err((
+                at(i, "peer_sae", r.peer_sae.span()),
+                format!(
+                    "{peer} is attached to this node too; pairs within one node are not served \
+                     (every key comes from a QKD link)"
+                ),
+            ));
+        }
         let lists =
             |x: &SaeId, y: &SaeId| cfg.saes.iter().any(|s| &s.id == x && s.peers.contains(y));
         if enc == peer || !(lists(enc, peer) && lists(peer, enc)) {
@@ -774,20 +783,13 @@ fn check_skip(cfg: &NodeConfig, skip: &SkipSection, text: &str) -> Result<(), (S
                 ),
             ));
         }
-        let local = peer_node == &cfg.node.id;
-        if local != (remote == &skip.local_system_id) {
+        if remote == &skip.local_system_id {
             return Err((
                 at(i, "remote_system_id", r.remote_system_id.span()),
-                if local {
-                    format!(
-                        "{peer} is attached to this node, so its Key Provider is this one: use {}",
-                        skip.local_system_id
-                    )
-                } else {
-                    format!(
-                        "{remote} is this node's own local_system_id, but {peer} is attached to node {peer_node}"
-                    )
-                },
+                format!(
+                    "{remote} is this node's own local_system_id, but {peer} is attached to node \
+                     {peer_node}"
+                ),
             ));
         }
         if let Some(j) = seen.insert((enc, remote), i) {
@@ -1036,6 +1038,12 @@ peer_sae = "ENC-B"
                     + "\n[[skip.route]]\nencryptor = \"ENC-A\"\nremote_system_id = \"KP_B\"\npeer_sae = \"ENC-B\"\n",
                 "skip.route[1].remote_system_id",
                 "already has a route",
+            ),
+            (
+                text.replace("peer_sae = \"ENC-B\"", "peer_sae = \"ENC-A2\"")
+                    + &extra_sae.replace("peers = []", "peers = [\"ENC-A\"]"),
+                "skip.route[0].peer_sae",
+                "attached to this node too",
             ),
         ];
         for (text, key, what) in cases {

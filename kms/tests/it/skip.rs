@@ -27,7 +27,7 @@ use qkd_kms::api::{
     ServiceError,
 };
 use qkd_kms::pki::DemoPki;
-use qkd_kms::tls::SaeIdentityRule;
+use qkd_kms::tls::{self, SaeIdentityRule};
 use qkd_types::{SaeId, Secret};
 use serde_json::Value;
 
@@ -179,7 +179,17 @@ async fn exchange(
     head: &str,
     body: &str,
 ) -> Result<Answer, String> {
-    let mut conn = RawConn::connect(fx.kmes[kp].addr, fx.tls(sae))
+    exchange_with(fx.kmes[kp].addr, fx.tls(sae), head, body).await
+}
+
+/// [`exchange`] with an explicit TLS client configuration.
+async fn exchange_with(
+    addr: std::net::SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    head: &str,
+    body: &str,
+) -> Result<Answer, String> {
+    let mut conn = RawConn::connect(addr, tls)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let length = if body.is_empty() {
@@ -600,6 +610,49 @@ async fn entropy_samples_differ() {
         let v = a.json().unwrap();
         assert!(seen.insert(v["randomStr"].as_str().unwrap().to_owned()));
     }
+    fx.stop().await;
+}
+
+/// The draft's certificate modes (its Table 1): TLS 1.3 with `TLS_AES_256_GCM_SHA384` (REQUIRED)
+/// and TLS 1.2 with `TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384`, each the only suite the client
+/// offers; a certificate from a CA the node does not trust fails.
+#[tokio::test]
+async fn the_drafts_certificate_suites_work_and_foreign_certificates_do_not() {
+    use rustls::crypto::aws_lc_rs::{cipher_suite, default_provider};
+    let (fx, _fake) = deployment().await;
+    let files = fx.files("A");
+    for (suite, version) in [
+        (
+            cipher_suite::TLS13_AES_256_GCM_SHA384,
+            &rustls::version::TLS13,
+        ),
+        (
+            cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            &rustls::version::TLS12,
+        ),
+    ] {
+        let provider = rustls::crypto::CryptoProvider {
+            cipher_suites: vec![suite],
+            ..default_provider()
+        };
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(tls::load_roots(&files.ca).unwrap())
+            .with_client_auth_cert(
+                tls::load_certs(&files.cert_chain).unwrap(),
+                tls::load_private_key(&files.key).unwrap(),
+            )
+            .unwrap();
+        let head = "GET /capabilities HTTP/1.1\r\nHost: A\r\nConnection: close";
+        let a = exchange_with(fx.kmes[0].addr, Arc::new(config), head, "")
+            .await
+            .unwrap_or_else(|e| panic!("{suite:?}: {e}"));
+        assert_eq!(a.status, 200, "{suite:?}");
+    }
+    let head = "GET /capabilities HTTP/1.1\r\nHost: A\r\nConnection: close";
+    let foreign = exchange_with(fx.kmes[0].addr, fx.untrusted.clone(), head, "").await;
+    assert!(foreign.is_err(), "a foreign certificate got {foreign:?}");
     fx.stop().await;
 }
 
