@@ -720,6 +720,23 @@ fn check_skip(cfg: &NodeConfig, skip: &SkipSection, text: &str) -> Result<(), (S
             ),
         ));
     }
+    let others = [
+        ("node.etsi_listen", Some(cfg.node.etsi_listen)),
+        ("node.peer_listen", Some(cfg.node.peer_listen)),
+        ("node.admin_listen", cfg.node.admin_listen),
+    ];
+    if let Some((name, _)) = others
+        .iter()
+        .find(|(_, a)| skip.listen.port() != 0 && *a == Some(skip.listen))
+    {
+        return Err((
+            "skip.listen".into(),
+            format!(
+                "{} is also {name}; give the SKIP listener its own port",
+                skip.listen
+            ),
+        ));
+    }
     if skip.routes.is_empty() {
         return Err((
             "skip.route".into(),
@@ -1095,6 +1112,18 @@ peer_sae = "ENC-B"
             assert!(e.key.starts_with("line "), "{e}");
             assert!(e.to_string().contains(what), "{e} lacks {what:?}");
         }
+        let clash = text
+            .replace(
+                "listen = \"127.0.0.1:0\"\nlocal_system_id",
+                "listen = \"127.0.0.2:7000\"\nlocal_system_id",
+            )
+            .replace(
+                "etsi_listen = \"127.0.0.1:0\"",
+                "etsi_listen = \"127.0.0.2:7000\"",
+            );
+        let e = parse(&clash).unwrap_err();
+        assert_eq!(e.key, "skip.listen", "{e}");
+        assert!(e.what.contains("node.etsi_listen"), "{e}");
         let long = text.replace(
             "local_system_id = \"KP_A\"",
             "local_system_id = \"KP_A\"\nalgorithm = \"a-very-long-algorithm\"",
