@@ -348,7 +348,9 @@ impl KeyService for FuzzKeyService {
 
     async fn enc_keys(&self, req: EncKeysRequest) -> Result<Vec<DeliveredKey>, ServiceError> {
         if req.slave.as_str() == "R" && req.size_bits > 512 {
-            return Err(ServiceError::PeerUnavailable("link down".into()));
+            return Err(ServiceError::PeerUnavailable(
+                crate::api::Unavailable::Unreachable,
+            ));
         }
         if req.number > 64 {
             return Err(ServiceError::InsufficientKeyMaterial);

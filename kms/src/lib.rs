@@ -14,6 +14,7 @@ pub mod api;
 pub mod conn;
 pub mod core;
 pub mod durable;
+pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hybrid;

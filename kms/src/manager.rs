@@ -25,16 +25,14 @@
 //! Any failure before a batch's keys are committed at both ends voids the batch; link key used on
 //! the way is never used again. A store commit error stops the node, which recovers from disk.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use qkd_hardware::{KeySource, LinkRole};
 use qkd_proto::peer as pb;
-use qkd_proto::peer::peer_kms_client::PeerKmsClient;
 use qkd_types::{BlockId, Clock, KeyId, KmeId, LinkId, NodeId, SaeId};
-use tonic::transport::Channel;
 
 use crate::api::{
     DecKeysRequest, DeliveredKey, EncKeysRequest, KeyLimits, KeyProfile, KeyService, PairStatus,
@@ -96,8 +94,8 @@ pub struct LinkSetup {
     pub source: Arc<dyn KeySource>,
     /// Most unallocated link key held at once, in bytes.
     pub capacity_bytes: u64,
-    /// Client of the peer's gRPC service (lazy connection).
-    pub client: PeerKmsClient<Channel>,
+    /// The neighbour's peer service (gRPC with a lazy connection, or the simulated network).
+    pub client: Arc<dyn crate::peer::PeerLink>,
 }
 
 #[derive(Debug)]
@@ -155,14 +153,24 @@ struct Inner {
     cfg: ManagerConfig,
     clock: Arc<dyn Clock>,
     writer: Writer,
-    links: HashMap<LinkId, LinkRt>,
+    links: BTreeMap<LinkId, LinkRt>,
     relay: relay::RelayState,
     /// Pool keys found at start that no longer fit their pair's configuration, to be erased by
     /// [`KeyManager::void_stale_keys`] (never served meanwhile: they are not in the pools).
     stale_pool: Mutex<Vec<KeyId>>,
     /// Keys voided at start because the configuration changed, per pair and reason.
     voided: Mutex<BTreeMap<(SaeId, SaeId, String), u64>>,
+    /// Every task this manager spawned and that may still run; [`KeyManager::halt`] aborts them.
+    tasks: Mutex<tokio::task::JoinSet<()>>,
+    /// Who hears this node's events (see [`KeyManager::observe`]).
+    observer: std::sync::OnceLock<Arc<dyn crate::events::Observer>>,
 }
+
+/// Keys for a slave, and the configuration each was made under.
+type SlaveDelivery = (
+    Vec<DeliveredKey>,
+    Vec<(KeyId, Option<crate::store::MadeUnder>)>,
+);
 
 /// Keys of one pair voided at start because they no longer fit its configuration.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -178,40 +186,160 @@ pub struct VoidedKeys {
 }
 
 /// Peer errors that are worth a gRPC status; mapped to `tonic::Status` in [`crate::peer`] only.
+/// Each variant says who causes it.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
     /// Peer: asked about a link this node does not have with it.
     #[error("no link {0} with the calling node")]
-    UnknownLink(String),
+    UnknownLink(LinkId),
     /// Peer: a malformed message (bad ID, wrong sizes...).
     #[error("malformed message: {0}")]
-    Malformed(String),
-    /// Peer: the message contradicts what this node holds (overlap, wrong pair, reused key ID).
+    Malformed(#[from] Malformed),
+    /// Peer: the message contradicts what this node holds or its configuration.
     #[error("refused: {0}")]
-    Refused(String),
+    Refused(#[from] Refusal),
     /// Peer: the request was voided earlier; it will never be served.
     #[error("request was voided")]
     Voided,
     /// This node: not enough link key.
     #[error("not enough link key")]
     Exhausted,
-    /// This node's device failed.
+    /// This node's device failed or gave key it may not use.
     #[error("device: {0}")]
-    Device(String),
+    Device(#[from] DeviceFault),
+    /// A further hop of a relay failed (this node is a relay on the path).
+    #[error("onward hop: {0}")]
+    Onward(Box<RelayError>),
     /// Operator: the store's free space is below its watermark; no new key material is taken
     /// (stored keys are still served). Transient: ingest resumes once space is freed.
     #[error("key store below its free-space watermark: {0}")]
     LowSpace(StoreError),
     /// This node's store failed (the node is going down).
     #[error("store: {0}")]
-    Store(String),
+    Store(StoreError),
+}
+
+/// What is malformed in a peer's message. Caused by the peer (a bug or an attack).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    /// An identifier that is not 16 bytes long.
+    #[error("{0} is not 16 bytes long")]
+    IdLength(&'static str),
+    /// An identifier that does not parse.
+    #[error("{what}: {error}")]
+    Id {
+        /// Which identifier.
+        what: &'static str,
+        /// Why it does not parse.
+        error: qkd_types::IdError,
+    },
+    /// A field missing, out of range or inconsistent with the others.
+    #[error("bad {0}")]
+    Field(&'static str),
+}
+
+/// Why a peer's (well-formed) message was refused. Caused by the peer, or by configurations
+/// that disagree between the two nodes.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// Only the allocator of a link chooses its bytes; the caller is it.
+    #[error("this node allocates the link")]
+    AllocatesLink,
+    /// The caller asked this node to allocate a link it does not allocate.
+    #[error("this node does not allocate the link")]
+    NotAllocator,
+    /// The caller is not a neighbour.
+    #[error("not a neighbour")]
+    NotNeighbour,
+    /// An offered block contradicts the block held under its sequence number.
+    #[error("block {0} differs")]
+    BlockDiffers(u64),
+    /// An offer that does not continue the link where this end is.
+    #[error("offer starts at {first}, expected {expected}")]
+    OfferOutOfSequence {
+        /// First sequence number offered.
+        first: u64,
+        /// The one expected.
+        expected: u64,
+    },
+    /// The link's pool refused (ranges not free, out of sequence...).
+    #[error("link key: {0}")]
+    Pool(#[from] PoolError),
+    /// A key ID already used here.
+    #[error("key ID {0} already used")]
+    KeyIdUsed(KeyId),
+    /// The relay path does not run through this node as the message says.
+    #[error("relay path does not run through this hop")]
+    NotOnPath,
+    /// A relay message names link key not allocated for its hop.
+    #[error("relay names link key not allocated for this hop")]
+    UnallocatedHop,
+    /// The hop's allocation is gone (answered twice, or expired).
+    #[error("hop allocation vanished")]
+    AllocationVanished,
+    /// A relay message failed its MAC: altered on the way, or sent with other link key.
+    #[error("relay message authentication failed")]
+    Authentication,
+    /// The master SAE is not attached to the batch's source node.
+    #[error("master SAE is not attached to the source node")]
+    MasterNotAtSource,
+    /// Slave SAEs not attached here, or not allowed to pair with the master.
+    #[error("slave SAEs not attached here or not allowed to pair")]
+    SlavesNotHere,
+    /// The batch's policy or suite is not this node's configuration for its pairs.
+    #[error("policy or suite differs from this node's configuration")]
+    Profile,
+    /// An end-to-end message from a node other than the batch's source.
+    #[error("not the batch's source")]
+    NotSource,
+    /// The batch's key counts disagree.
+    #[error("key count differs")]
+    KeyCount,
+    /// A multicast key failed authentication under its wrap key.
+    #[error("multicast key failed authentication")]
+    MulticastAuthentication,
+    /// A delivery notice naming a source other than the path's first node.
+    #[error("delivery notice from another node")]
+    NoticeSource,
+    /// The end-to-end exchange failed.
+    #[error("end-to-end: {0}")]
+    E2e(#[from] e2e::E2eError),
+    /// A signature (delivery notice) failed.
+    #[error("signature: {0}")]
+    Signature(#[from] crate::hybrid::HybridError),
+}
+
+/// A device that failed, or gave key the node may not use. Caused by the device (or, for
+/// [`DeviceFault::PeerOffer`], by the peer's device).
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceFault {
+    /// The device's own error.
+    #[error(transparent)]
+    Device(#[from] qkd_hardware::DeviceError),
+    /// A block larger than a link block may be.
+    #[error("block of {0} bytes is too large")]
+    BlockTooLarge(usize),
+    /// The device answered with another block than the one asked for.
+    #[error("device returned block {got} when asked for {asked}")]
+    WrongBlock {
+        /// Asked for.
+        asked: BlockId,
+        /// Returned.
+        got: BlockId,
+    },
+    /// A device key ID already used on the link (a re-issuing device).
+    #[error("device key ID {0} was already used on this link")]
+    Reissued(BlockId),
+    /// The peer could not take the offered blocks from its device.
+    #[error("peer could not take the offered blocks: {0}")]
+    PeerOffer(tonic::Status),
 }
 
 impl From<StoreError> for PeerError {
     fn from(e: StoreError) -> Self {
         match e {
             e @ StoreError::LowSpace { .. } => PeerError::LowSpace(e),
-            e => PeerError::Store(e.to_string()),
+            e => PeerError::Store(e),
         }
     }
 }
@@ -225,7 +353,7 @@ impl KeyManager {
         links: Vec<LinkSetup>,
         mut recovered: Recovered,
     ) -> Self {
-        let mut map = HashMap::new();
+        let mut map = BTreeMap::new();
         for setup in links {
             let allocator = setup.source.info().role == LinkRole::Master;
             let (next_seq, blocks) = recovered.links.remove(&setup.id).unwrap_or_default();
@@ -250,10 +378,39 @@ impl KeyManager {
                 relay: Default::default(),
                 stale_pool: Mutex::default(),
                 voided: Mutex::default(),
+                tasks: Mutex::default(),
+                observer: std::sync::OnceLock::new(),
             }),
         };
         me.restore_pools(std::mem::take(&mut recovered.pool));
         me
+    }
+
+    /// Runs `task` in the background as part of this manager: [`KeyManager::halt`] aborts it.
+    /// Must be called inside a tokio runtime.
+    pub fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut tasks = relay::lock(&self.inner.tasks);
+        // Reap finished tasks so the set holds only live ones.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(task);
+    }
+
+    /// Aborts every background task of this manager at its next await point, the way a crash
+    /// stops a process: nothing in flight completes, what is durable stays. The manager must not
+    /// be used afterwards. The network simulation crashes nodes with it.
+    pub fn halt(&self) {
+        relay::lock(&self.inner.tasks).abort_all();
+    }
+
+    /// Subscribes `observer` to this node's events (one subscriber; later calls are ignored).
+    pub fn observe(&self, observer: Arc<dyn crate::events::Observer>) {
+        let _ = self.inner.observer.set(observer);
+    }
+
+    fn emit(&self, event: &crate::events::Event<'_>) {
+        if let Some(o) = self.inner.observer.get() {
+            o.event(event);
+        }
     }
 
     /// The configuration.
@@ -357,6 +514,9 @@ impl KeyManager {
         slaves: &[SaeId],
         origin: crate::core::fit::KeyOrigin<'_>,
     ) -> Option<crate::core::fit::Misfit> {
+        if crate::events::defects::active().stale_keys {
+            return None;
+        }
         let profiles = slaves.iter().map(|s| self.profile(master, s));
         crate::core::fit::misfit(origin, profiles, &self.inner.cfg.limits)
     }
@@ -418,6 +578,20 @@ impl KeyManager {
         v
     }
 
+    /// The blocks of a link this node holds, by link sequence number with their device key
+    /// IDs (both ends of a link must agree on them).
+    pub fn link_blocks(&self, link: &LinkId) -> Vec<(u64, BlockId)> {
+        self.inner.links.get(link).map_or_else(Vec::new, |l| {
+            l.pool().blocks().map(|(seq, b)| (seq, b.id)).collect()
+        })
+    }
+
+    /// Reads the store in a transaction that is never committed, when the writer is inline
+    /// ([`Writer::inline`]); `None` otherwise. For the network simulation's invariant checks.
+    pub fn inspect_store<T>(&self, read: impl FnOnce(&mut Txn<'_>) -> T) -> Option<T> {
+        self.inner.writer.inspect(read)
+    }
+
     /// The key source of a link, for status pages.
     pub fn source(&self, link: &LinkId) -> Option<Arc<dyn KeySource>> {
         self.inner.links.get(link).map(|l| l.setup.source.clone())
@@ -426,28 +600,26 @@ impl KeyManager {
     /// Runs forever: pulls blocks from the devices of the links this node allocates and offers
     /// them to the peers. Also expires keys. Cancel by dropping the future.
     pub async fn run_background(&self, poll: Duration) {
-        let mut tasks = Vec::new();
         for link in self.inner.links.values() {
             if link.allocator() {
                 let me = self.clone();
                 let id = link.setup.id.clone();
-                tasks.push(tokio::spawn(async move { me.ingest_loop(id, poll).await }));
+                self.spawn(async move { me.ingest_loop(id, poll).await });
             }
         }
         let me = self.clone();
-        tasks.push(tokio::spawn(async move { me.expiry_loop().await }));
+        self.spawn(async move { me.expiry_loop().await });
         let me = self.clone();
-        tasks.push(tokio::spawn(async move { me.relay_loop().await }));
-        // Abort the spawned loops when this future is dropped.
-        struct AbortAll(Vec<tokio::task::JoinHandle<()>>);
-        impl Drop for AbortAll {
+        self.spawn(async move { me.relay_loop().await });
+        // Abort every task of the manager when this future is dropped.
+        struct Halt<'a>(&'a KeyManager);
+        impl Drop for Halt<'_> {
             fn drop(&mut self) {
-                self.0.iter().for_each(|t| t.abort());
+                self.0.halt();
             }
         }
-        let guard = AbortAll(tasks);
+        let _guard = Halt(self);
         futures::future::pending::<()>().await;
-        drop(guard);
     }
 
     async fn expiry_loop(&self) {
@@ -518,7 +690,7 @@ impl KeyManager {
             .source
             .next_blocks(want as usize)
             .await
-            .map_err(|e| PeerError::Device(e.to_string()))?;
+            .map_err(DeviceFault::Device)?;
         if blocks.is_empty() {
             return Ok(0);
         }
@@ -531,7 +703,7 @@ impl KeyManager {
             for b in blocks {
                 let seq = p.next_seq();
                 let len = u32::try_from(b.key.len())
-                    .map_err(|_| PeerError::Device("block too large".into()))?;
+                    .map_err(|_| DeviceFault::BlockTooLarge(b.key.len()))?;
                 match p.add_block(seq, b.id, len) {
                     Ok(()) => {
                         added.push((seq, b.id));
@@ -539,7 +711,7 @@ impl KeyManager {
                     }
                     // Dropping the block zeroizes it: its bytes are never used.
                     Err(PoolError::Reissued(_)) => reissued += 1,
-                    Err(e) => return Err(PeerError::Refused(e.to_string())),
+                    Err(e) => return Err(Refusal::Pool(e).into()),
                 }
             }
         }
@@ -583,10 +755,8 @@ impl KeyManager {
                 .collect(),
             release_before,
         };
-        let mut client = link.setup.client.clone();
-        let mut r = tonic::Request::new(req);
-        r.set_timeout(self.inner.cfg.peer_timeout * 4);
-        match client.offer_blocks(r).await {
+        let timeout = self.inner.cfg.peer_timeout * 4;
+        match link.setup.client.offer_blocks(req, timeout).await {
             Ok(_) => {}
             Err(s) if s.code() == tonic::Code::FailedPrecondition => {
                 // The peer's device cannot deliver these blocks: they are useless, retire them.
@@ -596,10 +766,7 @@ impl KeyManager {
                 return Ok(());
             }
             Err(s) => {
-                return Err(PeerError::Device(format!(
-                    "peer offer failed: {}",
-                    s.message()
-                )));
+                return Err(DeviceFault::PeerOffer(s).into());
             }
         }
         let seqs: Vec<u64> = blocks.iter().map(|b| b.0).collect();
@@ -710,7 +877,7 @@ impl KeyManager {
         self.inner
             .links
             .get(id)
-            .ok_or_else(|| PeerError::UnknownLink(id.to_string()))
+            .ok_or_else(|| PeerError::UnknownLink(id.clone()))
     }
 
     fn is_local(&self, sae: &SaeId) -> bool {
@@ -737,7 +904,7 @@ impl KeyManager {
     ) -> Result<(), PeerError> {
         let link = self.peer_link(from, &req.link_id)?;
         if link.allocator() {
-            return Err(PeerError::Refused("this node allocates the link".into()));
+            return Err(Refusal::AllocatesLink.into());
         }
         let offered = offered_blocks(&req)?;
         // Blocks already held (a retried offer) are skipped; the rest are fetched by ID.
@@ -747,7 +914,7 @@ impl KeyManager {
             for (seq, id) in offered.iter().map(|(s, id)| (*s, id)) {
                 match p.block(seq) {
                     Some(b) if b.id == *id => {}
-                    Some(_) => return Err(PeerError::Refused(format!("block {seq} differs"))),
+                    Some(_) => return Err(Refusal::BlockDiffers(seq).into()),
                     None if seq < p.next_seq() => {}
                     // Never fetch from the device a key ID already used here: refuse the block.
                     None if p.seen_device_id(id) => {
@@ -755,18 +922,17 @@ impl KeyManager {
                             .reissued
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         tracing::error!(link = %link.setup.id, block = %id, "peer offered a device key ID already used on this link; refused");
-                        return Err(PeerError::Device(format!(
-                            "device key ID {id} was already used on this link"
-                        )));
+                        return Err(DeviceFault::Reissued(*id).into());
                     }
                     None => fresh.push((seq, *id)),
                 }
             }
             if let Some((seq, _)) = fresh.first().filter(|(seq, _)| *seq != p.next_seq()) {
-                return Err(PeerError::Refused(format!(
-                    "offer starts at {seq}, expected {}",
-                    p.next_seq()
-                )));
+                return Err(Refusal::OfferOutOfSequence {
+                    first: *seq,
+                    expected: p.next_seq(),
+                }
+                .into());
             }
         }
         if !fresh.is_empty() {
@@ -776,15 +942,19 @@ impl KeyManager {
                 .source
                 .blocks_by_id(&want)
                 .await
-                .map_err(|e| PeerError::Device(e.to_string()))?;
+                .map_err(DeviceFault::Device)?;
             let mut metas = Vec::with_capacity(blocks.len());
             {
                 let mut p = link.pool();
                 for ((seq, id), b) in fresh.iter().zip(&blocks) {
                     let len = u32::try_from(b.key.len())
-                        .map_err(|_| PeerError::Device("block too large".into()))?;
+                        .map_err(|_| DeviceFault::BlockTooLarge(b.key.len()))?;
                     if b.id != *id {
-                        return Err(PeerError::Device("device returned another block".into()));
+                        return Err(DeviceFault::WrongBlock {
+                            asked: *id,
+                            got: b.id,
+                        }
+                        .into());
                     }
                     p.add_block(*seq, *id, len).map_err(|e| match e {
                         // The allocator discards blocks its peer's device cannot back.
@@ -793,15 +963,13 @@ impl KeyManager {
                                 .reissued
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             tracing::error!(link = %link.setup.id, error = %e, "refused offered link key");
-                            PeerError::Device(e.to_string())
+                            PeerError::Device(DeviceFault::Reissued(*id))
                         }
-                        e => PeerError::Refused(e.to_string()),
+                        e => Refusal::Pool(e).into(),
                     })?;
                     metas.push((
                         *seq,
-                        p.block(*seq)
-                            .cloned()
-                            .ok_or(PeerError::Refused("block".into()))?,
+                        p.block(*seq).cloned().ok_or(Refusal::AllocationVanished)?,
                     ));
                 }
             }
@@ -832,10 +1000,13 @@ impl KeyManager {
     }
 
     fn peer_link(&self, from: &NodeId, link_id: &str) -> Result<&LinkRt, PeerError> {
-        let id = LinkId::parse(link_id).map_err(|e| PeerError::Malformed(e.to_string()))?;
+        let id = LinkId::parse(link_id).map_err(|error| Malformed::Id {
+            what: "link ID",
+            error,
+        })?;
         let link = self.link(&id)?;
         if &link.setup.peer != from {
-            return Err(PeerError::UnknownLink(link_id.to_string()));
+            return Err(PeerError::UnknownLink(id));
         }
         Ok(link)
     }
@@ -951,7 +1122,7 @@ pub(crate) fn offered_blocks(
             let seq = req
                 .first_seq
                 .checked_add(i as u64)
-                .ok_or_else(|| PeerError::Malformed("block sequence number".into()))?;
+                .ok_or(Malformed::Field("block sequence number"))?;
             Ok((seq, block_id(b)?))
         })
         .collect()
@@ -960,17 +1131,17 @@ pub(crate) fn offered_blocks(
 pub(crate) fn key_id(b: &[u8]) -> Result<KeyId, PeerError> {
     <[u8; 16]>::try_from(b)
         .map(KeyId::from_bytes)
-        .map_err(|_| PeerError::Malformed("key ID".into()))
+        .map_err(|_| Malformed::IdLength("key ID").into())
 }
 
 pub(crate) fn block_id(b: &[u8]) -> Result<BlockId, PeerError> {
     <[u8; 16]>::try_from(b)
         .map(BlockId::from_bytes)
-        .map_err(|_| PeerError::Malformed("block ID".into()))
+        .map_err(|_| Malformed::IdLength("block ID").into())
 }
 
 pub(crate) fn request_id(b: &[u8]) -> Result<[u8; 16], PeerError> {
-    <[u8; 16]>::try_from(b).map_err(|_| PeerError::Malformed("request ID".into()))
+    <[u8; 16]>::try_from(b).map_err(|_| Malformed::IdLength("request ID").into())
 }
 
 #[async_trait]
@@ -1028,7 +1199,7 @@ impl KeyService for KeyManager {
         if self.is_local(&req.slave) {
             // Every key comes from a QKD link or a relay: a pair inside one node has none.
             return Err(ServiceError::PeerUnavailable(
-                "both SAEs are attached to this KME".into(),
+                crate::api::Unavailable::SameNode,
             ));
         }
         let number = req.number as usize;
@@ -1068,11 +1239,12 @@ impl KeyService for KeyManager {
         let ttl = self.inner.cfg.key_ttl_ms;
         // The configuration keys must still fit (checked per key below; voided at start too).
         let me = self.clone();
+        let (master, slave) = (req.master.clone(), req.slave.clone());
         let out = self
             .inner
             .writer
             .run(
-                move |tx| -> Result<Result<Vec<DeliveredKey>, ServiceError>, StoreError> {
+                move |tx| -> Result<Result<SlaveDelivery, ServiceError>, StoreError> {
                     // Check every key first (all or nothing), in the policy's order: existence for
                     // this master (400), then the caller's right to it (401).
                     let mut metas = Vec::with_capacity(req.key_ids.len());
@@ -1113,11 +1285,13 @@ impl KeyService for KeyManager {
                         return Ok(Err(ServiceError::NotSlave));
                     }
                     let mut keys = Vec::with_capacity(req.key_ids.len());
+                    let mut made = Vec::with_capacity(req.key_ids.len());
                     for (id, mut meta) in req.key_ids.iter().zip(metas) {
                         let key = tx
                             .key_bytes(*id)?
                             .ok_or(StoreError::Corrupt("key bytes vanished"))?;
                         keys.push(DeliveredKey { id: *id, key });
+                        made.push((*id, meta.made_under.clone()));
                         for s in meta.slaves.iter_mut() {
                             if s.0 == req.slave {
                                 s.1 = true;
@@ -1129,12 +1303,21 @@ impl KeyService for KeyManager {
                             tx.update_key_meta(*id, &meta)?;
                         }
                     }
-                    Ok(Ok(keys))
+                    Ok(Ok((keys, made)))
                 },
             )
             .await;
         match out {
-            Ok(Ok(r)) => r,
+            Ok(Ok(Ok((keys, made)))) => {
+                self.emit(&crate::events::Event::Delivered {
+                    side: crate::events::Side::Slave,
+                    master: &master,
+                    slaves: std::slice::from_ref(&slave),
+                    keys: &made,
+                });
+                Ok(keys)
+            }
+            Ok(Ok(Err(e))) => Err(e),
             Ok(Err(e)) | Err(e) => {
                 tracing::error!(error = %e, "store failed while delivering keys");
                 Err(ServiceError::Storage)

@@ -53,8 +53,108 @@ pub fn status_of(e: &PeerError) -> Status {
         PeerError::Exhausted => Status::resource_exhausted(e.to_string()),
         // A device that cannot deliver the offered blocks: the allocator discards them.
         PeerError::Device(_) => Status::failed_precondition(e.to_string()),
+        // A later hop failed: this relay is fine, the path is not.
+        PeerError::Onward(_) => Status::aborted(e.to_string()),
         PeerError::Store(_) => Status::unavailable(e.to_string()),
         PeerError::LowSpace(_) => Status::resource_exhausted(e.to_string()),
+    }
+}
+
+/// One neighbour as the key manager calls it: the five calls of `qkd.peer.v1.PeerKms`, each with
+/// the time the caller allows. Over the network it is [`PeerKmsClient`] (mutual TLS, gRPC); the
+/// deterministic network simulation plugs in its own, which delays, drops, duplicates and
+/// partitions calls. Errors are gRPC statuses as [`status_of`] makes them at the callee.
+#[tonic::async_trait]
+pub trait PeerLink: std::fmt::Debug + Send + Sync {
+    /// `OfferBlocks`.
+    async fn offer_blocks(
+        &self,
+        req: pb::OfferBlocksRequest,
+        timeout: Duration,
+    ) -> Result<pb::OfferBlocksReply, Status>;
+    /// `Advertise`.
+    async fn advertise(
+        &self,
+        req: pb::AdvertiseRequest,
+        timeout: Duration,
+    ) -> Result<pb::AdvertiseReply, Status>;
+    /// `RelayAllocate`.
+    async fn relay_allocate(
+        &self,
+        req: pb::RelayAllocateRequest,
+        timeout: Duration,
+    ) -> Result<pb::RelayAllocateReply, Status>;
+    /// `Relay`.
+    async fn relay(
+        &self,
+        req: pb::RelayRequest,
+        timeout: Duration,
+    ) -> Result<pb::RelayReply, Status>;
+    /// `Forward`.
+    async fn forward(
+        &self,
+        req: pb::ForwardRequest,
+        timeout: Duration,
+    ) -> Result<pb::ForwardReply, Status>;
+}
+
+fn timed<T>(msg: T, timeout: Duration) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.set_timeout(timeout);
+    r
+}
+
+#[tonic::async_trait]
+impl PeerLink for PeerKmsClient<Channel> {
+    async fn offer_blocks(
+        &self,
+        req: pb::OfferBlocksRequest,
+        timeout: Duration,
+    ) -> Result<pb::OfferBlocksReply, Status> {
+        let mut c = self.clone();
+        PeerKmsClient::offer_blocks(&mut c, timed(req, timeout))
+            .await
+            .map(Response::into_inner)
+    }
+    async fn advertise(
+        &self,
+        req: pb::AdvertiseRequest,
+        timeout: Duration,
+    ) -> Result<pb::AdvertiseReply, Status> {
+        let mut c = self.clone();
+        PeerKmsClient::advertise(&mut c, timed(req, timeout))
+            .await
+            .map(Response::into_inner)
+    }
+    async fn relay_allocate(
+        &self,
+        req: pb::RelayAllocateRequest,
+        timeout: Duration,
+    ) -> Result<pb::RelayAllocateReply, Status> {
+        let mut c = self.clone();
+        PeerKmsClient::relay_allocate(&mut c, timed(req, timeout))
+            .await
+            .map(Response::into_inner)
+    }
+    async fn relay(
+        &self,
+        req: pb::RelayRequest,
+        timeout: Duration,
+    ) -> Result<pb::RelayReply, Status> {
+        let mut c = self.clone();
+        PeerKmsClient::relay(&mut c, timed(req, timeout))
+            .await
+            .map(Response::into_inner)
+    }
+    async fn forward(
+        &self,
+        req: pb::ForwardRequest,
+        timeout: Duration,
+    ) -> Result<pb::ForwardReply, Status> {
+        let mut c = self.clone();
+        PeerKmsClient::forward(&mut c, timed(req, timeout))
+            .await
+            .map(Response::into_inner)
     }
 }
 
@@ -336,7 +436,7 @@ pub fn client(
     addr: SocketAddr,
     server_name: &str,
     tls: &TlsFiles,
-) -> Result<PeerKmsClient<Channel>, PeerSetupError> {
+) -> Result<Arc<dyn PeerLink>, PeerSetupError> {
     let connector = TlsConnector::from(Arc::new(peer_client_config(tls)?));
     let name = ServerName::try_from(server_name.to_string())
         .map_err(|_| PeerSetupError::ServerName(server_name.to_string()))?;
@@ -354,5 +454,5 @@ pub fn client(
         .connect_timeout(Duration::from_secs(2))
         .http2_keep_alive_interval(Duration::from_secs(10))
         .connect_with_connector_lazy(connect);
-    Ok(PeerKmsClient::new(channel))
+    Ok(Arc::new(PeerKmsClient::new(channel)))
 }

@@ -26,7 +26,7 @@ type Job = Box<dyn FnOnce(&mut Txn<'_>) -> Completion + Send>;
 /// Handle to the writer thread. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Writer {
-    tx: mpsc::UnboundedSender<Job>,
+    tx: Committer,
     failed: Arc<AtomicBool>,
     fatal: watch::Receiver<bool>,
     /// The store's free-space gauge, readable off the writer thread: ingest asks it before it
@@ -34,7 +34,41 @@ pub struct Writer {
     space: crate::store::SpaceGauge,
 }
 
+/// Where operations go.
+#[derive(Debug, Clone)]
+enum Committer {
+    /// To the writer thread (a node).
+    Thread(mpsc::UnboundedSender<Job>),
+    /// Committed on the caller's stack, one transaction per operation (the deterministic
+    /// network simulation, which must not depend on another thread's timing).
+    Inline(Arc<InlineStore>),
+}
+
+#[derive(Debug)]
+struct InlineStore {
+    store: std::sync::Mutex<Store>,
+    fatal: watch::Sender<bool>,
+}
+
 impl Writer {
+    /// A writer without a thread: each operation runs and commits in its own transaction inside
+    /// [`Writer::run`], so its future is ready at once. Same rules otherwise (a failed commit
+    /// answers nobody and stops the writer). For the deterministic network simulation, where
+    /// every step must happen on the scheduler's one thread.
+    pub fn inline(store: Store) -> Self {
+        let (fatal_tx, fatal) = watch::channel(false);
+        let space = store.gauge();
+        Self {
+            tx: Committer::Inline(Arc::new(InlineStore {
+                store: std::sync::Mutex::new(store),
+                fatal: fatal_tx,
+            })),
+            failed: Arc::new(AtomicBool::new(false)),
+            fatal,
+            space,
+        }
+    }
+
     /// Starts the writer thread, which owns `store` until the last handle is dropped.
     pub fn spawn(store: Store) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -49,7 +83,7 @@ impl Writer {
             // resources, and the node cannot run without its writer.
             .unwrap_or_else(|e| panic!("cannot start the store writer thread: {e}"));
         Self {
-            tx,
+            tx: Committer::Thread(tx),
             failed,
             fatal,
             space,
@@ -93,15 +127,39 @@ impl Writer {
                     );
                 })
             });
-            self.tx
-                .send(job)
-                .map_err(|_| StoreError::Db("store writer stopped".into()))
+            match &self.tx {
+                Committer::Thread(tx) => tx
+                    .send(job)
+                    .map_err(|_| StoreError::Db("store writer stopped".into())),
+                Committer::Inline(inline) => {
+                    let mut store = inline.store.lock().unwrap_or_else(|p| p.into_inner());
+                    if !commit_inline(&mut store, job) {
+                        self.failed.store(true, Ordering::SeqCst);
+                        let _ = inline.fatal.send(true);
+                    }
+                    Ok(())
+                }
+            }
         };
         async move {
             queued?;
             reply_rx
                 .await
                 .map_err(|_| StoreError::Db("store writer stopped".into()))?
+        }
+    }
+
+    /// Reads the store of an inline writer ([`Writer::inline`]) in a transaction that is never
+    /// committed; `None` for a writer thread. For the simulation's invariant checks.
+    pub fn inspect<T>(&self, read: impl FnOnce(&mut Txn<'_>) -> T) -> Option<T> {
+        match &self.tx {
+            Committer::Thread(_) => None,
+            Committer::Inline(inline) => {
+                let mut store = inline.store.lock().unwrap_or_else(|p| p.into_inner());
+                let mut txn = store.begin().ok()?;
+                Some(read(&mut txn))
+                // Dropping the transaction uncommitted aborts it.
+            }
         }
     }
 
@@ -152,6 +210,30 @@ fn run(
     rx.close();
     while let Ok(job) = rx.try_recv() {
         fail_job(job)(Err(&StoreError::Db("store writer stopped".into())));
+    }
+}
+
+/// Runs one job in its own transaction on the caller's stack (see [`Writer::inline`]); false if
+/// it did not commit.
+fn commit_inline(store: &mut Store, job: Job) -> bool {
+    let mut txn = match store.begin() {
+        Ok(txn) => txn,
+        Err(e) => {
+            fail_job(job)(Err(&e));
+            return false;
+        }
+    };
+    let completion = job(&mut txn);
+    match txn.commit() {
+        Ok(()) => {
+            completion(Ok(()));
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "key store commit failed; no answer leaves it, the node must restart");
+            completion(Err(&e));
+            false
+        }
     }
 }
 

@@ -119,9 +119,10 @@ pub enum ServiceError {
     /// SAE asked for keys it is not a slave of. 401.
     #[error("caller is not a slave of the requested keys")]
     NotSlave,
-    /// Peer node or device: the peer KME cannot be reached or refused to agree. 503.
+    /// Peer node or device: the peer KME cannot be reached or refused to agree. 503. The full
+    /// cause goes to the node's log; the SAE learns only its class.
     #[error("peer KME unavailable: {0}")]
-    PeerUnavailable(String),
+    PeerUnavailable(Unavailable),
     /// SAE or operator: the pairs of one request differ in policy or suite (front ends refuse
     /// such requests before they reach the key manager; this is the key manager's own guard). 400.
     #[error("the pairs of the request differ in policy or suite")]
@@ -129,6 +130,24 @@ pub enum ServiceError {
     /// Operator or bug: the store failed; the node is shutting down to recover from disk. 503.
     #[error("key data access error")]
     Storage,
+}
+
+/// Why the slave's node cannot take part in making keys now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unavailable {
+    /// Both SAEs are attached to this node: no QKD link joins them.
+    #[error("both SAEs are attached to this KME")]
+    SameNode,
+    /// A node on the way did not answer, or refused.
+    #[error("a node on the route did not answer or refused")]
+    Unreachable,
+    /// The end-to-end exchange with the slave's node failed.
+    #[error("the end-to-end exchange with the slave's KME failed")]
+    EndToEnd,
+    /// This configuration cannot serve the request (e.g. additional slaves at several nodes
+    /// without a hybrid policy).
+    #[error("not supported: {0}")]
+    Unsupported(&'static str),
 }
 
 /// What the ETSI front end needs from the key manager.

@@ -181,7 +181,7 @@ impl LinkPool {
 
     /// Whether a device key ID was used on this link recently (within [`SEEN_DEVICE_IDS`]).
     pub fn seen_device_id(&self, id: &BlockId) -> bool {
-        self.seen.contains(id)
+        self.seen.contains(id) && !crate::events::defects::active().reissued_ids
     }
 
     /// Remembers device key IDs of earlier blocks (from the store, oldest first), so that a
@@ -296,7 +296,7 @@ impl LinkPool {
                 expected: self.next_seq,
             });
         }
-        if self.seen.contains(&id) {
+        if self.seen_device_id(&id) {
             return Err(PoolError::Reissued(id));
         }
         self.seen.insert(id);

@@ -18,7 +18,7 @@ const BLOCK: u64 = 4096;
 
 /// A simulated disk with room for `limit` bytes of written blocks.
 #[derive(Debug)]
-pub(crate) struct Disk {
+pub struct Disk {
     state: Mutex<DiskState>,
 }
 
@@ -41,7 +41,7 @@ impl DiskState {
 }
 
 impl Disk {
-    pub(crate) fn new(limit: u64) -> Arc<Self> {
+    pub fn new(limit: u64) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(DiskState {
                 limit,
@@ -56,38 +56,38 @@ impl Disk {
     }
 
     /// Bytes the disk can still allocate.
-    pub(crate) fn available(&self) -> u64 {
+    pub fn available(&self) -> u64 {
         let s = self.state();
         s.limit.saturating_sub(s.used())
     }
 
     /// Bytes allocated so far, by the database file and the reserve.
-    pub(crate) fn used(&self) -> u64 {
+    pub fn used(&self) -> u64 {
         self.state().used()
     }
 
     /// Changes the size of the disk (another program filled or freed it).
-    pub(crate) fn set_limit(&self, limit: u64) {
+    pub fn set_limit(&self, limit: u64) {
         self.state().limit = limit;
     }
 
     /// A copy of every byte of the database file, for scanning.
-    pub(crate) fn snapshot(&self) -> Vec<u8> {
+    pub fn snapshot(&self) -> Vec<u8> {
         self.state().bytes.clone()
     }
 
     /// The free-space probe of this disk, for the store.
-    pub(crate) fn space(self: &Arc<Self>) -> Box<dyn FreeSpace> {
+    pub fn space(self: &Arc<Self>) -> Box<dyn FreeSpace> {
         Box::new(DiskSpace(self.clone()))
     }
 
     /// How many writes were refused with ENOSPC.
-    pub(crate) fn refused(&self) -> u64 {
+    pub fn refused(&self) -> u64 {
         self.state().refused
     }
 
     /// A backend over this disk, for one `Database`.
-    pub(crate) fn backend(self: &Arc<Self>) -> FaultyBackend {
+    pub fn backend(self: &Arc<Self>) -> FaultyBackend {
         FaultyBackend(self.clone())
     }
 }
@@ -124,7 +124,7 @@ impl FreeSpace for DiskSpace {
 
 /// The redb side of a [`Disk`].
 #[derive(Debug)]
-pub(crate) struct FaultyBackend(Arc<Disk>);
+pub struct FaultyBackend(Arc<Disk>);
 
 fn out_of_range() -> io::Error {
     io::Error::new(io::ErrorKind::UnexpectedEof, "read or write past the end")

@@ -26,8 +26,9 @@
 //! a restart finds the disk full (see [`space`]).
 
 mod codec;
-#[cfg(test)]
-mod faulty;
+#[cfg(any(test, feature = "simulation"))]
+#[doc(hidden)]
+pub mod faulty;
 pub mod space;
 pub mod vault;
 
@@ -256,9 +257,11 @@ impl Store {
         )
     }
 
-    /// Opens a store over a test storage backend (a simulated disk).
-    #[cfg(test)]
-    pub(crate) fn open_backend(
+    /// Opens a store over a test storage backend (a simulated disk). Never a production option:
+    /// only the crate's tests and the `simulation` feature (the network simulation) have it.
+    #[cfg(any(test, feature = "simulation"))]
+    #[doc(hidden)]
+    pub fn open_backend(
         backend: impl redb::StorageBackend,
         wrap: &dyn KeyWrap,
         options: StoreOptions,

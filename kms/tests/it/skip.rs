@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use qkd_kms::api::skip::{self, EntropySource, EntropyUnavailable, KeyProvider, Route, SystemId};
 use qkd_kms::api::{
     DecKeysRequest, DeliveredKey, EncKeysRequest, KeyLimits, KeyProfile, KeyService, PairStatus,
-    ServiceError,
+    ServiceError, Unavailable,
 };
 use qkd_kms::pki::DemoPki;
 use qkd_kms::tls::{self, SaeIdentityRule};
@@ -691,9 +691,7 @@ impl KeyService for Faults {
     }
     async fn enc_keys(&self, req: EncKeysRequest) -> Result<Vec<DeliveredKey>, ServiceError> {
         if req.master.as_str() == "C" && req.slave.as_str() == "B" {
-            return Err(ServiceError::PeerUnavailable(
-                "node of B unreachable".into(),
-            ));
+            return Err(ServiceError::PeerUnavailable(Unavailable::Unreachable));
         }
         self.0.enc_keys(req).await
     }

@@ -50,6 +50,17 @@ fn crate_dependency_edges_follow_the_architecture() {
                 "qkd-proto",
             ][..],
         ),
+        // The network simulation drives the real key managers over simulated links.
+        (
+            "qkd-netsim",
+            &[
+                "qkd-types",
+                "qkd-proto",
+                "qkd-hardware",
+                "qkd-simulator",
+                "qkd-kms",
+            ][..],
+        ),
         // The conformance tester must work against any KME: wire types and vocabulary only.
         ("qkd-conform", &["qkd-types", "qkd-proto"][..]),
         (
@@ -108,4 +119,11 @@ fn the_node_links_no_simulator_plotting_or_output() {
             "qkd-node pulls in {krate}"
         );
     }
+    // The simulation's test seams (the simulated disk, the switches that put defects back) are
+    // never built into the daemon.
+    assert!(
+        !tree.contains("qkd-kms feature \"simulation\""),
+        "qkd-node enables the kms simulation feature"
+    );
+    assert!(tree.contains("qkd-kms feature \"default\""), "{tree}");
 }

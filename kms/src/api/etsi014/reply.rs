@@ -268,7 +268,7 @@ mod tests {
             ),
             (ServiceError::Storage.into(), 503, Some(MSG_KEY_DATA_ACCESS)),
             (
-                ServiceError::PeerUnavailable("tcp reset by 10.0.0.9".into()).into(),
+                ServiceError::PeerUnavailable(crate::api::Unavailable::Unreachable).into(),
                 503,
                 Some(MSG_PEER_UNAVAILABLE),
             ),

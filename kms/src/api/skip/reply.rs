@@ -158,7 +158,7 @@ mod tests {
             (ServiceError::NotSlave.into(), 400),
             (ServiceError::InsufficientKeyMaterial.into(), 503),
             (
-                ServiceError::PeerUnavailable("reset by 10.0.0.9".into()).into(),
+                ServiceError::PeerUnavailable(crate::api::Unavailable::Unreachable).into(),
                 503,
             ),
             (SkipError::EntropyUnavailable, 503),
@@ -170,7 +170,6 @@ mod tests {
             assert_eq!(r.status.as_u16(), code, "{err:?}");
             let body: skip::Error = serde_json::from_slice(r.body.as_deref().unwrap()).unwrap();
             assert!(!body.message.is_empty());
-            assert!(!body.message.contains("10.0.0.9"), "peer detail leaked");
             assert_eq!(r.allow.is_some(), code == 405);
         }
     }

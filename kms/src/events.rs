@@ -1,0 +1,93 @@
+//! What a key manager reports as it works, for whoever subscribes: the network simulation's
+//! invariant checks today; metrics, alarms and audit later. Events carry identifiers and
+//! metadata only, never key bytes.
+
+use qkd_types::{BlockId, KeyId, LinkId, SaeId};
+
+use crate::store::MadeUnder;
+
+/// Which side of a pair a delivery went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// `enc_keys`: the master SAE, at the master's node.
+    Master,
+    /// `dec_keys`: a slave SAE, at its node.
+    Slave,
+}
+
+/// One thing that happened at a node.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// Link key was taken for one use (a hop's pad and MAC key) at this node: each run of
+    /// bytes by the device's block ID, offset and length. Taken bytes are never taken again.
+    LinkKeyTaken {
+        /// The link.
+        link: &'a LinkId,
+        /// (device block ID, offset, length) of every run.
+        runs: &'a [(BlockId, u32, u32)],
+    },
+    /// Keys were handed to an SAE (the answer is about to leave; everything is durable).
+    Delivered {
+        /// Master or slave side.
+        side: Side,
+        /// The pair's master.
+        master: &'a SaeId,
+        /// The slaves the keys were made for.
+        slaves: &'a [SaeId],
+        /// The keys, with the policy and suite each was made under (`None`: not recorded).
+        keys: &'a [(KeyId, Option<MadeUnder>)],
+    },
+}
+
+/// A subscriber to a node's events. Called synchronously where the event happens: keep it cheap
+/// and never block.
+pub trait Observer: std::fmt::Debug + Send + Sync {
+    /// One event.
+    fn event(&self, event: &Event<'_>);
+}
+
+/// Test seams that put known defects back, so that the network simulation can show that it finds
+/// them. Only with the `simulation` feature (never in a node) and only on the thread that sets
+/// them; every switch is off unless a test turns it on.
+pub mod defects {
+    /// Which defects are back.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct Defects {
+        /// Defect 1: a request whose pairs differ in policy or suite is made under the first
+        /// pair's.
+        pub mixed_profiles: bool,
+        /// Defect 2: stored keys are served whatever configuration they were made under.
+        pub stale_keys: bool,
+        /// Defect 4 (the store's half): device key IDs already used on a link are accepted.
+        pub reissued_ids: bool,
+    }
+
+    #[cfg(feature = "simulation")]
+    thread_local! {
+        static DEFECTS: std::cell::Cell<Defects> = const { std::cell::Cell::new(Defects {
+            mixed_profiles: false,
+            stale_keys: false,
+            reissued_ids: false,
+        }) };
+    }
+
+    /// The defects put back on this thread (none unless the `simulation` feature is on and a
+    /// test set them).
+    #[inline]
+    pub fn active() -> Defects {
+        #[cfg(feature = "simulation")]
+        {
+            DEFECTS.with(|d| d.get())
+        }
+        #[cfg(not(feature = "simulation"))]
+        {
+            Defects::default()
+        }
+    }
+
+    /// Puts defects back on this thread (the simulation runs every node on one thread).
+    #[cfg(feature = "simulation")]
+    pub fn set(d: Defects) {
+        DEFECTS.with(|c| c.set(d));
+    }
+}

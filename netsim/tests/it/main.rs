@@ -1,0 +1,128 @@
+//! The deterministic network simulation over the real key managers: a fixed set of seeds in CI
+//! (`SIM_SEEDS=` runs more), determinism, replay, and proof that it finds known defects when a
+//! test seam puts them back.
+
+use qkd_kms::events::defects::Defects;
+use qkd_netsim::{Options, Shape, run, run_seeds, seed_count};
+
+/// Steps per run in CI.
+const STEPS: u32 = 200;
+/// Seeds per shape in CI: 1,000 runs in all (about 0.2 s of CPU each, docs/simulation.md).
+const SEEDS: u64 = 500;
+
+fn must_hold(shape: Shape, default_seeds: u64) {
+    let count = seed_count(default_seeds);
+    match run_seeds(shape, STEPS, count, Defects::default()) {
+        Ok(summary) => eprintln!("{}: {summary}", shape.name()),
+        Err(v) => panic!("{v}"),
+    }
+}
+
+#[test]
+fn chain_of_five() {
+    must_hold(Shape::Chain(5), SEEDS);
+}
+
+#[test]
+fn mesh_of_six() {
+    must_hold(Shape::Mesh(6), SEEDS);
+}
+
+/// Two runs of the same options give the same trace.
+#[test]
+fn runs_are_deterministic() {
+    let o = Options {
+        seed: 7,
+        steps: 80,
+        shape: Shape::Mesh(5),
+        defects: Defects::default(),
+    };
+    let a = run(&o).unwrap_or_else(|v| panic!("{v}"));
+    let b = run(&o).unwrap_or_else(|v| panic!("{v}"));
+    assert_eq!(a, b, "two runs of seed 7 differ");
+    assert!(
+        a.master_keys > 0 && a.slave_keys > 0,
+        "the workload got no keys: {a:?}"
+    );
+}
+
+/// Replays one run: `SIM_SEED`, `SIM_STEPS` and `SIM_SHAPE` as a violation prints them.
+#[test]
+fn replay() {
+    let Some(seed) = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) else {
+        return;
+    };
+    let steps = std::env::var("SIM_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(STEPS);
+    let shape = std::env::var("SIM_SHAPE")
+        .ok()
+        .and_then(|s| Shape::parse(&s))
+        .unwrap_or(Shape::Chain(5));
+    let o = run(&Options {
+        seed,
+        steps,
+        shape,
+        defects: Defects::default(),
+    })
+    .unwrap_or_else(|v| panic!("{v}"));
+    eprintln!("{o:?}");
+}
+
+/// The first seed (of up to `max`) on which the run finds a violation with `defects` back.
+fn finds(defects: Defects, shape: Shape, max: u64) -> String {
+    for seed in 0..max {
+        if let Err(v) = run(&Options {
+            seed,
+            steps: STEPS,
+            shape,
+            defects,
+        }) {
+            return v.what.clone();
+        }
+    }
+    panic!("no violation in {max} seeds with {defects:?} put back");
+}
+
+#[test]
+fn finds_defect_1_mixed_profiles() {
+    let what = finds(
+        Defects {
+            mixed_profiles: true,
+            ..Defects::default()
+        },
+        Shape::Chain(5),
+        20,
+    );
+    assert!(what.contains("made under"), "{what}");
+}
+
+#[test]
+fn finds_defect_2_stale_keys() {
+    let what = finds(
+        Defects {
+            stale_keys: true,
+            ..Defects::default()
+        },
+        Shape::Chain(5),
+        40,
+    );
+    assert!(
+        what.contains("bits") || what.contains("made under"),
+        "{what}"
+    );
+}
+
+#[test]
+fn finds_defect_4_reissued_ids() {
+    let what = finds(
+        Defects {
+            reissued_ids: true,
+            ..Defects::default()
+        },
+        Shape::Chain(5),
+        40,
+    );
+    assert!(what.contains("link key used twice"), "{what}");
+}
