@@ -87,6 +87,14 @@ fn main() -> Result<()> {
                 cfg.links.len(),
                 cfg.saes.len()
             );
+            if let Some(skip) = &cfg.skip {
+                println!(
+                    "SKIP Key Provider {} on {}: {} routes",
+                    skip.local_system_id,
+                    skip.listen,
+                    skip.routes.len()
+                );
+            }
             if online {
                 let mut down = 0;
                 for r in rt.block_on(check::online(&cfg)) {

@@ -12,4 +12,5 @@ mod fuzz_corpus;
 mod harness;
 mod network;
 mod relay;
+mod skip;
 mod status;
