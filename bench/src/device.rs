@@ -149,6 +149,8 @@ pub fn run(a: &Args) -> Result<Report> {
                 peer_sae_id: SaeId::parse(["node-b", "node-a"][i])?,
                 server_name: None,
                 key_bits: None,
+                allow_tls12: false,
+                status_metrics: Default::default(),
                 limits: DeviceLimits {
                     max_keys_per_request: a.per_request,
                     ..DeviceLimits::default()

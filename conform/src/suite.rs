@@ -3,14 +3,15 @@
 //! Every case that may make a KME hand out key declares the most keys it can cost, counting a
 //! faulty KME that answers an error case with keys; the plan adds them up before anything runs,
 //! and a case that does not fit the budget (or any of them in read-only mode) is skipped.
+//!
+//! Keys the KMEs hand out stay in [`qkd_types::Secret`]s ([`SeenKey`]) from the answer's body to
+//! the end of the run, and are compared with `Secret`'s constant-time `==`.
 
 use std::collections::BTreeSet;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 
-use crate::client::{Answer, SaeClient};
+use crate::client::{Answer, SaeClient, SeenKey, is_key_container};
 use crate::config::Config;
 use crate::report::{Basis, CaseResult, Outcome, Report};
 
@@ -111,8 +112,8 @@ struct Suite<'c> {
     /// Consuming cases that fit the plan.
     allowed: BTreeSet<&'static str>,
     consumed: u32,
-    /// (key_ID, base64) of every key delivered, to look for in error bodies.
-    delivered: Vec<(String, String)>,
+    /// Every key delivered, to look for in error bodies.
+    delivered: Vec<SeenKey>,
     /// Every error answer seen (status ≥ 400).
     errors: Vec<(&'static str, Answer)>,
     /// The master's status for the pair, once read.
@@ -141,8 +142,8 @@ struct Limits {
     multicast: u32,
 }
 
-/// A key as delivered: its ID and base64 text.
-type Delivered = Vec<(String, String)>;
+/// Keys as delivered.
+type Delivered = Vec<SeenKey>;
 
 impl Suite<'_> {
     fn record(
@@ -186,6 +187,24 @@ impl Suite<'_> {
         self.record(id, title, basis, Outcome::Skip, why, None);
     }
 
+    fn client(&self, who: Who) -> &SaeClient {
+        match who {
+            Who::Master => &self.master,
+            Who::Slave => &self.slave,
+            Who::Third => self.third.as_ref().unwrap_or(&self.slave),
+        }
+    }
+
+    fn verdict(&mut self, case: Case, result: Result<String, String>, quirk: Option<&'static str>) {
+        self.check(case.id, case.title, case.basis, result, quirk);
+    }
+
+    fn skip_all(&mut self, cases: &[Case], why: &str) {
+        for c in cases {
+            self.skip(c.id, c.title, c.basis.clone(), why);
+        }
+    }
+
     /// Sends and remembers error answers for the cases on error bodies.
     async fn send(
         &mut self,
@@ -195,16 +214,11 @@ impl Suite<'_> {
         url: &str,
         body: Option<&str>,
     ) -> Answer {
-        let client = match who {
-            Who::Master => &self.master,
-            Who::Slave => &self.slave,
-            Who::Third => match &self.third {
-                Some(t) => t,
-                None => &self.slave,
-            },
-        };
         let ct = body.map(|_| "application/json");
-        let a = client.send(method, url, ct, body.unwrap_or("")).await;
+        let a = self
+            .client(who)
+            .send(method, url, ct, body.unwrap_or(""))
+            .await;
         if a.status >= 400 {
             self.errors.push((case, a.clone()));
         }
@@ -227,7 +241,7 @@ impl Suite<'_> {
             "tls-1.2-or-higher",
             "HTTPS with TLS 1.2 or higher and mutual authentication",
             Basis::Spec("§5.1 Table 1"),
-            if ok { Ok(seen) } else { Err(seen) },
+            pass_if(ok, seen),
             None,
         );
 
@@ -244,7 +258,7 @@ impl Suite<'_> {
                     "client-certificate-required",
                     "a client without a certificate is refused (handshake or 401)",
                     Basis::Spec("§4, §5.1 Table 1"),
-                    if ok { Ok(seen) } else { Err(seen) },
+                    pass_if(ok, seen),
                     None,
                 );
             }
@@ -270,11 +284,7 @@ impl Suite<'_> {
             "json-media-type",
             "answers are application/json",
             Basis::Spec("§5.1 Table 1"),
-            if media_ok && a.status == 200 {
-                Ok(a.describe())
-            } else {
-                Err(a.describe())
-            },
+            pass_if(media_ok && a.status == 200, a.describe()),
             None,
         );
         let Some(v) = a.json().filter(|_| a.status == 200) else {
@@ -334,11 +344,7 @@ impl Suite<'_> {
             "status-fields",
             "Status has every required member with its JSON type",
             Basis::Spec("§6.1 Table 9"),
-            if problems.is_empty() {
-                Ok(seen)
-            } else {
-                Err(seen)
-            },
+            pass_if(problems.is_empty(), seen),
             quirk,
         );
         let text = |k: &str| match v.get(k) {
@@ -419,11 +425,7 @@ impl Suite<'_> {
             "status-target-kme",
             "target_KME_ID is the KME ID of the KME serving the slave",
             Basis::Spec("§6.1 Table 9"),
-            if b.status == 200 && slave_kme == target {
-                Ok(seen)
-            } else {
-                Err(seen)
-            },
+            pass_if(b.status == 200 && slave_kme == target, seen),
             None,
         );
 
@@ -446,11 +448,7 @@ impl Suite<'_> {
             "status-get-only",
             "Get status is GET only: a POST is not served",
             Basis::Spec("§5.2 Table 3"),
-            if (200..300).contains(&a.status) {
-                Err(a.describe())
-            } else {
-                Ok(a.describe())
-            },
+            pass_if(!(200..300).contains(&a.status), a.describe()),
             None,
         );
         self.check(
@@ -511,42 +509,37 @@ impl Suite<'_> {
         if a.status != 200 {
             return Err(a.describe());
         }
-        let v = a.json().ok_or_else(|| a.describe())?;
-        let (list, capital) = match (v.get("keys"), v.get("Keys")) {
-            (Some(k), _) => (k, false),
-            (None, Some(k)) => (k, true),
-            _ => return Err("200 without a keys member".into()),
+        let Some((out, capital)) = a.keys() else {
+            return Err(match a.json() {
+                Some(v) if is_key_container(&v) => "keys is not an array".into(),
+                Some(_) => "200 without a keys member".into(),
+                None => a.describe(),
+            });
         };
         if capital {
             self.quirks.insert("capital-keys");
         }
-        let list = list.as_array().ok_or("keys is not an array")?;
         // Count what was handed out, conforming or not.
-        self.consumed += u32::try_from(list.len()).unwrap_or(u32::MAX);
-        let mut out = Vec::new();
-        for k in list {
-            let id = k.get("key_ID").and_then(Value::as_str).unwrap_or_default();
-            let b64 = k.get("key").and_then(Value::as_str).unwrap_or_default();
-            out.push((id.to_owned(), b64.to_owned()));
+        self.consumed += u32::try_from(out.len()).unwrap_or(u32::MAX);
+        self.delivered.extend(out.iter().map(SeenKey::duplicate));
+        if out.len() != number {
+            return Err(format!("asked for {number} keys, got {}", out.len()));
         }
-        self.delivered.extend(out.iter().cloned());
-        if list.len() != number {
-            return Err(format!("asked for {number} keys, got {}", list.len()));
-        }
-        for (id, b64) in &out {
+        for k in &out {
+            let id = &k.id;
             if uuid::Uuid::parse_str(id).is_err() {
                 return Err(format!("key_ID {id:?} is not a UUID"));
             }
-            match BASE64.decode(b64) {
+            match k.decode() {
                 // A size that is not a multiple of 8 travels in whole bytes (padding bits).
-                Ok(bytes) if bytes.len() == (bits as usize).div_ceil(8) => {}
-                Ok(bytes) => {
+                Some(bytes) if bytes.len() == (bits as usize).div_ceil(8) => {}
+                Some(bytes) => {
                     return Err(format!(
                         "key {id}: {} bits, expected {bits}",
                         bytes.len() * 8
                     ));
                 }
-                Err(_) => return Err(format!("key {id}: not standard padded base64")),
+                None => return Err(format!("key {id}: not standard padded base64")),
             }
         }
         Ok(out)
@@ -613,111 +606,92 @@ impl Suite<'_> {
         self.pending.post_number_size = (keys, other);
 
         // Error cases, back to back: nothing they do may consume key.
+        const SIZE_MULTIPLE_OF_8: Case = Case::spec(
+            "enc-keys-size-multiple-of-8",
+            "a size that is not a multiple of 8 gets the spec's exact message (or keys)",
+            "§6.2",
+        );
+        const NUMBER_TOO_LARGE: Case = Case::decision(
+            "enc-keys-number-too-large",
+            "number above max_key_per_request is answered 400",
+        );
+        const SIZE_OUT_OF_RANGE: Case = Case::decision(
+            "enc-keys-size-out-of-range",
+            "size above max_key_size is answered 400",
+        );
+        const EXTENSION_MANDATORY: Case = Case::spec(
+            "enc-keys-extension-mandatory",
+            "an unsupported extension_mandatory gets the spec's message",
+            "§6.2",
+        );
+        const MALFORMED_JSON: Case = Case::spec(
+            "enc-keys-malformed-json",
+            "a malformed JSON body is answered 400 with an Error body",
+            "§5.3 Table 6",
+        );
+        const MULTICAST_UNSUPPORTED: Case = Case::decision(
+            "enc-keys-multicast-unsupported",
+            "additional_slave_SAE_IDs on a KME without multicast is answered 400",
+        );
         let before = self.stored().await;
-        let title = "a size that is not a multiple of 8 gets the spec's exact message (or keys)";
+        // (case, GET URL or POST body, expected answer, size of the keys a faulty KME serves)
+        let mut cases: Vec<(Case, Request, Expect, u32)> = Vec::new();
         match (l.min..=l.max).find(|s| s % 8 != 0) {
-            Some(size) => {
-                let url = format!("{enc}?size={size}");
-                let expect = Expect::Message(400, MSG_SIZE_MULTIPLE_OF_8);
-                let id = "enc-keys-size-multiple-of-8";
-                // The spec allows KMEs that serve such sizes: 200 with such keys passes too.
-                self.refused(
-                    id,
-                    title,
-                    Basis::Spec("§6.2"),
-                    "GET",
-                    &url,
-                    None,
-                    expect,
-                    size,
-                )
-                .await;
-            }
-            None => self.skip(
-                "enc-keys-size-multiple-of-8",
-                title,
-                Basis::Spec("§6.2"),
+            // The spec allows KMEs that serve such sizes: 200 with such keys passes too.
+            Some(size) => cases.push((
+                SIZE_MULTIPLE_OF_8,
+                Request::Get(format!("{enc}?size={size}")),
+                Expect::Message(400, MSG_SIZE_MULTIPLE_OF_8),
+                size,
+            )),
+            None => self.skip_all(
+                &[SIZE_MULTIPLE_OF_8],
                 "every size the KME serves is a multiple of 8",
             ),
         }
-        let too_many = json!({"number": u64::from(l.per_request) + 1}).to_string();
-        let too_big = json!({"size": u64::from(l.max) + 8}).to_string();
-        let mandatory =
-            json!({"extension_mandatory": [{"xyzconform_route": "direct"}]}).to_string();
-        let cases: [(&'static str, &'static str, Basis, &str, Expect); 4] = [
+        let post = |body: Value| Request::Post(body.to_string());
+        cases.extend([
             (
-                "enc-keys-number-too-large",
-                "number above max_key_per_request is answered 400",
-                Basis::Decision(DECISIONS),
-                &too_many,
+                NUMBER_TOO_LARGE,
+                post(json!({"number": u64::from(l.per_request) + 1})),
                 Expect::Status(&[400]),
-            ),
-            (
-                "enc-keys-size-out-of-range",
-                "size above max_key_size is answered 400",
-                Basis::Decision(DECISIONS),
-                &too_big,
-                Expect::Status(&[400]),
-            ),
-            (
-                "enc-keys-extension-mandatory",
-                "an unsupported extension_mandatory gets the spec's message",
-                Basis::Spec("§6.2"),
-                &mandatory,
-                Expect::Message(400, MSG_MANDATORY_UNSUPPORTED),
-            ),
-            (
-                "enc-keys-malformed-json",
-                "a malformed JSON body is answered 400 with an Error body",
-                Basis::Spec("§5.3 Table 6"),
-                "{\"number\": ",
-                Expect::Status(&[400]),
-            ),
-        ];
-        for (id, title, basis, body, expect) in cases {
-            self.refused(
-                id,
-                title,
-                basis,
-                "POST",
-                &enc,
-                Some(body),
-                expect,
                 l.key_size,
-            )
-            .await;
+            ),
+            (
+                SIZE_OUT_OF_RANGE,
+                post(json!({"size": u64::from(l.max) + 8})),
+                Expect::Status(&[400]),
+                l.key_size,
+            ),
+            (
+                EXTENSION_MANDATORY,
+                post(json!({"extension_mandatory": [{"xyzconform_route": "direct"}]})),
+                Expect::Message(400, MSG_MANDATORY_UNSUPPORTED),
+                l.key_size,
+            ),
+            (
+                MALFORMED_JSON,
+                Request::Post("{\"number\": ".into()),
+                Expect::Status(&[400]),
+                l.key_size,
+            ),
+        ]);
+        match (&self.third, l.multicast) {
+            (Some(t), 0) => cases.push((
+                MULTICAST_UNSUPPORTED,
+                post(json!({"additional_slave_SAE_IDs": [t.id]})),
+                Expect::Status(&[400]),
+                l.key_size,
+            )),
+            (None, _) => self.skip_all(&[MULTICAST_UNSUPPORTED], "no third SAE configured"),
+            _ => self.skip_all(&[MULTICAST_UNSUPPORTED], "the KME advertises multicast"),
         }
-        let title = "additional_slave_SAE_IDs on a KME without multicast is answered 400";
-        let id = "enc-keys-multicast-unsupported";
-        match (self.third.clone(), l.multicast) {
-            (Some(t), 0) => {
-                let body = json!({"additional_slave_SAE_IDs": [t.id]}).to_string();
-                let expect = Expect::Status(&[400]);
-                let basis = Basis::Decision(DECISIONS);
-                self.refused(
-                    id,
-                    title,
-                    basis,
-                    "POST",
-                    &enc,
-                    Some(&body),
-                    expect,
-                    l.key_size,
-                )
-                .await;
-            }
-            (None, _) => self.skip(
-                id,
-                title,
-                Basis::Decision(DECISIONS),
-                "no third SAE configured",
-            ),
-            _ => self.skip(
-                id,
-                title,
-                Basis::Decision(DECISIONS),
-                "the KME advertises multicast",
-            ),
+        for (case, request, expect, bits) in cases {
+            let (method, url, body) = match &request {
+                Request::Get(url) => ("GET", url.as_str(), None),
+                Request::Post(body) => ("POST", enc.as_str(), Some(body.as_str())),
+            };
+            self.refused(case, (method, url, body), expect, bits).await;
         }
         let after = self.stored().await;
         let seen = format!("stored_key_count {before:?} before the error cases, {after:?} after");
@@ -726,7 +700,7 @@ impl Suite<'_> {
             "enc-keys-nothing-consumed-on-error",
             "refused requests remove no key from the pool",
             Basis::Spec("§5.3 post-condition"),
-            if ok { Ok(seen) } else { Err(seen) },
+            pass_if(ok, seen),
             None,
         );
 
@@ -795,7 +769,7 @@ impl Suite<'_> {
             Ok(k) => k,
             Err(e) => return self.check("enc-keys-multicast", title, basis, Err(e), None),
         };
-        let (id, b64) = keys[0].clone();
+        let key = &keys[0];
         let mut seen = Vec::new();
         let mut ok = true;
         for who in [Who::Slave, Who::Third] {
@@ -805,11 +779,14 @@ impl Suite<'_> {
                 third.clone()
             };
             let url = client.url(&self.master.id, "/dec_keys");
-            let body = json!({"key_IDs": [{"key_ID": id}]}).to_string();
+            let body = json!({"key_IDs": [{"key_ID": key.id}]}).to_string();
             let r = self
                 .send(who, "enc-keys-multicast", "POST", &url, Some(&body))
                 .await;
-            let same = r.json().and_then(|v| key_text(&v, 0)) == Some(b64.clone());
+            let same = r.keys().is_some_and(|(got, _)| {
+                got.first()
+                    .is_some_and(|k| k.text.is_some() && k.text == key.text)
+            });
             ok &= r.status == 200 && same;
             seen.push(format!(
                 "{}: {}{}",
@@ -819,13 +796,7 @@ impl Suite<'_> {
             ));
         }
         let seen = seen.join(", ");
-        self.check(
-            "enc-keys-multicast",
-            title,
-            basis,
-            if ok { Ok(seen) } else { Err(seen) },
-            None,
-        );
+        self.check("enc-keys-multicast", title, basis, pass_if(ok, seen), None);
     }
 
     /// A request the KME must serve with `number` keys of `bits` bits: GET without a body,
@@ -843,33 +814,34 @@ impl Suite<'_> {
         }
         let method = if body.is_some() { "POST" } else { "GET" };
         let a = self.send(Who::Master, id, method, url, body).await;
-        let r = self.keys_of(&a, number, bits);
-        let keys = r.clone().unwrap_or_default();
+        let (keys, r) = match self.keys_of(&a, number, bits) {
+            Ok(k) => {
+                let seen = format!("{} {} keys", a.status, k.len());
+                (k, Ok(seen))
+            }
+            Err(e) => (Vec::new(), Err(e)),
+        };
         // 405 for one form while the other works: a KME that serves only the other form.
         let quirk = match (a.status, body) {
             (405, None) => Some("post-only"),
             (405, Some(_)) => Some("get-only"),
             _ => None,
         };
-        self.check(id, title, basis, summary(r, &a), quirk);
+        self.check(id, title, basis, r, quirk);
         keys
     }
 
     /// A request the KME must refuse; a faulty KME's keys are counted all the same. A 200
     /// passes only for [`Expect::Message`] cases where the spec lets a KME serve the request
     /// (sizes that are not multiples of 8), with keys of `bits` bits.
-    #[allow(clippy::too_many_arguments)] // one call site per case kind; a struct adds nothing
     async fn refused(
         &mut self,
-        id: &'static str,
-        title: &'static str,
-        basis: Basis,
-        method: &str,
-        url: &str,
-        body: Option<&str>,
+        case: Case,
+        (method, url, body): (&str, &str, Option<&str>),
         expect: Expect,
         bits: u32,
     ) {
+        let (id, title, basis) = (case.id, case.title, case.basis);
         if !self.may(id, title, basis.clone()) {
             return;
         }
@@ -895,167 +867,128 @@ impl Suite<'_> {
     // ---- dec_keys --------------------------------------------------------------------------
 
     async fn dec_keys_cases(&mut self) {
-        let master = self.master.id.clone();
-        let dec = self.slave.url(&master, "/dec_keys");
-        let post = |ids: &[&str]| {
-            let list: Vec<Value> = ids.iter().map(|id| json!({"key_ID": id})).collect();
-            json!({"key_IDs": list}).to_string()
-        };
+        const POST: Case = Case::spec(
+            "dec-keys-post",
+            "POST dec_keys at the slave's KME returns the master's key, same ID and bytes",
+            "§5.4, §6.4 Table 12",
+        );
+        const AT_MOST_ONCE: Case = Case::spec(
+            "dec-keys-at-most-once",
+            "a key is delivered at most once: asking again gets the spec's message",
+            "§5.4 post-condition, §6.4",
+        );
+        const GET: Case = Case::spec(
+            "dec-keys-get",
+            "GET dec_keys?key_ID= returns the master's key",
+            "§5.4",
+        );
+        const GET_TWO_IDS: Case = Case::decision(
+            "dec-keys-get-two-ids",
+            "a GET dec_keys with two key_IDs is answered 400",
+        );
+        const SEVERAL_IN_ORDER: Case = Case::decision(
+            "dec-keys-several-in-order",
+            "POST dec_keys returns several keys in the order asked",
+        );
+        const NOT_THE_SLAVE: Case = Case::spec(
+            "dec-keys-not-the-slave",
+            "an SAE that is not the key's slave gets 401, and the key stays for the slave",
+            "§5.4 (401 authorisation), §5.1 Table 8",
+        );
+        const UNKNOWN: Case = Case::spec(
+            "dec-keys-unknown",
+            "an unknown key_ID gets 400 and the spec's exact message",
+            "§6.4",
+        );
+        const UNKNOWN_GET: Case = Case::spec(
+            "dec-keys-unknown-get",
+            "GET dec_keys with an unknown key_ID gets 400 and the spec's exact message",
+            "§6.4",
+        );
+        const REFUSED_BODIES: [(Case, &str); 3] = [
+            (
+                Case::decision(
+                    "dec-keys-malformed-id",
+                    "a key_ID that is not a UUID is answered 400",
+                ),
+                r#"{"key_IDs": [{"key_ID": "not-a-uuid"}]}"#,
+            ),
+            (
+                Case::decision(
+                    "dec-keys-empty-list",
+                    "an empty key_IDs list is answered 400",
+                ),
+                r#"{"key_IDs": []}"#,
+            ),
+            (
+                Case::decision(
+                    "dec-keys-missing-list",
+                    "a body without key_IDs is answered 400",
+                ),
+                "{}",
+            ),
+        ];
+        const PUT: Case = Case::decision("dec-keys-put-405", "PUT on dec_keys is answered 405");
 
-        // POST form, one key.
-        let title = "POST dec_keys at the slave's KME returns the master's key, same ID and bytes";
-        let basis = Basis::Spec("§5.4, §6.4 Table 12");
+        let dec = self.slave.url(&self.master.id, "/dec_keys");
+
+        // POST form, one key, delivered once: a second request finds nothing.
         let keys = std::mem::take(&mut self.pending.post_empty);
-        if let Some((id, b64)) = keys.first().cloned() {
-            let a = self
-                .send(
-                    Who::Slave,
-                    "dec-keys-post",
-                    "POST",
-                    &dec,
-                    Some(&post(&[&id])),
-                )
-                .await;
-            let r = same_keys(&a, &[(id.clone(), b64)]);
-            self.check(
-                "dec-keys-post",
-                title,
-                basis,
-                r,
-                (a.status == 405).then_some("get-only"),
-            );
-            // Delivered once: a second request finds nothing.
-            let title = "a key is delivered at most once: asking again gets the spec's message";
-            let a = self
-                .send(
-                    Who::Slave,
-                    "dec-keys-at-most-once",
-                    "POST",
-                    &dec,
-                    Some(&post(&[&id])),
-                )
-                .await;
-            let quirk = (a.status == 404).then_some("not-found-404");
-            let r = expect_message(&a, 400, MSG_NOT_FOUND);
-            self.check(
-                "dec-keys-at-most-once",
-                title,
-                Basis::Spec("§5.4 post-condition, §6.4"),
-                r,
-                quirk,
-            );
-        } else {
-            self.skip("dec-keys-post", title, basis, "no key from POST enc_keys");
-            self.skip(
-                "dec-keys-at-most-once",
-                "a key is delivered at most once: asking again gets the spec's message",
-                Basis::Spec("§5.4 post-condition, §6.4"),
-                "no key from POST enc_keys",
-            );
+        match keys.first() {
+            Some(k) => {
+                let a = self.dec_post(Who::Slave, POST.id, &[&k.id]).await;
+                let quirk = (a.status == 405).then_some("get-only");
+                self.verdict(POST, same_keys(&a, &[k]), quirk);
+                let a = self.dec_post(Who::Slave, AT_MOST_ONCE.id, &[&k.id]).await;
+                self.not_found(AT_MOST_ONCE, &a);
+            }
+            None => self.skip_all(&[POST, AT_MOST_ONCE], "no key from POST enc_keys"),
         }
 
         // GET form.
-        let title = "GET dec_keys?key_ID= returns the master's key";
-        let basis = Basis::Spec("§5.4");
         let keys = std::mem::take(&mut self.pending.get_default);
-        if let Some((id, b64)) = keys.first().cloned() {
-            let url = format!("{dec}?key_ID={id}");
-            let a = self
-                .send(Who::Slave, "dec-keys-get", "GET", &url, None)
-                .await;
-            let r = same_keys(&a, &[(id, b64)]);
-            self.check(
-                "dec-keys-get",
-                title,
-                basis,
-                r,
-                (a.status == 405).then_some("post-only"),
-            );
-        } else {
-            self.skip("dec-keys-get", title, basis, "no key from GET enc_keys");
+        match keys.first() {
+            Some(k) => {
+                let url = format!("{dec}?key_ID={}", k.id);
+                let a = self.send(Who::Slave, GET.id, "GET", &url, None).await;
+                let quirk = (a.status == 405).then_some("post-only");
+                self.verdict(GET, same_keys(&a, &[k]), quirk);
+            }
+            None => self.skip_all(&[GET], "no key from GET enc_keys"),
         }
 
         // Two keys: a GET naming both is refused and consumes nothing; a POST gets both in
         // the order asked.
         let (keys, _) = std::mem::take(&mut self.pending.get_number_size);
-        let title = "a GET dec_keys with two key_IDs is answered 400";
-        let title2 = "POST dec_keys returns several keys in the order asked";
-        if keys.len() >= 2 {
-            let url = format!("{dec}?key_ID={}&key_ID={}", keys[0].0, keys[1].0);
+        if let [first, second, ..] = keys.as_slice() {
+            let url = format!("{dec}?key_ID={}&key_ID={}", first.id, second.id);
             let a = self
-                .send(Who::Slave, "dec-keys-get-two-ids", "GET", &url, None)
+                .send(Who::Slave, GET_TWO_IDS.id, "GET", &url, None)
                 .await;
-            self.check(
-                "dec-keys-get-two-ids",
-                title,
-                Basis::Decision(DECISIONS),
-                expect_status(&a, &[400]),
-                None,
-            );
-            let reversed: Vec<_> = keys.iter().rev().cloned().collect();
-            let ids: Vec<&str> = reversed.iter().map(|k| k.0.as_str()).collect();
+            self.verdict(GET_TWO_IDS, expect_status(&a, &[400]), None);
+            let reversed: Vec<&SeenKey> = keys.iter().rev().collect();
             let a = self
-                .send(
-                    Who::Slave,
-                    "dec-keys-several-in-order",
-                    "POST",
-                    &dec,
-                    Some(&post(&ids)),
-                )
+                .dec_post(Who::Slave, SEVERAL_IN_ORDER.id, &ids(&reversed))
                 .await;
-            let r = same_keys(&a, &reversed);
-            self.check(
-                "dec-keys-several-in-order",
-                title2,
-                Basis::Decision(DECISIONS),
-                r,
-                None,
-            );
+            self.verdict(SEVERAL_IN_ORDER, same_keys(&a, &reversed), None);
         } else {
-            self.skip(
-                "dec-keys-get-two-ids",
-                title,
-                Basis::Decision(DECISIONS),
-                "fewer than two keys obtained",
-            );
-            self.skip(
-                "dec-keys-several-in-order",
-                title2,
-                Basis::Decision(DECISIONS),
+            self.skip_all(
+                &[GET_TWO_IDS, SEVERAL_IN_ORDER],
                 "fewer than two keys obtained",
             );
         }
 
         // Not the slave: 401, and the key stays for its slave.
         let (keys, _) = std::mem::take(&mut self.pending.post_number_size);
-        let title = "an SAE that is not the key's slave gets 401, and the key stays for the slave";
-        let basis = Basis::Spec("§5.4 (401 authorisation), §5.1 Table 8");
-        match (self.third.clone(), keys.first().cloned()) {
-            (Some(third), Some((id, _))) => {
-                let url = third.url(&master, "/dec_keys");
-                let a = self
-                    .send(
-                        Who::Third,
-                        "dec-keys-not-the-slave",
-                        "POST",
-                        &url,
-                        Some(&post(&[&id])),
-                    )
-                    .await;
-                let ids: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+        match (&self.third, keys.first()) {
+            (Some(_), Some(k)) => {
+                let a = self.dec_post(Who::Third, NOT_THE_SLAVE.id, &[&k.id]).await;
+                let all: Vec<&SeenKey> = keys.iter().collect();
                 let b = self
-                    .send(
-                        Who::Slave,
-                        "dec-keys-not-the-slave",
-                        "POST",
-                        &dec,
-                        Some(&post(&ids)),
-                    )
+                    .dec_post(Who::Slave, NOT_THE_SLAVE.id, &ids(&all))
                     .await;
-                let leaked = a
-                    .json()
-                    .is_some_and(|v| v.get("keys").is_some() || v.get("Keys").is_some());
-                let r = match (a.status, same_keys(&b, &keys)) {
+                let leaked = a.json().is_some_and(|v| is_key_container(&v));
+                let r = match (a.status, same_keys(&b, &all)) {
                     (401, Ok(_)) if !leaked => Ok(format!(
                         "401 ({}), then the slave got its keys",
                         body_kind(&a)
@@ -1066,90 +999,49 @@ impl Suite<'_> {
                         r.err().unwrap_or_else(|| b.describe())
                     )),
                 };
-                self.check("dec-keys-not-the-slave", title, basis, r, None);
+                self.verdict(NOT_THE_SLAVE, r, None);
             }
-            (None, _) => self.skip(
-                "dec-keys-not-the-slave",
-                title,
-                basis,
-                "no third SAE configured",
-            ),
-            (_, None) => self.skip(
-                "dec-keys-not-the-slave",
-                title,
-                basis,
-                "no keys from POST enc_keys",
-            ),
+            (None, _) => self.skip_all(&[NOT_THE_SLAVE], "no third SAE configured"),
+            (_, None) => self.skip_all(&[NOT_THE_SLAVE], "no keys from POST enc_keys"),
         }
 
         // Requests that cannot deliver a key: safe in read-only mode.
-        let title = "an unknown key_ID gets 400 and the spec's exact message";
         let random = uuid::Uuid::new_v4().to_string();
-        let a = self
-            .send(
-                Who::Slave,
-                "dec-keys-unknown",
-                "POST",
-                &dec,
-                Some(&post(&[&random])),
-            )
-            .await;
-        let quirk = (a.status == 404).then_some("not-found-404");
-        let r = expect_message(&a, 400, MSG_NOT_FOUND);
-        self.check("dec-keys-unknown", title, Basis::Spec("§6.4"), r, quirk);
+        let a = self.dec_post(Who::Slave, UNKNOWN.id, &[&random]).await;
+        self.not_found(UNKNOWN, &a);
         let url = format!("{dec}?key_ID={}", uuid::Uuid::new_v4());
         let a = self
-            .send(Who::Slave, "dec-keys-unknown-get", "GET", &url, None)
+            .send(Who::Slave, UNKNOWN_GET.id, "GET", &url, None)
             .await;
-        let quirk = (a.status == 404).then_some("not-found-404");
-        let r = if a.status == 405 {
-            Ok("405: the KME serves POST only".to_string())
+        if a.status == 405 {
+            let seen = "405: the KME serves POST only".to_string();
+            self.verdict(UNKNOWN_GET, Ok(seen), None);
         } else {
-            expect_message(&a, 400, MSG_NOT_FOUND)
-        };
-        self.check(
-            "dec-keys-unknown-get",
-            "GET dec_keys with an unknown key_ID gets 400 and the spec's exact message",
-            Basis::Spec("§6.4"),
-            r,
-            quirk,
-        );
-        for (id, title, body) in [
-            (
-                "dec-keys-malformed-id",
-                "a key_ID that is not a UUID is answered 400",
-                r#"{"key_IDs": [{"key_ID": "not-a-uuid"}]}"#,
-            ),
-            (
-                "dec-keys-empty-list",
-                "an empty key_IDs list is answered 400",
-                r#"{"key_IDs": []}"#,
-            ),
-            (
-                "dec-keys-missing-list",
-                "a body without key_IDs is answered 400",
-                "{}",
-            ),
-        ] {
-            let a = self.send(Who::Slave, id, "POST", &dec, Some(body)).await;
-            self.check(
-                id,
-                title,
-                Basis::Decision(DECISIONS),
-                expect_status(&a, &[400]),
-                None,
-            );
+            self.not_found(UNKNOWN_GET, &a);
         }
-        let a = self
-            .send(Who::Slave, "dec-keys-put-405", "PUT", &dec, Some("{}"))
-            .await;
-        self.check(
-            "dec-keys-put-405",
-            "PUT on dec_keys is answered 405",
-            Basis::Decision(DECISIONS),
-            expect_status(&a, &[405]),
-            None,
-        );
+        for (case, body) in REFUSED_BODIES {
+            let a = self
+                .send(Who::Slave, case.id, "POST", &dec, Some(body))
+                .await;
+            self.verdict(case, expect_status(&a, &[400]), None);
+        }
+        let a = self.send(Who::Slave, PUT.id, "PUT", &dec, Some("{}")).await;
+        self.verdict(PUT, expect_status(&a, &[405]), None);
+    }
+
+    /// POST dec_keys for these key IDs (of keys the master obtained), as `who`.
+    async fn dec_post(&mut self, who: Who, case: &'static str, key_ids: &[&str]) -> Answer {
+        let list: Vec<Value> = key_ids.iter().map(|id| json!({"key_ID": id})).collect();
+        let body = json!({"key_IDs": list}).to_string();
+        let url = self.client(who).url(&self.master.id, "/dec_keys");
+        self.send(who, case, "POST", &url, Some(&body)).await
+    }
+
+    /// The answer must be 400 with the spec's "not found" message (404 is the
+    /// `not-found-404` quirk, and fails).
+    fn not_found(&mut self, case: Case, a: &Answer) {
+        let quirk = (a.status == 404).then_some("not-found-404");
+        self.verdict(case, expect_message(a, 400, MSG_NOT_FOUND), quirk);
     }
 
     // ---- across the run ----------------------------------------------------------------------
@@ -1207,7 +1099,7 @@ impl Suite<'_> {
             "error-bodies",
             "every 400 and 503 carries an application/json Error body (message, details)",
             Basis::Spec("§5.1 Tables 4, 6, 8; §6.5 Table 13"),
-            if ok { Ok(seen) } else { Err(seen) },
+            pass_if(ok, seen),
             quirk,
         );
 
@@ -1243,14 +1135,11 @@ impl Suite<'_> {
         // No key bytes in any error.
         let mut leaks = Vec::new();
         for (case, a) in &self.errors {
-            let text = String::from_utf8_lossy(&a.body);
-            if self
+            let quoted = self
                 .delivered
                 .iter()
-                .any(|(_, b64)| !b64.is_empty() && text.contains(b64.as_str()))
-                || a.json()
-                    .is_some_and(|v| v.get("keys").is_some() || v.get("Keys").is_some())
-            {
+                .any(|k| k.text.as_ref().is_some_and(|t| a.contains(t)));
+            if quoted || a.json().is_some_and(|v| is_key_container(&v)) {
                 leaks.push(*case);
             }
         }
@@ -1276,9 +1165,9 @@ impl Suite<'_> {
         let dup = self
             .delivered
             .iter()
-            .find(|(id, _)| !ids.insert(id.to_lowercase()));
+            .find(|k| !ids.insert(k.id.to_lowercase()));
         let seen = format!("{} keys delivered", self.delivered.len());
-        let dup = dup.map(|(id, _)| format!("key_ID {id} delivered twice"));
+        let dup = dup.map(|k| format!("key_ID {} delivered twice", k.id));
         self.check(
             "key-ids-unique",
             "every key_ID enc_keys hands out is new",
@@ -1305,6 +1194,41 @@ impl Suite<'_> {
     }
 }
 
+/// A case: its short stable name, what it checks, and what it rests on.
+#[derive(Debug, Clone)]
+struct Case {
+    id: &'static str,
+    title: &'static str,
+    basis: Basis,
+}
+
+impl Case {
+    /// A case on a rule of the spec, at `clause`.
+    const fn spec(id: &'static str, title: &'static str, clause: &'static str) -> Self {
+        Self {
+            id,
+            title,
+            basis: Basis::Spec(clause),
+        }
+    }
+
+    /// A case on one of our decisions (where the spec is silent).
+    const fn decision(id: &'static str, title: &'static str) -> Self {
+        Self {
+            id,
+            title,
+            basis: Basis::Decision(DECISIONS),
+        }
+    }
+}
+
+/// An enc_keys request: GET with this URL, or POST with this body.
+#[derive(Debug)]
+enum Request {
+    Get(String),
+    Post(String),
+}
+
 /// What a refused request must get.
 #[derive(Debug, Clone, Copy)]
 enum Expect {
@@ -1322,8 +1246,9 @@ enum Who {
     Third,
 }
 
-fn summary(r: Result<Delivered, String>, a: &Answer) -> Result<String, String> {
-    r.map(|k| format!("{} {} keys", a.status, k.len()))
+/// What was seen, as a pass or a failure.
+fn pass_if(ok: bool, seen: String) -> Result<String, String> {
+    if ok { Ok(seen) } else { Err(seen) }
 }
 
 fn expect_status(a: &Answer, want: &[u16]) -> Result<String, String> {
@@ -1348,30 +1273,25 @@ fn expect_message(a: &Answer, status: u16, message: &str) -> Result<String, Stri
     }
 }
 
-/// The answer holds exactly these keys (ID and bytes), in this order.
-fn same_keys(a: &Answer, want: &[(String, String)]) -> Result<String, String> {
+/// The answer holds exactly these keys (ID and bytes), in this order; key bytes are compared
+/// with `Secret`'s constant-time `==`.
+fn same_keys(a: &Answer, want: &[&SeenKey]) -> Result<String, String> {
     if a.status != 200 {
         return Err(a.describe());
     }
-    let v = a.json().ok_or_else(|| a.describe())?;
-    let list = v
-        .get("keys")
-        .or_else(|| v.get("Keys"))
-        .and_then(Value::as_array)
-        .ok_or("no keys array")?;
+    let (list, _) = a.keys().ok_or_else(|| a.describe())?;
     if list.len() != want.len() {
         return Err(format!("asked for {} keys, got {}", want.len(), list.len()));
     }
-    for (i, (id, b64)) in want.iter().enumerate() {
-        let got_id = list[i]
-            .get("key_ID")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        if !got_id.eq_ignore_ascii_case(id) {
-            return Err(format!("position {i}: key_ID {got_id}, expected {id}"));
+    for (i, (w, got)) in want.iter().zip(&list).enumerate() {
+        if !got.id.eq_ignore_ascii_case(&w.id) {
+            return Err(format!(
+                "position {i}: key_ID {}, expected {}",
+                got.id, w.id
+            ));
         }
-        if key_text(&v, i).as_deref() != Some(b64.as_str()) {
-            return Err(format!("key {id}: bytes differ from the master's"));
+        if got.text.is_none() || got.text != w.text {
+            return Err(format!("key {}: bytes differ from the master's", w.id));
         }
     }
     Ok(format!(
@@ -1380,19 +1300,15 @@ fn same_keys(a: &Answer, want: &[(String, String)]) -> Result<String, String> {
     ))
 }
 
+/// The IDs of these keys.
+fn ids<'k>(keys: &[&'k SeenKey]) -> Vec<&'k str> {
+    keys.iter().map(|k| k.id.as_str()).collect()
+}
+
 fn body_kind(a: &Answer) -> &'static str {
     if a.body.is_empty() {
         "empty body"
     } else {
         "Error body"
     }
-}
-
-fn key_text(v: &Value, i: usize) -> Option<String> {
-    v.get("keys")
-        .or_else(|| v.get("Keys"))?
-        .get(i)?
-        .get("key")?
-        .as_str()
-        .map(str::to_owned)
 }

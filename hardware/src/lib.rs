@@ -15,6 +15,8 @@
 //! without touching them.
 //!
 //! Adapters (feature `etsi014`): `etsi014` takes key from a real QKD device over ETSI GS QKD 014.
+//! Their failures are typed [`DeviceFault`]s ([`fault`]), each naming who causes it and mapped to
+//! a [`LinkState`] in one place.
 //!
 //! This crate must never depend on the key manager or the node, and never log key bytes.
 
@@ -22,6 +24,9 @@
 
 #[cfg(feature = "etsi014")]
 pub mod etsi014;
+pub mod fault;
+
+pub use fault::{Culprit, DeviceFault, DeviceOp, KeyCheck, StatusClass, TlsFailure};
 
 use std::fmt;
 
@@ -114,12 +119,36 @@ pub enum DeviceError {
     /// Device or peer: the block is unknown to this end (never produced, or already fetched).
     #[error("block {0} is not known to this link end")]
     UnknownBlock(BlockId),
-    /// Device: the link is down or aborted and cannot serve the request.
+    /// A real device (or the way to it) failed, in a way the adapter can name: timeout,
+    /// refused connection, TLS, identity, HTTP status, a malformed answer or key. The fault
+    /// says who causes it and what it means for the link ([`DeviceFault::link_state`]).
+    #[error(transparent)]
+    Device(#[from] DeviceFault),
+    /// A simulated link is down or aborted, for the reason its model gives. (Real devices
+    /// report [`DeviceError::Device`] instead.)
     #[error("link unavailable: {0}")]
     Unavailable(String),
-    /// Device: talking to the device failed (transport, TLS, malformed answer).
+    /// Bug: a source's own state is unusable (e.g. a poisoned lock). Never a device's answer:
+    /// those are [`DeviceError::Device`].
     #[error("device transport: {0}")]
     Transport(String),
+}
+
+impl DeviceError {
+    /// The state of the link while this error stands, for sources that report errors through
+    /// their status. `None` for errors that say nothing about the link (a caller's bug, an
+    /// unknown block).
+    pub fn link_state(&self) -> Option<LinkState> {
+        match self {
+            DeviceError::Device(f) => Some(f.link_state()),
+            DeviceError::Unavailable(reason) | DeviceError::Transport(reason) => {
+                Some(LinkState::Down {
+                    reason: reason.clone(),
+                })
+            }
+            DeviceError::WrongRole { .. } | DeviceError::UnknownBlock(_) => None,
+        }
+    }
 }
 
 /// One end of a QKD link.
@@ -140,4 +169,38 @@ pub trait KeySource: Send + Sync + fmt::Debug {
     /// Slave end: the blocks with these IDs, in the order asked, each returned at most once. A
     /// master end answers [`DeviceError::WrongRole`].
     async fn blocks_by_id(&self, ids: &[BlockId]) -> Result<Vec<KeyBlock>, DeviceError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_link_state_through_their_fault() {
+        let fault = DeviceFault::BadKey {
+            op: DeviceOp::EncKeys,
+            key: BlockId::random(),
+            check: KeyCheck::NotBase64,
+        };
+        let err = DeviceError::from(fault.clone());
+        assert_eq!(err.link_state(), Some(fault.link_state()));
+        assert!(matches!(err.link_state(), Some(LinkState::Aborted { .. })));
+        assert_eq!(err.to_string(), fault.to_string());
+        let down = DeviceError::Unavailable("fibre cut".into());
+        assert_eq!(
+            down.link_state(),
+            Some(LinkState::Down {
+                reason: "fibre cut".into()
+            })
+        );
+        assert_eq!(
+            DeviceError::UnknownBlock(BlockId::random()).link_state(),
+            None
+        );
+        let bug = DeviceError::WrongRole {
+            needed: LinkRole::Master,
+            actual: LinkRole::Slave,
+        };
+        assert_eq!(bug.link_state(), None);
+    }
 }

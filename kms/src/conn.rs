@@ -1,5 +1,5 @@
-//! Connection caps of the TLS front doors (the ETSI 014 port, the gRPC key delivery port and the
-//! node-to-node port): how many connections one client identity may hold at once, and a
+//! Connection caps of the TLS front doors (the ETSI 014 and SKIP ports, served by
+//! [`crate::api::https`], the gRPC key delivery port and the node-to-node port): how many connections one client identity may hold at once, and a
 //! rate-limited warning whenever a cap refuses a connection; and, for the two gRPC ports, the one
 //! accept loop that applies them ([`accept_capped`]).
 //!
@@ -297,8 +297,8 @@ impl<K: Eq + Hash + Unpin> AsyncWrite for CappedStream<K> {
     }
 }
 
-/// Whom an SAE-facing connection's certificate names, for the per-client cap of the ETSI 014
-/// and gRPC key delivery ports.
+/// Whom an SAE-facing connection's certificate names, for the per-client cap of the ETSI 014,
+/// SKIP and gRPC key delivery ports.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SaeClient {
     /// An SAE admitted here.

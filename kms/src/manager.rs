@@ -186,40 +186,160 @@ pub struct VoidedKeys {
 }
 
 /// Peer errors that are worth a gRPC status; mapped to `tonic::Status` in [`crate::peer`] only.
+/// Each variant says who causes it.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
     /// Peer: asked about a link this node does not have with it.
     #[error("no link {0} with the calling node")]
-    UnknownLink(String),
+    UnknownLink(LinkId),
     /// Peer: a malformed message (bad ID, wrong sizes...).
     #[error("malformed message: {0}")]
-    Malformed(String),
-    /// Peer: the message contradicts what this node holds (overlap, wrong pair, reused key ID).
+    Malformed(#[from] Malformed),
+    /// Peer: the message contradicts what this node holds or its configuration.
     #[error("refused: {0}")]
-    Refused(String),
+    Refused(#[from] Refusal),
     /// Peer: the request was voided earlier; it will never be served.
     #[error("request was voided")]
     Voided,
     /// This node: not enough link key.
     #[error("not enough link key")]
     Exhausted,
-    /// This node's device failed.
+    /// This node's device failed or gave key it may not use.
     #[error("device: {0}")]
-    Device(String),
+    Device(#[from] DeviceFault),
+    /// A further hop of a relay failed (this node is a relay on the path).
+    #[error("onward hop: {0}")]
+    Onward(Box<RelayError>),
     /// Operator: the store's free space is below its watermark; no new key material is taken
     /// (stored keys are still served). Transient: ingest resumes once space is freed.
     #[error("key store below its free-space watermark: {0}")]
     LowSpace(StoreError),
     /// This node's store failed (the node is going down).
     #[error("store: {0}")]
-    Store(String),
+    Store(StoreError),
+}
+
+/// What is malformed in a peer's message. Caused by the peer (a bug or an attack).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    /// An identifier that is not 16 bytes long.
+    #[error("{0} is not 16 bytes long")]
+    IdLength(&'static str),
+    /// An identifier that does not parse.
+    #[error("{what}: {error}")]
+    Id {
+        /// Which identifier.
+        what: &'static str,
+        /// Why it does not parse.
+        error: qkd_types::IdError,
+    },
+    /// A field missing, out of range or inconsistent with the others.
+    #[error("bad {0}")]
+    Field(&'static str),
+}
+
+/// Why a peer's (well-formed) message was refused. Caused by the peer, or by configurations
+/// that disagree between the two nodes.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// Only the allocator of a link chooses its bytes; the caller is it.
+    #[error("this node allocates the link")]
+    AllocatesLink,
+    /// The caller asked this node to allocate a link it does not allocate.
+    #[error("this node does not allocate the link")]
+    NotAllocator,
+    /// The caller is not a neighbour.
+    #[error("not a neighbour")]
+    NotNeighbour,
+    /// An offered block contradicts the block held under its sequence number.
+    #[error("block {0} differs")]
+    BlockDiffers(u64),
+    /// An offer that does not continue the link where this end is.
+    #[error("offer starts at {first}, expected {expected}")]
+    OfferOutOfSequence {
+        /// First sequence number offered.
+        first: u64,
+        /// The one expected.
+        expected: u64,
+    },
+    /// The link's pool refused (ranges not free, out of sequence...).
+    #[error("link key: {0}")]
+    Pool(#[from] PoolError),
+    /// A key ID already used here.
+    #[error("key ID {0} already used")]
+    KeyIdUsed(KeyId),
+    /// The relay path does not run through this node as the message says.
+    #[error("relay path does not run through this hop")]
+    NotOnPath,
+    /// A relay message names link key not allocated for its hop.
+    #[error("relay names link key not allocated for this hop")]
+    UnallocatedHop,
+    /// The hop's allocation is gone (answered twice, or expired).
+    #[error("hop allocation vanished")]
+    AllocationVanished,
+    /// A relay message failed its MAC: altered on the way, or sent with other link key.
+    #[error("relay message authentication failed")]
+    Authentication,
+    /// The master SAE is not attached to the batch's source node.
+    #[error("master SAE is not attached to the source node")]
+    MasterNotAtSource,
+    /// Slave SAEs not attached here, or not allowed to pair with the master.
+    #[error("slave SAEs not attached here or not allowed to pair")]
+    SlavesNotHere,
+    /// The batch's policy or suite is not this node's configuration for its pairs.
+    #[error("policy or suite differs from this node's configuration")]
+    Profile,
+    /// An end-to-end message from a node other than the batch's source.
+    #[error("not the batch's source")]
+    NotSource,
+    /// The batch's key counts disagree.
+    #[error("key count differs")]
+    KeyCount,
+    /// A multicast key failed authentication under its wrap key.
+    #[error("multicast key failed authentication")]
+    MulticastAuthentication,
+    /// A delivery notice naming a source other than the path's first node.
+    #[error("delivery notice from another node")]
+    NoticeSource,
+    /// The end-to-end exchange failed.
+    #[error("end-to-end: {0}")]
+    E2e(#[from] e2e::E2eError),
+    /// A signature (delivery notice) failed.
+    #[error("signature: {0}")]
+    Signature(#[from] crate::hybrid::HybridError),
+}
+
+/// A device that failed, or gave key the node may not use. Caused by the device (or, for
+/// [`DeviceFault::PeerOffer`], by the peer's device).
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceFault {
+    /// The device's own error.
+    #[error(transparent)]
+    Device(#[from] qkd_hardware::DeviceError),
+    /// A block larger than a link block may be.
+    #[error("block of {0} bytes is too large")]
+    BlockTooLarge(usize),
+    /// The device answered with another block than the one asked for.
+    #[error("device returned block {got} when asked for {asked}")]
+    WrongBlock {
+        /// Asked for.
+        asked: BlockId,
+        /// Returned.
+        got: BlockId,
+    },
+    /// A device key ID already used on the link (a re-issuing device).
+    #[error("device key ID {0} was already used on this link")]
+    Reissued(BlockId),
+    /// The peer could not take the offered blocks from its device.
+    #[error("peer could not take the offered blocks: {0}")]
+    PeerOffer(tonic::Status),
 }
 
 impl From<StoreError> for PeerError {
     fn from(e: StoreError) -> Self {
         match e {
             e @ StoreError::LowSpace { .. } => PeerError::LowSpace(e),
-            e => PeerError::Store(e.to_string()),
+            e => PeerError::Store(e),
         }
     }
 }
@@ -570,7 +690,7 @@ impl KeyManager {
             .source
             .next_blocks(want as usize)
             .await
-            .map_err(|e| PeerError::Device(e.to_string()))?;
+            .map_err(DeviceFault::Device)?;
         if blocks.is_empty() {
             return Ok(0);
         }
@@ -583,7 +703,7 @@ impl KeyManager {
             for b in blocks {
                 let seq = p.next_seq();
                 let len = u32::try_from(b.key.len())
-                    .map_err(|_| PeerError::Device("block too large".into()))?;
+                    .map_err(|_| DeviceFault::BlockTooLarge(b.key.len()))?;
                 match p.add_block(seq, b.id, len) {
                     Ok(()) => {
                         added.push((seq, b.id));
@@ -591,7 +711,7 @@ impl KeyManager {
                     }
                     // Dropping the block zeroizes it: its bytes are never used.
                     Err(PoolError::Reissued(_)) => reissued += 1,
-                    Err(e) => return Err(PeerError::Refused(e.to_string())),
+                    Err(e) => return Err(Refusal::Pool(e).into()),
                 }
             }
         }
@@ -646,10 +766,7 @@ impl KeyManager {
                 return Ok(());
             }
             Err(s) => {
-                return Err(PeerError::Device(format!(
-                    "peer offer failed: {}",
-                    s.message()
-                )));
+                return Err(DeviceFault::PeerOffer(s).into());
             }
         }
         let seqs: Vec<u64> = blocks.iter().map(|b| b.0).collect();
@@ -760,7 +877,7 @@ impl KeyManager {
         self.inner
             .links
             .get(id)
-            .ok_or_else(|| PeerError::UnknownLink(id.to_string()))
+            .ok_or_else(|| PeerError::UnknownLink(id.clone()))
     }
 
     fn is_local(&self, sae: &SaeId) -> bool {
@@ -787,7 +904,7 @@ impl KeyManager {
     ) -> Result<(), PeerError> {
         let link = self.peer_link(from, &req.link_id)?;
         if link.allocator() {
-            return Err(PeerError::Refused("this node allocates the link".into()));
+            return Err(Refusal::AllocatesLink.into());
         }
         let offered = offered_blocks(&req)?;
         // Blocks already held (a retried offer) are skipped; the rest are fetched by ID.
@@ -797,7 +914,7 @@ impl KeyManager {
             for (seq, id) in offered.iter().map(|(s, id)| (*s, id)) {
                 match p.block(seq) {
                     Some(b) if b.id == *id => {}
-                    Some(_) => return Err(PeerError::Refused(format!("block {seq} differs"))),
+                    Some(_) => return Err(Refusal::BlockDiffers(seq).into()),
                     None if seq < p.next_seq() => {}
                     // Never fetch from the device a key ID already used here: refuse the block.
                     None if p.seen_device_id(id) => {
@@ -805,18 +922,19 @@ impl KeyManager {
                             .reissued
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         tracing::error!(link = %link.setup.id, block = %id, "peer offered a device key ID already used on this link; refused");
-                        return Err(PeerError::Device(format!(
-                            "device key ID {id} was already used on this link"
-                        )));
+                        return Err(DeviceFault::Reissued(*id).into());
                     }
                     None => fresh.push((seq, *id)),
                 }
             }
-            if let Some((seq, _)) = fresh.first().filter(|(seq, _)| *seq != p.next_seq()) {
-                return Err(PeerError::Refused(format!(
-                    "offer starts at {seq}, expected {}",
-                    p.next_seq()
-                )));
+            // An offer that starts past this end's next block: the allocator discarded the
+            // blocks between (this end's device could not deliver them); they are skipped below.
+            if let Some((seq, _)) = fresh.first().filter(|(seq, _)| *seq < p.next_seq()) {
+                return Err(Refusal::OfferOutOfSequence {
+                    first: *seq,
+                    expected: p.next_seq(),
+                }
+                .into());
             }
         }
         if !fresh.is_empty() {
@@ -826,15 +944,22 @@ impl KeyManager {
                 .source
                 .blocks_by_id(&want)
                 .await
-                .map_err(|e| PeerError::Device(e.to_string()))?;
+                .map_err(DeviceFault::Device)?;
             let mut metas = Vec::with_capacity(blocks.len());
             {
                 let mut p = link.pool();
+                if let Some((first, _)) = fresh.first() {
+                    p.skip_to(*first).map_err(Refusal::Pool)?;
+                }
                 for ((seq, id), b) in fresh.iter().zip(&blocks) {
                     let len = u32::try_from(b.key.len())
-                        .map_err(|_| PeerError::Device("block too large".into()))?;
+                        .map_err(|_| DeviceFault::BlockTooLarge(b.key.len()))?;
                     if b.id != *id {
-                        return Err(PeerError::Device("device returned another block".into()));
+                        return Err(DeviceFault::WrongBlock {
+                            asked: *id,
+                            got: b.id,
+                        }
+                        .into());
                     }
                     p.add_block(*seq, *id, len).map_err(|e| match e {
                         // The allocator discards blocks its peer's device cannot back.
@@ -843,15 +968,13 @@ impl KeyManager {
                                 .reissued
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             tracing::error!(link = %link.setup.id, error = %e, "refused offered link key");
-                            PeerError::Device(e.to_string())
+                            PeerError::Device(DeviceFault::Reissued(*id))
                         }
-                        e => PeerError::Refused(e.to_string()),
+                        e => Refusal::Pool(e).into(),
                     })?;
                     metas.push((
                         *seq,
-                        p.block(*seq)
-                            .cloned()
-                            .ok_or(PeerError::Refused("block".into()))?,
+                        p.block(*seq).cloned().ok_or(Refusal::AllocationVanished)?,
                     ));
                 }
             }
@@ -882,10 +1005,13 @@ impl KeyManager {
     }
 
     fn peer_link(&self, from: &NodeId, link_id: &str) -> Result<&LinkRt, PeerError> {
-        let id = LinkId::parse(link_id).map_err(|e| PeerError::Malformed(e.to_string()))?;
+        let id = LinkId::parse(link_id).map_err(|error| Malformed::Id {
+            what: "link ID",
+            error,
+        })?;
         let link = self.link(&id)?;
         if &link.setup.peer != from {
-            return Err(PeerError::UnknownLink(link_id.to_string()));
+            return Err(PeerError::UnknownLink(id));
         }
         Ok(link)
     }
@@ -1001,7 +1127,7 @@ pub(crate) fn offered_blocks(
             let seq = req
                 .first_seq
                 .checked_add(i as u64)
-                .ok_or_else(|| PeerError::Malformed("block sequence number".into()))?;
+                .ok_or(Malformed::Field("block sequence number"))?;
             Ok((seq, block_id(b)?))
         })
         .collect()
@@ -1010,17 +1136,17 @@ pub(crate) fn offered_blocks(
 pub(crate) fn key_id(b: &[u8]) -> Result<KeyId, PeerError> {
     <[u8; 16]>::try_from(b)
         .map(KeyId::from_bytes)
-        .map_err(|_| PeerError::Malformed("key ID".into()))
+        .map_err(|_| Malformed::IdLength("key ID").into())
 }
 
 pub(crate) fn block_id(b: &[u8]) -> Result<BlockId, PeerError> {
     <[u8; 16]>::try_from(b)
         .map(BlockId::from_bytes)
-        .map_err(|_| PeerError::Malformed("block ID".into()))
+        .map_err(|_| Malformed::IdLength("block ID").into())
 }
 
 pub(crate) fn request_id(b: &[u8]) -> Result<[u8; 16], PeerError> {
-    <[u8; 16]>::try_from(b).map_err(|_| PeerError::Malformed("request ID".into()))
+    <[u8; 16]>::try_from(b).map_err(|_| Malformed::IdLength("request ID").into())
 }
 
 #[async_trait]
@@ -1078,7 +1204,7 @@ impl KeyService for KeyManager {
         if self.is_local(&req.slave) {
             // Every key comes from a QKD link or a relay: a pair inside one node has none.
             return Err(ServiceError::PeerUnavailable(
-                "both SAEs are attached to this KME".into(),
+                crate::api::Unavailable::SameNode,
             ));
         }
         let number = req.number as usize;
@@ -1142,8 +1268,7 @@ impl KeyService for KeyManager {
                         }
                         match tx.key_meta(*id)? {
                             Some(m)
-                                if m.released
-                                    && m.master == req.master
+                                if m.master == req.master
                                     && m.expires_at > now
                                     && me.stored_key_fits(&m)
                                     && !m

@@ -3,7 +3,7 @@
 //! availability between node pairs along trusted-node paths.
 //!
 //! End to end, a trusted-node network relays key hop by hop with one-time pads: delivering k bits
-//! from A to B along l₁…lₙ consumes k bits on *every* link (qkd-models.md §8). For each pair the
+//! from A to B along l₁…lₙ consumes k bits on *every* link (simulator/docs/models.md §6). For each pair the
 //! report uses the widest path (largest bottleneck mean rate, then fewest hops), and gives the key
 //! that path could have delivered by each time, min over its links of their cumulative key (all
 //! of it dedicated to the pair: an upper bound when pairs share links), plus the fraction of time
@@ -18,7 +18,8 @@ use std::collections::BinaryHeap;
 
 use serde::Serialize;
 
-use crate::physical::Phase;
+use crate::detail::BoundFamily;
+use crate::physical::{BoundCheck, Phase};
 use crate::scenario::{BuiltLink, Scenario};
 
 /// How to run.
@@ -78,6 +79,17 @@ pub struct LinkSeries {
     /// Times (s) at which the phase changed, with the new phase.
     #[serde(skip)]
     pub changes: Vec<(u64, Phase)>,
+    /// The fundamental bound the link is held against (PLOB for repeaterless protocols and
+    /// satellite downlinks, single-repeater for twin-field) and how close its key comes; None
+    /// for a constant-rate link, which has no physical channel.
+    pub bound: Option<BoundCheck>,
+}
+
+impl LinkSeries {
+    /// Whether the link's key exceeds its bound.
+    pub fn violates_bound(&self) -> bool {
+        self.bound.is_some_and(|b| b.violated())
+    }
 }
 
 /// End-to-end result for one pair.
@@ -254,6 +266,7 @@ fn simulate_link(sc: &Scenario, l: &BuiltLink, step: u64, steps: u64, times: &[u
         aborted: ab_total as f64 / steps.max(1) as f64,
         first_key_s: first_key,
         changes,
+        bound: l.model.bound().copied(),
     }
 }
 
@@ -495,6 +508,11 @@ fn joined(n: usize, ends: &[(usize, usize)], up: &[bool], a: usize, b: usize) ->
 }
 
 impl RunResult {
+    /// The links whose key exceeds their fundamental bound (none for a correct model).
+    pub fn bound_violations(&self) -> impl Iterator<Item = &LinkSeries> {
+        self.links.iter().filter(|l| l.violates_bound())
+    }
+
     /// A plain-text summary table: one line per link (sorted by mean rate), then the pairs.
     pub fn summary_table(&self, max_links: usize) -> String {
         use std::fmt::Write;
@@ -509,15 +527,23 @@ impl RunResult {
         );
         let _ = writeln!(
             out,
-            "{:<28} {:<18} {:>8} {:>14} {:>12} {:>7} {:>7} {:>9}",
-            "link", "protocol", "km", "key (bits)", "rate (b/s)", "up %", "abort %", "1st key s"
+            "{:<28} {:<18} {:>8} {:>14} {:>12} {:>7} {:>7} {:>9} {:>16}",
+            "link",
+            "protocol",
+            "km",
+            "key (bits)",
+            "rate (b/s)",
+            "up %",
+            "abort %",
+            "1st key s",
+            "bound (% of it)"
         );
         let mut order: Vec<&LinkSeries> = self.links.iter().collect();
         order.sort_by(|x, y| x.mean_rate_bps.total_cmp(&y.mean_rate_bps));
         for l in order.iter().take(max_links) {
             let _ = writeln!(
                 out,
-                "{:<28} {:<18} {:>8} {:>14} {:>12.1} {:>7.1} {:>7.1} {:>9}",
+                "{:<28} {:<18} {:>8} {:>14} {:>12.1} {:>7.1} {:>7.1} {:>9} {:>16}",
                 truncate(&l.id, 28),
                 l.kind,
                 l.length_km.map_or("-".to_string(), |x| format!("{x:.1}")),
@@ -525,8 +551,37 @@ impl RunResult {
                 l.mean_rate_bps,
                 100.0 * l.availability,
                 100.0 * l.aborted,
-                l.first_key_s.map_or("-".to_string(), |t| t.to_string())
+                l.first_key_s.map_or("-".to_string(), |t| t.to_string()),
+                l.bound.map_or("-".to_string(), |b| format!(
+                    "{} {:.2}",
+                    short_bound(b.bound),
+                    100.0 * b.ratio
+                ))
             );
+        }
+        let _ = writeln!(
+            out,
+            "bounds: repeaterless links against PLOB -log2(1-eta), twin-field links against the \
+             single-repeater bound -log2(1-sqrt(eta)); constant-rate links have none"
+        );
+        for l in self.bound_violations() {
+            if let Some(b) = l.bound {
+                let _ = writeln!(
+                    out,
+                    "BOUND VIOLATED: link {} ({}) gives {:.4e} against {} {:.4e} ({}; a model bug \
+                     or parameters outside its validity)",
+                    l.id,
+                    l.kind,
+                    b.key,
+                    b.bound.describe(),
+                    b.limit,
+                    if l.length_km.is_some() {
+                        "bit/s"
+                    } else {
+                        "bits per pass"
+                    }
+                );
+            }
         }
         if self.links.len() > max_links {
             let _ = writeln!(
@@ -704,6 +759,13 @@ impl FloatField {
     }
 }
 
+fn short_bound(b: BoundFamily) -> &'static str {
+    match b {
+        BoundFamily::Plob => "plob",
+        BoundFamily::SingleRepeater => "1-rep",
+    }
+}
+
 fn truncate(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_string()
@@ -762,7 +824,44 @@ mod tests {
             aborted: 0.0,
             first_key_s: None,
             changes: Vec::new(),
+            bound: None,
         }
+    }
+
+    #[test]
+    fn a_link_above_its_bound_is_flagged_in_the_summary() {
+        let mut fine = series("fine", "finite-key-bb84", 10);
+        fine.length_km = Some(50.0);
+        fine.bound = Some(BoundCheck::new(BoundFamily::Plob, 1e5, 1.5e8));
+        let mut over = series("over", "twin-field", 10);
+        over.length_km = Some(400.0);
+        over.bound = Some(BoundCheck::new(BoundFamily::SingleRepeater, 2e4, 1e4));
+        let none = series("const", "constant-rate", 10);
+        let r = RunResult {
+            name: "t".into(),
+            duration_s: 1,
+            step_s: 1,
+            aggregate_s: 1,
+            times: Vec::new(),
+            links: vec![fine, over, none],
+            pairs: Vec::new(),
+        };
+        let flagged: Vec<&str> = r.bound_violations().map(|l| l.id.as_str()).collect();
+        assert_eq!(flagged, ["over"]);
+        let table = r.summary_table(10);
+        assert!(
+            table.contains(
+                "BOUND VIOLATED: link over (twin-field) gives 2.0000e4 against single-repeater"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains("1-rep 200.00") && table.contains("plob 0.07"),
+            "{table}"
+        );
+        // A zero bound with key is a violation too; no key and no bound is not.
+        assert!(BoundCheck::new(BoundFamily::Plob, 1.0, 0.0).violated());
+        assert!(!BoundCheck::new(BoundFamily::Plob, 0.0, 0.0).violated());
     }
 
     #[test]

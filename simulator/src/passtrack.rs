@@ -1,7 +1,7 @@
 //! Satellite passes from a track over time: a measured link-loss table (time, loss in dB), an
 //! elevation track (time, elevation, optionally range) turned into loss by a [`LinkBudget`], or an
 //! SGP4 propagation of a TLE ([`crate::tle`]). Each pass is one finite-key block (Lim 2014, the
-//! detection statistics of the whole pass summed: qkd-models.md §7.4), and the report gives the
+//! detection statistics of the whole pass summed: simulator/docs/models.md §5.4), and the report gives the
 //! sifted and secret key per pass and the rates over the pass.
 //!
 //! Table semantics: `loss_db` is the channel loss from the satellite's source to the ground

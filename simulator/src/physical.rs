@@ -18,9 +18,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use crate::detail::BoundFamily;
 use crate::faults::{Effect, Interval, intercept_resend_error, intercept_resend_excess_noise};
 use crate::model::LinkModel;
-use crate::physics::channel::DvHardware;
+use crate::physics::bounds::plob;
+use crate::physics::channel::{DvHardware, db_to_transmittance, fibre_transmittance};
 use crate::physics::cv::Gg02;
 use crate::physics::decoy::AsymptoticBb84;
 use crate::physics::finite::{Counts, Lim2014, LimSettings, Rusca2018, RuscaSettings};
@@ -49,6 +51,59 @@ impl BlockPlan {
             0.0
         } else {
             self.key_bits as f64 / self.block_s
+        }
+    }
+}
+
+/// A link held against the fundamental bound of its protocol family: repeaterless protocols
+/// (decoy and MDI BB84, BBM92, CV-QKD, satellite downlinks) against PLOB, −log₂(1 − η);
+/// twin-field ones against the single-repeater bound −log₂(1 − √η) (see `physics::bounds`).
+/// η is the channel transmittance (fibre and fixed losses, or the free-space budget without the
+/// detector), and the bound counts one channel use per pulse or symbol.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct BoundCheck {
+    /// The bound that applies.
+    pub bound: BoundFamily,
+    /// The key the worst case gives: bit/s for a fibre link (its highest rate over the
+    /// conditions of the run: undisturbed and under each event), bits for a satellite link (the
+    /// pass with the highest ratio, before cloud or outage losses).
+    pub key: f64,
+    /// The bound in the same unit, at the same loss and channel-use rate.
+    pub limit: f64,
+    /// `key / limit` (0 when both are 0): above 1 the model breaks a fundamental bound, which
+    /// is a bug in the model or parameters outside its validity.
+    pub ratio: f64,
+}
+
+impl BoundCheck {
+    /// Builds a check from a key and the bound in the same unit.
+    pub fn new(bound: BoundFamily, key: f64, limit: f64) -> Self {
+        let ratio = if limit > 0.0 {
+            key / limit
+        } else if key > 0.0 {
+            f64::INFINITY
+        } else {
+            0.0
+        };
+        Self {
+            bound,
+            key,
+            limit,
+            ratio,
+        }
+    }
+
+    /// Whether the key exceeds the bound.
+    pub fn violated(&self) -> bool {
+        self.ratio > 1.0
+    }
+
+    /// Of two checks, the one closer to (or further past) its bound.
+    fn worse(self, other: Self) -> Self {
+        if other.ratio > self.ratio {
+            other
+        } else {
+            self
         }
     }
 }
@@ -151,6 +206,55 @@ impl FibreProtocol {
             FibreProtocol::SnsTf { .. } => "SNS twin-field (finite key)",
             FibreProtocol::CvFinite { .. } => "CV-QKD (finite size)",
         }
+    }
+
+    /// The bound of the protocol's family, the end-to-end channel transmittance over
+    /// `length_km` (fibre and fixed losses, no detector) and the channel uses per second.
+    pub fn bound_setting(&self, length_km: f64) -> (BoundFamily, f64, f64) {
+        let dv = |hw: &DvHardware| (BoundFamily::Plob, hw.eta_ch(length_km), hw.rep_rate_hz);
+        let fibre =
+            |family, alpha, rate| (family, fibre_transmittance(length_km, alpha, 0.0), rate);
+        match self {
+            FibreProtocol::DecoyAsymptotic { model, .. } => dv(&model.hw),
+            FibreProtocol::Lim { model, .. } => dv(&model.hw),
+            FibreProtocol::Rusca { model, .. } => dv(&model.hw),
+            FibreProtocol::Cv { model, .. } | FibreProtocol::CvFinite { model, .. } => (
+                BoundFamily::Plob,
+                db_to_transmittance(model.alpha_db_per_km * length_km),
+                model.symbol_rate_hz,
+            ),
+            FibreProtocol::TwinField { model, .. } => fibre(
+                BoundFamily::SingleRepeater,
+                model.alpha_db_per_km,
+                model.rep_rate_hz,
+            ),
+            FibreProtocol::SnsTf { model, .. } => fibre(
+                BoundFamily::SingleRepeater,
+                model.alpha_db_per_km,
+                model.rep_rate_hz,
+            ),
+            FibreProtocol::Mdi { model, .. } => {
+                fibre(BoundFamily::Plob, model.alpha_db_per_km, model.rep_rate_hz)
+            }
+            FibreProtocol::Bbm92 { model, .. } => {
+                fibre(BoundFamily::Plob, model.alpha_db_per_km, model.rep_rate_hz)
+            }
+        }
+    }
+
+    /// The link's key rates (one per condition) held against the family bound over
+    /// `length_km`: the highest rate decides.
+    pub fn bound_check<'a>(
+        &self,
+        length_km: f64,
+        plans: impl IntoIterator<Item = &'a BlockPlan>,
+    ) -> BoundCheck {
+        let (family, eta_ch, uses_per_s) = self.bound_setting(length_km);
+        let key = plans
+            .into_iter()
+            .map(BlockPlan::rate_bps)
+            .fold(0.0, f64::max);
+        BoundCheck::new(family, key, family.per_use(eta_ch) * uses_per_s)
     }
 
     /// One block over `length_km` with a fraction `eve` of pulses intercepted and resent.
@@ -357,6 +461,7 @@ struct Segment {
 pub struct TimelineLink {
     plans: Vec<BlockPlan>,
     segments: Vec<Segment>,
+    bound: Option<BoundCheck>,
 }
 
 impl TimelineLink {
@@ -434,7 +539,26 @@ impl TimelineLink {
         Self {
             plans: plans.into_iter().map(|(_, p)| p).collect(),
             segments,
+            bound: None,
         }
+    }
+
+    /// The same link, held against `bound` (see [`FibreProtocol::bound_check`]).
+    pub fn with_bound(self, bound: BoundCheck) -> Self {
+        Self {
+            bound: Some(bound),
+            ..self
+        }
+    }
+
+    /// The block plans of the conditions the link runs under (undisturbed first).
+    pub fn plans(&self) -> &[BlockPlan] {
+        &self.plans
+    }
+
+    /// The bound check, for links with a physical channel.
+    pub fn bound(&self) -> Option<&BoundCheck> {
+        self.bound.as_ref()
     }
 
     /// A link without events.
@@ -648,6 +772,9 @@ pub struct PassOutcome {
     pub max_elevation_deg: f64,
     /// Net key of the pass (delivered at its end), bits.
     pub key_bits: u64,
+    /// PLOB over the pass, bits: −log₂(1 − η_ch(t)) per pulse summed over its steps, with
+    /// η_ch the free-space channel without the detector.
+    pub bound_bits: f64,
     /// Observed QBER.
     pub qber: f64,
     /// Why the pass gave no key, if so.
@@ -659,6 +786,8 @@ pub struct PassOutcome {
 #[derive(Debug, Clone)]
 pub struct PassLink {
     passes: Vec<PassOutcome>,
+    /// The pass whose key comes closest to its PLOB bound.
+    bound: BoundCheck,
     /// Cumulative key after pass i.
     cumulative: Vec<u64>,
 }
@@ -682,6 +811,7 @@ impl PassLink {
         };
         let (settings, _) = lim_pass.optimise(ref_eta);
         let mut out = Vec::new();
+        let mut bound = BoundCheck::new(BoundFamily::Plob, 0.0, 0.0);
         let geometry = Geometry::of(d);
         for p in geometry.passes(d, gmst0) {
             let clear = rng.random::<f64>() < d.station.clear_sky_prob;
@@ -699,14 +829,17 @@ impl PassLink {
                 }
             };
             let mut counts = Counts::<3>::default();
+            let mut bound_bits = 0.0;
             let mut t = p.start_s;
             while t < p.end_s {
                 let (el, range) = geometry.look(d, t, gmst0);
                 counts += protocol.counts(&settings, d.budget.system(range, el), hw.rep_rate_hz);
+                bound_bits += plob(d.budget.channel(range, el)) * hw.rep_rate_hz;
                 t += 1.0;
             }
             let k = protocol.key_from_counts(&settings, &counts);
             let key = net_block_key(k.key_bits, &d.auth);
+            bound = bound.worse(BoundCheck::new(BoundFamily::Plob, key as f64, bound_bits));
             let outage = down
                 .iter()
                 .find(|iv| iv.start_ms < end_ms && start_ms < iv.end_ms);
@@ -733,6 +866,7 @@ impl PassLink {
                 end_ms,
                 max_elevation_deg: p.max_elevation_deg,
                 key_bits: if lost.is_none() { key } else { 0 },
+                bound_bits,
                 qber: k.qber,
                 lost,
             });
@@ -748,7 +882,13 @@ impl PassLink {
         Self {
             passes: out,
             cumulative,
+            bound,
         }
+    }
+
+    /// The pass whose key comes closest to (or goes past) its PLOB bound.
+    pub fn bound(&self) -> &BoundCheck {
+        &self.bound
     }
 
     /// The passes and their outcome.

@@ -1,7 +1,7 @@
 //! Satellite QKD downlinks: circular-orbit pass geometry, a link budget, night-only operation,
 //! finite-key per pass, and the trusted-satellite XOR relay.
 //!
-//! Geometry (qkd-models.md §7.1): spherical Earth of radius R_E = 6371 km, μ_E = 398600.44
+//! Geometry (simulator/docs/models.md §5.1): spherical Earth of radius R_E = 6371 km, μ_E = 398600.44
 //! km³/s², circular orbit of radius r = R_E + h, period T = 2π√(r³/μ_E). Slant range at elevation
 //! ε: d(ε) = √(r² − R_E² cos²ε) − R_E sin ε. The propagator rotates the orbit plane (inclination,
 //! right ascension of the ascending node) and the Earth under it (sidereal rate), which is enough
@@ -384,7 +384,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn slant_range_table_of_section_7_1() {
+    fn slant_range_table_of_section_5_1() {
         let elev = [10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0];
         let d500 = [1695.0, 1407.0, 1193.0, 909.0, 683.0, 571.0, 500.0];
         let d550 = [1815.0, 1518.0, 1294.0, 993.0, 749.0, 627.0, 550.0];
@@ -425,7 +425,7 @@ mod tests {
 
     #[test]
     fn micius_like_budget_is_in_the_measured_range() {
-        // Micius 2017 (qkd-models.md §7.3): 29.75 dB at 645 km, 40.34 dB at 1200 km (no detector).
+        // Micius 2017 (simulator/docs/models.md §5.3): 29.75 dB at 645 km, 40.34 dB at 1200 km (no detector).
         let b = LinkBudget::MICIUS_LIKE;
         let h = 500.0;
         let el_at = |d: f64| {

@@ -36,7 +36,7 @@
 //! A link between a `satellite` node (with an `orbit`) and a `ground-station` node needs no
 //! model: it becomes a `satellite-downlink` with the orbit, the station's coordinates and the
 //! scenario's start time. Two ground stations served by the same trusted satellite are connected
-//! through it, which is the XOR relay (qkd-models.md §7.5).
+//! through it, which is the XOR relay (simulator/docs/models.md §5.5).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -131,7 +131,7 @@ fn default_eps_10() -> f64 {
 pub struct CvQkdSpec {
     /// Fibre length, km.
     pub length_km: f64,
-    /// Channel and detector (default the qkd-models.md §2.5 setting at 100 MBd).
+    /// Channel and detector (default the simulator/docs/models.md §2.5 setting at 100 MBd).
     #[serde(default)]
     pub params: Option<Gg02>,
     /// `homodyne` or `heterodyne` (default heterodyne).
@@ -359,7 +359,7 @@ fn default_eps_cor() -> f64 {
 pub struct CvSpec {
     /// Fibre length, km.
     pub length_km: f64,
-    /// Model parameters (default: the qkd-models.md test-vector setting at 100 MBaud).
+    /// Model parameters (default: the test-vector setting of simulator/docs/models.md §2.5 at 100 MBaud).
     #[serde(default)]
     pub params: Option<Gg02>,
     /// Symbols per block.
@@ -627,9 +627,10 @@ impl LinkModelSpec {
                 let (protocol, length, ops) = self.fibre_protocol()?;
                 let intervals = expand_ops(kind, ops, length)?;
                 let (abort, auth) = (ops.qber_abort, ops.auth);
-                Ok(Built::Timeline(TimelineLink::new(&intervals, |eve| {
-                    protocol.plan(length, eve, abort, &auth)
-                })))
+                let link =
+                    TimelineLink::new(&intervals, |eve| protocol.plan(length, eve, abort, &auth));
+                let bound = protocol.bound_check(length, link.plans());
+                Ok(Built::Timeline(link.with_bound(bound)))
             }
         }
     }
@@ -914,6 +915,16 @@ impl Built {
                 crate::physical::Phase::Up,
                 Some(c.qber),
             ),
+        }
+    }
+
+    /// The fundamental bound the link is held against and how close it comes (None for a
+    /// constant-rate link, which has no physical channel).
+    pub fn bound(&self) -> Option<&crate::physical::BoundCheck> {
+        match self {
+            Built::Timeline(l) => l.bound(),
+            Built::Pass(p) => Some(p.bound()),
+            Built::Constant(_) => None,
         }
     }
 

@@ -2,10 +2,13 @@
 //!
 //! This module knows the three paths, the GET and POST forms and how devices in the field
 //! deviate from the spec (standards.md §1.5, §1.8); it knows nothing of blocks, roles or the
-//! window of seen IDs, which live in [`super::source`]. Every answer is classified into a
-//! [`RequestError`] by the HTTP status alone, so empty 401 bodies, HTML proxy pages and
-//! vendor-specific codes (404 for an unknown key) are understood without parsing them; the JSON
-//! `message` is kept for operators when there is one. Key bytes never enter an error.
+//! window of seen IDs, which live in [`super::source`]. Every failure becomes a typed
+//! [`DeviceFault`]: transport failures by their cause (timeout, refused, TLS and why), answers by
+//! the HTTP status alone, so empty 401 bodies, HTML proxy pages and vendor-specific codes (404
+//! for an unknown key) are understood without parsing them; the JSON `message` is kept for
+//! operators when there is one. No answer is read beyond [`DeviceLimits::max_body_bytes`], so a
+//! broken or hostile device cannot make the node allocate without bound. Key bytes never enter
+//! an error.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -17,43 +20,36 @@ use qkd_proto::etsi014::{
 };
 use qkd_types::{KeyId, SaeId};
 use reqwest::{Method, StatusCode, Url};
+use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::config::{ConfigError, DeviceConfig, DeviceLimits};
+use crate::{DeviceFault, DeviceOp, StatusClass, TlsFailure};
 
 /// A request body: JSON text (never key bytes: requests carry only sizes and key IDs).
 type Body = String;
 
-/// What went wrong with one request. Caused by the device or the network between us.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RequestError {
-    /// No answer: connection refused or reset, TLS failure, timeout.
-    #[error("{0}")]
-    Transport(String),
-    /// The device answered with a non-2xx status.
-    #[error("HTTP {code}{}", message.as_ref().map(|m| format!(": {m}")).unwrap_or_default())]
-    Status {
-        /// The HTTP status code.
-        code: u16,
-        /// The `message` of a JSON error body, when there was one.
-        message: Option<String>,
-    },
-    /// A 200 answer that is not the JSON the spec defines.
-    #[error("malformed answer: {0}")]
-    Malformed(String),
+/// Most bytes of an error answer read for its `message`; a longer one is dropped unread (the
+/// status alone classifies it).
+const ERROR_BODY_CAP: usize = 64 * 1024;
+
+/// A Get status answer: the standard members, and the vendor's `status_extension` object (where
+/// some devices report QBER and key rate), kept as JSON for the members the configuration names.
+#[derive(Debug, Clone)]
+pub(crate) struct StatusAnswer {
+    pub status: DeviceStatus,
+    pub extension: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-impl RequestError {
-    /// The request may have been refused for its form (GET vs POST) rather than its content.
-    fn is_form_refusal(&self) -> bool {
-        matches!(
-            self,
-            RequestError::Status {
-                code: 404 | 405 | 501,
-                ..
-            }
-        )
-    }
+/// The request may have been refused for its form (GET vs POST) rather than its content.
+fn is_form_refusal(f: &DeviceFault) -> bool {
+    matches!(
+        f,
+        DeviceFault::Status {
+            code: 404 | 405 | 501,
+            ..
+        }
+    )
 }
 
 /// Which request form a device accepts for a method, learnt from its answers.
@@ -124,10 +120,18 @@ impl DeviceClient {
     }
 
     /// Get status for the pair (caller, `peer`).
-    pub(crate) async fn status(&self, peer: &SaeId) -> Result<DeviceStatus, RequestError> {
+    pub(crate) async fn status(&self, peer: &SaeId) -> Result<StatusAnswer, DeviceFault> {
+        let op = DeviceOp::Status;
         let url = self.url(peer, "status", &[]);
-        let body = self.retrying(Method::GET, url, None).await?;
-        serde_json::from_slice(&body).map_err(|e| RequestError::Malformed(format!("status: {e}")))
+        let body = self.retrying(op, Method::GET, url, None).await?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| malformed(op, &e))?;
+        let status = DeviceStatus::deserialize(&value).map_err(|e| malformed(op, &e))?;
+        let extension = match value.get("status_extension") {
+            Some(serde_json::Value::Object(m)) => Some(m.clone()),
+            _ => None,
+        };
+        Ok(StatusAnswer { status, extension })
     }
 
     /// Get key: `number` keys of `size` bits (`None`: the device's default size) for `slave`.
@@ -136,7 +140,7 @@ impl DeviceClient {
         slave: &SaeId,
         number: u32,
         size: Option<u32>,
-    ) -> Result<KeyContainer, RequestError> {
+    ) -> Result<KeyContainer, DeviceFault> {
         let first = self.form(|f| f.0);
         let attempt = |form| {
             let (url, body) = match form {
@@ -159,10 +163,10 @@ impl DeviceClient {
                     )
                 }
             };
-            self.keys_request(form, url, body)
+            self.keys_request(DeviceOp::EncKeys, form, url, body)
         };
         match attempt(first).await {
-            Err(e) if e.is_form_refusal() => {
+            Err(e) if is_form_refusal(&e) => {
                 let other = first.other();
                 let r = attempt(other).await;
                 if r.is_ok() {
@@ -181,10 +185,10 @@ impl DeviceClient {
         &self,
         master: &SaeId,
         ids: &[KeyId],
-    ) -> Result<KeyContainer, RequestError> {
+    ) -> Result<KeyContainer, DeviceFault> {
         let first = self.form(|f| f.1);
         match self.dec_keys_in(first, master, ids).await {
-            Err(e) if e.is_form_refusal() => {
+            Err(e) if is_form_refusal(&e) => {
                 let other = first.other();
                 let r = self.dec_keys_in(other, master, ids).await;
                 if r.is_ok() {
@@ -201,7 +205,7 @@ impl DeviceClient {
         form: Form,
         master: &SaeId,
         ids: &[KeyId],
-    ) -> Result<KeyContainer, RequestError> {
+    ) -> Result<KeyContainer, DeviceFault> {
         match form {
             Form::Post => {
                 let body = KeyIds {
@@ -214,9 +218,11 @@ impl DeviceClient {
                         .collect(),
                     key_ids_extension: None,
                 };
-                let body = serde_json::to_string(&body)
-                    .map_err(|e| RequestError::Malformed(e.to_string()))?;
-                self.keys_request(form, self.url(master, "dec_keys", &[]), Some(body))
+                // Serializing UUIDs into a string cannot fail; were it to, the request is empty
+                // and the device refuses it (400), which is reported as such.
+                let body = serde_json::to_string(&body).unwrap_or_default();
+                let url = self.url(master, "dec_keys", &[]);
+                self.keys_request(DeviceOp::DecKeys, form, url, Some(body))
                     .await
             }
             Form::Get => {
@@ -226,7 +232,9 @@ impl DeviceClient {
                 };
                 for id in ids {
                     let url = self.url(master, "dec_keys", &[("key_ID", id.to_string())]);
-                    let one = self.keys_request(form, url, None).await?;
+                    let one = self
+                        .keys_request(DeviceOp::DecKeys, form, url, None)
+                        .await?;
                     all.keys.extend(one.keys);
                 }
                 Ok(all)
@@ -236,46 +244,46 @@ impl DeviceClient {
 
     async fn keys_request(
         &self,
+        op: DeviceOp,
         form: Form,
         url: Url,
         body: Option<Body>,
-    ) -> Result<KeyContainer, RequestError> {
+    ) -> Result<KeyContainer, DeviceFault> {
         let method = match form {
             Form::Get => Method::GET,
             Form::Post => Method::POST,
         };
-        let bytes = self.retrying(method, url, body).await?;
-        serde_json::from_slice(&bytes).map_err(|e| {
-            // serde_json's message can quote the input (a string of the wrong type may be a
-            // key): only its category and position are kept.
-            RequestError::Malformed(format!(
-                "key container: {:?} error at line {} column {}",
-                e.classify(),
-                e.line(),
-                e.column()
-            ))
-        })
+        let bytes = self.retrying(op, method, url, body).await?;
+        serde_json::from_slice(&bytes).map_err(|e| malformed(op, &e))
     }
 
-    /// One request with retries on transport failures (never on an answer from the device).
+    /// One request with retries when no answer came (never on an answer from the device, nor
+    /// on a TLS failure, which a retry does not mend).
     async fn retrying(
         &self,
+        op: DeviceOp,
         method: Method,
         url: Url,
         body: Option<Body>,
-    ) -> Result<Zeroizing<Vec<u8>>, RequestError> {
-        (|| self.once(method.clone(), url.clone(), body.clone()))
+    ) -> Result<Zeroizing<Vec<u8>>, DeviceFault> {
+        (|| self.once(op, method.clone(), url.clone(), body.clone()))
             .retry(self.backoff())
-            .when(|e| matches!(e, RequestError::Transport(_)))
+            .when(|e| {
+                matches!(
+                    e,
+                    DeviceFault::Timeout { .. } | DeviceFault::Unreachable { .. }
+                )
+            })
             .await
     }
 
     async fn once(
         &self,
+        op: DeviceOp,
         method: Method,
         url: Url,
         body: Option<Body>,
-    ) -> Result<Zeroizing<Vec<u8>>, RequestError> {
+    ) -> Result<Zeroizing<Vec<u8>>, DeviceFault> {
         let mut req = self
             .http
             .request(method, url)
@@ -285,15 +293,27 @@ impl DeviceClient {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body);
         }
-        let resp = req.send().await.map_err(transport)?;
+        let resp = req.send().await.map_err(|e| transport(op, &e))?;
         let code = resp.status();
-        let bytes = wipe_after_copy(resp.bytes().await.map_err(transport)?);
         if code == StatusCode::OK {
-            return Ok(bytes);
+            let limit = self.limits.max_body_bytes;
+            return read_capped(resp, limit).await.map_err(|e| match e {
+                ReadError::TooLarge => DeviceFault::BodyTooLarge { op, limit },
+                ReadError::Transport(e) => transport(op, &e),
+            });
         }
-        Err(RequestError::Status {
-            code: code.as_u16(),
-            message: ErrorBody::parse_lenient(&bytes).message.map(printable),
+        // An error page too large, or cut off, gives no message; its status says enough.
+        let message = read_capped(resp, ERROR_BODY_CAP)
+            .await
+            .ok()
+            .and_then(|b| ErrorBody::parse_lenient(&b).message)
+            .map(printable);
+        let code = code.as_u16();
+        Err(DeviceFault::Status {
+            op,
+            code,
+            class: StatusClass::of(code),
+            message,
         })
     }
 
@@ -338,29 +358,153 @@ impl Form {
     }
 }
 
-/// Copies a response body into a buffer zeroized on drop and overwrites the original when this
-/// is its only owner: a key container carries key bytes in base64. (Best effort: the HTTP
-/// stack's own read buffers are beyond our reach.)
-fn wipe_after_copy(body: bytes::Bytes) -> Zeroizing<Vec<u8>> {
-    let copy = Zeroizing::new(body.to_vec());
-    if let Ok(mut owned) = body.try_into_mut() {
-        owned.as_mut().fill(0);
-    }
-    copy
+/// Why reading an answer stopped.
+enum ReadError {
+    /// The body is (or announces itself) larger than the cap.
+    TooLarge,
+    /// The connection failed mid-body.
+    Transport(reqwest::Error),
 }
 
-fn transport(e: reqwest::Error) -> RequestError {
-    // Walk the source chain: reqwest's own text ("error sending request") hides the cause
-    // (refused, reset, certificate unknown) an operator needs.
-    let e = e.without_url();
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
+/// Reads a body of at most `cap` bytes into a buffer zeroized on drop: a key container carries
+/// key bytes in base64. A `Content-Length` above the cap is refused before reading; a body
+/// without one (chunked) is read until it passes the cap. Each chunk is overwritten after the
+/// copy when this is its only owner, and the buffer grows without leaving copies behind. (Best
+/// effort: the HTTP stack's own read buffers are beyond our reach.)
+async fn read_capped(
+    mut resp: reqwest::Response,
+    cap: usize,
+) -> Result<Zeroizing<Vec<u8>>, ReadError> {
+    let announced = resp.content_length();
+    if announced.is_some_and(|n| n > cap as u64) {
+        return Err(ReadError::TooLarge);
+    }
+    // Bounded by the check above.
+    let mut out = Zeroizing::new(Vec::with_capacity(announced.unwrap_or(0) as usize));
+    while let Some(chunk) = resp.chunk().await.map_err(ReadError::Transport)? {
+        let fits = out.len().checked_add(chunk.len()).is_some_and(|n| n <= cap);
+        if fits {
+            append_zeroizing(&mut out, &chunk, cap);
+        }
+        if let Ok(mut owned) = chunk.try_into_mut() {
+            owned.as_mut().fill(0);
+        }
+        if !fits {
+            return Err(ReadError::TooLarge);
+        }
+    }
+    Ok(out)
+}
+
+/// Appends to a zeroizing buffer; when it must grow, the new buffer is allocated (doubling, at
+/// most `cap`) and the old one dropped, hence zeroized, instead of being reallocated in place
+/// with its old copy left in freed memory.
+fn append_zeroizing(out: &mut Zeroizing<Vec<u8>>, data: &[u8], cap: usize) {
+    let need = out.len() + data.len();
+    if need > out.capacity() {
+        let size = need
+            .max(out.capacity().saturating_mul(2))
+            .min(cap.max(need));
+        let mut grown = Zeroizing::new(Vec::with_capacity(size));
+        grown.extend_from_slice(out);
+        *out = grown;
+    }
+    out.extend_from_slice(data);
+}
+
+/// A JSON answer that does not parse: only serde_json's category and position are kept, never
+/// its message, which can quote the input (a string of the wrong type may be a key).
+fn malformed(op: DeviceOp, e: &serde_json::Error) -> DeviceFault {
+    DeviceFault::Malformed {
+        op,
+        category: match e.classify() {
+            serde_json::error::Category::Io => "io",
+            serde_json::error::Category::Syntax => "syntax",
+            serde_json::error::Category::Data => "data",
+            serde_json::error::Category::Eof => "eof",
+        },
+        line: e.line(),
+        column: e.column(),
+    }
+}
+
+/// Classifies a request that got no answer: timeout, TLS failure (and why), or unreachable.
+fn transport(op: DeviceOp, e: &reqwest::Error) -> DeviceFault {
+    if e.is_timeout() {
+        return DeviceFault::Timeout { op };
+    }
+    // Walk the source chain: reqwest's own text ("error sending request") hides the cause.
+    // rustls's error sits inside an `io::Error` (possibly inside another), whose `source()`
+    // skips it: look inside those too.
+    let mut pending: Vec<&(dyn std::error::Error + 'static)> = vec![e];
+    while let Some(s) = pending.pop() {
+        if let Some(t) = s.downcast_ref::<rustls::Error>() {
+            return DeviceFault::Tls {
+                op,
+                failure: tls_failure(t),
+            };
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return DeviceFault::Timeout { op };
+            }
+            if let Some(inner) = io.get_ref() {
+                pending.push(inner);
+            }
+        }
+        if let Some(next) = s.source() {
+            pending.push(next);
+        }
+    }
+    // The URL is not secret, but the operator knows it; the causes are what they need.
+    let mut detail = String::new();
+    let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        if !detail.is_empty() {
+            detail.push_str(": ");
+        }
+        detail.push_str(&s.to_string());
         source = s.source();
     }
-    RequestError::Transport(text)
+    if detail.is_empty() {
+        detail = e.to_string();
+    }
+    DeviceFault::Unreachable { op, detail }
+}
+
+/// What rustls says, in the terms an operator acts on.
+fn tls_failure(e: &rustls::Error) -> TlsFailure {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E, PeerIncompatible as P};
+    match e {
+        E::InvalidCertificate(
+            C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. },
+        ) => TlsFailure::Expired,
+        E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+            TlsFailure::WrongName
+        }
+        E::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
+            TlsFailure::UntrustedCertificate
+        }
+        E::AlertReceived(A::ProtocolVersion)
+        | E::PeerIncompatible(
+            P::ServerDoesNotSupportTls12Or13
+            | P::ServerTlsVersionIsDisabledByOurConfig
+            | P::SupportedVersionsExtensionRequired
+            | P::Tls12NotOffered
+            | P::Tls12NotOfferedOrEnabled,
+        ) => TlsFailure::ProtocolVersion,
+        E::AlertReceived(
+            A::BadCertificate
+            | A::UnknownCA
+            | A::CertificateRequired
+            | A::CertificateUnknown
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::UnsupportedCertificate
+            | A::AccessDenied,
+        ) => TlsFailure::ClientRefused,
+        other => TlsFailure::Other(other.to_string()),
+    }
 }
 
 /// A device's error message, cut to a sane length and stripped of control characters before it

@@ -3,8 +3,10 @@
 //! The node embeds [`DeviceConfig`] in its own configuration file (one per link end), so every
 //! member deserializes from TOML with `serde`. [`DeviceConfig::load_tls`] is the offline check:
 //! it reads the CA, the client certificate and the private key, refuses a key that does not match
-//! the certificate, and builds the TLS client configuration the adapter uses. Nothing here talks
-//! to the device; the online check is [`crate::etsi014::Etsi014Source::check_online`].
+//! the certificate, and builds the TLS client configuration the adapter uses: TLS 1.3 only,
+//! unless this device's configuration opts in to TLS 1.2 ([`DeviceConfig::allow_tls12`]). Nothing
+//! here talks to the device; the online check is
+//! [`crate::etsi014::Etsi014Source::check_online`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,9 +52,31 @@ pub struct DeviceConfig {
     /// Key size in bits to ask for; both ends must agree. Default: the device's `key_size`.
     #[serde(default)]
     pub key_bits: Option<u32>,
+    /// Also offer TLS 1.2, for a device in the field that does not speak TLS 1.3. Off by
+    /// default: the adapter speaks TLS 1.3 only, and an operator opts in per device, knowingly
+    /// (rustls's TLS 1.2 suites are all ECDHE with AEAD, so the opt-in weakens nothing else).
+    #[serde(default)]
+    pub allow_tls12: bool,
+    /// Where the device reports QBER and key rate, when it does: members of its Get status
+    /// `status_extension` (vendor-specific; ETSI 014 defines none). Without them the adapter
+    /// reports the key rate it measures and no QBER.
+    #[serde(default)]
+    pub status_metrics: StatusMetrics,
     /// Timeouts, retries and limits of the connection.
     #[serde(default)]
     pub limits: DeviceLimits,
+}
+
+/// Names of the `status_extension` members in which a device reports its link figures.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusMetrics {
+    /// Member holding the quantum bit error rate, a number in 0..=1.
+    #[serde(default)]
+    pub qber: Option<String>,
+    /// Member holding the secret key rate in bit/s, a non-negative number.
+    #[serde(default)]
+    pub key_rate_bps: Option<String>,
 }
 
 /// PEM material, read from a file or given inline. `Debug` never prints inline PEM (it may be a
@@ -94,6 +118,10 @@ pub struct DeviceLimits {
     pub seen_ids: usize,
     /// Most keys asked for in one request, below what the device advertises.
     pub max_keys_per_request: u32,
+    /// Largest answer read from the device, in bytes; a larger one is refused unread (a broken
+    /// or hostile device must not make the node allocate without bound). The default holds
+    /// 1024 keys of 32 768 bits with room to spare.
+    pub max_body_bytes: usize,
 }
 
 impl Default for DeviceLimits {
@@ -106,6 +134,7 @@ impl Default for DeviceLimits {
             max_backoff_ms: 2_000,
             seen_ids: 1 << 20,
             max_keys_per_request: 1024,
+            max_body_bytes: 16 << 20,
         }
     }
 }
@@ -163,8 +192,17 @@ pub enum ConfigError {
 }
 
 impl DeviceConfig {
+    /// The TLS versions the adapter offers this device, newest first.
+    pub fn tls_versions(&self) -> &'static [&'static rustls::SupportedProtocolVersion] {
+        static BOTH: [&rustls::SupportedProtocolVersion; 2] =
+            [&rustls::version::TLS13, &rustls::version::TLS12];
+        static TLS13_ONLY: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+        if self.allow_tls12 { &BOTH } else { &TLS13_ONLY }
+    }
+
     /// The offline check: every file loads, the key matches the certificate, the URL and the
-    /// values make sense. Returns the TLS client configuration (TLS 1.2 and 1.3, aws-lc-rs).
+    /// values make sense. Returns the TLS client configuration (aws-lc-rs; TLS 1.3 only, or
+    /// 1.3 and 1.2 when [`DeviceConfig::allow_tls12`] is set).
     pub fn load_tls(&self) -> Result<Arc<ClientConfig>, ConfigError> {
         self.base_url()?;
         if let Some(bits) = self.key_bits
@@ -181,6 +219,7 @@ impl DeviceConfig {
             ),
             ("request_timeout_ms", self.limits.request_timeout_ms),
             ("connect_timeout_ms", self.limits.connect_timeout_ms),
+            ("max_body_bytes", self.limits.max_body_bytes as u64),
         ] {
             if value == 0 {
                 return Err(ConfigError::Limit(name));
@@ -200,7 +239,7 @@ impl DeviceConfig {
         CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider)
             .map_err(|e| ConfigError::KeyMismatch(e.to_string()))?;
         let config = ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .with_protocol_versions(self.tls_versions())
             .map_err(|e| ConfigError::Tls(e.to_string()))?
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key)
@@ -297,7 +336,8 @@ mod tests {
         (cert.pem(), key.serialize_pem())
     }
 
-    fn config() -> DeviceConfig {
+    /// A device section with `extra` members before `[limits]`.
+    fn parse(extra: &str) -> Result<DeviceConfig, toml::de::Error> {
         let (cert, key) = pem_pair("node-a");
         let (ca, _) = pem_pair("ca");
         toml::from_str::<DeviceConfig>(&format!(
@@ -309,11 +349,15 @@ mod tests {
             expected_kme_id = "KME-A"
             sae_id = "node-a"
             peer_sae_id = 12
+            {extra}
             [limits]
             attempts = 5
             "#
         ))
-        .unwrap()
+    }
+
+    fn config() -> DeviceConfig {
+        parse("").unwrap()
     }
 
     #[test]
@@ -323,6 +367,38 @@ mod tests {
         assert_eq!(c.limits.attempts, 5);
         assert_eq!(c.limits.seen_ids, DeviceLimits::default().seen_ids);
         c.load_tls().unwrap();
+    }
+
+    #[test]
+    fn tls_1_2_is_offered_only_to_devices_that_opt_in() {
+        use rustls::ProtocolVersion::{TLSv1_2, TLSv1_3};
+        let versions =
+            |c: &DeviceConfig| -> Vec<_> { c.tls_versions().iter().map(|v| v.version).collect() };
+        // (The handshakes themselves are tested against a TLS 1.2-only emulated device.)
+        let c = config();
+        assert!(!c.allow_tls12);
+        c.load_tls().unwrap();
+        assert_eq!(versions(&c), [TLSv1_3]);
+        let mut c = config();
+        c.allow_tls12 = true;
+        c.load_tls().unwrap();
+        assert_eq!(versions(&c), [TLSv1_3, TLSv1_2]);
+        // The flag is read from the device's section, and misspellings are refused.
+        assert!(parse("allow_tls12 = true").unwrap().allow_tls12);
+        let e = parse("tls12 = true").unwrap_err();
+        assert!(e.to_string().contains("tls12"), "{e}");
+        let e = parse("allow_tls12 = \"yes\"").unwrap_err();
+        assert!(e.to_string().contains("allow_tls12"), "{e}");
+    }
+
+    #[test]
+    fn status_metrics_name_the_device_members() {
+        let c = parse("[status_metrics]\nqber = \"idq_qber\"").unwrap();
+        assert_eq!(c.status_metrics.qber.as_deref(), Some("idq_qber"));
+        assert_eq!(c.status_metrics.key_rate_bps, None);
+        assert!(config().status_metrics.qber.is_none());
+        let e = parse("[status_metrics]\nrate = \"x\"").unwrap_err();
+        assert!(e.to_string().contains("rate"), "{e}");
     }
 
     #[test]
@@ -362,6 +438,12 @@ mod tests {
         let mut c = config();
         c.limits.attempts = 0;
         assert!(matches!(c.load_tls(), Err(ConfigError::Limit("attempts"))));
+        let mut c = config();
+        c.limits.max_body_bytes = 0;
+        assert!(matches!(
+            c.load_tls(),
+            Err(ConfigError::Limit("max_body_bytes"))
+        ));
     }
 
     #[test]

@@ -1,16 +1,21 @@
 //! The protocol-neutral key-delivery service and its front ends.
 //!
-//! Every front end ([`etsi014`], the ETSI GS QKD 014 REST API; [`grpc`], the same model over
-//! gRPC) authenticates its caller, parses and checks a request in the order its protocol's policy
-//! fixes (through the shared steps of [`check`]), calls the one [`KeyService`], and reports the
-//! outcome to the one instrumentation hook ([`observe`]). The key manager implements it; tests may implement it with a fake. The types in
+//! Every front end ([`etsi014`], the ETSI GS QKD 014 REST API; [`skip`], the SKIP Key Provider
+//! for routers; [`grpc`], the ETSI 014 model over gRPC) authenticates its caller, parses and
+//! checks a request in the order its protocol's policy fixes and calls the one [`KeyService`];
+//! ETSI 014 and gRPC report each outcome to the one instrumentation hook ([`observe`]; SKIP does
+//! not yet). The two REST front ends
+//! share one HTTPS shell ([`https`]); ETSI 014 and gRPC share their request checks ([`check`]).
+//! The key manager implements the service; tests may implement it with a fake. The types in
 //! this module know nothing of HTTP, gRPC or any protocol's spellings; each front end maps
 //! [`ServiceError`] to its own wire status in exactly one place.
 
 pub mod check;
 pub mod etsi014;
 pub mod grpc;
+pub mod https;
 pub mod observe;
+pub mod skip;
 
 use async_trait::async_trait;
 use qkd_types::{KeyId, KmeId, SaeId, Secret};
@@ -120,9 +125,10 @@ pub enum ServiceError {
     /// SAE asked for keys it is not a slave of. 401.
     #[error("caller is not a slave of the requested keys")]
     NotSlave,
-    /// Peer node or device: the peer KME cannot be reached or refused to agree. 503.
+    /// Peer node or device: the peer KME cannot be reached or refused to agree. 503. The full
+    /// cause goes to the node's log; the SAE learns only its class.
     #[error("peer KME unavailable: {0}")]
-    PeerUnavailable(String),
+    PeerUnavailable(Unavailable),
     /// SAE or operator: the pairs of one request differ in policy or suite (front ends refuse
     /// such requests before they reach the key manager; this is the key manager's own guard). 400.
     #[error("the pairs of the request differ in policy or suite")]
@@ -130,6 +136,24 @@ pub enum ServiceError {
     /// Operator or bug: the store failed; the node is shutting down to recover from disk. 503.
     #[error("key data access error")]
     Storage,
+}
+
+/// Why the slave's node cannot take part in making keys now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unavailable {
+    /// Both SAEs are attached to this node: no QKD link joins them.
+    #[error("both SAEs are attached to this KME")]
+    SameNode,
+    /// A node on the way did not answer, or refused.
+    #[error("a node on the route did not answer or refused")]
+    Unreachable,
+    /// The end-to-end exchange with the slave's node failed.
+    #[error("the end-to-end exchange with the slave's KME failed")]
+    EndToEnd,
+    /// This configuration cannot serve the request (e.g. additional slaves at several nodes
+    /// without a hybrid policy).
+    #[error("not supported: {0}")]
+    Unsupported(&'static str),
 }
 
 /// What the front ends need from the key manager.

@@ -1,5 +1,6 @@
-//! The one instrumentation hook of the key-delivery front ends: every front end reports each
-//! request it answered as (API, operation, outcome class) to an [`ApiObserver`].
+//! The one instrumentation hook of the key-delivery front ends: the ETSI 014 and gRPC front ends
+//! (not yet SKIP) report each request they answered as (API, operation, outcome class) to an
+//! [`ApiObserver`].
 //!
 //! The labels are closed enums, so any counter or metric built on them has a bounded label set:
 //! no SAE IDs, key IDs, paths or messages, and never key bytes. [`NoObserver`] is the default;

@@ -93,10 +93,18 @@ pub struct Context {
 /// Why the end-to-end part failed.
 #[derive(Debug, thiserror::Error)]
 pub enum E2eError {
-    /// Operator: hybrid policy configured but this node has no signing key, or the peer's key is
-    /// not pinned.
-    #[error("end-to-end identity: {0}")]
-    Identity(String),
+    /// Operator: end-to-end protection configured but this node has no signing key.
+    #[error("end-to-end identity: no signing key configured")]
+    NoSigningKey,
+    /// Operator: no key is pinned for the node at the other end.
+    #[error("end-to-end identity: no pinned key for {0}")]
+    NotPinned(KmeId),
+    /// Peer or attacker: a signed `qkd-only` batch differs from the relay header it came with.
+    #[error("signed batch differs from the relay header")]
+    BatchMismatch,
+    /// Peer or attacker: the relayed keys differ from the signed `qkd-only` batch.
+    #[error("relayed keys differ from the signed batch")]
+    KeysMismatch,
     /// Peer or attacker: the exchange failed (signature, tag, mismatch...).
     #[error(transparent)]
     Hybrid(#[from] crate::hybrid::error::HybridError),
@@ -184,10 +192,7 @@ pub fn source_start(
     let qkd = chunks(payload, ctx.key_ids.len());
     match ctx.mode.protection {
         Protection::QkdOnly => {
-            let local = keys
-                .local
-                .as_ref()
-                .ok_or_else(|| E2eError::Identity("no signing key configured".into()))?;
+            let local = keys.local.as_ref().ok_or(E2eError::NoSigningKey)?;
             let mut nonce = [0u8; 32];
             rand::RngCore::fill_bytes(&mut rand::rng(), &mut nonce);
             let digest = qkd_only_digest(&nonce, &qkd);
@@ -223,14 +228,11 @@ pub fn source_start(
             ))
         }
         Protection::Hybrid(policy) => {
-            let local = keys
-                .local
-                .as_ref()
-                .ok_or_else(|| E2eError::Identity("no signing key configured".into()))?;
+            let local = keys.local.as_ref().ok_or(E2eError::NoSigningKey)?;
             let peer = keys
                 .peers
                 .get(&ctx.kme_dest)
-                .ok_or_else(|| E2eError::Identity(format!("no pinned key for {}", ctx.kme_dest)))?;
+                .ok_or_else(|| E2eError::NotPinned(ctx.kme_dest.clone()))?;
             let (c, slots) = hybrid_context(ctx, policy);
             let (state, msg) = Initiator::start(local, peer, c, slots, qkd, &mut rand::rng())?;
             Ok((SourceState::Started(Box::new(state)), msg.encode_to_vec()))
@@ -260,10 +262,7 @@ pub fn source_finish(
                 &reply.sig_b,
                 "sigB",
             )?;
-            let local = keys
-                .local
-                .as_ref()
-                .ok_or_else(|| E2eError::Identity("no signing key configured".into()))?;
+            let local = keys.local.as_ref().ok_or(E2eError::NoSigningKey)?;
             let confirm = hpb::QkdOnlyConfirm {
                 nonce_a: batch.nonce.to_vec(),
                 sig_confirm: local
@@ -277,10 +276,7 @@ pub fn source_finish(
         }
         SourceState::QkdOnlyConfirmed(_) => Err(E2eError::Order),
         SourceState::Started(init) => {
-            let local = keys
-                .local
-                .as_ref()
-                .ok_or_else(|| E2eError::Identity("no signing key configured".into()))?;
+            let local = keys.local.as_ref().ok_or(E2eError::NoSigningKey)?;
             let reply = hpb::HybridReply::decode(msg2).map_err(|_| E2eError::Decode)?;
             let (awaiting, confirm) = init.handle_reply(local, &reply)?;
             Ok((
@@ -332,10 +328,7 @@ pub fn dest_respond(
     let qkd = chunks(payload, ctx.key_ids.len());
     match ctx.mode.protection {
         Protection::QkdOnly => {
-            let local = keys
-                .local
-                .as_ref()
-                .ok_or_else(|| E2eError::Identity("no signing key configured".into()))?;
+            let local = keys.local.as_ref().ok_or(E2eError::NoSigningKey)?;
             let init = hpb::QkdOnlyInit::decode(msg1).map_err(|_| E2eError::Decode)?;
             let nonce: [u8; 32] = init
                 .nonce_a
@@ -352,15 +345,11 @@ pub fn dest_respond(
                 || init.key_ids != ids(&ctx.key_ids)
                 || init.relay_key_ids != ids(&ctx.relay_key_ids)
             {
-                return Err(E2eError::Identity(
-                    "signed batch differs from the relay header".into(),
-                ));
+                return Err(E2eError::BatchMismatch);
             }
             let digest = qkd_only_digest(&nonce, &qkd);
             if init.key_digest != digest {
-                return Err(E2eError::Identity(
-                    "relayed keys differ from the signed batch".into(),
-                ));
+                return Err(E2eError::KeysMismatch);
             }
             let th = qkd_only_th(ctx, &nonce, &digest);
             peer_of(keys, &ctx.kme_source)?.verify(
@@ -397,10 +386,7 @@ pub fn dest_respond(
             Ok((DestState::QkdOnly(batch), reply.encode_to_vec()))
         }
         Protection::Hybrid(policy) => {
-            let local = keys
-                .local
-                .as_ref()
-                .ok_or_else(|| E2eError::Identity("no signing key configured".into()))?;
+            let local = keys.local.as_ref().ok_or(E2eError::NoSigningKey)?;
             let init = hpb::HybridInit::decode(msg1).map_err(|_| E2eError::Decode)?;
             let received = ReceivedInit::parse(&init)?;
             let verified = received.verify(local, &keys.peers, ctx.mode.suite, policy)?;
@@ -417,9 +403,7 @@ pub fn dest_respond(
                 || b.context().size_bits != c.size_bits
                 || b.slots() != slots.as_slice()
             {
-                return Err(E2eError::Identity(
-                    "signed batch differs from the relay header".into(),
-                ));
+                return Err(E2eError::BatchMismatch);
             }
             let mut replay = keys.replay.lock().unwrap_or_else(|p| p.into_inner());
             let (responder, reply) =
@@ -450,10 +434,7 @@ pub fn dest_confirm(
                 &confirm.sig_confirm,
                 "sigConfirm",
             )?;
-            let local = keys
-                .local
-                .as_ref()
-                .ok_or_else(|| E2eError::Identity("no signing key configured".into()))?;
+            let local = keys.local.as_ref().ok_or(E2eError::NoSigningKey)?;
             let ack = hpb::QkdOnlyAck {
                 nonce_a: batch.nonce.to_vec(),
                 sig_ack: local
@@ -480,7 +461,7 @@ fn peer_of<'a>(
 ) -> Result<&'a crate::hybrid::PeerPublicKeys, E2eError> {
     keys.peers
         .get(kme)
-        .ok_or_else(|| E2eError::Identity(format!("no pinned key for {kme}")))
+        .ok_or_else(|| E2eError::NotPinned(kme.clone()))
 }
 
 /// `label ‖ th`: what a QKD-only signature covers.

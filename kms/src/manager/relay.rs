@@ -26,6 +26,7 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use backon::Retryable;
 use qkd_proto::peer as pb;
 use qkd_types::{BlockId, KeyId, KmeId, LinkId, NodeId, SaeId, Secret, UnixMillis};
 use rand::RngCore;
@@ -33,9 +34,10 @@ use ring::hmac;
 use subtle::ConstantTimeEq;
 
 use super::{
-    DeliveredKey, KeyManager, LinkRt, PeerError, ServiceError, block_updates, range_msg, range_of,
-    store_result,
+    DeliveredKey, KeyManager, LinkRt, Malformed, PeerError, Refusal, ServiceError, block_updates,
+    range_msg, range_of, store_result,
 };
+use crate::api::Unavailable;
 use crate::core::fit::KeyOrigin;
 use crate::core::pool::{LinkPool, PoolError, Range};
 use crate::events::{Event, Side};
@@ -323,12 +325,12 @@ impl KeyManager {
                 continue;
             };
             let Some(local) = cfg.relay.e2e.local.as_ref() else {
-                return Err(RelayError::E2e("no signing key configured".into()));
+                return Err(RelayError::E2e(e2e::E2eError::NoSigningKey));
             };
             let sig = local
                 .signing()
                 .sign(&notice_signed(&cfg.kme, delivered_at, &ids))
-                .map_err(|e| RelayError::E2e(e.to_string()))?;
+                .map_err(RelayError::Sign)?;
             let msg = pb::DeliveryNotice {
                 key_ids: ids.iter().map(|k| k.as_bytes().to_vec()).collect(),
                 delivered_at,
@@ -376,8 +378,8 @@ impl KeyManager {
         source: &NodeId,
         msg: &[u8],
     ) -> Result<pb::ForwardReply, PeerError> {
-        let msg: pb::DeliveryNotice = prost::Message::decode(msg)
-            .map_err(|_| PeerError::Malformed("delivery notice".into()))?;
+        let msg: pb::DeliveryNotice =
+            prost::Message::decode(msg).map_err(|_| Malformed::Field("delivery notice"))?;
         let ids: Vec<KeyId> = msg
             .key_ids
             .iter()
@@ -387,9 +389,7 @@ impl KeyManager {
         // under the key pinned for the KME of the node the path starts at.
         let kme = self.kme_of(source);
         if msg.source_kme != kme.as_str() {
-            return Err(PeerError::Refused(
-                "delivery notice from another node".into(),
-            ));
+            return Err(Refusal::NoticeSource.into());
         }
         self.inner
             .cfg
@@ -397,13 +397,13 @@ impl KeyManager {
             .e2e
             .peers
             .get(&kme)
-            .ok_or_else(|| PeerError::Refused("no pinned key for the notice's source".into()))?
+            .ok_or_else(|| Refusal::E2e(e2e::E2eError::NotPinned(kme.clone())))?
             .verify(
                 &notice_signed(&kme, msg.delivered_at, &ids),
                 &msg.sig,
                 "delivery notice",
             )
-            .map_err(|e| PeerError::Refused(e.to_string()))?;
+            .map_err(Refusal::Signature)?;
         let n = ids.len() as u64;
         let expires_at = msg.delivered_at.saturating_add(self.inner.cfg.key_ttl_ms);
         let saes: std::collections::BTreeMap<SaeId, NodeId> = self
@@ -414,9 +414,11 @@ impl KeyManager {
             .map(|(s, e)| (s.clone(), e.node.clone()))
             .collect();
         let source = source.clone();
-        self.inner
+        let moved = self
+            .inner
             .writer
-            .run(move |tx| -> Result<(), StoreError> {
+            .run(move |tx| -> Result<Vec<KeyId>, StoreError> {
+                let mut moved = Vec::new();
                 for id in &ids {
                     let Some(meta) = tx.key_meta(*id)? else {
                         continue;
@@ -426,10 +428,15 @@ impl KeyManager {
                         continue;
                     }
                     tx.set_key_expiry(*id, &meta, expires_at)?;
+                    moved.push(*id);
                 }
-                Ok(())
+                Ok(moved)
             })
             .await??;
+        self.emit(&Event::ExpiryMoved {
+            keys: &moved,
+            expires_at,
+        });
         use std::sync::atomic::Ordering::Relaxed;
         self.relay().notices.received.fetch_add(1, Relaxed);
         self.relay().notices.keys_received.fetch_add(n, Relaxed);
@@ -646,7 +653,15 @@ impl KeyManager {
                 }
                 RelayError::Store => ServiceError::Storage,
                 RelayError::MixedProfiles => ServiceError::MixedProfiles,
-                e => ServiceError::PeerUnavailable(e.to_string()),
+                RelayError::E2e(_) | RelayError::Sign(_) => {
+                    ServiceError::PeerUnavailable(Unavailable::EndToEnd)
+                }
+                RelayError::Unsupported(what) => {
+                    ServiceError::PeerUnavailable(Unavailable::Unsupported(what))
+                }
+                RelayError::Hop { .. } | RelayError::Allocation(_) | RelayError::Malformed(_) => {
+                    ServiceError::PeerUnavailable(Unavailable::Unreachable)
+                }
             }
         };
         let mode = self.pair_mode(master, &slaves[0]);
@@ -937,7 +952,10 @@ impl KeyManager {
                 .client
                 .relay(req, timeout)
                 .await
-                .map_err(|s| RelayError::Hop(format!("{next}: {}", s.message())))
+                .map_err(|status| RelayError::Hop {
+                    peer: next.clone(),
+                    status,
+                })
         })
     }
 
@@ -964,9 +982,7 @@ impl KeyManager {
                 .allocate_at_neighbour(link, hop_id, len + AUTH_LEN)
                 .await?;
             let mut p = link.pool();
-            p.take(&all).map_err(|e| {
-                RelayError::Hop(format!("neighbour allocated unusable link key: {e}"))
-            })?;
+            p.take(&all).map_err(RelayError::Allocation)?;
             let fut = self.take_read_job(&mut p, link, all.clone());
             (all, fut)
         };
@@ -1025,33 +1041,33 @@ impl KeyManager {
             link_id: link.setup.id.to_string(),
             len,
         };
-        let mut last = String::new();
-        for attempt in 0..3u32 {
-            let timeout = self.inner.cfg.relay.hop_timeout;
-            match link.setup.client.relay_allocate(msg.clone(), timeout).await {
-                Ok(reply) => {
-                    let ranges: Vec<Range> = reply.ranges.iter().map(range_of).collect();
-                    if ranges.iter().map(|r| u64::from(r.len)).sum::<u64>() != u64::from(len) {
-                        return Err(RelayError::Malformed("allocation length"));
-                    }
-                    return Ok(ranges);
-                }
-                Err(s) if s.code() == tonic::Code::ResourceExhausted => {
-                    return Err(RelayError::Exhausted);
-                }
-                Err(s)
-                    if matches!(
-                        s.code(),
-                        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
-                    ) =>
-                {
-                    last = s.message().to_string();
-                    tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
-                }
-                Err(s) => return Err(RelayError::Hop(s.message().to_string())),
-            }
+        let hop_failed = |status| RelayError::Hop {
+            peer: link.setup.peer.clone(),
+            status,
+        };
+        // An allocation is idempotent per hop ID, so a lost call or answer is simply retried.
+        let timeout = self.inner.cfg.relay.hop_timeout;
+        let retry = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(20))
+            .with_max_times(2);
+        let reply = (|| link.setup.client.relay_allocate(msg.clone(), timeout))
+            .retry(retry)
+            .when(|s: &tonic::Status| {
+                matches!(
+                    s.code(),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                )
+            })
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::ResourceExhausted => RelayError::Exhausted,
+                _ => hop_failed(s),
+            })?;
+        let ranges: Vec<Range> = reply.ranges.iter().map(range_of).collect();
+        if ranges.iter().map(|r| u64::from(r.len)).sum::<u64>() != u64::from(len) {
+            return Err(RelayError::Malformed("allocation length"));
         }
-        Err(RelayError::Hop(last))
+        Ok(ranges)
     }
 
     /// Sends an end-to-end message along `path` from the node at `hop - 1` (this one).
@@ -1081,7 +1097,10 @@ impl KeyManager {
                 .client
                 .forward(req, timeout)
                 .await
-                .map_err(|s| RelayError::Hop(format!("{next}: {}", s.message())))
+                .map_err(|status| RelayError::Hop {
+                    peer: next.clone(),
+                    status,
+                })
         })
     }
 
@@ -1089,8 +1108,7 @@ impl KeyManager {
     async fn read_back(&self, link: &LinkRt, ranges: Vec<Range>) -> Result<Secret, PeerError> {
         let fut = {
             let mut p = link.pool();
-            p.take(&ranges)
-                .map_err(|e| PeerError::Refused(e.to_string()))?;
+            p.take(&ranges).map_err(Refusal::Pool)?;
             self.take_read_job(&mut p, link, ranges)
         };
         Ok(fut.await??)
@@ -1107,9 +1125,7 @@ impl KeyManager {
             || path[hop] != self.inner.cfg.node
             || &path[hop - 1] != from
         {
-            return Err(PeerError::Refused(
-                "relay path does not run through this hop".into(),
-            ));
+            return Err(Refusal::NotOnPath.into());
         }
         Ok(hop)
     }
@@ -1117,7 +1133,7 @@ impl KeyManager {
     /// `Advertise` from a neighbour: store newer adverts.
     pub fn on_advertise(&self, from: &NodeId, req: pb::AdvertiseRequest) -> Result<(), PeerError> {
         if !self.inner.cfg.neighbours.contains_key(from) {
-            return Err(PeerError::Refused("not a neighbour".into()));
+            return Err(Refusal::NotNeighbour.into());
         }
         let now = self.now();
         let mut topo = lock(&self.relay().topology);
@@ -1139,9 +1155,7 @@ impl KeyManager {
     ) -> Result<pb::RelayAllocateReply, PeerError> {
         let link = self.peer_link(from, &req.link_id)?;
         if !link.allocator() {
-            return Err(PeerError::Refused(
-                "this node does not allocate the link".into(),
-            ));
+            return Err(Refusal::NotAllocator.into());
         }
         let hop_id = super::request_id(&req.hop_id)?;
         if let Some(a) = lock(&self.relay().hop_allocs)
@@ -1153,7 +1167,7 @@ impl KeyManager {
             });
         }
         if req.len == 0 || req.len > 1 << 24 {
-            return Err(PeerError::Malformed("length".into()));
+            return Err(Malformed::Field("length").into());
         }
         let (all, fut) = {
             let mut p = link.pool();
@@ -1161,7 +1175,7 @@ impl KeyManager {
                 .allocate(&[req.len])
                 .map_err(|e| match e {
                     PoolError::Insufficient { .. } => PeerError::Exhausted,
-                    e => PeerError::Refused(e.to_string()),
+                    e => Refusal::Pool(e).into(),
                 })?
                 .into_iter()
                 .flatten()
@@ -1193,10 +1207,7 @@ impl KeyManager {
         from: &NodeId,
         req: pb::RelayRequest,
     ) -> Result<pb::RelayReply, PeerError> {
-        let header = req
-            .header
-            .clone()
-            .ok_or_else(|| PeerError::Malformed("no header".into()))?;
+        let header = req.header.clone().ok_or(Malformed::Field("header"))?;
         let path = parse_path(&header.path)?;
         let hop = self.check_hop(from, &path, req.hop)?;
         let link = self.peer_link(from, &req.link_id)?;
@@ -1209,7 +1220,7 @@ impl KeyManager {
             || pad_len != expected
             || auth_len != u64::from(AUTH_LEN)
         {
-            return Err(PeerError::Malformed("relay lengths".into()));
+            return Err(Malformed::Field("relay lengths").into());
         }
         // The link bytes are taken whatever the outcome: the sender used them.
         let mut all = pad.clone();
@@ -1225,12 +1236,10 @@ impl KeyManager {
                         && a.link == link.setup.id
                         && merged(&a.ranges) == merged(&all)
                 })
-                .ok_or_else(|| {
-                    PeerError::Refused("relay names link key not allocated for this hop".into())
-                })?;
+                .ok_or_else(|| PeerError::Refused(Refusal::UnallocatedHop))?;
             h.remove(pos)
                 .map(|a| a.bytes)
-                .ok_or_else(|| PeerError::Refused("hop allocation vanished".into()))?
+                .ok_or(Refusal::AllocationVanished)?
         } else {
             self.read_back(link, all).await?
         };
@@ -1240,9 +1249,7 @@ impl KeyManager {
         // The MAC key is exposed only to check this one message's tag.
         if !verify_mac(&bytes.expose()[pad_len..], &req) {
             tracing::warn!(from = %from, link = %link.setup.id, "relay message failed authentication; dropped");
-            return Err(PeerError::Refused(
-                "relay message authentication failed".into(),
-            ));
+            return Err(Refusal::Authentication.into());
         }
         let mut payload = Secret::zeroed(pad_len);
         for (i, b) in payload.expose_mut().iter_mut().enumerate() {
@@ -1255,7 +1262,7 @@ impl KeyManager {
         let hops_left = (path.len() - 1 - hop) as u32;
         self.send_hop(&header, req.hop + 1, &payload, req.e2e.clone(), hops_left)
             .await
-            .map_err(|e| PeerError::Refused(e.to_string()))
+            .map_err(|e| PeerError::Onward(Box::new(e)))
     }
 
     /// The destination's part of a batch: check it against this node's configuration, answer
@@ -1268,25 +1275,29 @@ impl KeyManager {
         msg1: &[u8],
     ) -> Result<pb::RelayReply, PeerError> {
         let cfg = &self.inner.cfg;
-        let bad = |w: &str| PeerError::Refused(w.to_string());
-        let master =
-            SaeId::parse(&header.master_sae).map_err(|e| PeerError::Malformed(e.to_string()))?;
+        let master = SaeId::parse(&header.master_sae).map_err(|error| Malformed::Id {
+            what: "master SAE ID",
+            error,
+        })?;
         let slaves: Vec<SaeId> = header
             .slave_saes
             .iter()
             .map(|s| SaeId::parse(s))
             .collect::<Result<_, _>>()
-            .map_err(|e| PeerError::Malformed(e.to_string()))?;
+            .map_err(|error| Malformed::Id {
+                what: "slave SAE ID",
+                error,
+            })?;
         let source = &path[0];
         if cfg.saes.get(&master).map(|e| &e.node) != Some(source) {
-            return Err(bad("master SAE is not attached to the source node"));
+            return Err(Refusal::MasterNotAtSource.into());
         }
         if slaves.is_empty()
             || !slaves
                 .iter()
                 .all(|s| self.is_local(s) && self.pair_allowed(&master, s))
         {
-            return Err(bad("slave SAEs not attached here or not allowed to pair"));
+            return Err(Refusal::SlavesNotHere.into());
         }
         let mode = self.pair_mode(&master, &slaves[0]);
         if (slaves.iter().any(|s| self.pair_mode(&master, s) != mode)
@@ -1294,9 +1305,7 @@ impl KeyManager {
             || header.policy != mode.policy_name()
             || header.suite != mode.suite_name()
         {
-            return Err(bad(
-                "policy or suite differs from this node's configuration",
-            ));
+            return Err(Refusal::Profile.into());
         }
         let key_ids: Vec<KeyId> = header
             .key_ids
@@ -1316,7 +1325,7 @@ impl KeyManager {
             || header.size_bits > limits.max_key_size.max(limits.key_size)
             || header.relayed_len != mode.relayed_len(header.size_bits)
         {
-            return Err(PeerError::Malformed("batch parameters".into()));
+            return Err(Malformed::Field("batch parameters").into());
         }
         let relay_id = super::request_id(&header.relay_id)?;
         let ctx = e2e::Context {
@@ -1333,7 +1342,7 @@ impl KeyManager {
         // The batch's validity window: unconfirmed by then, it is void (and so is its replay).
         let deadline = now + (cfg.relay.hop_timeout.as_millis() as u64) * (path.len() as u64 + 2);
         let (state, msg2) = e2e::dest_respond(&cfg.relay.e2e, &ctx, msg1, payload, now, deadline)
-            .map_err(|e| PeerError::Refused(e.to_string()))?;
+            .map_err(Refusal::E2e)?;
         lock(&self.relay().pending).insert(
             relay_id,
             Pending {
@@ -1364,7 +1373,7 @@ impl KeyManager {
             return self
                 .forward(&relay_id, &path, req.hop + 1, req.kind, req.e2e)
                 .await
-                .map_err(|e| PeerError::Refused(e.to_string()));
+                .map_err(|e| PeerError::Onward(Box::new(e)));
         }
         if req.kind == FORWARD_DELIVER {
             return self.accept_multicast(&path[0], relay_id, &req.e2e).await;
@@ -1377,13 +1386,13 @@ impl KeyManager {
             return Err(PeerError::Voided);
         };
         if path[0] != pending.source {
-            return Err(PeerError::Refused("not the batch's source".into()));
+            return Err(Refusal::NotSource.into());
         }
         if req.kind != FORWARD_CONFIRM {
             return Ok(pb::ForwardReply { e2e: Vec::new() });
         }
         let (keys, ack) = e2e::dest_confirm(&self.inner.cfg.relay.e2e, pending.state, &req.e2e)
-            .map_err(|e| PeerError::Refused(e.to_string()))?;
+            .map_err(Refusal::E2e)?;
         if pending.wrap {
             // Wrap keys stay in memory until the multicast keys they seal arrive.
             let deadline = self.now()
@@ -1401,7 +1410,7 @@ impl KeyManager {
             return Ok(pb::ForwardReply { e2e: ack });
         }
         if keys.len() != pending.keys.len() {
-            return Err(PeerError::Refused("key count differs".into()));
+            return Err(Refusal::KeyCount.into());
         }
         let now = self.now();
         let cfg = &self.inner.cfg;
@@ -1412,7 +1421,6 @@ impl KeyManager {
             slaves: pending.slaves.into_iter().map(|s| (s, false)).collect(),
             size_bits: pending.size_bits,
             expires_at: now + cfg.relay.pool_ttl_ms + cfg.key_ttl_ms,
-            released: true,
             made_under: Some(made_under),
             pool: pending.pool,
         };
@@ -1423,7 +1431,7 @@ impl KeyManager {
             .run(move |tx| -> Result<Result<(), PeerError>, StoreError> {
                 for id in &ids {
                     if tx.key_id_used(*id)? {
-                        return Ok(Err(PeerError::Refused(format!("key ID {id} already used"))));
+                        return Ok(Err(Refusal::KeyIdUsed(*id).into()));
                     }
                 }
                 for (id, k) in ids.iter().zip(&keys) {
@@ -1446,10 +1454,10 @@ impl KeyManager {
             .remove(&relay_id)
             .ok_or(PeerError::Voided)?;
         if &wraps.source != source {
-            return Err(PeerError::Refused("not the batch's source".into()));
+            return Err(Refusal::NotSource.into());
         }
-        let msg: pb::MulticastDeliver = prost::Message::decode(msg)
-            .map_err(|_| PeerError::Malformed("multicast delivery".into()))?;
+        let msg: pb::MulticastDeliver =
+            prost::Message::decode(msg).map_err(|_| Malformed::Field("multicast delivery"))?;
         let limits = self.inner.cfg.limits;
         if msg.key_ids.len() != wraps.keys.len()
             || msg.sealed.len() != wraps.keys.len()
@@ -1457,14 +1465,14 @@ impl KeyManager {
             || msg.size_bits < limits.min_key_size
             || msg.size_bits > limits.max_key_size
         {
-            return Err(PeerError::Malformed("multicast delivery".into()));
+            return Err(Malformed::Field("multicast delivery").into());
         }
         let mut out = Vec::with_capacity(wraps.keys.len());
         for ((id, sealed), wrap) in msg.key_ids.iter().zip(&msg.sealed).zip(&wraps.keys) {
             let id = super::key_id(id)?;
             let key = open_multicast(wrap, id, &relay_id, sealed)
                 .filter(|k| k.len() == msg.size_bits as usize / 8)
-                .ok_or_else(|| PeerError::Refused("multicast key failed authentication".into()))?;
+                .ok_or(Refusal::MulticastAuthentication)?;
             out.push((id, key));
         }
         let now = self.now();
@@ -1476,7 +1484,6 @@ impl KeyManager {
             slaves: wraps.slaves.into_iter().map(|s| (s, false)).collect(),
             size_bits: msg.size_bits,
             expires_at: now + cfg.key_ttl_ms,
-            released: true,
             made_under: Some(made_under),
             pool: false,
         };
@@ -1485,7 +1492,7 @@ impl KeyManager {
             .run(move |tx| -> Result<Result<(), PeerError>, StoreError> {
                 for (id, _) in &out {
                     if tx.key_id_used(*id)? {
-                        return Ok(Err(PeerError::Refused(format!("key ID {id} already used"))));
+                        return Ok(Err(Refusal::KeyIdUsed(*id).into()));
                     }
                 }
                 for (id, k) in &out {
@@ -1620,15 +1627,27 @@ pub enum RelayError {
     /// Not enough link key on a hop.
     #[error("not enough link key on a hop")]
     Exhausted,
-    /// A hop failed or timed out.
-    #[error("relay hop failed: {0}")]
-    Hop(String),
+    /// A call to a neighbour failed or timed out (its status, as the neighbour or the
+    /// transport gave it).
+    #[error("relay hop to {peer} failed: {status}")]
+    Hop {
+        /// The neighbour called.
+        peer: NodeId,
+        /// What came back.
+        status: tonic::Status,
+    },
+    /// The neighbour allocated link key this node cannot take.
+    #[error("neighbour allocated unusable link key: {0}")]
+    Allocation(PoolError),
     /// A peer sent something malformed.
     #[error("malformed relay message: {0}")]
     Malformed(&'static str),
-    /// The end-to-end exchange failed (see the message).
+    /// The end-to-end exchange failed.
     #[error("end-to-end exchange: {0}")]
-    E2e(String),
+    E2e(#[from] e2e::E2eError),
+    /// Signing a delivery notice failed.
+    #[error("signing a delivery notice: {0}")]
+    Sign(crate::hybrid::HybridError),
     /// The slaves' pairs differ in policy or suite (the front end refuses such requests first).
     #[error("the slaves' pairs differ in policy or suite")]
     MixedProfiles,
@@ -1708,24 +1727,21 @@ fn verify_mac(key: &[u8], req: &pb::RelayRequest) -> bool {
     expected.len() == req.tag.len() && bool::from(expected.ct_eq(&req.tag))
 }
 
-impl From<e2e::E2eError> for RelayError {
-    fn from(e: e2e::E2eError) -> Self {
-        RelayError::E2e(e.to_string())
-    }
-}
-
 pub(crate) fn parse_path(p: &[String]) -> Result<Vec<NodeId>, PeerError> {
     if p.len() < 2 || p.len() > 64 {
-        return Err(PeerError::Malformed("path length".into()));
+        return Err(Malformed::Field("path length").into());
     }
     let path: Vec<NodeId> = p
         .iter()
         .map(|n| NodeId::parse(n))
         .collect::<Result<_, _>>()
-        .map_err(|e| PeerError::Malformed(e.to_string()))?;
+        .map_err(|error| Malformed::Id {
+            what: "node ID in the path",
+            error,
+        })?;
     let distinct: BTreeSet<&NodeId> = path.iter().collect();
     if distinct.len() != path.len() {
-        return Err(PeerError::Malformed("path repeats a node".into()));
+        return Err(Malformed::Field("path repeats a node").into());
     }
     Ok(path)
 }

@@ -106,7 +106,7 @@ fn channel(addr: SocketAddr, config: &ClientConfig) -> Channel {
 }
 
 fn client(fx: &Fixture, who: &str, kme: &GrpcKme) -> KeyDeliveryClient<Channel> {
-    KeyDeliveryClient::new(channel(kme.addr, &fx.tls_config(who)))
+    KeyDeliveryClient::new(channel(kme.addr, &fx.tls(who)))
 }
 
 fn get_keys(slave: &str, number: Option<u32>, size: Option<u32>) -> pb::GetKeysRequest {
@@ -363,7 +363,7 @@ async fn health_and_reflection_on_the_same_port() {
     let fx = Fixture::fake().await;
     let n1 = GrpcKme::start(&fx, 0, GrpcLimits::default()).await;
     // A load balancer's certificate chains to the CA but names no SAE attached here.
-    let ch = channel(n1.addr, &fx.tls_config("NODE"));
+    let ch = channel(n1.addr, &fx.tls("NODE"));
     let mut health = HealthClient::new(ch.clone());
     for service in ["", "qkd.keys.v1.KeyDelivery"] {
         let r = health
@@ -534,7 +534,7 @@ async fn shutdown_turns_health_not_serving_and_does_not_wait_for_open_streams() 
         },
     )
     .await;
-    let mut health = HealthClient::new(channel(n1.addr, &fx.tls_config("A")));
+    let mut health = HealthClient::new(channel(n1.addr, &fx.tls("A")));
     let mut watch = health
         .watch(HealthCheckRequest {
             service: "qkd.keys.v1.KeyDelivery".into(),

@@ -6,3 +6,4 @@ mod fake;
 mod fuzz_corpus;
 mod grpc;
 mod hybrid;
+mod skip;

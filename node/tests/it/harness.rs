@@ -58,6 +58,7 @@ pub struct Listen {
     pub peer: std::net::SocketAddr,
     pub admin: Option<std::net::SocketAddr>,
     pub grpc: Option<std::net::SocketAddr>,
+    pub skip: Option<std::net::SocketAddr>,
 }
 
 impl Net {

@@ -915,8 +915,8 @@ impl Link {
     /// passes() -> list[dict]
     ///
     /// For a satellite-downlink: every pass with start_ms, end_ms (ms after the start),
-    /// max_elevation_deg, key_bits (net secret key of the pass), qber and lost (why it gave no
-    /// key, or None). Empty for fibre links.
+    /// max_elevation_deg, key_bits (net secret key of the pass), bound_bits (PLOB summed over
+    /// the pass, bits), qber and lost (why it gave no key, or None). Empty for fibre links.
     fn passes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         match &self.built {
             Built::Pass(p) => from_rust(py, &p.passes()),
@@ -980,7 +980,10 @@ fn satellite_passes<'py>(
 /// `out` (a directory) also writes links.csv, pairs.csv and summary.json there.
 ///
 /// Returns the summary (as summary.json: name, duration_s, step_s, aggregate_s, links with
-/// total_bits, mean_rate_bps (bit/s), availability..., pairs with path, total_bits, detour...)
+/// total_bits, mean_rate_bps (bit/s), availability..., bound (the fundamental bound the link is
+/// held against: {bound: "plob" or "single-repeater", key, limit, ratio}, key and limit in bit/s
+/// for fibre and bits per pass for satellites, ratio > 1 a violation; None for constant-rate
+/// links), pairs with path, total_bits, detour...)
 /// plus times_s (bucket end times, s), and per link and pair the arrays cumulative_bits
 /// (uint64) and, per link, key_bits, qber and up_fraction per bucket.
 #[pyfunction]

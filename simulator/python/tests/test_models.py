@@ -119,5 +119,8 @@ def test_network_run_arrays(repo, tmp_path):
     assert len(link["cumulative_bits"]) == 144
     assert (np.diff(link["cumulative_bits"].astype(np.int64)) >= 0).all()
     assert (tmp_path / "links.csv").exists() and (tmp_path / "summary.json").exists()
+    # The finite-key BB84 link is repeaterless: held against PLOB, far below it (bit/s).
+    b = link["bound"]
+    assert b["bound"] == "plob" and 0 < b["key"] < b["limit"] and 0 < b["ratio"] < 0.01
     with pytest.raises(ValueError, match="no node"):
         qkd_sim.run_scenario(str(repo / "simulator/scenarios/metro-2node.toml"), pairs=["a:b"])

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use qkd_simulator::emulator::{DevicePair, PairConfig, run, server_tls};
+use qkd_simulator::emulator::{DevicePair, PairConfig, TlsVersions, run, server_tls_versions};
 use qkd_simulator::model::LinkModelSpec;
 use qkd_types::{Clock, SystemClock};
 use serde::Deserialize;
@@ -49,6 +49,9 @@ struct DeviceFile {
     key: PathBuf,
     /// CA of the SAE client certificates (PEM).
     client_ca: PathBuf,
+    /// TLS versions served: `both` (default), `tls12-only` (an older device) or `tls13-only`.
+    #[serde(default)]
+    tls: TlsVersions,
 }
 
 fn read(base: &Path, p: &Path) -> Result<Vec<u8>> {
@@ -80,10 +83,11 @@ async fn main() -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for (i, d) in file.device.iter().enumerate() {
-        let tls = server_tls(
+        let tls = server_tls_versions(
             &read(base, &d.cert)?,
             &read(base, &d.key)?,
             &read(base, &d.client_ca)?,
+            d.tls,
         )
         .with_context(|| format!("device {i}: TLS files"))?;
         let listener = tokio::net::TcpListener::bind(&d.listen)

@@ -89,6 +89,39 @@ pub fn server_tls(
     key_pem: &[u8],
     client_ca_pem: &[u8],
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
+    server_tls_versions(chain_pem, key_pem, client_ca_pem, TlsVersions::Both)
+}
+
+/// Which TLS versions an emulated device speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsVersions {
+    /// TLS 1.3 and 1.2, as most devices.
+    #[default]
+    Both,
+    /// TLS 1.2 only, as older devices in the field: a client must opt in to TLS 1.2.
+    Tls12Only,
+    /// TLS 1.3 only.
+    Tls13Only,
+}
+
+impl TlsVersions {
+    fn list(self) -> Vec<&'static rustls::SupportedProtocolVersion> {
+        match self {
+            TlsVersions::Both => vec![&rustls::version::TLS13, &rustls::version::TLS12],
+            TlsVersions::Tls12Only => vec![&rustls::version::TLS12],
+            TlsVersions::Tls13Only => vec![&rustls::version::TLS13],
+        }
+    }
+}
+
+/// [`server_tls`] speaking only the given TLS versions.
+pub fn server_tls_versions(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+    client_ca_pem: &[u8],
+    versions: TlsVersions,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let bad = |e: rustls_pki_types::pem::Error| rustls::Error::General(e.to_string());
     let mut roots = rustls::RootCertStore::empty();
@@ -103,7 +136,7 @@ pub fn server_tls(
         .map_err(bad)?;
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(bad)?;
     let config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_protocol_versions(&versions.list())?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
     Ok(Arc::new(config))

@@ -9,8 +9,11 @@
 //!
 //! The pair can misbehave on purpose, as devices in the field do: [`Quirk`]s are deviations from
 //! the spec that a client must tolerate (reference standards.md §1.5, §1.8), [`Fault`]s are
-//! answers a client must refuse (malformed or re-issued keys), and [`Outage`]s take one device
-//! off the air. A restart is [`run`] stopped and started again on the same address; keys
+//! answers a client must refuse (malformed or re-issued keys, oversized answers), and
+//! [`Outage`]s take one device off the air. A device may speak TLS 1.2 only
+//! ([`TlsVersions::Tls12Only`]), as older devices do. Get status reports the link model's QBER
+//! and key rate in `status_extension` ([`QBER_MEMBER`], [`KEY_RATE_MEMBER`]), as vendors'
+//! devices do in their own members. A restart is [`run`] stopped and started again on the same address; keys
 //! waiting for the peer survive it unless [`DevicePair::lose_pending`] says otherwise.
 //!
 //! This module uses `qkd-proto`'s wire types and its own small server (hyper over
@@ -23,8 +26,11 @@
 mod http;
 mod state;
 
-pub use http::{run, server_tls};
-pub use state::{DevicePair, Fault, Outage, PairConfig, Quirk};
+pub use http::{TlsVersions, run, server_tls, server_tls_versions};
+pub use state::{
+    DevicePair, Fault, KEY_RATE_MEMBER, OVERSIZED_ANSWER_BYTES, Outage, PairConfig, QBER_MEMBER,
+    Quirk,
+};
 
 #[cfg(doc)]
 use crate::model::LinkModel;

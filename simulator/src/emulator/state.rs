@@ -13,6 +13,7 @@ use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::model::LinkModel;
+use qkd_hardware::{LinkState, LinkStatus};
 
 /// A deviation from ETSI GS QKD 014 seen in devices in the field, which a client must tolerate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -89,7 +90,20 @@ pub enum Fault {
     DuplicateId,
     /// enc_keys answers carry the ID of the previous answer's first key again.
     ReissueId,
+    /// Key containers padded with whitespace to [`OVERSIZED_ANSWER_BYTES`]: valid JSON, but
+    /// larger than a client should ever read (a broken or hostile device).
+    Oversized,
 }
+
+/// Size of every key container while [`Fault::Oversized`] is set, in bytes (20 MiB).
+pub const OVERSIZED_ANSWER_BYTES: usize = 20 << 20;
+
+/// The `status_extension` member in which the emulated devices report the link's QBER (0..=1),
+/// vendor-style (ETSI 014 §6.2: a vendor prefix ending in `_`); absent while the link is down.
+pub const QBER_MEMBER: &str = "emu_qber";
+/// The `status_extension` member in which the emulated devices report the link's secret key
+/// rate, in bit/s.
+pub const KEY_RATE_MEMBER: &str = "emu_key_rate_bps";
 
 /// How one device is off the air.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -151,6 +165,24 @@ impl PairConfig {
             quirks: BTreeSet::new(),
         }
     }
+}
+
+/// The link's QBER and key rate for `status_extension`, as a vendor's device reports them.
+fn link_figures(link: &LinkStatus) -> serde_json::Map<String, serde_json::Value> {
+    let mut figures = serde_json::Map::new();
+    let up = link.state == LinkState::Up;
+    if let Some(q) = link.qber.filter(|_| up) {
+        figures.insert(QBER_MEMBER.into(), q.into());
+    }
+    let rate = if up {
+        link.secret_key_rate_bps
+    } else {
+        Some(0.0)
+    };
+    if let Some(r) = rate {
+        figures.insert(KEY_RATE_MEMBER.into(), r.into());
+    }
+    figures
 }
 
 /// One request, as the HTTP shell hands it over.
@@ -308,8 +340,9 @@ impl DevicePair {
     pub(crate) fn handle(&self, device: usize, req: &Request<'_>) -> Response {
         let now = self.shared.clock.now().saturating_sub(self.shared.start);
         let produced = self.shared.model.cumulative_secret_bits(now);
+        let link = self.shared.model.status(now);
         let mut inner = self.lock();
-        inner.handle(device & 1, now, produced, req)
+        inner.handle(device & 1, now, (produced, &link), req)
     }
 }
 
@@ -353,11 +386,12 @@ impl Inner {
         }
     }
 
+    /// `model` is what the link model says now: key produced so far, and the link's status.
     fn handle(
         &mut self,
         dev: usize,
         now: UnixMillis,
-        produced: u64,
+        (produced, link): (u64, &LinkStatus),
         req: &Request<'_>,
     ) -> Response {
         if self.outage[dev] == Outage::ServiceUnavailable {
@@ -380,7 +414,7 @@ impl Inner {
         let post_refused = self.has(Quirk::GetOnly) && req.method == "POST";
         let get_refused = self.has(Quirk::PostOnly) && req.method == "GET";
         match (op, req.method) {
-            ("status", "GET") => self.status(dev, produced, caller, peer),
+            ("status", "GET") => self.status(dev, (produced, link), caller, peer),
             ("status", _) => self.method_not_allowed("GET"),
             ("enc_keys" | "dec_keys", "GET" | "POST") if post_refused || get_refused => {
                 self.method_not_allowed(if post_refused { "GET" } else { "POST" })
@@ -392,7 +426,13 @@ impl Inner {
         }
     }
 
-    fn status(&mut self, dev: usize, produced: u64, caller: SaeId, slave: SaeId) -> Response {
+    fn status(
+        &mut self,
+        dev: usize,
+        (produced, link): (u64, &LinkStatus),
+        caller: SaeId,
+        slave: SaeId,
+    ) -> Response {
         if !self.config.saes[1 - dev].contains(&slave) {
             return self.error(400, "unknown slave_SAE_ID", None);
         }
@@ -411,7 +451,7 @@ impl Inner {
             max_key_size: max,
             min_key_size: min,
             max_sae_id_count: 0,
-            status_extension: None,
+            status_extension: Some(link_figures(link)),
         };
         let mut value = serde_json::to_value(&status).unwrap_or_default();
         if self.has(Quirk::IntegerSaeIds) {
@@ -639,6 +679,13 @@ impl Inner {
         }
         if self.has(Quirk::CapitalKeys) {
             text = zeroize::Zeroizing::new(text.replacen("{\"keys\":", "{\"Keys\":", 1));
+        }
+        if self.fault == Some(Fault::Oversized) {
+            let pad = OVERSIZED_ANSWER_BYTES.saturating_sub(text.len());
+            let mut padded = zeroize::Zeroizing::new(String::with_capacity(text.len() + pad));
+            padded.push_str(&text);
+            padded.extend(std::iter::repeat_n(' ', pad));
+            text = padded;
         }
         json(200, text.as_bytes().to_vec())
     }

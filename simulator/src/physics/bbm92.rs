@@ -56,7 +56,7 @@ pub struct Bbm92Point {
 
 impl Bbm92 {
     /// The detector setting Ma, Fung and Lo use for their fibre comparison (GYS detectors,
-    /// qkd-models.md §2.1): η_det = 4.5 %, p_dc = 8.5×10⁻⁷, e_d = 3.3 %, α = 0.21 dB/km,
+    /// simulator/docs/models.md §2.1): η_det = 4.5 %, p_dc = 8.5×10⁻⁷, e_d = 3.3 %, α = 0.21 dB/km,
     /// f = 1.22, 2 MHz, source in the middle.
     pub const GYS: Bbm92 = Bbm92 {
         alpha_db_per_km: 0.21,

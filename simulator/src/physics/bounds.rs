@@ -65,7 +65,7 @@ mod tests {
     use crate::physics::channel::db_to_transmittance;
 
     #[test]
-    fn table_values_of_qkd_models_section_3() {
+    fn table_values_of_section_3() {
         // (loss dB, PLOB, TGW or NaN, PLOB at 1 GHz)
         let rows = [
             (10.0, 0.152, 0.290),

@@ -1,6 +1,6 @@
 //! Channel and detector primitives shared by the discrete-variable models.
 //!
-//! Names follow qkd-models.md §1: `eta_ch` is the channel transmittance alone (what PLOB uses),
+//! Names follow simulator/docs/models.md §1: `eta_ch` is the channel transmittance alone (what PLOB uses),
 //! `eta_det` the detector efficiency, `eta_bob` Bob's optics × detector, and `eta_sys` the product
 //! channel × Bob that the DV key-rate formulas use. Every function clamps its result to the
 //! physical range.
@@ -264,7 +264,7 @@ pub fn lim_click(eta_sys: f64, p_dc: f64, p_ap: f64, k: f64) -> f64 {
 /// Error-click probability of Lim 2014: e_k = p_dc + e_mis[1 − e^(−η k)] + p_ap·D_k/2.
 ///
 /// The paper prints the *channel* transmittance in the misalignment term; only the *system*
-/// transmittance reproduces its Fig. 1 (qkd-models.md §1), so η_sys is used here.
+/// transmittance reproduces its Fig. 1 (simulator/docs/models.md §1), so η_sys is used here.
 pub fn lim_error(eta_sys: f64, p_dc: f64, p_ap: f64, e_mis: f64, k: f64) -> f64 {
     p_dc - e_mis * (-eta_sys * k).exp_m1() + p_ap * lim_detection(eta_sys, p_dc, k) / 2.0
 }
@@ -290,7 +290,7 @@ mod tests {
 
     #[test]
     fn gys_single_photon_values_at_50km() {
-        // qkd-models.md §2.1: true Y1 = 4.012e-3 and e1 = 3.32 % at 50 km with GYS.
+        // simulator/docs/models.md §2.1: true Y1 = 4.012e-3 and e1 = 3.32 % at 50 km with GYS.
         let hw = DvHardware::GYS;
         let eta = hw.eta_sys(50.0);
         assert!((yield_1(eta, hw.y0()) - 4.012e-3).abs() < 1e-6);

@@ -2,7 +2,7 @@
 //! detection, collective attacks and a trusted (calibrated) detector, asymptotic.
 //!
 //! Sources: Lodewyck et al., PRA 76, 042305 (2007); Laudenbach et al., Adv. Quantum Technol. 1,
-//! 1800011 (2018). All quantities in shot-noise units (qkd-models.md §2.5):
+//! 1800011 (2018). All quantities in shot-noise units (simulator/docs/models.md §2.5):
 //! χ_line = 1/T − 1 + ξ, χ_hom = (1 − η)/η + v_el/η, χ_tot = χ_line + χ_hom/T,
 //! I_AB = ½ log₂[(V + χ_tot)/(1 + χ_tot)], K = β I_AB − χ_BE.
 
@@ -42,7 +42,7 @@ pub struct CvPoint {
 }
 
 impl Gg02 {
-    /// The test-vector setting of qkd-models.md §2.5: V_A = 4, ξ = 0.01, η = 0.6, v_el = 0.01,
+    /// The test-vector setting of simulator/docs/models.md §2.5: V_A = 4, ξ = 0.01, η = 0.6, v_el = 0.01,
     /// β = 0.95, α = 0.2 dB/km; 100 MBaud.
     pub const REFERENCE: Gg02 = Gg02 {
         v_a: 4.0,
@@ -129,7 +129,7 @@ mod tests {
 
     #[test]
     fn reproduces_test_vector() {
-        // (L, K, I_AB, χ_BE) from qkd-models.md §2.5 [C].
+        // (L, K, I_AB, χ_BE) from simulator/docs/models.md §2.5 [C].
         let rows = [
             (0.0, 0.749, 0.875, 0.082),
             (10.0, 0.253, 0.659, 0.373),

@@ -8,7 +8,7 @@
 //! * Efficient BB84 (Lo, Chau, Ardehali, J. Cryptol. 18, 133 (2005)): basis Z with probability
 //!   p_Z on both sides; sifting p_Z² + p_X² and a key from Z only.
 //!
-//! Model of the channel: qkd-models.md §1 (η_sys, Y₀ = 2p_dc, e₀ = ½, misalignment e_d).
+//! Model of the channel: simulator/docs/models.md §1 (η_sys, Y₀ = 2p_dc, e₀ = ½, misalignment e_d).
 
 use serde::{Deserialize, Serialize};
 
@@ -183,11 +183,23 @@ impl AsymptoticBb84 {
                     r
                 }
             };
-            let (t, _) = brent_max(raw, 1e-3f64.ln(), 1.2f64.ln(), 1e-5);
+            let (t, best) = brent_max(raw, 1e-3f64.ln(), 1.2f64.ln(), 1e-5);
             let mu = t.exp();
             let p = self.at_eta(eta_sys, mu);
             if p.key_per_pulse > 0.0 {
                 return (mu, p);
+            }
+            // Beyond the reach the unclamped rate is negative at every μ of [10⁻³, 1.2] (it is
+            // unimodal and `best` is its maximum): the clamped key is 0 everywhere, and the grid
+            // search below, which compares only key values, ends where it ends for any constant
+            // function. Take that μ without evaluating the physics 64 times. Only a maximum
+            // clearly below 0 (by 1 % of the error-correction term, far beyond Brent's 10⁻⁵ in
+            // ln μ) takes this path; near the reach the grid search still decides.
+            let q_mu = gain(eta_sys, y0, mu);
+            let ec = q * self.f_ec * q_mu * h2(qber(eta_sys, y0, hw.misalignment, mu));
+            if best < -0.01 * ec {
+                let (mu0, _) = log_grid_golden_max(|_| 0.0, 1e-3, 1.2, 24);
+                return (mu0, self.at_eta(eta_sys, mu0));
             }
         }
         let lo = match self.method {
@@ -220,9 +232,47 @@ fn f_h(f_ec: f64, e: f64) -> f64 {
 mod tests {
     use super::*;
 
+    /// Beyond the reach `optimal_mu` skips the grid search when the rate is clearly negative at
+    /// every μ: it must return exactly what the grid search returns (μ and point, bit for bit).
+    #[test]
+    fn the_shortcut_beyond_the_reach_equals_the_grid_search() {
+        let metro_dead = DvHardware {
+            dead_time_s: 1e-8,
+            ..DvHardware::METRO_GHZ
+        };
+        let mut shortcut = 0;
+        for (hw, p_z) in [
+            (DvHardware::GYS, 0.5),
+            (DvHardware::LIM2014, 0.5),
+            (DvHardware::GYS, 0.9),
+            (metro_dead, 0.5),
+        ] {
+            let m = AsymptoticBb84 {
+                hw,
+                f_ec: 1.22,
+                p_z,
+                method: DecoyMethod::Infinite,
+            };
+            for i in 0..2000 {
+                let eta = hw.eta_sys(400.0 * f64::from(i) / 2000.0);
+                let (mu, p) = m.optimal_mu(eta);
+                if p.key_per_pulse > 0.0 {
+                    continue;
+                }
+                let (grid_mu, _) =
+                    log_grid_golden_max(|mu| m.at_eta(eta, mu).key_per_pulse, 1e-3, 1.2, 24);
+                let grid = m.at_eta(eta, grid_mu);
+                assert_eq!(mu.to_bits(), grid_mu.to_bits(), "η = {eta}");
+                assert_eq!(format!("{p:?}"), format!("{grid:?}"), "η = {eta}");
+                shortcut += 1;
+            }
+        }
+        assert!(shortcut > 1000, "{shortcut}");
+    }
+
     #[test]
     fn reproduces_computed_table_of_section_2_1() {
-        // (L, infinite decoy with μ optimised, vacuum+weak μ = 0.48 ν = 0.05) [C] in qkd-models.md.
+        // (L, infinite decoy with μ optimised, vacuum+weak μ = 0.48 ν = 0.05) [C], simulator/docs/models.md §2.1.
         let rows = [
             (0.0, 2.555e-3, 2.414e-3),
             (50.0, 2.226e-4, 2.096e-4),

@@ -1,7 +1,7 @@
 //! Single-photon detector imperfections beyond efficiency and dark counts, applied to a
 //! [`DvHardware`]: dead time and afterpulsing are fields of the hardware already (used by every
 //! DV model: Rusca's dead-time factor c_dt; Lim's afterpulse model R_k = D_k(1 + p_ap) and
-//! e_k += p_ap D_k/2, qkd-models.md §1); this module adds **timing jitter**.
+//! e_k += p_ap D_k/2, simulator/docs/models.md §1); this module adds **timing jitter**.
 //!
 //! Timing jitter (Gaussian, standard deviation σ_j, e.g. the FWHM/2.355 of a datasheet) makes a
 //! detection land outside its acceptance window of width w (the gate, at most the slot 1/f_rep),
@@ -12,6 +12,14 @@
 //! p_spill = ½[erf(3w/(2√2 σ_j)) − erf(w/(2√2 σ_j))] (the adjacent window on one side, the
 //! symbol of either neighbour counted once). See Boaron et al., PRL 121, 190502 (2018) and Rusca
 //! et al. 2018 for jitter-limited GHz systems, where the gate is ~100–300 ps.
+//!
+//! Check values: none from a paper. The detector papers we could read (abstracts only: Rogers
+//! et al., "Detector dead-time effects and paralyzability in high-speed quantum key
+//! distribution", NJP 9, 319 (2007); Papapanos et al., "Afterpulsing effect on the baseline
+//! system error rate and on the decoy-state QKD protocols", arXiv:2010.03358 (2020)) give no
+//! number these models can be held to, and the jitter model is ours. The tests check the
+//! Gaussian arithmetic against tables (erf, the ±2σ fraction) and the direction of every
+//! effect; dead time and afterpulsing are the formulas of Rusca 2018 (App. B) and Lim 2014.
 
 use serde::{Deserialize, Serialize};
 

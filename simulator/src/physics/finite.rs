@@ -8,7 +8,7 @@
 //!   A19, A22, A23, A25; ε_sec = 19ε; the e^k/p_k prefactor of A18 restored as in Lim), with the
 //!   dead-time correction of App. B.
 //!
-//! Detector model of Lim (qkd-models.md §1): R_k = D_k(1 + p_ap),
+//! Detector model of Lim (simulator/docs/models.md §1): R_k = D_k(1 + p_ap),
 //! e_k = p_dc + e_mis(1 − e^(−η k)) + p_ap D_k/2 with η = η_sys (see the ambiguity note there).
 //! Counts are expected values, so the
 //! functions are deterministic; [`Counts`] add up, so a satellite pass with a time-varying

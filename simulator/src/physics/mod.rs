@@ -1,5 +1,5 @@
 //! Link physics as pure functions of their parameters, each documented with its source
-//! (qkd-models.md is the project's transcription of the formulas and check values).
+//! (simulator/docs/models.md collects the formulas, parameter sets and check values).
 //!
 //! Nothing here keeps state, touches time or does I/O: the link models in
 //! [`crate::physical`] and the CLI are built on top.

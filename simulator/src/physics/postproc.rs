@@ -1,7 +1,7 @@
 //! Classical post-processing: sifting, error correction (EC) leakage, error verification, privacy
 //! amplification (PA) and the key spent on authenticating the classical channel.
 //!
-//! Numbers and models from qkd-models.md §5: leakage λ_EC = f·h(E)·n with f = 1.16 (Lim, Rusca)
+//! Numbers and models from simulator/docs/models.md §4: leakage λ_EC = f·h(E)·n with f = 1.16 (Lim, Rusca)
 //! or 1.22 (GYS); LDPC rate selection with shortening after Kiktenko et al., J. Phys. Conf. Ser.
 //! 741, 012081 (2016) (n = 4096, code rates 0.5 … 0.9 step 0.05, f_crit = 1.22); verification by
 //! a hash of ⌈log₂(1/ε_cor)⌉ bits (Lim: log₂(2/ε_cor)); Wegman–Carter authentication with

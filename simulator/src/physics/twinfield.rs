@@ -3,7 +3,7 @@
 //!
 //! Alice and Bob each send a phase-randomised weak coherent state of intensity μ/2 over half the
 //! distance to Charlie, who interferes them; the rate scales as √η and can beat PLOB. This is a
-//! deliberately short model (qkd-models.md §2.6): R = (2/M)·Q_μ[1 − f h(E_Z) − h(E_X)] with
+//! deliberately short model (simulator/docs/models.md §2.6): R = (2/M)·Q_μ[1 − f h(E_Z) − h(E_X)] with
 //!
 //! * Q_μ = 1 − (1 − p_d)² e^(−μ η_arm), η_arm = 10^(−αL/20) η_det;
 //! * bit error E_Z from misalignment, phase slicing into M slices and residual phase-reference

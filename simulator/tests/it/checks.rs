@@ -1,4 +1,4 @@
-//! Published and computed check values of qkd-models.md §2.
+//! Published and computed check values of simulator/docs/models.md §2.
 
 use qkd_simulator::physics::channel::{DvHardware, error_1, yield_1};
 use qkd_simulator::physics::decoy::{AsymptoticBb84, DecoyMethod, vacuum_weak_bounds};

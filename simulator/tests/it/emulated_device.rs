@@ -1,15 +1,22 @@
 //! The ETSI 014 device adapter of `qkd-hardware` against the emulated device pair, over real
 //! TLS on 127.0.0.1: identical blocks at both ends, every vendor quirk, every refused fault,
-//! outages and restarts mid-transfer, and keys fetched by one end but not the other.
+//! outages and restarts mid-transfer, and keys fetched by one end but not the other; each
+//! failure as its typed fault and the link state it maps to; the body cap; TLS 1.2 only by
+//! opt-in; QBER and key rate as the device reports them, or measured.
 
 #![allow(clippy::unwrap_used)] // test helpers, not only #[test] functions
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use qkd_hardware::etsi014::{DeviceConfig, DeviceLimits, Etsi014Source, PemSource};
-use qkd_hardware::{DeviceError, KeySource, LinkRole, LinkState};
-use qkd_simulator::emulator::{DevicePair, Fault, Outage, PairConfig, Quirk, run, server_tls};
+use qkd_hardware::etsi014::{DeviceConfig, DeviceLimits, Etsi014Source, PemSource, StatusMetrics};
+use qkd_hardware::{
+    DeviceError, DeviceFault, KeyCheck, KeySource, LinkRole, LinkState, StatusClass, TlsFailure,
+};
+use qkd_simulator::emulator::{
+    DevicePair, Fault, KEY_RATE_MEMBER, OVERSIZED_ANSWER_BYTES, Outage, PairConfig, QBER_MEMBER,
+    Quirk, TlsVersions, run, server_tls, server_tls_versions,
+};
 use qkd_simulator::model::ConstantRate;
 use qkd_types::{BlockId, KmeId, ManualClock, SaeId};
 use rcgen::{
@@ -166,6 +173,8 @@ impl Bench {
             peer_sae_id: SaeId::parse(&self.saes[1 - i]).unwrap(),
             server_name: None,
             key_bits: None,
+            allow_tls12: false,
+            status_metrics: StatusMetrics::default(),
             limits: DeviceLimits {
                 // Short back-off keeps outage tests quick; no assertion depends on it.
                 min_backoff_ms: 10,
@@ -187,6 +196,14 @@ impl Bench {
         for d in &mut self.devices {
             d.stop().await;
         }
+    }
+}
+
+/// The error is a device fault that marks the link down (not aborted).
+fn is_down(r: Result<impl Sized, DeviceError>) -> bool {
+    match r {
+        Err(DeviceError::Device(f)) => matches!(f.link_state(), LinkState::Down { .. }),
+        _ => false,
     }
 }
 
@@ -260,7 +277,11 @@ async fn master_follows_the_stored_key_count_and_the_configured_size() {
     let before = bench.pair.issued_keys();
     assert!(matches!(
         too_big.next_blocks(1).await,
-        Err(DeviceError::Unavailable(_))
+        Err(DeviceError::Device(DeviceFault::KeySize {
+            configured: 16_384,
+            max: 8192,
+            ..
+        }))
     ));
     assert_eq!(bench.pair.issued_keys(), before);
     bench.stop().await;
@@ -295,16 +316,31 @@ async fn every_vendor_quirk_is_tolerated() {
         cfg.client_cert = PemSource::Pem(chain);
         cfg.client_key = PemSource::Pem(key);
         let stranger = Etsi014Source::new(cfg, LinkRole::Master).unwrap();
-        let err = stranger.next_blocks(1).await.unwrap_err().to_string();
-        assert!(err.contains("401"), "{quirk:?}: {err}");
-        // Outage errors through the quirk's error format.
-        bench.pair.set_outage(0, Outage::ServiceUnavailable);
+        let err = stranger.next_blocks(1).await.unwrap_err();
         assert!(
             matches!(
-                master.next_blocks(1).await,
-                Err(DeviceError::Unavailable(_))
+                &err,
+                DeviceError::Device(DeviceFault::Status {
+                    code: 401,
+                    class: StatusClass::Unauthorized,
+                    ..
+                })
             ),
-            "{quirk:?}"
+            "{quirk:?}: {err}"
+        );
+        // Outage errors through the quirk's error format.
+        bench.pair.set_outage(0, Outage::ServiceUnavailable);
+        let err = master.next_blocks(1).await;
+        assert!(
+            matches!(
+                err,
+                Err(DeviceError::Device(DeviceFault::Status {
+                    code: 503,
+                    class: StatusClass::Unavailable,
+                    ..
+                }))
+            ),
+            "{quirk:?}: {err:?}"
         );
         bench.stop().await;
     }
@@ -314,31 +350,62 @@ async fn every_vendor_quirk_is_tolerated() {
 async fn malformed_and_reissued_keys_are_refused() {
     let bench = Bench::start(["node-a", "node-b"], 1_000_000, &[]).await;
     let (master, slave) = bench.ends();
-    for fault in [Fault::WrongLength, Fault::BadBase64, Fault::DuplicateId] {
+    for (fault, check) in [
+        (
+            Fault::WrongLength,
+            KeyCheck::WrongSize {
+                bits: 248,
+                expected: 256,
+            },
+        ),
+        (Fault::BadBase64, KeyCheck::NotBase64),
+        (Fault::DuplicateId, KeyCheck::RepeatedInAnswer),
+    ] {
         bench.pair.set_fault(Some(fault));
         let err = master.next_blocks(5).await.unwrap_err();
-        assert!(matches!(err, DeviceError::Transport(_)), "{fault:?}: {err}");
+        let DeviceError::Device(DeviceFault::BadKey { check: got, .. }) = &err else {
+            panic!("{fault:?}: {err}");
+        };
+        // Which check failed, and an aborted link until the device answers well again.
+        assert_eq!(got, &check, "{fault:?}");
         assert!(err.to_string().contains("refused"), "{fault:?}: {err}");
+        assert!(
+            matches!(master.status().await.state, LinkState::Aborted { .. }),
+            "{fault:?}"
+        );
     }
     // Re-issued ID: the first answer is fine, the second repeats its first ID.
     bench.pair.set_fault(Some(Fault::ReissueId));
     let first = master.next_blocks(3).await.unwrap();
+    assert_eq!(master.status().await.state, LinkState::Up);
     let err = master.next_blocks(3).await.unwrap_err();
-    assert!(err.to_string().contains("already issued"), "{err}");
+    assert!(
+        matches!(err, DeviceError::Device(DeviceFault::ReissuedId { key, .. }) if key == first[0].id),
+        "{err}"
+    );
+    assert!(matches!(
+        master.status().await.state,
+        LinkState::Aborted { .. }
+    ));
     // The slave refuses a malformed answer too; the keys it would have got are gone for good.
     bench.pair.set_fault(Some(Fault::WrongLength));
     let ids: Vec<_> = first.iter().map(|b| b.id).collect();
     assert!(matches!(
         slave.blocks_by_id(&ids).await,
-        Err(DeviceError::Transport(_))
+        Err(DeviceError::Device(DeviceFault::BadKey {
+            check: KeyCheck::WrongSize { .. },
+            ..
+        }))
     ));
     bench.pair.set_fault(None);
     assert!(matches!(
         slave.blocks_by_id(&ids).await,
         Err(DeviceError::UnknownBlock(_))
     ));
-    // And good key flows again.
+    // And good key flows again, and the link is up again.
     assert_eq!(exchange(&master, &slave, 10).await, 10);
+    assert_eq!(master.status().await.state, LinkState::Up);
+    assert_eq!(slave.status().await.state, LinkState::Up);
     bench.stop().await;
 }
 
@@ -349,10 +416,15 @@ async fn a_device_naming_another_kme_gets_no_key_request() {
     cfg.expected_kme_id = KmeId::parse("KME-elsewhere").unwrap();
     let master = Etsi014Source::new(cfg, LinkRole::Master).unwrap();
     let err = master.next_blocks(5).await.unwrap_err();
+    assert!(
+        matches!(&err, DeviceError::Device(DeviceFault::KmeMismatch { reported, .. }) if reported == "KME-0"),
+        "{err}"
+    );
     assert!(err.to_string().contains("KME-elsewhere"), "{err}");
+    // Possibly another device: aborted for an operator, not merely down.
     assert!(matches!(
         master.status().await.state,
-        LinkState::Down { .. }
+        LinkState::Aborted { .. }
     ));
     assert!(master.check_online().await.is_err());
     assert_eq!(bench.pair.issued_keys(), 0);
@@ -389,21 +461,23 @@ async fn outages_and_restarts_mid_transfer_mark_the_link_down_and_recover() {
             matches!(source.status().await.state, LinkState::Down { .. }),
             "{outage:?}"
         );
-        assert!(
-            matches!(
-                source.next_blocks(1).await,
-                Err(DeviceError::Unavailable(_))
-            ),
-            "{outage:?}"
-        );
-        if outage != Outage::Hang {
-            assert!(
+        let err = source.next_blocks(1).await;
+        match outage {
+            Outage::ServiceUnavailable => assert!(
                 matches!(
-                    slave.blocks_by_id(&ids).await,
-                    Err(DeviceError::Unavailable(_))
+                    err,
+                    Err(DeviceError::Device(DeviceFault::Status { code: 503, .. }))
                 ),
-                "{outage:?}"
-            );
+                "{err:?}"
+            ),
+            Outage::Hang => assert!(
+                matches!(err, Err(DeviceError::Device(DeviceFault::Timeout { .. }))),
+                "{err:?}"
+            ),
+            _ => assert!(is_down(err), "{outage:?}"),
+        }
+        if outage != Outage::Hang {
+            assert!(is_down(slave.blocks_by_id(&ids).await), "{outage:?}");
         }
         bench.pair.set_outage(0, Outage::None);
         bench.pair.set_outage(1, Outage::None);
@@ -429,7 +503,7 @@ async fn outages_and_restarts_mid_transfer_mark_the_link_down_and_recover() {
     ));
     assert!(matches!(
         master.next_blocks(5).await,
-        Err(DeviceError::Unavailable(_))
+        Err(DeviceError::Device(DeviceFault::Unreachable { .. }))
     ));
     let tls = bench.devices[0].tls.clone();
     bench.devices[0] = Device::start_on(bench.devices[0].addr, tls, &bench.pair, 0).await;
@@ -478,45 +552,130 @@ async fn a_key_fetched_by_one_end_only_is_detected_and_never_used() {
 }
 
 #[tokio::test]
-async fn tls_1_2_only_devices_are_served() {
+async fn tls_1_2_only_devices_are_served_only_after_the_per_device_opt_in() {
     let bench = Bench::start(["node-a", "node-b"], 1_000_000, &[]).await;
     let (chain, key) = bench.pki.device();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls_pki_types::pem::PemObject;
-    for c in rustls_pki_types::CertificateDer::pem_slice_iter(bench.pki.ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
+    let tls12 = server_tls_versions(
+        chain.as_bytes(),
+        key.as_bytes(),
+        bench.pki.ca_pem.as_bytes(),
+        TlsVersions::Tls12Only,
     )
-    .build()
     .unwrap();
-    let tls12 = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS12])
-        .unwrap()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            rustls_pki_types::CertificateDer::pem_slice_iter(chain.as_bytes())
-                .map(Result::unwrap)
-                .collect(),
-            rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-        )
-        .unwrap();
-    let mut dev = Device::start_on(
-        "127.0.0.1:0".parse().unwrap(),
-        Arc::new(tls12),
-        &bench.pair,
-        0,
-    )
-    .await;
+    let mut dev = Device::start_on("127.0.0.1:0".parse().unwrap(), tls12, &bench.pair, 0).await;
     let mut cfg = bench.config(0);
     cfg.url = dev.url();
+    // By default the adapter speaks TLS 1.3 only: no handshake, no key request, and the link
+    // is down with a fault that tells the operator what to change.
+    let strict = Etsi014Source::new(cfg.clone(), LinkRole::Master).unwrap();
+    let err = strict.next_blocks(5).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DeviceError::Device(DeviceFault::Tls {
+                failure: TlsFailure::ProtocolVersion,
+                ..
+            })
+        ),
+        "{err}"
+    );
+    assert!(matches!(
+        strict.status().await.state,
+        LinkState::Down { .. }
+    ));
+    assert_eq!(bench.pair.issued_keys(), 0);
+    // With the device's opt-in, TLS 1.2 is spoken and key flows.
+    cfg.allow_tls12 = true;
     let master = Etsi014Source::new(cfg, LinkRole::Master).unwrap();
     let (_, slave) = bench.ends();
     assert_eq!(exchange(&master, &slave, 5).await, 5);
+    // The opt-in still prefers TLS 1.3 where the device has it (device 1 speaks both).
+    let mut cfg = bench.config(1);
+    cfg.allow_tls12 = true;
+    let both = Etsi014Source::new(cfg, LinkRole::Slave).unwrap();
+    assert_eq!(both.status().await.state, LinkState::Up);
     dev.stop().await;
+    bench.stop().await;
+}
+
+#[tokio::test]
+async fn an_answer_larger_than_the_cap_is_refused_unread() {
+    let bench = Bench::start(["node-a", "node-b"], 1_000_000, &[]).await;
+    let (master, slave) = bench.ends();
+    assert!(OVERSIZED_ANSWER_BYTES > DeviceLimits::default().max_body_bytes);
+    bench.pair.set_fault(Some(Fault::Oversized));
+    let err = master.next_blocks(3).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DeviceError::Device(DeviceFault::BodyTooLarge { limit, .. })
+                if limit == DeviceLimits::default().max_body_bytes
+        ),
+        "{err}"
+    );
+    assert!(matches!(
+        master.status().await.state,
+        LinkState::Down { .. }
+    ));
+    // A cap above the padded answer reads it: the answer itself was well-formed, only large.
+    let mut cfg = bench.config(0);
+    cfg.limits.max_body_bytes = OVERSIZED_ANSWER_BYTES + 1;
+    let generous = Etsi014Source::new(cfg, LinkRole::Master).unwrap();
+    let blocks = generous.next_blocks(3).await.unwrap();
+    bench.pair.set_fault(None);
+    let ids: Vec<_> = blocks.iter().map(|b| b.id).collect();
+    assert_eq!(slave.blocks_by_id(&ids).await.unwrap().len(), 3);
+    // The refusing adapter's link stays down until its device answers well again.
+    assert!(matches!(
+        master.status().await.state,
+        LinkState::Down { .. }
+    ));
+    assert_eq!(exchange(&master, &slave, 4).await, 4);
+    assert_eq!(master.status().await.state, LinkState::Up);
+    bench.stop().await;
+}
+
+#[tokio::test]
+async fn qber_and_key_rate_come_from_the_device_or_are_measured() {
+    // 25 600 bit/s at a QBER of 1.5 %, as the constant-rate model reports them.
+    let bench = Bench::start(["node-a", "node-b"], 25_600, &[]).await;
+    // Named members: the device's figures.
+    let mut cfg = bench.config(0);
+    cfg.status_metrics = StatusMetrics {
+        qber: Some(QBER_MEMBER.into()),
+        key_rate_bps: Some(KEY_RATE_MEMBER.into()),
+    };
+    let reported =
+        Etsi014Source::with_clock(cfg, LinkRole::Master, Arc::new(bench.clock.clone())).unwrap();
+    let status = reported.status().await;
+    assert_eq!(status.state, LinkState::Up);
+    assert_eq!(status.qber, Some(0.015));
+    assert_eq!(status.secret_key_rate_bps, Some(25_600.0));
+    let online = reported.check_online().await.unwrap();
+    assert_eq!(online.qber, Some(0.015));
+    assert_eq!(online.reported_key_rate_bps, Some(25_600.0));
+
+    // No members named: the rate is measured from the key fetched, on the injected clock.
+    let measured = Etsi014Source::with_clock(
+        bench.config(0),
+        LinkRole::Master,
+        Arc::new(bench.clock.clone()),
+    )
+    .unwrap();
+    let status = measured.status().await;
+    assert_eq!((status.qber, status.secret_key_rate_bps), (None, None));
+    bench.clock.advance(10_000);
+    // 20 s of key are stored by now (10 s before the sources were made, 10 s since).
+    let blocks = measured.next_blocks(100_000).await.unwrap();
+    assert_eq!(blocks.len(), 2000);
+    let status = measured.status().await;
+    // 512 000 bits over the 10 s since the source was made.
+    assert_eq!(status.secret_key_rate_bps, Some(51_200.0));
+    // A down device reports no QBER and no rate.
+    bench.pair.set_outage(0, Outage::ServiceUnavailable);
+    let status = measured.status().await;
+    assert!(matches!(status.state, LinkState::Down { .. }));
+    assert_eq!(status.secret_key_rate_bps, Some(0.0));
     bench.stop().await;
 }
 
@@ -536,6 +695,10 @@ async fn the_qkd_device_emu_binary_serves_a_pair_from_its_toml_file() {
         devices.push_str(&format!(
             "[[device]]\nlisten = \"127.0.0.1:0\"\ncert = \"d{i}.crt\"\nkey = \"d{i}.key\"\nclient_ca = \"ca.crt\"\n"
         ));
+        // Device 1 is an older device: TLS 1.2 only.
+        if i == 1 {
+            devices.push_str("tls = \"tls12-only\"\n");
+        }
     }
     put(
         "emu.toml",
@@ -585,11 +748,24 @@ bits_per_second = 100000
             peer_sae_id: SaeId::parse(["node-b", "node-a"][i]).unwrap(),
             server_name: None,
             key_bits: None,
+            allow_tls12: i == 1,
+            status_metrics: StatusMetrics::default(),
             limits: DeviceLimits::default(),
         }
     };
     let master = Etsi014Source::new(config(0), LinkRole::Master).unwrap();
     let slave = Etsi014Source::new(config(1), LinkRole::Slave).unwrap();
+    // Device 1 speaks TLS 1.2 only: without the opt-in, no handshake.
+    let mut strict = config(1);
+    strict.allow_tls12 = false;
+    let strict = Etsi014Source::new(strict, LinkRole::Slave).unwrap();
+    assert!(matches!(
+        strict.check_online().await,
+        Err(DeviceError::Device(DeviceFault::Tls {
+            failure: TlsFailure::ProtocolVersion,
+            ..
+        }))
+    ));
     // Key accrues on the wall clock at 100 kbit/s: wait (bounded) until some is stored.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let blocks = loop {

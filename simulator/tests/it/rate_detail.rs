@@ -45,7 +45,7 @@ fn vacuum_weak_estimates_are_the_bounds_of_ma_2005() {
     let (y1, e1) = vacuum_weak_bounds(hw.eta_sys(50.0), hw.y0(), hw.misalignment, 0.48, 0.05);
     assert_eq!(at50.estimates.y1_lower, Some(y1));
     assert_eq!(at50.estimates.e1_upper, Some(e1));
-    // qkd-models.md §2.1 at 50 km: Y₁ᴸ = 3.955e-3, e₁ᵁ = 3.54 %.
+    // simulator/docs/models.md §2.1 at 50 km: Y₁ᴸ = 3.955e-3, e₁ᵁ = 3.54 %.
     assert!((y1 / 3.955e-3 - 1.0).abs() < 2e-3 && (e1 / 0.0354 - 1.0).abs() < 5e-3);
     assert_eq!(at50.params.mu1, Some(0.48));
     assert_eq!(at50.params.mu2, Some(0.05));

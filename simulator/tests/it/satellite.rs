@@ -1,4 +1,4 @@
-//! Satellite pass geometry from the propagator against the closed forms of qkd-models.md §7.1.
+//! Satellite pass geometry from the propagator against the closed forms of simulator/docs/models.md §5.1.
 
 use qkd_simulator::satellite::{
     GroundStation, Orbit, look, orbit_period_s, overhead_pass_duration_s, slant_range_km,
@@ -65,7 +65,7 @@ fn propagated_overhead_pass_matches_closed_form() {
             );
         }
     }
-    // Values quoted in qkd-models.md: 7.4 min above 10°, 6.0 min above 15° at 500 km.
+    // Values of simulator/docs/models.md §5.1: 7.4 min above 10°, 6.0 min above 15° at 500 km.
     assert!((overhead_pass_duration_s(500.0, 10f64.to_radians()) / 60.0 - 7.4).abs() < 0.05);
 }
 

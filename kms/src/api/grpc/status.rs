@@ -174,7 +174,7 @@ mod tests {
                 Code::ResourceExhausted,
             ),
             (
-                ServiceError::PeerUnavailable("tcp reset by 10.0.0.9".into()).into(),
+                ServiceError::PeerUnavailable(crate::api::Unavailable::Unreachable).into(),
                 Code::Unavailable,
             ),
         ];
