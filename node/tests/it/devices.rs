@@ -121,6 +121,11 @@ impl Emu {
             SaeId::parse(saes[1]).unwrap(),
         );
         config.quirks = quirks.iter().copied().collect();
+        if !quirks.is_empty() {
+            // Not the usual 256-bit default, so that `fixed-256` changes what the devices
+            // serve (the nodes take the device's key size: no `key_bits` configured).
+            config.key_size = 512;
+        }
         config.kme_ids = [
             KmeId::parse("DEV-A").unwrap(),
             KmeId::parse("DEV-B").unwrap(),
