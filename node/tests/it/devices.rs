@@ -435,6 +435,8 @@ async fn device_backed_link_delivers_keys_and_rides_out_device_outages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_vendor_quirk_is_tolerated_end_to_end() {
     for quirk in Quirk::ALL {
+        // Shown with a failure's output, which the harness's own waits do not name.
+        eprintln!("quirk {}", quirk.name());
         let net = Net::setup(1_000_000);
         let mut emu = Emu::start_with(&net, NUMERIC_DEVICE_SAES, &[quirk]).await;
         emu.attach(&net);
