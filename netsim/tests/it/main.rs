@@ -2,8 +2,10 @@
 //! (`SIM_SEEDS=` runs more), determinism, replay, and proof that it finds known defects when a
 //! test seam puts them back.
 
+mod scale;
+
 use qkd_kms::events::defects::Defects;
-use qkd_netsim::{Options, Shape, run, run_seeds, seed_count};
+use qkd_netsim::{Faults, Options, Shape, run, run_seeds, seed_count};
 
 /// Steps per run in CI.
 const STEPS: u32 = 200;
@@ -36,6 +38,7 @@ fn runs_are_deterministic() {
         steps: 80,
         shape: Shape::Mesh(5),
         defects: Defects::default(),
+        faults: Faults::default(),
     };
     let a = run(&o).unwrap_or_else(|v| panic!("{v}"));
     let b = run(&o).unwrap_or_else(|v| panic!("{v}"));
@@ -65,6 +68,7 @@ fn replay() {
         steps,
         shape,
         defects: Defects::default(),
+        faults: Faults::default(),
     })
     .unwrap_or_else(|v| panic!("{v}"));
     eprintln!("{o:?}");
@@ -78,6 +82,7 @@ fn finds(defects: Defects, shape: Shape, max: u64) -> String {
             steps: STEPS,
             shape,
             defects,
+            faults: Faults::default(),
         }) {
             return v.what.clone();
         }
