@@ -29,6 +29,10 @@
 //!
 //! A run is a pure function of its [`Options`]: [`run`] twice gives the same trace (checked by
 //! a test), and a failing seed prints the one command that replays it.
+//!
+//! The faults are an option ([`Faults`]; [`Faults::none`] keeps only the network's delays), and
+//! the simulated network counts every peer call by kind ([`Traffic`]): [`scale`] measures how
+//! control traffic, route convergence and relay latency grow with the size of the network.
 
 #![forbid(unsafe_code)]
 
