@@ -6,6 +6,10 @@
 //! loops: `enc_keys` at the master's node, then `dec_keys` of that key ID at the slave's node,
 //! checking that both answers carry the same bytes. Clients alternate between the two allowed
 //! SAE pairs (A1-B1, A2-B2) so both pairs and their connections are exercised.
+//!
+//! With `--api skip` the same loop runs over SKIP instead (docs/skip.md): `GET /key` at the
+//! initiator's node, `GET /key/<keyId>` at the responder's, each on a fresh TLS connection because
+//! the Key Provider closes every connection after one answer, as SKIP clients expect.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -18,9 +22,22 @@ use base64::Engine;
 use crate::measure::{CpuSnapshot, CpuUse, Latency, Samples};
 use crate::network::{Layout, Network};
 
+/// The key-delivery front end a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    /// ETSI GS QKD 014: `enc_keys`, then `dec_keys`, on keep-alive connections.
+    Etsi,
+    /// SKIP: `GET /key`, then `GET /key/<keyId>`, one connection per request.
+    Skip,
+}
+
 /// Arguments of `qkd-bench etsi`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Front end: `etsi` (ETSI 014) or `skip` (SKIP Key Provider).
+    #[arg(long, value_enum, default_value = "etsi")]
+    pub api: Api,
     /// Concurrent clients, each with its own connections.
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
@@ -62,6 +79,7 @@ pub struct Args {
 /// Result of `qkd-bench etsi`.
 #[derive(Debug, serde::Serialize)]
 pub struct Report {
+    pub api: Api,
     pub clients: usize,
     pub key_bits: u32,
     pub both_directions: bool,
@@ -104,7 +122,11 @@ impl Report {
     /// Prints the table.
     pub fn print(&self) {
         println!(
-            "etsi: {} clients, {}-bit keys, {} window {:.1} s, simulated link {} Mbit/s",
+            "{}: {} clients, {}-bit keys, {} window {:.1} s, simulated link {} Mbit/s",
+            match self.api {
+                Api::Etsi => "etsi",
+                Api::Skip => "skip (enc_keys = GET /key, dec_keys = GET /key/<keyId>)",
+            },
             self.clients,
             self.key_bits,
             if self.both_directions {
@@ -193,7 +215,10 @@ pub async fn run(args: &Args) -> Result<Report> {
             }))
         })
         .collect::<Result<_>>()?;
-    let bases = [net.base("A")?, net.base("B")?];
+    let bases = match args.api {
+        Api::Etsi => [net.base("A")?, net.base("B")?],
+        Api::Skip => [net.skip_base("A")?, net.skip_base("B")?],
+    };
     // Every pool (both directions) full and the refills finished before the clock starts.
     let mut pools = Vec::new();
     for p in &pairs {
@@ -214,6 +239,7 @@ pub async fn run(args: &Args) -> Result<Report> {
             to_b: net.sae_client(&pair.b)?,
             bases: bases.clone(),
             pair,
+            api: args.api,
             size: args.size,
             both: args.both_directions,
             // Clients start out of phase so directions mix from the first round.
@@ -265,6 +291,7 @@ pub async fn run(args: &Args) -> Result<Report> {
     let window = args.duration.as_secs_f64();
     let pair = pair.summary();
     Ok(Report {
+        api: args.api,
         clients: args.clients,
         key_bits: args.size,
         both_directions: args.both_directions,
@@ -327,9 +354,10 @@ struct PairIdentity {
 struct Client {
     to_a: reqwest::Client,
     to_b: reqwest::Client,
-    /// ETSI 014 base URLs of A and B, ending in `/api/v1/keys/`.
+    /// Base URLs of A and B: ETSI 014's end in `/api/v1/keys/`; SKIP's are the listener's root.
     bases: [String; 2],
     pair: Arc<PairIdentity>,
+    api: Api,
     size: u32,
     both: bool,
     round: u64,
@@ -376,27 +404,27 @@ impl Client {
             }
             let forward = !self.both || self.round.is_multiple_of(2);
             self.round += 1;
-            let (enc_c, enc_base, slave, dec_c, dec_base, master) = if forward {
-                (
-                    &self.to_a,
-                    &self.bases[0],
-                    &self.pair.b,
-                    &self.to_b,
-                    &self.bases[1],
-                    &self.pair.a,
-                )
-            } else {
-                (
-                    &self.to_b,
-                    &self.bases[1],
-                    &self.pair.a,
-                    &self.to_a,
-                    &self.bases[0],
-                    &self.pair.b,
-                )
+            // (client, base URL, the other side's SAE, the other side's Key Provider) of the
+            // master's side, then of the slave's side.
+            let a = (&self.to_a, &self.bases[0], &self.pair.a, "KP_A");
+            let b = (&self.to_b, &self.bases[1], &self.pair.b, "KP_B");
+            let (enc_side, dec_side) = if forward { (a, b) } else { (b, a) };
+            let (enc_c, enc_base, master, master_kp) = enc_side;
+            let (dec_c, dec_base, slave, slave_kp) = dec_side;
+            let enc = match self.api {
+                Api::Etsi => {
+                    let url = format!("{enc_base}{slave}/enc_keys?number=1&size={}", self.size);
+                    fetch(enc_c, &url).await
+                }
+                Api::Skip => {
+                    let url = format!(
+                        "{enc_base}/key?remoteSystemID={slave_kp}&size={}",
+                        self.size
+                    );
+                    fetch_skip(enc_c, &url).await
+                }
             };
-            let url = format!("{enc_base}{slave}/enc_keys?number=1&size={}", self.size);
-            let (id, key) = match fetch(enc_c, &url).await {
+            let (id, key) = match enc {
                 Ok(mut keys) if keys.len() == 1 => keys.remove(0),
                 Ok(keys) => {
                     out.errors
@@ -411,8 +439,15 @@ impl Client {
                 }
             };
             let t1 = Instant::now();
-            let url = format!("{dec_base}{master}/dec_keys?key_ID={id}");
-            let got = fetch(dec_c, &url).await;
+            let got = match self.api {
+                Api::Etsi => {
+                    fetch(dec_c, &format!("{dec_base}{master}/dec_keys?key_ID={id}")).await
+                }
+                Api::Skip => {
+                    let url = format!("{dec_base}/key/{id}?remoteSystemID={master_kp}");
+                    fetch_skip(dec_c, &url).await
+                }
+            };
             let t2 = Instant::now();
             match got {
                 Ok(keys) => {
@@ -523,7 +558,38 @@ pub(crate) async fn fetch_post(
     send(c.post(url).json(body), url).await
 }
 
+/// GETs a SKIP key (`/key` or `/key/<keyId>`) and returns it as the one (keyId, bytes).
+async fn fetch_skip(c: &reqwest::Client, url: &str) -> Result<Vec<(String, Vec<u8>)>, Failure> {
+    #[derive(serde::Deserialize)]
+    struct SkipKey {
+        #[serde(rename = "keyId")]
+        key_id: String,
+        key: String,
+    }
+    let body = answer(c.get(url), url).await?;
+    let k: SkipKey = serde_json::from_slice(&body)
+        .map_err(|e| Failure::Status(format!("{url}: bad SKIP key: {e}")))?;
+    let bytes = hex::decode(&k.key).map_err(|e| Failure::Status(format!("{url}: bad hex: {e}")))?;
+    Ok(vec![(k.key_id, bytes)])
+}
+
 async fn send(rb: reqwest::RequestBuilder, url: &str) -> Result<Vec<(String, Vec<u8>)>, Failure> {
+    let body = answer(rb, url).await?;
+    let kc: KeyContainer = serde_json::from_slice(&body)
+        .map_err(|e| Failure::Status(format!("{url}: bad key container: {e}")))?;
+    kc.keys
+        .into_iter()
+        .map(|k| {
+            base64::engine::general_purpose::STANDARD
+                .decode(&k.key)
+                .map(|b| (k.key_id, b))
+                .map_err(|e| Failure::Status(format!("{url}: bad base64: {e}")))
+        })
+        .collect()
+}
+
+/// Sends a request and returns the body of a 200; any other answer is a [`Failure`].
+async fn answer(rb: reqwest::RequestBuilder, url: &str) -> Result<bytes::Bytes, Failure> {
     let r = rb
         .send()
         .await
@@ -541,17 +607,7 @@ async fn send(rb: reqwest::RequestBuilder, url: &str) -> Result<Vec<(String, Vec
             Failure::Status(msg)
         });
     }
-    let kc: KeyContainer = serde_json::from_slice(&body)
-        .map_err(|e| Failure::Status(format!("{url}: bad key container: {e}")))?;
-    kc.keys
-        .into_iter()
-        .map(|k| {
-            base64::engine::general_purpose::STANDARD
-                .decode(&k.key)
-                .map(|b| (k.key_id, b))
-                .map_err(|e| Failure::Status(format!("{url}: bad base64: {e}")))
-        })
-        .collect()
+    Ok(body)
 }
 
 #[cfg(test)]

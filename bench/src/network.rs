@@ -155,6 +155,11 @@ impl Network {
         ))
     }
 
+    /// The node's SKIP Key Provider base URL (`https://<addr>`, no trailing slash).
+    pub fn skip_base(&self, node: &str) -> Result<String> {
+        Ok(format!("https://{}", self.listen(node, "skip")?))
+    }
+
     /// The CA certificate that verifies every node.
     pub fn ca(&self) -> Result<Vec<u8>> {
         Ok(std::fs::read(self.path().join("pki").join("ca.crt"))?)
@@ -288,7 +293,7 @@ impl Network {
         self.path().join(node).join("data").join("listen.json")
     }
 
-    /// An address (`etsi`, `peer` or `admin`) from the node's `listen.json`.
+    /// An address (`etsi`, `peer`, `admin` or `skip`) from the node's `listen.json`.
     fn listen(&self, node: &str, which: &str) -> Result<String> {
         let file = self.listen_file(node);
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&file)?)?;

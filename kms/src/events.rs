@@ -37,6 +37,14 @@ pub enum Event<'a> {
         /// The keys, with the policy and suite each was made under (`None`: not recorded).
         keys: &'a [(KeyId, Option<MadeUnder>)],
     },
+    /// A delivery notice moved the expiry of waiting keys at this (a slave's) node: they are
+    /// served until `expires_at` and never after.
+    ExpiryMoved {
+        /// The keys.
+        keys: &'a [KeyId],
+        /// Their new expiry (Unix milliseconds).
+        expires_at: qkd_types::UnixMillis,
+    },
 }
 
 /// A subscriber to a node's events. Called synchronously where the event happens: keep it cheap

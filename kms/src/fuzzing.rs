@@ -75,43 +75,14 @@ pub fn run_corpus(fuzz_dir: &Path, target: &str, body: fn(&[u8])) {
 /// Missing lines take the defaults `-`, `GET /`, `-`, `complete`. Returns the answer's status,
 /// or `None` for input no HTTP shell would hand over (an invalid method, caller or target).
 pub fn etsi_request(data: &[u8]) -> Option<u16> {
-    let mut rest = data;
-    let caller_line = line(&mut rest).unwrap_or(b"-");
-    let request_line = line(&mut rest).unwrap_or(b"GET /");
-    let ctype_line = line(&mut rest).unwrap_or(b"-");
-    let body_line = line(&mut rest).unwrap_or(b"complete");
-
-    let caller = match caller_line {
-        b"-" => None,
-        c => match std::str::from_utf8(c).ok().map(SaeId::parse) {
-            Some(Ok(c)) => Some(c),
-            // A certificate never yields an invalid SAE ID: such input says nothing new.
-            _ => return None,
-        },
-    };
-    let (method, target) = match request_line.iter().position(|&b| b == b' ') {
-        Some(i) => (&request_line[..i], &request_line[i + 1..]),
-        None => (request_line, &b"/"[..]),
-    };
-    // The HTTP shell (hyper) hands over only valid methods and UTF-8 targets.
-    let method = Method::from_bytes(method).ok()?;
-    let target = std::str::from_utf8(target).ok()?;
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (target, None),
-    };
-    let content_type = (ctype_line != b"-").then_some(ctype_line);
-    let body = if body_line == b"too-large" {
-        Body::TooLarge
-    } else {
-        Body::Complete(rest)
-    };
+    let f = Framed::parse(data)?;
+    let caller = f.caller;
     let req = RawRequest {
-        method: &method,
-        path,
-        query,
-        content_type,
-        body,
+        method: &f.method,
+        path: f.path,
+        query: f.query,
+        content_type: f.content_type,
+        body: f.body,
     };
     let service = FuzzKeyService::default();
     let reply = futures::executor::block_on(handle(&req, caller.as_ref(), &service));
@@ -150,6 +121,143 @@ pub fn etsi_request(data: &[u8]) -> Option<u16> {
     } else {
         assert!(body.get("message").is_some_and(|m| m.is_string()));
         assert_eq!(service.delivered(), 0, "nothing is delivered on an error");
+    }
+    Some(code)
+}
+
+/// The readable framing of the request targets (see [`etsi_request`]).
+struct Framed<'a> {
+    caller: Option<SaeId>,
+    method: Method,
+    path: &'a str,
+    query: Option<&'a str>,
+    content_type: Option<&'a [u8]>,
+    body: Body<'a>,
+}
+
+impl<'a> Framed<'a> {
+    /// `None` for input no HTTP shell would hand over (an invalid method, caller or target).
+    fn parse(data: &'a [u8]) -> Option<Self> {
+        let mut rest = data;
+        let caller_line = line(&mut rest).unwrap_or(b"-");
+        let request_line = line(&mut rest).unwrap_or(b"GET /");
+        let ctype_line = line(&mut rest).unwrap_or(b"-");
+        let body_line = line(&mut rest).unwrap_or(b"complete");
+
+        let caller = match caller_line {
+            b"-" => None,
+            c => match std::str::from_utf8(c).ok().map(SaeId::parse) {
+                Some(Ok(c)) => Some(c),
+                // A certificate never yields an invalid SAE ID: such input says nothing new.
+                _ => return None,
+            },
+        };
+        let (method, target) = match request_line.iter().position(|&b| b == b' ') {
+            Some(i) => (&request_line[..i], &request_line[i + 1..]),
+            None => (request_line, &b"/"[..]),
+        };
+        // The HTTP shell (hyper) hands over only valid methods and UTF-8 targets.
+        let method = Method::from_bytes(method).ok()?;
+        let target = std::str::from_utf8(target).ok()?;
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        Some(Self {
+            caller,
+            method,
+            path,
+            query,
+            content_type: (ctype_line != b"-").then_some(ctype_line),
+            body: if body_line == b"too-large" {
+                Body::TooLarge
+            } else {
+                Body::Complete(rest)
+            },
+        })
+    }
+}
+
+// ---- skip_request ----
+
+/// Target `skip_request`: one request through the sans-IO SKIP layer
+/// ([`crate::api::skip::handle`]) against [`FuzzKeyService`] and a Key Provider `KP_1` with the
+/// routes A →KP_2→ B, A →KP_R→ R, B →KP_2→ A, M →KP_2→ A and X →KP_2→ B (X may pair with
+/// nobody). Every answer must carry a status the policy allows (docs/skip.md §4), a JSON body,
+/// `Allow` only on 405; a caller without a route gets 403 and nothing else; nothing is delivered
+/// on an error, and a key answer holds exactly one delivered key.
+///
+/// The input uses the framing of [`etsi_request`]; the Content-Type line is ignored and a
+/// request has a body if anything follows the fourth line (or it says `too-large`). Returns the
+/// answer's status, or `None` for input no HTTP shell would hand over.
+pub fn skip_request(data: &[u8]) -> Option<u16> {
+    use crate::api::skip::{self, KeyProvider, OsEntropy, Route, SystemId};
+    let f = Framed::parse(data)?;
+    let req = skip::RawRequest {
+        method: &f.method,
+        path: f.path,
+        query: f.query,
+        has_body: !matches!(f.body, Body::Complete(&[])),
+    };
+    let sae = |s: &str| SaeId::parse(s).expect("valid SAE ID");
+    let system = |s: &str| SystemId::parse(s).expect("valid system ID");
+    let routes = [
+        ("A", "KP_2", "B"),
+        ("A", "KP_R", "R"),
+        ("B", "KP_2", "A"),
+        ("M", "KP_2", "A"),
+        ("X", "KP_2", "B"),
+    ]
+    .map(|(e, r, p)| Route {
+        encryptor: sae(e),
+        remote: system(r),
+        peer: sae(p),
+    });
+    let provider = KeyProvider::new(
+        system("KP_1"),
+        None,
+        routes,
+        Some(std::sync::Arc::new(OsEntropy)),
+    )
+    .expect("valid provider");
+    let service = FuzzKeyService::default();
+    let reply =
+        futures::executor::block_on(skip::handle(&req, f.caller.as_ref(), &provider, &service));
+
+    let code = reply.status.as_u16();
+    assert!(
+        [200, 400, 403, 404, 405, 500, 503].contains(&code),
+        "status {code} is not one the policy allows"
+    );
+    assert_eq!(reply.allow.is_some(), code == 405, "Allow only on 405");
+    if f.caller.as_ref().is_none_or(|c| !provider.serves(c)) {
+        assert_eq!(code, 403, "a caller without a route learns nothing");
+    }
+    let body: serde_json::Value =
+        serde_json::from_slice(reply.body.as_deref().expect("every answer has a body"))
+            .expect("every body is JSON");
+    if code == 200 && body.get("keyId").is_some() {
+        assert_eq!(
+            service.delivered(),
+            1,
+            "a key answer holds one delivered key"
+        );
+        let id = body["keyId"].as_str().expect("keyId is text");
+        assert!(
+            id.len() == 32
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+    } else {
+        assert_eq!(
+            service.delivered(),
+            0,
+            "nothing is delivered without a key answer"
+        );
+        if code != 200 {
+            assert!(body.get("message").is_some_and(|m| m.is_string()));
+        }
     }
     Some(code)
 }
@@ -564,7 +672,6 @@ impl<'a> Arbitrary<'a> for Records {
                 .collect::<arbitrary::Result<_>>()?,
             size_bits: u.arbitrary()?,
             expires_at: u.arbitrary()?,
-            released: u.arbitrary()?,
             made_under: made_under(u)?,
             pool: u.arbitrary()?,
         };
@@ -876,7 +983,6 @@ mod tests {
             slaves: vec![(sae("ENC-C1"), false), (sae("ENC-C2"), true)],
             size_bits: 256,
             expires_at: 1_796_413_742_723,
-            released: true,
             made_under: Some(MadeUnder {
                 policy: "QKD+PQ+T".into(),
                 suite: "X25519/ML-KEM-768".into(),
@@ -887,7 +993,6 @@ mod tests {
         let plain = StoredKey {
             made_under: None,
             pool: false,
-            released: false,
             ..key.clone()
         };
         put(t, "key-no-origin", 0, &store::encode_key(&plain, &sealed));

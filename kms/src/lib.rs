@@ -1,5 +1,6 @@
 //! Key management: the durable key store, the node-to-node agreement on which link key backs
-//! which delivered key, and the ETSI GS QKD 014 server for SAEs.
+//! which delivered key, and the key-delivery front ends: the ETSI GS QKD 014 server for SAEs and
+//! the SKIP Key Provider for routers.
 //!
 //! The logic is sans-IO where it decides anything (allocation of link key, key life cycle); the
 //! servers and the store writer are thin shells around it. This crate never reads configuration

@@ -927,7 +927,9 @@ impl KeyManager {
                     None => fresh.push((seq, *id)),
                 }
             }
-            if let Some((seq, _)) = fresh.first().filter(|(seq, _)| *seq != p.next_seq()) {
+            // An offer that starts past this end's next block: the allocator discarded the
+            // blocks between (this end's device could not deliver them); they are skipped below.
+            if let Some((seq, _)) = fresh.first().filter(|(seq, _)| *seq < p.next_seq()) {
                 return Err(Refusal::OfferOutOfSequence {
                     first: *seq,
                     expected: p.next_seq(),
@@ -946,6 +948,9 @@ impl KeyManager {
             let mut metas = Vec::with_capacity(blocks.len());
             {
                 let mut p = link.pool();
+                if let Some((first, _)) = fresh.first() {
+                    p.skip_to(*first).map_err(Refusal::Pool)?;
+                }
                 for ((seq, id), b) in fresh.iter().zip(&blocks) {
                     let len = u32::try_from(b.key.len())
                         .map_err(|_| DeviceFault::BlockTooLarge(b.key.len()))?;
@@ -1263,8 +1268,7 @@ impl KeyService for KeyManager {
                         }
                         match tx.key_meta(*id)? {
                             Some(m)
-                                if m.released
-                                    && m.master == req.master
+                                if m.master == req.master
                                     && m.expires_at > now
                                     && me.stored_key_fits(&m)
                                     && !m

@@ -52,6 +52,14 @@ pub fn status_of(e: &PeerError) -> Status {
         PeerError::Voided => Status::failed_precondition(e.to_string()),
         PeerError::Exhausted => Status::resource_exhausted(e.to_string()),
         // A device that cannot deliver the offered blocks: the allocator discards them.
+        // A device that is down for now: the allocator keeps the blocks and offers them again.
+        PeerError::Device(crate::manager::DeviceFault::Device(d))
+            if matches!(d.link_state(), Some(qkd_hardware::LinkState::Down { .. })) =>
+        {
+            Status::unavailable(e.to_string())
+        }
+        // A device that cannot deliver the offered blocks (or delivered unusable ones): the
+        // allocator discards them, and this end skips their sequence numbers.
         PeerError::Device(_) => Status::failed_precondition(e.to_string()),
         // A later hop failed: this relay is fine, the path is not.
         PeerError::Onward(_) => Status::aborted(e.to_string()),

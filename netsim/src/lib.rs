@@ -170,6 +170,8 @@ pub struct Outcome {
     pub master_keys: u64,
     /// Keys delivered to slaves.
     pub slave_keys: u64,
+    /// Keys delivered to masters for two slaves at once (multicast).
+    pub multicast_keys: u64,
     /// Requests refused or failed (no key, node down, mixed profiles...).
     pub refused: u64,
     /// Node crashes.
@@ -182,6 +184,8 @@ pub struct Outcome {
     pub partitions: u32,
     /// Runs of link key taken.
     pub link_runs: u64,
+    /// Waiting keys whose expiry a delivery notice set.
+    pub notified_keys: u64,
     /// Simulated time, in milliseconds.
     pub sim_ms: u64,
     /// Hash of the trace (the same for two runs of the same options).
@@ -204,12 +208,41 @@ pub struct Violation {
 impl Violation {
     /// The command that replays this run exactly.
     pub fn replay_command(&self) -> String {
+        let d = self.options.defects;
+        let defects: Vec<&str> = [
+            (d.mixed_profiles, "mixed_profiles"),
+            (d.stale_keys, "stale_keys"),
+            (d.reissued_ids, "reissued_ids"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        let defects = if defects.is_empty() {
+            String::new()
+        } else {
+            format!("SIM_DEFECTS={} ", defects.join(","))
+        };
         format!(
-            "SIM_SEED={} SIM_STEPS={} SIM_SHAPE={} cargo test -p qkd-netsim --test it -- replay --exact --nocapture",
+            "{defects}SIM_SEED={} SIM_STEPS={} SIM_SHAPE={} cargo test -p qkd-netsim --test it -- \
+             replay --exact --nocapture",
             self.options.seed,
             self.options.steps,
             self.options.shape.name()
         )
+    }
+
+    /// Parses the `SIM_DEFECTS` spelling of [`Violation::replay_command`].
+    pub fn parse_defects(s: &str) -> Option<Defects> {
+        let mut d = Defects::default();
+        for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name {
+                "mixed_profiles" => d.mixed_profiles = true,
+                "stale_keys" => d.stale_keys = true,
+                "reissued_ids" => d.reissued_ids = true,
+                _ => return None,
+            }
+        }
+        Some(d)
     }
 }
 
@@ -315,8 +348,10 @@ fn names(mode: KeyMode) -> MadeUnder {
 }
 
 /// The pairs: `S0 -> S(last)` relayed end to end, `S1 -> S2` between neighbours, `T0 -> T(last)`
-/// `qkd-only` (until version 2), and `S0 -> T(last)`, `qkd-only` too, which makes a request of
-/// S0 for S(last) with T(last) as additional slave mix two policies.
+/// `qkd-only` (until version 2), `S0 -> T(last)`, `qkd-only` too, which makes a request of S0
+/// for S(last) with T(last) as additional slave mix two policies, and `S0 -> U(N/2)`, hybrid,
+/// which makes a request of S0 for S(last) with U(N/2) as additional slave a multicast to slaves
+/// at two nodes.
 fn pairs(n: usize) -> Vec<Pair> {
     let last = n - 1;
     let p = |m: &str, mn: usize, s: &str, sn: usize, q: bool| Pair {
@@ -331,6 +366,7 @@ fn pairs(n: usize) -> Vec<Pair> {
         p("S1", 1, &format!("S{}", 2.min(last)), 2.min(last), false),
         p("T0", 0, &format!("T{last}"), last, true),
         p("S0", 0, &format!("T{last}"), last, true),
+        p("S0", 0, &format!("U{}", n / 2), n / 2, false),
     ]
 }
 
@@ -683,6 +719,8 @@ struct Checker {
     violations: Vec<String>,
     /// Runs of link key taken at each node, by (node, link, device block ID).
     taken: BTreeMap<(usize, LinkId, BlockId), Vec<(u32, u32)>>,
+    /// Expiry of waiting keys at slaves' nodes, as delivery notices set it, by (node, key).
+    expiry: BTreeMap<(usize, KeyId), UnixMillis>,
     link_runs: u64,
 }
 
@@ -718,6 +756,12 @@ impl Observer for NodeObserver {
             Event::LinkKeyTaken { link, runs } => {
                 for (block, offset, len) in runs.iter() {
                     c.take(self.node, link, *block, *offset, *len);
+                }
+            }
+            Event::ExpiryMoved { keys, expires_at } => {
+                for id in keys.iter() {
+                    let e = c.expiry.entry((self.node, *id)).or_insert(*expires_at);
+                    *e = (*e).min(*expires_at);
                 }
             }
             Event::Delivered {
@@ -954,7 +998,9 @@ impl Sim {
                 key_size: key_bits,
                 ..KeyLimits::default()
             },
-            key_ttl_ms: 600_000,
+            // Short enough that keys expire during a run: a delivery notice must make the slave's
+            // copy expire a key TTL after the master got it.
+            key_ttl_ms: 20_000,
             peer_timeout: Duration::from_millis(500),
             tombstone_retention_ms: 86_400_000,
             relay: RelayConfig {
@@ -1138,17 +1184,27 @@ impl Sim {
         }
     }
 
-    async fn enc(&mut self, step: u32, pair: usize, number: u32, size: Option<u32>, extra: bool) {
+    /// `extra`: the pair whose slave is named as additional slave (pair 3: the two pairs differ
+    /// in policy until configuration version 2; pair 4: a multicast to slaves at two nodes).
+    async fn enc(
+        &mut self,
+        step: u32,
+        pair: usize,
+        number: u32,
+        size: Option<u32>,
+        extra: Option<usize>,
+    ) {
         let p = self.pairs[pair].clone();
         let mut slaves = vec![p.slave.clone()];
-        let additional = if extra {
-            // A request for S(last) that also names T(last): the two pairs differ in policy
-            // until configuration version 2.
-            let t = self.pairs[3].slave.clone();
-            slaves.push(t.clone());
-            vec![t]
-        } else {
-            Vec::new()
+        let mut slave_nodes = vec![p.slave_node];
+        let additional = match extra {
+            Some(e) => {
+                let t = self.pairs[e].slave.clone();
+                slaves.push(t.clone());
+                slave_nodes.push(self.pairs[e].slave_node);
+                vec![t]
+            }
+            None => Vec::new(),
         };
         let version = self.nodes[p.master_node].version;
         let default_bits = if version >= 1 {
@@ -1196,6 +1252,9 @@ impl Sim {
         );
         for k in keys {
             self.outcome.master_keys += 1;
+            if slaves.len() > 1 {
+                self.outcome.multicast_keys += 1;
+            }
             let bytes = k.key.expose().len() as u32 * 8;
             if bytes != size_bits {
                 self.fail(format!(
@@ -1208,7 +1267,7 @@ impl Sim {
                 self.fail(format!("key {} delivered twice to a master", k.id));
                 continue;
             }
-            for &node in [p.slave_node].iter() {
+            for &node in &slave_nodes {
                 match self.net.manager(node) {
                     Some(m) => self.check_held(&m, node, k.id),
                     None => self.deferred.entry(node).or_default().push(k.id),
@@ -1246,10 +1305,13 @@ impl Sim {
         let (seq, id, slave) = candidates[self.rng.random_range(0..candidates.len())].clone();
         let k = &self.master_keys[&id];
         let pair = &self.pairs[k.pair];
-        let node = if slave == pair.slave {
-            pair.slave_node
-        } else {
-            self.pairs[3].slave_node
+        let Some(node) = self
+            .pairs
+            .iter()
+            .find(|q| q.master == pair.master && q.slave == slave)
+            .map(|q| q.slave_node)
+        else {
+            return;
         };
         let req = DecKeysRequest {
             slave: slave.clone(),
@@ -1271,9 +1333,25 @@ impl Sim {
                         continue;
                     };
                     let twice = !k.fetched.insert(slave.clone());
+                    let now = self.clock.now();
+                    let expired = self
+                        .checker
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .expiry
+                        .get(&(node, got.id))
+                        .copied()
+                        .filter(|e| now >= *e);
                     let differs = k.key != got.key;
                     if twice {
                         self.fail(format!("key {} delivered twice to slave {slave}", got.id));
+                    }
+                    if let Some(e) = expired {
+                        self.fail(format!(
+                            "key {} served to slave {slave} at {now}, after the expiry {e} its \
+                             master's node set (a key TTL after its master got it)",
+                            got.id
+                        ));
                     }
                     if differs {
                         self.fail(format!(
@@ -1356,11 +1434,11 @@ impl Sim {
                 m.halt();
             }
         }
-        self.outcome.link_runs = self
-            .checker
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .link_runs;
+        {
+            let c = self.checker.lock().unwrap_or_else(|p| p.into_inner());
+            self.outcome.link_runs = c.link_runs;
+            self.outcome.notified_keys = c.expiry.len() as u64;
+        }
         self.outcome.sim_ms = self.clock.now() - self.clock.base;
         self.outcome.trace_hash = {
             use std::hash::{Hash, Hasher};
@@ -1377,14 +1455,15 @@ impl Sim {
             0..=29 => {
                 let pair = self.rng.random_range(0..3);
                 let number = self.rng.random_range(1..=3);
-                self.enc(step, pair, number, None, false).await;
+                self.enc(step, pair, number, None, None).await;
             }
             30..=37 => {
                 let pair = self.rng.random_range(0..3);
                 let size = [512, 1024][self.rng.random_range(0..2)];
-                self.enc(step, pair, 1, Some(size), false).await;
+                self.enc(step, pair, 1, Some(size), None).await;
             }
-            38..=41 => self.enc(step, 0, 1, None, true).await,
+            38..=39 => self.enc(step, 0, 1, None, Some(3)).await,
+            40..=41 => self.enc(step, 0, 1, None, Some(4)).await,
             42..=69 => self.dec(step, false).await,
             70..=73 => self.dec(step, true).await,
             74..=96 if !self.opts.faults.disruptions => {
@@ -1511,6 +1590,8 @@ pub fn run_seeds(
         s.steps += u64::from(o.steps);
         s.master_keys += o.master_keys;
         s.slave_keys += o.slave_keys;
+        s.multicast_keys += o.multicast_keys;
+        s.notified_keys += o.notified_keys;
         s.crashes += u64::from(o.crashes);
         s.sim_ms += o.sim_ms;
     }
@@ -1528,6 +1609,10 @@ pub struct Summary {
     pub master_keys: u64,
     /// Keys delivered to slaves.
     pub slave_keys: u64,
+    /// Keys delivered for two slaves at once.
+    pub multicast_keys: u64,
+    /// Waiting keys whose expiry a delivery notice set.
+    pub notified_keys: u64,
     /// Crashes.
     pub crashes: u64,
     /// Simulated milliseconds.
@@ -1539,11 +1624,14 @@ impl std::fmt::Display for Summary {
         let mut s = String::new();
         let _ = write!(
             s,
-            "{} runs, {} steps, {} keys to masters, {} to slaves, {} crashes, {:.0} s simulated",
+            "{} runs, {} steps, {} keys to masters ({} for two slaves), {} to slaves, {} expiries \
+             set by delivery notices, {} crashes, {:.0} s simulated",
             self.runs,
             self.steps,
             self.master_keys,
+            self.multicast_keys,
             self.slave_keys,
+            self.notified_keys,
             self.crashes,
             self.sim_ms as f64 / 1000.0
         );

@@ -1,5 +1,7 @@
 //! Checks of a configuration beyond its TOML: every file it names is read and cross-checked
-//! ([`offline`]), and, on request, whether the neighbours' peer ports answer ([`online`]).
+//! ([`offline`]), and, on request, whether the neighbours' peer ports answer ([`online`]) and
+//! whether the QKD devices of ETSI 014 links answer and name the expected KME
+//! ([`online_devices`]).
 //!
 //! `qkd-node run` passes [`offline`] before it touches the data directory, so a bad file never
 //! costs a store epoch; `qkd-node check` runs the same function. Reachability is never a
@@ -16,13 +18,16 @@ use qkd_kms::hybrid::{NodeSigningKey, PeerKey};
 use qkd_kms::tls::{self, TlsFiles};
 use qkd_types::Secret;
 
+use qkd_hardware::etsi014::{ConfigError as DeviceConfigError, Etsi014Source};
+
 use crate::config::{ConfigError, NodeConfig, SourceSection};
 use crate::daemon::{ListenRecord, seed_path};
 
 /// Loads and cross-checks every file the configuration names: the TLS certificate (and that it
 /// names this node), its key (and that the two belong together), the CA, this node's signing key
 /// if it exists yet (it is generated at first start otherwise), every pinned signing key of
-/// `[[node_info]]`, and the seed of every simulated link.
+/// `[[node_info]]`, the seed of every simulated link, and the CA, client certificate and key of
+/// every ETSI 014 device link (the key must match the certificate).
 pub fn offline(cfg: &NodeConfig) -> Result<(), ConfigError> {
     let err = |key: &str, file: &Path, what: String| {
         let name = file.display().to_string();
@@ -103,9 +108,76 @@ pub fn offline(cfg: &NodeConfig) -> Result<(), ConfigError> {
                 let p = seed_path(&cfg.node.data_dir, &link.id);
                 read_seed(&p).map_err(|e| err(&format!("link[{i}].source"), &p, e))?;
             }
+            // The adapter's own offline check: PEM files read, the key matches the
+            // certificate, the CA parses, the values make sense.
+            SourceSection::Etsi014(dev) => {
+                dev.load_tls().map_err(|e| ConfigError {
+                    file: cfg.path.clone(),
+                    key: format!("link[{i}].source.{}", device_member(&e)),
+                    what: e.to_string(),
+                })?;
+            }
         }
     }
     Ok(())
+}
+
+/// The member of a `[link.source]` device section that an adapter configuration error is about.
+fn device_member(e: &DeviceConfigError) -> String {
+    match e {
+        DeviceConfigError::Read { what, .. } | DeviceConfigError::Pem { what, .. } => {
+            (*what).to_owned()
+        }
+        DeviceConfigError::KeyMismatch(_) => "client_key".into(),
+        DeviceConfigError::Url { .. } => "url".into(),
+        DeviceConfigError::KeyBits(_) => "key_bits".into(),
+        DeviceConfigError::Limit(name) => format!("limits.{name}"),
+        // Settings rustls refuses as a whole (versions and suites): the section itself.
+        DeviceConfigError::Tls(_) => "allow_tls12".into(),
+    }
+}
+
+/// What `check --online` found for one device link.
+#[derive(Debug)]
+pub struct DeviceReach {
+    /// The link.
+    pub link: String,
+    /// `Ok(description)` if the device answered and named the expected KME, else why not.
+    pub result: Result<String, String>,
+}
+
+/// Asks the device of every ETSI 014 link for its status (the adapter's online check): it must
+/// answer over mutual TLS, name the expected KME and this node's SAE, and serve a usable key
+/// size. No key is requested.
+pub async fn online_devices(cfg: &NodeConfig) -> Vec<DeviceReach> {
+    let mut out = Vec::new();
+    for link in &cfg.links {
+        let SourceSection::Etsi014(dev) = &link.source else {
+            continue;
+        };
+        let result = match Etsi014Source::new(dev.clone(), link.role.link_role()) {
+            Err(e) => Err(e.to_string()),
+            Ok(source) => source
+                .check_online()
+                .await
+                .map(|r| {
+                    let stored = r
+                        .stored_key_count
+                        .map_or_else(|| "not advertised".to_owned(), |n| n.to_string());
+                    format!(
+                        "{} answers as KME {} (expected); {}-bit keys, {} per request, {stored} \
+                         stored",
+                        dev.url, r.kme_id, r.key_bits, r.keys_per_request
+                    )
+                })
+                .map_err(|e| format!("{}: {e}", dev.url)),
+        };
+        out.push(DeviceReach {
+            link: link.id.to_string(),
+            result,
+        });
+    }
+    out
 }
 
 /// The TLS files of the configuration.

@@ -6,10 +6,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use qkd_hardware::etsi014::{DeviceConfig, PemSource};
 use qkd_kms::api::KeyLimits;
+use qkd_kms::api::skip::SystemId;
 use qkd_kms::manager::RelayConfig;
 use qkd_types::{KmeId, LinkId, NodeId, SaeId};
 use serde::Deserialize;
+use toml::Spanned;
 
 /// A configuration problem: which file, which key, what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +55,9 @@ pub struct NodeConfig {
     /// Per-pair protection, overriding the relay defaults.
     #[serde(default, rename = "pair")]
     pub pairs: Vec<PairSection>,
+    /// The SKIP Key Provider for routers (optional).
+    #[serde(default)]
+    pub skip: Option<SkipSection>,
     /// The file this configuration was read from (for error messages).
     #[serde(skip)]
     pub path: PathBuf,
@@ -125,6 +131,43 @@ impl Default for RelaySection {
             test_tamper_relay: false,
         }
     }
+}
+
+/// `[skip]`: this node as a SKIP Key Provider (docs/skip.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SkipSection {
+    /// HTTPS listener (mutual TLS with the node's certificate); port 0 as for `etsi_listen`.
+    pub listen: SocketAddr,
+    /// This Key Provider's `localSystemID`: what encryptors at other sites name as their
+    /// `remoteSystemID` to reach keys shared with this node's encryptors.
+    pub local_system_id: SystemId,
+    /// The `algorithm` text of capabilities (at most 16 bytes); by default the policy name of the
+    /// caller's pairs (`QKD+PQ+T`...).
+    #[serde(default)]
+    pub algorithm: Option<String>,
+    /// Whether `GET /entropy` is offered (bytes from the operating system's CSPRNG).
+    #[serde(default = "d_true")]
+    pub entropy: bool,
+    /// (calling encryptor, remote Key Provider) → SAE pair.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<SkipRouteSection>,
+}
+
+fn d_true() -> bool {
+    true
+}
+
+/// `[[skip.route]]`: when `encryptor` names `remote_system_id`, it shares keys with `peer_sae`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SkipRouteSection {
+    /// The calling encryptor: an SAE attached to this node, named by its client certificate.
+    pub encryptor: Spanned<SaeId>,
+    /// The `localSystemID` of the peer's Key Provider (another node's).
+    pub remote_system_id: Spanned<SystemId>,
+    /// The SAE at that Key Provider; `encryptor` and it must list each other as peers.
+    pub peer_sae: Spanned<SaeId>,
 }
 
 /// `[[node_info]]`.
@@ -351,6 +394,16 @@ pub enum Role {
     Slave,
 }
 
+impl Role {
+    /// The device interface's name for this role.
+    pub fn link_role(self) -> qkd_hardware::LinkRole {
+        match self {
+            Role::Master => qkd_hardware::LinkRole::Master,
+            Role::Slave => qkd_hardware::LinkRole::Slave,
+        }
+    }
+}
+
 /// `[link.source]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
@@ -365,6 +418,20 @@ pub enum SourceSection {
         /// Link model parameters.
         model: qkd_simulator::model::LinkModelSpec,
     },
+    /// A QKD device (its built-in KME) over ETSI GS QKD 014: this node is an SAE of its device.
+    /// The members are the adapter's [`DeviceConfig`] (docs/devices.md); relative PEM file paths
+    /// are relative to the configuration file.
+    Etsi014(DeviceConfig),
+}
+
+impl SourceSection {
+    /// The `kind` as written in the configuration.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceSection::Simulated { .. } => "simulated",
+            SourceSection::Etsi014(_) => "etsi014",
+        }
+    }
 }
 
 fn d_block_bits() -> u32 {
@@ -431,6 +498,15 @@ impl NodeConfig {
         for n in &mut cfg.neighbours {
             if let Some(p) = &mut n.peer_addr_file {
                 abs(p);
+            }
+        }
+        for lk in &mut cfg.links {
+            if let SourceSection::Etsi014(dev) = &mut lk.source {
+                for pem in [&mut dev.ca, &mut dev.client_cert, &mut dev.client_key] {
+                    if let PemSource::File(p) = pem {
+                        abs(p);
+                    }
+                }
             }
         }
         let l = &cfg.limits;
@@ -514,18 +590,36 @@ impl NodeConfig {
                     "must be positive".into(),
                 ));
             }
-            let SourceSection::Simulated {
-                block_bits, model, ..
-            } = &lk.source;
-            if *block_bits == 0 || block_bits % 8 != 0 {
-                return Err(err(
-                    &format!("link[{i}].source.block_bits"),
-                    format!("{block_bits} is not a positive multiple of 8"),
-                ));
+            match &lk.source {
+                SourceSection::Simulated {
+                    block_bits, model, ..
+                } => {
+                    if *block_bits == 0 || block_bits % 8 != 0 {
+                        return Err(err(
+                            &format!("link[{i}].source.block_bits"),
+                            format!("{block_bits} is not a positive multiple of 8"),
+                        ));
+                    }
+                    model
+                        .build()
+                        .map_err(|e| err(&format!("link[{i}].source.model"), e.to_string()))?;
+                }
+                // The checks that need no file; the files are read by `check::offline`.
+                SourceSection::Etsi014(dev) => {
+                    dev.base_url()
+                        .map_err(|e| err(&format!("link[{i}].source.url"), e.to_string()))?;
+                    if dev.sae_id == dev.peer_sae_id {
+                        return Err(err(
+                            &format!("link[{i}].source.peer_sae_id"),
+                            format!(
+                                "{} is also sae_id: the peer is the node at the other end of \
+                                 the link",
+                                dev.peer_sae_id
+                            ),
+                        ));
+                    }
+                }
             }
-            model
-                .build()
-                .map_err(|e| err(&format!("link[{i}].source.model"), e.to_string()))?;
         }
         for (i, n) in cfg.neighbours.iter().enumerate() {
             if n.peer_addr.is_none() == n.peer_addr_file.is_none() {
@@ -656,9 +750,137 @@ impl NodeConfig {
                 }
             }
         }
+        if let Some(skip) = &cfg.skip {
+            check_skip(&cfg, skip, text).map_err(|(key, what)| err(&key, what))?;
+        }
         cfg.path = path.to_path_buf();
         Ok(cfg)
     }
+}
+
+/// The rules of `[skip]` (docs/skip.md §3); an error is the key (with its line) and the problem.
+fn check_skip(cfg: &NodeConfig, skip: &SkipSection, text: &str) -> Result<(), (String, String)> {
+    use qkd_kms::api::skip::MAX_ALGORITHM_LEN;
+    if let Some(a) = &skip.algorithm
+        && a.len() > MAX_ALGORITHM_LEN
+    {
+        return Err((
+            "skip.algorithm".into(),
+            format!(
+                "{a:?} is {} bytes; at most {MAX_ALGORITHM_LEN} fit every SKIP client",
+                a.len()
+            ),
+        ));
+    }
+    let others = [
+        ("node.etsi_listen", Some(cfg.node.etsi_listen)),
+        ("node.peer_listen", Some(cfg.node.peer_listen)),
+        ("node.admin_listen", cfg.node.admin_listen),
+    ];
+    if let Some((name, _)) = others
+        .iter()
+        .find(|(_, a)| skip.listen.port() != 0 && *a == Some(skip.listen))
+    {
+        return Err((
+            "skip.listen".into(),
+            format!(
+                "{} is also {name}; give the SKIP listener its own port",
+                skip.listen
+            ),
+        ));
+    }
+    if skip.routes.is_empty() {
+        return Err((
+            "skip.route".into(),
+            "no [[skip.route]]: map at least one encryptor to a remote Key Provider".into(),
+        ));
+    }
+    let at = |i: usize, field: &str, span: std::ops::Range<usize>| {
+        let (line, col) = line_col(text, span.start);
+        format!("skip.route[{i}].{field} (line {line}, column {col})")
+    };
+    let node_of = |sae: &SaeId| cfg.saes.iter().find(|s| &s.id == sae).map(|s| &s.node);
+    let mut seen: BTreeMap<(&SaeId, &SystemId), usize> = BTreeMap::new();
+    // Every route to one remote Key Provider must reach SAEs of one node.
+    let mut remote_node: BTreeMap<&SystemId, (&NodeId, usize)> = BTreeMap::new();
+    for (i, r) in skip.routes.iter().enumerate() {
+        let (enc, remote, peer) = (
+            r.encryptor.get_ref(),
+            r.remote_system_id.get_ref(),
+            r.peer_sae.get_ref(),
+        );
+        match node_of(enc) {
+            Some(n) if n == &cfg.node.id => {}
+            Some(n) => {
+                return Err((
+                    at(i, "encryptor", r.encryptor.span()),
+                    format!(
+                        "{enc} is attached to node {n}, not to this node {}",
+                        cfg.node.id
+                    ),
+                ));
+            }
+            None => {
+                return Err((
+                    at(i, "encryptor", r.encryptor.span()),
+                    format!("{enc} is not a registered SAE (add an [[sae]])"),
+                ));
+            }
+        }
+        let Some(peer_node) = node_of(peer) else {
+            return Err((
+                at(i, "peer_sae", r.peer_sae.span()),
+                format!("{peer} is not a registered SAE (add an [[sae]])"),
+            ));
+        };
+        if peer_node == &cfg.node.id {
+            return Err((
+                at(i, "peer_sae", r.peer_sae.span()),
+                format!(
+                    "{peer} is attached to this node too; pairs within one node are not served \
+                     (every key comes from a QKD link)"
+                ),
+            ));
+        }
+        let lists =
+            |x: &SaeId, y: &SaeId| cfg.saes.iter().any(|s| &s.id == x && s.peers.contains(y));
+        if enc == peer || !(lists(enc, peer) && lists(peer, enc)) {
+            return Err((
+                at(i, "peer_sae", r.peer_sae.span()),
+                format!(
+                    "{enc} and {peer} are not allowed to pair: each [[sae]] must list the other in its peers"
+                ),
+            ));
+        }
+        if remote == &skip.local_system_id {
+            return Err((
+                at(i, "remote_system_id", r.remote_system_id.span()),
+                format!(
+                    "{remote} is this node's own local_system_id, but {peer} is attached to node \
+                     {peer_node}"
+                ),
+            ));
+        }
+        if let Some(j) = seen.insert((enc, remote), i) {
+            return Err((
+                at(i, "remote_system_id", r.remote_system_id.span()),
+                format!(
+                    "{enc} already has a route to {remote} (skip.route[{j}]); one peer per remote Key Provider"
+                ),
+            ));
+        }
+        if let Some((n, j)) = remote_node.insert(remote, (peer_node, i))
+            && n != peer_node
+        {
+            return Err((
+                at(i, "remote_system_id", r.remote_system_id.span()),
+                format!(
+                    "{remote} names the Key Provider of node {n} in skip.route[{j}], but {peer} is attached to node {peer_node}"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -734,6 +956,72 @@ peers = ["ENC-A"]
                 e.what.contains("not pinned") && e.what.contains("node B"),
                 "{e}"
             );
+        }
+    }
+
+    /// The link of GOOD backed by an ETSI 014 device instead of the simulator.
+    fn with_device(extra: &str) -> String {
+        GOOD.replace(
+            "kind = \"simulated\"\nstart_unix_ms = 0\nmodel = { kind = \"constant-rate\", bits_per_second = 1000000 }\n",
+            &format!(
+                "kind = \"etsi014\"\nurl = \"https://qkd-a.example:8443\"\n\
+                 ca = {{ file = \"dev/ca.pem\" }}\nclient_cert = {{ file = \"dev/a.crt\" }}\n\
+                 client_key = {{ file = \"/abs/a.key\" }}\nexpected_kme_id = \"IDQ-1\"\n\
+                 sae_id = \"node-a\"\npeer_sae_id = 12\n{extra}"
+            ),
+        )
+    }
+
+    #[test]
+    fn a_device_link_parses_with_its_pem_paths_made_absolute() {
+        let c = parse(&with_device(
+            "allow_tls12 = true\n[link.source.limits]\nattempts = 5\n",
+        ))
+        .unwrap();
+        let SourceSection::Etsi014(dev) = &c.links[0].source else {
+            panic!("not a device link: {:?}", c.links[0].source);
+        };
+        assert_eq!(c.links[0].source.kind(), "etsi014");
+        let file = |p: &PemSource| match p {
+            PemSource::File(p) => p.clone(),
+            PemSource::Pem(_) => panic!("inline"),
+        };
+        assert_eq!(file(&dev.ca), PathBuf::from("/etc/qkd/dev/ca.pem"));
+        assert_eq!(file(&dev.client_cert), PathBuf::from("/etc/qkd/dev/a.crt"));
+        assert_eq!(file(&dev.client_key), PathBuf::from("/abs/a.key"));
+        assert_eq!(dev.peer_sae_id.as_str(), "12");
+        assert!(dev.allow_tls12);
+        assert_eq!(dev.limits.attempts, 5);
+        // The simulator stays the source of existing configurations.
+        assert_eq!(parse(GOOD).unwrap().links[0].source.kind(), "simulated");
+    }
+
+    #[test]
+    fn device_link_errors_name_the_member() {
+        let cases = [
+            (
+                with_device("").replace("https://qkd-a", "http://qkd-a"),
+                "link[0].source.url",
+                "HTTPS only",
+            ),
+            (
+                with_device("").replace("peer_sae_id = 12", "peer_sae_id = \"node-a\""),
+                "link[0].source.peer_sae_id",
+                "also sae_id",
+            ),
+            (with_device("colour = \"red\"\n"), "line", "colour"),
+            (
+                with_device("").replace("expected_kme_id = \"IDQ-1\"\n", ""),
+                "line",
+                "expected_kme_id",
+            ),
+        ];
+        for (text, key, what) in cases {
+            let e = parse(&text).expect_err(key);
+            let s = e.to_string();
+            assert!(s.starts_with("/etc/qkd/node.toml: "), "{s}");
+            assert!(e.key.contains(key), "key {:?} lacks {key:?} ({s})", e.key);
+            assert!(s.contains(what), "{s} lacks {what:?}");
         }
     }
 
@@ -826,6 +1114,139 @@ peers = ["ENC-A"]
             assert!(e.key.contains(key), "key {:?} lacks {key:?} ({s})", e.key);
             assert!(s.contains(what), "{s} lacks {what:?}");
         }
+    }
+
+    const SKIP: &str = r#"
+[skip]
+listen = "127.0.0.1:0"
+local_system_id = "KP_A"
+
+[[skip.route]]
+encryptor = "ENC-A"
+remote_system_id = "KP_B"
+peer_sae = "ENC-B"
+"#;
+
+    #[test]
+    fn skip_section_parses() {
+        let c = parse(&(GOOD.to_string() + SKIP)).unwrap();
+        let skip = c.skip.unwrap();
+        assert_eq!(skip.local_system_id.as_str(), "KP_A");
+        assert!(skip.entropy);
+        assert_eq!(skip.routes[0].peer_sae.get_ref().as_str(), "ENC-B");
+        assert!(parse(GOOD).unwrap().skip.is_none());
+    }
+
+    /// Every `[skip]` rule: the error names the file, the field and its line, and the problem.
+    #[test]
+    fn skip_errors_name_file_line_and_field() {
+        let text = GOOD.to_string() + SKIP;
+        let extra_sae = "\n[[sae]]\nid = \"ENC-A2\"\nnode = \"A\"\npeers = []\n";
+        let cases = [
+            (
+                text.replace("encryptor = \"ENC-A\"", "encryptor = \"ENC-B\""),
+                "skip.route[0].encryptor",
+                "attached to node B",
+            ),
+            (
+                text.replace("encryptor = \"ENC-A\"", "encryptor = \"ENC-X\""),
+                "skip.route[0].encryptor",
+                "not a registered SAE",
+            ),
+            (
+                text.replace("peer_sae = \"ENC-B\"", "peer_sae = \"ENC-X\""),
+                "skip.route[0].peer_sae",
+                "not a registered SAE",
+            ),
+            (
+                text.replace("encryptor = \"ENC-A\"", "encryptor = \"ENC-A2\"") + extra_sae,
+                "skip.route[0].peer_sae",
+                "not allowed to pair",
+            ),
+            (
+                text.replace("remote_system_id = \"KP_B\"", "remote_system_id = \"KP_A\""),
+                "skip.route[0].remote_system_id",
+                "own local_system_id",
+            ),
+            (
+                text.clone()
+                    + "\n[[skip.route]]\nencryptor = \"ENC-A\"\nremote_system_id = \"KP_B\"\npeer_sae = \"ENC-B\"\n",
+                "skip.route[1].remote_system_id",
+                "already has a route",
+            ),
+            (
+                text.replace("peer_sae = \"ENC-B\"", "peer_sae = \"ENC-A2\"")
+                    + &extra_sae.replace("peers = []", "peers = [\"ENC-A\"]"),
+                "skip.route[0].peer_sae",
+                "attached to this node too",
+            ),
+        ];
+        for (text, key, what) in cases {
+            let e = parse(&text).expect_err(key);
+            let s = e.to_string();
+            assert!(s.starts_with("/etc/qkd/node.toml: "), "{s}");
+            assert!(
+                e.key.starts_with(key),
+                "key {:?} lacks {key:?} ({s})",
+                e.key
+            );
+            let field = key.rsplit('.').next().unwrap();
+            // The line of the last occurrence of the field (the offending route is the last one).
+            let line = text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| l.starts_with(&format!("{field} =")))
+                .map(|(i, _)| i + 1)
+                .last()
+                .unwrap();
+            assert!(
+                e.key.contains(&format!("(line {line}, column")),
+                "{s} lacks line {line}"
+            );
+            assert!(s.contains(what), "{s} lacks {what:?}");
+        }
+        // Syntax and ID errors come from the TOML parser, with line and column.
+        for (bad, what) in [
+            (
+                text.replace("local_system_id = \"KP_A\"", "local_system_id = \"KP A\""),
+                "system ID contains ' '",
+            ),
+            (
+                text.replace(
+                    "remote_system_id = \"KP_B\"",
+                    "remote_system_id = \"KP_B_is_a_very_long_name_indeed_x\"",
+                ),
+                "at most 32",
+            ),
+            (
+                text.replace(
+                    "local_system_id = \"KP_A\"",
+                    "local_system_id = \"KP_A\"\ncolour = 1",
+                ),
+                "unknown field",
+            ),
+        ] {
+            let e = parse(&bad).unwrap_err();
+            assert!(e.key.starts_with("line "), "{e}");
+            assert!(e.to_string().contains(what), "{e} lacks {what:?}");
+        }
+        let clash = text
+            .replace(
+                "listen = \"127.0.0.1:0\"\nlocal_system_id",
+                "listen = \"127.0.0.2:7000\"\nlocal_system_id",
+            )
+            .replace(
+                "etsi_listen = \"127.0.0.1:0\"",
+                "etsi_listen = \"127.0.0.2:7000\"",
+            );
+        let e = parse(&clash).unwrap_err();
+        assert_eq!(e.key, "skip.listen", "{e}");
+        assert!(e.what.contains("node.etsi_listen"), "{e}");
+        let long = text.replace(
+            "local_system_id = \"KP_A\"",
+            "local_system_id = \"KP_A\"\nalgorithm = \"a-very-long-algorithm\"",
+        );
+        assert_eq!(parse(&long).unwrap_err().key, "skip.algorithm");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The trusted-node daemon: binds its listeners (reusing the ports recorded at first start),
 //! opens the store, starts the links, the key manager, the node-to-node gRPC service, the ETSI
-//! 014 server and the operator status endpoint, and runs until told to stop or until the store
+//! 014 server, the SKIP Key Provider (if configured) and the operator status endpoint, and runs until told to stop or until the store
 //! fails (then it exits so that it recovers from disk at the next start).
 
 use std::net::SocketAddr;
@@ -9,8 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use qkd_hardware::{KeySource, LinkRole};
+use qkd_hardware::KeySource;
+use qkd_hardware::etsi014::Etsi014Source;
 use qkd_kms::api::etsi014::ServerLimits;
+use qkd_kms::api::skip::{EntropySource, KeyProvider, OsEntropy, Route};
 use qkd_kms::api::{KeyLimits, KeyService};
 use qkd_kms::durable::Access;
 use qkd_kms::manager::{
@@ -26,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{NodeConfig, Role, SourceSection};
+use crate::config::{NodeConfig, SourceSection};
 use crate::status::PairWarning;
 use crate::{check, status};
 
@@ -41,6 +43,9 @@ pub struct ListenRecord {
     pub peer: SocketAddr,
     /// Operator status address, if enabled.
     pub admin: Option<SocketAddr>,
+    /// SKIP Key Provider address, if enabled.
+    #[serde(default)]
+    pub skip: Option<SocketAddr>,
 }
 
 /// Name of the listen record in the data directory.
@@ -155,17 +160,23 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         Some(a) => Some(bind(a, recorded.as_ref().and_then(|r| r.admin), "admin").await?),
         None => None,
     };
+    let skip_l = match &cfg.skip {
+        Some(s) => Some(bind(s.listen, recorded.as_ref().and_then(|r| r.skip), "SKIP").await?),
+        None => None,
+    };
 
     // Every listener is bound (connections wait in the backlog until the servers start): record
     // the addresses, for restarts and for neighbours and demos on the same host.
     let etsi_addr = etsi_l.local_addr()?;
     let peer_addr = peer_l.local_addr()?;
     let admin_addr = admin_l.as_ref().map(|l| l.local_addr()).transpose()?;
+    let skip_addr = skip_l.as_ref().map(|l| l.local_addr()).transpose()?;
     let record = ListenRecord {
         version: 1,
         etsi: etsi_addr,
         peer: peer_addr,
         admin: admin_addr,
+        skip: skip_addr,
     };
     write_atomic(
         &data.join(LISTEN_FILE),
@@ -285,15 +296,29 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     let server_cfg =
         Arc::new(qkd_kms::tls::server_config(&tls).context("ETSI 014 TLS configuration")?);
     let service: Arc<dyn KeyService> = Arc::new(manager.clone());
+    let limits = ServerLimits {
+        max_connections_per_client: cfg.node.etsi_max_connections_per_client,
+        ..ServerLimits::default()
+    };
+    let identity = SaeIdentityRule::new(cfg.node.sae_uri_prefix.clone());
+    let skip_task = match (skip_l, &cfg.skip) {
+        (Some(listener), Some(section)) => Some(tokio::spawn(qkd_kms::api::skip::serve(
+            listener,
+            server_cfg.clone(),
+            service.clone(),
+            key_provider(section)?,
+            identity.clone(),
+            limits,
+            stop(),
+        ))),
+        _ => None,
+    };
     let etsi_task = tokio::spawn(qkd_kms::api::etsi014::serve_with(
         etsi_l,
         server_cfg,
         service,
-        SaeIdentityRule::new(cfg.node.sae_uri_prefix.clone()),
-        ServerLimits {
-            max_connections_per_client: cfg.node.etsi_max_connections_per_client,
-            ..ServerLimits::default()
-        },
+        identity,
+        limits,
         stop(),
     ));
     let peer_task = tokio::spawn({
@@ -312,7 +337,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         ))
     });
 
-    tracing::info!(node = %cfg.node.id, etsi = %etsi_addr, peer = %peer_addr, admin = ?admin_addr, "node serving");
+    tracing::info!(node = %cfg.node.id, etsi = %etsi_addr, peer = %peer_addr, admin = ?admin_addr, skip = ?skip_addr, "node serving");
 
     let bg = {
         let m = manager.clone();
@@ -336,7 +361,29 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     if let Some(t) = admin_task {
         let _ = t.await;
     }
+    if let Some(t) = skip_task {
+        let _ = t.await;
+    }
     Ok(())
+}
+
+/// The SKIP Key Provider of `[skip]` (already checked by the configuration's parser).
+fn key_provider(section: &crate::config::SkipSection) -> Result<KeyProvider> {
+    let routes = section.routes.iter().map(|r| Route {
+        encryptor: r.encryptor.get_ref().clone(),
+        remote: r.remote_system_id.get_ref().clone(),
+        peer: r.peer_sae.get_ref().clone(),
+    });
+    let entropy: Option<Arc<dyn EntropySource>> = section
+        .entropy
+        .then(|| Arc::new(OsEntropy) as Arc<dyn EntropySource>);
+    KeyProvider::new(
+        section.local_system_id.clone(),
+        section.algorithm.clone(),
+        routes,
+        entropy,
+    )
+    .context("[skip]")
 }
 
 /// Relay settings, pair protection and the end-to-end identity (generated on first start).
@@ -425,13 +472,9 @@ fn make_source(
             let seed = check::read_seed(&seed_path).map_err(|e| {
                 anyhow::anyhow!("simulated link {}: {}: {e}", link.id, seed_path.display())
             })?;
-            let role = match link.role {
-                Role::Master => LinkRole::Master,
-                Role::Slave => LinkRole::Slave,
-            };
             let cfg = SimLinkConfig {
                 link: link.id.clone(),
-                role,
+                role: link.role.link_role(),
                 block_bits: *block_bits,
                 start: *start_unix_ms,
             };
@@ -442,6 +485,14 @@ fn make_source(
                 .with_position_file(position.clone())
                 .with_context(|| format!("simulated link position file {}", position.display()))?;
             Ok(Arc::new(sim))
+        }
+        // Never contacts the device: an unreachable device leaves the link down (the key
+        // manager's ingest retries it), never the node unstarted.
+        SourceSection::Etsi014(dev) => {
+            let source = Etsi014Source::with_clock(dev.clone(), link.role.link_role(), clock)
+                .with_context(|| format!("link {}: device {}", link.id, dev.url))?;
+            tracing::info!(link = %link.id, device = %dev.url, role = ?link.role, "link takes key from an ETSI 014 device");
+            Ok(Arc::new(source))
         }
     }
 }

@@ -3,8 +3,10 @@
 //! links. First run generates the test PKI, link seeds and configurations into the data
 //! directory; later runs reuse them (and the nodes their recorded ports).
 //!
-//! Once every node has bound its listeners, the demo writes `demo.json` (atomically) describing
-//! the running network and prints ready-to-paste `curl` commands.
+//! Every node with encryptors is also a SKIP Key Provider (`KP_<node>`) with a route for each of its SAEs to
+//! each of their peers. Once every node has bound its listeners, the demo writes `demo.json`
+//! (atomically) describing the running network, every endpoint of every node included, and
+//! prints ready-to-paste `curl` commands for ETSI 014 and SKIP.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -140,6 +142,10 @@ pub struct DemoNodeOut {
     pub ca_file: PathBuf,
     /// Operator status URL.
     pub status_url: Option<String>,
+    /// SKIP Key Provider base URL (`GET <url>/capabilities`...).
+    pub skip_base_url: Option<String>,
+    /// The node's SKIP `localSystemID`.
+    pub skip_system_id: Option<String>,
     /// Configuration file.
     pub config_file: PathBuf,
     /// Log file.
@@ -306,6 +312,29 @@ fn setup(
                 )?,
             }
         }
+        // This node as a SKIP Key Provider, if encryptors are attached to it: each of them
+        // reaches each of its peers through the peer node's Key Provider.
+        if topo.saes.iter().any(|(_, at, _)| *at == i) {
+            writeln!(
+                t,
+                "[skip]\nlisten = \"{}:0\"\nlocal_system_id = \"{}\"\n",
+                node.ip,
+                system_id(&node.id)
+            )?;
+        }
+        for (sid, _, peers) in topo.saes.iter().filter(|(_, at, _)| *at == i) {
+            for p in peers {
+                let Some((_, peer_at, _)) = topo.saes.iter().find(|(s, _, _)| s.as_str() == *p)
+                else {
+                    continue;
+                };
+                writeln!(
+                    t,
+                    "[[skip.route]]\nencryptor = \"{sid}\"\nremote_system_id = \"{}\"\npeer_sae = \"{p}\"\n",
+                    system_id(&topo.nodes[*peer_at].id)
+                )?;
+            }
+        }
         for (sid, at, peers) in &topo.saes {
             let peers: Vec<String> = peers.iter().map(|p| format!("\"{p}\"")).collect();
             writeln!(
@@ -321,6 +350,11 @@ fn setup(
         pki.issue_sae(sid, SAE_PREFIX)?;
     }
     Ok((pki, configs))
+}
+
+/// The SKIP `localSystemID` of a demo node: `KP_<node>`.
+pub fn system_id(node: &NodeId) -> String {
+    format!("KP_{node}")
 }
 
 /// Runs the demo.
@@ -407,6 +441,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
                 etsi_base_url: url(l.etsi),
                 ca_file: pki.ca_cert().to_path_buf(),
                 status_url: l.admin.map(|a| format!("http://{a}/status")),
+                skip_base_url: l.skip.map(|a| format!("https://{a}")),
+                skip_system_id: l.skip.map(|_| system_id(&n.id)),
                 config_file: c.clone(),
                 log_file: dir.join(n.id.as_str()).join("node.log"),
             })
@@ -474,9 +510,11 @@ fn print_next_steps(d: &DemoDescription, json: &Path) {
     );
     for n in &d.nodes {
         println!(
-            "  node {:<3} ETSI 014 {}   status {}",
+            "  node {:<3} ETSI 014 {}   SKIP {} ({})   status {}",
             n.id.as_str(),
             n.etsi_base_url,
+            n.skip_base_url.as_deref().unwrap_or("-"),
+            n.skip_system_id.as_deref().unwrap_or("-"),
             n.status_url.as_deref().unwrap_or("-")
         );
     }
@@ -524,6 +562,28 @@ fn print_next_steps(d: &DemoDescription, json: &Path) {
             e1.cert_file.display(),
             e1.key_file.display(),
             ne.etsi_base_url
+        );
+    }
+    if let (Some(skip_a), Some(skip_b)) = (&na.skip_base_url, &nb.skip_base_url) {
+        println!();
+        println!(
+            "SKIP (routers, IETF draft-cisco-skip): ENC-A1 asks its Key Provider at node A for a new key for KP_B, ENC-B1 fetches it at node B by its keyId:"
+        );
+        println!();
+        println!(
+            "curl -s --cacert {ca} --cert {} --key {} {skip_a}/capabilities; echo",
+            a1.cert_file.display(),
+            a1.key_file.display(),
+        );
+        println!(
+            "KEY_ID=$(curl -s --cacert {ca} --cert {} --key {} '{skip_a}/key?remoteSystemID=KP_B&size=256' | tee /dev/stderr | sed -n 's/.*\"keyId\": *\"\\([^\"]*\\)\".*/\\1/p'); echo",
+            a1.cert_file.display(),
+            a1.key_file.display(),
+        );
+        println!(
+            "curl -s --cacert {ca} --cert {} --key {} \"{skip_b}/key/$KEY_ID?remoteSystemID=KP_A\"; echo",
+            b1.cert_file.display(),
+            b1.key_file.display(),
         );
     }
     println!();

@@ -36,15 +36,17 @@ enum Cmd {
         config: PathBuf,
     },
     /// Check a configuration file and every file it names (certificates, keys, CA, pinned
-    /// signing keys, link seeds), then exit; `run` performs the same checks before it starts.
+    /// signing keys, link seeds, device certificates), then exit; `run` performs the same
+    /// checks before it starts.
     ///
     /// Example: qkd-node check --config /etc/qkd/node.toml
     Check {
         /// The node's TOML configuration.
         #[arg(long, short)]
         config: PathBuf,
-        /// Also try a TLS handshake with every neighbour's peer port (never needed by `run`:
-        /// a neighbour that is down is retried while the node runs).
+        /// Also try a TLS handshake with every neighbour's peer port, and ask the QKD device of
+        /// every ETSI 014 link for its status (it must name the expected KME). Never needed by
+        /// `run`: a neighbour or device that is down is retried while the node runs.
         #[arg(long)]
         online: bool,
     },
@@ -85,6 +87,14 @@ fn main() -> Result<()> {
                 cfg.links.len(),
                 cfg.saes.len()
             );
+            if let Some(skip) = &cfg.skip {
+                println!(
+                    "SKIP Key Provider {} on {}: {} routes",
+                    skip.local_system_id,
+                    skip.listen,
+                    skip.routes.len()
+                );
+            }
             if online {
                 let mut down = 0;
                 for r in rt.block_on(check::online(&cfg)) {
@@ -96,12 +106,26 @@ fn main() -> Result<()> {
                         }
                     }
                 }
+                let mut devices_down = 0;
                 for link in &cfg.links {
-                    let config::SourceSection::Simulated { .. } = link.source;
-                    println!("link {}: simulated, no device to reach", link.id);
+                    if let config::SourceSection::Simulated { .. } = link.source {
+                        println!("link {}: simulated, no device to reach", link.id);
+                    }
                 }
-                if down > 0 {
-                    anyhow::bail!("{down} neighbour(s) unreachable");
+                for r in rt.block_on(check::online_devices(&cfg)) {
+                    match r.result {
+                        Ok(what) => println!("link {}: device {what}", r.link),
+                        Err(why) => {
+                            devices_down += 1;
+                            println!("link {}: DEVICE FAILED: {why}", r.link);
+                        }
+                    }
+                }
+                if down > 0 || devices_down > 0 {
+                    anyhow::bail!(
+                        "{down} neighbour(s) unreachable, {devices_down} device(s) failed the \
+                         online check"
+                    );
                 }
             }
             Ok(())

@@ -1,7 +1,8 @@
 //! Operator status over plain HTTP on a loopback listener (axum): `GET /status` answers JSON with
-//! the node's identity, per link its state, QBER, key rate, pool levels and whether its keys are
-//! simulated, and the configuration warnings an operator must see (SAE pairs configured
-//! `qkd-only`). Never any key bytes. `GET /healthz` answers `ok`.
+//! the node's identity, per link its source kind (`simulated`, `etsi014`), state, QBER, key rate
+//! as the source reports them, pool levels and whether its keys are simulated, and the
+//! configuration warnings an operator must see (SAE pairs configured `qkd-only`). Never any key
+//! bytes. `GET /healthz` answers `ok`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,6 +16,10 @@ use qkd_kms::manager::KeyManager;
 use qkd_types::{NodeId, SaeId};
 use serde::Serialize;
 use tokio::net::TcpListener;
+
+/// How long `/status` waits for one link's source to report (a device is asked over the
+/// network).
+const DEVICE_STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A configuration warning shown at start and in `/status`.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -75,7 +80,21 @@ async fn status_json(ctx: &Ctx) -> String {
     let mut links = Vec::new();
     for level in ctx.manager.link_levels() {
         let device = match ctx.manager.source(&level.link) {
-            Some(s) => Some(s.status().await),
+            // A real device is asked over the network: a hung one must not hang the page.
+            Some(s) => Some(
+                tokio::time::timeout(DEVICE_STATUS_TIMEOUT, s.status())
+                    .await
+                    .unwrap_or_else(|_| qkd_hardware::LinkStatus {
+                        state: qkd_hardware::LinkState::Down {
+                            reason: format!(
+                                "the device did not answer its status within {} s",
+                                DEVICE_STATUS_TIMEOUT.as_secs()
+                            ),
+                        },
+                        qber: None,
+                        secret_key_rate_bps: Some(0.0),
+                    }),
+            ),
             None => None,
         };
         links.push(LinkStatusOut { level, device });

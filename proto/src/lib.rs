@@ -2,6 +2,8 @@
 //!
 //! * [`etsi014`]: the JSON bodies of ETSI GS QKD 014 (status, key request, key container, key
 //!   IDs, error). ETSI spellings such as `key_ID` appear only as serde renames.
+//! * [`skip`]: the JSON bodies of SKIP (IETF draft-cisco-skip), the routers' key-fetch protocol.
+//!   SKIP spellings such as `localSystemID` appear only as serde renames.
 //! * [`peer`]: the node-to-node gRPC protocol (`proto/peer.proto`), compiled with `protox`, so no
 //!   system `protoc` is needed.
 //!
@@ -12,3 +14,4 @@
 pub mod etsi014;
 pub mod hybrid;
 pub mod peer;
+pub mod skip;

@@ -96,6 +96,34 @@ fn etsi() {
     figure(&r["pair"]["p99_ms"], &r);
 }
 
+/// The same loop over SKIP: keys must match, and no request may fail (a broken SKIP path fails
+/// every request, however slow the machine).
+#[test]
+fn etsi_over_skip() {
+    let bin = node_bin();
+    let r = bench(&[
+        "etsi",
+        "--api",
+        "skip",
+        "--clients",
+        "2",
+        "--duration",
+        "2s",
+        "--warmup",
+        "500ms",
+        "--both-directions",
+        "--pool-keys",
+        "256",
+        "--nodes-bin",
+        bin.to_str().unwrap(),
+    ]);
+    assert_eq!(r["api"], "skip", "{r}");
+    assert_eq!(r["errors"]["mismatches"], 0, "{r}");
+    assert_eq!(r["errors"]["enc_keys"], 0, "{r}");
+    assert_eq!(r["errors"]["dec_keys"], 0, "{r}");
+    figure(&r["pairs_per_s"], &r);
+}
+
 #[test]
 fn relay() {
     let bin = node_bin();

@@ -1,12 +1,15 @@
 //! The protocol-neutral key-delivery service and its front ends.
 //!
-//! Every front end (today [`etsi014`], the ETSI GS QKD 014 REST API) authenticates its caller,
+//! Every front end ([`etsi014`], the ETSI GS QKD 014 REST API; [`skip`], the SKIP Key Provider
+//! for routers) authenticates its caller,
 //! parses and checks a request in the order its protocol's policy fixes, and then calls the one
 //! [`KeyService`]. The key manager implements it; tests may implement it with a fake. The types in
 //! this module know nothing of HTTP, gRPC or any protocol's spellings; each front end maps
 //! [`ServiceError`] to its own wire status in exactly one place.
 
 pub mod etsi014;
+pub mod https;
+pub mod skip;
 
 use async_trait::async_trait;
 use qkd_types::{KeyId, KmeId, SaeId, Secret};

@@ -429,6 +429,22 @@ impl LinkPool {
         }
     }
 
+    /// Non-allocator: the allocator continues the link at `seq`, having discarded the blocks
+    /// before it that this end never got (its peer's device could not deliver them). They are
+    /// skipped: never held here, never used by either end. Only moves forward, and refuses a jump
+    /// no link could make (which would exhaust the sequence numbers).
+    pub fn skip_to(&mut self, seq: u64) -> Result<(), PoolError> {
+        const MAX_GAP: u64 = 1 << 40;
+        if self.allocator || seq.saturating_sub(self.next_seq) > MAX_GAP {
+            return Err(PoolError::OutOfSequence {
+                seq,
+                expected: self.next_seq,
+            });
+        }
+        self.next_seq = self.next_seq.max(seq);
+        Ok(())
+    }
+
     /// Non-allocator: every block before `seq` is used up at the allocator; returns them so the
     /// store can erase them.
     pub fn released_before(&self, seq: u64) -> Vec<u64> {
@@ -665,5 +681,33 @@ mod tests {
             }
         }
         assert_eq!(seen.len() as u64 + p.available_bytes(), 455);
+    }
+
+    #[test]
+    fn the_non_allocator_skips_blocks_its_allocator_discarded() {
+        let id = |b: u8| BlockId::from_bytes([b; 16]);
+        let mut p = LinkPool::restore(false, 1 << 20, 0, Vec::new());
+        p.add_block(0, id(1), 64).unwrap();
+        // Blocks 1 and 2 were discarded at the allocator; it goes on at 3.
+        assert!(matches!(
+            p.add_block(3, id(4), 64),
+            Err(PoolError::OutOfSequence {
+                seq: 3,
+                expected: 1
+            })
+        ));
+        p.skip_to(3).unwrap();
+        p.add_block(3, id(4), 64).unwrap();
+        assert_eq!(p.next_seq(), 4);
+        // Never backwards, and never a jump that would exhaust the sequence numbers.
+        p.skip_to(2).unwrap();
+        assert_eq!(p.next_seq(), 4);
+        assert!(p.skip_to(u64::MAX).is_err());
+        // The allocator never skips: it alone numbers the blocks.
+        assert!(
+            LinkPool::restore(true, 1 << 20, 0, Vec::new())
+                .skip_to(5)
+                .is_err()
+        );
     }
 }

@@ -26,6 +26,7 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use backon::Retryable;
 use qkd_proto::peer as pb;
 use qkd_types::{BlockId, KeyId, KmeId, LinkId, NodeId, SaeId, Secret, UnixMillis};
 use rand::RngCore;
@@ -413,9 +414,11 @@ impl KeyManager {
             .map(|(s, e)| (s.clone(), e.node.clone()))
             .collect();
         let source = source.clone();
-        self.inner
+        let moved = self
+            .inner
             .writer
-            .run(move |tx| -> Result<(), StoreError> {
+            .run(move |tx| -> Result<Vec<KeyId>, StoreError> {
+                let mut moved = Vec::new();
                 for id in &ids {
                     let Some(meta) = tx.key_meta(*id)? else {
                         continue;
@@ -425,10 +428,15 @@ impl KeyManager {
                         continue;
                     }
                     tx.set_key_expiry(*id, &meta, expires_at)?;
+                    moved.push(*id);
                 }
-                Ok(())
+                Ok(moved)
             })
             .await??;
+        self.emit(&Event::ExpiryMoved {
+            keys: &moved,
+            expires_at,
+        });
         use std::sync::atomic::Ordering::Relaxed;
         self.relay().notices.received.fetch_add(1, Relaxed);
         self.relay().notices.keys_received.fetch_add(n, Relaxed);
@@ -1037,33 +1045,29 @@ impl KeyManager {
             peer: link.setup.peer.clone(),
             status,
         };
-        let mut last = tonic::Status::unavailable("not called");
-        for attempt in 0..3u32 {
-            let timeout = self.inner.cfg.relay.hop_timeout;
-            match link.setup.client.relay_allocate(msg.clone(), timeout).await {
-                Ok(reply) => {
-                    let ranges: Vec<Range> = reply.ranges.iter().map(range_of).collect();
-                    if ranges.iter().map(|r| u64::from(r.len)).sum::<u64>() != u64::from(len) {
-                        return Err(RelayError::Malformed("allocation length"));
-                    }
-                    return Ok(ranges);
-                }
-                Err(s) if s.code() == tonic::Code::ResourceExhausted => {
-                    return Err(RelayError::Exhausted);
-                }
-                Err(s)
-                    if matches!(
-                        s.code(),
-                        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
-                    ) =>
-                {
-                    last = s;
-                    tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
-                }
-                Err(s) => return Err(hop_failed(s)),
-            }
+        // An allocation is idempotent per hop ID, so a lost call or answer is simply retried.
+        let timeout = self.inner.cfg.relay.hop_timeout;
+        let retry = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(20))
+            .with_max_times(2);
+        let reply = (|| link.setup.client.relay_allocate(msg.clone(), timeout))
+            .retry(retry)
+            .when(|s: &tonic::Status| {
+                matches!(
+                    s.code(),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                )
+            })
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::ResourceExhausted => RelayError::Exhausted,
+                _ => hop_failed(s),
+            })?;
+        let ranges: Vec<Range> = reply.ranges.iter().map(range_of).collect();
+        if ranges.iter().map(|r| u64::from(r.len)).sum::<u64>() != u64::from(len) {
+            return Err(RelayError::Malformed("allocation length"));
         }
-        Err(hop_failed(last))
+        Ok(ranges)
     }
 
     /// Sends an end-to-end message along `path` from the node at `hop - 1` (this one).
@@ -1417,7 +1421,6 @@ impl KeyManager {
             slaves: pending.slaves.into_iter().map(|s| (s, false)).collect(),
             size_bits: pending.size_bits,
             expires_at: now + cfg.relay.pool_ttl_ms + cfg.key_ttl_ms,
-            released: true,
             made_under: Some(made_under),
             pool: pending.pool,
         };
@@ -1481,7 +1484,6 @@ impl KeyManager {
             slaves: wraps.slaves.into_iter().map(|s| (s, false)).collect(),
             size_bits: msg.size_bits,
             expires_at: now + cfg.key_ttl_ms,
-            released: true,
             made_under: Some(made_under),
             pool: false,
         };

@@ -139,8 +139,6 @@ pub struct StoredKey {
     pub size_bits: u32,
     /// After this time it is erased.
     pub expires_at: UnixMillis,
-    /// Whether the slave may fetch it: false while its batch awaits end-to-end confirmation.
-    pub released: bool,
     /// The configuration it was made under; `None` for keys stored before it was recorded.
     pub made_under: Option<MadeUnder>,
     /// Made to fill the pair's pool (at the pair's default size) rather than for one request.
@@ -472,14 +470,14 @@ impl Store {
                 Cursor::Blocks(after) => self
                     .rotate_blocks(&tx, pass.below, after.as_ref(), &mut budget)?
                     .map(Cursor::Blocks),
-                // A waiting key whose batch was never confirmed (`released == false`) is
-                // erased instead: its confirmation lived in memory.
+                // A waiting key of an older node whose batch was never confirmed (see
+                // [`decode_key_record`]) is erased instead: its confirmation lived in memory.
                 Cursor::Keys(after) => self
                     .rotate_ids(&tx, KEYS, *after, &mut budget, |id, v| {
-                        let (meta, sealed) = decode_key(v)?;
+                        let (meta, sealed, confirmed) = decode_key_record(v)?;
                         Ok(if sealed.epoch >= pass.below {
                             Redo::Keep
-                        } else if !meta.released {
+                        } else if !confirmed {
                             Redo::Erase(meta.expires_at)
                         } else {
                             let sealed = self.reseal(&key_aad(id, &meta), &sealed)?;
@@ -1091,20 +1089,27 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// A waiting key's metadata.
+    /// A waiting key's metadata; `None` also for a key an older node stored unconfirmed (never
+    /// served).
     pub fn key_meta(&self, id: KeyId) -> Result<Option<StoredKey>, StoreError> {
         let t = self.tx.open_table(KEYS)?;
-        let v = t.get(*id.as_bytes())?;
-        v.map(|v| decode_key(v.value()).map(|(m, _)| m)).transpose()
+        let Some(v) = t.get(*id.as_bytes())? else {
+            return Ok(None);
+        };
+        let (meta, _, confirmed) = decode_key_record(v.value())?;
+        Ok(confirmed.then_some(meta))
     }
 
-    /// A waiting key's bytes.
+    /// A waiting key's bytes; `None` also for a key an older node stored unconfirmed.
     pub fn key_bytes(&self, id: KeyId) -> Result<Option<Secret>, StoreError> {
         let t = self.tx.open_table(KEYS)?;
         let Some(v) = t.get(*id.as_bytes())? else {
             return Ok(None);
         };
-        let (meta, sealed) = decode_key(v.value())?;
+        let (meta, sealed, confirmed) = decode_key_record(v.value())?;
+        if !confirmed {
+            return Ok(None);
+        }
         Ok(Some(self.keys.open(&key_aad(id, &meta), &sealed)?))
     }
 
@@ -1530,6 +1535,13 @@ fn sae(s: &str) -> Result<SaeId, StoreError> {
 }
 
 pub(crate) fn encode_key(m: &StoredKey, s: &Sealed) -> Vec<u8> {
+    encode_key_record(m, s, true)
+}
+
+/// The record of a waiting key. `confirmed` is always true for keys stored by this version (a
+/// destination stores its keys only once their batch is confirmed end to end); the byte stays in
+/// the record because older nodes stored keys before confirmation with it at zero.
+fn encode_key_record(m: &StoredKey, s: &Sealed, confirmed: bool) -> Vec<u8> {
     let mut w = W::default();
     w.u8(2)
         .bytes(&m.request)
@@ -1538,16 +1550,22 @@ pub(crate) fn encode_key(m: &StoredKey, s: &Sealed) -> Vec<u8> {
     for (s, done) in &m.slaves {
         w.str(s.as_str()).u8(u8::from(*done));
     }
-    w.u32(m.size_bits)
-        .u64(m.expires_at)
-        .u8(u8::from(m.released));
+    w.u32(m.size_bits).u64(m.expires_at).u8(u8::from(confirmed));
     encode_made_under(&mut w, m.made_under.as_ref());
     w.u8(u8::from(m.pool));
     w.0.extend_from_slice(&encode_sealed(s));
     w.0
 }
 
+/// A waiting key's record without its confirmation flag (see [`decode_key_record`]).
 pub(crate) fn decode_key(v: &[u8]) -> Result<(StoredKey, Sealed), StoreError> {
+    decode_key_record(v).map(|(m, s, _)| (m, s))
+}
+
+/// A waiting key's record and whether its batch was confirmed: false only in records of older
+/// nodes, which stored a destination's keys before the end-to-end confirmation. Such a key is
+/// never served, and the next rotation pass erases it.
+pub(crate) fn decode_key_record(v: &[u8]) -> Result<(StoredKey, Sealed, bool), StoreError> {
     let mut r = R(v);
     let version = r.u8()?;
     if !(1..=2).contains(&version) {
@@ -1567,7 +1585,7 @@ pub(crate) fn decode_key(v: &[u8]) -> Result<(StoredKey, Sealed), StoreError> {
     }
     let size_bits = r.u32()?;
     let expires_at = r.u64()?;
-    let released = r.u8()? != 0;
+    let confirmed = r.u8()? != 0;
     let (made_under, pool) = if version >= 2 {
         (decode_made_under(&mut r)?, r.u8()? != 0)
     } else {
@@ -1581,11 +1599,11 @@ pub(crate) fn decode_key(v: &[u8]) -> Result<(StoredKey, Sealed), StoreError> {
             slaves,
             size_bits,
             expires_at,
-            released,
             made_under,
             pool,
         },
         sealed,
+        confirmed,
     ))
 }
 
@@ -1610,7 +1628,6 @@ mod tests {
             slaves: vec![(sae("S"), false)],
             size_bits: 256,
             expires_at,
-            released: true,
             made_under: Some(MadeUnder {
                 policy: "QKD+PQ+T".into(),
                 suite: "X25519/ML-KEM-768".into(),
@@ -2106,10 +2123,19 @@ mod tests {
             tx.put_key(*id, &waiting(u64::MAX), &Secret::copy_from(&[*f; 32]))
                 .unwrap();
         }
-        let mut not_released = waiting(7);
-        not_released.released = false;
-        tx.put_key(unreleased, &not_released, &Secret::copy_from(&[3; 32]))
+        // As an older node stored it: before its batch was confirmed.
+        tx.put_key(unreleased, &waiting(7), &Secret::copy_from(&[3; 32]))
             .unwrap();
+        {
+            let mut t = tx.tx.open_table(KEYS).unwrap();
+            let sealed = decode_key(t.get(*unreleased.as_bytes()).unwrap().unwrap().value())
+                .unwrap()
+                .1;
+            let legacy = encode_key_record(&waiting(7), &sealed, false);
+            t.insert(*unreleased.as_bytes(), legacy.as_slice()).unwrap();
+        }
+        assert!(tx.key_meta(unreleased).unwrap().is_none(), "never served");
+        assert!(tx.key_bytes(unreleased).unwrap().is_none(), "never served");
         tx.commit().unwrap();
         drop(store);
 

@@ -353,7 +353,8 @@ impl Fixture {
         fx
     }
 
-    fn with_clients(dir: tempfile::TempDir, pki: DemoPki, kmes: Vec<Kme>) -> Self {
+    /// A deployment of `kmes` (started with [`start_server`] on `pki`) with a client per SAE.
+    pub fn with_clients(dir: tempfile::TempDir, pki: DemoPki, kmes: Vec<Kme>) -> Self {
         let ca = pki.ca_cert().to_owned();
         let mut clients = HashMap::new();
         let mut configs = HashMap::new();
@@ -426,6 +427,12 @@ impl Fixture {
         self.files[sae].clone()
     }
 
+    /// The TLS client configuration holding `sae`'s certificate (one of [`SAES`], `NODE`,
+    /// `NODE-A`).
+    pub fn tls(&self, sae: &str) -> Arc<ClientConfig> {
+        self.tls[sae].clone()
+    }
+
     /// A raw TLS connection from `sae` to its KME.
     pub async fn raw(&self, sae: &str) -> std::io::Result<RawConn> {
         RawConn::connect(self.kmes[self.home[sae]].addr, self.tls[sae].clone()).await
@@ -473,6 +480,31 @@ pub async fn start_kme_with(
     service: Arc<dyn KeyService>,
     limits: ServerLimits,
 ) -> Kme {
+    start_server(pki, node, |listener, config, stopped| {
+        tokio::spawn(etsi014::serve_with(
+            listener,
+            config,
+            service,
+            SaeIdentityRule::new(SAE_PREFIX),
+            limits,
+            stopped,
+        ))
+    })
+    .await
+}
+
+/// Binds 127.0.0.1 port 0 and starts a server there with `spawn`, given the listener, a server
+/// TLS configuration with a node certificate for 127.0.0.1, and the future that resolves when
+/// the fixture stops the server.
+pub async fn start_server(
+    pki: &DemoPki,
+    node: &str,
+    spawn: impl FnOnce(
+        TcpListener,
+        Arc<rustls::ServerConfig>,
+        futures::future::BoxFuture<'static, ()>,
+    ) -> JoinHandle<std::io::Result<()>>,
+) -> Kme {
     let issued = pki
         .issue_node(&NodeId::parse(node).expect("valid"), [127, 0, 0, 1].into())
         .expect("node cert");
@@ -480,22 +512,45 @@ pub async fn start_kme_with(
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(etsi014::serve_with(
+    let task = spawn(
         listener,
         Arc::new(config),
-        service,
-        SaeIdentityRule::new(SAE_PREFIX),
-        limits,
-        async {
+        Box::pin(async {
             let _ = stopped.await;
-        },
-    ));
+        }),
+    );
     Kme {
         base: format!("https://{addr}"),
         addr,
         stop: Some(stop),
         task,
     }
+}
+
+/// The invariant every refused request keeps: the pool did not shrink (`<`, not `!=`: a real
+/// deployment may refill it from its link meanwhile), and `key`, a key the request named, is still
+/// there for its slave, byte for byte (`refetch` fetches it).
+pub async fn check_nothing_consumed<
+    K: PartialEq,
+    F: std::future::Future<Output = Result<K, String>>,
+>(
+    before: u64,
+    after: u64,
+    key: Option<(String, K)>,
+    refetch: impl FnOnce(String) -> F,
+) -> Result<(), String> {
+    if after < before {
+        return Err(format!("refused request consumed key: {before} → {after}"));
+    }
+    if let Some((id, bytes)) = key {
+        let fetched = refetch(id)
+            .await
+            .map_err(|e| format!("key burnt by a refused request: {e}"))?;
+        if fetched != bytes {
+            return Err("slave got different bytes".into());
+        }
+    }
+    Ok(())
 }
 
 fn http_client(config: &Arc<ClientConfig>) -> reqwest::Client {
@@ -569,6 +624,26 @@ impl RawConn {
         let req = format!("{head}\r\nHost: 127.0.0.1\r\nContent-Length: {content_length}\r\n\r\n");
         self.stream.write_all(req.as_bytes()).await?;
         self.stream.flush().await
+    }
+
+    /// Writes `bytes` as they are.
+    pub async fn write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
+    }
+
+    /// Reads until the server closes the connection, as clients that rely on the close do;
+    /// fails if it stays open for 20 s (a closing server closes at once).
+    pub async fn read_to_close(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut out = std::mem::take(&mut self.buf);
+        let read = self.stream.read_to_end(&mut out);
+        match tokio::time::timeout(Duration::from_secs(20), read).await {
+            Ok(Ok(_)) => Ok(out),
+            // A peer that closes without close_notify still closed.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(out),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
     }
 
     /// Reads one response.

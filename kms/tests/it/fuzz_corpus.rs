@@ -30,6 +30,26 @@ fn etsi_request_seeds_reach_every_status() {
 }
 
 #[test]
+fn skip_request_corpus() {
+    run_corpus(&fuzz_dir(), "skip_request", |d| {
+        let _ = qkd_kms::fuzzing::skip_request(d);
+    });
+}
+
+/// The seeds are real SKIP requests: together they reach every answer but 500 (which the fuzz
+/// service cannot cause; the conformance table in `skip.rs` reaches it).
+#[test]
+fn skip_request_seeds_reach_every_status() {
+    let mut seen = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir(fuzz_dir().join("corpus/skip_request")).unwrap() {
+        let data = std::fs::read(e.unwrap().path()).unwrap();
+        seen.extend(qkd_kms::fuzzing::skip_request(&data));
+    }
+    let want: std::collections::BTreeSet<u16> = [200, 400, 403, 404, 405, 503].into();
+    assert_eq!(seen, want);
+}
+
+#[test]
 fn peer_messages_corpus() {
     run_corpus(
         &fuzz_dir(),

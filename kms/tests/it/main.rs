@@ -5,3 +5,4 @@ mod etsi_fixture;
 mod fake;
 mod fuzz_corpus;
 mod hybrid;
+mod skip;

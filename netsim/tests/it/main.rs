@@ -5,7 +5,7 @@
 mod scale;
 
 use qkd_kms::events::defects::Defects;
-use qkd_netsim::{Faults, Options, Shape, run, run_seeds, seed_count};
+use qkd_netsim::{Faults, Options, Shape, Violation, run, run_seeds, seed_count};
 
 /// Steps per run in CI.
 const STEPS: u32 = 200;
@@ -63,15 +63,52 @@ fn replay() {
         .ok()
         .and_then(|s| Shape::parse(&s))
         .unwrap_or(Shape::Chain(5));
+    let defects = match std::env::var("SIM_DEFECTS") {
+        Ok(s) => Violation::parse_defects(&s)
+            .unwrap_or_else(|| panic!("SIM_DEFECTS: unknown defect in {s:?}")),
+        Err(_) => Defects::default(),
+    };
     let o = run(&Options {
         seed,
         steps,
         shape,
-        defects: Defects::default(),
+        defects,
         faults: Faults::default(),
     })
     .unwrap_or_else(|v| panic!("{v}"));
     eprintln!("{o:?}");
+}
+
+/// A violation found with a defect put back replays to the same violation from its command.
+#[test]
+fn a_failing_seed_replays_to_the_same_violation() {
+    let defects = Defects {
+        reissued_ids: true,
+        ..Defects::default()
+    };
+    let (o, first) = (0..40)
+        .find_map(|seed| {
+            let o = Options {
+                seed,
+                steps: STEPS,
+                shape: Shape::Chain(5),
+                defects,
+                faults: Faults::default(),
+            };
+            run(&o).err().map(|v| (o, v))
+        })
+        .expect("a violation with re-issued IDs accepted");
+    let cmd = first.replay_command();
+    assert!(
+        cmd.contains(&format!("SIM_SEED={} ", o.seed)) && cmd.contains("SIM_DEFECTS=reissued_ids"),
+        "{cmd}"
+    );
+    let again = run(&o).expect_err("the replay fails too");
+    assert_eq!(
+        (again.step, again.trace.clone()),
+        (first.step, first.trace.clone()),
+        "the replay took another course"
+    );
 }
 
 /// The first seed (of up to `max`) on which the run finds a violation with `defects` back.

@@ -50,6 +50,17 @@ fn crate_dependency_edges_follow_the_architecture() {
                 "qkd-proto",
             ][..],
         ),
+        // The network simulation drives the real key managers over simulated links.
+        (
+            "qkd-netsim",
+            &[
+                "qkd-types",
+                "qkd-proto",
+                "qkd-hardware",
+                "qkd-simulator",
+                "qkd-kms",
+            ][..],
+        ),
         // The conformance tester must work against any KME: wire types and vocabulary only.
         ("qkd-conform", &["qkd-types", "qkd-proto"][..]),
         (
@@ -108,4 +119,41 @@ fn the_node_links_no_simulator_plotting_or_output() {
             "qkd-node pulls in {krate}"
         );
     }
+    // The simulation's test seams (the simulated disk, the switches that put defects back) are
+    // never built into the daemon.
+    assert!(
+        !tree.contains("qkd-kms feature \"simulation\""),
+        "qkd-node enables the kms simulation feature"
+    );
+    assert!(tree.contains("qkd-kms feature \"default\""), "{tree}");
+}
+
+/// The daemon links the ETSI 014 client adapter (`qkd-hardware` feature `etsi014`) but never
+/// the device emulator's HTTPS server (`qkd-simulator` feature `emulator`, which only the
+/// node's tests use, as a dev-dependency).
+#[test]
+fn the_node_links_the_device_adapter_but_not_the_emulator() {
+    let o = std::process::Command::new(env!("CARGO"))
+        .args([
+            "tree",
+            "-p",
+            "qkd-node",
+            "-e",
+            "normal,build,features",
+            "--prefix",
+            "none",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let tree = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        tree.contains("qkd-hardware feature \"etsi014\""),
+        "the node does not enable the ETSI 014 adapter:\n{tree}"
+    );
+    assert!(
+        !tree.contains("qkd-simulator feature \"emulator\""),
+        "the daemon links the device emulator"
+    );
 }

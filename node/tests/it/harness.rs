@@ -57,6 +57,7 @@ pub struct Listen {
     pub etsi: std::net::SocketAddr,
     pub peer: std::net::SocketAddr,
     pub admin: Option<std::net::SocketAddr>,
+    pub skip: Option<std::net::SocketAddr>,
 }
 
 impl Net {

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use qkd_types::SaeId;
 
+pub use crate::api::https::Reply;
 use crate::api::{KeyProfile, ServiceError};
 
 /// ETSI 014 §6.4 / product policy: a size outside our multiple-of-8 rule.
@@ -36,54 +37,10 @@ pub const DETAIL_PAIR: &str = "pair";
 /// Product policy (docs/etsi014.md §4.1, 503): the peer KME could not take part in the request.
 pub const MSG_PEER_UNAVAILABLE: &str = "peer KME unavailable";
 
-/// The body sent if a reply cannot be serialised (which our types never cause).
-const FALLBACK_BODY: &[u8] = br#"{"message":"key data access error"}"#;
-
 /// The `Allow` header value for `…/status`.
 pub const ALLOW_STATUS: &str = "GET";
 /// The `Allow` header value for `…/enc_keys` and `…/dec_keys`.
 pub const ALLOW_KEYS: &str = "GET, POST";
-
-/// An answer ready for the HTTP shell: a status, an optional JSON body, an optional `Allow`.
-/// A 200 body carries keys, so `Debug` shows only its length.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Reply {
-    /// HTTP status code.
-    pub status: StatusCode,
-    /// JSON body (`application/json`), or none (401).
-    pub body: Option<Vec<u8>>,
-    /// Value of the `Allow` header (405 only).
-    pub allow: Option<&'static str>,
-}
-
-impl std::fmt::Debug for Reply {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reply")
-            .field("status", &self.status)
-            .field("body_len", &self.body.as_ref().map(Vec::len))
-            .field("allow", &self.allow)
-            .finish()
-    }
-}
-
-impl Reply {
-    /// A JSON answer. Serialising our own wire types cannot fail (string keys, no maps with
-    /// non-string keys, no failing `Serialize` impls); should it ever, the SAE gets a 503.
-    pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Self {
-        match serde_json::to_vec(value) {
-            Ok(body) => Self {
-                status,
-                body: Some(body),
-                allow: None,
-            },
-            Err(_) => Self {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                body: Some(FALLBACK_BODY.to_vec()),
-                allow: None,
-            },
-        }
-    }
-}
 
 /// Why a request was refused. Every variant is caused by the calling SAE unless it says otherwise.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

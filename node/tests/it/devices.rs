@@ -1,0 +1,577 @@
+//! Links backed by QKD devices over ETSI GS QKD 014: two real `qkd-node` processes, each the
+//! client of one device of an emulated pair (`qkd_simulator::emulator`, served in this test
+//! process over real mutual TLS on 127.0.0.1). Keys agree end to end; a device that goes down
+//! marks the link down without stopping its node, and the link recovers when the device is back;
+//! `qkd-node check` names what is wrong in a device section and `check --online` asks the device.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use qkd_simulator::emulator::{self, DevicePair, PairConfig};
+use qkd_simulator::model::ConstantRate;
+use qkd_types::{Clock, KmeId, SaeId, SystemClock};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::harness::{BIN, Net, keys};
+
+/// Key rate of the emulated link, bit/s (reported by the devices in their status).
+const RATE: u64 = 2_000_000;
+
+/// Link key each end holds at most, bytes: enough to fill the SAE pools, small enough that the
+/// ingest pauses once it is full.
+const CAPACITY: u64 = 96 * 1024;
+
+/// The SAE ID of each node at its device (the CN of its client certificate).
+const DEVICE_SAES: [&str; 2] = ["node-A", "node-B"];
+
+/// One emulated device served on a fixed address, stoppable and restartable.
+struct Device {
+    addr: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Device {
+    async fn start_on(
+        addr: SocketAddr,
+        tls: Arc<rustls::ServerConfig>,
+        pair: &DevicePair,
+        i: usize,
+    ) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(emulator::run(
+            listener,
+            tls.clone(),
+            pair.clone(),
+            i,
+            async {
+                let _ = rx.await;
+            },
+        ));
+        Self {
+            addr,
+            tls,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Stops serving and closes every connection: connections are refused from now on.
+    async fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+
+    async fn restart(&mut self, pair: &DevicePair, i: usize) {
+        self.stop().await;
+        *self = Self::start_on(self.addr, self.tls.clone(), pair, i).await;
+    }
+}
+
+/// An emulated device pair (device 0 at node A, the link's master end; device 1 at node B), its
+/// PKI in `<net>/devices/`, and the device sections of both nodes' configurations.
+struct Emu {
+    pair: DevicePair,
+    devices: [Device; 2],
+    dir: PathBuf,
+}
+
+impl Emu {
+    async fn start(net: &Net) -> Self {
+        let dir = net.path().join("devices");
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = Ca::new();
+        std::fs::write(dir.join("ca.pem"), &ca.pem).unwrap();
+        for sae in DEVICE_SAES {
+            let (cert, key) = ca.client(sae);
+            std::fs::write(dir.join(format!("{sae}.crt")), cert).unwrap();
+            std::fs::write(dir.join(format!("{sae}.key")), key).unwrap();
+        }
+        let mut config = PairConfig::new(
+            SaeId::parse(DEVICE_SAES[0]).unwrap(),
+            SaeId::parse(DEVICE_SAES[1]).unwrap(),
+        );
+        config.kme_ids = [
+            KmeId::parse("DEV-A").unwrap(),
+            KmeId::parse("DEV-B").unwrap(),
+        ];
+        let clock = SystemClock;
+        // Some key is ready when the nodes first ask.
+        let start = clock.now().saturating_sub(5_000);
+        let pair = DevicePair::new(
+            config,
+            Box::new(ConstantRate::new(RATE)),
+            Arc::new(clock),
+            start,
+        );
+        let mut devices = Vec::new();
+        for i in 0..2 {
+            let (chain, key) = ca.device();
+            let tls =
+                emulator::server_tls(chain.as_bytes(), key.as_bytes(), ca.pem.as_bytes()).unwrap();
+            devices.push(Device::start_on("127.0.0.1:0".parse().unwrap(), tls, &pair, i).await);
+        }
+        Self {
+            pair,
+            devices: devices.try_into().ok().unwrap(),
+            dir,
+        }
+    }
+
+    /// The `[link.source]` table of the node at device `i`.
+    fn source(&self, i: usize) -> toml::Table {
+        let me = DEVICE_SAES[i];
+        let d = self.dir.display();
+        format!(
+            r#"
+kind = "etsi014"
+url = "https://{addr}"
+ca = {{ file = "{d}/ca.pem" }}
+client_cert = {{ file = "{d}/{me}.crt" }}
+client_key = {{ file = "{d}/{me}.key" }}
+expected_kme_id = "DEV-{node}"
+sae_id = "{me}"
+peer_sae_id = "{peer}"
+[status_metrics]
+qber = "{qber}"
+key_rate_bps = "{rate}"
+[limits]
+connect_timeout_ms = 2000
+request_timeout_ms = 5000
+min_backoff_ms = 20
+max_backoff_ms = 200
+"#,
+            addr = self.devices[i].addr,
+            node = ["A", "B"][i],
+            peer = DEVICE_SAES[1 - i],
+            qber = emulator::QBER_MEMBER,
+            rate = emulator::KEY_RATE_MEMBER,
+        )
+        .parse()
+        .unwrap()
+    }
+
+    /// Backs the link A-B of a `pair` network with this device pair at both ends, each end
+    /// holding at most [`CAPACITY`] bytes of link key.
+    fn attach(&self, net: &Net) {
+        for (i, node) in ["A", "B"].into_iter().enumerate() {
+            let source = self.source(i);
+            net.edit_config(node, |t| {
+                set_link_source(t, source);
+                let link = t["link"].as_array_mut().unwrap()[0].as_table_mut().unwrap();
+                link.insert(
+                    "capacity_bytes".into(),
+                    toml::Value::Integer(CAPACITY as i64),
+                );
+            });
+        }
+    }
+}
+
+/// Replaces the source of the node's only link.
+fn set_link_source(t: &mut toml::Table, source: toml::Table) {
+    let links = t.get_mut("link").unwrap().as_array_mut().unwrap();
+    let link = links[0].as_table_mut().unwrap();
+    link.insert("source".into(), toml::Value::Table(source));
+}
+
+/// A test CA for the devices and the nodes' device certificates.
+struct Ca {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new() -> Self {
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "device test CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A device server certificate for 127.0.0.1.
+    fn device(&self) -> (String, String) {
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A node's client certificate at its device: CN = its SAE ID there.
+    fn client(&self, sae: &str) -> (String, String) {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, sae);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// Runs `qkd-node check --config <config> [extra]` to completion (bounded); returns (success,
+/// stderr + stdout).
+fn check(config: &Path, extra: &[&str]) -> (bool, String) {
+    let mut child = Command::new(BIN)
+        .arg("check")
+        .arg("--config")
+        .arg(config)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        ),
+    )
+}
+
+/// The status of the node's only link.
+async fn link_status(net: &Net, node: &str) -> Value {
+    net.status(node).await["links"][0].clone()
+}
+
+/// Polls the node's link status until `pred` holds (bounded).
+async fn wait_link(net: &Net, node: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let st = link_status(net, node).await;
+        if pred(&st) {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {node}: link never {what}: {st}\n{}",
+            net.log(node)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Takes keys from the SAEs until the link needs new key and the devices have issued more than
+/// `n` keys, each fetched from the slave's device too (nothing pending between the two devices:
+/// the link's pool holds `CAPACITY` bytes, so the ingest pauses once it is full). Key flows
+/// from A's device through both nodes to B's device again.
+async fn until_device_key_flows(net: &Net, emu: &Emu, n: u64, seen: &mut HashSet<String>) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        same_keys_at_both_ends(net, seen).await;
+        if emu.pair.issued_keys() > n && emu.pair.pending_keys() == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "device key flow did not resume: issued {} (before {n}), pending {}",
+            emu.pair.issued_keys(),
+            emu.pair.pending_keys()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_backed_link_delivers_keys_and_rides_out_device_outages() {
+    let net = Net::setup(1_000_000);
+    let mut emu = Emu::start(&net).await;
+    emu.attach(&net);
+    let a = net.path().join("A").join("node.toml");
+    let (ok, out) = check(&a, &[]);
+    assert!(ok, "{out}");
+
+    net.start("A");
+    net.start("B");
+    // Both nodes up: the online check reaches the neighbour and the device.
+    let (ok, out) = check(&a, &["--online"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("link A-B: device https://") && out.contains("answers as KME DEV-A"),
+        "{out}"
+    );
+
+    net.wait_for_keys("ENC-A1", "ENC-B1", 4).await;
+    let mut seen = HashSet::new();
+    same_keys_at_both_ends(&net, &mut seen).await;
+    // The link key came from the devices: every key the master's device issued was fetched
+    // from the slave's device.
+    assert!(emu.pair.issued_keys() > 0);
+    for node in ["A", "B"] {
+        let st = wait_link(&net, node, "up", |s| s["state"] == "up").await;
+        assert_eq!(st["source_kind"], "etsi014", "{st}");
+        assert_eq!(st["simulated"], false, "{st}");
+        // As the device reports them in its status (named by [status_metrics]).
+        assert_eq!(
+            st["secret_key_rate_bps"].as_f64(),
+            Some(RATE as f64),
+            "{st}"
+        );
+        let qber = st["qber"].as_f64().unwrap();
+        assert!((0.0..0.5).contains(&qber), "{st}");
+        assert_eq!(net.status(node).await["simulated"], false);
+    }
+
+    // The master's device goes down: the link is down, the node keeps serving.
+    emu.devices[0].stop().await;
+    let st = wait_link(&net, "A", "down", |s| s["state"] == "down").await;
+    assert!(
+        st["reason"].as_str().unwrap().contains("unreachable"),
+        "{st}"
+    );
+    // A node started while its device is unreachable starts all the same, link down.
+    net.kill9("A");
+    net.start("A");
+    wait_link(&net, "A", "down", |s| s["state"] == "down").await;
+    let issued = emu.pair.issued_keys();
+    emu.devices[0].restart(&emu.pair, 0).await;
+    wait_link(&net, "A", "up", |s| s["state"] == "up").await;
+    until_device_key_flows(&net, &emu, issued, &mut seen).await;
+
+    // The slave end's link follows its own device (key flow after such an outage: see
+    // `slave_device_outage_and_recovery`).
+    emu.devices[1].stop().await;
+    let st = wait_link(&net, "B", "down", |s| s["state"] == "down").await;
+    assert_eq!(st["secret_key_rate_bps"].as_f64(), Some(0.0), "{st}");
+    emu.devices[1].restart(&emu.pair, 1).await;
+    wait_link(&net, "B", "up", |s| s["state"] == "up").await;
+    for d in &mut emu.devices {
+        d.stop().await;
+    }
+}
+
+/// The slave end's device goes down while the master end keeps taking key: the link must carry
+/// key again once it is back. (It used to wedge: the master discarded the refused blocks while
+/// the slave still expected their sequence numbers, so every later offer was refused.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slave_device_outage_and_recovery() {
+    let net = Net::setup(1_000_000);
+    let mut emu = Emu::start(&net).await;
+    emu.attach(&net);
+    net.start("A");
+    net.start("B");
+    net.wait_for_keys("ENC-A1", "ENC-B1", 4).await;
+    let mut seen = HashSet::new();
+    same_keys_at_both_ends(&net, &mut seen).await;
+    emu.devices[1].stop().await;
+    wait_link(&net, "B", "down", |s| s["state"] == "down").await;
+    // Keys already made are still served, at both ends, until the pools run dry. Whatever A
+    // takes from its device meanwhile, B's device cannot deliver: B answers "unavailable", and A
+    // keeps those blocks and offers them again rather than discard them.
+    for _ in 0..500 {
+        let (code, body) = net.call("ENC-A1", "ENC-B1/enc_keys?number=4", None).await;
+        if code == 503 {
+            break;
+        }
+        assert_eq!(code, 200, "{body}");
+        let got = keys(&body);
+        let ids: Vec<_> = got.iter().map(|(id, _)| json!({ "key_ID": id })).collect();
+        let (code, back) = net
+            .call("ENC-B1", "ENC-A1/dec_keys", Some(json!({ "key_IDs": ids })))
+            .await;
+        assert_eq!(code, 200, "{back}");
+        assert_eq!(keys(&back), got);
+        for (id, key) in got {
+            assert!(seen.insert(id), "key ID delivered twice");
+            assert!(seen.insert(hex::encode(&key)), "key bytes delivered twice");
+        }
+    }
+    let issued = emu.pair.issued_keys();
+    emu.devices[1].restart(&emu.pair, 1).await;
+    wait_link(&net, "B", "up", |s| s["state"] == "up").await;
+    until_device_key_flows(&net, &emu, issued, &mut seen).await;
+    for d in &mut emu.devices {
+        d.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_what_is_wrong_in_a_device_section() {
+    let net = Net::setup(1_000_000);
+    let mut emu = Emu::start(&net).await;
+    let config = net.path().join("A").join("node.toml");
+    let dir = emu.dir.clone();
+    // (what, member of the device section, its new value, what the error must name)
+    let file = |p: &Path| {
+        let mut t = toml::Table::new();
+        t.insert("file".into(), p.display().to_string().into());
+        toml::Value::Table(t)
+    };
+    let cases = [
+        (
+            "missing CA file",
+            "ca",
+            file(Path::new("/nonexistent/ca.pem")),
+            &["link[0].source.ca", "/nonexistent/ca.pem"][..],
+        ),
+        (
+            "key of another certificate",
+            "client_key",
+            file(&dir.join(format!("{}.key", DEVICE_SAES[1]))),
+            &["link[0].source.client_key", "does not match client_cert"],
+        ),
+        (
+            "CA file that holds no certificate",
+            "ca",
+            file(&dir.join(format!("{}.key", DEVICE_SAES[0]))),
+            &["link[0].source.ca", "no CERTIFICATE"],
+        ),
+        (
+            "misspelled member",
+            "allow_tls_12",
+            true.into(),
+            &["line", "allow_tls_12"],
+        ),
+    ];
+    for (what, member, value, needles) in cases {
+        let mut source = emu.source(0);
+        source.insert(member.into(), value);
+        net.edit_config("A", |t| set_link_source(t, source));
+        let (ok, out) = check(&config, &[]);
+        assert!(!ok, "{what}: check passed\n{out}");
+        assert!(out.contains(&config.display().to_string()), "{what}: {out}");
+        for n in needles {
+            assert!(out.contains(n), "{what}: no {n:?} in {out}");
+        }
+    }
+
+    // Online: a device that names another KME is refused; one that does not answer fails the
+    // check. (Neighbour B is not running, so only the device lines are looked at.)
+    let mut source = emu.source(0);
+    source.insert("expected_kme_id".into(), "DEV-X".into());
+    net.edit_config("A", |t| set_link_source(t, source));
+    let (ok, out) = check(&config, &[]);
+    assert!(ok, "offline check needs no device: {out}");
+    let (ok, out) = check(&config, &["--online"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("link A-B: DEVICE FAILED") && out.contains("expected DEV-X"),
+        "{out}"
+    );
+    net.edit_config("A", |t| set_link_source(t, emu.source(0)));
+    let (_, out) = check(&config, &["--online"]);
+    assert!(out.contains("answers as KME DEV-A"), "{out}");
+    emu.devices[0].stop().await;
+    let (ok, out) = check(&config, &["--online"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("link A-B: DEVICE FAILED") && out.contains("unreachable"),
+        "{out}"
+    );
+    emu.devices[1].stop().await;
+}
+
+/// SIGKILL of the master end's node while it takes key from its device, at whatever point of
+/// enc_keys, the durable record of the new blocks, the offer to B and B's dec_keys the kill
+/// lands: no key is ever delivered twice or with different bytes at the two ends, no device
+/// key ID is used twice on the link, and key flows again after each restart. (A key the
+/// master's device handed out but the dead node never recorded stays unused at B's device.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_node_killed_mid_ingest_uses_no_key_twice() {
+    let net = Net::setup(1_000_000);
+    let mut emu = Emu::start(&net).await;
+    emu.attach(&net);
+    net.start("A");
+    net.start("B");
+    net.wait_for_keys("ENC-A1", "ENC-B1", 1).await;
+    let mut seen = HashSet::new();
+    for round in 0..4 {
+        // Make the master's node take key from its device, and kill it while it does.
+        let issued = emu.pair.issued_keys();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while emu.pair.issued_keys() == issued {
+            same_keys_at_both_ends(&net, &mut seen).await;
+            assert!(Instant::now() < deadline, "round {round}: no ingest");
+        }
+        net.kill9("A");
+        net.start("A");
+        wait_link(&net, "A", "up", |s| s["state"] == "up").await;
+        let issued = emu.pair.issued_keys();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while emu.pair.issued_keys() <= issued {
+            same_keys_at_both_ends(&net, &mut seen).await;
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: ingest did not resume"
+            );
+        }
+    }
+    for node in ["A", "B"] {
+        let st = link_status(&net, node).await;
+        assert_eq!(st["device_reissued_ids"], 0, "{node}: {st}");
+    }
+    for d in &mut emu.devices {
+        d.stop().await;
+    }
+}
+
+/// Keys made for ENC-A1 (enc_keys at A) and fetched by ENC-B1 (dec_keys at B): the same bytes
+/// at both ends, and none of them (ID or bytes) in `seen` before.
+async fn same_keys_at_both_ends(net: &Net, seen: &mut HashSet<String>) {
+    let (code, body) = net
+        .call_retrying("ENC-A1", "ENC-B1/enc_keys?number=4", None)
+        .await;
+    assert_eq!(
+        code,
+        200,
+        "{body}\nA: {}\nB: {}\nA status: {}\nB status: {}",
+        tail(&net.log("A")),
+        tail(&net.log("B")),
+        net.status("A").await,
+        net.status("B").await
+    );
+    let got = keys(&body);
+    assert_eq!(got.len(), 4, "{body}");
+    let ids: Vec<_> = got.iter().map(|(id, _)| json!({ "key_ID": id })).collect();
+    let (code, back) = net
+        .call("ENC-B1", "ENC-A1/dec_keys", Some(json!({ "key_IDs": ids })))
+        .await;
+    assert_eq!(code, 200, "{back}");
+    assert_eq!(keys(&back), got);
+    for (id, key) in got {
+        assert!(seen.insert(id.clone()), "key ID {id} delivered twice");
+        assert!(seen.insert(hex::encode(&key)), "key bytes delivered twice");
+    }
+}
+
+/// The end of a node's log, for failure messages.
+fn tail(log: &str) -> &str {
+    &log[log.len().saturating_sub(4000)..]
+}
