@@ -29,8 +29,14 @@
 //!
 //! A run is a pure function of its [`Options`]: [`run`] twice gives the same trace (checked by
 //! a test), and a failing seed prints the one command that replays it.
+//!
+//! The faults are an option ([`Faults`]; [`Faults::none`] keeps only the network's delays), and
+//! the simulated network counts every peer call by kind ([`Traffic`]): [`scale`] measures how
+//! control traffic, route convergence and relay latency grow with the size of the network.
 
 #![forbid(unsafe_code)]
+
+pub mod scale;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -67,12 +73,16 @@ pub enum Shape {
     /// A chain plus N/2 extra links drawn from the seed: several routes, and routing around
     /// failures.
     Mesh(usize),
+    /// A random spanning tree (each node `i > 0` linked to a node before it, drawn from the
+    /// seed) plus N/2 extra links: an average degree of about 3, the shape of the scaling
+    /// measurement ([`scale`]).
+    Random(usize),
 }
 
 impl Shape {
     fn nodes(self) -> usize {
         match self {
-            Shape::Chain(n) | Shape::Mesh(n) => n.max(2),
+            Shape::Chain(n) | Shape::Mesh(n) | Shape::Random(n) => n.max(2),
         }
     }
 
@@ -81,6 +91,7 @@ impl Shape {
         match self {
             Shape::Chain(n) => format!("chain{n}"),
             Shape::Mesh(n) => format!("mesh{n}"),
+            Shape::Random(n) => format!("random{n}"),
         }
     }
 
@@ -88,6 +99,9 @@ impl Shape {
     pub fn parse(s: &str) -> Option<Self> {
         if let Some(n) = s.strip_prefix("chain") {
             return n.parse().ok().map(Shape::Chain);
+        }
+        if let Some(n) = s.strip_prefix("random") {
+            return n.parse().ok().map(Shape::Random);
         }
         s.strip_prefix("mesh")?.parse().ok().map(Shape::Mesh)
     }
@@ -104,6 +118,47 @@ pub struct Options {
     pub shape: Shape,
     /// Known defects put back (test seams), to show the run finds them.
     pub defects: Defects,
+    /// Which faults the run injects ([`Faults::default`]: all of them).
+    pub faults: Faults,
+}
+
+/// The faults a run injects. [`Faults::default`] is what the invariant runs use; [`Faults::none`]
+/// leaves only the network's delays, for measurements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Faults {
+    /// Requests lost, per mille of calls (the caller times out).
+    pub drop_request_permille: u32,
+    /// Replies lost, per mille of calls.
+    pub drop_reply_permille: u32,
+    /// Requests delivered twice, per mille of calls.
+    pub duplicate_permille: u32,
+    /// Crashes, partitions, devices that lose their position and configuration changes among
+    /// the steps of [`run`] (when off, those steps are quiet stretches instead).
+    pub disruptions: bool,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            drop_request_permille: DROP_REQUEST,
+            drop_reply_permille: DROP_REPLY,
+            duplicate_permille: DUPLICATE,
+            disruptions: true,
+        }
+    }
+}
+
+impl Faults {
+    /// No faults: every call arrives once, after its delay; no crash, partition or
+    /// configuration change.
+    pub fn none() -> Self {
+        Faults {
+            drop_request_permille: 0,
+            drop_reply_permille: 0,
+            duplicate_permille: 0,
+            disruptions: false,
+        }
+    }
 }
 
 /// What a run did.
@@ -211,6 +266,14 @@ impl std::fmt::Display for Violation {
 
 /// Runs one simulation on a fresh single-threaded runtime with simulated time.
 pub fn run(options: &Options) -> Result<Outcome, Box<Violation>> {
+    run_paused(options.defects, async {
+        let mut sim = Sim::new(options.clone());
+        sim.drive().await
+    })
+}
+
+/// Runs `fut` on a fresh single-threaded runtime with simulated time, `defects` put back.
+fn run_paused<T>(defects: Defects, fut: impl std::future::Future<Output = T>) -> T {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -218,11 +281,8 @@ pub fn run(options: &Options) -> Result<Outcome, Box<Violation>> {
         // Invariant: building a current-thread runtime only fails when the OS is out of
         // resources; the harness cannot run without one.
         .unwrap_or_else(|e| panic!("cannot build the simulation runtime: {e}"));
-    qkd_kms::events::defects::set(options.defects);
-    let out = rt.block_on(async {
-        let mut sim = Sim::new(options.clone());
-        sim.drive().await
-    });
+    qkd_kms::events::defects::set(defects);
+    let out = rt.block_on(fut);
     qkd_kms::events::defects::set(Defects::default());
     out
 }
@@ -238,6 +298,8 @@ const LAST_VERSION: u32 = 2;
 const BLOCK_BITS: u32 = 4096;
 const LINK_BPS: u64 = 200_000;
 const DEVICE_POLL: Duration = Duration::from_millis(100);
+/// Link-state flooding interval of every node.
+const DEFAULT_ADVERT_INTERVAL: Duration = Duration::from_millis(300);
 
 fn node_id(i: usize) -> NodeId {
     NodeId::parse(&format!("n{i}")).unwrap_or_else(|e| panic!("node ID: {e}"))
@@ -310,6 +372,21 @@ fn pairs(n: usize) -> Vec<Pair> {
 
 fn links_of(shape: Shape, rng: &mut ChaCha8Rng) -> Vec<(usize, usize)> {
     let n = shape.nodes();
+    if let Shape::Random(_) = shape {
+        let mut links: BTreeSet<(usize, usize)> =
+            (1..n).map(|i| (rng.random_range(0..i), i)).collect();
+        let extra = n / 2;
+        let mut tries = 0;
+        while links.len() < n - 1 + extra && tries < 100 * n {
+            tries += 1;
+            let a = rng.random_range(0..n);
+            let b = rng.random_range(0..n);
+            if a != b {
+                links.insert((a.min(b), a.max(b)));
+            }
+        }
+        return links.into_iter().collect();
+    }
     let mut links: BTreeSet<(usize, usize)> = (0..n - 1).map(|i| (i, i + 1)).collect();
     if let Shape::Mesh(_) = shape {
         let extra = n / 2;
@@ -354,6 +431,66 @@ struct NetState {
     /// Neighbour pairs (low, high) whose traffic is cut.
     cut: BTreeSet<(usize, usize)>,
     rng: ChaCha8Rng,
+    faults: Faults,
+    /// Peer calls made, by kind.
+    traffic: Traffic,
+}
+
+/// The kinds of peer call ([`PeerLink`]'s methods).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CallKind {
+    /// Link-state flooding.
+    Advertise,
+    /// Link key offered by a link's master end to its slave end.
+    OfferBlocks,
+    /// Reserving link key on a relay hop.
+    RelayAllocate,
+    /// A relay batch on one hop.
+    Relay,
+    /// Messages to a remote node (delivery notices, end-to-end exchange).
+    Forward,
+}
+
+impl CallKind {
+    /// Every kind, in table order.
+    pub const ALL: [CallKind; 5] = [
+        CallKind::Advertise,
+        CallKind::OfferBlocks,
+        CallKind::RelayAllocate,
+        CallKind::Relay,
+        CallKind::Forward,
+    ];
+
+    /// The name the tables print.
+    pub fn name(self) -> &'static str {
+        match self {
+            CallKind::Advertise => "Advertise",
+            CallKind::OfferBlocks => "OfferBlocks",
+            CallKind::RelayAllocate => "RelayAllocate",
+            CallKind::Relay => "Relay",
+            CallKind::Forward => "Forward",
+        }
+    }
+}
+
+/// Peer calls counted by the simulated network, by kind: every call made (whatever became of
+/// it), the protobuf-encoded size of its request and of the reply the caller received.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// (calls, request bytes + reply bytes) by kind.
+    pub by_kind: BTreeMap<CallKind, (u64, u64)>,
+}
+
+impl Traffic {
+    /// Calls of `kind`.
+    pub fn calls(&self, kind: CallKind) -> u64 {
+        self.by_kind.get(&kind).map_or(0, |c| c.0)
+    }
+
+    /// Payload bytes (requests and replies) of `kind`.
+    pub fn bytes(&self, kind: CallKind) -> u64 {
+        self.by_kind.get(&kind).map_or(0, |c| c.1)
+    }
 }
 
 #[derive(Debug)]
@@ -385,11 +522,12 @@ impl Net {
 
     fn fate(&self) -> Fate {
         let mut st = self.lock();
+        let f = st.faults;
         let r = &mut st.rng;
         Fate {
-            drop_request: r.random_range(0..1000) < DROP_REQUEST,
-            drop_reply: r.random_range(0..1000) < DROP_REPLY,
-            duplicate: r.random_range(0..1000) < DUPLICATE,
+            drop_request: r.random_range(0..1000) < f.drop_request_permille,
+            drop_reply: r.random_range(0..1000) < f.drop_reply_permille,
+            duplicate: r.random_range(0..1000) < f.duplicate_permille,
             delay_request: Duration::from_millis(r.random_range(0..=MAX_DELAY_MS)),
             delay_reply: Duration::from_millis(r.random_range(0..=MAX_DELAY_MS)),
         }
@@ -403,19 +541,28 @@ impl Net {
         self.lock().managers[i].clone()
     }
 
+    fn count(&self, kind: CallKind, calls: u64, bytes: usize) {
+        let mut st = self.lock();
+        let c = st.traffic.by_kind.entry(kind).or_default();
+        c.0 += calls;
+        c.1 += bytes as u64;
+    }
+
     /// One call from node `from` to node `to`, as the network treats it.
     async fn call<Req, Resp>(
         &self,
         from: usize,
         to: usize,
         timeout: Duration,
+        kind: CallKind,
         req: Req,
         handler: Handler<Req, Resp>,
     ) -> Result<Resp, Status>
     where
-        Req: Clone + Send + 'static,
-        Resp: Send + 'static,
+        Req: prost::Message + Clone + Send + 'static,
+        Resp: prost::Message + Send + 'static,
     {
+        self.count(kind, 1, req.encoded_len());
         let fate = self.fate();
         let work = async {
             tokio::time::sleep(fate.delay_request).await;
@@ -450,6 +597,9 @@ impl Net {
             if fate.drop_reply || self.is_cut(from, to) {
                 return std::future::pending().await;
             }
+            if let Ok(reply) = &r {
+                self.count(kind, 0, reply.encoded_len());
+            }
             r.map_err(|e| status_of(&e))
         };
         match tokio::time::timeout(timeout, work).await {
@@ -475,9 +625,18 @@ impl PeerLink for SimLink {
         timeout: Duration,
     ) -> Result<pb::OfferBlocksReply, Status> {
         self.net
-            .call(self.from, self.to, timeout, req, |m, f, r| {
-                Box::pin(async move { m.on_offer(&f, r).await.map(|()| pb::OfferBlocksReply {}) })
-            })
+            .call(
+                self.from,
+                self.to,
+                timeout,
+                CallKind::OfferBlocks,
+                req,
+                |m, f, r| {
+                    Box::pin(
+                        async move { m.on_offer(&f, r).await.map(|()| pb::OfferBlocksReply {}) },
+                    )
+                },
+            )
             .await
     }
 
@@ -487,9 +646,16 @@ impl PeerLink for SimLink {
         timeout: Duration,
     ) -> Result<pb::AdvertiseReply, Status> {
         self.net
-            .call(self.from, self.to, timeout, req, |m, f, r| {
-                Box::pin(async move { m.on_advertise(&f, r).map(|()| pb::AdvertiseReply {}) })
-            })
+            .call(
+                self.from,
+                self.to,
+                timeout,
+                CallKind::Advertise,
+                req,
+                |m, f, r| {
+                    Box::pin(async move { m.on_advertise(&f, r).map(|()| pb::AdvertiseReply {}) })
+                },
+            )
             .await
     }
 
@@ -499,9 +665,14 @@ impl PeerLink for SimLink {
         timeout: Duration,
     ) -> Result<pb::RelayAllocateReply, Status> {
         self.net
-            .call(self.from, self.to, timeout, req, |m, f, r| {
-                Box::pin(async move { m.on_relay_allocate(&f, r).await })
-            })
+            .call(
+                self.from,
+                self.to,
+                timeout,
+                CallKind::RelayAllocate,
+                req,
+                |m, f, r| Box::pin(async move { m.on_relay_allocate(&f, r).await }),
+            )
             .await
     }
 
@@ -511,9 +682,14 @@ impl PeerLink for SimLink {
         timeout: Duration,
     ) -> Result<pb::RelayReply, Status> {
         self.net
-            .call(self.from, self.to, timeout, req, |m, f, r| {
-                Box::pin(async move { m.on_relay(&f, r).await })
-            })
+            .call(
+                self.from,
+                self.to,
+                timeout,
+                CallKind::Relay,
+                req,
+                |m, f, r| Box::pin(async move { m.on_relay(&f, r).await }),
+            )
             .await
     }
 
@@ -523,9 +699,14 @@ impl PeerLink for SimLink {
         timeout: Duration,
     ) -> Result<pb::ForwardReply, Status> {
         self.net
-            .call(self.from, self.to, timeout, req, |m, f, r| {
-                Box::pin(async move { m.on_forward(&f, r).await })
-            })
+            .call(
+                self.from,
+                self.to,
+                timeout,
+                CallKind::Forward,
+                req,
+                |m, f, r| Box::pin(async move { m.on_forward(&f, r).await }),
+            )
             .await
     }
 }
@@ -645,6 +826,9 @@ struct Sim {
     checker: Arc<Mutex<Checker>>,
     /// Latest configuration version; nodes adopt it when they restart.
     version: u32,
+    /// How often each node floods its link state (the scaling measurement may lower the
+    /// per-node work by raising it).
+    advert_interval: Duration,
     /// Devices whose position is lost at their node's next start, by link index.
     lose_position: BTreeSet<usize>,
     master_keys: BTreeMap<KeyId, MasterKey>,
@@ -694,6 +878,8 @@ impl Sim {
                 managers: vec![None; n],
                 cut: BTreeSet::new(),
                 rng: ChaCha8Rng::seed_from_u64(opts.seed ^ 0x006e_6574_776f_726b),
+                faults: opts.faults,
+                traffic: Traffic::default(),
             }),
         });
         Sim {
@@ -711,6 +897,7 @@ impl Sim {
             }),
             checker: Arc::default(),
             version: 0,
+            advert_interval: DEFAULT_ADVERT_INTERVAL,
             lose_position: BTreeSet::new(),
             master_keys: BTreeMap::new(),
             deferred: BTreeMap::new(),
@@ -822,7 +1009,7 @@ impl Sim {
                 batch_keys: 4,
                 pool_ttl_ms: 3_600_000,
                 hop_timeout: Duration::from_millis(500),
-                advert_interval: Duration::from_millis(300),
+                advert_interval: self.advert_interval,
                 pairs: pair_modes,
                 default_mode: KeyMode::default(),
                 tamper_relay: false,
@@ -1279,6 +1466,11 @@ impl Sim {
             40..=41 => self.enc(step, 0, 1, None, Some(4)).await,
             42..=69 => self.dec(step, false).await,
             70..=73 => self.dec(step, true).await,
+            74..=96 if !self.opts.faults.disruptions => {
+                let secs = self.rng.random_range(1..4);
+                self.note(step, format!("quiet {secs} s"));
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+            }
             74..=81 => {
                 let i = self.rng.random_range(0..self.n);
                 if self.nodes[i].up {
@@ -1392,6 +1584,7 @@ pub fn run_seeds(
             steps,
             shape,
             defects,
+            faults: Faults::default(),
         })?;
         s.runs += 1;
         s.steps += u64::from(o.steps);

@@ -2,8 +2,10 @@
 //! (`SIM_SEEDS=` runs more), determinism, replay, and proof that it finds known defects when a
 //! test seam puts them back.
 
+mod scale;
+
 use qkd_kms::events::defects::Defects;
-use qkd_netsim::{Options, Shape, Violation, run, run_seeds, seed_count};
+use qkd_netsim::{Faults, Options, Shape, Violation, run, run_seeds, seed_count};
 
 /// Steps per run in CI.
 const STEPS: u32 = 200;
@@ -36,6 +38,7 @@ fn runs_are_deterministic() {
         steps: 80,
         shape: Shape::Mesh(5),
         defects: Defects::default(),
+        faults: Faults::default(),
     };
     let a = run(&o).unwrap_or_else(|v| panic!("{v}"));
     let b = run(&o).unwrap_or_else(|v| panic!("{v}"));
@@ -70,6 +73,7 @@ fn replay() {
         steps,
         shape,
         defects,
+        faults: Faults::default(),
     })
     .unwrap_or_else(|v| panic!("{v}"));
     eprintln!("{o:?}");
@@ -89,6 +93,7 @@ fn a_failing_seed_replays_to_the_same_violation() {
                 steps: STEPS,
                 shape: Shape::Chain(5),
                 defects,
+                faults: Faults::default(),
             };
             run(&o).err().map(|v| (o, v))
         })
@@ -114,6 +119,7 @@ fn finds(defects: Defects, shape: Shape, max: u64) -> String {
             steps: STEPS,
             shape,
             defects,
+            faults: Faults::default(),
         }) {
             return v.what.clone();
         }
