@@ -1,9 +1,11 @@
 //! Key management: the durable key store, the node-to-node agreement on which link key backs
-//! which delivered key, and the key-delivery front ends: the ETSI GS QKD 014 server for SAEs and
-//! the SKIP Key Provider for routers.
+//! which delivered key, and the key-delivery front ends: the ETSI GS QKD 014 server and the gRPC
+//! key delivery service for SAEs, and the SKIP Key Provider for routers.
 //!
-//! The logic is sans-IO where it decides anything (allocation of link key, key life cycle); the
-//! servers and the store writer are thin shells around it. This crate never reads configuration
+//! The logic is sans-IO where it decides anything (allocation of link key, key life cycle,
+//! request checks); the servers and the store writer are thin shells around it. The relay itself
+//! is still sequenced by the async `manager` (its sans-IO rewrite is pending); the deterministic
+//! network simulation (`netsim/`) runs it as it is. This crate never reads configuration
 //! files (that is the node's job) and never logs, prints or returns key bytes outside [`Secret`].
 //!
 //! [`Secret`]: qkd_types::Secret
