@@ -9,7 +9,7 @@ use qkd_netsim::{Faults, Options, Shape, Violation, run, run_seeds, seed_count};
 
 /// Steps per run in CI.
 const STEPS: u32 = 200;
-/// Seeds per shape in CI: 1,000 runs in all (about 0.2 s of CPU each, docs/simulation.md).
+/// Seeds per shape in CI: 1,000 runs in all (about 0.3 s of CPU each, docs/simulation.md).
 const SEEDS: u64 = 500;
 
 fn must_hold(shape: Shape, default_seeds: u64) {
