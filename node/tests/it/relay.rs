@@ -172,21 +172,15 @@ async fn tampered_relay_messages_are_rejected_and_release_nothing() {
     }
     // A pair that does not cross C still works...
     net.wait_for_keys("ENC-A1", "ENC-B1", POOL).await;
-    // ...while batches A1->E1 reach C, are corrupted towards D, and D refuses them.
+    // ...while batches A1->E1 reach C, are corrupted towards D, and D refuses them, saying why.
+    // (D's relay counter on C-D is no measure of this: it also counts the messages D sends to C
+    // for E's batches, so it can grow before any forgery arrives.)
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let st = net.status("D").await;
-        let cd = st["links"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["link"] == "C-D")
-            .cloned()
-            .unwrap();
-        if cd["relay_messages"].as_u64().unwrap() >= 5 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no relay attempts reached D");
+    while net.log("D").matches("failed authentication").count() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "D did not report three forged relay messages"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (code, st) = net.call("ENC-A1", "ENC-E1/status", None).await;
@@ -196,12 +190,6 @@ async fn tampered_relay_messages_are_rejected_and_release_nothing() {
         "a batch crossing the tampering node was released"
     );
     assert_eq!(net.call("ENC-A1", "ENC-E1/enc_keys", None).await.0, 503);
-    // D stopped every corrupted message: it never sent a relay on to E for A1's batches, and
-    // said why.
-    assert!(
-        net.log("D").contains("failed authentication"),
-        "D did not report the forgery"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
