@@ -17,9 +17,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use qkd_types::SaeId;
+use qkd_types::{Clock, SaeId, SystemClock, UnixMillis};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -110,7 +110,8 @@ impl<K: Eq + Hash> Drop for ClientSlot<K> {
 #[derive(Debug)]
 pub struct CapLog {
     port: &'static str,
-    last: Mutex<Option<Instant>>,
+    clock: Arc<dyn Clock>,
+    last: Mutex<Option<UnixMillis>>,
     suppressed: AtomicU64,
 }
 
@@ -118,10 +119,16 @@ impl CapLog {
     /// Shortest time between two warnings of one cap.
     pub const INTERVAL: Duration = Duration::from_secs(10);
 
-    /// A log for the cap of `port`.
+    /// A log for the cap of `port`, timed by the system clock.
     pub fn new(port: &'static str) -> Self {
+        Self::with_clock(port, Arc::new(SystemClock))
+    }
+
+    /// A log for the cap of `port`, timed by `clock`.
+    pub fn with_clock(port: &'static str, clock: Arc<dyn Clock>) -> Self {
         Self {
             port,
+            clock,
             last: Mutex::new(None),
             suppressed: AtomicU64::new(0),
         }
@@ -130,10 +137,10 @@ impl CapLog {
     /// Records a refusal; calls `warn` with the number of refusals not logged since the last
     /// warning if the interval has passed, else only counts.
     pub fn refused(&self, warn: impl FnOnce(u64)) {
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         match *last {
-            Some(t) if now.saturating_duration_since(t) < Self::INTERVAL => {
+            Some(t) if u128::from(now.saturating_sub(t)) < Self::INTERVAL.as_millis() => {
                 self.suppressed.fetch_add(1, Ordering::Relaxed);
             }
             _ => {
@@ -348,7 +355,8 @@ mod tests {
 
     #[test]
     fn log_is_rate_limited() {
-        let log = CapLog::new("test");
+        let clock = qkd_types::ManualClock::new(1_000);
+        let log = CapLog::with_clock("test", Arc::new(clock.clone()));
         let mut warned = Vec::new();
         for _ in 0..5 {
             log.refused(|n| warned.push(n));
@@ -356,5 +364,15 @@ mod tests {
         // One warning; the other four refusals are counted for the next one.
         assert_eq!(warned, vec![0]);
         assert_eq!(log.suppressed.load(Ordering::Relaxed), 4);
+        clock.advance(CapLog::INTERVAL.as_millis() as u64 - 1);
+        log.refused(|n| warned.push(n));
+        assert_eq!(warned, vec![0], "within the interval");
+        clock.advance(1);
+        log.refused(|n| warned.push(n));
+        assert_eq!(
+            warned,
+            vec![0, 5],
+            "the next warning counts what it held back"
+        );
     }
 }
