@@ -1,16 +1,14 @@
 //! `qkd-bench ingest`: how fast the durable store makes link key material durable.
 //!
 //! Opens a real store (redb, encryption at rest under a file-held master key) in a temporary
-//! directory and feeds it link blocks with `Txn::put_block` through the group-commit
-//! [`Writer`], exactly as a node's ingest loop does: each operation stores a run of blocks, the
-//! writer commits as many queued operations as it finds in one `Durability::Immediate`
-//! transaction. The rate counts key bytes only, from the first operation queued to the last
-//! commit.
+//! directory and feeds it link blocks with the `PutBlocks` store operation through the
+//! group-commit [`Writer`], exactly as a node's ingest loop does: each operation stores a run of
+//! blocks, the writer commits as many queued operations as it finds in one
+//! `Durability::Immediate` transaction. The rate counts key bytes only, from the first operation
+//! queued to the last commit.
 //!
-//! The writer does not expose its batches, so they are reconstructed: every operation records
-//! when it started and ended on the writer thread. Operations of one batch run back to back;
-//! between two batches the writer commits (an fsync), so a gap above [`BATCH_GAP`] between the
-//! end of one operation and the start of the next marks a commit.
+//! The store is wrapped in [`Timed`], a [`KeyStore`] that runs each batch the way the redb store
+//! does and records its size and the time spent inside its operations.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,15 +17,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use qkd_kms::core::pool::{BlockMeta, BlockState};
-use qkd_kms::store::Store;
+use qkd_kms::store::ops::PutBlocks;
 use qkd_kms::store::vault::FileKek;
+use qkd_kms::store::{KeyStore, Op, Outcome, SpaceGauge, Store, StoreError, Tables};
 use qkd_kms::writer::Writer;
 use qkd_types::{BlockId, LinkId, Secret};
 use rand::RngCore;
-
-/// A pause between two operations on the writer thread longer than this is a commit: operations
-/// of one batch follow each other within a microsecond or so, a durable commit takes far longer.
-const BATCH_GAP: Duration = Duration::from_micros(50);
 
 /// Arguments of `qkd-bench ingest`.
 #[derive(Debug, clap::Args)]
@@ -108,11 +103,42 @@ impl Report {
     }
 }
 
-/// When one operation ran on the writer thread.
+/// One committed batch: how many operations, and the time spent inside them (seal + insert,
+/// not the commit).
 #[derive(Debug, Clone, Copy)]
-struct OpSpan {
-    start: Instant,
-    end: Instant,
+struct BatchSpan {
+    ops: u64,
+    busy: Duration,
+}
+
+/// The redb store, recording every batch it commits.
+#[derive(Debug)]
+struct Timed {
+    store: Store,
+    batches: Arc<Mutex<Vec<BatchSpan>>>,
+}
+
+impl KeyStore for Timed {
+    fn apply(&mut self, ops: Vec<Op>) -> Result<Vec<Result<Outcome, StoreError>>, StoreError> {
+        let n = ops.len() as u64;
+        let mut txn = self.store.begin()?;
+        let start = Instant::now();
+        let outcomes = ops.into_iter().map(|op| op.execute(&mut txn)).collect();
+        let busy = start.elapsed();
+        txn.commit()?;
+        if let Ok(mut b) = self.batches.lock() {
+            b.push(BatchSpan { ops: n, busy });
+        }
+        Ok(outcomes)
+    }
+
+    fn inspect(&mut self, read: &mut dyn FnMut(&mut dyn Tables)) -> Result<(), StoreError> {
+        self.store.inspect(read)
+    }
+
+    fn gauge(&self) -> SpaceGauge {
+        self.store.gauge()
+    }
 }
 
 /// Runs the benchmark.
@@ -129,7 +155,11 @@ pub async fn run(args: &Args) -> Result<Report> {
     let kek = FileKek::open(&kek_dir, now_ms, 30 * 24 * 3600 * 1000)?;
     let db_path = dir.path().join("store.redb");
     let (store, _) = Store::open(&db_path, &kek)?;
-    let writer = Writer::spawn(store);
+    let spans: Arc<Mutex<Vec<BatchSpan>>> = Arc::new(Mutex::new(Vec::new()));
+    let writer = Writer::spawn(Timed {
+        store,
+        batches: spans.clone(),
+    });
 
     let block_len = (args.block_kib * 1024) as usize;
     let total_blocks = (args.mib * 1024).div_ceil(args.block_kib);
@@ -140,19 +170,13 @@ pub async fn run(args: &Args) -> Result<Report> {
     let pattern: Arc<[u8]> = pattern.into();
     let link = LinkId::parse("bench-link")?;
     let next = Arc::new(AtomicU64::new(0));
-    let spans: Arc<Mutex<Vec<OpSpan>>> = Arc::new(Mutex::new(Vec::new()));
 
     let written0 = crate::measure::write_bytes(std::process::id());
     let start = Instant::now();
     let mut producers = tokio::task::JoinSet::new();
     for _ in 0..args.inflight {
-        let (writer, pattern, link, next, spans) = (
-            writer.clone(),
-            pattern.clone(),
-            link.clone(),
-            next.clone(),
-            spans.clone(),
-        );
+        let (writer, pattern, link, next) =
+            (writer.clone(), pattern.clone(), link.clone(), next.clone());
         let per_op = args.blocks_per_op;
         producers.spawn(async move {
             loop {
@@ -174,27 +198,12 @@ pub async fn run(args: &Args) -> Result<Report> {
                         (seq, meta, key)
                     })
                     .collect();
-                let (lid, spans) = (link.clone(), spans.clone());
                 writer
-                    .run(move |tx| {
-                        let start = Instant::now();
-                        let blocks = blocks;
-                        let mut result = Ok(());
-                        for (seq, meta, key) in &blocks {
-                            result = tx.put_block(&lid, *seq, meta, key);
-                            if result.is_err() {
-                                break;
-                            }
-                        }
-                        // Zeroising the blocks is part of the operation, not of the gap.
-                        drop(blocks);
-                        let end = Instant::now();
-                        if let Ok(mut s) = spans.lock() {
-                            s.push(OpSpan { start, end });
-                        }
-                        result
+                    .apply(PutBlocks {
+                        link: link.clone(),
+                        blocks,
                     })
-                    .await??;
+                    .await?;
             }
         });
     }
@@ -206,10 +215,9 @@ pub async fn run(args: &Args) -> Result<Report> {
     let written = crate::measure::write_bytes(std::process::id()).saturating_sub(written0);
 
     let spans = spans.lock().map(|s| s.clone()).unwrap_or_default();
-    let batches = batches(&spans);
-    let commits = batches.len() as u64;
-    let ops = spans.len() as u64;
-    let busy: Duration = spans.iter().map(|s| s.end - s.start).sum();
+    let commits = spans.len() as u64;
+    let ops: u64 = spans.iter().map(|b| b.ops).sum();
+    let busy: Duration = spans.iter().map(|b| b.busy).sum();
     let bytes = total_blocks * block_len as u64;
     let store_file_mib = std::fs::metadata(&db_path).map_or(0.0, |m| m.len() as f64 / 1048576.0);
     Ok(Report {
@@ -223,55 +231,10 @@ pub async fn run(args: &Args) -> Result<Report> {
         commits,
         commits_per_s: commits as f64 / seconds,
         mean_ops_per_commit: ops as f64 / commits.max(1) as f64,
-        max_ops_per_commit: batches.iter().copied().max().unwrap_or(0),
+        max_ops_per_commit: spans.iter().map(|b| b.ops).max().unwrap_or(0),
         mean_mib_per_commit: bytes as f64 / commits.max(1) as f64 / 1048576.0,
         writer_busy_in_ops_percent: busy.as_secs_f64() / seconds * 100.0,
         store_file_mib,
         write_amplification: written as f64 / bytes as f64,
     })
-}
-
-/// Operations per batch, from the writer thread's timeline (in execution order).
-fn batches(spans: &[OpSpan]) -> Vec<u64> {
-    let mut out = Vec::new();
-    let mut prev: Option<&OpSpan> = None;
-    for s in spans {
-        match prev {
-            Some(p) if s.start.saturating_duration_since(p.end) <= BATCH_GAP => {
-                if let Some(n) = out.last_mut() {
-                    *n += 1;
-                }
-            }
-            _ => out.push(1),
-        }
-        prev = Some(s);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gaps_split_batches() {
-        let t = Instant::now();
-        let us = |n| t + Duration::from_micros(n);
-        let spans = [
-            OpSpan {
-                start: us(0),
-                end: us(10),
-            },
-            OpSpan {
-                start: us(11),
-                end: us(20),
-            },
-            OpSpan {
-                start: us(2000),
-                end: us(2010),
-            },
-        ];
-        assert_eq!(batches(&spans), vec![2, 1]);
-        assert!(batches(&[]).is_empty());
-    }
 }

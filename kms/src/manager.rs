@@ -38,8 +38,9 @@ use crate::api::{
     DecKeysRequest, DeliveredKey, EncKeysRequest, KeyLimits, KeyProfile, KeyService, PairStatus,
     ServiceError,
 };
+use crate::core::fetch::FetchRefusal;
 use crate::core::pool::{BlockMeta, BlockState, LinkPool, PoolError, Range};
-use crate::store::{Recovered, StoreError, Txn};
+use crate::store::{Recovered, StoreError, Tables, ops};
 use crate::writer::Writer;
 
 /// An SAE of the network, as every node's registry knows it.
@@ -153,6 +154,9 @@ struct Inner {
     cfg: ManagerConfig,
     clock: Arc<dyn Clock>,
     writer: Writer,
+    /// The configuration stored keys are held against (from `cfg`; shared with the store
+    /// operations that serve keys).
+    fit: Arc<crate::core::fit::FitContext>,
     links: BTreeMap<LinkId, LinkRt>,
     relay: relay::RelayState,
     /// Pool keys found at start that no longer fit their pair's configuration, to be erased by
@@ -165,12 +169,6 @@ struct Inner {
     /// Who hears this node's events (see [`KeyManager::observe`]).
     observer: std::sync::OnceLock<Arc<dyn crate::events::Observer>>,
 }
-
-/// Keys for a slave, and the configuration each was made under.
-type SlaveDelivery = (
-    Vec<DeliveredKey>,
-    Vec<(KeyId, Option<crate::store::MadeUnder>)>,
-);
 
 /// Keys of one pair voided at start because they no longer fit its configuration.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -369,11 +367,24 @@ impl KeyManager {
                 },
             );
         }
+        let profile = |m: &KeyMode| KeyProfile {
+            policy: m.policy_name(),
+            suite: m.suite_name(),
+        };
+        let fit = Arc::new(crate::core::fit::FitContext::new(
+            cfg.relay
+                .pairs
+                .iter()
+                .map(|(pair, mode)| (pair.clone(), profile(mode))),
+            profile(&cfg.relay.default_mode),
+            cfg.limits,
+        ));
         let me = Self {
             inner: Arc::new(Inner {
                 cfg,
                 clock,
                 writer,
+                fit,
                 links: map,
                 relay: Default::default(),
                 stale_pool: Mutex::default(),
@@ -427,24 +438,23 @@ impl KeyManager {
         const BATCH: usize = 1024;
         let stale: Vec<KeyId> = std::mem::take(&mut *relay::lock(&self.inner.stale_pool));
         for chunk in stale.chunks(BATCH) {
-            let ids = chunk.to_vec();
             self.inner
                 .writer
-                .run(move |tx| -> Result<(), StoreError> {
-                    for id in &ids {
-                        tx.take_pool_key(*id)?;
-                    }
-                    Ok(())
+                .apply(ops::DiscardPoolKeys {
+                    ids: chunk.to_vec(),
                 })
-                .await??;
+                .await?;
         }
         let mut after = None;
         loop {
             let page = self
                 .inner
                 .writer
-                .run(move |tx| tx.keys_after(after, BATCH))
-                .await??;
+                .apply(ops::KeysAfter {
+                    after,
+                    limit: BATCH,
+                })
+                .await?;
             let Some(last) = page.last().map(|(id, _)| *id) else {
                 break;
             };
@@ -467,13 +477,8 @@ impl KeyManager {
                 let now = self.inner.clock.now();
                 self.inner
                     .writer
-                    .run(move |tx| -> Result<(), StoreError> {
-                        for (id, meta) in &void {
-                            tx.retire_key(*id, meta, now)?;
-                        }
-                        Ok(())
-                    })
-                    .await??;
+                    .apply(ops::RetireKeys { keys: void, now })
+                    .await?;
             }
         }
         for v in self.voided_at_start() {
@@ -514,21 +519,7 @@ impl KeyManager {
         slaves: &[SaeId],
         origin: crate::core::fit::KeyOrigin<'_>,
     ) -> Option<crate::core::fit::Misfit> {
-        if crate::events::defects::active().stale_keys {
-            return None;
-        }
-        let profiles = slaves.iter().map(|s| self.profile(master, s));
-        crate::core::fit::misfit(origin, profiles, &self.inner.cfg.limits)
-    }
-
-    fn stored_key_fits(&self, m: &crate::store::StoredKey) -> bool {
-        let slaves: Vec<SaeId> = m.slaves.iter().map(|(s, _)| s.clone()).collect();
-        let origin = crate::core::fit::KeyOrigin {
-            made_under: m.made_under.as_ref(),
-            size_bits: m.size_bits,
-            pool: m.pool,
-        };
-        self.misfit(&m.master, &slaves, origin).is_none()
+        self.inner.fit.misfit(master, slaves, origin)
     }
 
     /// Resolves when the store failed and the node must exit.
@@ -588,7 +579,7 @@ impl KeyManager {
 
     /// Reads the store in a transaction that is never committed, when the writer is inline
     /// ([`Writer::inline`]); `None` otherwise. For the network simulation's invariant checks.
-    pub fn inspect_store<T>(&self, read: impl FnOnce(&mut Txn<'_>) -> T) -> Option<T> {
+    pub fn inspect_store<T>(&self, read: impl FnOnce(&mut dyn Tables) -> T) -> Option<T> {
         self.inner.writer.inspect(read)
     }
 
@@ -632,19 +623,16 @@ impl KeyManager {
             let r = self
                 .inner
                 .writer
-                .run(move |tx| -> Result<usize, StoreError> {
-                    let expired = tx.expired_keys(now, 1024)?;
-                    for (id, meta) in &expired {
-                        tx.retire_key(*id, meta, now)?;
-                    }
-                    tx.prune_tombstones(now.saturating_sub(retention), 1024)?;
-                    Ok(expired.len())
+                .apply(ops::Expire {
+                    now,
+                    prune_before: now.saturating_sub(retention),
+                    limit: 1024,
                 })
                 .await;
             match r {
-                Ok(Ok(n)) if n > 0 => tracing::info!(count = n, "erased expired keys"),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) | Err(e) => {
+                Ok(n) if n > 0 => tracing::info!(count = n, "erased expired keys"),
+                Ok(_) => {}
+                Err(e) => {
                     tracing::error!(error = %e, "expiry failed");
                     return;
                 }
@@ -786,16 +774,14 @@ impl KeyManager {
                 })
                 .collect()
         };
-        let lid = link.setup.id.clone();
         self.inner
             .writer
-            .run(move |tx| -> Result<(), StoreError> {
-                for (seq, m) in &metas {
-                    tx.put_block_meta(&lid, *seq, m)?;
-                }
-                Ok(())
+            .apply(ops::WriteBlocks {
+                link: link.setup.id.clone(),
+                metas,
+                erase: Vec::new(),
             })
-            .await??;
+            .await?;
         link.pool().mark_available(seqs);
         Ok(())
     }
@@ -807,30 +793,28 @@ impl KeyManager {
         metas: Vec<(u64, BlockMeta)>,
         blocks: Vec<qkd_hardware::KeyBlock>,
     ) -> Result<(), PeerError> {
+        let blocks = metas
+            .into_iter()
+            .zip(blocks)
+            .map(|((seq, meta), b)| (seq, meta, b.key))
+            .collect();
         self.inner
             .writer
-            .run(move |tx| -> Result<(), StoreError> {
-                for ((seq, meta), b) in metas.iter().zip(&blocks) {
-                    tx.put_block(&lid, *seq, meta, &b.key)?;
-                }
-                Ok(())
-            })
-            .await??;
+            .apply(ops::PutBlocks { link: lid, blocks })
+            .await?;
         Ok(())
     }
 
     async fn discard_blocks(&self, link: &LinkRt, seqs: Vec<u64>) -> Result<(), PeerError> {
         link.pool().forget(&seqs);
-        let lid = link.setup.id.clone();
         self.inner
             .writer
-            .run(move |tx| -> Result<(), StoreError> {
-                for s in &seqs {
-                    tx.delete_block(&lid, *s)?;
-                }
-                Ok(())
+            .apply(ops::WriteBlocks {
+                link: link.setup.id.clone(),
+                metas: Vec::new(),
+                erase: seqs,
             })
-            .await??;
+            .await?;
         Ok(())
     }
 
@@ -1074,29 +1058,14 @@ fn block_updates<'a>(
 }
 
 /// Maps a store outcome of a key delivery to the SAE-facing error.
-fn store_result<T>(r: Result<Result<T, StoreError>, StoreError>) -> Result<T, ServiceError> {
+fn store_result<T>(r: Result<T, StoreError>) -> Result<T, ServiceError> {
     match r {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) | Err(e) => {
+        Ok(v) => Ok(v),
+        Err(e) => {
             tracing::error!(error = %e, "store failed while delivering keys");
             Err(ServiceError::Storage)
         }
     }
-}
-
-fn write_blocks(
-    tx: &mut Txn<'_>,
-    link: &LinkId,
-    metas: &[(u64, BlockMeta)],
-    drained: &[u64],
-) -> Result<(), StoreError> {
-    for (s, m) in metas {
-        tx.put_block_meta(link, *s, m)?;
-    }
-    for s in drained {
-        tx.delete_block(link, *s)?;
-    }
-    Ok(())
 }
 
 fn range_msg(r: &Range) -> pb::Range {
@@ -1168,11 +1137,7 @@ impl KeyService for KeyManager {
     }
 
     fn profile(&self, master: &SaeId, slave: &SaeId) -> KeyProfile {
-        let mode = self.pair_mode(master, slave);
-        KeyProfile {
-            policy: mode.policy_name(),
-            suite: mode.suite_name(),
-        }
+        self.inner.fit.profile(master, slave)
     }
 
     async fn status(&self, master: &SaeId, slave: &SaeId) -> Result<PairStatus, ServiceError> {
@@ -1228,101 +1193,44 @@ impl KeyService for KeyManager {
     }
 
     async fn dec_keys(&self, req: DecKeysRequest) -> Result<Vec<DeliveredKey>, ServiceError> {
-        let now = self.inner.clock.now();
-        // Keys a master attached here got wait for their slave at the peer; this node keeps
-        // their tombstones, which prove the key exists (within its TTL) and whose it is.
-        // The front ends refuse duplicate key IDs; the key manager does not rely on it.
-        if req
-            .key_ids
-            .iter()
-            .enumerate()
-            .any(|(i, id)| req.key_ids[..i].contains(id))
-        {
-            return Err(ServiceError::KeysNotFound);
-        }
-        let master_here = self.is_local(&req.master);
-        let ttl = self.inner.cfg.key_ttl_ms;
-        // The configuration keys must still fit (checked per key below; voided at start too).
-        let me = self.clone();
+        // The front ends refuse duplicate key IDs; the store operation refuses them too.
         let (master, slave) = (req.master.clone(), req.slave.clone());
         let out = self
             .inner
             .writer
-            .run(
-                move |tx| -> Result<Result<SlaveDelivery, ServiceError>, StoreError> {
-                    // Check every key first (all or nothing), in the policy's order: existence for
-                    // this master (400), then the caller's right to it (401).
-                    let mut metas = Vec::with_capacity(req.key_ids.len());
-                    let mut issued_here = false;
-                    for id in &req.key_ids {
-                        if master_here && tx.key_meta(*id)?.is_none() {
-                            match tx.tombstone(*id)? {
-                                // Issued here to the master, waiting for its slave at the peer:
-                                // it exists, and the caller (attached here) is not its slave.
-                                Some((at, m, _)) if m == req.master && at + ttl > now => {
-                                    issued_here = true;
-                                    continue;
-                                }
-                                _ => return Ok(Err(ServiceError::KeysNotFound)),
-                            }
-                        }
-                        match tx.key_meta(*id)? {
-                            Some(m)
-                                if m.master == req.master
-                                    && m.expires_at > now
-                                    && me.stored_key_fits(&m)
-                                    && !m
-                                        .slaves
-                                        .iter()
-                                        .any(|(s, done)| *s == req.slave && *done) =>
-                            {
-                                metas.push(m)
-                            }
-                            _ => return Ok(Err(ServiceError::KeysNotFound)),
-                        }
-                    }
-                    if issued_here
-                        || metas
-                            .iter()
-                            .any(|m| !m.slaves.iter().any(|(s, _)| *s == req.slave))
-                    {
-                        return Ok(Err(ServiceError::NotSlave));
-                    }
-                    let mut keys = Vec::with_capacity(req.key_ids.len());
-                    let mut made = Vec::with_capacity(req.key_ids.len());
-                    for (id, mut meta) in req.key_ids.iter().zip(metas) {
-                        let key = tx
-                            .key_bytes(*id)?
-                            .ok_or(StoreError::Corrupt("key bytes vanished"))?;
-                        keys.push(DeliveredKey { id: *id, key });
-                        made.push((*id, meta.made_under.clone()));
-                        for s in meta.slaves.iter_mut() {
-                            if s.0 == req.slave {
-                                s.1 = true;
-                            }
-                        }
-                        if meta.slaves.iter().all(|(_, done)| *done) {
-                            tx.retire_key(*id, &meta, now)?;
-                        } else {
-                            tx.update_key_meta(*id, &meta)?;
-                        }
-                    }
-                    Ok(Ok((keys, made)))
-                },
-            )
+            .apply(ops::FetchForSlave {
+                master_here: self.is_local(&req.master),
+                master: req.master,
+                slave: req.slave,
+                ids: req.key_ids,
+                ttl_ms: self.inner.cfg.key_ttl_ms,
+                now: self.inner.clock.now(),
+                fit: self.inner.fit.clone(),
+            })
             .await;
         match out {
-            Ok(Ok(Ok((keys, made)))) => {
+            Ok(Ok(handed)) => {
+                let made: Vec<(KeyId, Option<crate::store::MadeUnder>)> = handed
+                    .iter()
+                    .map(|h| (h.id, h.made_under.clone()))
+                    .collect();
                 self.emit(&crate::events::Event::Delivered {
                     side: crate::events::Side::Slave,
                     master: &master,
                     slaves: std::slice::from_ref(&slave),
                     keys: &made,
                 });
-                Ok(keys)
+                Ok(handed
+                    .into_iter()
+                    .map(|h| DeliveredKey {
+                        id: h.id,
+                        key: h.key,
+                    })
+                    .collect())
             }
-            Ok(Ok(Err(e))) => Err(e),
-            Ok(Err(e)) | Err(e) => {
+            Ok(Err(FetchRefusal::NotFound)) => Err(ServiceError::KeysNotFound),
+            Ok(Err(FetchRefusal::NotSlave)) => Err(ServiceError::NotSlave),
+            Err(e) => {
                 tracing::error!(error = %e, "store failed while delivering keys");
                 Err(ServiceError::Storage)
             }

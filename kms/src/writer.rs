@@ -1,7 +1,8 @@
 //! Group commit: one thread owns the store and commits batches of operations.
 //!
-//! Operations queue up; the writer takes as many as are waiting (up to a limit), runs them in one
-//! write transaction, commits it durably, and only then lets each operation answer. So a
+//! Store operations ([`crate::store::ops`], data) queue up; the writer takes as many as are
+//! waiting (up to a limit), runs them in one transaction of its [`KeyStore`], commits it durably,
+//! and only then lets each operation answer. So a
 //! request's keys never span two transactions, and nothing is answered before it is durable.
 //!
 //! Architecture invariant: a commit error answers nobody in the batch. The writer stops, every
@@ -13,15 +14,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::store::{Store, StoreError, Txn};
+use crate::store::{KeyStore, Op, Operation, Outcome, StoreError, Tables};
 
 /// Most operations in one transaction.
 const MAX_BATCH: usize = 512;
 
-/// What runs after the commit: `Ok` if it committed.
-type Completion = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
-/// An operation: runs inside the transaction and returns its completion.
-type Job = Box<dyn FnOnce(&mut Txn<'_>) -> Completion + Send>;
+/// An operation waiting for its batch, and where its outcome goes once the batch is durable.
+struct Job {
+    op: Op,
+    reply: oneshot::Sender<Result<Outcome, StoreError>>,
+}
 
 /// Handle to the writer thread. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -44,23 +46,29 @@ enum Committer {
     Inline(Arc<InlineStore>),
 }
 
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.op.name())
+    }
+}
+
 #[derive(Debug)]
 struct InlineStore {
-    store: std::sync::Mutex<Store>,
+    store: std::sync::Mutex<Box<dyn KeyStore>>,
     fatal: watch::Sender<bool>,
 }
 
 impl Writer {
     /// A writer without a thread: each operation runs and commits in its own transaction inside
-    /// [`Writer::run`], so its future is ready at once. Same rules otherwise (a failed commit
+    /// [`Writer::apply`], so its future is ready at once. Same rules otherwise (a failed commit
     /// answers nobody and stops the writer). For the deterministic network simulation, where
     /// every step must happen on the scheduler's one thread.
-    pub fn inline(store: Store) -> Self {
+    pub fn inline(store: impl KeyStore + 'static) -> Self {
         let (fatal_tx, fatal) = watch::channel(false);
         let space = store.gauge();
         Self {
             tx: Committer::Inline(Arc::new(InlineStore {
-                store: std::sync::Mutex::new(store),
+                store: std::sync::Mutex::new(Box::new(store)),
                 fatal: fatal_tx,
             })),
             failed: Arc::new(AtomicBool::new(false)),
@@ -70,7 +78,7 @@ impl Writer {
     }
 
     /// Starts the writer thread, which owns `store` until the last handle is dropped.
-    pub fn spawn(store: Store) -> Self {
+    pub fn spawn(store: impl KeyStore + 'static) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let (fatal_tx, fatal) = watch::channel(false);
         let failed = Arc::new(AtomicBool::new(false));
@@ -78,7 +86,7 @@ impl Writer {
         let space = store.gauge();
         std::thread::Builder::new()
             .name("kms-writer".into())
-            .spawn(move || run(store, rx, failed2, fatal_tx))
+            .spawn(move || run(Box::new(store), rx, failed2, fatal_tx))
             // Invariant: spawning a thread at start-up only fails when the OS is out of
             // resources, and the node cannot run without its writer.
             .unwrap_or_else(|e| panic!("cannot start the store writer thread: {e}"));
@@ -98,42 +106,30 @@ impl Writer {
     /// Queues `op` for the next batch **now** (operations run in the order they were queued) and
     /// returns a future of its result once the batch is durable.
     ///
-    /// `op` must check everything before it writes anything: an `Err` from it leaves the
-    /// transaction as it found it (other operations of the batch still commit). Because queueing
-    /// happens in this call, a caller holding a lock while calling it fixes the order of its
-    /// operation relative to every other caller of that lock.
-    pub fn run<T, E, F>(
+    /// An operation that fails leaves the transaction as it found it (other operations of the
+    /// batch still commit). Because queueing happens in this call, a caller holding a lock while
+    /// calling it fixes the order of its operation relative to every other caller of that lock.
+    pub fn apply<O: Operation>(
         &self,
-        op: F,
-    ) -> impl std::future::Future<Output = Result<Result<T, E>, StoreError>> + Send + use<T, E, F>
-    where
-        T: Send + 'static,
-        E: Send + 'static,
-        F: FnOnce(&mut Txn<'_>) -> Result<T, E> + Send + 'static,
-    {
-        let (reply_tx, reply_rx) = oneshot::channel();
+        op: O,
+    ) -> impl std::future::Future<Output = Result<O::Output, StoreError>> + Send + use<O> {
+        let (reply, reply_rx) = oneshot::channel();
+        let job = Job {
+            op: op.into(),
+            reply,
+        };
         let queued = if self.failed.load(Ordering::SeqCst) {
             Err(StoreError::Db(
                 "store writer stopped after a failed commit".into(),
             ))
         } else {
-            let job: Job = Box::new(move |txn: &mut Txn<'_>| {
-                let result = op(txn);
-                Box::new(move |committed: Result<(), &StoreError>| {
-                    let _ = reply_tx.send(
-                        committed
-                            .map(|()| result)
-                            .map_err(|e| StoreError::Db(e.to_string())),
-                    );
-                })
-            });
             match &self.tx {
                 Committer::Thread(tx) => tx
                     .send(job)
                     .map_err(|_| StoreError::Db("store writer stopped".into())),
                 Committer::Inline(inline) => {
                     let mut store = inline.store.lock().unwrap_or_else(|p| p.into_inner());
-                    if !commit_inline(&mut store, job) {
+                    if !commit(store.as_mut(), vec![job]) {
                         self.failed.store(true, Ordering::SeqCst);
                         let _ = inline.fatal.send(true);
                     }
@@ -143,22 +139,26 @@ impl Writer {
         };
         async move {
             queued?;
-            reply_rx
+            let outcome = reply_rx
                 .await
-                .map_err(|_| StoreError::Db("store writer stopped".into()))?
+                .map_err(|_| StoreError::Db("store writer stopped".into()))??;
+            O::output(outcome).ok_or(StoreError::Corrupt("outcome of another operation"))
         }
     }
 
     /// Reads the store of an inline writer ([`Writer::inline`]) in a transaction that is never
     /// committed; `None` for a writer thread. For the simulation's invariant checks.
-    pub fn inspect<T>(&self, read: impl FnOnce(&mut Txn<'_>) -> T) -> Option<T> {
+    pub fn inspect<T>(&self, read: impl FnOnce(&mut dyn Tables) -> T) -> Option<T> {
         match &self.tx {
             Committer::Thread(_) => None,
             Committer::Inline(inline) => {
                 let mut store = inline.store.lock().unwrap_or_else(|p| p.into_inner());
-                let mut txn = store.begin().ok()?;
-                Some(read(&mut txn))
-                // Dropping the transaction uncommitted aborts it.
+                let mut read = Some(read);
+                let mut out = None;
+                store
+                    .inspect(&mut |t| out = read.take().map(|r| r(t)))
+                    .ok()?;
+                out
             }
         }
     }
@@ -171,7 +171,7 @@ impl Writer {
 }
 
 fn run(
-    mut store: Store,
+    mut store: Box<dyn KeyStore>,
     mut rx: mpsc::UnboundedReceiver<Job>,
     failed: Arc<AtomicBool>,
     fatal: watch::Sender<bool>,
@@ -185,76 +185,35 @@ fn run(
                 Err(_) => break,
             }
         }
-        let mut txn = match store.begin() {
-            Ok(txn) => txn,
-            Err(e) => {
-                fail(
-                    &e,
-                    batch.drain(..).map(|job| fail_job(job)).collect(),
-                    &failed,
-                    &fatal,
-                );
-                break;
-            }
-        };
-        let completions: Vec<Completion> = batch.drain(..).map(|job| job(&mut txn)).collect();
-        match txn.commit() {
-            Ok(()) => completions.into_iter().for_each(|c| c(Ok(()))),
-            Err(e) => {
-                fail(&e, completions, &failed, &fatal);
-                break;
-            }
+        if !commit(store.as_mut(), std::mem::take(&mut batch)) {
+            failed.store(true, Ordering::SeqCst);
+            let _ = fatal.send(true);
+            break;
         }
     }
-    // Whatever is still queued after a failure is refused.
+    // Whatever is still queued after a failure is refused: dropping a job drops its reply
+    // sender, which the waiting caller sees as "writer stopped".
     rx.close();
-    while let Ok(job) = rx.try_recv() {
-        fail_job(job)(Err(&StoreError::Db("store writer stopped".into())));
-    }
+    while rx.try_recv().is_ok() {}
 }
 
-/// Runs one job in its own transaction on the caller's stack (see [`Writer::inline`]); false if
-/// it did not commit.
-fn commit_inline(store: &mut Store, job: Job) -> bool {
-    let mut txn = match store.begin() {
-        Ok(txn) => txn,
-        Err(e) => {
-            fail_job(job)(Err(&e));
-            return false;
-        }
-    };
-    let completion = job(&mut txn);
-    match txn.commit() {
-        Ok(()) => {
-            completion(Ok(()));
+/// Runs `jobs` in one transaction and answers each once it is durable; false if the transaction
+/// failed, in which case every job is answered with the error and the writer must stop.
+fn commit(store: &mut dyn KeyStore, jobs: Vec<Job>) -> bool {
+    let (ops, replies): (Vec<Op>, Vec<_>) = jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
+    match store.apply(ops) {
+        Ok(outcomes) => {
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(outcome);
+            }
             true
         }
         Err(e) => {
-            tracing::error!(error = %e, "key store commit failed; no answer leaves it, the node must restart");
-            completion(Err(&e));
+            tracing::error!(error = %e, "key store commit failed; no answer leaves this batch, the node must restart");
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::Db(e.to_string())));
+            }
             false
         }
     }
-}
-
-/// A job that never ran: its completion reports the failure.
-fn fail_job(job: Job) -> Completion {
-    // The job is dropped unrun; dropping it drops its reply sender, which the waiting caller
-    // sees as "writer stopped".
-    drop(job);
-    Box::new(|_| {})
-}
-
-fn fail(
-    e: &StoreError,
-    completions: Vec<Completion>,
-    failed: &AtomicBool,
-    fatal: &watch::Sender<bool>,
-) {
-    tracing::error!(error = %e, "key store commit failed; no answer leaves this batch, the node must restart");
-    failed.store(true, Ordering::SeqCst);
-    for c in completions {
-        c(Err(e));
-    }
-    let _ = fatal.send(true);
 }

@@ -7,10 +7,13 @@
 //! not, why. It is a pure function: the key manager voids what does not fit at start, and checks
 //! again before every delivery.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
+use qkd_types::SaeId;
+
 use crate::api::{KeyLimits, KeyProfile};
-use crate::store::MadeUnder;
+use crate::store::{MadeUnder, StoredKey};
 
 /// What a key recorded about how it was made.
 #[derive(Debug, Clone, Copy)]
@@ -100,6 +103,78 @@ pub fn misfit(
         });
     }
     None
+}
+
+/// The configuration keys are held against: every configured pair's profile, the default one and
+/// the size limits. Built once from the node's configuration; store operations that serve keys
+/// carry it (shared), so that "does this key still fit?" is decided from data alone.
+#[derive(Debug, Clone)]
+pub struct FitContext {
+    /// Profiles of the pairs configured explicitly, by (lesser SAE, greater SAE).
+    pairs: BTreeMap<(SaeId, SaeId), KeyProfile>,
+    /// Profile of every other pair.
+    default: KeyProfile,
+    /// Size limits now.
+    limits: KeyLimits,
+}
+
+impl FitContext {
+    /// A context from the pairs configured explicitly (in either order), the default profile and
+    /// the size limits.
+    pub fn new(
+        pairs: impl IntoIterator<Item = ((SaeId, SaeId), KeyProfile)>,
+        default: KeyProfile,
+        limits: KeyLimits,
+    ) -> Self {
+        let pairs = pairs
+            .into_iter()
+            .map(|((a, b), p)| (if a <= b { (a, b) } else { (b, a) }, p))
+            .collect();
+        Self {
+            pairs,
+            default,
+            limits,
+        }
+    }
+
+    /// The profile of the pair of `a` and `b` (in either order).
+    pub fn profile(&self, a: &SaeId, b: &SaeId) -> KeyProfile {
+        let key = if a <= b {
+            (a.clone(), b.clone())
+        } else {
+            (b.clone(), a.clone())
+        };
+        self.pairs.get(&key).copied().unwrap_or(self.default)
+    }
+
+    /// Why a key with `origin` shared by `master` and `slaves` no longer fits, if it does not.
+    pub fn misfit(
+        &self,
+        master: &SaeId,
+        slaves: &[SaeId],
+        origin: KeyOrigin<'_>,
+    ) -> Option<Misfit> {
+        // Test-only switch of the network simulation (defect 2 put back); never set otherwise.
+        if crate::events::defects::active().stale_keys {
+            return None;
+        }
+        misfit(
+            origin,
+            slaves.iter().map(|s| self.profile(master, s)),
+            &self.limits,
+        )
+    }
+
+    /// Whether a waiting key may still be served.
+    pub fn stored_key_fits(&self, m: &StoredKey) -> bool {
+        let slaves: Vec<SaeId> = m.slaves.iter().map(|(s, _)| s.clone()).collect();
+        let origin = KeyOrigin {
+            made_under: m.made_under.as_ref(),
+            size_bits: m.size_bits,
+            pool: m.pool,
+        };
+        self.misfit(&m.master, &slaves, origin).is_none()
+    }
 }
 
 #[cfg(test)]

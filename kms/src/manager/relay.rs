@@ -42,8 +42,9 @@ use crate::core::fit::KeyOrigin;
 use crate::core::pool::{LinkPool, PoolError, Range};
 use crate::events::{Event, Side};
 use crate::manager::e2e::{self, DestState, E2eKeys, KeyMode};
+use crate::relay::pools::{PoolRules, Pools, Taken};
 use crate::relay::topology::{LinkAdvert, NodeAdvert, Topology};
-use crate::store::{MadeUnder, PoolKey, StoreError, StoredKey};
+use crate::store::{MadeUnder, PoolKey, StoreError, StoredKey, ops};
 
 /// Bytes of link key keying the MAC of one hop message.
 const AUTH_LEN: u32 = 32;
@@ -104,8 +105,8 @@ impl Default for RelayConfig {
 pub(super) struct RelayState {
     topology: Mutex<Topology>,
     advert_seq: Mutex<u64>,
-    /// Master side: ready keys per (master, slave), oldest first.
-    pools: Mutex<BTreeMap<(SaeId, SaeId), PairPool>>,
+    /// Master side: the pairs' pools of ready keys (`None` until the configuration is known).
+    pools: Mutex<Option<Pools>>,
     /// Destination side: batches awaiting end-to-end confirmation.
     pending: Mutex<BTreeMap<[u8; 16], Pending>>,
     /// Allocator side: hop allocations answered to a neighbour, with the link bytes read when
@@ -162,14 +163,6 @@ struct HopAlloc {
     bytes: Secret,
 }
 
-#[derive(Debug, Default)]
-struct PairPool {
-    ready: VecDeque<(KeyId, UnixMillis)>,
-    /// Batches being made for this pool now, and the keys they will add.
-    inflight: usize,
-    inflight_keys: usize,
-}
-
 #[derive(Debug)]
 struct Pending {
     wrap: bool,
@@ -195,9 +188,6 @@ struct BatchSpec {
     /// Keys for the pair's pool, at its default size.
     pool: bool,
 }
-
-/// Keys taken from a pool, and the configuration each was made under.
-type PoolDelivery = (Vec<DeliveredKey>, Vec<(KeyId, Option<MadeUnder>)>);
 
 /// A finished batch.
 #[derive(Debug)]
@@ -301,9 +291,8 @@ impl KeyManager {
         let queued = self
             .inner
             .writer
-            .run(|tx| tx.queued_notices(256))
+            .apply(ops::QueuedNotices { limit: 256 })
             .await
-            .map_err(|_| RelayError::Store)?
             .map_err(|_| RelayError::Store)?;
         let cfg = &self.inner.cfg;
         let stale_before = self
@@ -358,14 +347,8 @@ impl KeyManager {
         if !done.is_empty() {
             self.inner
                 .writer
-                .run(move |tx| -> Result<(), StoreError> {
-                    for (dest, seq) in &done {
-                        tx.drop_notice(dest, *seq)?;
-                    }
-                    Ok(())
-                })
+                .apply(ops::DropNotices { notices: done })
                 .await
-                .map_err(|_| RelayError::Store)?
                 .map_err(|_| RelayError::Store)?;
         }
         Ok(())
@@ -406,33 +389,24 @@ impl KeyManager {
             .map_err(Refusal::Signature)?;
         let n = ids.len() as u64;
         let expires_at = msg.delivered_at.saturating_add(self.inner.cfg.key_ttl_ms);
-        let saes: std::collections::BTreeMap<SaeId, NodeId> = self
+        // Only the master's own node may say when its master got the key.
+        let masters: BTreeSet<SaeId> = self
             .inner
             .cfg
             .saes
             .iter()
-            .map(|(s, e)| (s.clone(), e.node.clone()))
+            .filter(|(_, e)| &e.node == source)
+            .map(|(s, _)| s.clone())
             .collect();
-        let source = source.clone();
         let moved = self
             .inner
             .writer
-            .run(move |tx| -> Result<Vec<KeyId>, StoreError> {
-                let mut moved = Vec::new();
-                for id in &ids {
-                    let Some(meta) = tx.key_meta(*id)? else {
-                        continue;
-                    };
-                    // Only the master's own node may say when its master got the key.
-                    if saes.get(&meta.master) != Some(&source) || meta.expires_at <= expires_at {
-                        continue;
-                    }
-                    tx.set_key_expiry(*id, &meta, expires_at)?;
-                    moved.push(*id);
-                }
-                Ok(moved)
+            .apply(ops::MoveExpiry {
+                ids,
+                masters,
+                expires_at,
             })
-            .await??;
+            .await?;
         self.emit(&Event::ExpiryMoved {
             keys: &moved,
             expires_at,
@@ -446,10 +420,9 @@ impl KeyManager {
     /// Restores the pools from the store at start. Keys that no longer fit their pair's
     /// configuration are left out, to be erased by [`KeyManager::void_stale_keys`].
     pub(super) fn restore_pools(&self, pool: Vec<(KeyId, PoolKey)>) {
-        let mut pools = lock(&self.relay().pools);
-        let mut all: Vec<_> = pool.into_iter().collect();
-        all.sort_by_key(|(_, m)| m.created_at);
-        for (id, meta) in all {
+        let mut pools = Pools::new(self.pool_rules());
+        let mut keep = Vec::new();
+        for (id, meta) in pool {
             let origin = KeyOrigin {
                 made_under: meta.made_under.as_ref(),
                 size_bits: meta.size_bits,
@@ -462,23 +435,33 @@ impl KeyManager {
                 continue;
             }
             if let Some(slave) = meta.slaves.first() {
-                pools
-                    .entry((meta.master.clone(), slave.clone()))
-                    .or_default()
-                    .ready
-                    .push_back((id, meta.created_at));
+                keep.push(((meta.master.clone(), slave.clone()), id, meta.created_at));
             }
         }
+        pools.restore(keep);
+        *lock(&self.relay().pools) = Some(pools);
+    }
+
+    fn pool_rules(&self) -> PoolRules {
+        let rc = &self.inner.cfg.relay;
+        PoolRules {
+            target: rc.pool_keys as usize,
+            batch_keys: rc.batch_keys as usize,
+            max_inflight: MAX_INFLIGHT,
+            ttl_ms: rc.pool_ttl_ms,
+        }
+    }
+
+    /// Runs `f` on the pools (restored when the manager is built).
+    fn pools<T>(&self, f: impl FnOnce(&mut Pools) -> T) -> T {
+        let mut guard = lock(&self.relay().pools);
+        f(guard.get_or_insert_with(|| Pools::new(self.pool_rules())))
     }
 
     /// Ready keys for a pair at this (master's) node, not counting keys too old to hand out.
     pub(super) fn pool_level(&self, master: &SaeId, slave: &SaeId) -> u64 {
-        let min_created = self.now().saturating_sub(self.inner.cfg.relay.pool_ttl_ms);
-        lock(&self.relay().pools)
-            .get(&(master.clone(), slave.clone()))
-            .map_or(0, |p| {
-                p.ready.iter().filter(|(_, c)| *c >= min_created).count() as u64
-            })
+        let now = self.now();
+        self.pools(|p| p.level(&(master.clone(), slave.clone()), now))
     }
 
     /// Serves `enc_keys` of the default size from the pair's pool, all or nothing.
@@ -488,42 +471,16 @@ impl KeyManager {
         slave: &SaeId,
         number: usize,
     ) -> Result<Vec<DeliveredKey>, ServiceError> {
-        let min_created = self.now().saturating_sub(self.inner.cfg.relay.pool_ttl_ms);
-        let (ids, stale) = {
-            let mut pools = lock(&self.relay().pools);
-            let pool = pools.entry((master.clone(), slave.clone())).or_default();
-            // Keys too old to hand out are discarded (their slave copies expire at the peer).
-            let mut stale = Vec::new();
-            while pool.ready.front().is_some_and(|(_, c)| *c < min_created) {
-                if let Some((id, _)) = pool.ready.pop_front() {
-                    stale.push(id);
-                }
-            }
-            if pool.ready.len() < number {
-                (None, stale)
-            } else {
-                (
-                    Some(
-                        pool.ready
-                            .drain(..number)
-                            .map(|(id, _)| id)
-                            .collect::<Vec<_>>(),
-                    ),
-                    stale,
-                )
-            }
-        };
+        let now = self.now();
+        // Keys too old to hand out are discarded (their slave copies expire at the peer).
+        let Taken { keys: ids, stale } =
+            self.pools(|p| p.take(&(master.clone(), slave.clone()), number, now));
         self.kick_refill(master.clone(), slave.clone());
         if !stale.is_empty() {
             let _ = self
                 .inner
                 .writer
-                .run(move |tx| -> Result<(), StoreError> {
-                    for id in &stale {
-                        tx.take_pool_key(*id)?;
-                    }
-                    Ok(())
-                })
+                .apply(ops::DiscardPoolKeys { ids: stale })
                 .await;
         }
         let ids = ids.ok_or(ServiceError::InsufficientKeyMaterial)?;
@@ -532,24 +489,24 @@ impl KeyManager {
         let r = self
             .inner
             .writer
-            .run(move |tx| -> Result<PoolDelivery, StoreError> {
-                let mut out = Vec::with_capacity(ids.len());
-                let mut made = Vec::with_capacity(ids.len());
-                for id in &ids {
-                    let (meta, key) = tx
-                        .take_pool_key(*id)?
-                        .ok_or(StoreError::Corrupt("pool key vanished"))?;
-                    tx.put_tombstone(*id, &meta.master, meta.slaves.first(), now)?;
-                    out.push(DeliveredKey { id: *id, key });
-                    made.push((*id, meta.made_under));
-                }
-                for dest in &dests {
-                    tx.queue_notice(dest, &ids, now)?;
-                }
-                Ok((out, made))
+            .apply(ops::DeliverPoolKeys {
+                ids,
+                now,
+                notify: dests,
             })
             .await;
-        let (out, made) = store_result(r)?;
+        let handed = store_result(r)?;
+        let made: Vec<(KeyId, Option<MadeUnder>)> = handed
+            .iter()
+            .map(|h| (h.id, h.made_under.clone()))
+            .collect();
+        let out: Vec<DeliveredKey> = handed
+            .into_iter()
+            .map(|h| DeliveredKey {
+                id: h.id,
+                key: h.key,
+            })
+            .collect();
         self.emit(&Event::Delivered {
             side: Side::Master,
             master,
@@ -562,32 +519,16 @@ impl KeyManager {
     /// Starts refills of the pair's pool in the background until it is full, with at most
     /// [`MAX_INFLIGHT`] batches of the pair under way (so one pair cannot take every link's key).
     pub(super) fn kick_refill(&self, master: SaeId, slave: SaeId) {
-        let rc = &self.inner.cfg.relay;
-        let target = rc.pool_keys as usize;
-        loop {
-            let n = {
-                let mut pools = lock(&self.relay().pools);
-                let p = pools.entry((master.clone(), slave.clone())).or_default();
-                let n = target
-                    .saturating_sub(p.ready.len() + p.inflight_keys)
-                    .min(rc.batch_keys as usize);
-                if p.inflight >= MAX_INFLIGHT || n == 0 {
-                    return;
-                }
-                p.inflight += 1;
-                p.inflight_keys += n;
-                n
-            };
+        let refills = self.pools(|p| p.refills(&(master.clone(), slave.clone())));
+        for refill in refills {
             let me = self.clone();
-            let (master, slave) = (master.clone(), slave.clone());
             self.spawn(async move {
-                let r = me.refill(&master, &slave, n).await;
-                if let Some(p) = lock(&me.relay().pools).get_mut(&(master.clone(), slave.clone())) {
-                    p.inflight -= 1;
-                    p.inflight_keys -= n;
-                }
+                let (master, slave) = refill.pair.clone();
+                let r = me.refill(&master, &slave, refill.keys).await;
+                let made = r.as_ref().ok().map(|ids| (ids.clone(), me.now()));
+                me.pools(|p| p.refill_done(&refill, made));
                 match r {
-                    Ok(()) => me.kick_refill(master, slave),
+                    Ok(_) => me.kick_refill(master, slave),
                     Err(e) => {
                         tracing::debug!(%master, %slave, error = %e, "pool refill failed; will retry")
                     }
@@ -596,7 +537,13 @@ impl KeyManager {
         }
     }
 
-    async fn refill(&self, master: &SaeId, slave: &SaeId, n: usize) -> Result<(), RelayError> {
+    /// Makes `n` keys for the pair's pool and stores them durably: their IDs.
+    async fn refill(
+        &self,
+        master: &SaeId,
+        slave: &SaeId,
+        n: usize,
+    ) -> Result<Vec<KeyId>, RelayError> {
         // Below the store's watermark no batch is made: its keys could not be stored, and the
         // link key it would use is gone either way.
         if self.inner.writer.space().admit_ingest().is_err() {
@@ -623,18 +570,13 @@ impl KeyManager {
         let r = self
             .inner
             .writer
-            .run(move |tx| -> Result<(), StoreError> {
-                for k in &keys {
-                    tx.put_pool_key(k.id, &meta, &k.key)?;
-                }
-                Ok(())
+            .apply(ops::PutPoolKeys {
+                meta,
+                keys: keys.into_iter().map(|k| (k.id, k.key)).collect(),
             })
             .await;
         store_result(r).map_err(|_| RelayError::Store)?;
-        let mut pools = lock(&self.relay().pools);
-        let p = pools.entry((master.clone(), slave.clone())).or_default();
-        p.ready.extend(ids.into_iter().map(|id| (id, now)));
-        Ok(())
+        Ok(ids)
     }
 
     /// Keys of a non-default size (or for several slaves) made on demand and answered directly.
@@ -702,19 +644,13 @@ impl KeyManager {
             .iter()
             .map(|k| (k.id, master.clone(), slaves[0].clone()))
             .collect();
-        let dests = self.slave_nodes(&slaves);
         let r = self
             .inner
             .writer
-            .run(move |tx| -> Result<(), StoreError> {
-                for (id, m, s) in &ids {
-                    tx.put_tombstone(*id, m, Some(s), now)?;
-                }
-                let key_ids: Vec<KeyId> = ids.iter().map(|(id, _, _)| *id).collect();
-                for dest in &dests {
-                    tx.queue_notice(dest, &key_ids, now)?;
-                }
-                Ok(())
+            .apply(ops::RecordIssued {
+                keys: ids,
+                now,
+                notify: self.slave_nodes(&slaves),
             })
             .await;
         store_result(r)?;
@@ -986,10 +922,7 @@ impl KeyManager {
             let fut = self.take_read_job(&mut p, link, all.clone());
             (all, fut)
         };
-        let bytes = fut
-            .await
-            .map_err(|_| RelayError::Store)?
-            .map_err(|_| RelayError::Store)?;
+        let bytes = fut.await.map_err(|_| RelayError::Store)?;
         Ok((all, bytes))
     }
 
@@ -1000,27 +933,25 @@ impl KeyManager {
         pool: &mut LinkPool,
         link: &LinkRt,
         ranges: Vec<Range>,
-    ) -> impl Future<Output = Result<Result<Secret, StoreError>, StoreError>> + use<> {
+    ) -> impl Future<Output = Result<Secret, StoreError>> + use<> {
         let runs: Vec<(BlockId, u32, u32)> = ranges
             .iter()
             .filter_map(|r| pool.block(r.block_seq).map(|b| (b.id, r.offset, r.len)))
             .collect();
         let (metas, drained) = block_updates(pool, ranges.iter());
         let lid = link.setup.id.clone();
-        let done = self
-            .inner
-            .writer
-            .run(move |tx| -> Result<Secret, StoreError> {
-                let bytes = tx.read_ranges(&lid, &ranges)?;
-                super::write_blocks(tx, &lid, &metas, &drained)?;
-                Ok(bytes)
-            });
+        let done = self.inner.writer.apply(ops::TakeLinkKey {
+            link: lid,
+            ranges,
+            metas,
+            erase: drained,
+        });
         let me = self.clone();
         let lid = link.setup.id.clone();
         async move {
             let r = done.await;
             // Reported once the take is durable: only then may the bytes be used.
-            if matches!(r, Ok(Ok(_))) {
+            if r.is_ok() {
                 me.emit(&Event::LinkKeyTaken {
                     link: &lid,
                     runs: &runs,
@@ -1111,7 +1042,7 @@ impl KeyManager {
             p.take(&ranges).map_err(Refusal::Pool)?;
             self.take_read_job(&mut p, link, ranges)
         };
-        Ok(fut.await??)
+        Ok(fut.await?)
     }
 
     // ---- peer-facing ----
@@ -1183,7 +1114,7 @@ impl KeyManager {
             let fut = self.take_read_job(&mut p, link, all.clone());
             (all, fut)
         };
-        let bytes = fut.await??;
+        let bytes = fut.await?;
         {
             let mut h = lock(&self.relay().hop_allocs);
             h.push_back(HopAlloc {
@@ -1428,18 +1359,12 @@ impl KeyManager {
         // Commit before the ack leaves: once the source has the ack it may hand the keys out.
         self.inner
             .writer
-            .run(move |tx| -> Result<Result<(), PeerError>, StoreError> {
-                for id in &ids {
-                    if tx.key_id_used(*id)? {
-                        return Ok(Err(Refusal::KeyIdUsed(*id).into()));
-                    }
-                }
-                for (id, k) in ids.iter().zip(&keys) {
-                    tx.put_key(*id, &meta, k)?;
-                }
-                Ok(Ok(()))
+            .apply(ops::StoreKeys {
+                meta,
+                keys: ids.into_iter().zip(keys).collect(),
             })
-            .await???;
+            .await?
+            .map_err(Refusal::KeyIdUsed)?;
         Ok(pb::ForwardReply { e2e: ack })
     }
 
@@ -1489,18 +1414,9 @@ impl KeyManager {
         };
         self.inner
             .writer
-            .run(move |tx| -> Result<Result<(), PeerError>, StoreError> {
-                for (id, _) in &out {
-                    if tx.key_id_used(*id)? {
-                        return Ok(Err(Refusal::KeyIdUsed(*id).into()));
-                    }
-                }
-                for (id, k) in &out {
-                    tx.put_key(*id, &meta, k)?;
-                }
-                Ok(Ok(()))
-            })
-            .await???;
+            .apply(ops::StoreKeys { meta, keys: out })
+            .await?
+            .map_err(Refusal::KeyIdUsed)?;
         Ok(pb::ForwardReply { e2e: Vec::new() })
     }
 

@@ -8,8 +8,10 @@
 //! * finished keys in the pools of SAE pairs whose master is attached here (sealed);
 //! * the wrapped data keys (DEKs) of live epochs, and how far the rotation pass has got.
 //!
-//! Every change goes through one [`Txn`], committed with `Durability::Immediate` by the group
-//! commit writer ([`crate::writer`]). A commit error is fatal: the node exits and recovers from
+//! Every change is a store operation ([`ops`]: data, not code), run over the records
+//! ([`Tables`]) of one [`Txn`] and committed with `Durability::Immediate` by the group commit
+//! writer ([`crate::writer`]); [`mem::MemStore`] is the same store in memory, the model it is
+//! tested against. A commit error is fatal: the node exits and recovers from
 //! disk; nothing is retried from memory.
 //!
 //! **Epochs.** Every open starts a fresh epoch in one small transaction, whatever the size of
@@ -29,8 +31,14 @@ mod codec;
 #[cfg(any(test, feature = "simulation"))]
 #[doc(hidden)]
 pub mod faulty;
+pub mod mem;
+pub mod ops;
 pub mod space;
+pub mod tables;
 pub mod vault;
+
+pub use self::ops::{KeyStore, Op, Operation, Outcome};
+pub use self::tables::Tables;
 
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -943,6 +951,26 @@ impl std::fmt::Debug for Txn<'_> {
     }
 }
 
+impl KeyStore for Store {
+    fn apply(&mut self, ops: Vec<Op>) -> Result<Vec<Result<Outcome, StoreError>>, StoreError> {
+        let mut txn = self.begin()?;
+        let outcomes = ops.into_iter().map(|op| op.execute(&mut txn)).collect();
+        txn.commit()?;
+        Ok(outcomes)
+    }
+
+    fn inspect(&mut self, read: &mut dyn FnMut(&mut dyn Tables)) -> Result<(), StoreError> {
+        let mut txn = self.begin()?;
+        read(&mut txn);
+        // Dropped uncommitted: redb aborts the transaction.
+        Ok(())
+    }
+
+    fn gauge(&self) -> SpaceGauge {
+        Store::gauge(self)
+    }
+}
+
 impl Txn<'_> {
     /// Commits durably.
     pub fn commit(self) -> Result<(), StoreError> {
@@ -950,9 +978,36 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// Refuses new key material while free space is below the watermark (see [`space`]); the
-    /// check comes before any write, so a refused operation leaves the transaction untouched.
-    pub fn admit_ingest(&self) -> Result<(), StoreError> {
+    fn block(&mut self, link: &LinkId, seq: u64) -> Result<&Secret, StoreError> {
+        let k = (link.clone(), seq);
+        if !self.block_cache.contains_key(&k) {
+            let sealed = {
+                let data = self.tx.open_table(BLOCK_DATA)?;
+                let v = data
+                    .get((link.as_str(), seq))?
+                    .ok_or(StoreError::Corrupt("block missing"))?;
+                decode_sealed(v.value())?
+            };
+            let meta = {
+                let metas = self.tx.open_table(BLOCK_META)?;
+                let v = metas
+                    .get((link.as_str(), seq))?
+                    .ok_or(StoreError::Corrupt("block meta missing"))?;
+                decode_block_meta(v.value())?
+            };
+            let plain = self
+                .keys
+                .open(&block_aad(link.as_str(), seq, meta.id), &sealed)?;
+            self.block_cache.insert(k.clone(), plain);
+        }
+        self.block_cache
+            .get(&k)
+            .ok_or(StoreError::Corrupt("block cache"))
+    }
+}
+
+impl Tables for Txn<'_> {
+    fn admit_ingest(&self) -> Result<(), StoreError> {
         match self.low_space {
             Some((available, watermark)) => Err(StoreError::LowSpace {
                 available,
@@ -962,9 +1017,7 @@ impl Txn<'_> {
         }
     }
 
-    /// Stores a new block of link key and bumps the link's next sequence number. New key
-    /// material: refused below the watermark.
-    pub fn put_block(
+    fn put_block(
         &mut self,
         link: &LinkId,
         seq: u64,
@@ -996,8 +1049,7 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// Rewrites a block's metadata (state, taken ranges).
-    pub fn put_block_meta(
+    fn put_block_meta(
         &mut self,
         link: &LinkId,
         seq: u64,
@@ -1009,8 +1061,7 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// Erases a block (drained or released).
-    pub fn delete_block(&mut self, link: &LinkId, seq: u64) -> Result<(), StoreError> {
+    fn delete_block(&mut self, link: &LinkId, seq: u64) -> Result<(), StoreError> {
         self.tx
             .open_table(BLOCK_META)?
             .remove((link.as_str(), seq))?;
@@ -1021,53 +1072,13 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// Reads the link bytes of `ranges`, concatenated.
-    pub fn read_ranges(&mut self, link: &LinkId, ranges: &[Range]) -> Result<Secret, StoreError> {
-        let total: usize = ranges.iter().map(|r| r.len as usize).sum();
-        let mut out = Secret::zeroed(total);
-        let mut pos = 0;
-        for r in ranges {
-            let block = self.block(link, r.block_seq)?;
-            let bytes = block
-                .expose()
-                .get(r.offset as usize..(r.offset + r.len) as usize)
-                .ok_or(StoreError::Corrupt("range outside stored block"))?;
-            // Link bytes are copied into the key being assembled; both are secrets.
-            out.expose_mut()[pos..pos + bytes.len()].copy_from_slice(bytes);
-            pos += bytes.len();
-        }
-        Ok(out)
+    fn read_ranges(&mut self, link: &LinkId, ranges: &[Range]) -> Result<Secret, StoreError> {
+        tables::read_runs(ranges, |r, to| {
+            tables::copy_range(self.block(link, r.block_seq)?, r, to)
+        })
     }
 
-    fn block(&mut self, link: &LinkId, seq: u64) -> Result<&Secret, StoreError> {
-        let k = (link.clone(), seq);
-        if !self.block_cache.contains_key(&k) {
-            let sealed = {
-                let data = self.tx.open_table(BLOCK_DATA)?;
-                let v = data
-                    .get((link.as_str(), seq))?
-                    .ok_or(StoreError::Corrupt("block missing"))?;
-                decode_sealed(v.value())?
-            };
-            let meta = {
-                let metas = self.tx.open_table(BLOCK_META)?;
-                let v = metas
-                    .get((link.as_str(), seq))?
-                    .ok_or(StoreError::Corrupt("block meta missing"))?;
-                decode_block_meta(v.value())?
-            };
-            let plain = self
-                .keys
-                .open(&block_aad(link.as_str(), seq, meta.id), &sealed)?;
-            self.block_cache.insert(k.clone(), plain);
-        }
-        self.block_cache
-            .get(&k)
-            .ok_or(StoreError::Corrupt("block cache"))
-    }
-
-    /// Whether a key ID is in use or was ever delivered (waiting key or tombstone).
-    pub fn key_id_used(&self, id: KeyId) -> Result<bool, StoreError> {
+    fn key_id_used(&self, id: KeyId) -> Result<bool, StoreError> {
         Ok(self.tx.open_table(KEYS)?.get(*id.as_bytes())?.is_some()
             || self
                 .tx
@@ -1076,8 +1087,7 @@ impl Txn<'_> {
                 .is_some())
     }
 
-    /// Stores a key for its slave SAE(s). New key material: refused below the watermark.
-    pub fn put_key(&mut self, id: KeyId, meta: &StoredKey, key: &Secret) -> Result<(), StoreError> {
+    fn put_key(&mut self, id: KeyId, meta: &StoredKey, key: &Secret) -> Result<(), StoreError> {
         self.admit_ingest()?;
         let sealed = self.keys.seal(&key_aad(id, meta), key)?;
         self.tx
@@ -1089,9 +1099,7 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// A waiting key's metadata; `None` also for a key an older node stored unconfirmed (never
-    /// served).
-    pub fn key_meta(&self, id: KeyId) -> Result<Option<StoredKey>, StoreError> {
+    fn key_meta(&self, id: KeyId) -> Result<Option<StoredKey>, StoreError> {
         let t = self.tx.open_table(KEYS)?;
         let Some(v) = t.get(*id.as_bytes())? else {
             return Ok(None);
@@ -1100,8 +1108,7 @@ impl Txn<'_> {
         Ok(confirmed.then_some(meta))
     }
 
-    /// A waiting key's bytes; `None` also for a key an older node stored unconfirmed.
-    pub fn key_bytes(&self, id: KeyId) -> Result<Option<Secret>, StoreError> {
+    fn key_bytes(&self, id: KeyId) -> Result<Option<Secret>, StoreError> {
         let t = self.tx.open_table(KEYS)?;
         let Some(v) = t.get(*id.as_bytes())? else {
             return Ok(None);
@@ -1113,8 +1120,7 @@ impl Txn<'_> {
         Ok(Some(self.keys.open(&key_aad(id, &meta), &sealed)?))
     }
 
-    /// Updates a waiting key's metadata (a slave fetched it) without touching its bytes.
-    pub fn update_key_meta(&mut self, id: KeyId, meta: &StoredKey) -> Result<(), StoreError> {
+    fn update_key_meta(&mut self, id: KeyId, meta: &StoredKey) -> Result<(), StoreError> {
         let mut t = self.tx.open_table(KEYS)?;
         let sealed = {
             let v = t
@@ -1127,8 +1133,7 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// Erases a waiting key, leaving a tombstone (ID, pair, time; no key material).
-    pub fn retire_key(
+    fn retire_key(
         &mut self,
         id: KeyId,
         meta: &StoredKey,
@@ -1141,8 +1146,7 @@ impl Txn<'_> {
         self.put_tombstone(id, &meta.master, meta.slaves.first().map(|s| &s.0), now)
     }
 
-    /// Records that a key ID was used (delivered or erased), without any key material.
-    pub fn put_tombstone(
+    fn put_tombstone(
         &mut self,
         id: KeyId,
         master: &SaeId,
@@ -1172,14 +1176,7 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// Stores a finished key in its pair's pool (master side). New key material: refused below
-    /// the watermark.
-    pub fn put_pool_key(
-        &mut self,
-        id: KeyId,
-        meta: &PoolKey,
-        key: &Secret,
-    ) -> Result<(), StoreError> {
+    fn put_pool_key(&mut self, id: KeyId, meta: &PoolKey, key: &Secret) -> Result<(), StoreError> {
         self.admit_ingest()?;
         let sealed = self.keys.seal(&pool_aad(id, meta), key)?;
         self.tx
@@ -1188,8 +1185,7 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// Removes a key from its pool and returns it (to deliver or to discard).
-    pub fn take_pool_key(&mut self, id: KeyId) -> Result<Option<(PoolKey, Secret)>, StoreError> {
+    fn take_pool_key(&mut self, id: KeyId) -> Result<Option<(PoolKey, Secret)>, StoreError> {
         let mut t = self.tx.open_table(POOL)?;
         let Some((meta, sealed)) = t
             .remove(*id.as_bytes())?
@@ -1202,8 +1198,7 @@ impl Txn<'_> {
         Ok(Some((meta, key)))
     }
 
-    /// The tombstone of a key ID: when it was written, the master and the first slave.
-    pub fn tombstone(
+    fn tombstone(
         &self,
         id: KeyId,
     ) -> Result<Option<(UnixMillis, SaeId, Option<SaeId>)>, StoreError> {
@@ -1222,9 +1217,7 @@ impl Txn<'_> {
         Ok(Some((at, master, slave)))
     }
 
-    /// Queues a delivery notice for `dest` (the node of the keys' slaves): the keys were
-    /// delivered to their master at `delivered_at`.
-    pub fn queue_notice(
+    fn queue_notice(
         &mut self,
         dest: &NodeId,
         key_ids: &[KeyId],
@@ -1245,10 +1238,7 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// Up to `limit` queued delivery notices, oldest first per destination:
-    /// (destination, sequence, delivered_at, key IDs).
-    #[allow(clippy::type_complexity)]
-    pub fn queued_notices(
+    fn queued_notices(
         &self,
         limit: usize,
     ) -> Result<Vec<(NodeId, u64, UnixMillis, Vec<KeyId>)>, StoreError> {
@@ -1277,14 +1267,12 @@ impl Txn<'_> {
         Ok(out)
     }
 
-    /// Drops a queued delivery notice (sent, or no longer useful).
-    pub fn drop_notice(&mut self, dest: &NodeId, seq: u64) -> Result<(), StoreError> {
+    fn drop_notice(&mut self, dest: &NodeId, seq: u64) -> Result<(), StoreError> {
         self.tx.open_table(NOTICES)?.remove((dest.as_str(), seq))?;
         Ok(())
     }
 
-    /// Moves a waiting key's expiry (a delivery notice arrived), keeping the expiry index true.
-    pub fn set_key_expiry(
+    fn set_key_expiry(
         &mut self,
         id: KeyId,
         meta: &StoredKey,
@@ -1301,8 +1289,7 @@ impl Txn<'_> {
         self.update_key_meta(id, &meta)
     }
 
-    /// Waiting keys in key-ID order, starting after `after` (at most `limit`): a bounded scan.
-    pub fn keys_after(
+    fn keys_after(
         &self,
         after: Option<KeyId>,
         limit: usize,
@@ -1323,8 +1310,7 @@ impl Txn<'_> {
         Ok(out)
     }
 
-    /// Waiting keys whose expiry is at or before `now` (at most `limit`).
-    pub fn expired_keys(
+    fn expired_keys(
         &self,
         now: UnixMillis,
         limit: usize,
@@ -1343,13 +1329,7 @@ impl Txn<'_> {
         Ok(out)
     }
 
-    /// Erases tombstones written before `before` (at most `limit`); they only guard against
-    /// key-ID reuse and answer a master asking for its own keys within their TTL.
-    pub fn prune_tombstones(
-        &mut self,
-        before: UnixMillis,
-        limit: usize,
-    ) -> Result<usize, StoreError> {
+    fn prune_tombstones(&mut self, before: UnixMillis, limit: usize) -> Result<usize, StoreError> {
         let old: Vec<(u64, [u8; 16])> = {
             let idx = self.tx.open_table(TOMB_TIME)?;
             let mut v = Vec::new();

@@ -1,0 +1,250 @@
+//! The pools of finished keys at a master's node, one per (master, slave) pair: which keys are
+//! ready, which are too old to hand out, and when to make more. Sans-IO: the caller passes `now`,
+//! starts the batches this decides, persists what it hands out, and reports back.
+//!
+//! Rules:
+//! * A pool holds keys oldest first; a key older than the pool TTL is never handed out (its slave
+//!   copy expires at the peer) and is discarded the next time the pool is touched.
+//! * A request takes all it asks for or nothing.
+//! * Refills keep a pool at its target, in batches of at most `batch_keys`, with at most
+//!   `max_inflight` batches of one pair under way at once, so that one pair cannot take every
+//!   link's key.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use qkd_types::{KeyId, SaeId, UnixMillis};
+
+/// A (master, slave) pair.
+pub type Pair = (SaeId, SaeId);
+
+/// How pools are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolRules {
+    /// Keys each pool is kept at.
+    pub target: usize,
+    /// Most keys one refill batch makes.
+    pub batch_keys: usize,
+    /// Most refill batches of one pair under way at once.
+    pub max_inflight: usize,
+    /// Age after which a ready key is no longer handed out, in milliseconds.
+    pub ttl_ms: u64,
+}
+
+/// What a request took from a pool.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Taken {
+    /// The keys handed out, oldest first; `None` if the pool held too few (nothing taken).
+    pub keys: Option<Vec<KeyId>>,
+    /// Keys found too old on the way, to discard durably.
+    pub stale: Vec<KeyId>,
+}
+
+/// A refill batch to start: `keys` keys for `pair`. Report its end with
+/// [`Pools::refill_done`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refill {
+    /// The pair.
+    pub pair: Pair,
+    /// Keys to make.
+    pub keys: usize,
+}
+
+#[derive(Debug, Default)]
+struct PairPool {
+    ready: VecDeque<(KeyId, UnixMillis)>,
+    inflight: usize,
+    inflight_keys: usize,
+}
+
+/// Every pair's pool at this node.
+#[derive(Debug)]
+pub struct Pools {
+    rules: PoolRules,
+    pairs: BTreeMap<Pair, PairPool>,
+}
+
+impl Pools {
+    /// Empty pools kept by `rules`.
+    pub fn new(rules: PoolRules) -> Self {
+        Self {
+            rules,
+            pairs: BTreeMap::new(),
+        }
+    }
+
+    /// Puts back keys the store held at start (`created_at` each), in the order they were made.
+    pub fn restore(&mut self, keys: impl IntoIterator<Item = (Pair, KeyId, UnixMillis)>) {
+        let mut all: Vec<_> = keys.into_iter().collect();
+        all.sort_by_key(|(_, _, created)| *created);
+        for (pair, id, created) in all {
+            self.pairs
+                .entry(pair)
+                .or_default()
+                .ready
+                .push_back((id, created));
+        }
+    }
+
+    /// Keys of `pair` that may still be handed out at `now`.
+    pub fn level(&self, pair: &Pair, now: UnixMillis) -> u64 {
+        let min_created = now.saturating_sub(self.rules.ttl_ms);
+        self.pairs.get(pair).map_or(0, |p| {
+            p.ready.iter().filter(|(_, c)| *c >= min_created).count() as u64
+        })
+    }
+
+    /// Takes `number` keys of `pair` for its master, all or nothing, discarding the keys too old
+    /// to hand out.
+    pub fn take(&mut self, pair: &Pair, number: usize, now: UnixMillis) -> Taken {
+        let min_created = now.saturating_sub(self.rules.ttl_ms);
+        let pool = self.pairs.entry(pair.clone()).or_default();
+        let mut stale = Vec::new();
+        while let Some(&(id, created)) = pool.ready.front() {
+            if created >= min_created {
+                break;
+            }
+            pool.ready.pop_front();
+            stale.push(id);
+        }
+        let keys = (pool.ready.len() >= number)
+            .then(|| pool.ready.drain(..number).map(|(id, _)| id).collect());
+        Taken { keys, stale }
+    }
+
+    /// The refill batches to start now for `pair`, each counted as under way until
+    /// [`Pools::refill_done`].
+    pub fn refills(&mut self, pair: &Pair) -> Vec<Refill> {
+        let r = self.rules;
+        let pool = self.pairs.entry(pair.clone()).or_default();
+        let mut out = Vec::new();
+        while pool.inflight < r.max_inflight {
+            let n = r
+                .target
+                .saturating_sub(pool.ready.len() + pool.inflight_keys)
+                .min(r.batch_keys);
+            if n == 0 {
+                break;
+            }
+            pool.inflight += 1;
+            pool.inflight_keys += n;
+            out.push(Refill {
+                pair: pair.clone(),
+                keys: n,
+            });
+        }
+        out
+    }
+
+    /// A refill batch ended: with its keys (durably stored, made at `now`) or without (it
+    /// failed; the next request or tick starts another).
+    pub fn refill_done(&mut self, refill: &Refill, made: Option<(Vec<KeyId>, UnixMillis)>) {
+        let pool = self.pairs.entry(refill.pair.clone()).or_default();
+        pool.inflight = pool.inflight.saturating_sub(1);
+        pool.inflight_keys = pool.inflight_keys.saturating_sub(refill.keys);
+        if let Some((ids, now)) = made {
+            pool.ready.extend(ids.into_iter().map(|id| (id, now)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULES: PoolRules = PoolRules {
+        target: 10,
+        batch_keys: 4,
+        max_inflight: 2,
+        ttl_ms: 1_000,
+    };
+
+    fn pair() -> Pair {
+        (
+            SaeId::parse("ENC-A").unwrap(),
+            SaeId::parse("ENC-B").unwrap(),
+        )
+    }
+
+    fn ids(n: usize) -> Vec<KeyId> {
+        (0..n).map(|_| KeyId::random()).collect()
+    }
+
+    #[test]
+    fn refills_stop_at_the_target_and_at_the_inflight_cap() {
+        let mut p = Pools::new(RULES);
+        let first = p.refills(&pair());
+        assert_eq!(
+            first.iter().map(|r| r.keys).collect::<Vec<_>>(),
+            vec![4, 4],
+            "two batches at most, four keys each"
+        );
+        assert!(p.refills(&pair()).is_empty(), "the cap holds");
+        p.refill_done(&first[0], Some((ids(4), 0)));
+        // 4 ready + 4 under way: 2 more reach the target.
+        let next = p.refills(&pair());
+        assert_eq!(next.iter().map(|r| r.keys).collect::<Vec<_>>(), vec![2]);
+        p.refill_done(&first[1], None);
+        // The failed batch's keys are no longer counted: 4 ready + 2 under way.
+        assert_eq!(
+            p.refills(&pair())
+                .iter()
+                .map(|r| r.keys)
+                .collect::<Vec<_>>(),
+            vec![4]
+        );
+        p.refill_done(&next[0], Some((ids(2), 0)));
+        assert_eq!(p.level(&pair(), 0), 6);
+    }
+
+    #[test]
+    fn a_request_takes_all_or_nothing_oldest_first() {
+        let mut p = Pools::new(RULES);
+        let k = ids(3);
+        p.restore(k.iter().enumerate().map(|(i, id)| (pair(), *id, i as u64)));
+        assert_eq!(p.take(&pair(), 4, 10), Taken::default());
+        assert_eq!(p.level(&pair(), 10), 3, "a refused request takes nothing");
+        assert_eq!(
+            p.take(&pair(), 2, 10),
+            Taken {
+                keys: Some(k[..2].to_vec()),
+                stale: vec![]
+            }
+        );
+        assert_eq!(p.level(&pair(), 10), 1);
+    }
+
+    #[test]
+    fn keys_past_the_ttl_are_never_handed_out_and_are_discarded() {
+        let mut p = Pools::new(RULES);
+        let old = ids(2);
+        let young = ids(1);
+        p.restore([
+            (pair(), young[0], 900),
+            (pair(), old[0], 0),
+            (pair(), old[1], 10),
+        ]);
+        // At 1,500 the keys made before 500 are too old.
+        assert_eq!(p.level(&pair(), 1_500), 1);
+        let t = p.take(&pair(), 2, 1_500);
+        assert_eq!(t.keys, None);
+        assert_eq!(
+            t.stale, old,
+            "discarded oldest first, even when the request fails"
+        );
+        assert_eq!(p.take(&pair(), 1, 1_500).keys, Some(young));
+    }
+
+    #[test]
+    fn pairs_are_kept_apart() {
+        let mut p = Pools::new(RULES);
+        let other = (pair().1, pair().0);
+        let r = p.refills(&pair());
+        p.refill_done(&r[0], Some((ids(4), 0)));
+        assert_eq!(p.level(&other, 0), 0);
+        assert_eq!(
+            p.refills(&other).len(),
+            2,
+            "the other direction has its own cap"
+        );
+    }
+}

@@ -1,0 +1,480 @@
+//! Store operations as data.
+//!
+//! Every change the key manager makes to its store is one of the operations below: a value that
+//! names what to do and carries everything it needs (including `now` and the configuration keys
+//! are held against), never a closure. The writer ([`crate::writer`]) queues them and runs a batch
+//! of them in one transaction of a [`KeyStore`]; each runs over the store's records
+//! ([`Tables`]) the same way whichever store holds them: redb on disk ([`super::Store`]) or the
+//! in-memory model ([`super::mem::MemStore`]). Because an operation is data and deterministic given
+//! the records it reads, a batch could be shipped as a log entry to replicas that apply it to the
+//! same state (a replicated store for high availability is the intended next step; nothing
+//! replicates yet).
+//!
+//! Every operation checks everything before it writes anything, so an operation that fails
+//! leaves the transaction as it found it and the rest of its batch still commits. Two are
+//! read-only ([`Op::writes`] is false) and would never be shipped.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use qkd_types::{KeyId, LinkId, NodeId, SaeId, Secret, UnixMillis};
+
+use super::tables::{QueuedNotice, Tables};
+use super::{MadeUnder, PoolKey, SpaceGauge, StoreError, StoredKey};
+use crate::core::fetch::{self, FetchRefusal, Found};
+use crate::core::fit::FitContext;
+use crate::core::pool::{BlockMeta, Range};
+
+/// A store: runs batches of operations in one durable transaction.
+pub trait KeyStore: Send + std::fmt::Debug {
+    /// Runs `ops` in order in one transaction and commits it durably. Each operation's result is
+    /// its own (a failed one changed nothing; the others still commit). `Err` if the transaction
+    /// itself failed: nothing of the batch is durable, and the node must restart from its store.
+    fn apply(&mut self, ops: Vec<Op>) -> Result<Vec<Result<Outcome, StoreError>>, StoreError>;
+
+    /// Reads records in a transaction that is never committed (the simulation's invariant checks
+    /// and tests).
+    fn inspect(&mut self, read: &mut dyn FnMut(&mut dyn Tables)) -> Result<(), StoreError>;
+
+    /// The store's free-space gauge.
+    fn gauge(&self) -> SpaceGauge;
+}
+
+/// An operation whose result has a type of its own.
+pub trait Operation: Into<Op> + Send + 'static {
+    /// What it returns.
+    type Output: Send + 'static;
+    /// Its result out of an [`Outcome`]; `None` if the outcome is another operation's.
+    fn output(outcome: Outcome) -> Option<Self::Output>;
+}
+
+macro_rules! operations {
+    ($(
+        $(#[$doc:meta])*
+        $name:ident { $( $(#[$fdoc:meta])* $field:ident : $ty:ty ),* $(,)? } -> $out:ty;
+    )*) => {
+        $(
+            $(#[$doc])*
+            #[derive(Debug)]
+            pub struct $name { $( $(#[$fdoc])* pub $field: $ty ),* }
+
+            impl From<$name> for Op {
+                fn from(op: $name) -> Op {
+                    Op::$name(op)
+                }
+            }
+
+            impl Operation for $name {
+                type Output = $out;
+                fn output(outcome: Outcome) -> Option<$out> {
+                    match outcome {
+                        Outcome::$name(v) => Some(v),
+                        _ => None,
+                    }
+                }
+            }
+        )*
+
+        /// A store operation.
+        #[derive(Debug)]
+        pub enum Op {
+            $( $(#[$doc])* $name($name), )*
+        }
+
+        /// What an operation returned (same variant as its operation).
+        #[derive(Debug)]
+        pub enum Outcome {
+            $(
+                #[allow(missing_docs)]
+                $name($out),
+            )*
+        }
+
+        impl Op {
+            /// Runs the operation over `t`.
+            pub fn execute(self, t: &mut dyn Tables) -> Result<Outcome, StoreError> {
+                match self {
+                    $( Op::$name(op) => op.exec(t).map(Outcome::$name), )*
+                }
+            }
+
+            /// The operation's name, for logs.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $( Op::$name(_) => stringify!($name), )*
+                }
+            }
+        }
+    };
+}
+
+/// A key handed out, with the configuration it was made under.
+#[derive(Debug)]
+pub struct Handed {
+    /// Its ID.
+    pub id: KeyId,
+    /// Its bytes.
+    pub key: Secret,
+    /// Policy and suite it was made under.
+    pub made_under: Option<MadeUnder>,
+}
+
+operations! {
+    /// New blocks of link key from a device (stored pending, or available where the peer already
+    /// holds them). New key material: refused below the watermark.
+    PutBlocks {
+        /// The link.
+        link: LinkId,
+        /// (sequence, metadata, bytes) per block.
+        blocks: Vec<(u64, BlockMeta, Secret)>,
+    } -> ();
+    /// Block metadata rewritten (made available, bytes taken) and blocks erased.
+    WriteBlocks {
+        /// The link.
+        link: LinkId,
+        /// New metadata by sequence.
+        metas: Vec<(u64, BlockMeta)>,
+        /// Blocks to erase (drained or discarded).
+        erase: Vec<u64>,
+    } -> ();
+    /// Link bytes taken for one hop message: the bytes of `ranges` are read, and the blocks'
+    /// metadata saying they are taken is written in the same transaction.
+    TakeLinkKey {
+        /// The link.
+        link: LinkId,
+        /// The bytes to take.
+        ranges: Vec<Range>,
+        /// The blocks' metadata with the ranges taken.
+        metas: Vec<(u64, BlockMeta)>,
+        /// Blocks drained by the take.
+        erase: Vec<u64>,
+    } -> Secret;
+    /// Finished keys into their pair's pool (master side). New key material.
+    PutPoolKeys {
+        /// What every key shares.
+        meta: PoolKey,
+        /// The keys.
+        keys: Vec<(KeyId, Secret)>,
+    } -> ();
+    /// Pool keys discarded (no longer fit the configuration, or expired).
+    DiscardPoolKeys {
+        /// The keys.
+        ids: Vec<KeyId>,
+    } -> ();
+    /// Pool keys handed to their master: each leaves a tombstone, and a delivery notice is queued
+    /// for every node of their slaves.
+    DeliverPoolKeys {
+        /// The keys, all in the pool.
+        ids: Vec<KeyId>,
+        /// Now.
+        now: UnixMillis,
+        /// Nodes to notify.
+        notify: Vec<NodeId>,
+    } -> Vec<Handed>;
+    /// Keys made on demand were handed to their master: tombstones and delivery notices.
+    RecordIssued {
+        /// (key, master, first slave).
+        keys: Vec<(KeyId, SaeId, SaeId)>,
+        /// Now.
+        now: UnixMillis,
+        /// Nodes to notify.
+        notify: Vec<NodeId>,
+    } -> ();
+    /// Relayed keys stored for their slaves here, unless an ID was ever used here: then
+    /// nothing is stored and the outcome names it. New key material.
+    StoreKeys {
+        /// What every key shares.
+        meta: StoredKey,
+        /// The keys.
+        keys: Vec<(KeyId, Secret)>,
+    } -> Result<(), KeyId>;
+    /// A slave fetches keys by ID: all or nothing, in the policy's order of checks
+    /// ([`fetch::decide`]).
+    FetchForSlave {
+        /// The master named.
+        master: SaeId,
+        /// The calling slave.
+        slave: SaeId,
+        /// The key IDs, none repeated.
+        ids: Vec<KeyId>,
+        /// Whether the master is attached here.
+        master_here: bool,
+        /// Key TTL (how long a tombstone proves a key exists).
+        ttl_ms: u64,
+        /// Now.
+        now: UnixMillis,
+        /// The configuration keys must still fit.
+        fit: Arc<FitContext>,
+    } -> Result<Vec<Handed>, FetchRefusal>;
+    /// A delivery notice: waiting keys whose master is one of `masters` expire no later than
+    /// `expires_at`. Returns the keys whose expiry moved.
+    MoveExpiry {
+        /// The keys named.
+        ids: Vec<KeyId>,
+        /// The SAEs attached at the node that sent the notice.
+        masters: BTreeSet<SaeId>,
+        /// The new expiry.
+        expires_at: UnixMillis,
+    } -> Vec<KeyId>;
+    /// Waiting keys erased (voided), leaving tombstones.
+    RetireKeys {
+        /// The keys and their metadata as read.
+        keys: Vec<(KeyId, StoredKey)>,
+        /// Now.
+        now: UnixMillis,
+    } -> ();
+    /// Expired waiting keys erased and old tombstones pruned (at most `limit` of each). Returns
+    /// how many keys expired.
+    Expire {
+        /// Now.
+        now: UnixMillis,
+        /// Tombstones written before this are pruned.
+        prune_before: UnixMillis,
+        /// Most records of each kind.
+        limit: usize,
+    } -> usize;
+    /// Queued delivery notices dropped (sent, or useless).
+    DropNotices {
+        /// (destination, sequence).
+        notices: Vec<(NodeId, u64)>,
+    } -> ();
+    /// Read-only: waiting keys in key-ID order after `after`.
+    KeysAfter {
+        /// Start after this key.
+        after: Option<KeyId>,
+        /// Most keys.
+        limit: usize,
+    } -> Vec<(KeyId, StoredKey)>;
+    /// Read-only: queued delivery notices.
+    QueuedNotices {
+        /// Most notices.
+        limit: usize,
+    } -> Vec<QueuedNotice>;
+}
+
+impl Op {
+    /// Whether the operation changes the store (read-only ones would never be shipped to
+    /// replicas).
+    pub fn writes(&self) -> bool {
+        !matches!(self, Op::KeysAfter(_) | Op::QueuedNotices(_))
+    }
+}
+
+impl PutBlocks {
+    fn exec(self, t: &mut dyn Tables) -> Result<(), StoreError> {
+        t.admit_ingest()?;
+        for (seq, meta, key) in &self.blocks {
+            t.put_block(&self.link, *seq, meta, key)?;
+        }
+        Ok(())
+    }
+}
+
+impl WriteBlocks {
+    fn exec(self, t: &mut dyn Tables) -> Result<(), StoreError> {
+        write_blocks(t, &self.link, &self.metas, &self.erase)
+    }
+}
+
+fn write_blocks(
+    t: &mut dyn Tables,
+    link: &LinkId,
+    metas: &[(u64, BlockMeta)],
+    erase: &[u64],
+) -> Result<(), StoreError> {
+    for (seq, m) in metas {
+        t.put_block_meta(link, *seq, m)?;
+    }
+    for seq in erase {
+        t.delete_block(link, *seq)?;
+    }
+    Ok(())
+}
+
+impl TakeLinkKey {
+    fn exec(self, t: &mut dyn Tables) -> Result<Secret, StoreError> {
+        let bytes = t.read_ranges(&self.link, &self.ranges)?;
+        write_blocks(t, &self.link, &self.metas, &self.erase)?;
+        Ok(bytes)
+    }
+}
+
+impl PutPoolKeys {
+    fn exec(self, t: &mut dyn Tables) -> Result<(), StoreError> {
+        t.admit_ingest()?;
+        for (id, key) in &self.keys {
+            t.put_pool_key(*id, &self.meta, key)?;
+        }
+        Ok(())
+    }
+}
+
+impl DiscardPoolKeys {
+    fn exec(self, t: &mut dyn Tables) -> Result<(), StoreError> {
+        for id in &self.ids {
+            t.take_pool_key(*id)?;
+        }
+        Ok(())
+    }
+}
+
+impl DeliverPoolKeys {
+    fn exec(self, t: &mut dyn Tables) -> Result<Vec<Handed>, StoreError> {
+        let mut out = Vec::with_capacity(self.ids.len());
+        for id in &self.ids {
+            let (meta, key) = t
+                .take_pool_key(*id)?
+                .ok_or(StoreError::Corrupt("pool key vanished"))?;
+            t.put_tombstone(*id, &meta.master, meta.slaves.first(), self.now)?;
+            out.push(Handed {
+                id: *id,
+                key,
+                made_under: meta.made_under,
+            });
+        }
+        for dest in &self.notify {
+            t.queue_notice(dest, &self.ids, self.now)?;
+        }
+        Ok(out)
+    }
+}
+
+impl RecordIssued {
+    fn exec(self, t: &mut dyn Tables) -> Result<(), StoreError> {
+        for (id, master, slave) in &self.keys {
+            t.put_tombstone(*id, master, Some(slave), self.now)?;
+        }
+        let ids: Vec<KeyId> = self.keys.iter().map(|(id, _, _)| *id).collect();
+        for dest in &self.notify {
+            t.queue_notice(dest, &ids, self.now)?;
+        }
+        Ok(())
+    }
+}
+
+impl StoreKeys {
+    fn exec(self, t: &mut dyn Tables) -> Result<Result<(), KeyId>, StoreError> {
+        for (id, _) in &self.keys {
+            if t.key_id_used(*id)? {
+                return Ok(Err(*id));
+            }
+        }
+        t.admit_ingest()?;
+        for (id, key) in &self.keys {
+            t.put_key(*id, &self.meta, key)?;
+        }
+        Ok(Ok(()))
+    }
+}
+
+impl FetchForSlave {
+    fn exec(self, t: &mut dyn Tables) -> Result<Result<Vec<Handed>, FetchRefusal>, StoreError> {
+        if fetch::has_duplicates(&self.ids) {
+            return Ok(Err(FetchRefusal::NotFound));
+        }
+        let mut found = Vec::with_capacity(self.ids.len());
+        for id in &self.ids {
+            let meta = t.key_meta(*id)?;
+            let tombstone = if meta.is_none() && self.master_here {
+                t.tombstone(*id)?
+            } else {
+                None
+            };
+            found.push(Found { meta, tombstone });
+        }
+        let request = fetch::Fetch {
+            master: &self.master,
+            slave: &self.slave,
+            master_here: self.master_here,
+            ttl_ms: self.ttl_ms,
+            now: self.now,
+        };
+        let metas = match fetch::decide(&request, found, &self.fit) {
+            Ok(m) => m,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        // Every key is read before any is changed, so a missing one changes nothing.
+        let mut keys = Vec::with_capacity(self.ids.len());
+        for id in &self.ids {
+            keys.push(
+                t.key_bytes(*id)?
+                    .ok_or(StoreError::Corrupt("key bytes vanished"))?,
+            );
+        }
+        let mut out = Vec::with_capacity(self.ids.len());
+        for ((id, meta), key) in self.ids.iter().zip(metas).zip(keys) {
+            let made_under = meta.made_under.clone();
+            let (meta, done) = fetch::fetched(meta, &self.slave);
+            if done {
+                t.retire_key(*id, &meta, self.now)?;
+            } else {
+                t.update_key_meta(*id, &meta)?;
+            }
+            out.push(Handed {
+                id: *id,
+                key,
+                made_under,
+            });
+        }
+        Ok(Ok(out))
+    }
+}
+
+impl MoveExpiry {
+    fn exec(self, t: &mut dyn Tables) -> Result<Vec<KeyId>, StoreError> {
+        let mut moved = Vec::new();
+        for id in &self.ids {
+            let Some(meta) = t.key_meta(*id)? else {
+                continue;
+            };
+            // Only the master's own node may say when its master got the key.
+            if !self.masters.contains(&meta.master) || meta.expires_at <= self.expires_at {
+                continue;
+            }
+            t.set_key_expiry(*id, &meta, self.expires_at)?;
+            moved.push(*id);
+        }
+        Ok(moved)
+    }
+}
+
+impl RetireKeys {
+    fn exec(self, t: &mut dyn Tables) -> Result<(), StoreError> {
+        for (id, meta) in &self.keys {
+            t.retire_key(*id, meta, self.now)?;
+        }
+        Ok(())
+    }
+}
+
+impl Expire {
+    fn exec(self, t: &mut dyn Tables) -> Result<usize, StoreError> {
+        let expired = t.expired_keys(self.now, self.limit)?;
+        for (id, meta) in &expired {
+            t.retire_key(*id, meta, self.now)?;
+        }
+        t.prune_tombstones(self.prune_before, self.limit)?;
+        Ok(expired.len())
+    }
+}
+
+impl DropNotices {
+    fn exec(self, t: &mut dyn Tables) -> Result<(), StoreError> {
+        for (dest, seq) in &self.notices {
+            t.drop_notice(dest, *seq)?;
+        }
+        Ok(())
+    }
+}
+
+impl KeysAfter {
+    fn exec(self, t: &mut dyn Tables) -> Result<Vec<(KeyId, StoredKey)>, StoreError> {
+        t.keys_after(self.after, self.limit)
+    }
+}
+
+impl QueuedNotices {
+    fn exec(self, t: &mut dyn Tables) -> Result<Vec<QueuedNotice>, StoreError> {
+        t.queued_notices(self.limit)
+    }
+}
