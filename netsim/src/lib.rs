@@ -9,7 +9,9 @@
 //!   delayed, and some are dropped (request or reply), duplicated, or cut by a partition; a call
 //!   to a crashed node fails as a refused connection would.
 //! * **Store.** Each node's redb store lives on a simulated disk that outlives the node
-//!   ([`qkd_kms::store::faulty::Disk`]); its writer commits inline ([`Writer::inline`]).
+//!   ([`qkd_kms::store::faulty::Disk`]); its writer commits inline ([`Writer::inline`]). Or, with
+//!   [`StoreKind::Memory`], the store is the in-memory model ([`MemStore`]), which outlives the
+//!   node the same way: the same store operations on another implementation of the store.
 //! * **Devices.** Each link is a [`SimulatedLink`] pair on the simulated clock; the master end
 //!   keeps its position in a file, which a fault may delete (the device then re-issues key IDs).
 //! * **Crashes.** A crash aborts every task of the node at its next await point
@@ -54,8 +56,12 @@ use qkd_kms::manager::{
 };
 use qkd_kms::peer::{PeerLink, status_of};
 use qkd_kms::store::faulty::Disk;
+use qkd_kms::store::mem::MemStore;
 use qkd_kms::store::vault::FileKek;
-use qkd_kms::store::{MadeUnder, Store, StoreOptions};
+use qkd_kms::store::{
+    KeyStore, MadeUnder, Op as StoreOp, Outcome as StoreOutcome, SpaceGauge, Store, StoreError,
+    StoreOptions, Tables,
+};
 use qkd_kms::writer::Writer;
 use qkd_proto::peer as pb;
 use qkd_simulator::link::{SimLinkConfig, SimulatedLink};
@@ -107,6 +113,35 @@ impl Shape {
     }
 }
 
+/// Which store the nodes keep their keys in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StoreKind {
+    /// The redb store on a simulated disk (what a node runs).
+    #[default]
+    Disk,
+    /// The in-memory model of the store ([`MemStore`]).
+    Memory,
+}
+
+impl StoreKind {
+    /// The spelling `SIM_STORE` takes: `disk`, `memory`.
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreKind::Disk => "disk",
+            StoreKind::Memory => "memory",
+        }
+    }
+
+    /// Parses [`StoreKind::name`]'s spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "disk" => Some(StoreKind::Disk),
+            "memory" => Some(StoreKind::Memory),
+            _ => None,
+        }
+    }
+}
+
 /// One simulation run.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -120,6 +155,8 @@ pub struct Options {
     pub defects: Defects,
     /// Which faults the run injects ([`Faults::default`]: all of them).
     pub faults: Faults,
+    /// Where nodes keep their keys.
+    pub store: StoreKind,
 }
 
 /// The faults a run injects. [`Faults::default`] is what the invariant runs use; [`Faults::none`]
@@ -217,11 +254,14 @@ impl Violation {
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))
         .collect();
-        let defects = if defects.is_empty() {
+        let mut defects = if defects.is_empty() {
             String::new()
         } else {
             format!("SIM_DEFECTS={} ", defects.join(","))
         };
+        if self.options.store != StoreKind::Disk {
+            defects += &format!("SIM_STORE={} ", self.options.store.name());
+        }
         format!(
             "{defects}SIM_SEED={} SIM_STEPS={} SIM_SHAPE={} cargo test -p qkd-netsim --test it -- \
              replay --exact --nocapture",
@@ -794,6 +834,8 @@ impl Observer for NodeObserver {
 #[derive(Debug)]
 struct NodeSlot {
     disk: Arc<Disk>,
+    /// The node's store when the run keeps it in memory ([`StoreKind::Memory`]).
+    memory: SharedMemory,
     dir: PathBuf,
     /// Configuration version it runs (or will run at its next start).
     version: u32,
@@ -867,6 +909,7 @@ impl Sim {
             );
             nodes.push(NodeSlot {
                 disk: Disk::new(1 << 30),
+                memory: SharedMemory::default(),
                 dir,
                 version: 0,
                 signing: Some(signing),
@@ -1026,7 +1069,9 @@ impl Sim {
     async fn start(&mut self, i: usize) -> Result<(), String> {
         // A crashed node's tasks go at their next poll: wait until nothing holds its store.
         let mut waited = 0;
-        while Arc::strong_count(&self.nodes[i].disk) > 1 {
+        while Arc::strong_count(&self.nodes[i].disk) > 1
+            || Arc::strong_count(&self.nodes[i].memory.0) > 1
+        {
             waited += 1;
             if waited > 1000 {
                 return Err(format!("n{i} still holds its store after its crash"));
@@ -1044,9 +1089,19 @@ impl Sim {
             reserve_bytes: 0,
             rotation_batch: 64,
         };
-        let (store, recovered) =
-            Store::open_backend(disk.backend(), &kek, options, disk.space(), usize::MAX)
-                .map_err(|e| format!("n{i}: store: {e}"))?;
+        let (writer, recovered) = match self.opts.store {
+            StoreKind::Disk => {
+                let (store, recovered) =
+                    Store::open_backend(disk.backend(), &kek, options, disk.space(), usize::MAX)
+                        .map_err(|e| format!("n{i}: store: {e}"))?;
+                (Writer::inline(store), recovered)
+            }
+            StoreKind::Memory => {
+                let memory = self.nodes[i].memory.clone();
+                let recovered = memory.lock().recovered();
+                (Writer::inline(memory), recovered)
+            }
+        };
         drop(disk);
         let mut setups = Vec::new();
         for (li, &(a, b)) in self.links.iter().enumerate() {
@@ -1097,13 +1152,7 @@ impl Sim {
             });
         }
         let config = self.config(i);
-        let manager = KeyManager::new(
-            config,
-            self.clock.clone(),
-            Writer::inline(store),
-            setups,
-            recovered,
-        );
+        let manager = KeyManager::new(config, self.clock.clone(), writer, setups, recovered);
         manager.observe(Arc::new(NodeObserver {
             node: i,
             modes: self.modes(self.nodes[i].version),
@@ -1562,6 +1611,34 @@ impl Sim {
     }
 }
 
+/// A node's in-memory store, which outlives the node (as a disk does): the node's writer holds
+/// one handle while it runs, the simulation the other.
+#[derive(Debug, Clone, Default)]
+struct SharedMemory(Arc<Mutex<MemStore>>);
+
+impl SharedMemory {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemStore> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl KeyStore for SharedMemory {
+    fn apply(
+        &mut self,
+        ops: Vec<StoreOp>,
+    ) -> Result<Vec<Result<StoreOutcome, StoreError>>, StoreError> {
+        self.lock().apply(ops)
+    }
+
+    fn inspect(&mut self, read: &mut dyn FnMut(&mut dyn Tables)) -> Result<(), StoreError> {
+        self.lock().inspect(read)
+    }
+
+    fn gauge(&self) -> SpaceGauge {
+        self.lock().gauge()
+    }
+}
+
 /// Seeds from `SIM_SEEDS` (a count) or the default, for the CI's fixed set of runs.
 pub fn seed_count(default: u64) -> u64 {
     std::env::var("SIM_SEEDS")
@@ -1576,6 +1653,7 @@ pub fn run_seeds(
     steps: u32,
     count: u64,
     defects: Defects,
+    store: StoreKind,
 ) -> Result<Summary, Box<Violation>> {
     let mut s = Summary::default();
     for seed in 0..count {
@@ -1585,6 +1663,7 @@ pub fn run_seeds(
             shape,
             defects,
             faults: Faults::default(),
+            store,
         })?;
         s.runs += 1;
         s.steps += u64::from(o.steps);

@@ -146,6 +146,7 @@ async fn measure_in(o: ScaleOptions) -> Result<ScaleResult, String> {
         shape: Shape::Random(o.nodes),
         defects: Defects::default(),
         faults: Faults::none(),
+        store: crate::StoreKind::Disk,
     });
     sim.advert_interval = o.advert_interval;
     let n = sim.n;

@@ -5,29 +5,38 @@
 mod scale;
 
 use qkd_kms::events::defects::Defects;
-use qkd_netsim::{Faults, Options, Shape, Violation, run, run_seeds, seed_count};
+use qkd_netsim::{Faults, Options, Shape, StoreKind, Violation, run, run_seeds, seed_count};
 
 /// Steps per run in CI.
 const STEPS: u32 = 200;
 /// Seeds per shape in CI: 1,000 runs in all (about 0.3 s of CPU each, docs/simulation.md).
 const SEEDS: u64 = 500;
+/// Seeds of the runs on the in-memory store in CI.
+const SEEDS_IN_MEMORY: u64 = 100;
 
-fn must_hold(shape: Shape, default_seeds: u64) {
+fn must_hold(shape: Shape, default_seeds: u64, store: StoreKind) {
     let count = seed_count(default_seeds);
-    match run_seeds(shape, STEPS, count, Defects::default()) {
-        Ok(summary) => eprintln!("{}: {summary}", shape.name()),
+    match run_seeds(shape, STEPS, count, Defects::default(), store) {
+        Ok(summary) => eprintln!("{} on {}: {summary}", shape.name(), store.name()),
         Err(v) => panic!("{v}"),
     }
 }
 
 #[test]
 fn chain_of_five() {
-    must_hold(Shape::Chain(5), SEEDS);
+    must_hold(Shape::Chain(5), SEEDS, StoreKind::Disk);
 }
 
 #[test]
 fn mesh_of_six() {
-    must_hold(Shape::Mesh(6), SEEDS);
+    must_hold(Shape::Mesh(6), SEEDS, StoreKind::Disk);
+}
+
+/// The same runs with the nodes' stores in memory (the store's model, `MemStore`): the key
+/// managers keep every invariant on either implementation of the store operations.
+#[test]
+fn mesh_of_six_on_the_memory_store() {
+    must_hold(Shape::Mesh(6), SEEDS_IN_MEMORY, StoreKind::Memory);
 }
 
 /// Two runs of the same options give the same trace.
@@ -39,6 +48,7 @@ fn runs_are_deterministic() {
         shape: Shape::Mesh(5),
         defects: Defects::default(),
         faults: Faults::default(),
+        store: StoreKind::Disk,
     };
     let a = run(&o).unwrap_or_else(|v| panic!("{v}"));
     let b = run(&o).unwrap_or_else(|v| panic!("{v}"));
@@ -49,7 +59,8 @@ fn runs_are_deterministic() {
     );
 }
 
-/// Replays one run: `SIM_SEED`, `SIM_STEPS` and `SIM_SHAPE` as a violation prints them.
+/// Replays one run: `SIM_SEED`, `SIM_STEPS`, `SIM_SHAPE` (and `SIM_DEFECTS`, `SIM_STORE`) as a
+/// violation prints them.
 #[test]
 fn replay() {
     let Some(seed) = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) else {
@@ -68,12 +79,18 @@ fn replay() {
             .unwrap_or_else(|| panic!("SIM_DEFECTS: unknown defect in {s:?}")),
         Err(_) => Defects::default(),
     };
+    let store = match std::env::var("SIM_STORE") {
+        Ok(s) => StoreKind::parse(&s)
+            .unwrap_or_else(|| panic!("SIM_STORE: {s:?} is neither `disk` nor `memory`")),
+        Err(_) => StoreKind::Disk,
+    };
     let o = run(&Options {
         seed,
         steps,
         shape,
         defects,
         faults: Faults::default(),
+        store,
     })
     .unwrap_or_else(|v| panic!("{v}"));
     eprintln!("{o:?}");
@@ -94,6 +111,7 @@ fn a_failing_seed_replays_to_the_same_violation() {
                 shape: Shape::Chain(5),
                 defects,
                 faults: Faults::default(),
+                store: StoreKind::Disk,
             };
             run(&o).err().map(|v| (o, v))
         })
@@ -120,6 +138,7 @@ fn finds(defects: Defects, shape: Shape, max: u64) -> String {
             shape,
             defects,
             faults: Faults::default(),
+            store: StoreKind::Disk,
         }) {
             return v.what.clone();
         }
