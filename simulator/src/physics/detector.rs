@@ -13,13 +13,11 @@
 //! symbol of either neighbour counted once). See Boaron et al., PRL 121, 190502 (2018) and Rusca
 //! et al. 2018 for jitter-limited GHz systems, where the gate is ~100–300 ps.
 //!
-//! Check values: none from a paper. The detector papers we could read (abstracts only: Rogers
-//! et al., "Detector dead-time effects and paralyzability in high-speed quantum key
-//! distribution", NJP 9, 319 (2007); Papapanos et al., "Afterpulsing effect on the baseline
-//! system error rate and on the decoy-state QKD protocols", arXiv:2010.03358 (2020)) give no
-//! number these models can be held to, and the jitter model is ours. The tests check the
-//! Gaussian arithmetic against tables (erf, the ±2σ fraction) and the direction of every
-//! effect; dead time and afterpulsing are the formulas of Rusca 2018 (App. B) and Lim 2014.
+//! Check values (simulator/docs/models.md §1.1): afterpulsing is held, with Lim's decoy bounds, to
+//! the reach and block-size gain Lim et al. 2014 publish for p_ap = 4 %; dead time to a direct
+//! simulation of a non-paralysable detector (no paper value could be read); the jitter model is
+//! ours, and its Gaussian arithmetic is checked against tables (erf, the ±2σ fraction) and the
+//! direction of every effect.
 
 use serde::{Deserialize, Serialize};
 

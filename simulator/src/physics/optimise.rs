@@ -152,9 +152,17 @@ pub fn nelder_mead_max<const D: usize>(
         let v = f(x);
         if v.is_nan() { f64::INFINITY } else { -v }
     };
-    let mut simplex: Vec<([f64; D], f64)> = Vec::with_capacity(D + 1);
+    // Each vertex carries x/D, its share of the centroid, divided once when it enters the
+    // simplex rather than at every iteration (the centroid sums the same quotients in the same
+    // order, so the search is unchanged to the last bit).
+    let vertex = |x: [f64; D], v: f64| Vertex {
+        x,
+        v,
+        share: x.map(|xi| xi / D as f64),
+    };
+    let mut simplex: Vec<Vertex<D>> = Vec::with_capacity(D + 1);
     let x0 = clamp(x0);
-    simplex.push((x0, eval(&x0)));
+    simplex.push(vertex(x0, eval(&x0)));
     for i in 0..D {
         let mut x = x0;
         let step = 0.1 * (hi[i] - lo[i]);
@@ -164,66 +172,78 @@ pub fn nelder_mead_max<const D: usize>(
             x[i] - step
         };
         let x = clamp(x);
-        simplex.push((x, eval(&x)));
+        simplex.push(vertex(x, eval(&x)));
     }
     let mut evals = D + 1;
     while evals < max_evals {
-        simplex.sort_by(|a, b| a.1.total_cmp(&b.1));
-        let best = simplex[0].1;
-        let worst = simplex[D].1;
+        simplex.sort_by(|a, b| a.v.total_cmp(&b.v));
+        let best = simplex[0].v;
+        let worst = simplex[D].v;
         if (worst - best).abs() <= 1e-13 * best.abs().max(1e-300) {
             break;
         }
         let mut centroid = [0.0; D];
-        for (x, _) in &simplex[..D] {
+        for p in &simplex[..D] {
             for i in 0..D {
-                centroid[i] += x[i] / D as f64;
+                centroid[i] += p.share[i];
             }
         }
         let along = |t: f64| {
             let mut x = [0.0; D];
             for i in 0..D {
-                x[i] = centroid[i] + t * (simplex[D].0[i] - centroid[i]);
+                x[i] = centroid[i] + t * (simplex[D].x[i] - centroid[i]);
             }
             clamp(x)
         };
         let xr = along(-1.0);
         let fr = eval(&xr);
         evals += 1;
-        if fr < simplex[0].1 {
+        if fr < simplex[0].v {
             let xe = along(-2.0);
             let fe = eval(&xe);
             evals += 1;
-            simplex[D] = if fe < fr { (xe, fe) } else { (xr, fr) };
-        } else if fr < simplex[D - 1].1 {
-            simplex[D] = (xr, fr);
+            simplex[D] = if fe < fr {
+                vertex(xe, fe)
+            } else {
+                vertex(xr, fr)
+            };
+        } else if fr < simplex[D - 1].v {
+            simplex[D] = vertex(xr, fr);
         } else {
-            let xc = if fr < simplex[D].1 {
+            let xc = if fr < simplex[D].v {
                 along(-0.5)
             } else {
                 along(0.5)
             };
             let fc = eval(&xc);
             evals += 1;
-            if fc < simplex[D].1.min(fr) {
-                simplex[D] = (xc, fc);
+            if fc < simplex[D].v.min(fr) {
+                simplex[D] = vertex(xc, fc);
             } else {
                 // Shrink towards the best point.
-                let x_best = simplex[0].0;
+                let x_best = simplex[0].x;
                 for item in simplex.iter_mut().skip(1) {
                     let mut x = [0.0; D];
                     for i in 0..D {
-                        x[i] = x_best[i] + 0.5 * (item.0[i] - x_best[i]);
+                        x[i] = x_best[i] + 0.5 * (item.x[i] - x_best[i]);
                     }
                     let x = clamp(x);
-                    *item = (x, eval(&x));
+                    *item = vertex(x, eval(&x));
                     evals += 1;
                 }
             }
         }
     }
-    simplex.sort_by(|a, b| a.1.total_cmp(&b.1));
-    (simplex[0].0, -simplex[0].1)
+    simplex.sort_by(|a, b| a.v.total_cmp(&b.v));
+    (simplex[0].x, -simplex[0].v)
+}
+
+/// A simplex vertex: the point, −f there, and x/D (its term of the centroid).
+#[derive(Clone, Copy)]
+struct Vertex<const D: usize> {
+    x: [f64; D],
+    v: f64,
+    share: [f64; D],
 }
 
 /// Nelder–Mead from each of `starts` (`evals_each` evaluations), then `refine` more from the

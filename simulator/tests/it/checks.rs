@@ -84,3 +84,84 @@ fn optimised_finite_key_rates_fall_smoothly_with_distance() {
         "Lim 2014 with n_X = 1e6 keeps a key to 170 km"
     );
 }
+
+/// Lim, Curty, Walenta, Xu, Zbinden, "Concise security bounds for practical decoy-state quantum
+/// key distribution", PRA 89, 022307 (2014), read in full: Sec. IV fixes the detector model with
+/// afterpulsing (p_ap = 4 %, R_k = D_k(1 + p_ap), e_k += p_ap D_k/2) and states, reading its
+/// Fig. 1, that (a) with a block of n_X = 10⁴ "cryptographic keys can still be distributed over a
+/// fiber length of 135 km" (also Sec. I: "up to 135 km"), and (b) "at a fiber length of 100 km,
+/// the secret key rate obtained with n_X = 10⁹ is about 1.75 times the one based on n_X = 10⁷".
+/// Here: (a) 130.2 km, (b) 1.79, both within 5 % of the approximate published figures. Without
+/// afterpulsing the same model reaches 148 km, 10 % beyond the paper: the check holds the
+/// afterpulse terms, not only the decoy bounds.
+#[test]
+fn lim_2014_reach_and_block_gain_as_published() {
+    use qkd_simulator::physics::finite::Lim2014;
+    use qkd_simulator::physics::optimise::bisect_last_true;
+    let reach = |lim: &Lim2014| {
+        bisect_last_true(
+            |l| lim.optimise(lim.hw.eta_sys(l)).1.key_bits > 0.0,
+            100.0,
+            200.0,
+            0.1,
+        )
+    };
+    let small = Lim2014::paper(1e4);
+    let r = reach(&small);
+    assert!((r / 135.0 - 1.0).abs() < 0.05, "n_X = 1e4: {r} km");
+    let mut no_afterpulses = small;
+    no_afterpulses.hw.afterpulse_prob = 0.0;
+    let r0 = reach(&no_afterpulses);
+    assert!(r0 / 135.0 - 1.0 > 0.05, "without afterpulsing: {r0} km");
+    let rate = |n_x: f64| {
+        let lim = Lim2014::paper(n_x);
+        lim.optimise(lim.hw.eta_sys(100.0)).1.key_per_pulse
+    };
+    let gain = rate(1e9) / rate(1e7);
+    assert!(
+        (gain / 1.75 - 1.0).abs() < 0.05,
+        "R(1e9)/R(1e7) at 100 km: {gain}"
+    );
+}
+
+/// Dead time (Rusca et al. 2018, App. B): a detector blind for t_DT after a click scales the
+/// click probability per pulse by c_dt = 1/(1 + f_rep P_det t_DT), the non-paralysable counter of
+/// the detector literature. No paper value could be read for it (simulator/docs/models.md §1.1
+/// lists what was tried), so it is checked against a direct simulation of the process it models:
+/// pulses at f_rep, each clicking with probability P_det unless the detector is still dead from
+/// its last click. The simulated click fraction must match P_det·c_dt within 4 standard errors,
+/// while a paralysable detector's e^(−f_rep P_det t_DT) lies far outside.
+#[test]
+fn dead_time_factor_matches_a_simulated_non_paralysable_detector() {
+    use qkd_simulator::physics::channel::dead_time_factor;
+    // splitmix64: a fixed, dependency-free pseudo-random sequence.
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut uniform = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) as f64 / u64::MAX as f64
+    };
+    let rep_rate = 1e9;
+    for (p_det, dead_time) in [(0.01, 100e-9), (2e-3, 1e-6), (1e-4, 10e-6)] {
+        let dead_pulses = (dead_time * rep_rate) as u64;
+        let pulses = 20_000_000u64;
+        let (mut clicks, mut blind_until) = (0u64, 0u64);
+        for i in 0..pulses {
+            if i >= blind_until && uniform() < p_det {
+                clicks += 1;
+                blind_until = i + 1 + dead_pulses;
+            }
+        }
+        let simulated = clicks as f64 / pulses as f64;
+        let model = p_det * dead_time_factor(rep_rate, p_det, dead_time);
+        let sigma = (model / pulses as f64).sqrt();
+        assert!(
+            (simulated - model).abs() < 4.0 * sigma,
+            "P_det {p_det}, t_DT {dead_time}: simulated {simulated}, model {model}"
+        );
+        let paralysable = p_det * (-rep_rate * p_det * dead_time).exp();
+        assert!((simulated - paralysable).abs() > 6.0 * sigma);
+    }
+}
