@@ -12,11 +12,22 @@
 
 #![forbid(unsafe_code)]
 
+/// A test-only crash point (module `failpoint`, which exists only with the `failpoints`
+/// feature); expands to nothing without that feature.
+macro_rules! failpoint {
+    ($point:literal) => {
+        #[cfg(feature = "failpoints")]
+        $crate::failpoint::hit($point);
+    };
+}
+
 pub mod api;
 pub mod conn;
 pub mod core;
 pub mod durable;
 pub mod events;
+#[cfg(feature = "failpoints")]
+pub mod failpoint;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hybrid;

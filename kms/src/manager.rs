@@ -682,6 +682,9 @@ impl KeyManager {
         if blocks.is_empty() {
             return Ok(0);
         }
+        // A crash here leaves keys the device handed out that this node never recorded: the
+        // peer is never told their IDs, so neither end uses them.
+        failpoint!("master-after-enc-keys");
         let mut added = Vec::with_capacity(blocks.len());
         let mut kept = Vec::with_capacity(blocks.len());
         let mut reissued = 0u64;
@@ -724,6 +727,8 @@ impl KeyManager {
                 .collect()
         };
         self.store_blocks(lid, metas, blocks).await?;
+        // A crash here leaves the blocks pending: they are offered again after the restart.
+        failpoint!("master-after-store");
         let n = added.len();
         self.offer(link, &added).await?;
         Ok(n)
@@ -929,6 +934,9 @@ impl KeyManager {
                 .blocks_by_id(&want)
                 .await
                 .map_err(DeviceFault::Device)?;
+            // A crash here loses keys this end's device has handed out: the allocator offers
+            // them again, the device no longer has them, and both ends drop the blocks.
+            failpoint!("slave-after-dec-keys");
             let mut metas = Vec::with_capacity(blocks.len());
             {
                 let mut p = link.pool();
@@ -964,6 +972,9 @@ impl KeyManager {
             }
             let lid = link.setup.id.clone();
             self.store_blocks(lid, metas, blocks).await?;
+            // A crash here leaves the allocator unanswered: its next offer of the same blocks
+            // finds them held and is accepted without asking the device again.
+            failpoint!("slave-after-store");
         }
         // Blocks the allocator has used up entirely can go.
         let release_before = {

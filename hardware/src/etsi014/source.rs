@@ -476,13 +476,19 @@ impl KeySource for Etsi014Source {
                 )?),
                 // 400 is the spec's answer for an unknown key; 404 is what several KMEs send.
                 Err(DeviceFault::Status {
-                    code: 400 | 404,
+                    code: code @ (400 | 404),
                     message,
                     ..
                 }) => {
-                    if let Some(m) = message.filter(|m| m != NOT_FOUND) {
-                        tracing::debug!(message = %m, "dec_keys refused");
-                    }
+                    // Named at warn: the node drops the batch at both ends, and an operator
+                    // should see which device refused what, and how.
+                    tracing::warn!(
+                        code,
+                        key = %chunk[0],
+                        message = message.as_deref().filter(|m| *m != NOT_FOUND).unwrap_or(""),
+                        "dec_keys: the device answered HTTP {code}: it does not hold the key \
+                         (never produced, already fetched, or not arrived); nothing consumed"
+                    );
                     return Err(DeviceError::UnknownBlock(chunk[0]));
                 }
                 Err(f) => return Err(self.fault(f)),

@@ -120,10 +120,15 @@ fn the_node_links_no_simulator_plotting_or_output() {
         );
     }
     // The simulation's test seams (the simulated disk, the switches that put defects back) are
-    // never built into the daemon.
+    // never built into the daemon's default build.
     assert!(
         !tree.contains("qkd-kms feature \"simulation\""),
         "qkd-node enables the kms simulation feature"
+    );
+    // Nor are the test-only crash points (node/tests/it/failpoints.rs).
+    assert!(
+        !tree.contains("qkd-kms feature \"failpoints\""),
+        "qkd-node enables the kms failpoints feature by default"
     );
     assert!(tree.contains("qkd-kms feature \"default\""), "{tree}");
 }

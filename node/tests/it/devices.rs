@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use qkd_simulator::emulator::{self, DevicePair, Outage, PairConfig, Quirk};
 use qkd_simulator::model::ConstantRate;
-use qkd_types::{Clock, KmeId, SaeId, SystemClock};
+use qkd_types::{Clock, KeyId, KmeId, SaeId, SystemClock};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::harness::{BIN, Net, keys};
+use crate::harness::{BIN, Net, ends_agree, keys};
 
 /// Key rate of the emulated link, bit/s (reported by the devices in their status).
 const RATE: u64 = 2_000_000;
@@ -39,7 +39,7 @@ const DEVICE_SAES: [&str; 2] = ["node-A", "node-B"];
 const NUMERIC_DEVICE_SAES: [&str; 2] = ["1001", "1002"];
 
 /// One emulated device served on a fixed address, stoppable and restartable.
-struct Device {
+pub(crate) struct Device {
     addr: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
     stop: Option<oneshot::Sender<()>>,
@@ -74,7 +74,7 @@ impl Device {
     }
 
     /// Stops serving and closes every connection: connections are refused from now on.
-    async fn stop(&mut self) {
+    pub(crate) async fn stop(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -83,7 +83,7 @@ impl Device {
         }
     }
 
-    async fn restart(&mut self, pair: &DevicePair, i: usize) {
+    pub(crate) async fn restart(&mut self, pair: &DevicePair, i: usize) {
         self.stop().await;
         *self = Self::start_on(self.addr, self.tls.clone(), pair, i).await;
     }
@@ -91,22 +91,27 @@ impl Device {
 
 /// An emulated device pair (device 0 at node A, the link's master end; device 1 at node B), its
 /// PKI in `<net>/devices/`, and the device sections of both nodes' configurations.
-struct Emu {
-    pair: DevicePair,
-    devices: [Device; 2],
+pub(crate) struct Emu {
+    pub(crate) pair: DevicePair,
+    pub(crate) devices: [Device; 2],
     dir: PathBuf,
     /// The SAE ID of each node at its device.
     saes: [&'static str; 2],
+    /// The devices' CA, for more client certificates.
+    ca: Ca,
+    /// Keys the master's device issued that a test expects never to be fetched (the slave's
+    /// device keeps them pending for good): not "in flight".
+    stranded: std::sync::Mutex<HashSet<KeyId>>,
 }
 
 impl Emu {
-    async fn start(net: &Net) -> Self {
+    pub(crate) async fn start(net: &Net) -> Self {
         Self::start_with(net, DEVICE_SAES, &[]).await
     }
 
     /// A pair that knows the nodes as `saes` at their devices and deviates from the spec as
     /// `quirks` say.
-    async fn start_with(net: &Net, saes: [&'static str; 2], quirks: &[Quirk]) -> Self {
+    pub(crate) async fn start_with(net: &Net, saes: [&'static str; 2], quirks: &[Quirk]) -> Self {
         let dir = net.path().join("devices");
         std::fs::create_dir_all(&dir).unwrap();
         let ca = Ca::new();
@@ -151,11 +156,42 @@ impl Emu {
             devices: devices.try_into().ok().unwrap(),
             dir,
             saes,
+            ca,
+            stranded: Default::default(),
         }
     }
 
+    /// A client certificate for `sae` issued by the devices' CA, written to the devices'
+    /// folder; returns the paths of the certificate and its key.
+    pub(crate) fn issue_client(&self, sae: &str) -> (PathBuf, PathBuf) {
+        let (cert, key) = self.ca.client(sae);
+        let paths = (
+            self.dir.join(format!("{sae}.crt")),
+            self.dir.join(format!("{sae}.key")),
+        );
+        std::fs::write(&paths.0, cert).unwrap();
+        std::fs::write(&paths.1, key).unwrap();
+        paths
+    }
+
+    /// Marks keys waiting at the slave's device as never to be fetched.
+    pub(crate) fn strand(&self, ids: impl IntoIterator<Item = KeyId>) {
+        self.stranded.lock().unwrap().extend(ids);
+    }
+
+    /// Keys issued by the master's device and not yet fetched from the slave's, except those
+    /// stranded for good.
+    pub(crate) fn in_flight(&self) -> usize {
+        let stranded = self.stranded.lock().unwrap();
+        self.pair
+            .pending_ids()
+            .iter()
+            .filter(|id| !stranded.contains(id))
+            .count()
+    }
+
     /// The `[link.source]` table of the node at device `i`.
-    fn source(&self, i: usize) -> toml::Table {
+    pub(crate) fn source(&self, i: usize) -> toml::Table {
         let me = self.saes[i];
         let d = self.dir.display();
         format!(
@@ -189,7 +225,7 @@ max_backoff_ms = 200
 
     /// Backs the link A-B of a `pair` network with this device pair at both ends, each end
     /// holding at most [`CAPACITY`] bytes of link key.
-    fn attach(&self, net: &Net) {
+    pub(crate) fn attach(&self, net: &Net) {
         for (i, node) in ["A", "B"].into_iter().enumerate() {
             let source = self.source(i);
             net.edit_config(node, |t| {
@@ -286,12 +322,17 @@ fn check(config: &Path, extra: &[&str]) -> (bool, String) {
 }
 
 /// The status of the node's only link.
-async fn link_status(net: &Net, node: &str) -> Value {
+pub(crate) async fn link_status(net: &Net, node: &str) -> Value {
     net.status(node).await["links"][0].clone()
 }
 
 /// Polls the node's link status until `pred` holds (bounded).
-async fn wait_link(net: &Net, node: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn wait_link(
+    net: &Net,
+    node: &str,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let st = link_status(net, node).await;
@@ -308,21 +349,28 @@ async fn wait_link(net: &Net, node: &str, what: &str, pred: impl Fn(&Value) -> b
 }
 
 /// Takes keys from the SAEs until the link needs new key and the devices have issued more than
-/// `n` keys, each fetched from the slave's device too (nothing pending between the two devices:
-/// the link's pool holds `CAPACITY` bytes, so the ingest pauses once it is full). Key flows
-/// from A's device through both nodes to B's device again.
-async fn until_device_key_flows(net: &Net, emu: &Emu, n: u64, seen: &mut HashSet<String>) {
+/// `n` keys, each fetched from the slave's device too (nothing in flight between the two devices
+/// but the keys stranded for good: the link's pool holds `CAPACITY` bytes, so the ingest pauses
+/// once it is full). Key flows from A's device through both nodes to B's device again.
+pub(crate) async fn until_device_key_flows(
+    net: &Net,
+    emu: &Emu,
+    n: u64,
+    seen: &mut HashSet<String>,
+) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         same_keys_at_both_ends(net, seen).await;
-        if emu.pair.issued_keys() > n && emu.pair.pending_keys() == 0 {
+        if emu.pair.issued_keys() > n && emu.in_flight() == 0 {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "device key flow did not resume: issued {} (before {n}), pending {}",
+            "device key flow did not resume: issued {} (before {n}), in flight {}\nA: {}\nB: {}",
             emu.pair.issued_keys(),
-            emu.pair.pending_keys()
+            emu.in_flight(),
+            tail(&net.log("A")),
+            tail(&net.log("B"))
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -505,6 +553,131 @@ async fn slave_device_outage_and_recovery() {
     }
 }
 
+/// The slave's device does not hold keys the master's device handed out (here they reach it
+/// late: a minute after enc_keys), and answers dec_keys for them as the spec says (400) or as
+/// several KMEs do (404, quirk `not-found-404`). The slave node names the answer in its log, the
+/// master drops the blocks, both links stay up (the devices answer; only those keys are
+/// missing), the answer consumed nothing (the keys still wait at the slave's device), neither
+/// end ever uses those keys, and key flows again once keys reach the slave's device on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_the_slave_device_does_not_hold_are_dropped_at_both_ends() {
+    for (quirks, code) in [(&[][..], 400), (&[Quirk::NotFound404][..], 404)] {
+        eprintln!("dec_keys not found: HTTP {code}");
+        let net = Net::setup(1_000_000);
+        let emu = Emu::start_with(&net, DEVICE_SAES, quirks).await;
+        emu.attach(&net);
+        net.start("A");
+        net.start("B");
+        net.wait_for_keys("ENC-A1", "ENC-B1", 1).await;
+        let mut seen = HashSet::new();
+        until_device_key_flows(&net, &emu, 0, &mut seen).await;
+
+        let refusals = emu.pair.dec_keys_refusals();
+        emu.pair.set_peer_delay(60_000);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut owed = Vec::new();
+        while !net
+            .log("A")
+            .contains("peer refused blocks; discarding them")
+        {
+            owed.extend(use_key_if_served(&net, &mut seen).await);
+            assert!(
+                Instant::now() < deadline,
+                "A never dropped a block\nA: {}\nB: {}",
+                tail(&net.log("A")),
+                tail(&net.log("B"))
+            );
+        }
+        // Keys reach B's device on time again; those issued meanwhile still wait a minute
+        // there: all of them are refused and dropped, none is ever fetched.
+        emu.pair.set_peer_delay(0);
+        let late = emu.pair.late_ids();
+        assert!(!late.is_empty());
+        emu.strand(late.iter().copied());
+        assert!(emu.pair.dec_keys_refusals() > refusals);
+        let log_b = net.log("B");
+        assert!(
+            log_b.contains(&format!("dec_keys: the device answered HTTP {code}")),
+            "{}",
+            tail(&log_b)
+        );
+        assert!(
+            net.log("A").contains("is not known to this link end"),
+            "{}",
+            tail(&net.log("A"))
+        );
+        for node in ["A", "B"] {
+            let st = link_status(&net, node).await;
+            assert_eq!(st["state"], "up", "{node}: {st}");
+        }
+
+        fetch_owed(&net, &owed).await;
+        let issued = emu.pair.issued_keys();
+        until_device_key_flows(&net, &emu, issued, &mut seen).await;
+        net.stop("A");
+        net.stop("B");
+        let dropped = ends_agree(&net.link_book("A"), &net.link_book("B"));
+        let still_pending = emu.pair.pending_ids();
+        for key in &late {
+            // Still at B's device: the refusal consumed nothing; dropped by A.
+            assert!(still_pending.contains(key));
+            assert!(dropped.contains(&qkd_types::BlockId::from_bytes(*key.as_bytes())));
+        }
+        for block in &dropped {
+            assert!(still_pending.contains(&KeyId::from_bytes(*block.as_bytes())));
+        }
+    }
+}
+
+/// A node whose client certificate its device does not know as an SAE (one for `node-X`,
+/// issued by the device's CA, so TLS succeeds), at a device that answers 401 with an empty body
+/// (quirk `empty-401`): the node runs on with its link down, the 401 named as the reason in
+/// `/status` and in its log, `check --online` names it too, and the device hands out no key.
+/// With the registered certificate the link comes up and keys flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_refusing_the_node_with_an_empty_401_leaves_the_link_down() {
+    let net = Net::setup(1_000_000);
+    let emu = Emu::start_with(&net, DEVICE_SAES, &[Quirk::Empty401]).await;
+    emu.attach(&net);
+    let (cert, key) = emu.issue_client("node-X");
+    let mut source = emu.source(0);
+    for (member, path) in [("client_cert", cert), ("client_key", key)] {
+        let mut file = toml::Table::new();
+        file.insert("file".into(), path.display().to_string().into());
+        source.insert(member.into(), toml::Value::Table(file));
+    }
+    net.edit_config("A", |t| set_link_source(t, source));
+    net.start("A");
+    net.start("B");
+    let st = wait_link(&net, "A", "down", |s| s["state"] == "down").await;
+    let reason = st["reason"].as_str().unwrap_or_default();
+    // No message: the body was empty.
+    assert!(
+        reason.ends_with("device answered HTTP 401 (Unauthorized)"),
+        "{st}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !net.log("A").contains("HTTP 401 (Unauthorized)") {
+        assert!(Instant::now() < deadline, "{}", tail(&net.log("A")));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let config = net.path().join("A").join("node.toml");
+    let (ok, out) = check(&config, &["--online"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("link A-B: DEVICE FAILED") && out.contains("HTTP 401"),
+        "{out}"
+    );
+    assert_eq!(emu.pair.issued_keys(), 0, "the device handed out key");
+    assert!(net.exited("A").is_none(), "A stopped");
+
+    net.stop("A");
+    net.edit_config("A", |t| set_link_source(t, emu.source(0)));
+    net.start("A");
+    let mut seen = HashSet::new();
+    delivers_identical_keys_end_to_end(&net, "etsi014", &mut seen).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_names_what_is_wrong_in_a_device_section() {
     let net = Net::setup(1_000_000);
@@ -627,7 +800,7 @@ async fn master_node_killed_mid_ingest_uses_no_key_twice() {
 
 /// Keys made for ENC-A1 (enc_keys at A) and fetched by ENC-B1 (dec_keys at B): the same bytes
 /// at both ends, and none of them (ID or bytes) in `seen` before.
-async fn same_keys_at_both_ends(net: &Net, seen: &mut HashSet<String>) {
+pub(crate) async fn same_keys_at_both_ends(net: &Net, seen: &mut HashSet<String>) {
     let (code, body) = net
         .call_retrying("ENC-A1", "ENC-B1/enc_keys?number=4", None)
         .await;
@@ -654,7 +827,71 @@ async fn same_keys_at_both_ends(net: &Net, seen: &mut HashSet<String>) {
     }
 }
 
+/// A key ENC-A1 got at A that ENC-B1 did not get at B (yet).
+pub(crate) struct Owed {
+    id: String,
+    key: Vec<u8>,
+    /// B's answer was lost (B died while answering): B may have delivered it already.
+    maybe_delivered: bool,
+}
+
+/// One key for ENC-A1 at A and, if A served it, the same key for ENC-B1 at B, tolerating
+/// either node being down or out of key (the crash tests): whatever is delivered is new (not in
+/// `seen`), and what both deliver is the same. Returns what A delivered and B did not (yet):
+/// fetch it with [`fetch_owed`] once B is back.
+pub(crate) async fn use_key_if_served(net: &Net, seen: &mut HashSet<String>) -> Vec<Owed> {
+    let (code, body) = net.call("ENC-A1", "ENC-B1/enc_keys?number=1", None).await;
+    if code != 200 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        return Vec::new();
+    }
+    let got = keys(&body);
+    for (id, key) in &got {
+        assert!(seen.insert(id.clone()), "key ID {id} delivered twice");
+        assert!(seen.insert(hex::encode(key)), "key bytes delivered twice");
+    }
+    let ids: Vec<_> = got.iter().map(|(id, _)| json!({ "key_ID": id })).collect();
+    let (code, back) = net
+        .call("ENC-B1", "ENC-A1/dec_keys", Some(json!({ "key_IDs": ids })))
+        .await;
+    if code == 200 {
+        assert_eq!(keys(&back), got);
+        return Vec::new();
+    }
+    got.into_iter()
+        .map(|(id, key)| Owed {
+            id,
+            key,
+            maybe_delivered: code == 0,
+        })
+        .collect()
+}
+
+/// ENC-B1 fetches at B the keys ENC-A1 got at A while B was down: the same bytes (or, for a
+/// key whose answer was lost, "not found": B delivered it before it died).
+pub(crate) async fn fetch_owed(net: &Net, owed: &[Owed]) {
+    for Owed {
+        id,
+        key,
+        maybe_delivered,
+    } in owed
+    {
+        let (code, back) = net
+            .call(
+                "ENC-B1",
+                "ENC-A1/dec_keys",
+                Some(json!({ "key_IDs": [{ "key_ID": id }] })),
+            )
+            .await;
+        if code == 400 && *maybe_delivered {
+            continue;
+        }
+        assert_eq!(code, 200, "{id}: {back}");
+        assert_eq!(keys(&back), vec![(id.clone(), key.clone())]);
+    }
+}
+
 /// The end of a node's log, for failure messages.
-fn tail(log: &str) -> &str {
+pub(crate) fn tail(log: &str) -> &str {
     &log[log.len().saturating_sub(4000)..]
 }

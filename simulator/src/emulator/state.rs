@@ -332,6 +332,23 @@ impl DevicePair {
         self.lock().pending.len()
     }
 
+    /// The IDs of the keys waiting for a slave to fetch them, in no particular order.
+    pub fn pending_ids(&self) -> Vec<KeyId> {
+        self.lock().pending.keys().copied().collect()
+    }
+
+    /// The IDs of the pending keys that have not reached the slave's device yet (see
+    /// [`DevicePair::set_peer_delay`]): a dec_keys now finds none of them.
+    pub fn late_ids(&self) -> Vec<KeyId> {
+        let now = self.shared.clock.now().saturating_sub(self.shared.start);
+        self.lock()
+            .pending
+            .iter()
+            .filter(|(_, p)| p.visible_at > now)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.shared.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
