@@ -27,14 +27,13 @@ mod etsi;
 mod ingest;
 mod machine;
 mod measure;
-mod network;
+
 mod relay;
 
 use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use tempfile::TempDir;
 
 /// Benchmarks of the QKD key-management stack.
 #[derive(Debug, Parser)]
@@ -137,14 +136,16 @@ fn output<R: serde::Serialize>(
     Ok(())
 }
 
-/// A fresh temporary directory in `parent` (default: the system temp directory), removed on drop.
-fn scratch_dir(parent: Option<&std::path::Path>, prefix: &str) -> std::io::Result<TempDir> {
-    let mut b = tempfile::Builder::new();
-    b.prefix(prefix);
-    match parent {
-        Some(d) => b.tempdir_in(d),
-        None => b.tempdir(),
-    }
+/// Lays out a network of real `qkd-node` processes in a fresh directory under `parent` (default:
+/// the temp directory) and starts every node.
+fn start_network(
+    bin: &std::path::Path,
+    parent: Option<&std::path::Path>,
+    layout: &qkd_testnet::Layout,
+) -> Result<qkd_testnet::Net> {
+    let net = qkd_testnet::Net::launch(bin, parent, layout)?;
+    net.start_all()?;
+    Ok(net)
 }
 
 /// Parses a duration such as `20s`, `500ms`, `2m` or a bare number of seconds.
