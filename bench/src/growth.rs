@@ -192,7 +192,10 @@ impl Report {
                 );
             }
             if s.errors > 0 {
-                println!("  N={}: {} errors: {:?}", s.nodes, s.errors, s.error_samples);
+                println!(
+                    "  N={}: {} errors: {:?}",
+                    s.nodes, s.errors, s.error_samples
+                );
             }
         }
     }
@@ -291,21 +294,26 @@ async fn one_size(bin: &Path, args: &Args, n: usize) -> Result<SizeReport> {
     }
 
     // A link failure and its repair.
-    let cut = pick_cut(&links, n, args.seed).context("no link whose loss keeps the mesh connected")?;
+    let cut =
+        pick_cut(&links, n, args.seed).context("no link whose loss keeps the mesh connected")?;
     let poll0 = Instant::now();
     views(&net, &names).await?;
     let poll_round = poll0.elapsed();
     relays.set_cut(&cut.1, &cut.2, true);
     let t = Instant::now();
-    converge(&net, &names, args.timeout, |_, usable| !usable.contains(&cut.0))
-        .await
-        .context("after the cut")?;
+    converge(&net, &names, args.timeout, |_, usable| {
+        !usable.contains(&cut.0)
+    })
+    .await
+    .context("after the cut")?;
     let withdraw = t.elapsed();
     relays.set_cut(&cut.1, &cut.2, false);
     let t = Instant::now();
-    converge(&net, &names, args.timeout, |_, usable| usable.contains(&cut.0))
-        .await
-        .context("after the repair")?;
+    converge(&net, &names, args.timeout, |_, usable| {
+        usable.contains(&cut.0)
+    })
+    .await
+    .context("after the repair")?;
     let restore = t.elapsed();
     net.check_alive()?;
 
@@ -576,10 +584,7 @@ impl Relays {
         for caller in names {
             let path = net.path().join(caller).join("node.toml");
             let mut table: toml::Table = std::fs::read_to_string(&path)?.parse()?;
-            let Some(neighbours) = table
-                .get_mut("neighbour")
-                .and_then(|v| v.as_array_mut())
-            else {
+            let Some(neighbours) = table.get_mut("neighbour").and_then(|v| v.as_array_mut()) else {
                 continue;
             };
             for nb in neighbours {
@@ -612,7 +617,10 @@ impl Relays {
 
     /// Cuts (or heals) both directions between `a` and `b`.
     fn set_cut(&self, a: &str, b: &str, cut: bool) {
-        for key in [(a.to_string(), b.to_string()), (b.to_string(), a.to_string())] {
+        for key in [
+            (a.to_string(), b.to_string()),
+            (b.to_string(), a.to_string()),
+        ] {
             if let Some(tx) = self.cuts.get(&key) {
                 let _ = tx.send(cut);
             }
@@ -706,7 +714,12 @@ mod tests {
     #[test]
     fn destinations_one_per_distance_and_cuts_keep_the_mesh_connected() {
         // N01-N02-N03-N04 with a chord N01-N03: N04 is two hops away, N04's link is a bridge.
-        let links = vec![l("N01", "N02"), l("N02", "N03"), l("N03", "N04"), l("N01", "N03")];
+        let links = vec![
+            l("N01", "N02"),
+            l("N02", "N03"),
+            l("N03", "N04"),
+            l("N01", "N03"),
+        ];
         let names: Vec<String> = ["N01", "N02", "N03", "N04"].map(String::from).to_vec();
         assert_eq!(
             destinations(&names, &links),

@@ -118,7 +118,9 @@ fn topology(name: &str) -> Result<Topology> {
         (SaeId::parse("ENC-B2")?, 1, vec!["ENC-A2".to_string()]),
     ];
     if count == 5 {
-        saes[0].2.extend(["ENC-E1".to_string(), "ENC-C1".to_string()]);
+        saes[0]
+            .2
+            .extend(["ENC-E1".to_string(), "ENC-C1".to_string()]);
         saes.push((
             SaeId::parse("ENC-C1")?,
             2,
@@ -157,7 +159,13 @@ fn random_mesh(n: usize, seed: u64) -> Result<Topology> {
     let edges = random_edges(n, seed);
     let links = edges
         .iter()
-        .map(|&(a, b)| Ok((LinkId::parse(&format!("{}-{}", nodes[a].id, nodes[b].id))?, a, b)))
+        .map(|&(a, b)| {
+            Ok((
+                LinkId::parse(&format!("{}-{}", nodes[a].id, nodes[b].id))?,
+                a,
+                b,
+            ))
+        })
         .collect::<Result<Vec<_>>>()?;
     // Hop distances from node 0 (breadth first over the links).
     let mut dist = vec![usize::MAX; n];
@@ -165,7 +173,13 @@ fn random_mesh(n: usize, seed: u64) -> Result<Topology> {
     let mut queue = std::collections::VecDeque::from([0]);
     while let Some(x) = queue.pop_front() {
         for &(a, b) in &edges {
-            let y = if a == x { b } else if b == x { a } else { continue };
+            let y = if a == x {
+                b
+            } else if b == x {
+                a
+            } else {
+                continue;
+            };
             if dist[y] == usize::MAX {
                 dist[y] = dist[x] + 1;
                 queue.push_back(y);
@@ -429,7 +443,8 @@ fn setup(
         }
         for (sid, _, peers) in topo.saes.iter().filter(|(_, at, _)| *at == i) {
             for p in peers {
-                let Some((_, peer_at, _)) = topo.saes.iter().find(|(s, _, _)| s.as_str() == p.as_str())
+                let Some((_, peer_at, _)) =
+                    topo.saes.iter().find(|(s, _, _)| s.as_str() == p.as_str())
                 else {
                     continue;
                 };
@@ -738,7 +753,10 @@ mod tests {
                     }
                 }
             }
-            assert!(seen.iter().all(|s| *s), "random:{n}:{seed} is not connected");
+            assert!(
+                seen.iter().all(|s| *s),
+                "random:{n}:{seed} is not connected"
+            );
             // The same seed gives the same mesh; another seed another.
             let again = random_mesh(n, seed).unwrap();
             assert_eq!(

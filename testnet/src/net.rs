@@ -258,7 +258,10 @@ impl Net {
 
     /// The node's ETSI 014 base URL, ending in `/api/v1/keys/`.
     pub fn try_base(&self, node: &str) -> Result<String> {
-        Ok(format!("https://{}/api/v1/keys/", self.try_listen(node)?.etsi))
+        Ok(format!(
+            "https://{}/api/v1/keys/",
+            self.try_listen(node)?.etsi
+        ))
     }
 
     /// The node's ETSI 014 base URL. Panics if the node recorded no addresses.
@@ -785,7 +788,12 @@ mod tests {
             std::fs::write(dir.path().join(n).join("node.toml"), "").unwrap();
         }
         assert_eq!(node_names(dir.path()).unwrap(), ["A", "B"]);
-        for f in ["ca.crt", "sae-ENC-B1.crt", "sae-ENC-B1.key", "sae-ENC-A1.crt"] {
+        for f in [
+            "ca.crt",
+            "sae-ENC-B1.crt",
+            "sae-ENC-B1.key",
+            "sae-ENC-A1.crt",
+        ] {
             std::fs::write(dir.path().join("pki").join(f), "").unwrap();
         }
         assert_eq!(

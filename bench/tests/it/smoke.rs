@@ -205,7 +205,10 @@ fn growth() {
     for (i, h) in relay.iter().enumerate() {
         assert_eq!(h["hops"], i + 1, "one destination per hop distance: {r}");
         assert_eq!(h["enc_keys"]["count"], 2, "{r}");
-        assert!(h["links_used"].as_u64().unwrap() >= h["hops"].as_u64().unwrap(), "{r}");
+        assert!(
+            h["links_used"].as_u64().unwrap() >= h["hops"].as_u64().unwrap(),
+            "{r}"
+        );
     }
 }
 

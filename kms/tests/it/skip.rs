@@ -31,7 +31,9 @@ use qkd_kms::tls::{self, SaeIdentityRule};
 use qkd_types::{SaeId, Secret};
 use serde_json::Value;
 
-use qkd_testnet::etsi_fixture::{Fixture, RawConn, SAE_PREFIX, check_nothing_consumed, start_server};
+use qkd_testnet::etsi_fixture::{
+    Fixture, RawConn, SAE_PREFIX, check_nothing_consumed, start_server,
+};
 use qkd_testnet::fake::{FakeConfig, FakeKeys};
 
 /// One request and the status it must get.

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use qkd_simulator::emulator::{self, DevicePair, Outage, PairConfig, Quirk};
 use qkd_simulator::model::ConstantRate;
-use qkd_types::{Clock, KmeId, SaeId, SystemClock};
 use qkd_testnet_pki::TestCa;
+use qkd_types::{Clock, KmeId, SaeId, SystemClock};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;

@@ -18,8 +18,8 @@ use qkd_simulator::emulator::{
     Quirk, TlsVersions, run, server_tls, server_tls_versions,
 };
 use qkd_simulator::model::ConstantRate;
-use qkd_types::{BlockId, KmeId, ManualClock, SaeId};
 use qkd_testnet_pki::TestCa;
+use qkd_types::{BlockId, KmeId, ManualClock, SaeId};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
