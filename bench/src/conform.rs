@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::network::{Layout, Network};
+use qkd_testnet::Layout;
 
 /// Arguments of `qkd-bench conform`.
 #[derive(Debug, clap::Args)]
@@ -57,8 +57,8 @@ impl Report {
 }
 
 pub async fn run(a: &Args) -> Result<Report> {
-    let bin = crate::network::node_bin(a.nodes_bin.as_ref())?;
-    let mut net = Network::start(
+    let bin = qkd_testnet::node_bin(a.nodes_bin.as_ref())?;
+    let net = crate::start_network(
         &bin,
         a.dir.as_deref(),
         &Layout {
@@ -66,6 +66,7 @@ pub async fn run(a: &Args) -> Result<Report> {
             link_rate_bps: 10_000_000,
             pool_keys: Some(256),
             batch_keys: None,
+            log_level: "warn".into(),
         },
     )?;
     let master = net.sae_client("ENC-A1")?;
@@ -74,10 +75,10 @@ pub async fn run(a: &Args) -> Result<Report> {
         Duration::from_secs(120),
     )
     .await?;
-    let dir = net.path().to_path_buf();
+    let dir = net.path();
     let url = |node: &str| -> Result<String> {
         Ok(net
-            .base(node)?
+            .try_base(node)?
             .trim_end_matches("/api/v1/keys/")
             .to_string())
     };

@@ -84,7 +84,7 @@ const TESTS: [(&str, u64, &str, u64); 2] = [
 
 /// Runs the benchmark.
 pub fn run(args: &Args) -> Result<Report> {
-    let dir = crate::scratch_dir(args.dir.as_deref(), "qkd-bench-disk-")?;
+    let dir = qkd_testnet::scratch_dir(args.dir.as_deref(), "qkd-bench-disk-")?;
     let fio = if args.builtin { None } else { fio_version() };
     let mut tests = Vec::new();
     for (name, bs, sync, size) in TESTS {

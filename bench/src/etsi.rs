@@ -20,7 +20,7 @@ use anyhow::{Context, Result, bail};
 use base64::Engine;
 
 use crate::measure::{CpuSnapshot, CpuUse, Latency, Samples};
-use crate::network::{Layout, Network};
+use qkd_testnet::Layout;
 
 /// The key-delivery front end a run measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -196,14 +196,15 @@ pub async fn run(args: &Args) -> Result<Report> {
     if args.clients == 0 {
         bail!("--clients must be at least 1");
     }
-    let bin = crate::network::node_bin(args.nodes_bin.as_ref())?;
+    let bin = qkd_testnet::node_bin(args.nodes_bin.as_ref())?;
     let layout = Layout {
         topology: "pair".into(),
         link_rate_bps: args.link_rate_bps,
         pool_keys: args.pool_keys,
         batch_keys: args.batch_keys,
+        log_level: "warn".into(),
     };
-    let mut net = Network::start(&bin, args.dir.as_deref(), &layout)?;
+    let net = crate::start_network(&bin, args.dir.as_deref(), &layout)?;
     let pairs: Vec<Arc<PairIdentity>> = [("ENC-A1", "ENC-B1"), ("ENC-A2", "ENC-B2")]
         .iter()
         .map(|(a, b)| {
@@ -216,7 +217,7 @@ pub async fn run(args: &Args) -> Result<Report> {
         })
         .collect::<Result<_>>()?;
     let bases = match args.api {
-        Api::Etsi => [net.base("A")?, net.base("B")?],
+        Api::Etsi => [net.try_base("A")?, net.try_base("B")?],
         Api::Skip => [net.skip_base("A")?, net.skip_base("B")?],
     };
     // Every pool (both directions) full and the refills finished before the clock starts.

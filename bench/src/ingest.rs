@@ -146,7 +146,7 @@ pub async fn run(args: &Args) -> Result<Report> {
     if args.mib == 0 || args.block_kib == 0 || args.blocks_per_op == 0 || args.inflight == 0 {
         bail!("--mib, --block-kib, --blocks-per-op and --inflight must be positive");
     }
-    let dir = crate::scratch_dir(args.dir.as_deref(), "qkd-bench-ingest-")?;
+    let dir = qkd_testnet::scratch_dir(args.dir.as_deref(), "qkd-bench-ingest-")?;
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as u64;

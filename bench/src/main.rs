@@ -12,6 +12,9 @@
 //!   scarce link's key rate that a long-running relay turns into relayed key;
 //! * `device` - the ETSI 014 device adapter against an emulated QKD device pair: key rate
 //!   delivered at both ends and the adapter's CPU (issue 9);
+//! * `growth` - how the control plane's cost grows with the network: N real nodes in a seeded
+//!   random mesh, their link-state traffic, route convergence after a link failure, and relay
+//!   latency against hop count (issue 8);
 //! * `conform` - the time of `qkd-conform`'s whole suite against two local nodes (issue 9).
 //!
 //! Every run prints where it ran (CPU model, cores, memory): the load generator always shares the
@@ -24,17 +27,17 @@ mod conform;
 mod device;
 mod disk;
 mod etsi;
+mod growth;
 mod ingest;
 mod machine;
 mod measure;
-mod network;
+
 mod relay;
 
 use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use tempfile::TempDir;
 
 /// Benchmarks of the QKD key-management stack.
 #[derive(Debug, Parser)]
@@ -69,6 +72,10 @@ enum Cmd {
     ///
     /// Example: qkd-bench device --rate-bps 100000000 --key-bits 256 --duration 10s
     Device(device::Args),
+    /// How the control plane's cost grows with the network: N real nodes in a random mesh.
+    ///
+    /// Example: qkd-bench growth --nodes 5,10,20,40 --seed 1 --window 10s
+    Growth(growth::Args),
     /// Time of qkd-conform's whole suite against two local qkd-node processes.
     ///
     /// Example: qkd-bench conform --runs 5
@@ -94,6 +101,11 @@ fn main() -> Result<()> {
         Cmd::Relay(a) => {
             let r = rt.block_on(relay::run(a))?;
             output(cli.json, &machine, "relay", &r, || r.print())?;
+            r.check()
+        }
+        Cmd::Growth(a) => {
+            let r = rt.block_on(growth::run(a))?;
+            output(cli.json, &machine, "growth", &r, || r.print())?;
             r.check()
         }
         Cmd::Device(a) => {
@@ -137,14 +149,16 @@ fn output<R: serde::Serialize>(
     Ok(())
 }
 
-/// A fresh temporary directory in `parent` (default: the system temp directory), removed on drop.
-fn scratch_dir(parent: Option<&std::path::Path>, prefix: &str) -> std::io::Result<TempDir> {
-    let mut b = tempfile::Builder::new();
-    b.prefix(prefix);
-    match parent {
-        Some(d) => b.tempdir_in(d),
-        None => b.tempdir(),
-    }
+/// Lays out a network of real `qkd-node` processes in a fresh directory under `parent` (default:
+/// the temp directory) and starts every node.
+fn start_network(
+    bin: &std::path::Path,
+    parent: Option<&std::path::Path>,
+    layout: &qkd_testnet::Layout,
+) -> Result<qkd_testnet::Net> {
+    let net = qkd_testnet::Net::launch(bin, parent, layout)?;
+    net.start_all()?;
+    Ok(net)
 }
 
 /// Parses a duration such as `20s`, `500ms`, `2m` or a bare number of seconds.

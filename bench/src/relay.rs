@@ -27,7 +27,7 @@ use anyhow::{Result, bail};
 
 use crate::etsi::{Errors, Failure, fetch, fetch_post, fetch_retrying};
 use crate::measure::{CpuSnapshot, CpuUse, Latency, Samples};
-use crate::network::{Layout, LinkCounters, Network};
+use qkd_testnet::{Layout, LinkCounters, Net};
 
 /// Bytes of one simulated key block in the demo's configuration (`block_bits = 524288`): link
 /// key reaches a node in blocks of this size, which bounds how exactly a window's supply is known.
@@ -349,7 +349,7 @@ pub async fn run(args: &Args) -> Result<Report> {
     if args.on_demand_size == 0 || !args.on_demand_size.is_multiple_of(8) {
         bail!("--on-demand-size must be a positive multiple of 8 bits");
     }
-    let bin = crate::network::node_bin(args.nodes_bin.as_ref())?;
+    let bin = qkd_testnet::node_bin(args.nodes_bin.as_ref())?;
     let mut report = Report {
         topology: args.topology.clone(),
         link_rate_bps: args.link_rate_bps,
@@ -367,8 +367,9 @@ pub async fn run(args: &Args) -> Result<Report> {
             link_rate_bps: args.link_rate_bps,
             pool_keys: args.pool_keys,
             batch_keys: args.batch_keys,
+            log_level: "warn".into(),
         };
-        let mut net = Network::start(&bin, args.dir.as_deref(), &layout)?;
+        let net = crate::start_network(&bin, args.dir.as_deref(), &layout)?;
         let a1 = net.sae_client("ENC-A1")?;
         let mut pools = Vec::new();
         for (master, node, slave) in DIRECTED_PAIRS {
@@ -413,13 +414,13 @@ const DIRECTED_PAIRS: [(&str, &str, &str); 10] = [
 
 /// On-demand requests at concurrency `c`: each client runs one request at a time until
 /// `args.requests` were measured (after one unmeasured warm-up request per client).
-async fn latency(net: &Network, args: &Args, c: usize) -> Result<LatencyLevel> {
+async fn latency(net: &Net, args: &Args, c: usize) -> Result<LatencyLevel> {
     let enc_url = format!(
         "{}ENC-E1/enc_keys?number=1&size={}",
-        net.base("A")?,
+        net.try_base("A")?,
         args.on_demand_size
     );
-    let dec_base = format!("{}ENC-A1/dec_keys?key_ID=", net.base("E")?);
+    let dec_base = format!("{}ENC-A1/dec_keys?key_ID=", net.try_base("E")?);
     let left = Arc::new(AtomicUsize::new(args.requests));
     let mut tasks = tokio::task::JoinSet::new();
     let t0 = Instant::now();
@@ -505,7 +506,7 @@ async fn latency(net: &Network, args: &Args, c: usize) -> Result<LatencyLevel> {
 }
 
 /// Sustained delivery from the A1->E1 pool with plentiful link key.
-async fn throughput(net: &Network, args: &Args) -> Result<Throughput> {
+async fn throughput(net: &Net, args: &Args) -> Result<Throughput> {
     let start = Instant::now();
     let warm_end = start + args.warmup;
     let stop = warm_end + args.duration;
@@ -549,7 +550,7 @@ async fn throughput(net: &Network, args: &Args) -> Result<Throughput> {
 }
 
 /// Counters of link A-B as A sees them.
-async fn first_hop(net: &Network) -> Result<LinkCounters> {
+async fn first_hop(net: &Net) -> Result<LinkCounters> {
     net.counters("A")
         .await?
         .into_iter()
@@ -565,8 +566,9 @@ async fn scarce(bin: &std::path::Path, args: &Args) -> Result<Scarce> {
         link_rate_bps: args.scarce_link_rate_bps,
         pool_keys: args.pool_keys,
         batch_keys: args.batch_keys,
+        log_level: "warn".into(),
     };
-    let mut net = Network::start(bin, args.dir.as_deref(), &layout)?;
+    let net = crate::start_network(bin, args.dir.as_deref(), &layout)?;
     let start = Instant::now();
     let warm_end = start + args.scarce_warmup;
     let stop = warm_end + args.scarce_duration;
@@ -647,7 +649,7 @@ struct Drained {
 
 impl Drainer {
     fn new(
-        net: &Network,
+        net: &Net,
         master: &str,
         master_node: &str,
         slave: &str,
@@ -659,10 +661,10 @@ impl Drainer {
             dec: net.sae_client(slave)?,
             enc_url: format!(
                 "{}{slave}/enc_keys?number={}",
-                net.base(master_node)?,
+                net.try_base(master_node)?,
                 args.number
             ),
-            dec_url: format!("{}{master}/dec_keys", net.base(slave_node)?),
+            dec_url: format!("{}{master}/dec_keys", net.try_base(slave_node)?),
             backoff: args.empty_backoff,
         })
     }

@@ -43,7 +43,9 @@ pub struct DemoArgs {
     #[arg(long)]
     pub setup_only: bool,
     /// Network shape: `demo` (chain A-B-C-D-E with a second path B-D), `pair` (A-B),
-    /// `chain5` (A-B-C-D-E) or `mesh` (two disjoint paths A-B-E and A-C-D-E).
+    /// `chain5` (A-B-C-D-E), `mesh` (two disjoint paths A-B-E and A-C-D-E) or
+    /// `random:<nodes>:<seed>` (nodes N01, N02... in a seeded random mesh of average degree 3,
+    /// for growth benchmarks).
     #[arg(long, default_value = "demo")]
     pub topology: String,
     /// Protection of every pair: `qkd+pq` (default), `QKD+PQ`, `pq-only` or `qkd-only`.
@@ -65,10 +67,17 @@ struct DemoNode {
 struct Topology {
     nodes: Vec<DemoNode>,
     links: Vec<(LinkId, usize, usize)>,
-    saes: Vec<(SaeId, usize, Vec<&'static str>)>,
+    saes: Vec<(SaeId, usize, Vec<String>)>,
 }
 
 fn topology(name: &str) -> Result<Topology> {
+    if let Some(spec) = name.strip_prefix("random:") {
+        let (n, seed) = spec
+            .split_once(':')
+            .and_then(|(n, s)| Some((n.parse().ok()?, s.parse().ok()?)))
+            .with_context(|| format!("topology {name:?}: use random:<nodes>:<seed>"))?;
+        return random_mesh(n, seed);
+    }
     let letters = ["A", "B", "C", "D", "E"];
     let count = if name == "pair" { 2 } else { 5 };
     let nodes = letters[..count]
@@ -86,7 +95,9 @@ fn topology(name: &str) -> Result<Topology> {
         "chain5" => &[(0, 1), (1, 2), (2, 3), (3, 4)],
         "demo" => &[(0, 1), (1, 2), (2, 3), (3, 4), (1, 3)],
         "mesh" => &[(0, 1), (1, 4), (0, 2), (2, 3), (3, 4)],
-        other => bail!("unknown topology {other:?}: use demo, pair, chain5 or mesh"),
+        other => bail!(
+            "unknown topology {other:?}: use demo, pair, chain5, mesh or random:<nodes>:<seed>"
+        ),
     };
     let links = edges
         .iter()
@@ -101,17 +112,117 @@ fn topology(name: &str) -> Result<Topology> {
     // ENC-A1 <-> ENC-B1 and ENC-A2 <-> ENC-B2 may pair (the crossed pairs are refused); on five
     // nodes ENC-A1 <-> ENC-E1 and ENC-C1 <-> ENC-E1 cross several trusted nodes.
     let mut saes = vec![
-        (SaeId::parse("ENC-A1")?, 0, vec!["ENC-B1"]),
-        (SaeId::parse("ENC-A2")?, 0, vec!["ENC-B2"]),
-        (SaeId::parse("ENC-B1")?, 1, vec!["ENC-A1"]),
-        (SaeId::parse("ENC-B2")?, 1, vec!["ENC-A2"]),
+        (SaeId::parse("ENC-A1")?, 0, vec!["ENC-B1".to_string()]),
+        (SaeId::parse("ENC-A2")?, 0, vec!["ENC-B2".to_string()]),
+        (SaeId::parse("ENC-B1")?, 1, vec!["ENC-A1".to_string()]),
+        (SaeId::parse("ENC-B2")?, 1, vec!["ENC-A2".to_string()]),
     ];
     if count == 5 {
-        saes[0].2.extend(["ENC-E1", "ENC-C1"]);
-        saes.push((SaeId::parse("ENC-C1")?, 2, vec!["ENC-E1", "ENC-A1"]));
-        saes.push((SaeId::parse("ENC-E1")?, 4, vec!["ENC-A1", "ENC-C1"]));
+        saes[0]
+            .2
+            .extend(["ENC-E1".to_string(), "ENC-C1".to_string()]);
+        saes.push((
+            SaeId::parse("ENC-C1")?,
+            2,
+            vec!["ENC-E1".to_string(), "ENC-A1".to_string()],
+        ));
+        saes.push((
+            SaeId::parse("ENC-E1")?,
+            4,
+            vec!["ENC-A1".to_string(), "ENC-C1".to_string()],
+        ));
     }
     Ok(Topology { nodes, links, saes })
+}
+
+/// Most nodes `random:<nodes>:<seed>` lays out: one loopback address each, 127.0.0.1 up.
+const MAX_RANDOM_NODES: usize = 250;
+
+/// `random:<n>:<seed>`: `n` nodes `N01`, `N02`... on 127.0.0.1 up, joined by a seeded random
+/// connected mesh of average degree 3 (a random spanning tree, then random extra links; the
+/// lower-numbered end of each link is its device master). Encryptors: `ENC-N01` at `N01`, and
+/// at the first node (by name) at each hop distance from `N01` one `ENC-<node>` paired with
+/// `ENC-N01`, so that every path length of the mesh is exercised once.
+fn random_mesh(n: usize, seed: u64) -> Result<Topology> {
+    if !(2..=MAX_RANDOM_NODES).contains(&n) {
+        bail!("random topology: between 2 and {MAX_RANDOM_NODES} nodes, not {n}");
+    }
+    let width = n.to_string().len().max(2);
+    let nodes = (0..n)
+        .map(|i| {
+            Ok(DemoNode {
+                id: NodeId::parse(&format!("N{:0width$}", i + 1))?,
+                ip: Ipv4Addr::new(127, 0, 0, i as u8 + 1),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let edges = random_edges(n, seed);
+    let links = edges
+        .iter()
+        .map(|&(a, b)| {
+            Ok((
+                LinkId::parse(&format!("{}-{}", nodes[a].id, nodes[b].id))?,
+                a,
+                b,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // Hop distances from node 0 (breadth first over the links).
+    let mut dist = vec![usize::MAX; n];
+    dist[0] = 0;
+    let mut queue = std::collections::VecDeque::from([0]);
+    while let Some(x) = queue.pop_front() {
+        for &(a, b) in &edges {
+            let y = if a == x {
+                b
+            } else if b == x {
+                a
+            } else {
+                continue;
+            };
+            if dist[y] == usize::MAX {
+                dist[y] = dist[x] + 1;
+                queue.push_back(y);
+            }
+        }
+    }
+    let sae_of = |i: usize| format!("ENC-{}", nodes[i].id);
+    let mut saes = vec![(SaeId::parse(&sae_of(0))?, 0, Vec::new())];
+    let far = dist.iter().copied().max().unwrap_or(0);
+    for d in 1..=far {
+        let Some(i) = (0..n).find(|&i| dist[i] == d) else {
+            continue;
+        };
+        saes[0].2.push(sae_of(i));
+        saes.push((SaeId::parse(&sae_of(i))?, i, vec![sae_of(0)]));
+    }
+    Ok(Topology { nodes, links, saes })
+}
+
+/// The links of a seeded random connected graph on `n` nodes with `3n/2` links (average
+/// degree 3; fewer if the graph is complete first), each as (lower, higher) node index.
+fn random_edges(n: usize, seed: u64) -> Vec<(usize, usize)> {
+    // SplitMix64: a fixed generator, so that a seed names the same mesh in every version.
+    let mut state = seed;
+    let mut next = move |bound: usize| {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) % bound as u64) as usize
+    };
+    let mut edges = std::collections::BTreeSet::new();
+    for i in 1..n {
+        edges.insert((next(i), i));
+    }
+    let target = (3 * n / 2).min(n * (n - 1) / 2);
+    while edges.len() < target {
+        let (a, b) = (next(n), next(n));
+        if a != b {
+            edges.insert((a.min(b), a.max(b)));
+        }
+    }
+    edges.into_iter().collect()
 }
 
 /// `demo.json`: what a script or a third-party ETSI 014 client needs to talk to the demo.
@@ -332,7 +443,8 @@ fn setup(
         }
         for (sid, _, peers) in topo.saes.iter().filter(|(_, at, _)| *at == i) {
             for p in peers {
-                let Some((_, peer_at, _)) = topo.saes.iter().find(|(s, _, _)| s.as_str() == *p)
+                let Some((_, peer_at, _)) =
+                    topo.saes.iter().find(|(s, _, _)| s.as_str() == p.as_str())
                 else {
                     continue;
                 };
@@ -614,4 +726,58 @@ fn print_next_steps(d: &DemoDescription, json: &Path) {
     }
     println!();
     println!("Press Ctrl-C to stop the network.");
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_meshes_are_connected_seeded_and_degree_three() {
+        for (n, seed) in [(2, 1), (5, 1), (10, 7), (40, 1), (250, 3)] {
+            let t = random_mesh(n, seed).unwrap();
+            assert_eq!(t.nodes.len(), n);
+            assert_eq!(t.links.len(), (3 * n / 2).min(n * (n - 1) / 2));
+            // Connected: every node reachable from the first.
+            let mut seen = vec![false; n];
+            seen[0] = true;
+            let mut changed = true;
+            while changed {
+                changed = false;
+                for (_, a, b) in &t.links {
+                    if seen[*a] != seen[*b] {
+                        seen[*a] = true;
+                        seen[*b] = true;
+                        changed = true;
+                    }
+                }
+            }
+            assert!(
+                seen.iter().all(|s| *s),
+                "random:{n}:{seed} is not connected"
+            );
+            // The same seed gives the same mesh; another seed another.
+            let again = random_mesh(n, seed).unwrap();
+            assert_eq!(
+                t.links.iter().map(|l| l.0.clone()).collect::<Vec<_>>(),
+                again.links.iter().map(|l| l.0.clone()).collect::<Vec<_>>()
+            );
+            // ENC-N01 pairs with one encryptor per hop distance, each pairing back.
+            assert_eq!(t.saes[0].2.len(), t.saes.len() - 1);
+            for (sae, _, peers) in &t.saes[1..] {
+                assert_eq!(peers, &vec![t.saes[0].0.to_string()], "{sae}");
+            }
+        }
+        assert_ne!(
+            random_edges(40, 1),
+            random_edges(40, 2),
+            "the seed chooses the mesh"
+        );
+        assert_eq!(random_mesh(10, 1).unwrap().nodes[9].id.as_str(), "N10");
+        assert!(topology("random:1:1").is_err());
+        assert!(topology("random:300:1").is_err());
+        assert!(topology("random:ten:1").is_err());
+        assert!(topology("random:10").is_err());
+    }
 }

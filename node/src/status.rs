@@ -1,9 +1,11 @@
 //! Operator status over plain HTTP on a loopback listener (axum): `GET /status` answers JSON with
 //! the node's identity, per link its source kind (`simulated`, `etsi014`), state, QBER, key rate
 //! as the source reports them, pool levels and whether its keys are simulated, the configuration
-//! warnings an operator must see (SAE pairs configured `qkd-only`), and the requests each
-//! key-delivery API answered, per operation and outcome class (`api_requests`). Never any key
-//! bytes, and no SAE IDs or key IDs in the counters. `GET /healthz` answers `ok`.
+//! warnings an operator must see (SAE pairs configured `qkd-only`), the requests each
+//! key-delivery API answered, per operation and outcome class (`api_requests`), and the node's
+//! view of the network from its link-state database (`routing`: origins known, links usable for
+//! routes). Never any key bytes, and no SAE IDs or key IDs in the counters. `GET /healthz`
+//! answers `ok`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -61,6 +63,26 @@ struct NodeStatus {
     warnings: Vec<PairWarning>,
     /// Requests answered since start, per key-delivery API, operation and outcome.
     api_requests: serde_json::Value,
+    /// The network as this node's link-state database sees it now.
+    routing: RoutingOut,
+}
+
+/// The node's view of the network: what its routes are computed over.
+#[derive(Debug, Serialize)]
+struct RoutingOut {
+    /// Nodes whose link-state advert this node holds (itself included).
+    known_nodes: usize,
+    /// Links both ends advertise as up (each once, by link ID): the graph routes use.
+    usable_links: std::collections::BTreeSet<qkd_types::LinkId>,
+}
+
+impl RoutingOut {
+    fn of(topology: &qkd_kms::relay::topology::Topology) -> Self {
+        Self {
+            known_nodes: topology.adverts().count(),
+            usable_links: topology.edges().into_values().map(|e| e.link).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -114,6 +136,7 @@ async fn status_json(ctx: &Ctx) -> String {
         warnings: ctx.warnings.as_ref().clone(),
         api_requests: serde_json::to_value(ctx.api_requests.as_ref())
             .unwrap_or(serde_json::Value::Null),
+        routing: RoutingOut::of(&ctx.manager.topology()),
     };
     serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }

@@ -171,6 +171,47 @@ fn relay() {
     assert_eq!(s["errors"]["mismatches"], 0, "{r}");
 }
 
+/// Five real nodes in a random mesh: the scenario runs end to end (start, quiet window, relay
+/// to every hop distance, a cut link withdrawn and restored in every node's view) and reports
+/// finite figures. Nothing here depends on speed: convergence is waited for, not timed.
+#[test]
+fn growth() {
+    let bin = node_bin();
+    let r = bench(&[
+        "growth",
+        "--nodes",
+        "5",
+        "--seed",
+        "1",
+        "--window",
+        "1s",
+        "--requests",
+        "2",
+        "--nodes-bin",
+        bin.to_str().unwrap(),
+    ]);
+    let sizes = r["sizes"].as_array().unwrap();
+    assert_eq!(sizes.len(), 1, "{r}");
+    let s = &sizes[0];
+    assert_eq!(s["nodes"], 5, "{r}");
+    assert_eq!(s["links"], 7, "{r}");
+    assert_eq!(s["errors"], 0, "{r}");
+    // Adverts flow between every pair of neighbours all the time.
+    assert!(figure(&s["control_bytes_per_s"], &r) > 0.0, "{r}");
+    figure(&s["failure"]["withdraw_s"], &r);
+    figure(&s["failure"]["restore_s"], &r);
+    let relay = s["relay"].as_array().unwrap();
+    assert!(!relay.is_empty(), "{r}");
+    for (i, h) in relay.iter().enumerate() {
+        assert_eq!(h["hops"], i + 1, "one destination per hop distance: {r}");
+        assert_eq!(h["enc_keys"]["count"], 2, "{r}");
+        assert!(
+            h["links_used"].as_u64().unwrap() >= h["hops"].as_u64().unwrap(),
+            "{r}"
+        );
+    }
+}
+
 #[test]
 fn ingest() {
     let r = bench(&["ingest", "--mib", "8", "--block-kib", "64"]);

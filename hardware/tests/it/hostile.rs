@@ -5,50 +5,13 @@ use qkd_hardware::etsi014::{DeviceConfig, DeviceLimits, Etsi014Source, PemSource
 use qkd_hardware::{
     DeviceError, DeviceFault, DeviceOp, KeySource, LinkRole, LinkState, TlsFailure,
 };
+use qkd_testnet_pki::TestCa;
 use qkd_types::{KmeId, SaeId};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-
-/// A CA and what it issues.
-struct Pki {
-    ca_pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Pki {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Self {
-            ca_pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// (chain, key) PEM for 127.0.0.1, or for a CN only (an SAE).
-    fn issue(&self, cn: &str, ip: bool) -> (String, String) {
-        let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        if ip {
-            params
-                .subject_alt_names
-                .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        }
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
 
 /// How the device misbehaves once asked for keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,12 +41,12 @@ impl Drop for Hostile {
 
 const STATUS: &str = r#"{"source_KME_ID":"KME-T","target_KME_ID":"KME-U","master_SAE_ID":"node-a","slave_SAE_ID":"node-b","key_size":256,"stored_key_count":1000,"max_key_count":1000,"max_key_per_request":8,"max_key_size":256,"min_key_size":256,"max_SAE_ID_count":0}"#;
 
-async fn hostile(server: &Pki, clients: &Pki, how: Misbehaviour) -> Hostile {
-    let (chain, key) = server.issue("device", true);
+async fn hostile(server: &TestCa, clients: &TestCa, how: Misbehaviour) -> Hostile {
+    let (chain, key) = server.device();
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots
-        .add(CertificateDer::from_pem_slice(clients.ca_pem.as_bytes()).unwrap())
+        .add(CertificateDer::from_pem_slice(clients.pem.as_bytes()).unwrap())
         .unwrap();
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
@@ -173,11 +136,11 @@ async fn hostile(server: &Pki, clients: &Pki, how: Misbehaviour) -> Hostile {
     Hostile { url, sent, task }
 }
 
-fn config(url: &str, trust: &Pki, client: &Pki) -> DeviceConfig {
-    let (chain, key) = client.issue("node-a", false);
+fn config(url: &str, trust: &TestCa, client: &TestCa) -> DeviceConfig {
+    let (chain, key) = client.client("node-a");
     DeviceConfig {
         url: url.into(),
-        ca: PemSource::Pem(trust.ca_pem.clone()),
+        ca: PemSource::Pem(trust.pem.clone()),
         client_cert: PemSource::Pem(chain),
         client_key: PemSource::Pem(key),
         expected_kme_id: KmeId::parse("KME-T").unwrap(),
@@ -204,7 +167,7 @@ fn fault(r: Result<Vec<qkd_hardware::KeyBlock>, DeviceError>) -> DeviceFault {
 
 #[tokio::test]
 async fn an_endless_body_is_cut_at_the_cap() {
-    let pki = Pki::new("device CA");
+    let pki = TestCa::new("device CA");
     let device = hostile(&pki, &pki, Misbehaviour::EndlessBody).await;
     let source = Etsi014Source::new(config(&device.url, &pki, &pki), LinkRole::Master).unwrap();
     let f = fault(source.next_blocks(4).await);
@@ -225,7 +188,7 @@ async fn an_endless_body_is_cut_at_the_cap() {
 
 #[tokio::test]
 async fn a_huge_announced_body_is_refused_without_reading_it() {
-    let pki = Pki::new("device CA");
+    let pki = TestCa::new("device CA");
     let device = hostile(&pki, &pki, Misbehaviour::HugeContentLength).await;
     let source = Etsi014Source::new(config(&device.url, &pki, &pki), LinkRole::Master).unwrap();
     let f = fault(source.next_blocks(4).await);
@@ -234,7 +197,7 @@ async fn a_huge_announced_body_is_refused_without_reading_it() {
 
 #[tokio::test]
 async fn a_silent_device_times_out_and_a_page_is_malformed() {
-    let pki = Pki::new("device CA");
+    let pki = TestCa::new("device CA");
     let device = hostile(&pki, &pki, Misbehaviour::Silent).await;
     let mut cfg = config(&device.url, &pki, &pki);
     cfg.limits.request_timeout_ms = 300;
@@ -268,8 +231,8 @@ async fn a_silent_device_times_out_and_a_page_is_malformed() {
 
 #[tokio::test]
 async fn transport_and_tls_failures_say_which() {
-    let pki = Pki::new("device CA");
-    let stranger = Pki::new("another CA");
+    let pki = TestCa::new("device CA");
+    let stranger = TestCa::new("another CA");
     // Nobody listening: refused.
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}", closed.local_addr().unwrap());
@@ -317,7 +280,7 @@ async fn transport_and_tls_failures_say_which() {
 
 #[tokio::test]
 async fn a_device_naming_this_node_as_another_sae_gets_no_key_request() {
-    let pki = Pki::new("device CA");
+    let pki = TestCa::new("device CA");
     // Were the key request made, its answer (an HTML page) would be a `Malformed` fault.
     let device = hostile(&pki, &pki, Misbehaviour::NotJson).await;
     let mut cfg = config(&device.url, &pki, &pki);

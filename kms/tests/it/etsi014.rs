@@ -32,8 +32,8 @@ use qkd_types::{SaeId, Secret};
 use serde_json::Value;
 use tokio::sync::Notify;
 
-use crate::etsi_fixture::{Fixture, RawConn, check_nothing_consumed};
-use crate::fake::FakeKeys;
+use qkd_testnet::etsi_fixture::{Fixture, RawConn, check_nothing_consumed};
+use qkd_testnet::fake::FakeKeys;
 
 /// One request and the answer it must get.
 #[derive(Debug, Clone, Copy)]

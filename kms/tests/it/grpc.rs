@@ -1,6 +1,6 @@
 //! The gRPC key delivery front end against the real key manager (two trusted nodes in this
 //! process, each with its own redb store, agreeing over the node-to-node gRPC port), over real
-//! mutual TLS and HTTP/2, with the deployment of the ETSI 014 suite (`etsi_fixture.rs`): A is
+//! mutual TLS and HTTP/2, with the deployment of the ETSI 014 suite (`qkd_testnet::etsi_fixture`): A is
 //! attached to node 1, B and C to node 2; A may pair with B only; R is attached elsewhere, U is
 //! registered nowhere, NODE and NODE-A present node certificates.
 
@@ -28,7 +28,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use crate::etsi_fixture::{Fixture, SAE_PREFIX};
+use qkd_testnet::etsi_fixture::{Fixture, SAE_PREFIX};
 
 /// One running gRPC key delivery server.
 struct GrpcKme {

@@ -1,8 +1,6 @@
 //! The one integration-test binary of qkd-kms.
 
 mod etsi014;
-mod etsi_fixture;
-mod fake;
 mod fuzz_corpus;
 mod grpc;
 mod hybrid;

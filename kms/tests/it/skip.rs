@@ -31,8 +31,10 @@ use qkd_kms::tls::{self, SaeIdentityRule};
 use qkd_types::{SaeId, Secret};
 use serde_json::Value;
 
-use crate::etsi_fixture::{Fixture, RawConn, SAE_PREFIX, check_nothing_consumed, start_server};
-use crate::fake::{FakeConfig, FakeKeys};
+use qkd_testnet::etsi_fixture::{
+    Fixture, RawConn, SAE_PREFIX, check_nothing_consumed, start_server,
+};
+use qkd_testnet::fake::{FakeConfig, FakeKeys};
 
 /// One request and the status it must get.
 #[derive(Debug, Clone, Copy)]

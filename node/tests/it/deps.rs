@@ -3,6 +3,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 fn workspace_edges() -> BTreeMap<String, BTreeSet<String>> {
+    edges_of_kind(cargo_metadata::DependencyKind::Normal)
+}
+
+/// Edges between workspace crates of one kind (normal, dev or build dependencies).
+fn edges_of_kind(kind: cargo_metadata::DependencyKind) -> BTreeMap<String, BTreeSet<String>> {
     let meta = cargo_metadata::MetadataCommand::new()
         .manifest_path(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"))
         .no_deps()
@@ -19,7 +24,7 @@ fn workspace_edges() -> BTreeMap<String, BTreeSet<String>> {
             let deps = p
                 .dependencies
                 .iter()
-                .filter(|d| d.kind == cargo_metadata::DependencyKind::Normal)
+                .filter(|d| d.kind == kind)
                 .map(|d| d.name.clone())
                 .filter(|d| members.contains(d))
                 .collect();
@@ -64,6 +69,18 @@ fn crate_dependency_edges_follow_the_architecture() {
         // The conformance tester must work against any KME: wire types and vocabulary only.
         ("qkd-conform", &["qkd-types", "qkd-proto"][..]),
         (
+            "qkd-testnet",
+            &[
+                "qkd-types",
+                "qkd-proto",
+                "qkd-hardware",
+                "qkd-kms",
+                "qkd-simulator",
+                "qkd-testnet-pki",
+            ][..],
+        ),
+        ("qkd-testnet-pki", &[][..]),
+        (
             "qkd-bench",
             &[
                 "qkd-types",
@@ -72,6 +89,7 @@ fn crate_dependency_edges_follow_the_architecture() {
                 "qkd-kms",
                 "qkd-simulator",
                 "qkd-conform",
+                "qkd-testnet",
             ][..],
         ),
     ]);
@@ -131,6 +149,26 @@ fn the_node_links_no_simulator_plotting_or_output() {
         "qkd-node enables the kms failpoints feature by default"
     );
     assert!(tree.contains("qkd-kms feature \"default\""), "{tree}");
+}
+
+/// The test harnesses (`qkd-testnet`) are internal: only the benchmark binary links them; the
+/// simulator's tests use the rcgen-only test CA and never the key manager through a harness.
+#[test]
+fn test_harnesses_stay_out_of_shipped_crates_and_the_simulator() {
+    let normal = workspace_edges();
+    for (krate, deps) in &normal {
+        if krate != "qkd-bench" && krate != "qkd-testnet" {
+            assert!(!deps.contains("qkd-testnet"), "{krate} links qkd-testnet");
+        }
+    }
+    let dev = edges_of_kind(cargo_metadata::DependencyKind::Development);
+    for d in ["qkd-kms", "qkd-node", "qkd-testnet"] {
+        assert!(
+            !dev["qkd-simulator"].contains(d),
+            "the simulator's tests must not depend on {d}"
+        );
+    }
+    assert!(dev["qkd-simulator"].contains("qkd-testnet-pki"));
 }
 
 /// The daemon links the ETSI 014 client adapter (`qkd-hardware` feature `etsi014`) but never

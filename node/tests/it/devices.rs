@@ -13,10 +13,8 @@ use std::time::{Duration, Instant};
 
 use qkd_simulator::emulator::{self, DevicePair, Outage, PairConfig, Quirk};
 use qkd_simulator::model::ConstantRate;
+use qkd_testnet_pki::TestCa;
 use qkd_types::{Clock, KeyId, KmeId, SaeId, SystemClock};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -98,7 +96,7 @@ pub(crate) struct Emu {
     /// The SAE ID of each node at its device.
     saes: [&'static str; 2],
     /// The devices' CA, for more client certificates.
-    ca: Ca,
+    ca: TestCa,
     /// Keys the master's device issued that a test expects never to be fetched (the slave's
     /// device keeps them pending for good): not "in flight".
     stranded: std::sync::Mutex<HashSet<KeyId>>,
@@ -114,7 +112,7 @@ impl Emu {
     pub(crate) async fn start_with(net: &Net, saes: [&'static str; 2], quirks: &[Quirk]) -> Self {
         let dir = net.path().join("devices");
         std::fs::create_dir_all(&dir).unwrap();
-        let ca = Ca::new();
+        let ca = TestCa::new("device test CA");
         std::fs::write(dir.join("ca.pem"), &ca.pem).unwrap();
         for sae in saes {
             let (cert, key) = ca.client(sae);
@@ -245,49 +243,6 @@ fn set_link_source(t: &mut toml::Table, source: toml::Table) {
     let links = t.get_mut("link").unwrap().as_array_mut().unwrap();
     let link = links[0].as_table_mut().unwrap();
     link.insert("source".into(), toml::Value::Table(source));
-}
-
-/// A test CA for the devices and the nodes' device certificates.
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new() -> Self {
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "device test CA");
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Self {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A device server certificate for 127.0.0.1.
-    fn device(&self) -> (String, String) {
-        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    /// A node's client certificate at its device: CN = its SAE ID there.
-    fn client(&self, sae: &str) -> (String, String) {
-        let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, sae);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
 }
 
 /// Runs `qkd-node check --config <config> [extra]` to completion (bounded); returns (success,

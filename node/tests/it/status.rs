@@ -47,3 +47,38 @@ async fn qkd_only_pair_is_warned_at_start_and_in_status() {
         "application/json"
     );
 }
+
+/// `/status` shows the node's link-state view (`routing`): every node and link of the mesh once
+/// the adverts have flooded, and without a stopped node's links once its neighbours have
+/// noticed and told the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_routing_view_and_its_changes() {
+    let net = Net::setup_topology("mesh", 1_000_000);
+    for node in ["A", "B", "C", "D", "E"] {
+        net.start(node);
+    }
+    let view = |links: &[&str]| serde_json::json!(links);
+    let wait_for = |want: serde_json::Value, known: u64| {
+        let net = &net;
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            loop {
+                let st = net.status("A").await;
+                let r = &st["routing"];
+                if r["usable_links"] == want && r["known_nodes"] == known {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "A's view never became {want} with {known} nodes: {r}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    wait_for(view(&["A-B", "A-C", "B-E", "C-D", "D-E"]), 5).await;
+    net.stop("D");
+    // C and E stop hearing D, advertise their links to it down, and A's routes go without it;
+    // D's own advert ages out of every database.
+    wait_for(view(&["A-B", "A-C", "B-E"]), 4).await;
+}

@@ -802,13 +802,90 @@ mod tests {
     #[test]
     fn optimised_results_are_bit_identical_to_the_recorded_ones() {
         let lim: [(f64, f64, [u64; 6]); 7] = [
-            (1e7, 0.0, [0x3f75ef22312427b8, 0x3feb76505ecd1b90, 0x3fdb764d049bd48b, 0x3fcd7409428d48a0, 0x3fd8169a83b91a6e, 0x3fdca58e62d754b5]),
-            (1e7, 50.0, [0x3f40d6d1d63987e2, 0x3feb6f8f4dfb6f20, 0x3fda5c866e15775c, 0x3fcc2a539ceb4d69, 0x3fd81e2407f1bca6, 0x3fdc8b3141a76846]),
-            (1e7, 100.0, [0x3f08fc25a1fe9d33, 0x3feb2a15f9afcd28, 0x3fdaa55fe88f964d, 0x3fcbc3c444fb05dd, 0x3fd935420c5afca0, 0x3fdb5e5a61f8beaf]),
-            (1e7, 150.0, [0x3ec618eb00aa7658, 0x3fe9a4b76018f2a9, 0x3fda22d6f087f989, 0x3fca484e36867e79, 0x3fd9caf6c718c5a6, 0x3fda0a2f8c2c4868]),
-            (1e7, 175.0, [0x3e60ccfe1ecfac14, 0x3fdc2daa1cd0dfab, 0x3fd6204a57f4af56, 0x3fc2e582bb59dd1c, 0x3fe238e825453fa0, 0x3fd157e97e60312e]),
-            (1e4, 125.0, [0x3e379779de4821ff, 0x3fbee1c163985a97, 0x3fe4229c8418d0e1, 0x3fc00dbfacb9ee53, 0x3f98b9d887f4c4d8, 0x3fe00c71e347447a]),
-            (1e4, 129.5, [0x3dc1b1aff949902c, 0x3f847ae147b194b6, 0x3fdf9d1866bbef80, 0x3fb9d7aad94cfdad, 0x3fa7e0b01452db25, 0x3fe1556385ffa05f]),
+            (
+                1e7,
+                0.0,
+                [
+                    0x3f75ef22312427b8,
+                    0x3feb76505ecd1b90,
+                    0x3fdb764d049bd48b,
+                    0x3fcd7409428d48a0,
+                    0x3fd8169a83b91a6e,
+                    0x3fdca58e62d754b5,
+                ],
+            ),
+            (
+                1e7,
+                50.0,
+                [
+                    0x3f40d6d1d63987e2,
+                    0x3feb6f8f4dfb6f20,
+                    0x3fda5c866e15775c,
+                    0x3fcc2a539ceb4d69,
+                    0x3fd81e2407f1bca6,
+                    0x3fdc8b3141a76846,
+                ],
+            ),
+            (
+                1e7,
+                100.0,
+                [
+                    0x3f08fc25a1fe9d33,
+                    0x3feb2a15f9afcd28,
+                    0x3fdaa55fe88f964d,
+                    0x3fcbc3c444fb05dd,
+                    0x3fd935420c5afca0,
+                    0x3fdb5e5a61f8beaf,
+                ],
+            ),
+            (
+                1e7,
+                150.0,
+                [
+                    0x3ec618eb00aa7658,
+                    0x3fe9a4b76018f2a9,
+                    0x3fda22d6f087f989,
+                    0x3fca484e36867e79,
+                    0x3fd9caf6c718c5a6,
+                    0x3fda0a2f8c2c4868,
+                ],
+            ),
+            (
+                1e7,
+                175.0,
+                [
+                    0x3e60ccfe1ecfac14,
+                    0x3fdc2daa1cd0dfab,
+                    0x3fd6204a57f4af56,
+                    0x3fc2e582bb59dd1c,
+                    0x3fe238e825453fa0,
+                    0x3fd157e97e60312e,
+                ],
+            ),
+            (
+                1e4,
+                125.0,
+                [
+                    0x3e379779de4821ff,
+                    0x3fbee1c163985a97,
+                    0x3fe4229c8418d0e1,
+                    0x3fc00dbfacb9ee53,
+                    0x3f98b9d887f4c4d8,
+                    0x3fe00c71e347447a,
+                ],
+            ),
+            (
+                1e4,
+                129.5,
+                [
+                    0x3dc1b1aff949902c,
+                    0x3f847ae147b194b6,
+                    0x3fdf9d1866bbef80,
+                    0x3fb9d7aad94cfdad,
+                    0x3fa7e0b01452db25,
+                    0x3fe1556385ffa05f,
+                ],
+            ),
         ];
         for (n_x, km, want) in lim {
             let m = Lim2014::paper(n_x);
@@ -817,9 +894,39 @@ mod tests {
             assert_eq!(got, want, "Lim, n_X = {n_x}, {km} km");
         }
         let rusca: [(f64, f64, [u64; 5]); 3] = [
-            (1e7, 50.0, [0x3f4ded2c43abf75d, 0x3fecac9797f1ccd5, 0x3fd532be51a6f8c0, 0x3fbd8eccd8b843ba, 0x3fe2ad9f7b375eaf]),
-            (1e7, 150.0, [0x3eef097b86da7e69, 0x3febee0368ee6b58, 0x3fdc5ebc5ad82995, 0x3fc1606b4c16d06d, 0x3fe5a3de9b2fba92]),
-            (1e4, 191.5, [0x3e1b71f00c09eecd, 0x3fc999999999999a, 0x3fd86cda2db84f34, 0x3fb91409c7ed32aa, 0x3fc213d00c1ec7e4]),
+            (
+                1e7,
+                50.0,
+                [
+                    0x3f4ded2c43abf75d,
+                    0x3fecac9797f1ccd5,
+                    0x3fd532be51a6f8c0,
+                    0x3fbd8eccd8b843ba,
+                    0x3fe2ad9f7b375eaf,
+                ],
+            ),
+            (
+                1e7,
+                150.0,
+                [
+                    0x3eef097b86da7e69,
+                    0x3febee0368ee6b58,
+                    0x3fdc5ebc5ad82995,
+                    0x3fc1606b4c16d06d,
+                    0x3fe5a3de9b2fba92,
+                ],
+            ),
+            (
+                1e4,
+                191.5,
+                [
+                    0x3e1b71f00c09eecd,
+                    0x3fc999999999999a,
+                    0x3fd86cda2db84f34,
+                    0x3fb91409c7ed32aa,
+                    0x3fc213d00c1ec7e4,
+                ],
+            ),
         ];
         for (n_z, km, want) in rusca {
             let m = Rusca2018::new(DvHardware::METRO_GHZ, n_z);

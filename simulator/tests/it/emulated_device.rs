@@ -18,56 +18,11 @@ use qkd_simulator::emulator::{
     Quirk, TlsVersions, run, server_tls, server_tls_versions,
 };
 use qkd_simulator::model::ConstantRate;
+use qkd_testnet_pki::TestCa;
 use qkd_types::{BlockId, KmeId, ManualClock, SaeId};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-
-/// A CA and certificates issued by it, all PEM.
-pub struct Pki {
-    pub ca_pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Pki {
-    pub fn new() -> Self {
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "emulator test CA");
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Self {
-            ca_pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// (chain PEM, key PEM) of a device: valid for 127.0.0.1 and localhost.
-    pub fn device(&self) -> (String, String) {
-        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    /// (chain PEM, key PEM) of an SAE whose CN is its ID.
-    pub fn sae(&self, id: &str) -> (String, String) {
-        let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, id);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
 
 /// One running emulated device.
 pub struct Device {
@@ -121,7 +76,7 @@ impl Device {
 
 /// An emulated pair with both devices served, and the PKI to talk to them.
 pub struct Bench {
-    pub pki: Pki,
+    pub pki: TestCa,
     pub pair: DevicePair,
     pub clock: ManualClock,
     pub devices: [Device; 2],
@@ -131,7 +86,7 @@ pub struct Bench {
 impl Bench {
     /// A pair of devices producing `rate` bit/s, with 10 s of key already produced.
     pub async fn start(saes: [&str; 2], rate: u64, quirks: &[Quirk]) -> Self {
-        let pki = Pki::new();
+        let pki = TestCa::new("emulator test CA");
         let clock = ManualClock::new(1_000_000);
         let mut config = PairConfig::new(
             SaeId::parse(saes[0]).unwrap(),
@@ -147,7 +102,7 @@ impl Bench {
         let mut devices = Vec::new();
         for i in 0..2 {
             let (chain, key) = pki.device();
-            let tls = server_tls(chain.as_bytes(), key.as_bytes(), pki.ca_pem.as_bytes()).unwrap();
+            let tls = server_tls(chain.as_bytes(), key.as_bytes(), pki.pem.as_bytes()).unwrap();
             devices.push(Device::start_on("127.0.0.1:0".parse().unwrap(), tls, &pair, i).await);
         }
         let devices: [Device; 2] = devices.try_into().ok().unwrap();
@@ -162,10 +117,10 @@ impl Bench {
 
     /// The adapter configuration of the node attached to device `i`.
     pub fn config(&self, i: usize) -> DeviceConfig {
-        let (chain, key) = self.pki.sae(&self.saes[i]);
+        let (chain, key) = self.pki.client(&self.saes[i]);
         DeviceConfig {
             url: self.devices[i].url(),
-            ca: PemSource::Pem(self.pki.ca_pem.clone()),
+            ca: PemSource::Pem(self.pki.pem.clone()),
             client_cert: PemSource::Pem(chain),
             client_key: PemSource::Pem(key),
             expected_kme_id: KmeId::parse(&format!("KME-{i}")).unwrap(),
@@ -312,7 +267,7 @@ async fn every_vendor_quirk_is_tolerated() {
         );
         // A client the device does not know: 401 (possibly with an empty body).
         let mut cfg = bench.config(0);
-        let (chain, key) = bench.pki.sae("9999");
+        let (chain, key) = bench.pki.client("9999");
         cfg.client_cert = PemSource::Pem(chain);
         cfg.client_key = PemSource::Pem(key);
         let stranger = Etsi014Source::new(cfg, LinkRole::Master).unwrap();
@@ -558,7 +513,7 @@ async fn tls_1_2_only_devices_are_served_only_after_the_per_device_opt_in() {
     let tls12 = server_tls_versions(
         chain.as_bytes(),
         key.as_bytes(),
-        bench.pki.ca_pem.as_bytes(),
+        bench.pki.pem.as_bytes(),
         TlsVersions::Tls12Only,
     )
     .unwrap();
@@ -683,10 +638,10 @@ async fn qber_and_key_rate_come_from_the_device_or_are_measured() {
 async fn the_qkd_device_emu_binary_serves_a_pair_from_its_toml_file() {
     use tokio::io::AsyncBufReadExt;
 
-    let pki = Pki::new();
+    let pki = TestCa::new("emulator test CA");
     let dir = tempfile::tempdir().unwrap();
     let put = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
-    put("ca.crt", &pki.ca_pem);
+    put("ca.crt", &pki.pem);
     let mut devices = String::new();
     for i in 0..2 {
         let (chain, key) = pki.device();
@@ -737,10 +692,10 @@ bits_per_second = 100000
         urls.push(format!("https://{addr}"));
     }
     let config = |i: usize| {
-        let (chain, key) = pki.sae(["node-a", "node-b"][i]);
+        let (chain, key) = pki.client(["node-a", "node-b"][i]);
         DeviceConfig {
             url: urls[i].clone(),
-            ca: PemSource::Pem(pki.ca_pem.clone()),
+            ca: PemSource::Pem(pki.pem.clone()),
             client_cert: PemSource::Pem(chain),
             client_key: PemSource::Pem(key),
             expected_kme_id: KmeId::parse(&format!("KME-{i}")).unwrap(),

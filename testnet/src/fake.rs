@@ -30,6 +30,7 @@ pub struct FakeConfig {
 }
 
 /// Keys delivered to a master, awaiting their slaves.
+#[derive(Debug)]
 struct Stored {
     master: SaeId,
     slaves: Vec<SaeId>,
@@ -37,6 +38,7 @@ struct Stored {
     key: Secret,
 }
 
+#[derive(Debug)]
 struct State {
     /// Remaining bits per (master, slave).
     pools: HashMap<(SaeId, SaeId), u64>,
@@ -47,6 +49,7 @@ struct State {
 }
 
 /// The fake key manager.
+#[derive(Debug)]
 pub struct FakeKeys {
     config: FakeConfig,
     capacity: HashMap<(SaeId, SaeId), u64>,

@@ -2,7 +2,7 @@
 //! 127.0.0.1 port 0, certificates from the demo PKI in a temporary directory, a reqwest client per
 //! SAE and raw TLS connections for what reqwest cannot express.
 //!
-//! The table in `etsi014.rs` only talks to a [`Fixture`]: which KME an SAE's requests go to
+//! The table in `kms/tests/it/etsi014.rs` only talks to a [`Fixture`]: which KME an SAE's requests go to
 //! (`home`), and the client holding that SAE's certificate. [`Fixture::fake`] runs one KME backed
 //! by the in-memory [`FakeKeys`]. [`Fixture::two_nodes`] runs the real key manager as two trusted
 //! nodes in this process, wired as the node daemon wires them. Nothing in the table or in `check()`
@@ -15,6 +15,9 @@
 //! * A may pair with B (pool of fewer than 128 × 1024 bits, so that `number 128, size 1024` is
 //!   beyond it, and at least 64 default-size keys), A may not pair with C or R;
 //! * default limits (256-bit keys, 64 to 1024 bits, 128 keys per request, `max_SAE_ID_count` 0).
+
+// Handles, trait objects and TLS streams: nothing a test would print.
+#![allow(missing_debug_implementations)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
