@@ -20,6 +20,7 @@ pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hybrid;
+pub mod instruments;
 pub mod manager;
 pub mod peer;
 pub mod pki;

@@ -118,6 +118,8 @@ struct RelayCounters {
     auth_bytes: std::sync::atomic::AtomicU64,
     /// Device key IDs refused because they were already used on the link.
     reissued: std::sync::atomic::AtomicU64,
+    /// Bytes of link key taken from this end's device and stored.
+    generated: std::sync::atomic::AtomicU64,
 }
 
 impl RelayCounters {
@@ -164,6 +166,8 @@ struct Inner {
     tasks: Mutex<tokio::task::JoinSet<()>>,
     /// Who hears this node's events (see [`KeyManager::observe`]).
     observer: std::sync::OnceLock<Arc<dyn crate::events::Observer>>,
+    /// Relay latency and keys made (metric handles, registered once).
+    instruments: crate::instruments::RelayInstruments,
 }
 
 /// Keys for a slave, and the configuration each was made under.
@@ -380,6 +384,7 @@ impl KeyManager {
                 voided: Mutex::default(),
                 tasks: Mutex::default(),
                 observer: std::sync::OnceLock::new(),
+                instruments: crate::instruments::RelayInstruments::register(),
             }),
         };
         me.restore_pools(std::mem::take(&mut recovered.pool));
@@ -571,6 +576,10 @@ impl KeyManager {
                         .counters
                         .reissued
                         .load(std::sync::atomic::Ordering::Relaxed),
+                    generated_bytes: l
+                        .counters
+                        .generated
+                        .load(std::sync::atomic::Ordering::Relaxed),
                 }
             })
             .collect();
@@ -735,7 +744,11 @@ impl KeyManager {
                 .filter_map(|(s, _)| p.block(*s).map(|m| (*s, m.clone())))
                 .collect()
         };
+        let bytes: usize = blocks.iter().map(|b| b.key.len()).sum();
         self.store_blocks(lid, metas, blocks).await?;
+        link.counters
+            .generated
+            .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
         let n = added.len();
         self.offer(link, &added).await?;
         Ok(n)
@@ -979,7 +992,11 @@ impl KeyManager {
                 }
             }
             let lid = link.setup.id.clone();
+            let bytes: usize = blocks.iter().map(|b| b.key.len()).sum();
             self.store_blocks(lid, metas, blocks).await?;
+            link.counters
+                .generated
+                .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
         }
         // Blocks the allocator has used up entirely can go.
         let release_before = {
@@ -1047,6 +1064,8 @@ pub struct LinkLevel {
     /// Device key IDs refused since start because they were already used on this link: the
     /// device re-issued key (a device fault an operator must look at).
     pub device_reissued_ids: u64,
+    /// Link key taken from this end's device and stored since start.
+    pub generated_bytes: u64,
 }
 
 /// Under the pool lock, after taking `ranges`: the metadata to rewrite for the blocks they touch,

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::instruments::StoreInstruments;
 use crate::store::{Store, StoreError, Txn};
 
 /// Most operations in one transaction.
@@ -78,7 +79,7 @@ impl Writer {
         let space = store.gauge();
         std::thread::Builder::new()
             .name("kms-writer".into())
-            .spawn(move || run(store, rx, failed2, fatal_tx))
+            .spawn(move || run(store, rx, failed2, fatal_tx, StoreInstruments::register()))
             // Invariant: spawning a thread at start-up only fails when the OS is out of
             // resources, and the node cannot run without its writer.
             .unwrap_or_else(|e| panic!("cannot start the store writer thread: {e}"));
@@ -175,6 +176,7 @@ fn run(
     mut rx: mpsc::UnboundedReceiver<Job>,
     failed: Arc<AtomicBool>,
     fatal: watch::Sender<bool>,
+    instruments: StoreInstruments,
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
@@ -185,9 +187,11 @@ fn run(
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let mut txn = match store.begin() {
             Ok(txn) => txn,
             Err(e) => {
+                instruments.failed();
                 fail(
                     &e,
                     batch.drain(..).map(|job| fail_job(job)).collect(),
@@ -198,9 +202,14 @@ fn run(
             }
         };
         let completions: Vec<Completion> = batch.drain(..).map(|job| job(&mut txn)).collect();
+        let written = txn.bytes_written();
         match txn.commit() {
-            Ok(()) => completions.into_iter().for_each(|c| c(Ok(()))),
+            Ok(()) => {
+                instruments.committed(started.elapsed(), written);
+                completions.into_iter().for_each(|c| c(Ok(())));
+            }
             Err(e) => {
+                instruments.failed();
                 fail(&e, completions, &failed, &fatal);
                 break;
             }

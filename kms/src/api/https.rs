@@ -195,7 +195,7 @@ pub async fn serve(
         identity,
         limits,
         caps: ClientCaps::new(limits.max_connections_per_client, door.name),
-        full: CapLog::new(door.name),
+        full: CapLog::new(door.name, crate::conn::Cap::Total),
         door,
     });
     let (stop_tx, stop_rx) = watch::channel(false);

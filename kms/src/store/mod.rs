@@ -728,6 +728,7 @@ impl Store {
             keys: &self.keys,
             low_space: low_space.map(|available| (available, self.options.watermark_bytes)),
             block_cache: HashMap::new(),
+            written: 0,
         })
     }
 
@@ -932,6 +933,8 @@ pub struct Txn<'s> {
     low_space: Option<(u64, u64)>,
     /// Blocks decrypted in this transaction, so a batch of keys from one block decrypts it once.
     block_cache: HashMap<(LinkId, u64), Secret>,
+    /// Bytes of records (table key plus value) written so far, for the writer's metrics.
+    written: u64,
 }
 
 impl std::fmt::Debug for Txn<'_> {
@@ -944,6 +947,12 @@ impl std::fmt::Debug for Txn<'_> {
 }
 
 impl Txn<'_> {
+    /// Bytes of records (table key plus value) this transaction wrote so far: what the store's
+    /// `qkd_store_bytes_written_total` counts (the database writes whole pages, somewhat more).
+    pub fn bytes_written(&self) -> u64 {
+        self.written
+    }
+
     /// Commits durably.
     pub fn commit(self) -> Result<(), StoreError> {
         self.tx.commit()?;
@@ -975,9 +984,11 @@ impl Txn<'_> {
         let sealed = self
             .keys
             .seal(&block_aad(link.as_str(), seq, meta.id), key)?;
+        let data = encode_sealed(&sealed);
         self.tx
             .open_table(BLOCK_DATA)?
-            .insert((link.as_str(), seq), encode_sealed(&sealed).as_slice())?;
+            .insert((link.as_str(), seq), data.as_slice())?;
+        self.written += (link.as_str().len() + 8 + data.len() + 16) as u64;
         self.put_block_meta(link, seq, meta)?;
         {
             // One ID in, the one a window's length older out: the table stays bounded.
@@ -1003,9 +1014,11 @@ impl Txn<'_> {
         seq: u64,
         meta: &BlockMeta,
     ) -> Result<(), StoreError> {
+        let v = encode_block_meta(meta);
         self.tx
             .open_table(BLOCK_META)?
-            .insert((link.as_str(), seq), encode_block_meta(meta).as_slice())?;
+            .insert((link.as_str(), seq), v.as_slice())?;
+        self.written += (link.as_str().len() + 8 + v.len()) as u64;
         Ok(())
     }
 
@@ -1080,12 +1093,14 @@ impl Txn<'_> {
     pub fn put_key(&mut self, id: KeyId, meta: &StoredKey, key: &Secret) -> Result<(), StoreError> {
         self.admit_ingest()?;
         let sealed = self.keys.seal(&key_aad(id, meta), key)?;
+        let v = encode_key(meta, &sealed);
         self.tx
             .open_table(KEYS)?
-            .insert(*id.as_bytes(), encode_key(meta, &sealed).as_slice())?;
+            .insert(*id.as_bytes(), v.as_slice())?;
         self.tx
             .open_table(KEY_EXPIRY)?
             .insert((meta.expires_at, *id.as_bytes()), ())?;
+        self.written += (16 + v.len() + 8 + 16) as u64;
         Ok(())
     }
 
@@ -1123,7 +1138,10 @@ impl Txn<'_> {
             decode_key(v.value())?.1
         };
         // The AAD binds the SAE names and size, not the fetched flags, so the ciphertext stays.
-        t.insert(*id.as_bytes(), encode_key(meta, &sealed).as_slice())?;
+        let v = encode_key(meta, &sealed);
+        t.insert(*id.as_bytes(), v.as_slice())?;
+        drop(t);
+        self.written += (16 + v.len()) as u64;
         Ok(())
     }
 
@@ -1169,6 +1187,7 @@ impl Txn<'_> {
         self.tx
             .open_table(TOMB_TIME)?
             .insert((now, *id.as_bytes()), ())?;
+        self.written += (16 + w.0.len() + 8 + 16) as u64;
         Ok(())
     }
 
@@ -1182,9 +1201,11 @@ impl Txn<'_> {
     ) -> Result<(), StoreError> {
         self.admit_ingest()?;
         let sealed = self.keys.seal(&pool_aad(id, meta), key)?;
+        let v = encode_pool_key(meta, &sealed);
         self.tx
             .open_table(POOL)?
-            .insert(*id.as_bytes(), encode_pool_key(meta, &sealed).as_slice())?;
+            .insert(*id.as_bytes(), v.as_slice())?;
+        self.written += (16 + v.len()) as u64;
         Ok(())
     }
 
@@ -1242,6 +1263,8 @@ impl Txn<'_> {
             v.extend_from_slice(id.as_bytes());
         }
         t.insert((dest.as_str(), seq), v.as_slice())?;
+        drop(t);
+        self.written += (dest.as_str().len() + 8 + v.len()) as u64;
         Ok(())
     }
 
