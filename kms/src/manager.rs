@@ -536,6 +536,11 @@ impl KeyManager {
         self.misfit(&m.master, &slaves, origin).is_none()
     }
 
+    /// The store's free space and watermark (for operators' metrics and alarms).
+    pub fn store_space(&self) -> &crate::store::SpaceGauge {
+        self.inner.writer.space()
+    }
+
     /// Resolves when the store failed and the node must exit.
     pub async fn fatal(&self) {
         self.inner.writer.fatal().await
