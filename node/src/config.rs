@@ -1501,6 +1501,112 @@ peer_sae = "ENC-B"
         assert!(parse(GOOD).unwrap().skip.is_none());
     }
 
+    #[test]
+    fn operations_sections_default_in_one_place_and_parse() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.audit.file, PathBuf::from("/etc/qkd/data/audit.log"));
+        assert!(c.audit.siem.is_none());
+        assert_eq!(c.alarms.qber_max, AlarmsSection::default().qber_max);
+        assert_eq!(
+            c.alarms.pool_min_keys(&c.relay),
+            u64::from(c.relay.pool_keys) / 4
+        );
+        // No admin listener in GOOD: nothing to serve metrics on, and that is no error.
+        assert!(!c.metrics.served(&c.node));
+        let c = parse(
+            &(GOOD.replace(
+                "peer_listen = \"127.0.0.1:0\"\n",
+                "peer_listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n",
+            ) + "\n[alarms]\nqber_max = 0.05\npool_min_keys = 10\n\n[audit]\nfile = \"/var/log/qkd/audit.log\"\n\n[audit.siem]\naddress = \"siem.example:6514\"\nca = \"siem-ca.pem\"\n"),
+        )
+        .unwrap();
+        assert!(c.metrics.served(&c.node));
+        assert_eq!(c.alarms.pool_min_keys(&c.relay), 10);
+        assert_eq!(c.audit.file, PathBuf::from("/var/log/qkd/audit.log"));
+        let siem = c.audit.siem.unwrap();
+        assert_eq!(siem.ca, PathBuf::from("/etc/qkd/siem-ca.pem"));
+        assert_eq!(siem.server_name(), "siem.example");
+        assert_eq!((siem.queue, siem.facility), (10_000, 13));
+    }
+
+    /// Every `[metrics]`/`[alarms]`/`[audit]` rule: the error names the file, the field with
+    /// its line, and the problem.
+    #[test]
+    fn operations_errors_name_file_line_and_field() {
+        let siem = "\n[audit.siem]\naddress = \"siem.example:6514\"\nca = \"ca.pem\"\n";
+        let cases = [
+            (
+                "\n[metrics]\nenabled = true\n".to_string(),
+                "metrics.enabled",
+                "admin_listen",
+            ),
+            (
+                "\n[alarms]\nqber_max = 8\n".into(),
+                "alarms.qber_max",
+                "fraction",
+            ),
+            (
+                "\n[alarms]\ninterval_ms = 0\n".into(),
+                "alarms.interval_ms",
+                "positive",
+            ),
+            (
+                "\n[alarms]\npool_min_keys = 5000\n".into(),
+                "alarms.pool_min_keys",
+                "never clear",
+            ),
+            (
+                "\n[alarms]\ncertificate_warn_days = 0\n".into(),
+                "alarms.certificate_warn_days",
+                "1..=3650",
+            ),
+            ("\n[audit]\nqueue = 0\n".into(), "audit.queue", "positive"),
+            (
+                siem.replace("siem.example:6514", "siem.example"),
+                "audit.siem.address",
+                "host:port",
+            ),
+            (
+                siem.to_string() + "client_cert = \"c.pem\"\n",
+                "audit.siem.client_cert",
+                "client_key",
+            ),
+            (
+                siem.to_string() + "facility = 24\n",
+                "audit.siem.facility",
+                "0..=23",
+            ),
+            (
+                siem.to_string() + "app_name = \"qkd node\"\n",
+                "audit.siem.app_name",
+                "APP-NAME",
+            ),
+        ];
+        for (extra, key, what) in cases {
+            let text = GOOD.to_string() + &extra;
+            let e = parse(&text).expect_err(key);
+            let s = e.to_string();
+            assert!(s.starts_with("/etc/qkd/node.toml: "), "{s}");
+            assert!(
+                e.key.starts_with(key),
+                "key {:?} lacks {key:?} ({s})",
+                e.key
+            );
+            let field = key.rsplit('.').next().unwrap();
+            let line = text
+                .lines()
+                .position(|l| l.starts_with(field))
+                .map(|i| i + 1);
+            if let Some(line) = line {
+                assert!(e.key.contains(&format!("(line {line})")), "{s}");
+            }
+            assert!(s.contains(what), "{s}");
+        }
+        // Unknown fields are refused with their line, like everywhere else.
+        let e = parse(&(GOOD.to_string() + "\n[alarms]\nqber_maxx = 0.1\n")).unwrap_err();
+        assert!(e.key.starts_with("line "), "{e}");
+    }
+
     /// Every `[skip]` rule: the error names the file, the field and its line, and the problem.
     #[test]
     fn skip_errors_name_file_line_and_field() {
