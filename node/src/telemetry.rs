@@ -581,3 +581,104 @@ impl Observer for EngineMetrics {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::alarms::AlarmKind;
+
+    /// The rendered families are exactly [`METRICS`], with the types it says, and
+    /// docs/metrics.md documents each with the same type and labels. (The one test in this
+    /// binary that installs the global recorder.)
+    #[test]
+    fn every_exported_metric_is_listed_and_documented() {
+        let link = LinkId::parse("A-B").unwrap();
+        let (a, b) = (
+            SaeId::parse("ENC-A").unwrap(),
+            SaeId::parse("ENC-B").unwrap(),
+        );
+        let t = Telemetry::install(
+            true,
+            &NodeLabels {
+                node: "A".into(),
+                kme_id: "KME-A".into(),
+            },
+            std::slice::from_ref(&link),
+            &[(a.clone(), b.clone())],
+            &[(a.clone(), b.clone()), (b.clone(), a.clone())],
+        )
+        .unwrap();
+        // Touch every handle family once, the kms crate's included.
+        qkd_kms::instruments::StoreInstruments::register()
+            .committed(std::time::Duration::from_millis(3), 100);
+        qkd_kms::instruments::RelayInstruments::register().batch(
+            true,
+            std::time::Duration::from_millis(30),
+            64,
+        );
+        qkd_kms::instruments::connections_open("ETSI 014").increment(1.0);
+        qkd_kms::instruments::caps_hit("ETSI 014", qkd_kms::instruments::Cap::PerClient)
+            .increment(1);
+        t.certificate("tls.cert", 1_000_000);
+        let alarm = Alarm {
+            kind: AlarmKind::LinkDown,
+            subject: "A-B".into(),
+            severity: Severity::Critical,
+            cause: "x".into(),
+            raised_at: 0,
+        };
+        t.alarm(&alarm, true, std::slice::from_ref(&alarm));
+        t.store_space(Some(1 << 30), 64 << 20);
+        t.audit(AuditCounts::default());
+        t.upkeep();
+        let text = t.render().unwrap();
+        let mut rendered = std::collections::BTreeMap::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                rendered.insert(name.to_owned(), kind.to_owned());
+            }
+        }
+        let listed: std::collections::BTreeMap<String, String> = METRICS
+            .iter()
+            .map(|(n, k, _, _)| ((*n).to_owned(), (*k).to_owned()))
+            .collect();
+        assert_eq!(rendered, listed, "{text}");
+        assert_eq!(
+            text.matches("# HELP ").count(),
+            METRICS.len(),
+            "every metric has its help"
+        );
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md"))
+                .unwrap();
+        for (name, kind, labels, _) in METRICS {
+            let labels = if labels.is_empty() { "-" } else { labels };
+            let row = format!("| `{name}` | {kind} | {labels} |");
+            assert!(doc.contains(&row), "docs/metrics.md lacks {row}");
+        }
+        assert_eq!(
+            doc.matches("| `qkd_").count(),
+            METRICS.len(),
+            "docs/metrics.md lists a metric the node does not export"
+        );
+    }
+
+    /// The runbook says what to do for every alarm.
+    #[test]
+    fn every_alarm_is_in_the_runbook() {
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/operations.md"
+        ))
+        .unwrap();
+        for kind in AlarmKind::ALL {
+            assert!(
+                doc.contains(&format!("### `{}`", kind.label())),
+                "docs/operations.md lacks a section for {}",
+                kind.label()
+            );
+        }
+    }
+}
