@@ -232,10 +232,12 @@ where
                     Ok(Ok(stream)) => stream,
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, "{port}: TLS handshake failed");
+                        crate::instruments::handshake_failed(port);
                         return;
                     }
                     Err(_) => {
                         tracing::debug!("{port}: TLS handshake timed out");
+                        crate::instruments::handshake_failed(port);
                         return;
                     }
                 };

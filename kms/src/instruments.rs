@@ -7,6 +7,7 @@
 //! here ever sees a key byte. Without an installed recorder (unit tests, the network simulation)
 //! every handle does nothing.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram};
@@ -30,6 +31,37 @@ pub mod names {
     pub const CONNECTIONS_OPEN: &str = "qkd_connections_open";
     /// Counter: connections refused by a cap; labels `port`, `cap` (`per_client`, `total`).
     pub const CAPS_HIT: &str = "qkd_connection_caps_hit_total";
+    /// Counter: TLS handshakes that failed or timed out (a client certificate the CA does not
+    /// vouch for, a wrong protocol, a client too slow); label `port`.
+    pub const HANDSHAKE_FAILURES: &str = "qkd_tls_handshake_failures_total";
+}
+
+/// The port labels, in the order of [`handshake_failures`]' counts.
+pub const PORTS: [&str; 4] = ["etsi014", "skip", "grpc", "peer"];
+
+/// Failed handshakes per port since the process started (indexes of [`PORTS`]), readable, so
+/// that the node can audit them in aggregate: a handshake failure has no authenticated client
+/// to name, and one record per failed connection would let anyone flood the audit trail.
+static HANDSHAKE_FAILURES: [AtomicU64; 4] = [
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+];
+
+/// Counts one failed or timed-out TLS handshake on `port` (a front end's name).
+pub fn handshake_failed(port: &'static str) {
+    let label = port_label(port);
+    if let Some(i) = PORTS.iter().position(|p| *p == label) {
+        HANDSHAKE_FAILURES[i].fetch_add(1, Ordering::Relaxed);
+    }
+    // Registered at the failure: rare, and never on the key-delivery path.
+    metrics::counter!(names::HANDSHAKE_FAILURES, "port" => label).increment(1);
+}
+
+/// Failed TLS handshakes on each port of [`PORTS`] since the process started.
+pub fn handshake_failures() -> [u64; 4] {
+    std::array::from_fn(|i| HANDSHAKE_FAILURES[i].load(Ordering::Relaxed))
 }
 
 /// The store writer's instruments.

@@ -85,6 +85,17 @@ pub enum AuditEvent {
         /// The outcome class.
         outcome: &'static str,
     },
+    /// TLS handshakes failed on a port since the last such record (a client certificate the CA
+    /// does not vouch for, a wrong protocol, a client too slow): counted per evaluation, not
+    /// per connection, so that nobody can flood the audit trail.
+    TlsHandshakesFailed {
+        /// `etsi014`, `skip`, `grpc`, `peer`.
+        port: &'static str,
+        /// How many since the last record.
+        count: u64,
+        /// How many since start.
+        total: u64,
+    },
     /// Records that never reached the log because its queue was full.
     RecordsDropped {
         /// How many since the last record.
@@ -102,6 +113,7 @@ impl AuditEvent {
             AuditEvent::AlarmCleared { .. } => "alarm_cleared",
             AuditEvent::AuthenticationFailure { .. } => "authentication_failure",
             AuditEvent::AuthorisationRefusal { .. } => "authorisation_refusal",
+            AuditEvent::TlsHandshakesFailed { .. } => "tls_handshakes_failed",
             AuditEvent::RecordsDropped { .. } => "records_dropped",
         }
     }
@@ -115,7 +127,9 @@ impl AuditEvent {
                 Severity::Minor | Severity::Warning => 4,
             },
             AuditEvent::RecordsDropped { .. } => 3,
-            AuditEvent::AuthenticationFailure { .. } | AuditEvent::AuthorisationRefusal { .. } => 4,
+            AuditEvent::AuthenticationFailure { .. }
+            | AuditEvent::AuthorisationRefusal { .. }
+            | AuditEvent::TlsHandshakesFailed { .. } => 4,
             AuditEvent::AlarmCleared { .. }
             | AuditEvent::Start { .. }
             | AuditEvent::Stop { .. } => 5,

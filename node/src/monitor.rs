@@ -47,6 +47,8 @@ pub struct Monitor {
     active: Mutex<Vec<Alarm>>,
     /// Woken by engine events (see [`crate::telemetry::EngineMetrics`]).
     wake: Arc<Notify>,
+    /// Failed TLS handshakes per port already audited.
+    handshakes_audited: Mutex<[u64; 4]>,
 }
 
 /// What the monitor is built from.
@@ -95,6 +97,7 @@ impl Monitor {
             evaluator: Mutex::new(Evaluator::new(p.thresholds)),
             active: Mutex::default(),
             wake: p.wake,
+            handshakes_audited: Mutex::new(qkd_kms::instruments::handshake_failures()),
         })
     }
 
@@ -159,8 +162,29 @@ impl Monitor {
                 }
             }
         }
+        self.audit_handshakes();
         self.refresh_metrics();
         self.telemetry.upkeep();
+    }
+
+    /// One audit record per port whose failed TLS handshakes grew since the last evaluation.
+    fn audit_handshakes(&self) {
+        let now = qkd_kms::instruments::handshake_failures();
+        let mut seen = self
+            .handshakes_audited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (i, port) in qkd_kms::instruments::PORTS.iter().enumerate() {
+            if now[i] > seen[i] {
+                tracing::info!(port, count = now[i] - seen[i], "TLS handshakes failed");
+                self.audit.record(AuditEvent::TlsHandshakesFailed {
+                    port,
+                    count: now[i] - seen[i],
+                    total: now[i],
+                });
+            }
+        }
+        *seen = now;
     }
 
     async fn observe(&self, store_failed: bool) -> Observed {

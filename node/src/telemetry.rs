@@ -175,6 +175,12 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
         "Connections refused or held back by a cap: per_client (one identity's cap) or total (every slot in use).",
     ),
     (
+        "qkd_tls_handshake_failures_total",
+        "counter",
+        "port",
+        "TLS handshakes that failed or timed out (a client certificate the CA does not vouch for, a wrong protocol, a client too slow).",
+    ),
+    (
         "qkd_certificate_expiry_timestamp_seconds",
         "gauge",
         "certificate",
@@ -620,6 +626,7 @@ mod tests {
         qkd_kms::instruments::connections_open("ETSI 014").increment(1.0);
         qkd_kms::instruments::caps_hit("ETSI 014", qkd_kms::instruments::Cap::PerClient)
             .increment(1);
+        qkd_kms::instruments::handshake_failed("ETSI 014");
         t.certificate("tls.cert", 1_000_000);
         let alarm = Alarm {
             kind: AlarmKind::LinkDown,

@@ -288,10 +288,12 @@ async fn connection(
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "{name} TLS handshake failed");
+                crate::instruments::handshake_failed(name);
                 return;
             }
             Err(_) => {
                 tracing::debug!(%peer, "{name} TLS handshake timed out");
+                crate::instruments::handshake_failed(name);
                 return;
             }
         },

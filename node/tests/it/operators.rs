@@ -436,6 +436,23 @@ async fn pool_and_qber_alarms_metrics_audit_and_siem_follow_real_state() {
     assert_eq!(r.status().as_u16(), 401);
     let (code, _) = net.call("ENC-A1", "ENC-B2/enc_keys", None).await;
     assert_eq!(code, 401);
+    // A client whose certificate no CA here vouches for (claiming to be ENC-A1) fails the TLS
+    // handshake: counted per port, audited in aggregate.
+    let stranger = stranger_client(&net);
+    let r = stranger
+        .get(format!("{}ENC-B1/status", net.base("A")))
+        .send()
+        .await;
+    assert!(r.is_err() || r.unwrap().status().as_u16() != 200);
+    wait_metrics(&net, "A", "a failed handshake counted", |t| {
+        metric(
+            t,
+            "qkd_tls_handshake_failures_total",
+            &[("port", "etsi014")],
+        )
+        .is_some_and(|v| v >= 1.0)
+    })
+    .await;
 
     // Keys delivered, and their bytes, to look for later.
     let mut delivered = Vec::new();
@@ -538,6 +555,16 @@ async fn pool_and_qber_alarms_metrics_audit_and_siem_follow_real_state() {
         .collect();
     assert_eq!(refused.len(), 1, "{records:?}");
     assert_eq!(refused[0]["operation"], "enc_keys");
+    let handshakes: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["event"] == "tls_handshakes_failed")
+        .collect();
+    assert!(
+        handshakes
+            .iter()
+            .any(|r| r["port"] == "etsi014" && r["count"].as_u64() >= Some(1)),
+        "{records:?}"
+    );
     assert_eq!(
         count(&records, "alarm_raised", "pool_low", "ENC-A1->ENC-B1"),
         2
@@ -630,6 +657,24 @@ async fn pool_and_qber_alarms_metrics_audit_and_siem_follow_real_state() {
         // Not even the key IDs go to the audit trail.
         assert!(!audit_text.contains(id.as_str()), "key ID in the audit log");
     }
+}
+
+/// An HTTPS client that trusts the network's CA but presents a self-signed certificate naming
+/// ENC-A1: what an impostor without a certificate from the network's CA would do.
+fn stranger_client(net: &Net) -> reqwest::Client {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        rcgen::string::Ia5String::try_from("urn:qkd:sae:ENC-A1").unwrap(),
+    )];
+    let cert = params.self_signed(&key).unwrap();
+    let ca = std::fs::read(net.path().join("pki").join("ca.crt")).unwrap();
+    let pem = format!("{}{}", cert.pem(), key.serialize_pem());
+    reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
+        .identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap())
+        .build()
+        .unwrap()
 }
 
 fn hex_lower(b: &[u8]) -> String {
