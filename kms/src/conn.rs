@@ -20,6 +20,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use qkd_types::{Clock, SaeId, SystemClock, UnixMillis};
+
+pub use crate::instruments::Cap;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -39,6 +41,8 @@ pub struct ClientCaps<K: Eq + Hash> {
     open: Mutex<HashMap<K, usize>>,
     /// Refusals are logged, but not once per refused connection.
     log: CapLog,
+    /// Connections admitted and not yet closed, for the `qkd_connections_open` gauge.
+    open_gauge: metrics::Gauge,
 }
 
 impl<K: Eq + Hash + Clone + Display> ClientCaps<K> {
@@ -47,7 +51,8 @@ impl<K: Eq + Hash + Clone + Display> ClientCaps<K> {
         Arc::new(Self {
             per_client,
             open: Mutex::new(HashMap::new()),
-            log: CapLog::new(port),
+            log: CapLog::new(port, Cap::PerClient),
+            open_gauge: crate::instruments::connections_open(port),
         })
     }
 
@@ -74,6 +79,7 @@ impl<K: Eq + Hash + Clone + Display> ClientCaps<K> {
             }
             *n += 1;
         }
+        self.open_gauge.increment(1.0);
         Some(ClientSlot {
             caps: self.clone(),
             client,
@@ -96,6 +102,7 @@ pub struct ClientSlot<K: Eq + Hash> {
 
 impl<K: Eq + Hash> Drop for ClientSlot<K> {
     fn drop(&mut self) {
+        self.caps.open_gauge.decrement(1.0);
         let mut open = self.caps.open.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = open.get_mut(&self.client) {
             *n = n.saturating_sub(1);
@@ -106,37 +113,49 @@ impl<K: Eq + Hash> Drop for ClientSlot<K> {
     }
 }
 
-/// A warning at most every [`CapLog::INTERVAL`], counting the refusals in between.
-#[derive(Debug)]
+/// A warning at most every [`CapLog::INTERVAL`], counting the refusals in between (and every
+/// refusal in the `qkd_connection_caps_hit_total` counter).
 pub struct CapLog {
     port: &'static str,
     clock: Arc<dyn Clock>,
     last: Mutex<Option<UnixMillis>>,
     suppressed: AtomicU64,
+    hits: metrics::Counter,
+}
+
+impl std::fmt::Debug for CapLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CapLog")
+            .field("port", &self.port)
+            .field("suppressed", &self.suppressed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CapLog {
     /// Shortest time between two warnings of one cap.
     pub const INTERVAL: Duration = Duration::from_secs(10);
 
-    /// A log for the cap of `port`, timed by the system clock.
-    pub fn new(port: &'static str) -> Self {
-        Self::with_clock(port, Arc::new(SystemClock))
+    /// A log for the cap `cap` of `port`, timed by the system clock.
+    pub fn new(port: &'static str, cap: Cap) -> Self {
+        Self::with_clock(port, cap, Arc::new(SystemClock))
     }
 
-    /// A log for the cap of `port`, timed by `clock`.
-    pub fn with_clock(port: &'static str, clock: Arc<dyn Clock>) -> Self {
+    /// A log for the cap `cap` of `port`, timed by `clock`.
+    pub fn with_clock(port: &'static str, cap: Cap, clock: Arc<dyn Clock>) -> Self {
         Self {
             port,
             clock,
             last: Mutex::new(None),
             suppressed: AtomicU64::new(0),
+            hits: crate::instruments::caps_hit(port, cap),
         }
     }
 
     /// Records a refusal; calls `warn` with the number of refusals not logged since the last
     /// warning if the interval has passed, else only counts.
     pub fn refused(&self, warn: impl FnOnce(u64)) {
+        self.hits.increment(1);
         let now = self.clock.now();
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         match *last {
@@ -185,7 +204,7 @@ where
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let caps = ClientCaps::<K>::new(limits.max_connections_per_client, port);
-    let full = CapLog::new(port);
+    let full = CapLog::new(port, Cap::Total);
     let identify = Arc::new(identify);
     let task = tokio::spawn(async move {
         loop {
@@ -220,10 +239,12 @@ where
                     Ok(Ok(stream)) => stream,
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, "{port}: TLS handshake failed");
+                        crate::instruments::handshake_failed(port);
                         return;
                     }
                     Err(_) => {
                         tracing::debug!("{port}: TLS handshake timed out");
+                        crate::instruments::handshake_failed(port);
                         return;
                     }
                 };
@@ -356,7 +377,7 @@ mod tests {
     #[test]
     fn log_is_rate_limited() {
         let clock = qkd_types::ManualClock::new(1_000);
-        let log = CapLog::with_clock("test", Arc::new(clock.clone()));
+        let log = CapLog::with_clock("test", Cap::Total, Arc::new(clock.clone()));
         let mut warned = Vec::new();
         for _ in 0..5 {
             log.refused(|n| warned.push(n));

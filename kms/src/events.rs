@@ -1,6 +1,6 @@
 //! What a key manager reports as it works, for whoever subscribes: the network simulation's
-//! invariant checks today; metrics, alarms and audit later. Events carry identifiers and
-//! metadata only, never key bytes.
+//! invariant checks, and in a node its metrics (link key consumed per link, keys delivered per
+//! pair) and its alarm monitor. Events carry identifiers and metadata only, never key bytes.
 
 use qkd_types::{BlockId, KeyId, LinkId, SaeId};
 

@@ -31,6 +31,7 @@ pub mod failpoint;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hybrid;
+pub mod instruments;
 pub mod manager;
 pub mod peer;
 pub mod pki;

@@ -119,6 +119,8 @@ struct RelayCounters {
     auth_bytes: std::sync::atomic::AtomicU64,
     /// Device key IDs refused because they were already used on the link.
     reissued: std::sync::atomic::AtomicU64,
+    /// Bytes of link key taken from this end's device and stored.
+    generated: std::sync::atomic::AtomicU64,
 }
 
 impl RelayCounters {
@@ -168,6 +170,8 @@ struct Inner {
     tasks: Mutex<tokio::task::JoinSet<()>>,
     /// Who hears this node's events (see [`KeyManager::observe`]).
     observer: std::sync::OnceLock<Arc<dyn crate::events::Observer>>,
+    /// Relay latency and keys made (metric handles, registered once).
+    instruments: crate::instruments::RelayInstruments,
 }
 
 /// Keys of one pair voided at start because they no longer fit its configuration.
@@ -391,6 +395,7 @@ impl KeyManager {
                 voided: Mutex::default(),
                 tasks: Mutex::default(),
                 observer: std::sync::OnceLock::new(),
+                instruments: crate::instruments::RelayInstruments::register(),
             }),
         };
         me.restore_pools(std::mem::take(&mut recovered.pool));
@@ -522,6 +527,11 @@ impl KeyManager {
         self.inner.fit.misfit(master, slaves, origin)
     }
 
+    /// The store's free space and watermark (for operators' metrics and alarms).
+    pub fn store_space(&self) -> &crate::store::SpaceGauge {
+        self.inner.writer.space()
+    }
+
     /// Resolves when the store failed and the node must exit.
     pub async fn fatal(&self) {
         self.inner.writer.fatal().await
@@ -561,6 +571,10 @@ impl KeyManager {
                     device_reissued_ids: l
                         .counters
                         .reissued
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                    generated_bytes: l
+                        .counters
+                        .generated
                         .load(std::sync::atomic::Ordering::Relaxed),
                 }
             })
@@ -726,7 +740,11 @@ impl KeyManager {
                 .filter_map(|(s, _)| p.block(*s).map(|m| (*s, m.clone())))
                 .collect()
         };
+        let bytes: usize = blocks.iter().map(|b| b.key.len()).sum();
         self.store_blocks(lid, metas, blocks).await?;
+        link.counters
+            .generated
+            .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
         // A crash here leaves the blocks pending: they are offered again after the restart.
         failpoint!("master-after-store");
         let n = added.len();
@@ -971,7 +989,11 @@ impl KeyManager {
                 }
             }
             let lid = link.setup.id.clone();
+            let bytes: usize = blocks.iter().map(|b| b.key.len()).sum();
             self.store_blocks(lid, metas, blocks).await?;
+            link.counters
+                .generated
+                .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
             // A crash here leaves the allocator unanswered: its next offer of the same blocks
             // finds them held and is accepted without asking the device again.
             failpoint!("slave-after-store");
@@ -1042,6 +1064,8 @@ pub struct LinkLevel {
     /// Device key IDs refused since start because they were already used on this link: the
     /// device re-issued key (a device fault an operator must look at).
     pub device_reissued_ids: u64,
+    /// Link key taken from this end's device and stored since start.
+    pub generated_bytes: u64,
 }
 
 /// Under the pool lock, after taking `ranges`: the metadata to rewrite for the blocks they touch,

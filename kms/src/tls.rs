@@ -310,6 +310,14 @@ pub fn node_id(end_entity: &CertificateDer<'_>) -> Result<NodeId, IdentityError>
     NodeId::parse(text).map_err(IdentityError::Invalid)
 }
 
+/// The end of a certificate's validity (`notAfter`) in Unix milliseconds, for the node's
+/// certificate-expiry alarm. `0` for a date before 1970.
+pub fn not_after(cert: &CertificateDer<'_>) -> Result<qkd_types::UnixMillis, IdentityError> {
+    let cert = parse(cert)?;
+    let secs = cert.validity().not_after.timestamp();
+    Ok(u64::try_from(secs).unwrap_or(0).saturating_mul(1000))
+}
+
 fn parse<'a>(end_entity: &'a CertificateDer<'_>) -> Result<X509Certificate<'a>, IdentityError> {
     X509Certificate::from_der(end_entity)
         .map(|(_, cert)| cert)

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::instruments::StoreInstruments;
 use crate::store::{KeyStore, Op, Operation, Outcome, StoreError, Tables};
 
 /// Most operations in one transaction.
@@ -56,6 +57,7 @@ impl std::fmt::Debug for Job {
 struct InlineStore {
     store: std::sync::Mutex<Box<dyn KeyStore>>,
     fatal: watch::Sender<bool>,
+    instruments: StoreInstruments,
 }
 
 impl Writer {
@@ -70,6 +72,7 @@ impl Writer {
             tx: Committer::Inline(Arc::new(InlineStore {
                 store: std::sync::Mutex::new(Box::new(store)),
                 fatal: fatal_tx,
+                instruments: StoreInstruments::register(),
             })),
             failed: Arc::new(AtomicBool::new(false)),
             fatal,
@@ -86,7 +89,15 @@ impl Writer {
         let space = store.gauge();
         std::thread::Builder::new()
             .name("kms-writer".into())
-            .spawn(move || run(Box::new(store), rx, failed2, fatal_tx))
+            .spawn(move || {
+                run(
+                    Box::new(store),
+                    rx,
+                    failed2,
+                    fatal_tx,
+                    StoreInstruments::register(),
+                )
+            })
             // Invariant: spawning a thread at start-up only fails when the OS is out of
             // resources, and the node cannot run without its writer.
             .unwrap_or_else(|e| panic!("cannot start the store writer thread: {e}"));
@@ -129,7 +140,7 @@ impl Writer {
                     .map_err(|_| StoreError::Db("store writer stopped".into())),
                 Committer::Inline(inline) => {
                     let mut store = inline.store.lock().unwrap_or_else(|p| p.into_inner());
-                    if !commit(store.as_mut(), vec![job]) {
+                    if !commit(store.as_mut(), vec![job], &inline.instruments) {
                         self.failed.store(true, Ordering::SeqCst);
                         let _ = inline.fatal.send(true);
                     }
@@ -175,6 +186,7 @@ fn run(
     mut rx: mpsc::UnboundedReceiver<Job>,
     failed: Arc<AtomicBool>,
     fatal: watch::Sender<bool>,
+    instruments: StoreInstruments,
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
@@ -185,7 +197,7 @@ fn run(
                 Err(_) => break,
             }
         }
-        if !commit(store.as_mut(), std::mem::take(&mut batch)) {
+        if !commit(store.as_mut(), std::mem::take(&mut batch), &instruments) {
             failed.store(true, Ordering::SeqCst);
             let _ = fatal.send(true);
             break;
@@ -199,16 +211,23 @@ fn run(
 
 /// Runs `jobs` in one transaction and answers each once it is durable; false if the transaction
 /// failed, in which case every job is answered with the error and the writer must stop.
-fn commit(store: &mut dyn KeyStore, jobs: Vec<Job>) -> bool {
+fn commit(store: &mut dyn KeyStore, jobs: Vec<Job>, instruments: &StoreInstruments) -> bool {
     let (ops, replies): (Vec<Op>, Vec<_>) = jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
+    let started = std::time::Instant::now();
+    let written = store.bytes_written();
     match store.apply(ops) {
         Ok(outcomes) => {
+            instruments.committed(
+                started.elapsed(),
+                store.bytes_written().saturating_sub(written),
+            );
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 let _ = reply.send(outcome);
             }
             true
         }
         Err(e) => {
+            instruments.failed();
             tracing::error!(error = %e, "key store commit failed; no answer leaves this batch, the node must restart");
             for reply in replies {
                 let _ = reply.send(Err(StoreError::Db(e.to_string())));

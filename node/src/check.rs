@@ -27,8 +27,9 @@ use crate::daemon::{ListenRecord, seed_path};
 /// names this node), its key (and that the two belong together), the CA, this node's signing key
 /// if it exists yet (it is generated at first start otherwise), every pinned signing key of
 /// `[[node_info]]`, the seed of every simulated link, the CA, client certificate and key of
-/// every ETSI 014 device link (the key must match the certificate), and the files of the gRPC
-/// port if `[grpc]` is configured.
+/// every ETSI 014 device link (the key must match the certificate), the files of the gRPC
+/// port if `[grpc]` is configured, and the SIEM collector's CA and the client certificate and key
+/// of `[audit.siem]`.
 pub fn offline(cfg: &NodeConfig) -> Result<(), ConfigError> {
     let err = |key: &str, file: &Path, what: String| {
         let name = file.display().to_string();
@@ -97,6 +98,31 @@ pub fn offline(cfg: &NodeConfig) -> Result<(), ConfigError> {
 
     if let Some(g) = &cfg.grpc {
         check_grpc_tls(cfg, g)?;
+    }
+    if let Some(s) = &cfg.audit.siem {
+        tls::load_roots(&s.ca).map_err(|e| err("audit.siem.ca", &s.ca, e.to_string()))?;
+        if let Some(c) = &s.client_cert {
+            tls::load_certs(c).map_err(|e| err("audit.siem.client_cert", c, e.to_string()))?;
+        }
+        if let Some(k) = &s.client_key {
+            tls::load_private_key(k).map_err(|e| err("audit.siem.client_key", k, e.to_string()))?;
+        }
+        let client = s.client_cert.as_deref().zip(s.client_key.as_deref());
+        crate::siem::client_config(&s.ca, client).map_err(|e| match (e, &s.client_key) {
+            (tls::TlsError::Config { source, .. }, Some(k)) => err(
+                "audit.siem.client_key",
+                k,
+                format!("does not fit audit.siem.client_cert: {source}"),
+            ),
+            (e, _) => err("audit.siem.ca", &s.ca, e.to_string()),
+        })?;
+    }
+    if cfg.audit.file.is_dir() {
+        return Err(err(
+            "audit.file",
+            &cfg.audit.file,
+            "is a directory; name the log file".into(),
+        ));
     }
 
     read_signing_key(&cfg.relay.signing_key)

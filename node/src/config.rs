@@ -61,6 +61,15 @@ pub struct NodeConfig {
     /// The SKIP Key Provider for routers (optional).
     #[serde(default)]
     pub skip: Option<SkipSection>,
+    /// Prometheus metrics on the admin listener.
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    /// Alarm thresholds and timing.
+    #[serde(default)]
+    pub alarms: AlarmsSection,
+    /// The audit log and its SIEM forwarding.
+    #[serde(default)]
+    pub audit: AuditSection,
     /// The file this configuration was read from (for error messages).
     #[serde(skip)]
     pub path: PathBuf,
@@ -133,6 +142,141 @@ impl Default for RelaySection {
             signing_key: d_signing(),
             test_tamper_relay: false,
         }
+    }
+}
+
+/// `[metrics]`: Prometheus metrics at `GET /metrics` of the admin listener (docs/metrics.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Whether `/metrics` is served. Unset: served whenever `node.admin_listen` is set; `true`
+    /// without an admin listener is an error (there would be nowhere to scrape).
+    pub enabled: Option<bool>,
+}
+
+impl MetricsSection {
+    /// Whether this node serves metrics (after the checks of [`NodeConfig::parse`]).
+    pub fn served(&self, node: &NodeSection) -> bool {
+        self.enabled.unwrap_or(true) && node.admin_listen.is_some()
+    }
+}
+
+/// `[alarms]`: when alarms raise and clear (docs/operations.md lists every alarm). Every default
+/// is in [`AlarmsSection::default`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlarmsSection {
+    /// Milliseconds between evaluations (links are asked for their state this often).
+    pub interval_ms: u64,
+    /// A condition that comes and goes (link down, QBER high, pool low, disk low) must hold
+    /// this long before its alarm raises.
+    pub raise_after_ms: u64,
+    /// ... and be gone this long before its alarm clears.
+    pub clear_after_ms: u64,
+    /// Seconds without a new occurrence before a counted event's alarm clears (a device
+    /// re-issuing key IDs, audit records dropped).
+    pub quiet_seconds: u64,
+    /// QBER above which `qber_high` raises, as a fraction (0.08 = 8 %).
+    pub qber_max: f64,
+    /// Ready keys below which a pair's pool raises `pool_low`; by default a quarter of
+    /// `relay.pool_keys`.
+    pub pool_min_keys: Option<u64>,
+    /// Days before a certificate's expiry at which `certificate_expiry` raises.
+    pub certificate_warn_days: u64,
+}
+
+impl Default for AlarmsSection {
+    fn default() -> Self {
+        Self {
+            interval_ms: 1_000,
+            raise_after_ms: 5_000,
+            clear_after_ms: 10_000,
+            quiet_seconds: 900,
+            qber_max: 0.08,
+            pool_min_keys: None,
+            certificate_warn_days: 30,
+        }
+    }
+}
+
+impl AlarmsSection {
+    /// The pool level that raises `pool_low`.
+    pub fn pool_min_keys(&self, relay: &RelaySection) -> u64 {
+        self.pool_min_keys.unwrap_or(u64::from(relay.pool_keys) / 4)
+    }
+}
+
+/// `[audit]`: the hash-chained audit log (docs/operations.md, "Audit log").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// The log file; relative to `node.data_dir`.
+    pub file: PathBuf,
+    /// Records waiting to be written at most; beyond it they are dropped and counted (recording
+    /// never blocks key delivery).
+    pub queue: usize,
+    /// Forwarding to a SIEM (optional).
+    pub siem: Option<SiemSection>,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        Self {
+            file: PathBuf::from("audit.log"),
+            queue: 4096,
+            siem: None,
+        }
+    }
+}
+
+/// `[audit.siem]`: RFC 5424 syslog over TLS (RFC 5425) to a collector.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiemSection {
+    /// The collector, `host:port` (6514 is the registered syslog-over-TLS port).
+    pub address: String,
+    /// Name the collector's certificate must be valid for; the host of `address` by default.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// PEM CA certificate(s) the collector's certificate chains to; relative to this file.
+    pub ca: PathBuf,
+    /// PEM client certificate chain, if the collector asks for one; set with `client_key`.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// Messages held while the collector is away; beyond it they are dropped and counted.
+    #[serde(default = "SiemSection::default_queue")]
+    pub queue: usize,
+    /// Syslog facility, 0..=23 (RFC 5424 §6.2.1); 13 is "log audit".
+    #[serde(default = "SiemSection::default_facility")]
+    pub facility: u8,
+    /// APP-NAME of the messages.
+    #[serde(default = "SiemSection::default_app_name")]
+    pub app_name: String,
+}
+
+impl SiemSection {
+    fn default_queue() -> usize {
+        10_000
+    }
+    fn default_facility() -> u8 {
+        13
+    }
+    fn default_app_name() -> String {
+        "qkd-node".into()
+    }
+
+    /// The name the collector's certificate must be valid for.
+    pub fn server_name(&self) -> &str {
+        self.server_name.as_deref().unwrap_or_else(|| {
+            self.address
+                .rsplit_once(':')
+                .map_or(self.address.as_str(), |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+        })
     }
 }
 
@@ -799,6 +943,22 @@ impl NodeConfig {
         if let Some(skip) = &cfg.skip {
             check_skip(&cfg, skip, text).map_err(|(key, what)| err(&key, what))?;
         }
+        if cfg.audit.file.is_relative() {
+            cfg.audit.file = cfg.node.data_dir.join(&cfg.audit.file);
+        }
+        if let Some(siem) = &mut cfg.audit.siem {
+            for p in [
+                Some(&mut siem.ca),
+                siem.client_cert.as_mut(),
+                siem.client_key.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                abs(p);
+            }
+        }
+        check_operations(&cfg, text).map_err(|(key, what)| err(&key, what))?;
         cfg.path = path.to_path_buf();
         Ok(cfg)
     }
@@ -928,6 +1088,129 @@ fn check_skip(cfg: &NodeConfig, skip: &SkipSection, text: &str) -> Result<(), (S
         }
     }
     Ok(())
+}
+
+/// The rules of `[metrics]`, `[alarms]` and `[audit]`; an error is the key (with its line when
+/// the file sets it) and the problem.
+fn check_operations(cfg: &NodeConfig, text: &str) -> Result<(), (String, String)> {
+    let at = |table: &str, key: &str| match key_line(text, table, key) {
+        Some(line) => format!("{table}.{key} (line {line})"),
+        None => format!("{table}.{key}"),
+    };
+    if cfg.metrics.enabled == Some(true) && cfg.node.admin_listen.is_none() {
+        return Err((
+            at("metrics", "enabled"),
+            "metrics are served on the admin listener: set node.admin_listen".into(),
+        ));
+    }
+    let a = &cfg.alarms;
+    if a.interval_ms == 0 {
+        return Err((at("alarms", "interval_ms"), "must be positive".into()));
+    }
+    if !(a.qber_max > 0.0 && a.qber_max <= 0.5) {
+        return Err((
+            at("alarms", "qber_max"),
+            format!(
+                "{} is not a QBER threshold: give a fraction in (0, 0.5], e.g. 0.08 for 8 %",
+                a.qber_max
+            ),
+        ));
+    }
+    if let Some(level) = a.pool_min_keys
+        && level > u64::from(cfg.relay.pool_keys)
+    {
+        return Err((
+            at("alarms", "pool_min_keys"),
+            format!(
+                "{level} is above relay.pool_keys ({}): a pool never holds that many, so the                  alarm would never clear",
+                cfg.relay.pool_keys
+            ),
+        ));
+    }
+    if a.certificate_warn_days == 0 || a.certificate_warn_days > 3650 {
+        return Err((
+            at("alarms", "certificate_warn_days"),
+            "must be within 1..=3650".into(),
+        ));
+    }
+    if a.quiet_seconds == 0 {
+        return Err((at("alarms", "quiet_seconds"), "must be positive".into()));
+    }
+    if cfg.audit.queue == 0 {
+        return Err((at("audit", "queue"), "must be positive".into()));
+    }
+    if let Some(s) = &cfg.audit.siem {
+        let port = s
+            .address
+            .rsplit_once(':')
+            .and_then(|(h, p)| (!h.is_empty()).then_some(p))
+            .map(str::parse::<u16>);
+        if !matches!(port, Some(Ok(p)) if p > 0) {
+            return Err((
+                at("audit.siem", "address"),
+                format!(
+                    "{:?} is not host:port (e.g. \"siem.example:6514\")",
+                    s.address
+                ),
+            ));
+        }
+        if rustls::pki_types::ServerName::try_from(s.server_name().to_owned()).is_err() {
+            return Err((
+                at("audit.siem", "server_name"),
+                format!("{:?} is not a DNS name or IP address", s.server_name()),
+            ));
+        }
+        if s.client_cert.is_some() != s.client_key.is_some() {
+            return Err((
+                at("audit.siem", "client_cert"),
+                "set both client_cert and client_key, or neither".into(),
+            ));
+        }
+        if s.queue == 0 {
+            return Err((at("audit.siem", "queue"), "must be positive".into()));
+        }
+        if s.facility > 23 {
+            return Err((
+                at("audit.siem", "facility"),
+                format!("{} is not a syslog facility (0..=23)", s.facility),
+            ));
+        }
+        if s.app_name.is_empty()
+            || s.app_name.len() > 48
+            || !s.app_name.chars().all(|c| c.is_ascii_graphic())
+        {
+            return Err((
+                at("audit.siem", "app_name"),
+                "must be 1 to 48 printable ASCII characters without spaces (RFC 5424 APP-NAME)"
+                    .into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The 1-based line where `key` is set in `[table]`, if the text sets it there.
+fn key_line(text: &str, table: &str, key: &str) -> Option<usize> {
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if let Some(h) = t.strip_prefix('[') {
+            current = h
+                .trim_start_matches('[')
+                .split(']')
+                .next()?
+                .trim()
+                .to_owned();
+            continue;
+        }
+        if current == table
+            && let Some(rest) = t.strip_prefix(key)
+            && rest.trim_start().starts_with('=')
+        {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -1216,6 +1499,112 @@ peer_sae = "ENC-B"
         assert!(skip.entropy);
         assert_eq!(skip.routes[0].peer_sae.get_ref().as_str(), "ENC-B");
         assert!(parse(GOOD).unwrap().skip.is_none());
+    }
+
+    #[test]
+    fn operations_sections_default_in_one_place_and_parse() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.audit.file, PathBuf::from("/etc/qkd/data/audit.log"));
+        assert!(c.audit.siem.is_none());
+        assert_eq!(c.alarms.qber_max, AlarmsSection::default().qber_max);
+        assert_eq!(
+            c.alarms.pool_min_keys(&c.relay),
+            u64::from(c.relay.pool_keys) / 4
+        );
+        // No admin listener in GOOD: nothing to serve metrics on, and that is no error.
+        assert!(!c.metrics.served(&c.node));
+        let c = parse(
+            &(GOOD.replace(
+                "peer_listen = \"127.0.0.1:0\"\n",
+                "peer_listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n",
+            ) + "\n[alarms]\nqber_max = 0.05\npool_min_keys = 10\n\n[audit]\nfile = \"/var/log/qkd/audit.log\"\n\n[audit.siem]\naddress = \"siem.example:6514\"\nca = \"siem-ca.pem\"\n"),
+        )
+        .unwrap();
+        assert!(c.metrics.served(&c.node));
+        assert_eq!(c.alarms.pool_min_keys(&c.relay), 10);
+        assert_eq!(c.audit.file, PathBuf::from("/var/log/qkd/audit.log"));
+        let siem = c.audit.siem.unwrap();
+        assert_eq!(siem.ca, PathBuf::from("/etc/qkd/siem-ca.pem"));
+        assert_eq!(siem.server_name(), "siem.example");
+        assert_eq!((siem.queue, siem.facility), (10_000, 13));
+    }
+
+    /// Every `[metrics]`/`[alarms]`/`[audit]` rule: the error names the file, the field with
+    /// its line, and the problem.
+    #[test]
+    fn operations_errors_name_file_line_and_field() {
+        let siem = "\n[audit.siem]\naddress = \"siem.example:6514\"\nca = \"ca.pem\"\n";
+        let cases = [
+            (
+                "\n[metrics]\nenabled = true\n".to_string(),
+                "metrics.enabled",
+                "admin_listen",
+            ),
+            (
+                "\n[alarms]\nqber_max = 8\n".into(),
+                "alarms.qber_max",
+                "fraction",
+            ),
+            (
+                "\n[alarms]\ninterval_ms = 0\n".into(),
+                "alarms.interval_ms",
+                "positive",
+            ),
+            (
+                "\n[alarms]\npool_min_keys = 5000\n".into(),
+                "alarms.pool_min_keys",
+                "never clear",
+            ),
+            (
+                "\n[alarms]\ncertificate_warn_days = 0\n".into(),
+                "alarms.certificate_warn_days",
+                "1..=3650",
+            ),
+            ("\n[audit]\nqueue = 0\n".into(), "audit.queue", "positive"),
+            (
+                siem.replace("siem.example:6514", "siem.example"),
+                "audit.siem.address",
+                "host:port",
+            ),
+            (
+                siem.to_string() + "client_cert = \"c.pem\"\n",
+                "audit.siem.client_cert",
+                "client_key",
+            ),
+            (
+                siem.to_string() + "facility = 24\n",
+                "audit.siem.facility",
+                "0..=23",
+            ),
+            (
+                siem.to_string() + "app_name = \"qkd node\"\n",
+                "audit.siem.app_name",
+                "APP-NAME",
+            ),
+        ];
+        for (extra, key, what) in cases {
+            let text = GOOD.to_string() + &extra;
+            let e = parse(&text).expect_err(key);
+            let s = e.to_string();
+            assert!(s.starts_with("/etc/qkd/node.toml: "), "{s}");
+            assert!(
+                e.key.starts_with(key),
+                "key {:?} lacks {key:?} ({s})",
+                e.key
+            );
+            let field = key.rsplit('.').next().unwrap();
+            let line = text
+                .lines()
+                .position(|l| l.starts_with(field))
+                .map(|i| i + 1);
+            if let Some(line) = line {
+                assert!(e.key.contains(&format!("(line {line})")), "{s}");
+            }
+            assert!(s.contains(what), "{s}");
+        }
+        // Unknown fields are refused with their line, like everywhere else.
+        let e = parse(&(GOOD.to_string() + "\n[alarms]\nqber_maxx = 0.1\n")).unwrap_err();
+        assert!(e.key.starts_with("line "), "{e}");
     }
 
     /// Every `[skip]` rule: the error names the file, the field and its line, and the problem.

@@ -1,8 +1,9 @@
 //! The trusted-node daemon: binds its listeners (reusing the ports recorded at first start),
 //! opens the store, starts the links, the key manager, the node-to-node gRPC service, the ETSI
-//! 014 server, the SKIP Key Provider and the gRPC key delivery server (each if configured) and
-//! the operator status endpoint, and runs until told to stop or until the store
-//! fails (then it exits so that it recovers from disk at the next start).
+//! 014 server, the SKIP Key Provider and the gRPC key delivery server (each if configured), the
+//! admin listener (status, alarms, metrics), the alarm monitor and the audit log, and runs until
+//! told to stop or until the store fails (then it exits so that it recovers from disk at the
+//! next start).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use qkd_hardware::KeySource;
 use qkd_hardware::etsi014::Etsi014Source;
 use qkd_kms::api::etsi014::ServerLimits;
 use qkd_kms::api::grpc::GrpcLimits;
-use qkd_kms::api::observe::ApiCounters;
+use qkd_kms::api::observe::{ApiCounters, ApiObserver};
 use qkd_kms::api::skip::{EntropySource, KeyProvider, OsEntropy, Route};
 use qkd_kms::api::{KeyLimits, KeyService};
 use qkd_kms::durable::Access;
@@ -32,7 +33,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{NodeConfig, SourceSection};
+use crate::monitor::{AuditingObserver, Monitor, MonitorParts};
+use crate::operations::{self, Operations};
 use crate::status::PairWarning;
+use crate::telemetry::EngineMetrics;
 use crate::{check, status};
 
 /// Addresses a node listens on, recorded in `<data_dir>/listen.json` once all are bound.
@@ -146,6 +150,10 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     std::fs::create_dir_all(&data)
         .with_context(|| format!("cannot create data directory {}", data.display()))?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    // Before the store and the manager: their metric handles must reach the recorder, and the
+    // start is the audit log's first record.
+    let qkd_only: Vec<[qkd_types::SaeId; 2]> = warnings.iter().map(|w| w.saes.clone()).collect();
+    let ops = Operations::start(&cfg, clock.clone(), &qkd_only).await?;
 
     let recorded: Option<ListenRecord> = std::fs::read(data.join(LISTEN_FILE))
         .ok()
@@ -289,6 +297,11 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         relay: relay_config(&cfg)?,
     };
     let manager = KeyManager::new(mcfg, clock.clone(), writer, setups, recovered);
+    let wake = Arc::new(tokio::sync::Notify::new());
+    manager.observe(Arc::new(EngineMetrics::new(
+        ops.telemetry.clone(),
+        wake.clone(),
+    )));
     // Before anything is served: keys made under an earlier configuration are erased.
     manager
         .void_stale_keys()
@@ -308,8 +321,31 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     let server_cfg =
         Arc::new(qkd_kms::tls::server_config(&tls).context("ETSI 014 TLS configuration")?);
     let service: Arc<dyn KeyService> = Arc::new(manager.clone());
-    // One instrumentation hook for the ETSI 014 and gRPC front ends; `/status` shows its counts.
+    // One instrumentation hook for the ETSI 014 and gRPC front ends: `/status` and the metrics
+    // show its counts, the audit log its refusals.
     let counters = Arc::new(ApiCounters::new());
+    let observer: Arc<dyn ApiObserver> =
+        Arc::new(AuditingObserver::new(counters.clone(), ops.audit.clone()));
+    let monitor = Monitor::new(MonitorParts {
+        manager: manager.clone(),
+        clock: clock.clone(),
+        telemetry: ops.telemetry.clone(),
+        api: counters.clone(),
+        audit: ops.audit.clone(),
+        siem: ops.siem.clone(),
+        pools: operations::pool_pairs(&cfg),
+        qkd_only,
+        certificates: operations::certificates(&cfg),
+        thresholds: operations::thresholds(&cfg),
+        wake,
+    });
+    // The first evaluation before anything is served: standing conditions (a `qkd-only` pair,
+    // a certificate near expiry) are raised at once.
+    monitor.tick(false).await;
+    let monitor_task = tokio::spawn(monitor.clone().run(
+        Duration::from_millis(cfg.alarms.interval_ms),
+        shutdown.clone(),
+    ));
     let limits = ServerLimits {
         max_connections_per_client: cfg.node.etsi_max_connections_per_client,
         ..ServerLimits::default()
@@ -333,7 +369,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         service.clone(),
         identity.clone(),
         limits,
-        counters.clone(),
+        observer.clone(),
         stop(),
     ));
     let grpc_task = match (grpc_l, &cfg.grpc) {
@@ -350,7 +386,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
                 service,
                 identity,
                 limits,
-                counters.clone(),
+                observer.clone(),
                 stop(),
             )))
         }
@@ -366,9 +402,13 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         tokio::spawn(status::serve(
             l,
             manager.clone(),
-            cfg.node.id.clone(),
-            warnings.clone(),
-            counters.clone(),
+            status::AdminParts {
+                node: cfg.node.id.clone(),
+                warnings: warnings.clone(),
+                api_requests: counters.clone(),
+                monitor: monitor.clone(),
+                telemetry: ops.telemetry.clone(),
+            },
             stop(),
         ))
     });
@@ -389,6 +429,10 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     };
     bg.abort();
     if fatal {
+        // The store failure is raised, recorded and forwarded before the node exits.
+        monitor_task.abort();
+        monitor.tick(true).await;
+        ops.stop("key store commit failed").await;
         bail!("key store commit failed; exiting so that the next start recovers from disk");
     }
     tracing::info!("shutting down: finishing in-flight requests");
@@ -405,6 +449,8 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     if let Some(t) = skip_task {
         let _ = t.await;
     }
+    let _ = monitor_task.await;
+    ops.stop("shutdown requested").await;
     Ok(())
 }
 

@@ -2,11 +2,17 @@
 
 #![forbid(unsafe_code)]
 
+mod alarms;
+mod audit;
 mod check;
 use qkd_node::config;
 mod daemon;
 mod demo;
+mod monitor;
+mod operations;
+mod siem;
 mod status;
+mod telemetry;
 
 use std::path::PathBuf;
 
@@ -55,6 +61,27 @@ enum Cmd {
     ///
     /// Example: qkd-node demo --data-dir demo-data
     Demo(demo::DemoArgs),
+    /// Work with audit logs.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCmd {
+    /// Check an audit log's hash chain offline: every record must name the SHA-256 of the one
+    /// before it and carry the next sequence number. Exits non-zero naming the first line where
+    /// a record was edited, removed or reordered; prints the head hash to compare with the copy
+    /// the SIEM received.
+    ///
+    /// Example: qkd-node audit verify /var/lib/qkd/audit.log
+    Verify {
+        /// The audit log file.
+        file: PathBuf,
+        /// The hash the last record must have (from the SIEM's copy): finds records removed
+        /// from the end.
+        #[arg(long)]
+        expect_head: Option<String>,
+    },
 }
 
 fn init_logging() {
@@ -86,6 +113,24 @@ fn main() -> Result<()> {
                 cfg.node.id,
                 cfg.links.len(),
                 cfg.saes.len()
+            );
+            println!(
+                "audit log {}{}; metrics {}; alarms: QBER above {:.1} %, pools below {} keys, \
+                 certificates within {} days of expiry",
+                cfg.audit.file.display(),
+                cfg.audit
+                    .siem
+                    .as_ref()
+                    .map(|s| format!(", forwarded to {} over TLS", s.address))
+                    .unwrap_or_default(),
+                if cfg.metrics.served(&cfg.node) {
+                    "at /metrics on the admin listener"
+                } else {
+                    "off"
+                },
+                cfg.alarms.qber_max * 100.0,
+                cfg.alarms.pool_min_keys(&cfg.relay),
+                cfg.alarms.certificate_warn_days
             );
             if let Some(skip) = &cfg.skip {
                 println!(
@@ -145,6 +190,29 @@ fn main() -> Result<()> {
         Cmd::Demo(args) => {
             init_logging();
             rt.block_on(demo::run(args))
+        }
+        Cmd::Audit(AuditCmd::Verify { file, expect_head }) => {
+            let head =
+                audit::verify(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            if let Some(want) = expect_head
+                && !want.eq_ignore_ascii_case(&head.hash)
+            {
+                anyhow::bail!(
+                    "{}: {}",
+                    file.display(),
+                    audit::VerifyError::Head {
+                        found: head.hash,
+                        expected: want,
+                    }
+                );
+            }
+            println!(
+                "{}: OK, {} records, chain intact; head {}",
+                file.display(),
+                head.next_seq,
+                head.hash
+            );
+            Ok(())
         }
     }
 }

@@ -1,11 +1,16 @@
-//! Operator status over plain HTTP on a loopback listener (axum): `GET /status` answers JSON with
-//! the node's identity, per link its source kind (`simulated`, `etsi014`), state, QBER, key rate
-//! as the source reports them, pool levels and whether its keys are simulated, the configuration
-//! warnings an operator must see (SAE pairs configured `qkd-only`), the requests each
-//! key-delivery API answered, per operation and outcome class (`api_requests`), and the node's
-//! view of the network from its link-state database (`routing`: origins known, links usable for
-//! routes). Never any key bytes, and no SAE IDs or key IDs in the counters. `GET /healthz`
-//! answers `ok`.
+//! The admin listener: operator status over plain HTTP on a loopback listener (axum).
+//!
+//! * `GET /status` answers JSON with the node's identity, per link its source kind (`simulated`,
+//!   `etsi014`), state, QBER, key rate as the source reports them, pool levels and whether its
+//!   keys are simulated, the configuration warnings an operator must see (SAE pairs configured
+//!   `qkd-only`), the active alarms, the requests each key-delivery API answered, per operation
+//!   and outcome class (`api_requests`), and the node's view of the network from its link-state
+//!   database (`routing`: origins known, links usable for routes).
+//! * `GET /alarms` answers the active alarms (JSON array).
+//! * `GET /metrics` answers the Prometheus text exposition (docs/metrics.md), if metrics are on.
+//! * `GET /healthz` answers `ok` while the node serves.
+//!
+//! Never any key bytes, and no SAE IDs or key IDs in the counters.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,6 +23,9 @@ use axum::routing::get;
 use qkd_kms::api::observe::ApiCounters;
 use qkd_kms::manager::KeyManager;
 use qkd_types::{NodeId, SaeId};
+
+use crate::monitor::Monitor;
+use crate::telemetry::Telemetry;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
@@ -61,6 +69,8 @@ struct NodeStatus {
     delivery_notices: qkd_kms::manager::NoticeStats,
     /// Pairs of this node's SAEs configured `qkd-only`.
     warnings: Vec<PairWarning>,
+    /// Alarms active now.
+    alarms: Vec<crate::alarms::Alarm>,
     /// Requests answered since start, per key-delivery API, operation and outcome.
     api_requests: serde_json::Value,
     /// The network as this node's link-state database sees it now.
@@ -100,6 +110,8 @@ struct Ctx {
     node: NodeId,
     warnings: Arc<Vec<PairWarning>>,
     api_requests: Arc<ApiCounters>,
+    monitor: Arc<Monitor>,
+    telemetry: Arc<Telemetry>,
 }
 
 /// The status document.
@@ -134,6 +146,7 @@ async fn status_json(ctx: &Ctx) -> String {
         voided_at_start: ctx.manager.voided_at_start(),
         delivery_notices: ctx.manager.notice_stats(),
         warnings: ctx.warnings.as_ref().clone(),
+        alarms: ctx.monitor.active(),
         api_requests: serde_json::to_value(ctx.api_requests.as_ref())
             .unwrap_or(serde_json::Value::Null),
         routing: RoutingOut::of(&ctx.manager.topology()),
@@ -141,23 +154,40 @@ async fn status_json(ctx: &Ctx) -> String {
     serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
-/// Serves the status endpoint until `shutdown` resolves.
+/// What the admin listener shows beyond the manager's own state.
+#[derive(Debug)]
+pub struct AdminParts {
+    /// This node.
+    pub node: NodeId,
+    /// Configuration warnings.
+    pub warnings: Vec<PairWarning>,
+    /// Requests answered per API, operation and outcome.
+    pub api_requests: Arc<ApiCounters>,
+    /// Alarms.
+    pub monitor: Arc<Monitor>,
+    /// Metrics.
+    pub telemetry: Arc<Telemetry>,
+}
+
+/// Serves the admin endpoints until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     manager: KeyManager,
-    node: NodeId,
-    warnings: Vec<PairWarning>,
-    api_requests: Arc<ApiCounters>,
+    parts: AdminParts,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let ctx = Ctx {
         manager,
-        node,
-        warnings: Arc::new(warnings),
-        api_requests,
+        node: parts.node,
+        warnings: Arc::new(parts.warnings),
+        api_requests: parts.api_requests,
+        monitor: parts.monitor,
+        telemetry: parts.telemetry,
     };
     let app = Router::new()
         .route("/status", get(status))
+        .route("/alarms", get(alarms))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .with_state(ctx);
@@ -174,4 +204,27 @@ async fn status(State(ctx): State<Ctx>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "application/json")],
         status_json(&ctx).await,
     )
+}
+
+async fn alarms(State(ctx): State<Ctx>) -> impl IntoResponse {
+    axum::Json(ctx.monitor.active())
+}
+
+async fn metrics(State(ctx): State<Ctx>) -> axum::response::Response {
+    ctx.monitor.refresh_metrics();
+    match ctx.telemetry.render() {
+        Some(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "metrics are off ([metrics] enabled = false)\n",
+        )
+            .into_response(),
+    }
 }

@@ -195,7 +195,7 @@ pub async fn serve(
         identity,
         limits,
         caps: ClientCaps::new(limits.max_connections_per_client, door.name),
-        full: CapLog::new(door.name),
+        full: CapLog::new(door.name, crate::conn::Cap::Total),
         door,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -288,10 +288,12 @@ async fn connection(
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "{name} TLS handshake failed");
+                crate::instruments::handshake_failed(name);
                 return;
             }
             Err(_) => {
                 tracing::debug!(%peer, "{name} TLS handshake timed out");
+                crate::instruments::handshake_failed(name);
                 return;
             }
         },

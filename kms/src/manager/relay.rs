@@ -458,8 +458,9 @@ impl KeyManager {
         f(guard.get_or_insert_with(|| Pools::new(self.pool_rules())))
     }
 
-    /// Ready keys for a pair at this (master's) node, not counting keys too old to hand out.
-    pub(super) fn pool_level(&self, master: &SaeId, slave: &SaeId) -> u64 {
+    /// Ready keys for a pair at this (master's) node, not counting keys too old to hand out
+    /// (for operators' metrics and alarms too).
+    pub fn pool_level(&self, master: &SaeId, slave: &SaeId) -> u64 {
         let now = self.now();
         self.pools(|p| p.level(&(master.clone(), slave.clone()), now))
     }
@@ -729,7 +730,17 @@ impl KeyManager {
     }
 
     /// Makes one batch end to end; returns the keys once the destination has released its copies.
+    /// Runs one batch ([`Self::relay_batch`]) and records how long it took.
     async fn run_batch(&self, spec: &BatchSpec) -> Result<Batch, RelayError> {
+        let started = std::time::Instant::now();
+        let r = self.relay_batch(spec).await;
+        self.inner
+            .instruments
+            .batch(r.is_ok(), started.elapsed(), spec.number);
+        r
+    }
+
+    async fn relay_batch(&self, spec: &BatchSpec) -> Result<Batch, RelayError> {
         let cfg = &self.inner.cfg;
         let dest = cfg
             .saes

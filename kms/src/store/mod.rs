@@ -238,6 +238,8 @@ pub struct Store {
     options: StoreOptions,
     /// The rotation pass in progress (persisted in the same transactions as its steps).
     pass: Option<Pass>,
+    /// Record bytes written by committed transactions ([`KeyStore::bytes_written`]).
+    written: u64,
 }
 
 impl Store {
@@ -307,6 +309,7 @@ impl Store {
             },
             options,
             pass,
+            written: 0,
         };
         store.retake_reserve();
         for _ in 0..open_steps {
@@ -736,6 +739,7 @@ impl Store {
             keys: &self.keys,
             low_space: low_space.map(|available| (available, self.options.watermark_bytes)),
             block_cache: HashMap::new(),
+            written: 0,
         })
     }
 
@@ -940,6 +944,8 @@ pub struct Txn<'s> {
     low_space: Option<(u64, u64)>,
     /// Blocks decrypted in this transaction, so a batch of keys from one block decrypts it once.
     block_cache: HashMap<(LinkId, u64), Secret>,
+    /// Bytes of records (table key plus value) written so far, for the writer's metrics.
+    written: u64,
 }
 
 impl std::fmt::Debug for Txn<'_> {
@@ -955,7 +961,9 @@ impl KeyStore for Store {
     fn apply(&mut self, ops: Vec<Op>) -> Result<Vec<Result<Outcome, StoreError>>, StoreError> {
         let mut txn = self.begin()?;
         let outcomes = ops.into_iter().map(|op| op.execute(&mut txn)).collect();
+        let written = txn.bytes_written();
         txn.commit()?;
+        self.written += written;
         Ok(outcomes)
     }
 
@@ -969,9 +977,19 @@ impl KeyStore for Store {
     fn gauge(&self) -> SpaceGauge {
         Store::gauge(self)
     }
+
+    fn bytes_written(&self) -> u64 {
+        self.written
+    }
 }
 
 impl Txn<'_> {
+    /// Bytes of records (table key plus value) this transaction wrote so far: what the store's
+    /// `qkd_store_bytes_written_total` counts (the database writes whole pages, somewhat more).
+    pub fn bytes_written(&self) -> u64 {
+        self.written
+    }
+
     /// Commits durably.
     pub fn commit(self) -> Result<(), StoreError> {
         self.tx.commit()?;
@@ -1028,9 +1046,11 @@ impl Tables for Txn<'_> {
         let sealed = self
             .keys
             .seal(&block_aad(link.as_str(), seq, meta.id), key)?;
+        let data = encode_sealed(&sealed);
         self.tx
             .open_table(BLOCK_DATA)?
-            .insert((link.as_str(), seq), encode_sealed(&sealed).as_slice())?;
+            .insert((link.as_str(), seq), data.as_slice())?;
+        self.written += (link.as_str().len() + 8 + data.len() + 16) as u64;
         self.put_block_meta(link, seq, meta)?;
         {
             // One ID in, the one a window's length older out: the table stays bounded.
@@ -1055,9 +1075,11 @@ impl Tables for Txn<'_> {
         seq: u64,
         meta: &BlockMeta,
     ) -> Result<(), StoreError> {
+        let v = encode_block_meta(meta);
         self.tx
             .open_table(BLOCK_META)?
-            .insert((link.as_str(), seq), encode_block_meta(meta).as_slice())?;
+            .insert((link.as_str(), seq), v.as_slice())?;
+        self.written += (link.as_str().len() + 8 + v.len()) as u64;
         Ok(())
     }
 
@@ -1090,12 +1112,14 @@ impl Tables for Txn<'_> {
     fn put_key(&mut self, id: KeyId, meta: &StoredKey, key: &Secret) -> Result<(), StoreError> {
         self.admit_ingest()?;
         let sealed = self.keys.seal(&key_aad(id, meta), key)?;
+        let v = encode_key(meta, &sealed);
         self.tx
             .open_table(KEYS)?
-            .insert(*id.as_bytes(), encode_key(meta, &sealed).as_slice())?;
+            .insert(*id.as_bytes(), v.as_slice())?;
         self.tx
             .open_table(KEY_EXPIRY)?
             .insert((meta.expires_at, *id.as_bytes()), ())?;
+        self.written += (16 + v.len() + 8 + 16) as u64;
         Ok(())
     }
 
@@ -1129,7 +1153,10 @@ impl Tables for Txn<'_> {
             decode_key(v.value())?.1
         };
         // The AAD binds the SAE names and size, not the fetched flags, so the ciphertext stays.
-        t.insert(*id.as_bytes(), encode_key(meta, &sealed).as_slice())?;
+        let v = encode_key(meta, &sealed);
+        t.insert(*id.as_bytes(), v.as_slice())?;
+        drop(t);
+        self.written += (16 + v.len()) as u64;
         Ok(())
     }
 
@@ -1173,15 +1200,18 @@ impl Tables for Txn<'_> {
         self.tx
             .open_table(TOMB_TIME)?
             .insert((now, *id.as_bytes()), ())?;
+        self.written += (16 + w.0.len() + 8 + 16) as u64;
         Ok(())
     }
 
     fn put_pool_key(&mut self, id: KeyId, meta: &PoolKey, key: &Secret) -> Result<(), StoreError> {
         self.admit_ingest()?;
         let sealed = self.keys.seal(&pool_aad(id, meta), key)?;
+        let v = encode_pool_key(meta, &sealed);
         self.tx
             .open_table(POOL)?
-            .insert(*id.as_bytes(), encode_pool_key(meta, &sealed).as_slice())?;
+            .insert(*id.as_bytes(), v.as_slice())?;
+        self.written += (16 + v.len()) as u64;
         Ok(())
     }
 
@@ -1235,6 +1265,8 @@ impl Tables for Txn<'_> {
             v.extend_from_slice(id.as_bytes());
         }
         t.insert((dest.as_str(), seq), v.as_slice())?;
+        drop(t);
+        self.written += (dest.as_str().len() + 8 + v.len()) as u64;
         Ok(())
     }
 

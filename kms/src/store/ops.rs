@@ -38,6 +38,12 @@ pub trait KeyStore: Send + std::fmt::Debug {
 
     /// The store's free-space gauge.
     fn gauge(&self) -> SpaceGauge;
+
+    /// Bytes of records (table key plus value) that committed transactions have written so far:
+    /// what `qkd_store_bytes_written_total` counts. A store that does not count says 0.
+    fn bytes_written(&self) -> u64 {
+        0
+    }
 }
 
 /// An operation whose result has a type of its own.

@@ -13,6 +13,7 @@ mod fuzz_corpus;
 mod grpc;
 mod harness;
 mod network;
+mod operators;
 mod relay;
 mod skip;
 mod status;
