@@ -164,6 +164,8 @@ struct Inner {
     tasks: Mutex<tokio::task::JoinSet<()>>,
     /// Who hears this node's events (see [`KeyManager::observe`]).
     observer: std::sync::OnceLock<Arc<dyn crate::events::Observer>>,
+    /// The pumps of the key streams whose master end is here.
+    streams: streams::StreamsRt,
 }
 
 /// Keys for a slave, and the configuration each was made under.
@@ -307,6 +309,10 @@ pub enum Refusal {
     /// A signature (delivery notice) failed.
     #[error("signature: {0}")]
     Signature(#[from] crate::hybrid::HybridError),
+    /// A batch reserving key-stream indices whose key IDs are not the stream's, or a stream this
+    /// node holds for another pair.
+    #[error("key stream slice does not match the stream")]
+    StreamSlice,
 }
 
 /// A device that failed, or gave key the node may not use. Caused by the device (or, for
@@ -380,6 +386,7 @@ impl KeyManager {
                 voided: Mutex::default(),
                 tasks: Mutex::default(),
                 observer: std::sync::OnceLock::new(),
+                streams: Default::default(),
             }),
         };
         me.restore_pools(std::mem::take(&mut recovered.pool));
@@ -611,6 +618,8 @@ impl KeyManager {
         self.spawn(async move { me.expiry_loop().await });
         let me = self.clone();
         self.spawn(async move { me.relay_loop().await });
+        let me = self.clone();
+        self.spawn(async move { me.resume_streams().await });
         // Abort every task of the manager when this future is dropped.
         struct Halt<'a>(&'a KeyManager);
         impl Drop for Halt<'_> {
@@ -638,6 +647,7 @@ impl KeyManager {
                         tx.retire_key(*id, meta, now)?;
                     }
                     tx.prune_tombstones(now.saturating_sub(retention), 1024)?;
+                    streams::prune_streams(tx, now)?;
                     Ok(expired.len())
                 })
                 .await;
@@ -1240,6 +1250,14 @@ impl KeyService for KeyManager {
         {
             return Err(ServiceError::KeysNotFound);
         }
+        // A key stream's keys are served only through their stream, by index.
+        if req
+            .key_ids
+            .iter()
+            .any(|id| crate::core::stream::is_stream_key(*id))
+        {
+            return Err(ServiceError::KeysNotFound);
+        }
         let master_here = self.is_local(&req.master);
         let ttl = self.inner.cfg.key_ttl_ms;
         // The configuration keys must still fit (checked per key below; voided at start too).
@@ -1328,10 +1346,43 @@ impl KeyService for KeyManager {
             }
         }
     }
+
+    async fn open_stream(
+        &self,
+        req: crate::api::OpenStreamRequest,
+    ) -> Result<crate::api::OpenedStream, crate::api::StreamFailure> {
+        self.open_stream_at(req).await
+    }
+
+    async fn stream_qos(
+        &self,
+        caller: &SaeId,
+        stream: qkd_types::KeyStreamId,
+    ) -> Result<crate::core::stream::Qos, crate::api::StreamFailure> {
+        self.stream_qos_at(caller, stream).await
+    }
+
+    async fn stream_key(
+        &self,
+        caller: &SaeId,
+        stream: qkd_types::KeyStreamId,
+        index: u64,
+    ) -> Result<DeliveredKey, crate::api::StreamFailure> {
+        self.stream_key_at(caller, stream, index).await
+    }
+
+    async fn close_stream(
+        &self,
+        caller: &SaeId,
+        stream: qkd_types::KeyStreamId,
+    ) -> Result<(), crate::api::StreamFailure> {
+        self.close_stream_at(caller, stream).await
+    }
 }
 
 mod e2e;
 mod relay;
+mod streams;
 
 pub use e2e::{E2eKeys, KeyMode};
 pub use relay::{NoticeStats, RelayConfig, RelayError};

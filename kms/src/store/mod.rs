@@ -6,6 +6,7 @@
 //! * keys waiting for their slave SAE (`dec_keys`), sealed, with master, slaves and expiry;
 //! * tombstones of delivered keys: key ID, SAE pair and time only, never key bytes or hashes;
 //! * finished keys in the pools of SAE pairs whose master is attached here (sealed);
+//! * the ends of ETSI 004 key streams held here, without key material (`streams.rs`);
 //! * the wrapped data keys (DEKs) of live epochs, and how far the rotation pass has got.
 //!
 //! Every change goes through one [`Txn`], committed with `Durability::Immediate` by the group
@@ -30,6 +31,7 @@ mod codec;
 #[doc(hidden)]
 pub mod faulty;
 pub mod space;
+mod streams;
 pub mod vault;
 
 use std::collections::HashMap;
