@@ -227,7 +227,11 @@ pub trait KeyService: Send + Sync + 'static {
     }
 
     /// The QoS of a stream `caller` opened here.
-    async fn stream_qos(&self, _caller: &SaeId, _stream: KeyStreamId) -> Result<Qos, StreamFailure> {
+    async fn stream_qos(
+        &self,
+        _caller: &SaeId,
+        _stream: KeyStreamId,
+    ) -> Result<Qos, StreamFailure> {
         Err(StreamError::UnknownStream.into())
     }
 
@@ -243,7 +247,11 @@ pub trait KeyService: Send + Sync + 'static {
     }
 
     /// Closes `caller`'s end of a stream; its keys reserved ahead are erased.
-    async fn close_stream(&self, _caller: &SaeId, _stream: KeyStreamId) -> Result<(), StreamFailure> {
+    async fn close_stream(
+        &self,
+        _caller: &SaeId,
+        _stream: KeyStreamId,
+    ) -> Result<(), StreamFailure> {
         Err(StreamError::UnknownStream.into())
     }
 }

@@ -65,7 +65,9 @@ impl Qos {
     /// How many indices the master's node keeps reserved ahead of its SAE: two seconds of the
     /// cadence, within [`MIN_WINDOW`]..=[`MAX_WINDOW`].
     pub fn window(&self) -> u64 {
-        let ahead = self.keys_per_s().map_or(MIN_WINDOW, |r| (r * 2.0).ceil() as u64);
+        let ahead = self
+            .keys_per_s()
+            .map_or(MIN_WINDOW, |r| (r * 2.0).ceil() as u64);
         ahead.clamp(MIN_WINDOW, MAX_WINDOW)
     }
 }
@@ -254,7 +256,9 @@ pub fn open(
         // A drawn ID that is taken: astronomically unlikely, but never share a stream.
         Some(_) if !join => Err(StreamError::InUse),
         Some(r) if r.local() == caller && r.opened => Err(StreamError::InUse),
-        Some(r) if r.role == Role::Slave && !r.opened && &r.master == peer && &r.slave == caller => {
+        Some(r)
+            if r.role == Role::Slave && !r.opened && &r.master == peer && &r.slave == caller =>
+        {
             let mut r = r.clone();
             r.opened = true;
             r.qos = qos;
@@ -284,7 +288,11 @@ impl StreamRecord {
         if index < self.forgotten_below {
             return None;
         }
-        Some(self.delivered.iter().any(|(s, e)| (*s..*e).contains(&index)))
+        Some(
+            self.delivered
+                .iter()
+                .any(|(s, e)| (*s..*e).contains(&index)),
+        )
     }
 
     /// Records that the local SAE got `index` (and asked up to it). Keeps at most
@@ -545,7 +553,10 @@ mod tests {
         arrived.role = Role::Slave;
         arrived.opened = false;
         arrived.horizon = 16;
-        assert_eq!(check_caller(Some(&arrived), &b), Err(StreamError::UnknownStream));
+        assert_eq!(
+            check_caller(Some(&arrived), &b),
+            Err(StreamError::UnknownStream)
+        );
         assert_eq!(
             open(&y, &a, m.id, true, qos(32), Some(&arrived)),
             Err(StreamError::NotYours)

@@ -826,7 +826,10 @@ impl KeyManager {
     }
 
     /// [`Self::run_batch`], saying on failure whether the destination may hold the keys.
-    pub(super) async fn run_batch_reporting(&self, spec: &BatchSpec) -> Result<Batch, BatchFailure> {
+    pub(super) async fn run_batch_reporting(
+        &self,
+        spec: &BatchSpec,
+    ) -> Result<Batch, BatchFailure> {
         let early = |error: RelayError| BatchFailure {
             error,
             maybe_committed: false,
@@ -1481,9 +1484,7 @@ impl KeyManager {
         // A stream's keys expire when the master's node said, at both ends alike (bounded by
         // the longest stream TTL, whatever a peer claims).
         let expires_at = match pending.stream {
-            Some((_, _, at)) => {
-                at.min(now + u64::from(crate::core::stream::MAX_TTL_S) * 1000)
-            }
+            Some((_, _, at)) => at.min(now + u64::from(crate::core::stream::MAX_TTL_S) * 1000),
             None => now + cfg.relay.pool_ttl_ms + cfg.key_ttl_ms,
         };
         let meta = StoredKey {

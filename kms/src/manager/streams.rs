@@ -27,9 +27,7 @@ use tokio::sync::Notify;
 
 use super::relay::{BatchSpec, StreamSlice, lock};
 use super::{KeyManager, Malformed, PeerError, Refusal};
-use crate::api::{
-    DeliveredKey, OpenStreamRequest, OpenedStream, ServiceError, StreamFailure,
-};
+use crate::api::{DeliveredKey, OpenStreamRequest, OpenedStream, ServiceError, StreamFailure};
 use crate::core::stream::{
     self, Held, MAX_BATCH, Open, Qos, Role, StreamError, StreamRecord, check_caller,
     next_reservation, serve, settle_qos, stream_key_id,

@@ -49,7 +49,10 @@ impl Txn<'_> {
         let mut out = Vec::new();
         for entry in t.iter()? {
             let (k, v) = entry?;
-            out.push(decode_stream(KeyStreamId::from_bytes(k.value()), v.value())?);
+            out.push(decode_stream(
+                KeyStreamId::from_bytes(k.value()),
+                v.value(),
+            )?);
         }
         Ok(out)
     }

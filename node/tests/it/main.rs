@@ -15,3 +15,4 @@ mod network;
 mod relay;
 mod skip;
 mod status;
+mod streams;

@@ -22,9 +22,7 @@ use qkd_types::{KeyId, KeyStreamId, SaeId};
 
 use super::status::GrpcError;
 use crate::api::check::{self, EncKeysParams};
-use crate::api::{
-    DecKeysRequest, EncKeysRequest, KeyService, OpenStreamRequest, ServiceError,
-};
+use crate::api::{DecKeysRequest, EncKeysRequest, KeyService, OpenStreamRequest, ServiceError};
 use crate::core::stream::Qos;
 
 /// Checks a GetStatus request; returns (master, slave).

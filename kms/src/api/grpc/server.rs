@@ -26,8 +26,8 @@ use super::request;
 use super::status::{GrpcError, outcome_of, status_of};
 use crate::api::observe::{Api, ApiObserver, Operation, Outcome};
 use crate::api::{DeliveredKey, KeyService};
-use crate::core::stream::Cadence;
 use crate::conn::{AcceptLimits, SaeClient, accept_capped};
+use crate::core::stream::Cadence;
 use crate::tls::SaeIdentityRule;
 
 /// Resource limits of the gRPC key delivery port.
@@ -273,7 +273,10 @@ impl KeyDelivery for KeyDeliveryService {
                 }
                 let got = me.service.stream_key(&caller, stream, index).await;
                 last = Some(tokio::time::Instant::now());
-                match me.finish(Operation::StreamKey, got.map(|k| stream_key(index, &k)).map_err(GrpcError::from)) {
+                match me.finish(
+                    Operation::StreamKey,
+                    got.map(|k| stream_key(index, &k)).map_err(GrpcError::from),
+                ) {
                     Ok(msg) => permit.send(Ok(msg.into_inner())),
                     Err(status) => {
                         permit.send(Err(status));
@@ -283,7 +286,9 @@ impl KeyDelivery for KeyDeliveryService {
                 index += 1;
             }
         });
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
 
     async fn close_stream(

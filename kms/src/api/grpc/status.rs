@@ -243,9 +243,11 @@ fn stream_status(e: &StreamError) -> Status {
                 RETRY_DELAY.as_secs()
             );
             let mut details = ErrorDetails::new();
-            details
-                .set_retry_info(Some(RETRY_DELAY))
-                .set_error_info("INSUFFICIENT_KEY", ETSI004_DOMAIN, meta);
+            details.set_retry_info(Some(RETRY_DELAY)).set_error_info(
+                "INSUFFICIENT_KEY",
+                ETSI004_DOMAIN,
+                meta,
+            );
             return Status::with_error_details(Code::ResourceExhausted, message, details);
         }
         E::Expired => (
@@ -289,9 +291,9 @@ pub fn outcome_of(e: &GrpcError) -> Outcome {
             StreamError::NotYet => Outcome::Exhausted,
             StreamError::NotYours => Outcome::NotPermitted,
             StreamError::SameNode => Outcome::Unavailable,
-            StreamError::InUse | StreamError::QosNotMet { .. } | StreamError::ChunkMismatch { .. } => {
-                Outcome::Invalid
-            }
+            StreamError::InUse
+            | StreamError::QosNotMet { .. }
+            | StreamError::ChunkMismatch { .. } => Outcome::Invalid,
             StreamError::UnknownStream
             | StreamError::Expired
             | StreamError::AlreadyDelivered
@@ -351,9 +353,24 @@ mod tests {
     fn every_stream_outcome_has_its_code_and_004_status() {
         use crate::core::stream::Qos;
         let cases: Vec<(StreamError, Code, &str, Option<&str>)> = vec![
-            (StreamError::UnknownStream, Code::NotFound, "STREAM_NOT_FOUND", None),
-            (StreamError::NotYours, Code::PermissionDenied, "STREAM_OF_ANOTHER_SAE", None),
-            (StreamError::InUse, Code::AlreadyExists, "KSID_IN_USE", Some("5")),
+            (
+                StreamError::UnknownStream,
+                Code::NotFound,
+                "STREAM_NOT_FOUND",
+                None,
+            ),
+            (
+                StreamError::NotYours,
+                Code::PermissionDenied,
+                "STREAM_OF_ANOTHER_SAE",
+                None,
+            ),
+            (
+                StreamError::InUse,
+                Code::AlreadyExists,
+                "KSID_IN_USE",
+                Some("5"),
+            ),
             (
                 StreamError::QosNotMet {
                     counter: Qos {
@@ -371,9 +388,24 @@ mod tests {
                 "QOS_NOT_MET",
                 Some("7"),
             ),
-            (StreamError::SameNode, Code::Unavailable, "NO_QKD_CONNECTION", Some("4")),
-            (StreamError::NotYet, Code::ResourceExhausted, "INSUFFICIENT_KEY", Some("2")),
-            (StreamError::Expired, Code::NotFound, "INDEX_EXPIRED", Some("6")),
+            (
+                StreamError::SameNode,
+                Code::Unavailable,
+                "NO_QKD_CONNECTION",
+                Some("4"),
+            ),
+            (
+                StreamError::NotYet,
+                Code::ResourceExhausted,
+                "INSUFFICIENT_KEY",
+                Some("2"),
+            ),
+            (
+                StreamError::Expired,
+                Code::NotFound,
+                "INDEX_EXPIRED",
+                Some("6"),
+            ),
             (
                 StreamError::AlreadyDelivered,
                 Code::NotFound,
@@ -388,7 +420,11 @@ mod tests {
             let info = s.get_details_error_info().unwrap();
             assert_eq!(info.reason, reason);
             assert_eq!(info.domain, ETSI004_DOMAIN);
-            assert_eq!(info.metadata.get("status").map(String::as_str), etsi, "{e:?}");
+            assert_eq!(
+                info.metadata.get("status").map(String::as_str),
+                etsi,
+                "{e:?}"
+            );
             assert_eq!(
                 s.get_details_retry_info().is_some(),
                 code == Code::ResourceExhausted
