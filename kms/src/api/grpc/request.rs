@@ -91,7 +91,7 @@ pub fn open_stream(
     let join = req
         .key_stream_id
         .as_deref()
-        .map(|s| stream_id(s))
+        .map(stream_id)
         .transpose()?;
     check::permit(caller, &peer, service)?;
     let q = req.qos.clone().unwrap_or_default();
