@@ -12,7 +12,9 @@
 //!   scarce link's key rate that a long-running relay turns into relayed key;
 //! * `device` - the ETSI 014 device adapter against an emulated QKD device pair: key rate
 //!   delivered at both ends and the adapter's CPU (issue 9);
-//! * `conform` - the time of `qkd-conform`'s whole suite against two local nodes (issue 9).
+//! * `conform` - the time of `qkd-conform`'s whole suite against two local nodes (issue 9);
+//! * `stream` - delivery jitter of an ETSI 004-style key stream over gRPC at a set cadence, at
+//!   both ends at once (issue 11).
 //!
 //! Every run prints where it ran (CPU model, cores, memory): the load generator always shares the
 //! host with the nodes and talks to them over loopback. This binary only measures; it never
@@ -29,6 +31,7 @@ mod machine;
 mod measure;
 mod network;
 mod relay;
+mod stream;
 
 use std::time::Duration;
 
@@ -73,6 +76,10 @@ enum Cmd {
     ///
     /// Example: qkd-bench conform --runs 5
     Conform(conform::Args),
+    /// Delivery jitter of a gRPC key stream (ETSI 004 style) at a set cadence, at both ends.
+    ///
+    /// Example: qkd-bench stream --rate 100 --keys 1000
+    Stream(stream::Args),
 }
 
 fn main() -> Result<()> {
@@ -103,6 +110,11 @@ fn main() -> Result<()> {
         Cmd::Conform(a) => {
             let r = rt.block_on(conform::run(a))?;
             output(cli.json, &machine, "conform", &r, || r.print())
+        }
+        Cmd::Stream(a) => {
+            let r = rt.block_on(stream::run(a))?;
+            output(cli.json, &machine, "stream", &r, || r.print())?;
+            r.check()
         }
         Cmd::Disk(a) => {
             let r = disk::run(a)?;

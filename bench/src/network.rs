@@ -293,8 +293,8 @@ impl Network {
         self.path().join(node).join("data").join("listen.json")
     }
 
-    /// An address (`etsi`, `peer`, `admin` or `skip`) from the node's `listen.json`.
-    fn listen(&self, node: &str, which: &str) -> Result<String> {
+    /// An address (`etsi`, `peer`, `admin`, `skip` or `grpc`) from the node's `listen.json`.
+    pub fn listen(&self, node: &str, which: &str) -> Result<String> {
         let file = self.listen_file(node);
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&file)?)?;
         v[which]

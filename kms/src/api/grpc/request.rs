@@ -88,11 +88,7 @@ pub fn open_stream(
 ) -> Result<OpenStreamRequest, GrpcError> {
     let caller = check::admit(caller, service)?;
     let peer = check::known_slave(SaeId::parse(&req.peer_sae_id).ok(), caller, service)?;
-    let join = req
-        .key_stream_id
-        .as_deref()
-        .map(stream_id)
-        .transpose()?;
+    let join = req.key_stream_id.as_deref().map(stream_id).transpose()?;
     check::permit(caller, &peer, service)?;
     let q = req.qos.clone().unwrap_or_default();
     Ok(OpenStreamRequest {
