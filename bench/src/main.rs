@@ -15,7 +15,9 @@
 //! * `growth` - how the control plane's cost grows with the network: N real nodes in a seeded
 //!   random mesh, their link-state traffic, route convergence after a link failure, and relay
 //!   latency against hop count (issue 8);
-//! * `conform` - the time of `qkd-conform`'s whole suite against two local nodes (issue 9).
+//! * `conform` - the time of `qkd-conform`'s whole suite against two local nodes (issue 9);
+//! * `stream` - delivery jitter of an ETSI 004-style key stream over gRPC at a set cadence, at
+//!   both ends at once (issue 11).
 //!
 //! Every run prints where it ran (CPU model, cores, memory): the load generator always shares the
 //! host with the nodes and talks to them over loopback. This binary only measures; it never
@@ -31,8 +33,8 @@ mod growth;
 mod ingest;
 mod machine;
 mod measure;
-
 mod relay;
+mod stream;
 
 use std::time::Duration;
 
@@ -80,6 +82,10 @@ enum Cmd {
     ///
     /// Example: qkd-bench conform --runs 5
     Conform(conform::Args),
+    /// Delivery jitter of a gRPC key stream (ETSI 004 style) at a set cadence, at both ends.
+    ///
+    /// Example: qkd-bench stream --rate 100 --keys 1000
+    Stream(stream::Args),
 }
 
 fn main() -> Result<()> {
@@ -115,6 +121,11 @@ fn main() -> Result<()> {
         Cmd::Conform(a) => {
             let r = rt.block_on(conform::run(a))?;
             output(cli.json, &machine, "conform", &r, || r.print())
+        }
+        Cmd::Stream(a) => {
+            let r = rt.block_on(stream::run(a))?;
+            output(cli.json, &machine, "stream", &r, || r.print())?;
+            r.check()
         }
         Cmd::Disk(a) => {
             let r = disk::run(a)?;

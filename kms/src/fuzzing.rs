@@ -878,6 +878,7 @@ mod tests {
             relayed_len: 32,
             wrap: false,
             pool: true,
+            stream: None,
         };
         let relay = pb::RelayRequest {
             header: Some(header.clone()),

@@ -172,6 +172,8 @@ struct Inner {
     observer: std::sync::OnceLock<Arc<dyn crate::events::Observer>>,
     /// Relay latency and keys made (metric handles, registered once).
     instruments: crate::instruments::RelayInstruments,
+    /// The pumps of the key streams whose master end is here.
+    streams: streams::StreamsRt,
 }
 
 /// Keys of one pair voided at start because they no longer fit its configuration.
@@ -309,6 +311,10 @@ pub enum Refusal {
     /// A signature (delivery notice) failed.
     #[error("signature: {0}")]
     Signature(#[from] crate::hybrid::HybridError),
+    /// A batch reserving key-stream indices whose key IDs are not the stream's, or a stream this
+    /// node holds for another pair.
+    #[error("key stream slice does not match the stream")]
+    StreamSlice,
 }
 
 /// A device that failed, or gave key the node may not use. Caused by the device (or, for
@@ -396,6 +402,7 @@ impl KeyManager {
                 tasks: Mutex::default(),
                 observer: std::sync::OnceLock::new(),
                 instruments: crate::instruments::RelayInstruments::register(),
+                streams: Default::default(),
             }),
         };
         me.restore_pools(std::mem::take(&mut recovered.pool));
@@ -616,6 +623,8 @@ impl KeyManager {
         self.spawn(async move { me.expiry_loop().await });
         let me = self.clone();
         self.spawn(async move { me.relay_loop().await });
+        let me = self.clone();
+        self.spawn(async move { me.resume_streams().await });
         // Abort every task of the manager when this future is dropped.
         struct Halt<'a>(&'a KeyManager);
         impl Drop for Halt<'_> {
@@ -1228,7 +1237,8 @@ impl KeyService for KeyManager {
     }
 
     async fn dec_keys(&self, req: DecKeysRequest) -> Result<Vec<DeliveredKey>, ServiceError> {
-        // The front ends refuse duplicate key IDs; the store operation refuses them too.
+        // The front ends refuse duplicate key IDs; the store operation refuses them too, and
+        // treats a key stream's keys as absent (they are served only through their stream).
         let (master, slave) = (req.master.clone(), req.slave.clone());
         let out = self
             .inner
@@ -1271,10 +1281,43 @@ impl KeyService for KeyManager {
             }
         }
     }
+
+    async fn open_stream(
+        &self,
+        req: crate::api::OpenStreamRequest,
+    ) -> Result<crate::api::OpenedStream, crate::api::StreamFailure> {
+        self.open_stream_at(req).await
+    }
+
+    async fn stream_qos(
+        &self,
+        caller: &SaeId,
+        stream: qkd_types::KeyStreamId,
+    ) -> Result<crate::core::stream::Qos, crate::api::StreamFailure> {
+        self.stream_qos_at(caller, stream).await
+    }
+
+    async fn stream_key(
+        &self,
+        caller: &SaeId,
+        stream: qkd_types::KeyStreamId,
+        index: u64,
+    ) -> Result<DeliveredKey, crate::api::StreamFailure> {
+        self.stream_key_at(caller, stream, index).await
+    }
+
+    async fn close_stream(
+        &self,
+        caller: &SaeId,
+        stream: qkd_types::KeyStreamId,
+    ) -> Result<(), crate::api::StreamFailure> {
+        self.close_stream_at(caller, stream).await
+    }
 }
 
 mod e2e;
 mod relay;
+mod streams;
 
 pub use e2e::{E2eKeys, KeyMode};
 pub use relay::{NoticeStats, RelayConfig, RelayError};

@@ -232,6 +232,11 @@ uuid_id!(
     "key ID"
 );
 uuid_id!(
+    /// The ID of an ETSI GS QKD 004 key stream (`Key_stream_ID`), the same at both of its ends.
+    KeyStreamId,
+    "key stream ID"
+);
+uuid_id!(
     /// The identifier a key source gives one block of link key (for a real device: the key_ID its
     /// own ETSI 014 interface reports).
     BlockId,

@@ -11,5 +11,5 @@ mod ids;
 mod secret;
 
 pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
-pub use ids::{BlockId, IdError, KeyId, KmeId, LinkId, MAX_ID_LEN, NodeId, SaeId};
+pub use ids::{BlockId, IdError, KeyId, KeyStreamId, KmeId, LinkId, MAX_ID_LEN, NodeId, SaeId};
 pub use secret::Secret;

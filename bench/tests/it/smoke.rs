@@ -259,3 +259,24 @@ fn conform() {
     assert!(r["passed"].as_u64().unwrap() > 30, "{r}");
     assert_eq!(r["runs_s"].as_array().unwrap().len(), 1, "{r}");
 }
+
+#[test]
+fn stream() {
+    let bin = node_bin();
+    let r = bench(&[
+        "stream",
+        "--rate",
+        "50",
+        "--keys",
+        "20",
+        "--nodes-bin",
+        bin.to_str().unwrap(),
+    ]);
+    assert_eq!(r["mismatched"], 0, "{r}");
+    for end in ["master", "slave"] {
+        assert_eq!(r[end]["keys"], 20, "{r}");
+        figure(&r[end]["achieved_keys_per_s"], &r);
+        figure(&r[end]["jitter"]["max_ms"], &r);
+        figure(&r[end]["interval"]["p50_ms"], &r);
+    }
+}

@@ -1,7 +1,7 @@
 //! The protocol-neutral key-delivery service and its front ends.
 //!
 //! Every front end ([`etsi014`], the ETSI GS QKD 014 REST API; [`skip`], the SKIP Key Provider
-//! for routers; [`grpc`], the ETSI 014 model over gRPC) authenticates its caller, parses and
+//! for routers; [`grpc`], the ETSI 014 model and ETSI 004 key streams over gRPC) authenticates its caller, parses and
 //! checks a request in the order its protocol's policy fixes and calls the one [`KeyService`];
 //! ETSI 014 and gRPC report each outcome to the one instrumentation hook ([`observe`]; SKIP does
 //! not yet). The two REST front ends
@@ -18,7 +18,9 @@ pub mod observe;
 pub mod skip;
 
 use async_trait::async_trait;
-use qkd_types::{KeyId, KmeId, SaeId, Secret};
+use qkd_types::{KeyId, KeyStreamId, KmeId, SaeId, Secret};
+
+use crate::core::stream::{Qos, StreamError};
 
 /// Size and count limits for keys from one master SAE to one slave SAE (ETSI 014 `Status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +158,41 @@ pub enum Unavailable {
     Unsupported(&'static str),
 }
 
+/// A checked OpenStream request (ETSI 004 OPEN_CONNECT).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenStreamRequest {
+    /// The calling SAE, from its certificate.
+    pub caller: SaeId,
+    /// The SAE at the other end: the slave when opening, the master when joining.
+    pub peer: SaeId,
+    /// The QoS asked for (zeros: defaults).
+    pub qos: Qos,
+    /// `None`: open a new stream (the caller is its master); `Some`: join this stream.
+    pub join: Option<KeyStreamId>,
+}
+
+/// A stream opened or joined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenedStream {
+    /// Its ID, the same at both ends.
+    pub id: KeyStreamId,
+    /// The QoS granted.
+    pub qos: Qos,
+    /// Whether the caller is its master.
+    pub master: bool,
+}
+
+/// Why a key-stream call failed: a decision about the stream, or the key manager's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamFailure {
+    /// See [`StreamError`].
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// See [`ServiceError`].
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+}
+
 /// What the front ends need from the key manager.
 #[async_trait]
 pub trait KeyService: Send + Sync + 'static {
@@ -182,4 +219,39 @@ pub trait KeyService: Send + Sync + 'static {
 
     /// Get key with key IDs. All keys or none; "delivered" is durable before this returns `Ok`.
     async fn dec_keys(&self, req: DecKeysRequest) -> Result<Vec<DeliveredKey>, ServiceError>;
+
+    /// Opens or joins an ETSI 004 key stream (pairing already checked). "Open" is durable before
+    /// this returns `Ok`. A service without key streams refuses it (the default).
+    async fn open_stream(&self, _req: OpenStreamRequest) -> Result<OpenedStream, StreamFailure> {
+        Err(ServiceError::PeerUnavailable(Unavailable::Unsupported("key streams")).into())
+    }
+
+    /// The QoS of a stream `caller` opened here.
+    async fn stream_qos(
+        &self,
+        _caller: &SaeId,
+        _stream: KeyStreamId,
+    ) -> Result<Qos, StreamFailure> {
+        Err(StreamError::UnknownStream.into())
+    }
+
+    /// The key at `index` of a stream `caller` opened here, waiting up to the stream's QoS
+    /// timeout for a key not reserved yet. "Delivered" is durable before this returns `Ok`.
+    async fn stream_key(
+        &self,
+        _caller: &SaeId,
+        _stream: KeyStreamId,
+        _index: u64,
+    ) -> Result<DeliveredKey, StreamFailure> {
+        Err(StreamError::UnknownStream.into())
+    }
+
+    /// Closes `caller`'s end of a stream; its keys reserved ahead are erased.
+    async fn close_stream(
+        &self,
+        _caller: &SaeId,
+        _stream: KeyStreamId,
+    ) -> Result<(), StreamFailure> {
+        Err(StreamError::UnknownStream.into())
+    }
 }

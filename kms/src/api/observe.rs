@@ -46,16 +46,25 @@ pub enum Operation {
     EncKeys,
     /// Keys by ID (ETSI Get key with key IDs, dec_keys).
     DecKeys,
+    /// Open or join a key stream (ETSI 004 OPEN_CONNECT).
+    OpenStream,
+    /// A key of a key stream (ETSI 004 GET_KEY; each key of a StreamKeys call counts once).
+    StreamKey,
+    /// Close a key stream (ETSI 004 CLOSE).
+    CloseStream,
     /// Anything else the front end answered (an unknown path or method).
     Other,
 }
 
 impl Operation {
     /// Every operation, in display order.
-    pub const ALL: [Operation; 4] = [
+    pub const ALL: [Operation; 7] = [
         Operation::Status,
         Operation::EncKeys,
         Operation::DecKeys,
+        Operation::OpenStream,
+        Operation::StreamKey,
+        Operation::CloseStream,
         Operation::Other,
     ];
 
@@ -65,6 +74,9 @@ impl Operation {
             Operation::Status => "status",
             Operation::EncKeys => "enc_keys",
             Operation::DecKeys => "dec_keys",
+            Operation::OpenStream => "open_stream",
+            Operation::StreamKey => "stream_key",
+            Operation::CloseStream => "close_stream",
             Operation::Other => "other",
         }
     }

@@ -174,27 +174,52 @@ struct Pending {
     keys: Vec<KeyId>,
     state: DestState,
     deadline: UnixMillis,
+    /// The key stream whose indices the batch reserves: (stream, first index, expiry).
+    stream: Option<(qkd_types::KeyStreamId, u64, UnixMillis)>,
 }
 
 /// What a batch is for.
 #[derive(Debug, Clone)]
-struct BatchSpec {
-    master: SaeId,
-    slaves: Vec<SaeId>,
-    size_bits: u32,
-    number: usize,
+pub(super) struct BatchSpec {
+    pub master: SaeId,
+    pub slaves: Vec<SaeId>,
+    pub size_bits: u32,
+    pub number: usize,
     /// Keys that wrap multicast keys, never delivered themselves.
-    wrap: bool,
+    pub wrap: bool,
     /// Keys for the pair's pool, at its default size.
-    pool: bool,
+    pub pool: bool,
+    /// Indices of a key stream the batch reserves: its key IDs are the stream's, not random.
+    pub stream: Option<StreamSlice>,
+}
+
+/// A run of indices of a key stream, reserved by one batch.
+#[derive(Debug, Clone)]
+pub(super) struct StreamSlice {
+    /// The stream.
+    pub id: qkd_types::KeyStreamId,
+    /// The IDs of the run's keys, in index order.
+    pub key_ids: Vec<KeyId>,
+    /// The index of the first.
+    pub first_index: u64,
+    /// When the keys expire at both ends.
+    pub expires_at: UnixMillis,
+}
+
+/// Why a batch failed, and whether its destination may have committed its keys (the
+/// confirmation was sent): a batch that failed before cannot have left keys anywhere.
+#[derive(Debug)]
+pub(super) struct BatchFailure {
+    pub error: RelayError,
+    pub maybe_committed: bool,
 }
 
 /// A finished batch.
 #[derive(Debug)]
-struct Batch {
-    keys: Vec<DeliveredKey>,
+pub(super) struct Batch {
+    pub keys: Vec<DeliveredKey>,
     path: Vec<NodeId>,
-    relay_id: [u8; 16],
+    pub relay_id: [u8; 16],
 }
 
 impl KeyManager {
@@ -557,6 +582,7 @@ impl KeyManager {
             number: n,
             wrap: false,
             pool: true,
+            stream: None,
         };
         let keys = self.run_batch(&spec).await?.keys;
         let now = self.now();
@@ -633,6 +659,7 @@ impl KeyManager {
                 number,
                 wrap: false,
                 pool: false,
+                stream: None,
             };
             self.run_batch(&spec).await.map_err(map_err)?.keys
         } else {
@@ -694,6 +721,7 @@ impl KeyManager {
                 number,
                 wrap: true,
                 pool: false,
+                stream: None,
             };
             let key_ids = &key_ids;
             let keys = &keys;
@@ -732,6 +760,15 @@ impl KeyManager {
     /// Makes one batch end to end; returns the keys once the destination has released its copies.
     /// Runs one batch ([`Self::relay_batch`]) and records how long it took.
     async fn run_batch(&self, spec: &BatchSpec) -> Result<Batch, RelayError> {
+        self.run_batch_reporting(spec).await.map_err(|f| f.error)
+    }
+
+    /// [`Self::run_batch`], saying on failure whether the destination may hold the keys; records
+    /// how long the batch took.
+    pub(super) async fn run_batch_reporting(
+        &self,
+        spec: &BatchSpec,
+    ) -> Result<Batch, BatchFailure> {
         let started = std::time::Instant::now();
         let r = self.relay_batch(spec).await;
         self.inner
@@ -740,21 +777,25 @@ impl KeyManager {
         r
     }
 
-    async fn relay_batch(&self, spec: &BatchSpec) -> Result<Batch, RelayError> {
+    async fn relay_batch(&self, spec: &BatchSpec) -> Result<Batch, BatchFailure> {
+        let early = |error: RelayError| BatchFailure {
+            error,
+            maybe_committed: false,
+        };
         let cfg = &self.inner.cfg;
         let dest = cfg
             .saes
             .get(&spec.slaves[0])
             .map(|e| e.node.clone())
-            .ok_or(RelayError::NoRoute)?;
+            .ok_or(early(RelayError::NoRoute))?;
         if spec
             .slaves
             .iter()
             .any(|s| cfg.saes.get(s).map(|e| &e.node) != Some(&dest))
         {
-            return Err(RelayError::Unsupported(
+            return Err(early(RelayError::Unsupported(
                 "additional slaves at different nodes",
-            ));
+            )));
         }
         let mode = self.pair_mode(&spec.master, &spec.slaves[0]);
         // One batch, one policy and suite: never make keys for a pair under another pair's.
@@ -764,7 +805,7 @@ impl KeyManager {
             .any(|s| self.pair_mode(&spec.master, s) != mode)
             && !crate::events::defects::active().mixed_profiles
         {
-            return Err(RelayError::MixedProfiles);
+            return Err(early(RelayError::MixedProfiles));
         }
         let relayed_len = mode.relayed_len(spec.size_bits);
         let need = u64::from(relayed_len) * spec.number as u64 + u64::from(AUTH_LEN);
@@ -772,9 +813,12 @@ impl KeyManager {
             let topo = lock(&self.relay().topology);
             topo.route(&cfg.node, &dest, if relayed_len == 0 { 0 } else { need })
         }
-        .ok_or(RelayError::NoRoute)?;
+        .ok_or(early(RelayError::NoRoute))?;
         let relay_id = *KeyId::random().as_bytes();
-        let key_ids: Vec<KeyId> = (0..spec.number).map(|_| KeyId::random()).collect();
+        let key_ids: Vec<KeyId> = match &spec.stream {
+            Some(s) => s.key_ids.clone(),
+            None => (0..spec.number).map(|_| KeyId::random()).collect(),
+        };
         let relay_key_ids: Vec<KeyId> = (0..spec.number).map(|_| KeyId::random()).collect();
         let mut payload = Secret::zeroed(relayed_len as usize * spec.number);
         rand::rng().fill_bytes(payload.expose_mut());
@@ -789,7 +833,8 @@ impl KeyManager {
             relay_key_ids: relay_key_ids.clone(),
         };
         let e2e_keys = self.inner.cfg.relay.e2e.clone();
-        let (source_state, msg1) = e2e::source_start(&e2e_keys, &ctx, &payload)?;
+        let (source_state, msg1) =
+            e2e::source_start(&e2e_keys, &ctx, &payload).map_err(|e| early(e.into()))?;
         let header = pb::RelayHeader {
             relay_id: relay_id.to_vec(),
             path: path.iter().map(|n| n.to_string()).collect(),
@@ -806,12 +851,20 @@ impl KeyManager {
             relayed_len,
             wrap: spec.wrap,
             pool: spec.pool,
+            stream: spec.stream.as_ref().map(|s| pb::StreamSlice {
+                key_stream_id: s.id.as_bytes().to_vec(),
+                first_index: s.first_index,
+                expires_at_ms: s.expires_at,
+            }),
         };
         let hops = (path.len() - 1) as u32;
         let reply = self.send_hop(&header, 1, &payload, msg1, hops).await;
+        // Whether the confirmation (message 3) left: only then may the destination commit.
+        let mut confirm_sent = false;
         let result = async {
             let reply = reply?;
             let (state, msg3) = e2e::source_finish(&e2e_keys, source_state, &reply.e2e)?;
+            confirm_sent = true;
             let ack = self
                 .forward(&relay_id, &path, 1, FORWARD_CONFIRM, msg3)
                 .await?;
@@ -837,7 +890,10 @@ impl KeyManager {
                         .forward(&relay_id, &path, 1, FORWARD_VOID, Vec::new())
                         .await;
                 });
-                Err(e)
+                Err(BatchFailure {
+                    error: e,
+                    maybe_committed: confirm_sent,
+                })
             }
         }
     }
@@ -1270,6 +1326,16 @@ impl KeyManager {
             return Err(Malformed::Field("batch parameters").into());
         }
         let relay_id = super::request_id(&header.relay_id)?;
+        let stream = match &header.stream {
+            None => None,
+            Some(slice) => Some(super::streams::check_slice(
+                slice,
+                &master,
+                &slaves,
+                &key_ids,
+                header.wrap || header.pool,
+            )?),
+        };
         let ctx = e2e::Context {
             mode,
             kme_source: self.kme_of(source),
@@ -1297,6 +1363,7 @@ impl KeyManager {
                 keys: key_ids,
                 state,
                 deadline,
+                stream,
             },
         );
         Ok(pb::RelayReply { e2e: msg2 })
@@ -1357,25 +1424,33 @@ impl KeyManager {
         let now = self.now();
         let cfg = &self.inner.cfg;
         let made_under = self.made_under(&pending.master, &pending.slaves[0]);
+        // A stream's keys expire when the master's node said, at both ends alike (bounded by
+        // the longest stream TTL, whatever a peer claims).
+        let expires_at = match pending.stream {
+            Some((_, _, at)) => at.min(now + u64::from(crate::core::stream::MAX_TTL_S) * 1000),
+            None => now + cfg.relay.pool_ttl_ms + cfg.key_ttl_ms,
+        };
         let meta = StoredKey {
             request: relay_id,
             master: pending.master,
             slaves: pending.slaves.into_iter().map(|s| (s, false)).collect(),
             size_bits: pending.size_bits,
-            expires_at: now + cfg.relay.pool_ttl_ms + cfg.key_ttl_ms,
+            expires_at,
             made_under: Some(made_under),
             pool: pending.pool,
         };
         let ids = pending.keys;
+        let stream = pending.stream;
         // Commit before the ack leaves: once the source has the ack it may hand the keys out.
         self.inner
             .writer
             .apply(ops::StoreKeys {
                 meta,
                 keys: ids.into_iter().zip(keys).collect(),
+                stream: stream.map(|(id, first, _)| (id, first)),
             })
             .await?
-            .map_err(Refusal::KeyIdUsed)?;
+            .map_err(refused)?;
         Ok(pb::ForwardReply { e2e: ack })
     }
 
@@ -1425,9 +1500,13 @@ impl KeyManager {
         };
         self.inner
             .writer
-            .apply(ops::StoreKeys { meta, keys: out })
+            .apply(ops::StoreKeys {
+                meta,
+                keys: out,
+                stream: None,
+            })
             .await?
-            .map_err(Refusal::KeyIdUsed)?;
+            .map_err(refused)?;
         Ok(pb::ForwardReply { e2e: Vec::new() })
     }
 
@@ -1770,4 +1849,12 @@ fn notice_signed(kme: &KmeId, delivered_at: UnixMillis, ids: &[KeyId]) -> Vec<u8
         m.extend_from_slice(id.as_bytes());
     }
     m
+}
+
+/// Why the store refused relayed keys, as the peer is told.
+fn refused(r: ops::KeysRefused) -> Refusal {
+    match r {
+        ops::KeysRefused::IdUsed(id) => Refusal::KeyIdUsed(id),
+        ops::KeysRefused::StreamSlice => Refusal::StreamSlice,
+    }
 }

@@ -10,13 +10,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use qkd_types::{BlockId, KeyId, LinkId, NodeId, SaeId, Secret, UnixMillis};
+use qkd_types::{BlockId, KeyId, KeyStreamId, LinkId, NodeId, SaeId, Secret, UnixMillis};
 
 use super::ops::{KeyStore, Op, Outcome};
 use super::space::FreeSpace;
 use super::tables::{QueuedNotice, Tables, Tombstone, copy_range, read_runs};
 use super::{PoolKey, Recovered, SpaceGauge, StoreError, StoredKey};
 use crate::core::pool::{BlockMeta, Range, SEEN_DEVICE_IDS};
+use crate::core::stream::StreamRecord;
 
 /// The key store in memory.
 #[derive(Debug, Default)]
@@ -31,6 +32,8 @@ pub struct MemStore {
     tomb_time: BTreeSet<(UnixMillis, KeyId)>,
     pool: BTreeMap<KeyId, (PoolKey, Secret)>,
     notices: BTreeMap<(NodeId, u64), (UnixMillis, Vec<KeyId>)>,
+    /// Key stream records, by stream ID (the redb table's order).
+    streams: BTreeMap<KeyStreamId, StreamRecord>,
     /// Free bytes to report (unlimited unless a test sets it).
     free: Option<u64>,
     watermark: u64,
@@ -335,6 +338,24 @@ impl Tables for MemStore {
         }
         Ok(old.len())
     }
+
+    fn stream(&self, id: KeyStreamId) -> Result<Option<StreamRecord>, StoreError> {
+        Ok(self.streams.get(&id).cloned())
+    }
+
+    fn put_stream(&mut self, record: &StreamRecord) -> Result<(), StoreError> {
+        self.streams.insert(record.id, record.clone());
+        Ok(())
+    }
+
+    fn delete_stream(&mut self, id: KeyStreamId) -> Result<(), StoreError> {
+        self.streams.remove(&id);
+        Ok(())
+    }
+
+    fn streams(&self) -> Result<Vec<StreamRecord>, StoreError> {
+        Ok(self.streams.values().cloned().collect())
+    }
 }
 
 #[cfg(test)]
@@ -351,6 +372,7 @@ mod tests {
     use crate::api::{KeyLimits, KeyProfile};
     use crate::core::fit::FitContext;
     use crate::core::pool::BlockState;
+    use crate::core::stream::{Qos, stream_key_id};
     use crate::store::ops::*;
     use crate::store::vault::FileKek;
     use crate::store::{MadeUnder, Store};
@@ -366,6 +388,10 @@ mod tests {
         Store::open(&dir.join("store.redb"), &kek).unwrap()
     }
 
+    fn sae(s: &str) -> SaeId {
+        SaeId::parse(s).unwrap()
+    }
+
     /// A small universe, so that operations collide: few links, blocks, keys, SAEs and nodes.
     struct Gen {
         rng: ChaCha8Rng,
@@ -374,19 +400,32 @@ mod tests {
         nodes: Vec<NodeId>,
         links: Vec<LinkId>,
         fit: Arc<FitContext>,
+        streams: Vec<KeyStreamId>,
     }
 
     impl Gen {
         fn new(seed: u64) -> Self {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            let ids = (0..10)
+            let mut ids: Vec<KeyId> = (0..10)
                 .map(|_| {
                     let mut b = [0u8; 16];
                     rng.fill(&mut b);
                     KeyId::from_bytes(b)
                 })
                 .collect();
+            let streams: Vec<KeyStreamId> = (0..2)
+                .map(|_| {
+                    let mut b = [0u8; 16];
+                    rng.fill(&mut b);
+                    KeyStreamId::from_bytes(b)
+                })
+                .collect();
+            // The derived key IDs of the streams' first indices (streams of ENC-A to ENC-B).
+            for stream in &streams {
+                ids.extend((0..6).map(|i| stream_key_id(*stream, &sae("ENC-A"), &sae("ENC-B"), i)));
+            }
             Self {
+                streams,
                 rng,
                 ids,
                 saes: ["ENC-A", "ENC-B", "ENC-C"]
@@ -403,6 +442,39 @@ mod tests {
                     .collect(),
                 fit: Arc::new(FitContext::new([], PROFILE, KeyLimits::default())),
             }
+        }
+
+        fn stream(&mut self) -> KeyStreamId {
+            let s = self.streams.clone();
+            self.pick(&s)
+        }
+
+        /// Stream keys of indices `first..first + n` (ENC-A to ENC-B), and what they share.
+        fn stream_keys(
+            &mut self,
+            stream: KeyStreamId,
+            first: u64,
+            n: u64,
+        ) -> (Vec<(KeyId, Secret)>, StoredKey) {
+            let keys = (first..first + n)
+                .map(|i| {
+                    let id = stream_key_id(stream, &sae("ENC-A"), &sae("ENC-B"), i);
+                    (id, self.secret(32))
+                })
+                .collect();
+            let meta = StoredKey {
+                request: [9; 16],
+                master: sae("ENC-A"),
+                slaves: vec![(sae("ENC-B"), false)],
+                size_bits: 256,
+                expires_at: self.time(),
+                made_under: Some(MadeUnder {
+                    policy: PROFILE.policy.into(),
+                    suite: PROFILE.suite.into(),
+                }),
+                pool: false,
+            };
+            (keys, meta)
         }
 
         fn pick<T: Clone>(&mut self, v: &[T]) -> T {
@@ -484,7 +556,7 @@ mod tests {
         }
 
         fn op(&mut self) -> Op {
-            match self.rng.random_range(0..15) {
+            match self.rng.random_range(0..22) {
                 0 => {
                     let link = self.link();
                     let blocks = (0..self.rng.random_range(1..3))
@@ -561,7 +633,12 @@ mod tests {
                         .into_iter()
                         .map(|id| (id, self.secret(32)))
                         .collect();
-                    StoreKeys { meta, keys }.into()
+                    StoreKeys {
+                        meta,
+                        keys,
+                        stream: None,
+                    }
+                    .into()
                 }
                 9 | 10 => FetchForSlave {
                     master: self.sae(),
@@ -589,11 +666,76 @@ mod tests {
                     notices: vec![(self.node(), self.rng.random_range(0..3))],
                 }
                 .into(),
-                _ => KeysAfter {
+                14 => KeysAfter {
                     after: self.rng.random_bool(0.5).then(|| self.id()),
                     limit: 5,
                 }
                 .into(),
+                15 => OpenStream {
+                    caller: self.sae(),
+                    peer: self.sae(),
+                    id: self.stream(),
+                    join: self.rng.random_bool(0.5),
+                    qos: Qos {
+                        chunk_bytes: 32,
+                        ttl_s: 60,
+                        timeout_ms: 100,
+                        ..Qos::default()
+                    },
+                }
+                .into(),
+                16 | 17 => TakeStreamKey {
+                    caller: self.sae(),
+                    id: self.stream(),
+                    index: self.rng.random_range(0..6),
+                    now: self.time(),
+                    fit: self.fit.clone(),
+                }
+                .into(),
+                18 => CloseStream {
+                    caller: self.sae(),
+                    id: self.stream(),
+                    now: self.time(),
+                    max_erase: self.rng.random_range(0..4),
+                }
+                .into(),
+                19 => {
+                    if self.rng.random_bool(0.3) {
+                        ResumeStreams {}.into()
+                    } else {
+                        ReserveNext { id: self.stream() }.into()
+                    }
+                }
+                20 => {
+                    let id = self.stream();
+                    let first = self.rng.random_range(0..4);
+                    let n = self.rng.random_range(1..3);
+                    let reserved = self
+                        .rng
+                        .random_bool(0.6)
+                        .then(|| self.stream_keys(id, first, n));
+                    SettleReservation {
+                        id,
+                        first,
+                        n,
+                        expires_at: self.time(),
+                        reserved,
+                        void: self.rng.random_bool(0.5),
+                    }
+                    .into()
+                }
+                _ => {
+                    let id = self.stream();
+                    let first = self.rng.random_range(0..4);
+                    let n = self.rng.random_range(1..3);
+                    let (keys, meta) = self.stream_keys(id, first, n);
+                    StoreKeys {
+                        meta,
+                        keys,
+                        stream: Some((id, first)),
+                    }
+                    .into()
+                }
             }
         }
     }
@@ -609,6 +751,15 @@ mod tests {
             Ok(Outcome::TakeLinkKey(s)) => format!("bytes {:02x?}", s.expose()),
             Ok(Outcome::DeliverPoolKeys(h)) => handed(h),
             Ok(Outcome::FetchForSlave(Ok(h))) => handed(h),
+            Ok(Outcome::TakeStreamKey((Ok(k), timeout))) => format!(
+                "{:?}:{:?}:{}:{}:{:?}:{:02x?} {timeout}",
+                k.id,
+                k.made_under,
+                k.master,
+                k.slave,
+                k.role,
+                k.key.expose()
+            ),
             other => format!("{other:?}"),
         }
     }
@@ -616,9 +767,10 @@ mod tests {
     /// Everything a reader can see, through the records.
     fn records(t: &mut dyn Tables, ids: &[KeyId]) -> String {
         let mut out = format!(
-            "{:?}\n{:?}\n",
+            "{:?}\n{:?}\n{:?}\n",
             t.keys_after(None, usize::MAX).unwrap(),
-            t.queued_notices(usize::MAX).unwrap()
+            t.queued_notices(usize::MAX).unwrap(),
+            t.streams().unwrap()
         );
         for id in ids {
             out += &format!(
@@ -661,6 +813,7 @@ mod tests {
                             nodes: g.nodes.clone(),
                             links: g.links.clone(),
                             fit: g.fit.clone(),
+                            streams: g.streams.clone(),
                         };
                         (g.op(), twin.op())
                     })
@@ -716,6 +869,7 @@ mod tests {
                 StoreKeys {
                     meta: meta.clone(),
                     keys: vec![(id, Secret::zeroed(32))],
+                    stream: None,
                 }
                 .into(),
             ])

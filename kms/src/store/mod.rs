@@ -6,6 +6,7 @@
 //! * keys waiting for their slave SAE (`dec_keys`), sealed, with master, slaves and expiry;
 //! * tombstones of delivered keys: key ID, SAE pair and time only, never key bytes or hashes;
 //! * finished keys in the pools of SAE pairs whose master is attached here (sealed);
+//! * the ends of ETSI 004 key streams held here, without key material (`streams.rs`);
 //! * the wrapped data keys (DEKs) of live epochs, and how far the rotation pass has got.
 //!
 //! Every change is a store operation ([`ops`]: data, not code), run over the records
@@ -34,6 +35,7 @@ pub mod faulty;
 pub mod mem;
 pub mod ops;
 pub mod space;
+mod streams;
 pub mod tables;
 pub mod vault;
 
@@ -45,13 +47,14 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
-use qkd_types::{BlockId, KeyId, LinkId, NodeId, SaeId, Secret, UnixMillis};
+use qkd_types::{BlockId, KeyId, KeyStreamId, LinkId, NodeId, SaeId, Secret, UnixMillis};
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use self::codec::{R, W, enc};
 use self::space::{DEFAULT_RESERVE_BYTES, DEFAULT_WATERMARK_BYTES, FileSystemSpace, FreeSpace};
 use self::vault::{EpochKey, KeyWrap, Keyring, OpeningKey, Sealed, VaultError, dek_aad};
 use crate::core::pool::{BlockMeta, BlockState, Range, SEEN_DEVICE_IDS};
+use crate::core::stream::StreamRecord;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const EPOCHS: TableDefinition<u64, &[u8]> = TableDefinition::new("epochs");
@@ -1377,6 +1380,22 @@ impl Tables for Txn<'_> {
             t.remove(k.1)?;
         }
         Ok(old.len())
+    }
+
+    fn stream(&self, id: KeyStreamId) -> Result<Option<StreamRecord>, StoreError> {
+        self.stream_record(id)
+    }
+
+    fn put_stream(&mut self, record: &StreamRecord) -> Result<(), StoreError> {
+        self.put_stream_record(record)
+    }
+
+    fn delete_stream(&mut self, id: KeyStreamId) -> Result<(), StoreError> {
+        self.delete_stream_record(id)
+    }
+
+    fn streams(&self) -> Result<Vec<StreamRecord>, StoreError> {
+        self.stream_records()
     }
 }
 

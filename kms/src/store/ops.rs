@@ -17,13 +17,14 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use qkd_types::{KeyId, LinkId, NodeId, SaeId, Secret, UnixMillis};
+use qkd_types::{KeyId, KeyStreamId, LinkId, NodeId, SaeId, Secret, UnixMillis};
 
 use super::tables::{QueuedNotice, Tables};
 use super::{MadeUnder, PoolKey, SpaceGauge, StoreError, StoredKey};
 use crate::core::fetch::{self, FetchRefusal, Found};
 use crate::core::fit::FitContext;
 use crate::core::pool::{BlockMeta, Range};
+use crate::core::stream::{Qos, Role, StreamError, StreamRecord};
 
 /// A store: runs batches of operations in one durable transaction.
 pub trait KeyStore: Send + std::fmt::Debug {
@@ -186,14 +187,19 @@ operations! {
         /// Nodes to notify.
         notify: Vec<NodeId>,
     } -> ();
-    /// Relayed keys stored for their slaves here, unless an ID was ever used here: then
-    /// nothing is stored and the outcome names it. New key material.
+    /// Relayed keys stored for their slaves here, unless an ID was ever used here (or a key
+    /// stream's keys do not fit the stream's end here): then nothing is stored and the outcome
+    /// says why. New key material.
     StoreKeys {
         /// What every key shares.
         meta: StoredKey,
         /// The keys.
         keys: Vec<(KeyId, Secret)>,
-    } -> Result<(), KeyId>;
+        /// The key stream and index of the first key, if the keys are a stream's: how far the
+        /// stream's keys arrived is recorded in the same commit
+        /// ([`super::streams::record_arrival`]).
+        stream: Option<(KeyStreamId, u64)>,
+    } -> Result<(), KeysRefused>;
     /// A slave fetches keys by ID: all or nothing, in the policy's order of checks
     /// ([`fetch::decide`]).
     FetchForSlave {
@@ -229,7 +235,8 @@ operations! {
         /// Now.
         now: UnixMillis,
     } -> ();
-    /// Expired waiting keys erased and old tombstones pruned (at most `limit` of each). Returns
+    /// Expired waiting keys erased, old tombstones pruned (at most `limit` of each), and the
+    /// slave ends of key streams whose SAE never joined erased once their keys expired. Returns
     /// how many keys expired.
     Expire {
         /// Now.
@@ -256,13 +263,135 @@ operations! {
         /// Most notices.
         limit: usize,
     } -> Vec<QueuedNotice>;
+    /// An SAE opens a key stream, or joins one opened at its peer's node
+    /// ([`crate::core::stream::open`]); the stream's end is recorded here.
+    OpenStream {
+        /// The calling SAE.
+        caller: SaeId,
+        /// The SAE at the other end.
+        peer: SaeId,
+        /// The stream's ID (new, or the one joined).
+        id: KeyStreamId,
+        /// Whether the caller joins a stream opened at the other end.
+        join: bool,
+        /// The QoS granted.
+        qos: Qos,
+    } -> Result<StreamRecord, StreamError>;
+    /// Read-only: a stream's QoS, for its SAEs only.
+    StreamQos {
+        /// The calling SAE.
+        caller: SaeId,
+        /// The stream.
+        id: KeyStreamId,
+    } -> Result<Qos, StreamError>;
+    /// GET_KEY: the key at `index` of a stream, consumed and its delivery recorded if it is
+    /// there ([`crate::core::stream::serve`]), otherwise why not; with the stream's QoS timeout
+    /// (0 when the caller may not use the stream).
+    TakeStreamKey {
+        /// The calling SAE.
+        caller: SaeId,
+        /// The stream.
+        id: KeyStreamId,
+        /// The index asked for.
+        index: u64,
+        /// Now.
+        now: UnixMillis,
+        /// The configuration keys must still fit.
+        fit: Arc<FitContext>,
+    } -> (Result<StreamKey, StreamError>, u32);
+    /// An SAE closes a stream: its end here is erased with the keys reserved ahead of the SAE
+    /// (at most `max_erase`; any others expire with their TTL). Returns how many were erased.
+    CloseStream {
+        /// The calling SAE.
+        caller: SaeId,
+        /// The stream.
+        id: KeyStreamId,
+        /// Now.
+        now: UnixMillis,
+        /// Most keys erased.
+        max_erase: u64,
+    } -> Result<u64, StreamError>;
+    /// At start: voids the reservations a crash interrupted
+    /// ([`crate::core::stream::recover`]). Returns the master ends held here, whose pumps must
+    /// run again.
+    ResumeStreams {} -> Vec<KeyStreamId>;
+    /// The next run of indices a master end should reserve, recorded as under way before the
+    /// batch starts (after a crash the run is void: its key IDs are never offered twice).
+    ReserveNext {
+        /// The stream.
+        id: KeyStreamId,
+    } -> Reservation;
+    /// Settles a reservation: the master's copies of the keys stored and the run counted as
+    /// reserved; or the run void (the destination may hold its IDs); or the run open to be tried
+    /// again (nothing can have been stored anywhere).
+    SettleReservation {
+        /// The stream.
+        id: KeyStreamId,
+        /// First index of the run.
+        first: u64,
+        /// Indices in the run.
+        n: u64,
+        /// The keys' expiry.
+        expires_at: UnixMillis,
+        /// The keys made and what they share, if the batch succeeded.
+        reserved: Option<(Vec<(KeyId, Secret)>, StoredKey)>,
+        /// Whether a failed batch may have stored the keys at the destination.
+        void: bool,
+    } -> ();
+}
+
+/// Why relayed keys were not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeysRefused {
+    /// The key ID was used here before.
+    IdUsed(KeyId),
+    /// The keys claim to be a key stream's but do not fit the stream's end held here.
+    StreamSlice,
+}
+
+/// A key delivered from a stream, with what the delivery event names.
+#[derive(Debug)]
+pub struct StreamKey {
+    /// The key's (derived) ID.
+    pub id: KeyId,
+    /// Its bytes.
+    pub key: Secret,
+    /// Policy and suite it was made under.
+    pub made_under: Option<MadeUnder>,
+    /// The stream's master SAE.
+    pub master: SaeId,
+    /// The stream's slave SAE.
+    pub slave: SaeId,
+    /// Which end this node holds.
+    pub role: Role,
+}
+
+/// What [`ReserveNext`] found to do.
+#[derive(Debug)]
+pub enum Reservation {
+    /// The stream is gone (closed): its pump stops.
+    Stop,
+    /// Nothing to reserve now.
+    Idle,
+    /// Reserve this run of `n` indices from `first` (already recorded as under way).
+    Reserve {
+        /// The stream's record.
+        record: StreamRecord,
+        /// First index.
+        first: u64,
+        /// Indices.
+        n: u64,
+    },
 }
 
 impl Op {
     /// Whether the operation changes the store (read-only ones would never be shipped to
     /// replicas).
     pub fn writes(&self) -> bool {
-        !matches!(self, Op::KeysAfter(_) | Op::QueuedNotices(_))
+        !matches!(
+            self,
+            Op::KeysAfter(_) | Op::QueuedNotices(_) | Op::StreamQos(_)
+        )
     }
 }
 
@@ -359,13 +488,19 @@ impl RecordIssued {
 }
 
 impl StoreKeys {
-    fn exec(self, t: &mut dyn Tables) -> Result<Result<(), KeyId>, StoreError> {
+    fn exec(self, t: &mut dyn Tables) -> Result<Result<(), KeysRefused>, StoreError> {
         for (id, _) in &self.keys {
             if t.key_id_used(*id)? {
-                return Ok(Err(*id));
+                return Ok(Err(KeysRefused::IdUsed(*id)));
             }
         }
         t.admit_ingest()?;
+        if let Some((stream, first)) = self.stream {
+            let arrived = first.saturating_add(self.keys.len() as u64);
+            if super::streams::record_arrival(t, stream, &self.meta, arrived)?.is_err() {
+                return Ok(Err(KeysRefused::StreamSlice));
+            }
+        }
         for (id, key) in &self.keys {
             t.put_key(*id, &self.meta, key)?;
         }
@@ -380,6 +515,14 @@ impl FetchForSlave {
         }
         let mut found = Vec::with_capacity(self.ids.len());
         for id in &self.ids {
+            // A key stream's keys are served only through their stream, by index.
+            if crate::core::stream::is_stream_key(*id) {
+                found.push(Found {
+                    meta: None,
+                    tombstone: None,
+                });
+                continue;
+            }
             let meta = t.key_meta(*id)?;
             let tombstone = if meta.is_none() && self.master_here {
                 t.tombstone(*id)?
@@ -460,6 +603,7 @@ impl Expire {
             t.retire_key(*id, meta, self.now)?;
         }
         t.prune_tombstones(self.prune_before, self.limit)?;
+        super::streams::prune_streams(t, self.now)?;
         Ok(expired.len())
     }
 }

@@ -7,10 +7,11 @@
 //! Every write checks what it needs before it changes anything, so an operation refused half way
 //! leaves the transaction as it found it.
 
-use qkd_types::{KeyId, LinkId, NodeId, SaeId, Secret, UnixMillis};
+use qkd_types::{KeyId, KeyStreamId, LinkId, NodeId, SaeId, Secret, UnixMillis};
 
 use super::{PoolKey, StoreError, StoredKey};
 use crate::core::pool::{BlockMeta, Range};
+use crate::core::stream::StreamRecord;
 
 /// A tombstone: when the key ID was used, its master and its first slave.
 pub type Tombstone = (UnixMillis, SaeId, Option<SaeId>);
@@ -132,6 +133,18 @@ pub trait Tables {
     /// Erases tombstones written before `before` (at most `limit`, oldest first); they only
     /// guard against key-ID reuse and answer a master asking for its own keys within their TTL.
     fn prune_tombstones(&mut self, before: UnixMillis, limit: usize) -> Result<usize, StoreError>;
+
+    /// The record of a key stream's end held here.
+    fn stream(&self, id: KeyStreamId) -> Result<Option<StreamRecord>, StoreError>;
+
+    /// Stores (or replaces) the record of a key stream's end.
+    fn put_stream(&mut self, record: &StreamRecord) -> Result<(), StoreError>;
+
+    /// Erases the record of a key stream's end (closed, or never joined and expired).
+    fn delete_stream(&mut self, id: KeyStreamId) -> Result<(), StoreError>;
+
+    /// Every key stream record held here.
+    fn streams(&self) -> Result<Vec<StreamRecord>, StoreError>;
 }
 
 /// The link bytes of `ranges`, concatenated: `copy` fills each range's part of the output.

@@ -17,3 +17,4 @@ mod operators;
 mod relay;
 mod skip;
 mod status;
+mod streams;

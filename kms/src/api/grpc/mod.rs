@@ -1,5 +1,7 @@
 //! The gRPC key delivery front end (`qkd.keys.v1.KeyDelivery`, `proto/keys.proto`): the data
-//! model and the authorisation of ETSI GS QKD 014 over typed, unary gRPC calls.
+//! model and the authorisation of ETSI GS QKD 014 over typed, unary gRPC calls, and key streams
+//! in the style of ETSI GS QKD 004 (open or join, the key at an index, a server-streaming cadence
+//! with back-pressure, close; docs/grpc.md §7) on the same identity, permissions and mapping.
 //!
 //! * [`request`]: the sans-IO layer. It turns each protobuf request into a checked call on the
 //!   [`KeyService`](crate::api::KeyService) through the shared checks of [`crate::api::check`], in
@@ -10,8 +12,8 @@
 //!   health and reflection services on the same listener.
 //!
 //! The caller's SAE ID comes only from its client certificate, never from a request field. Key
-//! bytes leave this module only in `GetKeysResponse` to the SAE the key manager delivered them
-//! to; no status message, log line or metric carries them.
+//! bytes leave this module only in `GetKeysResponse` and `GetStreamKeyResponse` (both through
+//! `Key::from_secret`) to the SAE the key manager delivered them to; no status message, log line or metric carries them.
 
 pub mod request;
 pub mod server;

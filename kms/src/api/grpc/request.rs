@@ -10,15 +10,20 @@
 //! * GetKeysByIds: caller admission → request shape (every key ID a UUID, at least one, none twice)
 //!   → lookup by (master_sae_id, key ID) and "caller is a slave" (key manager). An unparsable
 //!   master_sae_id names no key, exactly like an unknown one.
+//! * OpenStream: caller admission → peer known and not the caller → key_stream_id syntax →
+//!   pairing permission → QoS and the stream itself (key manager, [`crate::core::stream`]).
+//! * GetStreamKey, StreamKeys, CloseStream: caller admission → key_stream_id syntax → whose
+//!   stream it is (key manager).
 //!
 //! Nothing here does I/O, reads a clock or touches key bytes.
 
 use qkd_proto::keys as pb;
-use qkd_types::{KeyId, SaeId};
+use qkd_types::{KeyId, KeyStreamId, SaeId};
 
 use super::status::GrpcError;
 use crate::api::check::{self, EncKeysParams};
-use crate::api::{DecKeysRequest, EncKeysRequest, KeyService, ServiceError};
+use crate::api::{DecKeysRequest, EncKeysRequest, KeyService, OpenStreamRequest, ServiceError};
+use crate::core::stream::Qos;
 
 /// Checks a GetStatus request; returns (master, slave).
 pub fn status(
@@ -72,6 +77,66 @@ pub fn get_keys_by_ids(
         slave: caller.clone(),
         master,
         key_ids,
+    })
+}
+
+/// Checks an OpenStream request.
+pub fn open_stream(
+    caller: Option<&SaeId>,
+    req: &pb::OpenStreamRequest,
+    service: &dyn KeyService,
+) -> Result<OpenStreamRequest, GrpcError> {
+    let caller = check::admit(caller, service)?;
+    let peer = check::known_slave(SaeId::parse(&req.peer_sae_id).ok(), caller, service)?;
+    let join = req.key_stream_id.as_deref().map(stream_id).transpose()?;
+    check::permit(caller, &peer, service)?;
+    let q = req.qos.clone().unwrap_or_default();
+    Ok(OpenStreamRequest {
+        caller: caller.clone(),
+        peer,
+        qos: Qos {
+            chunk_bytes: q.key_chunk_size,
+            max_bps: q.max_bps,
+            min_bps: q.min_bps,
+            jitter_ms: q.jitter,
+            priority: q.priority,
+            timeout_ms: q.timeout,
+            ttl_s: q.ttl,
+            metadata_mimetype: q.metadata_mimetype,
+        },
+        join,
+    })
+}
+
+/// Checks the caller and the stream ID of GetStreamKey, StreamKeys and CloseStream; returns
+/// (caller, stream).
+pub fn stream_call(
+    caller: Option<&SaeId>,
+    key_stream_id: &str,
+    service: &dyn KeyService,
+) -> Result<(SaeId, KeyStreamId), GrpcError> {
+    let caller = check::admit(caller, service)?;
+    Ok((caller.clone(), stream_id(key_stream_id)?))
+}
+
+/// The wire form of a granted QoS.
+pub fn qos_message(q: &Qos) -> pb::Qos {
+    pb::Qos {
+        key_chunk_size: q.chunk_bytes,
+        max_bps: q.max_bps,
+        min_bps: q.min_bps,
+        jitter: q.jitter_ms,
+        priority: q.priority,
+        timeout: q.timeout_ms,
+        ttl: q.ttl_s,
+        metadata_mimetype: q.metadata_mimetype.clone(),
+    }
+}
+
+fn stream_id(s: &str) -> Result<KeyStreamId, GrpcError> {
+    KeyStreamId::parse(s).map_err(|_| GrpcError::Malformed {
+        field: "key_stream_id".into(),
+        problem: "not a UUID (e.g. 550e8400-e29b-41d4-a716-446655440000)".into(),
     })
 }
 
@@ -173,6 +238,55 @@ mod tests {
         let ok = check(Some(&a), keys("B", None, None, &["C"])).unwrap();
         assert_eq!((ok.number, ok.size_bits), (1, 256));
         assert_eq!(ok.additional_slaves, vec![sae("C")]);
+    }
+
+    #[test]
+    fn stream_calls_check_admission_peer_id_syntax_then_pairing() {
+        const K: &str = "550e8400-e29b-41d4-a716-446655440000";
+        let open = |caller: Option<&SaeId>, peer: &str, id: Option<&str>| {
+            let req = pb::OpenStreamRequest {
+                peer_sae_id: peer.into(),
+                qos: Some(pb::Qos {
+                    key_chunk_size: 32,
+                    ttl: 5,
+                    ..Default::default()
+                }),
+                key_stream_id: id.map(str::to_owned),
+            };
+            open_stream(caller, &req, &Policy)
+        };
+        let a = sae("A");
+        assert_eq!(
+            open(Some(&sae("B")), "Q", Some("x")),
+            Err(RequestError::NotAdmitted.into())
+        );
+        assert_eq!(
+            open(Some(&a), "Q", Some("x")),
+            Err(RequestError::UnknownSlave.into())
+        );
+        assert_eq!(
+            open(Some(&a), "A", None),
+            Err(RequestError::SlaveIsCaller.into())
+        );
+        assert!(malformed(open(Some(&a), "X", Some("x"))));
+        assert_eq!(
+            open(Some(&a), "X", Some(K)),
+            Err(RequestError::NotPermitted.into())
+        );
+        let ok = open(Some(&a), "B", Some(&K.to_uppercase())).unwrap();
+        assert_eq!(ok.join, Some(KeyStreamId::parse(K).unwrap()));
+        assert_eq!((ok.qos.chunk_bytes, ok.qos.ttl_s), (32, 5));
+        assert_eq!(open(Some(&a), "B", None).unwrap().join, None);
+
+        assert_eq!(
+            stream_call(None, K, &Policy),
+            Err(RequestError::NotAdmitted.into())
+        );
+        assert!(malformed(stream_call(Some(&a), "nope", &Policy)));
+        assert_eq!(
+            stream_call(Some(&a), K, &Policy).unwrap().1,
+            KeyStreamId::parse(K).unwrap()
+        );
     }
 
     #[test]

@@ -27,6 +27,7 @@ use super::status::{GrpcError, outcome_of, status_of};
 use crate::api::observe::{Api, ApiObserver, Operation, Outcome};
 use crate::api::{DeliveredKey, KeyService};
 use crate::conn::{AcceptLimits, SaeClient, accept_capped};
+use crate::core::stream::Cadence;
 use crate::tls::SaeIdentityRule;
 
 /// Resource limits of the gRPC key delivery port.
@@ -192,6 +193,131 @@ impl KeyDelivery for KeyDeliveryService {
         }
         .await;
         self.finish(Operation::DecKeys, result)
+    }
+
+    async fn open_stream(
+        &self,
+        req: Request<pb::OpenStreamRequest>,
+    ) -> Result<Response<pb::OpenStreamResponse>, Status> {
+        let caller = self.caller(&req);
+        let result = async {
+            let call = request::open_stream(caller.as_ref(), req.get_ref(), &*self.service)?;
+            let opened = self.service.open_stream(call).await?;
+            Ok(pb::OpenStreamResponse {
+                status: pb::Etsi004Status::Successful.into(),
+                key_stream_id: opened.id.to_string(),
+                qos: Some(request::qos_message(&opened.qos)),
+                master: opened.master,
+            })
+        }
+        .await;
+        self.finish(Operation::OpenStream, result)
+    }
+
+    async fn get_stream_key(
+        &self,
+        req: Request<pb::GetStreamKeyRequest>,
+    ) -> Result<Response<pb::GetStreamKeyResponse>, Status> {
+        let caller = self.caller(&req);
+        let index = req.get_ref().index;
+        let result = async {
+            let (caller, stream) = request::stream_call(
+                caller.as_ref(),
+                &req.get_ref().key_stream_id,
+                &*self.service,
+            )?;
+            let key = self.service.stream_key(&caller, stream, index).await?;
+            Ok(stream_key(index, &key))
+        }
+        .await;
+        self.finish(Operation::StreamKey, result)
+    }
+
+    type StreamKeysStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::GetStreamKeyResponse, Status>>;
+
+    async fn stream_keys(
+        &self,
+        req: Request<pb::StreamKeysRequest>,
+    ) -> Result<Response<Self::StreamKeysStream>, Status> {
+        let caller = self.caller(&req);
+        let r = req.get_ref();
+        let (from, count) = (r.from_index, r.count);
+        let opened = async {
+            let (caller, stream) =
+                request::stream_call(caller.as_ref(), &r.key_stream_id, &*self.service)?;
+            let qos = self.service.stream_qos(&caller, stream).await?;
+            Ok((caller, stream, qos))
+        }
+        .await;
+        let (caller, stream, qos) = match opened {
+            Ok(v) => v,
+            Err(e) => return self.finish(Operation::StreamKey, Err(e)),
+        };
+        // One message in the channel at most: the next key is consumed only once the previous
+        // one has been taken by the transport, so a slow reader holds the producer back instead
+        // of keys piling up (HTTP/2 flow control then holds the transport back).
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let cadence = Cadence::of(&qos);
+            let mut last: Option<tokio::time::Instant> = None;
+            let end = count.map(|n| from.saturating_add(n));
+            let mut index = from;
+            while end.is_none_or(|e| index < e) {
+                let Ok(permit) = tx.reserve().await else {
+                    return; // the caller went away
+                };
+                if let Some(last) = last {
+                    tokio::time::sleep_until(cadence.next_due(last)).await;
+                }
+                let got = me.service.stream_key(&caller, stream, index).await;
+                last = Some(tokio::time::Instant::now());
+                match me.finish(
+                    Operation::StreamKey,
+                    got.map(|k| stream_key(index, &k)).map_err(GrpcError::from),
+                ) {
+                    Ok(msg) => permit.send(Ok(msg.into_inner())),
+                    Err(status) => {
+                        permit.send(Err(status));
+                        return;
+                    }
+                }
+                index += 1;
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
+    async fn close_stream(
+        &self,
+        req: Request<pb::CloseStreamRequest>,
+    ) -> Result<Response<pb::CloseStreamResponse>, Status> {
+        let caller = self.caller(&req);
+        let result = async {
+            let (caller, stream) = request::stream_call(
+                caller.as_ref(),
+                &req.get_ref().key_stream_id,
+                &*self.service,
+            )?;
+            self.service.close_stream(&caller, stream).await?;
+            Ok(pb::CloseStreamResponse {
+                status: pb::Etsi004Status::Successful.into(),
+            })
+        }
+        .await;
+        self.finish(Operation::CloseStream, result)
+    }
+}
+
+/// The wire form of one key of a stream.
+fn stream_key(index: u64, key: &DeliveredKey) -> pb::GetStreamKeyResponse {
+    pb::GetStreamKeyResponse {
+        status: pb::Etsi004Status::Successful.into(),
+        index,
+        key: Some(pb::Key::from_secret(key.id.to_string(), &key.key)),
     }
 }
 

@@ -10,6 +10,21 @@
 //! | not enough key material | `RESOURCE_EXHAUSTED` with `google.rpc.RetryInfo` |
 //! | peer node unreachable; store failure (the node restarts) | `UNAVAILABLE` |
 //!
+//! Key streams (ETSI 004) add, each with a `google.rpc.ErrorInfo` (domain [`ETSI004_DOMAIN`])
+//! whose `reason` names the case and whose metadata `status` carries the 004 status where 004
+//! has one:
+//!
+//! | Outcome | gRPC status | 004 status |
+//! |---|---|---|
+//! | no such stream open for the caller here | `NOT_FOUND` | - |
+//! | the stream belongs to other SAEs | `PERMISSION_DENIED` | - |
+//! | stream ID already in use | `ALREADY_EXISTS` | 5 |
+//! | QoS not met (counter-proposal in the metadata); joined with another key size | `INVALID_ARGUMENT` | 7 |
+//! | both SAEs at this node | `UNAVAILABLE` | 4 |
+//! | index not reserved (yet) | `RESOURCE_EXHAUSTED` with `RetryInfo` | 2 |
+//! | index expired (TTL) or its reservation void | `NOT_FOUND` | 6 |
+//! | index already delivered to this SAE, or delivered or expired | `NOT_FOUND` | - |
+//!
 //! Messages say what to fix. They never carry key bytes, nor a key ID the request did not name,
 //! nor a peer's reason for failing (that goes to the node's log).
 
@@ -18,9 +33,15 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::api::ServiceError;
+use std::collections::HashMap;
+
 use crate::api::check::RequestError;
 use crate::api::observe::Outcome;
+use crate::api::{ServiceError, StreamFailure};
+use crate::core::stream::StreamError;
+
+/// The `google.rpc.ErrorInfo` domain of key-stream errors.
+pub const ETSI004_DOMAIN: &str = "etsi004.qkd";
 
 /// The retry delay sent with `RESOURCE_EXHAUSTED`: the pools of a pair refill continuously in
 /// the background, so a client that waits this long usually finds key again.
@@ -43,6 +64,18 @@ pub enum GrpcError {
     /// Key manager (SAE, peer, operator): see [`ServiceError`].
     #[error(transparent)]
     Service(#[from] ServiceError),
+    /// Key streams (SAE, or scarce key): see [`StreamError`].
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+}
+
+impl From<StreamFailure> for GrpcError {
+    fn from(e: StreamFailure) -> Self {
+        match e {
+            StreamFailure::Stream(e) => GrpcError::Stream(e),
+            StreamFailure::Service(e) => GrpcError::Service(e),
+        }
+    }
 }
 
 /// The one mapping from an error to the gRPC status the SAE sees.
@@ -50,6 +83,7 @@ pub fn status_of(e: &GrpcError) -> Status {
     use RequestError as R;
     use ServiceError as S;
     let (code, message) = match e {
+        GrpcError::Stream(s) => return stream_status(s),
         GrpcError::Request(R::NotAdmitted) => (
             Code::Unauthenticated,
             "the client certificate names no SAE attached to this KME; call with the \
@@ -136,12 +170,135 @@ pub fn status_of(e: &GrpcError) -> Status {
     Status::new(code, message)
 }
 
+/// The status of a key-stream error, with its `ErrorInfo` (and `RetryInfo` when key is scarce).
+fn stream_status(e: &StreamError) -> Status {
+    use StreamError as E;
+    let mut meta: HashMap<String, String> = HashMap::new();
+    let (code, reason, etsi, message) = match e {
+        E::UnknownStream => (
+            Code::NotFound,
+            "STREAM_NOT_FOUND",
+            None,
+            "no key stream with this key_stream_id is open for the caller at this KME; open \
+             (or join) it first"
+                .to_owned(),
+        ),
+        E::NotYours => (
+            Code::PermissionDenied,
+            "STREAM_OF_ANOTHER_SAE",
+            None,
+            "the key stream belongs to other SAEs".to_owned(),
+        ),
+        E::InUse => (
+            Code::AlreadyExists,
+            "KSID_IN_USE",
+            Some(5),
+            "the caller already has this key stream open; close it first, or use it".to_owned(),
+        ),
+        E::QosNotMet { counter } => {
+            for (k, v) in [
+                ("key_chunk_size", counter.chunk_bytes),
+                ("max_bps", counter.max_bps),
+                ("min_bps", counter.min_bps),
+                ("timeout", counter.timeout_ms),
+                ("ttl", counter.ttl_s),
+            ] {
+                meta.insert(k.to_owned(), v.to_string());
+            }
+            (
+                Code::InvalidArgument,
+                "QOS_NOT_MET",
+                Some(7),
+                format!(
+                    "the QoS cannot be met; this KME can grant key_chunk_size {} bytes, max_bps \
+                     {}, min_bps {}, timeout {} ms, ttl {} s (also in the ErrorInfo metadata)",
+                    counter.chunk_bytes,
+                    counter.max_bps,
+                    counter.min_bps,
+                    counter.timeout_ms,
+                    counter.ttl_s
+                ),
+            )
+        }
+        E::ChunkMismatch { bytes } => {
+            meta.insert("key_chunk_size".to_owned(), bytes.to_string());
+            (
+                Code::InvalidArgument,
+                "QOS_NOT_MET",
+                Some(7),
+                format!("{e}; open again with key_chunk_size {bytes}"),
+            )
+        }
+        E::SameNode => (
+            Code::Unavailable,
+            "NO_QKD_CONNECTION",
+            Some(4),
+            format!("{e}; key streams join SAEs at different nodes"),
+        ),
+        E::NotYet => {
+            meta.insert("status".to_owned(), "2".to_owned());
+            let message = format!(
+                "the key of this index is not available yet (key is scarce, or the caller runs \
+                 ahead of its stream); retry after {} s",
+                RETRY_DELAY.as_secs()
+            );
+            let mut details = ErrorDetails::new();
+            details.set_retry_info(Some(RETRY_DELAY)).set_error_info(
+                "INSUFFICIENT_KEY",
+                ETSI004_DOMAIN,
+                meta,
+            );
+            return Status::with_error_details(Code::ResourceExhausted, message, details);
+        }
+        E::Expired => (
+            Code::NotFound,
+            "INDEX_EXPIRED",
+            Some(6),
+            "the key of this index expired (its TTL ran out) or was never reserved, at both \
+             ends; go on with a later index"
+                .to_owned(),
+        ),
+        E::AlreadyDelivered => (
+            Code::NotFound,
+            "INDEX_ALREADY_DELIVERED",
+            None,
+            "the key of this index was already delivered to the caller".to_owned(),
+        ),
+        E::Gone => (
+            Code::NotFound,
+            "INDEX_GONE",
+            None,
+            "the key of this index was delivered or expired".to_owned(),
+        ),
+    };
+    if let Some(s) = etsi {
+        meta.insert("status".to_owned(), u32::to_string(&s));
+    }
+    Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason, ETSI004_DOMAIN, meta),
+    )
+}
+
 /// The outcome class of an error, for the instrumentation hook ([`crate::api::observe`]).
 pub fn outcome_of(e: &GrpcError) -> Outcome {
     match e {
         GrpcError::Request(r) => Outcome::of_request(r),
         GrpcError::Malformed { .. } => Outcome::Invalid,
         GrpcError::Service(s) => Outcome::of_service(s),
+        GrpcError::Stream(s) => match s {
+            StreamError::NotYet => Outcome::Exhausted,
+            StreamError::NotYours => Outcome::NotPermitted,
+            StreamError::SameNode => Outcome::Unavailable,
+            StreamError::InUse
+            | StreamError::QosNotMet { .. }
+            | StreamError::ChunkMismatch { .. } => Outcome::Invalid,
+            StreamError::UnknownStream
+            | StreamError::Expired
+            | StreamError::AlreadyDelivered
+            | StreamError::Gone => Outcome::NotFound,
+        },
     }
 }
 
@@ -190,5 +347,99 @@ mod tests {
             s.get_details_retry_info().unwrap().retry_delay,
             Some(RETRY_DELAY)
         );
+    }
+
+    #[test]
+    fn every_stream_outcome_has_its_code_and_004_status() {
+        use crate::core::stream::Qos;
+        let cases: Vec<(StreamError, Code, &str, Option<&str>)> = vec![
+            (
+                StreamError::UnknownStream,
+                Code::NotFound,
+                "STREAM_NOT_FOUND",
+                None,
+            ),
+            (
+                StreamError::NotYours,
+                Code::PermissionDenied,
+                "STREAM_OF_ANOTHER_SAE",
+                None,
+            ),
+            (
+                StreamError::InUse,
+                Code::AlreadyExists,
+                "KSID_IN_USE",
+                Some("5"),
+            ),
+            (
+                StreamError::QosNotMet {
+                    counter: Qos {
+                        chunk_bytes: 128,
+                        ..Qos::default()
+                    },
+                },
+                Code::InvalidArgument,
+                "QOS_NOT_MET",
+                Some("7"),
+            ),
+            (
+                StreamError::ChunkMismatch { bytes: 32 },
+                Code::InvalidArgument,
+                "QOS_NOT_MET",
+                Some("7"),
+            ),
+            (
+                StreamError::SameNode,
+                Code::Unavailable,
+                "NO_QKD_CONNECTION",
+                Some("4"),
+            ),
+            (
+                StreamError::NotYet,
+                Code::ResourceExhausted,
+                "INSUFFICIENT_KEY",
+                Some("2"),
+            ),
+            (
+                StreamError::Expired,
+                Code::NotFound,
+                "INDEX_EXPIRED",
+                Some("6"),
+            ),
+            (
+                StreamError::AlreadyDelivered,
+                Code::NotFound,
+                "INDEX_ALREADY_DELIVERED",
+                None,
+            ),
+            (StreamError::Gone, Code::NotFound, "INDEX_GONE", None),
+        ];
+        for (e, code, reason, etsi) in cases {
+            let s = status_of(&e.clone().into());
+            assert_eq!(s.code(), code, "{e:?}");
+            let info = s.get_details_error_info().unwrap();
+            assert_eq!(info.reason, reason);
+            assert_eq!(info.domain, ETSI004_DOMAIN);
+            assert_eq!(
+                info.metadata.get("status").map(String::as_str),
+                etsi,
+                "{e:?}"
+            );
+            assert_eq!(
+                s.get_details_retry_info().is_some(),
+                code == Code::ResourceExhausted
+            );
+        }
+        let s = status_of(
+            &StreamError::QosNotMet {
+                counter: Qos {
+                    chunk_bytes: 128,
+                    ..Qos::default()
+                },
+            }
+            .into(),
+        );
+        let info = s.get_details_error_info().unwrap();
+        assert_eq!(info.metadata["key_chunk_size"], "128");
     }
 }
