@@ -297,14 +297,23 @@ impl SettleReservation {
             // Closed meanwhile: the keys are void here (and expire at the slave's node).
             return Ok(());
         };
+        // A key ID used here before (which a stream's derived IDs never are, unless a record
+        // was damaged) voids the run rather than bring a delivered key back.
+        let mut fresh = true;
+        if let Some((keys, _)) = &self.reserved {
+            for (id, _) in keys {
+                fresh &= !t.key_id_used(*id)?;
+            }
+        }
         match &self.reserved {
-            Some((keys, meta)) => {
+            Some((keys, meta)) if fresh => {
                 for (id, key) in keys {
                     t.put_key(*id, meta, key)?;
                 }
                 current.horizon = self.first + self.n;
                 current.last_expiry = current.last_expiry.max(self.expires_at);
             }
+            Some(_) => current.horizon = self.first + self.n,
             // The destination may hold these IDs: never offer them again.
             None if self.void => current.horizon = self.first + self.n,
             // Nothing can have been stored anywhere: try the same run again.
