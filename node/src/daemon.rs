@@ -352,13 +352,14 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     };
     let identity = SaeIdentityRule::new(cfg.node.sae_uri_prefix.clone());
     let skip_task = match (skip_l, &cfg.skip) {
-        (Some(listener), Some(section)) => Some(tokio::spawn(qkd_kms::api::skip::serve(
+        (Some(listener), Some(section)) => Some(tokio::spawn(qkd_kms::api::skip::serve_observed(
             listener,
             server_cfg.clone(),
             service.clone(),
             key_provider(section)?,
             identity.clone(),
             limits,
+            observer.clone(),
             stop(),
         ))),
         _ => None,

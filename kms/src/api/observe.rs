@@ -1,5 +1,5 @@
-//! The one instrumentation hook of the key-delivery front ends: the ETSI 014 and gRPC front ends
-//! (not yet SKIP) report each request they answered as (API, operation, outcome class) to an
+//! The one instrumentation hook of the key-delivery front ends: the ETSI 014, gRPC and SKIP front
+//! ends report each request they answered as (API, operation, outcome class) to an
 //! [`ApiObserver`].
 //!
 //! The labels are closed enums, so any counter or metric built on them has a bounded label set:
@@ -22,17 +22,20 @@ pub enum Api {
     Etsi014,
     /// The gRPC key delivery service (`qkd.keys.v1.KeyDelivery`).
     Grpc,
+    /// SKIP (IETF draft-cisco-skip) over HTTPS, for routers.
+    Skip,
 }
 
 impl Api {
     /// Every API, in display order.
-    pub const ALL: [Api; 2] = [Api::Etsi014, Api::Grpc];
+    pub const ALL: [Api; 3] = [Api::Etsi014, Api::Grpc, Api::Skip];
 
     /// The label used in `/status` and metrics.
     pub fn label(self) -> &'static str {
         match self {
             Api::Etsi014 => "etsi014",
             Api::Grpc => "grpc",
+            Api::Skip => "skip",
         }
     }
 }
@@ -40,11 +43,11 @@ impl Api {
 /// What was asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {
-    /// Status of a pair (ETSI Get status).
+    /// Status of a pair (ETSI Get status; SKIP capabilities).
     Status,
-    /// Keys for a slave (ETSI Get key, enc_keys).
+    /// Keys for a slave (ETSI Get key, enc_keys; a SKIP new key).
     EncKeys,
-    /// Keys by ID (ETSI Get key with key IDs, dec_keys).
+    /// Keys by ID (ETSI Get key with key IDs, dec_keys; a SKIP key by ID).
     DecKeys,
     /// Open or join a key stream (ETSI 004 OPEN_CONNECT).
     OpenStream,
@@ -52,19 +55,22 @@ pub enum Operation {
     StreamKey,
     /// Close a key stream (ETSI 004 CLOSE).
     CloseStream,
+    /// Random bytes from the node's entropy source (SKIP `/entropy`).
+    Entropy,
     /// Anything else the front end answered (an unknown path or method).
     Other,
 }
 
 impl Operation {
     /// Every operation, in display order.
-    pub const ALL: [Operation; 7] = [
+    pub const ALL: [Operation; 8] = [
         Operation::Status,
         Operation::EncKeys,
         Operation::DecKeys,
         Operation::OpenStream,
         Operation::StreamKey,
         Operation::CloseStream,
+        Operation::Entropy,
         Operation::Other,
     ];
 
@@ -77,6 +83,7 @@ impl Operation {
             Operation::OpenStream => "open_stream",
             Operation::StreamKey => "stream_key",
             Operation::CloseStream => "close_stream",
+            Operation::Entropy => "entropy",
             Operation::Other => "other",
         }
     }

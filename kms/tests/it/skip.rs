@@ -21,6 +21,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use qkd_kms::api::observe::{Api, ApiCounters, ApiObserver, Operation, Outcome};
 use qkd_kms::api::skip::{self, EntropySource, EntropyUnavailable, KeyProvider, Route, SystemId};
 use qkd_kms::api::{
     DecKeysRequest, DeliveredKey, EncKeysRequest, KeyLimits, KeyProfile, KeyService, PairStatus,
@@ -422,6 +423,13 @@ fn check_ok(
 
 /// The deployment of the module documentation. Returns it and the fake behind it.
 async fn deployment() -> (Fixture, Arc<FakeKeys>) {
+    let (fx, fake, _) = deployment_observed().await;
+    (fx, fake)
+}
+
+/// [`deployment`], its Key Providers reporting every answer to the counters returned.
+async fn deployment_observed() -> (Fixture, Arc<FakeKeys>, Arc<ApiCounters>) {
+    let counters = Arc::new(ApiCounters::new());
     let fake = Arc::new(FakeKeys::new(FakeConfig {
         kme: "KME-1",
         attached: vec!["A", "B", "C"],
@@ -477,22 +485,82 @@ async fn deployment() -> (Fixture, Arc<FakeKeys>) {
     .enumerate()
     {
         let service = service.clone();
+        let observer: Arc<dyn ApiObserver> = counters.clone();
         kmes.push(
             start_server(&pki, &format!("kp-{i}"), move |listener, tls, stop| {
-                tokio::spawn(skip::serve(
+                tokio::spawn(skip::serve_observed(
                     listener,
                     tls,
                     service,
                     provider,
                     SaeIdentityRule::new(SAE_PREFIX),
                     Default::default(),
+                    observer,
                     stop,
                 ))
             })
             .await,
         );
     }
-    (Fixture::with_clients(dir, pki, kmes), fake)
+    (Fixture::with_clients(dir, pki, kmes), fake, counters)
+}
+
+/// Every answer reaches the instrumentation hook as (skip, operation, outcome class), the one
+/// the node turns into metrics and audit records.
+#[tokio::test]
+async fn every_answer_is_reported_to_the_instrumentation_hook() {
+    let (fx, _fake, counters) = deployment_observed().await;
+    let status = |a: &Answer| a.status;
+    assert_eq!(
+        get(&fx, "A", 0, "/capabilities").await.map(|a| status(&a)),
+        Ok(200)
+    );
+    let (id, _) = new_key(&fx).await.unwrap();
+    assert_eq!(fetch(&fx, &id).await.map(|k| k.len()), Ok(32));
+    // The second fetch: the key was delivered already.
+    let again = get(&fx, "B", 1, &format!("/key/{id}?remoteSystemID=KP_A")).await;
+    assert_eq!(again.map(|a| status(&a)), Ok(400));
+    assert_eq!(
+        get(&fx, "A", 0, "/entropy?minentropy=64")
+            .await
+            .map(|a| status(&a)),
+        Ok(200)
+    );
+    assert_eq!(
+        get(&fx, "A", 0, "/nowhere").await.map(|a| status(&a)),
+        Ok(404)
+    );
+    assert_eq!(
+        get(&fx, "A", 0, "/key?remoteSystemID=KP_B&size=7")
+            .await
+            .map(|a| status(&a)),
+        Ok(400)
+    );
+    fx.stop().await;
+    use Operation as Op;
+    use Outcome as O;
+    for (op, outcome, n) in [
+        (Op::Status, O::Ok, 1),
+        (Op::EncKeys, O::Ok, 1),
+        (Op::DecKeys, O::Ok, 1),
+        (Op::DecKeys, O::NotFound, 1),
+        (Op::Entropy, O::Ok, 1),
+        (Op::Other, O::Invalid, 1),
+        (Op::EncKeys, O::Invalid, 1),
+    ] {
+        assert_eq!(
+            counters.count(Api::Skip, op, outcome),
+            n,
+            "{} {}",
+            op.label(),
+            outcome.label()
+        );
+    }
+    assert_eq!(
+        counters.total(),
+        7,
+        "nothing counted twice, nothing under another API"
+    );
 }
 
 #[tokio::test]

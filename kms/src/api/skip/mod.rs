@@ -26,8 +26,8 @@ use std::sync::Arc;
 pub use qkd_proto::skip::SystemId;
 use qkd_types::{SaeId, Secret};
 pub use reply::{SkipError, error_reply};
-pub use request::{Call, RawRequest, handle, route};
-pub use server::serve;
+pub use request::{Call, RawRequest, handle, handle_classified, route};
+pub use server::{serve, serve_observed};
 
 /// Key size when `GET /key` names none, in bits (the draft's default).
 pub const DEFAULT_KEY_BITS: u32 = 256;

@@ -15,6 +15,7 @@ use qkd_proto::skip;
 
 use crate::api::ServiceError;
 use crate::api::https::Reply;
+use crate::api::observe::Outcome;
 
 /// The draft §4.3: a key that cannot be returned, for whatever reason (the same answer for all,
 /// so that a caller learns nothing about keys that are not its own).
@@ -85,6 +86,27 @@ pub enum SkipError {
     /// Key manager (encryptor, peer, operator): see [`ServiceError`].
     #[error(transparent)]
     Service(#[from] ServiceError),
+}
+
+impl SkipError {
+    /// The outcome class the instrumentation hook counts ([`crate::api::observe`]).
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            SkipError::Forbidden => Outcome::NotAdmitted,
+            SkipError::PairNotAllowed(_) => Outcome::NotPermitted,
+            SkipError::NotFound
+            | SkipError::MethodNotAllowed
+            | SkipError::HasBody
+            | SkipError::BadQuery(_)
+            | SkipError::MissingRemote
+            | SkipError::UnknownRemote(_)
+            | SkipError::BadSize { .. }
+            | SkipError::BadMinEntropy { .. }
+            | SkipError::BadKeyId(_) => Outcome::Invalid,
+            SkipError::EntropyUnavailable => Outcome::Internal,
+            SkipError::Service(e) => Outcome::of_service(e),
+        }
+    }
 }
 
 /// The one mapping from an error to what the encryptor sees.

@@ -18,6 +18,7 @@ use qkd_types::SaeId;
 use super::reply::{SkipError, error_reply};
 use super::{DEFAULT_ENTROPY_BITS, DEFAULT_KEY_BITS, KeyProvider, MAX_ENTROPY_BITS};
 use crate::api::https::Reply;
+use crate::api::observe::{Operation, Outcome};
 use crate::api::{DecKeysRequest, DeliveredKey, EncKeysRequest, KeyService};
 
 /// A request as the HTTP shell received it, before any interpretation.
@@ -129,11 +130,31 @@ pub async fn handle(
     provider: &KeyProvider,
     service: &dyn KeyService,
 ) -> Reply {
+    handle_classified(req, caller, provider, service).await.0
+}
+
+/// [`handle`], also saying what was asked and how it ended (for the instrumentation hook).
+pub async fn handle_classified(
+    req: &RawRequest<'_>,
+    caller: Option<&SaeId>,
+    provider: &KeyProvider,
+    service: &dyn KeyService,
+) -> (Reply, Operation, Outcome) {
+    let operation = match parse_path(req.path, provider) {
+        Ok(Path::Capabilities) => Operation::Status,
+        Ok(Path::NewKey) => Operation::EncKeys,
+        Ok(Path::KeyById(_)) => Operation::DecKeys,
+        Ok(Path::Entropy) => Operation::Entropy,
+        Err(_) => Operation::Other,
+    };
     let result = match route(req, caller, provider, service) {
         Ok(call) => execute(call, provider, service).await,
         Err(e) => Err(e),
     };
-    result.unwrap_or_else(|e| error_reply(&e))
+    match result {
+        Ok(reply) => (reply, operation, Outcome::Ok),
+        Err(e) => (error_reply(&e), operation, e.outcome()),
+    }
 }
 
 /// Runs a checked call.

@@ -21,9 +21,10 @@ use qkd_types::SaeId;
 use tokio::net::TcpListener;
 
 use super::KeyProvider;
-use super::request::{RawRequest, handle};
+use super::request::{RawRequest, handle_classified};
 use crate::api::KeyService;
 use crate::api::https::{self, Door, ServerLimits};
+use crate::api::observe::{Api, ApiObserver, NoObserver};
 use crate::tls::SaeIdentityRule;
 
 /// Serves SKIP on `listener` until `shutdown` completes, then stops accepting, lets every
@@ -40,6 +41,31 @@ pub async fn serve(
     limits: ServerLimits,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    serve_observed(
+        listener,
+        tls,
+        service,
+        provider,
+        identity,
+        limits,
+        Arc::new(NoObserver),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`], reporting every answered request to `observer` (API `skip`).
+#[allow(clippy::too_many_arguments)] // the shell's inputs, each distinct; as serve plus one
+pub async fn serve_observed(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    service: Arc<dyn KeyService>,
+    provider: KeyProvider,
+    identity: SaeIdentityRule,
+    limits: ServerLimits,
+    observer: Arc<dyn ApiObserver>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
     let provider = Arc::new(provider);
     let door = Door {
         name: "SKIP",
@@ -52,9 +78,17 @@ pub async fn serve(
         respond: Arc::new(move |req, caller| {
             let service = service.clone();
             let provider = provider.clone();
-            Box::pin(
-                async move { respond(req, caller.as_ref().as_ref(), &provider, &*service).await },
-            )
+            let observer = observer.clone();
+            Box::pin(async move {
+                respond(
+                    req,
+                    caller.as_ref().as_ref(),
+                    &provider,
+                    &*service,
+                    &*observer,
+                )
+                .await
+            })
         }),
     };
     https::serve(listener, tls, identity, limits, door, shutdown).await
@@ -65,6 +99,7 @@ async fn respond(
     caller: Option<&SaeId>,
     provider: &KeyProvider,
     service: &dyn KeyService,
+    observer: &dyn ApiObserver,
 ) -> Response<Full<Bytes>> {
     let (parts, _body) = req.into_parts();
     let headers = &parts.headers;
@@ -78,7 +113,8 @@ async fn respond(
         query: parts.uri.query(),
         has_body,
     };
-    let reply = handle(&raw, caller, provider, service).await;
+    let (reply, operation, outcome) = handle_classified(&raw, caller, provider, service).await;
+    observer.observe(Api::Skip, operation, outcome);
     tracing::debug!(
         method = %parts.method,
         path = parts.uri.path(),
