@@ -47,7 +47,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use qkd_hardware::LinkRole;
-use qkd_kms::api::{DecKeysRequest, DeliveredKey, EncKeysRequest, KeyLimits, KeyService};
+use qkd_kms::api::{
+    DecKeysRequest, DeliveredKey, EncKeysRequest, KeyLimits, KeyService, OpenStreamRequest,
+};
+use qkd_kms::core::stream::Qos;
 use qkd_kms::events::defects::Defects;
 use qkd_kms::events::{Event, Observer};
 use qkd_kms::hybrid::{LocalIdentity, NodeSigningKey, PeerPublicKeys, PinnedPeers, Protection};
@@ -66,7 +69,9 @@ use qkd_kms::writer::Writer;
 use qkd_proto::peer as pb;
 use qkd_simulator::link::{SimLinkConfig, SimulatedLink};
 use qkd_simulator::model::ConstantRate;
-use qkd_types::{BlockId, Clock, KeyId, KmeId, LinkId, NodeId, SaeId, Secret, UnixMillis};
+use qkd_types::{
+    BlockId, Clock, KeyId, KeyStreamId, KmeId, LinkId, NodeId, SaeId, Secret, UnixMillis,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tonic::Status;
@@ -223,6 +228,10 @@ pub struct Outcome {
     pub link_runs: u64,
     /// Waiting keys whose expiry a delivery notice set.
     pub notified_keys: u64,
+    /// ETSI 004 key streams opened.
+    pub streams: u32,
+    /// Keys delivered from key streams, both ends together.
+    pub stream_keys: u64,
     /// Simulated time, in milliseconds.
     pub sim_ms: u64,
     /// Hash of the trace (the same for two runs of the same options).
@@ -843,6 +852,22 @@ struct NodeSlot {
     up: bool,
 }
 
+/// Most key streams open at once in a run.
+const MAX_STREAMS: usize = 2;
+
+/// An ETSI 004 key stream the run opened, and what each of its ends got.
+#[derive(Debug)]
+struct SimStream {
+    /// Its pair (the master opens it, the slave joins).
+    pair: usize,
+    id: KeyStreamId,
+    joined: bool,
+    /// Key bytes delivered, by (end: 0 the master's, 1 the slave's; index).
+    got: BTreeMap<(usize, u64), Secret>,
+    /// The next index each end asks for.
+    next: [u64; 2],
+}
+
 /// A key the master got, waiting for (or fetched by) its slaves.
 #[derive(Debug)]
 struct MasterKey {
@@ -876,6 +901,8 @@ struct Sim {
     master_keys: BTreeMap<KeyId, MasterKey>,
     /// Keys released to a master whose slave node was down: checked when it is back.
     deferred: BTreeMap<usize, Vec<KeyId>>,
+    /// Key streams open (closed ones are dropped).
+    streams: Vec<SimStream>,
     trace: Vec<String>,
     outcome: Outcome,
     _tmp: tempfile::TempDir,
@@ -944,6 +971,7 @@ impl Sim {
             lose_position: BTreeSet::new(),
             master_keys: BTreeMap::new(),
             deferred: BTreeMap::new(),
+            streams: Vec::new(),
             trace: Vec::new(),
             outcome: Outcome::default(),
             _tmp: tmp,
@@ -1424,6 +1452,175 @@ impl Sim {
         }
     }
 
+    /// Key streams (issue 11): opens one for a pair at its master's node and joins it at its
+    /// slave's, asks either end for the key at an index (its next one, or one it got already,
+    /// which must be refused), or closes a stream at both ends. Checks that no end gets an index
+    /// twice and that both ends get the same key at the same index, across crashes, partitions
+    /// and restarts (a stream's state is durable at both ends).
+    async fn stream_step(&mut self, step: u32) {
+        if self.streams.len() < MAX_STREAMS
+            && (self.streams.is_empty() || self.rng.random_bool(0.1))
+        {
+            return self.open_stream(step).await;
+        }
+        if self.streams.is_empty() {
+            return;
+        }
+        let s = self.rng.random_range(0..self.streams.len());
+        if !self.streams[s].joined {
+            return self.join_stream(step, s).await;
+        }
+        if self.rng.random_bool(0.03) {
+            return self.close_stream(step, s).await;
+        }
+        let end = self.rng.random_range(0..2);
+        let delivered: Vec<u64> = self.streams[s]
+            .got
+            .keys()
+            .filter(|(e, _)| *e == end)
+            .map(|(_, i)| *i)
+            .collect();
+        let again = !delivered.is_empty() && self.rng.random_bool(0.1);
+        let index = if again {
+            delivered[self.rng.random_range(0..delivered.len())]
+        } else {
+            self.streams[s].next[end]
+        };
+        let p = self.pairs[self.streams[s].pair].clone();
+        let (caller, node) = if end == 0 {
+            (p.master.clone(), p.master_node)
+        } else {
+            (p.slave.clone(), p.slave_node)
+        };
+        let id = self.streams[s].id;
+        let r = self
+            .sae_call(node, move |m| {
+                Box::pin(async move { m.stream_key(&caller, id, index).await })
+            })
+            .await;
+        let what = format!("stream {s} end {end} index {index}");
+        match r {
+            Some(Ok(k)) => {
+                self.note(step, format!("{what}: key (again: {again})"));
+                self.outcome.stream_keys += 1;
+                if self.streams[s].got.contains_key(&(end, index)) {
+                    self.fail(format!("{what}: delivered twice to the same end"));
+                    return;
+                }
+                if let Some(other) = self.streams[s].got.get(&(1 - end, index))
+                    && other != &k.key
+                {
+                    self.fail(format!("{what}: the two ends got different keys"));
+                }
+                let stream = &mut self.streams[s];
+                stream.got.insert((end, index), k.key);
+                stream.next[end] = stream.next[end].max(index + 1);
+            }
+            Some(Err(e)) => {
+                self.outcome.refused += 1;
+                self.note(step, format!("{what}: {e} (again: {again})"));
+                // An index that expired or went with a configuration change is skipped.
+                if !again && self.rng.random_bool(0.5) {
+                    self.streams[s].next[end] += 1;
+                }
+            }
+            None => {
+                self.outcome.refused += 1;
+                self.note(step, format!("{what}: no answer"));
+            }
+        }
+    }
+
+    fn stream_qos() -> Qos {
+        Qos {
+            chunk_bytes: KEY_BITS_V0 / 8,
+            max_bps: 0,
+            timeout_ms: 1_000,
+            ttl_s: 60,
+            ..Qos::default()
+        }
+    }
+
+    async fn open_stream(&mut self, step: u32) {
+        let pair = self.rng.random_range(0..3);
+        let p = self.pairs[pair].clone();
+        let req = OpenStreamRequest {
+            caller: p.master.clone(),
+            peer: p.slave.clone(),
+            qos: Self::stream_qos(),
+            join: None,
+        };
+        let r = self
+            .sae_call(p.master_node, move |m| {
+                Box::pin(async move { m.open_stream(req).await })
+            })
+            .await;
+        match r {
+            Some(Ok(opened)) => {
+                self.outcome.streams += 1;
+                self.note(
+                    step,
+                    format!("open stream {} for pair {pair}", self.streams.len()),
+                );
+                self.streams.push(SimStream {
+                    pair,
+                    id: opened.id,
+                    joined: false,
+                    got: BTreeMap::new(),
+                    next: [0, 0],
+                });
+            }
+            Some(Err(e)) => self.note(step, format!("open stream for pair {pair}: {e}")),
+            None => self.note(step, format!("open stream for pair {pair}: no answer")),
+        }
+    }
+
+    async fn join_stream(&mut self, step: u32, s: usize) {
+        let p = self.pairs[self.streams[s].pair].clone();
+        let req = OpenStreamRequest {
+            caller: p.slave.clone(),
+            peer: p.master.clone(),
+            qos: Self::stream_qos(),
+            join: Some(self.streams[s].id),
+        };
+        let r = self
+            .sae_call(p.slave_node, move |m| {
+                Box::pin(async move { m.open_stream(req).await })
+            })
+            .await;
+        match r {
+            Some(Ok(_)) => {
+                self.note(step, format!("join stream {s}"));
+                self.streams[s].joined = true;
+            }
+            Some(Err(e)) => self.note(step, format!("join stream {s}: {e}")),
+            None => self.note(step, format!("join stream {s}: no answer")),
+        }
+    }
+
+    async fn close_stream(&mut self, step: u32, s: usize) {
+        let p = self.pairs[self.streams[s].pair].clone();
+        let id = self.streams[s].id;
+        for (caller, node) in [
+            (p.master.clone(), p.master_node),
+            (p.slave.clone(), p.slave_node),
+        ] {
+            let r = self
+                .sae_call(node, move |m| {
+                    Box::pin(async move { m.close_stream(&caller, id).await })
+                })
+                .await;
+            let said = match r {
+                Some(Ok(())) => "closed".to_owned(),
+                Some(Err(e)) => e.to_string(),
+                None => "no answer".to_owned(),
+            };
+            self.note(step, format!("close stream {s} at n{node}: {said}"));
+        }
+        // Forgotten here either way: an end that missed its close expires with its keys.
+        self.streams.remove(s);
+    }
+
     fn fail(&self, what: String) {
         self.checker
             .lock()
@@ -1513,7 +1710,8 @@ impl Sim {
             }
             38..=39 => self.enc(step, 0, 1, None, Some(3)).await,
             40..=41 => self.enc(step, 0, 1, None, Some(4)).await,
-            42..=69 => self.dec(step, false).await,
+            42..=63 => self.dec(step, false).await,
+            64..=69 => self.stream_step(step).await,
             70..=73 => self.dec(step, true).await,
             74..=96 if !self.opts.faults.disruptions => {
                 let secs = self.rng.random_range(1..4);
@@ -1670,6 +1868,7 @@ pub fn run_seeds(
         s.master_keys += o.master_keys;
         s.slave_keys += o.slave_keys;
         s.multicast_keys += o.multicast_keys;
+        s.stream_keys += o.stream_keys;
         s.notified_keys += o.notified_keys;
         s.crashes += u64::from(o.crashes);
         s.sim_ms += o.sim_ms;
@@ -1690,6 +1889,8 @@ pub struct Summary {
     pub slave_keys: u64,
     /// Keys delivered for two slaves at once.
     pub multicast_keys: u64,
+    /// Keys delivered from key streams, both ends together.
+    pub stream_keys: u64,
     /// Waiting keys whose expiry a delivery notice set.
     pub notified_keys: u64,
     /// Crashes.
@@ -1703,13 +1904,14 @@ impl std::fmt::Display for Summary {
         let mut s = String::new();
         let _ = write!(
             s,
-            "{} runs, {} steps, {} keys to masters ({} for two slaves), {} to slaves, {} expiries \
-             set by delivery notices, {} crashes, {:.0} s simulated",
+            "{} runs, {} steps, {} keys to masters ({} for two slaves), {} to slaves, {} from key \
+             streams, {} expiries set by delivery notices, {} crashes, {:.0} s simulated",
             self.runs,
             self.steps,
             self.master_keys,
             self.multicast_keys,
             self.slave_keys,
+            self.stream_keys,
             self.notified_keys,
             self.crashes,
             self.sim_ms as f64 / 1000.0

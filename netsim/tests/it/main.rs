@@ -17,7 +17,13 @@ const SEEDS_IN_MEMORY: u64 = 100;
 fn must_hold(shape: Shape, default_seeds: u64, store: StoreKind) {
     let count = seed_count(default_seeds);
     match run_seeds(shape, STEPS, count, Defects::default(), store) {
-        Ok(summary) => eprintln!("{} on {}: {summary}", shape.name(), store.name()),
+        Ok(summary) => {
+            eprintln!("{} on {}: {summary}", shape.name(), store.name());
+            assert!(
+                count < 20 || (summary.slave_keys > 0 && summary.stream_keys > 0),
+                "the workload got no keys to slaves or from key streams: {summary}"
+            );
+        }
         Err(v) => panic!("{v}"),
     }
 }
