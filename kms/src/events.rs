@@ -68,6 +68,9 @@ pub mod defects {
         pub stale_keys: bool,
         /// Defect 4 (the store's half): device key IDs already used on a link are accepted.
         pub reissued_ids: bool,
+        /// A key stream's GET_KEY leaves the index undelivered and the key in place, so that
+        /// the index is served again (shows that the simulation checks key streams).
+        pub stream_redelivery: bool,
     }
 
     #[cfg(feature = "simulation")]
@@ -76,6 +79,7 @@ pub mod defects {
             mixed_profiles: false,
             stale_keys: false,
             reissued_ids: false,
+            stream_redelivery: false,
         }) };
     }
 

@@ -259,6 +259,7 @@ impl Violation {
             (d.mixed_profiles, "mixed_profiles"),
             (d.stale_keys, "stale_keys"),
             (d.reissued_ids, "reissued_ids"),
+            (d.stream_redelivery, "stream_redelivery"),
         ]
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))
@@ -288,6 +289,7 @@ impl Violation {
                 "mixed_profiles" => d.mixed_profiles = true,
                 "stale_keys" => d.stale_keys = true,
                 "reissued_ids" => d.reissued_ids = true,
+                "stream_redelivery" => d.stream_redelivery = true,
                 _ => return None,
             }
         }

@@ -188,6 +188,18 @@ impl TakeStreamKey {
                 let key = t
                     .key_bytes(kid)?
                     .ok_or(StoreError::Corrupt("stream key bytes vanished"))?;
+                // Test-only switch of the network simulation; never set otherwise.
+                if crate::events::defects::active().stream_redelivery {
+                    let served = StreamKey {
+                        id: kid,
+                        key,
+                        made_under: meta.made_under.clone(),
+                        master: record.master.clone(),
+                        slave: record.slave.clone(),
+                        role: record.role,
+                    };
+                    return Ok((Ok(served), timeout));
+                }
                 if record.role == Role::Slave {
                     for s in meta.slaves.iter_mut() {
                         if s.0 == record.slave {

@@ -193,3 +193,18 @@ fn finds_defect_4_reissued_ids() {
     );
     assert!(what.contains("link key used twice"), "{what}");
 }
+
+/// The key-stream invariant holds the streams to account: with GET_KEY leaving an index
+/// undelivered, an index is served twice to one end.
+#[test]
+fn finds_a_stream_index_served_twice() {
+    let what = finds(
+        Defects {
+            stream_redelivery: true,
+            ..Defects::default()
+        },
+        Shape::Chain(5),
+        40,
+    );
+    assert!(what.contains("delivered twice to the same end"), "{what}");
+}
