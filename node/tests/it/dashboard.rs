@@ -1,8 +1,8 @@
 //! The dashboard (issue 12, item 6) in a real headless Chromium, driven over the W3C WebDriver
 //! protocol (chromedriver, spoken to with plain HTTP and JSON), against a live 3-node network of
-//! real `qkd-node` processes: the page shows every node and link, a screenshot is taken, and a
-//! node that stops takes its links down, which the page draws red before a deadline derived from
-//! the advert expiry.
+//! real `qkd-node` processes: the headers (CSP) and the bounded live feed; the page shows every
+//! node and link, a screenshot is taken, no key byte is in the page; a node that stops takes its
+//! links down, which the page draws red before a deadline derived from the advert expiry.
 //!
 //! Chromium and chromedriver come from the system (`.ci/run` installs them). Under `CI=true` a
 //! missing browser fails the test; elsewhere the test says so and passes without running.
@@ -318,6 +318,32 @@ async fn the_dashboard_draws_the_live_network_and_a_lost_link_red() {
         assert!(csp.starts_with("default-src 'none'"), "{path}: {csp}");
         assert_eq!(r.headers()["x-content-type-options"], "nosniff");
     }
+
+    // The live feed: snapshots as server-sent events, a bounded number of viewers.
+    let mut feeds = Vec::new();
+    for _ in 0..16 {
+        let r = http
+            .get(format!("{admin}/dashboard/events"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(r.headers()["content-type"], "text/event-stream");
+        feeds.push(r);
+    }
+    let first = feeds[0].chunk().await.unwrap().unwrap();
+    let first = String::from_utf8_lossy(&first);
+    assert!(
+        first.starts_with("event: snapshot\ndata: {\"node\":\"N01\""),
+        "{first}"
+    );
+    let r = http
+        .get(format!("{admin}/dashboard/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503, "a 17th live feed");
+    drop(feeds);
 
     let browser = Browser::launch(&tools, &net.path().join("chromium-profile")).await;
     browser.goto(&format!("{admin}/dashboard")).await;
