@@ -258,9 +258,14 @@ fn network(
                         .filter(|(r, _)| !r.up)
                         .map(|(_, n)| n.as_str())
                         .collect();
+                    let verb = if who.len() > 1 {
+                        "advertise"
+                    } else {
+                        "advertises"
+                    };
                     (
                         "down",
-                        Some(format!("{} advertises it down", who.join(" and "))),
+                        Some(format!("{} {verb} it down", who.join(" and "))),
                     )
                 }
                 (Some(r), None) | (None, Some(r)) if !r.up => {
