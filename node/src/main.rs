@@ -7,6 +7,7 @@ mod audit;
 mod check;
 use qkd_node::config;
 mod daemon;
+mod dashboard;
 mod demo;
 mod monitor;
 mod operations;

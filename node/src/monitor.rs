@@ -3,7 +3,8 @@
 //! the pools, the store's space and health, the certificates' expiry, the audit counts), feeds
 //! the observation to [`alarms::Evaluator`], and turns each transition into a log line, an
 //! audit record and the `qkd_alarm_active` metric; `/status` and `/alarms` show what is active.
-//! It also refreshes the gauges that mirror state.
+//! It also refreshes the gauges that mirror state, and keeps the recent readings of each link
+//! that the dashboard draws (bounded: [`crate::dashboard::History`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -20,6 +21,7 @@ use crate::alarms::{
     Transition,
 };
 use crate::audit::{AuditEvent, AuditLog};
+use crate::dashboard::{History, Reading};
 use crate::siem::Forwarder;
 use crate::telemetry::{AuditCounts, LinkReading, Telemetry};
 
@@ -49,6 +51,10 @@ pub struct Monitor {
     wake: Arc<Notify>,
     /// Failed TLS handshakes per port already audited.
     handshakes_audited: Mutex<[u64; 4]>,
+    /// The thresholds the evaluator holds the observations to (shown on the dashboard).
+    thresholds: Thresholds,
+    /// Recent readings of each link, for the dashboard.
+    history: Mutex<History>,
 }
 
 /// What the monitor is built from.
@@ -94,7 +100,9 @@ impl Monitor {
             pools: p.pools,
             qkd_only: p.qkd_only,
             certificates: p.certificates,
-            evaluator: Mutex::new(Evaluator::new(p.thresholds)),
+            evaluator: Mutex::new(Evaluator::new(p.thresholds.clone())),
+            thresholds: p.thresholds,
+            history: Mutex::default(),
             active: Mutex::default(),
             wake: p.wake,
             handshakes_audited: Mutex::new(qkd_kms::instruments::handshake_failures()),
@@ -107,6 +115,26 @@ impl Monitor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Runs `f` over the recent readings of the links.
+    pub fn with_history<R>(&self, f: impl FnOnce(&History) -> R) -> R {
+        f(&self.history.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The thresholds alarms are raised at.
+    pub fn thresholds(&self) -> &Thresholds {
+        &self.thresholds
+    }
+
+    /// The pairs whose pool is here: (master attached here, slave elsewhere).
+    pub fn pools(&self) -> &[(SaeId, SaeId)] {
+        &self.pools
+    }
+
+    /// The time on the monitor's clock.
+    pub fn now(&self) -> UnixMillis {
+        self.clock.now()
     }
 
     /// Refreshes the gauges that mirror state (before a scrape).
@@ -196,25 +224,34 @@ impl Monitor {
                     .ok(),
                 None => None,
             };
-            let (state, condition, qber, rate) = match status {
-                Some(st) => {
-                    let (i, c) = match st.state {
-                        LinkState::Up => (0, LinkCondition::Up),
-                        LinkState::Down { reason } => (1, LinkCondition::Down(reason)),
-                        LinkState::Aborted { reason } => (2, LinkCondition::Aborted(reason)),
-                    };
-                    (i, c, st.qber, st.secret_key_rate_bps)
-                }
-                None => (
-                    1,
-                    LinkCondition::Down(format!(
+            let status = status.unwrap_or_else(|| qkd_hardware::LinkStatus {
+                state: LinkState::Down {
+                    reason: format!(
                         "the device did not report its status within {} s",
                         DEVICE_STATUS_TIMEOUT.as_secs()
-                    )),
-                    None,
-                    Some(0.0),
-                ),
+                    ),
+                },
+                qber: None,
+                secret_key_rate_bps: Some(0.0),
+            });
+            self.history
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(
+                    &level.link,
+                    Reading {
+                        at: self.clock.now(),
+                        state: status.state.clone(),
+                        qber: status.qber,
+                        rate_bps: status.secret_key_rate_bps,
+                    },
+                );
+            let (state, condition) = match status.state {
+                LinkState::Up => (0, LinkCondition::Up),
+                LinkState::Down { reason } => (1, LinkCondition::Down(reason)),
+                LinkState::Aborted { reason } => (2, LinkCondition::Aborted(reason)),
             };
+            let (qber, rate) = (status.qber, status.secret_key_rate_bps);
             self.telemetry.link_reading(&LinkReading {
                 level: level.clone(),
                 state,

@@ -9,6 +9,8 @@
 //! * `GET /alarms` answers the active alarms (JSON array).
 //! * `GET /metrics` answers the Prometheus text exposition (docs/metrics.md), if metrics are on.
 //! * `GET /healthz` answers `ok` while the node serves.
+//! * `GET /dashboard` and below: the operators' web page and its live feed
+//!   ([`crate::dashboard`]).
 //!
 //! Never any key bytes, and no SAE IDs or key IDs in the counters.
 
@@ -176,6 +178,7 @@ pub async fn serve(
     parts: AdminParts,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    let dashboard = crate::dashboard::Ctx::new(manager.clone(), parts.monitor.clone());
     let ctx = Ctx {
         manager,
         node: parts.node,
@@ -189,8 +192,9 @@ pub async fn serve(
         .route("/alarms", get(alarms))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
-        .with_state(ctx);
+        .with_state(ctx)
+        .merge(crate::dashboard::router(dashboard))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") });
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -380,7 +380,7 @@ impl Net {
             .ok_or_else(|| anyhow!("node {node} has no admin listener"))?;
         let url = format!("http://{admin}/status");
         let r = self.admin.get(&url).send().await?;
-        Ok(r.json().await.with_context(|| url)?)
+        r.json().await.with_context(|| url)
     }
 
     /// The node's operator status document. Panics on failure.

@@ -5,6 +5,7 @@
 
 mod check;
 mod conform;
+mod dashboard;
 mod defects;
 mod deps;
 mod devices;

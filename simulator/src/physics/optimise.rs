@@ -184,8 +184,8 @@ pub fn nelder_mead_max<const D: usize>(
         }
         let mut centroid = [0.0; D];
         for p in &simplex[..D] {
-            for i in 0..D {
-                centroid[i] += p.share[i];
+            for (c, share) in centroid.iter_mut().zip(&p.share) {
+                *c += share;
             }
         }
         let along = |t: f64| {
