@@ -446,10 +446,10 @@ fn destinations(names: &[String], links: &[(String, String, String)]) -> Vec<(St
     let dist = distances(&names[0], links, None);
     let mut by_hops: BTreeMap<usize, String> = BTreeMap::new();
     for name in names {
-        if let Some(&d) = dist.get(name) {
-            if d > 0 {
-                by_hops.entry(d).or_insert_with(|| name.clone());
-            }
+        if let Some(&d) = dist.get(name)
+            && d > 0
+        {
+            by_hops.entry(d).or_insert_with(|| name.clone());
         }
     }
     by_hops.into_iter().map(|(d, n)| (n, d)).collect()
