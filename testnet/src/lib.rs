@@ -21,4 +21,7 @@ pub mod etsi_fixture;
 pub mod fake;
 pub mod net;
 
-pub use net::{Layout, LinkCounters, Listen, Net, POOL, keys, node_bin, scratch_dir, tail};
+pub use net::{
+    Layout, LinkCounters, Listen, Net, POOL, bin_beside, keys, node_bin, node_bin_beside,
+    scratch_dir, tail,
+};

@@ -380,7 +380,7 @@ impl Net {
             .ok_or_else(|| anyhow!("node {node} has no admin listener"))?;
         let url = format!("http://{admin}/status");
         let r = self.admin.get(&url).send().await?;
-        Ok(r.json().await.with_context(|| url)?)
+        r.json().await.with_context(|| url)
     }
 
     /// The node's operator status document. Panics on failure.
@@ -664,6 +664,43 @@ pub fn node_bin(explicit: Option<&PathBuf>) -> Result<PathBuf> {
         );
     }
     Ok(bin)
+}
+
+/// The `qkd-node` binary in the same target directory and profile as `exe` (a binary cargo built
+/// for the calling test, its `CARGO_BIN_EXE_*`), built when missing ([`bin_beside`]).
+pub fn node_bin_beside(exe: &Path) -> PathBuf {
+    bin_beside(exe, "qkd-node", "qkd-node")
+}
+
+/// The binary `bin` of `package` in the same target directory and profile as `exe`. `cargo test
+/// --workspace` builds it with the same features as the test; a test of one package alone does
+/// not build another package's binary, so it is built here when missing. Building it
+/// unconditionally would select other features than the outer build and rebuild it every time.
+/// Panics on failure.
+pub fn bin_beside(exe: &Path, package: &str, bin: &str) -> PathBuf {
+    let profile_dir = exe.parent().expect("a binary in a profile directory");
+    let path = profile_dir.join(bin);
+    if path.is_file() {
+        return path;
+    }
+    let target_dir = profile_dir
+        .parent()
+        .expect("a profile directory in a target directory");
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "-p", package, "--bin", bin, "--target-dir"])
+        .arg(target_dir);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let out = cmd.output().expect("running cargo");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(path.is_file(), "no {}", path.display());
+    path
 }
 
 /// The last lines of a log.
