@@ -206,6 +206,11 @@ pub struct Sealer {
 }
 
 impl Sealer {
+    /// The epoch these keys belong to (the stream index of their key).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// The frame carrying `m`, ready to write.
     pub fn seal(&mut self, m: &Message) -> Result<Vec<u8>, FrameError> {
         if self.counter >= MAX_FRAMES_PER_EPOCH {

@@ -1,6 +1,6 @@
 //! What `qkd-link` reports on stdout: one JSON object per line, for operators and tests
 //! (`listening` with the bound address, `tunnel_open`, `tunnel_closed` with the stream indices
-//! used and the error that closed the tunnel, `psk_installed`). Key bytes never appear: only
+//! whose keys carried data and the error that closed the tunnel, `psk_installed`). Key bytes never appear: only
 //! stream IDs and indices. Logs go to stderr (`QKD_LOG`).
 
 use std::io::Write;
@@ -37,7 +37,11 @@ pub fn tunnel_closed(
     stats: &Stats,
     error: Option<anyhow::Error>,
 ) {
-    let epochs = stats.epochs.lock().map(|e| e.clone()).unwrap_or_default();
+    let epochs: Vec<u64> = stats
+        .epochs
+        .lock()
+        .map(|e| e.iter().copied().collect())
+        .unwrap_or_default();
     let error = error.map(|e| format!("{e:#}"));
     match &error {
         Some(e) => tracing::error!(conn, ksid, "tunnel closed: {e}"),

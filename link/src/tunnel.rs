@@ -52,12 +52,23 @@ pub struct Rekey {
 /// What one tunnel did, reported when it closes.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// The stream indices used, one per epoch, in order.
-    pub epochs: Mutex<Vec<u64>>,
+    /// The epochs (stream indices) whose keys sealed or opened data or `End` at this end. In a
+    /// tunnel that closed cleanly every such frame one end sealed the other opened, so both ends
+    /// report the same set. (Control frames are left out: a rekey announced after this end's
+    /// `End` may meet a peer that has already finished.)
+    pub epochs: Mutex<std::collections::BTreeSet<u64>>,
     /// Application bytes sent into the tunnel.
     pub sent: std::sync::atomic::AtomicU64,
     /// Application bytes received from the tunnel.
     pub received: std::sync::atomic::AtomicU64,
+}
+
+impl Stats {
+    fn used(&self, epoch: u64) {
+        if let Ok(mut e) = self.epochs.lock() {
+            e.insert(epoch);
+        }
+    }
 }
 
 /// The opener's side of one tunnel: `local` is a client of the tunnel at this site, `remote` the
@@ -200,9 +211,6 @@ async fn session(
 ) -> Result<()> {
     let keys = EpochKeys::derive(&k0, &stream.ksid, 0, stream.master);
     drop(k0);
-    if let Ok(mut e) = stats.epochs.lock() {
-        e.push(0);
-    }
     let (tr, tw) = tunnel.into_split();
     let (lr, lw) = local.into_split();
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
@@ -364,9 +372,6 @@ impl Sender<'_> {
             self.send(&Message::Rekey(j)).await?;
             self.sealer = keys.sealer;
             p.pending = Some((j, Instant::now()));
-            if let Ok(mut e) = self.stats.epochs.lock() {
-                e.push(j);
-            }
             tracing::debug!(epoch = j, "rekeyed");
             p.since_bytes = 0;
             since = Instant::now();
@@ -401,6 +406,9 @@ impl Sender<'_> {
     }
 
     async fn send(&mut self, m: &Message) -> Result<()> {
+        if matches!(m, Message::Data(_) | Message::End) {
+            self.stats.used(self.sealer.epoch());
+        }
         let f = self.sealer.seal(m)?;
         self.tunnel
             .write_all(&f)
@@ -434,7 +442,11 @@ impl Receiver {
                 }
                 bail!("the peer closed the tunnel without ending it (see its report)")
             };
-            match self.opener.open(&h, body)? {
+            let m = self.opener.open(&h, body)?;
+            if matches!(m, Message::Data(_) | Message::End) {
+                self.stats.used(self.opener.epoch());
+            }
+            match m {
                 Message::Data(b) => {
                     if ended {
                         bail!("protocol: data after the peer's end");
@@ -467,9 +479,6 @@ impl Receiver {
                     let keys = EpochKeys::derive(&key, &self.stream.ksid, j, false);
                     drop(key);
                     self.opener = keys.opener;
-                    if let Ok(mut e) = self.stats.epochs.lock() {
-                        e.push(j);
-                    }
                     self.tell(Ctl::PeerRekeyed(j, keys.sealer))?;
                     prefetch = Some(Prefetch::start(&self.stream, j + 1, 0));
                 }

@@ -1,13 +1,11 @@
-//! Real `qkd-link` processes against a network of real `qkd-node` processes: spawning them with
-//! an SAE's certificate, reading their JSON report lines, a TCP echo service, and a proxy that
-//! flips one bit of one frame.
+//! Real `qkd-link` processes against a network of real `qkd-node` processes (through
+//! `qkd_testnet::LinkProc`), a TCP echo service, a proxy that flips one bit of one frame, and a
+//! stand-in `wg`.
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use qkd_testnet::LinkProc;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -17,12 +15,8 @@ pub const LINK: &str = env!("CARGO_BIN_EXE_qkd-link");
 /// How long anything a test waits for may take on a loaded machine.
 pub const DEADLINE: Duration = Duration::from_secs(90);
 
-/// A running `qkd-link`, killed on drop; its report lines collected as they come.
-pub struct Link {
-    child: Child,
-    events: Arc<Mutex<Vec<Value>>>,
-    log: PathBuf,
-}
+/// A running `qkd-link` keyed by a node of the network; panics where the harness would fail.
+pub struct Link(LinkProc);
 
 impl Link {
     /// Starts `qkd-link <args>` as SAE `sae` of `node` in `net`, with extra environment.
@@ -33,91 +27,27 @@ impl Link {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Link {
-        let pki = net.path().join("pki");
-        let grpc = net.listen(node).grpc.expect("the node serves gRPC");
-        let log = net.path().join(format!("link-{sae}-{}.log", args[0]));
-        let mut child = Command::new(LINK)
-            .args(args)
-            .arg("--node")
-            .arg(grpc.to_string())
-            .arg("--ca")
-            .arg(pki.join("ca.crt"))
-            .arg("--cert")
-            .arg(pki.join(format!("sae-{sae}.crt")))
-            .arg("--key")
-            .arg(pki.join(format!("sae-{sae}.key")))
-            .env("QKD_LOG", "info")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let out = child.stdout.take().unwrap();
-        let sink = events.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                let v: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("not a JSON report line: {line:?}: {e}"));
-                sink.lock().unwrap().push(v);
-            }
-        });
-        Link { child, events, log }
+        Link(LinkProc::start(LINK.as_ref(), net, node, sae, args, env).unwrap())
     }
 
-    /// The first report line `pred` accepts, waiting for it (panics after [`DEADLINE`] or if
-    /// the process exits first).
+    /// The first report line `pred` accepts (panics after [`DEADLINE`]).
     pub async fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let t0 = Instant::now();
-        loop {
-            if let Some(v) = self.events.lock().unwrap().iter().find(|v| pred(v)) {
-                return v.clone();
-            }
-            if let Some(st) = self.child.try_wait().unwrap() {
-                // Let the reader thread drain what the process printed last.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                if let Some(v) = self.events.lock().unwrap().iter().find(|v| pred(v)) {
-                    return v.clone();
-                }
-                panic!("qkd-link exited ({st}) before {what}:\n{}", self.log());
-            }
-            assert!(
-                t0.elapsed() < DEADLINE,
-                "no {what} after {DEADLINE:?}: {:?}\n{}",
-                self.events.lock().unwrap(),
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.0.wait_for(what, DEADLINE, pred).await.unwrap()
     }
 
     /// The address it reported listening on.
     pub async fn addr(&mut self) -> String {
-        let v = self
-            .wait_for("listening", |v| v["event"] == "listening")
-            .await;
-        v["addr"].as_str().unwrap().to_string()
+        self.0.addr(DEADLINE).await.unwrap()
     }
 
     /// The report of tunnel `conn` closing.
     pub async fn closed(&mut self, conn: u64) -> Value {
-        self.wait_for(&format!("tunnel {conn} closing"), |v| {
-            v["event"] == "tunnel_closed" && v["conn"] == conn
-        })
-        .await
+        self.0.closed(conn, DEADLINE).await.unwrap()
     }
 
     /// Its stderr so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.log()
     }
 }
 
