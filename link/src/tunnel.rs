@@ -118,6 +118,7 @@ pub async fn joiner(
             connect,
         )
         .await?;
+        report::tunnel_open(conn, &stream.ksid, false);
         let r = session(&stream, k0, tunnel, local, rekey, &stats).await;
         stream.close().await;
         r

@@ -1,8 +1,9 @@
 //! One network (A-B-C-D-E; ENC-A1 at A and ENC-C1 at C pair across the trusted node B) for
 //! three runs: a TCP echo service through the tunnel across many rekeys, with both ends reporting
 //! the same stream indices in the same order; a proxy that flips one bit of one frame, which
-//! closes the tunnel with an authentication error; and WireGuard mode with a stand-in `wg` at
-//! each site, which must receive identical keys in the same order.
+//! closes the tunnel with an authentication error; WireGuard mode with a stand-in `wg` at each
+//! site, which must receive identical keys in the same order; and a joiner whose node dies, whose
+//! next rekey fails and closes the tunnel.
 
 use std::collections::HashSet;
 
@@ -23,8 +24,6 @@ fn tunnel_args<'a>(role: &'a str, peer: &'a str, extra: &[&'a str]) -> Vec<&'a s
         REKEY_BYTES,
         "--rekey-interval",
         "off",
-        "--key-timeout",
-        "30s",
         "--key-rate",
         "50",
     ];
@@ -32,12 +31,35 @@ fn tunnel_args<'a>(role: &'a str, peer: &'a str, extra: &[&'a str]) -> Vec<&'a s
     v
 }
 
+/// `qkd-link serve` arguments for ENC-C1 at C in front of `target`.
+fn serve_args<'a>(target: &'a str, key_timeout: &'a str) -> Vec<&'a str> {
+    tunnel_args(
+        "serve",
+        "ENC-A1",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--target",
+            target,
+            "--key-timeout",
+            key_timeout,
+        ],
+    )
+}
+
 /// `qkd-link listen` for ENC-A1 at A, tunnelling to `remote`.
 fn listen_at_a(net: &qkd_testnet::Net, remote: &str) -> Link {
     let args = tunnel_args(
         "listen",
         "ENC-C1",
-        &["--local", "127.0.0.1:0", "--remote", remote],
+        &[
+            "--local",
+            "127.0.0.1:0",
+            "--remote",
+            remote,
+            "--key-timeout",
+            "30s",
+        ],
     );
     Link::start(net, "A", "ENC-A1", &args, &[])
 }
@@ -59,17 +81,7 @@ async fn tunnel_and_wireguard_keys_across_a_relayed_path() {
 
     // Site C: the tunnel's end in front of the echo service.
     let echo = echo_service().await;
-    let mut serve = Link::start(
-        &net,
-        "C",
-        "ENC-C1",
-        &tunnel_args(
-            "serve",
-            "ENC-A1",
-            &["--listen", "127.0.0.1:0", "--target", &echo],
-        ),
-        &[],
-    );
+    let mut serve = Link::start(&net, "C", "ENC-C1", &serve_args(&echo, "30s"), &[]);
     let tunnel_addr = serve.addr().await;
     // Site A: local clients in.
     let mut listen = listen_at_a(&net, &tunnel_addr);
@@ -184,4 +196,24 @@ async fn tunnel_and_wireguard_keys_across_a_relayed_path() {
         lines(&wg_c.join("calls.log"))[0],
         format!("set wg0 peer {pub_a} preshared-key /dev/stdin")
     );
+
+    // 4. The joiner's node goes away mid-tunnel: its next rekey cannot complete and the tunnel
+    //    closes at both ends, the joiner naming the key index it could not get.
+    let mut serve4 = Link::start(&net, "C", "ENC-C1", &serve_args(&echo, "3s"), &[]);
+    let far = serve4.addr().await;
+    let mut listen4 = listen_at_a(&net, &far);
+    let local4 = listen4.addr().await;
+    const BIG: usize = 8 << 20;
+    let client = tokio::spawn(async move { through(&local4, pattern(BIG)).await.len() });
+    serve4
+        .wait_for("the tunnel", |v| v["event"] == "tunnel_open")
+        .await;
+    net.kill9("C");
+    let c4 = serve4.closed(1).await;
+    assert_eq!(c4["ok"], false, "{c4}");
+    let err = c4["error"].as_str().unwrap();
+    assert!(err.contains("key index"), "{err}");
+    let a4 = listen4.closed(1).await;
+    assert_eq!(a4["ok"], false, "{a4}");
+    assert!(client.await.unwrap() < BIG);
 }
