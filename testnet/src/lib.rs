@@ -26,5 +26,5 @@ pub mod net;
 pub use link::LinkProc;
 pub use net::{
     Layout, LinkCounters, Listen, Net, POOL, bin_beside, keys, node_bin, node_bin_beside,
-    scratch_dir, tail,
+    scratch_dir, sibling_bin, tail,
 };

@@ -649,17 +649,23 @@ pub fn keys(v: &Value) -> Vec<(String, Vec<u8>)> {
 
 /// The `qkd-node` binary: `explicit`, else next to the running binary.
 pub fn node_bin(explicit: Option<&PathBuf>) -> Result<PathBuf> {
+    sibling_bin(explicit, "qkd-node", "--nodes-bin")
+}
+
+/// The binary `name` of this workspace: `explicit`, else next to the running binary; `flag`
+/// names the option that gives it in the error.
+pub fn sibling_bin(explicit: Option<&PathBuf>, name: &str, flag: &str) -> Result<PathBuf> {
     let bin = match explicit {
         Some(p) => p.clone(),
         None => std::env::current_exe()?
             .parent()
             .context("the running binary has no directory")?
-            .join("qkd-node"),
+            .join(name),
     };
     if !bin.is_file() {
         bail!(
-            "no qkd-node binary at {} (build it with `cargo build --release -p qkd-node` into the \
-             same target directory, or pass --nodes-bin)",
+            "no {name} binary at {} (build it with `cargo build --release -p {name}` into the \
+             same target directory, or pass {flag})",
             bin.display()
         );
     }

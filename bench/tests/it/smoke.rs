@@ -249,3 +249,28 @@ fn stream() {
         figure(&r[end]["interval"]["p50_ms"], &r);
     }
 }
+
+/// Both tunnels carry every byte, the rekeyed one through more than one epoch.
+#[test]
+fn link() {
+    let bin = node_bin();
+    let link = qkd_testnet::bin_beside(BENCH.as_ref(), "qkd-link", "qkd-link");
+    let r = bench(&[
+        "link",
+        "--rounds",
+        "1",
+        "--duration",
+        "3s",
+        "--nodes-bin",
+        bin.to_str().unwrap(),
+        "--link-bin",
+        link.to_str().unwrap(),
+    ]);
+    figure(&r["rekeyed"]["median_mb_per_s"], &r);
+    figure(&r["fixed"]["median_mb_per_s"], &r);
+    assert_eq!(r["fixed"]["epochs_per_run"][0], 1, "{r}");
+    assert!(
+        r["rekeyed"]["epochs_per_run"][0].as_u64().unwrap() >= 2,
+        "{r}"
+    );
+}
