@@ -105,7 +105,7 @@ pub async fn run(
         Role::Connect(addr) => {
             opener(client, peer_sae, qos, &addr, wg, interval, key_timeout).await
         }
-        Role::Listen(addr) => joiner(client, peer_sae, qos, &addr, wg, key_timeout).await,
+        Role::Listen(addr) => joiner(client, peer_sae, qos, &addr, wg, interval, key_timeout).await,
     };
     let e = match e {
         Ok(()) => return Ok(()),
@@ -193,8 +193,12 @@ async fn joiner(
     qos: Qos,
     addr: &str,
     wg: &WgPeer,
+    interval: Duration,
     key_timeout: Duration,
 ) -> Result<()> {
+    // The opener announces a key every `interval` (both ends are given the same); silence for
+    // twice that and its key's time means it is gone, even if no FIN said so.
+    let silence = 2 * interval + 2 * key_timeout;
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("--listen {addr}: cannot bind"))?;
@@ -221,7 +225,12 @@ async fn joiner(
         report::psk_installed(&stream.ksid, 0);
         let mut prefetch = Some(Prefetch::start(&stream, 1, 0));
         loop {
-            let Some((h, body)) = tunnel::read_frame(&mut conn).await? else {
+            let Some((h, body)) = tokio::time::timeout(silence, tunnel::read_frame(&mut conn))
+                .await
+                .map_err(|_| {
+                    anyhow!("rekey failed: no key announced by the peer within {silence:?}")
+                })??
+            else {
                 bail!("the peer qkd-link closed the control connection (see its report)");
             };
             let now = keys.opener.epoch();
