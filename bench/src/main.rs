@@ -17,7 +17,9 @@
 //!   latency against hop count (issue 8);
 //! * `conform` - the time of `qkd-conform`'s whole suite against two local nodes (issue 9);
 //! * `stream` - delivery jitter of an ETSI 004-style key stream over gRPC at a set cadence, at
-//!   both ends at once (issue 11).
+//!   both ends at once (issue 11);
+//! * `link` - throughput of a `qkd-link` tunnel rekeyed every second against the same tunnel
+//!   with a fixed key, in interleaved runs (issue 11).
 //!
 //! Every run prints where it ran (CPU model, cores, memory): the load generator always shares the
 //! host with the nodes and talks to them over loopback. This binary only measures; it never
@@ -31,6 +33,7 @@ mod disk;
 mod etsi;
 mod growth;
 mod ingest;
+mod link;
 mod machine;
 mod measure;
 mod relay;
@@ -86,6 +89,10 @@ enum Cmd {
     ///
     /// Example: qkd-bench stream --rate 100 --keys 1000
     Stream(stream::Args),
+    /// qkd-link tunnel throughput, rekeyed every second against a fixed key, interleaved runs.
+    ///
+    /// Example: qkd-bench link --rounds 5 --duration 5s
+    Link(link::Args),
 }
 
 fn main() -> Result<()> {
@@ -126,6 +133,10 @@ fn main() -> Result<()> {
             let r = rt.block_on(stream::run(a))?;
             output(cli.json, &machine, "stream", &r, || r.print())?;
             r.check()
+        }
+        Cmd::Link(a) => {
+            let r = rt.block_on(link::run(a))?;
+            output(cli.json, &machine, "link", &r, || r.print())
         }
         Cmd::Disk(a) => {
             let r = disk::run(a)?;

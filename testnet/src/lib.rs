@@ -3,6 +3,7 @@
 //!
 //! * [`net`] - a network of real `qkd-node` processes on 127.0.0.x laid out by
 //!   `qkd-node demo --setup-only`: the node integration tests' `Net` and `qkd-bench`'s networks.
+//! * [`link`] - a running `qkd-link` (the reference encryptor) and its JSON report lines.
 //! * [`etsi_fixture`] - real key managers and ETSI 014 servers in one process, either one KME
 //!   over the in-memory [`fake::FakeKeys`] or two trusted nodes joined by a simulated link: the
 //!   deployments of the key manager's conformance, gRPC and SKIP suites.
@@ -19,6 +20,11 @@
 
 pub mod etsi_fixture;
 pub mod fake;
+pub mod link;
 pub mod net;
 
-pub use net::{Layout, LinkCounters, Listen, Net, POOL, keys, node_bin, scratch_dir, tail};
+pub use link::LinkProc;
+pub use net::{
+    Layout, LinkCounters, Listen, Net, POOL, bin_beside, keys, node_bin, node_bin_beside,
+    scratch_dir, sibling_bin, tail,
+};

@@ -649,21 +649,64 @@ pub fn keys(v: &Value) -> Vec<(String, Vec<u8>)> {
 
 /// The `qkd-node` binary: `explicit`, else next to the running binary.
 pub fn node_bin(explicit: Option<&PathBuf>) -> Result<PathBuf> {
+    sibling_bin(explicit, "qkd-node", "--nodes-bin")
+}
+
+/// The binary `name` of this workspace: `explicit`, else next to the running binary; `flag`
+/// names the option that gives it in the error.
+pub fn sibling_bin(explicit: Option<&PathBuf>, name: &str, flag: &str) -> Result<PathBuf> {
     let bin = match explicit {
         Some(p) => p.clone(),
         None => std::env::current_exe()?
             .parent()
             .context("the running binary has no directory")?
-            .join("qkd-node"),
+            .join(name),
     };
     if !bin.is_file() {
         bail!(
-            "no qkd-node binary at {} (build it with `cargo build --release -p qkd-node` into the \
-             same target directory, or pass --nodes-bin)",
+            "no {name} binary at {} (build it with `cargo build --release -p {name}` into the \
+             same target directory, or pass {flag})",
             bin.display()
         );
     }
     Ok(bin)
+}
+
+/// The `qkd-node` binary in the same target directory and profile as `exe` (a binary cargo built
+/// for the calling test, its `CARGO_BIN_EXE_*`), built when missing ([`bin_beside`]).
+pub fn node_bin_beside(exe: &Path) -> PathBuf {
+    bin_beside(exe, "qkd-node", "qkd-node")
+}
+
+/// The binary `bin` of `package` in the same target directory and profile as `exe`. `cargo test
+/// --workspace` builds it with the same features as the test; a test of one package alone does
+/// not build another package's binary, so it is built here when missing. Building it
+/// unconditionally would select other features than the outer build and rebuild it every time.
+/// Panics on failure.
+pub fn bin_beside(exe: &Path, package: &str, bin: &str) -> PathBuf {
+    let profile_dir = exe.parent().expect("a binary in a profile directory");
+    let path = profile_dir.join(bin);
+    if path.is_file() {
+        return path;
+    }
+    let target_dir = profile_dir
+        .parent()
+        .expect("a profile directory in a target directory");
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "-p", package, "--bin", bin, "--target-dir"])
+        .arg(target_dir);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let out = cmd.output().expect("running cargo");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(path.is_file(), "no {}", path.display());
+    path
 }
 
 /// The last lines of a log.

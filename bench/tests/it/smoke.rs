@@ -38,40 +38,9 @@ fn bench(args: &[&str]) -> Value {
     v["report"].clone()
 }
 
-/// The `qkd-node` binary of the same target directory and profile. `cargo test --workspace` (the
-/// README's test command) builds it with the same features as this test; a test of this package
-/// alone does not build another package's binary, so it is built here when missing. Building it
-/// unconditionally would select other features than the outer build and rebuild it every time.
+/// The `qkd-node` binary of the same target directory and profile (built when missing).
 fn node_bin() -> PathBuf {
-    let exe = PathBuf::from(BENCH);
-    let profile_dir = exe.parent().unwrap();
-    let bin = profile_dir.join("qkd-node");
-    if bin.is_file() {
-        return bin;
-    }
-    let target_dir = profile_dir.parent().unwrap();
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args([
-            "build",
-            "-p",
-            "qkd-node",
-            "--bin",
-            "qkd-node",
-            "--target-dir",
-        ])
-        .arg(target_dir);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(bin.is_file(), "no {}", bin.display());
-    bin
+    qkd_testnet::node_bin_beside(BENCH.as_ref())
 }
 
 #[test]
@@ -279,4 +248,29 @@ fn stream() {
         figure(&r[end]["jitter"]["max_ms"], &r);
         figure(&r[end]["interval"]["p50_ms"], &r);
     }
+}
+
+/// Both tunnels carry every byte, the rekeyed one through more than one epoch.
+#[test]
+fn link() {
+    let bin = node_bin();
+    let link = qkd_testnet::bin_beside(BENCH.as_ref(), "qkd-link", "qkd-link");
+    let r = bench(&[
+        "link",
+        "--rounds",
+        "1",
+        "--duration",
+        "3s",
+        "--nodes-bin",
+        bin.to_str().unwrap(),
+        "--link-bin",
+        link.to_str().unwrap(),
+    ]);
+    figure(&r["rekeyed"]["median_mb_per_s"], &r);
+    figure(&r["fixed"]["median_mb_per_s"], &r);
+    assert_eq!(r["fixed"]["epochs_per_run"][0], 1, "{r}");
+    assert!(
+        r["rekeyed"]["epochs_per_run"][0].as_u64().unwrap() >= 2,
+        "{r}"
+    );
 }

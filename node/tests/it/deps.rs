@@ -68,6 +68,8 @@ fn crate_dependency_edges_follow_the_architecture() {
         ),
         // The conformance tester must work against any KME: wire types and vocabulary only.
         ("qkd-conform", &["qkd-types", "qkd-proto"][..]),
+        // The reference encryptor is an SAE application: the node's public API only.
+        ("qkd-link", &["qkd-types", "qkd-proto"][..]),
         (
             "qkd-testnet",
             &[
