@@ -99,6 +99,16 @@ pub fn offline(cfg: &NodeConfig) -> Result<(), ConfigError> {
     if let Some(g) = &cfg.grpc {
         check_grpc_tls(cfg, g)?;
     }
+    if let Some(c) = &cfg.control {
+        // The certificate and key were read for [tls] above: only the CA can fail here.
+        let files = control_tls_files(cfg, c);
+        let key = if c.ca.is_some() {
+            "control.ca"
+        } else {
+            "tls.ca"
+        };
+        tls::server_config(&files).map_err(|e| err(key, &files.ca, e.to_string()))?;
+    }
     if let Some(s) = &cfg.audit.siem {
         tls::load_roots(&s.ca).map_err(|e| err("audit.siem.ca", &s.ca, e.to_string()))?;
         if let Some(c) = &s.client_cert {
@@ -226,6 +236,15 @@ pub fn grpc_tls_files(cfg: &NodeConfig, g: &GrpcSection) -> TlsFiles {
         cert_chain: g.cert.clone().unwrap_or_else(|| cfg.tls.cert.clone()),
         key: g.key.clone().unwrap_or_else(|| cfg.tls.key.clone()),
         ca: g.ca.clone().unwrap_or_else(|| cfg.tls.ca.clone()),
+    }
+}
+
+/// The control listener's TLS files: the node's certificate, the operators' CA.
+pub fn control_tls_files(cfg: &NodeConfig, c: &crate::config::ControlSection) -> TlsFiles {
+    TlsFiles {
+        cert_chain: cfg.tls.cert.clone(),
+        key: cfg.tls.key.clone(),
+        ca: c.ca.clone().unwrap_or_else(|| cfg.tls.ca.clone()),
     }
 }
 

@@ -70,6 +70,9 @@ pub struct NodeConfig {
     /// The audit log and its SIEM forwarding.
     #[serde(default)]
     pub audit: AuditSection,
+    /// The control listener for operators (mutual TLS; off unless set).
+    #[serde(default)]
+    pub control: Option<ControlSection>,
     /// The file this configuration was read from (for error messages).
     #[serde(skip)]
     pub path: PathBuf,
@@ -464,6 +467,19 @@ fn default_grpc_per_client() -> usize {
     qkd_kms::api::grpc::GrpcLimits::default().max_connections_per_client
 }
 
+/// `[control]`: the control listener (docs/operations.md), always mutual TLS with the node's
+/// `[tls]` certificate, admitting only management certificates (`urn:qkd:operator:<name>` URI
+/// SAN) that chain to `ca`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSection {
+    /// Listener address; port 0 picks one at first start and records it.
+    pub listen: SocketAddr,
+    /// PEM CA certificate(s) that management certificates chain to; `[tls] ca` when absent.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+}
+
 /// `[limits]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -684,6 +700,9 @@ impl NodeConfig {
                     "must be positive".into(),
                 ));
             }
+        }
+        if let Some(p) = cfg.control.as_mut().and_then(|c| c.ca.as_mut()) {
+            abs(p);
         }
         for n in &mut cfg.neighbours {
             if let Some(p) = &mut n.peer_addr_file {

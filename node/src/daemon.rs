@@ -398,6 +398,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         let st = stop();
         async move { qkd_kms::peer::serve(peer_l, &tls, m, st).await }
     });
+    let etsi015 = crate::etsi015::Setup::of(&cfg, clock.now())?;
     let admin_task = admin_l.map(|l| {
         tokio::spawn(status::serve(
             l,
@@ -408,6 +409,8 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
                 api_requests: counters.clone(),
                 monitor: monitor.clone(),
                 telemetry: ops.telemetry.clone(),
+                etsi015: etsi015.clone(),
+                clock: clock.clone(),
             },
             stop(),
         ))
@@ -624,4 +627,27 @@ fn restrict_dir(p: &Path) -> Result<()> {
 #[cfg(not(unix))]
 fn restrict_dir(_p: &Path) -> Result<()> {
     Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

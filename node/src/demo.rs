@@ -599,7 +599,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     write_atomic(&demo_json, &serde_json::to_vec_pretty(&desc)?)?;
     print_next_steps(&desc, &demo_json);
 
-    crate::wait_for_signal().await;
+    crate::daemon::wait_for_signal().await;
     println!("stopping the demo nodes...");
     for (_, child, _) in &children {
         if let Some(pid) = child.id() {

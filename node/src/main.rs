@@ -2,17 +2,7 @@
 
 #![forbid(unsafe_code)]
 
-mod alarms;
-mod audit;
-mod check;
-use qkd_node::config;
-mod daemon;
-mod demo;
-mod monitor;
-mod operations;
-mod siem;
-mod status;
-mod telemetry;
+use qkd_node::{audit, check, config, daemon, demo};
 
 use std::path::PathBuf;
 
@@ -181,7 +171,7 @@ fn main() -> Result<()> {
             rt.block_on(async move {
                 let (tx, rx) = watch::channel(false);
                 tokio::spawn(async move {
-                    wait_for_signal().await;
+                    daemon::wait_for_signal().await;
                     let _ = tx.send(true);
                 });
                 daemon::run(cfg, rx).await
@@ -214,28 +204,5 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -8,6 +8,7 @@ mod conform;
 mod defects;
 mod deps;
 mod devices;
+mod etsi015;
 mod failpoints;
 mod fuzz_corpus;
 mod grpc;

@@ -1,0 +1,2 @@
+//! `qkdctl` (built in a later commit).
+fn main() {}

@@ -1,0 +1,1 @@
+//! The control listener (built in the next commit).
