@@ -56,6 +56,9 @@ pub struct ListenRecord {
     /// SKIP Key Provider address, if enabled.
     #[serde(default)]
     pub skip: Option<SocketAddr>,
+    /// Control listener address, if enabled.
+    #[serde(default)]
+    pub control: Option<SocketAddr>,
 }
 
 /// Name of the listen record in the data directory.
@@ -182,6 +185,17 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         Some(s) => Some(bind(s.listen, recorded.as_ref().and_then(|r| r.skip), "SKIP").await?),
         None => None,
     };
+    let control_l = match &cfg.control {
+        Some(c) => Some(
+            bind(
+                c.listen,
+                recorded.as_ref().and_then(|r| r.control),
+                "control",
+            )
+            .await?,
+        ),
+        None => None,
+    };
 
     // Every listener is bound (connections wait in the backlog until the servers start): record
     // the addresses, for restarts and for neighbours and demos on the same host.
@@ -190,6 +204,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     let admin_addr = admin_l.as_ref().map(|l| l.local_addr()).transpose()?;
     let grpc_addr = grpc_l.as_ref().map(|l| l.local_addr()).transpose()?;
     let skip_addr = skip_l.as_ref().map(|l| l.local_addr()).transpose()?;
+    let control_addr = control_l.as_ref().map(|l| l.local_addr()).transpose()?;
     let record = ListenRecord {
         version: 1,
         etsi: etsi_addr,
@@ -197,6 +212,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         admin: admin_addr,
         grpc: grpc_addr,
         skip: skip_addr,
+        control: control_addr,
     };
     write_atomic(
         &data.join(LISTEN_FILE),
@@ -416,7 +432,26 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         ))
     });
 
-    tracing::info!(node = %cfg.node.id, etsi = %etsi_addr, peer = %peer_addr, admin = ?admin_addr, skip = ?skip_addr, grpc = ?grpc_addr, "node serving");
+    let control_task = match (control_l, &cfg.control) {
+        (Some(l), Some(c)) => {
+            let tls = qkd_kms::tls::server_config(&check::control_tls_files(&cfg, c))
+                .context("control listener TLS configuration")?;
+            Some(tokio::spawn(crate::control::serve(
+                l,
+                Arc::new(tls),
+                crate::control::ControlParts {
+                    manager: manager.clone(),
+                    audit: ops.audit.clone(),
+                    node: cfg.node.id.clone(),
+                    sae_uri_prefix: cfg.node.sae_uri_prefix.clone(),
+                },
+                stop(),
+            )))
+        }
+        _ => None,
+    };
+
+    tracing::info!(node = %cfg.node.id, etsi = %etsi_addr, peer = %peer_addr, admin = ?admin_addr, skip = ?skip_addr, grpc = ?grpc_addr, control = ?control_addr, "node serving");
 
     let bg = {
         let m = manager.clone();
@@ -450,6 +485,9 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         let _ = t.await;
     }
     if let Some(t) = skip_task {
+        let _ = t.await;
+    }
+    if let Some(t) = control_task {
         let _ = t.await;
     }
     let _ = monitor_task.await;

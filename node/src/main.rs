@@ -97,39 +97,7 @@ fn main() -> Result<()> {
         Cmd::Check { config, online } => {
             let cfg = config::NodeConfig::load(&config)?;
             check::offline(&cfg)?;
-            println!(
-                "{}: OK (node {}, {} links, {} SAEs; every named file read)",
-                config.display(),
-                cfg.node.id,
-                cfg.links.len(),
-                cfg.saes.len()
-            );
-            println!(
-                "audit log {}{}; metrics {}; alarms: QBER above {:.1} %, pools below {} keys, \
-                 certificates within {} days of expiry",
-                cfg.audit.file.display(),
-                cfg.audit
-                    .siem
-                    .as_ref()
-                    .map(|s| format!(", forwarded to {} over TLS", s.address))
-                    .unwrap_or_default(),
-                if cfg.metrics.served(&cfg.node) {
-                    "at /metrics on the admin listener"
-                } else {
-                    "off"
-                },
-                cfg.alarms.qber_max * 100.0,
-                cfg.alarms.pool_min_keys(&cfg.relay),
-                cfg.alarms.certificate_warn_days
-            );
-            if let Some(skip) = &cfg.skip {
-                println!(
-                    "SKIP Key Provider {} on {}: {} routes",
-                    skip.local_system_id,
-                    skip.listen,
-                    skip.routes.len()
-                );
-            }
+            print!("{}", check::summary(&config, &cfg));
             if online {
                 let mut down = 0;
                 for r in rt.block_on(check::online(&cfg)) {

@@ -5,6 +5,7 @@
 
 mod check;
 mod conform;
+mod control;
 mod defects;
 mod deps;
 mod devices;
