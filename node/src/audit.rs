@@ -110,6 +110,17 @@ pub enum AuditEvent {
         /// What happened, for people.
         detail: String,
     },
+    /// The node was asked to reload its configuration file (applied or refused).
+    ConfigReload {
+        /// Who asked: `signal` (SIGHUP) or `operator:<name>` (the control listener).
+        by: String,
+        /// `applied`, `unchanged` or `refused`.
+        outcome: &'static str,
+        /// What changed, or why it was refused.
+        detail: String,
+        /// SHA-256 of the file's text as read.
+        config_sha256: String,
+    },
     /// Records that never reached the log because its queue was full.
     RecordsDropped {
         /// How many since the last record.
@@ -130,6 +141,7 @@ impl AuditEvent {
             AuditEvent::TlsHandshakesFailed { .. } => "tls_handshakes_failed",
             AuditEvent::RecordsDropped { .. } => "records_dropped",
             AuditEvent::ControlAction { .. } => "control_action",
+            AuditEvent::ConfigReload { .. } => "config_reload",
         }
     }
 
@@ -145,9 +157,15 @@ impl AuditEvent {
             AuditEvent::AuthenticationFailure { .. }
             | AuditEvent::AuthorisationRefusal { .. }
             | AuditEvent::TlsHandshakesFailed { .. } => 4,
-            AuditEvent::ControlAction { outcome, .. } if *outcome == "refused" => 4,
+            AuditEvent::ControlAction { outcome, .. }
+            | AuditEvent::ConfigReload { outcome, .. }
+                if *outcome == "refused" =>
+            {
+                4
+            }
             AuditEvent::AlarmCleared { .. }
             | AuditEvent::ControlAction { .. }
+            | AuditEvent::ConfigReload { .. }
             | AuditEvent::Start { .. }
             | AuditEvent::Stop { .. } => 5,
         }

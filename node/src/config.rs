@@ -1242,11 +1242,10 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// A small valid configuration (node A, one link to B, SAEs ENC-A and ENC-B), for unit tests
+/// of this crate.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GOOD: &str = r#"
+pub(crate) const TEST_CONFIG: &str = r#"
 [node]
 id = "A"
 kme_id = "KME-A"
@@ -1289,6 +1288,12 @@ id = "ENC-B"
 node = "B"
 peers = ["ENC-A"]
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use super::TEST_CONFIG as GOOD;
 
     fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
         NodeConfig::parse(Path::new("/etc/qkd/node.toml"), text)

@@ -11,6 +11,7 @@
 //! | `GET /v1/whoami` | who the node thinks you are (no change, not audited) |
 //! | `POST /v1/links/{link}/drain` | advertise the link down: routes go around it |
 //! | `POST /v1/links/{link}/enable` | undo a drain |
+//! | `POST /v1/reload` | reload the configuration file (`reload`; 409 when refused) |
 //!
 //! Answers are JSON: `{"operator", "action", "subject", "outcome", "detail"}`, or `{"error"}`
 //! with 403 (not a management certificate) or 404 (no such link). This module decides nothing
@@ -54,6 +55,8 @@ pub struct ControlParts {
     pub node: NodeId,
     /// The SAE URI SAN prefix: a certificate with it is an SAE's, never an operator's.
     pub sae_uri_prefix: String,
+    /// Configuration reloads.
+    pub reloader: Arc<crate::reload::Reloader>,
 }
 
 /// Serves the control listener until `shutdown` resolves.
@@ -85,6 +88,7 @@ pub async fn serve(
         .route("/v1/whoami", get(whoami))
         .route("/v1/links/{link}/drain", post(drain))
         .route("/v1/links/{link}/enable", post(enable))
+        .route("/v1/reload", post(reload))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .with_state(Arc::new(parts));
     let served = axum::serve(
@@ -299,6 +303,36 @@ fn set_link(ctx: &ControlParts, peer: &Peer, link: &str, want: LinkAdmin) -> Res
         "subject": link,
         "outcome": outcome,
         "detail": detail,
+    });
+    (code, axum::Json(body)).into_response()
+}
+
+async fn reload(State(ctx): State<Ctx>, ConnectInfo(peer): ConnectInfo<Peer>) -> Response {
+    let op = match operator(&ctx, &peer, "reload") {
+        Ok(op) => op,
+        Err(r) => return r.into_response(),
+    };
+    let r = ctx.reloader.clone();
+    let by = format!("operator:{op}");
+    // Reading and checking the files is blocking work; the reload is audited by the reloader.
+    let out = match tokio::task::spawn_blocking(move || r.reload(&by)).await {
+        Ok(out) => out,
+        Err(e) => crate::reload::Outcome {
+            outcome: "refused",
+            detail: format!("reload failed: {e}"),
+        },
+    };
+    let code = if out.outcome == "refused" {
+        StatusCode::CONFLICT
+    } else {
+        StatusCode::OK
+    };
+    let body = json!({
+        "operator": op,
+        "action": "reload",
+        "subject": "",
+        "outcome": out.outcome,
+        "detail": out.detail,
     });
     (code, axum::Json(body)).into_response()
 }

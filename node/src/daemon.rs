@@ -432,6 +432,17 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         ))
     });
 
+    // Reloads (SIGHUP, the control listener) start from the text the node started with.
+    let config_text = std::fs::read_to_string(&cfg.path)
+        .with_context(|| format!("cannot read {}", cfg.path.display()))?;
+    let reloader = Arc::new(crate::reload::Reloader::new(
+        config_text,
+        cfg.clone(),
+        manager.clone(),
+        monitor.clone(),
+        ops.audit.clone(),
+    ));
+    let hup_task = tokio::spawn(reload_on_sighup(reloader.clone(), shutdown.clone()));
     let control_task = match (control_l, &cfg.control) {
         (Some(l), Some(c)) => {
             let tls = qkd_kms::tls::server_config(&check::control_tls_files(&cfg, c))
@@ -444,6 +455,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
                     audit: ops.audit.clone(),
                     node: cfg.node.id.clone(),
                     sae_uri_prefix: cfg.node.sae_uri_prefix.clone(),
+                    reloader: reloader.clone(),
                 },
                 stop(),
             )))
@@ -490,6 +502,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     if let Some(t) = control_task {
         let _ = t.await;
     }
+    hup_task.abort();
     let _ = monitor_task.await;
     ops.stop("shutdown requested").await;
     Ok(())
@@ -665,6 +678,37 @@ fn restrict_dir(p: &Path) -> Result<()> {
 #[cfg(not(unix))]
 fn restrict_dir(_p: &Path) -> Result<()> {
     Ok(())
+}
+
+/// Reloads the configuration at every SIGHUP until `shutdown`.
+async fn reload_on_sighup(
+    reloader: Arc<crate::reload::Reloader>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: reload only through the control listener");
+            return;
+        };
+        loop {
+            let got = tokio::select! {
+                _ = shutdown.wait_for(|v| *v) => None,
+                r = hup.recv() => r,
+            };
+            if got.is_none() {
+                return;
+            }
+            let r = reloader.clone();
+            // Reading and checking the files is blocking work.
+            let _ = tokio::task::spawn_blocking(move || r.reload("signal")).await;
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (reloader, shutdown.wait_for(|v| *v).await);
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -15,6 +15,7 @@ pub mod demo;
 pub mod etsi015;
 pub mod monitor;
 pub mod operations;
+pub mod reload;
 pub mod siem;
 pub mod status;
 pub mod telemetry;

@@ -66,6 +66,15 @@ enum Cmd {
     /// Change a link through the node's control listener (mutual TLS, a management certificate).
     #[command(subcommand)]
     Link(LinkCmd),
+    /// Make the node reload its configuration file (like SIGHUP): `[alarms]` changes apply at
+    /// once; anything else is refused, naming what needs a restart (and the pooled keys a
+    /// restart would void). Check the file first with `qkdctl check`.
+    ///
+    /// Example: qkdctl reload --config /etc/qkd/node.toml --cert op.crt --key op.key
+    Reload {
+        #[command(flatten)]
+        control: ControlTarget,
+    },
     /// Check a configuration file and every file it names, offline (what `qkd-node check` and
     /// `qkd-node run` check before starting).
     ///
@@ -191,39 +200,44 @@ fn main() -> Result<()> {
             }
             Ok(())
         }),
-        Cmd::Link(cmd) => rt.block_on(async {
+        Cmd::Link(cmd) => {
             let (link, target, verb) = match cmd {
                 LinkCmd::Drain { link, control } => (link, control, "drain"),
                 LinkCmd::Enable { link, control } => (link, control, "enable"),
             };
-            let (addr, ca) = target.resolve()?;
-            let client = control_client(&target.cert, &target.key, &ca)?;
-            let url = format!("https://{addr}/v1/links/{link}/{verb}");
-            let r = client
-                .post(&url)
-                .send()
-                .await
-                .with_context(|| format!("control listener {addr}"))?;
-            let code = r.status();
-            let body: Value = r.json().await.unwrap_or(Value::Null);
-            if !code.is_success() {
-                bail!(
-                    "{addr}: {code}: {}",
-                    body["error"]
-                        .as_str()
-                        .or(body["detail"].as_str())
-                        .unwrap_or("refused")
-                );
-            }
-            println!(
-                "{}: {} ({})",
-                body["outcome"].as_str().unwrap_or("?"),
-                body["detail"].as_str().unwrap_or(""),
-                body["operator"].as_str().unwrap_or("?")
-            );
-            Ok(())
-        }),
+            rt.block_on(control_post(&target, &format!("/v1/links/{link}/{verb}")))
+        }
+        Cmd::Reload { control } => rt.block_on(control_post(&control, "/v1/reload")),
     }
+}
+
+/// POSTs to the control listener; prints the outcome, or fails with the node's reason.
+async fn control_post(target: &ControlTarget, path: &str) -> Result<()> {
+    let (addr, ca) = target.resolve()?;
+    let client = control_client(&target.cert, &target.key, &ca)?;
+    let r = client
+        .post(format!("https://{addr}{path}"))
+        .send()
+        .await
+        .with_context(|| format!("control listener {addr}"))?;
+    let code = r.status();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    if !code.is_success() {
+        bail!(
+            "{addr}: {code}: {}",
+            body["error"]
+                .as_str()
+                .or(body["detail"].as_str())
+                .unwrap_or("refused")
+        );
+    }
+    println!(
+        "{}: {} ({})",
+        body["outcome"].as_str().unwrap_or("?"),
+        body["detail"].as_str().unwrap_or(""),
+        body["operator"].as_str().unwrap_or("?")
+    );
+    Ok(())
 }
 
 impl AdminTarget {

@@ -216,6 +216,21 @@ fn qkdctl(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Runs `qkdctl` with `args` and the certificate `pki/<cert>.crt` and its key.
+fn qkdctl_as(net: &Net, cert: &str, args: &[&str]) -> (bool, String, String) {
+    let pki = |f: String| {
+        net.path()
+            .join("pki")
+            .join(f)
+            .to_string_lossy()
+            .into_owned()
+    };
+    let (crt, key) = (pki(format!("{cert}.crt")), pki(format!("{cert}.key")));
+    let mut all = args.to_vec();
+    all.extend(["--cert", &crt, "--key", &key]);
+    qkdctl(&all)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qkdctl_shows_the_network_and_drains_a_link_that_routes_avoid() {
     let net = Net::setup_topology("triangle", 1_000_000);
@@ -300,20 +315,8 @@ async fn qkdctl_shows_the_network_and_drains_a_link_that_routes_avoid() {
     assert_eq!(doc[2]["status"]["node"], "C");
 
     // Drain A-B with the operator's certificate; an SAE's is refused.
-    let pki = |f: &str| path(&format!("pki/{f}"));
-    let drain = |cert: &str| {
-        qkdctl(&[
-            "link",
-            "drain",
-            "A-B",
-            "--config",
-            &config_a,
-            "--cert",
-            &pki(&format!("{cert}.crt")),
-            "--key",
-            &pki(&format!("{cert}.key")),
-        ])
-    };
+    let drain =
+        |cert: &str| qkdctl_as(&net, cert, &["link", "drain", "A-B", "--config", &config_a]);
     let (ok, _, err) = drain("sae-ENC-A1");
     assert!(!ok);
     assert!(err.contains("not a management certificate"), "{err}");
@@ -395,18 +398,82 @@ async fn qkdctl_shows_the_network_and_drains_a_link_that_routes_avoid() {
     );
 
     // Enable it again: routes may use it once more.
-    let (ok, out, err) = qkdctl(&[
-        "link",
-        "enable",
-        "A-B",
-        "--config",
-        &config_a,
-        "--cert",
-        &pki("operator-demo.crt"),
-        "--key",
-        &pki("operator-demo.key"),
-    ]);
+    let (ok, out, err) = qkdctl_as(
+        &net,
+        "operator-demo",
+        &["link", "enable", "A-B", "--config", &config_a],
+    );
     assert!(ok, "{err}");
     assert!(out.starts_with("applied"), "{out}");
     wait_status(&net, "A", "routing over A-B again", |st| usable(st) == all).await;
+}
+
+/// Waits for the audit record of a reload asked for by `by`; returns it.
+async fn reload_record(net: &Net, node: &str, by: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(r) = audit_records(net, node)
+            .into_iter()
+            .find(|r| r["event"] == "config_reload" && r["by"] == by)
+        {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "no config_reload record by {by}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Item 5: SIGHUP and `qkdctl reload` apply `[alarms]` live; a pair's policy change while its
+/// pool holds keys is refused, naming the pooled keys a restart would void; both are audited
+/// and the node keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_alarms_live_and_refuses_what_needs_a_restart() {
+    let net = Net::setup(1_000_000);
+    net.start("A");
+    net.start("B");
+    net.wait_for_keys("ENC-A1", "ENC-B1", 1).await;
+
+    net.edit_config("A", |t| {
+        let alarms: toml::Table = toml::from_str("qber_max = 0.05\n").unwrap();
+        t.insert("alarms".into(), toml::Value::Table(alarms));
+    });
+    let status = Command::new("kill")
+        .args(["-HUP", &net.pid("A").to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let r = reload_record(&net, "A", "signal").await;
+    assert_eq!(r["outcome"], "applied", "{r}");
+    assert_eq!(r["detail"], "applied: alarms.qber_max", "{r}");
+
+    net.edit_config("A", |t| {
+        let pair: toml::Table =
+            toml::from_str("saes = [\"ENC-A1\", \"ENC-B1\"]\npolicy = \"qkd-only\"\n").unwrap();
+        t.insert(
+            "pair".into(),
+            toml::Value::Array(vec![toml::Value::Table(pair)]),
+        );
+    });
+    let config_a = net
+        .path()
+        .join("A/node.toml")
+        .to_string_lossy()
+        .into_owned();
+    let reload = |cert: &str| qkdctl_as(&net, cert, &["reload", "--config", &config_a]);
+    let (ok, _, err) = reload("sae-ENC-A1");
+    assert!(!ok && err.contains("403"), "{err}");
+    let (ok, _, err) = reload("operator-demo");
+    assert!(!ok, "{err}");
+    assert!(err.contains("409"), "{err}");
+    assert!(
+        err.contains("pair cannot change without a restart")
+            && err.contains("pair ENC-A1->ENC-B1 holds")
+            && err.contains("a restart voids them"),
+        "{err}"
+    );
+    let r = reload_record(&net, "A", "operator:demo").await;
+    assert_eq!(r["outcome"], "refused", "{r}");
+    // Nothing changed: the node still serves the pair as before.
+    let (code, body) = net.call("ENC-A1", "ENC-B1/enc_keys", None).await;
+    assert_eq!(code, 200, "{body}");
 }
