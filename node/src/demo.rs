@@ -740,6 +740,23 @@ fn print_next_steps(d: &DemoDescription, json: &Path) {
             b1.key_file.display(),
         );
     }
+    if let Some(dir) = json.parent() {
+        let a = dir.join("A").join("node.toml");
+        let pki = dir.join("pki");
+        println!();
+        println!(
+            "Operators (docs/operations.md): node A's status, its SAE pairs, and a drained link the relay routes around:"
+        );
+        println!();
+        println!("qkdctl status --config {}", a.display());
+        println!("qkdctl saes --config {}", a.display());
+        println!(
+            "qkdctl link drain A-B --config {} --cert {} --key {}",
+            a.display(),
+            pki.join("operator-demo.crt").display(),
+            pki.join("operator-demo.key").display()
+        );
+    }
     println!();
     println!("Press Ctrl-C to stop the network.");
 }
