@@ -583,6 +583,7 @@ impl KeyManager {
                         .counters
                         .generated
                         .load(std::sync::atomic::Ordering::Relaxed),
+                    admin: self.link_admin(&l.setup.id),
                 }
             })
             .collect();
@@ -1075,6 +1076,8 @@ pub struct LinkLevel {
     pub device_reissued_ids: u64,
     /// Link key taken from this end's device and stored since start.
     pub generated_bytes: u64,
+    /// Whether an operator drained the link (it is then advertised down).
+    pub admin: crate::relay::topology::LinkAdmin,
 }
 
 /// Under the pool lock, after taking `ranges`: the metadata to rewrite for the blocks they touch,

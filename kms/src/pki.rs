@@ -7,20 +7,21 @@
 //! temporary file and a rename ([`crate::durable`]) so that a crash never leaves half a key. Production deployments
 //! bring their own certificates; nothing else in the stack depends on this module.
 //!
-//! File layout in the directory: `ca.crt`/`ca.key`, `node-<id>.crt`/`.key`, `sae-<id>.crt`/`.key`.
+//! File layout in the directory: `ca.crt`/`ca.key`, `node-<id>.crt`/`.key`, `sae-<id>.crt`/`.key`,
+//! `operator-<name>.crt`/`.key`.
 
 use std::fs;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use qkd_types::{NodeId, SaeId};
+use qkd_types::{NodeId, OperatorId, SaeId};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
 
 use crate::durable::{Access, write_atomic};
-use crate::tls::{NODE_URI_PREFIX, TlsFiles};
+use crate::tls::{NODE_URI_PREFIX, OPERATOR_URI_PREFIX, TlsFiles};
 
 /// Common name of the demo CA.
 const CA_COMMON_NAME: &str = "QKD stack demo CA";
@@ -181,6 +182,20 @@ impl DemoPki {
         Ok(paths)
     }
 
+    /// The management certificate of an operator: URI SAN `urn:qkd:operator:<name>`, CN
+    /// `<name>`, EKU client auth; what the control listener admits. Reuses existing files.
+    pub fn issue_operator(&self, operator: &OperatorId) -> Result<IssuedCert, PkiError> {
+        let paths = self.paths("operator", operator.as_str());
+        self.issue(&paths, operator.as_str(), |params| {
+            params.subject_alt_names = vec![SanType::URI(ia5(&format!(
+                "{OPERATOR_URI_PREFIX}{operator}"
+            ))?)];
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            Ok(())
+        })?;
+        Ok(paths)
+    }
+
     fn paths(&self, kind: &str, id: &str) -> IssuedCert {
         IssuedCert {
             cert: self.dir.join(format!("{kind}-{id}.crt")),
@@ -316,6 +331,45 @@ mod tests {
         assert_eq!(
             rule.sae_id(&rustls_pki_types::CertificateDer::from(vec![1, 2, 3])),
             Err(IdentityError::NotX509)
+        );
+    }
+
+    /// The control listener's rule: an operator certificate names its operator; an SAE's or a
+    /// node's never does, not even by its CN.
+    #[test]
+    fn only_operator_certificates_name_an_operator() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = DemoPki::create(dir.path()).unwrap();
+        let demo = qkd_types::OperatorId::parse("demo").unwrap();
+        let op = pki.issue_operator(&demo).unwrap();
+        let sae = pki
+            .issue_sae(&SaeId::parse("demo").unwrap(), "urn:qkd:sae:")
+            .unwrap();
+        let node = pki
+            .issue_node(
+                &NodeId::parse("demo").unwrap(),
+                "127.0.0.1".parse().unwrap(),
+            )
+            .unwrap();
+        let first = |p: &IssuedCert| tls::load_certs(&p.cert).unwrap().remove(0);
+        assert_eq!(tls::operator_id(&first(&op), "urn:qkd:sae:"), Ok(demo));
+        assert_eq!(
+            tls::operator_id(&first(&sae), "urn:qkd:sae:"),
+            Err(IdentityError::SaeCertificate)
+        );
+        assert_eq!(
+            tls::operator_id(&first(&node), "urn:qkd:sae:"),
+            Err(IdentityError::NodeCertificate)
+        );
+        // Under another SAE prefix the SAE certificate still names no operator (no CN fallback).
+        assert_eq!(
+            tls::operator_id(&first(&sae), "urn:other:"),
+            Err(IdentityError::NoIdentity)
+        );
+        // Nor does an operator certificate name an SAE on an SAE port, not even by its CN.
+        assert_eq!(
+            SaeIdentityRule::new("urn:qkd:sae:").sae_id(&first(&op)),
+            Err(IdentityError::OperatorCertificate)
         );
     }
 

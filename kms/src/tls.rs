@@ -18,7 +18,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use qkd_types::{IdError, NodeId, SaeId};
+use qkd_types::{IdError, NodeId, OperatorId, SaeId};
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -28,6 +28,8 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 /// URI SAN prefix of node certificates: `urn:qkd:node:<node_id>`.
 pub const NODE_URI_PREFIX: &str = "urn:qkd:node:";
+/// URI SAN prefix of management certificates: `urn:qkd:operator:<name>`.
+pub const OPERATOR_URI_PREFIX: &str = "urn:qkd:operator:";
 
 /// The PEM files of one TLS endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,6 +266,12 @@ pub enum IdentityError {
     /// An SAE-facing port got a node certificate (a `urn:qkd:node:` URI SAN).
     #[error("certificate is a node certificate (urn:qkd:node: URI SAN)")]
     NodeCertificate,
+    /// An SAE-facing port got a management certificate (a `urn:qkd:operator:` URI SAN).
+    #[error("certificate is a management certificate (urn:qkd:operator: URI SAN)")]
+    OperatorCertificate,
+    /// The control port got an SAE certificate (a URI SAN with the SAE prefix).
+    #[error("certificate is an SAE certificate, not a management certificate")]
+    SaeCertificate,
     /// Several URI SANs with the prefix name different identities.
     #[error("certificate names several identities")]
     Ambiguous,
@@ -288,11 +296,15 @@ impl SaeIdentityRule {
     }
 
     /// The SAE ID of the end-entity certificate of a verified chain. A node certificate (one
-    /// with a `urn:qkd:node:` URI SAN) is refused, whatever else it carries.
+    /// with a `urn:qkd:node:` URI SAN) or a management certificate (`urn:qkd:operator:`) is
+    /// refused, whatever else it carries.
     pub fn sae_id(&self, end_entity: &CertificateDer<'_>) -> Result<SaeId, IdentityError> {
         let cert = parse(end_entity)?;
         if uri_identity(&cert, NODE_URI_PREFIX)?.is_some() {
             return Err(IdentityError::NodeCertificate);
+        }
+        if uri_identity(&cert, OPERATOR_URI_PREFIX)?.is_some() {
+            return Err(IdentityError::OperatorCertificate);
         }
         let text = match uri_identity(&cert, &self.uri_prefix)? {
             Some(text) => text.to_owned(),
@@ -308,6 +320,25 @@ pub fn node_id(end_entity: &CertificateDer<'_>) -> Result<NodeId, IdentityError>
     let cert = parse(end_entity)?;
     let text = uri_identity(&cert, NODE_URI_PREFIX)?.ok_or(IdentityError::NoIdentity)?;
     NodeId::parse(text).map_err(IdentityError::Invalid)
+}
+
+/// The operator named by a verified management certificate: its URI SAN
+/// `urn:qkd:operator:<name>`, never the CN. A node certificate (`urn:qkd:node:` URI SAN) or an
+/// SAE certificate (a URI SAN with `sae_uri_prefix`) is refused even if it also carries an
+/// operator SAN: one certificate never holds two roles.
+pub fn operator_id(
+    end_entity: &CertificateDer<'_>,
+    sae_uri_prefix: &str,
+) -> Result<OperatorId, IdentityError> {
+    let cert = parse(end_entity)?;
+    if uri_identity(&cert, NODE_URI_PREFIX)?.is_some() {
+        return Err(IdentityError::NodeCertificate);
+    }
+    if uri_identity(&cert, sae_uri_prefix)?.is_some() {
+        return Err(IdentityError::SaeCertificate);
+    }
+    let text = uri_identity(&cert, OPERATOR_URI_PREFIX)?.ok_or(IdentityError::NoIdentity)?;
+    OperatorId::parse(text).map_err(IdentityError::Invalid)
 }
 
 /// The end of a certificate's validity (`notAfter`) in Unix milliseconds, for the node's

@@ -273,6 +273,12 @@ impl Evaluator {
         }
     }
 
+    /// New thresholds (a configuration reload): active alarms stay until the new ones clear
+    /// them.
+    pub fn set_limits(&mut self, limits: Thresholds) {
+        self.limits = limits;
+    }
+
     /// The alarms active now, by kind and subject.
     pub fn active(&self) -> Vec<Alarm> {
         self.tracks

@@ -3,7 +3,8 @@
 //! [`verify`] (`qkd-node audit verify <file>`) says where.
 //!
 //! What is recorded: the configuration at start, alarms raised and cleared, authentication
-//! failures and authorisation refusals of the key-delivery APIs, records dropped, and the stop.
+//! failures and authorisation refusals of the key-delivery APIs and the control listener, every
+//! operator action through the control listener, records dropped, and the stop.
 //! Records hold identifiers, labels and causes; never a key byte, never a key ID (a refusal names
 //! the API, operation and outcome class, which is what [`qkd_kms::api::observe`] reports).
 //!
@@ -96,6 +97,30 @@ pub enum AuditEvent {
         /// How many since start.
         total: u64,
     },
+    /// An operator asked for a change through the control listener (done or not).
+    ControlAction {
+        /// The operator, from the `urn:qkd:operator:` URI SAN of the management certificate.
+        operator: String,
+        /// `link_drain`, `link_enable`, `reload`.
+        action: &'static str,
+        /// What it acts on (a link ID; empty for the node itself).
+        subject: String,
+        /// `applied`, `unchanged` (already so) or `refused`.
+        outcome: &'static str,
+        /// What happened, for people.
+        detail: String,
+    },
+    /// The node was asked to reload its configuration file (applied or refused).
+    ConfigReload {
+        /// Who asked: `signal` (SIGHUP) or `operator:<name>` (the control listener).
+        by: String,
+        /// `applied`, `unchanged` or `refused`.
+        outcome: &'static str,
+        /// What changed, or why it was refused.
+        detail: String,
+        /// SHA-256 of the file's text as read.
+        config_sha256: String,
+    },
     /// Records that never reached the log because its queue was full.
     RecordsDropped {
         /// How many since the last record.
@@ -115,6 +140,8 @@ impl AuditEvent {
             AuditEvent::AuthorisationRefusal { .. } => "authorisation_refusal",
             AuditEvent::TlsHandshakesFailed { .. } => "tls_handshakes_failed",
             AuditEvent::RecordsDropped { .. } => "records_dropped",
+            AuditEvent::ControlAction { .. } => "control_action",
+            AuditEvent::ConfigReload { .. } => "config_reload",
         }
     }
 
@@ -130,7 +157,15 @@ impl AuditEvent {
             AuditEvent::AuthenticationFailure { .. }
             | AuditEvent::AuthorisationRefusal { .. }
             | AuditEvent::TlsHandshakesFailed { .. } => 4,
+            AuditEvent::ControlAction { outcome, .. }
+            | AuditEvent::ConfigReload { outcome, .. }
+                if *outcome == "refused" =>
+            {
+                4
+            }
             AuditEvent::AlarmCleared { .. }
+            | AuditEvent::ControlAction { .. }
+            | AuditEvent::ConfigReload { .. }
             | AuditEvent::Start { .. }
             | AuditEvent::Stop { .. } => 5,
         }

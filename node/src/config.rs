@@ -70,6 +70,9 @@ pub struct NodeConfig {
     /// The audit log and its SIEM forwarding.
     #[serde(default)]
     pub audit: AuditSection,
+    /// The control listener for operators (mutual TLS; off unless set).
+    #[serde(default)]
+    pub control: Option<ControlSection>,
     /// The file this configuration was read from (for error messages).
     #[serde(skip)]
     pub path: PathBuf,
@@ -464,6 +467,19 @@ fn default_grpc_per_client() -> usize {
     qkd_kms::api::grpc::GrpcLimits::default().max_connections_per_client
 }
 
+/// `[control]`: the control listener (docs/operations.md), always mutual TLS with the node's
+/// `[tls]` certificate, admitting only management certificates (`urn:qkd:operator:<name>` URI
+/// SAN) that chain to `ca`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSection {
+    /// Listener address; port 0 picks one at first start and records it.
+    pub listen: SocketAddr,
+    /// PEM CA certificate(s) that management certificates chain to; `[tls] ca` when absent.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+}
+
 /// `[limits]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -684,6 +700,9 @@ impl NodeConfig {
                     "must be positive".into(),
                 ));
             }
+        }
+        if let Some(p) = cfg.control.as_mut().and_then(|c| c.ca.as_mut()) {
+            abs(p);
         }
         for n in &mut cfg.neighbours {
             if let Some(p) = &mut n.peer_addr_file {
@@ -1223,11 +1242,10 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// A small valid configuration (node A, one link to B, SAEs ENC-A and ENC-B), for unit tests
+/// of this crate.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GOOD: &str = r#"
+pub(crate) const TEST_CONFIG: &str = r#"
 [node]
 id = "A"
 kme_id = "KME-A"
@@ -1270,6 +1288,12 @@ id = "ENC-B"
 node = "B"
 peers = ["ENC-A"]
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use super::TEST_CONFIG as GOOD;
 
     fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
         NodeConfig::parse(Path::new("/etc/qkd/node.toml"), text)

@@ -56,6 +56,9 @@ pub struct ListenRecord {
     /// SKIP Key Provider address, if enabled.
     #[serde(default)]
     pub skip: Option<SocketAddr>,
+    /// Control listener address, if enabled.
+    #[serde(default)]
+    pub control: Option<SocketAddr>,
 }
 
 /// Name of the listen record in the data directory.
@@ -182,6 +185,17 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         Some(s) => Some(bind(s.listen, recorded.as_ref().and_then(|r| r.skip), "SKIP").await?),
         None => None,
     };
+    let control_l = match &cfg.control {
+        Some(c) => Some(
+            bind(
+                c.listen,
+                recorded.as_ref().and_then(|r| r.control),
+                "control",
+            )
+            .await?,
+        ),
+        None => None,
+    };
 
     // Every listener is bound (connections wait in the backlog until the servers start): record
     // the addresses, for restarts and for neighbours and demos on the same host.
@@ -190,6 +204,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     let admin_addr = admin_l.as_ref().map(|l| l.local_addr()).transpose()?;
     let grpc_addr = grpc_l.as_ref().map(|l| l.local_addr()).transpose()?;
     let skip_addr = skip_l.as_ref().map(|l| l.local_addr()).transpose()?;
+    let control_addr = control_l.as_ref().map(|l| l.local_addr()).transpose()?;
     let record = ListenRecord {
         version: 1,
         etsi: etsi_addr,
@@ -197,6 +212,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         admin: admin_addr,
         grpc: grpc_addr,
         skip: skip_addr,
+        control: control_addr,
     };
     write_atomic(
         &data.join(LISTEN_FILE),
@@ -399,6 +415,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         let st = stop();
         async move { qkd_kms::peer::serve(peer_l, &tls, m, st).await }
     });
+    let etsi015 = crate::etsi015::Setup::of(&cfg, clock.now())?;
     let admin_task = admin_l.map(|l| {
         tokio::spawn(status::serve(
             l,
@@ -409,12 +426,45 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
                 api_requests: counters.clone(),
                 monitor: monitor.clone(),
                 telemetry: ops.telemetry.clone(),
+                etsi015: etsi015.clone(),
+                clock: clock.clone(),
             },
             stop(),
         ))
     });
 
-    tracing::info!(node = %cfg.node.id, etsi = %etsi_addr, peer = %peer_addr, admin = ?admin_addr, skip = ?skip_addr, grpc = ?grpc_addr, "node serving");
+    // Reloads (SIGHUP, the control listener) start from the text the node started with.
+    let config_text = std::fs::read_to_string(&cfg.path)
+        .with_context(|| format!("cannot read {}", cfg.path.display()))?;
+    let reloader = Arc::new(crate::reload::Reloader::new(
+        config_text,
+        cfg.clone(),
+        manager.clone(),
+        monitor.clone(),
+        ops.audit.clone(),
+    ));
+    let hup_task = tokio::spawn(reload_on_sighup(reloader.clone(), shutdown.clone()));
+    let control_task = match (control_l, &cfg.control) {
+        (Some(l), Some(c)) => {
+            let tls = qkd_kms::tls::server_config(&check::control_tls_files(&cfg, c))
+                .context("control listener TLS configuration")?;
+            Some(tokio::spawn(crate::control::serve(
+                l,
+                Arc::new(tls),
+                crate::control::ControlParts {
+                    manager: manager.clone(),
+                    audit: ops.audit.clone(),
+                    node: cfg.node.id.clone(),
+                    sae_uri_prefix: cfg.node.sae_uri_prefix.clone(),
+                    reloader: reloader.clone(),
+                },
+                stop(),
+            )))
+        }
+        _ => None,
+    };
+
+    tracing::info!(node = %cfg.node.id, etsi = %etsi_addr, peer = %peer_addr, admin = ?admin_addr, skip = ?skip_addr, grpc = ?grpc_addr, control = ?control_addr, "node serving");
 
     let bg = {
         let m = manager.clone();
@@ -450,6 +500,10 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     if let Some(t) = skip_task {
         let _ = t.await;
     }
+    if let Some(t) = control_task {
+        let _ = t.await;
+    }
+    hup_task.abort();
     let _ = monitor_task.await;
     ops.stop("shutdown requested").await;
     Ok(())
@@ -625,4 +679,58 @@ fn restrict_dir(p: &Path) -> Result<()> {
 #[cfg(not(unix))]
 fn restrict_dir(_p: &Path) -> Result<()> {
     Ok(())
+}
+
+/// Reloads the configuration at every SIGHUP until `shutdown`.
+async fn reload_on_sighup(
+    reloader: Arc<crate::reload::Reloader>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: reload only through the control listener");
+            return;
+        };
+        loop {
+            let got = tokio::select! {
+                _ = shutdown.wait_for(|v| *v) => None,
+                r = hup.recv() => r,
+            };
+            if got.is_none() {
+                return;
+            }
+            let r = reloader.clone();
+            // Reading and checking the files is blocking work.
+            let _ = tokio::task::spawn_blocking(move || r.reload("signal")).await;
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (reloader, shutdown.wait_for(|v| *v).await);
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -42,7 +42,8 @@ pub struct DemoArgs {
     /// Write the configuration and exit without starting nodes.
     #[arg(long)]
     pub setup_only: bool,
-    /// Network shape: `demo` (chain A-B-C-D-E with a second path B-D), `pair` (A-B),
+    /// Network shape: `demo` (chain A-B-C-D-E with a second path B-D), `pair` (A-B), `triangle`
+    /// (A-B, B-C, A-C),
     /// `chain5` (A-B-C-D-E), `mesh` (two disjoint paths A-B-E and A-C-D-E) or
     /// `random:<nodes>:<seed>` (nodes N01, N02... in a seeded random mesh of average degree 3,
     /// for growth benchmarks).
@@ -79,7 +80,11 @@ fn topology(name: &str) -> Result<Topology> {
         return random_mesh(n, seed);
     }
     let letters = ["A", "B", "C", "D", "E"];
-    let count = if name == "pair" { 2 } else { 5 };
+    let count = match name {
+        "pair" => 2,
+        "triangle" => 3,
+        _ => 5,
+    };
     let nodes = letters[..count]
         .iter()
         .enumerate()
@@ -92,11 +97,12 @@ fn topology(name: &str) -> Result<Topology> {
         .collect::<Result<Vec<_>>>()?;
     let edges: &[(usize, usize)] = match name {
         "pair" => &[(0, 1)],
+        "triangle" => &[(0, 1), (1, 2), (0, 2)],
         "chain5" => &[(0, 1), (1, 2), (2, 3), (3, 4)],
         "demo" => &[(0, 1), (1, 2), (2, 3), (3, 4), (1, 3)],
         "mesh" => &[(0, 1), (1, 4), (0, 2), (2, 3), (3, 4)],
         other => bail!(
-            "unknown topology {other:?}: use demo, pair, chain5, mesh or random:<nodes>:<seed>"
+            "unknown topology {other:?}: use demo, pair, triangle, chain5, mesh or random:<nodes>:<seed>"
         ),
     };
     let links = edges
@@ -373,6 +379,12 @@ fn setup(
         )?;
         writeln!(
             t,
+            "# Operators' changes (docs/operations.md): mutual TLS, management certificates only\n\
+             # (pki/operator-demo.crt); the demo CA vouches for them.\n[control]\nlisten = \"{}:0\"\n",
+            node.ip
+        )?;
+        writeln!(
+            t,
             "[limits]\nkey_size = 256\nmin_key_size = 64\nmax_key_size = 4096\nmax_key_per_request = 128\n"
         )?;
         writeln!(
@@ -469,8 +481,12 @@ fn setup(
     for (sid, _, _) in &topo.saes {
         pki.issue_sae(sid, SAE_PREFIX)?;
     }
+    pki.issue_operator(&qkd_types::OperatorId::parse(DEMO_OPERATOR)?)?;
     Ok((pki, configs))
 }
+
+/// The operator whose management certificate (`pki/operator-demo.crt`) the demo issues.
+pub const DEMO_OPERATOR: &str = "demo";
 
 /// The SKIP `localSystemID` of a demo node: `KP_<node>`.
 pub fn system_id(node: &NodeId) -> String {
@@ -599,7 +615,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     write_atomic(&demo_json, &serde_json::to_vec_pretty(&desc)?)?;
     print_next_steps(&desc, &demo_json);
 
-    crate::wait_for_signal().await;
+    crate::daemon::wait_for_signal().await;
     println!("stopping the demo nodes...");
     for (_, child, _) in &children {
         if let Some(pid) = child.id() {
@@ -722,6 +738,23 @@ fn print_next_steps(d: &DemoDescription, json: &Path) {
             "curl -s --cacert {ca} --cert {} --key {} \"{skip_b}/key/$KEY_ID?remoteSystemID=KP_A\"; echo",
             b1.cert_file.display(),
             b1.key_file.display(),
+        );
+    }
+    if let Some(dir) = json.parent() {
+        let a = dir.join("A").join("node.toml");
+        let pki = dir.join("pki");
+        println!();
+        println!(
+            "Operators (docs/operations.md): node A's status, its SAE pairs, and a drained link the relay routes around:"
+        );
+        println!();
+        println!("qkdctl status --config {}", a.display());
+        println!("qkdctl saes --config {}", a.display());
+        println!(
+            "qkdctl link drain A-B --config {} --cert {} --key {}",
+            a.display(),
+            pki.join("operator-demo.crt").display(),
+            pki.join("operator-demo.key").display()
         );
     }
     println!();

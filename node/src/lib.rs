@@ -1,10 +1,25 @@
-//! The library half of `qkd-node`: only what must be reachable from outside the binary. Today
-//! that is the configuration parser, so that the `config_toml` fuzz target (docs/fuzzing.md) and
-//! its corpus test can run it on text without any file.
+//! The node's code behind its two binaries: `qkd-node` (the daemon, its checks and the demo) and
+//! `qkdctl` (the operator's tool, which reuses the configuration parser and the offline checks).
+//! The configuration parser is also what the `config_toml` fuzz target (docs/fuzzing.md) and its
+//! corpus test run on text without any file. Nothing else depends on this crate.
 
 #![forbid(unsafe_code)]
 
+pub mod alarms;
+pub mod audit;
+pub mod check;
 pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod dashboard;
+pub mod demo;
+pub mod etsi015;
+pub mod monitor;
+pub mod operations;
+pub mod reload;
+pub mod siem;
+pub mod status;
+pub mod telemetry;
 
 /// The body of the `config_toml` fuzz target: arbitrary bytes as the text of a node's
 /// configuration, parsed and checked by [`config::NodeConfig::parse`] (which reads no file).

@@ -2,18 +2,7 @@
 
 #![forbid(unsafe_code)]
 
-mod alarms;
-mod audit;
-mod check;
-use qkd_node::config;
-mod daemon;
-mod dashboard;
-mod demo;
-mod monitor;
-mod operations;
-mod siem;
-mod status;
-mod telemetry;
+use qkd_node::{audit, check, config, daemon, demo};
 
 use std::path::PathBuf;
 
@@ -108,39 +97,7 @@ fn main() -> Result<()> {
         Cmd::Check { config, online } => {
             let cfg = config::NodeConfig::load(&config)?;
             check::offline(&cfg)?;
-            println!(
-                "{}: OK (node {}, {} links, {} SAEs; every named file read)",
-                config.display(),
-                cfg.node.id,
-                cfg.links.len(),
-                cfg.saes.len()
-            );
-            println!(
-                "audit log {}{}; metrics {}; alarms: QBER above {:.1} %, pools below {} keys, \
-                 certificates within {} days of expiry",
-                cfg.audit.file.display(),
-                cfg.audit
-                    .siem
-                    .as_ref()
-                    .map(|s| format!(", forwarded to {} over TLS", s.address))
-                    .unwrap_or_default(),
-                if cfg.metrics.served(&cfg.node) {
-                    "at /metrics on the admin listener"
-                } else {
-                    "off"
-                },
-                cfg.alarms.qber_max * 100.0,
-                cfg.alarms.pool_min_keys(&cfg.relay),
-                cfg.alarms.certificate_warn_days
-            );
-            if let Some(skip) = &cfg.skip {
-                println!(
-                    "SKIP Key Provider {} on {}: {} routes",
-                    skip.local_system_id,
-                    skip.listen,
-                    skip.routes.len()
-                );
-            }
+            print!("{}", check::summary(&config, &cfg));
             if online {
                 let mut down = 0;
                 for r in rt.block_on(check::online(&cfg)) {
@@ -182,7 +139,7 @@ fn main() -> Result<()> {
             rt.block_on(async move {
                 let (tx, rx) = watch::channel(false);
                 tokio::spawn(async move {
-                    wait_for_signal().await;
+                    daemon::wait_for_signal().await;
                     let _ = tx.send(true);
                 });
                 daemon::run(cfg, rx).await
@@ -215,28 +172,5 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

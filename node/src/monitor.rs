@@ -158,6 +158,14 @@ impl Monitor {
         }
     }
 
+    /// New alarm thresholds, from the next evaluation on (a configuration reload).
+    pub fn set_thresholds(&self, thresholds: crate::alarms::Thresholds) {
+        self.evaluator
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_limits(thresholds);
+    }
+
     /// One observation and evaluation; `store_failed` when the store just failed.
     pub async fn tick(&self, store_failed: bool) {
         let obs = self.observe(store_failed).await;

@@ -146,7 +146,7 @@ pub fn pool_pairs(cfg: &NodeConfig) -> Vec<(SaeId, SaeId)> {
 
 /// Pairs whose keys are delivered here to one of them: ordered (master, slave) pairs that may
 /// share keys, with exactly one of the two attached here.
-fn delivery_pairs(cfg: &NodeConfig) -> Vec<(SaeId, SaeId)> {
+pub fn delivery_pairs(cfg: &NodeConfig) -> Vec<(SaeId, SaeId)> {
     let mut out = Vec::new();
     for a in &cfg.saes {
         for b in &cfg.saes {

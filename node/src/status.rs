@@ -7,6 +7,8 @@
 //!   and outcome class (`api_requests`), and the node's view of the network from its link-state
 //!   database (`routing`: origins known, links usable for routes).
 //! * `GET /alarms` answers the active alarms (JSON array).
+//! * `GET /restconf/data/etsi-qkd-sdn-node:qkd_node` answers the ETSI GS QKD 015-style view
+//!   (`etsi015`).
 //! * `GET /metrics` answers the Prometheus text exposition (docs/metrics.md), if metrics are on.
 //! * `GET /healthz` answers `ok` while the node serves.
 //! * `GET /dashboard` and below: the operators' web page and its live feed
@@ -114,30 +116,39 @@ struct Ctx {
     api_requests: Arc<ApiCounters>,
     monitor: Arc<Monitor>,
     telemetry: Arc<Telemetry>,
+    etsi015: Arc<crate::etsi015::Setup>,
+    clock: Arc<dyn qkd_types::Clock>,
+}
+
+/// What a link's source reports now; a device that does not answer within
+/// [`DEVICE_STATUS_TIMEOUT`] counts as down (a real device is asked over the network: a hung one
+/// must not hang the page).
+pub async fn device_status(
+    manager: &KeyManager,
+    link: &qkd_types::LinkId,
+) -> Option<qkd_hardware::LinkStatus> {
+    let source = manager.source(link)?;
+    Some(
+        tokio::time::timeout(DEVICE_STATUS_TIMEOUT, source.status())
+            .await
+            .unwrap_or_else(|_| qkd_hardware::LinkStatus {
+                state: qkd_hardware::LinkState::Down {
+                    reason: format!(
+                        "the device did not answer its status within {} s",
+                        DEVICE_STATUS_TIMEOUT.as_secs()
+                    ),
+                },
+                qber: None,
+                secret_key_rate_bps: Some(0.0),
+            }),
+    )
 }
 
 /// The status document.
 async fn status_json(ctx: &Ctx) -> String {
     let mut links = Vec::new();
     for level in ctx.manager.link_levels() {
-        let device = match ctx.manager.source(&level.link) {
-            // A real device is asked over the network: a hung one must not hang the page.
-            Some(s) => Some(
-                tokio::time::timeout(DEVICE_STATUS_TIMEOUT, s.status())
-                    .await
-                    .unwrap_or_else(|_| qkd_hardware::LinkStatus {
-                        state: qkd_hardware::LinkState::Down {
-                            reason: format!(
-                                "the device did not answer its status within {} s",
-                                DEVICE_STATUS_TIMEOUT.as_secs()
-                            ),
-                        },
-                        qber: None,
-                        secret_key_rate_bps: Some(0.0),
-                    }),
-            ),
-            None => None,
-        };
+        let device = device_status(&ctx.manager, &level.link).await;
         links.push(LinkStatusOut { level, device });
     }
     let doc = NodeStatus {
@@ -169,6 +180,10 @@ pub struct AdminParts {
     pub monitor: Arc<Monitor>,
     /// Metrics.
     pub telemetry: Arc<Telemetry>,
+    /// The fixed part of the ETSI 015 view.
+    pub etsi015: crate::etsi015::Setup,
+    /// The node's clock.
+    pub clock: Arc<dyn qkd_types::Clock>,
 }
 
 /// Serves the admin endpoints until `shutdown` resolves.
@@ -186,12 +201,15 @@ pub async fn serve(
         api_requests: parts.api_requests,
         monitor: parts.monitor,
         telemetry: parts.telemetry,
+        etsi015: Arc::new(parts.etsi015),
+        clock: parts.clock,
     };
     let app = Router::new()
         .route("/status", get(status))
         .route("/alarms", get(alarms))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route(crate::etsi015::PATH, get(etsi015))
         .with_state(ctx)
         .merge(crate::dashboard::router(dashboard))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") });
@@ -207,6 +225,43 @@ async fn status(State(ctx): State<Ctx>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],
         status_json(&ctx).await,
+    )
+}
+
+async fn etsi015(State(ctx): State<Ctx>) -> impl IntoResponse {
+    use crate::etsi015::{MEDIA_TYPE, Observed, ObservedLink, view};
+    let mut links = Vec::new();
+    for level in ctx.manager.link_levels() {
+        let device = device_status(&ctx.manager, &level.link).await;
+        let peer_reachable = ctx.manager.neighbour_reachable(&level.peer);
+        links.push(ObservedLink {
+            level,
+            device,
+            peer_reachable,
+        });
+    }
+    let setup = &ctx.etsi015;
+    let apps = setup
+        .apps
+        .iter()
+        .map(|a| {
+            let delivered = ctx.telemetry.keys_delivered(&a.master, &a.slave);
+            let ready = a
+                .master_here
+                .then(|| ctx.manager.pool_level(&a.master, &a.slave));
+            (delivered, ready)
+        })
+        .collect();
+    let seen = Observed {
+        now: ctx.clock.now(),
+        links,
+        topology: ctx.manager.topology(),
+        apps,
+    };
+    (
+        [(header::CONTENT_TYPE, MEDIA_TYPE)],
+        serde_json::to_string_pretty(&view(setup, &seen))
+            .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")),
     )
 }
 

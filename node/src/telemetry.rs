@@ -11,6 +11,7 @@
 //! becomes a label or a value.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use metrics::{Counter, Gauge};
@@ -235,8 +236,9 @@ pub struct Telemetry {
     links: BTreeMap<LinkId, LinkHandles>,
     /// Pools of pairs whose master is attached here: master → slave → gauge.
     pools: BTreeMap<SaeId, BTreeMap<SaeId, Gauge>>,
-    /// Delivered keys per (master, slave) pair with an SAE attached here.
-    delivered: BTreeMap<SaeId, BTreeMap<SaeId, Counter>>,
+    /// Delivered keys per (master, slave) pair with an SAE attached here: the metric, and the
+    /// same count readable for the ETSI 015 view's consumption.
+    delivered: BTreeMap<SaeId, BTreeMap<SaeId, (Counter, AtomicU64)>>,
     api: Vec<(Api, Operation, Outcome, Counter)>,
     store_free: Gauge,
     store_watermark: Gauge,
@@ -372,12 +374,16 @@ impl Telemetry {
                 metrics::gauge!("qkd_pair_pool_keys", k1 => v1, k2 => v2),
             );
         }
-        let mut delivered_map: BTreeMap<SaeId, BTreeMap<SaeId, Counter>> = BTreeMap::new();
+        let mut delivered_map: BTreeMap<SaeId, BTreeMap<SaeId, (Counter, AtomicU64)>> =
+            BTreeMap::new();
         for (m, s) in delivered {
             let [(k1, v1), (k2, v2)] = pair_labels(m, s);
             delivered_map.entry(m.clone()).or_default().insert(
                 s.clone(),
-                metrics::counter!("qkd_pair_keys_delivered_total", k1 => v1, k2 => v2),
+                (
+                    metrics::counter!("qkd_pair_keys_delivered_total", k1 => v1, k2 => v2),
+                    AtomicU64::new(0),
+                ),
             );
         }
         let mut api = Vec::new();
@@ -407,6 +413,14 @@ impl Telemetry {
             siem_connected: metrics::gauge!("qkd_siem_connected"),
             siem_sent: metrics::counter!("qkd_siem_messages_sent_total"),
         })
+    }
+
+    /// Keys delivered since start to the pair (`master`, `slave`), at either end here.
+    pub fn keys_delivered(&self, master: &SaeId, slave: &SaeId) -> u64 {
+        self.delivered
+            .get(master)
+            .and_then(|m| m.get(slave))
+            .map_or(0, |(_, n)| n.load(Ordering::Relaxed))
     }
 
     /// The text exposition of every metric, or `None` if metrics are not served.
@@ -576,8 +590,9 @@ impl Observer for EngineMetrics {
             } => {
                 if let Some(by_slave) = self.telemetry.delivered.get(*master) {
                     for s in slaves.iter() {
-                        if let Some(c) = by_slave.get(s) {
+                        if let Some((c, n)) = by_slave.get(s) {
                             c.increment(keys.len() as u64);
+                            n.fetch_add(keys.len() as u64, Ordering::Relaxed);
                         }
                     }
                 }

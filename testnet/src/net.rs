@@ -61,6 +61,8 @@ pub struct Listen {
     pub admin: Option<std::net::SocketAddr>,
     pub grpc: Option<std::net::SocketAddr>,
     pub skip: Option<std::net::SocketAddr>,
+    #[serde(default)]
+    pub control: Option<std::net::SocketAddr>,
 }
 
 /// A laid-out network, its running node processes and a client per SAE.

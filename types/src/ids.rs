@@ -138,6 +138,12 @@ text_id!(
     LinkId,
     "link ID"
 );
+text_id!(
+    /// A person or tool allowed to change a node through its control listener, named by the
+    /// `urn:qkd:operator:<name>` URI SAN of a management certificate.
+    OperatorId,
+    "operator name"
+);
 
 impl SaeId {
     /// Parses an SAE ID from a URL path segment: every `%XX` is decoded first (including encoded

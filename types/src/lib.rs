@@ -11,5 +11,7 @@ mod ids;
 mod secret;
 
 pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
-pub use ids::{BlockId, IdError, KeyId, KeyStreamId, KmeId, LinkId, MAX_ID_LEN, NodeId, SaeId};
+pub use ids::{
+    BlockId, IdError, KeyId, KeyStreamId, KmeId, LinkId, MAX_ID_LEN, NodeId, OperatorId, SaeId,
+};
 pub use secret::Secret;

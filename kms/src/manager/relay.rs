@@ -43,7 +43,7 @@ use crate::core::pool::{LinkPool, PoolError, Range};
 use crate::events::{Event, Side};
 use crate::manager::e2e::{self, DestState, E2eKeys, KeyMode};
 use crate::relay::pools::{PoolRules, Pools, Taken};
-use crate::relay::topology::{LinkAdvert, NodeAdvert, Topology};
+use crate::relay::topology::{LinkAdmin, LinkAdvert, NodeAdvert, Topology, advertised_up};
 use crate::store::{MadeUnder, PoolKey, StoreError, StoredKey, ops};
 
 /// Bytes of link key keying the MAC of one hop message.
@@ -114,6 +114,9 @@ pub(super) struct RelayState {
     hop_allocs: Mutex<VecDeque<HopAlloc>>,
     /// Neighbours that did not answer the last advert.
     unreachable: Mutex<BTreeSet<NodeId>>,
+    /// Links an operator drained (advertised down until enabled again; not kept across a
+    /// restart: a restarted node starts with every link enabled).
+    drained: Mutex<BTreeSet<LinkId>>,
     /// Adverts each neighbour missed in a row.
     missed: Mutex<BTreeMap<NodeId, u32>>,
     /// Destination side: confirmed wrap batches waiting for their multicast keys.
@@ -1539,8 +1542,11 @@ impl KeyManager {
             .map(|l| LinkAdvert {
                 link: l.setup.id.clone(),
                 peer: l.setup.peer.clone(),
-                up: statuses.get(&l.setup.id).copied().unwrap_or(false)
-                    && !unreachable.contains(&l.setup.peer),
+                up: advertised_up(
+                    statuses.get(&l.setup.id).copied().unwrap_or(false),
+                    !unreachable.contains(&l.setup.peer),
+                    self.link_admin(&l.setup.id),
+                ),
                 available_bytes: l.pool().available_bytes(),
                 secret_key_rate_bps: None,
             })
@@ -1615,6 +1621,40 @@ impl KeyManager {
                     }
                 }
             }
+        }
+    }
+
+    /// Sets an operator's choice for one of this node's links; returns the previous one, or
+    /// `None` for a link this node does not have. Takes effect with the next advert (within
+    /// one advert interval): routes computed after it arrives avoid a drained link.
+    pub fn set_link_admin(&self, link: &LinkId, admin: LinkAdmin) -> Option<LinkAdmin> {
+        if !self.inner.links.contains_key(link) {
+            return None;
+        }
+        let mut drained = lock(&self.relay().drained);
+        let before = if drained.contains(link) {
+            LinkAdmin::Drained
+        } else {
+            LinkAdmin::Enabled
+        };
+        match admin {
+            LinkAdmin::Drained => drained.insert(link.clone()),
+            LinkAdmin::Enabled => drained.remove(link),
+        };
+        Some(before)
+    }
+
+    /// Whether a neighbour answers adverts (false after it missed several in a row).
+    pub fn neighbour_reachable(&self, node: &NodeId) -> bool {
+        !lock(&self.relay().unreachable).contains(node)
+    }
+
+    /// An operator's choice for one of this node's links.
+    pub fn link_admin(&self, link: &LinkId) -> LinkAdmin {
+        if lock(&self.relay().drained).contains(link) {
+            LinkAdmin::Drained
+        } else {
+            LinkAdmin::Enabled
         }
     }
 

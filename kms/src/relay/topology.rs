@@ -37,6 +37,24 @@ pub struct NodeAdvert {
     pub links: Vec<LinkAdvert>,
 }
 
+/// Whether an operator lets new routes use one of this node's links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkAdmin {
+    /// Routes may use the link whenever it is up.
+    #[default]
+    Enabled,
+    /// An operator drained the link: it is advertised down, so that no new route (this node's
+    /// or any other's, once the advert arrived) goes over it; batches already under way finish.
+    Drained,
+}
+
+/// Whether this node advertises one of its links up: its device produces key, the neighbour
+/// answers adverts, and no operator drained it.
+pub fn advertised_up(device_up: bool, peer_reachable: bool, admin: LinkAdmin) -> bool {
+    device_up && peer_reachable && admin == LinkAdmin::Enabled
+}
+
 /// The link-state database of one node.
 #[derive(Debug, Clone, Default)]
 pub struct Topology {
@@ -212,6 +230,27 @@ mod tests {
             );
         }
         t
+    }
+
+    /// A drained link is advertised down whatever its device says, and a triangle then routes
+    /// around it, even though the direct link has the most key.
+    #[test]
+    fn a_drained_link_is_advertised_down_and_routed_around() {
+        use LinkAdmin::{Drained, Enabled};
+        assert!(advertised_up(true, true, Enabled));
+        assert!(!advertised_up(true, true, Drained));
+        assert!(!advertised_up(false, true, Enabled));
+        assert!(!advertised_up(true, false, Enabled));
+        let up = advertised_up(true, true, Drained);
+        let t = db(&[
+            ("A", "B", 9000, up),
+            ("A", "C", 1000, true),
+            ("B", "C", 1000, true),
+        ]);
+        assert_eq!(
+            t.route(&n("A"), &n("B"), 32).unwrap(),
+            vec![n("A"), n("C"), n("B")]
+        );
     }
 
     #[test]

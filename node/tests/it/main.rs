@@ -5,10 +5,12 @@
 
 mod check;
 mod conform;
+mod control;
 mod dashboard;
 mod defects;
 mod deps;
 mod devices;
+mod etsi015;
 mod failpoints;
 mod fuzz_corpus;
 mod grpc;
