@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::daemon::{LISTEN_FILE, ListenRecord, seed_path, write_atomic};
 
 /// Schema version of `demo.json`.
-pub const DEMO_SCHEMA_VERSION: u32 = 1;
+pub const DEMO_SCHEMA_VERSION: u32 = 2;
 /// Fibre lengths of the demo's links, km (physics model).
 const METRO_KM: [f64; 5] = [25.0, 38.0, 31.0, 44.0, 52.0];
 
@@ -244,6 +244,54 @@ pub struct DemoDescription {
     pub allowed_pairs: Vec<[SaeId; 2]>,
     /// Whether the links are simulated (always true for the demo).
     pub simulated_links: bool,
+    /// The demo operator's management certificate, for every node's control listener.
+    pub operator: DemoCredentials,
+}
+
+/// A certificate and its key, as an SAE, an operator or a node presents them.
+#[derive(Debug, Serialize)]
+pub struct DemoCredentials {
+    /// Who the certificate names (SAE ID, operator, node ID).
+    pub id: String,
+    /// Certificate (PEM).
+    pub cert_file: PathBuf,
+    /// Private key (PEM).
+    pub key_file: PathBuf,
+}
+
+/// Every endpoint of a node in `demo.json`: where it is and who may speak to it.
+#[derive(Debug, Serialize)]
+pub struct DemoEndpoints {
+    /// ETSI GS QKD 014 REST (HTTPS, SAE client certificates): base URL of the key API.
+    pub etsi014: String,
+    /// gRPC key delivery (`host:port`, TLS, SAE client certificates), if served.
+    pub grpc: Option<String>,
+    /// SKIP Key Provider base URL (HTTPS, SAE client certificates), if served.
+    pub skip: Option<String>,
+    /// Node-to-node gRPC (`host:port`, mutual TLS with node certificates: `node_cert`).
+    pub peer: String,
+    /// Operator read-only views (plain HTTP on the admin listener), if served.
+    pub admin: Option<DemoAdmin>,
+    /// Control listener base URL (HTTPS, management certificates: `operator`), if served;
+    /// `GET <url>/v1/whoami`, `POST <url>/v1/links/<link>/drain`...
+    pub control: Option<String>,
+}
+
+/// The admin listener's views.
+#[derive(Debug, Serialize)]
+pub struct DemoAdmin {
+    /// Status JSON.
+    pub status: String,
+    /// Active alarms JSON.
+    pub alarms: String,
+    /// Prometheus metrics.
+    pub metrics: String,
+    /// Liveness (`ok`).
+    pub healthz: String,
+    /// Live dashboard for a browser.
+    pub dashboard: String,
+    /// ETSI GS QKD 015 view of the node (RESTCONF-style JSON).
+    pub etsi015: String,
 }
 
 /// A node in `demo.json`.
@@ -270,6 +318,10 @@ pub struct DemoNodeOut {
     pub config_file: PathBuf,
     /// Log file.
     pub log_file: PathBuf,
+    /// The node's own certificate (server, and client towards its peers).
+    pub node_cert: DemoCredentials,
+    /// Every endpoint of the node.
+    pub endpoints: DemoEndpoints,
 }
 
 /// An SAE in `demo.json`.
@@ -571,19 +623,23 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             .iter()
             .zip(&listens)
             .zip(&configs)
-            .map(|((n, l), c)| DemoNodeOut {
-                id: n.id.clone(),
-                kme_id: format!("KME-{}", n.id),
-                etsi_base_url: url(l.etsi),
-                grpc_addr: l.grpc.map(|a| a.to_string()),
-                ca_file: pki.ca_cert().to_path_buf(),
-                status_url: l.admin.map(|a| format!("http://{a}/status")),
-                skip_base_url: l.skip.map(|a| format!("https://{a}")),
-                skip_system_id: l.skip.map(|_| system_id(&n.id)),
-                config_file: c.clone(),
-                log_file: dir.join(n.id.as_str()).join("node.log"),
+            .map(|((n, l), c)| {
+                Ok(DemoNodeOut {
+                    id: n.id.clone(),
+                    kme_id: format!("KME-{}", n.id),
+                    etsi_base_url: url(l.etsi),
+                    grpc_addr: l.grpc.map(|a| a.to_string()),
+                    ca_file: pki.ca_cert().to_path_buf(),
+                    status_url: l.admin.map(|a| format!("http://{a}/status")),
+                    skip_base_url: l.skip.map(|a| format!("https://{a}")),
+                    skip_system_id: l.skip.map(|_| system_id(&n.id)),
+                    config_file: c.clone(),
+                    log_file: dir.join(n.id.as_str()).join("node.log"),
+                    node_cert: credentials(n.id.as_str(), pki.issue_node(&n.id, IpAddr::V4(n.ip))?),
+                    endpoints: endpoints(l),
+                })
             })
-            .collect(),
+            .collect::<Result<_>>()?,
         saes: topo
             .saes
             .iter()
@@ -610,6 +666,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             })
             .collect(),
         simulated_links: true,
+        operator: credentials(
+            DEMO_OPERATOR,
+            pki.issue_operator(&qkd_types::OperatorId::parse(DEMO_OPERATOR)?)?,
+        ),
     };
     let demo_json = dir.join("demo.json");
     write_atomic(&demo_json, &serde_json::to_vec_pretty(&desc)?)?;
@@ -629,6 +689,85 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
     }
     Ok(())
+}
+
+fn credentials(id: &str, c: qkd_kms::pki::IssuedCert) -> DemoCredentials {
+    DemoCredentials {
+        id: id.to_owned(),
+        cert_file: c.cert,
+        key_file: c.key,
+    }
+}
+
+/// Every endpoint a node recorded in its `listen.json`.
+fn endpoints(l: &ListenRecord) -> DemoEndpoints {
+    DemoEndpoints {
+        etsi014: format!("https://{}/api/v1/keys/", l.etsi),
+        grpc: l.grpc.map(|a| a.to_string()),
+        skip: l.skip.map(|a| format!("https://{a}")),
+        peer: l.peer.to_string(),
+        admin: l.admin.map(|a| DemoAdmin {
+            status: format!("http://{a}/status"),
+            alarms: format!("http://{a}/alarms"),
+            metrics: format!("http://{a}/metrics"),
+            healthz: format!("http://{a}/healthz"),
+            dashboard: format!("http://{a}/dashboard/"),
+            etsi015: format!("http://{a}{}", crate::etsi015::PATH),
+        }),
+        control: l.control.map(|a| format!("https://{a}")),
+    }
+}
+
+/// The `qkd-link` example: `serve` at B as ENC-B1 forwarding to B's admin listener, `listen` at
+/// A as ENC-A1, and a `curl` through the tunnel; on free ports of A's and B's addresses. The
+/// program is the `qkd-link` beside this binary when there is one.
+fn link_example(
+    d: &DemoDescription,
+    ca: &Path,
+    a1: &DemoSaeOut,
+    b1: &DemoSaeOut,
+) -> Option<[String; 3]> {
+    let node = |id: &str| d.nodes.iter().find(|n| n.id.as_str() == id);
+    let (na, nb) = (node("A")?, node("B")?);
+    let grpc_a: SocketAddr = na.endpoints.grpc.as_deref()?.parse().ok()?;
+    let grpc_b: SocketAddr = nb.endpoints.grpc.as_deref()?.parse().ok()?;
+    let target = nb
+        .endpoints
+        .admin
+        .as_ref()?
+        .healthz
+        .strip_prefix("http://")?;
+    let target = target.split_once('/')?.0;
+    let free = |ip: IpAddr| {
+        std::net::TcpListener::bind((ip, 0))
+            .and_then(|l| l.local_addr())
+            .ok()
+    };
+    let (tunnel, local) = (free(grpc_b.ip())?, free(grpc_a.ip())?);
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.join("qkd-link")))
+        .filter(|p| p.is_file())
+        .map_or_else(|| "qkd-link".to_owned(), |p| p.display().to_string());
+    let sae = |s: &DemoSaeOut| {
+        format!(
+            "--ca {} --cert {} --key {}",
+            ca.display(),
+            s.cert_file.display(),
+            s.key_file.display()
+        )
+    };
+    Some([
+        format!(
+            "{exe} serve --listen {tunnel} --target {target} --node {grpc_b} {} --peer-sae ENC-A1 &",
+            sae(b1)
+        ),
+        format!(
+            "{exe} listen --local {local} --remote {tunnel} --node {grpc_a} {} --peer-sae ENC-B1 --rekey-interval 10s &",
+            sae(a1)
+        ),
+        format!("curl -s http://{local}/healthz"),
+    ])
 }
 
 fn print_next_steps(d: &DemoDescription, json: &Path) {
@@ -739,6 +878,17 @@ fn print_next_steps(d: &DemoDescription, json: &Path) {
             b1.cert_file.display(),
             b1.key_file.display(),
         );
+    }
+    if let Some([serve, listen, through]) = link_example(d, &na.ca_file, a1, b1) {
+        println!();
+        println!(
+            "qkd-link (the reference encryptor, docs/qkd-link.md): a tunnel from site A to node B's status service, keyed by an ENC-A1/ENC-B1 key stream. At site B, then at site A, then through the tunnel:"
+        );
+        println!();
+        println!("{serve}");
+        println!("{listen}");
+        println!("{through}");
+        println!("kill %1 %2   # stops both qkd-link (from the same shell)");
     }
     if let Some(dir) = json.parent() {
         let a = dir.join("A").join("node.toml");

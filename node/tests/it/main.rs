@@ -8,6 +8,7 @@ mod conform;
 mod control;
 mod dashboard;
 mod defects;
+mod demo;
 mod deps;
 mod devices;
 mod etsi015;
