@@ -95,6 +95,28 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .map(|(_, _, v)| v)
 }
 
+/// Polls `node`'s active alarms until `pred` holds; returns them.
+async fn wait_alarms(
+    net: &Net,
+    node: &str,
+    what: &str,
+    pred: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let active = alarms(net, node).await;
+        if pred(&active) {
+            return active;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {node}: never {what}\n{active:?}\n{}",
+            net.log(node)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Polls `node`'s metrics until `pred` holds; returns that exposition.
 async fn wait_metrics(net: &Net, node: &str, what: &str, pred: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -417,8 +439,12 @@ async fn pool_and_qber_alarms_metrics_audit_and_siem_follow_real_state() {
         )
         .is_some_and(|v| v > (now_ms() / 1000) as f64)
     );
-    // Standing conditions: the QBER of the link is above the threshold (8 %).
-    let active = alarms(&net, "A").await;
+    // Standing conditions: the QBER of the link is above the threshold (8 %). The pools were
+    // empty at the first evaluation (at start): wait for the evaluation that sees them full.
+    let active = wait_alarms(&net, "A", "pool_low of ENC-A1->ENC-B1 cleared", |a| {
+        !has_alarm(a, "pool_low", "ENC-A1->ENC-B1")
+    })
+    .await;
     let q = active
         .iter()
         .find(|a| a["alarm"] == "qber_high")
