@@ -17,6 +17,7 @@ mod grpc;
 mod harness;
 mod network;
 mod operators;
+mod packaging;
 mod relay;
 mod skip;
 mod status;
