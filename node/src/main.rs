@@ -63,7 +63,7 @@ enum AuditCmd {
     /// a record was edited, removed or reordered; prints the head hash to compare with the copy
     /// the SIEM received.
     ///
-    /// Example: qkd-node audit verify /var/lib/qkd/audit.log
+    /// Example: qkd-node audit verify /var/lib/qkd-node/audit.log
     Verify {
         /// The audit log file.
         file: PathBuf,

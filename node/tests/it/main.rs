@@ -18,6 +18,7 @@ mod grpc;
 mod harness;
 mod network;
 mod operators;
+mod packaging;
 mod relay;
 mod skip;
 mod status;
