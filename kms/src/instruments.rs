@@ -37,12 +37,13 @@ pub mod names {
 }
 
 /// The port labels, in the order of [`handshake_failures`]' counts.
-pub const PORTS: [&str; 4] = ["etsi014", "skip", "grpc", "peer"];
+pub const PORTS: [&str; 5] = ["etsi014", "skip", "grpc", "peer", "control"];
 
 /// Failed handshakes per port since the process started (indexes of [`PORTS`]), readable, so
 /// that the node can audit them in aggregate: a handshake failure has no authenticated client
 /// to name, and one record per failed connection would let anyone flood the audit trail.
-static HANDSHAKE_FAILURES: [AtomicU64; 4] = [
+static HANDSHAKE_FAILURES: [AtomicU64; PORTS.len()] = [
+    AtomicU64::new(0),
     AtomicU64::new(0),
     AtomicU64::new(0),
     AtomicU64::new(0),
@@ -60,7 +61,7 @@ pub fn handshake_failed(port: &'static str) {
 }
 
 /// Failed TLS handshakes on each port of [`PORTS`] since the process started.
-pub fn handshake_failures() -> [u64; 4] {
+pub fn handshake_failures() -> [u64; PORTS.len()] {
     std::array::from_fn(|i| HANDSHAKE_FAILURES[i].load(Ordering::Relaxed))
 }
 
@@ -176,5 +177,28 @@ pub fn port_label(port: &'static str) -> &'static str {
         "peer port" => "peer",
         p if p.starts_with("gRPC") => "grpc",
         p => p,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_handshakes_are_counted_under_their_port_label() {
+        let before = handshake_failures();
+        handshake_failed("control");
+        handshake_failed("gRPC key delivery");
+        handshake_failed("no such port");
+        let after = handshake_failures();
+        let grew = |label: &str| {
+            let i = PORTS.iter().position(|p| *p == label).unwrap_or(usize::MAX);
+            after[i] - before[i]
+        };
+        // Other tests of this binary may count failures of their own meanwhile: at least ours.
+        assert!(grew("control") >= 1);
+        assert!(grew("grpc") >= 1);
+        assert_eq!(port_label("no such port"), "no such port");
+        assert!(!PORTS.contains(&"no such port"));
     }
 }

@@ -90,7 +90,7 @@ pub enum AuditEvent {
     /// does not vouch for, a wrong protocol, a client too slow): counted per evaluation, not
     /// per connection, so that nobody can flood the audit trail.
     TlsHandshakesFailed {
-        /// `etsi014`, `skip`, `grpc`, `peer`.
+        /// `etsi014`, `skip`, `grpc`, `peer`, `control`.
         port: &'static str,
         /// How many since the last record.
         count: u64,

@@ -174,10 +174,12 @@ async fn accept_loop(
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     tracing::info!(%addr, error = %e, "control listener: TLS handshake failed");
+                    qkd_kms::instruments::handshake_failed("control");
                     return;
                 }
                 Err(_) => {
                     tracing::info!(%addr, "control listener: TLS handshake timed out");
+                    qkd_kms::instruments::handshake_failed("control");
                     return;
                 }
             };

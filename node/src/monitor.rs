@@ -50,7 +50,7 @@ pub struct Monitor {
     /// Woken by engine events (see [`crate::telemetry::EngineMetrics`]).
     wake: Arc<Notify>,
     /// Failed TLS handshakes per port already audited.
-    handshakes_audited: Mutex<[u64; 4]>,
+    handshakes_audited: Mutex<[u64; qkd_kms::instruments::PORTS.len()]>,
     /// The thresholds the evaluator holds the observations to (shown on the dashboard).
     thresholds: Thresholds,
     /// Recent readings of each link, for the dashboard.
