@@ -13,9 +13,10 @@ use tokio::sync::watch;
 
 use crate::alarms::Thresholds;
 use crate::audit::{AuditEvent, AuditLog, sha256_hex};
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, SourceSection};
 use crate::siem::{Forwarder, SiemTarget};
 use crate::telemetry::{NodeLabels, Telemetry};
+use qkd_hardware::etsi014::PemSource;
 
 /// How long the SIEM forwarder may keep sending at shutdown.
 const SIEM_DRAIN: Duration = Duration::from_secs(3);
@@ -168,21 +169,29 @@ fn attached_here(cfg: &NodeConfig, sae: &SaeId) -> bool {
 
 /// (configuration name, end of validity) of each certificate the node presents.
 pub fn certificates(cfg: &NodeConfig) -> Vec<(String, UnixMillis)> {
-    let mut files = vec![("tls.cert", cfg.tls.cert.clone())];
+    let mut files = vec![("tls.cert".to_owned(), cfg.tls.cert.clone())];
     if let Some(c) = cfg.grpc.as_ref().and_then(|g| g.cert.clone()) {
-        files.push(("grpc.cert", c));
+        files.push(("grpc.cert".to_owned(), c));
     }
     if let Some(c) = cfg.audit.siem.as_ref().and_then(|s| s.client_cert.clone()) {
-        files.push(("audit.siem.client_cert", c));
+        files.push(("audit.siem.client_cert".to_owned(), c));
+    }
+    // The node's client certificates at its QKD devices (one per configured link: bounded).
+    for lk in &cfg.links {
+        if let SourceSection::Etsi014(dev) = &lk.source
+            && let PemSource::File(path) = &dev.client_cert
+        {
+            files.push((format!("link.{}.source.client_cert", lk.id), path.clone()));
+        }
     }
     files
         .into_iter()
         .filter_map(|(name, path)| {
             let leaf = qkd_kms::tls::load_certs(&path).ok()?.into_iter().next()?;
             match qkd_kms::tls::not_after(&leaf) {
-                Ok(t) => Some((name.to_owned(), t)),
+                Ok(t) => Some((name, t)),
                 Err(e) => {
-                    tracing::warn!(certificate = name, file = %path.display(), error = %e, "cannot read the certificate's expiry");
+                    tracing::warn!(certificate = %name, file = %path.display(), error = %e, "cannot read the certificate's expiry");
                     None
                 }
             }
@@ -250,4 +259,46 @@ fn summary(cfg: &NodeConfig, qkd_only: &[[SaeId; 2]]) -> serde_json::Value {
             "siem": cfg.audit.siem.as_ref().map(|s| s.address.clone()),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TEST_CONFIG;
+
+    fn certificate(dir: &std::path::Path, name: &str, not_after: (i32, u8, u8)) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["node.test".to_owned()]).expect("params");
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        let cert = params.self_signed(&key).expect("certificate");
+        std::fs::write(dir.join(name), cert.pem()).expect("write");
+    }
+
+    /// The certificates whose expiry is watched include the node's client certificate at each
+    /// ETSI 014 device, named after its link.
+    #[test]
+    fn device_client_certificates_are_watched_by_link() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        certificate(dir.path(), "a.pem", (2031, 1, 1));
+        certificate(dir.path(), "dev-a.crt", (2030, 6, 1));
+        let text = TEST_CONFIG.replace(
+            "kind = \"simulated\"\nstart_unix_ms = 0\nmodel = { kind = \"constant-rate\", bits_per_second = 1000000 }\n",
+            "kind = \"etsi014\"\nurl = \"https://qkd-a.example:8443\"\n\
+             ca = { file = \"dev-ca.pem\" }\nclient_cert = { file = \"dev-a.crt\" }\n\
+             client_key = { file = \"dev-a.key\" }\nexpected_kme_id = \"IDQ-1\"\n\
+             sae_id = \"node-a\"\npeer_sae_id = 12\n",
+        );
+        let cfg = NodeConfig::parse(&dir.path().join("node.toml"), &text).expect("configuration");
+        let watched = certificates(&cfg);
+        let names: Vec<&str> = watched.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["tls.cert", "link.A-B.source.client_cert"],
+            "{watched:?}"
+        );
+        // 2030-06-01T00:00:00Z and 2031-01-01T00:00:00Z, in Unix milliseconds.
+        assert_eq!(watched[1].1, 1_906_502_400_000);
+        assert_eq!(watched[0].1, 1_924_992_000_000);
+    }
 }

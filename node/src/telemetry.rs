@@ -185,7 +185,7 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
         "qkd_certificate_expiry_timestamp_seconds",
         "gauge",
         "certificate",
-        "End of validity of the node's certificates (tls.cert, grpc.cert, audit.siem.client_cert), Unix seconds.",
+        "End of validity of the node's certificates (tls.cert, grpc.cert, audit.siem.client_cert, link.<id>.source.client_cert for each ETSI 014 device link), Unix seconds.",
     ),
     (
         "qkd_alarm_active",
