@@ -2,7 +2,7 @@
 //! invariant checks, and in a node its metrics (link key consumed per link, keys delivered per
 //! pair) and its alarm monitor. Events carry identifiers and metadata only, never key bytes.
 
-use qkd_types::{BlockId, KeyId, LinkId, SaeId};
+use qkd_types::{BlockId, KeyId, LinkId, NodeId, SaeId};
 
 use crate::store::MadeUnder;
 
@@ -44,6 +44,32 @@ pub enum Event<'a> {
         keys: &'a [KeyId],
         /// Their new expiry (Unix milliseconds).
         expires_at: qkd_types::UnixMillis,
+    },
+    /// A neighbour stopped answering adverts (its link is now advertised down and routes avoid
+    /// it), or answers again.
+    Reachability {
+        /// The neighbour.
+        peer: &'a NodeId,
+        /// Whether it answers now.
+        reachable: bool,
+    },
+    /// A relayed batch this node was the destination of was voided: its confirmation never
+    /// came in time. Nothing of it was stored.
+    BatchVoided {
+        /// The node that started it.
+        source: &'a NodeId,
+        /// Its keys.
+        keys: usize,
+    },
+    /// A neighbour's well-formed message was refused.
+    PeerRefused {
+        /// The neighbour that sent it.
+        from: &'a NodeId,
+        /// Why, by name (one of a fixed set: safe as a metric label).
+        cause: &'static str,
+        /// Whether the refusal means a message was altered or forged on its way (a failed MAC,
+        /// signature or end-to-end check): a security event.
+        tampering: bool,
     },
 }
 

@@ -25,6 +25,7 @@ use crate::hybrid::combiner::{Ma, Mb};
 use crate::hybrid::exchange::ReceivedInit;
 use crate::hybrid::{Policy, Suite};
 use crate::manager::{advert_of, key_id, merged, offered_blocks, parse_path, range_of, request_id};
+use crate::relay::destination::{DestRules, Destination, Directory, notice};
 use crate::relay::topology::Topology;
 use crate::store::vault::Sealed;
 use crate::store::{self, MadeUnder, PoolKey, StoredKey};
@@ -465,7 +466,7 @@ pub fn peer_messages(data: &[u8]) {
                 return;
             };
             if let Some(h) = &m.header {
-                relay_header(h);
+                relay_header(h, &m.ciphertext, &m.e2e);
             }
             let _ = request_id(&m.hop_id);
             let _ = qkd_types::LinkId::parse(&m.link_id);
@@ -535,32 +536,97 @@ pub fn peer_messages(data: &[u8]) {
 }
 
 /// The relay header as the destination converts it.
-fn relay_header(h: &pb::RelayHeader) {
-    if let Ok(path) = parse_path(&h.path) {
-        let distinct: BTreeSet<_> = path.iter().collect();
-        assert_eq!(distinct.len(), path.len());
+fn relay_header(h: &pb::RelayHeader, payload: &[u8], msg1: &[u8]) {
+    let Ok(path) = parse_path(&h.path) else {
+        return;
+    };
+    let distinct: BTreeSet<_> = path.iter().collect();
+    assert_eq!(distinct.len(), path.len());
+    let Ok(offer) = crate::peer::wire::offer_of(h, &path) else {
+        return;
+    };
+    assert_eq!(offer.key_ids.len(), h.key_ids.len());
+    assert_eq!(offer.relay_key_ids.len(), h.relay_key_ids.len());
+    // The destination's checks on whatever the header says: an answer or a refusal, and a
+    // refusal leaves nothing waiting.
+    let dir = FuzzNet::new();
+    let mut d = Destination::new(DestRules {
+        hop_timeout_ms: 1_000,
+        key_ttl_ms: 1_000,
+        pool_ttl_ms: 1_000,
+    });
+    let r = d.offer(&dir, 0, &offer, &Secret::copy_from(payload), msg1);
+    assert_eq!(d.in_flight(), usize::from(r.is_ok()));
+}
+
+/// A network for the destination's checks: node E with SAEs ENC-E1 and ENC-E2, ENC-A1 at A,
+/// every pair allowed, the default mode; no end-to-end identity (so no exchange completes).
+#[derive(Debug)]
+struct FuzzNet {
+    a: qkd_types::NodeId,
+    e: qkd_types::NodeId,
+    kme: KmeId,
+    e2e: crate::manager::E2eKeys,
+}
+
+impl FuzzNet {
+    fn new() -> Self {
+        Self {
+            a: qkd_types::NodeId::parse("A").expect("valid"),
+            e: qkd_types::NodeId::parse("E").expect("valid"),
+            kme: KmeId::parse("KME-E").expect("valid"),
+            e2e: crate::manager::E2eKeys::default(),
+        }
     }
-    let _ = SaeId::parse(&h.master_sae);
-    let _: Result<Vec<SaeId>, _> = h.slave_saes.iter().map(|s| SaeId::parse(s)).collect();
-    let _: Result<Vec<KeyId>, _> = h.key_ids.iter().map(|k| key_id(k)).collect();
-    let _: Result<Vec<KeyId>, _> = h.relay_key_ids.iter().map(|k| key_id(k)).collect();
-    let _ = request_id(&h.relay_id);
-    let _ = u64::from(h.relayed_len) * h.key_ids.len() as u64;
+}
+
+impl Directory for FuzzNet {
+    fn node(&self) -> &qkd_types::NodeId {
+        &self.e
+    }
+    fn kme(&self) -> &KmeId {
+        &self.kme
+    }
+    fn kme_of(&self, node: &qkd_types::NodeId) -> KmeId {
+        KmeId::parse(&format!("KME-{node}")).unwrap_or_else(|_| self.kme.clone())
+    }
+    fn node_of(&self, sae: &SaeId) -> Option<&qkd_types::NodeId> {
+        match sae.as_str() {
+            "ENC-A1" => Some(&self.a),
+            "ENC-E1" | "ENC-E2" => Some(&self.e),
+            _ => None,
+        }
+    }
+    fn pair_allowed(&self, _: &SaeId, _: &SaeId) -> bool {
+        true
+    }
+    fn mode(&self, _: &SaeId, _: &SaeId) -> crate::manager::KeyMode {
+        crate::manager::KeyMode::default()
+    }
+    fn limits(&self) -> KeyLimits {
+        KeyLimits::default()
+    }
+    fn e2e(&self) -> &crate::manager::E2eKeys {
+        &self.e2e
+    }
+    fn mixed_profiles_allowed(&self) -> bool {
+        false
+    }
 }
 
 /// An end-to-end payload of a forwarded message of `kind` (3 = multicast delivery, 4 = delivery
-/// notice; the others are hybrid messages checked by the exchange).
+/// notice; the others are hybrid messages checked by the exchange), converted as the
+/// destination converts it; a notice is then checked as the destination checks it (no key is
+/// pinned here, so it must be refused).
 fn peer_messages_e2e(kind: u32, e2e: &[u8]) {
     match kind {
         3 => {
-            if let Ok(m) = pb::MulticastDeliver::decode(e2e) {
-                let _: Result<Vec<KeyId>, _> = m.key_ids.iter().map(|k| key_id(k)).collect();
-            }
+            let _ = crate::peer::wire::multicast_of(e2e);
         }
         4 => {
-            if let Ok(m) = pb::DeliveryNotice::decode(e2e) {
-                let _: Result<Vec<KeyId>, _> = m.key_ids.iter().map(|k| key_id(k)).collect();
-                let _ = m.delivered_at.saturating_add(u64::MAX);
+            if let Ok(m) = crate::peer::wire::notice_of(e2e) {
+                let dir = FuzzNet::new();
+                assert!(notice(&dir, &dir.a, &m, 1_000, BTreeSet::new()).is_err());
             }
         }
         _ => {

@@ -317,6 +317,50 @@ pub enum Refusal {
     StreamSlice,
 }
 
+impl Refusal {
+    /// The refusal's cause by name, one of a fixed set (for metrics and audit).
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Refusal::AllocatesLink => "allocates_link",
+            Refusal::NotAllocator => "not_allocator",
+            Refusal::NotNeighbour => "not_neighbour",
+            Refusal::BlockDiffers(_) => "block_differs",
+            Refusal::OfferOutOfSequence { .. } => "offer_out_of_sequence",
+            Refusal::Pool(_) => "link_key",
+            Refusal::KeyIdUsed(_) => "key_id_used",
+            Refusal::NotOnPath => "not_on_path",
+            Refusal::UnallocatedHop => "unallocated_hop",
+            Refusal::AllocationVanished => "allocation_vanished",
+            Refusal::Authentication => "hop_authentication",
+            Refusal::MasterNotAtSource => "master_not_at_source",
+            Refusal::SlavesNotHere => "slaves_not_here",
+            Refusal::Profile => "profile",
+            Refusal::NotSource => "not_source",
+            Refusal::KeyCount => "key_count",
+            Refusal::MulticastAuthentication => "multicast_authentication",
+            Refusal::NoticeSource => "notice_source",
+            Refusal::E2e(_) => "end_to_end",
+            Refusal::Signature(_) => "signature",
+            Refusal::StreamSlice => "stream_slice",
+        }
+    }
+
+    /// Whether the refusal means a message was altered or forged on its way: a hop's MAC, a
+    /// multicast key's seal, the end-to-end exchange or a signature failed, or a node spoke for
+    /// a batch or notice it did not start.
+    pub fn tampering(&self) -> bool {
+        matches!(
+            self,
+            Refusal::Authentication
+                | Refusal::MulticastAuthentication
+                | Refusal::E2e(_)
+                | Refusal::Signature(_)
+                | Refusal::NotSource
+                | Refusal::NoticeSource
+        )
+    }
+}
+
 /// A device that failed, or gave key the node may not use. Caused by the device (or, for
 /// [`DeviceFault::PeerOffer`], by the peer's device).
 #[derive(Debug, thiserror::Error)]
@@ -434,6 +478,18 @@ impl KeyManager {
         if let Some(o) = self.inner.observer.get() {
             o.event(event);
         }
+    }
+
+    /// Reports a neighbour's refused message as an event, and passes the result on.
+    fn reported<T>(&self, from: &NodeId, r: Result<T, PeerError>) -> Result<T, PeerError> {
+        if let Err(PeerError::Refused(why)) = &r {
+            self.emit(&crate::events::Event::PeerRefused {
+                from,
+                cause: why.cause(),
+                tampering: why.tampering(),
+            });
+        }
+        r
     }
 
     /// The configuration.
@@ -919,6 +975,11 @@ impl KeyManager {
         from: &NodeId,
         req: pb::OfferBlocksRequest,
     ) -> Result<(), PeerError> {
+        let r = self.offer_in(from, req).await;
+        self.reported(from, r)
+    }
+
+    async fn offer_in(&self, from: &NodeId, req: pb::OfferBlocksRequest) -> Result<(), PeerError> {
         let link = self.peer_link(from, &req.link_id)?;
         if link.allocator() {
             return Err(Refusal::AllocatesLink.into());
@@ -1318,11 +1379,12 @@ impl KeyService for KeyManager {
     }
 }
 
-mod e2e;
+pub(crate) mod e2e;
 mod relay;
-mod streams;
+pub(crate) mod streams;
 
 pub use e2e::{E2eKeys, KeyMode};
 pub use relay::{NoticeStats, RelayConfig, RelayError};
 // For the fuzz target bodies (crate::fuzzing) only.
-pub(crate) use relay::{advert_of, merged, parse_path};
+pub(crate) use crate::peer::wire::{advert_of, parse_path};
+pub(crate) use crate::relay::hop::merged;

@@ -3,6 +3,8 @@
 //! and hands each call to the [`KeyManager`]. [`status_of`] is the one place where key-manager
 //! errors become gRPC statuses. The port is capped in total and per node ([`PeerLimits`]).
 
+pub(crate) mod wire;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;

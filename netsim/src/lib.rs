@@ -27,7 +27,8 @@
 //! before the slave's node holds it durably; no byte of link key taken twice at a node (by the
 //! device's block ID, so a re-issuing device is caught too); both ends of every link agree on
 //! its blocks; every delivered key of the default size has the size configured now, and every
-//! key was made under the policy and suite configured now for every pair it reached.
+//! key was made under the policy and suite configured now for every pair it reached; and no
+//! node refuses a neighbour's message as tampered (the simulated network never alters one).
 //!
 //! A run is a pure function of its [`Options`]: [`run`] twice gives the same trace (checked by
 //! a test), and a failing seed prints the one command that replays it.
@@ -809,6 +810,18 @@ impl Observer for NodeObserver {
                     c.take(self.node, link, *block, *offset, *len);
                 }
             }
+            // The simulated network delays, drops, duplicates and reorders messages and crashes
+            // nodes, but never alters one: nothing may look like tampering (an operator would
+            // be paged for an attack that is not there).
+            Event::PeerRefused {
+                from,
+                cause,
+                tampering: true,
+            } => c.violations.push(format!(
+                "n{} refused a message from {from} as tampered ({cause}) on an honest network",
+                self.node
+            )),
+            Event::PeerRefused { .. } | Event::Reachability { .. } | Event::BatchVoided { .. } => {}
             Event::ExpiryMoved { keys, expires_at } => {
                 for id in keys.iter() {
                     let e = c.expiry.entry((self.node, *id)).or_insert(*expires_at);

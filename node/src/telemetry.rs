@@ -182,6 +182,24 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
         "TLS handshakes that failed or timed out (a client certificate the CA does not vouch for, a wrong protocol, a client too slow).",
     ),
     (
+        "qkd_peer_refusals_total",
+        "counter",
+        "cause, tampering",
+        "Neighbours' messages refused, by cause; tampering=true when a MAC, seal, signature or end-to-end check failed (a message altered or forged on its way).",
+    ),
+    (
+        "qkd_relay_batches_voided_total",
+        "counter",
+        "",
+        "Relayed batches voided at this node (their destination) because their end-to-end confirmation never came.",
+    ),
+    (
+        "qkd_neighbour_reachable",
+        "gauge",
+        "peer",
+        "0 once a neighbour missed several adverts in a row (its link is advertised down), 1 when it answers again; a series appears at the first change.",
+    ),
+    (
         "qkd_certificate_expiry_timestamp_seconds",
         "gauge",
         "certificate",
@@ -598,9 +616,35 @@ impl Observer for EngineMetrics {
                 }
                 self.wake.notify_one();
             }
+            Event::PeerRefused {
+                cause, tampering, ..
+            } => peer_refused(cause, *tampering),
+            Event::BatchVoided { .. } => batch_voided(),
+            Event::Reachability { peer, reachable } => neighbour_reachable(peer, *reachable),
             Event::ExpiryMoved { .. } => {}
         }
     }
+}
+
+/// Counts a neighbour's refused message (causes are a fixed set of names).
+fn peer_refused(cause: &'static str, tampering: bool) {
+    let tampering = if tampering { "true" } else { "false" };
+    metrics::counter!("qkd_peer_refusals_total", "cause" => cause, "tampering" => tampering)
+        .increment(1);
+}
+
+/// Counts a batch voided at its destination.
+fn batch_voided() {
+    metrics::counter!("qkd_relay_batches_voided_total").increment(1);
+}
+
+/// Sets a neighbour's reachability (neighbours are configured: a bounded label set).
+fn neighbour_reachable(peer: &qkd_types::NodeId, reachable: bool) {
+    metrics::gauge!("qkd_neighbour_reachable", "peer" => peer.to_string()).set(if reachable {
+        1.0
+    } else {
+        0.0
+    });
 }
 
 #[cfg(test)]
@@ -642,6 +686,9 @@ mod tests {
         qkd_kms::instruments::caps_hit("ETSI 014", qkd_kms::instruments::Cap::PerClient)
             .increment(1);
         qkd_kms::instruments::handshake_failed("ETSI 014");
+        peer_refused("hop_authentication", true);
+        batch_voided();
+        neighbour_reachable(&qkd_types::NodeId::parse("B").unwrap(), false);
         t.certificate("tls.cert", 1_000_000);
         let alarm = Alarm {
             kind: AlarmKind::LinkDown,

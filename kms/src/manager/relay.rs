@@ -1,14 +1,18 @@
-//! Trusted-node key relay, the per-pair key pools it fills, and delivery notices.
+//! The shell that runs the relay engine ([`crate::relay`]'s state machines) over the network,
+//! the store's writer and timers: trusted-node key relay, the per-pair key pools it fills, and
+//! delivery notices. Decisions are the machines'; this module moves their messages, commits
+//! their store operations, takes link key for each hop, and owns the tasks.
 //!
 //! A batch of keys for SAE pair (master at node S, slave at node D) is made like this:
 //!
-//! 1. S picks a route to D over available link key ([`Topology::route`]).
+//! 1. S picks a route to D over available link key ([`Topology::route`]) and starts the batch
+//!    ([`SourceBatch`]).
 //! 2. S draws the batch's relayed keys from its CSPRNG and sends them hop by hop: on every hop the
 //!    keys travel XOR a fresh run of link key exactly as long (one-time pad), with an HMAC-SHA-256
 //!    tag keyed by 32 further bytes of fresh link key. Each relay checks the tag, decrypts and
 //!    re-encrypts for its next hop, and forgets the keys. The first end-to-end message travels
-//!    with the keys; D checks it against its own configuration for the pair, keeps its state
-//!    in memory only (nothing durable yet) and answers (message 2) on the way back.
+//!    with the keys; D checks it against its own configuration for the pair ([`Destination`]),
+//!    keeps its state in memory only (nothing durable yet) and answers (message 2) on the way back.
 //! 3. S checks the answer and confirms end to end (message 3, forwarded along the path); D
 //!    verifies, commits its keys durably and only then acknowledges (message 4).
 //! 4. Only then does S store the keys in the pair's pool, from which `enc_keys` serves them.
@@ -21,7 +25,7 @@
 //! After `enc_keys`, S forwards a delivery notice to D from a durable outbox, so D expires the
 //! slave's copy a key TTL after the master got it (docs/design.md, "Expiry").
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -30,8 +34,6 @@ use backon::Retryable;
 use qkd_proto::peer as pb;
 use qkd_types::{BlockId, KeyId, KmeId, LinkId, NodeId, SaeId, Secret, UnixMillis};
 use rand::RngCore;
-use ring::hmac;
-use subtle::ConstantTimeEq;
 
 use super::{
     DeliveredKey, KeyManager, LinkRt, Malformed, PeerError, Refusal, ServiceError, block_updates,
@@ -41,22 +43,26 @@ use crate::api::Unavailable;
 use crate::core::fit::KeyOrigin;
 use crate::core::pool::{LinkPool, PoolError, Range};
 use crate::events::{Event, Side};
-use crate::manager::e2e::{self, DestState, E2eKeys, KeyMode};
+use crate::manager::e2e::{self, E2eKeys, KeyMode};
+use crate::peer::wire::{self, advert_msg, advert_of, parse_path};
+use crate::relay::adverts::{AdvertRules, Adverts, OwnLink};
+use crate::relay::destination::{self, Confirmed, DestRules, Destination, Directory};
+use crate::relay::hop::{self, AUTH_LEN, HopAllocations};
 use crate::relay::pools::{PoolRules, Pools, Taken};
-use crate::relay::topology::{LinkAdmin, LinkAdvert, NodeAdvert, Topology, advertised_up};
-use crate::store::{MadeUnder, PoolKey, StoreError, StoredKey, ops};
+use crate::relay::source::{self, SourceBatch, StartError};
+pub(super) use crate::relay::source::{BatchSpec, StreamRun};
+use crate::relay::topology::{LinkAdmin, Topology};
+use crate::store::{MadeUnder, PoolKey, StoreError, ops};
 
-/// Bytes of link key keying the MAC of one hop message.
-const AUTH_LEN: u32 = 32;
 /// Forward kinds.
 const FORWARD_CONFIRM: u32 = 1;
 const FORWARD_VOID: u32 = 2;
 const FORWARD_DELIVER: u32 = 3;
 const FORWARD_NOTICE: u32 = 4;
+/// Hop allocations kept for neighbours' hops at once.
+const MAX_HOP_ALLOCATIONS: usize = 1024;
 /// Batches of one pair's pool under way at once.
 const MAX_INFLIGHT: usize = 3;
-/// Adverts a neighbour may miss in a row before its link is taken out of routes.
-const MISSED_ADVERTS: u32 = 3;
 
 /// Relay and pool settings.
 #[derive(Debug, Clone)]
@@ -103,24 +109,15 @@ impl Default for RelayConfig {
 /// In-memory relay state of a node.
 #[derive(Debug, Default)]
 pub(super) struct RelayState {
-    topology: Mutex<Topology>,
-    advert_seq: Mutex<u64>,
+    /// Link-state adverts and the topology learnt from them (`None` until the first use).
+    adverts: Mutex<Option<Adverts>>,
     /// Master side: the pairs' pools of ready keys (`None` until the configuration is known).
     pools: Mutex<Option<Pools>>,
-    /// Destination side: batches awaiting end-to-end confirmation.
-    pending: Mutex<BTreeMap<[u8; 16], Pending>>,
+    /// Destination side: batches between their end-to-end messages (`None` until first use).
+    destination: Mutex<Option<Destination>>,
     /// Allocator side: hop allocations answered to a neighbour, with the link bytes read when
     /// they were taken (a drained block is erased at once), until the hop's message arrives.
-    hop_allocs: Mutex<VecDeque<HopAlloc>>,
-    /// Neighbours that did not answer the last advert.
-    unreachable: Mutex<BTreeSet<NodeId>>,
-    /// Links an operator drained (advertised down until enabled again; not kept across a
-    /// restart: a restarted node starts with every link enabled).
-    drained: Mutex<BTreeSet<LinkId>>,
-    /// Adverts each neighbour missed in a row.
-    missed: Mutex<BTreeMap<NodeId, u32>>,
-    /// Destination side: confirmed wrap batches waiting for their multicast keys.
-    wraps: Mutex<BTreeMap<[u8; 16], Wraps>>,
+    hop_allocs: Mutex<Option<HopAllocations>>,
     /// Source side: a pass over the delivery-notice outbox is under way.
     sending_notices: std::sync::atomic::AtomicBool,
     /// Delivery notices sent and received since start.
@@ -147,66 +144,6 @@ pub struct NoticeStats {
     pub received: u64,
     /// Keys they named.
     pub keys_received: u64,
-}
-
-#[derive(Debug)]
-struct Wraps {
-    source: NodeId,
-    master: SaeId,
-    slaves: Vec<SaeId>,
-    keys: Vec<Secret>,
-    deadline: UnixMillis,
-}
-
-#[derive(Debug)]
-struct HopAlloc {
-    hop_id: [u8; 16],
-    link: LinkId,
-    ranges: Vec<Range>,
-    bytes: Secret,
-}
-
-#[derive(Debug)]
-struct Pending {
-    wrap: bool,
-    pool: bool,
-    source: NodeId,
-    master: SaeId,
-    slaves: Vec<SaeId>,
-    size_bits: u32,
-    keys: Vec<KeyId>,
-    state: DestState,
-    deadline: UnixMillis,
-    /// The key stream whose indices the batch reserves: (stream, first index, expiry).
-    stream: Option<(qkd_types::KeyStreamId, u64, UnixMillis)>,
-}
-
-/// What a batch is for.
-#[derive(Debug, Clone)]
-pub(super) struct BatchSpec {
-    pub master: SaeId,
-    pub slaves: Vec<SaeId>,
-    pub size_bits: u32,
-    pub number: usize,
-    /// Keys that wrap multicast keys, never delivered themselves.
-    pub wrap: bool,
-    /// Keys for the pair's pool, at its default size.
-    pub pool: bool,
-    /// Indices of a key stream the batch reserves: its key IDs are the stream's, not random.
-    pub stream: Option<StreamSlice>,
-}
-
-/// A run of indices of a key stream, reserved by one batch.
-#[derive(Debug, Clone)]
-pub(super) struct StreamSlice {
-    /// The stream.
-    pub id: qkd_types::KeyStreamId,
-    /// The IDs of the run's keys, in index order.
-    pub key_ids: Vec<KeyId>,
-    /// The index of the first.
-    pub first_index: u64,
-    /// When the keys expire at both ends.
-    pub expires_at: UnixMillis,
 }
 
 /// Why a batch failed, and whether its destination may have committed its keys (the
@@ -236,27 +173,12 @@ impl KeyManager {
 
     /// The mode (policy) of a pair, whichever order its SAEs are given in.
     pub(super) fn pair_mode(&self, a: &SaeId, b: &SaeId) -> KeyMode {
-        let rc = &self.inner.cfg.relay;
-        let key = if a <= b {
-            (a.clone(), b.clone())
-        } else {
-            (b.clone(), a.clone())
-        };
-        rc.pairs.get(&key).cloned().unwrap_or(rc.default_mode)
+        self.inner.cfg.mode(a, b)
     }
 
     /// KME ID of a node.
     pub(super) fn kme_of(&self, node: &NodeId) -> KmeId {
-        let cfg = &self.inner.cfg;
-        if node == &cfg.node {
-            return cfg.kme.clone();
-        }
-        cfg.relay
-            .kme_ids
-            .get(node)
-            .cloned()
-            .or_else(|| cfg.neighbours.get(node).map(|n| n.kme.clone()))
-            .unwrap_or_else(|| KmeId::parse(node.as_str()).unwrap_or_else(|_| cfg.kme.clone()))
+        self.inner.cfg.kme_of(node)
     }
 
     fn neighbour_link(&self, node: &NodeId) -> Option<&LinkRt> {
@@ -266,11 +188,7 @@ impl KeyManager {
 
     /// What keys of a pair are made under now.
     pub(super) fn made_under(&self, master: &SaeId, slave: &SaeId) -> MadeUnder {
-        let mode = self.pair_mode(master, slave);
-        MadeUnder {
-            policy: mode.policy_name().to_string(),
-            suite: mode.suite_name().to_string(),
-        }
+        destination::made_under(&self.inner.cfg, master, slave)
     }
 
     /// The nodes the slaves are attached to, each once, in order.
@@ -336,7 +254,7 @@ impl KeyManager {
             if unreachable.contains(&dest) {
                 continue;
             }
-            let path = lock(&self.relay().topology).route(&cfg.node, &dest, 0);
+            let path = self.adverts(|a| a.topology().route(&cfg.node, &dest, 0));
             let Some(path) = path else {
                 unreachable.insert(dest);
                 continue;
@@ -346,7 +264,7 @@ impl KeyManager {
             };
             let sig = local
                 .signing()
-                .sign(&notice_signed(&cfg.kme, delivered_at, &ids))
+                .sign(&destination::notice_signed(&cfg.kme, delivered_at, &ids))
                 .map_err(RelayError::Sign)?;
             let msg = pb::DeliveryNotice {
                 key_ids: ids.iter().map(|k| k.as_bytes().to_vec()).collect(),
@@ -389,34 +307,7 @@ impl KeyManager {
         source: &NodeId,
         msg: &[u8],
     ) -> Result<pb::ForwardReply, PeerError> {
-        let msg: pb::DeliveryNotice =
-            prost::Message::decode(msg).map_err(|_| Malformed::Field("delivery notice"))?;
-        let ids: Vec<KeyId> = msg
-            .key_ids
-            .iter()
-            .map(|k| super::key_id(k))
-            .collect::<Result<_, _>>()?;
-        // Only the source node itself may say when its master got the keys: its signature,
-        // under the key pinned for the KME of the node the path starts at.
-        let kme = self.kme_of(source);
-        if msg.source_kme != kme.as_str() {
-            return Err(Refusal::NoticeSource.into());
-        }
-        self.inner
-            .cfg
-            .relay
-            .e2e
-            .peers
-            .get(&kme)
-            .ok_or_else(|| Refusal::E2e(e2e::E2eError::NotPinned(kme.clone())))?
-            .verify(
-                &notice_signed(&kme, msg.delivered_at, &ids),
-                &msg.sig,
-                "delivery notice",
-            )
-            .map_err(Refusal::Signature)?;
-        let n = ids.len() as u64;
-        let expires_at = msg.delivered_at.saturating_add(self.inner.cfg.key_ttl_ms);
+        let msg = wire::notice_of(msg)?;
         // Only the master's own node may say when its master got the key.
         let masters: BTreeSet<SaeId> = self
             .inner
@@ -426,22 +317,25 @@ impl KeyManager {
             .filter(|(_, e)| &e.node == source)
             .map(|(s, _)| s.clone())
             .collect();
-        let moved = self
-            .inner
-            .writer
-            .apply(ops::MoveExpiry {
-                ids,
-                masters,
-                expires_at,
-            })
-            .await?;
+        let op = destination::notice(
+            &self.inner.cfg,
+            source,
+            &msg,
+            self.inner.cfg.key_ttl_ms,
+            masters,
+        )?;
+        let expires_at = op.expires_at;
+        let moved = self.inner.writer.apply(op).await?;
         self.emit(&Event::ExpiryMoved {
             keys: &moved,
             expires_at,
         });
         use std::sync::atomic::Ordering::Relaxed;
         self.relay().notices.received.fetch_add(1, Relaxed);
-        self.relay().notices.keys_received.fetch_add(n, Relaxed);
+        self.relay()
+            .notices
+            .keys_received
+            .fetch_add(msg.key_ids.len() as u64, Relaxed);
         Ok(pb::ForwardReply { e2e: Vec::new() })
     }
 
@@ -732,7 +626,10 @@ impl KeyManager {
                 let batch = self.run_batch(&spec).await?;
                 let mut sealed = Vec::with_capacity(number);
                 for ((wrap, id), k) in batch.keys.iter().zip(key_ids).zip(keys) {
-                    sealed.push(seal_multicast(&wrap.key, *id, &batch.relay_id, k)?);
+                    sealed.push(
+                        hop::seal_multicast(&wrap.key, *id, &batch.relay_id, k)
+                            .map_err(|_| RelayError::Malformed("seal"))?,
+                    );
                 }
                 let msg = pb::MulticastDeliver {
                     key_ids: key_ids.iter().map(|k| k.as_bytes().to_vec()).collect(),
@@ -786,99 +683,39 @@ impl KeyManager {
             maybe_committed: false,
         };
         let cfg = &self.inner.cfg;
-        let dest = cfg
-            .saes
-            .get(&spec.slaves[0])
-            .map(|e| e.node.clone())
+        let needs = source::needs(cfg, spec).map_err(|e| {
+            early(match e {
+                StartError::UnknownSlave => RelayError::NoRoute,
+                StartError::SlavesApart => {
+                    RelayError::Unsupported("additional slaves at different nodes")
+                }
+                StartError::MixedProfiles => RelayError::MixedProfiles,
+                StartError::StreamRun => RelayError::Malformed("stream run"),
+            })
+        })?;
+        let path = self
+            .adverts(|a| a.topology().route(&cfg.node, &needs.dest, needs.link_bytes))
             .ok_or(early(RelayError::NoRoute))?;
-        if spec
-            .slaves
-            .iter()
-            .any(|s| cfg.saes.get(s).map(|e| &e.node) != Some(&dest))
-        {
-            return Err(early(RelayError::Unsupported(
-                "additional slaves at different nodes",
-            )));
-        }
-        let mode = self.pair_mode(&spec.master, &spec.slaves[0]);
-        // One batch, one policy and suite: never make keys for a pair under another pair's.
-        if spec
-            .slaves
-            .iter()
-            .any(|s| self.pair_mode(&spec.master, s) != mode)
-            && !crate::events::defects::active().mixed_profiles
-        {
-            return Err(early(RelayError::MixedProfiles));
-        }
-        let relayed_len = mode.relayed_len(spec.size_bits);
-        let need = u64::from(relayed_len) * spec.number as u64 + u64::from(AUTH_LEN);
-        let path = {
-            let topo = lock(&self.relay().topology);
-            topo.route(&cfg.node, &dest, if relayed_len == 0 { 0 } else { need })
-        }
-        .ok_or(early(RelayError::NoRoute))?;
-        let relay_id = *KeyId::random().as_bytes();
-        let key_ids: Vec<KeyId> = match &spec.stream {
-            Some(s) => s.key_ids.clone(),
-            None => (0..spec.number).map(|_| KeyId::random()).collect(),
-        };
-        let relay_key_ids: Vec<KeyId> = (0..spec.number).map(|_| KeyId::random()).collect();
-        let mut payload = Secret::zeroed(relayed_len as usize * spec.number);
-        rand::rng().fill_bytes(payload.expose_mut());
-        let ctx = e2e::Context {
-            mode,
-            kme_source: cfg.kme.clone(),
-            kme_dest: self.kme_of(&dest),
-            master: spec.master.clone(),
-            slaves: spec.slaves.clone(),
-            size_bits: spec.size_bits,
-            key_ids: key_ids.clone(),
-            relay_key_ids: relay_key_ids.clone(),
-        };
-        let e2e_keys = self.inner.cfg.relay.e2e.clone();
-        let (source_state, msg1) =
-            e2e::source_start(&e2e_keys, &ctx, &payload).map_err(|e| early(e.into()))?;
-        let header = pb::RelayHeader {
-            relay_id: relay_id.to_vec(),
-            path: path.iter().map(|n| n.to_string()).collect(),
-            master_sae: spec.master.to_string(),
-            slave_saes: spec.slaves.iter().map(|s| s.to_string()).collect(),
-            size_bits: spec.size_bits,
-            policy: mode.policy_name().to_string(),
-            suite: mode.suite_name().to_string(),
-            key_ids: key_ids.iter().map(|k| k.as_bytes().to_vec()).collect(),
-            relay_key_ids: relay_key_ids
-                .iter()
-                .map(|k| k.as_bytes().to_vec())
-                .collect(),
-            relayed_len,
-            wrap: spec.wrap,
-            pool: spec.pool,
-            stream: spec.stream.as_ref().map(|s| pb::StreamSlice {
-                key_stream_id: s.id.as_bytes().to_vec(),
-                first_index: s.first_index,
-                expires_at_ms: s.expires_at,
-            }),
-        };
+        let (mut batch, out) = SourceBatch::start(cfg, spec, path.clone(), &mut rand::rng())
+            .map_err(|e| early(e.into()))?;
+        let relay_id = batch.relay_id();
+        let header = wire::header_msg(&out.offer);
         let hops = (path.len() - 1) as u32;
-        let reply = self.send_hop(&header, 1, &payload, msg1, hops).await;
-        // Whether the confirmation (message 3) left: only then may the destination commit.
-        let mut confirm_sent = false;
         let result = async {
-            let reply = reply?;
-            let (state, msg3) = e2e::source_finish(&e2e_keys, source_state, &reply.e2e)?;
-            confirm_sent = true;
+            let reply = self
+                .send_hop(&header, 1, &out.payload, out.msg1, hops)
+                .await?;
+            let msg3 = batch.on_answer(cfg, &reply.e2e)?;
             let ack = self
                 .forward(&relay_id, &path, 1, FORWARD_CONFIRM, msg3)
                 .await?;
-            Ok(e2e::source_ack(&e2e_keys, state, &ack.e2e)?)
+            Ok(batch.on_ack(cfg, &ack.e2e)?)
         }
         .await;
         match result {
             Ok(keys) => Ok(Batch {
-                keys: key_ids
+                keys: keys
                     .into_iter()
-                    .zip(keys)
                     .map(|(id, key)| DeliveredKey { id, key })
                     .collect(),
                 path,
@@ -895,7 +732,7 @@ impl KeyManager {
                 });
                 Err(BatchFailure {
                     error: e,
-                    maybe_committed: confirm_sent,
+                    maybe_committed: batch.maybe_committed(),
                 })
             }
         }
@@ -930,8 +767,8 @@ impl KeyManager {
                 u64::from(len),
                 u64::from(AUTH_LEN),
             );
-            let (pad_ranges, auth_ranges) = split_ranges(&all, len);
-            let ciphertext = xor(payload, &bytes, len as usize);
+            let (pad_ranges, auth_ranges) = hop::split_ranges(&all, len);
+            let ciphertext = hop::encrypt(payload, &bytes);
             let mut req = pb::RelayRequest {
                 header: Some(header.clone()),
                 hop,
@@ -943,9 +780,8 @@ impl KeyManager {
                 tag: Vec::new(),
                 e2e: e2e_msg,
             };
-            // The MAC key is exposed only to key the HMAC of this one message.
-            let auth_key = &bytes.expose()[len as usize..];
-            req.tag = mac(auth_key, &req);
+            req.tag = hop::tag(&bytes, len as usize, &wire::hop_authenticated(&req))
+                .ok_or(RelayError::Malformed("link key length"))?;
             if self.inner.cfg.relay.tamper_relay {
                 // Test fault: the message is altered after it was authenticated, as an attacker
                 // on the wire (or a broken relay) would.
@@ -1134,17 +970,11 @@ impl KeyManager {
     /// `Advertise` from a neighbour: store newer adverts.
     pub fn on_advertise(&self, from: &NodeId, req: pb::AdvertiseRequest) -> Result<(), PeerError> {
         if !self.inner.cfg.neighbours.contains_key(from) {
-            return Err(Refusal::NotNeighbour.into());
+            return self.reported(from, Err(Refusal::NotNeighbour.into()));
         }
         let now = self.now();
-        let mut topo = lock(&self.relay().topology);
-        for a in req.adverts {
-            let Ok(advert) = advert_of(&a) else { continue };
-            // Our own advert comes back from neighbours: ignore it.
-            if advert.origin != self.inner.cfg.node {
-                topo.update(advert, now);
-            }
-        }
+        let adverts = req.adverts.iter().filter_map(|a| advert_of(a).ok());
+        self.adverts(|a| a.on_adverts(adverts, now));
         Ok(())
     }
 
@@ -1154,17 +984,24 @@ impl KeyManager {
         from: &NodeId,
         req: pb::RelayAllocateRequest,
     ) -> Result<pb::RelayAllocateReply, PeerError> {
+        let r = self.relay_allocate_in(from, req).await;
+        self.reported(from, r)
+    }
+
+    /// `RelayAllocate` from a neighbour: pick link bytes for its hop to us.
+    async fn relay_allocate_in(
+        &self,
+        from: &NodeId,
+        req: pb::RelayAllocateRequest,
+    ) -> Result<pb::RelayAllocateReply, PeerError> {
         let link = self.peer_link(from, &req.link_id)?;
         if !link.allocator() {
             return Err(Refusal::NotAllocator.into());
         }
         let hop_id = super::request_id(&req.hop_id)?;
-        if let Some(a) = lock(&self.relay().hop_allocs)
-            .iter()
-            .find(|a| a.hop_id == hop_id)
-        {
+        if let Some(ranges) = self.hop_allocs(|h| h.answered(&hop_id)) {
             return Ok(pb::RelayAllocateReply {
-                ranges: a.ranges.iter().map(range_msg).collect(),
+                ranges: ranges.iter().map(range_msg).collect(),
             });
         }
         if req.len == 0 || req.len > 1 << 24 {
@@ -1185,18 +1022,7 @@ impl KeyManager {
             (all, fut)
         };
         let bytes = fut.await?;
-        {
-            let mut h = lock(&self.relay().hop_allocs);
-            h.push_back(HopAlloc {
-                hop_id,
-                link: link.setup.id.clone(),
-                ranges: all.clone(),
-                bytes,
-            });
-            while h.len() > 1024 {
-                h.pop_front();
-            }
-        }
+        self.hop_allocs(|h| h.hold(hop_id, link.setup.id.clone(), all.clone(), bytes));
         Ok(pb::RelayAllocateReply {
             ranges: all.iter().map(range_msg).collect(),
         })
@@ -1204,6 +1030,16 @@ impl KeyManager {
 
     /// `Relay` from a neighbour: check, decrypt, then forward or (at the destination) answer.
     pub async fn on_relay(
+        &self,
+        from: &NodeId,
+        req: pb::RelayRequest,
+    ) -> Result<pb::RelayReply, PeerError> {
+        let r = self.relay_in(from, req).await;
+        self.reported(from, r)
+    }
+
+    /// `Relay` from a neighbour: check, decrypt, then forward or (at the destination) answer.
+    async fn relay_in(
         &self,
         from: &NodeId,
         req: pb::RelayRequest,
@@ -1229,33 +1065,19 @@ impl KeyManager {
         let bytes = if link.allocator() {
             // We allocated them for this hop when the sender asked, and kept their bytes.
             let hop_id = super::request_id(&req.hop_id)?;
-            let mut h = lock(&self.relay().hop_allocs);
-            let pos = h
-                .iter()
-                .position(|a| {
-                    a.hop_id == hop_id
-                        && a.link == link.setup.id
-                        && merged(&a.ranges) == merged(&all)
-                })
-                .ok_or_else(|| PeerError::Refused(Refusal::UnallocatedHop))?;
-            h.remove(pos)
-                .map(|a| a.bytes)
-                .ok_or(Refusal::AllocationVanished)?
+            self.hop_allocs(|h| h.claim(&hop_id, &link.setup.id, &all))
+                .ok_or(Refusal::UnallocatedHop)?
         } else {
             self.read_back(link, all).await?
         };
         let pad_len = pad_len as usize;
         link.counters
             .add(header.key_ids.len() as u64, pad_len as u64, auth_len);
-        // The MAC key is exposed only to check this one message's tag.
-        if !verify_mac(&bytes.expose()[pad_len..], &req) {
+        if !hop::verify(&bytes, pad_len, &wire::hop_authenticated(&req), &req.tag) {
             tracing::warn!(from = %from, link = %link.setup.id, "relay message failed authentication; dropped");
             return Err(Refusal::Authentication.into());
         }
-        let mut payload = Secret::zeroed(pad_len);
-        for (i, b) in payload.expose_mut().iter_mut().enumerate() {
-            *b = req.ciphertext[i] ^ bytes.expose()[i];
-        }
+        let payload = hop::decrypt(&req.ciphertext, &bytes).ok_or(Refusal::Authentication)?;
         drop(bytes);
         if hop + 1 == path.len() {
             return self.accept_batch(&header, &path, &payload, &req.e2e).await;
@@ -1266,8 +1088,27 @@ impl KeyManager {
             .map_err(|e| PeerError::Onward(Box::new(e)))
     }
 
-    /// The destination's part of a batch: check it against this node's configuration, answer
-    /// message 2 and keep the exchange in memory until message 3 (nothing durable before).
+    /// Runs `f` on the hop allocations held for neighbours (made at first use).
+    fn hop_allocs<T>(&self, f: impl FnOnce(&mut HopAllocations) -> T) -> T {
+        let mut guard = lock(&self.relay().hop_allocs);
+        f(guard.get_or_insert_with(|| HopAllocations::new(MAX_HOP_ALLOCATIONS)))
+    }
+
+    /// Runs `f` on the destination's batches (made at first use).
+    fn destination<T>(&self, f: impl FnOnce(&mut Destination) -> T) -> T {
+        let mut guard = lock(&self.relay().destination);
+        f(guard.get_or_insert_with(|| {
+            let cfg = &self.inner.cfg;
+            Destination::new(DestRules {
+                hop_timeout_ms: cfg.relay.hop_timeout.as_millis() as u64,
+                key_ttl_ms: cfg.key_ttl_ms,
+                pool_ttl_ms: cfg.relay.pool_ttl_ms,
+            })
+        }))
+    }
+
+    /// The destination's part of a batch ([`Destination::offer`]): message 2, with the exchange
+    /// kept in memory until message 3 (nothing durable before).
     async fn accept_batch(
         &self,
         header: &pb::RelayHeader,
@@ -1275,105 +1116,26 @@ impl KeyManager {
         payload: &Secret,
         msg1: &[u8],
     ) -> Result<pb::RelayReply, PeerError> {
-        let cfg = &self.inner.cfg;
-        let master = SaeId::parse(&header.master_sae).map_err(|error| Malformed::Id {
-            what: "master SAE ID",
-            error,
-        })?;
-        let slaves: Vec<SaeId> = header
-            .slave_saes
-            .iter()
-            .map(|s| SaeId::parse(s))
-            .collect::<Result<_, _>>()
-            .map_err(|error| Malformed::Id {
-                what: "slave SAE ID",
-                error,
-            })?;
-        let source = &path[0];
-        if cfg.saes.get(&master).map(|e| &e.node) != Some(source) {
-            return Err(Refusal::MasterNotAtSource.into());
-        }
-        if slaves.is_empty()
-            || !slaves
-                .iter()
-                .all(|s| self.is_local(s) && self.pair_allowed(&master, s))
-        {
-            return Err(Refusal::SlavesNotHere.into());
-        }
-        let mode = self.pair_mode(&master, &slaves[0]);
-        if (slaves.iter().any(|s| self.pair_mode(&master, s) != mode)
-            && !crate::events::defects::active().mixed_profiles)
-            || header.policy != mode.policy_name()
-            || header.suite != mode.suite_name()
-        {
-            return Err(Refusal::Profile.into());
-        }
-        let key_ids: Vec<KeyId> = header
-            .key_ids
-            .iter()
-            .map(|k| super::key_id(k))
-            .collect::<Result<_, _>>()?;
-        let relay_key_ids: Vec<KeyId> = header
-            .relay_key_ids
-            .iter()
-            .map(|k| super::key_id(k))
-            .collect::<Result<_, _>>()?;
-        let limits = cfg.limits;
-        if key_ids.is_empty()
-            || key_ids.len() != relay_key_ids.len()
-            || !header.size_bits.is_multiple_of(8)
-            || header.size_bits < limits.min_key_size
-            || header.size_bits > limits.max_key_size.max(limits.key_size)
-            || header.relayed_len != mode.relayed_len(header.size_bits)
-        {
-            return Err(Malformed::Field("batch parameters").into());
-        }
-        let relay_id = super::request_id(&header.relay_id)?;
-        let stream = match &header.stream {
-            None => None,
-            Some(slice) => Some(super::streams::check_slice(
-                slice,
-                &master,
-                &slaves,
-                &key_ids,
-                header.wrap || header.pool,
-            )?),
-        };
-        let ctx = e2e::Context {
-            mode,
-            kme_source: self.kme_of(source),
-            kme_dest: cfg.kme.clone(),
-            master: master.clone(),
-            slaves: slaves.clone(),
-            size_bits: header.size_bits,
-            key_ids: key_ids.clone(),
-            relay_key_ids,
-        };
+        let offer = wire::offer_of(header, path)?;
         let now = self.now();
-        // The batch's validity window: unconfirmed by then, it is void (and so is its replay).
-        let deadline = now + (cfg.relay.hop_timeout.as_millis() as u64) * (path.len() as u64 + 2);
-        let (state, msg2) = e2e::dest_respond(&cfg.relay.e2e, &ctx, msg1, payload, now, deadline)
-            .map_err(Refusal::E2e)?;
-        lock(&self.relay().pending).insert(
-            relay_id,
-            Pending {
-                wrap: header.wrap,
-                pool: header.pool,
-                source: source.clone(),
-                master,
-                slaves,
-                size_bits: header.size_bits,
-                keys: key_ids,
-                state,
-                deadline,
-                stream,
-            },
-        );
+        let msg2 = self.destination(|d| d.offer(&self.inner.cfg, now, &offer, payload, msg1))?;
         Ok(pb::RelayReply { e2e: msg2 })
     }
 
-    /// `Forward` from a neighbour: pass on, or (at the destination) confirm or void a batch.
+    /// `Forward` from a neighbour: pass on, or (at the destination) confirm or void a batch,
+    /// take multicast keys or a delivery notice.
     pub async fn on_forward(
+        &self,
+        from: &NodeId,
+        req: pb::ForwardRequest,
+    ) -> Result<pb::ForwardReply, PeerError> {
+        let r = self.forward_in(from, req).await;
+        self.reported(from, r)
+    }
+
+    /// `Forward` from a neighbour: pass on, or (at the destination) confirm or void a batch,
+    /// take multicast keys or a delivery notice.
+    async fn forward_in(
         &self,
         from: &NodeId,
         req: pb::ForwardRequest,
@@ -1387,177 +1149,55 @@ impl KeyManager {
                 .await
                 .map_err(|e| PeerError::Onward(Box::new(e)));
         }
-        if req.kind == FORWARD_DELIVER {
-            return self.accept_multicast(&path[0], relay_id, &req.e2e).await;
-        }
-        if req.kind == FORWARD_NOTICE {
-            return self.accept_notice(&path[0], &req.e2e).await;
-        }
-        let pending = lock(&self.relay().pending).remove(&relay_id);
-        let Some(pending) = pending else {
-            return Err(PeerError::Voided);
-        };
-        if path[0] != pending.source {
-            return Err(Refusal::NotSource.into());
-        }
-        if req.kind != FORWARD_CONFIRM {
-            return Ok(pb::ForwardReply { e2e: Vec::new() });
-        }
-        let (keys, ack) = e2e::dest_confirm(&self.inner.cfg.relay.e2e, pending.state, &req.e2e)
-            .map_err(Refusal::E2e)?;
-        if pending.wrap {
-            // Wrap keys stay in memory until the multicast keys they seal arrive.
-            let deadline = self.now()
-                + self.inner.cfg.relay.hop_timeout.as_millis() as u64 * (path.len() as u64 + 2);
-            lock(&self.relay().wraps).insert(
-                relay_id,
-                Wraps {
-                    source: pending.source,
-                    master: pending.master,
-                    slaves: pending.slaves,
-                    keys,
-                    deadline,
-                },
-            );
-            return Ok(pb::ForwardReply { e2e: ack });
-        }
-        if keys.len() != pending.keys.len() {
-            return Err(Refusal::KeyCount.into());
-        }
+        let source = &path[0];
         let now = self.now();
         let cfg = &self.inner.cfg;
-        let made_under = self.made_under(&pending.master, &pending.slaves[0]);
-        // A stream's keys expire when the master's node said, at both ends alike (bounded by
-        // the longest stream TTL, whatever a peer claims).
-        let expires_at = match pending.stream {
-            Some((_, _, at)) => at.min(now + u64::from(crate::core::stream::MAX_TTL_S) * 1000),
-            None => now + cfg.relay.pool_ttl_ms + cfg.key_ttl_ms,
+        let op = match req.kind {
+            FORWARD_NOTICE => return self.accept_notice(source, &req.e2e).await,
+            FORWARD_DELIVER => {
+                let msg = wire::multicast_of(&req.e2e)?;
+                let op = self.destination(|d| d.multicast(cfg, now, relay_id, source, &msg))?;
+                (op, Vec::new())
+            }
+            FORWARD_CONFIRM => {
+                match self.destination(|d| d.confirm(cfg, now, relay_id, source, &req.e2e))? {
+                    Confirmed::Wrapped { ack } => return Ok(pb::ForwardReply { e2e: ack }),
+                    Confirmed::Commit { op, ack } => (op, ack),
+                }
+            }
+            _ => {
+                self.destination(|d| d.void(relay_id, source))?;
+                return Ok(pb::ForwardReply { e2e: Vec::new() });
+            }
         };
-        let meta = StoredKey {
-            request: relay_id,
-            master: pending.master,
-            slaves: pending.slaves.into_iter().map(|s| (s, false)).collect(),
-            size_bits: pending.size_bits,
-            expires_at,
-            made_under: Some(made_under),
-            pool: pending.pool,
-        };
-        let ids = pending.keys;
-        let stream = pending.stream;
         // Commit before the ack leaves: once the source has the ack it may hand the keys out.
-        self.inner
-            .writer
-            .apply(ops::StoreKeys {
-                meta,
-                keys: ids.into_iter().zip(keys).collect(),
-                stream: stream.map(|(id, first, _)| (id, first)),
-            })
-            .await?
-            .map_err(refused)?;
+        let (op, ack) = op;
+        self.inner.writer.apply(op).await?.map_err(refused)?;
         Ok(pb::ForwardReply { e2e: ack })
-    }
-
-    /// The multicast keys sealed for the slaves here under a confirmed wrap batch.
-    async fn accept_multicast(
-        &self,
-        source: &NodeId,
-        relay_id: [u8; 16],
-        msg: &[u8],
-    ) -> Result<pb::ForwardReply, PeerError> {
-        let wraps = lock(&self.relay().wraps)
-            .remove(&relay_id)
-            .ok_or(PeerError::Voided)?;
-        if &wraps.source != source {
-            return Err(Refusal::NotSource.into());
-        }
-        let msg: pb::MulticastDeliver =
-            prost::Message::decode(msg).map_err(|_| Malformed::Field("multicast delivery"))?;
-        let limits = self.inner.cfg.limits;
-        if msg.key_ids.len() != wraps.keys.len()
-            || msg.sealed.len() != wraps.keys.len()
-            || !msg.size_bits.is_multiple_of(8)
-            || msg.size_bits < limits.min_key_size
-            || msg.size_bits > limits.max_key_size
-        {
-            return Err(Malformed::Field("multicast delivery").into());
-        }
-        let mut out = Vec::with_capacity(wraps.keys.len());
-        for ((id, sealed), wrap) in msg.key_ids.iter().zip(&msg.sealed).zip(&wraps.keys) {
-            let id = super::key_id(id)?;
-            let key = open_multicast(wrap, id, &relay_id, sealed)
-                .filter(|k| k.len() == msg.size_bits as usize / 8)
-                .ok_or(Refusal::MulticastAuthentication)?;
-            out.push((id, key));
-        }
-        let now = self.now();
-        let cfg = &self.inner.cfg;
-        let made_under = self.made_under(&wraps.master, &wraps.slaves[0]);
-        let meta = StoredKey {
-            request: relay_id,
-            master: wraps.master,
-            slaves: wraps.slaves.into_iter().map(|s| (s, false)).collect(),
-            size_bits: msg.size_bits,
-            expires_at: now + cfg.key_ttl_ms,
-            made_under: Some(made_under),
-            pool: false,
-        };
-        self.inner
-            .writer
-            .apply(ops::StoreKeys {
-                meta,
-                keys: out,
-                stream: None,
-            })
-            .await?
-            .map_err(refused)?;
-        Ok(pb::ForwardReply { e2e: Vec::new() })
     }
 
     /// Drops batches whose confirmation never came.
     pub(super) fn sweep_pending(&self) {
         let now = self.now();
-        let expired: Vec<Pending> = {
-            let mut p = lock(&self.relay().pending);
-            let ids: Vec<[u8; 16]> = p
-                .iter()
-                .filter(|(_, v)| v.deadline <= now)
-                .map(|(k, _)| *k)
-                .collect();
-            ids.iter().filter_map(|k| p.remove(k)).collect()
-        };
-        lock(&self.relay().wraps).retain(|_, w| w.deadline > now);
-        for p in expired {
+        for v in self.destination(|d| d.sweep(now)) {
             // Nothing was stored for it: dropping the state (zeroized) voids it.
-            tracing::info!(keys = p.keys.len(), source = %p.source, "voiding a relayed batch never confirmed end to end");
+            tracing::info!(keys = v.keys, source = %v.source, "voiding a relayed batch never confirmed end to end");
+            self.emit(&Event::BatchVoided {
+                source: &v.source,
+                keys: v.keys,
+            });
         }
     }
 
-    /// This node's advert of its own links.
-    fn own_advert(&self, statuses: &BTreeMap<LinkId, bool>) -> NodeAdvert {
-        let unreachable = lock(&self.relay().unreachable).clone();
-        let links = self
-            .inner
-            .links
-            .values()
-            .map(|l| LinkAdvert {
-                link: l.setup.id.clone(),
-                peer: l.setup.peer.clone(),
-                up: advertised_up(
-                    statuses.get(&l.setup.id).copied().unwrap_or(false),
-                    !unreachable.contains(&l.setup.peer),
-                    self.link_admin(&l.setup.id),
-                ),
-                available_bytes: l.pool().available_bytes(),
-                secret_key_rate_bps: None,
-            })
-            .collect();
-        let mut seq = lock(&self.relay().advert_seq);
-        *seq = (*seq + 1).max(self.now());
-        NodeAdvert {
-            origin: self.inner.cfg.node.clone(),
-            seq: *seq,
-            links,
-        }
+    /// Runs `f` on the advert state (made at first use).
+    fn adverts<T>(&self, f: impl FnOnce(&mut Adverts) -> T) -> T {
+        let mut guard = lock(&self.relay().adverts);
+        f(guard.get_or_insert_with(|| {
+            Adverts::new(
+                self.inner.cfg.node.clone(),
+                AdvertRules::every(self.inner.cfg.relay.advert_interval.as_millis() as u64),
+            )
+        }))
     }
 
     /// Runs forever: advertises links, refills pools, sweeps unconfirmed batches.
@@ -1567,22 +1207,22 @@ impl KeyManager {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tick.tick().await;
-            let mut statuses = BTreeMap::new();
+            let mut own = Vec::with_capacity(self.inner.links.len());
             for l in self.inner.links.values() {
-                let up = matches!(
+                let device_up = matches!(
                     l.setup.source.status().await.state,
                     qkd_hardware::LinkState::Up
                 );
-                statuses.insert(l.setup.id.clone(), up);
+                own.push(OwnLink {
+                    link: l.setup.id.clone(),
+                    peer: l.setup.peer.clone(),
+                    device_up,
+                    available_bytes: l.pool().available_bytes(),
+                });
             }
-            let own = self.own_advert(&statuses);
             let now = self.now();
-            let adverts: Vec<pb::NodeAdvertMsg> = {
-                let mut topo = lock(&self.relay().topology);
-                topo.update(own, now);
-                topo.expire(now, (rc.advert_interval.as_millis() as u64) * 20);
-                topo.adverts().map(advert_msg).collect()
-            };
+            let adverts: Vec<pb::NodeAdvertMsg> =
+                self.adverts(|a| a.tick(now, &own).iter().map(advert_msg).collect());
             for l in self.inner.links.values() {
                 let client = l.setup.client.clone();
                 let r = pb::AdvertiseRequest {
@@ -1592,18 +1232,13 @@ impl KeyManager {
                 let peer = l.setup.peer.clone();
                 let me = self.clone();
                 self.spawn(async move {
-                    let ok = client.advertise(r, timeout).await.is_ok();
-                    let missed = {
-                        let mut m = lock(&me.relay().missed);
-                        let c = m.entry(peer.clone()).or_default();
-                        *c = if ok { 0 } else { *c + 1 };
-                        *c
-                    };
-                    let mut u = lock(&me.relay().unreachable);
-                    if missed == 0 {
-                        u.remove(&peer);
-                    } else if missed >= MISSED_ADVERTS {
-                        u.insert(peer);
+                    let answered = client.advertise(r, timeout).await.is_ok();
+                    if let Some(change) = me.adverts(|a| a.on_sent(&peer, answered)) {
+                        tracing::info!(peer = %change.peer, reachable = change.reachable, "neighbour reachability changed");
+                        me.emit(&Event::Reachability {
+                            peer: &change.peer,
+                            reachable: change.reachable,
+                        });
                     }
                 });
             }
@@ -1631,36 +1266,75 @@ impl KeyManager {
         if !self.inner.links.contains_key(link) {
             return None;
         }
-        let mut drained = lock(&self.relay().drained);
-        let before = if drained.contains(link) {
-            LinkAdmin::Drained
-        } else {
-            LinkAdmin::Enabled
-        };
-        match admin {
-            LinkAdmin::Drained => drained.insert(link.clone()),
-            LinkAdmin::Enabled => drained.remove(link),
-        };
-        Some(before)
+        Some(self.adverts(|a| a.set_admin(link, admin)))
     }
 
     /// Whether a neighbour answers adverts (false after it missed several in a row).
     pub fn neighbour_reachable(&self, node: &NodeId) -> bool {
-        !lock(&self.relay().unreachable).contains(node)
+        self.adverts(|a| a.reachable(node))
     }
 
     /// An operator's choice for one of this node's links.
     pub fn link_admin(&self, link: &LinkId) -> LinkAdmin {
-        if lock(&self.relay().drained).contains(link) {
-            LinkAdmin::Drained
-        } else {
-            LinkAdmin::Enabled
-        }
+        self.adverts(|a| a.admin(link))
     }
 
     /// A snapshot of the link-state database, for status pages.
     pub fn topology(&self) -> Topology {
-        lock(&self.relay().topology).clone()
+        self.adverts(|a| a.topology().clone())
+    }
+}
+
+/// The network's configuration as the relay engine reads it.
+impl Directory for super::ManagerConfig {
+    fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    fn kme(&self) -> &KmeId {
+        &self.kme
+    }
+
+    fn kme_of(&self, node: &NodeId) -> KmeId {
+        if node == &self.node {
+            return self.kme.clone();
+        }
+        self.relay
+            .kme_ids
+            .get(node)
+            .cloned()
+            .or_else(|| self.neighbours.get(node).map(|n| n.kme.clone()))
+            .unwrap_or_else(|| KmeId::parse(node.as_str()).unwrap_or_else(|_| self.kme.clone()))
+    }
+
+    fn node_of(&self, sae: &SaeId) -> Option<&NodeId> {
+        self.saes.get(sae).map(|e| &e.node)
+    }
+
+    fn pair_allowed(&self, a: &SaeId, b: &SaeId) -> bool {
+        self.saes.get(a).is_some_and(|e| e.peers.contains(b))
+            && self.saes.get(b).is_some_and(|e| e.peers.contains(a))
+    }
+
+    fn mode(&self, a: &SaeId, b: &SaeId) -> KeyMode {
+        let key = if a <= b {
+            (a.clone(), b.clone())
+        } else {
+            (b.clone(), a.clone())
+        };
+        self.relay
+            .pairs
+            .get(&key)
+            .cloned()
+            .unwrap_or(self.relay.default_mode)
+    }
+
+    fn limits(&self) -> crate::api::KeyLimits {
+        self.limits
+    }
+
+    fn e2e(&self) -> &E2eKeys {
+        &self.relay.e2e
     }
 }
 
@@ -1707,188 +1381,6 @@ pub enum RelayError {
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Ranges with contiguous neighbours in one block joined, to compare two descriptions of the
-/// same bytes. Offsets and lengths come from a peer: a sum that would overflow joins nothing.
-pub(crate) fn merged(ranges: &[Range]) -> Vec<Range> {
-    let mut out: Vec<Range> = Vec::with_capacity(ranges.len());
-    for r in ranges {
-        let joined = out
-            .last_mut()
-            .filter(|l| l.block_seq == r.block_seq && l.offset.checked_add(l.len) == Some(r.offset))
-            .and_then(|l| l.len.checked_add(r.len).map(|len| l.len = len));
-        if joined.is_none() {
-            out.push(*r);
-        }
-    }
-    out
-}
-
-/// Splits ranges after `n` bytes.
-fn split_ranges(ranges: &[Range], n: u32) -> (Vec<Range>, Vec<Range>) {
-    let mut first = Vec::new();
-    let mut second = Vec::new();
-    let mut left = n;
-    for r in ranges {
-        if left >= r.len {
-            first.push(*r);
-            left -= r.len;
-        } else if left == 0 {
-            second.push(*r);
-        } else {
-            first.push(Range { len: left, ..*r });
-            second.push(Range {
-                offset: r.offset + left,
-                len: r.len - left,
-                ..*r
-            });
-            left = 0;
-        }
-    }
-    (first, second)
-}
-
-/// `a XOR b[..len]` as a plain byte vector (ciphertext; safe to send).
-fn xor(a: &Secret, b: &Secret, len: usize) -> Vec<u8> {
-    a.expose()
-        .iter()
-        .zip(&b.expose()[..len])
-        .map(|(x, y)| x ^ y)
-        .collect()
-}
-
-/// The MAC of a hop message: HMAC-SHA-256 over every field but the tag.
-fn mac(key: &[u8], req: &pb::RelayRequest) -> Vec<u8> {
-    let mut m = req.clone();
-    m.tag.clear();
-    let k = hmac::Key::new(hmac::HMAC_SHA256, key);
-    hmac::sign(&k, &prost::Message::encode_to_vec(&m))
-        .as_ref()
-        .to_vec()
-}
-
-fn verify_mac(key: &[u8], req: &pb::RelayRequest) -> bool {
-    let expected = mac(key, req);
-    expected.len() == req.tag.len() && bool::from(expected.ct_eq(&req.tag))
-}
-
-pub(crate) fn parse_path(p: &[String]) -> Result<Vec<NodeId>, PeerError> {
-    if p.len() < 2 || p.len() > 64 {
-        return Err(Malformed::Field("path length").into());
-    }
-    let path: Vec<NodeId> = p
-        .iter()
-        .map(|n| NodeId::parse(n))
-        .collect::<Result<_, _>>()
-        .map_err(|error| Malformed::Id {
-            what: "node ID in the path",
-            error,
-        })?;
-    let distinct: BTreeSet<&NodeId> = path.iter().collect();
-    if distinct.len() != path.len() {
-        return Err(Malformed::Field("path repeats a node").into());
-    }
-    Ok(path)
-}
-
-fn advert_msg(a: &NodeAdvert) -> pb::NodeAdvertMsg {
-    pb::NodeAdvertMsg {
-        origin: a.origin.to_string(),
-        seq: a.seq,
-        links: a
-            .links
-            .iter()
-            .map(|l| pb::LinkAdvertMsg {
-                link_id: l.link.to_string(),
-                peer: l.peer.to_string(),
-                up: l.up,
-                available_bytes: l.available_bytes,
-                secret_key_rate_bps: l.secret_key_rate_bps.unwrap_or(-1.0),
-            })
-            .collect(),
-    }
-}
-
-pub(crate) fn advert_of(m: &pb::NodeAdvertMsg) -> Result<NodeAdvert, qkd_types::IdError> {
-    Ok(NodeAdvert {
-        origin: NodeId::parse(&m.origin)?,
-        seq: m.seq,
-        links: m
-            .links
-            .iter()
-            .map(|l| {
-                Ok(LinkAdvert {
-                    link: LinkId::parse(&l.link_id)?,
-                    peer: NodeId::parse(&l.peer)?,
-                    up: l.up,
-                    available_bytes: l.available_bytes,
-                    secret_key_rate_bps: (l.secret_key_rate_bps >= 0.0)
-                        .then_some(l.secret_key_rate_bps),
-                })
-            })
-            .collect::<Result<_, qkd_types::IdError>>()?,
-    })
-}
-
-/// Seals one multicast key under a wrap key used for nothing else (so a zero nonce is unique).
-fn seal_multicast(
-    wrap: &Secret,
-    id: KeyId,
-    relay_id: &[u8; 16],
-    key: &Secret,
-) -> Result<Vec<u8>, RelayError> {
-    use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
-    // The wrap key is exposed only to key AES-GCM; the multicast key only to be encrypted.
-    let k = LessSafeKey::new(
-        UnboundKey::new(&AES_256_GCM, wrap.expose())
-            .map_err(|_| RelayError::Malformed("wrap key"))?,
-    );
-    // The plaintext copy is zeroized whatever happens; once sealed in place it is ciphertext.
-    // Room for the tag is reserved first, so appending it never reallocates (which would leave
-    // an unzeroized copy of the plaintext behind).
-    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(key.len() + AES_256_GCM.tag_len()));
-    buf.extend_from_slice(key.expose());
-    k.seal_in_place_append_tag(
-        Nonce::assume_unique_for_key([0; 12]),
-        Aad::from(multicast_aad(id, relay_id)),
-        &mut *buf,
-    )
-    .map_err(|_| RelayError::Malformed("seal"))?;
-    Ok(std::mem::take(&mut *buf))
-}
-
-fn open_multicast(wrap: &Secret, id: KeyId, relay_id: &[u8; 16], sealed: &[u8]) -> Option<Secret> {
-    use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
-    let k = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, wrap.expose()).ok()?);
-    let mut buf = zeroize::Zeroizing::new(sealed.to_vec());
-    let plain = k
-        .open_in_place(
-            Nonce::assume_unique_for_key([0; 12]),
-            Aad::from(multicast_aad(id, relay_id)),
-            &mut buf,
-        )
-        .ok()?;
-    Some(Secret::copy_from(plain))
-}
-
-fn multicast_aad(id: KeyId, relay_id: &[u8; 16]) -> Vec<u8> {
-    let mut v = b"QKMS-multicast-v1".to_vec();
-    v.extend_from_slice(id.as_bytes());
-    v.extend_from_slice(relay_id);
-    v
-}
-
-/// What a delivery notice's signature covers: `"QKMS-NOTICE-v1" ‖ enc(source KME) ‖
-/// u64be(delivered_at) ‖ key IDs`.
-fn notice_signed(kme: &KmeId, delivered_at: UnixMillis, ids: &[KeyId]) -> Vec<u8> {
-    let mut m = b"QKMS-NOTICE-v1".to_vec();
-    crate::hybrid::combiner::enc(&mut m, kme.as_str().as_bytes());
-    m.extend_from_slice(&delivered_at.to_be_bytes());
-    for id in ids {
-        m.extend_from_slice(id.as_bytes());
-    }
-    m
 }
 
 /// Why the store refused relayed keys, as the peer is told.

@@ -23,12 +23,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use qkd_proto::peer as pb;
-use qkd_types::{KeyId, KeyStreamId, SaeId, UnixMillis};
+use qkd_types::{KeyId, KeyStreamId, SaeId};
 use tokio::sync::Notify;
 
-use super::relay::{BatchSpec, StreamSlice, lock};
-use super::{KeyManager, Malformed, PeerError, Refusal};
+use super::relay::{BatchSpec, StreamRun, lock};
+use super::{KeyManager, PeerError, Refusal};
 use crate::api::{DeliveredKey, OpenStreamRequest, OpenedStream, ServiceError, StreamFailure};
 use crate::core::stream::{
     MAX_BATCH, Qos, Role, StreamError, StreamRecord, settle_qos, stream_key_id,
@@ -264,7 +263,7 @@ impl KeyManager {
             number: n as usize,
             wrap: false,
             pool: false,
-            stream: Some(StreamSlice {
+            stream: Some(StreamRun {
                 id: record.id,
                 key_ids,
                 first_index: first,
@@ -318,17 +317,14 @@ impl KeyManager {
 }
 
 /// Checks the stream slice of a relayed batch at its destination: one slave, ordinary keys,
-/// and exactly the stream's key IDs for the indices it names. Returns (stream, first, expiry).
-pub(super) fn check_slice(
-    slice: &pb::StreamSlice,
+/// and exactly the stream's key IDs for the indices it names.
+pub(crate) fn check_slice(
+    slice: &crate::relay::destination::StreamSlice,
     master: &SaeId,
     slaves: &[SaeId],
     key_ids: &[KeyId],
     special: bool,
-) -> Result<(KeyStreamId, u64, UnixMillis), PeerError> {
-    let id = <[u8; 16]>::try_from(slice.key_stream_id.as_slice())
-        .map(KeyStreamId::from_bytes)
-        .map_err(|_| Malformed::IdLength("key stream ID"))?;
+) -> Result<(), PeerError> {
     let [slave] = slaves else {
         return Err(Refusal::StreamSlice.into());
     };
@@ -336,7 +332,7 @@ pub(super) fn check_slice(
         slice
             .first_index
             .checked_add(i)
-            .map(|index| stream_key_id(id, master, slave, index))
+            .map(|index| stream_key_id(slice.id, master, slave, index))
     });
     if special
         || key_ids.len() as u64 > MAX_BATCH
@@ -344,7 +340,7 @@ pub(super) fn check_slice(
     {
         return Err(Refusal::StreamSlice.into());
     }
-    Ok((id, slice.first_index, slice.expires_at_ms))
+    Ok(())
 }
 
 /// Maps a store outcome to the SAE-facing error (a store failure stops the node).

@@ -190,6 +190,27 @@ async fn tampered_relay_messages_are_rejected_and_release_nothing() {
         "a batch crossing the tampering node was released"
     );
     assert_eq!(net.call("ENC-A1", "ENC-E1/enc_keys", None).await.0, 503);
+    // D's operators see it as tampering, by cause, in its metrics (the engine's refusal event).
+    let admin = net.listen("D").admin.expect("D has an admin listener");
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let forged: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("qkd_peer_refusals_total{")
+                && l.contains("cause=\"hop_authentication\"")
+                && l.contains("tampering=\"true\"")
+        })
+        .filter_map(|l| l.rsplit_once(" ")?.1.parse::<f64>().ok())
+        .sum();
+    assert!(
+        forged >= 3.0,
+        "D's metrics do not count the forgeries:\n{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
