@@ -264,3 +264,106 @@ fn tls13(
 ) -> Result<HandshakeSignatureValid, rustls::Error> {
     rustls::crypto::verify_tls13_signature(message, cert, dss, &algorithms())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::path::Path;
+
+    use qkd_types::{NodeId, SaeId};
+    use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+    use super::*;
+    use crate::pki::{DemoPki, IssuedCert};
+
+    /// A handshake over an in-memory pipe: the certificate the server presented, or the
+    /// server's refusal.
+    async fn handshake(
+        server: &Arc<ServerConfig>,
+        client: ClientConfig,
+    ) -> Result<Vec<u8>, std::io::Error> {
+        let (c, s) = tokio::io::duplex(1 << 16);
+        let accept = TlsAcceptor::from(server.clone()).accept(s);
+        let connect = TlsConnector::from(Arc::new(client))
+            .connect(ServerName::try_from("127.0.0.1").unwrap(), c);
+        let (served, client) = tokio::join!(accept, connect);
+        served?;
+        Ok(client?.get_ref().1.peer_certificates().unwrap()[0].to_vec())
+    }
+
+    fn copy(issued: &IssuedCert, to: &TlsFiles) {
+        std::fs::copy(&issued.cert, &to.cert_chain).unwrap();
+        std::fs::copy(&issued.key, &to.key).unwrap();
+    }
+
+    fn der(path: &Path) -> Vec<u8> {
+        load_certs(path).unwrap()[0].to_vec()
+    }
+
+    /// A swap changes the certificate new handshakes present, and a CA appended to the CA file
+    /// is trusted from the swap on (a CA roll-over without a restart); a bad file is refused
+    /// before anything changes.
+    #[tokio::test]
+    async fn a_swap_rotates_the_certificate_and_rolls_the_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (
+            DemoPki::create(&dir.path().join("old")).unwrap(),
+            DemoPki::create(&dir.path().join("new")).unwrap(),
+        );
+        let node = NodeId::parse("A").unwrap();
+        let sae = SaeId::parse("S").unwrap();
+        let ip = [127, 0, 0, 1].into();
+        let (a_old, a_new) = (
+            old.issue_node(&node, ip).unwrap(),
+            new.issue_node(&node, ip).unwrap(),
+        );
+        let (s_old, s_new) = (
+            old.issue_sae(&sae, "urn:qkd:sae:").unwrap(),
+            new.issue_sae(&sae, "urn:qkd:sae:").unwrap(),
+        );
+        let both = dir.path().join("both.pem");
+        let mut pem = std::fs::read(old.ca_cert()).unwrap();
+        pem.extend(std::fs::read(new.ca_cert()).unwrap());
+        std::fs::write(&both, pem).unwrap();
+        let files = TlsFiles {
+            cert_chain: dir.path().join("server.crt"),
+            key: dir.path().join("server.key"),
+            ca: dir.path().join("ca.pem"),
+        };
+        copy(&a_old, &files);
+        std::fs::copy(old.ca_cert(), &files.ca).unwrap();
+        let live = LiveTls::load(&files).unwrap();
+        let server = Arc::new(live.server().unwrap());
+        let client = |s: &IssuedCert| super::super::client_config(&s.tls_files(&both)).unwrap();
+
+        assert_eq!(
+            handshake(&server, client(&s_old)).await.unwrap(),
+            der(&a_old.cert)
+        );
+        assert!(
+            handshake(&server, client(&s_new)).await.is_err(),
+            "a client of the new CA before the roll-over"
+        );
+
+        // A key that does not fit the certificate: refused, naming both files.
+        std::fs::copy(&a_new.cert, &files.cert_chain).unwrap();
+        let err = Credentials::load(&files).unwrap_err().to_string();
+        assert!(
+            err.contains("server.crt") && err.contains("server.key"),
+            "{err}"
+        );
+
+        copy(&a_new, &files);
+        std::fs::copy(&both, &files.ca).unwrap();
+        live.install(Credentials::load(&files).unwrap());
+        assert_eq!(
+            handshake(&server, client(&s_new)).await.unwrap(),
+            der(&a_new.cert)
+        );
+        assert_eq!(
+            handshake(&server, client(&s_old)).await.unwrap(),
+            der(&a_new.cert),
+            "the old CA is still trusted while it is in the CA file"
+        );
+    }
+}
