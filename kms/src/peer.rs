@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 
 use crate::conn::{AcceptLimits, accept_capped};
 use crate::manager::{KeyManager, PeerError};
-use crate::tls::{TlsFiles, node_id, peer_client_config, peer_server_config};
+use crate::tls::{LiveTls, node_id};
 
 /// Errors setting up the peer channel. Caused by the operator (files, addresses).
 #[derive(Debug, thiserror::Error)]
@@ -276,7 +276,7 @@ impl Default for PeerLimits {
 /// exchange (required: classical-only clients fail the handshake) until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    tls: &TlsFiles,
+    tls: &Arc<LiveTls>,
     manager: KeyManager,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), PeerSetupError> {
@@ -287,12 +287,12 @@ pub async fn serve(
 /// `urn:qkd:node:` URI SAN) is closed right after the handshake, as is one beyond its node's cap.
 pub async fn serve_with(
     listener: tokio::net::TcpListener,
-    tls: &TlsFiles,
+    tls: &Arc<LiveTls>,
     manager: KeyManager,
     limits: PeerLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), PeerSetupError> {
-    let acceptor = TlsAcceptor::from(Arc::new(peer_server_config(tls)?));
+    let acceptor = TlsAcceptor::from(Arc::new(tls.peer_server()?));
     let accept_limits = AcceptLimits {
         max_connections: limits.max_connections,
         max_connections_per_client: limits.max_connections_per_node,
@@ -329,9 +329,9 @@ pub async fn serve_with(
 pub fn client(
     addr: SocketAddr,
     server_name: &str,
-    tls: &TlsFiles,
+    tls: &Arc<LiveTls>,
 ) -> Result<Arc<dyn PeerLink>, PeerSetupError> {
-    let connector = TlsConnector::from(Arc::new(peer_client_config(tls)?));
+    let connector = TlsConnector::from(Arc::new(tls.peer_client()?));
     let name = ServerName::try_from(server_name.to_string())
         .map_err(|_| PeerSetupError::ServerName(server_name.to_string()))?;
     let connect = tower::service_fn(move |_: http::Uri| {

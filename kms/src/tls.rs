@@ -2,7 +2,7 @@
 //!
 //! Every configuration uses the aws-lc-rs provider with TLS 1.2 and 1.3; its default key-exchange
 //! order prefers the hybrid post-quantum group X25519MLKEM768. Servers always demand a client
-//! certificate that chains to the configured CA ([`WebPkiClientVerifier`]): ETSI GS QKD 014 §4
+//! certificate that chains to the configured CA (rustls's `WebPkiClientVerifier`): ETSI GS QKD 014 §4
 //! requires the KME to derive the caller's SAE ID from it, and node-to-node gRPC uses the same rule
 //! for node IDs.
 //!
@@ -20,11 +20,13 @@ use std::sync::Arc;
 
 use qkd_types::{IdError, NodeId, OperatorId, SaeId};
 use rustls::crypto::CryptoProvider;
-use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+mod live;
+pub use live::{Credentials, LiveTls};
 
 /// URI SAN prefix of node certificates: `urn:qkd:node:<node_id>`.
 pub const NODE_URI_PREFIX: &str = "urn:qkd:node:";
@@ -115,29 +117,19 @@ pub fn provider() -> Arc<CryptoProvider> {
 ///
 /// No ALPN protocol is set: the ETSI 014 server speaks HTTP/1.1 only.
 pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
-    mutual_server(
-        files,
-        provider(),
-        &[&rustls::version::TLS13, &rustls::version::TLS12],
-    )
+    LiveTls::load(files)?.server()
 }
 
 /// The server side of the gRPC key delivery port: the ETSI 014 port's configuration (mutual TLS
 /// 1.2 and 1.3, X25519MLKEM768 preferred) with ALPN `h2`, which gRPC requires.
 pub fn grpc_server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
-    let mut cfg = server_config(files)?;
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(cfg)
+    LiveTls::load(files)?.grpc_server()
 }
 
 /// A client configuration that presents `files.cert_chain` and trusts servers chaining to
 /// `files.ca` (tests and tools).
 pub fn client_config(files: &TlsFiles) -> Result<ClientConfig, TlsError> {
-    mutual_client(
-        files,
-        provider(),
-        &[&rustls::version::TLS13, &rustls::version::TLS12],
-    )
+    LiveTls::load(files)?.client()
 }
 
 /// The provider of node-to-node channels: TLS 1.3 with the hybrid X25519MLKEM768 key exchange
@@ -152,55 +144,51 @@ pub fn hybrid_only_provider() -> Arc<CryptoProvider> {
 /// The server side of the node-to-node gRPC channel: mutual TLS 1.3, X25519MLKEM768 required,
 /// ALPN `h2`.
 pub fn peer_server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
-    let mut cfg = mutual_server(files, hybrid_only_provider(), &[&rustls::version::TLS13])?;
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(cfg)
+    LiveTls::load(files)?.peer_server()
 }
 
 /// The client side of the node-to-node gRPC channel: the same requirements as
 /// [`peer_server_config`].
 pub fn peer_client_config(files: &TlsFiles) -> Result<ClientConfig, TlsError> {
-    let mut cfg = mutual_client(files, hybrid_only_provider(), &[&rustls::version::TLS13])?;
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(cfg)
+    LiveTls::load(files)?.peer_client()
 }
 
-fn mutual_server(
-    files: &TlsFiles,
-    provider: Arc<CryptoProvider>,
-    versions: &[&'static rustls::SupportedProtocolVersion],
-) -> Result<ServerConfig, TlsError> {
-    let roots = Arc::new(load_roots(&files.ca)?);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-        .build()
-        .map_err(|source| TlsError::Verifier {
-            path: files.ca.clone(),
-            source,
-        })?;
-    let chain = load_certs(&files.cert_chain)?;
-    let key = load_private_key(&files.key)?;
-    ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)
-        .map_err(TlsError::Provider)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|source| config_error(files, source))
-}
+const BOTH_VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
 
-fn mutual_client(
-    files: &TlsFiles,
-    provider: Arc<CryptoProvider>,
-    versions: &[&'static rustls::SupportedProtocolVersion],
-) -> Result<ClientConfig, TlsError> {
-    let roots = load_roots(&files.ca)?;
-    let chain = load_certs(&files.cert_chain)?;
-    let key = load_private_key(&files.key)?;
-    ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)
-        .map_err(TlsError::Provider)?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|source| config_error(files, source))
+/// The configurations of each endpoint, over credentials that can be replaced while they serve
+/// ([`LiveTls::install`]); the functions above are these over credentials loaded once.
+impl LiveTls {
+    /// [`server_config`]: the ETSI 014 (and SKIP, control) port.
+    pub fn server(self: &Arc<Self>) -> Result<ServerConfig, TlsError> {
+        self.server_config(provider(), BOTH_VERSIONS)
+    }
+
+    /// [`grpc_server_config`].
+    pub fn grpc_server(self: &Arc<Self>) -> Result<ServerConfig, TlsError> {
+        let mut cfg = self.server()?;
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(cfg)
+    }
+
+    /// [`client_config`].
+    pub fn client(self: &Arc<Self>) -> Result<ClientConfig, TlsError> {
+        self.client_config(provider(), BOTH_VERSIONS)
+    }
+
+    /// [`peer_server_config`].
+    pub fn peer_server(self: &Arc<Self>) -> Result<ServerConfig, TlsError> {
+        let mut cfg = self.server_config(hybrid_only_provider(), &[&rustls::version::TLS13])?;
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(cfg)
+    }
+
+    /// [`peer_client_config`].
+    pub fn peer_client(self: &Arc<Self>) -> Result<ClientConfig, TlsError> {
+        let mut cfg = self.client_config(hybrid_only_provider(), &[&rustls::version::TLS13])?;
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(cfg)
+    }
 }
 
 fn config_error(files: &TlsFiles, source: rustls::Error) -> TlsError {
@@ -346,6 +334,14 @@ pub fn operator_id(
 pub fn not_after(cert: &CertificateDer<'_>) -> Result<qkd_types::UnixMillis, IdentityError> {
     let cert = parse(cert)?;
     let secs = cert.validity().not_after.timestamp();
+    Ok(u64::try_from(secs).unwrap_or(0).saturating_mul(1000))
+}
+
+/// The start of a certificate's validity (`notBefore`) in Unix milliseconds; `0` for a date
+/// before 1970.
+pub fn not_before(cert: &CertificateDer<'_>) -> Result<qkd_types::UnixMillis, IdentityError> {
+    let cert = parse(cert)?;
+    let secs = cert.validity().not_before.timestamp();
     Ok(u64::try_from(secs).unwrap_or(0).saturating_mul(1000))
 }
 

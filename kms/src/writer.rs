@@ -5,6 +5,11 @@
 //! and only then lets each operation answer. So a
 //! request's keys never span two transactions, and nothing is answered before it is durable.
 //!
+//! A KEK rotation ([`Writer::rotate_kek`]) is queued like an operation: it runs between
+//! batches, in order, as one small transaction; the rotation pass it starts then runs one
+//! bounded step after each batch (and while the queue is idle), so key delivery never waits for
+//! more than one step.
+//!
 //! Architecture invariant: a commit error answers nobody in the batch. The writer stops, every
 //! queued and later operation fails with [`StoreError`], and the fatal signal tells the node to
 //! exit and recover from disk. In-memory state is never trusted after a failed commit.
@@ -15,7 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::instruments::StoreInstruments;
-use crate::store::{KeyStore, Op, Operation, Outcome, StoreError, Tables};
+use crate::store::{KekRotation, KeyStore, Op, Operation, Outcome, Rotation, StoreError, Tables};
+use qkd_types::UnixMillis;
 
 /// Most operations in one transaction.
 const MAX_BATCH: usize = 512;
@@ -24,6 +30,17 @@ const MAX_BATCH: usize = 512;
 struct Job {
     op: Op,
     reply: oneshot::Sender<Result<Outcome, StoreError>>,
+}
+
+/// What the writer thread is asked to do.
+enum Msg {
+    /// An operation, batched with others.
+    Job(Job),
+    /// A KEK rotation, between batches.
+    RotateKek {
+        now: UnixMillis,
+        reply: oneshot::Sender<Result<KekRotation, StoreError>>,
+    },
 }
 
 /// Handle to the writer thread. Cheap to clone.
@@ -41,7 +58,7 @@ pub struct Writer {
 #[derive(Debug, Clone)]
 enum Committer {
     /// To the writer thread (a node).
-    Thread(mpsc::UnboundedSender<Job>),
+    Thread(mpsc::UnboundedSender<Msg>),
     /// Committed on the caller's stack, one transaction per operation (the deterministic
     /// network simulation, which must not depend on another thread's timing).
     Inline(Arc<InlineStore>),
@@ -129,31 +146,64 @@ impl Writer {
             op: op.into(),
             reply,
         };
-        let queued = if self.failed.load(Ordering::SeqCst) {
-            Err(StoreError::Db(
-                "store writer stopped after a failed commit".into(),
-            ))
-        } else {
-            match &self.tx {
-                Committer::Thread(tx) => tx
-                    .send(job)
-                    .map_err(|_| StoreError::Db("store writer stopped".into())),
-                Committer::Inline(inline) => {
-                    let mut store = inline.store.lock().unwrap_or_else(|p| p.into_inner());
-                    if !commit(store.as_mut(), vec![job], &inline.instruments) {
-                        self.failed.store(true, Ordering::SeqCst);
-                        let _ = inline.fatal.send(true);
-                    }
-                    Ok(())
-                }
-            }
-        };
+        let queued = self.queue(Msg::Job(job));
         async move {
             queued?;
             let outcome = reply_rx
                 .await
                 .map_err(|_| StoreError::Db("store writer stopped".into()))??;
             O::output(outcome).ok_or(StoreError::Corrupt("outcome of another operation"))
+        }
+    }
+
+    /// Starts a fresh data-key epoch under a new KEK period ([`KeyStore::rotate_kek`]) after
+    /// the operations queued before it; the older epochs are then re-encrypted one bounded step
+    /// after each batch. Resolves once the new epoch is durable.
+    pub fn rotate_kek(
+        &self,
+        now: UnixMillis,
+    ) -> impl std::future::Future<Output = Result<KekRotation, StoreError>> + Send + use<> {
+        let (reply, reply_rx) = oneshot::channel();
+        let queued = self.queue(Msg::RotateKek { now, reply });
+        async move {
+            queued?;
+            reply_rx
+                .await
+                .map_err(|_| StoreError::Db("store writer stopped".into()))?
+        }
+    }
+
+    /// Hands `msg` to the writer thread, or runs it on the caller's stack (inline). A writer
+    /// that stopped refuses it (dropping its reply, which its caller sees as "stopped").
+    fn queue(&self, msg: Msg) -> Result<(), StoreError> {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(StoreError::Db(
+                "store writer stopped after a failed commit".into(),
+            ));
+        }
+        match &self.tx {
+            Committer::Thread(tx) => tx
+                .send(msg)
+                .map_err(|_| StoreError::Db("store writer stopped".into())),
+            Committer::Inline(inline) => {
+                let mut store = inline.store.lock().unwrap_or_else(|p| p.into_inner());
+                match msg {
+                    Msg::Job(job) => {
+                        if !commit(store.as_mut(), vec![job], &inline.instruments) {
+                            self.failed.store(true, Ordering::SeqCst);
+                            let _ = inline.fatal.send(true);
+                        }
+                    }
+                    Msg::RotateKek { now, reply } => {
+                        let r = store.rotate_kek(now);
+                        if r.is_ok() {
+                            while let Ok(Rotation::Pending) = store.rotation_step() {}
+                        }
+                        let _ = reply.send(r);
+                    }
+                }
+                Ok(())
+            }
         }
     }
 
@@ -183,30 +233,99 @@ impl Writer {
 
 fn run(
     mut store: Box<dyn KeyStore>,
-    mut rx: mpsc::UnboundedReceiver<Job>,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
     failed: Arc<AtomicBool>,
     fatal: watch::Sender<bool>,
     instruments: StoreInstruments,
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+    // A message that ended a batch (a rotation queued behind its operations).
+    let mut held: Option<Msg> = None;
+    // A rotation pass started by a live rotation is running.
+    let mut rotating = false;
+    loop {
+        let next = match held.take() {
+            Some(m) => Some(m),
+            None if rotating => match rx.try_recv() {
+                Ok(m) => Some(m),
+                Err(mpsc::error::TryRecvError::Empty) => None,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            },
+            None => match rx.blocking_recv() {
+                Some(m) => Some(m),
+                None => break,
+            },
+        };
+        match next {
+            // Idle while a pass runs: one step.
+            None => rotating = rotation_step(store.as_mut()),
+            Some(Msg::RotateKek { now, reply }) => {
+                let r = store.rotate_kek(now);
+                match &r {
+                    Ok(k) => {
+                        tracing::info!(
+                            epoch = k.epoch,
+                            kek_period = k.period,
+                            older_epochs = k.older_epochs,
+                            "key-encryption key rotated: fresh data-key epoch; older epochs are re-encrypted in steps"
+                        );
+                        rotating = true;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "key-encryption key rotation failed"),
+                }
+                let _ = reply.send(r);
             }
-        }
-        if !commit(store.as_mut(), std::mem::take(&mut batch), &instruments) {
-            failed.store(true, Ordering::SeqCst);
-            let _ = fatal.send(true);
-            break;
+            Some(Msg::Job(first)) => {
+                batch.push(first);
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(Msg::Job(job)) => batch.push(job),
+                        Ok(other) => {
+                            held = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if !commit(store.as_mut(), std::mem::take(&mut batch), &instruments) {
+                    failed.store(true, Ordering::SeqCst);
+                    let _ = fatal.send(true);
+                    break;
+                }
+                // Under load the pass still advances: one step after each batch.
+                if rotating {
+                    rotating = rotation_step(store.as_mut());
+                }
+            }
         }
     }
     // Whatever is still queued after a failure is refused: dropping a job drops its reply
     // sender, which the waiting caller sees as "writer stopped".
     rx.close();
     while rx.try_recv().is_ok() {}
+}
+
+/// One step of the rotation pass; whether more steps remain. A pass that cannot go on (low
+/// space, an error) stops here and resumes at the next start of the node, from its persisted
+/// cursor.
+fn rotation_step(store: &mut dyn KeyStore) -> bool {
+    match store.rotation_step() {
+        Ok(Rotation::Pending) => true,
+        Ok(Rotation::Done) => {
+            tracing::info!("rotation pass done: older data-key epochs and unused KEKs destroyed");
+            false
+        }
+        Ok(Rotation::LowSpace) => {
+            tracing::warn!(
+                "key store below its free-space watermark: the rotation pass waits for the next start"
+            );
+            false
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "rotation step failed; the pass resumes at the next start");
+            false
+        }
+    }
 }
 
 /// Runs `jobs` in one transaction and answers each once it is durable; false if the transaction

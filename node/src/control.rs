@@ -12,6 +12,8 @@
 //! | `POST /v1/links/{link}/drain` | advertise the link down: routes go around it |
 //! | `POST /v1/links/{link}/enable` | undo a drain |
 //! | `POST /v1/reload` | reload the configuration file (`reload`; 409 when refused) |
+//! | `POST /v1/rotate/certs` | re-read every certificate, key and CA file; new handshakes use them (`rotate_certs`; 409 when refused) |
+//! | `POST /v1/rotate/kek` | a fresh data-key epoch under a new KEK period (`rotate_kek`; 409 when refused) |
 //!
 //! Answers are JSON: `{"operator", "action", "subject", "outcome", "detail"}`, or `{"error"}`
 //! with 403 (not a management certificate) or 404 (no such link). This module decides nothing
@@ -57,6 +59,8 @@ pub struct ControlParts {
     pub sae_uri_prefix: String,
     /// Configuration reloads.
     pub reloader: Arc<crate::reload::Reloader>,
+    /// Certificate and KEK rotations.
+    pub rotator: Arc<crate::rotate::Rotator>,
 }
 
 /// Serves the control listener until `shutdown` resolves.
@@ -89,6 +93,8 @@ pub async fn serve(
         .route("/v1/links/{link}/drain", post(drain))
         .route("/v1/links/{link}/enable", post(enable))
         .route("/v1/reload", post(reload))
+        .route("/v1/rotate/certs", post(rotate_certs))
+        .route("/v1/rotate/kek", post(rotate_kek))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .with_state(Arc::new(parts));
     let served = axum::serve(
@@ -317,13 +323,46 @@ async fn reload(State(ctx): State<Ctx>, ConnectInfo(peer): ConnectInfo<Peer>) ->
     let r = ctx.reloader.clone();
     let by = format!("operator:{op}");
     // Reading and checking the files is blocking work; the reload is audited by the reloader.
-    let out = match tokio::task::spawn_blocking(move || r.reload(&by)).await {
+    let out = blocking(move || r.reload(&by), "reload").await;
+    answer(&op, "reload", out)
+}
+
+async fn rotate_certs(State(ctx): State<Ctx>, ConnectInfo(peer): ConnectInfo<Peer>) -> Response {
+    let op = match operator(&ctx, &peer, "rotate_certs") {
+        Ok(op) => op,
+        Err(r) => return r.into_response(),
+    };
+    let r = ctx.rotator.clone();
+    let by = op.to_string();
+    // Reads files; audited by the rotator.
+    let out = blocking(move || r.rotate_certs(&by), "certificate rotation").await;
+    answer(&op, "rotate_certs", out)
+}
+
+async fn rotate_kek(State(ctx): State<Ctx>, ConnectInfo(peer): ConnectInfo<Peer>) -> Response {
+    let op = match operator(&ctx, &peer, "rotate_kek") {
+        Ok(op) => op,
+        Err(r) => return r.into_response(),
+    };
+    let out = ctx.rotator.rotate_kek(op.as_str()).await;
+    answer(&op, "rotate_kek", out)
+}
+
+async fn blocking(
+    f: impl FnOnce() -> crate::reload::Outcome + Send + 'static,
+    what: &str,
+) -> crate::reload::Outcome {
+    match tokio::task::spawn_blocking(f).await {
         Ok(out) => out,
         Err(e) => crate::reload::Outcome {
             outcome: "refused",
-            detail: format!("reload failed: {e}"),
+            detail: format!("{what} failed: {e}"),
         },
-    };
+    }
+}
+
+/// The answer to a node-wide action: 409 when refused.
+fn answer(op: &OperatorId, action: &str, out: crate::reload::Outcome) -> Response {
     let code = if out.outcome == "refused" {
         StatusCode::CONFLICT
     } else {
@@ -331,7 +370,7 @@ async fn reload(State(ctx): State<Ctx>, ConnectInfo(peer): ConnectInfo<Peer>) ->
     };
     let body = json!({
         "operator": op,
-        "action": "reload",
+        "action": action,
         "subject": "",
         "outcome": out.outcome,
         "detail": out.detail,

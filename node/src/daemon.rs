@@ -24,7 +24,7 @@ use qkd_kms::manager::{
 };
 use qkd_kms::store::vault::FileKek;
 use qkd_kms::store::{Store, StoreOptions};
-use qkd_kms::tls::SaeIdentityRule;
+use qkd_kms::tls::{LiveTls, SaeIdentityRule, TlsFiles};
 use qkd_kms::writer::Writer;
 use qkd_simulator::link::{SimLinkConfig, SimulatedLink};
 use qkd_types::{Clock, SystemClock};
@@ -223,25 +223,64 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     let key_dir = data.join("keys");
     std::fs::create_dir_all(&key_dir)?;
     restrict_dir(&key_dir)?;
-    let kek = FileKek::open(
-        &key_dir,
-        clock.now(),
-        cfg.node.kek_period_days.max(1) * 86_400_000,
-    )
-    .context("cannot open the key-encryption key")?;
+    let kek = Arc::new(
+        FileKek::open(
+            &key_dir,
+            clock.now(),
+            cfg.node.kek_period_days.max(1) * 86_400_000,
+        )
+        .context("cannot open the key-encryption key")?,
+    );
     let store_options = StoreOptions {
         watermark_bytes: cfg.node.store_watermark_mb.saturating_mul(1 << 20),
         ..StoreOptions::default()
     };
-    let (store, recovered) = Store::open_with(&data.join("store.redb"), &kek, store_options)
+    let (store, recovered) = Store::open_rotating(&data.join("store.redb"), kek, store_options)
         .context("cannot open the key store")?;
     tracing::info!(
         epoch = recovered.epoch,
         "key store open; fresh data-key epoch started"
     );
     let writer = Writer::spawn(store);
+    let store_writer = writer.clone();
 
-    let tls = check::tls_files(&cfg);
+    // TLS credentials, each set of files loaded once and replaceable live (`qkdctl rotate
+    // certs`): the node's own ([tls]) for ETSI 014, SKIP, the peer listener and the peer client.
+    let tls_files = check::tls_files(&cfg);
+    let tls = LiveTls::load(&tls_files).context("TLS files ([tls])")?;
+    let mut endpoints = vec![crate::rotate::Endpoint {
+        used_by: "[tls] (ETSI 014, SKIP, peers)".into(),
+        watched_as: Some("tls.cert".into()),
+        tls: tls.clone(),
+    }];
+    let mut live_tls = |files: TlsFiles, used_by: &str, watched_as: Option<&str>| -> Result<_> {
+        if let Some(e) = endpoints.iter().find(|e| *e.tls.files() == files) {
+            return Ok(e.tls.clone());
+        }
+        let live = LiveTls::load(&files).with_context(|| format!("TLS files ({used_by})"))?;
+        endpoints.push(crate::rotate::Endpoint {
+            used_by: used_by.into(),
+            watched_as: watched_as.map(str::to_owned),
+            tls: live.clone(),
+        });
+        Ok(live)
+    };
+    let grpc_tls = match &cfg.grpc {
+        Some(g) => Some(live_tls(
+            check::grpc_tls_files(&cfg, g),
+            "[grpc]",
+            g.cert.is_some().then_some("grpc.cert"),
+        )?),
+        None => None,
+    };
+    let control_tls = match &cfg.control {
+        Some(c) => Some(live_tls(
+            check::control_tls_files(&cfg, c),
+            "[control]",
+            None,
+        )?),
+        None => None,
+    };
 
     // Links.
     let mut setups = Vec::new();
@@ -334,8 +373,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
             }
         }
     };
-    let server_cfg =
-        Arc::new(qkd_kms::tls::server_config(&tls).context("ETSI 014 TLS configuration")?);
+    let server_cfg = Arc::new(tls.server().context("ETSI 014 TLS configuration")?);
     let service: Arc<dyn KeyService> = Arc::new(manager.clone());
     // One instrumentation hook for the ETSI 014 and gRPC front ends: `/status` and the metrics
     // show its counts, the audit log its refusals.
@@ -389,10 +427,9 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         observer.clone(),
         stop(),
     ));
-    let grpc_task = match (grpc_l, &cfg.grpc) {
-        (Some(l), Some(g)) => {
-            let tls = qkd_kms::tls::grpc_server_config(&check::grpc_tls_files(&cfg, g))
-                .context("gRPC TLS configuration")?;
+    let grpc_task = match (grpc_l, &cfg.grpc, &grpc_tls) {
+        (Some(l), Some(g), Some(live)) => {
+            let tls = live.grpc_server().context("gRPC TLS configuration")?;
             let limits = GrpcLimits {
                 max_connections_per_client: g.max_connections_per_client,
                 ..GrpcLimits::default()
@@ -443,10 +480,18 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         monitor.clone(),
         ops.audit.clone(),
     ));
+    let rotator = Arc::new(crate::rotate::Rotator::new(
+        endpoints,
+        store_writer,
+        monitor.clone(),
+        clock.clone(),
+        ops.audit.clone(),
+    ));
     let hup_task = tokio::spawn(reload_on_sighup(reloader.clone(), shutdown.clone()));
-    let control_task = match (control_l, &cfg.control) {
-        (Some(l), Some(c)) => {
-            let tls = qkd_kms::tls::server_config(&check::control_tls_files(&cfg, c))
+    let control_task = match (control_l, &control_tls) {
+        (Some(l), Some(live)) => {
+            let tls = live
+                .server()
                 .context("control listener TLS configuration")?;
             Some(tokio::spawn(crate::control::serve(
                 l,
@@ -457,6 +502,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
                     node: cfg.node.id.clone(),
                     sae_uri_prefix: cfg.node.sae_uri_prefix.clone(),
                     reloader: reloader.clone(),
+                    rotator: rotator.clone(),
                 },
                 stop(),
             )))

@@ -17,6 +17,7 @@ pub mod etsi015;
 pub mod monitor;
 pub mod operations;
 pub mod reload;
+pub mod rotate;
 pub mod siem;
 pub mod status;
 pub mod telemetry;

@@ -43,8 +43,9 @@ pub struct Monitor {
     pools: Vec<(SaeId, SaeId)>,
     /// Pairs of this node's SAEs configured `qkd-only`.
     qkd_only: Vec<[SaeId; 2]>,
-    /// (configuration name, end of validity) of the node's certificates, read at start.
-    certificates: Vec<(String, UnixMillis)>,
+    /// (configuration name, end of validity) of the node's certificates, read at start and
+    /// updated by a certificate rotation ([`Monitor::set_certificate`]).
+    certificates: Mutex<Vec<(String, UnixMillis)>>,
     evaluator: Mutex<Evaluator>,
     active: Mutex<Vec<Alarm>>,
     /// Woken by engine events (see [`crate::telemetry::EngineMetrics`]).
@@ -99,7 +100,7 @@ impl Monitor {
             siem: p.siem,
             pools: p.pools,
             qkd_only: p.qkd_only,
-            certificates: p.certificates,
+            certificates: Mutex::new(p.certificates),
             evaluator: Mutex::new(Evaluator::new(p.thresholds.clone())),
             thresholds: p.thresholds,
             history: Mutex::default(),
@@ -156,6 +157,17 @@ impl Monitor {
                 tokio::time::sleep(MIN_GAP).await;
             }
         }
+    }
+
+    /// The new end of validity of the certificate `name` (`tls.cert`, ...) after a rotation, for
+    /// the metrics at once and the `certificate_expiry` alarm from the next evaluation on.
+    pub fn set_certificate(&self, name: &str, not_after: UnixMillis) {
+        let mut certs = self.certificates.lock().unwrap_or_else(|p| p.into_inner());
+        match certs.iter_mut().find(|(n, _)| n == name) {
+            Some(entry) => entry.1 = not_after,
+            None => certs.push((name.to_owned(), not_after)),
+        }
+        self.telemetry.certificate(name, not_after);
     }
 
     /// New alarm thresholds, from the next evaluation on (a configuration reload).
@@ -295,6 +307,8 @@ impl Monitor {
             pools,
             certificates: self
                 .certificates
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
                 .iter()
                 .map(|(name, not_after)| CertObs {
                     name: name.clone(),

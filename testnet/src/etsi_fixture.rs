@@ -249,6 +249,7 @@ impl Fixture {
                 .issue_node(&ids[i], [127, 0, 0, 1].into())
                 .expect("node cert")
                 .tls_files(pki.ca_cert());
+            let tls = qkd_kms::tls::LiveTls::load(&tls).expect("node TLS files");
             let source = SimulatedLink::new(
                 SimLinkConfig {
                     link: link.clone(),

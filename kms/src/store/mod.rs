@@ -117,6 +117,10 @@ pub enum StoreError {
         /// Version found on disk.
         found: u64,
     },
+    /// Operator: this store cannot rotate its key-encryption key while open (the in-memory
+    /// model, or a store opened without keeping its [`KeyWrap`]).
+    #[error("this key store cannot rotate its key-encryption key while open")]
+    NoLiveRotation,
 }
 
 macro_rules! db_err {
@@ -243,6 +247,20 @@ pub struct Store {
     pass: Option<Pass>,
     /// Record bytes written by committed transactions ([`KeyStore::bytes_written`]).
     written: u64,
+    /// The KEK holder, kept when the store was opened with [`Store::open_rotating`] so that the
+    /// KEK rotates and passes run while the store is open.
+    wrap: Option<Arc<dyn KeyWrap>>,
+}
+
+/// What [`KeyStore::rotate_kek`] started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KekRotation {
+    /// The fresh data-key epoch that seals everything from now on.
+    pub epoch: u64,
+    /// The KEK period its DEK is wrapped under.
+    pub period: u64,
+    /// Older epochs now live, which a rotation pass re-encrypts into `epoch` in steps.
+    pub older_epochs: usize,
 }
 
 impl Store {
@@ -266,6 +284,19 @@ impl Store {
             Box::new(FileSystemSpace::for_store(path)),
             usize::MAX,
         )
+    }
+
+    /// [`Store::open_with`], keeping `wrap`: the KEK can then rotate while the store is open
+    /// ([`KeyStore::rotate_kek`]) and rotation passes run between batches
+    /// ([`KeyStore::rotation_step`]).
+    pub fn open_rotating(
+        path: &Path,
+        wrap: Arc<dyn KeyWrap>,
+        options: StoreOptions,
+    ) -> Result<(Self, Recovered), StoreError> {
+        let (mut store, recovered) = Self::open_with(path, wrap.as_ref(), options)?;
+        store.wrap = Some(wrap);
+        Ok((store, recovered))
     }
 
     /// Opens a store over a test storage backend (a simulated disk). Never a production option:
@@ -313,6 +344,7 @@ impl Store {
             options,
             pass,
             written: 0,
+            wrap: None,
         };
         store.retake_reserve();
         for _ in 0..open_steps {
@@ -387,15 +419,7 @@ impl Store {
                 oldest_period = oldest_period.min(p);
             }
         }
-        let (epoch, dek) = EpochKey::generate(new_epoch)?;
-        let wrapped = wrap.wrap(period, &dek, &dek_aad(new_epoch, period))?;
-        drop(dek);
-        {
-            let mut epochs = tx.open_table(EPOCHS)?;
-            let mut w = W::default();
-            w.u64(period).bytes(&wrapped);
-            epochs.insert(new_epoch, w.0.as_slice())?;
-        }
+        let epoch = new_dek(&tx, wrap, new_epoch, period)?;
         let pass = if below != 0 {
             // Resume the pass an earlier run left unfinished, where it stopped.
             let cursor = match tx.open_table(ROTATION)?.get(CURSOR)? {
@@ -561,6 +585,50 @@ impl Store {
             Rotation::Pending
         } else {
             Rotation::Done
+        })
+    }
+
+    /// Starts a fresh epoch while the store is open: the KEK advances to a new period
+    /// ([`KeyWrap::advance`]), a new DEK wrapped under it seals everything from now on, the
+    /// current DEK becomes open-only, and a rotation pass (unless one is running, which starts
+    /// the next when it ends) re-encrypts the older epochs in steps. One small transaction, like
+    /// an open's; nothing is re-encrypted here.
+    pub fn start_epoch_live(
+        &mut self,
+        wrap: &dyn KeyWrap,
+        now_ms: u64,
+    ) -> Result<KekRotation, StoreError> {
+        let period = wrap.advance(now_ms)?;
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        let new_epoch = {
+            let mut meta = tx.open_table(META)?;
+            let e = meta.get("epoch")?.map_or(0, |v| v.value()) + 1;
+            meta.insert("epoch", e)?;
+            e
+        };
+        let epoch = new_dek(&tx, wrap, new_epoch, period)?;
+        let pass = match &self.pass {
+            Some(_) => None,
+            None => {
+                let pass = Pass {
+                    below: new_epoch,
+                    cursor: Cursor::Blocks(None),
+                };
+                pass.save(&tx)?;
+                Some(pass)
+            }
+        };
+        tx.commit()?;
+        self.keys.advance(epoch);
+        self.period = period;
+        if pass.is_some() {
+            self.pass = pass;
+        }
+        Ok(KekRotation {
+            epoch: new_epoch,
+            period,
+            older_epochs: self.keys.older_epochs().count(),
         })
     }
 
@@ -823,6 +891,24 @@ fn release_reserve_if_full(space: &dyn FreeSpace, options: &StoreOptions) {
     }
 }
 
+/// A fresh random DEK for `epoch`, stored in `tx` wrapped under the KEK of `period`. Its bytes
+/// leave memory once wrapped; the returned key seals.
+fn new_dek(
+    tx: &redb::WriteTransaction,
+    wrap: &dyn KeyWrap,
+    epoch: u64,
+    period: u64,
+) -> Result<EpochKey, StoreError> {
+    let (key, dek) = EpochKey::generate(epoch)?;
+    let wrapped = wrap.wrap(period, &dek, &dek_aad(epoch, period))?;
+    drop(dek);
+    let mut epochs = tx.open_table(EPOCHS)?;
+    let mut w = W::default();
+    w.u64(period).bytes(&wrapped);
+    epochs.insert(epoch, w.0.as_slice())?;
+    Ok(key)
+}
+
 /// A rotation pass: re-encrypt every record sealed under an epoch before `below`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Pass {
@@ -983,6 +1069,18 @@ impl KeyStore for Store {
 
     fn bytes_written(&self) -> u64 {
         self.written
+    }
+
+    fn rotate_kek(&mut self, now: UnixMillis) -> Result<KekRotation, StoreError> {
+        let wrap = self.wrap.clone().ok_or(StoreError::NoLiveRotation)?;
+        self.start_epoch_live(wrap.as_ref(), now)
+    }
+
+    fn rotation_step(&mut self) -> Result<Rotation, StoreError> {
+        match self.wrap.clone() {
+            Some(wrap) => self.rotate_step(wrap.as_ref()),
+            None => Ok(Rotation::Done),
+        }
     }
 }
 
@@ -1728,6 +1826,84 @@ mod tests {
         assert_eq!((back.made_under, back.pool), (meta.made_under, meta.pool));
     }
 
+    /// A live rotation: a fresh epoch under a new KEK period while the store stays open; the
+    /// pass re-encrypts what was there in steps, with writes in between; once done, one epoch is
+    /// live, every record opens with the same bytes, and the old KEK file is gone.
+    #[test]
+    fn the_kek_rotates_while_the_store_is_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        std::fs::create_dir_all(&keys).unwrap();
+        let kek_files = || {
+            let mut v: Vec<_> = std::fs::read_dir(&keys)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            v.sort();
+            v
+        };
+        let wrap: Arc<dyn KeyWrap> = Arc::new(FileKek::open(&keys, 1_000, 86_400_000).unwrap());
+        let opts = StoreOptions {
+            rotation_batch: 2,
+            ..StoreOptions::default()
+        };
+        let (mut store, rec) =
+            Store::open_rotating(&dir.path().join("store.redb"), wrap, opts).unwrap();
+        let before = kek_files();
+        assert_eq!(before.len(), 1);
+        let ids: Vec<KeyId> = (0..5).map(|_| KeyId::random()).collect();
+        let mut tx = store.begin().unwrap();
+        for (i, id) in ids.iter().enumerate() {
+            tx.put_key(*id, &waiting(100), &Secret::copy_from(&[i as u8; 32]))
+                .unwrap();
+        }
+        tx.commit().unwrap();
+
+        let k = store.rotate_kek(2_000).unwrap();
+        assert_eq!((k.epoch, k.older_epochs), (rec.epoch + 1, 1));
+        assert_eq!(
+            kek_files().len(),
+            2,
+            "the old KEK stays while an epoch needs it"
+        );
+        // A write between steps is sealed under the new epoch.
+        let late = KeyId::random();
+        let mut tx = store.begin().unwrap();
+        tx.put_key(late, &waiting(100), &Secret::copy_from(&[9; 32]))
+            .unwrap();
+        tx.commit().unwrap();
+        let mut steps = 0;
+        while store.rotation_step().unwrap() == Rotation::Pending {
+            steps += 1;
+        }
+        assert!(steps >= 2, "5 records in steps of 2: {steps}");
+        assert_eq!(live_epochs(&store), vec![k.epoch]);
+        assert!(record_epochs(&store).iter().all(|e| *e == k.epoch));
+        let after = kek_files();
+        assert_eq!(after, vec![format!("kek-{}.key", k.period)]);
+        assert_ne!(after, before);
+        let tx = store.begin().unwrap();
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(
+                tx.key_bytes(*id).unwrap().unwrap(),
+                Secret::copy_from(&[i as u8; 32])
+            );
+        }
+        assert_eq!(
+            tx.key_bytes(late).unwrap().unwrap(),
+            Secret::copy_from(&[9; 32])
+        );
+        drop(tx);
+        // A store opened without its KeyWrap kept says so; the in-memory model too.
+        drop(store);
+        let kek = FileKek::open(&keys, 3_000, 86_400_000).unwrap();
+        let (mut plain, _) = Store::open(&dir.path().join("store.redb"), &kek).unwrap();
+        assert!(matches!(
+            plain.rotate_kek(3_000),
+            Err(StoreError::NoLiveRotation)
+        ));
+    }
+
     #[test]
     fn blocks_keys_and_pool_survive_reopen_under_a_new_epoch() {
         let dir = tempfile::tempdir().unwrap();
@@ -2214,7 +2390,10 @@ mod tests {
                 "live epochs stay bounded: {live:?}"
             );
             assert_eq!(*live.last().unwrap(), rec.epoch);
-            let kek5_file = dir.path().join("kek-5.key").exists();
+            let kek5_file = dir
+                .path()
+                .join(format!("kek-{}.key", 5u64 << vault::ROTATION_BITS))
+                .exists();
             if live.contains(&first) {
                 assert!(kek5_file, "the KEK of a live epoch is kept");
             } else {

@@ -45,6 +45,18 @@ pub trait KeyStore: Send + std::fmt::Debug {
     fn bytes_written(&self) -> u64 {
         0
     }
+
+    /// Starts a fresh data-key epoch under a new KEK period while the store is open (an
+    /// operator's rotation, [`super::Store::start_epoch_live`]); the older epochs are retired by
+    /// [`KeyStore::rotation_step`]s. A store that cannot says [`StoreError::NoLiveRotation`].
+    fn rotate_kek(&mut self, _now: UnixMillis) -> Result<super::KekRotation, StoreError> {
+        Err(StoreError::NoLiveRotation)
+    }
+
+    /// One bounded step of the rotation pass in progress, if any (between batches).
+    fn rotation_step(&mut self) -> Result<super::Rotation, StoreError> {
+        Ok(super::Rotation::Done)
+    }
 }
 
 /// An operation whose result has a type of its own.

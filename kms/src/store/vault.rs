@@ -17,6 +17,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use qkd_types::Secret;
@@ -62,34 +63,51 @@ pub trait KeyWrap: Send + Sync + fmt::Debug {
     fn unwrap(&self, period: u64, wrapped: &[u8], aad: &[u8]) -> Result<Secret, VaultError>;
     /// Destroys the KEK of every period before `period` (crypto-shredding all DEKs under them).
     fn destroy_before(&self, period: u64) -> Result<(), VaultError>;
+    /// Starts a new KEK period at `now_ms` (an operator's rotation, without a restart) and
+    /// returns it: a fresh KEK, later than every period before; new DEKs are wrapped under it.
+    fn advance(&self, now_ms: u64) -> Result<u64, VaultError>;
 }
+
+/// Low bits of a KEK period identifier that count rotations within one calendar period: period
+/// identifiers are `calendar period << ROTATION_BITS | rotations`, so that an operator's
+/// rotation ([`KeyWrap::advance`]) never takes the next calendar period's identifier.
+pub const ROTATION_BITS: u32 = 16;
 
 /// A KEK per period in files `kek-<period>.key` (32 random bytes, mode 0600) in one directory.
 ///
-/// The period is `floor(now / period_ms)`. Deleting a file does not erase its bytes from the
-/// medium: a file-held KEK shreds nothing for certain. Use it for development and demos only.
+/// The period identifier is `floor(now / period_ms) << ROTATION_BITS`, plus one per rotation
+/// ([`KeyWrap::advance`]) within that calendar period; it never goes backwards (an open in a
+/// period already rotated uses the newest file). Deleting a file does not erase its bytes from
+/// the medium: a file-held KEK shreds nothing for certain. Use it for development and demos only.
 #[derive(Debug)]
 pub struct FileKek {
     dir: PathBuf,
-    period: u64,
-    current: Secret,
+    period_ms: u64,
+    /// The period in force and its KEK; replaced by [`KeyWrap::advance`].
+    current: RwLock<(u64, Secret)>,
 }
 
 impl FileKek {
-    /// Opens (or, for a new period, creates) the KEK of the period `now_ms` falls in.
+    /// Opens (or, for a new period, creates) the KEK of the period `now_ms` falls in, or of the
+    /// newest period on file if that is later (a rotation earlier in this calendar period).
     pub fn open(dir: &Path, now_ms: u64, period_ms: u64) -> Result<Self, VaultError> {
-        let period = now_ms / period_ms.max(1);
+        let period_ms = period_ms.max(1);
+        let calendar = calendar_period(now_ms, period_ms);
+        let period = newest_on_file(dir)?.map_or(calendar, |n| n.max(calendar));
         let current = load_or_create(&kek_path(dir, period))?;
         Ok(Self {
             dir: dir.to_path_buf(),
-            period,
-            current,
+            period_ms,
+            current: RwLock::new((period, current)),
         })
     }
 
     fn key_for(&self, period: u64) -> Result<Secret, VaultError> {
-        if period == self.period {
-            return Ok(self.current.duplicate());
+        {
+            let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+            if period == current.0 {
+                return Ok(current.1.duplicate());
+            }
         }
         let path = kek_path(&self.dir, period);
         if !path.exists() {
@@ -100,6 +118,31 @@ impl FileKek {
         }
         load_or_create(&path)
     }
+}
+
+fn calendar_period(now_ms: u64, period_ms: u64) -> u64 {
+    (now_ms / period_ms) << ROTATION_BITS
+}
+
+/// The period of the newest `kek-<period>.key` in `dir`, if any.
+fn newest_on_file(dir: &Path) -> Result<Option<u64>, VaultError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(kek_err(dir, e)),
+    };
+    Ok(entries
+        .flatten()
+        .filter_map(|e| period_of_file(&e.file_name()))
+        .max())
+}
+
+fn period_of_file(name: &std::ffi::OsStr) -> Option<u64> {
+    name.to_str()?
+        .strip_prefix("kek-")?
+        .strip_suffix(".key")?
+        .parse()
+        .ok()
 }
 
 fn kek_path(dir: &Path, period: u64) -> PathBuf {
@@ -166,7 +209,7 @@ fn check_private(_path: &Path) -> Result<(), VaultError> {
 
 impl KeyWrap for FileKek {
     fn current_period(&self) -> u64 {
-        self.period
+        self.current.read().unwrap_or_else(|p| p.into_inner()).0
     }
 
     fn wrap(&self, period: u64, dek: &Secret, aad: &[u8]) -> Result<Vec<u8>, VaultError> {
@@ -210,19 +253,19 @@ impl KeyWrap for FileKek {
     fn destroy_before(&self, period: u64) -> Result<(), VaultError> {
         let entries = std::fs::read_dir(&self.dir).map_err(|e| kek_err(&self.dir, e))?;
         for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(p) = name
-                .to_str()
-                .and_then(|n| n.strip_prefix("kek-"))
-                .and_then(|n| n.strip_suffix(".key"))
-            else {
-                continue;
-            };
-            if p.parse::<u64>().is_ok_and(|p| p < period) {
+            if period_of_file(&entry.file_name()).is_some_and(|p| p < period) {
                 std::fs::remove_file(entry.path()).map_err(|e| kek_err(&entry.path(), e))?;
             }
         }
         Ok(())
+    }
+
+    fn advance(&self, now_ms: u64) -> Result<u64, VaultError> {
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let next = calendar_period(now_ms, self.period_ms).max(current.0.saturating_add(1));
+        let key = load_or_create(&kek_path(&self.dir, next))?;
+        *current = (next, key);
+        Ok(next)
     }
 }
 
@@ -378,6 +421,19 @@ impl Keyring {
             .open(aad, sealed)
     }
 
+    /// Seals under `next` from now on; the current epoch's key becomes open-only (its records
+    /// stay readable until a rotation pass has re-encrypted them).
+    pub fn advance(&mut self, next: EpochKey) {
+        let old = std::mem::replace(&mut self.current, next);
+        self.older.insert(
+            old.epoch,
+            OpeningKey {
+                epoch: old.epoch,
+                key: old.key,
+            },
+        );
+    }
+
     /// Drops the keys of the older epochs before `below`: no record needs them any more.
     pub fn forget_before(&mut self, below: u64) {
         self.older.retain(|e, _| *e >= below);
@@ -461,32 +517,57 @@ mod tests {
     fn file_kek_wraps_rotates_and_destroys() {
         let dir = tempfile::tempdir().unwrap();
         let day = 86_400_000;
+        let (p5, p6) = (5 << ROTATION_BITS, 6 << ROTATION_BITS);
         let k1 = FileKek::open(dir.path(), 5 * day + 1, day).unwrap();
-        assert_eq!(k1.current_period(), 5);
+        assert_eq!(k1.current_period(), p5);
         let dek = Secret::copy_from(&[9u8; 32]);
-        let w = k1.wrap(5, &dek, b"aad").unwrap();
-        assert_eq!(k1.unwrap(5, &w, b"aad").unwrap(), dek);
-        assert!(k1.unwrap(5, &w, b"other").is_err());
+        let w = k1.wrap(p5, &dek, b"aad").unwrap();
+        assert_eq!(k1.unwrap(p5, &w, b"aad").unwrap(), dek);
+        assert!(k1.unwrap(p5, &w, b"other").is_err());
         // Same period reopens the same KEK.
         let again = FileKek::open(dir.path(), 5 * day + 2, day).unwrap();
-        assert_eq!(again.unwrap(5, &w, b"aad").unwrap(), dek);
+        assert_eq!(again.unwrap(p5, &w, b"aad").unwrap(), dek);
         // Next period: new KEK; the old one still opens until destroyed.
         let k2 = FileKek::open(dir.path(), 6 * day, day).unwrap();
-        assert_eq!(k2.unwrap(5, &w, b"aad").unwrap(), dek);
-        k2.destroy_before(6).unwrap();
+        assert_eq!(k2.unwrap(p5, &w, b"aad").unwrap(), dek);
+        k2.destroy_before(p6).unwrap();
         assert!(matches!(
-            k2.unwrap(5, &w, b"aad"),
+            k2.unwrap(p5, &w, b"aad"),
             Err(VaultError::Kek { .. })
         ));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join("kek-6.key"))
+            let mode = std::fs::metadata(dir.path().join(format!("kek-{p6}.key")))
                 .unwrap()
                 .permissions()
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    /// An operator's rotation takes a fresh KEK within the calendar period, never the next
+    /// period's identifier; a later open keeps the newest; the calendar moves on past it.
+    #[test]
+    fn file_kek_advances_within_a_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = 86_400_000;
+        let p5 = 5 << ROTATION_BITS;
+        let k = FileKek::open(dir.path(), 5 * day, day).unwrap();
+        let dek = Secret::copy_from(&[7u8; 32]);
+        let w = k.wrap(p5, &dek, b"aad").unwrap();
+        assert_eq!(k.advance(5 * day + 10).unwrap(), p5 + 1);
+        assert_eq!(k.current_period(), p5 + 1);
+        assert!(dir.path().join(format!("kek-{}.key", p5 + 1)).exists());
+        assert_ne!(k.wrap(p5 + 1, &dek, b"aad").unwrap(), w);
+        assert_eq!(
+            k.unwrap(p5, &w, b"aad").unwrap(),
+            dek,
+            "older periods still open"
+        );
+        let again = FileKek::open(dir.path(), 5 * day + 20, day).unwrap();
+        assert_eq!(again.current_period(), p5 + 1, "an open never goes back");
+        assert_eq!(k.advance(6 * day).unwrap(), 6 << ROTATION_BITS);
     }
 
     #[cfg(unix)]
@@ -496,6 +577,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let _ = FileKek::open(dir.path(), 0, 1000).unwrap();
         let p = dir.path().join("kek-0.key");
+        assert!(p.exists());
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = FileKek::open(dir.path(), 0, 1000).unwrap_err().to_string();
         assert!(

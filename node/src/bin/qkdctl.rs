@@ -1,6 +1,6 @@
 //! `qkdctl`: the operator's tool. It reads what nodes show on their admin listeners (`status`,
 //! `network`, `saes`), changes a node through its control listener with a management certificate
-//! (`link drain|enable`), and checks a configuration offline with the node's own checks
+//! (`link drain|enable`, `reload`, `rotate certs|kek`), and checks a configuration offline with the node's own checks
 //! (`check`). It never reads a key store and never sees a key byte.
 
 #![forbid(unsafe_code)]
@@ -75,6 +75,10 @@ enum Cmd {
         #[command(flatten)]
         control: ControlTarget,
     },
+    /// Rotate the node's certificates or the store's key-encryption key without a restart
+    /// (control listener).
+    #[command(subcommand)]
+    Rotate(RotateCmd),
     /// Check a configuration file and every file it names, offline (what `qkd-node check` and
     /// `qkd-node run` check before starting).
     ///
@@ -101,6 +105,30 @@ enum LinkCmd {
     Enable {
         /// The link ID.
         link: String,
+        #[command(flatten)]
+        control: ControlTarget,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RotateCmd {
+    /// Make the node re-read every certificate, key and CA file it serves and dials with
+    /// ([tls], [grpc], [control]): all are checked first (key matches certificate, valid now,
+    /// same urn:qkd:node: identity) and, if all pass, new TLS handshakes use them; connections
+    /// already up continue. One bad file refuses the rotation and changes nothing. Move the new
+    /// files into place first (mv, never a half-written file).
+    ///
+    /// Example: qkdctl rotate certs --config /etc/qkd/node.toml --cert op.crt --key op.key
+    Certs {
+        #[command(flatten)]
+        control: ControlTarget,
+    },
+    /// Start a fresh data-key epoch under a new key-encryption key (a new kek-<period>.key);
+    /// stored keys are re-encrypted into it in small steps while the node serves, and older
+    /// KEK files are deleted once no epoch needs them.
+    ///
+    /// Example: qkdctl rotate kek --config /etc/qkd/node.toml --cert op.crt --key op.key
+    Kek {
         #[command(flatten)]
         control: ControlTarget,
     },
@@ -208,6 +236,12 @@ fn main() -> Result<()> {
             rt.block_on(control_post(&target, &format!("/v1/links/{link}/{verb}")))
         }
         Cmd::Reload { control } => rt.block_on(control_post(&control, "/v1/reload")),
+        Cmd::Rotate(RotateCmd::Certs { control }) => {
+            rt.block_on(control_post(&control, "/v1/rotate/certs"))
+        }
+        Cmd::Rotate(RotateCmd::Kek { control }) => {
+            rt.block_on(control_post(&control, "/v1/rotate/kek"))
+        }
     }
 }
 

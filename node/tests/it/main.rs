@@ -20,6 +20,7 @@ mod network;
 mod operators;
 mod packaging;
 mod relay;
+mod rotation;
 mod skip;
 mod status;
 mod streams;
