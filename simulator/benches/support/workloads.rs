@@ -92,8 +92,10 @@ pub fn lim_point_times(
 }
 
 /// CPU time used by the calling thread so far: the first field of
-/// `/proc/thread-self/schedstat` (Linux; nanoseconds on the CPU, the clock
-/// `CLOCK_THREAD_CPUTIME_ID` reads), without unsafe code. `None` elsewhere.
+/// `/proc/thread-self/schedstat` (Linux; nanoseconds on the CPU, the sum behind
+/// `CLOCK_THREAD_CPUTIME_ID`), without unsafe code. `None` elsewhere. The kernel brings it up to
+/// date at each scheduler tick (a few milliseconds) rather than at the read, so time a run of a
+/// tenth of a second or more.
 pub fn thread_cpu_time() -> Option<Duration> {
     let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
     let ns: u64 = s.split_whitespace().next()?.parse().ok()?;

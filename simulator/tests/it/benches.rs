@@ -16,9 +16,8 @@ fn benchmark_workloads_run_small() {
     assert!(f[0].1 >= 2 && f[1].1 >= 2, "{f:?}");
     let (cpu, _, with_key) = workloads::lim_point_times(3, 178.0, 1);
     assert_eq!(with_key, 3);
-    if cfg!(target_os = "linux") {
-        assert!(cpu.is_some_and(|c| c.as_nanos() > 0), "{cpu:?}");
-    }
+    // The kernel updates the figure at scheduler ticks: a run this short may read 0.
+    assert!(cpu.is_some() || !cfg!(target_os = "linux"));
     let (_, _, r) = workloads::network(&scenario_path("metro-2node.toml"), Some(600), 60, 1);
     assert_eq!(r.links[0].buckets.len(), 10);
     let (_, _, d) = workloads::dynamics(
