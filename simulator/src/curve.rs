@@ -37,7 +37,7 @@ use crate::detail::{BoundFamily, DetailedPoint, Estimates, FixedParams, PointPar
 use crate::physics::bounds::{plob, tgw};
 use crate::physics::channel::{DvHardware, ParamError, db_to_transmittance, gain, qber};
 use crate::physics::cv::Gg02;
-use crate::physics::decoy::{AsymptoticBb84, DecoyMethod};
+use crate::physics::decoy::{AsymptoticBb84, DecoyMethod, MU_SEED};
 use crate::physics::finite::{Lim2014, Rusca2018, tau};
 use crate::physics::postproc::EcModel;
 use crate::physics::twinfield::TwinField;
@@ -330,6 +330,9 @@ pub fn rate_points(
         )
         .into());
     }
+    // Each optimised signal intensity seeds the next point's search (decoy BB84 with infinite
+    // decoys: `AsymptoticBb84::optimal_mu_from`).
+    let mut mu_seed = MU_SEED;
     Ok(xs
         .iter()
         .map(|&x| {
@@ -337,7 +340,15 @@ pub fn rate_points(
                 Axis::Distance => (x, alpha * x + hw.extra_loss_db),
                 Axis::Loss => ((x - hw.extra_loss_db).max(0.0) / alpha.max(1e-12), x),
             };
-            point(protocol, hw, f_ec, fixed, x, length_km, loss_db)
+            point(
+                protocol,
+                hw,
+                f_ec,
+                fixed,
+                x,
+                (length_km, loss_db),
+                &mut mu_seed,
+            )
         })
         .collect())
 }
@@ -348,8 +359,8 @@ fn point(
     f_ec: f64,
     fixed: &FixedParams,
     x: f64,
-    length_km: f64,
-    loss_db: f64,
+    (length_km, loss_db): (f64, f64),
+    mu_seed: &mut f64,
 ) -> DetailedPoint {
     let eta_ch = db_to_transmittance(loss_db);
     let eta_sys = eta_ch * hw.eta_bob;
@@ -360,10 +371,10 @@ fn point(
         method,
     };
     // μ fixed or optimised, with its point and parameters.
-    let asym_point = |m: AsymptoticBb84| {
+    let mut asym_point = |m: AsymptoticBb84| {
         let (mu, p) = match fixed.mu {
             Some(mu) => (mu, m.at_eta(eta_sys, mu)),
-            None => m.optimal_mu(eta_sys),
+            None => m.optimal_mu_from(eta_sys, mu_seed),
         };
         let params = PointParams {
             mu1: Some(mu),

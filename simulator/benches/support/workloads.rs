@@ -63,6 +63,45 @@ pub fn finite_key_optimisations(points: usize) -> [(Duration, usize); 2] {
     [(lim_t, lim_ok), (t.elapsed() / points as u32, r_ok)]
 }
 
+/// Lim 2014 finite-key optimisations (n_X = 10⁷) at `points` distances from 0 to `to_km`, the
+/// whole sweep run `repeats` times. Returns the mean time per optimisation in CPU time of this
+/// thread (`None` where the OS does not report it) and in wall time, and how many of the
+/// distances have key. CPU time is what the work costs, whatever the load of the machine.
+pub fn lim_point_times(
+    points: usize,
+    to_km: f64,
+    repeats: usize,
+) -> (Option<Duration>, Duration, usize) {
+    let lengths: Vec<f64> = (0..points)
+        .map(|i| to_km * i as f64 / points.max(2) as f64)
+        .collect();
+    let lim = Lim2014::paper(1e7);
+    let cpu0 = thread_cpu_time();
+    let t = Instant::now();
+    let mut with_key = 0;
+    for _ in 0..repeats {
+        with_key = lengths
+            .iter()
+            .filter(|l| lim.optimise(lim.hw.eta_sys(**l)).1.key_bits > 0.0)
+            .count();
+    }
+    let n = (points * repeats) as u32;
+    let wall = t.elapsed() / n;
+    let cpu = cpu0.zip(thread_cpu_time()).map(|(a, b)| (b - a) / n);
+    (cpu, wall, with_key)
+}
+
+/// CPU time used by the calling thread so far: the first field of
+/// `/proc/thread-self/schedstat` (Linux; nanoseconds on the CPU, the sum behind
+/// `CLOCK_THREAD_CPUTIME_ID`), without unsafe code. `None` elsewhere. The kernel brings it up to
+/// date at each scheduler tick (a few milliseconds) rather than at the read, so time a run of a
+/// tenth of a second or more.
+pub fn thread_cpu_time() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
 /// Loads `path`, shortens it to `duration_s` if given, builds every link and runs it at the
 /// scenario's step with `aggregate_s` buckets. Returns (set-up time, run time, result); no
 /// output is written.

@@ -135,12 +135,49 @@ pub fn log_grid_golden_max(
 /// (points are clamped into the box). Returns `(argmax, max)` after at most `max_evals`
 /// evaluations.
 pub fn nelder_mead_max<const D: usize>(
-    mut f: impl FnMut(&[f64; D]) -> f64,
+    f: impl FnMut(&[f64; D]) -> f64,
     x0: [f64; D],
     lo: [f64; D],
     hi: [f64; D],
     max_evals: usize,
 ) -> ([f64; D], f64) {
+    let search = Simplex {
+        max_evals,
+        ..Simplex::DEFAULT
+    };
+    nelder_mead_max_with(f, x0, lo, hi, &search)
+}
+
+/// How a Nelder–Mead search starts and when it stops.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Simplex {
+    /// Evaluations at most.
+    pub max_evals: usize,
+    /// Stop once the simplex's best and worst values agree to this relative tolerance.
+    pub rel_tol: f64,
+    /// Each initial vertex lies this fraction of the box's width from the start, along one axis.
+    pub step: f64,
+}
+
+impl Simplex {
+    /// [`nelder_mead_max`]'s settings (with its `max_evals`): values to 10⁻¹³, steps of a tenth
+    /// of the box.
+    pub const DEFAULT: Simplex = Simplex {
+        max_evals: 300,
+        rel_tol: 1e-13,
+        step: 0.1,
+    };
+}
+
+/// [`nelder_mead_max`] with the start and stopping rule of `search`.
+pub fn nelder_mead_max_with<const D: usize>(
+    mut f: impl FnMut(&[f64; D]) -> f64,
+    x0: [f64; D],
+    lo: [f64; D],
+    hi: [f64; D],
+    search: &Simplex,
+) -> ([f64; D], f64) {
+    let max_evals = search.max_evals;
     let clamp = |mut x: [f64; D]| {
         for i in 0..D {
             x[i] = x[i].clamp(lo[i], hi[i]);
@@ -165,7 +202,7 @@ pub fn nelder_mead_max<const D: usize>(
     simplex.push(vertex(x0, eval(&x0)));
     for i in 0..D {
         let mut x = x0;
-        let step = 0.1 * (hi[i] - lo[i]);
+        let step = search.step * (hi[i] - lo[i]);
         x[i] = if x[i] + step <= hi[i] {
             x[i] + step
         } else {
@@ -179,7 +216,7 @@ pub fn nelder_mead_max<const D: usize>(
         simplex.sort_by(|a, b| a.v.total_cmp(&b.v));
         let best = simplex[0].v;
         let worst = simplex[D].v;
-        if (worst - best).abs() <= 1e-13 * best.abs().max(1e-300) {
+        if (worst - best).abs() <= search.rel_tol * best.abs().max(1e-300) {
             break;
         }
         let mut centroid = [0.0; D];
