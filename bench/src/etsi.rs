@@ -10,6 +10,15 @@
 //! With `--api skip` the same loop runs over SKIP instead (docs/skip.md): `GET /key` at the
 //! initiator's node, `GET /key/<keyId>` at the responder's, each on a fresh TLS connection because
 //! the Key Provider closes every connection after one answer, as SKIP clients expect.
+//!
+//! With `--api grpc` it runs over the gRPC key delivery service (docs/grpc.md) with the generated
+//! client of `qkd-proto`: `GetKeys` at the master's node, `GetKeysByIds` at the slave's, each
+//! client on its own HTTP/2 connection to each node. The report gives key pairs per second per
+//! core of node CPU as well, so the front ends can be compared by their cost.
+//!
+//! `--metrics off` writes `[metrics] enabled = false` into both nodes' configuration before the
+//! start: no recorder is installed, so every counter of the request path is a no-op (issue 12:
+//! pairs/s with metrics on against off).
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -30,14 +39,29 @@ pub enum Api {
     Etsi,
     /// SKIP: `GET /key`, then `GET /key/<keyId>`, one connection per request.
     Skip,
+    /// gRPC key delivery: `GetKeys`, then `GetKeysByIds`, on one HTTP/2 connection per node.
+    Grpc,
+}
+
+/// Whether the nodes record and serve metrics (`[metrics] enabled`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metrics {
+    /// As generated: metrics recorded and served at `/metrics`.
+    On,
+    /// `[metrics] enabled = false` in both nodes' configuration.
+    Off,
 }
 
 /// Arguments of `qkd-bench etsi`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Front end: `etsi` (ETSI 014) or `skip` (SKIP Key Provider).
+    /// Front end: `etsi` (ETSI 014), `skip` (SKIP Key Provider) or `grpc` (gRPC key delivery).
     #[arg(long, value_enum, default_value = "etsi")]
     pub api: Api,
+    /// The nodes' metrics: `on` (as generated) or `off` (`[metrics] enabled = false`).
+    #[arg(long, value_enum, default_value = "on")]
+    pub metrics: Metrics,
     /// Concurrent clients, each with its own connections.
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
@@ -80,6 +104,7 @@ pub struct Args {
 #[derive(Debug, serde::Serialize)]
 pub struct Report {
     pub api: Api,
+    pub metrics: Metrics,
     pub clients: usize,
     pub key_bits: u32,
     pub both_directions: bool,
@@ -94,6 +119,8 @@ pub struct Report {
     pub pool_left: Vec<(String, u64)>,
     /// Key pairs (enc_keys answered and dec_keys returned the same bytes) per second in the window.
     pub pairs_per_s: f64,
+    /// Key pairs/s per core of CPU the two nodes used in the window (their user + system time).
+    pub pairs_per_node_core_s: f64,
     pub enc_keys: Latency,
     pub dec_keys: Latency,
     pub pair: Latency,
@@ -126,6 +153,7 @@ impl Report {
             match self.api {
                 Api::Etsi => "etsi",
                 Api::Skip => "skip (enc_keys = GET /key, dec_keys = GET /key/<keyId>)",
+                Api::Grpc => "grpc (enc_keys = GetKeys, dec_keys = GetKeysByIds)",
             },
             self.clients,
             self.key_bits,
@@ -147,7 +175,15 @@ impl Report {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        println!("key pairs/s: {:.0}", self.pairs_per_s);
+        println!(
+            "key pairs/s: {:.0} ({:.0} per core of node CPU); metrics {}",
+            self.pairs_per_s,
+            self.pairs_per_node_core_s,
+            match self.metrics {
+                Metrics::On => "on",
+                Metrics::Off => "off",
+            }
+        );
         println!(
             "{:<10} {:>9} {:>9} {:>9} {:>9} {:>9}",
             "latency", "count", "mean ms", "p50 ms", "p99 ms", "max ms"
@@ -204,7 +240,17 @@ pub async fn run(args: &Args) -> Result<Report> {
         batch_keys: args.batch_keys,
         log_level: "warn".into(),
     };
-    let net = crate::start_network(&bin, args.dir.as_deref(), &layout)?;
+    let net = qkd_testnet::Net::launch(&bin, args.dir.as_deref(), &layout)?;
+    if args.metrics == Metrics::Off {
+        for node in ["A", "B"] {
+            net.edit_config(node, |t| {
+                let mut m = toml::Table::new();
+                m.insert("enabled".into(), toml::Value::Boolean(false));
+                t.insert("metrics".into(), toml::Value::Table(m));
+            });
+        }
+    }
+    net.start_all()?;
     let pairs: Vec<Arc<PairIdentity>> = [("ENC-A1", "ENC-B1"), ("ENC-A2", "ENC-B2")]
         .iter()
         .map(|(a, b)| {
@@ -217,9 +263,16 @@ pub async fn run(args: &Args) -> Result<Report> {
         })
         .collect::<Result<_>>()?;
     let bases = match args.api {
-        Api::Etsi => [net.try_base("A")?, net.try_base("B")?],
+        Api::Etsi | Api::Grpc => [net.try_base("A")?, net.try_base("B")?],
         Api::Skip => [net.skip_base("A")?, net.skip_base("B")?],
     };
+    if args.api == Api::Grpc {
+        for node in ["A", "B"] {
+            net.try_listen(node)?
+                .grpc
+                .with_context(|| format!("node {node} serves no gRPC"))?;
+        }
+    }
     // Every pool (both directions) full and the refills finished before the clock starts.
     let mut pools = Vec::new();
     for p in &pairs {
@@ -238,6 +291,11 @@ pub async fn run(args: &Args) -> Result<Report> {
         let c = Client {
             to_a: net.sae_client(&pair.a)?,
             to_b: net.sae_client(&pair.b)?,
+            grpc: match args.api {
+                // Lazy channels: each connects at its first call, its own HTTP/2 connection.
+                Api::Grpc => Some([net.grpc(&pair.a, "A"), net.grpc(&pair.b, "B")]),
+                Api::Etsi | Api::Skip => None,
+            },
             bases: bases.clone(),
             pair,
             api: args.api,
@@ -291,8 +349,16 @@ pub async fn run(args: &Args) -> Result<Report> {
     }
     let window = args.duration.as_secs_f64();
     let pair = pair.summary();
+    let pairs_per_s = pair.count as f64 / window;
+    let node_cores: f64 = cpu
+        .processes
+        .iter()
+        .filter(|p| p.label.starts_with("node "))
+        .map(|p| p.percent_of_one_core / 100.0)
+        .sum();
     Ok(Report {
         api: args.api,
+        metrics: args.metrics,
         clients: args.clients,
         key_bits: args.size,
         both_directions: args.both_directions,
@@ -301,7 +367,12 @@ pub async fn run(args: &Args) -> Result<Report> {
         pool_keys,
         pool_fill_s: pool_fill.as_secs_f64(),
         pool_left,
-        pairs_per_s: pair.count as f64 / window,
+        pairs_per_s,
+        pairs_per_node_core_s: if node_cores > 0.0 {
+            pairs_per_s / node_cores
+        } else {
+            0.0
+        },
         enc_keys: enc.summary(),
         dec_keys: dec.summary(),
         pair,
@@ -355,6 +426,8 @@ struct PairIdentity {
 struct Client {
     to_a: reqwest::Client,
     to_b: reqwest::Client,
+    /// With `--api grpc`: this client's gRPC key delivery clients of A and B.
+    grpc: Option<[KeyDelivery; 2]>,
     /// Base URLs of A and B: ETSI 014's end in `/api/v1/keys/`; SKIP's are the listener's root.
     bases: [String; 2],
     pair: Arc<PairIdentity>,
@@ -410,6 +483,14 @@ impl Client {
             let a = (&self.to_a, &self.bases[0], &self.pair.a, "KP_A");
             let b = (&self.to_b, &self.bases[1], &self.pair.b, "KP_B");
             let (enc_side, dec_side) = if forward { (a, b) } else { (b, a) };
+            // gRPC clients of the master's node, then of the slave's node.
+            let grpc = self.grpc.as_ref().map(|[ga, gb]| {
+                if forward {
+                    (ga.clone(), gb.clone())
+                } else {
+                    (gb.clone(), ga.clone())
+                }
+            });
             let (enc_c, enc_base, master, master_kp) = enc_side;
             let (dec_c, dec_base, slave, slave_kp) = dec_side;
             let enc = match self.api {
@@ -424,6 +505,10 @@ impl Client {
                     );
                     fetch_skip(enc_c, &url).await
                 }
+                Api::Grpc => match &grpc {
+                    Some((g, _)) => grpc_get_keys(g.clone(), slave, self.size).await,
+                    None => Err(Failure::Status("no gRPC client".into())),
+                },
             };
             let (id, key) = match enc {
                 Ok(mut keys) if keys.len() == 1 => keys.remove(0),
@@ -448,6 +533,10 @@ impl Client {
                     let url = format!("{dec_base}/key/{id}?remoteSystemID={master_kp}");
                     fetch_skip(dec_c, &url).await
                 }
+                Api::Grpc => match &grpc {
+                    Some((_, g)) => grpc_get_keys_by_ids(g.clone(), master, &id).await,
+                    None => Err(Failure::Status("no gRPC client".into())),
+                },
             };
             let t2 = Instant::now();
             match got {
@@ -557,6 +646,66 @@ pub(crate) async fn fetch_post(
     body: &serde_json::Value,
 ) -> Result<Vec<(String, Vec<u8>)>, Failure> {
     send(c.post(url).json(body), url).await
+}
+
+/// The generated gRPC key delivery client (cheap to clone: clones share the connection).
+type KeyDelivery =
+    qkd_proto::keys::key_delivery_client::KeyDeliveryClient<tonic::transport::Channel>;
+
+/// `GetKeys` of one key of `size` bits shared with `slave`: (key ID, bytes).
+async fn grpc_get_keys(
+    mut c: KeyDelivery,
+    slave: &str,
+    size: u32,
+) -> Result<Vec<(String, Vec<u8>)>, Failure> {
+    let r = c
+        .get_keys(qkd_proto::keys::GetKeysRequest {
+            slave_sae_id: slave.into(),
+            number: Some(1),
+            size: Some(size),
+            additional_slave_sae_ids: Vec::new(),
+        })
+        .await;
+    grpc_keys(r, "GetKeys")
+}
+
+/// `GetKeysByIds` of the key `id` that `master` obtained: (key ID, bytes).
+async fn grpc_get_keys_by_ids(
+    mut c: KeyDelivery,
+    master: &str,
+    id: &str,
+) -> Result<Vec<(String, Vec<u8>)>, Failure> {
+    let r = c
+        .get_keys_by_ids(qkd_proto::keys::GetKeysByIdsRequest {
+            master_sae_id: master.into(),
+            key_ids: vec![id.into()],
+        })
+        .await;
+    grpc_keys(r, "GetKeysByIds")
+}
+
+/// The keys of a gRPC answer; `UNAVAILABLE` and `RESOURCE_EXHAUSTED` are a 503's counterparts.
+fn grpc_keys(
+    r: Result<tonic::Response<qkd_proto::keys::GetKeysResponse>, tonic::Status>,
+    call: &str,
+) -> Result<Vec<(String, Vec<u8>)>, Failure> {
+    match r {
+        Ok(r) => Ok(r
+            .into_inner()
+            .keys
+            .into_iter()
+            .map(|k| (k.key_id.clone(), k.key.clone()))
+            .collect()),
+        Err(s) => {
+            let msg = format!("{call}: {:?} {}", s.code(), s.message());
+            Err(match s.code() {
+                tonic::Code::Unavailable | tonic::Code::ResourceExhausted => {
+                    Failure::Unavailable(msg)
+                }
+                _ => Failure::Status(msg),
+            })
+        }
+    }
 }
 
 /// GETs a SKIP key (`/key` or `/key/<keyId>`) and returns it as the one (keyId, bytes).

@@ -2,7 +2,8 @@
 //!
 //! * `etsi` - key pairs/s and latency through ETSI GS QKD 014 (`enc_keys` at one node, `dec_keys`
 //!   of the same key at the other) against two real `qkd-node` processes on loopback, with many
-//!   concurrent clients on keep-alive mutual-TLS connections;
+//!   concurrent clients on keep-alive mutual-TLS connections; the same over SKIP or gRPC
+//!   (`--api`), and with the nodes' metrics off (`--metrics off`);
 //! * `ingest` - how fast the durable store makes link key material durable (group commit,
 //!   `Durability::Immediate`), in Mbit/s;
 //! * `disk` - the disk's own sync-write figures, so that a store limit can be told apart from a
@@ -19,7 +20,9 @@
 //! * `stream` - delivery jitter of an ETSI 004-style key stream over gRPC at a set cadence, at
 //!   both ends at once (issue 11);
 //! * `link` - throughput of a `qkd-link` tunnel rekeyed every second against the same tunnel
-//!   with a fixed key, in interleaved runs (issue 11).
+//!   with a fixed key, in interleaved runs (issue 11);
+//! * `scrape` - the time and size of one Prometheus scrape of a node with many SAE pairs
+//!   (issue 12).
 //!
 //! Every run prints where it ran (CPU model, cores, memory): the load generator always shares the
 //! host with the nodes and talks to them over loopback. This binary only measures; it never
@@ -37,6 +40,7 @@ mod link;
 mod machine;
 mod measure;
 mod relay;
+mod scrape;
 mod stream;
 
 use std::time::Duration;
@@ -93,6 +97,10 @@ enum Cmd {
     ///
     /// Example: qkd-bench link --rounds 5 --duration 5s
     Link(link::Args),
+    /// Time and size of one /metrics scrape of a node with many SAE pairs (default 1,000).
+    ///
+    /// Example: qkd-bench scrape --pairs 1000 --scrapes 200
+    Scrape(scrape::Args),
 }
 
 fn main() -> Result<()> {
@@ -137,6 +145,10 @@ fn main() -> Result<()> {
         Cmd::Link(a) => {
             let r = rt.block_on(link::run(a))?;
             output(cli.json, &machine, "link", &r, || r.print())
+        }
+        Cmd::Scrape(a) => {
+            let r = rt.block_on(scrape::run(a))?;
+            output(cli.json, &machine, "scrape", &r, || r.print())
         }
         Cmd::Disk(a) => {
             let r = disk::run(a)?;

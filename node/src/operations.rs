@@ -3,6 +3,7 @@
 //! thresholds). The daemon calls [`Operations::start`] before it opens the store, so that every
 //! metric handle reaches the recorder and the start of the node is the audit log's first record.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -139,21 +140,42 @@ pub fn thresholds(cfg: &NodeConfig) -> Thresholds {
 
 /// Pairs whose pool is kept here: master attached here, slave at another node, allowed.
 pub fn pool_pairs(cfg: &NodeConfig) -> Vec<(SaeId, SaeId)> {
+    let here = attached_here(cfg);
     delivery_pairs(cfg)
         .into_iter()
-        .filter(|(m, _)| attached_here(cfg, m))
+        .filter(|(m, _)| here.contains(m))
         .collect()
 }
 
 /// Pairs whose keys are delivered here to one of them: ordered (master, slave) pairs that may
-/// share keys, with exactly one of the two attached here.
+/// share keys, with exactly one of the two attached here. In the order of `[[sae]]` (masters,
+/// then their slaves).
+///
+/// Linear in the SAEs and their peers: a node with 1,000 SAE pairs took more than a minute to
+/// start when every SAE was compared with every other and each of those looked up both ends
+/// again (BENCHMARKS.md, issue 12).
 pub fn delivery_pairs(cfg: &NodeConfig) -> Vec<(SaeId, SaeId)> {
+    let mut entries: HashMap<&SaeId, Vec<usize>> = HashMap::new();
+    for (i, s) in cfg.saes.iter().enumerate() {
+        entries.entry(&s.id).or_default().push(i);
+    }
+    let here = attached_here(cfg);
     let mut out = Vec::new();
     for a in &cfg.saes {
-        for b in &cfg.saes {
-            let allowed = a.peers.contains(&b.id) && b.peers.contains(&a.id);
-            let here = attached_here(cfg, &a.id) != attached_here(cfg, &b.id);
-            if a.id != b.id && allowed && here {
+        // The entries named by a's peers, in configuration order (each allowed by a).
+        let mut slaves: Vec<usize> = a
+            .peers
+            .iter()
+            .filter_map(|p| entries.get(p))
+            .flatten()
+            .copied()
+            .collect();
+        slaves.sort_unstable();
+        slaves.dedup();
+        for b in slaves.into_iter().map(|i| &cfg.saes[i]) {
+            let allowed = b.peers.contains(&a.id);
+            let one_here = here.contains(&a.id) != here.contains(&b.id);
+            if a.id != b.id && allowed && one_here {
                 out.push((a.id.clone(), b.id.clone()));
             }
         }
@@ -161,10 +183,13 @@ pub fn delivery_pairs(cfg: &NodeConfig) -> Vec<(SaeId, SaeId)> {
     out
 }
 
-fn attached_here(cfg: &NodeConfig, sae: &SaeId) -> bool {
+/// The SAEs attached to this node.
+fn attached_here(cfg: &NodeConfig) -> HashSet<&SaeId> {
     cfg.saes
         .iter()
-        .any(|s| &s.id == sae && s.node == cfg.node.id)
+        .filter(|s| s.node == cfg.node.id)
+        .map(|s| &s.id)
+        .collect()
 }
 
 /// (configuration name, end of validity) of each certificate the node presents.
@@ -273,6 +298,37 @@ mod tests {
         params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
         let cert = params.self_signed(&key).expect("certificate");
         std::fs::write(dir.join(name), cert.pem()).expect("write");
+    }
+
+    /// The indexed pairs are exactly those of the definition (every SAE against every other),
+    /// in the same order, with one-sided peers and a pair with both ends here.
+    #[test]
+    fn delivery_and_pool_pairs_follow_the_definition() {
+        let extra = "\n[[sae]]\nid = \"ENC-A2\"\nnode = \"A\"\npeers = [\"ENC-C\", \"ENC-B\", \"ENC-A\"]\n\
+                     \n[[sae]]\nid = \"ENC-C\"\nnode = \"B\"\npeers = [\"ENC-A2\", \"ENC-A\"]\n\
+                     \n[[sae]]\nid = \"ENC-B2\"\nnode = \"B\"\npeers = [\"ENC-A2\"]\n";
+        let text = TEST_CONFIG
+            .replace("peers = [\"ENC-A\"]\n", "peers = [\"ENC-A\", \"ENC-A2\"]\n")
+            .replace("peers = [\"ENC-B\"]\n", "peers = [\"ENC-B\", \"ENC-A2\"]\n")
+            + extra;
+        let cfg =
+            NodeConfig::parse(std::path::Path::new("node.toml"), &text).expect("configuration");
+        let here = |x: &SaeId| cfg.saes.iter().any(|s| &s.id == x && s.node == cfg.node.id);
+        let mut naive = Vec::new();
+        for a in &cfg.saes {
+            for b in &cfg.saes {
+                let allowed = a.peers.contains(&b.id) && b.peers.contains(&a.id);
+                if a.id != b.id && allowed && here(&a.id) != here(&b.id) {
+                    naive.push((a.id.clone(), b.id.clone()));
+                }
+            }
+        }
+        assert_eq!(delivery_pairs(&cfg), naive);
+        let names: Vec<String> = pool_pairs(&cfg)
+            .iter()
+            .map(|(m, s)| format!("{m}>{s}"))
+            .collect();
+        assert_eq!(names, ["ENC-A>ENC-B", "ENC-A2>ENC-B", "ENC-A2>ENC-C"]);
     }
 
     /// The certificates whose expiry is watched include the node's client certificate at each

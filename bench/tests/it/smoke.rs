@@ -65,15 +65,15 @@ fn etsi() {
     figure(&r["pair"]["p99_ms"], &r);
 }
 
-/// The same loop over SKIP: keys must match, and no request may fail (a broken SKIP path fails
-/// every request, however slow the machine).
-#[test]
-fn etsi_over_skip() {
+/// The loop of `etsi` over another front end (`--api`, with `extra` arguments), two clients:
+/// keys must match and no request may fail (a broken path fails every request, however slow
+/// the machine).
+fn front_end(api: &str, extra: &[&str]) -> Value {
     let bin = node_bin();
-    let r = bench(&[
+    let mut args = vec![
         "etsi",
         "--api",
-        "skip",
+        api,
         "--clients",
         "2",
         "--duration",
@@ -85,12 +85,30 @@ fn etsi_over_skip() {
         "256",
         "--nodes-bin",
         bin.to_str().unwrap(),
-    ]);
-    assert_eq!(r["api"], "skip", "{r}");
-    assert_eq!(r["errors"]["mismatches"], 0, "{r}");
-    assert_eq!(r["errors"]["enc_keys"], 0, "{r}");
-    assert_eq!(r["errors"]["dec_keys"], 0, "{r}");
+    ];
+    args.extend_from_slice(extra);
+    let r = bench(&args);
+    assert_eq!(r["api"], api, "{r}");
+    for e in ["mismatches", "enc_keys", "dec_keys"] {
+        assert_eq!(r["errors"][e], 0, "{r}");
+    }
     figure(&r["pairs_per_s"], &r);
+    figure(&r["pairs_per_node_core_s"], &r);
+    r
+}
+
+/// The same loop over SKIP (a new TLS connection per request).
+#[test]
+fn etsi_over_skip() {
+    front_end("skip", &[]);
+}
+
+/// The same loop over gRPC (GetKeys, GetKeysByIds) with the nodes' metrics off.
+#[test]
+fn etsi_over_grpc_with_metrics_off() {
+    let r = front_end("grpc", &["--metrics", "off"]);
+    assert_eq!(r["metrics"], "off", "{r}");
+    assert_eq!(r["errors"]["transport"], 0, "{r}");
 }
 
 #[test]
@@ -273,4 +291,26 @@ fn link() {
         r["rekeyed"]["epochs_per_run"][0].as_u64().unwrap() >= 2,
         "{r}"
     );
+}
+
+/// A node with 20 SAE pairs: every pool gauge is in the exposition, and scrapes are timed.
+#[test]
+fn scrape() {
+    let bin = node_bin();
+    let r = bench(&[
+        "scrape",
+        "--pairs",
+        "20",
+        "--scrapes",
+        "5",
+        "--pool-keys",
+        "64",
+        "--nodes-bin",
+        bin.to_str().unwrap(),
+    ]);
+    assert_eq!(r["pairs"], 20, "{r}");
+    assert_eq!(r["pool_series"], 20, "{r}");
+    assert_eq!(r["scrape"]["count"], 5, "{r}");
+    assert!(r["response_bytes"].as_u64().unwrap() > 1000, "{r}");
+    figure(&r["scrape"]["p99_ms"], &r);
 }

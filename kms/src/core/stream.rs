@@ -413,10 +413,13 @@ impl Cadence {
         Self { period }
     }
 
-    /// When the key after one sent at `last_sent` may go. Counted from the actual send, so a key
-    /// sent late (the reader was slow) pushes the next one back rather than bunching them.
-    pub fn next_due<T: std::ops::Add<Duration, Output = T>>(&self, last_sent: T) -> T {
-        last_sent + self.period
+    /// When the key after the one due at `last_due` may go, asked at `now`: one period after
+    /// `last_due`, on a fixed grid, so the time spent fetching and committing each key does not
+    /// stretch the cadence (counted from each actual send instead, 100 keys/s delivered 71-76:
+    /// BENCHMARKS.md, issue 11); but never before `now`, so a key already late (the reader or
+    /// the store was slow) restarts the grid at `now` and late keys never go in a burst.
+    pub fn next_due<T: std::ops::Add<Duration, Output = T> + Ord>(&self, last_due: T, now: T) -> T {
+        (last_due + self.period).max(now)
     }
 }
 
@@ -649,8 +652,11 @@ mod tests {
             ..qos(32)
         });
         assert_eq!(c.period, Duration::from_millis(10));
-        let t = Duration::from_secs(1);
-        assert_eq!(c.next_due(t), t + Duration::from_millis(10));
-        assert_eq!(Cadence::of(&qos(32)).next_due(t), t);
+        let (t, ms) = (Duration::from_secs(1), Duration::from_millis);
+        // On the grid, however long the last key took to fetch.
+        assert_eq!(c.next_due(t, t + ms(3)), t + ms(10));
+        // A late key restarts the grid now: no burst to catch up.
+        assert_eq!(c.next_due(t, t + ms(25)), t + ms(25));
+        assert_eq!(Cadence::of(&qos(32)).next_due(t, t + ms(1)), t + ms(1));
     }
 }

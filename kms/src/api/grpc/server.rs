@@ -261,18 +261,19 @@ impl KeyDelivery for KeyDeliveryService {
         let me = self.clone();
         tokio::spawn(async move {
             let cadence = Cadence::of(&qos);
-            let mut last: Option<tokio::time::Instant> = None;
+            // When the previous key was due (the cadence's grid).
+            let mut due: Option<tokio::time::Instant> = None;
             let end = count.map(|n| from.saturating_add(n));
             let mut index = from;
             while end.is_none_or(|e| index < e) {
                 let Ok(permit) = tx.reserve().await else {
                     return; // the caller went away
                 };
-                if let Some(last) = last {
-                    tokio::time::sleep_until(cadence.next_due(last)).await;
-                }
+                let now = tokio::time::Instant::now();
+                let next = due.map_or(now, |d| cadence.next_due(d, now));
+                tokio::time::sleep_until(next).await;
+                due = Some(next);
                 let got = me.service.stream_key(&caller, stream, index).await;
-                last = Some(tokio::time::Instant::now());
                 match me.finish(
                     Operation::StreamKey,
                     got.map(|k| stream_key(index, &k)).map_err(GrpcError::from),
