@@ -207,6 +207,20 @@ impl Report {
             println!("  e.g. {s}");
         }
         self.cpu.print();
+        for p in self
+            .cpu
+            .processes
+            .iter()
+            .filter(|p| p.label.starts_with("node"))
+        {
+            println!(
+                "{}: {:.1} KB written to disk per key pair, RSS {:.1} MB (peak {:.1} MB)",
+                p.label,
+                p.disk_write_bytes as f64 / 1e3 / (self.pairs_per_s * self.window_s).max(1.0),
+                p.memory.rss_kib as f64 / 1024.0,
+                p.memory.peak_kib as f64 / 1024.0
+            );
+        }
         for (node, n) in &self.syncs_per_s {
             println!(
                 "{node}: {n:.0} fsync+fdatasync/s ({:.2} per key pair)",

@@ -67,6 +67,8 @@ pub struct CpuSnapshot {
     waits: Vec<(u64, u64)>,
     /// Machine-wide (busy, total) ticks from `/proc/stat`, summed over all CPUs.
     machine: (u64, u64),
+    /// Per labelled process: resident memory at this instant.
+    memory: BTreeMap<String, Memory>,
 }
 
 impl CpuSnapshot {
@@ -89,6 +91,10 @@ impl CpuSnapshot {
                 .map(|(_, pid)| (runqueue_wait_ns(*pid), write_bytes(*pid)))
                 .collect(),
             machine: machine_ticks().unwrap_or((0, 0)),
+            memory: procs
+                .iter()
+                .map(|(label, pid)| (label.clone(), Memory::of(*pid)))
+                .collect(),
         }
     }
 
@@ -119,6 +125,8 @@ impl CpuSnapshot {
                     percent_of_one_core: pct(t1.saturating_sub(*t0)),
                     runqueue_wait_percent: w1.saturating_sub(*w0) as f64 / 1e9 / wall * 100.0,
                     disk_write_mb_per_s: b1.saturating_sub(*b0) as f64 / 1e6 / wall,
+                    disk_write_bytes: b1.saturating_sub(*b0),
+                    memory: end.memory.get(label).copied().unwrap_or_default(),
                     threads,
                 }
             })
@@ -155,6 +163,10 @@ pub struct ProcessCpu {
     pub runqueue_wait_percent: f64,
     /// `write_bytes` of `/proc/<pid>/io` per second: what it sent to the disk.
     pub disk_write_mb_per_s: f64,
+    /// `write_bytes` of `/proc/<pid>/io` over the window.
+    pub disk_write_bytes: u64,
+    /// Resident memory at the end of the window.
+    pub memory: Memory,
     /// The same per thread name (threads of one name summed), busiest first.
     pub threads: Vec<(String, f64)>,
 }
@@ -183,6 +195,32 @@ impl CpuUse {
             "  machine busy         {:>6.1}% of all cores (anyone's work)",
             self.machine_busy_percent
         );
+    }
+}
+
+/// Resident memory of a process, from `/proc/<pid>/status` (0 where it cannot be read).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Memory {
+    /// `VmRSS`: resident now, KiB.
+    pub rss_kib: u64,
+    /// `VmHWM`: the most it was ever resident, KiB.
+    pub peak_kib: u64,
+}
+
+impl Memory {
+    /// Reads `/proc/<pid>/status`.
+    pub fn of(pid: u32) -> Self {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |name: &str| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0)
+        };
+        Self {
+            rss_kib: field("VmRSS:"),
+            peak_kib: field("VmHWM:"),
+        }
     }
 }
 
@@ -299,5 +337,7 @@ mod tests {
         let u = t0.until(&CpuSnapshot::take(&[("me".into(), me)]));
         assert_eq!(u.processes.len(), 1);
         assert!(u.processes[0].percent_of_one_core >= 0.0);
+        let m = u.processes[0].memory;
+        assert!(m.rss_kib > 0 && m.peak_kib >= m.rss_kib, "{m:?}");
     }
 }

@@ -32,6 +32,8 @@ struct DiskState {
     refused: u64,
     /// Bytes held by the store's reserve file (another file on the same disk).
     reserve: u64,
+    /// Bytes the database wrote, in whole blocks (what a file system sends to the disk).
+    written: u64,
 }
 
 impl DiskState {
@@ -79,6 +81,11 @@ impl Disk {
     /// The free-space probe of this disk, for the store.
     pub fn space(self: &Arc<Self>) -> Box<dyn FreeSpace> {
         Box::new(DiskSpace(self.clone()))
+    }
+
+    /// Bytes written so far, counted in whole 4 KiB blocks: the store's write amplification.
+    pub fn bytes_written(&self) -> u64 {
+        self.state().written
     }
 
     /// How many writes were refused with ENOSPC.
@@ -172,6 +179,7 @@ impl redb::StorageBackend for FaultyBackend {
             s.refused += 1;
             return Err(io::Error::from(io::ErrorKind::StorageFull));
         }
+        s.written += (blocks.end - blocks.start) * BLOCK;
         s.allocated.extend(blocks);
         let start = offset as usize;
         s.bytes[start..start + data.len()].copy_from_slice(data);

@@ -798,6 +798,10 @@ mod tests {
         for seed in 0..12 {
             let dir = tempfile::tempdir().unwrap();
             let (mut disk, _) = open(dir.path());
+            // Half the seeds write tombstone runs and merge them after a few tombstones.
+            if seed % 2 == 1 {
+                disk.set_tombstone_run(3);
+            }
             let mut model = MemStore::new();
             let mut g = Gen::new(seed);
             for step in 0..150 {
