@@ -12,7 +12,8 @@
 //!   the peer (which fetches the same blocks from its end by ID and stores them) and then marks
 //!   them available. The sans-IO [`LinkPool`] decides which bytes back which use; only the
 //!   allocator chooses, the other end checks.
-//! * **Keys for SAEs.** Every delivered key comes from a relayed batch ([`relay`]): hop-by-hop
+//! * **Keys for SAEs.** Every delivered key comes from a relayed batch, decided by the relay
+//!   engine's sans-IO machines ([`crate::relay`]) and run by this module's `relay`: hop-by-hop
 //!   one-time pad over link key to the slave's node, end-to-end exchange (hybrid, or a signed
 //!   description for `qkd-only` pairs), the destination commits before the source keeps the keys.
 //!   Default-size keys wait in per-pair pools at the master's node; other sizes and multicast are

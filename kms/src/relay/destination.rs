@@ -1,5 +1,5 @@
 //! The destination's part of a relayed batch, sans-IO (docs/design.md §2; the module
-//! [`crate::manager::relay`] runs it).
+//! `manager::relay` runs it).
 //!
 //! 1. Message 1 arrives with the relayed keys ([`Destination::offer`]): the batch is checked
 //!    against this node's configuration (the master is attached at the path's first node, every

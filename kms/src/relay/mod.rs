@@ -1,7 +1,7 @@
 //! The trusted-node relay protocol as sans-IO state machines (docs/design.md §2). Each takes
 //! domain inputs and `now` and returns what to do: messages to send, store operations to
 //! commit, answers to give. No tokio, sockets or protobuf types: the wire conversion lives in
-//! [`crate::peer::wire`], and the shell that runs these machines over the network, the store's
+//! `peer::wire`, and the shell that runs these machines over the network, the store's
 //! writer and timers is [`crate::manager`]'s relay module.
 //!
 //! * [`topology`]: the network graph as a node learns it, and routes over it;
