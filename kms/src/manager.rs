@@ -348,17 +348,20 @@ impl Refusal {
 
     /// Whether the refusal means a message was altered or forged on its way: a hop's MAC, a
     /// multicast key's seal, the end-to-end exchange or a signature failed, or a node spoke for
-    /// a batch or notice it did not start.
+    /// a batch or notice it did not start. An end-to-end refusal caused by this node's own
+    /// configuration (no signing key, no key pinned for the peer) is not: it pages no one for an
+    /// attack that is a missing file.
     pub fn tampering(&self) -> bool {
-        matches!(
-            self,
+        match self {
+            Refusal::E2e(e2e::E2eError::NoSigningKey | e2e::E2eError::NotPinned(_)) => false,
             Refusal::Authentication
-                | Refusal::MulticastAuthentication
-                | Refusal::E2e(_)
-                | Refusal::Signature(_)
-                | Refusal::NotSource
-                | Refusal::NoticeSource
-        )
+            | Refusal::MulticastAuthentication
+            | Refusal::E2e(_)
+            | Refusal::Signature(_)
+            | Refusal::NotSource
+            | Refusal::NoticeSource => true,
+            _ => false,
+        }
     }
 }
 

@@ -906,13 +906,22 @@ mod tests {
             notice(&w.e, &n("B"), &good, 1_000, masters.clone()),
             Err(PeerError::Refused(Refusal::NoticeSource))
         ));
-        // Another stamp than the one signed: refused.
+        // Another stamp than the one signed: refused, as tampering.
         let mut moved = good.clone();
         moved.delivered_at = 9_000;
-        assert!(matches!(
-            notice(&w.e, &n("A"), &moved, 1_000, masters),
-            Err(PeerError::Refused(Refusal::Signature(_)))
-        ));
+        let Err(PeerError::Refused(why)) = notice(&w.e, &n("A"), &moved, 1_000, masters.clone())
+        else {
+            panic!("a notice with another stamp than the one signed is refused");
+        };
+        assert!(matches!(why, Refusal::Signature(_)) && why.tampering());
+        // From a node whose key this node never pinned: refused, but as configuration.
+        let mut unpinned = good.clone();
+        unpinned.source_kme = "KME-C".into();
+        let Err(PeerError::Refused(why)) = notice(&w.e, &n("C"), &unpinned, 1_000, masters) else {
+            panic!("a notice from an unpinned node is refused");
+        };
+        assert!(matches!(why, Refusal::E2e(e2e::E2eError::NotPinned(_))));
+        assert!(!why.tampering(), "a missing pinned key is not an attack");
     }
 
     #[test]
