@@ -367,10 +367,21 @@ impl Sender<'_> {
                 .context("rekey failed")?;
             let keys = EpochKeys::derive(&key, &self.stream.ksid, j, true);
             drop(key);
-            self.pending
-                .send(keys.opener)
-                .map_err(|_| anyhow!("internal: the receiving half is gone"))?;
-            self.send(&Message::Rekey(j)).await?;
+            // While the key was fetched, the tunnel may have ended: the peer's `End` arrived
+            // after this end's, the peer closed, and the receiving half finished cleanly. The
+            // rekey is then moot, not a failure.
+            if self.pending.send(keys.opener).is_err() {
+                if self.both_ended(&mut p).await? {
+                    continue;
+                }
+                bail!("internal: the receiving half is gone");
+            }
+            if let Err(e) = self.send(&Message::Rekey(j)).await {
+                if self.both_ended(&mut p).await? {
+                    continue;
+                }
+                return Err(e);
+            }
             self.sealer = keys.sealer;
             p.pending = Some((j, Instant::now()));
             tracing::debug!(epoch = j, "rekeyed");
@@ -378,6 +389,14 @@ impl Sender<'_> {
             since = Instant::now();
             prefetch = Some(Prefetch::start(self.stream, j + 1, SKIPS));
         }
+    }
+
+    /// Takes in everything the receiving half said so far; whether both ends have now ended.
+    async fn both_ended(&mut self, p: &mut Progress) -> Result<bool> {
+        while let Ok(c) = self.ctl.try_recv() {
+            self.handle(Some(c), p).await?;
+        }
+        Ok(p.local_done && p.peer_ended)
     }
 
     /// Acts on what the receiving half said.
@@ -437,7 +456,19 @@ impl Receiver {
         let mut prefetch = (!master).then(|| Prefetch::start(&self.stream, 1, 0));
         let mut ended = false;
         loop {
-            let Some((h, body)) = read_frame(&mut self.tunnel).await? else {
+            let frame = match read_frame(&mut self.tunnel).await {
+                Ok(f) => f,
+                // After the peer's `End` no application data can come this way; a connection
+                // reset now (the peer closed while this end's late rekey was on the wire)
+                // loses nothing, and the sending half fails on its own if it still needs the
+                // connection.
+                Err(e) if ended => {
+                    tracing::debug!("the tunnel failed after the peer's end: {e:#}");
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
+            let Some((h, body)) = frame else {
                 if ended {
                     return Ok(());
                 }
