@@ -85,6 +85,14 @@ pub struct ManagerConfig {
     pub relay: RelayConfig,
 }
 
+impl ManagerConfig {
+    /// Whether `a` and `b` may share keys (each lists the other as a peer).
+    pub fn pairs(&self, a: &SaeId, b: &SaeId) -> bool {
+        self.saes.get(a).is_some_and(|e| e.peers.contains(b))
+            && self.saes.get(b).is_some_and(|e| e.peers.contains(a))
+    }
+}
+
 /// One link as the manager runs it.
 #[derive(Debug)]
 pub struct LinkSetup {
@@ -154,19 +162,19 @@ pub struct KeyManager {
 
 #[derive(Debug)]
 struct Inner {
-    cfg: ManagerConfig,
+    /// The configuration in force, replaced whole by [`KeyManager::reconfigure`].
+    live: std::sync::RwLock<Live>,
+    /// Reconfigurations one at a time.
+    reconfiguring: tokio::sync::Mutex<()>,
     clock: Arc<dyn Clock>,
     writer: Writer,
-    /// The configuration stored keys are held against (from `cfg`; shared with the store
-    /// operations that serve keys).
-    fit: Arc<crate::core::fit::FitContext>,
     links: BTreeMap<LinkId, LinkRt>,
     relay: relay::RelayState,
     /// Pool keys found at start that no longer fit their pair's configuration, to be erased by
     /// [`KeyManager::void_stale_keys`] (never served meanwhile: they are not in the pools).
     stale_pool: Mutex<Vec<KeyId>>,
     /// Keys voided at start because the configuration changed, per pair and reason.
-    voided: Mutex<BTreeMap<(SaeId, SaeId, String), u64>>,
+    voided: Mutex<BTreeMap<(Voiding, SaeId, SaeId, String), u64>>,
     /// Every task this manager spawned and that may still run; [`KeyManager::halt`] aborts them.
     tasks: Mutex<tokio::task::JoinSet<()>>,
     /// Who hears this node's events (see [`KeyManager::observe`]).
@@ -177,7 +185,26 @@ struct Inner {
     streams: streams::StreamsRt,
 }
 
-/// Keys of one pair voided at start because they no longer fit its configuration.
+/// The configuration in force and what follows from it. Readers take a snapshot (two `Arc`s)
+/// per request, so a request runs under one configuration from start to end.
+#[derive(Debug)]
+struct Live {
+    cfg: Arc<ManagerConfig>,
+    /// The configuration stored keys are held against (from `cfg`; shared with the store
+    /// operations that serve keys).
+    fit: Arc<crate::core::fit::FitContext>,
+}
+
+/// When keys were voided because their pair's configuration changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Voiding {
+    /// At start: the configuration changed while the node was down.
+    Start,
+    /// By a reload while the node ran.
+    Reload,
+}
+
+/// Keys of one pair voided because they no longer fit its configuration (at start or by a reload).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct VoidedKeys {
     /// Master SAE of the pair.
@@ -400,6 +427,28 @@ impl From<StoreError> for PeerError {
     }
 }
 
+impl Live {
+    fn new(cfg: ManagerConfig) -> Self {
+        let fit = Arc::new(fit_context(&cfg));
+        Self {
+            cfg: Arc::new(cfg),
+            fit,
+        }
+    }
+}
+
+/// The configuration stored keys are held against, from the manager's configuration.
+fn fit_context(cfg: &ManagerConfig) -> crate::core::fit::FitContext {
+    crate::core::fit::FitContext::new(
+        cfg.relay
+            .pairs
+            .iter()
+            .map(|(pair, mode)| (pair.clone(), mode.profile())),
+        cfg.relay.default_mode.profile(),
+        cfg.limits,
+    )
+}
+
 impl KeyManager {
     /// Builds the manager from its configuration, its links and what the store recovered.
     pub fn new(
@@ -425,24 +474,12 @@ impl KeyManager {
                 },
             );
         }
-        let profile = |m: &KeyMode| KeyProfile {
-            policy: m.policy_name(),
-            suite: m.suite_name(),
-        };
-        let fit = Arc::new(crate::core::fit::FitContext::new(
-            cfg.relay
-                .pairs
-                .iter()
-                .map(|(pair, mode)| (pair.clone(), profile(mode))),
-            profile(&cfg.relay.default_mode),
-            cfg.limits,
-        ));
         let me = Self {
             inner: Arc::new(Inner {
-                cfg,
+                live: std::sync::RwLock::new(Live::new(cfg)),
+                reconfiguring: Default::default(),
                 clock,
                 writer,
-                fit,
                 links: map,
                 relay: Default::default(),
                 stale_pool: Mutex::default(),
@@ -496,9 +533,19 @@ impl KeyManager {
         r
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &ManagerConfig {
-        &self.inner.cfg
+    /// The configuration in force (a snapshot: [`KeyManager::reconfigure`] may replace it).
+    pub fn config(&self) -> Arc<ManagerConfig> {
+        self.cfg()
+    }
+
+    /// The configuration in force.
+    fn cfg(&self) -> Arc<ManagerConfig> {
+        relay::read(&self.inner.live).cfg.clone()
+    }
+
+    /// The configuration stored keys are held against now.
+    fn fit(&self) -> Arc<crate::core::fit::FitContext> {
+        relay::read(&self.inner.live).fit.clone()
     }
 
     /// Erases, before the node serves anything, every stored key that no longer fits its pair's
@@ -541,7 +588,7 @@ impl KeyManager {
                 };
                 if let Some(why) = self.misfit(&meta.master, &slaves, origin) {
                     let slave = slaves.first().cloned().unwrap_or(meta.master.clone());
-                    self.note_voided(&meta.master, &slave, &why);
+                    self.note_voided(Voiding::Start, &meta.master, &slave, &why);
                     void.push((id, meta));
                 }
             }
@@ -567,9 +614,20 @@ impl KeyManager {
 
     /// Keys voided at start because the configuration changed (for `/status`).
     pub fn voided_at_start(&self) -> Vec<VoidedKeys> {
+        self.voided(Voiding::Start)
+    }
+
+    /// Keys voided since start by reloads that changed their pair's configuration (for
+    /// `/status`).
+    pub fn voided_by_reload(&self) -> Vec<VoidedKeys> {
+        self.voided(Voiding::Reload)
+    }
+
+    fn voided(&self, when: Voiding) -> Vec<VoidedKeys> {
         relay::lock(&self.inner.voided)
             .iter()
-            .map(|((master, slave, reason), keys)| VoidedKeys {
+            .filter(|((w, ..), _)| *w == when)
+            .map(|((_, master, slave, reason), keys)| VoidedKeys {
                 master: master.clone(),
                 slave: slave.clone(),
                 keys: *keys,
@@ -578,9 +636,15 @@ impl KeyManager {
             .collect()
     }
 
-    fn note_voided(&self, master: &SaeId, slave: &SaeId, why: &crate::core::fit::Misfit) {
+    fn note_voided(
+        &self,
+        when: Voiding,
+        master: &SaeId,
+        slave: &SaeId,
+        why: &crate::core::fit::Misfit,
+    ) {
         *relay::lock(&self.inner.voided)
-            .entry((master.clone(), slave.clone(), why.to_string()))
+            .entry((when, master.clone(), slave.clone(), why.to_string()))
             .or_default() += 1;
     }
 
@@ -591,7 +655,7 @@ impl KeyManager {
         slaves: &[SaeId],
         origin: crate::core::fit::KeyOrigin<'_>,
     ) -> Option<crate::core::fit::Misfit> {
-        self.inner.fit.misfit(master, slaves, origin)
+        self.fit().misfit(master, slaves, origin)
     }
 
     /// The store's free space and watermark (for operators' metrics and alarms).
@@ -703,7 +767,7 @@ impl KeyManager {
         loop {
             tick.tick().await;
             let now = self.inner.clock.now();
-            let retention = self.inner.cfg.tombstone_retention_ms;
+            let retention = self.cfg().tombstone_retention_ms;
             let r = self
                 .inner
                 .writer
@@ -836,7 +900,7 @@ impl KeyManager {
                 .collect(),
             release_before,
         };
-        let timeout = self.inner.cfg.peer_timeout * 4;
+        let timeout = self.cfg().peer_timeout * 4;
         match link.setup.client.offer_blocks(req, timeout).await {
             Ok(_) => {}
             Err(s) if s.code() == tonic::Code::FailedPrecondition => {
@@ -958,17 +1022,12 @@ impl KeyManager {
     }
 
     fn is_local(&self, sae: &SaeId) -> bool {
-        self.inner
-            .cfg
-            .saes
-            .get(sae)
-            .is_some_and(|e| e.node == self.inner.cfg.node)
+        let cfg = self.cfg();
+        cfg.saes.get(sae).is_some_and(|e| e.node == cfg.node)
     }
 
     fn pair_allowed(&self, a: &SaeId, b: &SaeId) -> bool {
-        let cfg = &self.inner.cfg;
-        cfg.saes.get(a).is_some_and(|e| e.peers.contains(b))
-            && cfg.saes.get(b).is_some_and(|e| e.peers.contains(a))
+        self.cfg().pairs(a, b)
     }
 
     // ---- peer-facing operations (called by crate::peer) ----
@@ -1078,7 +1137,7 @@ impl KeyManager {
             let now = self.inner.clock.now();
             let mut q = link.releases.lock().unwrap_or_else(|p| p.into_inner());
             q.push_back((req.release_before, now));
-            let grace = (self.inner.cfg.peer_timeout * 2).as_millis() as u64;
+            let grace = (self.cfg().peer_timeout * 2).as_millis() as u64;
             let mut upto = 0;
             while let Some(&(seq, at)) = q.front() {
                 if now.saturating_sub(at) < grace {
@@ -1237,11 +1296,11 @@ impl KeyService for KeyManager {
     }
 
     fn knows(&self, sae: &SaeId) -> bool {
-        self.inner.cfg.saes.contains_key(sae)
+        self.cfg().saes.contains_key(sae)
     }
 
     fn limits(&self, _master: &SaeId, _slave: &SaeId) -> KeyLimits {
-        self.inner.cfg.limits
+        self.cfg().limits
     }
 
     fn may_pair(&self, master: &SaeId, slave: &SaeId) -> bool {
@@ -1249,11 +1308,11 @@ impl KeyService for KeyManager {
     }
 
     fn profile(&self, master: &SaeId, slave: &SaeId) -> KeyProfile {
-        self.inner.fit.profile(master, slave)
+        self.fit().profile(master, slave)
     }
 
     async fn status(&self, master: &SaeId, slave: &SaeId) -> Result<PairStatus, ServiceError> {
-        let cfg = &self.inner.cfg;
+        let cfg = self.cfg();
         let target_kme = cfg
             .saes
             .get(slave)
@@ -1285,12 +1344,12 @@ impl KeyService for KeyManager {
             ));
         }
         let number = req.number as usize;
-        if req.additional_slaves.is_empty() && req.size_bits == self.inner.cfg.limits.key_size {
+        if req.additional_slaves.is_empty() && req.size_bits == self.cfg().limits.key_size {
             return self.enc_from_pool(&req.master, &req.slave, number).await;
         }
         // Other sizes (and multicast) are derived on demand, but only for requests the pair's
         // pool could cover (policy: never more key material than `stored_key_count`).
-        let key_size = u64::from(self.inner.cfg.limits.key_size);
+        let key_size = u64::from(self.cfg().limits.key_size);
         let wanted = u64::from(req.number)
             * u64::from(req.size_bits)
             * (1 + req.additional_slaves.len() as u64);
@@ -1316,9 +1375,9 @@ impl KeyService for KeyManager {
                 master: req.master,
                 slave: req.slave,
                 ids: req.key_ids,
-                ttl_ms: self.inner.cfg.key_ttl_ms,
+                ttl_ms: self.cfg().key_ttl_ms,
                 now: self.inner.clock.now(),
-                fit: self.inner.fit.clone(),
+                fit: self.fit(),
             })
             .await;
         match out {
@@ -1384,10 +1443,12 @@ impl KeyService for KeyManager {
 }
 
 pub(crate) mod e2e;
+pub mod reconfigure;
 mod relay;
 pub(crate) mod streams;
 
 pub use e2e::{E2eKeys, KeyMode};
+pub use reconfigure::{Blocker, LiveConfig, ReconfigureError};
 pub use relay::{NoticeStats, RelayConfig, RelayError};
 // For the fuzz target bodies (crate::fuzzing) only.
 pub(crate) use crate::peer::wire::{advert_of, parse_path};

@@ -11,7 +11,7 @@
 //! | `GET /v1/whoami` | who the node thinks you are (no change, not audited) |
 //! | `POST /v1/links/{link}/drain` | advertise the link down: routes go around it |
 //! | `POST /v1/links/{link}/enable` | undo a drain |
-//! | `POST /v1/reload` | reload the configuration file (`reload`; 409 when refused) |
+//! | `POST /v1/reload[?void_pools=true]` | reload the configuration file (`reload`; 409 when refused) |
 //! | `POST /v1/rotate/certs` | re-read every certificate, key and CA file; new handshakes use them (`rotate_certs`; 409 when refused) |
 //! | `POST /v1/rotate/kek` | a fresh data-key epoch under a new KEK period (`rotate_kek`; 409 when refused) |
 //!
@@ -315,15 +315,38 @@ fn set_link(ctx: &ControlParts, peer: &Peer, link: &str, want: LinkAdmin) -> Res
     (code, axum::Json(body)).into_response()
 }
 
-async fn reload(State(ctx): State<Ctx>, ConnectInfo(peer): ConnectInfo<Peer>) -> Response {
+/// `POST /v1/reload[?void_pools=true]`.
+#[derive(Debug, serde::Deserialize)]
+struct ReloadQuery {
+    /// Void pooled keys the new configuration no longer fits (else such a reload is refused).
+    #[serde(default)]
+    void_pools: bool,
+}
+
+async fn reload(
+    State(ctx): State<Ctx>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    query: Result<axum::extract::Query<ReloadQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
     let op = match operator(&ctx, &peer, "reload") {
         Ok(op) => op,
         Err(r) => return r.into_response(),
     };
-    let r = ctx.reloader.clone();
-    let by = format!("operator:{op}");
-    // Reading and checking the files is blocking work; the reload is audited by the reloader.
-    let out = blocking(move || r.reload(&by), "reload").await;
+    let void_pools = match query {
+        Ok(q) => q.void_pools,
+        Err(e) => {
+            let out = crate::reload::Outcome {
+                outcome: "refused",
+                detail: format!("bad query (expected void_pools=true|false): {e}"),
+            };
+            return answer(&op, "reload", out);
+        }
+    };
+    // Audited by the reloader.
+    let out = ctx
+        .reloader
+        .reload(&format!("operator:{op}"), void_pools)
+        .await;
     answer(&op, "reload", out)
 }
 

@@ -20,7 +20,8 @@ use qkd_kms::api::skip::{EntropySource, KeyProvider, OsEntropy, Route};
 use qkd_kms::api::{KeyLimits, KeyService};
 use qkd_kms::durable::Access;
 use qkd_kms::manager::{
-    E2eKeys, KeyManager, LinkSetup, ManagerConfig, NeighbourEntry, RelayConfig, SaeEntry,
+    E2eKeys, KeyManager, LinkSetup, LiveConfig, ManagerConfig, NeighbourEntry, RelayConfig,
+    SaeEntry,
 };
 use qkd_kms::store::vault::FileKek;
 use qkd_kms::store::{Store, StoreOptions};
@@ -320,36 +321,19 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         });
     }
 
+    let live = live_config(&cfg)?;
     let mcfg = ManagerConfig {
         node: cfg.node.id.clone(),
         kme: cfg.node.kme_id.clone(),
-        saes: cfg
-            .saes
-            .iter()
-            .map(|s| {
-                (
-                    s.id.clone(),
-                    SaeEntry {
-                        node: s.node.clone(),
-                        peers: s.peers.clone(),
-                    },
-                )
-            })
-            .collect(),
+        saes: live.saes.clone(),
         neighbours,
-        limits: KeyLimits {
-            key_size: cfg.limits.key_size,
-            min_key_size: cfg.limits.min_key_size,
-            max_key_size: cfg.limits.max_key_size,
-            max_key_per_request: cfg.limits.max_key_per_request,
-            max_sae_id_count: cfg.limits.max_sae_id_count,
-        },
+        limits: live.limits,
         key_ttl_ms: cfg.node.key_ttl_seconds * 1000,
         peer_timeout: Duration::from_millis(cfg.node.peer_timeout_ms),
         // Tombstones answer a master asking for its own keys (within the key TTL) and keep key IDs
         // unique while their keys could still be around: pool TTL plus key TTL covers both.
         tombstone_retention_ms: (cfg.relay.pool_ttl_seconds + cfg.node.key_ttl_seconds) * 1000,
-        relay: relay_config(&cfg)?,
+        relay: relay_config(&cfg, &live)?,
     };
     let manager = KeyManager::new(mcfg, clock.clone(), writer, setups, recovered);
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -452,14 +436,15 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         let st = stop();
         async move { qkd_kms::peer::serve(peer_l, &tls, m, st).await }
     });
-    let etsi015 = crate::etsi015::Setup::of(&cfg, clock.now())?;
+    let etsi015: crate::etsi015::SharedSetup = Arc::new(std::sync::RwLock::new(Arc::new(
+        crate::etsi015::Setup::of(&cfg, clock.now())?,
+    )));
     let admin_task = admin_l.map(|l| {
         tokio::spawn(status::serve(
             l,
             manager.clone(),
             status::AdminParts {
                 node: cfg.node.id.clone(),
-                warnings: warnings.clone(),
                 api_requests: counters.clone(),
                 monitor: monitor.clone(),
                 telemetry: ops.telemetry.clone(),
@@ -476,9 +461,13 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     let reloader = Arc::new(crate::reload::Reloader::new(
         config_text,
         cfg.clone(),
-        manager.clone(),
-        monitor.clone(),
-        ops.audit.clone(),
+        crate::reload::ReloadParts {
+            manager: manager.clone(),
+            monitor: monitor.clone(),
+            telemetry: ops.telemetry.clone(),
+            etsi015: etsi015.clone(),
+            audit: ops.audit.clone(),
+        },
     ));
     let rotator = Arc::new(crate::rotate::Rotator::new(
         endpoints,
@@ -575,7 +564,44 @@ fn key_provider(section: &crate::config::SkipSection) -> Result<KeyProvider> {
 }
 
 /// Relay settings, pair protection and the end-to-end identity (generated on first start).
-fn relay_config(cfg: &NodeConfig) -> Result<RelayConfig> {
+/// The part of the key manager's configuration a reload may change, from the node's.
+pub fn live_config(cfg: &NodeConfig) -> Result<LiveConfig> {
+    let saes = cfg
+        .saes
+        .iter()
+        .map(|s| {
+            (
+                s.id.clone(),
+                SaeEntry {
+                    node: s.node.clone(),
+                    peers: s.peers.clone(),
+                },
+            )
+        })
+        .collect();
+    let mut pairs = std::collections::BTreeMap::new();
+    for p in &cfg.pairs {
+        let mode = cfg
+            .key_mode(p.policy.as_deref(), p.suite.as_deref())
+            .map_err(anyhow::Error::msg)?;
+        let [a, b] = p.saes.clone();
+        pairs.insert(if a <= b { (a, b) } else { (b, a) }, mode);
+    }
+    Ok(LiveConfig {
+        saes,
+        limits: KeyLimits {
+            key_size: cfg.limits.key_size,
+            min_key_size: cfg.limits.min_key_size,
+            max_key_size: cfg.limits.max_key_size,
+            max_key_per_request: cfg.limits.max_key_per_request,
+            max_sae_id_count: cfg.limits.max_sae_id_count,
+        },
+        pairs,
+        default_mode: cfg.key_mode(None, None).map_err(anyhow::Error::msg)?,
+    })
+}
+
+fn relay_config(cfg: &NodeConfig, live: &LiveConfig) -> Result<RelayConfig> {
     use qkd_kms::hybrid::{LocalIdentity, NodeSigningKey, PeerPublicKeys, PinnedPeers};
     let path = &cfg.relay.signing_key;
     let signing = match check::read_signing_key(path)
@@ -607,14 +633,6 @@ fn relay_config(cfg: &NodeConfig) -> Result<RelayConfig> {
             peers.insert(PeerPublicKeys::new(n.kme_id.clone(), vec![key])?);
         }
     }
-    let mut pairs = std::collections::BTreeMap::new();
-    for p in &cfg.pairs {
-        let mode = cfg
-            .key_mode(p.policy.as_deref(), p.suite.as_deref())
-            .map_err(anyhow::Error::msg)?;
-        let [a, b] = p.saes.clone();
-        pairs.insert(if a <= b { (a, b) } else { (b, a) }, mode);
-    }
     Ok(RelayConfig {
         kme_ids,
         pool_keys: cfg.relay.pool_keys,
@@ -622,8 +640,8 @@ fn relay_config(cfg: &NodeConfig) -> Result<RelayConfig> {
         pool_ttl_ms: cfg.relay.pool_ttl_seconds * 1000,
         hop_timeout: Duration::from_millis(cfg.relay.hop_timeout_ms),
         advert_interval: Duration::from_millis(300),
-        pairs,
-        default_mode: cfg.key_mode(None, None).map_err(anyhow::Error::msg)?,
+        pairs: live.pairs.clone(),
+        default_mode: live.default_mode,
         tamper_relay: cfg.relay.test_tamper_relay,
         e2e: Arc::new(E2eKeys {
             local: Some(LocalIdentity::new(cfg.node.kme_id.clone(), signing)),
@@ -747,9 +765,8 @@ async fn reload_on_sighup(
             if got.is_none() {
                 return;
             }
-            let r = reloader.clone();
-            // Reading and checking the files is blocking work.
-            let _ = tokio::task::spawn_blocking(move || r.reload("signal")).await;
+            // A signal never voids pools: that takes `qkdctl reload --void-pools`.
+            reloader.reload("signal", false).await;
         }
     }
     #[cfg(not(unix))]

@@ -70,6 +70,14 @@ pub struct Setup {
     pub apps: Vec<AppSetup>,
 }
 
+/// The view's configured part as the admin listener reads it; a reload replaces it.
+pub type SharedSetup = std::sync::Arc<std::sync::RwLock<std::sync::Arc<Setup>>>;
+
+/// The configured part in force.
+pub fn current(shared: &SharedSetup) -> std::sync::Arc<Setup> {
+    shared.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
 /// One application: an ordered (master, slave) pair.
 #[derive(Debug, Clone)]
 pub struct AppSetup {

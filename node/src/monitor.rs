@@ -39,10 +39,10 @@ pub struct Monitor {
     api: Arc<ApiCounters>,
     audit: AuditLog,
     siem: Option<Arc<Forwarder>>,
-    /// Pairs whose pool is here: (master attached here, slave elsewhere).
-    pools: Vec<(SaeId, SaeId)>,
-    /// Pairs of this node's SAEs configured `qkd-only`.
-    qkd_only: Vec<[SaeId; 2]>,
+    /// Pairs whose pool is here: (master attached here, slave elsewhere). Replaced by a reload.
+    pools: Mutex<Vec<(SaeId, SaeId)>>,
+    /// Pairs of this node's SAEs configured `qkd-only`. Replaced by a reload.
+    qkd_only: Mutex<Vec<[SaeId; 2]>>,
     /// (configuration name, end of validity) of the node's certificates, read at start and
     /// updated by a certificate rotation ([`Monitor::set_certificate`]).
     certificates: Mutex<Vec<(String, UnixMillis)>>,
@@ -98,8 +98,8 @@ impl Monitor {
             api: p.api,
             audit: p.audit,
             siem: p.siem,
-            pools: p.pools,
-            qkd_only: p.qkd_only,
+            pools: Mutex::new(p.pools),
+            qkd_only: Mutex::new(p.qkd_only),
             certificates: Mutex::new(p.certificates),
             evaluator: Mutex::new(Evaluator::new(p.thresholds.clone())),
             thresholds: p.thresholds,
@@ -129,8 +129,23 @@ impl Monitor {
     }
 
     /// The pairs whose pool is here: (master attached here, slave elsewhere).
-    pub fn pools(&self) -> &[(SaeId, SaeId)] {
-        &self.pools
+    pub fn pools(&self) -> Vec<(SaeId, SaeId)> {
+        self.pools.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The pairs of this node's SAEs configured `qkd-only`.
+    pub fn qkd_only(&self) -> Vec<[SaeId; 2]> {
+        self.qkd_only
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A reload changed the pairs: those whose pool is here, and those configured `qkd-only`
+    /// (their standing alarm follows at the next evaluation).
+    pub fn set_pairs(&self, pools: Vec<(SaeId, SaeId)>, qkd_only: Vec<[SaeId; 2]>) {
+        *self.pools.lock().unwrap_or_else(|p| p.into_inner()) = pools;
+        *self.qkd_only.lock().unwrap_or_else(|p| p.into_inner()) = qkd_only;
     }
 
     /// The time on the monitor's clock.
@@ -286,7 +301,7 @@ impl Monitor {
             });
         }
         let pools = self
-            .pools
+            .pools()
             .iter()
             .map(|(m, s)| PoolObs {
                 master: m.clone(),
@@ -320,7 +335,7 @@ impl Monitor {
                 free_bytes: free,
                 watermark_bytes: watermark,
             },
-            qkd_only: self.qkd_only.clone(),
+            qkd_only: self.qkd_only(),
             audit_dropped,
         }
     }

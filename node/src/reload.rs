@@ -1,13 +1,21 @@
 //! Configuration reload without a restart, where safe (SIGHUP or `qkdctl reload`).
 //!
-//! [`plan`] decides, from the running and the new configuration alone (sans-IO): what may change
-//! live is `[alarms]` (thresholds and timing except `interval_ms`); anything else needs a
-//! restart and the reload is refused, naming every key that changed. Among those, a change to
-//! the key size, policy or suite of a pair whose pool holds keys is named with its pooled keys,
-//! which a restart voids and logs (keys are never delivered under a configuration they were not
-//! made under). Because links, neighbours, SAEs and pairs never change live, no reload can
-//! strand keys in flight. [`Reloader`] is the shell: it reads and checks the file (every offline
-//! check of `qkd-node check`), applies a plan, and audits every attempt (`config_reload`).
+//! [`plan`] decides, from the running and the new configuration alone (sans-IO), what changed
+//! and whether it may change live:
+//!
+//! - `[alarms]` (thresholds and timing except `interval_ms`);
+//! - the SAEs and whom they pair with (`[[sae]]`, except moving an SAE to another node), the
+//!   protection of pairs (`[[pair]]`, `relay.default_policy`, `relay.default_suite`) and the
+//!   ETSI limits (`[limits]`). These go to the key manager
+//!   ([`qkd_kms::manager::KeyManager::reconfigure`]), which applies them under the rules of a
+//!   restart: pooled keys that would no longer fit are voided only if the operator asked for it
+//!   (`--void-pools`), and a reload that would strand keys a master already has, or an open key
+//!   stream, is refused with what stands in the way.
+//!
+//! Anything else needs a restart and the reload is refused, naming every key that changed (and
+//! the pooled keys a restart would void). [`Reloader`] is the shell: it reads and checks the
+//! file (every offline check of `qkd-node check`), applies a plan, and audits every attempt
+//! (`config_reload`).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -23,11 +31,18 @@ use crate::monitor::Monitor;
 /// What a reload changes live.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
-    /// The keys that changed (`alarms.qber_max`, ...); empty if nothing did.
+    /// The keys that changed (`alarms.qber_max`, `sae`, `pair`, ...); empty if nothing did.
     pub changed: Vec<String>,
     /// The alarm thresholds to apply.
     pub thresholds: crate::alarms::Thresholds,
+    /// Whether the key manager's live configuration (SAEs, pairs, limits) changed.
+    pub manager: bool,
 }
+
+/// Top-level keys whose change goes to the key manager live.
+const MANAGER_KEYS: [&str; 3] = ["sae", "pair", "limits"];
+/// `[relay]` keys that go to the key manager live.
+const RELAY_LIVE: [&str; 2] = ["default_policy", "default_suite"];
 
 /// Why a reload was refused. Caused by the operator's new configuration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,8 +78,9 @@ pub struct PooledChange {
 
 fn restart_text(keys: &[String], pooled: &[PooledChange]) -> String {
     let mut s = format!(
-        "reload refused: {} cannot change without a restart (only [alarms], except \
-         alarms.interval_ms, reloads live); nothing was changed",
+        "reload refused: {} cannot change without a restart (what reloads live: [alarms] \
+         except alarms.interval_ms, [[sae]] except an SAE's node, [[pair]], [limits], \
+         relay.default_policy and relay.default_suite); nothing was changed",
         keys.join(", ")
     );
     for p in pooled {
@@ -93,29 +109,51 @@ pub fn plan(
     let (a, b) = (table(old_text)?, table(new_text)?);
     let mut changed = Vec::new();
     let mut restart = Vec::new();
+    let mut manager = false;
+    let empty = toml::Table::new();
+    let sub = |t: &toml::Table, k: &str| {
+        t.get(k)
+            .and_then(|v| v.as_table())
+            .cloned()
+            .unwrap_or_else(|| empty.clone())
+    };
     let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
     for k in keys {
         if a.get(k) == b.get(k) {
             continue;
         }
-        if k == "alarms" {
-            let empty = toml::Table::new();
-            let sub = |t: &toml::Table| t.get(k).and_then(|v| v.as_table()).cloned();
-            let (sa, sb) = (
-                sub(&a).unwrap_or_else(|| empty.clone()),
-                sub(&b).unwrap_or(empty),
-            );
-            let subkeys: BTreeSet<&String> = sa.keys().chain(sb.keys()).collect();
-            for s in subkeys.into_iter().filter(|s| sa.get(*s) != sb.get(*s)) {
-                let name = format!("alarms.{s}");
-                if s == "interval_ms" {
-                    restart.push(name);
-                } else {
-                    changed.push(name);
+        match k.as_str() {
+            "alarms" | "relay" => {
+                let (sa, sb) = (sub(&a, k), sub(&b, k));
+                let subkeys: BTreeSet<&String> = sa.keys().chain(sb.keys()).collect();
+                for s in subkeys.into_iter().filter(|s| sa.get(*s) != sb.get(*s)) {
+                    let name = format!("{k}.{s}");
+                    let live = if k == "alarms" {
+                        s != "interval_ms"
+                    } else {
+                        RELAY_LIVE.contains(&s.as_str())
+                    };
+                    if !live {
+                        restart.push(name);
+                    } else {
+                        manager |= k == "relay";
+                        changed.push(name);
+                    }
                 }
             }
-        } else {
-            restart.push(k.clone());
+            k if MANAGER_KEYS.contains(&k) => {
+                manager = true;
+                changed.push(k.to_owned());
+            }
+            _ => restart.push(k.clone()),
+        }
+    }
+    // An SAE moving to another node takes its keys' home with it: a restart.
+    for s in &new.saes {
+        if let Some(o) = old.saes.iter().find(|o| o.id == s.id)
+            && o.node != s.node
+        {
+            restart.push(format!("sae {} (node {} -> {})", s.id, o.node, s.node));
         }
     }
     if !restart.is_empty() {
@@ -143,6 +181,7 @@ pub fn plan(
     Ok(Plan {
         changed,
         thresholds: crate::operations::thresholds(new),
+        manager,
     })
 }
 
@@ -171,8 +210,12 @@ pub struct Reloader {
     path: PathBuf,
     /// The running configuration and its text.
     running: Mutex<(String, NodeConfig)>,
+    /// Reloads one at a time (a check and its apply must see the same running configuration).
+    one: tokio::sync::Mutex<()>,
     manager: KeyManager,
     monitor: Arc<Monitor>,
+    telemetry: Arc<crate::telemetry::Telemetry>,
+    etsi015: crate::etsi015::SharedSetup,
     audit: AuditLog,
 }
 
@@ -185,34 +228,58 @@ pub struct Outcome {
     pub detail: String,
 }
 
+/// The parts of a running node a reload changes.
+#[derive(Debug)]
+pub struct ReloadParts {
+    /// The key manager (SAEs, pairs, limits).
+    pub manager: KeyManager,
+    /// The monitor (alarm thresholds, pools and `qkd-only` pairs it watches).
+    pub monitor: Arc<Monitor>,
+    /// Per-pair metric handles.
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
+    /// The configured part of the ETSI 015 view (its applications).
+    pub etsi015: crate::etsi015::SharedSetup,
+    /// Where every attempt is recorded.
+    pub audit: AuditLog,
+}
+
 impl Reloader {
     /// The shell over the configuration the node started with (`text` is its file's text).
-    pub fn new(
-        text: String,
-        cfg: NodeConfig,
-        manager: KeyManager,
-        monitor: Arc<Monitor>,
-        audit: AuditLog,
-    ) -> Self {
+    pub fn new(text: String, cfg: NodeConfig, parts: ReloadParts) -> Self {
         Self {
             path: cfg.path.clone(),
             running: Mutex::new((text, cfg)),
-            manager,
-            monitor,
-            audit,
+            one: Default::default(),
+            manager: parts.manager,
+            monitor: parts.monitor,
+            telemetry: parts.telemetry,
+            etsi015: parts.etsi015,
+            audit: parts.audit,
         }
     }
 
-    /// Reads, checks and applies the configuration file; `by` says who asked (audited).
-    pub fn reload(&self, by: &str) -> Outcome {
-        let (text, result) = match std::fs::read_to_string(&self.path) {
+    /// Reads, checks and applies the configuration file; `by` says who asked (audited);
+    /// `void_pools` lets the reload void pooled keys that no longer fit their pair.
+    pub async fn reload(self: &Arc<Self>, by: &str, void_pools: bool) -> Outcome {
+        let _one = self.one.lock().await;
+        // Reading and checking the files is blocking work.
+        let me = self.clone();
+        let read = tokio::task::spawn_blocking(move || match std::fs::read_to_string(&me.path) {
             Ok(text) => {
-                let r = self.decide(&text);
+                let r = me.decide(&text);
                 (text, r)
             }
             Err(e) => (
                 String::new(),
-                Err(Refusal::Invalid(format!("{}: {e}", self.path.display()))),
+                Err(Refusal::Invalid(format!("{}: {e}", me.path.display()))),
+            ),
+        })
+        .await;
+        let (text, result) = match read {
+            Ok(r) => r,
+            Err(e) => (
+                String::new(),
+                Err(Refusal::Invalid(format!("the reload failed: {e}"))),
             ),
         };
         let out = match result {
@@ -223,14 +290,26 @@ impl Reloader {
                     detail: "nothing that reloads live changed".into(),
                 }
             }
-            Ok((plan, new)) => {
-                self.monitor.set_thresholds(plan.thresholds.clone());
-                *self.running.lock().unwrap_or_else(|p| p.into_inner()) = (text.clone(), new);
-                Outcome {
-                    outcome: "applied",
-                    detail: format!("applied: {}", plan.changed.join(", ")),
+            Ok((plan, new)) => match self.apply(&plan, &new, void_pools).await {
+                Ok(voided) => {
+                    *self.running.lock().unwrap_or_else(|p| p.into_inner()) = (text.clone(), new);
+                    let mut detail = format!("applied: {}", plan.changed.join(", "));
+                    for v in voided {
+                        detail.push_str(&format!(
+                            "; voided {} pooled keys of {}->{} ({})",
+                            v.keys, v.master, v.slave, v.reason
+                        ));
+                    }
+                    Outcome {
+                        outcome: "applied",
+                        detail,
+                    }
                 }
-            }
+                Err(detail) => Outcome {
+                    outcome: "refused",
+                    detail,
+                },
+            },
             Err(e) => Outcome {
                 outcome: "refused",
                 detail: e.to_string(),
@@ -248,6 +327,41 @@ impl Reloader {
             config_sha256: crate::audit::sha256_hex(text.as_bytes()),
         });
         out
+    }
+
+    /// Applies a plan: the key manager first (it may refuse; nothing else has changed then),
+    /// then the monitor and the metric handles.
+    async fn apply(
+        &self,
+        plan: &Plan,
+        new: &NodeConfig,
+        void_pools: bool,
+    ) -> Result<Vec<qkd_kms::manager::VoidedKeys>, String> {
+        let mut voided = Vec::new();
+        if plan.manager {
+            // Everything derived first: once the manager has changed, nothing may fail.
+            let fail = |e: anyhow::Error| format!("{e:#}");
+            let live = crate::daemon::live_config(new).map_err(fail)?;
+            let warnings = crate::daemon::qkd_only_pairs(new).map_err(fail)?;
+            let started_at = crate::etsi015::current(&self.etsi015).started_at;
+            let setup = crate::etsi015::Setup::of(new, started_at).map_err(fail)?;
+            voided = self
+                .manager
+                .reconfigure(live, void_pools)
+                .await
+                .map_err(|e| format!("reload refused, nothing was changed: {e}"))?;
+            *self.etsi015.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(setup);
+            for w in &warnings {
+                tracing::warn!(saes = ?w.saes, "{}", w.warning);
+            }
+            let pools = crate::operations::pool_pairs(new);
+            self.telemetry
+                .add_pairs(&pools, &crate::operations::delivery_pairs(new));
+            self.monitor
+                .set_pairs(pools, warnings.into_iter().map(|w| w.saes).collect());
+        }
+        self.monitor.set_thresholds(plan.thresholds.clone());
+        Ok(voided)
     }
 
     fn decide(&self, text: &str) -> Result<(Plan, NodeConfig), Refusal> {
@@ -302,17 +416,60 @@ mod tests {
         );
     }
 
-    /// A pair's policy change is named with its pooled keys, which a restart voids; without
-    /// pooled keys it only needs the restart.
+    /// SAEs, pairs, limits and the relay's default policy go to the key manager live; moving
+    /// an SAE to another node and the relay's other keys need a restart.
     #[test]
-    fn a_pair_policy_change_names_its_pooled_keys() {
-        let new =
+    fn saes_pairs_and_limits_reload_live() {
+        let pair =
             format!("{BASE}\n[[pair]]\nsaes = [\"ENC-A\", \"ENC-B\"]\npolicy = \"qkd-only\"\n");
+        let p = decide(&pair, 7).unwrap();
+        assert_eq!(p.changed, ["pair"]);
+        assert!(p.manager);
+        let sae = format!("{BASE}\n[[sae]]\nid = \"ENC-C\"\nnode = \"A\"\n");
+        let p = decide(&sae, 7).unwrap();
+        assert_eq!(
+            (p.changed.as_slice(), p.manager),
+            (&["sae".to_owned()][..], true)
+        );
+        let limits = format!("{BASE}\n[limits]\nkey_size = 512\nmax_key_size = 1024\n");
+        assert_eq!(decide(&limits, 1).unwrap().changed, ["limits"]);
+        let policy = format!("{BASE}\n[relay]\ndefault_policy = \"qkd-only\"\n");
+        let p = decide(&policy, 1).unwrap();
+        assert_eq!(
+            (p.changed.as_slice(), p.manager),
+            (&["relay.default_policy".to_owned()][..], true)
+        );
+        // Alarms alone do not touch the manager.
+        let alarms = format!("{BASE}\n[alarms]\nqber_max = 0.05\n");
+        assert!(!decide(&alarms, 1).unwrap().manager);
+
+        let moved = BASE.replace(
+            "id = \"ENC-B\"\nnode = \"B\"",
+            "id = \"ENC-B\"\nnode = \"A\"",
+        );
+        assert_ne!(moved, BASE);
+        let e = decide(&moved, 1).unwrap_err();
+        assert!(e.to_string().contains("sae ENC-B (node B -> A)"), "{e}");
+        let pool = format!("{BASE}\n[relay]\npool_keys = 9\n");
+        let e = decide(&pool, 1).unwrap_err();
+        assert!(
+            e.to_string().contains("relay.pool_keys cannot change"),
+            "{e}"
+        );
+    }
+
+    /// Beside a change that needs a restart, a pair's policy change is named with its pooled
+    /// keys, which a restart voids; without pooled keys it only needs the restart.
+    #[test]
+    fn a_pair_policy_change_beside_a_restart_names_its_pooled_keys() {
+        let base = BASE.replace("127.0.0.2:7000", "127.0.0.2:7001");
+        let new =
+            format!("{base}\n[[pair]]\nsaes = [\"ENC-A\", \"ENC-B\"]\npolicy = \"qkd-only\"\n");
         let e = decide(&new, 7).unwrap_err();
         let Refusal::NeedsRestart { keys, pooled } = &e else {
             panic!("{e:?}")
         };
-        assert_eq!(keys, &["pair"]);
+        assert_eq!(keys, &["neighbour"]);
         assert_eq!(pooled.len(), 1);
         assert_eq!((pooled[0].master.as_str(), pooled[0].keys), ("ENC-A", 7));
         assert!(pooled[0].to.contains("QKD-only"), "{:?}", pooled[0]);
@@ -325,7 +482,7 @@ mod tests {
             panic!()
         };
         assert!(pooled.is_empty());
-        let new = format!("{BASE}\n[limits]\nkey_size = 512\nmax_key_size = 1024\n");
+        let new = format!("{base}\n[limits]\nkey_size = 512\nmax_key_size = 1024\n");
         let Refusal::NeedsRestart { pooled, .. } = decide(&new, 1).unwrap_err() else {
             panic!()
         };

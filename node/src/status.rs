@@ -69,6 +69,8 @@ struct NodeStatus {
     links: Vec<LinkStatusOut>,
     /// Keys erased at start because their pair's key size, policy or suite changed.
     voided_at_start: Vec<qkd_kms::manager::VoidedKeys>,
+    /// Keys voided since start by reloads that changed their pair (`qkdctl reload --void-pools`).
+    voided_by_reload: Vec<qkd_kms::manager::VoidedKeys>,
     /// Delivery notices (master's node to slaves' nodes) since start.
     delivery_notices: qkd_kms::manager::NoticeStats,
     /// Pairs of this node's SAEs configured `qkd-only`.
@@ -112,11 +114,10 @@ struct LinkStatusOut {
 struct Ctx {
     manager: KeyManager,
     node: NodeId,
-    warnings: Arc<Vec<PairWarning>>,
     api_requests: Arc<ApiCounters>,
     monitor: Arc<Monitor>,
     telemetry: Arc<Telemetry>,
-    etsi015: Arc<crate::etsi015::Setup>,
+    etsi015: crate::etsi015::SharedSetup,
     clock: Arc<dyn qkd_types::Clock>,
 }
 
@@ -157,8 +158,14 @@ async fn status_json(ctx: &Ctx) -> String {
         simulated: links.iter().any(|l| l.level.simulated),
         links,
         voided_at_start: ctx.manager.voided_at_start(),
+        voided_by_reload: ctx.manager.voided_by_reload(),
         delivery_notices: ctx.manager.notice_stats(),
-        warnings: ctx.warnings.as_ref().clone(),
+        warnings: ctx
+            .monitor
+            .qkd_only()
+            .into_iter()
+            .map(|[a, b]| PairWarning::qkd_only(a, b))
+            .collect(),
         alarms: ctx.monitor.active(),
         api_requests: serde_json::to_value(ctx.api_requests.as_ref())
             .unwrap_or(serde_json::Value::Null),
@@ -172,16 +179,14 @@ async fn status_json(ctx: &Ctx) -> String {
 pub struct AdminParts {
     /// This node.
     pub node: NodeId,
-    /// Configuration warnings.
-    pub warnings: Vec<PairWarning>,
     /// Requests answered per API, operation and outcome.
     pub api_requests: Arc<ApiCounters>,
     /// Alarms.
     pub monitor: Arc<Monitor>,
     /// Metrics.
     pub telemetry: Arc<Telemetry>,
-    /// The fixed part of the ETSI 015 view.
-    pub etsi015: crate::etsi015::Setup,
+    /// The configured part of the ETSI 015 view (a reload replaces it).
+    pub etsi015: crate::etsi015::SharedSetup,
     /// The node's clock.
     pub clock: Arc<dyn qkd_types::Clock>,
 }
@@ -197,11 +202,10 @@ pub async fn serve(
     let ctx = Ctx {
         manager,
         node: parts.node,
-        warnings: Arc::new(parts.warnings),
         api_requests: parts.api_requests,
         monitor: parts.monitor,
         telemetry: parts.telemetry,
-        etsi015: Arc::new(parts.etsi015),
+        etsi015: parts.etsi015,
         clock: parts.clock,
     };
     let app = Router::new()
@@ -240,7 +244,8 @@ async fn etsi015(State(ctx): State<Ctx>) -> impl IntoResponse {
             peer_reachable,
         });
     }
-    let setup = &ctx.etsi015;
+    let setup = crate::etsi015::current(&ctx.etsi015);
+    let setup = &*setup;
     let apps = setup
         .apps
         .iter()

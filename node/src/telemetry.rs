@@ -252,11 +252,12 @@ const BUCKETS: [f64; 14] = [
 pub struct Telemetry {
     handle: Option<PrometheusHandle>,
     links: BTreeMap<LinkId, LinkHandles>,
-    /// Pools of pairs whose master is attached here: master → slave → gauge.
-    pools: BTreeMap<SaeId, BTreeMap<SaeId, Gauge>>,
+    /// Pools of pairs whose master is attached here: master → slave → gauge. A reload adds
+    /// the pairs it adds ([`Telemetry::add_pairs`]); a removed pair's gauge falls to zero.
+    pools: std::sync::RwLock<PairMap<Gauge>>,
     /// Delivered keys per (master, slave) pair with an SAE attached here: the metric, and the
     /// same count readable for the ETSI 015 view's consumption.
-    delivered: BTreeMap<SaeId, BTreeMap<SaeId, (Counter, AtomicU64)>>,
+    delivered: std::sync::RwLock<PairMap<(Counter, AtomicU64)>>,
     api: Vec<(Api, Operation, Outcome, Counter)>,
     store_free: Gauge,
     store_watermark: Gauge,
@@ -268,6 +269,19 @@ pub struct Telemetry {
     audit_dropped_siem: Counter,
     siem_connected: Gauge,
     siem_sent: Counter,
+}
+
+type PairMap<T> = BTreeMap<SaeId, BTreeMap<SaeId, T>>;
+
+fn pool_gauge(m: &SaeId, s: &SaeId) -> Gauge {
+    metrics::gauge!("qkd_pair_pool_keys", "master" => m.to_string(), "slave" => s.to_string())
+}
+
+fn delivered_counter(m: &SaeId, s: &SaeId) -> (Counter, AtomicU64) {
+    (
+        metrics::counter!("qkd_pair_keys_delivered_total", "master" => m.to_string(), "slave" => s.to_string()),
+        AtomicU64::new(0),
+    )
 }
 
 struct LinkHandles {
@@ -382,27 +396,19 @@ impl Telemetry {
                 )
             })
             .collect();
-        let pair_labels =
-            |m: &SaeId, s: &SaeId| [("master", m.to_string()), ("slave", s.to_string())];
-        let mut pool_map: BTreeMap<SaeId, BTreeMap<SaeId, Gauge>> = BTreeMap::new();
+        let mut pool_map: PairMap<Gauge> = BTreeMap::new();
         for (m, s) in pools {
-            let [(k1, v1), (k2, v2)] = pair_labels(m, s);
-            pool_map.entry(m.clone()).or_default().insert(
-                s.clone(),
-                metrics::gauge!("qkd_pair_pool_keys", k1 => v1, k2 => v2),
-            );
+            pool_map
+                .entry(m.clone())
+                .or_default()
+                .insert(s.clone(), pool_gauge(m, s));
         }
-        let mut delivered_map: BTreeMap<SaeId, BTreeMap<SaeId, (Counter, AtomicU64)>> =
-            BTreeMap::new();
+        let mut delivered_map: PairMap<(Counter, AtomicU64)> = BTreeMap::new();
         for (m, s) in delivered {
-            let [(k1, v1), (k2, v2)] = pair_labels(m, s);
-            delivered_map.entry(m.clone()).or_default().insert(
-                s.clone(),
-                (
-                    metrics::counter!("qkd_pair_keys_delivered_total", k1 => v1, k2 => v2),
-                    AtomicU64::new(0),
-                ),
-            );
+            delivered_map
+                .entry(m.clone())
+                .or_default()
+                .insert(s.clone(), delivered_counter(m, s));
         }
         let mut api = Vec::new();
         for a in Api::ALL {
@@ -417,8 +423,8 @@ impl Telemetry {
         Ok(Self {
             handle,
             links,
-            pools: pool_map,
-            delivered: delivered_map,
+            pools: std::sync::RwLock::new(pool_map),
+            delivered: std::sync::RwLock::new(delivered_map),
             api,
             store_free: metrics::gauge!("qkd_store_free_bytes"),
             store_watermark: metrics::gauge!("qkd_store_watermark_bytes"),
@@ -433,9 +439,30 @@ impl Telemetry {
         })
     }
 
+    /// Registers the handles of pairs a reload added (pairs already known keep theirs, and
+    /// their counts).
+    pub fn add_pairs(&self, pools: &[(SaeId, SaeId)], delivered: &[(SaeId, SaeId)]) {
+        let mut p = self.pools.write().unwrap_or_else(|e| e.into_inner());
+        for (m, s) in pools {
+            p.entry(m.clone())
+                .or_default()
+                .entry(s.clone())
+                .or_insert_with(|| pool_gauge(m, s));
+        }
+        let mut d = self.delivered.write().unwrap_or_else(|e| e.into_inner());
+        for (m, s) in delivered {
+            d.entry(m.clone())
+                .or_default()
+                .entry(s.clone())
+                .or_insert_with(|| delivered_counter(m, s));
+        }
+    }
+
     /// Keys delivered since start to the pair (`master`, `slave`), at either end here.
     pub fn keys_delivered(&self, master: &SaeId, slave: &SaeId) -> u64 {
         self.delivered
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
             .get(master)
             .and_then(|m| m.get(slave))
             .map_or(0, |(_, n)| n.load(Ordering::Relaxed))
@@ -466,7 +493,7 @@ impl Telemetry {
                 h.simulated.set(if level.simulated { 1.0 } else { 0.0 });
             }
         }
-        for (master, slaves) in &self.pools {
+        for (master, slaves) in self.pools.read().unwrap_or_else(|e| e.into_inner()).iter() {
             for (slave, gauge) in slaves {
                 gauge.set(manager.pool_level(master, slave) as f64);
             }
@@ -606,7 +633,12 @@ impl Observer for EngineMetrics {
                 keys,
                 ..
             } => {
-                if let Some(by_slave) = self.telemetry.delivered.get(*master) {
+                let delivered = self
+                    .telemetry
+                    .delivered
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner());
+                if let Some(by_slave) = delivered.get(*master) {
                     for s in slaves.iter() {
                         if let Some((c, n)) = by_slave.get(s) {
                             c.increment(keys.len() as u64);

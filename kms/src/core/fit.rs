@@ -31,6 +31,8 @@ pub struct KeyOrigin<'a> {
 pub enum Misfit {
     /// Stored by a version that did not record the policy and suite.
     Unrecorded,
+    /// The two SAEs may no longer share keys (a reload removed one, or their pairing).
+    Unpaired,
     /// The pair's policy or suite changed.
     Profile {
         /// What the key was made under: `policy/suite`.
@@ -60,6 +62,7 @@ impl fmt::Display for Misfit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Misfit::Unrecorded => f.write_str("made before policy and suite were recorded"),
+            Misfit::Unpaired => f.write_str("the SAEs may no longer share keys"),
             Misfit::Profile { was, now } => write!(f, "made under {was}, pair now {now}"),
             Misfit::PoolSize { was, now } => {
                 write!(f, "pool key of {was} bits, default key size now {now}")

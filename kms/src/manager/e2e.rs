@@ -55,6 +55,14 @@ impl KeyMode {
             Protection::Hybrid(_) => self.suite.name(),
         }
     }
+
+    /// The policy and suite keys made under this mode record.
+    pub fn profile(&self) -> crate::api::KeyProfile {
+        crate::api::KeyProfile {
+            policy: self.policy_name(),
+            suite: self.suite_name(),
+        }
+    }
 }
 
 /// This node's end-to-end identity and the pinned keys of the nodes it exchanges with.

@@ -36,8 +36,8 @@ use qkd_types::{BlockId, KeyId, KmeId, LinkId, NodeId, SaeId, Secret, UnixMillis
 use rand::RngCore;
 
 use super::{
-    DeliveredKey, KeyManager, LinkRt, Malformed, PeerError, Refusal, ServiceError, block_updates,
-    range_msg, range_of, store_result,
+    DeliveredKey, KeyManager, LinkRt, Malformed, ManagerConfig, PeerError, Refusal, ServiceError,
+    block_updates, range_msg, range_of, store_result,
 };
 use crate::api::Unavailable;
 use crate::core::fit::KeyOrigin;
@@ -171,31 +171,26 @@ impl KeyManager {
         self.inner.clock.now()
     }
 
-    /// The mode (policy) of a pair, whichever order its SAEs are given in.
-    pub(super) fn pair_mode(&self, a: &SaeId, b: &SaeId) -> KeyMode {
-        self.inner.cfg.mode(a, b)
-    }
-
     /// KME ID of a node.
     pub(super) fn kme_of(&self, node: &NodeId) -> KmeId {
-        self.inner.cfg.kme_of(node)
+        self.cfg().kme_of(node)
     }
 
     fn neighbour_link(&self, node: &NodeId) -> Option<&LinkRt> {
-        let n = self.inner.cfg.neighbours.get(node)?;
-        self.inner.links.get(&n.link)
+        let link = self.cfg().neighbours.get(node)?.link.clone();
+        self.inner.links.get(&link)
     }
 
     /// What keys of a pair are made under now.
     pub(super) fn made_under(&self, master: &SaeId, slave: &SaeId) -> MadeUnder {
-        destination::made_under(&self.inner.cfg, master, slave)
+        destination::made_under(&*self.cfg(), master, slave)
     }
 
     /// The nodes the slaves are attached to, each once, in order.
     fn slave_nodes(&self, slaves: &[SaeId]) -> Vec<NodeId> {
         let mut out: Vec<NodeId> = Vec::new();
         for s in slaves {
-            if let Some(e) = self.inner.cfg.saes.get(s)
+            if let Some(e) = self.cfg().saes.get(s)
                 && !out.contains(&e.node)
             {
                 out.push(e.node.clone());
@@ -240,7 +235,7 @@ impl KeyManager {
             .apply(ops::QueuedNotices { limit: 256 })
             .await
             .map_err(|_| RelayError::Store)?;
-        let cfg = &self.inner.cfg;
+        let cfg = self.cfg();
         let stale_before = self
             .now()
             .saturating_sub(cfg.relay.pool_ttl_ms + cfg.key_ttl_ms);
@@ -310,20 +305,13 @@ impl KeyManager {
         let msg = wire::notice_of(msg)?;
         // Only the master's own node may say when its master got the key.
         let masters: BTreeSet<SaeId> = self
-            .inner
-            .cfg
+            .cfg()
             .saes
             .iter()
             .filter(|(_, e)| &e.node == source)
             .map(|(s, _)| s.clone())
             .collect();
-        let op = destination::notice(
-            &self.inner.cfg,
-            source,
-            &msg,
-            self.inner.cfg.key_ttl_ms,
-            masters,
-        )?;
+        let op = destination::notice(&*self.cfg(), source, &msg, self.cfg().key_ttl_ms, masters)?;
         let expires_at = op.expires_at;
         let moved = self.inner.writer.apply(op).await?;
         self.emit(&Event::ExpiryMoved {
@@ -352,7 +340,7 @@ impl KeyManager {
             };
             if let Some(why) = self.misfit(&meta.master, &meta.slaves, origin) {
                 let slave = meta.slaves.first().cloned().unwrap_or(meta.master.clone());
-                self.note_voided(&meta.master, &slave, &why);
+                self.note_voided(super::Voiding::Start, &meta.master, &slave, &why);
                 lock(&self.inner.stale_pool).push(id);
                 continue;
             }
@@ -365,7 +353,8 @@ impl KeyManager {
     }
 
     fn pool_rules(&self) -> PoolRules {
-        let rc = &self.inner.cfg.relay;
+        let cfg = self.cfg();
+        let rc = &cfg.relay;
         PoolRules {
             target: rc.pool_keys as usize,
             batch_keys: rc.batch_keys as usize,
@@ -378,6 +367,27 @@ impl KeyManager {
     fn pools<T>(&self, f: impl FnOnce(&mut Pools) -> T) -> T {
         let mut guard = lock(&self.relay().pools);
         f(guard.get_or_insert_with(|| Pools::new(self.pool_rules())))
+    }
+
+    /// Every pair's pooled keys here, for a reload's assessment.
+    pub(super) fn pools_snapshot(
+        &self,
+        _now: UnixMillis,
+    ) -> std::collections::BTreeMap<(SaeId, SaeId), u64> {
+        self.pools(|p| p.held())
+    }
+
+    /// Puts `live` in force and empties the pools of `void` in one step under the pools' lock
+    /// (lock order: pools, then the configuration): the IDs taken out of each pool.
+    pub(super) fn swap_and_drain<'a>(
+        &self,
+        live: super::Live,
+        void: impl Iterator<Item = &'a (SaeId, SaeId)>,
+    ) -> Vec<((SaeId, SaeId), Vec<KeyId>)> {
+        self.pools(|p| {
+            *self.inner.live.write().unwrap_or_else(|e| e.into_inner()) = live;
+            void.map(|pair| (pair.clone(), p.drain(pair))).collect()
+        })
     }
 
     /// Ready keys for a pair at this (master's) node, not counting keys too old to hand out
@@ -447,9 +457,31 @@ impl KeyManager {
             let me = self.clone();
             self.spawn(async move {
                 let (master, slave) = refill.pair.clone();
-                let r = me.refill(&master, &slave, refill.keys).await;
-                let made = r.as_ref().ok().map(|ids| (ids.clone(), me.now()));
-                me.pools(|p| p.refill_done(&refill, made));
+                let cfg = me.cfg();
+                let r = me.refill(&cfg, &master, &slave, refill.keys).await;
+                // Under the pools' lock, as a reload swaps the configuration: keys made under a
+                // configuration replaced meanwhile are voided, never pooled.
+                let late = me.pools(|p| {
+                    let made = r.as_ref().ok().map(|ids| (ids.clone(), me.now()));
+                    match me.pool_misfit(&cfg, &master, &slave) {
+                        Some(why) if made.is_some() => {
+                            p.refill_done(&refill, None);
+                            made.map(|(ids, _)| (ids, why))
+                        }
+                        _ => {
+                            p.refill_done(&refill, made);
+                            None
+                        }
+                    }
+                });
+                if let Some((ids, why)) = late {
+                    for _ in &ids {
+                        me.note_voided(super::Voiding::Reload, &master, &slave, &why);
+                    }
+                    tracing::info!(%master, %slave, keys = ids.len(), reason = %why, "voided a refill made under the previous configuration");
+                    let _ = me.inner.writer.apply(ops::DiscardPoolKeys { ids }).await;
+                    return;
+                }
                 match r {
                     Ok(_) => me.kick_refill(master, slave),
                     Err(e) => {
@@ -460,9 +492,33 @@ impl KeyManager {
         }
     }
 
-    /// Makes `n` keys for the pair's pool and stores them durably: their IDs.
+    /// Why a pool key of the pair made under `made` would not fit the configuration in force.
+    fn pool_misfit(
+        &self,
+        made: &ManagerConfig,
+        master: &SaeId,
+        slave: &SaeId,
+    ) -> Option<crate::core::fit::Misfit> {
+        let now = self.cfg();
+        if !now.pairs(master, slave) {
+            return Some(crate::core::fit::Misfit::Unpaired);
+        }
+        let made_under = destination::made_under(made, master, slave);
+        self.fit().misfit(
+            master,
+            std::slice::from_ref(slave),
+            KeyOrigin {
+                made_under: Some(&made_under),
+                size_bits: made.limits.key_size,
+                pool: true,
+            },
+        )
+    }
+
+    /// Makes `n` keys for the pair's pool under `cfg` and stores them durably: their IDs.
     async fn refill(
         &self,
+        cfg: &ManagerConfig,
         master: &SaeId,
         slave: &SaeId,
         n: usize,
@@ -475,20 +531,20 @@ impl KeyManager {
         let spec = BatchSpec {
             master: master.clone(),
             slaves: vec![slave.clone()],
-            size_bits: self.inner.cfg.limits.key_size,
+            size_bits: cfg.limits.key_size,
             number: n,
             wrap: false,
             pool: true,
             stream: None,
         };
-        let keys = self.run_batch(&spec).await?.keys;
+        let keys = self.run_batch(cfg, &spec).await?.keys;
         let now = self.now();
         let meta = PoolKey {
             master: master.clone(),
             slaves: spec.slaves.clone(),
             size_bits: spec.size_bits,
             created_at: now,
-            made_under: Some(self.made_under(master, slave)),
+            made_under: Some(destination::made_under(cfg, master, slave)),
         };
         let ids: Vec<KeyId> = keys.iter().map(|k| k.id).collect();
         let r = self
@@ -530,8 +586,10 @@ impl KeyManager {
                 }
             }
         };
-        let mode = self.pair_mode(master, &slaves[0]);
-        if slaves.iter().any(|s| self.pair_mode(master, s) != mode)
+        // The request is made under one configuration from here to its answer.
+        let cfg = self.cfg();
+        let mode = cfg.mode(master, &slaves[0]);
+        if slaves.iter().any(|s| cfg.mode(master, s) != mode)
             && !crate::events::defects::active().mixed_profiles
         {
             return Err(ServiceError::MixedProfiles);
@@ -539,9 +597,7 @@ impl KeyManager {
         // Slaves grouped by the node they are attached to.
         let mut groups: std::collections::BTreeMap<NodeId, Vec<SaeId>> = Default::default();
         for s in &slaves {
-            let node = self
-                .inner
-                .cfg
+            let node = cfg
                 .saes
                 .get(s)
                 .map(|e| e.node.clone())
@@ -558,9 +614,9 @@ impl KeyManager {
                 pool: false,
                 stream: None,
             };
-            self.run_batch(&spec).await.map_err(map_err)?.keys
+            self.run_batch(&cfg, &spec).await.map_err(map_err)?.keys
         } else {
-            self.multicast(master, groups, number, size_bits)
+            self.multicast(&cfg, master, groups, number, size_bits)
                 .await
                 .map_err(map_err)?
         };
@@ -597,6 +653,7 @@ impl KeyManager {
     /// node under wrap keys from an end-to-end (hybrid) batch with that node (docs/hybrid.md, "Multicast").
     async fn multicast(
         &self,
+        cfg: &ManagerConfig,
         master: &SaeId,
         groups: std::collections::BTreeMap<NodeId, Vec<SaeId>>,
         number: usize,
@@ -623,7 +680,7 @@ impl KeyManager {
             let key_ids = &key_ids;
             let keys = &keys;
             async move {
-                let batch = self.run_batch(&spec).await?;
+                let batch = self.run_batch(cfg, &spec).await?;
                 let mut sealed = Vec::with_capacity(number);
                 for ((wrap, id), k) in batch.keys.iter().zip(key_ids).zip(keys) {
                     sealed.push(
@@ -659,30 +716,37 @@ impl KeyManager {
 
     /// Makes one batch end to end; returns the keys once the destination has released its copies.
     /// Runs one batch ([`Self::relay_batch`]) and records how long it took.
-    async fn run_batch(&self, spec: &BatchSpec) -> Result<Batch, RelayError> {
-        self.run_batch_reporting(spec).await.map_err(|f| f.error)
+    async fn run_batch(&self, cfg: &ManagerConfig, spec: &BatchSpec) -> Result<Batch, RelayError> {
+        self.run_batch_reporting(cfg, spec)
+            .await
+            .map_err(|f| f.error)
     }
 
     /// [`Self::run_batch`], saying on failure whether the destination may hold the keys; records
     /// how long the batch took.
     pub(super) async fn run_batch_reporting(
         &self,
+        cfg: &ManagerConfig,
         spec: &BatchSpec,
     ) -> Result<Batch, BatchFailure> {
         let started = std::time::Instant::now();
-        let r = self.relay_batch(spec).await;
+        let r = self.relay_batch(cfg, spec).await;
         self.inner
             .instruments
             .batch(r.is_ok(), started.elapsed(), spec.number);
         r
     }
 
-    async fn relay_batch(&self, spec: &BatchSpec) -> Result<Batch, BatchFailure> {
+    /// One batch, made under `cfg` from start to end (a reload meanwhile does not change it).
+    async fn relay_batch(
+        &self,
+        cfg: &ManagerConfig,
+        spec: &BatchSpec,
+    ) -> Result<Batch, BatchFailure> {
         let early = |error: RelayError| BatchFailure {
             error,
             maybe_committed: false,
         };
-        let cfg = &self.inner.cfg;
         let needs = source::needs(cfg, spec).map_err(|e| {
             early(match e {
                 StartError::UnknownSlave => RelayError::NoRoute,
@@ -782,14 +846,14 @@ impl KeyManager {
             };
             req.tag = hop::tag(&bytes, len as usize, &wire::hop_authenticated(&req))
                 .ok_or(RelayError::Malformed("link key length"))?;
-            if self.inner.cfg.relay.tamper_relay {
+            if self.cfg().relay.tamper_relay {
                 // Test fault: the message is altered after it was authenticated, as an attacker
                 // on the wire (or a broken relay) would.
                 if let Some(b) = req.ciphertext.first_mut() {
                     *b ^= 1;
                 }
             }
-            let timeout = self.inner.cfg.relay.hop_timeout * hops_left.max(1);
+            let timeout = self.cfg().relay.hop_timeout * hops_left.max(1);
             link.setup
                 .client
                 .relay(req, timeout)
@@ -883,7 +947,7 @@ impl KeyManager {
             status,
         };
         // An allocation is idempotent per hop ID, so a lost call or answer is simply retried.
-        let timeout = self.inner.cfg.relay.hop_timeout;
+        let timeout = self.cfg().relay.hop_timeout;
         let retry = backon::ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(20))
             .with_max_times(2);
@@ -929,7 +993,7 @@ impl KeyManager {
                 kind,
                 e2e: e2e_msg,
             };
-            let timeout = self.inner.cfg.relay.hop_timeout * (path.len() as u32 - hop).max(1);
+            let timeout = self.cfg().relay.hop_timeout * (path.len() as u32 - hop).max(1);
             link.setup
                 .client
                 .forward(req, timeout)
@@ -957,11 +1021,7 @@ impl KeyManager {
     /// for this node; returns the position.
     fn check_hop(&self, from: &NodeId, path: &[NodeId], hop: u32) -> Result<usize, PeerError> {
         let hop = hop as usize;
-        if hop == 0
-            || hop >= path.len()
-            || path[hop] != self.inner.cfg.node
-            || &path[hop - 1] != from
-        {
+        if hop == 0 || hop >= path.len() || path[hop] != self.cfg().node || &path[hop - 1] != from {
             return Err(Refusal::NotOnPath.into());
         }
         Ok(hop)
@@ -969,7 +1029,7 @@ impl KeyManager {
 
     /// `Advertise` from a neighbour: store newer adverts.
     pub fn on_advertise(&self, from: &NodeId, req: pb::AdvertiseRequest) -> Result<(), PeerError> {
-        if !self.inner.cfg.neighbours.contains_key(from) {
+        if !self.cfg().neighbours.contains_key(from) {
             return self.reported(from, Err(Refusal::NotNeighbour.into()));
         }
         let now = self.now();
@@ -1098,7 +1158,7 @@ impl KeyManager {
     fn destination<T>(&self, f: impl FnOnce(&mut Destination) -> T) -> T {
         let mut guard = lock(&self.relay().destination);
         f(guard.get_or_insert_with(|| {
-            let cfg = &self.inner.cfg;
+            let cfg = self.cfg();
             Destination::new(DestRules {
                 hop_timeout_ms: cfg.relay.hop_timeout.as_millis() as u64,
                 key_ttl_ms: cfg.key_ttl_ms,
@@ -1118,7 +1178,7 @@ impl KeyManager {
     ) -> Result<pb::RelayReply, PeerError> {
         let offer = wire::offer_of(header, path)?;
         let now = self.now();
-        let msg2 = self.destination(|d| d.offer(&self.inner.cfg, now, &offer, payload, msg1))?;
+        let msg2 = self.destination(|d| d.offer(&*self.cfg(), now, &offer, payload, msg1))?;
         Ok(pb::RelayReply { e2e: msg2 })
     }
 
@@ -1151,7 +1211,7 @@ impl KeyManager {
         }
         let source = &path[0];
         let now = self.now();
-        let cfg = &self.inner.cfg;
+        let cfg = &*self.cfg();
         let op = match req.kind {
             FORWARD_NOTICE => return self.accept_notice(source, &req.e2e).await,
             FORWARD_DELIVER => {
@@ -1194,15 +1254,16 @@ impl KeyManager {
         let mut guard = lock(&self.relay().adverts);
         f(guard.get_or_insert_with(|| {
             Adverts::new(
-                self.inner.cfg.node.clone(),
-                AdvertRules::every(self.inner.cfg.relay.advert_interval.as_millis() as u64),
+                self.cfg().node.clone(),
+                AdvertRules::every(self.cfg().relay.advert_interval.as_millis() as u64),
             )
         }))
     }
 
     /// Runs forever: advertises links, refills pools, sweeps unconfirmed batches.
     pub(super) async fn relay_loop(&self) {
-        let rc = &self.inner.cfg.relay;
+        let cfg = self.cfg();
+        let rc = &cfg.relay;
         let mut tick = tokio::time::interval(rc.advert_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -1245,7 +1306,7 @@ impl KeyManager {
             self.sweep_pending();
             self.kick_notices();
             // Refill every pair whose master is here.
-            let cfg = &self.inner.cfg;
+            let cfg = self.cfg();
             for (sae, entry) in &cfg.saes {
                 if entry.node != cfg.node {
                     continue;
@@ -1381,6 +1442,10 @@ pub enum RelayError {
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(super) fn read<T>(m: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Why the store refused relayed keys, as the peer is told.

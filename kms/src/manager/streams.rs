@@ -58,8 +58,8 @@ impl KeyManager {
         if self.is_local(&req.peer) {
             return Err(StreamError::SameNode.into());
         }
-        let default_ttl_s = u32::try_from(self.inner.cfg.key_ttl_ms / 1000).unwrap_or(u32::MAX);
-        let qos = settle_qos(&req.qos, &self.inner.cfg.limits, default_ttl_s)?;
+        let default_ttl_s = u32::try_from(self.cfg().key_ttl_ms / 1000).unwrap_or(u32::MAX);
+        let qos = settle_qos(&req.qos, &self.cfg().limits, default_ttl_s)?;
         let (id, join) = match req.join {
             Some(id) => (id, true),
             None => (KeyStreamId::random(), false),
@@ -164,7 +164,7 @@ impl KeyManager {
                 id,
                 index,
                 now: self.inner.clock.now(),
-                fit: self.inner.fit.clone(),
+                fit: self.fit(),
             })
             .await;
         storage(r)
@@ -270,9 +270,11 @@ impl KeyManager {
                 expires_at,
             }),
         };
-        let outcome = self.run_batch_reporting(&spec).await;
+        let cfg = self.cfg();
+        let outcome = self.run_batch_reporting(&cfg, &spec).await;
         let id = record.id;
-        let made_under = self.made_under(&record.master, &record.slave);
+        let made_under =
+            crate::relay::destination::made_under(&*cfg, &record.master, &record.slave);
         let (ok, keys, void) = match outcome {
             Ok(batch) => (true, Some((batch.keys, batch.relay_id)), false),
             Err(f) => {

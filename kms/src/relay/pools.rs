@@ -93,6 +93,24 @@ impl Pools {
         })
     }
 
+    /// Every pair's pooled keys (however old), for a reload's assessment.
+    pub fn held(&self) -> BTreeMap<Pair, u64> {
+        self.pairs
+            .iter()
+            .filter(|(_, p)| !p.ready.is_empty())
+            .map(|(pair, p)| (pair.clone(), p.ready.len() as u64))
+            .collect()
+    }
+
+    /// Empties the pool of `pair` (a reload voided it): the IDs it held. Refills under way are
+    /// still counted until they end.
+    pub fn drain(&mut self, pair: &Pair) -> Vec<KeyId> {
+        self.pairs
+            .get_mut(pair)
+            .map(|p| p.ready.drain(..).map(|(id, _)| id).collect())
+            .unwrap_or_default()
+    }
+
     /// Takes `number` keys of `pair` for its master, all or nothing, discarding the keys too old
     /// to hand out.
     pub fn take(&mut self, pair: &Pair, number: usize, now: UnixMillis) -> Taken {

@@ -66,14 +66,21 @@ enum Cmd {
     /// Change a link through the node's control listener (mutual TLS, a management certificate).
     #[command(subcommand)]
     Link(LinkCmd),
-    /// Make the node reload its configuration file (like SIGHUP): `[alarms]` changes apply at
-    /// once; anything else is refused, naming what needs a restart (and the pooled keys a
-    /// restart would void). Check the file first with `qkdctl check`.
+    /// Make the node reload its configuration file (like SIGHUP). `[alarms]`, SAEs and whom
+    /// they pair with, `[[pair]]` protection, `[limits]` and the relay's default policy and suite
+    /// apply at once; anything else is refused, naming what needs a restart. A change that
+    /// would void pooled keys is refused unless --void-pools is given; one that would strand
+    /// keys a master already has, or an open key stream, is refused with what stands in the
+    /// way. Check the file first with `qkdctl check`.
     ///
     /// Example: qkdctl reload --config /etc/qkd/node.toml --cert op.crt --key op.key
     Reload {
         #[command(flatten)]
         control: ControlTarget,
+        /// Void pooled keys made under the old configuration that the new one no longer fits
+        /// (their pairs refill under the new one).
+        #[arg(long)]
+        void_pools: bool,
     },
     /// Rotate the node's certificates or the store's key-encryption key without a restart
     /// (control listener).
@@ -235,7 +242,17 @@ fn main() -> Result<()> {
             };
             rt.block_on(control_post(&target, &format!("/v1/links/{link}/{verb}")))
         }
-        Cmd::Reload { control } => rt.block_on(control_post(&control, "/v1/reload")),
+        Cmd::Reload {
+            control,
+            void_pools,
+        } => {
+            let path = if void_pools {
+                "/v1/reload?void_pools=true"
+            } else {
+                "/v1/reload"
+            };
+            rt.block_on(control_post(&control, path))
+        }
         Cmd::Rotate(RotateCmd::Certs { control }) => {
             rt.block_on(control_post(&control, "/v1/rotate/certs"))
         }

@@ -408,6 +408,13 @@ async fn qkdctl_shows_the_network_and_drains_a_link_that_routes_avoid() {
     wait_status(&net, "A", "routing over A-B again", |st| usable(st) == all).await;
 }
 
+/// GET with an SAE's client: status and JSON body.
+async fn get_as(client: &reqwest::Client, url: String) -> (u16, Value) {
+    let r = client.get(url).send().await.unwrap();
+    let code = r.status().as_u16();
+    (code, r.json().await.unwrap_or(Value::Null))
+}
+
 /// Waits for the audit record of a reload asked for by `by`; returns it.
 async fn reload_record(net: &Net, node: &str, by: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -423,11 +430,13 @@ async fn reload_record(net: &Net, node: &str, by: &str) -> Value {
     }
 }
 
-/// Item 5: SIGHUP and `qkdctl reload` apply `[alarms]` live; a pair's policy change while its
-/// pool holds keys is refused, naming the pooled keys a restart would void; both are audited
-/// and the node keeps serving.
+/// Item 5: SIGHUP and `qkdctl reload` apply `[alarms]`, SAEs and pairs live, under the rules
+/// of a restart: a pair's policy change while its pool holds keys is refused unless the
+/// operator asks to void the pools; one that would strand a key its master already has is
+/// refused until the slave fetched it; a new SAE gets keys without a restart; what needs a
+/// restart is refused; every attempt is audited and the node keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reload_applies_alarms_live_and_refuses_what_needs_a_restart() {
+async fn a_reload_applies_alarms_saes_and_pairs_live_and_refuses_what_needs_a_restart() {
     let net = Net::setup(1_000_000);
     net.start("A");
     net.start("B");
@@ -446,34 +455,173 @@ async fn a_reload_applies_alarms_live_and_refuses_what_needs_a_restart() {
     assert_eq!(r["outcome"], "applied", "{r}");
     assert_eq!(r["detail"], "applied: alarms.qber_max", "{r}");
 
+    let config = |node: &str| {
+        net.path()
+            .join(format!("{node}/node.toml"))
+            .to_string_lossy()
+            .into_owned()
+    };
+    let reload = |node: &str, cert: &str, void: bool| {
+        let c = config(node);
+        let mut args = vec!["reload", "--config", c.as_str()];
+        if void {
+            args.push("--void-pools");
+        }
+        qkdctl_as(&net, cert, &args)
+    };
+
+    // A change that needs a restart is refused, naming it; nothing changes.
     net.edit_config("A", |t| {
-        let pair: toml::Table =
-            toml::from_str("saes = [\"ENC-A1\", \"ENC-B1\"]\npolicy = \"qkd-only\"\n").unwrap();
-        t.insert(
-            "pair".into(),
-            toml::Value::Array(vec![toml::Value::Table(pair)]),
+        t["relay"]["pool_keys"] = toml::Value::Integer(17);
+    });
+    let (ok, _, err) = reload("A", "operator-demo", false);
+    assert!(!ok && err.contains("409"), "{err}");
+    assert!(
+        err.contains("relay.pool_keys cannot change without a restart"),
+        "{err}"
+    );
+    net.edit_config("A", |t| {
+        t["relay"].as_table_mut().unwrap().insert(
+            "pool_keys".into(),
+            toml::Value::Integer(i64::from(crate::harness::POOL as u32)),
         );
     });
-    let config_a = net
-        .path()
-        .join("A/node.toml")
-        .to_string_lossy()
-        .into_owned();
-    let reload = |cert: &str| qkdctl_as(&net, cert, &["reload", "--config", &config_a]);
-    let (ok, _, err) = reload("sae-ENC-A1");
+
+    // A key on demand (not the default size: made for this request, not pooled) that ENC-A1
+    // has and ENC-B1 has not fetched yet.
+    let (code, body) = net.call("ENC-A1", "ENC-B1/enc_keys?size=512", None).await;
+    assert_eq!(code, 200, "{body}");
+    let waiting = crate::harness::keys(&body);
+
+    // The pair goes qkd-only at both nodes.
+    for node in ["A", "B"] {
+        net.edit_config(node, |t| {
+            let pair: toml::Table =
+                toml::from_str("saes = [\"ENC-A1\", \"ENC-B1\"]\npolicy = \"qkd-only\"\n").unwrap();
+            t.insert(
+                "pair".into(),
+                toml::Value::Array(vec![toml::Value::Table(pair)]),
+            );
+        });
+    }
+    let (ok, _, err) = reload("A", "sae-ENC-A1", false);
     assert!(!ok && err.contains("403"), "{err}");
-    let (ok, _, err) = reload("operator-demo");
-    assert!(!ok, "{err}");
-    assert!(err.contains("409"), "{err}");
+    // Pooled keys are voided only on request.
+    let (ok, _, err) = reload("A", "operator-demo", false);
+    assert!(!ok && err.contains("409"), "{err}");
     assert!(
-        err.contains("pair cannot change without a restart")
-            && err.contains("pair ENC-A1->ENC-B1 holds")
-            && err.contains("a restart voids them"),
+        err.contains("pair ENC-A1->ENC-B1 holds") && err.contains("--void-pools"),
         "{err}"
     );
     let r = reload_record(&net, "A", "operator:demo").await;
     assert_eq!(r["outcome"], "refused", "{r}");
-    // Nothing changed: the node still serves the pair as before.
+    // At B, ENC-A1's key waits for ENC-B1: even with --void-pools the reload would strand it.
+    let (ok, _, err) = reload("B", "operator-demo", true);
+    assert!(!ok && err.contains("409"), "{err}");
+    assert!(
+        err.contains("wait here for ENC-B1") && err.contains("strand"),
+        "{err}"
+    );
+    let (code, body) = net
+        .call(
+            "ENC-B1",
+            &format!("ENC-A1/dec_keys?key_ID={}", waiting[0].0),
+            None,
+        )
+        .await;
+    assert_eq!(code, 200, "the refused reload lost the waiting key: {body}");
+    assert_eq!(crate::harness::keys(&body), waiting);
+
+    let (ok, out, err) = reload("A", "operator-demo", true);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("applied: pair") && out.contains("voided"),
+        "{out}"
+    );
+    let (ok, out, err) = reload("B", "operator-demo", true);
+    assert!(ok, "{err}");
+    assert!(out.contains("applied: pair"), "{out}");
+    // The pools refill under the new policy; keys flow end to end again.
+    net.wait_for_keys("ENC-A1", "ENC-B1", 1).await;
+    let (code, body) = net.call("ENC-A1", "ENC-B1/enc_keys", None).await;
+    assert_eq!(code, 200, "{body}");
+    let fresh = crate::harness::keys(&body);
+    let (code, body) = net
+        .call(
+            "ENC-B1",
+            &format!("ENC-A1/dec_keys?key_ID={}", fresh[0].0),
+            None,
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(crate::harness::keys(&body), fresh);
+    let st = wait_status(&net, "A", "the qkd-only alarm", |st| {
+        st["alarms"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|a| a["alarm"] == "qkd_only_pair"))
+    })
+    .await;
+    let voided = st["voided_by_reload"].as_array().expect("voided_by_reload");
+    assert!(
+        voided
+            .iter()
+            .any(|v| v["master"] == "ENC-A1" && v["keys"].as_u64() > Some(0)),
+        "{st}"
+    );
+
+    // A new SAE at A, paired with ENC-B1 at both nodes: unknown before the reload, served after.
+    let pki = qkd_kms::pki::DemoPki::load(&net.path().join("pki")).unwrap();
+    pki.issue_sae(&qkd_types::SaeId::parse("ENC-A7").unwrap(), "urn:qkd:sae:")
+        .unwrap();
+    let a7 = net.sae_client("ENC-A7").unwrap();
+    let base_a = net.base("A");
+    let (code, _) = get_as(&a7, format!("{base_a}ENC-B1/status")).await;
+    assert_eq!(code, 401, "an SAE not configured yet");
+    for node in ["A", "B"] {
+        net.edit_config(node, |t| {
+            let saes = t["sae"].as_array_mut().unwrap();
+            for s in saes.iter_mut() {
+                if s["id"].as_str() == Some("ENC-B1") {
+                    s["peers"]
+                        .as_array_mut()
+                        .unwrap()
+                        .push(toml::Value::String("ENC-A7".into()));
+                }
+            }
+            let new: toml::Table =
+                toml::from_str("id = \"ENC-A7\"\nnode = \"A\"\npeers = [\"ENC-B1\"]\n").unwrap();
+            saes.push(toml::Value::Table(new));
+        });
+    }
+    for node in ["A", "B"] {
+        let (ok, out, err) = reload(node, "operator-demo", false);
+        assert!(ok && out.contains("applied: sae"), "{out} {err}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (code, st) = get_as(&a7, format!("{base_a}ENC-B1/status")).await;
+        if code == 200 && st["stored_key_count"].as_u64() > Some(0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no keys for the new SAE: {code} {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, body) = get_as(&a7, format!("{base_a}ENC-B1/enc_keys")).await;
+    assert_eq!(code, 200, "{body}");
+    let new_keys = crate::harness::keys(&body);
+    let (code, body) = net
+        .call(
+            "ENC-B1",
+            &format!("ENC-A7/dec_keys?key_ID={}", new_keys[0].0),
+            None,
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(crate::harness::keys(&body), new_keys);
+    // The old pair still works beside it.
     let (code, body) = net.call("ENC-A1", "ENC-B1/enc_keys", None).await;
     assert_eq!(code, 200, "{body}");
 }
