@@ -18,6 +18,9 @@
 //!   ([`KeyManager::halt`]) and drops its memory; the restart rebuilds the node from its disk,
 //!   possibly under a newer configuration (a larger key size, a pair moved from `qkd-only` to
 //!   hybrid).
+//! * **Reloads.** A configuration change reaches the nodes either by restarts or by live reloads
+//!   ([`KeyManager::reconfigure`], voiding pools); a node whose reload is refused (it would
+//!   strand keys) is restarted instead.
 //! * **Workload.** SAEs ask for keys at the master's node (pool and on-demand sizes, and requests
 //!   whose pairs differ in policy) and fetch them at the slave's node, sometimes twice.
 //!
@@ -221,6 +224,8 @@ pub struct Outcome {
     pub crashes: u32,
     /// Configuration changes.
     pub config_changes: u32,
+    /// Nodes that took a configuration change by a live reload (the others restarted).
+    pub reloads: u32,
     /// Devices that lost their position (and re-issued key IDs).
     pub reissues: u32,
     /// Partitions cut.
@@ -796,8 +801,9 @@ impl Checker {
 #[derive(Debug)]
 struct NodeObserver {
     node: usize,
-    /// Policy and suite names per (master, slave), under the node's configuration.
-    modes: BTreeMap<(SaeId, SaeId), MadeUnder>,
+    /// Policy and suite names per (master, slave), under the node's configuration (a live
+    /// reload replaces them in the same step).
+    modes: Arc<Mutex<BTreeMap<(SaeId, SaeId), MadeUnder>>>,
     checker: Arc<Mutex<Checker>>,
 }
 
@@ -834,10 +840,11 @@ impl Observer for NodeObserver {
                 slaves,
                 keys,
             } => {
+                let modes = self.modes.lock().unwrap_or_else(|p| p.into_inner());
                 for (id, made) in keys.iter() {
                     let Some(made) = made else { continue };
                     for s in slaves.iter() {
-                        let want = self.modes.get(&((*master).clone(), s.clone()));
+                        let want = modes.get(&((*master).clone(), s.clone()));
                         if want != Some(made) {
                             c.violations.push(format!(
                                 "key {id} delivered to the {side:?} at n{} made under {}/{} but \
@@ -863,6 +870,8 @@ struct NodeSlot {
     dir: PathBuf,
     /// Configuration version it runs (or will run at its next start).
     version: u32,
+    /// What its observer holds deliveries to (see [`NodeObserver::modes`]).
+    modes: Arc<Mutex<BTreeMap<(SaeId, SaeId), MadeUnder>>>,
     signing: Option<NodeSigningKey>,
     up: bool,
 }
@@ -954,6 +963,7 @@ impl Sim {
                 memory: SharedMemory::default(),
                 dir,
                 version: 0,
+                modes: Arc::default(),
                 signing: Some(signing),
                 up: false,
             });
@@ -1196,9 +1206,11 @@ impl Sim {
         }
         let config = self.config(i);
         let manager = KeyManager::new(config, self.clock.clone(), writer, setups, recovered);
+        let modes = Arc::new(Mutex::new(self.modes(self.nodes[i].version)));
+        self.nodes[i].modes = modes.clone();
         manager.observe(Arc::new(NodeObserver {
             node: i,
-            modes: self.modes(self.nodes[i].version),
+            modes,
             checker: self.checker.clone(),
         }));
         manager
@@ -1799,9 +1811,19 @@ impl Sim {
             95..=96 if self.version < LAST_VERSION => {
                 self.version += 1;
                 self.outcome.config_changes += 1;
-                self.note(step, format!("configuration version {}", self.version));
-                // Every node picks it up at its next restart; restart them one by one.
+                // Every node picks it up by a live reload (voiding pools), or at its next
+                // restart; a node whose reload is refused (it would strand keys) is restarted,
+                // as an operator would. Nodes go one by one.
+                let live = self.rng.random_bool(0.5);
+                let how = if live { "reloads" } else { "restarts" };
+                self.note(
+                    step,
+                    format!("configuration version {} by {how}", self.version),
+                );
                 for i in 0..self.n {
+                    if live && self.reload(step, i).await {
+                        continue;
+                    }
                     if self.nodes[i].up {
                         self.crash(i);
                     }
@@ -1812,6 +1834,42 @@ impl Sim {
                 let secs = self.rng.random_range(1..4);
                 self.note(step, format!("quiet {secs} s"));
                 tokio::time::sleep(Duration::from_secs(secs)).await;
+            }
+        }
+    }
+
+    /// Reloads node `i` (if up) into the latest configuration version, voiding pools; whether
+    /// it now runs that version. No SAE request is under way during a step, so the node's
+    /// observer switches to the new version's modes here.
+    async fn reload(&mut self, step: u32, i: usize) -> bool {
+        let Some(m) = self.net.manager(i) else {
+            return false;
+        };
+        let old = self.nodes[i].version;
+        self.nodes[i].version = self.version;
+        let live = qkd_kms::manager::LiveConfig::of(&self.config(i));
+        let old_modes = std::mem::replace(
+            &mut *self.nodes[i]
+                .modes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+            self.modes(self.version),
+        );
+        match m.reconfigure(live, true).await {
+            Ok(voided) => {
+                let n: u64 = voided.iter().map(|v| v.keys).sum();
+                self.outcome.reloads += 1;
+                self.note(step, format!("reload n{i}: {n} keys voided"));
+                true
+            }
+            Err(e) => {
+                self.nodes[i].version = old;
+                *self.nodes[i]
+                    .modes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = old_modes;
+                self.note(step, format!("reload n{i} refused: {e}"));
+                false
             }
         }
     }
@@ -1886,6 +1944,7 @@ pub fn run_seeds(
         s.stream_keys += o.stream_keys;
         s.notified_keys += o.notified_keys;
         s.crashes += u64::from(o.crashes);
+        s.reloads += u64::from(o.reloads);
         s.sim_ms += o.sim_ms;
     }
     Ok(s)
@@ -1910,6 +1969,8 @@ pub struct Summary {
     pub notified_keys: u64,
     /// Crashes.
     pub crashes: u64,
+    /// Configuration changes nodes took by a live reload.
+    pub reloads: u64,
     /// Simulated milliseconds.
     pub sim_ms: u64,
 }
@@ -1920,7 +1981,8 @@ impl std::fmt::Display for Summary {
         let _ = write!(
             s,
             "{} runs, {} steps, {} keys to masters ({} for two slaves), {} to slaves, {} from key \
-             streams, {} expiries set by delivery notices, {} crashes, {:.0} s simulated",
+             streams, {} expiries set by delivery notices, {} crashes, {} live reloads, {:.0} s \
+             simulated",
             self.runs,
             self.steps,
             self.master_keys,
@@ -1929,6 +1991,7 @@ impl std::fmt::Display for Summary {
             self.stream_keys,
             self.notified_keys,
             self.crashes,
+            self.reloads,
             self.sim_ms as f64 / 1000.0
         );
         f.write_str(&s)

@@ -23,6 +23,10 @@ fn must_hold(shape: Shape, default_seeds: u64, store: StoreKind) {
                 count < 20 || (summary.slave_keys > 0 && summary.stream_keys > 0),
                 "the workload got no keys to slaves or from key streams: {summary}"
             );
+            assert!(
+                count < 20 || summary.reloads > 0,
+                "no configuration change reached a node by a live reload: {summary}"
+            );
         }
         Err(v) => panic!("{v}"),
     }
