@@ -366,10 +366,7 @@ impl KeyManager {
             after = Some(last);
             waiting.extend(page);
         }
-        let streams = self
-            .inspect_store(|t| t.streams())
-            .transpose()?
-            .unwrap_or_default();
+        let streams = self.inner.writer.apply(ops::Streams {}).await?;
         let now = self.inner.clock.now();
         let pools = self.pools_snapshot(now);
         let held = Holdings {

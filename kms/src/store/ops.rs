@@ -11,7 +11,7 @@
 //! replicates yet).
 //!
 //! Every operation checks everything before it writes anything, so an operation that fails
-//! leaves the transaction as it found it and the rest of its batch still commits. Two are
+//! leaves the transaction as it found it and the rest of its batch still commits. Four are
 //! read-only ([`Op::writes`] is false) and would never be shipped.
 
 use std::collections::BTreeSet;
@@ -275,6 +275,9 @@ operations! {
         /// Most notices.
         limit: usize,
     } -> Vec<QueuedNotice>;
+    /// Read-only: every key stream end held here (a reload checks them against the new
+    /// configuration).
+    Streams {} -> Vec<StreamRecord>;
     /// An SAE opens a key stream, or joins one opened at its peer's node
     /// ([`crate::core::stream::open`]); the stream's end is recorded here.
     OpenStream {
@@ -402,7 +405,7 @@ impl Op {
     pub fn writes(&self) -> bool {
         !matches!(
             self,
-            Op::KeysAfter(_) | Op::QueuedNotices(_) | Op::StreamQos(_)
+            Op::KeysAfter(_) | Op::QueuedNotices(_) | Op::Streams(_) | Op::StreamQos(_)
         )
     }
 }
@@ -638,5 +641,11 @@ impl KeysAfter {
 impl QueuedNotices {
     fn exec(self, t: &mut dyn Tables) -> Result<Vec<QueuedNotice>, StoreError> {
         t.queued_notices(self.limit)
+    }
+}
+
+impl Streams {
+    fn exec(self, t: &mut dyn Tables) -> Result<Vec<StreamRecord>, StoreError> {
+        t.streams()
     }
 }

@@ -493,6 +493,31 @@ async fn a_reload_applies_alarms_saes_and_pairs_live_and_refuses_what_needs_a_re
     assert_eq!(code, 200, "{body}");
     let waiting = crate::harness::keys(&body);
 
+    // An ETSI 004 key stream of the pair, joined at B.
+    let mut a1 = net.grpc("ENC-A1", "A");
+    let mut b1 = net.grpc("ENC-B1", "B");
+    let qos = || qkd_proto::keys::Qos {
+        key_chunk_size: 32,
+        max_bps: 32 * 8 * 10,
+        ttl: 5,
+        timeout: 10_000,
+        ..Default::default()
+    };
+    let open = |peer: &str, join: Option<String>| qkd_proto::keys::OpenStreamRequest {
+        peer_sae_id: peer.into(),
+        qos: Some(qos()),
+        key_stream_id: join,
+    };
+    let ksid = a1
+        .open_stream(open("ENC-B1", None))
+        .await
+        .unwrap()
+        .into_inner()
+        .key_stream_id;
+    b1.open_stream(open("ENC-A1", Some(ksid.clone())))
+        .await
+        .unwrap();
+
     // The pair goes qkd-only at both nodes.
     for node in ["A", "B"] {
         net.edit_config(node, |t| {
@@ -532,14 +557,40 @@ async fn a_reload_applies_alarms_saes_and_pairs_live_and_refuses_what_needs_a_re
     assert_eq!(code, 200, "the refused reload lost the waiting key: {body}");
     assert_eq!(crate::harness::keys(&body), waiting);
 
+    // The open stream refuses it too, until it is closed at both ends.
+    let (ok, _, err) = reload("A", "operator-demo", true);
+    assert!(!ok && err.contains("409"), "{err}");
+    assert!(
+        err.contains(&format!("key stream {ksid}")) && err.contains("close it first"),
+        "{err}"
+    );
+    for c in [&mut a1, &mut b1] {
+        c.close_stream(qkd_proto::keys::CloseStreamRequest {
+            key_stream_id: ksid.clone(),
+        })
+        .await
+        .unwrap();
+    }
     let (ok, out, err) = reload("A", "operator-demo", true);
     assert!(ok, "{err}");
     assert!(
         out.contains("applied: pair") && out.contains("voided"),
         "{out}"
     );
-    let (ok, out, err) = reload("B", "operator-demo", true);
-    assert!(ok, "{err}");
+    // A reservation on its way when the stream closed leaves an end at B whose SAE never
+    // joined it: B refuses until its keys expire (the stream's TTL, 5 s), as an operator sees.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let out = loop {
+        let (ok, out, err) = reload("B", "operator-demo", true);
+        if ok {
+            break out;
+        }
+        assert!(
+            err.contains("key stream") && Instant::now() < deadline,
+            "{err}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     assert!(out.contains("applied: pair"), "{out}");
     // The pools refill under the new policy; keys flow end to end again.
     net.wait_for_keys("ENC-A1", "ENC-B1", 1).await;
