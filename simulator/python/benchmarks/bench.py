@@ -80,10 +80,11 @@ def main():
     ap.add_argument("--quick", action="store_true", help="tiny sizes, no TNO comparison")
     ap.add_argument("--rounds", type=int, default=30, help="interleaved rounds (default 30)")
     ap.add_argument("--calls", type=int, default=10, help="calls of each per round (default 10)")
+    ap.add_argument("--points", type=int, default=1000, help="points of the curve (default 1000)")
     ap.add_argument("--curve-only", action="store_true", help="only the Python-vs-Rust curve")
     args = ap.parse_args()
     quick = args.quick
-    n, fk_points = (50, 3) if quick else (1000, 50)
+    n, fk_points = (50, 3) if quick else (args.points, 50)
     rounds, calls = (3, 2) if quick else (args.rounds, args.calls)
 
     res = python_vs_rust(n, rounds, calls)
@@ -93,7 +94,7 @@ def main():
     med, mean, lo, hi, mn, mx = summary([r[0] / r[2] for r in res])
     wmed, wmean, wlo, whi, _, _ = summary([r[1] / r[3] for r in res])
     print(f"{n}-point infinite-decoy curve, {rounds} rounds x {calls} calls alternated, CPU time: "
-          f"Python call {py_cpu * 1e3:.3f} ms, Rust call {rust_cpu * 1e3:.3f} ms (medians); "
+          f"Python call {py_cpu * 1e3:.4f} ms, Rust call {rust_cpu * 1e3:.4f} ms (medians); "
           f"overhead median {med:+.2f} %, mean {mean:+.2f} % (95 % interval {lo:+.2f} to "
           f"{hi:+.2f} %), rounds {mn:+.2f} to {mx:+.2f} %; wall time: median {wmed:+.2f} %, "
           f"mean {wmean:+.2f} % ({wlo:+.2f} to {whi:+.2f} %)")
