@@ -279,6 +279,11 @@ pub fn rate_curve_detailed(
     to: f64,
     points: usize,
 ) -> Result<Vec<DetailedPoint>, CurveError> {
+    rate_points(protocol, hw, f_ec, fixed, axis, &sweep(from, to, points)?)
+}
+
+/// The x values of [`rate_curve_detailed`]'s sweep: `points` evenly spaced from `from` to `to`.
+pub fn sweep(from: f64, to: f64, points: usize) -> Result<Vec<f64>, CurveError> {
     if !(from.is_finite() && from >= 0.0) {
         return Err(ParamError::new("from", from, "the sweep starts at a finite value ≥ 0").into());
     }
@@ -288,10 +293,9 @@ pub fn rate_curve_detailed(
     if !(2..=1_000_000).contains(&points) {
         return Err(ParamError::new("points", points as f64, "between 2 and 10⁶ points").into());
     }
-    let xs: Vec<f64> = (0..points)
+    Ok((0..points)
         .map(|i| from + (to - from) * i as f64 / (points - 1) as f64)
-        .collect();
-    rate_points(protocol, hw, f_ec, fixed, axis, &xs)
+        .collect())
 }
 
 /// Like [`rate_curve_detailed`] at the given x values (km or dB, each finite and ≥ 0) rather
@@ -304,6 +308,24 @@ pub fn rate_points(
     axis: Axis,
     xs: &[f64],
 ) -> Result<Vec<DetailedPoint>, CurveError> {
+    let mut out = Vec::with_capacity(xs.len());
+    for_each_rate_point(protocol, hw, f_ec, fixed, axis, xs, |p| out.push(*p))?;
+    Ok(out)
+}
+
+/// Like [`rate_points`], each point handed to `visit` as soon as it is computed, in the order
+/// of `xs`, instead of collected: a caller that lays the values out otherwise (the Python
+/// bindings write NumPy columns) reads each point while it is still in the cache and skips the
+/// vector of points. Nothing is visited when the arguments are refused.
+pub fn for_each_rate_point(
+    protocol: &CurveProtocol,
+    hw: &DvHardware,
+    f_ec: f64,
+    fixed: &FixedParams,
+    axis: Axis,
+    xs: &[f64],
+    mut visit: impl FnMut(&DetailedPoint),
+) -> Result<(), CurveError> {
     hw.validate()?;
     if let Some(&x) = xs.iter().find(|x| !(x.is_finite() && **x >= 0.0)) {
         return Err(ParamError::new("x", x, "every x value is finite and ≥ 0").into());
@@ -333,24 +355,22 @@ pub fn rate_points(
     // Each optimised signal intensity seeds the next point's search (decoy BB84 with infinite
     // decoys: `AsymptoticBb84::optimal_mu_from`).
     let mut mu_seed = MU_SEED;
-    Ok(xs
-        .iter()
-        .map(|&x| {
-            let (length_km, loss_db) = match axis {
-                Axis::Distance => (x, alpha * x + hw.extra_loss_db),
-                Axis::Loss => ((x - hw.extra_loss_db).max(0.0) / alpha.max(1e-12), x),
-            };
-            point(
-                protocol,
-                hw,
-                f_ec,
-                fixed,
-                x,
-                (length_km, loss_db),
-                &mut mu_seed,
-            )
-        })
-        .collect())
+    for &x in xs {
+        let (length_km, loss_db) = match axis {
+            Axis::Distance => (x, alpha * x + hw.extra_loss_db),
+            Axis::Loss => ((x - hw.extra_loss_db).max(0.0) / alpha.max(1e-12), x),
+        };
+        visit(&point(
+            protocol,
+            hw,
+            f_ec,
+            fixed,
+            x,
+            (length_km, loss_db),
+            &mut mu_seed,
+        ));
+    }
+    Ok(())
 }
 
 fn point(

@@ -2,11 +2,17 @@
 
     python simulator/python/benchmarks/bench.py            # full size
     python simulator/python/benchmarks/bench.py --quick    # tiny, without TNO (a smoke test)
+    python simulator/python/benchmarks/bench.py --rounds 40 --calls 10 --curve-only
 
 Prints, on this machine:
-* the 1,000-point infinite-decoy curve (GYS, 0-200 km) through `qkd_sim.rate_curve`, best of
-  20, beside the same curve timed inside Rust (`qkd_sim._rust_time_rate_curve`, the library
-  call without any conversion), so the overhead of the binding is measured under one load;
+* the 1,000-point infinite-decoy curve (GYS, 0-200 km) through `qkd_sim.rate_curve` (the dict
+  of NumPy columns) against the Rust library call behind it (`qkd_sim._rust_rate_curve`:
+  `rate_curve_detailed`, its vector of points returned unconverted). Both are timed the same
+  way: from Python, CPU time of this thread (`time.thread_time_ns`, so other processes on a
+  shared machine do not count), one call at a time, each result freed only after the clock
+  stops, the two calls alternated (ABAB..., the order swapped every round). Each round takes
+  the median of `--calls` calls of each and their ratio; the rounds give the median ratio, the
+  mean with its 95 % interval and the spread. Wall time is printed beside it;
 * one Lim 2014 finite-key optimisation (n_X = 1e7) at 50 distances from 0 to the reach;
 * the same kinds of computation with TNO's `qkd_key_rate` package (PyPI
   `tno-quantum-communication-qkd-key-rate`), if installed: the fully asymptotic BB84 rate
@@ -14,6 +20,7 @@ Prints, on this machine:
 """
 
 import argparse
+import math
 import statistics
 import time
 
@@ -21,26 +28,78 @@ import numpy as np
 
 import qkd_sim
 
+# Two-sided 95 % quantiles of Student's t by degrees of freedom (the normal value beyond 30).
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+       9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120,
+       17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064,
+       25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048, 29: 2.045, 30: 2.042}
 
-def best(f, n):
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t)
-    return min(times), statistics.median(times)
+
+def timed(f):
+    """(CPU ns, wall ns) of one call of `f`, its result freed after both clocks stop."""
+    w, c = time.perf_counter_ns(), time.thread_time_ns()
+    r = f()
+    c, w = time.thread_time_ns() - c, time.perf_counter_ns() - w
+    del r
+    return c, w
+
+
+def python_vs_rust(n, rounds, calls):
+    """Per-round medians (CPU and wall, seconds) of the Python call and the Rust call."""
+    py = lambda: qkd_sim.rate_curve("decoy-infinite", 0.0, 200.0, n)  # noqa: E731
+    rust = lambda: qkd_sim._rust_rate_curve("decoy-infinite", 0.0, 200.0, n)  # noqa: E731
+    assert len(rust()) == len(py()["key_bps"]) == n
+    for _ in range(3):  # warm-up: caches, allocator, NumPy's first array
+        timed(py)
+        timed(rust)
+    out = []
+    for r in range(rounds):
+        a, b = [], []
+        for _ in range(calls):
+            if r % 2 == 0:
+                a.append(timed(py))
+                b.append(timed(rust))
+            else:
+                b.append(timed(rust))
+                a.append(timed(py))
+        out.append(tuple(statistics.median(t[i] for t in s) * 1e-9 for s in (a, b) for i in (0, 1)))
+    return out  # (py cpu, py wall, rust cpu, rust wall) per round
+
+
+def summary(ratios):
+    """Median, mean, 95 % interval of the mean, min, max of per-round ratios, in %."""
+    k = len(ratios)
+    mean = statistics.fmean(ratios)
+    half = T95.get(k - 1, 1.96) * statistics.stdev(ratios) / math.sqrt(k) if k > 1 else math.nan
+    return tuple(100 * (v - 1) for v in
+                 (statistics.median(ratios), mean, mean - half, mean + half, min(ratios), max(ratios)))
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="tiny sizes, no TNO comparison")
-    quick = ap.parse_args().quick
-    n, runs, fk_points = (50, 2, 3) if quick else (1000, 20, 50)
-    py_best, py_med = best(lambda: qkd_sim.rate_curve("decoy-infinite", 0.0, 200.0, n), runs)
-    rust = [qkd_sim._rust_time_rate_curve("decoy-infinite", 0.0, 200.0, n) for _ in range(runs)]
-    print(f"{n}-point infinite-decoy curve: Python call {py_best * 1e3:.3f} ms best "
-          f"({py_med * 1e3:.3f} median); Rust call {min(rust) * 1e3:.3f} ms best "
-          f"({statistics.median(rust) * 1e3:.3f} median); overhead {100 * (py_best / min(rust) - 1):+.1f} %")
+    ap.add_argument("--rounds", type=int, default=30, help="interleaved rounds (default 30)")
+    ap.add_argument("--calls", type=int, default=10, help="calls of each per round (default 10)")
+    ap.add_argument("--points", type=int, default=1000, help="points of the curve (default 1000)")
+    ap.add_argument("--curve-only", action="store_true", help="only the Python-vs-Rust curve")
+    args = ap.parse_args()
+    quick = args.quick
+    n, fk_points = (50, 3) if quick else (args.points, 50)
+    rounds, calls = (3, 2) if quick else (args.rounds, args.calls)
+
+    res = python_vs_rust(n, rounds, calls)
+    py_cpu = statistics.median(r[0] for r in res)
+    py_wall = statistics.median(r[1] for r in res)
+    rust_cpu = statistics.median(r[2] for r in res)
+    med, mean, lo, hi, mn, mx = summary([r[0] / r[2] for r in res])
+    wmed, wmean, wlo, whi, _, _ = summary([r[1] / r[3] for r in res])
+    print(f"{n}-point infinite-decoy curve, {rounds} rounds x {calls} calls alternated, CPU time: "
+          f"Python call {py_cpu * 1e3:.4f} ms, Rust call {rust_cpu * 1e3:.4f} ms (medians); "
+          f"overhead median {med:+.2f} %, mean {mean:+.2f} % (95 % interval {lo:+.2f} to "
+          f"{hi:+.2f} %), rounds {mn:+.2f} to {mx:+.2f} %; wall time: median {wmed:+.2f} %, "
+          f"mean {wmean:+.2f} % ({wlo:+.2f} to {whi:+.2f} %)")
+    if args.curve_only:
+        return
 
     hw = qkd_sim.hardware("lim2014")
     reach_km = 178.0
@@ -72,7 +131,7 @@ def main():
         fa.optimize_rate(attenuation=float(a))
     tno_point = (time.perf_counter() - t) / len(atts)
     print(f"TNO fully asymptotic BB84, mu optimised: {tno_point * 1e3:.2f} ms per point, "
-          f"{tno_point * 1e3 * 1000:.0f} ms for 1000 points ({tno_point * 1000 / py_best:.0f}x the binding)")
+          f"{tno_point * 1e3 * 1000:.0f} ms for 1000 points ({tno_point * 1000 / py_wall:.0f}x the binding's wall time)")
     fk = BB84FiniteKeyRateEstimate(detector=det, number_of_pulses=int(1e10))
     atts = [3.0, 10.0, 20.0]
     t = time.perf_counter()

@@ -15,9 +15,10 @@ mod time_resolved;
 use numpy::{AllowTypeChange, IntoPyArray, PyArray1, PyArrayDyn, PyArrayLike1, PyArrayLikeDyn};
 use pyo3::exceptions::{PyIOError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
-use qkd_simulator::curve::{Axis, CurveProtocol, rate_points};
-use qkd_simulator::detail::{DetailedPoint, FixedParams};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyList, PyString};
+use qkd_simulator::curve::{Axis, CurveProtocol, for_each_rate_point, sweep};
+use qkd_simulator::detail::{BoundFamily, DetailedPoint, FixedParams};
 use qkd_simulator::physics::bounds;
 use qkd_simulator::physics::channel::DvHardware;
 use qkd_simulator::physics::cv::Gg02;
@@ -245,74 +246,147 @@ fn curve_protocol(
     })
 }
 
-fn detailed_columns<'py>(py: Python<'py>, pts: &[DetailedPoint]) -> PyResult<Columns<'py>> {
-    let opt = |v: Option<f64>| v.unwrap_or(f64::NAN);
-    // Written out rather than through [`columns`]' table of closures: an indirect call per
-    // value cost about 15 % of a 1,000-point curve (the Python call is held within 10 % of the
-    // Rust one; benchmarks/bench.py).
-    let d = PyDict::new(py);
-    macro_rules! column {
-        ($p:ident; $($name:literal => $value:expr,)*) => {
-            $(
-                let v: Vec<f64> = pts.iter().map(|$p| $value).collect();
-                d.set_item($name, PyArray1::from_vec(py, v))?;
-            )*
-        };
+/// Declares the float columns of `rate_curve`: their names, in order, and one point's values.
+macro_rules! curve_columns {
+    ($p:ident, $opt:ident; $($name:literal => $value:expr,)*) => {
+        /// Names of the float columns of `rate_curve`, in the order of [`curve_row`].
+        const CURVE_COLUMNS: &[&str] = &[$($name,)*];
+        /// One point's values of the float columns, NaN where the protocol has no such value.
+        fn curve_row($p: &DetailedPoint) -> [f64; CURVE_COLUMNS.len()] {
+            let $opt = |v: Option<f64>| v.unwrap_or(f64::NAN);
+            [$($value,)*]
+        }
+    };
+}
+
+curve_columns! {
+    p, opt;
+    "x" => p.point.x,
+    "length_km" => p.point.length_km,
+    "loss_db" => p.point.loss_db,
+    "key_per_pulse" => p.point.key_per_pulse,
+    "key_bps" => p.point.key_bps,
+    "qber" => p.point.qber,
+    "plob_per_use" => p.point.plob_per_use,
+    "plob_bps" => p.point.plob_bps,
+    "tgw_per_use" => p.point.tgw_per_use,
+    "bound_per_use" => p.bound_per_use,
+    "bound_bps" => p.bound_bps,
+    "mu1" => opt(p.params.mu1),
+    "mu2" => opt(p.params.mu2),
+    "mu3" => opt(p.params.mu3),
+    "p_mu1" => opt(p.params.p_mu1),
+    "p_mu2" => opt(p.params.p_mu2),
+    "p_mu3" => opt(p.params.p_mu3),
+    "p_basis" => opt(p.params.p_basis),
+    "gain_mu1" => opt(p.estimates.gain_mu1),
+    "gain_mu2" => opt(p.estimates.gain_mu2),
+    "gain_mu3" => opt(p.estimates.gain_mu3),
+    "error_rate_mu1" => opt(p.estimates.error_rate_mu1),
+    "error_rate_mu2" => opt(p.estimates.error_rate_mu2),
+    "error_rate_mu3" => opt(p.estimates.error_rate_mu3),
+    "y0" => opt(p.estimates.y0),
+    "y1_lower" => opt(p.estimates.y1_lower),
+    "q1_lower" => opt(p.estimates.q1_lower),
+    "e1_upper" => opt(p.estimates.e1_upper),
+    "phase_error_upper" => opt(p.estimates.phase_error_upper),
+    "s0_lower" => opt(p.estimates.s0_lower),
+    "s1_lower" => opt(p.estimates.s1_lower),
+    "key_bits_per_block" => opt(p.estimates.key_bits_per_block),
+    "pulses_per_block" => opt(p.estimates.pulses_per_block),
+    "i_ab" => opt(p.estimates.i_ab),
+    "chi_be" => opt(p.estimates.chi_be),
+}
+
+/// Points written at a time into each column: see [`CurveColumns`].
+const BLOCK: usize = 32;
+
+/// The columns of a curve, filled point by point while the curve is computed: each point is
+/// read once, while it is still in the cache, and no vector of points is kept. Points are
+/// gathered column-wise in a small block (a few KB, in L1) and each column then takes the
+/// block's values in one contiguous copy.
+///
+/// Measured on a 1,000-point curve (benchmarks/bench.py, Python call against the Rust call):
+/// a table of closures read back from the vector of points cost 27 ns a point (+10 %); one
+/// `push` per value into each column, 40 ns (+11 %); one row-major table whose columns are
+/// strided views, 7 ns (+3.5 %, but every column then keeps the whole table and is not
+/// contiguous); this, 17 ns (+6 %).
+struct CurveColumns {
+    /// Every column so far, but for the block's values.
+    values: [Vec<f64>; CURVE_COLUMNS.len()],
+    /// The latest points, column-wise: `block[j][k]` is column `j` of the `k`-th.
+    block: [[f64; BLOCK]; CURVE_COLUMNS.len()],
+    /// Points in `block`.
+    in_block: usize,
+    exceeds: Vec<bool>,
+    bound: Option<BoundFamily>,
+}
+
+impl CurveColumns {
+    fn with_capacity(n: usize) -> Self {
+        CurveColumns {
+            values: std::array::from_fn(|_| Vec::with_capacity(n)),
+            block: [[0.0; BLOCK]; CURVE_COLUMNS.len()],
+            in_block: 0,
+            exceeds: Vec::with_capacity(n),
+            bound: None,
+        }
     }
-    column! {
-        p;
-        "x" => p.point.x,
-        "length_km" => p.point.length_km,
-        "loss_db" => p.point.loss_db,
-        "key_per_pulse" => p.point.key_per_pulse,
-        "key_bps" => p.point.key_bps,
-        "qber" => p.point.qber,
-        "plob_per_use" => p.point.plob_per_use,
-        "plob_bps" => p.point.plob_bps,
-        "tgw_per_use" => p.point.tgw_per_use,
-        "bound_per_use" => p.bound_per_use,
-        "bound_bps" => p.bound_bps,
-        "mu1" => opt(p.params.mu1),
-        "mu2" => opt(p.params.mu2),
-        "mu3" => opt(p.params.mu3),
-        "p_mu1" => opt(p.params.p_mu1),
-        "p_mu2" => opt(p.params.p_mu2),
-        "p_mu3" => opt(p.params.p_mu3),
-        "p_basis" => opt(p.params.p_basis),
-        "gain_mu1" => opt(p.estimates.gain_mu1),
-        "gain_mu2" => opt(p.estimates.gain_mu2),
-        "gain_mu3" => opt(p.estimates.gain_mu3),
-        "error_rate_mu1" => opt(p.estimates.error_rate_mu1),
-        "error_rate_mu2" => opt(p.estimates.error_rate_mu2),
-        "error_rate_mu3" => opt(p.estimates.error_rate_mu3),
-        "y0" => opt(p.estimates.y0),
-        "y1_lower" => opt(p.estimates.y1_lower),
-        "q1_lower" => opt(p.estimates.q1_lower),
-        "e1_upper" => opt(p.estimates.e1_upper),
-        "phase_error_upper" => opt(p.estimates.phase_error_upper),
-        "s0_lower" => opt(p.estimates.s0_lower),
-        "s1_lower" => opt(p.estimates.s1_lower),
-        "key_bits_per_block" => opt(p.estimates.key_bits_per_block),
-        "pulses_per_block" => opt(p.estimates.pulses_per_block),
-        "i_ab" => opt(p.estimates.i_ab),
-        "chi_be" => opt(p.estimates.chi_be),
+
+    fn push(&mut self, p: &DetailedPoint) {
+        let k = self.in_block;
+        for (b, v) in self.block.iter_mut().zip(curve_row(p)) {
+            b[k] = v;
+        }
+        self.in_block += 1;
+        if self.in_block == BLOCK {
+            self.flush();
+        }
+        self.exceeds.push(p.exceeds_bound);
+        self.bound.get_or_insert(p.bound);
     }
-    let exceeds: Vec<bool> = pts.iter().map(|p| p.exceeds_bound).collect();
-    d.set_item("exceeds_bound", PyArray1::from_vec(py, exceeds))?;
-    // The bound family by its serde name ("plob", "single-repeater"), as the CLI writes it,
-    // without a round trip through Python's `json`.
-    let bound: Option<String> = pts
-        .first()
-        .map(|p| serde_json::to_value(p.bound).map_err(value_error))
-        .transpose()?
-        .and_then(|v| v.as_str().map(str::to_owned));
-    d.set_item("bound", bound)?;
-    Ok(d)
+
+    /// Moves the block's points to the columns.
+    fn flush(&mut self) {
+        let k = self.in_block;
+        for (col, b) in self.values.iter_mut().zip(&self.block) {
+            col.extend_from_slice(&b[..k]);
+        }
+        self.in_block = 0;
+    }
+
+    /// The dict of NumPy columns, each array taking its vector without a copy.
+    fn into_dict(mut self, py: Python<'_>) -> PyResult<Columns<'_>> {
+        self.flush();
+        // The keys, made once per process rather than once per call.
+        static NAMES: PyOnceLock<Vec<Py<PyString>>> = PyOnceLock::new();
+        let names = NAMES.get_or_init(py, || {
+            CURVE_COLUMNS
+                .iter()
+                .map(|n| PyString::intern(py, n).unbind())
+                .collect()
+        });
+        let d = PyDict::new(py);
+        for (name, v) in names.iter().zip(self.values) {
+            d.set_item(name.bind(py), PyArray1::from_vec(py, v))?;
+        }
+        d.set_item("exceeds_bound", PyArray1::from_vec(py, self.exceeds))?;
+        // The bound family by its serde name ("plob", "single-repeater"), as the CLI writes
+        // it, without a round trip through Python's `json`.
+        let bound: Option<String> = self
+            .bound
+            .map(|b| serde_json::to_value(b).map_err(value_error))
+            .transpose()?
+            .and_then(|v| v.as_str().map(str::to_owned));
+        d.set_item("bound", bound)?;
+        Ok(d)
+    }
 }
 
 /// rate_curve(protocol, start=0.0, stop=200.0, points=201, *, x=None, axis="distance",
 /// hardware="gys", f_ec=1.22, block_bits=1e7, mu=None, nu=None, p_z=None, mu2=None, mu3=None,
-/// p_mu1=None, p_mu2=None, p_basis=None, alpha_db_per_km=None, params=None) -> dict
+/// p_mu1=None, p_mu2=None, p_basis=None, alpha_db_per_km=None, params=None, pulses=None,
+/// detection=None, symbols=None) -> dict
 ///
 /// Secret key rate versus fibre length (axis="distance", x in km) or channel loss
 /// (axis="loss", x in dB), exactly as `qkd-sim rate`: same protocols, same defaults, same
@@ -329,14 +403,16 @@ fn detailed_columns<'py>(py: Python<'py>, pts: &[DetailedPoint]) -> PyResult<Col
 /// bias (0.9). `params` gives the CV-QKD (Gg02) or twin-field parameters as a dict;
 /// `alpha_db_per_km` overrides the fibre attenuation (dB/km).
 ///
-/// Returns a dict of NumPy arrays, the columns of rate.csv: x, length_km (km), loss_db (dB),
-/// key_per_pulse (bit per pulse or symbol), key_bps (bit/s), qber, plob_per_use,
-/// plob_bps (bit/s), tgw_per_use, bound_per_use and bound_bps (the bound of the protocol's
-/// family, named by "bound": "plob" or "single-repeater"), exceeds_bound (bool), the
-/// parameters used (mu1..3, p_mu1..3, p_basis) and the estimator values (gain_mu1..3,
-/// error_rate_mu1..3, y0, y1_lower, q1_lower, e1_upper, phase_error_upper, s0_lower,
-/// s1_lower, key_bits_per_block, pulses_per_block, i_ab, chi_be); NaN where a protocol has no
-/// such value.
+/// Returns a dict of NumPy arrays (one contiguous float64 array per column), the columns of
+/// rate.csv: x (km or dB), length_km (km), loss_db (dB), key_per_pulse (bit per pulse,
+/// symbol or pulse pair), key_bps (bit/s), qber, plob_per_use (bit per channel use), plob_bps
+/// (bit/s), tgw_per_use (bit per channel use), bound_per_use and bound_bps (the bound of the
+/// protocol's family, named by "bound": "plob" or "single-repeater"), exceeds_bound (bool),
+/// the parameters used (mu1..3 in photons per pulse, p_mu1..3 and p_basis probabilities) and
+/// the estimator values (gain_mu1..3 and y0, y1_lower, q1_lower per pulse, error_rate_mu1..3,
+/// e1_upper and phase_error_upper as rates, s0_lower and s1_lower in detections per block,
+/// key_bits_per_block in bits, pulses_per_block, i_ab and chi_be in bit per symbol); NaN
+/// where a protocol has no such value.
 #[pyfunction]
 #[pyo3(signature = (protocol, start=0.0, stop=200.0, points=201, *, x=None, axis="distance",
     hardware=None, f_ec=1.22, block_bits=1e7, mu=None, nu=None, p_z=None, mu2=None,
@@ -412,34 +488,47 @@ fn rate_curve<'py>(
             )));
         }
     };
-    let pts = match x {
-        Some(xs) => {
-            let xs: Vec<f64> = xs.as_array().iter().copied().collect();
-            py.detach(|| rate_points(&proto, &hw, f_ec, &fixed, axis, &xs))
-        }
-        None => py.detach(|| {
-            qkd_simulator::curve::rate_curve_detailed(
-                &proto, &hw, f_ec, &fixed, axis, start, stop, points,
-            )
-        }),
-    }
-    .map_err(value_error)?;
-    detailed_columns(py, &pts)
+    let xs: Vec<f64> = match x {
+        Some(xs) => xs.as_array().iter().copied().collect(),
+        None => sweep(start, stop, points).map_err(value_error)?,
+    };
+    let cols = py
+        .detach(|| {
+            let mut cols = CurveColumns::with_capacity(xs.len());
+            for_each_rate_point(&proto, &hw, f_ec, &fixed, axis, &xs, |p| cols.push(p))
+                .map(|()| cols)
+        })
+        .map_err(value_error)?;
+    cols.into_dict(py)
 }
 
-/// _rust_time_rate_curve(protocol, start, stop, points) -> float
+/// The Rust library's result for a curve, held opaque: what `_rust_rate_curve` returns.
+#[pyclass(module = "qkd_sim", frozen)]
+struct _RustCurve {
+    points: Vec<DetailedPoint>,
+}
+
+#[pymethods]
+impl _RustCurve {
+    fn __len__(&self) -> usize {
+        self.points.len()
+    }
+}
+
+/// _rust_rate_curve(protocol, start, stop, points) -> object
 ///
-/// Seconds the Rust library takes for `rate_curve` with the CLI's defaults, measured inside
-/// Rust with no conversion: the reference the binding's overhead is measured against
-/// (benchmarks/bench.py).
+/// The Rust library call behind `rate_curve` with the CLI's defaults, its result (a Rust
+/// vector of points) returned unconverted: the reference the binding's overhead is measured
+/// against (benchmarks/bench.py times both calls from Python with the same clock, each result
+/// freed after the clock stops).
 #[pyfunction]
-fn _rust_time_rate_curve(
+fn _rust_rate_curve(
     py: Python<'_>,
     protocol: &str,
     start: f64,
     stop: f64,
     points: usize,
-) -> PyResult<f64> {
+) -> PyResult<_RustCurve> {
     let (proto, mu) = curve_protocol(
         py,
         protocol,
@@ -456,22 +545,21 @@ fn _rust_time_rate_curve(
         ..FixedParams::NONE
     };
     let hw = DvHardware::GYS;
-    py.detach(|| {
-        let t = std::time::Instant::now();
-        let r = qkd_simulator::curve::rate_curve_detailed(
-            &proto,
-            &hw,
-            1.22,
-            &fixed,
-            Axis::Distance,
-            start,
-            stop,
-            points,
-        );
-        let el = t.elapsed().as_secs_f64();
-        r.map(|_| el)
-    })
-    .map_err(value_error)
+    let points = py
+        .detach(|| {
+            qkd_simulator::curve::rate_curve_detailed(
+                &proto,
+                &hw,
+                1.22,
+                &fixed,
+                Axis::Distance,
+                start,
+                stop,
+                points,
+            )
+        })
+        .map_err(value_error)?;
+    Ok(_RustCurve { points })
 }
 
 // ---------------------------------------------------------------- link models
@@ -1141,7 +1229,7 @@ fn qkd_sim(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(plob_thermal, m)?)?;
     m.add_function(wrap_pyfunction!(db_to_transmittance, m)?)?;
     m.add_function(wrap_pyfunction!(rate_curve, m)?)?;
-    m.add_function(wrap_pyfunction!(_rust_time_rate_curve, m)?)?;
+    m.add_function(wrap_pyfunction!(_rust_rate_curve, m)?)?;
     m.add_function(wrap_pyfunction!(decoy_bb84, m)?)?;
     m.add_function(wrap_pyfunction!(decoy_max_distance, m)?)?;
     m.add_function(wrap_pyfunction!(finite_key_lim, m)?)?;

@@ -71,6 +71,33 @@ def test_rate_curve_estimates_and_bound_family():
     assert (pts["x"] == x).all()
 
 
+def test_rate_curve_columns_are_independent_contiguous_arrays():
+    # Filled in blocks while the curve is computed: every block and the partial last one land
+    # in the right column, and each column is its own contiguous float64 array.
+    n = 77
+    c = qkd_sim.rate_curve("decoy-infinite", 0, 150, n)
+    floats = [k for k, v in c.items() if isinstance(v, np.ndarray) and v.dtype == np.float64]
+    assert len(floats) == 35
+    for k in floats:
+        a = c[k]
+        assert a.shape == (n,) and a.flags["C_CONTIGUOUS"] and a.flags["WRITEABLE"], k
+    assert c["exceeds_bound"].dtype == np.bool_ and c["exceeds_bound"].shape == (n,)
+    np.testing.assert_array_equal(c["x"], 150.0 * np.arange(n) / (n - 1))
+    np.testing.assert_array_equal(c["length_km"], c["x"])
+    np.testing.assert_allclose(c["loss_db"], 0.21 * c["x"] + qkd_sim.hardware("gys")["extra_loss_db"])
+    assert (c["p_mu1"] == 1.0).all() and (c["p_basis"] == 0.5).all() and np.isnan(c["mu2"]).all()
+    # Points from the first block, the second and the partial last one, on their own (the
+    # columns that do not depend on the previous point's optimum; test_cli_parity compares
+    # every column of whole sweeps bit for bit).
+    at = [0, 40, 76]
+    one = qkd_sim.rate_curve("decoy-infinite", x=c["x"][at])
+    for k in ["length_km", "loss_db", "plob_per_use", "plob_bps", "tgw_per_use", "bound_bps"]:
+        np.testing.assert_array_equal(one[k], c[k][at], err_msg=k)
+    np.testing.assert_allclose(one["key_bps"], c["key_bps"][at], rtol=1e-9)
+    c["key_bps"][:] = 0.0
+    assert (c["key_per_pulse"][:10] > 0).all()
+
+
 def test_cv_and_twin_field():
     cv = qkd_sim.cv_gg02(qkd_sim.db_to_transmittance(np.array([0.0, 5.0, 10.0])))
     assert (np.diff(cv["key_per_symbol"]) < 0).all()
