@@ -205,6 +205,27 @@ fn newly_misfit(
     }
 }
 
+/// Why the pool keys of `master` and `slave` here, made under `old`, would not fit `new`.
+/// Pool keys are made under the pair's profile and at the default size in force.
+pub fn pool_misfit(
+    old: (&ManagerConfig, &FitContext),
+    new: (&ManagerConfig, &FitContext),
+    master: &SaeId,
+    slave: &SaeId,
+) -> Option<Misfit> {
+    let here = |cfg: &ManagerConfig| cfg.saes.get(master).map(|e| &e.node) == Some(&cfg.node);
+    if !here(old.0) || !here(new.0) {
+        return Some(Misfit::Unpaired);
+    }
+    let made = crate::relay::destination::made_under(old.0, master, slave);
+    let origin = KeyOrigin {
+        made_under: Some(&made),
+        size_bits: old.0.limits.key_size,
+        pool: true,
+    };
+    newly_misfit(old, new, master, std::slice::from_ref(slave), origin)
+}
+
 /// Decides a reload from `old` to `new` given what this node holds: the keys to void, or what
 /// stands in the way. Pooled keys are voided only if `void_pools`.
 pub fn assess(
@@ -215,25 +236,11 @@ pub fn assess(
 ) -> Result<Voids, Vec<Blocker>> {
     let mut voids = Voids::default();
     let mut blockers = Vec::new();
-    // Pool keys here were made under the pair's profile and at the default size in force.
     for ((master, slave), &keys) in held.pools {
         if keys == 0 {
             continue;
         }
-        let made = crate::relay::destination::made_under(old.0, master, slave);
-        let origin = KeyOrigin {
-            made_under: Some(&made),
-            size_bits: old.0.limits.key_size,
-            pool: true,
-        };
-        let moved = old.0.saes.get(master).map(|e| &e.node) != Some(&old.0.node)
-            || new.0.saes.get(master).map(|e| &e.node) != Some(&new.0.node);
-        let why = if moved {
-            Some(Misfit::Unpaired)
-        } else {
-            newly_misfit(old, new, master, std::slice::from_ref(slave), origin)
-        };
-        if let Some(why) = why {
+        if let Some(why) = pool_misfit(old, new, master, slave) {
             voids.pools.insert((master.clone(), slave.clone()), why);
         }
     }
@@ -379,21 +386,21 @@ impl KeyManager {
             .map_err(ReconfigureError::Refused)?;
 
         // The swap and the voiding of pools happen under the pools' lock: a request that reads
-        // the new configuration finds no pool key of the old one. Refills that finish later
-        // check the configuration in force again before they pool their keys.
-        let new = Arc::new(new);
+        // the new configuration finds no pool key of the old one. That voids the pools
+        // assessed above, and a refill of another changed pair that landed meanwhile (made
+        // under the old configuration: voided, never pooled, like one that lands later, which
+        // checks the configuration in force before it pools its keys).
+        let (new, new_fit) = (Arc::new(new), Arc::new(new_fit));
         let pool_ids = self.swap_and_drain(
             Live {
                 cfg: new.clone(),
-                fit: Arc::new(new_fit),
+                fit: new_fit.clone(),
             },
-            voids.pools.keys(),
+            |(m, s)| pool_misfit((&old, &old_fit), (&new, &new_fit), m, s),
         );
         let mut voided: BTreeMap<(SaeId, SaeId, String), u64> = BTreeMap::new();
-        for (pair, ids) in pool_ids {
-            let Some(why) = voids.pools.get(&pair) else {
-                continue;
-            };
+        for (pair, ids, why) in pool_ids {
+            let why = &why;
             for _ in &ids {
                 self.note_voided(super::Voiding::Reload, &pair.0, &pair.1, why);
             }

@@ -377,16 +377,28 @@ impl KeyManager {
         self.pools(|p| p.held())
     }
 
-    /// Puts `live` in force and empties the pools of `void` in one step under the pools' lock
-    /// (lock order: pools, then the configuration): the IDs taken out of each pool.
-    pub(super) fn swap_and_drain<'a>(
+    /// Puts `live` in force and empties the pools that `misfit` says no longer fit, in one step
+    /// under the pools' lock (lock order: pools, then the configuration): the IDs taken out of
+    /// each pool, and why.
+    pub(super) fn swap_and_drain(
         &self,
         live: super::Live,
-        void: impl Iterator<Item = &'a (SaeId, SaeId)>,
-    ) -> Vec<((SaeId, SaeId), Vec<KeyId>)> {
+        misfit: impl Fn(&(SaeId, SaeId)) -> Option<crate::core::fit::Misfit>,
+    ) -> Vec<((SaeId, SaeId), Vec<KeyId>, crate::core::fit::Misfit)> {
         self.pools(|p| {
             *self.inner.live.write().unwrap_or_else(|e| e.into_inner()) = live;
-            void.map(|pair| (pair.clone(), p.drain(pair))).collect()
+            let affected: Vec<_> = p
+                .held()
+                .into_keys()
+                .filter_map(|pair| misfit(&pair).map(|why| (pair, why)))
+                .collect();
+            affected
+                .into_iter()
+                .map(|(pair, why)| {
+                    let ids = p.drain(&pair);
+                    (pair, ids, why)
+                })
+                .collect()
         })
     }
 
