@@ -480,3 +480,79 @@ struct Next {
     siem: Option<(Arc<Forwarder>, SiemTls)>,
     devices: Vec<(LinkId, Arc<dyn KeySource>, DeviceTls)>,
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use qkd_testnet_pki::TestCa;
+    use rustls::pki_types::pem::PemObject;
+
+    use super::*;
+
+    /// 2030-01-01, inside the test certificates' validity.
+    const NOW: UnixMillis = 1_893_456_000_000;
+
+    fn chain(pem: &str) -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_slice_iter(pem.as_bytes())
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    fn anchor(ca: &TestCa) -> Anchor {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(chain(&ca.pem));
+        Anchor {
+            file: "ca.pem".into(),
+            roots: Arc::new(roots),
+        }
+    }
+
+    fn check(new: &str, running: &str, anchors: &[Anchor]) -> Result<(), String> {
+        let (new, running) = (chain(new), chain(running));
+        check_client(
+            Replacement {
+                file: "client.crt",
+                chain: &new,
+                running: &running,
+            },
+            anchors,
+            NOW,
+        )
+    }
+
+    /// The chain rule and the subject rule of a client certificate's rotation.
+    #[test]
+    fn a_client_certificate_keeps_its_subject_and_chains_to_a_ca_the_node_holds() {
+        let (held, vendor, stranger) = (
+            TestCa::new("held CA"),
+            TestCa::new("vendor CA"),
+            TestCa::new("stranger CA"),
+        );
+        let anchors = [anchor(&held)];
+        let running = held.client("node-a").0;
+        check(&held.client("node-a").0, &running, &anchors).unwrap();
+        let e = check(&stranger.client("node-a").0, &running, &anchors).unwrap_err();
+        assert!(
+            e.starts_with(
+                "client.crt does not chain to a CA in ca.pem (the running certificate does)"
+            ),
+            "{e}"
+        );
+        let e = check(&held.client("node-b").0, &running, &anchors).unwrap_err();
+        assert!(
+            e.contains("subject is CN=node-b but the running one's is CN=node-a"),
+            "{e}"
+        );
+
+        // A running certificate from a CA the node does not hold: the same issuer name is all
+        // that can be checked.
+        let running = vendor.client("node-a").0;
+        check(&vendor.client("node-a").0, &running, &anchors).unwrap();
+        check(&held.client("node-a").0, &running, &anchors).unwrap();
+        let e = check(&stranger.client("node-a").0, &running, &anchors).unwrap_err();
+        assert!(
+            e.contains("issued by CN=stranger CA but the running one by CN=vendor CA"),
+            "{e}"
+        );
+    }
+}
