@@ -74,11 +74,21 @@ async fn the_node_certificate_must_name_what_neighbours_dial() {
     });
     net.start("A");
     net.start("B");
-    let (_, out) = tokio::task::spawn_blocking(move || check(&b, &["--online"]))
-        .await
-        .unwrap();
-    assert!(
-        out.contains("neighbour[0].server_name: this node dials it as \"wrong.example\""),
-        "{out}"
-    );
+    // (Until A serves: it may still be starting when the first check runs.)
+    let want = "neighbour[0].server_name: this node dials it as \"wrong.example\"";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let b = b.clone();
+        let (_, out) = tokio::task::spawn_blocking(move || check(&b, &["--online"]))
+            .await
+            .unwrap();
+        if out.contains(want) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{want} not in:\n{out}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
