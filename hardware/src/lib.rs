@@ -169,6 +169,13 @@ pub trait KeySource: Send + Sync + fmt::Debug {
     /// Slave end: the blocks with these IDs, in the order asked, each returned at most once. A
     /// master end answers [`DeviceError::WrongRole`].
     async fn blocks_by_id(&self, ids: &[BlockId]) -> Result<Vec<KeyBlock>, DeviceError>;
+
+    /// The ETSI 014 adapter behind this source, if it is one: the node rotates the client
+    /// certificate it presents to the device ([`etsi014::Etsi014Source::install_tls`]).
+    #[cfg(feature = "etsi014")]
+    fn as_etsi014(&self) -> Option<&etsi014::Etsi014Source> {
+        None
+    }
 }
 
 #[cfg(test)]

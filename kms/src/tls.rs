@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use qkd_types::{IdError, NodeId, OperatorId, SaeId};
 use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -101,6 +102,17 @@ pub enum TlsError {
         key: PathBuf,
         /// What rustls objected to.
         source: rustls::Error,
+    },
+    /// Operator: the certificate does not chain to a CA of the CA file (another CA issued it, a
+    /// CA roll-over that has not added the new CA yet, an expired CA).
+    #[error("{cert} does not chain to a CA in {ca}: {problem}")]
+    Untrusted {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The CA file.
+        ca: PathBuf,
+        /// What the verification found.
+        problem: String,
     },
     /// Bug: the provider rejected TLS 1.2 + 1.3, which aws-lc-rs always supports.
     #[error("TLS provider setup: {0}")]
@@ -188,6 +200,111 @@ impl LiveTls {
         let mut cfg = self.client_config(hybrid_only_provider(), &[&rustls::version::TLS13])?;
         cfg.alpn_protocols = vec![b"h2".to_vec()];
         Ok(cfg)
+    }
+}
+
+/// Checks that `chain` (end entity first, then the intermediates the file holds) chains to a CA
+/// in `roots` at `now`, as a server or as a client certificate (a node's certificate serves
+/// both: either purpose suffices here, the handshakes check the one they need).
+pub fn chains_to(
+    chain: &[CertificateDer<'_>],
+    roots: &Arc<RootCertStore>,
+    now: qkd_types::UnixMillis,
+) -> Result<(), rustls::Error> {
+    let (leaf, intermediates) = chain
+        .split_first()
+        .ok_or(rustls::Error::NoCertificatesPresented)?;
+    let now = rustls_pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_millis(now));
+    let algorithms = provider().signature_verification_algorithms;
+    let parsed = rustls::server::ParsedCertificate::try_from(leaf)?;
+    let as_server = rustls::client::verify_server_cert_signed_by_trust_anchor(
+        &parsed,
+        roots,
+        intermediates,
+        now,
+        algorithms.all,
+    );
+    if as_server.is_ok() {
+        return Ok(());
+    }
+    let client = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    match client.verify_client_cert(leaf, intermediates, now) {
+        Ok(_) => Ok(()),
+        Err(_) => as_server,
+    }
+}
+
+/// A chain failure in words an operator acts on.
+pub fn chain_problem(e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
+            "no CA in the file issued it (nor the intermediates in the certificate file)".into()
+        }
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            "the certificate or a CA of its chain has expired".into()
+        }
+        rustls::Error::InvalidCertificate(C::BadSignature) => {
+            "a signature in the chain does not verify (another CA of the same name issued it?)"
+                .into()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The subject name of a certificate, as text (`CN=node-A`).
+pub fn subject(cert: &CertificateDer<'_>) -> Result<String, IdentityError> {
+    Ok(parse(cert)?.subject().to_string())
+}
+
+/// The issuer name of a certificate, as text.
+pub fn issuer(cert: &CertificateDer<'_>) -> Result<String, IdentityError> {
+    Ok(parse(cert)?.issuer().to_string())
+}
+
+/// The DNS names and IP addresses a certificate's SAN extension names (what a TLS client checks
+/// the name it dials against), as text.
+pub fn dns_and_ip_names(cert: &CertificateDer<'_>) -> Result<Vec<SanName>, IdentityError> {
+    let cert = parse(cert)?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|_| IdentityError::NotX509)?;
+    let mut out = Vec::new();
+    for name in san.iter().flat_map(|s| s.value.general_names.iter()) {
+        match name {
+            GeneralName::DNSName(d) => out.push(SanName::Dns((*d).to_owned())),
+            GeneralName::IPAddress(b) => match b.len() {
+                4 => out.push(SanName::Ip(std::net::IpAddr::from(
+                    <[u8; 4]>::try_from(*b).map_err(|_| IdentityError::NotX509)?,
+                ))),
+                16 => out.push(SanName::Ip(std::net::IpAddr::from(
+                    <[u8; 16]>::try_from(*b).map_err(|_| IdentityError::NotX509)?,
+                ))),
+                _ => return Err(IdentityError::NotX509),
+            },
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// A DNS name or IP address of a certificate's SAN extension.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SanName {
+    /// A `dNSName` (possibly a wildcard, `*.example`).
+    Dns(String),
+    /// An `iPAddress`.
+    Ip(std::net::IpAddr),
+}
+
+impl std::fmt::Display for SanName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SanName::Dns(d) => write!(f, "DNS {d}"),
+            SanName::Ip(ip) => write!(f, "IP {ip}"),
+        }
     }
 }
 

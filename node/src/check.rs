@@ -117,15 +117,16 @@ pub fn offline(cfg: &NodeConfig) -> Result<(), ConfigError> {
         if let Some(k) = &s.client_key {
             tls::load_private_key(k).map_err(|e| err("audit.siem.client_key", k, e.to_string()))?;
         }
-        let client = s.client_cert.as_deref().zip(s.client_key.as_deref());
-        crate::siem::client_config(&s.ca, client).map_err(|e| match (e, &s.client_key) {
-            (tls::TlsError::Config { source, .. }, Some(k)) => err(
-                "audit.siem.client_key",
-                k,
-                format!("does not fit audit.siem.client_cert: {source}"),
-            ),
-            (e, _) => err("audit.siem.ca", &s.ca, e.to_string()),
-        })?;
+        crate::siem::files(s)
+            .load()
+            .map_err(|e| match (e, &s.client_key) {
+                (tls::TlsError::Config { source, .. }, Some(k)) => err(
+                    "audit.siem.client_key",
+                    k,
+                    format!("does not fit audit.siem.client_cert: {source}"),
+                ),
+                (e, _) => err("audit.siem.ca", &s.ca, e.to_string()),
+            })?;
     }
     if cfg.audit.file.is_dir() {
         return Err(err(
@@ -161,6 +162,58 @@ pub fn offline(cfg: &NodeConfig) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// Checks that the node's certificate covers what its neighbours dial, as far as this node's
+/// configuration shows it (run by `qkd-node check` and `qkdctl check` after [`offline`]):
+///
+/// * the `urn:qkd:node:<id>` URI SAN, by which neighbours identify it ([`offline`] checks it);
+/// * the address of `node.peer_listen`, when it is a specific address: a neighbour without a
+///   `server_name` verifies the certificate against the IP it dials, so the certificate must
+///   name that IP, or carry a DNS name for neighbours to dial it by (their
+///   `neighbour.server_name`; [`summary`] lists them).
+///
+/// What a neighbour's certificate covers is not in this configuration (it names neighbours by
+/// address, not by certificate): `check --online` reports a neighbour whose certificate does
+/// not name what this node dials, naming the `[[neighbour]]` field.
+///
+/// Not part of `run`: an address translated on the way (a neighbour dialling a public address
+/// that reaches a private `peer_listen`) is the operator's to know.
+pub fn names(cfg: &NodeConfig) -> Result<(), ConfigError> {
+    let fail = |what: String| ConfigError {
+        file: cfg.path.clone(),
+        key: "tls.cert".into(),
+        what: format!("{}: {what}", cfg.tls.cert.display()),
+    };
+    let leaf = tls::load_certs(&cfg.tls.cert)
+        .map_err(|e| fail(e.to_string()))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| fail("no certificate".into()))?;
+    let ip = cfg.node.peer_listen.ip();
+    if ip.is_unspecified() {
+        return Ok(());
+    }
+    let names = tls::dns_and_ip_names(&leaf).map_err(|e| fail(e.to_string()))?;
+    if names.contains(&tls::SanName::Ip(ip))
+        || names.iter().any(|n| matches!(n, tls::SanName::Dns(_)))
+    {
+        return Ok(());
+    }
+    let named = if names.is_empty() {
+        "no DNS name or IP address".to_owned()
+    } else {
+        names
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Err(fail(format!(
+        "the certificate names {named} but not node.peer_listen's address {ip}, and no DNS name \
+         neighbours could dial instead: neighbours dial {ip} and would refuse it; issue it with \
+         the IP address SAN {ip} (or a DNS name, set as the neighbours' server_name)"
+    )))
 }
 
 /// The member of a `[link.source]` device section that an adapter configuration error is about.
@@ -271,6 +324,9 @@ pub fn summary(file: &Path, cfg: &NodeConfig) -> String {
         cfg.alarms.pool_min_keys(&cfg.relay),
         cfg.alarms.certificate_warn_days
     );
+    if let Some(line) = peer_names(cfg) {
+        let _ = writeln!(out, "{line}");
+    }
     if let Some(skip) = &cfg.skip {
         let _ = writeln!(
             out,
@@ -289,6 +345,33 @@ pub fn summary(file: &Path, cfg: &NodeConfig) -> String {
         );
     }
     out
+}
+
+/// What neighbours may dial this node as: the certificate's names, and whether they include
+/// `node.peer_listen`'s address.
+fn peer_names(cfg: &NodeConfig) -> Option<String> {
+    let leaf = tls::load_certs(&cfg.tls.cert).ok()?.into_iter().next()?;
+    let names = tls::dns_and_ip_names(&leaf).ok()?;
+    let ip = cfg.node.peer_listen.ip();
+    let list = names
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let note = if ip.is_unspecified() {
+        String::new()
+    } else if names.contains(&tls::SanName::Ip(ip)) {
+        format!(" (node.peer_listen's {ip} included)")
+    } else {
+        format!(
+            " (not node.peer_listen's {ip}: neighbours must set server_name to one of the DNS \
+             names)"
+        )
+    };
+    Some(format!(
+        "peer certificate: urn:qkd:node:{}, {list}{note}",
+        cfg.node.id
+    ))
 }
 
 /// The control listener's TLS files: the node's certificate, the operators' CA.
@@ -399,7 +482,7 @@ pub async fn online(cfg: &NodeConfig) -> Vec<Reach> {
         }
     };
     let mut out = Vec::new();
-    for n in &cfg.neighbours {
+    for (i, n) in cfg.neighbours.iter().enumerate() {
         let addr: Result<SocketAddr, String> = match (n.peer_addr, &n.peer_addr_file) {
             (Some(a), _) => Ok(a),
             (None, Some(f)) => std::fs::read(f)
@@ -420,7 +503,21 @@ pub async fn online(cfg: &NodeConfig) -> Vec<Reach> {
                     .server_name
                     .clone()
                     .unwrap_or_else(|| addr.ip().to_string());
-                handshake(addr, &name, client.clone(), &n.id).await
+                let field = match (&n.server_name, n.peer_addr) {
+                    (Some(_), _) => format!("neighbour[{i}].server_name"),
+                    (None, Some(_)) => format!("neighbour[{i}].peer_addr"),
+                    (None, None) => format!("neighbour[{i}].peer_addr_file"),
+                };
+                handshake(addr, &name, client.clone(), &n.id)
+                    .await
+                    .map_err(|e| match e {
+                        Failure::Name(why) => format!(
+                            "{why} ({}: {field}: this node dials it as {name:?}; the neighbour's \
+                             certificate must name it, or {field} must name what it does)",
+                            cfg.path.display()
+                        ),
+                        Failure::Other(why) => why,
+                    })
             }
             Err(e) => Err(e),
         };
@@ -432,12 +529,26 @@ pub async fn online(cfg: &NodeConfig) -> Vec<Reach> {
     out
 }
 
+/// Why a handshake with a neighbour failed.
+enum Failure {
+    /// Its certificate does not name what this node dials.
+    Name(String),
+    /// Anything else.
+    Other(String),
+}
+
+impl From<String> for Failure {
+    fn from(why: String) -> Self {
+        Failure::Other(why)
+    }
+}
+
 async fn handshake(
     addr: SocketAddr,
     name: &str,
     client: Arc<rustls::ClientConfig>,
     expect: &qkd_types::NodeId,
-) -> Result<String, String> {
+) -> Result<String, Failure> {
     const TIMEOUT: Duration = Duration::from_secs(5);
     let server_name = rustls::pki_types::ServerName::try_from(name.to_owned())
         .map_err(|_| format!("invalid server name {name:?}"))?;
@@ -448,7 +559,16 @@ async fn handshake(
         let tls = tokio_rustls::TlsConnector::from(client)
             .connect(server_name, tcp)
             .await
-            .map_err(|e| format!("{addr}: TLS handshake failed: {e}"))?;
+            .map_err(|e| {
+                use rustls::CertificateError as C;
+                let why = format!("{addr}: TLS handshake failed: {e}");
+                match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                    Some(rustls::Error::InvalidCertificate(
+                        C::NotValidForName | C::NotValidForNameContext { .. },
+                    )) => Failure::Name(why),
+                    _ => Failure::Other(why),
+                }
+            })?;
         let leaf = tls
             .get_ref()
             .1
@@ -459,13 +579,18 @@ async fn handshake(
             Ok(id) if &id == expect => Ok(format!(
                 "{addr}: TLS 1.3 handshake OK, certificate names node {id}"
             )),
-            Ok(id) => Err(format!(
+            Ok(id) => Err(Failure::Other(format!(
                 "{addr}: the certificate names node {id}, expected {expect}"
-            )),
-            Err(e) => Err(format!("{addr}: {e}")),
+            ))),
+            Err(e) => Err(Failure::Other(format!("{addr}: {e}"))),
         }
     };
     tokio::time::timeout(TIMEOUT, attempt)
         .await
-        .unwrap_or_else(|_| Err(format!("{addr}: no answer within {} s", TIMEOUT.as_secs())))
+        .unwrap_or_else(|_| {
+            Err(Failure::Other(format!(
+                "{addr}: no answer within {} s",
+                TIMEOUT.as_secs()
+            )))
+        })
 }

@@ -295,8 +295,10 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
             },
         );
     }
+    let mut sources = Vec::new();
     for link in &cfg.links {
         let source = make_source(&data, link, clock.clone())?;
+        sources.push((link.id.clone(), source.clone()));
         let info = source.info();
         if info.simulated {
             tracing::warn!(link = %link.id, "link {} is SIMULATED: its keys are for demos and tests, never for protecting data", link.id);
@@ -469,13 +471,16 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
             audit: ops.audit.clone(),
         },
     ));
-    let rotator = Arc::new(crate::rotate::Rotator::new(
-        endpoints,
-        store_writer,
-        monitor.clone(),
-        clock.clone(),
-        ops.audit.clone(),
-    ));
+    let rotator = Arc::new(
+        crate::rotate::Rotator::new(
+            endpoints,
+            store_writer,
+            monitor.clone(),
+            clock.clone(),
+            ops.audit.clone(),
+        )
+        .with_clients(ops.siem.clone(), sources),
+    );
     let hup_task = tokio::spawn(reload_on_sighup(reloader.clone(), shutdown.clone()));
     let control_task = match (control_l, &control_tls) {
         (Some(l), Some(live)) => {

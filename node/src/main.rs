@@ -97,6 +97,7 @@ fn main() -> Result<()> {
         Cmd::Check { config, online } => {
             let cfg = config::NodeConfig::load(&config)?;
             check::offline(&cfg)?;
+            check::names(&cfg)?;
             print!("{}", check::summary(&config, &cfg));
             if online {
                 let mut down = 0;

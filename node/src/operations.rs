@@ -57,23 +57,21 @@ impl Operations {
             &delivery_pairs(cfg),
         )?);
         let siem = match &cfg.audit.siem {
-            Some(s) => {
-                let client = s.client_cert.as_deref().zip(s.client_key.as_deref());
-                let tls = crate::siem::client_config(&s.ca, client)
-                    .context("[audit.siem] TLS configuration")?;
-                Some(Forwarder::new(SiemTarget {
+            Some(s) => Some(
+                Forwarder::new(SiemTarget {
                     address: s.address.clone(),
                     server_name: rustls::pki_types::ServerName::try_from(
                         s.server_name().to_owned(),
                     )
                     .context("audit.siem.server_name")?,
-                    tls: Arc::new(tls),
+                    files: crate::siem::files(s),
                     queue: s.queue,
                     facility: s.facility,
                     hostname: cfg.node.id.to_string(),
                     app_name: s.app_name.clone(),
-                }))
-            }
+                })
+                .context("[audit.siem] TLS configuration")?,
+            ),
             None => None,
         };
         let sink = siem.clone().map(|f| f as Arc<dyn crate::audit::LineSink>);

@@ -9,11 +9,20 @@
 //! the connection and reconnects with exponential backoff (0.25 s doubling to 30 s), so a
 //! collector that is away receives what queued meanwhile when it is back, up to the queue's
 //! size. A collector that closes the connection is noticed while idle too.
+//!
+//! The TLS credentials (the collector's CA, the node's client certificate and key) are read from
+//! their files at start and again at a certificate rotation ([`Forwarder::reload_tls`],
+//! [`Forwarder::install_tls`]): an install closes the connection between two messages and
+//! reconnects at once with the new credentials, losing nothing queued.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use qkd_kms::tls::{self, Credentials, LiveTls, TlsError, TlsFiles};
+use rustls::RootCertStore;
 
 use qkd_types::UnixMillis;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,8 +44,8 @@ pub struct SiemTarget {
     pub address: String,
     /// Name the collector's certificate must be valid for.
     pub server_name: rustls::pki_types::ServerName<'static>,
-    /// TLS client configuration (the collector's CA; a client certificate if configured).
-    pub tls: Arc<rustls::ClientConfig>,
+    /// The TLS files: the collector's CA, and a client certificate if configured.
+    pub files: SiemFiles,
     /// Messages held at most while the collector is away.
     pub queue: usize,
     /// Syslog facility (RFC 5424 §6.2.1; 13 = log audit).
@@ -45,6 +54,82 @@ pub struct SiemTarget {
     pub hostname: String,
     /// APP-NAME of the messages.
     pub app_name: String,
+}
+
+/// The TLS files of the connection to the collector.
+#[derive(Debug, Clone)]
+pub struct SiemFiles {
+    /// CA certificates the collector's certificate must chain to.
+    pub ca: PathBuf,
+    /// The node's client certificate chain and its key, if the collector asks for one.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+/// The TLS client credentials for the collector, loaded and checked.
+#[derive(Debug)]
+pub struct SiemTls {
+    /// The client configuration (a fresh session store: nothing is resumed across a rotation).
+    config: Arc<rustls::ClientConfig>,
+    /// The client certificate, key and CA, if a client certificate is configured.
+    client: Option<Arc<Credentials>>,
+    /// The collector's CA certificates.
+    roots: Arc<RootCertStore>,
+}
+
+/// The TLS files `[audit.siem]` names.
+pub fn files(s: &crate::config::SiemSection) -> SiemFiles {
+    SiemFiles {
+        ca: s.ca.clone(),
+        client: s.client_cert.clone().zip(s.client_key.clone()),
+    }
+}
+
+impl SiemFiles {
+    /// Reads and checks the files: PEM well-formed, the key matches the certificate, the CA
+    /// usable. Every error names its file.
+    pub fn load(&self) -> Result<SiemTls, TlsError> {
+        match &self.client {
+            Some((cert, key)) => {
+                let live = LiveTls::load(&TlsFiles {
+                    cert_chain: cert.clone(),
+                    key: key.clone(),
+                    ca: self.ca.clone(),
+                })?;
+                let creds = live.current();
+                Ok(SiemTls {
+                    config: Arc::new(live.client()?),
+                    roots: creds.roots().clone(),
+                    client: Some(creds),
+                })
+            }
+            None => {
+                let roots = Arc::new(tls::load_roots(&self.ca)?);
+                let config = rustls::ClientConfig::builder_with_provider(tls::provider())
+                    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                    .map_err(TlsError::Provider)?
+                    .with_root_certificates(roots.clone())
+                    .with_no_client_auth();
+                Ok(SiemTls {
+                    config: Arc::new(config),
+                    client: None,
+                    roots,
+                })
+            }
+        }
+    }
+}
+
+impl SiemTls {
+    /// The client certificate, key and CA files' contents, if a client certificate is
+    /// configured.
+    pub fn client(&self) -> Option<&Credentials> {
+        self.client.as_deref()
+    }
+
+    /// The collector's CA certificates.
+    pub fn roots(&self) -> &Arc<RootCertStore> {
+        &self.roots
+    }
 }
 
 /// Counts of the forwarder (for metrics and the `audit_dropped` alarm).
@@ -64,20 +149,45 @@ pub struct SiemStats {
 #[derive(Debug)]
 pub struct Forwarder {
     target: SiemTarget,
+    /// The credentials in use; a rotation sends new ones, and the task reconnects.
+    tls: watch::Sender<Arc<SiemTls>>,
     queue: Mutex<VecDeque<Vec<u8>>>,
     wake: Notify,
     stats: SiemStats,
 }
 
 impl Forwarder {
-    /// A forwarder to `target`; run [`Forwarder::run`] to send.
-    pub fn new(target: SiemTarget) -> Arc<Self> {
-        Arc::new(Self {
+    /// A forwarder to `target`, its TLS files read and checked; run [`Forwarder::run`] to send.
+    pub fn new(target: SiemTarget) -> Result<Arc<Self>, TlsError> {
+        let tls = watch::Sender::new(Arc::new(target.files.load()?));
+        Ok(Arc::new(Self {
             target,
+            tls,
             queue: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
             stats: SiemStats::default(),
-        })
+        }))
+    }
+
+    /// The TLS files.
+    pub fn files(&self) -> &SiemFiles {
+        &self.target.files
+    }
+
+    /// The credentials in use.
+    pub fn current_tls(&self) -> Arc<SiemTls> {
+        self.tls.borrow().clone()
+    }
+
+    /// Re-reads and checks the TLS files ([`SiemFiles::load`]); nothing changes yet.
+    pub fn reload_tls(&self) -> Result<SiemTls, TlsError> {
+        self.target.files.load()
+    }
+
+    /// Uses `next` from now on: the connection closes after the message being written, and
+    /// the task reconnects at once with the new credentials.
+    pub fn install_tls(&self, next: SiemTls) {
+        self.tls.send_replace(Arc::new(next));
     }
 
     /// The counts.
@@ -116,7 +226,9 @@ impl Forwarder {
                     return;
                 }
             }
-            match self.connect().await {
+            let mut rotated = self.tls.subscribe();
+            let tls = rotated.borrow_and_update().config.clone();
+            match self.connect(tls).await {
                 Ok(stream) => {
                     self.stats.connections.fetch_add(1, Ordering::Relaxed);
                     self.stats.connected.store(true, Ordering::Relaxed);
@@ -124,10 +236,15 @@ impl Forwarder {
                         tracing::info!(collector = %self.target.address, "SIEM forwarding resumed");
                     }
                     backoff = BACKOFF_MIN;
-                    let r = self.pump(stream, &mut stop).await;
+                    let r = self.pump(stream, &mut stop, &mut rotated).await;
                     self.stats.connected.store(false, Ordering::Relaxed);
                     match r {
-                        Ok(()) => return,
+                        Ok(Ended::Stopped) => return,
+                        Ok(Ended::Rotated) => {
+                            tracing::info!(collector = %self.target.address, "SIEM credentials rotated; reconnecting with them");
+                            failing = false;
+                            continue;
+                        }
                         Err(e) => {
                             tracing::warn!(collector = %self.target.address, error = %e, "SIEM connection lost; reconnecting");
                             failing = true;
@@ -156,12 +273,13 @@ impl Forwarder {
 
     async fn connect(
         &self,
+        tls: Arc<rustls::ClientConfig>,
     ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
         let t = &self.target;
         let connect = async {
             let tcp = tokio::net::TcpStream::connect(&t.address).await?;
             let _ = tcp.set_nodelay(true);
-            tokio_rustls::TlsConnector::from(t.tls.clone())
+            tokio_rustls::TlsConnector::from(tls)
                 .connect(t.server_name.clone(), tcp)
                 .await
         };
@@ -170,14 +288,20 @@ impl Forwarder {
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
     }
 
-    /// Writes the queue in order; returns `Ok` once stopped with nothing left to send.
+    /// Writes the queue in order; returns once stopped with nothing left to send, or once the
+    /// credentials were rotated (between two messages).
     async fn pump(
         &self,
         mut stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
         stop: &mut watch::Receiver<bool>,
-    ) -> std::io::Result<()> {
+        rotated: &mut watch::Receiver<Arc<SiemTls>>,
+    ) -> std::io::Result<Ended> {
         let mut scratch = [0u8; 512];
         loop {
+            if rotated.has_changed().unwrap_or(false) {
+                let _ = stream.shutdown().await;
+                return Ok(Ended::Rotated);
+            }
             let next = self
                 .queue
                 .lock()
@@ -197,12 +321,17 @@ impl Forwarder {
                 }
                 None if *stop.borrow() => {
                     let _ = stream.shutdown().await;
-                    return Ok(());
+                    return Ok(Ended::Stopped);
                 }
                 None => {
                     tokio::select! {
                         () = self.wake.notified() => {}
                         _ = stop.changed() => {}
+                        // (`changed` marks the new credentials seen: act on them here.)
+                        _ = rotated.changed() => {
+                            let _ = stream.shutdown().await;
+                            return Ok(Ended::Rotated);
+                        }
                         r = stream.read(&mut scratch) => match r {
                             // A collector sends nothing; end of stream or an error means it left.
                             Ok(0) => return Err(std::io::Error::new(
@@ -217,6 +346,14 @@ impl Forwarder {
             }
         }
     }
+}
+
+/// Why a connection's pump ended without an error.
+enum Ended {
+    /// Stopped, the queue sent.
+    Stopped,
+    /// The credentials were rotated: reconnect with them.
+    Rotated,
 }
 
 impl LineSink for Forwarder {
@@ -274,31 +411,6 @@ fn header_field(s: &str, max: usize) -> String {
         .take(max)
         .collect();
     if v.is_empty() { "-".into() } else { v }
-}
-
-/// The TLS client configuration for a collector: trusts `ca`, presents `client` (certificate
-/// chain and key files) if given.
-pub fn client_config(
-    ca: &std::path::Path,
-    client: Option<(&std::path::Path, &std::path::Path)>,
-) -> Result<rustls::ClientConfig, qkd_kms::tls::TlsError> {
-    match client {
-        Some((cert, key)) => qkd_kms::tls::client_config(&qkd_kms::tls::TlsFiles {
-            cert_chain: cert.to_path_buf(),
-            key: key.to_path_buf(),
-            ca: ca.to_path_buf(),
-        }),
-        None => {
-            let roots = qkd_kms::tls::load_roots(ca)?;
-            Ok(
-                rustls::ClientConfig::builder_with_provider(qkd_kms::tls::provider())
-                    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-                    .map_err(qkd_kms::tls::TlsError::Provider)?
-                    .with_root_certificates(roots)
-                    .with_no_client_auth(),
-            )
-        }
-    }
 }
 
 #[cfg(test)]
@@ -406,7 +518,10 @@ mod tests {
         SiemTarget {
             address: c.addr.to_string(),
             server_name: rustls::pki_types::ServerName::try_from("siem.test").unwrap(),
-            tls: Arc::new(client_config(c.ca.path(), None).unwrap()),
+            files: SiemFiles {
+                ca: c.ca.path().to_path_buf(),
+                client: None,
+            },
             queue,
             facility: 13,
             hostname: "A".into(),
@@ -436,7 +551,7 @@ mod tests {
     #[tokio::test]
     async fn records_reach_a_tls_collector_in_order_across_reconnects() {
         let mut c = collector().await;
-        let fwd = Forwarder::new(target(&c, 100));
+        let fwd = Forwarder::new(target(&c, 100)).unwrap();
         let (stop_tx, stop) = watch::channel(false);
         let task = tokio::spawn(fwd.clone().run(stop, Duration::from_secs(5)));
         let mut head = crate::audit::ChainHead::genesis();
@@ -482,6 +597,31 @@ mod tests {
         task.await.unwrap();
     }
 
+    /// An install of new credentials closes the idle connection and reconnects at once (no
+    /// backoff), and what is queued meanwhile arrives in order.
+    #[tokio::test]
+    async fn an_install_reconnects_at_once_and_loses_nothing() {
+        let mut c = collector().await;
+        let fwd = Forwarder::new(target(&c, 100)).unwrap();
+        let (stop_tx, stop) = watch::channel(false);
+        let task = tokio::spawn(fwd.clone().run(stop, Duration::from_secs(5)));
+        let e = raised(1);
+        fwd.line("{\"n\":1}", &e, 1_000);
+        assert!(next(&mut c).await.ends_with("{\"n\":1}"));
+        fwd.install_tls(fwd.reload_tls().unwrap());
+        fwd.line("{\"n\":2}", &e, 1_000);
+        fwd.line("{\"n\":3}", &e, 1_000);
+        assert!(next(&mut c).await.ends_with("{\"n\":2}"));
+        assert!(next(&mut c).await.ends_with("{\"n\":3}"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while fwd.stats().connections.load(Ordering::Relaxed) < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "no reconnection");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+    }
+
     #[tokio::test]
     async fn a_full_queue_drops_and_counts_without_blocking() {
         // Nobody listens at this address: everything queues, the rest is dropped at once.
@@ -490,7 +630,7 @@ mod tests {
         let unused = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         t.address = unused.local_addr().unwrap().to_string();
         drop(unused);
-        let fwd = Forwarder::new(t);
+        let fwd = Forwarder::new(t).unwrap();
         let (stop_tx, stop) = watch::channel(false);
         let task = tokio::spawn(fwd.clone().run(stop, Duration::from_millis(100)));
         for i in 0..1000 {

@@ -10,7 +10,7 @@
 //! broken or hostile device cannot make the node allocate without bound. Key bytes never enter
 //! an error.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -23,7 +23,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::config::{ConfigError, DeviceConfig, DeviceLimits};
+use super::config::{ConfigError, DeviceConfig, DeviceCredentials, DeviceLimits};
 use crate::{DeviceFault, DeviceOp, StatusClass, TlsFailure};
 
 /// A request body: JSON text (never key bytes: requests carry only sizes and key IDs).
@@ -62,12 +62,22 @@ enum Form {
 /// A connection to one device: an HTTPS client with mutual TLS and what it learnt of the device.
 #[derive(Debug)]
 pub(crate) struct DeviceClient {
-    http: reqwest::Client,
+    /// The HTTP client and the credentials it was built with. A certificate rotation replaces
+    /// both ([`DeviceClient::install`]); a request takes a clone of the client when it starts,
+    /// so it finishes on the connection it began on while the next request opens a new one.
+    http: RwLock<Http>,
     /// `<url>/api/v1/keys/`.
     keys_base: Url,
     limits: DeviceLimits,
     /// Preferred forms for enc_keys and dec_keys (POST first, as the spec's main form).
     forms: Mutex<(Form, Form)>,
+}
+
+/// An HTTP client with its own connection pool, and the credentials it presents.
+#[derive(Debug, Clone)]
+pub(crate) struct Http {
+    client: reqwest::Client,
+    pub(crate) credentials: DeviceCredentials,
 }
 
 /// Characters escaped in an SAE ID path segment: everything but unreserved ones (RFC 3986).
@@ -79,44 +89,26 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 
 impl DeviceClient {
     pub(crate) fn new(config: &DeviceConfig) -> Result<Self, ConfigError> {
-        let tls = config.load_tls()?;
-        let mut base = config.base_url()?;
-        let mut builder = reqwest::Client::builder()
-            .tls_backend_preconfigured((*tls).clone())
-            .http1_only()
-            .no_proxy()
-            .connect_timeout(config.limits.connect_timeout())
-            .timeout(config.limits.request_timeout())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(4);
-        if let Some(name) = &config.server_name {
-            // The device is reached by address but its certificate names `name`: connect to the
-            // address, verify the name.
-            let ip: std::net::IpAddr = base
-                .host_str()
-                .and_then(|h| h.trim_matches(['[', ']']).parse().ok())
-                .ok_or_else(|| ConfigError::Url {
-                    url: config.url.clone(),
-                    problem: "server_name needs the URL host to be an IP address".into(),
-                })?;
-            let port = base.port_or_known_default().unwrap_or(443);
-            base.set_host(Some(name)).map_err(|e| ConfigError::Url {
-                url: config.url.clone(),
-                problem: format!("server_name {name:?}: {e}"),
-            })?;
-            builder = builder.resolve(name, std::net::SocketAddr::new(ip, port));
-        }
-        let http = builder
-            .build()
-            .map_err(|e| ConfigError::Tls(e.to_string()))?;
+        let (http, mut base) = Http::build(config)?;
         let path = format!("{}/api/v1/keys/", base.path().trim_end_matches('/'));
         base.set_path(&path);
         Ok(Self {
-            http,
+            http: RwLock::new(http),
             keys_base: base,
             limits: config.limits.clone(),
             forms: Mutex::new((Form::Post, Form::Post)),
         })
+    }
+
+    /// The client and credentials in use.
+    pub(crate) fn http(&self) -> Http {
+        self.http.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Uses `next` from the next request on; requests under way finish on their connection,
+    /// and the old pool's connections close once the last of them is done.
+    pub(crate) fn install(&self, next: Http) {
+        *self.http.write().unwrap_or_else(|p| p.into_inner()) = next;
     }
 
     /// Get status for the pair (caller, `peer`).
@@ -285,7 +277,8 @@ impl DeviceClient {
         body: Option<Body>,
     ) -> Result<Zeroizing<Vec<u8>>, DeviceFault> {
         let mut req = self
-            .http
+            .http()
+            .client
             .request(method, url)
             .header(reqwest::header::ACCEPT, "application/json");
         if let Some(body) = body {
@@ -346,6 +339,50 @@ impl DeviceClient {
 
     fn set_form(&self, f: impl FnOnce(&mut (Form, Form))) {
         f(&mut self.forms.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl Http {
+    /// Reads the credentials ([`DeviceConfig::load_credentials`], the offline check) and builds
+    /// a client with a fresh connection pool; returns it with the device's base URL.
+    pub(crate) fn build(config: &DeviceConfig) -> Result<(Self, Url), ConfigError> {
+        let credentials = config.load_credentials()?;
+        let mut base = config.base_url()?;
+        let mut builder = reqwest::Client::builder()
+            .tls_backend_preconfigured((*credentials.config).clone())
+            .http1_only()
+            .no_proxy()
+            .connect_timeout(config.limits.connect_timeout())
+            .timeout(config.limits.request_timeout())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(4);
+        if let Some(name) = &config.server_name {
+            // The device is reached by address but its certificate names `name`: connect to the
+            // address, verify the name.
+            let ip: std::net::IpAddr = base
+                .host_str()
+                .and_then(|h| h.trim_matches(['[', ']']).parse().ok())
+                .ok_or_else(|| ConfigError::Url {
+                    url: config.url.clone(),
+                    problem: "server_name needs the URL host to be an IP address".into(),
+                })?;
+            let port = base.port_or_known_default().unwrap_or(443);
+            base.set_host(Some(name)).map_err(|e| ConfigError::Url {
+                url: config.url.clone(),
+                problem: format!("server_name {name:?}: {e}"),
+            })?;
+            builder = builder.resolve(name, std::net::SocketAddr::new(ip, port));
+        }
+        let client = builder
+            .build()
+            .map_err(|e| ConfigError::Tls(e.to_string()))?;
+        Ok((
+            Self {
+                client,
+                credentials,
+            },
+            base,
+        ))
     }
 }
 

@@ -204,6 +204,12 @@ impl DeviceConfig {
     /// values make sense. Returns the TLS client configuration (aws-lc-rs; TLS 1.3 only, or
     /// 1.3 and 1.2 when [`DeviceConfig::allow_tls12`] is set).
     pub fn load_tls(&self) -> Result<Arc<ClientConfig>, ConfigError> {
+        self.load_credentials().map(|c| c.config)
+    }
+
+    /// [`DeviceConfig::load_tls`], with the certificates it read: what a certificate rotation
+    /// checks before it installs them ([`crate::etsi014::Etsi014Source::install_tls`]).
+    pub fn load_credentials(&self) -> Result<DeviceCredentials, ConfigError> {
         self.base_url()?;
         if let Some(bits) = self.key_bits
             && (bits == 0 || !bits.is_multiple_of(8))
@@ -227,8 +233,9 @@ impl DeviceConfig {
         }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut roots = RootCertStore::empty();
-        for ca in certificates(&self.ca, "ca")? {
-            roots.add(ca).map_err(|e| ConfigError::Pem {
+        let ca = certificates(&self.ca, "ca")?;
+        for cert in ca.iter().cloned() {
+            roots.add(cert).map_err(|e| ConfigError::Pem {
                 what: "ca",
                 problem: format!("{}: {e}", self.ca.describe()),
             })?;
@@ -242,9 +249,13 @@ impl DeviceConfig {
             .with_protocol_versions(self.tls_versions())
             .map_err(|e| ConfigError::Tls(e.to_string()))?
             .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
+            .with_client_auth_cert(chain.clone(), key)
             .map_err(|e| ConfigError::Tls(e.to_string()))?;
-        Ok(Arc::new(config))
+        Ok(DeviceCredentials {
+            config: Arc::new(config),
+            chain,
+            ca,
+        })
     }
 
     /// The base URL, checked: `https`, with a host, no query or fragment; a trailing `/` dropped.
@@ -267,8 +278,21 @@ impl DeviceConfig {
     }
 }
 
+/// What [`DeviceConfig::load_credentials`] read and built: the TLS client configuration, and the
+/// certificates, for checks beyond the offline one (a rotation's).
+#[derive(Debug, Clone)]
+pub struct DeviceCredentials {
+    /// The TLS client configuration.
+    pub config: Arc<ClientConfig>,
+    /// The node's client certificate chain for the device, end entity first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The CA certificates the device's certificate must chain to.
+    pub ca: Vec<CertificateDer<'static>>,
+}
+
 impl PemSource {
-    fn describe(&self) -> String {
+    /// The file, or "inline PEM", for messages.
+    pub fn describe(&self) -> String {
         match self {
             PemSource::File(p) => p.display().to_string(),
             PemSource::Pem(_) => "inline PEM".into(),

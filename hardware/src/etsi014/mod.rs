@@ -20,5 +20,7 @@ mod client;
 pub mod config;
 mod source;
 
-pub use config::{ConfigError, DeviceConfig, DeviceLimits, PemSource, StatusMetrics};
-pub use source::{CheckError, Etsi014Source, OnlineReport};
+pub use config::{
+    ConfigError, DeviceConfig, DeviceCredentials, DeviceLimits, PemSource, StatusMetrics,
+};
+pub use source::{CheckError, DeviceTls, Etsi014Source, OnlineReport};

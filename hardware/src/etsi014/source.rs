@@ -18,8 +18,9 @@ use async_trait::async_trait;
 use backon::Retryable;
 use qkd_proto::etsi014::{DeviceStatus, KeyContainer};
 use qkd_types::{BlockId, Clock, KeyId, Secret, SystemClock, UnixMillis};
+use rustls_pki_types::CertificateDer;
 
-use super::client::{DeviceClient, StatusAnswer};
+use super::client::{DeviceClient, Http, StatusAnswer};
 #[cfg(doc)]
 use super::config::DeviceLimits;
 use super::config::{ConfigError, DeviceConfig};
@@ -71,6 +72,22 @@ struct State {
 struct Reported {
     qber: Option<f64>,
     key_rate_bps: Option<f64>,
+}
+
+/// Credentials read and checked by [`Etsi014Source::reload_tls`], ready to install.
+#[derive(Debug)]
+pub struct DeviceTls(Http);
+
+impl DeviceTls {
+    /// The client certificate chain, end entity first.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.0.credentials.chain
+    }
+
+    /// The CA certificates the device's certificate must chain to.
+    pub fn ca(&self) -> &[CertificateDer<'static>] {
+        &self.0.credentials.ca
+    }
 }
 
 /// What the online check found.
@@ -130,6 +147,31 @@ impl Etsi014Source {
                 meter,
             }),
         })
+    }
+
+    /// The configuration it was built from.
+    pub fn config(&self) -> &DeviceConfig {
+        &self.config
+    }
+
+    /// The client certificate chain presented to the device now, end entity first.
+    pub fn client_chain(&self) -> Vec<CertificateDer<'static>> {
+        self.client.http().credentials.chain
+    }
+
+    /// Re-reads the CA, the client certificate and its key and runs the offline check on them
+    /// ([`DeviceConfig::load_credentials`]); nothing changes until
+    /// [`Etsi014Source::install_tls`].
+    pub fn reload_tls(&self) -> Result<DeviceTls, ConfigError> {
+        Http::build(&self.config).map(|(http, _)| DeviceTls(http))
+    }
+
+    /// The next request opens a new connection presenting `next` (a request under way finishes
+    /// on its connection), and the device's KME ID is checked again before the next key request,
+    /// as after any reconnection.
+    pub fn install_tls(&self, next: DeviceTls) {
+        self.client.install(next.0);
+        self.lock().verified = None;
     }
 
     /// The online check: the device answers `status` for our pair, names the configured KME,
@@ -339,6 +381,10 @@ fn check_keys(
 
 #[async_trait]
 impl KeySource for Etsi014Source {
+    fn as_etsi014(&self) -> Option<&Etsi014Source> {
+        Some(self)
+    }
+
     fn info(&self) -> SourceInfo {
         SourceInfo {
             kind: "etsi014".into(),

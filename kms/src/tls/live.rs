@@ -7,20 +7,31 @@
 //! [`Credentials::load`] checks everything (PEM, key matches certificate, usable CA) before
 //! anything is installed, so a bad file changes nothing.
 //!
+//! Session resumption goes through stores the [`LiveTls`] replaces at each install: a session
+//! resumed from before a swap would skip the certificates (the client's and the server's) and
+//! the CA check, so after a swap every connection starts with a full handshake once.
+//!
 //! The verifiers offer no CA hints (an empty `certificate_authorities` list): hints would have
 //! to outlive a swap, and a client with one certificate sends it whatever the hints say.
 
 use std::sync::{Arc, RwLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
+use rustls::client::{
+    ClientSessionMemoryCache, ClientSessionStore, ResolvesClientCert, Resumption,
+    Tls12ClientSessionValue, Tls13ClientSessionValue, WebPkiServerVerifier,
+};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::{
+    ClientHello, ResolvesServerCert, ServerSessionMemoryCache, StoresServerSessions,
+    WebPkiClientVerifier,
+};
 use rustls::sign::CertifiedKey;
 use rustls::{
-    ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme,
+    ClientConfig, DigitallySignedStruct, DistinguishedName, NamedGroup, RootCertStore,
+    ServerConfig, SignatureScheme,
 };
 
 use super::{TlsError, TlsFiles, config_error, load_certs, load_private_key, load_roots};
@@ -29,6 +40,10 @@ use super::{TlsError, TlsFiles, config_error, load_certs, load_private_key, load
 #[derive(Debug)]
 pub struct Credentials {
     certified: Arc<CertifiedKey>,
+    /// The CA file's certificates, for [`Credentials::verify_chain`].
+    roots: Arc<RootCertStore>,
+    /// The files, for errors.
+    files: TlsFiles,
     client_verifier: Arc<dyn ClientCertVerifier>,
     server_verifier: Arc<WebPkiServerVerifier>,
 }
@@ -46,18 +61,21 @@ impl Credentials {
                     path: files.ca.clone(),
                     source,
                 })?;
-        let server_verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-            .build()
-            .map_err(|source| TlsError::Verifier {
-                path: files.ca.clone(),
-                source,
-            })?;
+        let server_verifier =
+            WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+                .build()
+                .map_err(|source| TlsError::Verifier {
+                    path: files.ca.clone(),
+                    source,
+                })?;
         let chain = load_certs(&files.cert_chain)?;
         let key = load_private_key(&files.key)?;
         let certified = CertifiedKey::from_der(chain, key, &provider)
             .map_err(|source| config_error(files, source))?;
         Ok(Self {
             certified: Arc::new(certified),
+            roots,
+            files: files.clone(),
             client_verifier,
             server_verifier,
         })
@@ -69,6 +87,26 @@ impl Credentials {
         // the chain as given.
         &self.certified.cert[0]
     }
+
+    /// The certificate chain presented, end entity first.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.certified.cert
+    }
+
+    /// The CA file's certificates.
+    pub fn roots(&self) -> &Arc<RootCertStore> {
+        &self.roots
+    }
+
+    /// Checks that the certificate chains (through the intermediates its file holds) to a CA of
+    /// the CA file at `now` ([`super::chains_to`]); the error names both files.
+    pub fn verify_chain(&self, now: qkd_types::UnixMillis) -> Result<(), TlsError> {
+        super::chains_to(self.chain(), &self.roots, now).map_err(|e| TlsError::Untrusted {
+            cert: self.files.cert_chain.clone(),
+            ca: self.files.ca.clone(),
+            problem: super::chain_problem(&e),
+        })
+    }
 }
 
 /// One endpoint's credentials, replaceable while it serves (see the module doc).
@@ -76,7 +114,14 @@ impl Credentials {
 pub struct LiveTls {
     files: TlsFiles,
     current: RwLock<Arc<Credentials>>,
+    /// Sessions clients of this endpoint may resume; replaced at each install.
+    server_sessions: RwLock<Arc<ServerSessionMemoryCache>>,
+    /// Sessions this endpoint may resume as a client; replaced at each install.
+    client_sessions: RwLock<Arc<ClientSessionMemoryCache>>,
 }
+
+/// Sessions kept per endpoint and side, as rustls's default configurations keep.
+const SESSIONS: usize = 256;
 
 impl LiveTls {
     /// Loads `files` ([`Credentials::load`]).
@@ -85,6 +130,8 @@ impl LiveTls {
         Ok(Arc::new(Self {
             files: files.clone(),
             current: RwLock::new(Arc::new(current)),
+            server_sessions: RwLock::new(ServerSessionMemoryCache::new(SESSIONS)),
+            client_sessions: RwLock::new(Arc::new(ClientSessionMemoryCache::new(SESSIONS))),
         }))
     }
 
@@ -101,9 +148,32 @@ impl LiveTls {
             .clone()
     }
 
-    /// Uses `next` for every handshake from now on; connections already up keep theirs.
+    /// Uses `next` for every handshake from now on; connections already up keep theirs, and no
+    /// session from before is resumed.
     pub fn install(&self, next: Credentials) {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        *self
+            .server_sessions
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = ServerSessionMemoryCache::new(SESSIONS);
+        *self
+            .client_sessions
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(ClientSessionMemoryCache::new(SESSIONS));
+    }
+
+    fn server_sessions(&self) -> Arc<ServerSessionMemoryCache> {
+        self.server_sessions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn client_sessions(&self) -> Arc<ClientSessionMemoryCache> {
+        self.client_sessions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// A server configuration requiring a client certificate that chains to the current CAs,
@@ -113,11 +183,13 @@ impl LiveTls {
         provider: Arc<CryptoProvider>,
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> Result<ServerConfig, TlsError> {
-        Ok(ServerConfig::builder_with_provider(provider)
+        let mut cfg = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
             .map_err(TlsError::Provider)?
             .with_client_cert_verifier(Arc::new(Live(self.clone())))
-            .with_cert_resolver(Arc::new(Live(self.clone()))))
+            .with_cert_resolver(Arc::new(Live(self.clone())));
+        cfg.session_storage = Arc::new(Live(self.clone()));
+        Ok(cfg)
     }
 
     /// A client configuration presenting the current certificate and trusting servers that
@@ -127,12 +199,14 @@ impl LiveTls {
         provider: Arc<CryptoProvider>,
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> Result<ClientConfig, TlsError> {
-        Ok(ClientConfig::builder_with_provider(provider)
+        let mut cfg = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
             .map_err(TlsError::Provider)?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(Live(self.clone())))
-            .with_client_cert_resolver(Arc::new(Live(self.clone()))))
+            .with_client_cert_resolver(Arc::new(Live(self.clone())));
+        cfg.resumption = Resumption::store(Arc::new(Live(self.clone())));
+        Ok(cfg)
     }
 }
 
@@ -242,6 +316,65 @@ impl ServerCertVerifier for Live {
     }
 }
 
+impl StoresServerSessions for Live {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.0.server_sessions().put(key, value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.0.server_sessions().get(key)
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.0.server_sessions().take(key)
+    }
+
+    fn can_cache(&self) -> bool {
+        true
+    }
+}
+
+impl ClientSessionStore for Live {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
+        self.0.client_sessions().set_kx_hint(server_name, group);
+    }
+
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
+        self.0.client_sessions().kx_hint(server_name)
+    }
+
+    fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
+        self.0
+            .client_sessions()
+            .set_tls12_session(server_name, value);
+    }
+
+    fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        self.0.client_sessions().tls12_session(server_name)
+    }
+
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        self.0.client_sessions().remove_tls12_session(server_name);
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        server_name: ServerName<'static>,
+        value: Tls13ClientSessionValue,
+    ) {
+        self.0
+            .client_sessions()
+            .insert_tls13_ticket(server_name, value);
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        server_name: &ServerName<'static>,
+    ) -> Option<Tls13ClientSessionValue> {
+        self.0.client_sessions().take_tls13_ticket(server_name)
+    }
+}
+
 // Handshake signatures are checked with the provider's algorithms, which are what the WebPKI
 // verifiers use: they do not depend on the credentials, so no swap can change them.
 
@@ -271,6 +404,7 @@ mod tests {
     use std::path::Path;
 
     use qkd_types::{NodeId, SaeId};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_rustls::{TlsAcceptor, TlsConnector};
 
     use super::*;
@@ -282,13 +416,31 @@ mod tests {
         server: &Arc<ServerConfig>,
         client: ClientConfig,
     ) -> Result<Vec<u8>, std::io::Error> {
+        Ok(connect(server, client).await?.0)
+    }
+
+    /// [`handshake`], and whether the session was resumed.
+    async fn connect(
+        server: &Arc<ServerConfig>,
+        client: ClientConfig,
+    ) -> Result<(Vec<u8>, bool), std::io::Error> {
         let (c, s) = tokio::io::duplex(1 << 16);
         let accept = TlsAcceptor::from(server.clone()).accept(s);
         let connect = TlsConnector::from(Arc::new(client))
             .connect(ServerName::try_from("127.0.0.1").unwrap(), c);
         let (served, client) = tokio::join!(accept, connect);
-        served?;
-        Ok(client?.get_ref().1.peer_certificates().unwrap()[0].to_vec())
+        // One byte from the server: the client reads the session tickets sent before it, so a
+        // later connection with the same configuration may resume.
+        let (mut served, mut client) = (served?, client?);
+        served.write_all(b"x").await?;
+        served.flush().await?;
+        let mut byte = [0u8; 1];
+        client.read_exact(&mut byte).await?;
+        let conn = client.get_ref().1;
+        Ok((
+            conn.peer_certificates().unwrap()[0].to_vec(),
+            conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+        ))
     }
 
     fn copy(issued: &IssuedCert, to: &TlsFiles) {
@@ -364,6 +516,71 @@ mod tests {
             handshake(&server, client(&s_old)).await.unwrap(),
             der(&a_new.cert),
             "the old CA is still trusted while it is in the CA file"
+        );
+    }
+
+    /// A client that resumed its session across a swap would skip both certificates: after a
+    /// swap, the same client configuration gets a full handshake and the new certificate; and a
+    /// certificate of another CA fails the chain check, naming both files.
+    #[tokio::test]
+    async fn no_session_is_resumed_across_a_swap_and_the_chain_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let [pki, next, other] =
+            ["pki", "next", "other"].map(|d| DemoPki::create(&dir.path().join(d)).unwrap());
+        let node = NodeId::parse("A").unwrap();
+        let ip = [127, 0, 0, 1].into();
+        let (a1, a2, stranger) = (
+            pki.issue_node(&node, ip).unwrap(),
+            next.issue_node(&node, ip).unwrap(),
+            other.issue_node(&node, ip).unwrap(),
+        );
+        let sae = pki
+            .issue_sae(&SaeId::parse("S").unwrap(), "urn:qkd:sae:")
+            .unwrap();
+        // Both CAs trusted on both sides (a roll-over under way).
+        let both = dir.path().join("both.pem");
+        let mut pem = std::fs::read(pki.ca_cert()).unwrap();
+        pem.extend(std::fs::read(next.ca_cert()).unwrap());
+        std::fs::write(&both, pem).unwrap();
+        let files = TlsFiles {
+            cert_chain: dir.path().join("server.crt"),
+            key: dir.path().join("server.key"),
+            ca: both.clone(),
+        };
+        copy(&a1, &files);
+        let live = LiveTls::load(&files).unwrap();
+        live.current().verify_chain(1_800_000_000_000).unwrap();
+        let server = Arc::new(live.server().unwrap());
+        let client = super::super::client_config(&sae.tls_files(&both)).unwrap();
+        assert_eq!(
+            handshake(&server, client.clone()).await.unwrap(),
+            der(&a1.cert)
+        );
+        // The second connection resumes (same configuration, same session stores).
+        assert_eq!(
+            connect(&server, client.clone()).await.unwrap(),
+            (der(&a1.cert), true)
+        );
+        copy(&a2, &files);
+        live.install(Credentials::load(&files).unwrap());
+        assert_eq!(
+            connect(&server, client.clone()).await.unwrap(),
+            (der(&a2.cert), false),
+            "a session from before the swap was resumed"
+        );
+
+        copy(&stranger, &files);
+        let err = Credentials::load(&files)
+            .unwrap()
+            .verify_chain(1_800_000_000_000)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("server.crt")
+                && err.contains("both.pem")
+                && err.contains("does not chain to a CA in")
+                && err.contains("another CA of the same name"),
+            "{err}"
         );
     }
 }

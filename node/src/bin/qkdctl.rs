@@ -183,6 +183,7 @@ fn main() -> Result<()> {
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
             let cfg = NodeConfig::load(&config)?;
             check::offline(&cfg)?;
+            check::names(&cfg)?;
             print!("{}", check::summary(&config, &cfg));
             Ok(())
         }

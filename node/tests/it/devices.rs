@@ -247,7 +247,7 @@ fn set_link_source(t: &mut toml::Table, source: toml::Table) {
 
 /// Runs `qkd-node check --config <config> [extra]` to completion (bounded); returns (success,
 /// stderr + stdout).
-fn check(config: &Path, extra: &[&str]) -> (bool, String) {
+pub(crate) fn check(config: &Path, extra: &[&str]) -> (bool, String) {
     let mut child = Command::new(BIN)
         .arg("check")
         .arg("--config")

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod cert_names;
 mod check;
 mod conform;
 mod control;
@@ -21,6 +22,7 @@ mod operators;
 mod packaging;
 mod relay;
 mod rotation;
+mod rotation_clients;
 mod skip;
 mod status;
 mod streams;

@@ -331,22 +331,7 @@ async fn collector(dir: &std::path::Path) -> Collector {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let mut r = tokio::io::BufReader::new(tls);
-                loop {
-                    let mut len = Vec::new();
-                    if r.read_until(b' ', &mut len).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let n: usize = std::str::from_utf8(&len[..len.len() - 1])
-                        .unwrap()
-                        .parse()
-                        .expect("octet count");
-                    let mut msg = vec![0; n];
-                    if r.read_exact(&mut msg).await.is_err() {
-                        return;
-                    }
-                    m.lock().unwrap().push(String::from_utf8(msg).unwrap());
-                }
+                read_frames(tls, &m).await;
             });
         }
     });
@@ -354,6 +339,33 @@ async fn collector(dir: &std::path::Path) -> Collector {
         addr,
         messages,
         ca: ca_path,
+    }
+}
+
+/// Reads RFC 5425 octet-counted frames (`MSG-LEN SP SYSLOG-MSG`) into `messages` until the
+/// connection ends.
+pub(crate) async fn read_frames(
+    stream: impl tokio::io::AsyncRead + Unpin,
+    messages: &Mutex<Vec<String>>,
+) {
+    let mut r = tokio::io::BufReader::new(stream);
+    loop {
+        let mut len = Vec::new();
+        if r.read_until(b' ', &mut len).await.unwrap_or(0) == 0 {
+            return;
+        }
+        let n: usize = std::str::from_utf8(&len[..len.len() - 1])
+            .unwrap()
+            .parse()
+            .expect("octet count");
+        let mut msg = vec![0; n];
+        if r.read_exact(&mut msg).await.is_err() {
+            return;
+        }
+        messages
+            .lock()
+            .unwrap()
+            .push(String::from_utf8(msg).unwrap());
     }
 }
 

@@ -23,7 +23,7 @@ use crate::harness::{Net, keys};
 const QKDCTL: &str = env!("CARGO_BIN_EXE_qkdctl");
 
 /// `qkdctl <args> --config <node.toml> --cert/--key operator-demo`, off the runtime's threads.
-async fn qkdctl(net: &Net, node: &str, args: &[&str]) -> (bool, String) {
+pub(crate) async fn qkdctl(net: &Net, node: &str, args: &[&str]) -> (bool, String) {
     let pki = net.path().join("pki");
     let mut cmd = Command::new(QKDCTL);
     cmd.args(args)
@@ -47,7 +47,7 @@ async fn qkdctl(net: &Net, node: &str, args: &[&str]) -> (bool, String) {
 }
 
 /// The node's `[tls]` certificate and key files.
-fn node_files(net: &Net, node: &str) -> (PathBuf, PathBuf) {
+pub(crate) fn node_files(net: &Net, node: &str) -> (PathBuf, PathBuf) {
     let dir = net.path().join(node);
     let cfg: toml::Table = std::fs::read_to_string(dir.join("node.toml"))
         .unwrap()
@@ -59,6 +59,24 @@ fn node_files(net: &Net, node: &str) -> (PathBuf, PathBuf) {
 
 /// A certificate for `node` from the demo CA (its key in `pki/ca.key`), valid until `year`.
 fn issue_node(net: &Net, node: &str, year: i32) -> (String, String) {
+    issue_node_named(
+        net,
+        node,
+        year,
+        vec![
+            SanType::DnsName("localhost".try_into().unwrap()),
+            SanType::IpAddress([127, 0, 0, 1].into()),
+        ],
+    )
+}
+
+/// [`issue_node`] with these DNS and IP names (and the `urn:qkd:node:` URI SAN).
+pub(crate) fn issue_node_named(
+    net: &Net,
+    node: &str,
+    year: i32,
+    mut names: Vec<SanType>,
+) -> (String, String) {
     let pki = net.path().join("pki");
     let ca_key = KeyPair::from_pem(&std::fs::read_to_string(pki.join("ca.key")).unwrap()).unwrap();
     // The demo CA's name and constraints (qkd_kms::pki): the issuer needs its name and key.
@@ -72,11 +90,10 @@ fn issue_node(net: &Net, node: &str, year: i32) -> (String, String) {
     let mut p = CertificateParams::default();
     p.distinguished_name = rcgen::DistinguishedName::new();
     p.distinguished_name.push(DnType::CommonName, node);
-    p.subject_alt_names = vec![
-        SanType::DnsName("localhost".try_into().unwrap()),
-        SanType::IpAddress([127, 0, 0, 1].into()),
-        SanType::URI(format!("urn:qkd:node:{node}").try_into().unwrap()),
-    ];
+    names.push(SanType::URI(
+        format!("urn:qkd:node:{node}").try_into().unwrap(),
+    ));
+    p.subject_alt_names = names;
     p.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
@@ -90,7 +107,7 @@ fn issue_node(net: &Net, node: &str, year: i32) -> (String, String) {
 }
 
 /// Puts a certificate and key in place the way the runbook says: written beside, then moved.
-fn put(cert_path: &Path, key_path: &Path, cert: &str, key: &str) {
+pub(crate) fn put(cert_path: &Path, key_path: &Path, cert: &str, key: &str) {
     let tmp = |p: &Path| PathBuf::from(format!("{}.new", p.display()));
     std::fs::write(tmp(cert_path), cert).unwrap();
     std::fs::write(tmp(key_path), key).unwrap();
@@ -196,10 +213,24 @@ async fn certificates_and_the_kek_rotate_while_keys_are_fetched() {
     let b_key = std::fs::read_to_string(net.path().join("pki/node-B.key")).unwrap();
     let (expired, expired_key) = issue_node(&net, "A", 2001);
     let (next, next_key) = issue_node(&net, "A", 2040);
+    // A certificate for A from a CA that is not in A's CA file.
+    let other = tempfile::tempdir().unwrap();
+    let stranger = qkd_kms::pki::DemoPki::create(other.path())
+        .unwrap()
+        .issue_node(
+            &qkd_types::NodeId::parse("A").unwrap(),
+            [127, 0, 0, 1].into(),
+        )
+        .unwrap();
+    let stranger = (
+        std::fs::read_to_string(&stranger.cert).unwrap(),
+        std::fs::read_to_string(&stranger.key).unwrap(),
+    );
     for (cert, key, why) in [
         (&b_cert, &b_key, "names node B"),
         (&expired, &expired_key, "the certificate expired"),
         (&next, &old_key, "KeyMismatch"),
+        (&stranger.0, &stranger.1, "does not chain to a CA in"),
     ] {
         put(&cert_path, &key_path, cert, key);
         let (ok, out) = qkdctl(&net, "A", &["rotate", "certs"]).await;
@@ -288,6 +319,7 @@ async fn certificates_and_the_kek_rotate_while_keys_are_fetched() {
 
     // Both are audited.
     let want: Vec<(String, String)> = [
+        ("rotate_certs", "refused"),
         ("rotate_certs", "refused"),
         ("rotate_certs", "refused"),
         ("rotate_certs", "refused"),
