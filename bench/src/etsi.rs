@@ -207,10 +207,10 @@ impl Report {
             },
             self.clients,
             self.key_bits,
-            if self.both_directions {
-                "both directions,"
-            } else {
-                "A->B,"
+            match (self.both_directions, self.pair_kind) {
+                (true, _) => "both directions,",
+                (false, PairKind::Adjacent) => "A->B,",
+                (false, PairKind::Relayed) => "A->E (relayed over B, C, D),",
             },
             self.window_s,
             self.link_rate_bps / 1_000_000
@@ -329,6 +329,23 @@ pub async fn run(args: &Args) -> Result<Report> {
                 t.insert("metrics".into(), toml::Value::Table(m));
             });
         }
+    }
+    // Every client holds its own connection to each end as its pair's SAE: room for them all
+    // under the per-SAE connection cap (a relayed run puts every client on one pair).
+    let per_sae = args.clients.div_ceil(sae_pairs.len()) + 16;
+    for node in ends {
+        net.edit_config(node, |t| {
+            if let Some(n) = t.get_mut("node").and_then(|n| n.as_table_mut()) {
+                let cap = n
+                    .get("etsi_max_connections_per_client")
+                    .and_then(|v| v.as_integer())
+                    .unwrap_or(64);
+                n.insert(
+                    "etsi_max_connections_per_client".into(),
+                    toml::Value::Integer(cap.max(per_sae as i64)),
+                );
+            }
+        });
     }
     net.start_all()?;
     let pairs: Vec<Arc<PairIdentity>> = sae_pairs

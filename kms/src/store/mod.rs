@@ -1256,7 +1256,23 @@ impl std::fmt::Debug for Txn<'_> {
 impl KeyStore for Store {
     fn apply(&mut self, ops: Vec<Op>) -> Result<Vec<Result<Outcome, StoreError>>, StoreError> {
         let mut txn = self.begin()?;
-        let outcomes = ops.into_iter().map(|op| op.execute(&mut txn)).collect();
+        let mut changed = false;
+        let outcomes = ops
+            .into_iter()
+            .map(|op| {
+                let writes = op.writes();
+                let outcome = op.execute(&mut txn);
+                changed |= writes && ops::changed(&outcome);
+                outcome
+            })
+            .collect();
+        if !changed {
+            // Only reads (the notice outbox) or delivery notices for keys already fetched:
+            // nothing to make durable, so the transaction is dropped, not committed. A commit,
+            // even of nothing, writes redb's header and free-page records and waits for a sync.
+            drop(txn);
+            return Ok(outcomes);
+        }
         let written = txn.bytes_written();
         txn.commit()?;
         self.written += written;
@@ -2724,6 +2740,47 @@ mod tests {
         let mut tx = store.begin().unwrap();
         assert!(tx.key_meta(first).unwrap().is_some());
         assert!(tx.take_pool_key(pool[0]).unwrap().is_some());
+    }
+
+    /// A batch that changes nothing (read-only operations, as the delivery-notice outbox's read
+    /// often is at low load; a delivery notice for keys already fetched) writes nothing: no
+    /// page, no header, no sync. A batch with a change commits.
+    #[test]
+    fn a_batch_that_changes_nothing_is_not_committed() {
+        let disk = faulty::Disk::new(1 << 30);
+        let kek_dir = tempfile::tempdir().unwrap();
+        let kek = FileKek::open(kek_dir.path(), 1_000, 86_400_000).unwrap();
+        let (mut store, _) = open_disk(&disk, &kek, small_opts(), usize::MAX).unwrap();
+        let before = disk.bytes_written();
+        let out = store
+            .apply(vec![
+                ops::QueuedNotices { limit: 10 }.into(),
+                ops::KeysAfter {
+                    after: None,
+                    limit: 10,
+                }
+                .into(),
+            ])
+            .unwrap();
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|o| o.is_ok()));
+        assert_eq!(disk.bytes_written(), before);
+        let out = store
+            .apply(vec![
+                ops::MoveExpiry {
+                    ids: vec![KeyId::random()],
+                    masters: [sae("M")].into(),
+                    expires_at: 5,
+                }
+                .into(),
+            ])
+            .unwrap();
+        assert!(matches!(&out[0], Ok(Outcome::MoveExpiry(moved)) if moved.is_empty()));
+        assert_eq!(disk.bytes_written(), before);
+        store
+            .apply(vec![ops::DropNotices { notices: vec![] }.into()])
+            .unwrap();
+        assert!(disk.bytes_written() > before);
     }
 
     /// Tombstones move from the log into runs, runs merge tier by tier, and every tombstone is
