@@ -53,9 +53,43 @@ pub enum Metrics {
     Off,
 }
 
+/// Which SAE pair a run drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PairKind {
+    /// ENC-A1/ENC-B1 and ENC-A2/ENC-B2 on the two-node `pair` topology: adjacent nodes.
+    Adjacent,
+    /// ENC-A1/ENC-E1 on the five-node chain A-B-C-D-E (`chain5`): every pool refill is relayed
+    /// over four hops; `enc_keys` runs at A, `dec_keys` at E.
+    Relayed,
+}
+
+impl PairKind {
+    /// The demo topology, the master's and the slave's node, and the SAE pairs the clients use.
+    fn layout(
+        self,
+    ) -> (
+        &'static str,
+        [&'static str; 2],
+        &'static [(&'static str, &'static str)],
+    ) {
+        match self {
+            PairKind::Adjacent => (
+                "pair",
+                ["A", "B"],
+                &[("ENC-A1", "ENC-B1"), ("ENC-A2", "ENC-B2")],
+            ),
+            PairKind::Relayed => ("chain5", ["A", "E"], &[("ENC-A1", "ENC-E1")]),
+        }
+    }
+}
+
 /// Arguments of `qkd-bench etsi`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// `adjacent` (A-B, the two-node pair) or `relayed` (A-E across the five-node chain).
+    #[arg(long, value_enum, default_value = "adjacent")]
+    pub pair: PairKind,
     /// Front end: `etsi` (ETSI 014), `skip` (SKIP Key Provider) or `grpc` (gRPC key delivery).
     #[arg(long, value_enum, default_value = "etsi")]
     pub api: Api,
@@ -104,6 +138,7 @@ pub struct Args {
 #[derive(Debug, serde::Serialize)]
 pub struct Report {
     pub api: Api,
+    pub pair_kind: PairKind,
     pub metrics: Metrics,
     pub clients: usize,
     pub key_bits: u32,
@@ -128,6 +163,21 @@ pub struct Report {
     pub cpu: CpuUse,
     /// With `--perf`: fsync + fdatasync calls per second of each node in the window.
     pub syncs_per_s: Vec<(String, f64)>,
+    /// The store writer of the two end nodes in the window (from their `/metrics`).
+    pub store: Vec<StoreUse>,
+}
+
+/// One node's store writer over the window: group commits and what they wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StoreUse {
+    pub node: String,
+    /// Durable batch commits (`qkd_store_commits_total`; tombstone upkeep and rotation steps,
+    /// which run in transactions of their own, are not counted).
+    pub commits: u64,
+    /// Record bytes (table key + value) the commits wrote (`qkd_store_bytes_written_total`).
+    pub record_bytes: u64,
+    /// Bytes the process wrote to disk (`/proc/<pid>/io` `write_bytes`).
+    pub disk_bytes: u64,
 }
 
 /// Failures over the whole run (warm-up included).
@@ -157,10 +207,10 @@ impl Report {
             },
             self.clients,
             self.key_bits,
-            if self.both_directions {
-                "both directions,"
-            } else {
-                "A->B,"
+            match (self.both_directions, self.pair_kind) {
+                (true, _) => "both directions,",
+                (false, PairKind::Adjacent) => "A->B,",
+                (false, PairKind::Relayed) => "A->E (relayed over B, C, D),",
             },
             self.window_s,
             self.link_rate_bps / 1_000_000
@@ -221,6 +271,18 @@ impl Report {
                 p.memory.peak_kib as f64 / 1024.0
             );
         }
+        let pairs = (self.pairs_per_s * self.window_s).max(1.0);
+        for st in &self.store {
+            let commits = st.commits.max(1) as f64;
+            println!(
+                "node {}: {:.0} commits/s, {:.2} commits per key pair, {:.1} KB to disk and {:.2} KB of records per commit",
+                st.node,
+                st.commits as f64 / self.window_s,
+                st.commits as f64 / pairs,
+                st.disk_bytes as f64 / 1e3 / commits,
+                st.record_bytes as f64 / 1e3 / commits,
+            );
+        }
         for (node, n) in &self.syncs_per_s {
             println!(
                 "{node}: {n:.0} fsync+fdatasync/s ({:.2} per key pair)",
@@ -247,8 +309,12 @@ pub async fn run(args: &Args) -> Result<Report> {
         bail!("--clients must be at least 1");
     }
     let bin = qkd_testnet::node_bin(args.nodes_bin.as_ref())?;
+    if args.pair == PairKind::Relayed && args.api == Api::Skip {
+        bail!("--pair relayed runs over ETSI 014 or gRPC only");
+    }
+    let (topology, ends, sae_pairs) = args.pair.layout();
     let layout = Layout {
-        topology: "pair".into(),
+        topology: topology.into(),
         link_rate_bps: args.link_rate_bps,
         pool_keys: args.pool_keys,
         batch_keys: args.batch_keys,
@@ -256,16 +322,33 @@ pub async fn run(args: &Args) -> Result<Report> {
     };
     let net = qkd_testnet::Net::launch(&bin, args.dir.as_deref(), &layout)?;
     if args.metrics == Metrics::Off {
-        for node in ["A", "B"] {
-            net.edit_config(node, |t| {
+        for node in net.names() {
+            net.edit_config(&node, |t| {
                 let mut m = toml::Table::new();
                 m.insert("enabled".into(), toml::Value::Boolean(false));
                 t.insert("metrics".into(), toml::Value::Table(m));
             });
         }
     }
+    // Every client holds its own connection to each end as its pair's SAE: room for them all
+    // under the per-SAE connection cap (a relayed run puts every client on one pair).
+    let per_sae = args.clients.div_ceil(sae_pairs.len()) + 16;
+    for node in ends {
+        net.edit_config(node, |t| {
+            if let Some(n) = t.get_mut("node").and_then(|n| n.as_table_mut()) {
+                let cap = n
+                    .get("etsi_max_connections_per_client")
+                    .and_then(|v| v.as_integer())
+                    .unwrap_or(64);
+                n.insert(
+                    "etsi_max_connections_per_client".into(),
+                    toml::Value::Integer(cap.max(per_sae as i64)),
+                );
+            }
+        });
+    }
     net.start_all()?;
-    let pairs: Vec<Arc<PairIdentity>> = [("ENC-A1", "ENC-B1"), ("ENC-A2", "ENC-B2")]
+    let pairs: Vec<Arc<PairIdentity>> = sae_pairs
         .iter()
         .map(|(a, b)| {
             Ok(Arc::new(PairIdentity {
@@ -277,11 +360,11 @@ pub async fn run(args: &Args) -> Result<Report> {
         })
         .collect::<Result<_>>()?;
     let bases = match args.api {
-        Api::Etsi | Api::Grpc => [net.try_base("A")?, net.try_base("B")?],
-        Api::Skip => [net.skip_base("A")?, net.skip_base("B")?],
+        Api::Etsi | Api::Grpc => [net.try_base(ends[0])?, net.try_base(ends[1])?],
+        Api::Skip => [net.skip_base(ends[0])?, net.skip_base(ends[1])?],
     };
     if args.api == Api::Grpc {
-        for node in ["A", "B"] {
+        for node in ends {
             net.try_listen(node)?
                 .grpc
                 .with_context(|| format!("node {node} serves no gRPC"))?;
@@ -290,11 +373,11 @@ pub async fn run(args: &Args) -> Result<Report> {
     // Every pool (both directions) full and the refills finished before the clock starts.
     let mut pools = Vec::new();
     for p in &pairs {
-        pools.push((p.a_client.clone(), "A".to_string(), p.b.clone()));
-        pools.push((p.b_client.clone(), "B".to_string(), p.a.clone()));
+        pools.push((p.a_client.clone(), ends[0].to_string(), p.b.clone()));
+        pools.push((p.b_client.clone(), ends[1].to_string(), p.a.clone()));
     }
     let pool_fill = net.wait_settled(&pools, Duration::from_secs(1800)).await?;
-    let pool_keys = net.pool_level(&pools[0].0, "A", &pairs[0].b).await?.1;
+    let pool_keys = net.pool_level(&pools[0].0, ends[0], &pairs[0].b).await?.1;
 
     let start = Instant::now();
     let warm_end = start + args.warmup;
@@ -307,7 +390,7 @@ pub async fn run(args: &Args) -> Result<Report> {
             to_b: net.sae_client(&pair.b)?,
             grpc: match args.api {
                 // Lazy channels: each connects at its first call, its own HTTP/2 connection.
-                Api::Grpc => Some([net.grpc(&pair.a, "A"), net.grpc(&pair.b, "B")]),
+                Api::Grpc => Some([net.grpc(&pair.a, ends[0]), net.grpc(&pair.b, ends[1])]),
                 Api::Etsi | Api::Skip => None,
             },
             bases: bases.clone(),
@@ -321,8 +404,18 @@ pub async fn run(args: &Args) -> Result<Report> {
         tasks.spawn(c.run(warm_end, stop));
     }
     let procs = net.processes();
+    let metrics_urls = ends
+        .iter()
+        .map(|n| {
+            Ok(net
+                .try_listen(n)?
+                .admin
+                .map(|a| format!("http://{a}/metrics")))
+        })
+        .collect::<Result<Vec<_>>>()?;
     tokio::time::sleep_until(warm_end.into()).await;
     let cpu0 = CpuSnapshot::take(&procs);
+    let store0 = store_counters(&metrics_urls).await;
     let perf: Vec<(String, std::process::Child)> = if args.perf {
         ["A", "B"]
             .iter()
@@ -333,6 +426,7 @@ pub async fn run(args: &Args) -> Result<Report> {
     };
     tokio::time::sleep_until(stop.into()).await;
     let cpu = cpu0.until(&CpuSnapshot::take(&procs));
+    let store1 = store_counters(&metrics_urls).await;
     let mut syncs_per_s = Vec::new();
     for (node, child) in perf {
         let out = child.wait_with_output()?;
@@ -370,8 +464,24 @@ pub async fn run(args: &Args) -> Result<Report> {
         .filter(|p| p.label.starts_with("node "))
         .map(|p| p.percent_of_one_core / 100.0)
         .sum();
+    let store = ends
+        .iter()
+        .zip(store0.iter().zip(&store1))
+        .filter_map(|(node, (c0, c1))| {
+            let ((commits0, bytes0), (commits1, bytes1)) = ((*c0)?, (*c1)?);
+            let label = format!("node {node}");
+            let disk = cpu.processes.iter().find(|p| p.label == label)?;
+            Some(StoreUse {
+                node: (*node).to_string(),
+                commits: (commits1 - commits0).max(0.0) as u64,
+                record_bytes: (bytes1 - bytes0).max(0.0) as u64,
+                disk_bytes: disk.disk_write_bytes,
+            })
+        })
+        .collect();
     Ok(Report {
         api: args.api,
+        pair_kind: args.pair,
         metrics: args.metrics,
         clients: args.clients,
         key_bits: args.size,
@@ -393,7 +503,27 @@ pub async fn run(args: &Args) -> Result<Report> {
         errors,
         cpu,
         syncs_per_s,
+        store,
     })
+}
+
+/// Each node's (store commits, record bytes written) so far, from its `/metrics`; `None` for a
+/// node without an admin listener or with metrics off.
+async fn store_counters(urls: &[Option<String>]) -> Vec<Option<(f64, f64)>> {
+    let mut out = Vec::with_capacity(urls.len());
+    for url in urls {
+        let text = match url {
+            Some(u) => crate::scrape::scrape_once(u).await.ok(),
+            None => None,
+        };
+        out.push(text.and_then(|t| {
+            Some((
+                crate::scrape::counter(&t, "qkd_store_commits_total")?,
+                crate::scrape::counter(&t, "qkd_store_bytes_written_total")?,
+            ))
+        }));
+    }
+    out
 }
 
 /// Syscalls that make data durable, counted by `perf stat`.

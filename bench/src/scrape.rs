@@ -224,6 +224,28 @@ async fn scrape(http: &reqwest::Client, url: &str) -> Result<String> {
     Ok(r.text().await?)
 }
 
+/// GETs the exposition at `url` once, on a fresh plain-HTTP client.
+pub(crate) async fn scrape_once(url: &str) -> Result<String> {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    scrape(&http, url).await
+}
+
+/// The sum of the samples of counter `name` (any labels); `None` if it has none.
+pub(crate) fn counter(text: &str, name: &str) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
 /// The values of every `qkd_pair_pool_keys` sample.
 fn pool_levels(text: &str) -> Vec<f64> {
     text.lines()
@@ -253,5 +275,10 @@ mod tests {
                     qkd_pair_pool_keys{master=\"ENC-B1\",slave=\"ENC-A1\"} 3\n\
                     qkd_link_up{link=\"A-B\"} 1\n";
         assert_eq!(pool_levels(text), vec![64.0, 3.0]);
+        let text = "qkd_store_commits_total 12\nqkd_store_commits_total_x 5\n\
+                    qkd_store_bytes_written_total{a=\"1\"} 3\nqkd_store_bytes_written_total{a=\"2\"} 4\n";
+        assert_eq!(counter(text, "qkd_store_commits_total"), Some(12.0));
+        assert_eq!(counter(text, "qkd_store_bytes_written_total"), Some(7.0));
+        assert_eq!(counter(text, "qkd_relay_keys_total"), None);
     }
 }

@@ -88,13 +88,20 @@ const CURSOR: &str = "cursor";
 const ROTATION_BYTES_PER_RECORD: u64 = 16 << 10;
 
 /// Schema version written into `meta`. Version 1 (before issue 8) keyed waiting and pool keys by
-/// key ID; version 2 keys them by sequence. A version 1 store is refused, naming its file
-/// (docs/design.md, "Upgrades").
-const SCHEMA_VERSION: u64 = 2;
+/// key ID; version 2 keys them by sequence; version 3 keeps the tombstone log in memory, found
+/// again at open from the records after `meta`'s `tomb_log_from` ([`tombs`]). A version 1 store
+/// is refused, naming its file (docs/design.md, "Upgrades"); a version 2 store is upgraded in
+/// place at open (its log table is still read, and dropped with the next run), so that a
+/// version 2 program, which would not read that log back, refuses it from then on.
+const SCHEMA_VERSION: u64 = 3;
+/// The oldest schema this version opens (and upgrades).
+const OLDEST_SCHEMA: u64 = 2;
 
 /// Bytes of pages redb caches in memory. Its default (a gigabyte) lets the cache grow with the
 /// store; reads that miss come from the operating system's page cache, outside the node's RSS.
-const CACHE_BYTES: usize = 16 << 20;
+/// What a commit touches is the head and tail of a few tables in sequence order, and their
+/// branch pages: a few hundred pages at most.
+const CACHE_BYTES: usize = 4 << 20;
 
 /// Errors of the store. Any of them during a commit makes the node exit and recover.
 #[derive(Debug, thiserror::Error)]
@@ -276,6 +283,11 @@ pub struct Store {
     index: Index,
     /// Tombstones in the log before it is written as a run ([`tombs::LOG_RUN`]).
     log_run: usize,
+    /// Key IDs one step of a tombstone merge takes ([`tombs::LOG_RUN`]).
+    merge_step: usize,
+    /// The most run entries one merge step wrote (tests check that steps are bounded).
+    #[cfg(test)]
+    largest_merge_step: u64,
 }
 
 /// Where each waiting and pool key is, by key ID: rebuilt from the records at open, changed with
@@ -314,8 +326,10 @@ struct IndexTxn<'s> {
 enum Undo {
     /// Of a waiting or pool key: its sequence.
     Key(Which, KeyId, Option<u64>),
-    /// Of the tombstone log: (time, log sequence).
-    Log(KeyId, Option<(UnixMillis, u64)>),
+    /// Of the tombstone log: its time.
+    Log(KeyId, Option<UnixMillis>),
+    /// The time the tombstone log starts at.
+    LogFrom(Option<UnixMillis>),
 }
 
 impl IndexTxn<'_> {
@@ -351,13 +365,18 @@ impl IndexTxn<'_> {
         self.undo.push(Undo::Key(which, id, before));
     }
 
-    fn set_log(&mut self, id: KeyId, to: Option<(UnixMillis, u64)>) {
+    fn set_log(&mut self, id: KeyId, to: Option<UnixMillis>) {
         let log = &mut self.index.tombs.log;
         let before = match to {
             Some(e) => log.insert(id, e),
             None => log.remove(&id),
         };
         self.undo.push(Undo::Log(id, before));
+    }
+
+    fn set_log_from(&mut self, to: Option<UnixMillis>) {
+        let before = std::mem::replace(&mut self.index.tombs.log_from, to);
+        self.undo.push(Undo::LogFrom(before));
     }
 
     fn commit(mut self) {
@@ -388,6 +407,7 @@ impl Drop for IndexTxn<'_> {
                 Undo::Log(id, None) => {
                     self.index.tombs.log.remove(&id);
                 }
+                Undo::LogFrom(from) => self.index.tombs.log_from = from,
             }
         }
     }
@@ -503,6 +523,9 @@ impl Store {
             wrap: None,
             index,
             log_run: tombs::LOG_RUN,
+            merge_step: tombs::LOG_RUN,
+            #[cfg(test)]
+            largest_merge_step: 0,
         };
         store.retake_reserve();
         for _ in 0..open_steps {
@@ -537,7 +560,7 @@ impl Store {
             let schema = meta.get("schema")?.map(|v| v.value());
             match schema {
                 Some(v) if v > SCHEMA_VERSION => return Err(StoreError::Schema { found: v }),
-                Some(v) if v < SCHEMA_VERSION => {
+                Some(v) if v < OLDEST_SCHEMA => {
                     return Err(StoreError::OldSchema {
                         found: v,
                         path: "(storage backend)".into(),
@@ -563,7 +586,6 @@ impl Store {
         tx.open_table(POOL)?;
         tx.open_table(KEY_EXPIRY)?;
         tx.open_table(tombs::TOMBS)?;
-        tx.open_table(tombs::TOMB_LOG)?;
         tx.open_table(tombs::TOMB_RUNS)?;
         tx.open_table(ROTATION)?;
         tx.open_table(DEVICE_IDS)?;
@@ -828,11 +850,12 @@ impl Store {
         }
     }
 
-    /// Writes the tombstone log as a run every `n` tombstones instead of [`tombs::LOG_RUN`], so
-    /// that tests reach runs and merges.
+    /// Writes the tombstone log as a run every `n` tombstones instead of [`tombs::LOG_RUN`] (and
+    /// merges `2n` key IDs per step), so that tests reach runs and merges.
     #[cfg(test)]
     fn set_tombstone_run(&mut self, n: usize) {
         self.log_run = n.max(1);
+        self.merge_step = self.log_run * 2;
     }
 
     /// Whether older epochs are still being retired.
@@ -1233,7 +1256,23 @@ impl std::fmt::Debug for Txn<'_> {
 impl KeyStore for Store {
     fn apply(&mut self, ops: Vec<Op>) -> Result<Vec<Result<Outcome, StoreError>>, StoreError> {
         let mut txn = self.begin()?;
-        let outcomes = ops.into_iter().map(|op| op.execute(&mut txn)).collect();
+        let mut changed = false;
+        let outcomes = ops
+            .into_iter()
+            .map(|op| {
+                let writes = op.writes();
+                let outcome = op.execute(&mut txn);
+                changed |= writes && ops::changed(&outcome);
+                outcome
+            })
+            .collect();
+        if !changed {
+            // Only reads (the notice outbox) or delivery notices for keys already fetched:
+            // nothing to make durable, so the transaction is dropped, not committed. A commit,
+            // even of nothing, writes redb's header and free-page records and waits for a sync.
+            drop(txn);
+            return Ok(outcomes);
+        }
         let written = txn.bytes_written();
         txn.commit()?;
         self.written += written;
@@ -2701,6 +2740,47 @@ mod tests {
         let mut tx = store.begin().unwrap();
         assert!(tx.key_meta(first).unwrap().is_some());
         assert!(tx.take_pool_key(pool[0]).unwrap().is_some());
+    }
+
+    /// A batch that changes nothing (read-only operations, as the delivery-notice outbox's read
+    /// often is at low load; a delivery notice for keys already fetched) writes nothing: no
+    /// page, no header, no sync. A batch with a change commits.
+    #[test]
+    fn a_batch_that_changes_nothing_is_not_committed() {
+        let disk = faulty::Disk::new(1 << 30);
+        let kek_dir = tempfile::tempdir().unwrap();
+        let kek = FileKek::open(kek_dir.path(), 1_000, 86_400_000).unwrap();
+        let (mut store, _) = open_disk(&disk, &kek, small_opts(), usize::MAX).unwrap();
+        let before = disk.bytes_written();
+        let out = store
+            .apply(vec![
+                ops::QueuedNotices { limit: 10 }.into(),
+                ops::KeysAfter {
+                    after: None,
+                    limit: 10,
+                }
+                .into(),
+            ])
+            .unwrap();
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|o| o.is_ok()));
+        assert_eq!(disk.bytes_written(), before);
+        let out = store
+            .apply(vec![
+                ops::MoveExpiry {
+                    ids: vec![KeyId::random()],
+                    masters: [sae("M")].into(),
+                    expires_at: 5,
+                }
+                .into(),
+            ])
+            .unwrap();
+        assert!(matches!(&out[0], Ok(Outcome::MoveExpiry(moved)) if moved.is_empty()));
+        assert_eq!(disk.bytes_written(), before);
+        store
+            .apply(vec![ops::DropNotices { notices: vec![] }.into()])
+            .unwrap();
+        assert!(disk.bytes_written() > before);
     }
 
     /// Tombstones move from the log into runs, runs merge tier by tier, and every tombstone is

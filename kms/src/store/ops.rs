@@ -410,6 +410,14 @@ impl Op {
     }
 }
 
+/// Whether a writing operation's outcome may have changed the store: always, except a delivery
+/// notice that moved no key's expiry (its keys were already fetched: it wrote nothing). A batch
+/// with no change is not committed. (A failed operation counts as a change: one that fails half
+/// way, as a delivery whose second key vanished, keeps what it wrote, in both stores alike.)
+pub(crate) fn changed(outcome: &Result<Outcome, StoreError>) -> bool {
+    !matches!(outcome, Ok(Outcome::MoveExpiry(moved)) if moved.is_empty())
+}
+
 impl PutBlocks {
     fn exec(self, t: &mut dyn Tables) -> Result<(), StoreError> {
         t.admit_ingest()?;

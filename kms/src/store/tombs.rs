@@ -7,9 +7,15 @@
 //!
 //! * `tombstones_by_time`: (time, key ID) -> master, slave. The record itself, written in time
 //!   order and pruned from the head, so a commit appends to one leaf.
-//! * `tombstone_log`: sequence -> key ID ‖ time, for tombstones not yet in a run; held in memory
-//!   as a map (at most [`LOG_RUN`] entries, plus what waits for room on a full disk) and read
-//!   back at open.
+//! * the log: the tombstones not yet in a run, held in memory as a map (at most [`LOG_RUN`]
+//!   entries, plus what waits for room on a full disk). It has no table of its own (a second
+//!   table touched by every commit costs its pages every commit): the store's `meta` table keeps
+//!   a time at or before which no logged tombstone was written ([`LOG_FROM`], written only when a
+//!   tombstone is older than it, so about once per run), and an open reads the log back from the
+//!   records at or after that time. Records already in a run may be read back too: a duplicate
+//!   entry is harmless (merges keep the one the record confirms). Stores of the first version of
+//!   schema 2 kept the log in `tombstone_log`; it is still read at open and dropped by the next
+//!   run written.
 //! * runs (`tombstone_run_<n>`): key ID -> time, each written once, whole and in key order, from
 //!   the log (every [`LOG_RUN`] tombstones) or by merging [`MERGE_FAN`] runs of one size tier
 //!   into the next (a log-structured merge, as in LSM trees); `tombstone_runs` lists them.
@@ -20,6 +26,15 @@
 //! gone. Every tombstone is written about `1 + log4(tombstones / LOG_RUN)` times, sequentially.
 //! Runs and log move in their own transactions after a commit ([`Store::maintain_tombstones`]),
 //! only while free space is above the watermark (see [`super::space`]).
+//!
+//! A merge runs in bounded steps, one after each batch the writer commits (as the rotation pass
+//! does), so that merging the largest tier never holds the writer for one long transaction:
+//! each step merges at most [`LOG_RUN`] key IDs (about what writing the log as a run costs)
+//! into the new run, in key order from where the
+//! previous step stopped. The runs being merged stay in use until the step that finishes the
+//! merge swaps them for the new run in one transaction. The new run's number is kept in `meta`
+//! ([`MERGE_OUT`]) while the merge runs: after a crash the half-written run is dropped and the
+//! merge starts again.
 
 use std::collections::HashMap;
 
@@ -32,8 +47,14 @@ use super::{Store, StoreError, Txn, sae};
 /// Tombstones by (time, key ID): `u8(1) ‖ str master ‖ str slave` ("" for none).
 pub(super) const TOMBS: TableDefinition<(u64, [u8; 16]), &[u8]> =
     TableDefinition::new("tombstones_by_time");
-/// Tombstones not yet in a run, by sequence: key ID ‖ u64 time.
-pub(super) const TOMB_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("tombstone_log");
+/// Tombstones not yet in a run, by sequence: key ID ‖ u64 time (stores written before the log
+/// moved to [`LOG_FROM`]; read at open, dropped with the next run written).
+const TOMB_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("tombstone_log");
+/// Key of the `meta` table: every tombstone of the log was written at or after this time.
+/// Absent while the log is empty.
+pub(super) const LOG_FROM: &str = "tomb_log_from";
+/// Key of the `meta` table: the number of the run a merge in progress is writing.
+const MERGE_OUT: &str = "tomb_merge_out";
 /// The runs: run number -> u64 entries ‖ u64 newest time.
 pub(super) const TOMB_RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("tombstone_runs");
 
@@ -48,14 +69,29 @@ const RUN_ENTRY_BYTES: u64 = 64;
 /// The tombstone ID index in memory: the log and the list of runs.
 #[derive(Debug, Default)]
 pub(super) struct TombIndex {
-    /// Key ID -> (time, log sequence) of the tombstones of the log.
-    pub log: HashMap<KeyId, (UnixMillis, u64)>,
-    /// The next log sequence.
-    pub next_log: u64,
+    /// Key ID -> time of the tombstones of the log.
+    pub log: HashMap<KeyId, UnixMillis>,
+    /// Every tombstone of the log was written at or after this time (as [`LOG_FROM`] says on
+    /// disk); `None` while the log is empty on disk.
+    pub log_from: Option<UnixMillis>,
     /// The runs, oldest first.
     runs: Vec<Run>,
     /// The next run number.
     next_run: u64,
+    /// The merge in progress, if any.
+    merging: Option<Merge>,
+    /// A run a merge interrupted by a crash left half written: dropped before anything else.
+    leftover: Option<u64>,
+}
+
+/// A merge in progress: `group` into run `out`, done up to key ID `after`.
+#[derive(Debug, Clone)]
+struct Merge {
+    group: Vec<Run>,
+    out: u64,
+    after: Option<[u8; 16]>,
+    entries: u64,
+    newest: UnixMillis,
 }
 
 /// One run of the tombstone index.
@@ -120,11 +156,28 @@ impl TombIndex {
             });
             out.next_run = k.value() + 1;
         }
-        for entry in tx.open_table(TOMB_LOG)?.iter()? {
-            let (k, v) = entry?;
-            let (id, mut rest) = (super::split_id(v.value())?.0, R(&v.value()[16..]));
-            out.log.insert(id, (rest.u64()?, k.value()));
-            out.next_log = k.value() + 1;
+        match tx.open_table(TOMB_LOG) {
+            Ok(t) => {
+                for entry in t.iter()? {
+                    let (_, v) = entry?;
+                    let (id, mut rest) = (super::split_id(v.value())?.0, R(&v.value()[16..]));
+                    out.log.insert(id, rest.u64()?);
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let meta = tx.open_table(super::META)?;
+        out.log_from = meta.get(LOG_FROM)?.map(|v| v.value());
+        out.leftover = meta.get(MERGE_OUT)?.map(|v| v.value());
+        if let Some(n) = out.leftover {
+            out.next_run = out.next_run.max(n + 1);
+        }
+        if let Some(from) = out.log_from {
+            for entry in tx.open_table(TOMBS)?.range((from, [0u8; 16])..)? {
+                let (at, id) = entry?.0.value();
+                out.log.insert(KeyId::from_bytes(id), at);
+            }
         }
         Ok(out)
     }
@@ -134,7 +187,7 @@ impl Txn<'_> {
     /// The time of `id`'s tombstone, if it has one: the log, else the first run whose entry
     /// the records confirm.
     pub(super) fn tomb_time(&self, id: KeyId) -> Result<Option<UnixMillis>, StoreError> {
-        if let Some((at, _)) = self.index.index.tombs.log.get(&id) {
+        if let Some(at) = self.index.index.tombs.log.get(&id) {
             return Ok(Some(*at));
         }
         let runs = &self.index.index.tombs.runs;
@@ -177,7 +230,8 @@ impl Txn<'_> {
         Ok(Some((at, master, slave)))
     }
 
-    /// Writes (or rewrites) a tombstone: the record in time order and the log entry.
+    /// Writes (or rewrites) a tombstone: the record in time order, and the log entry (in
+    /// memory; [`LOG_FROM`] moves back if the tombstone is older than it says).
     pub(super) fn write_tomb(
         &mut self,
         id: KeyId,
@@ -187,7 +241,7 @@ impl Txn<'_> {
     ) -> Result<(), StoreError> {
         if let Some(old) = self.tomb_time(id)? {
             self.tx.open_table(TOMBS)?.remove((old, *id.as_bytes()))?;
-            self.unlog(id)?;
+            self.unlog(id);
         }
         let mut w = W::default();
         w.u8(1)
@@ -196,16 +250,19 @@ impl Txn<'_> {
         self.tx
             .open_table(TOMBS)?
             .insert((now, *id.as_bytes()), w.0.as_slice())?;
-        let seq = self.index.index.tombs.next_log;
-        self.index.index.tombs.next_log += 1;
-        let mut entry = Vec::with_capacity(24);
-        entry.extend_from_slice(id.as_bytes());
-        entry.extend_from_slice(&now.to_be_bytes());
-        self.tx
-            .open_table(TOMB_LOG)?
-            .insert(seq, entry.as_slice())?;
-        self.index.set_log(id, Some((now, seq)));
-        self.written += (24 + w.0.len() + 8 + entry.len()) as u64;
+        if self
+            .index
+            .index
+            .tombs
+            .log_from
+            .is_none_or(|from| now < from)
+        {
+            self.tx.open_table(super::META)?.insert(LOG_FROM, now)?;
+            self.index.set_log_from(Some(now));
+            self.written += (LOG_FROM.len() + 8) as u64;
+        }
+        self.index.set_log(id, Some(now));
+        self.written += (24 + w.0.len()) as u64;
         Ok(())
     }
 
@@ -226,20 +283,18 @@ impl Txn<'_> {
         for (at, id) in &old {
             self.tx.open_table(TOMBS)?.remove((*at, *id))?;
             let id = KeyId::from_bytes(*id);
-            if self.index.index.tombs.log.get(&id).map(|e| e.0) == Some(*at) {
-                self.unlog(id)?;
+            if self.index.index.tombs.log.get(&id) == Some(at) {
+                self.unlog(id);
             }
         }
         Ok(old.len())
     }
 
-    /// Removes `id`'s log entry, if it has one.
-    fn unlog(&mut self, id: KeyId) -> Result<(), StoreError> {
-        if let Some((_, seq)) = self.index.index.tombs.log.get(&id).copied() {
-            self.tx.open_table(TOMB_LOG)?.remove(seq)?;
+    /// Removes `id`'s log entry, if it has one (in memory: its record is what is on disk).
+    fn unlog(&mut self, id: KeyId) {
+        if self.index.index.tombs.log.contains_key(&id) {
             self.index.set_log(id, None);
         }
-        Ok(())
     }
 }
 
@@ -248,7 +303,12 @@ impl Store {
     /// [`MERGE_FAN`] runs of one tier, and drops runs older than every record left. Each in its
     /// own durable transaction; the in-memory index changes only once it committed. Skipped
     /// while free space is below the watermark or does not hold the run to be written.
+    ///
+    /// A merge advances by one bounded step per call ([`Store::advance_merge`]).
     pub(super) fn maintain_tombstones(&mut self) -> Result<(), StoreError> {
+        if let Some(n) = self.index.tombs.leftover {
+            self.drop_leftover(n)?;
+        }
         if self.index.tombs.log.len() >= self.log_run {
             let bytes = self.index.tombs.log.len() as u64 * RUN_ENTRY_BYTES;
             if !self.room_for(bytes) {
@@ -256,14 +316,31 @@ impl Store {
             }
             self.flush_log()?;
         }
-        while let Some(group) = self.mergeable() {
+        if self.index.tombs.merging.is_none()
+            && let Some(group) = self.mergeable()
+        {
+            // Room for the whole new run, so that a merge started can finish.
             let bytes = group.iter().map(|r| r.entries).sum::<u64>() * RUN_ENTRY_BYTES;
-            if !self.room_for(bytes) {
-                break;
+            if self.room_for(bytes) {
+                self.start_merge(group)?;
             }
-            self.merge(&group)?;
+        }
+        if self.index.tombs.merging.is_some()
+            && self.room_for(self.merge_step as u64 * RUN_ENTRY_BYTES)
+        {
+            self.advance_merge()?;
         }
         self.drop_stale_runs()
+    }
+
+    /// Drops the half-written run of a merge a crash interrupted.
+    fn drop_leftover(&mut self, n: u64) -> Result<(), StoreError> {
+        let tx = self.begin_maintenance()?;
+        tx.delete_table(run_table(&run_name(n)))?;
+        tx.open_table(super::META)?.remove(MERGE_OUT)?;
+        tx.commit()?;
+        self.index.tombs.leftover = None;
+        Ok(())
     }
 
     /// Whether `bytes` more fit above the watermark (unmeasurable space holds nothing back).
@@ -280,7 +357,7 @@ impl Store {
             .tombs
             .log
             .iter()
-            .map(|(id, (at, _))| (*id.as_bytes(), *at))
+            .map(|(id, at)| (*id.as_bytes(), *at))
             .collect();
         entries.sort_unstable();
         let run = Run {
@@ -296,20 +373,23 @@ impl Store {
                 t.insert(*id, *at)?;
             }
         }
+        // The log is empty from here on (and a first-version store's log table goes).
+        tx.open_table(super::META)?.remove(LOG_FROM)?;
         tx.delete_table(TOMB_LOG)?;
-        tx.open_table(TOMB_LOG)?;
         tx.open_table(TOMB_RUNS)?
             .insert(run.n, run.encode().as_slice())?;
         tx.commit()?;
         self.written += run.entries * 24;
         let tombs = &mut self.index.tombs;
         tombs.log.clear();
+        tombs.log_from = None;
         tombs.runs.push(run);
         tombs.next_run += 1;
         Ok(())
     }
 
-    /// The oldest [`MERGE_FAN`] runs of the first tier that has that many.
+    /// The oldest [`MERGE_FAN`] runs of the first tier that has that many (none while a merge
+    /// runs).
     fn mergeable(&self) -> Option<Vec<Run>> {
         let runs = &self.index.tombs.runs;
         let base = self.log_run;
@@ -327,31 +407,65 @@ impl Store {
         })
     }
 
-    /// Merges `group` into one new run, streaming the runs in key order (memory does not grow
-    /// with their size). An ID in several runs keeps the entry its record confirms (if any).
-    fn merge(&mut self, group: &[Run]) -> Result<(), StoreError> {
+    /// Starts merging `group` into a new run: records the run's number, so that a crash before
+    /// the merge ends leaves nothing behind but a run to drop.
+    fn start_merge(&mut self, group: Vec<Run>) -> Result<(), StoreError> {
+        let out = self.index.tombs.next_run;
         let tx = self.begin_maintenance()?;
-        let n = self.index.tombs.next_run;
-        let mut entries = 0u64;
-        let mut newest = 0;
-        {
-            let names: Vec<String> = group.iter().map(|r| run_name(r.n)).collect();
+        tx.open_table(super::META)?.insert(MERGE_OUT, out)?;
+        tx.commit()?;
+        let tombs = &mut self.index.tombs;
+        tombs.next_run += 1;
+        tombs.merging = Some(Merge {
+            group,
+            out,
+            after: None,
+            entries: 0,
+            newest: 0,
+        });
+        Ok(())
+    }
+
+    /// One step of the merge in progress: up to `merge_step` key IDs of its runs, in key order
+    /// after where the last step stopped, into the new run (streamed: memory does not grow with
+    /// the runs). An ID in several runs keeps the entry its record confirms (if any). The step
+    /// that reaches the end swaps the runs for the new one in the same transaction.
+    fn advance_merge(&mut self) -> Result<(), StoreError> {
+        let Some(mut merge) = self.index.tombs.merging.clone() else {
+            return Ok(());
+        };
+        let tx = self.begin_maintenance()?;
+        let mut written = 0u64;
+        let done = {
+            let names: Vec<String> = merge.group.iter().map(|r| run_name(r.n)).collect();
             let tables = names
                 .iter()
                 .map(|name| tx.open_table(run_table(name)))
                 .collect::<Result<Vec<_>, _>>()?;
+            let from = match merge.after {
+                Some(a) => std::ops::Bound::Excluded(a),
+                None => std::ops::Bound::Unbounded,
+            };
             let mut iters = tables
                 .iter()
-                .map(|t| t.iter())
+                .map(|t| t.range::<[u8; 16]>((from, std::ops::Bound::Unbounded)))
                 .collect::<Result<Vec<_>, _>>()?;
             let mut heads = Vec::with_capacity(iters.len());
             for it in &mut iters {
                 heads.push(next_entry(it)?);
             }
-            let out_name = run_name(n);
+            let out_name = run_name(merge.out);
             let mut out = tx.open_table(run_table(&out_name))?;
             let records = tx.open_table(TOMBS)?;
-            while let Some(id) = heads.iter().flatten().map(|e| e.0).min() {
+            let mut ids = 0;
+            loop {
+                let Some(id) = heads.iter().flatten().map(|e| e.0).min() else {
+                    break true;
+                };
+                if ids == self.merge_step {
+                    break false;
+                }
+                ids += 1;
                 let mut times = Vec::new();
                 for (head, it) in heads.iter_mut().zip(iters.iter_mut()) {
                     match *head {
@@ -375,24 +489,41 @@ impl Store {
                 };
                 if let Some(at) = keep {
                     out.insert(id, at)?;
-                    entries += 1;
-                    newest = newest.max(at);
+                    written += 1;
+                    merge.newest = merge.newest.max(at);
                 }
+                merge.after = Some(id);
             }
+        };
+        merge.entries += written;
+        let run = Run {
+            n: merge.out,
+            entries: merge.entries,
+            newest: merge.newest,
+        };
+        if done {
+            for r in &merge.group {
+                tx.delete_table(run_table(&run_name(r.n)))?;
+                tx.open_table(TOMB_RUNS)?.remove(r.n)?;
+            }
+            tx.open_table(TOMB_RUNS)?
+                .insert(run.n, run.encode().as_slice())?;
+            tx.open_table(super::META)?.remove(MERGE_OUT)?;
         }
-        for r in group {
-            tx.delete_table(run_table(&run_name(r.n)))?;
-            tx.open_table(TOMB_RUNS)?.remove(r.n)?;
-        }
-        let run = Run { n, entries, newest };
-        tx.open_table(TOMB_RUNS)?
-            .insert(n, run.encode().as_slice())?;
         tx.commit()?;
-        self.written += entries * 24;
+        self.written += written * 24;
+        #[cfg(test)]
+        {
+            self.largest_merge_step = self.largest_merge_step.max(written);
+        }
         let tombs = &mut self.index.tombs;
-        tombs.runs.retain(|r| !group.contains(r));
-        tombs.runs.push(run);
-        tombs.next_run += 1;
+        if done {
+            tombs.runs.retain(|r| !merge.group.contains(r));
+            tombs.runs.push(run);
+            tombs.merging = None;
+        } else {
+            tombs.merging = Some(merge);
+        }
         Ok(())
     }
 
@@ -408,12 +539,19 @@ impl Store {
             let t = tx.open_table(TOMBS)?;
             t.first()?.map(|(k, _)| k.value().0)
         };
+        // The runs a merge reads stay until it ends (it drops them then).
+        let merging: &[Run] = self
+            .index
+            .tombs
+            .merging
+            .as_ref()
+            .map_or(&[], |m| m.group.as_slice());
         let stale: Vec<Run> = self
             .index
             .tombs
             .runs
             .iter()
-            .filter(|r| oldest.is_none_or(|o| r.newest < o))
+            .filter(|r| oldest.is_none_or(|o| r.newest < o) && !merging.contains(r))
             .copied()
             .collect();
         if stale.is_empty() {
@@ -452,4 +590,194 @@ fn next_entry(
         }
         None => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ops::RecordIssued;
+    use crate::store::vault::FileKek;
+    use crate::store::{KeyStore, Tables};
+
+    /// The store at `dir`, writing the log as a run every `run` tombstones (and merging `2 *
+    /// run` key IDs per step): runs and merges of several tiers in a test.
+    fn open(dir: &std::path::Path, run: usize) -> Store {
+        let kek = FileKek::open(&dir.join("keys"), 1_000, 86_400_000).unwrap();
+        let (mut store, _) = Store::open(&dir.join("store.redb"), &kek).unwrap();
+        store.set_tombstone_run(run);
+        store
+    }
+
+    fn sae(s: &str) -> SaeId {
+        SaeId::parse(s).unwrap()
+    }
+
+    fn issue(store: &mut Store, ids: &[KeyId], now: UnixMillis) {
+        let keys = ids.iter().map(|id| (*id, sae("M"), sae("S"))).collect();
+        store
+            .apply(vec![
+                RecordIssued {
+                    keys,
+                    now,
+                    notify: vec![],
+                }
+                .into(),
+            ])
+            .unwrap();
+    }
+
+    /// The log has no table: after a reopen it is found again from the records written at or
+    /// after `tomb_log_from`, including tombstones written before a clock step back. A store
+    /// of schema 2 (log in `tombstone_log`) is upgraded: its log is read, and its log table
+    /// goes with the next run written.
+    #[test]
+    fn the_log_is_found_again_at_open_and_a_schema_2_log_is_read() {
+        use redb::ReadableDatabase;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+        let mut store = open(dir.path(), 7);
+        let a: Vec<KeyId> = (0..3).map(|_| KeyId::random()).collect();
+        issue(&mut store, &a, 5_000);
+        // The clock stepped back: these are older than the log's start so far.
+        let b: Vec<KeyId> = (0..2).map(|_| KeyId::random()).collect();
+        issue(&mut store, &b, 4_000);
+        assert_eq!(store.index.tombs.log.len(), 5);
+        drop(store);
+        // A first-version schema 2 store: one more tombstone logged only in its log table.
+        let legacy = KeyId::random();
+        let path = dir.path().join("store.redb");
+        {
+            let db = redb::Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(super::super::META)
+                .unwrap()
+                .insert("schema", 2)
+                .unwrap();
+            let mut w = W::default();
+            w.u8(1).str("M").str("S");
+            tx.open_table(TOMBS)
+                .unwrap()
+                .insert((100, *legacy.as_bytes()), w.0.as_slice())
+                .unwrap();
+            let mut entry = legacy.as_bytes().to_vec();
+            entry.extend_from_slice(&100u64.to_be_bytes());
+            tx.open_table(TOMB_LOG)
+                .unwrap()
+                .insert(0, entry.as_slice())
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let mut store = open(dir.path(), 7);
+        assert_eq!(store.index.tombs.log.len(), 6, "the log read back");
+        {
+            let tx = store.begin().unwrap();
+            for id in a.iter().chain(&b).chain([&legacy]) {
+                assert!(tx.key_id_used(*id).unwrap());
+            }
+            assert_eq!(tx.tombstone(b[0]).unwrap().unwrap().0, 4_000);
+            assert_eq!(tx.tombstone(legacy).unwrap().unwrap().0, 100);
+        }
+        {
+            let tx = store.db.begin_read().unwrap();
+            let meta = tx.open_table(super::super::META).unwrap();
+            assert_eq!(meta.get("schema").unwrap().unwrap().value(), 3);
+        }
+        // The next run takes the whole log, and the log table goes.
+        issue(&mut store, &[KeyId::random()], 6_000);
+        assert!(store.index.tombs.log.is_empty());
+        assert!(store.index.tombs.log_from.is_none());
+        let tx = store.db.begin_read().unwrap();
+        assert!(matches!(
+            tx.open_table(TOMB_LOG),
+            Err(redb::TableError::TableDoesNotExist(_))
+        ));
+        drop(tx);
+        drop(store);
+        let mut store = open(dir.path(), 7);
+        assert!(store.index.tombs.log.is_empty());
+        let tx = store.begin().unwrap();
+        for id in a.iter().chain(&b).chain([&legacy]) {
+            assert!(tx.key_id_used(*id).unwrap());
+        }
+    }
+
+    /// Merging the largest tier never holds the writer for one long transaction: every merge
+    /// transaction writes at most one step of run entries, every tombstone is found after every
+    /// batch while merges run, and a crash in the middle of a merge loses nothing (the
+    /// half-written run is dropped at the next open, and the merge starts again).
+    #[test]
+    fn merges_run_in_bounded_steps_between_batches_and_survive_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+        let mut store = open(dir.path(), 4);
+        let mut ids: Vec<KeyId> = Vec::new();
+        let mut merging_batches = 0;
+        let mut crashed = false;
+        for i in 0..300u64 {
+            let chunk: Vec<KeyId> = (0..2).map(|_| KeyId::random()).collect();
+            let keys = chunk.iter().map(|id| (*id, sae("M"), sae("S"))).collect();
+            store
+                .apply(vec![
+                    RecordIssued {
+                        keys,
+                        now: 1_000 + i,
+                        notify: vec![],
+                    }
+                    .into(),
+                ])
+                .unwrap();
+            ids.extend(chunk);
+            let merging = store.index.tombs.merging.clone();
+            if merging.is_some() {
+                merging_batches += 1;
+            }
+            let tx = store.begin().unwrap();
+            for id in &ids {
+                assert!(tx.key_id_used(*id).unwrap(), "batch {i}: tombstone lost");
+            }
+            drop(tx);
+            // Crash (drop without any shutdown) half way through a merge of a tier above 0.
+            if !crashed && merging.is_some_and(|m| m.after.is_some() && m.group[0].tier(4) >= 1) {
+                let out = store.index.tombs.merging.as_ref().unwrap().out;
+                drop(store);
+                store = open(dir.path(), 4);
+                assert_eq!(store.index.tombs.leftover, Some(out));
+                assert!(store.index.tombs.merging.is_none());
+                let tx = store.begin().unwrap();
+                for id in &ids {
+                    assert!(tx.key_id_used(*id).unwrap(), "tombstone lost in the crash");
+                }
+                crashed = true;
+            }
+        }
+        assert!(crashed, "no merge above tier 0 was interrupted");
+        assert!(
+            store.index.tombs.leftover.is_none(),
+            "half-written run dropped"
+        );
+        // Merges took several batches each, and no step wrote more than 8 run entries, though
+        // runs of 64 entries and more were written by merges.
+        assert!(
+            merging_batches > 20,
+            "{merging_batches} batches saw a merge"
+        );
+        assert!(
+            store.largest_merge_step <= 8,
+            "{} entries in one step",
+            store.largest_merge_step
+        );
+        assert!(
+            store.index.tombs.runs.iter().any(|r| r.tier(4) >= 2),
+            "{:?}",
+            store.index.tombs.runs
+        );
+        // And after a clean reopen, every tombstone is still found.
+        drop(store);
+        let mut store = open(dir.path(), 4);
+        let tx = store.begin().unwrap();
+        for id in &ids {
+            assert!(tx.key_id_used(*id).unwrap());
+        }
+        assert!(!tx.key_id_used(KeyId::random()).unwrap());
+    }
 }
