@@ -237,6 +237,10 @@ impl Tables for MemStore {
         Ok(())
     }
 
+    fn has_pool_key(&self, id: KeyId) -> Result<bool, StoreError> {
+        Ok(self.pool.contains_key(&id))
+    }
+
     fn take_pool_key(&mut self, id: KeyId) -> Result<Option<(PoolKey, Secret)>, StoreError> {
         Ok(self.pool.remove(&id))
     }
@@ -844,6 +848,47 @@ mod tests {
                 recovered(&model.recovered()),
                 "seed {seed}"
             );
+        }
+    }
+
+    /// Delivering pool keys is all or nothing, in the model and on disk alike: one key missing
+    /// leaves the others in the pool, with no tombstone.
+    #[test]
+    fn delivering_pool_keys_with_one_missing_takes_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut redb, _) = open(dir.path());
+        let mut model = MemStore::new();
+        let stores: [&mut dyn KeyStore; 2] = [&mut model, &mut redb];
+        for store in stores {
+            let (here, gone) = (KeyId::random(), KeyId::random());
+            let meta = PoolKey {
+                master: sae("ENC-A"),
+                slaves: vec![sae("ENC-B")],
+                size_bits: 256,
+                created_at: 1_000,
+                made_under: None,
+            };
+            let put = PutPoolKeys {
+                meta,
+                keys: vec![(here, Secret::zeroed(32))],
+            };
+            let deliver = DeliverPoolKeys {
+                ids: vec![here, gone],
+                now: 2_000,
+                notify: Vec::new(),
+            };
+            let out = store.apply(vec![put.into(), deliver.into()]).unwrap();
+            assert!(matches!(out[1], Err(StoreError::Corrupt(_))), "{out:?}");
+            let mut held = (false, true);
+            store
+                .inspect(&mut |t| {
+                    held = (
+                        t.has_pool_key(here).unwrap(),
+                        t.tombstone(here).unwrap().is_some(),
+                    )
+                })
+                .unwrap();
+            assert_eq!(held, (true, false), "a key taken by a refused delivery");
         }
     }
 

@@ -1536,6 +1536,10 @@ impl Tables for Txn<'_> {
         Ok(())
     }
 
+    fn has_pool_key(&self, id: KeyId) -> Result<bool, StoreError> {
+        Ok(self.index.get(Which::Pool, id).is_some())
+    }
+
     fn take_pool_key(&mut self, id: KeyId) -> Result<Option<(PoolKey, Secret)>, StoreError> {
         let Some((seq, v)) = self.record(POOL, Which::Pool, id)? else {
             return Ok(None);

@@ -478,6 +478,13 @@ impl DiscardPoolKeys {
 
 impl DeliverPoolKeys {
     fn exec(self, t: &mut dyn Tables) -> Result<Vec<Handed>, StoreError> {
+        // All or nothing: a key missing after others were taken would leave those consumed
+        // (tombstoned) and undelivered.
+        for id in &self.ids {
+            if !t.has_pool_key(*id)? {
+                return Err(StoreError::Corrupt("pool key vanished"));
+            }
+        }
         let mut out = Vec::with_capacity(self.ids.len());
         for id in &self.ids {
             let (meta, key) = t

@@ -90,6 +90,9 @@ pub trait Tables {
     /// Removes a key from its pool and returns it (to deliver or to discard).
     fn take_pool_key(&mut self, id: KeyId) -> Result<Option<(PoolKey, Secret)>, StoreError>;
 
+    /// Whether a key is in its pool (read only: an operation checks before it takes).
+    fn has_pool_key(&self, id: KeyId) -> Result<bool, StoreError>;
+
     /// The tombstone of a key ID.
     fn tombstone(&self, id: KeyId) -> Result<Option<Tombstone>, StoreError>;
 
