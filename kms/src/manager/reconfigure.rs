@@ -375,7 +375,7 @@ impl KeyManager {
         }
         let streams = self.inner.writer.apply(ops::Streams {}).await?;
         let now = self.inner.clock.now();
-        let pools = self.pools_snapshot(now);
+        let pools = self.pools_snapshot();
         let held = Holdings {
             pools: &pools,
             waiting: &waiting,

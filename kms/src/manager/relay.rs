@@ -370,10 +370,7 @@ impl KeyManager {
     }
 
     /// Every pair's pooled keys here, for a reload's assessment.
-    pub(super) fn pools_snapshot(
-        &self,
-        _now: UnixMillis,
-    ) -> std::collections::BTreeMap<(SaeId, SaeId), u64> {
+    pub(super) fn pools_snapshot(&self) -> std::collections::BTreeMap<(SaeId, SaeId), u64> {
         self.pools(|p| p.held())
     }
 
