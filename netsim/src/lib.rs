@@ -8,8 +8,9 @@
 //! * **Network.** Neighbours call each other through [`SimLink`] instead of gRPC: every call is
 //!   delayed, and some are dropped (request or reply), duplicated, or cut by a partition; a call
 //!   to a crashed node fails as a refused connection would.
-//! * **Store.** Each node's redb store lives on a simulated disk that outlives the node
-//!   ([`qkd_kms::store::faulty::Disk`]); its writer commits inline ([`Writer::inline`]). Or, with
+//! * **Store.** Each node's redb store and its write-ahead log live on a simulated disk that
+//!   outlives the node ([`qkd_kms::store::faulty::Disk`]); its writer commits inline
+//!   ([`Writer::inline`]). A crash loses every write the store had not synced. Or, with
 //!   [`StoreKind::Memory`], the store is the in-memory model ([`MemStore`]), which outlives the
 //!   node the same way: the same store operations on another implementation of the store.
 //! * **Devices.** Each link is a [`SimulatedLink`] pair on the simulated clock; the master end
@@ -1141,12 +1142,20 @@ impl Sim {
             watermark_bytes: 1 << 20,
             reserve_bytes: 0,
             rotation_batch: 64,
+            // A small log, so that seeds wrap it and checkpoint often.
+            log_bytes: 64 << 10,
         };
         let (writer, recovered) = match self.opts.store {
             StoreKind::Disk => {
-                let (store, recovered) =
-                    Store::open_backend(disk.backend(), &kek, options, disk.space(), usize::MAX)
-                        .map_err(|e| format!("n{i}: store: {e}"))?;
+                let (store, recovered) = Store::open_backend(
+                    disk.backend(),
+                    disk.log(),
+                    &kek,
+                    options,
+                    disk.space(),
+                    usize::MAX,
+                )
+                .map_err(|e| format!("n{i}: store: {e}"))?;
                 (Writer::inline(store), recovered)
             }
             StoreKind::Memory => {
@@ -1233,6 +1242,8 @@ impl Sim {
             m.halt();
         }
         self.nodes[i].up = false;
+        // The machine goes down with the process: what the store wrote but did not sync is lost.
+        self.nodes[i].disk.crash();
         self.outcome.crashes += 1;
     }
 

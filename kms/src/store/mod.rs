@@ -10,9 +10,10 @@
 //! * the wrapped data keys (DEKs) of live epochs, and how far the rotation pass has got.
 //!
 //! Every change is a store operation ([`ops`]: data, not code), run over the records
-//! ([`Tables`]) of one [`Txn`] and committed with `Durability::Immediate` by the group commit
-//! writer ([`crate::writer`]); [`mem::MemStore`] is the same store in memory, the model it is
-//! tested against. A commit error is fatal: the node exits and recovers from
+//! ([`Tables`]) of one [`Txn`] and committed by the group commit writer ([`crate::writer`]):
+//! durable once its row changes are appended to the write-ahead log and synced ([`wal`]), the
+//! database itself synced at checkpoints; [`mem::MemStore`] is the same store in memory, the
+//! model it is tested against. A commit error is fatal: the node exits and recovers from
 //! disk; nothing is retried from memory.
 //!
 //! **Epochs.** Every open starts a fresh epoch in one small transaction, whatever the size of
@@ -39,6 +40,7 @@ mod streams;
 pub mod tables;
 mod tombs;
 pub mod vault;
+pub mod wal;
 
 pub use self::ops::{KeyStore, Op, Operation, Outcome};
 pub use self::tables::Tables;
@@ -54,6 +56,7 @@ use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefi
 use self::codec::{R, W, enc};
 use self::space::{DEFAULT_RESERVE_BYTES, DEFAULT_WATERMARK_BYTES, FileSystemSpace, FreeSpace};
 use self::vault::{EpochKey, KeyWrap, Keyring, OpeningKey, Sealed, VaultError, dek_aad};
+use self::wal::{Commit, FileLog, LogFile, LogTx, Wal};
 use crate::core::pool::{BlockMeta, BlockState, Range, SEEN_DEVICE_IDS};
 use crate::core::stream::StreamRecord;
 
@@ -89,11 +92,12 @@ const ROTATION_BYTES_PER_RECORD: u64 = 16 << 10;
 
 /// Schema version written into `meta`. Version 1 (before issue 8) keyed waiting and pool keys by
 /// key ID; version 2 keys them by sequence; version 3 keeps the tombstone log in memory, found
-/// again at open from the records after `meta`'s `tomb_log_from` ([`tombs`]). A version 1 store
-/// is refused, naming its file (docs/design.md, "Upgrades"); a version 2 store is upgraded in
-/// place at open (its log table is still read, and dropped with the next run), so that a
-/// version 2 program, which would not read that log back, refuses it from then on.
-const SCHEMA_VERSION: u64 = 3;
+/// again at open from the records after `meta`'s `tomb_log_from` ([`tombs`]); version 4 may have
+/// batches only in its write-ahead log ([`wal`]). A version 1 store is refused, naming its file
+/// (docs/design.md, "Upgrades"); version 2 and 3 stores are upgraded in place at open (a version
+/// 2 store's log table is still read, and dropped with the next run), so that an older program,
+/// which would not read the tombstone log or the write-ahead log back, refuses it from then on.
+const SCHEMA_VERSION: u64 = 4;
 /// The oldest schema this version opens (and upgrades).
 const OLDEST_SCHEMA: u64 = 2;
 
@@ -102,6 +106,47 @@ const OLDEST_SCHEMA: u64 = 2;
 /// What a commit touches is the head and tail of a few tables in sequence order, and their
 /// branch pages: a few hundred pages at most.
 const CACHE_BYTES: usize = 4 << 20;
+
+/// `meta` entry: the sequence number of the last batch a commit holds ([`wal`]).
+const WAL_SEQ: &str = "wal_seq";
+/// `meta` entry: a random number drawn when the store was created, which every record of its
+/// write-ahead log carries.
+const STORE_ID: &str = "store_id";
+
+/// The tables a batch may write, numbered for the write-ahead log: the number of a table is
+/// part of the log's format and never changes.
+macro_rules! logged_tables {
+    ($($n:literal => $def:expr),* $(,)?) => {
+        /// The log's number of the table called `name`.
+        fn logged(name: &str) -> Option<u8> {
+            $(if name == redb::TableHandle::name(&$def) {
+                return Some($n);
+            })*
+            None
+        }
+
+        /// Applies one logged row change again.
+        fn replay_change(tx: &redb::WriteTransaction, c: &wal::Change<'_>) -> Result<(), StoreError> {
+            match c.table {
+                $($n => wal::replay(tx, $def, c),)*
+                _ => Err(StoreError::Corrupt("write-ahead log names an unknown table")),
+            }
+        }
+    };
+}
+logged_tables! {
+    1 => META,
+    2 => LINKS,
+    3 => BLOCK_META,
+    4 => BLOCK_DATA,
+    5 => DEVICE_IDS,
+    6 => NOTICES,
+    7 => KEYS,
+    8 => POOL,
+    9 => KEY_EXPIRY,
+    10 => tombs::TOMBS,
+    11 => streams::STREAMS,
+}
 
 /// Errors of the store. Any of them during a commit makes the node exit and recover.
 #[derive(Debug, thiserror::Error)]
@@ -239,6 +284,9 @@ pub struct StoreOptions {
     /// Records re-encrypted per transaction while older epochs are retired. Bounds the space and
     /// time of one rotation step.
     pub rotation_batch: usize,
+    /// Bytes of write-ahead log filled before a durable checkpoint ([`wal`]); 0 commits every
+    /// batch durably to the database instead.
+    pub log_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -247,6 +295,7 @@ impl Default for StoreOptions {
             watermark_bytes: DEFAULT_WATERMARK_BYTES,
             reserve_bytes: DEFAULT_RESERVE_BYTES,
             rotation_batch: 256,
+            log_bytes: wal::DEFAULT_LOG_BYTES,
         }
     }
 }
@@ -285,6 +334,8 @@ pub struct Store {
     log_run: usize,
     /// Key IDs one step of a tombstone merge takes ([`tombs::LOG_RUN`]).
     merge_step: usize,
+    /// The write-ahead log that makes batches durable between checkpoints.
+    wal: Wal,
     /// The most run entries one merge step wrote (tests check that steps are bounded).
     #[cfg(test)]
     largest_merge_step: u64,
@@ -438,12 +489,19 @@ impl Store {
         wrap: &dyn KeyWrap,
         options: StoreOptions,
     ) -> Result<(Self, Recovered), StoreError> {
+        let log = FileLog::open(&path.with_extension("wal")).map_err(|e| {
+            StoreError::Db(format!(
+                "write-ahead log {}: {e}",
+                path.with_extension("wal").display()
+            ))
+        })?;
         Self::open_db(
             || {
                 redb::Builder::new()
                     .set_cache_size(CACHE_BYTES)
                     .create(path)
             },
+            Box::new(log),
             wrap,
             options,
             Box::new(FileSystemSpace::for_store(path)),
@@ -477,6 +535,7 @@ impl Store {
     #[doc(hidden)]
     pub fn open_backend(
         backend: impl redb::StorageBackend,
+        log: Box<dyn LogFile>,
         wrap: &dyn KeyWrap,
         options: StoreOptions,
         space: Box<dyn FreeSpace>,
@@ -488,6 +547,7 @@ impl Store {
                     .set_cache_size(CACHE_BYTES)
                     .create_with_backend(backend)
             },
+            log,
             wrap,
             options,
             space,
@@ -497,6 +557,7 @@ impl Store {
 
     fn open_db(
         create: impl FnOnce() -> Result<Database, redb::DatabaseError>,
+        log: Box<dyn LogFile>,
         wrap: &dyn KeyWrap,
         options: StoreOptions,
         space: Box<dyn FreeSpace>,
@@ -504,7 +565,9 @@ impl Store {
     ) -> Result<(Self, Recovered), StoreError> {
         release_reserve_if_full(space.as_ref(), &options);
         let db = create()?;
+        let (store_id, applied) = Self::replay_log(&db, log.as_ref())?;
         let (keys, period, pass, oldest_period) = Self::start_epoch(&db, wrap)?;
+        let wal = Wal::new(log, store_id, applied, options.log_bytes);
         // KEKs of periods before every live epoch's protect nothing any more.
         wrap.destroy_before(oldest_period)?;
         let (mut recovered, index) = Self::recover(&db)?;
@@ -524,6 +587,7 @@ impl Store {
             index,
             log_run: tombs::LOG_RUN,
             merge_step: tombs::LOG_RUN,
+            wal,
             #[cfg(test)]
             largest_merge_step: 0,
         };
@@ -543,6 +607,51 @@ impl Store {
             }
         }
         Ok((store, recovered))
+    }
+
+    /// Applies again the batches of the write-ahead log that the last durable commit does not
+    /// hold, in one durable transaction, before anything else reads the store. Returns the
+    /// store's identity and the last batch it now holds. A store of a schema this version does
+    /// not open is left untouched ([`Store::start_epoch`] refuses it).
+    fn replay_log(db: &Database, log: &dyn LogFile) -> Result<(u64, u64), StoreError> {
+        let mut tx = db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        let (store_id, applied) = {
+            let mut meta = tx.open_table(META)?;
+            let schema = meta.get("schema")?.map(|v| v.value());
+            if schema.is_some_and(|v| !(OLDEST_SCHEMA..=SCHEMA_VERSION).contains(&v)) {
+                return Ok((0, 0));
+            }
+            let existing = meta.get(STORE_ID)?.map(|v| v.value());
+            let store_id = match existing {
+                Some(id) => id,
+                None => {
+                    let id = rand::random::<u64>();
+                    meta.insert(STORE_ID, id)?;
+                    id
+                }
+            };
+            let applied = meta.get(WAL_SEQ)?.map_or(0, |v| v.value());
+            (store_id, applied)
+        };
+        let records = Wal::recover(log, store_id, applied)?;
+        let mut last = applied;
+        for (seq, payload) in &records {
+            for change in wal::changes(payload)? {
+                replay_change(&tx, &change)?;
+            }
+            last = *seq;
+        }
+        if !records.is_empty() {
+            tracing::info!(
+                batches = records.len(),
+                through = last,
+                "key store: batches applied again from the write-ahead log"
+            );
+            tx.open_table(META)?.insert(WAL_SEQ, last)?;
+        }
+        tx.commit()?;
+        Ok((store_id, last))
     }
 
     /// The one transaction of an open: a fresh epoch, and a rotation pass if older epochs are
@@ -771,6 +880,7 @@ impl Store {
             }
         }
         tx.commit()?;
+        self.wal.checkpointed(None);
         for id in erased {
             self.index.keys.remove(&id);
         }
@@ -822,6 +932,7 @@ impl Store {
             }
         };
         tx.commit()?;
+        self.wal.checkpointed(None);
         self.keys.advance(epoch);
         self.period = period;
         if pass.is_some() {
@@ -1017,10 +1128,10 @@ impl Store {
     /// accepts everything else.
     pub fn begin(&mut self) -> Result<Txn<'_>, StoreError> {
         let low_space = self.low_space();
-        let mut tx = self.db.begin_write()?;
-        tx.set_durability(Durability::Immediate)?;
+        let tx = self.db.begin_write()?;
         Ok(Txn {
-            tx,
+            tx: LogTx::new(tx, logged),
+            wal: &mut self.wal,
             keys: &self.keys,
             low_space: low_space.map(|available| (available, self.options.watermark_bytes)),
             block_cache: HashMap::new(),
@@ -1232,7 +1343,9 @@ impl Budget {
 /// One write transaction. Each operation checks everything before it writes anything, so a
 /// refused operation leaves the transaction as it found it.
 pub struct Txn<'s> {
-    tx: redb::WriteTransaction,
+    /// The redb transaction, its writes recorded for the log.
+    tx: LogTx,
+    wal: &'s mut Wal,
     keys: &'s Keyring,
     /// Free bytes and the watermark, if free space was below it when the batch began.
     low_space: Option<(u64, u64)>,
@@ -1319,9 +1432,36 @@ impl Txn<'_> {
         self.written
     }
 
-    /// Commits durably.
+    /// Commits durably: its record appended to the write-ahead log and synced, then committed
+    /// to the database without durability; or, when a checkpoint is due (the log is full, or
+    /// the record large), committed to the database durably.
     pub fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit()?;
+        let (mut tx, redo) = self.tx.into_parts();
+        let seq = self.wal.next_seq();
+        tx.open_table(META)?.insert(WAL_SEQ, seq)?;
+        let plan = match self.wal.plan(redo.bytes().len()) {
+            Commit::Log => match self.wal.append(seq, redo.bytes()) {
+                Ok(()) => Commit::Log,
+                Err(e) => {
+                    // A log that cannot take the record (a full disk): the database can still
+                    // take the batch durably.
+                    tracing::warn!(error = %e, "write-ahead log refused a batch; committing it durably");
+                    Commit::Checkpoint
+                }
+            },
+            Commit::Checkpoint => Commit::Checkpoint,
+        };
+        match plan {
+            Commit::Log => {
+                tx.set_durability(Durability::None)?;
+                tx.commit()?;
+            }
+            Commit::Checkpoint => {
+                tx.set_durability(Durability::Immediate)?;
+                tx.commit()?;
+                self.wal.checkpointed(Some(seq));
+            }
+        }
         self.index.commit();
         Ok(())
     }
@@ -2227,7 +2367,14 @@ mod tests {
         opts: StoreOptions,
         open_steps: usize,
     ) -> Result<(Store, Recovered), StoreError> {
-        Store::open_backend(disk.backend(), kek, opts, disk.space(), open_steps)
+        Store::open_backend(
+            disk.backend(),
+            disk.log(),
+            kek,
+            opts,
+            disk.space(),
+            open_steps,
+        )
     }
 
     /// Small numbers for a small simulated disk.
@@ -2236,6 +2383,7 @@ mod tests {
             watermark_bytes: 1 << 20,
             reserve_bytes: 512 << 10,
             rotation_batch: 16,
+            log_bytes: 256 << 10,
         }
     }
 

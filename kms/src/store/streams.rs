@@ -23,7 +23,7 @@ use crate::core::stream::{
 };
 
 /// Stream ID -> encoded [`StreamRecord`].
-const STREAMS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("key_streams");
+pub(super) const STREAMS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("key_streams");
 
 /// Record format version.
 const VERSION: u8 = 1;

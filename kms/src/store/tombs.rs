@@ -339,6 +339,7 @@ impl Store {
         tx.delete_table(run_table(&run_name(n)))?;
         tx.open_table(super::META)?.remove(MERGE_OUT)?;
         tx.commit()?;
+        self.wal.checkpointed(None);
         self.index.tombs.leftover = None;
         Ok(())
     }
@@ -379,6 +380,7 @@ impl Store {
         tx.open_table(TOMB_RUNS)?
             .insert(run.n, run.encode().as_slice())?;
         tx.commit()?;
+        self.wal.checkpointed(None);
         self.written += run.entries * 24;
         let tombs = &mut self.index.tombs;
         tombs.log.clear();
@@ -414,6 +416,7 @@ impl Store {
         let tx = self.begin_maintenance()?;
         tx.open_table(super::META)?.insert(MERGE_OUT, out)?;
         tx.commit()?;
+        self.wal.checkpointed(None);
         let tombs = &mut self.index.tombs;
         tombs.next_run += 1;
         tombs.merging = Some(Merge {
@@ -511,6 +514,7 @@ impl Store {
             tx.open_table(super::META)?.remove(MERGE_OUT)?;
         }
         tx.commit()?;
+        self.wal.checkpointed(None);
         self.written += written * 24;
         #[cfg(test)]
         {
@@ -563,6 +567,7 @@ impl Store {
             tx.open_table(TOMB_RUNS)?.remove(r.n)?;
         }
         tx.commit()?;
+        self.wal.checkpointed(None);
         self.index.tombs.runs.retain(|r| !stale.contains(r));
         Ok(())
     }
@@ -680,7 +685,10 @@ mod tests {
         {
             let tx = store.db.begin_read().unwrap();
             let meta = tx.open_table(super::super::META).unwrap();
-            assert_eq!(meta.get("schema").unwrap().unwrap().value(), 3);
+            assert_eq!(
+                meta.get("schema").unwrap().unwrap().value(),
+                super::super::SCHEMA_VERSION
+            );
         }
         // The next run takes the whole log, and the log table goes.
         issue(&mut store, &[KeyId::random()], 6_000);

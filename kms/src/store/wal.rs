@@ -1,0 +1,572 @@
+//! The store's write-ahead log: what makes a batch durable between checkpoints.
+//!
+//! A batch of operations ([`super::ops`]) changes rows of the store's tables. Committing it to
+//! redb durably rewrites every page on the path to each changed row, the table tree and the
+//! free-page records, then syncs twice: tens of pages per commit, whatever the batch carries.
+//! Instead, the batch's row changes (its *redo record*: table, insert or remove, key bytes,
+//! value bytes, exactly as written to redb) are appended to this log and synced, and the redb
+//! transaction is committed with `Durability::None` (kept in memory, visible to the next
+//! transaction). Every so often (when the log is full, when a record is large, and at every
+//! maintenance, rotation or epoch transaction) a commit is `Durability::Immediate`: a
+//! *checkpoint*, after which the log starts again from its beginning.
+//!
+//! Each redb commit records in `meta` the sequence number of its batch (`wal_seq`), so the last
+//! durable commit says which batches it holds. At open, the records that follow it in the log
+//! (same store, consecutive sequence numbers, intact checksum) are applied again, in order, in
+//! one transaction: the store is then exactly what the last answered batch left, whatever a crash
+//! lost of redb's non-durable commits. A record whose write was torn by the crash fails its
+//! checksum and ends the log; its batch was never answered, because a batch is answered only
+//! after its record is synced.
+//!
+//! What the log holds is what redb holds: records sealed under the store's data keys, key IDs,
+//! tombstones; never key bytes in clear. Stale records stay in the file until overwritten, as
+//! freed pages stay in the database file, and become unreadable with their epoch's data key.
+//!
+//! Layout of a record: `magic u32 ‖ length u32 ‖ store u64 ‖ sequence u64 ‖ payload ‖ crc32`,
+//! big-endian, the CRC over everything before it. `store` is a random number drawn when the
+//! store was created (`meta` `store_id`), so a log left beside a store moved aside is never
+//! applied to a new one.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+
+use redb::{Key, Table, TableDefinition, TableHandle, Value, WriteTransaction};
+
+use super::StoreError;
+
+/// First bytes of every record.
+const MAGIC: u32 = 0x5157_4c31; // "QWL1"
+/// Bytes of a record's header (magic, length, store, sequence).
+const HEADER: usize = 4 + 4 + 8 + 8;
+/// Bytes of a record's trailer (CRC).
+const TRAILER: usize = 4;
+
+/// Bytes of log the store fills before it checkpoints ([`super::StoreOptions::log_bytes`]).
+pub const DEFAULT_LOG_BYTES: u64 = 8 << 20;
+/// A batch whose record would be larger than this is committed durably instead (link-key
+/// blocks, large refills): logging it would write its bytes twice for nothing.
+const MAX_RECORD: usize = 256 << 10;
+
+/// A file the log is written to: the real file, or a test's simulated disk.
+pub trait LogFile: Send + fmt::Debug {
+    /// Bytes in the file.
+    fn size(&self) -> io::Result<u64>;
+    /// Reads `out.len()` bytes at `offset`.
+    fn read_at(&self, offset: u64, out: &mut [u8]) -> io::Result<()>;
+    /// Writes `data` at `offset`, growing the file if needed.
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Makes what was written durable (`fdatasync`).
+    fn sync(&self) -> io::Result<()>;
+}
+
+/// The log as a file beside the store (`store.wal` for `store.redb`), readable by its owner only.
+#[derive(Debug)]
+pub struct FileLog(File);
+
+impl FileLog {
+    /// Opens (or creates) the log at `path`.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)?;
+        Ok(Self(file))
+    }
+}
+
+impl LogFile for FileLog {
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+
+    fn read_at(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        self.0.read_exact_at(out, offset)
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.0.write_all_at(data, offset)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+}
+
+fn io_err(what: &str, e: io::Error) -> StoreError {
+    StoreError::Db(format!("write-ahead log: {what}: {e}"))
+}
+
+/// The log of one open store: where the next record goes and which sequence it carries.
+#[derive(Debug)]
+pub(super) struct Wal {
+    file: Box<dyn LogFile>,
+    store: u64,
+    /// Where the next record is written.
+    offset: u64,
+    /// Bytes of records before a checkpoint is due; 0 turns the log off (every commit durable).
+    capacity: u64,
+    /// The sequence of the last batch committed (logged or durable).
+    last: u64,
+}
+
+/// How a batch is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Commit {
+    /// Append its record to the log, sync it, commit to redb without durability.
+    Log,
+    /// Commit to redb durably; the log starts again.
+    Checkpoint,
+}
+
+impl Wal {
+    /// The log `file` of store `store`, whose last durable commit holds batch `applied`; the
+    /// file is grown to `capacity` bytes now (zeros), so that appending never changes its size
+    /// and a sync writes data only. If it cannot be grown (a full disk), records are appended
+    /// as far as they fit, and a batch that does not fit is a checkpoint.
+    pub(super) fn new(file: Box<dyn LogFile>, store: u64, applied: u64, capacity: u64) -> Self {
+        if capacity > 0 {
+            match file.size() {
+                Ok(len) if len < capacity => {
+                    let zeros = vec![0u8; 1 << 20];
+                    let mut at = len;
+                    while at < capacity {
+                        let n = (capacity - at).min(zeros.len() as u64);
+                        if let Err(e) = file.write_at(at, &zeros[..n as usize]) {
+                            tracing::warn!(error = %e, "write-ahead log not grown to its size");
+                            break;
+                        }
+                        at += n;
+                    }
+                    if let Err(e) = file.sync() {
+                        tracing::warn!(error = %e, "write-ahead log not synced after growing");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "write-ahead log size unknown"),
+            }
+        }
+        Self {
+            file,
+            store,
+            offset: 0,
+            capacity,
+            last: applied,
+        }
+    }
+
+    /// The records after batch `applied` of store `store`, in order: from the start of the file,
+    /// past the records the database already holds, those with consecutive sequences from
+    /// `applied + 1`, up to the first that is not intact or not next. Records of an earlier
+    /// round further on are older than `applied` (a checkpoint came after them), so they can
+    /// never pass for the next one.
+    pub(super) fn recover(
+        file: &dyn LogFile,
+        store: u64,
+        applied: u64,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let len = file.size().map_err(|e| io_err("size", e))?;
+        let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(0)];
+        file.read_at(0, &mut bytes).map_err(|e| io_err("read", e))?;
+        let mut out = Vec::new();
+        let mut at = 0usize;
+        let mut want = applied + 1;
+        while let Some((seq, payload, next)) = parse(&bytes, at, store) {
+            if seq > applied {
+                if seq != want {
+                    break;
+                }
+                out.push((seq, payload.to_vec()));
+                want += 1;
+            }
+            at = next;
+        }
+        Ok(out)
+    }
+
+    /// The sequence the next batch carries.
+    pub(super) fn next_seq(&self) -> u64 {
+        self.last + 1
+    }
+
+    /// How the next batch, of a `len`-byte record, is made durable.
+    pub(super) fn plan(&self, len: usize) -> Commit {
+        let size = (HEADER + len + TRAILER) as u64;
+        if self.capacity == 0 || len > MAX_RECORD || self.offset + size > self.capacity {
+            Commit::Checkpoint
+        } else {
+            Commit::Log
+        }
+    }
+
+    /// Appends batch `seq`'s record and syncs it. On an error nothing may be answered: the
+    /// caller commits the batch durably instead, or fails.
+    pub(super) fn append(&mut self, seq: u64, payload: &[u8]) -> Result<(), StoreError> {
+        debug_assert_eq!(seq, self.last + 1);
+        let record = encode(self.store, seq, payload);
+        self.file
+            .write_at(self.offset, &record)
+            .map_err(|e| io_err("write", e))?;
+        self.file.sync().map_err(|e| io_err("sync", e))?;
+        self.offset += record.len() as u64;
+        self.last = seq;
+        Ok(())
+    }
+
+    /// Batch `seq` (or, with `None`, a transaction outside the batches) was committed durably:
+    /// everything logged so far is in the database, and the log starts again.
+    pub(super) fn checkpointed(&mut self, seq: Option<u64>) {
+        if let Some(seq) = seq {
+            self.last = seq;
+        }
+        self.offset = 0;
+    }
+}
+
+fn encode(store: u64, seq: u64, payload: &[u8]) -> Vec<u8> {
+    let mut r = Vec::with_capacity(HEADER + payload.len() + TRAILER);
+    r.extend_from_slice(&MAGIC.to_be_bytes());
+    r.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    r.extend_from_slice(&store.to_be_bytes());
+    r.extend_from_slice(&seq.to_be_bytes());
+    r.extend_from_slice(payload);
+    let crc = crc32fast::hash(&r);
+    r.extend_from_slice(&crc.to_be_bytes());
+    r
+}
+
+/// The record at `at`, if one of store `store` is intact there: (sequence, payload, next offset).
+fn parse(bytes: &[u8], at: usize, store: u64) -> Option<(u64, &[u8], usize)> {
+    let head = bytes.get(at..at.checked_add(HEADER)?)?;
+    let word = |i: usize| u32::from_be_bytes(head[i..i + 4].try_into().unwrap_or_default());
+    let long = |i: usize| u64::from_be_bytes(head[i..i + 8].try_into().unwrap_or_default());
+    if word(0) != MAGIC || long(8) != store {
+        return None;
+    }
+    let len = word(4) as usize;
+    let end = at.checked_add(HEADER)?.checked_add(len)?;
+    let body = bytes.get(at..end)?;
+    let crc = bytes.get(end..end.checked_add(TRAILER)?)?;
+    if crc32fast::hash(body).to_be_bytes() != crc {
+        return None;
+    }
+    Some((long(16), &body[HEADER..], end + TRAILER))
+}
+
+/// The row changes of one transaction, as they were made: `table u8 ‖ op u8 ‖ key ‖ value`
+/// (each `u32` length-prefixed; no value for a removal).
+#[derive(Debug, Default)]
+pub(super) struct Redo(Vec<u8>);
+
+const INSERT: u8 = 1;
+const REMOVE: u8 = 2;
+
+impl Redo {
+    pub(super) fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn push(&mut self, table: u8, op: u8, key: &[u8], value: Option<&[u8]>) {
+        self.0.push(table);
+        self.0.push(op);
+        self.0.extend_from_slice(&(key.len() as u32).to_be_bytes());
+        self.0.extend_from_slice(key);
+        if let Some(v) = value {
+            self.0.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            self.0.extend_from_slice(v);
+        }
+    }
+}
+
+/// One row change of a redo record.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Change<'a> {
+    pub table: u8,
+    pub key: &'a [u8],
+    /// `None` removes the row.
+    pub value: Option<&'a [u8]>,
+}
+
+/// The row changes of a redo record's payload, in order.
+pub(super) fn changes(mut p: &[u8]) -> Result<Vec<Change<'_>>, StoreError> {
+    fn take<'a>(p: &mut &'a [u8], n: usize) -> Result<&'a [u8], StoreError> {
+        if p.len() < n {
+            return Err(StoreError::Corrupt("write-ahead log record truncated"));
+        }
+        let (a, b) = p.split_at(n);
+        *p = b;
+        Ok(a)
+    }
+    fn sized<'a>(p: &mut &'a [u8]) -> Result<&'a [u8], StoreError> {
+        let n = u32::from_be_bytes(take(p, 4)?.try_into().unwrap_or_default()) as usize;
+        take(p, n)
+    }
+    let mut out = Vec::new();
+    while !p.is_empty() {
+        let head = take(&mut p, 2)?;
+        let key = sized(&mut p)?;
+        let value = match head[1] {
+            INSERT => Some(sized(&mut p)?),
+            REMOVE => None,
+            _ => return Err(StoreError::Corrupt("write-ahead log operation")),
+        };
+        out.push(Change {
+            table: head[0],
+            key,
+            value,
+        });
+    }
+    Ok(out)
+}
+
+/// A write transaction whose row changes are recorded for the log as they are made.
+pub(super) struct LogTx {
+    pub(super) tx: WriteTransaction,
+    redo: RefCell<Redo>,
+    /// Table number by name (see [`super::LOGGED`]).
+    number: fn(&str) -> Option<u8>,
+}
+
+impl LogTx {
+    pub(super) fn new(tx: WriteTransaction, number: fn(&str) -> Option<u8>) -> Self {
+        Self {
+            tx,
+            redo: RefCell::default(),
+            number,
+        }
+    }
+
+    /// Opens `def` for reading and for recorded writes. Only the tables the log numbers may be
+    /// written in a batch; others (tombstone runs) are only read.
+    pub(super) fn open_table<K: Key + 'static, V: Value + 'static>(
+        &self,
+        def: TableDefinition<K, V>,
+    ) -> Result<Logged<'_, K, V>, StoreError> {
+        let table = (self.number)(def.name());
+        Ok(Logged {
+            inner: self.tx.open_table(def)?,
+            redo: &self.redo,
+            table,
+        })
+    }
+
+    /// The transaction and the changes recorded.
+    pub(super) fn into_parts(self) -> (WriteTransaction, Redo) {
+        (self.tx, self.redo.into_inner())
+    }
+}
+
+/// A table of a [`LogTx`]: reads as the redb table, writes recorded.
+pub(super) struct Logged<'t, K: Key + 'static, V: Value + 'static> {
+    inner: Table<'t, K, V>,
+    redo: &'t RefCell<Redo>,
+    /// The log's number of the table; `None` for a table a batch only reads.
+    table: Option<u8>,
+}
+
+/// A batch wrote a table the log does not number: a bug, refused before anything is written.
+fn unlogged() -> StoreError {
+    StoreError::Corrupt("a batch wrote a table the write-ahead log does not know")
+}
+
+impl<'t, K: Key + 'static, V: Value + 'static> Logged<'t, K, V> {
+    pub(super) fn insert<'k, 'v>(
+        &mut self,
+        key: impl std::borrow::Borrow<K::SelfType<'k>>,
+        value: impl std::borrow::Borrow<V::SelfType<'v>>,
+    ) -> Result<(), StoreError> {
+        let (key, value) = (key.borrow(), value.borrow());
+        let table = self.table.ok_or_else(unlogged)?;
+        self.redo.borrow_mut().push(
+            table,
+            INSERT,
+            K::as_bytes(key).as_ref(),
+            Some(V::as_bytes(value).as_ref()),
+        );
+        self.inner.insert(key, value)?;
+        Ok(())
+    }
+
+    pub(super) fn remove<'k>(
+        &mut self,
+        key: impl std::borrow::Borrow<K::SelfType<'k>>,
+    ) -> Result<(), StoreError> {
+        let key = key.borrow();
+        let table = self.table.ok_or_else(unlogged)?;
+        self.redo
+            .borrow_mut()
+            .push(table, REMOVE, K::as_bytes(key).as_ref(), None);
+        self.inner.remove(key)?;
+        Ok(())
+    }
+}
+
+impl<'t, K: Key + 'static, V: Value + 'static> std::ops::Deref for Logged<'t, K, V> {
+    type Target = Table<'t, K, V>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+/// Applies one row change to table `def` of `tx`.
+pub(super) fn replay<K: Key + 'static, V: Value + 'static>(
+    tx: &WriteTransaction,
+    def: TableDefinition<K, V>,
+    change: &Change<'_>,
+) -> Result<(), StoreError> {
+    let fits = |width: Option<usize>, b: &[u8]| width.is_none_or(|w| w == b.len());
+    if !fits(K::fixed_width(), change.key) {
+        return Err(StoreError::Corrupt("write-ahead log key width"));
+    }
+    let mut t = tx.open_table(def)?;
+    match change.value {
+        Some(v) => {
+            if !fits(V::fixed_width(), v) {
+                return Err(StoreError::Corrupt("write-ahead log value width"));
+            }
+            t.insert(K::from_bytes(change.key), V::from_bytes(v))?;
+        }
+        None => {
+            t.remove(K::from_bytes(change.key))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A log file in memory.
+    #[derive(Debug, Default)]
+    struct Mem(Mutex<Vec<u8>>);
+
+    impl LogFile for &'static Mem {
+        fn size(&self) -> io::Result<u64> {
+            Ok(self.0.lock().unwrap().len() as u64)
+        }
+        fn read_at(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+            let b = self.0.lock().unwrap();
+            out.copy_from_slice(&b[offset as usize..offset as usize + out.len()]);
+            Ok(())
+        }
+        fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+            let mut b = self.0.lock().unwrap();
+            let end = offset as usize + data.len();
+            if b.len() < end {
+                b.resize(end, 0);
+            }
+            b[offset as usize..end].copy_from_slice(data);
+            Ok(())
+        }
+        fn sync(&self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn mem() -> &'static Mem {
+        Box::leak(Box::default())
+    }
+
+    fn seqs(file: &'static Mem, store: u64, applied: u64) -> Vec<u64> {
+        Wal::recover(&file, store, applied)
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect()
+    }
+
+    #[test]
+    fn recovery_takes_the_consecutive_records_after_the_durable_batch() {
+        let file = mem();
+        let mut wal = Wal::new(Box::new(file), 7, 10, 4096);
+        for seq in 11..=14 {
+            wal.append(seq, &[seq as u8; 40]).unwrap();
+        }
+        assert_eq!(seqs(file, 7, 10), [11, 12, 13, 14]);
+        // Batch 12 reached the database durably: only what follows is applied again.
+        assert_eq!(seqs(file, 7, 12), [13, 14]);
+        assert_eq!(seqs(file, 7, 14), Vec::<u64>::new());
+        // Another store's log is never applied.
+        assert_eq!(seqs(file, 8, 10), Vec::<u64>::new());
+        let back = Wal::recover(&file, 7, 13).unwrap();
+        assert_eq!(back, vec![(14, vec![14u8; 40])]);
+    }
+
+    #[test]
+    fn after_a_checkpoint_stale_records_further_on_are_never_applied() {
+        let file = mem();
+        let mut wal = Wal::new(Box::new(file), 7, 0, 4096);
+        for seq in 1..=5 {
+            wal.append(seq, &[1u8; 100]).unwrap();
+        }
+        // Batch 6 checkpoints; 7 is written over the start of batch 1's record.
+        wal.checkpointed(Some(6));
+        wal.append(7, &[2u8; 10]).unwrap();
+        assert_eq!(seqs(file, 7, 6), [7]);
+        // A crash right after the checkpoint, before 7: the old records are all durable.
+        let file2 = mem();
+        let mut wal2 = Wal::new(Box::new(file2), 7, 0, 4096);
+        for seq in 1..=5 {
+            wal2.append(seq, &[1u8; 100]).unwrap();
+        }
+        wal2.checkpointed(Some(6));
+        assert_eq!(seqs(file2, 7, 6), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn a_torn_record_ends_the_log() {
+        let file = mem();
+        let mut wal = Wal::new(Box::new(file), 7, 0, 4096);
+        for seq in 1..=3 {
+            wal.append(seq, &[9u8; 64]).unwrap();
+        }
+        // Flip one byte of record 2's payload: it and everything after it are dropped.
+        let at = (HEADER + 64 + TRAILER + HEADER + 5) as u64;
+        let mut b = [0u8; 1];
+        file.read_at(at, &mut b).unwrap();
+        file.write_at(at, &[b[0] ^ 1]).unwrap();
+        assert_eq!(seqs(file, 7, 0), [1]);
+    }
+
+    #[test]
+    fn large_records_and_a_full_log_are_checkpoints() {
+        let wal = Wal::new(Box::new(mem()), 1, 0, 1024);
+        assert_eq!(wal.plan(100), Commit::Log);
+        assert_eq!(wal.plan(1024), Commit::Checkpoint);
+        assert_eq!(wal.plan(MAX_RECORD + 1), Commit::Checkpoint);
+        let off = Wal::new(Box::new(mem()), 1, 0, 0);
+        assert_eq!(off.plan(1), Commit::Checkpoint);
+    }
+
+    #[test]
+    fn a_redo_record_decodes_to_its_changes() {
+        let mut r = Redo::default();
+        r.push(3, INSERT, b"key", Some(b"value"));
+        r.push(4, REMOVE, &[1, 2], None);
+        assert_eq!(
+            changes(r.bytes()).unwrap(),
+            vec![
+                Change {
+                    table: 3,
+                    key: b"key",
+                    value: Some(b"value")
+                },
+                Change {
+                    table: 4,
+                    key: &[1, 2],
+                    value: None
+                },
+            ]
+        );
+        assert!(changes(&r.bytes()[..r.bytes().len() - 1]).is_err());
+    }
+}
