@@ -44,11 +44,14 @@ const MAGIC: u32 = 0x5157_4c31; // "QWL1"
 const HEADER: usize = 4 + 4 + 8 + 8;
 /// Bytes of a record's trailer (CRC).
 const TRAILER: usize = 4;
+/// Appends write whole blocks of this size, at offsets that are multiples of it.
+const BLOCK: usize = 4096;
 
 /// Bytes of log the store fills before it checkpoints ([`super::StoreOptions::log_bytes`]).
 pub const DEFAULT_LOG_BYTES: u64 = 8 << 20;
-/// A batch whose record would be larger than this is committed durably instead (link-key
-/// blocks, large refills): logging it would write its bytes twice for nothing.
+/// A batch whose record would be larger than this (several link-key blocks at once) is committed
+/// durably instead: its pages are mostly new, so logging it would write its bytes twice for
+/// little. A block or a refill of a few hundred keys is logged.
 const MAX_RECORD: usize = 256 << 10;
 
 /// A file the log is written to: the real file, or a test's simulated disk.
@@ -64,39 +67,108 @@ pub trait LogFile: Send + fmt::Debug {
 }
 
 /// The log as a file beside the store (`store.wal` for `store.redb`), readable by its owner only.
+///
+/// Written with `O_DIRECT` where the file system allows it: an append then writes exactly the
+/// 4 KiB blocks its record touches. Through the page cache, a small write dirties a whole cached
+/// folio, which recent kernels make up to 2 MiB for a file read or written in large pieces, and
+/// `fdatasync` writes all of it: measured here, 2 MiB per sync for a 200-byte append.
 #[derive(Debug)]
-pub struct FileLog(File);
+pub struct FileLog {
+    file: File,
+    /// Opened with `O_DIRECT`: reads and writes in whole aligned blocks.
+    direct: bool,
+    /// A 4 KiB-aligned staging buffer for direct I/O (found inside a larger allocation).
+    scratch: std::sync::Mutex<Vec<u8>>,
+}
 
 impl FileLog {
     /// Opens (or creates) the log at `path`.
     pub fn open(path: &Path) -> io::Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)?;
-        Ok(Self(file))
+        let open = |flags: i32| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .custom_flags(flags)
+                .open(path)
+        };
+        let (file, direct) = match open(rustix::fs::OFlags::DIRECT.bits() as i32) {
+            Ok(f) => (f, true),
+            // Some file systems (older tmpfs, some overlays) refuse O_DIRECT.
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                (open(0)?, false)
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Self {
+            file,
+            direct,
+            scratch: std::sync::Mutex::default(),
+        })
     }
 }
 
 impl LogFile for FileLog {
     fn size(&self) -> io::Result<u64> {
-        Ok(self.0.metadata()?.len())
+        Ok(self.file.metadata()?.len())
     }
 
     fn read_at(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
-        self.0.read_exact_at(out, offset)
+        if !self.direct {
+            return self.file.read_exact_at(out, offset);
+        }
+        // Direct reads are whole aligned blocks into aligned memory: read the blocks around
+        // the range, then copy it out (only at open).
+        let block = BLOCK as u64;
+        let start = offset - offset % block;
+        let end = (offset + out.len() as u64).div_ceil(block) * block;
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let buf = aligned(&mut scratch, (end - start) as usize);
+        let mut got = 0;
+        while got < buf.len() {
+            match self.file.read_at(&mut buf[got..], start + got as u64)? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        let from = (offset - start) as usize;
+        if from + out.len() > got {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        out.copy_from_slice(&buf[from..from + out.len()]);
+        Ok(())
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.0.write_all_at(data, offset)
+        if !self.direct {
+            return self.file.write_all_at(data, offset);
+        }
+        if offset % BLOCK as u64 != 0 || data.len() % BLOCK != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a direct write of the log is not in whole blocks",
+            ));
+        }
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let buf = aligned(&mut scratch, data.len());
+        buf.copy_from_slice(data);
+        self.file.write_all_at(buf, offset)
     }
 
     fn sync(&self) -> io::Result<()> {
-        self.0.sync_data()
+        self.file.sync_data()
     }
+}
+
+/// `len` bytes of `scratch` at a 4 KiB-aligned address (what direct I/O needs), growing it.
+fn aligned(scratch: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    if scratch.len() < len + BLOCK {
+        scratch.resize(len + BLOCK, 0);
+    }
+    let at = scratch.as_ptr().align_offset(BLOCK);
+    &mut scratch[at..at + len]
 }
 
 fn io_err(what: &str, e: io::Error) -> StoreError {
@@ -110,6 +182,9 @@ pub(super) struct Wal {
     store: u64,
     /// Where the next record is written.
     offset: u64,
+    /// The bytes of the block `offset` is in, before `offset`: written again with the next
+    /// record, since appends write whole blocks.
+    tail: Vec<u8>,
     /// Bytes of records before a checkpoint is due; 0 turns the log off (every commit durable).
     capacity: u64,
     /// The sequence of the last batch committed (logged or durable).
@@ -134,7 +209,7 @@ impl Wal {
         if capacity > 0 {
             match file.size() {
                 Ok(len) if len < capacity => {
-                    let zeros = vec![0u8; 1 << 20];
+                    let zeros = vec![0u8; 256 * BLOCK];
                     let mut at = len;
                     while at < capacity {
                         let n = (capacity - at).min(zeros.len() as u64);
@@ -156,6 +231,7 @@ impl Wal {
             file,
             store,
             offset: 0,
+            tail: Vec::new(),
             capacity,
             last: applied,
         }
@@ -197,8 +273,9 @@ impl Wal {
 
     /// How the next batch, of a `len`-byte record, is made durable.
     pub(super) fn plan(&self, len: usize) -> Commit {
-        let size = (HEADER + len + TRAILER) as u64;
-        if self.capacity == 0 || len > MAX_RECORD || self.offset + size > self.capacity {
+        let block = BLOCK as u64;
+        let end = (self.offset + (HEADER + len + TRAILER) as u64).div_ceil(block) * block;
+        if self.capacity == 0 || len > MAX_RECORD || end > self.capacity {
             Commit::Checkpoint
         } else {
             Commit::Log
@@ -210,10 +287,25 @@ impl Wal {
     pub(super) fn append(&mut self, seq: u64, payload: &[u8]) -> Result<(), StoreError> {
         debug_assert_eq!(seq, self.last + 1);
         let record = encode(self.store, seq, payload);
-        self.file
-            .write_at(self.offset, &record)
-            .map_err(|e| io_err("write", e))?;
-        self.file.sync().map_err(|e| io_err("sync", e))?;
+        // Whole blocks: what the block holds before the record, the record, zeros after it
+        // (which also clear what an earlier round left there).
+        let start = self.offset - self.tail.len() as u64;
+        let before = self.tail.len();
+        let mut blocks = std::mem::take(&mut self.tail);
+        blocks.extend_from_slice(&record);
+        let used = blocks.len();
+        blocks.resize(used.div_ceil(BLOCK) * BLOCK, 0);
+        let written = self
+            .file
+            .write_at(start, &blocks)
+            .and_then(|()| self.file.sync());
+        if let Err(e) = written {
+            blocks.truncate(before);
+            self.tail = blocks;
+            return Err(io_err("write", e));
+        }
+        let partial = used % BLOCK;
+        self.tail = blocks[used - partial..used].to_vec();
         self.offset += record.len() as u64;
         self.last = seq;
         Ok(())
@@ -226,6 +318,7 @@ impl Wal {
             self.last = seq;
         }
         self.offset = 0;
+        self.tail.clear();
     }
 }
 
@@ -539,12 +632,37 @@ mod tests {
 
     #[test]
     fn large_records_and_a_full_log_are_checkpoints() {
-        let wal = Wal::new(Box::new(mem()), 1, 0, 1024);
+        let wal = Wal::new(Box::new(mem()), 1, 0, 2 * BLOCK as u64);
         assert_eq!(wal.plan(100), Commit::Log);
-        assert_eq!(wal.plan(1024), Commit::Checkpoint);
+        assert_eq!(wal.plan(2 * BLOCK), Commit::Checkpoint);
         assert_eq!(wal.plan(MAX_RECORD + 1), Commit::Checkpoint);
         let off = Wal::new(Box::new(mem()), 1, 0, 0);
         assert_eq!(off.plan(1), Commit::Checkpoint);
+    }
+
+    /// The real file: records appended in whole blocks (directly where the file system allows
+    /// it) are read back by a fresh open, across block boundaries and after a wrap.
+    #[test]
+    fn the_file_log_reads_back_what_it_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.wal");
+        let mut wal = Wal::new(Box::new(FileLog::open(&path).unwrap()), 3, 0, 64 << 10);
+        let sizes = [10usize, 3000, 5000, 100, 9000, 1];
+        for (i, n) in sizes.iter().enumerate() {
+            wal.append(i as u64 + 1, &vec![i as u8; *n]).unwrap();
+        }
+        assert_eq!(FileLog::open(&path).unwrap().size().unwrap(), 64 << 10);
+        let back = Wal::recover(&FileLog::open(&path).unwrap(), 3, 0).unwrap();
+        assert_eq!(back.len(), sizes.len());
+        for (i, (seq, payload)) in back.iter().enumerate() {
+            assert_eq!((*seq, payload.len()), (i as u64 + 1, sizes[i]));
+            assert!(payload.iter().all(|b| *b == i as u8));
+        }
+        // A checkpoint, then one record over the start: only it follows the checkpoint.
+        wal.checkpointed(Some(7));
+        wal.append(8, b"after").unwrap();
+        let back = Wal::recover(&FileLog::open(&path).unwrap(), 3, 7).unwrap();
+        assert_eq!(back, vec![(8, b"after".to_vec())]);
     }
 
     #[test]
