@@ -145,7 +145,7 @@ impl LogFile for FileLog {
         if !self.direct {
             return self.file.write_all_at(data, offset);
         }
-        if offset % BLOCK as u64 != 0 || data.len() % BLOCK != 0 {
+        if !offset.is_multiple_of(BLOCK as u64) || !data.len().is_multiple_of(BLOCK) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "a direct write of the log is not in whole blocks",
