@@ -124,7 +124,7 @@ impl LogFile for FileLog {
         let block = BLOCK as u64;
         let start = offset - offset % block;
         let end = (offset + out.len() as u64).div_ceil(block) * block;
-        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let mut scratch = Vec::new();
         let buf = aligned(&mut scratch, (end - start) as usize);
         let mut got = 0;
         while got < buf.len() {
@@ -248,12 +248,29 @@ impl Wal {
         applied: u64,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let len = file.size().map_err(|e| io_err("size", e))?;
-        let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(0)];
-        file.read_at(0, &mut bytes).map_err(|e| io_err("read", e))?;
+        // Read in pieces, as far as records go: the file is mostly zeros or old rounds.
+        let mut window = Window {
+            file,
+            len,
+            base: 0,
+            bytes: Vec::new(),
+        };
         let mut out = Vec::new();
-        let mut at = 0usize;
+        let mut at = 0u64;
         let mut want = applied + 1;
-        while let Some((seq, payload, next)) = parse(&bytes, at, store) {
+        loop {
+            if !window.cover(at, HEADER)? {
+                break;
+            }
+            let body = window.record_len(at);
+            if !window.cover(at, HEADER + body + TRAILER)? {
+                break;
+            }
+            let Some((seq, payload, next)) =
+                parse(&window.bytes, (at - window.base) as usize, store)
+            else {
+                break;
+            };
             if seq > applied {
                 if seq != want {
                     break;
@@ -261,7 +278,8 @@ impl Wal {
                 out.push((seq, payload.to_vec()));
                 want += 1;
             }
-            at = next;
+            at = window.base + next as u64;
+            window.forget_before(at);
         }
         Ok(out)
     }
@@ -332,6 +350,52 @@ fn encode(store: u64, seq: u64, payload: &[u8]) -> Vec<u8> {
     let crc = crc32fast::hash(&r);
     r.extend_from_slice(&crc.to_be_bytes());
     r
+}
+
+/// What [`Wal::recover`] has read of the file: `bytes` from offset `base`.
+struct Window<'f> {
+    file: &'f dyn LogFile,
+    len: u64,
+    base: u64,
+    bytes: Vec<u8>,
+}
+
+impl Window<'_> {
+    /// Reads on until `n` bytes from `at` are held; false if the file ends first.
+    fn cover(&mut self, at: u64, n: usize) -> Result<bool, StoreError> {
+        const PIECE: u64 = 256 << 10;
+        let want = at + n as u64;
+        while self.base + (self.bytes.len() as u64) < want {
+            let end = self.base + self.bytes.len() as u64;
+            if end >= self.len {
+                return Ok(false);
+            }
+            let take = PIECE.min(self.len - end) as usize;
+            let old = self.bytes.len();
+            self.bytes.resize(old + take, 0);
+            self.file
+                .read_at(end, &mut self.bytes[old..])
+                .map_err(|e| io_err("read", e))?;
+        }
+        Ok(true)
+    }
+
+    /// The payload length the header at `at` claims (the header is held; it may be garbage,
+    /// bounded so a bad one never makes the read go past a record's largest size).
+    fn record_len(&self, at: u64) -> usize {
+        let i = (at - self.base) as usize + 4;
+        let n = u32::from_be_bytes(self.bytes[i..i + 4].try_into().unwrap_or_default()) as usize;
+        n.min(MAX_RECORD + 1)
+    }
+
+    /// Drops what lies before `at` once it is a piece's worth.
+    fn forget_before(&mut self, at: u64) {
+        let done = (at - self.base) as usize;
+        if done >= 256 << 10 {
+            self.bytes.drain(..done);
+            self.base = at;
+        }
+    }
 }
 
 /// The record at `at`, if one of store `store` is intact there: (sequence, payload, next offset).
@@ -613,6 +677,23 @@ mod tests {
         }
         wal2.checkpointed(Some(6));
         assert_eq!(seqs(file2, 7, 6), Vec::<u64>::new());
+    }
+
+    /// Records past the first piece read are found too (recovery reads the file in pieces).
+    #[test]
+    fn recovery_reads_past_its_first_piece() {
+        let file = mem();
+        let mut wal = Wal::new(Box::new(file), 7, 0, 4 << 20);
+        for seq in 1..=300 {
+            wal.append(seq, &vec![seq as u8; 3000 + seq as usize])
+                .unwrap();
+        }
+        let back = Wal::recover(&file, 7, 0).unwrap();
+        assert_eq!(back.len(), 300);
+        for (seq, payload) in back {
+            assert_eq!(payload.len(), 3000 + seq as usize);
+            assert!(payload.iter().all(|b| *b == seq as u8));
+        }
     }
 
     #[test]
