@@ -989,8 +989,16 @@ mod tests {
             size_bits: 256,
         };
         let notice = pb::DeliveryNotice {
-            key_ids: vec![id(1), id(2)],
-            delivered_at: 1_796_413_742_723,
+            deliveries: vec![
+                pb::Delivery {
+                    delivered_at: 1_796_413_742_723,
+                    key_ids: vec![id(1), id(2)],
+                },
+                pb::Delivery {
+                    delivered_at: 1_796_413_742_730,
+                    key_ids: vec![id(3)],
+                },
+            ],
             source_kme: "KME-A".into(),
             sig: vec![5; 64],
         };

@@ -54,6 +54,11 @@ pub(super) use crate::relay::source::{BatchSpec, StreamRun};
 use crate::relay::topology::{LinkAdmin, Topology};
 use crate::store::{MadeUnder, PoolKey, StoreError, ops};
 
+/// Most outbox entries a pass over the delivery-notice outbox reads at once.
+const NOTICE_PAGE: usize = 4096;
+/// Most pages one pass reads (passes run every advert interval).
+const NOTICE_PAGES_PER_PASS: usize = 8;
+
 /// Forward kinds.
 const FORWARD_CONFIRM: u32 = 1;
 const FORWARD_VOID: u32 = 2;
@@ -212,8 +217,9 @@ impl KeyManager {
     }
 
     /// Starts a pass over the delivery-notice outbox in the background, unless one is running:
-    /// each queued notice goes along a route to its destination and is dropped once answered,
-    /// or once it is too old to matter (the destination's fallback expiry has passed by then).
+    /// what is queued for each destination goes along a route to it in one signed notice (or a
+    /// few, [`destination::NOTICE_MAX_KEYS`] keys each) and is dropped once answered, or once
+    /// it is too old to matter (the destination's fallback expiry has passed by then).
     fn kick_notices(&self) {
         use std::sync::atomic::Ordering;
         if self.relay().sending_notices.swap(true, Ordering::AcqRel) {
@@ -229,74 +235,81 @@ impl KeyManager {
     }
 
     async fn send_notices(&self) -> Result<(), RelayError> {
-        let queued = self
-            .inner
-            .writer
-            .apply(ops::QueuedNotices { limit: 256 })
-            .await
-            .map_err(|_| RelayError::Store)?;
         let cfg = self.cfg();
-        let stale_before = self
-            .now()
-            .saturating_sub(cfg.relay.pool_ttl_ms + cfg.key_ttl_ms);
-        let mut done = Vec::new();
+        let Some(local) = cfg.relay.e2e.local.as_ref() else {
+            return Err(RelayError::E2e(e2e::E2eError::NoSigningKey));
+        };
+        // Notices to one node go in order: after a failure, its later ones wait for the next
+        // pass.
         let mut unreachable: BTreeSet<NodeId> = BTreeSet::new();
-        for (dest, seq, delivered_at, ids) in queued {
-            if delivered_at < stale_before || dest == cfg.node {
-                done.push((dest, seq));
-                continue;
-            }
-            if unreachable.contains(&dest) {
-                continue;
-            }
-            let path = self.adverts(|a| a.topology().route(&cfg.node, &dest, 0));
-            let Some(path) = path else {
-                unreachable.insert(dest);
-                continue;
-            };
-            let Some(local) = cfg.relay.e2e.local.as_ref() else {
-                return Err(RelayError::E2e(e2e::E2eError::NoSigningKey));
-            };
-            let sig = local
-                .signing()
-                .sign(&destination::notice_signed(&cfg.kme, delivered_at, &ids))
-                .map_err(RelayError::Sign)?;
-            let msg = pb::DeliveryNotice {
-                key_ids: ids.iter().map(|k| k.as_bytes().to_vec()).collect(),
-                delivered_at,
-                source_kme: cfg.kme.to_string(),
-                sig,
-            };
-            let id = *KeyId::random().as_bytes();
-            let encoded = prost::Message::encode_to_vec(&msg);
-            match self.forward(&id, &path, 1, FORWARD_NOTICE, encoded).await {
-                Ok(_) => {
-                    use std::sync::atomic::Ordering::Relaxed;
-                    self.relay().notices.sent.fetch_add(1, Relaxed);
-                    self.relay()
-                        .notices
-                        .keys_sent
-                        .fetch_add(ids.len() as u64, Relaxed);
-                    done.push((dest, seq));
-                }
-                Err(_) => {
-                    // Notices to one node go in order: try its later ones next pass.
-                    unreachable.insert(dest);
-                }
-            }
-        }
-        if !done.is_empty() {
-            self.inner
+        for _ in 0..NOTICE_PAGES_PER_PASS {
+            let queued = self
+                .inner
                 .writer
-                .apply(ops::DropNotices { notices: done })
+                .apply(ops::QueuedNotices { limit: NOTICE_PAGE })
                 .await
                 .map_err(|_| RelayError::Store)?;
+            let full_page = queued.len() == NOTICE_PAGE;
+            let stale_before = self
+                .now()
+                .saturating_sub(cfg.relay.pool_ttl_ms + cfg.key_ttl_ms);
+            let (mut done, outgoing) =
+                destination::outgoing_notices(queued, &cfg.node, stale_before);
+            for notice in outgoing {
+                if unreachable.contains(&notice.dest) {
+                    continue;
+                }
+                let path = self.adverts(|a| a.topology().route(&cfg.node, &notice.dest, 0));
+                let Some(path) = path else {
+                    unreachable.insert(notice.dest);
+                    continue;
+                };
+                let sig = local
+                    .signing()
+                    .sign(&destination::notice_signed(&cfg.kme, &notice.deliveries))
+                    .map_err(RelayError::Sign)?;
+                let msg = wire::notice_msg(cfg.kme.as_str(), &notice.deliveries, sig);
+                let id = *KeyId::random().as_bytes();
+                let encoded = prost::Message::encode_to_vec(&msg);
+                match self.forward(&id, &path, 1, FORWARD_NOTICE, encoded).await {
+                    Ok(_) => {
+                        use std::sync::atomic::Ordering::Relaxed;
+                        let keys: usize = notice.deliveries.iter().map(|d| d.key_ids.len()).sum();
+                        self.relay().notices.sent.fetch_add(1, Relaxed);
+                        self.relay()
+                            .notices
+                            .keys_sent
+                            .fetch_add(keys as u64, Relaxed);
+                        done.extend(
+                            notice
+                                .completes
+                                .into_iter()
+                                .map(|seq| (notice.dest.clone(), seq)),
+                        );
+                    }
+                    Err(_) => {
+                        unreachable.insert(notice.dest);
+                    }
+                }
+            }
+            let progress = !done.is_empty();
+            if progress {
+                self.inner
+                    .writer
+                    .apply(ops::DropNotices { notices: done })
+                    .await
+                    .map_err(|_| RelayError::Store)?;
+            }
+            // A full page may hide more behind it; a page that moved nothing would be read again.
+            if !full_page || !progress {
+                break;
+            }
         }
         Ok(())
     }
 
     /// A delivery notice from `source`: keys waiting here whose master is attached there expire
-    /// a key TTL after the stamp (never later than they would have).
+    /// a key TTL after their delivery's stamp (never later than they would have).
     async fn accept_notice(
         &self,
         source: &NodeId,
@@ -312,18 +325,24 @@ impl KeyManager {
             .map(|(s, _)| s.clone())
             .collect();
         let op = destination::notice(&*self.cfg(), source, &msg, self.cfg().key_ttl_ms, masters)?;
-        let expires_at = op.expires_at;
+        let keys = op.expiries.len();
         let moved = self.inner.writer.apply(op).await?;
-        self.emit(&Event::ExpiryMoved {
-            keys: &moved,
-            expires_at,
-        });
+        let mut by_expiry: std::collections::BTreeMap<UnixMillis, Vec<KeyId>> = Default::default();
+        for (id, at) in moved {
+            by_expiry.entry(at).or_default().push(id);
+        }
+        for (expires_at, keys) in &by_expiry {
+            self.emit(&Event::ExpiryMoved {
+                keys,
+                expires_at: *expires_at,
+            });
+        }
         use std::sync::atomic::Ordering::Relaxed;
         self.relay().notices.received.fetch_add(1, Relaxed);
         self.relay()
             .notices
             .keys_received
-            .fetch_add(msg.key_ids.len() as u64, Relaxed);
+            .fetch_add(keys as u64, Relaxed);
         Ok(pb::ForwardReply { e2e: Vec::new() })
     }
 

@@ -9,7 +9,7 @@ use qkd_proto::peer as pb;
 use qkd_types::{KeyId, KeyStreamId, LinkId, NodeId, SaeId};
 
 use crate::manager::{Malformed, PeerError, key_id, request_id};
-use crate::relay::destination::{Multicast, Notice, Offer, StreamSlice};
+use crate::relay::destination::{Delivery, Multicast, NOTICE_MAX_KEYS, Notice, Offer, StreamSlice};
 use crate::relay::topology::{LinkAdvert, NodeAdvert};
 
 pub(crate) fn parse_path(p: &[String]) -> Result<Vec<NodeId>, PeerError> {
@@ -128,16 +128,52 @@ pub(crate) fn multicast_of(msg: &[u8]) -> Result<Multicast, PeerError> {
     })
 }
 
-/// A delivery notice as a `Forward` of kind notice carries it.
+/// A delivery notice as a `Forward` of kind notice carries it: at least one delivery, none
+/// without keys, at most [`NOTICE_MAX_KEYS`] key IDs in all.
 pub(crate) fn notice_of(msg: &[u8]) -> Result<Notice, PeerError> {
     let m: pb::DeliveryNotice =
         prost::Message::decode(msg).map_err(|_| Malformed::Field("delivery notice"))?;
+    let keys: usize = m.deliveries.iter().map(|d| d.key_ids.len()).sum();
+    if m.deliveries.is_empty() || keys > NOTICE_MAX_KEYS {
+        return Err(Malformed::Field("delivery notice: number of keys").into());
+    }
+    let deliveries = m
+        .deliveries
+        .iter()
+        .map(|d| {
+            if d.key_ids.is_empty() {
+                return Err(Malformed::Field("delivery notice: a delivery without keys").into());
+            }
+            Ok(Delivery {
+                delivered_at: d.delivered_at,
+                key_ids: key_ids(&d.key_ids)?,
+            })
+        })
+        .collect::<Result<_, PeerError>>()?;
     Ok(Notice {
-        key_ids: key_ids(&m.key_ids)?,
-        delivered_at: m.delivered_at,
+        deliveries,
         source_kme: m.source_kme,
         sig: m.sig,
     })
+}
+
+/// The wire form of a delivery notice of `source_kme`, signed `sig`.
+pub(crate) fn notice_msg(
+    source_kme: &str,
+    deliveries: &[Delivery],
+    sig: Vec<u8>,
+) -> pb::DeliveryNotice {
+    pb::DeliveryNotice {
+        source_kme: source_kme.to_string(),
+        sig,
+        deliveries: deliveries
+            .iter()
+            .map(|d| pb::Delivery {
+                delivered_at: d.delivered_at,
+                key_ids: d.key_ids.iter().map(|k| k.as_bytes().to_vec()).collect(),
+            })
+            .collect(),
+    }
 }
 
 /// What a hop message's tag authenticates: the message's encoding with an empty tag.

@@ -122,14 +122,38 @@ pub struct Multicast {
 /// A delivery notice as received.
 #[derive(Debug, Clone)]
 pub struct Notice {
-    /// The keys delivered.
-    pub key_ids: Vec<KeyId>,
-    /// When the master got them (the source node's clock).
-    pub delivered_at: UnixMillis,
+    /// The deliveries it reports, in the order the source queued them.
+    pub deliveries: Vec<Delivery>,
     /// The KME the notice claims to come from.
     pub source_kme: String,
     /// Its signature.
     pub sig: Vec<u8>,
+}
+
+/// Keys a master got from its node in one `enc_keys` (or several in the same millisecond).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// When the master got them (the source node's clock).
+    pub delivered_at: UnixMillis,
+    /// The keys.
+    pub key_ids: Vec<KeyId>,
+}
+
+/// Most key IDs one delivery notice names (64 KiB of IDs): the source splits a longer outbox
+/// into several notices, the destination refuses a longer notice as malformed.
+pub const NOTICE_MAX_KEYS: usize = 4096;
+
+/// A delivery notice to send: its destination, the deliveries it reports and the outbox entries
+/// (sequence numbers) it completes, to be dropped once the destination answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingNotice {
+    /// The slave's node.
+    pub dest: NodeId,
+    /// What it reports, at most [`NOTICE_MAX_KEYS`] key IDs in all.
+    pub deliveries: Vec<Delivery>,
+    /// Outbox entries to this node that are fully reported once this notice and the ones
+    /// before it to the same node were answered.
+    pub completes: Vec<u64>,
 }
 
 /// What message 3 leads to.
@@ -461,21 +485,82 @@ pub fn made_under(dir: &dyn Directory, master: &SaeId, slave: &SaeId) -> MadeUnd
     }
 }
 
-/// What a delivery notice's signature covers: `"QKMS-NOTICE-v1" ‖ enc(source KME) ‖
-/// u64be(delivered_at) ‖ key IDs`.
-pub fn notice_signed(kme: &KmeId, delivered_at: UnixMillis, ids: &[KeyId]) -> Vec<u8> {
-    let mut m = b"QKMS-NOTICE-v1".to_vec();
+/// What a delivery notice's signature covers: `"QKMS-NOTICE-v2" ‖ enc(source KME) ‖` for each
+/// delivery in order `u64be(delivered_at) ‖ u32be(number of key IDs) ‖ key IDs`.
+pub fn notice_signed(kme: &KmeId, deliveries: &[Delivery]) -> Vec<u8> {
+    let keys: usize = deliveries.iter().map(|d| d.key_ids.len()).sum();
+    let mut m = Vec::with_capacity(64 + deliveries.len() * 12 + keys * 16);
+    m.extend_from_slice(b"QKMS-NOTICE-v2");
     crate::hybrid::combiner::enc(&mut m, kme.as_str().as_bytes());
-    m.extend_from_slice(&delivered_at.to_be_bytes());
-    for id in ids {
-        m.extend_from_slice(id.as_bytes());
+    for d in deliveries {
+        m.extend_from_slice(&d.delivered_at.to_be_bytes());
+        // At most NOTICE_MAX_KEYS per notice on either side, so the count fits.
+        m.extend_from_slice(&(d.key_ids.len() as u32).to_be_bytes());
+        for id in &d.key_ids {
+            m.extend_from_slice(id.as_bytes());
+        }
     }
     m
 }
 
+/// The delivery notices to send for a page of the outbox (in its order: by destination, then
+/// sequence): each destination's queued deliveries coalesced into as few notices as
+/// [`NOTICE_MAX_KEYS`] allows, so a pass signs, forwards and verifies once per destination, not
+/// once per `enc_keys`. Every delivery keeps its own stamp (deliveries at the same millisecond
+/// merge). Entries to `me`, and entries stamped before `stale_before` (the destination's
+/// fallback expiry has passed by then), are returned to drop unsent.
+pub fn outgoing_notices(
+    queued: Vec<crate::store::tables::QueuedNotice>,
+    me: &NodeId,
+    stale_before: UnixMillis,
+) -> (Vec<(NodeId, u64)>, Vec<OutgoingNotice>) {
+    let mut drop = Vec::new();
+    let mut out: Vec<OutgoingNotice> = Vec::new();
+    let mut keys_in_last = 0;
+    for (dest, seq, delivered_at, ids) in queued {
+        if delivered_at < stale_before || &dest == me {
+            drop.push((dest, seq));
+            continue;
+        }
+        let mut ids = ids.into_iter().peekable();
+        while ids.peek().is_some() {
+            let fresh = match out.last() {
+                Some(last) => last.dest != dest || keys_in_last == NOTICE_MAX_KEYS,
+                None => true,
+            };
+            if fresh {
+                out.push(OutgoingNotice {
+                    dest: dest.clone(),
+                    deliveries: Vec::new(),
+                    completes: Vec::new(),
+                });
+                keys_in_last = 0;
+            }
+            // Invariant: `out` was just given an entry if it had none.
+            let Some(last) = out.last_mut() else { break };
+            let room = NOTICE_MAX_KEYS - keys_in_last;
+            let part: Vec<KeyId> = ids.by_ref().take(room).collect();
+            keys_in_last += part.len();
+            match last.deliveries.last_mut() {
+                Some(d) if d.delivered_at == delivered_at => d.key_ids.extend(part),
+                _ => last.deliveries.push(Delivery {
+                    delivered_at,
+                    key_ids: part,
+                }),
+            }
+        }
+        match out.last_mut() {
+            Some(last) if last.dest == dest => last.completes.push(seq),
+            // An entry without keys reports nothing.
+            _ => drop.push((dest, seq)),
+        }
+    }
+    (drop, out)
+}
+
 /// A delivery notice from `source` (the first node of its path): the store operation that
-/// makes the keys named expire a key TTL after the stamp, if the notice is signed by the node
-/// it claims to come from. Only keys whose master is attached at `source` move.
+/// makes each key named expire a key TTL after its own delivery's stamp, if the notice is signed
+/// by the node it claims to come from. Only keys whose master is attached at `source` move.
 pub fn notice(
     dir: &dyn Directory,
     source: &NodeId,
@@ -494,15 +579,21 @@ pub fn notice(
         .get(&kme)
         .ok_or_else(|| Refusal::E2e(e2e::E2eError::NotPinned(kme.clone())))?
         .verify(
-            &notice_signed(&kme, msg.delivered_at, &msg.key_ids),
+            &notice_signed(&kme, &msg.deliveries),
             &msg.sig,
             "delivery notice",
         )
         .map_err(Refusal::Signature)?;
     Ok(ops::MoveExpiry {
-        ids: msg.key_ids.clone(),
+        expiries: msg
+            .deliveries
+            .iter()
+            .flat_map(|d| {
+                let at = d.delivered_at.saturating_add(key_ttl_ms);
+                d.key_ids.iter().map(move |id| (*id, at))
+            })
+            .collect(),
         masters,
-        expires_at: msg.delivered_at.saturating_add(key_ttl_ms),
     })
 }
 
@@ -881,39 +972,61 @@ mod tests {
     #[test]
     fn a_delivery_notice_counts_only_if_signed_by_the_node_it_names() {
         let w = world();
-        let ids = vec![KeyId::random(), KeyId::random()];
-        let sign = |kme: &str, at: UnixMillis| {
+        let (k1, k2, k3) = (KeyId::random(), KeyId::random(), KeyId::random());
+        let deliveries = |first: UnixMillis| {
+            vec![
+                Delivery {
+                    delivered_at: first,
+                    key_ids: vec![k1, k2],
+                },
+                Delivery {
+                    delivered_at: first + 7,
+                    key_ids: vec![k3],
+                },
+            ]
+        };
+        let sign = |kme: &str, d: &[Delivery]| {
             w.src
                 .e2e
                 .local
                 .as_ref()
                 .unwrap()
                 .signing()
-                .sign(&notice_signed(&KmeId::parse(kme).unwrap(), at, &ids))
+                .sign(&notice_signed(&KmeId::parse(kme).unwrap(), d))
                 .unwrap()
         };
         let masters: BTreeSet<SaeId> = [sae("ENC-A1")].into();
         let good = Notice {
-            key_ids: ids.clone(),
-            delivered_at: 5_000,
+            deliveries: deliveries(5_000),
             source_kme: "KME-A".into(),
-            sig: sign("KME-A", 5_000),
+            sig: sign("KME-A", &deliveries(5_000)),
         };
         let op = notice(&w.e, &n("A"), &good, 1_000, masters.clone()).unwrap();
-        assert_eq!((op.ids.clone(), op.expires_at), (ids.clone(), 6_000));
+        // Each key expires a key TTL after its own delivery's stamp.
+        assert_eq!(op.expiries, vec![(k1, 6_000), (k2, 6_000), (k3, 6_007)]);
+        assert_eq!(op.masters, masters);
         // Relayed through B, but B claims to be its source: refused.
         assert!(matches!(
             notice(&w.e, &n("B"), &good, 1_000, masters.clone()),
             Err(PeerError::Refused(Refusal::NoticeSource))
         ));
-        // Another stamp than the one signed: refused, as tampering.
-        let mut moved = good.clone();
-        moved.delivered_at = 9_000;
-        let Err(PeerError::Refused(why)) = notice(&w.e, &n("A"), &moved, 1_000, masters.clone())
-        else {
-            panic!("a notice with another stamp than the one signed is refused");
-        };
-        assert!(matches!(why, Refusal::Signature(_)) && why.tampering());
+        // Another stamp than the one signed, keys moved from one delivery to another, or a
+        // delivery left out: refused, as tampering.
+        let mut later = good.clone();
+        later.deliveries[1].delivered_at = 9_000;
+        let mut regrouped = good.clone();
+        let k = regrouped.deliveries[0].key_ids.pop().unwrap();
+        regrouped.deliveries[1].key_ids.insert(0, k);
+        let mut shorter = good.clone();
+        shorter.deliveries.pop();
+        for tampered in [later, regrouped, shorter] {
+            let Err(PeerError::Refused(why)) =
+                notice(&w.e, &n("A"), &tampered, 1_000, masters.clone())
+            else {
+                panic!("a notice other than the one signed is refused");
+            };
+            assert!(matches!(why, Refusal::Signature(_)) && why.tampering());
+        }
         // From a node whose key this node never pinned: refused, but as configuration.
         let mut unpinned = good.clone();
         unpinned.source_kme = "KME-C".into();
@@ -922,6 +1035,73 @@ mod tests {
         };
         assert!(matches!(why, Refusal::E2e(e2e::E2eError::NotPinned(_))));
         assert!(!why.tampering(), "a missing pinned key is not an attack");
+    }
+
+    #[test]
+    fn a_pass_coalesces_the_outbox_into_one_notice_per_destination_keeping_each_stamp() {
+        let ids = |n: usize| (0..n).map(|_| KeyId::random()).collect::<Vec<_>>();
+        let (a, b, c) = (ids(2), ids(1), ids(3));
+        let queued = vec![
+            (n("B"), 0, 10, a.clone()),
+            (n("B"), 1, 10, b.clone()),
+            (n("B"), 2, 12, c.clone()),
+            // Too old to matter, and one to this node itself: dropped unsent.
+            (n("C"), 0, 4, ids(1)),
+            (n("C"), 1, 20, c.clone()),
+            (n("E"), 3, 30, ids(1)),
+        ];
+        let (drop, out) = outgoing_notices(queued, &n("E"), 5);
+        assert_eq!(drop, vec![(n("C"), 0), (n("E"), 3)]);
+        assert_eq!(out.len(), 2, "one notice per destination");
+        assert_eq!(out[0].dest, n("B"));
+        assert_eq!(out[0].completes, vec![0, 1, 2]);
+        let mut same_ms = a.clone();
+        same_ms.extend(&b);
+        assert_eq!(
+            out[0].deliveries,
+            vec![
+                Delivery {
+                    delivered_at: 10,
+                    key_ids: same_ms
+                },
+                Delivery {
+                    delivered_at: 12,
+                    key_ids: c.clone()
+                }
+            ]
+        );
+        assert_eq!(
+            (out[1].dest.clone(), out[1].completes.clone()),
+            (n("C"), vec![1])
+        );
+    }
+
+    #[test]
+    fn a_long_outbox_is_split_and_an_entry_completes_with_its_last_part() {
+        let big: Vec<KeyId> = (0..NOTICE_MAX_KEYS + 10).map(|_| KeyId::random()).collect();
+        let small = vec![KeyId::random()];
+        let queued = vec![
+            (n("B"), 7, 10, small.clone()),
+            (n("B"), 8, 11, big.clone()),
+            (n("B"), 9, 12, small.clone()),
+        ];
+        let (drop, out) = outgoing_notices(queued, &n("A"), 0);
+        assert!(drop.is_empty());
+        assert_eq!(out.len(), 2);
+        let keys = |o: &OutgoingNotice| o.deliveries.iter().map(|d| d.key_ids.len()).sum::<usize>();
+        assert_eq!(keys(&out[0]), NOTICE_MAX_KEYS);
+        assert_eq!(keys(&out[1]), 12);
+        // Entry 8 is fully reported only by the second notice.
+        assert_eq!(out[0].completes, vec![7]);
+        assert_eq!(out[1].completes, vec![8, 9]);
+        assert_eq!(out[1].deliveries[0].delivered_at, 11);
+        let all: Vec<KeyId> = out
+            .iter()
+            .flat_map(|o| o.deliveries.iter())
+            .filter(|d| d.delivered_at == 11)
+            .flat_map(|d| d.key_ids.iter().copied())
+            .collect();
+        assert_eq!(all, big, "every key once, in order");
     }
 
     #[test]

@@ -655,9 +655,8 @@ mod tests {
                 }
                 .into(),
                 11 => MoveExpiry {
-                    ids: self.ids(),
+                    expiries: self.ids().into_iter().map(|id| (id, self.time())).collect(),
                     masters: [self.sae()].into_iter().collect(),
-                    expires_at: self.time(),
                 }
                 .into(),
                 12 => Expire {
@@ -911,11 +910,7 @@ mod tests {
     /// leaves the others in the pool, with no tombstone.
     #[test]
     fn delivering_pool_keys_with_one_missing_takes_none() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut redb, _) = open(dir.path());
-        let mut model = MemStore::new();
-        let stores: [&mut dyn KeyStore; 2] = [&mut model, &mut redb];
-        for store in stores {
+        on_both_stores(|store| {
             let (here, gone) = (KeyId::random(), KeyId::random());
             let meta = PoolKey {
                 master: sae("ENC-A"),
@@ -945,7 +940,64 @@ mod tests {
                 })
                 .unwrap();
             assert_eq!(held, (true, false), "a key taken by a refused delivery");
-        }
+        });
+    }
+
+    /// Runs `f` on the model and on a fresh redb store.
+    fn on_both_stores(mut f: impl FnMut(&mut dyn KeyStore)) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut redb, _) = open(dir.path());
+        f(&mut MemStore::new());
+        f(&mut redb);
+    }
+
+    #[test]
+    fn one_notice_moves_each_key_to_its_own_expiry_never_later() {
+        on_both_stores(|store| {
+            let (early, late, other) = (KeyId::random(), KeyId::random(), KeyId::random());
+            let waiting = |master: &str| StoredKey {
+                request: [7; 16],
+                master: sae(master),
+                slaves: vec![(sae("ENC-B"), false)],
+                size_bits: 256,
+                expires_at: 10_000,
+                made_under: None,
+                pool: true,
+            };
+            let mut put = Vec::new();
+            for (id, master) in [(early, "ENC-A"), (late, "ENC-A"), (other, "ENC-C")] {
+                put.push(
+                    StoreKeys {
+                        meta: waiting(master),
+                        keys: vec![(id, Secret::zeroed(32))],
+                        stream: None,
+                    }
+                    .into(),
+                );
+            }
+            store.apply(put).unwrap();
+            let notice = MoveExpiry {
+                // `late` would expire after its current expiry: it keeps it. `other`'s master is
+                // not attached at the notice's source: it keeps it too.
+                expiries: vec![(early, 4_000), (late, 12_000), (other, 3_000)],
+                masters: [sae("ENC-A")].into(),
+            };
+            let out = store.apply(vec![notice.into()]).unwrap();
+            assert!(
+                matches!(&out[0], Ok(Outcome::MoveExpiry(m)) if m == &vec![(early, 4_000)]),
+                "{out:?}"
+            );
+            let mut expiries = Vec::new();
+            store
+                .inspect(&mut |t| {
+                    expiries = [early, late, other]
+                        .iter()
+                        .map(|id| t.key_meta(*id).unwrap().unwrap().expires_at)
+                        .collect();
+                })
+                .unwrap();
+            assert_eq!(expiries, vec![4_000, 10_000, 10_000]);
+        });
     }
 
     #[test]

@@ -2920,9 +2920,8 @@ mod tests {
         let out = store
             .apply(vec![
                 ops::MoveExpiry {
-                    ids: vec![KeyId::random()],
+                    expiries: vec![(KeyId::random(), 5)],
                     masters: [sae("M")].into(),
-                    expires_at: 5,
                 }
                 .into(),
             ])

@@ -230,16 +230,14 @@ operations! {
         /// The configuration keys must still fit.
         fit: Arc<FitContext>,
     } -> Result<Vec<Handed>, FetchRefusal>;
-    /// A delivery notice: waiting keys whose master is one of `masters` expire no later than
-    /// `expires_at`. Returns the keys whose expiry moved.
+    /// A delivery notice: each waiting key named whose master is one of `masters` expires no
+    /// later than the expiry given with it. Returns the keys whose expiry moved, with it.
     MoveExpiry {
-        /// The keys named.
-        ids: Vec<KeyId>,
+        /// The keys named, each with its new expiry (a key TTL after its own delivery).
+        expiries: Vec<(KeyId, UnixMillis)>,
         /// The SAEs attached at the node that sent the notice.
         masters: BTreeSet<SaeId>,
-        /// The new expiry.
-        expires_at: UnixMillis,
-    } -> Vec<KeyId>;
+    } -> Vec<(KeyId, UnixMillis)>;
     /// Waiting keys erased (voided), leaving tombstones.
     RetireKeys {
         /// The keys and their metadata as read.
@@ -600,18 +598,18 @@ impl FetchForSlave {
 }
 
 impl MoveExpiry {
-    fn exec(self, t: &mut dyn Tables) -> Result<Vec<KeyId>, StoreError> {
+    fn exec(self, t: &mut dyn Tables) -> Result<Vec<(KeyId, UnixMillis)>, StoreError> {
         let mut moved = Vec::new();
-        for id in &self.ids {
-            let Some(meta) = t.key_meta(*id)? else {
+        for (id, expires_at) in self.expiries {
+            let Some(meta) = t.key_meta(id)? else {
                 continue;
             };
             // Only the master's own node may say when its master got the key.
-            if !self.masters.contains(&meta.master) || meta.expires_at <= self.expires_at {
+            if !self.masters.contains(&meta.master) || meta.expires_at <= expires_at {
                 continue;
             }
-            t.set_key_expiry(*id, &meta, self.expires_at)?;
-            moved.push(*id);
+            t.set_key_expiry(id, &meta, expires_at)?;
+            moved.push((id, expires_at));
         }
         Ok(moved)
     }
