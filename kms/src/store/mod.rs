@@ -1210,6 +1210,28 @@ impl Txn<'_> {
         which: Which,
         id: KeyId,
     ) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.find(table, which, id, |seq, record| (seq, record.to_vec()))
+    }
+
+    /// The sequence of the record of `table` for key ID `id`, without copying the record.
+    fn seq_of(
+        &self,
+        table: TableDefinition<u64, &[u8]>,
+        which: Which,
+        id: KeyId,
+    ) -> Result<Option<u64>, StoreError> {
+        self.find(table, which, id, |seq, _| seq)
+    }
+
+    /// `found` of the record of `table` for key ID `id` (its sequence, the record without the
+    /// key ID).
+    fn find<T>(
+        &self,
+        table: TableDefinition<u64, &[u8]>,
+        which: Which,
+        id: KeyId,
+        found: impl FnOnce(u64, &[u8]) -> T,
+    ) -> Result<Option<T>, StoreError> {
         let mut seqs = self.index.candidates(which, id).peekable();
         if seqs.peek().is_none() {
             return Ok(None);
@@ -1222,7 +1244,7 @@ impl Txn<'_> {
                 .ok_or(StoreError::Corrupt("key index names no record"))?;
             let (stored, record) = split_id(v.value())?;
             if stored == id {
-                return Ok(Some((seq, record.to_vec())));
+                return Ok(Some(found(seq, record)));
             }
         }
         Ok(None)
@@ -1333,15 +1355,15 @@ impl Tables for Txn<'_> {
     }
 
     fn key_id_used(&self, id: KeyId) -> Result<bool, StoreError> {
-        Ok(self.record(KEYS, Which::Keys, id)?.is_some() || self.tomb_time(id)?.is_some())
+        Ok(self.seq_of(KEYS, Which::Keys, id)?.is_some() || self.tomb_time(id)?.is_some())
     }
 
     fn put_key(&mut self, id: KeyId, meta: &StoredKey, key: &Secret) -> Result<(), StoreError> {
         self.admit_ingest()?;
         let sealed = self.keys.seal(&key_aad(id, meta), key)?;
         let v = with_id(id, &encode_key(meta, &sealed));
-        let seq = match self.record(KEYS, Which::Keys, id)? {
-            Some((seq, _)) => seq,
+        let seq = match self.seq_of(KEYS, Which::Keys, id)? {
+            Some(seq) => seq,
             None => self.index.add(Which::Keys, id),
         };
         self.tx.open_table(KEYS)?.insert(seq, v.as_slice())?;
@@ -1389,7 +1411,7 @@ impl Tables for Txn<'_> {
         meta: &StoredKey,
         now: UnixMillis,
     ) -> Result<(), StoreError> {
-        if let Some((seq, _)) = self.record(KEYS, Which::Keys, id)? {
+        if let Some(seq) = self.seq_of(KEYS, Which::Keys, id)? {
             self.tx.open_table(KEYS)?.remove(seq)?;
             self.index.remove(Which::Keys, id, seq);
         }
@@ -1413,8 +1435,8 @@ impl Tables for Txn<'_> {
         self.admit_ingest()?;
         let sealed = self.keys.seal(&pool_aad(id, meta), key)?;
         let v = with_id(id, &encode_pool_key(meta, &sealed));
-        let seq = match self.record(POOL, Which::Pool, id)? {
-            Some((seq, _)) => seq,
+        let seq = match self.seq_of(POOL, Which::Pool, id)? {
+            Some(seq) => seq,
             None => self.index.add(Which::Pool, id),
         };
         self.tx.open_table(POOL)?.insert(seq, v.as_slice())?;
@@ -1423,7 +1445,7 @@ impl Tables for Txn<'_> {
     }
 
     fn has_pool_key(&self, id: KeyId) -> Result<bool, StoreError> {
-        Ok(self.record(POOL, Which::Pool, id)?.is_some())
+        Ok(self.seq_of(POOL, Which::Pool, id)?.is_some())
     }
 
     fn take_pool_key(&mut self, id: KeyId) -> Result<Option<(PoolKey, Secret)>, StoreError> {
