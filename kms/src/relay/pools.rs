@@ -51,9 +51,57 @@ pub struct Refill {
 
 #[derive(Debug, Default)]
 struct PairPool {
-    ready: VecDeque<(KeyId, UnixMillis)>,
+    /// The ready keys, oldest first, in the batches they were made in: a key costs its ID
+    /// alone (16 bytes), the time is kept once per batch.
+    ready: VecDeque<Batch>,
+    /// Keys in `ready`.
+    len: usize,
     inflight: usize,
     inflight_keys: usize,
+}
+
+/// Ready keys made at one time: `ids[next..]` are still in the pool.
+#[derive(Debug)]
+struct Batch {
+    created: UnixMillis,
+    ids: Box<[KeyId]>,
+    next: usize,
+}
+
+impl Batch {
+    fn left(&self) -> &[KeyId] {
+        &self.ids[self.next..]
+    }
+}
+
+impl PairPool {
+    fn push(&mut self, created: UnixMillis, ids: Vec<KeyId>) {
+        if !ids.is_empty() {
+            self.len += ids.len();
+            self.ready.push_back(Batch {
+                created,
+                ids: ids.into_boxed_slice(),
+                next: 0,
+            });
+        }
+    }
+
+    /// Takes the `n` oldest keys (`n` at most `len`) into `out`.
+    fn take_into(&mut self, mut n: usize, out: &mut Vec<KeyId>) {
+        while n > 0 {
+            let Some(b) = self.ready.front_mut() else {
+                break;
+            };
+            let k = n.min(b.ids.len() - b.next);
+            out.extend_from_slice(&b.ids[b.next..b.next + k]);
+            b.next += k;
+            n -= k;
+            self.len -= k;
+            if b.next == b.ids.len() {
+                self.ready.pop_front();
+            }
+        }
+    }
 }
 
 /// Every pair's pool at this node.
@@ -74,14 +122,17 @@ impl Pools {
 
     /// Puts back keys the store held at start (`created_at` each), in the order they were made.
     pub fn restore(&mut self, keys: impl IntoIterator<Item = (Pair, KeyId, UnixMillis)>) {
-        let mut all: Vec<_> = keys.into_iter().collect();
-        all.sort_by_key(|(_, _, created)| *created);
-        for (pair, id, created) in all {
-            self.pairs
-                .entry(pair)
-                .or_default()
-                .ready
-                .push_back((id, created));
+        let mut by_pair: BTreeMap<Pair, Vec<(UnixMillis, KeyId)>> = BTreeMap::new();
+        for (pair, id, created) in keys {
+            by_pair.entry(pair).or_default().push((created, id));
+        }
+        for (pair, mut keys) in by_pair {
+            // Stable: keys made at one time keep their order.
+            keys.sort_by_key(|(created, _)| *created);
+            let pool = self.pairs.entry(pair).or_default();
+            for run in keys.chunk_by(|a, b| a.0 == b.0) {
+                pool.push(run[0].0, run.iter().map(|(_, id)| *id).collect());
+            }
         }
     }
 
@@ -89,7 +140,11 @@ impl Pools {
     pub fn level(&self, pair: &Pair, now: UnixMillis) -> u64 {
         let min_created = now.saturating_sub(self.rules.ttl_ms);
         self.pairs.get(pair).map_or(0, |p| {
-            p.ready.iter().filter(|(_, c)| *c >= min_created).count() as u64
+            p.ready
+                .iter()
+                .filter(|b| b.created >= min_created)
+                .map(|b| b.left().len() as u64)
+                .sum()
         })
     }
 
@@ -97,8 +152,8 @@ impl Pools {
     pub fn held(&self) -> BTreeMap<Pair, u64> {
         self.pairs
             .iter()
-            .filter(|(_, p)| !p.ready.is_empty())
-            .map(|(pair, p)| (pair.clone(), p.ready.len() as u64))
+            .filter(|(_, p)| p.len > 0)
+            .map(|(pair, p)| (pair.clone(), p.len as u64))
             .collect()
     }
 
@@ -107,7 +162,11 @@ impl Pools {
     pub fn drain(&mut self, pair: &Pair) -> Vec<KeyId> {
         self.pairs
             .get_mut(pair)
-            .map(|p| p.ready.drain(..).map(|(id, _)| id).collect())
+            .map(|p| {
+                let mut ids = Vec::with_capacity(p.len);
+                p.take_into(p.len, &mut ids);
+                ids
+            })
             .unwrap_or_default()
     }
 
@@ -117,15 +176,19 @@ impl Pools {
         let min_created = now.saturating_sub(self.rules.ttl_ms);
         let pool = self.pairs.entry(pair.clone()).or_default();
         let mut stale = Vec::new();
-        while let Some(&(id, created)) = pool.ready.front() {
-            if created >= min_created {
+        while let Some(b) = pool.ready.front() {
+            if b.created >= min_created {
                 break;
             }
+            stale.extend_from_slice(b.left());
+            pool.len -= b.left().len();
             pool.ready.pop_front();
-            stale.push(id);
         }
-        let keys = (pool.ready.len() >= number)
-            .then(|| pool.ready.drain(..number).map(|(id, _)| id).collect());
+        let keys = (pool.len >= number).then(|| {
+            let mut ids = Vec::with_capacity(number);
+            pool.take_into(number, &mut ids);
+            ids
+        });
         Taken { keys, stale }
     }
 
@@ -138,7 +201,7 @@ impl Pools {
         while pool.inflight < r.max_inflight {
             let n = r
                 .target
-                .saturating_sub(pool.ready.len() + pool.inflight_keys)
+                .saturating_sub(pool.len + pool.inflight_keys)
                 .min(r.batch_keys);
             if n == 0 {
                 break;
@@ -160,7 +223,7 @@ impl Pools {
         pool.inflight = pool.inflight.saturating_sub(1);
         pool.inflight_keys = pool.inflight_keys.saturating_sub(refill.keys);
         if let Some((ids, now)) = made {
-            pool.ready.extend(ids.into_iter().map(|id| (id, now)));
+            pool.push(now, ids);
         }
     }
 }
@@ -250,6 +313,26 @@ mod tests {
             "discarded oldest first, even when the request fails"
         );
         assert_eq!(p.take(&pair(), 1, 1_500).keys, Some(young));
+    }
+
+    #[test]
+    fn keys_are_taken_across_batches_in_order() {
+        let mut p = Pools::new(RULES);
+        let k = ids(7);
+        p.restore(
+            k.iter()
+                .enumerate()
+                .map(|(i, id)| (pair(), *id, [0, 0, 0, 5, 5, 8, 8][i])),
+        );
+        assert_eq!(p.held().get(&pair()), Some(&7));
+        assert_eq!(p.take(&pair(), 2, 10).keys, Some(k[..2].to_vec()));
+        assert_eq!(p.take(&pair(), 4, 10).keys, Some(k[2..6].to_vec()));
+        assert_eq!(p.level(&pair(), 10), 1);
+        let r = p.refills(&pair());
+        p.refill_done(&r[0], Some((ids(4), 20)));
+        assert_eq!(p.level(&pair(), 20), 5);
+        assert_eq!(p.drain(&pair())[0], k[6], "drained oldest first");
+        assert_eq!(p.held().get(&pair()), None);
     }
 
     #[test]

@@ -33,6 +33,7 @@ mod codec;
 #[cfg(any(test, feature = "simulation"))]
 #[doc(hidden)]
 pub mod faulty;
+mod index;
 pub mod mem;
 pub mod ops;
 pub mod space;
@@ -54,6 +55,7 @@ use qkd_types::{BlockId, KeyId, KeyStreamId, LinkId, NodeId, SaeId, Secret, Unix
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use self::codec::{R, W, enc};
+use self::index::{Index, IndexTxn, Which};
 use self::space::{DEFAULT_RESERVE_BYTES, DEFAULT_WATERMARK_BYTES, FileSystemSpace, FreeSpace};
 use self::vault::{EpochKey, KeyWrap, Keyring, OpeningKey, Sealed, VaultError, dek_aad};
 use self::wal::{Commit, FileLog, LogFile, LogTx, Wal};
@@ -339,129 +341,6 @@ pub struct Store {
     /// The most run entries one merge step wrote (tests check that steps are bounded).
     #[cfg(test)]
     largest_merge_step: u64,
-}
-
-/// Where each waiting and pool key is, by key ID: rebuilt from the records at open, changed with
-/// them in each transaction (and put back if the transaction is dropped uncommitted).
-#[derive(Debug, Default)]
-struct Index {
-    /// Waiting keys; ordered, for [`Tables::keys_after`].
-    keys: std::collections::BTreeMap<KeyId, u64>,
-    /// Pool keys.
-    pool: HashMap<KeyId, u64>,
-    /// The next sequence of a waiting key.
-    next_key: u64,
-    /// The next sequence of a pool key.
-    next_pool: u64,
-    /// Tombstones: the log and the runs (see [`tombs`]).
-    tombs: tombs::TombIndex,
-}
-
-/// Which index an undo entry belongs to.
-#[derive(Debug, Clone, Copy)]
-enum Which {
-    Keys,
-    Pool,
-}
-
-/// The index changes of one transaction, undone if it is dropped without a commit.
-#[derive(Debug)]
-struct IndexTxn<'s> {
-    index: &'s mut Index,
-    /// Changes to put back, oldest first.
-    undo: Vec<Undo>,
-}
-
-/// An index entry as it was before a change.
-#[derive(Debug)]
-enum Undo {
-    /// Of a waiting or pool key: its sequence.
-    Key(Which, KeyId, Option<u64>),
-    /// Of the tombstone log: its time.
-    Log(KeyId, Option<UnixMillis>),
-    /// The time the tombstone log starts at.
-    LogFrom(Option<UnixMillis>),
-}
-
-impl IndexTxn<'_> {
-    fn get(&self, which: Which, id: KeyId) -> Option<u64> {
-        match which {
-            Which::Keys => self.index.keys.get(&id).copied(),
-            Which::Pool => self.index.pool.get(&id).copied(),
-        }
-    }
-
-    /// The sequence of `id`, a fresh one if it has none.
-    fn place(&mut self, which: Which, id: KeyId) -> u64 {
-        if let Some(seq) = self.get(which, id) {
-            return seq;
-        }
-        let seq = match which {
-            Which::Keys => &mut self.index.next_key,
-            Which::Pool => &mut self.index.next_pool,
-        };
-        let at = *seq;
-        *seq += 1;
-        self.set(which, id, Some(at));
-        at
-    }
-
-    fn set(&mut self, which: Which, id: KeyId, to: Option<u64>) {
-        let before = match (which, to) {
-            (Which::Keys, Some(s)) => self.index.keys.insert(id, s),
-            (Which::Keys, None) => self.index.keys.remove(&id),
-            (Which::Pool, Some(s)) => self.index.pool.insert(id, s),
-            (Which::Pool, None) => self.index.pool.remove(&id),
-        };
-        self.undo.push(Undo::Key(which, id, before));
-    }
-
-    fn set_log(&mut self, id: KeyId, to: Option<UnixMillis>) {
-        let log = &mut self.index.tombs.log;
-        let before = match to {
-            Some(e) => log.insert(id, e),
-            None => log.remove(&id),
-        };
-        self.undo.push(Undo::Log(id, before));
-    }
-
-    fn set_log_from(&mut self, to: Option<UnixMillis>) {
-        let before = std::mem::replace(&mut self.index.tombs.log_from, to);
-        self.undo.push(Undo::LogFrom(before));
-    }
-
-    fn commit(mut self) {
-        self.undo.clear();
-    }
-}
-
-impl Drop for IndexTxn<'_> {
-    fn drop(&mut self) {
-        // Sequences handed out stay used: a gap in the sequence is harmless.
-        while let Some(undo) = self.undo.pop() {
-            match undo {
-                Undo::Key(Which::Keys, id, Some(s)) => {
-                    self.index.keys.insert(id, s);
-                }
-                Undo::Key(Which::Keys, id, None) => {
-                    self.index.keys.remove(&id);
-                }
-                Undo::Key(Which::Pool, id, Some(s)) => {
-                    self.index.pool.insert(id, s);
-                }
-                Undo::Key(Which::Pool, id, None) => {
-                    self.index.pool.remove(&id);
-                }
-                Undo::Log(id, Some(e)) => {
-                    self.index.tombs.log.insert(id, e);
-                }
-                Undo::Log(id, None) => {
-                    self.index.tombs.log.remove(&id);
-                }
-                Undo::LogFrom(from) => self.index.tombs.log_from = from,
-            }
-        }
-    }
 }
 
 /// What [`KeyStore::rotate_kek`] started.
@@ -768,13 +647,13 @@ impl Store {
         for entry in pool.iter()? {
             let (k, v) = entry?;
             let (id, v) = split_id(v.value())?;
-            index.pool.insert(id, k.value());
+            index.insert(Which::Pool, id, k.value());
             index.next_pool = k.value() + 1;
             rec.pool.push((id, decode_pool_key(v)?.0));
         }
         for entry in tx.open_table(KEYS)?.iter()? {
             let (k, v) = entry?;
-            index.keys.insert(split_id(v.value())?.0, k.value());
+            index.insert(Which::Keys, split_id(v.value())?.0, k.value());
             index.next_key = k.value() + 1;
         }
         let ids = tx.open_table(DEVICE_IDS)?;
@@ -881,8 +760,8 @@ impl Store {
         }
         tx.commit()?;
         self.wal.checkpointed(None);
-        for id in erased {
-            self.index.keys.remove(&id);
+        for (id, seq) in erased {
+            self.index.remove(Which::Keys, id, seq);
         }
         if !finished {
             self.pass = Some(pass);
@@ -1076,7 +955,7 @@ impl Store {
         table: TableDefinition<u64, &[u8]>,
         after: Option<u64>,
         budget: &mut Budget,
-        erased_ids: &mut Vec<KeyId>,
+        erased_ids: &mut Vec<(KeyId, u64)>,
         mut redo: impl FnMut(KeyId, &[u8]) -> Result<Redo, StoreError>,
     ) -> Result<StepEnd<u64>, StoreError> {
         let mut t = tx.open_table(table)?;
@@ -1117,7 +996,7 @@ impl Store {
             for (expiry, seq, id) in erased {
                 t.remove(seq)?;
                 idx.remove((expiry, *id.as_bytes()))?;
-                erased_ids.push(id);
+                erased_ids.push((id, seq));
             }
         }
         Ok(stopped.then_some(last))
@@ -1136,10 +1015,7 @@ impl Store {
             low_space: low_space.map(|available| (available, self.options.watermark_bytes)),
             block_cache: HashMap::new(),
             written: 0,
-            index: IndexTxn {
-                index: &mut self.index,
-                undo: Vec::new(),
-            },
+            index: IndexTxn::new(&mut self.index),
         })
     }
 
@@ -1474,18 +1350,44 @@ impl Txn<'_> {
         which: Which,
         id: KeyId,
     ) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        let Some(seq) = self.index.get(which, id) else {
+        self.find(table, which, id, |seq, record| (seq, record.to_vec()))
+    }
+
+    /// The sequence of the record of `table` for key ID `id`, without copying the record.
+    fn seq_of(
+        &self,
+        table: TableDefinition<u64, &[u8]>,
+        which: Which,
+        id: KeyId,
+    ) -> Result<Option<u64>, StoreError> {
+        self.find(table, which, id, |seq, _| seq)
+    }
+
+    /// `found` of the record of `table` for key ID `id` (its sequence, the record without the
+    /// key ID).
+    fn find<T>(
+        &self,
+        table: TableDefinition<u64, &[u8]>,
+        which: Which,
+        id: KeyId,
+        found: impl FnOnce(u64, &[u8]) -> T,
+    ) -> Result<Option<T>, StoreError> {
+        let mut seqs = self.index.candidates(which, id).peekable();
+        if seqs.peek().is_none() {
             return Ok(None);
-        };
-        let t = self.tx.open_table(table)?;
-        let v = t
-            .get(seq)?
-            .ok_or(StoreError::Corrupt("key index names no record"))?;
-        let (stored, record) = split_id(v.value())?;
-        if stored != id {
-            return Err(StoreError::Corrupt("key index names another key"));
         }
-        Ok(Some((seq, record.to_vec())))
+        let t = self.tx.open_table(table)?;
+        // Keys whose IDs share their first 8 bytes are all candidates (see [`index`]).
+        for seq in seqs {
+            let v = t
+                .get(seq)?
+                .ok_or(StoreError::Corrupt("key index names no record"))?;
+            let (stored, record) = split_id(v.value())?;
+            if stored == id {
+                return Ok(Some(found(seq, record)));
+            }
+        }
+        Ok(None)
     }
 
     fn block(&mut self, link: &LinkId, seq: u64) -> Result<&Secret, StoreError> {
@@ -1593,14 +1495,17 @@ impl Tables for Txn<'_> {
     }
 
     fn key_id_used(&self, id: KeyId) -> Result<bool, StoreError> {
-        Ok(self.index.get(Which::Keys, id).is_some() || self.tomb_time(id)?.is_some())
+        Ok(self.seq_of(KEYS, Which::Keys, id)?.is_some() || self.tomb_time(id)?.is_some())
     }
 
     fn put_key(&mut self, id: KeyId, meta: &StoredKey, key: &Secret) -> Result<(), StoreError> {
         self.admit_ingest()?;
         let sealed = self.keys.seal(&key_aad(id, meta), key)?;
         let v = with_id(id, &encode_key(meta, &sealed));
-        let seq = self.index.place(Which::Keys, id);
+        let seq = match self.seq_of(KEYS, Which::Keys, id)? {
+            Some(seq) => seq,
+            None => self.index.add(Which::Keys, id),
+        };
         self.tx.open_table(KEYS)?.insert(seq, v.as_slice())?;
         self.tx
             .open_table(KEY_EXPIRY)?
@@ -1646,9 +1551,9 @@ impl Tables for Txn<'_> {
         meta: &StoredKey,
         now: UnixMillis,
     ) -> Result<(), StoreError> {
-        if let Some(seq) = self.index.get(Which::Keys, id) {
+        if let Some(seq) = self.seq_of(KEYS, Which::Keys, id)? {
             self.tx.open_table(KEYS)?.remove(seq)?;
-            self.index.set(Which::Keys, id, None);
+            self.index.remove(Which::Keys, id, seq);
         }
         self.tx
             .open_table(KEY_EXPIRY)?
@@ -1670,14 +1575,17 @@ impl Tables for Txn<'_> {
         self.admit_ingest()?;
         let sealed = self.keys.seal(&pool_aad(id, meta), key)?;
         let v = with_id(id, &encode_pool_key(meta, &sealed));
-        let seq = self.index.place(Which::Pool, id);
+        let seq = match self.seq_of(POOL, Which::Pool, id)? {
+            Some(seq) => seq,
+            None => self.index.add(Which::Pool, id),
+        };
         self.tx.open_table(POOL)?.insert(seq, v.as_slice())?;
         self.written += (8 + v.len()) as u64;
         Ok(())
     }
 
     fn has_pool_key(&self, id: KeyId) -> Result<bool, StoreError> {
-        Ok(self.index.get(Which::Pool, id).is_some())
+        Ok(self.seq_of(POOL, Which::Pool, id)?.is_some())
     }
 
     fn take_pool_key(&mut self, id: KeyId) -> Result<Option<(PoolKey, Secret)>, StoreError> {
@@ -1687,7 +1595,7 @@ impl Tables for Txn<'_> {
         let (meta, sealed) = decode_pool_key(&v)?;
         let key = self.keys.open(&pool_aad(id, &meta), &sealed)?;
         self.tx.open_table(POOL)?.remove(seq)?;
-        self.index.set(Which::Pool, id, None);
+        self.index.remove(Which::Pool, id, seq);
         Ok(Some((meta, key)))
     }
 
@@ -1777,23 +1685,25 @@ impl Tables for Txn<'_> {
         after: Option<KeyId>,
         limit: usize,
     ) -> Result<Vec<(KeyId, StoredKey)>, StoreError> {
-        let ids: Vec<KeyId> = match after {
-            Some(a) => self
-                .index
-                .index
-                .keys
-                .range((Bound::Excluded(a), Bound::Unbounded))
-                .take(limit)
-                .map(|(id, _)| *id)
-                .collect(),
-            None => self.index.index.keys.keys().take(limit).copied().collect(),
-        };
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let (_, v) = self
-                .record(KEYS, Which::Keys, id)?
-                .ok_or(StoreError::Corrupt("key index names no record"))?;
-            out.push((id, decode_key(&v)?.0));
+        let t = self.tx.open_table(KEYS)?;
+        let mut out = Vec::new();
+        // Short IDs are in key-ID order; keys sharing one (see [`index`]) are sorted here.
+        for (_, seqs) in self.index.index.keys.from(after) {
+            if out.len() >= limit {
+                break;
+            }
+            let mut group = Vec::new();
+            for seq in seqs {
+                let v = t
+                    .get(seq)?
+                    .ok_or(StoreError::Corrupt("key index names no record"))?;
+                let (id, record) = split_id(v.value())?;
+                if after.is_none_or(|a| id > a) {
+                    group.push((id, decode_key(record)?.0));
+                }
+            }
+            group.sort_by_key(|(id, _)| *id);
+            out.extend(group.into_iter().take(limit - out.len()));
         }
         Ok(out)
     }
