@@ -139,6 +139,10 @@ impl KeyStore for Timed {
     fn gauge(&self) -> SpaceGauge {
         self.store.gauge()
     }
+
+    fn upkeep(&mut self) {
+        self.store.upkeep();
+    }
 }
 
 /// Runs the benchmark.

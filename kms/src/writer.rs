@@ -4,6 +4,9 @@
 //! waiting (up to a limit), runs them in one transaction of its [`KeyStore`], commits it durably,
 //! and only then lets each operation answer. So a
 //! request's keys never span two transactions, and nothing is answered before it is durable.
+//! The store's upkeep ([`KeyStore::upkeep`]: tombstone runs and merge steps, durable
+//! transactions of their own) follows each batch once its answers have left, so no answer waits
+//! for it.
 //!
 //! A KEK rotation ([`Writer::rotate_kek`]) is queued like an operation: it runs between
 //! batches, in order, as one small transaction; the rotation pass it starts then runs one
@@ -73,6 +76,8 @@ impl std::fmt::Debug for Job {
 #[derive(Debug)]
 struct InlineStore {
     store: std::sync::Mutex<Box<dyn KeyStore>>,
+    /// A rotation pass started by a live rotation is running: one step after each operation.
+    rotating: AtomicBool,
     fatal: watch::Sender<bool>,
     instruments: StoreInstruments,
 }
@@ -80,14 +85,16 @@ struct InlineStore {
 impl Writer {
     /// A writer without a thread: each operation runs and commits in its own transaction inside
     /// [`Writer::apply`], so its future is ready at once. Same rules otherwise (a failed commit
-    /// answers nobody and stops the writer). For the deterministic network simulation, where
-    /// every step must happen on the scheduler's one thread.
+    /// answers nobody and stops the writer; a live KEK rotation's pass runs one step after each
+    /// operation, the store's upkeep after each). For the deterministic network simulation,
+    /// where every step must happen on the scheduler's one thread.
     pub fn inline(store: impl KeyStore + 'static) -> Self {
         let (fatal_tx, fatal) = watch::channel(false);
         let space = store.gauge();
         Self {
             tx: Committer::Inline(Arc::new(InlineStore {
                 store: std::sync::Mutex::new(Box::new(store)),
+                rotating: AtomicBool::new(false),
                 fatal: fatal_tx,
                 instruments: StoreInstruments::register(),
             })),
@@ -192,12 +199,17 @@ impl Writer {
                         if !commit(store.as_mut(), vec![job], &inline.instruments) {
                             self.failed.store(true, Ordering::SeqCst);
                             let _ = inline.fatal.send(true);
+                        } else if inline.rotating.load(Ordering::SeqCst) {
+                            // As the writer thread does: one step of the pass after each batch.
+                            inline
+                                .rotating
+                                .store(rotation_step(store.as_mut()), Ordering::SeqCst);
                         }
                     }
                     Msg::RotateKek { now, reply } => {
                         let r = store.rotate_kek(now);
                         if r.is_ok() {
-                            while let Ok(Rotation::Pending) = store.rotation_step() {}
+                            inline.rotating.store(true, Ordering::SeqCst);
                         }
                         let _ = reply.send(r);
                     }
@@ -328,8 +340,9 @@ fn rotation_step(store: &mut dyn KeyStore) -> bool {
     }
 }
 
-/// Runs `jobs` in one transaction and answers each once it is durable; false if the transaction
-/// failed, in which case every job is answered with the error and the writer must stop.
+/// Runs `jobs` in one transaction, answers each once it is durable, then runs the store's upkeep;
+/// false if the transaction failed, in which case every job is answered with the error and the
+/// writer must stop.
 fn commit(store: &mut dyn KeyStore, jobs: Vec<Job>, instruments: &StoreInstruments) -> bool {
     let (ops, replies): (Vec<Op>, Vec<_>) = jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
     let started = std::time::Instant::now();
@@ -343,6 +356,7 @@ fn commit(store: &mut dyn KeyStore, jobs: Vec<Job>, instruments: &StoreInstrumen
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 let _ = reply.send(outcome);
             }
+            store.upkeep();
             true
         }
         Err(e) => {

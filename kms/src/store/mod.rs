@@ -403,9 +403,17 @@ impl Store {
         wrap: Arc<dyn KeyWrap>,
         options: StoreOptions,
     ) -> Result<(Self, Recovered), StoreError> {
-        let (mut store, recovered) = Self::open_with(path, wrap.as_ref(), options)?;
-        store.wrap = Some(wrap);
-        Ok((store, recovered))
+        let (store, recovered) = Self::open_with(path, wrap.as_ref(), options)?;
+        Ok((store.with_live_rotation(wrap), recovered))
+    }
+
+    /// Keeps `wrap`, the KEK this store was opened with, so that the KEK can rotate while the
+    /// store is open ([`KeyStore::rotate_kek`]) and rotation passes run between batches
+    /// ([`KeyStore::rotation_step`]). For stores opened on other backends
+    /// ([`Store::open_backend`]).
+    pub fn with_live_rotation(mut self, wrap: Arc<dyn KeyWrap>) -> Self {
+        self.wrap = Some(wrap);
+        self
     }
 
     /// Opens a store over a test storage backend (a simulated disk). Never a production option:
@@ -1265,12 +1273,15 @@ impl KeyStore for Store {
         let written = txn.bytes_written();
         txn.commit()?;
         self.written += written;
-        // The batch is committed: its outcomes stand whatever becomes of the upkeep, which
-        // changes the in-memory index only once its own transaction committed.
+        Ok(outcomes)
+    }
+
+    fn upkeep(&mut self) {
+        // The batches before are committed: their outcomes stand whatever becomes of the upkeep,
+        // which changes the in-memory index only once its own transaction committed.
         if let Err(e) = self.maintain_tombstones() {
             tracing::error!(error = %e, "tombstone index upkeep failed; retried after the next commit");
         }
-        Ok(outcomes)
     }
 
     fn inspect(&mut self, read: &mut dyn FnMut(&mut dyn Tables)) -> Result<(), StoreError> {
@@ -2867,6 +2878,7 @@ mod tests {
                     .into(),
                 ])
                 .unwrap();
+            store.upkeep();
         }
         // One ID used again later: its newer time wins wherever the older entry sits.
         let again = ids[0];
@@ -2880,6 +2892,7 @@ mod tests {
                 .into(),
             ])
             .unwrap();
+        store.upkeep();
         let runs = store.index.tombs.runs().len();
         assert!(runs >= 2, "{runs} runs");
         assert!(
@@ -2913,6 +2926,7 @@ mod tests {
                 .into(),
             ])
             .unwrap();
+        store.upkeep();
         let tx = store.begin().unwrap();
         for (i, id) in ids.iter().enumerate().skip(1) {
             assert_eq!(tx.tombstone(*id).unwrap().is_some(), i / 3 >= 20, "{i}");

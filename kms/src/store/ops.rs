@@ -57,6 +57,12 @@ pub trait KeyStore: Send + std::fmt::Debug {
     fn rotation_step(&mut self) -> Result<super::Rotation, StoreError> {
         Ok(super::Rotation::Done)
     }
+
+    /// Upkeep after a batch, once its answers have left (the writer calls it then): the
+    /// tombstone index's runs and merge steps, each in a durable transaction of its own, so that
+    /// no answer waits for them. A failure is logged, and the upkeep is tried again after the
+    /// next batch.
+    fn upkeep(&mut self) {}
 }
 
 /// An operation whose result has a type of its own.

@@ -20,12 +20,19 @@
 //!   the log (every [`LOG_RUN`] tombstones) or by merging [`MERGE_FAN`] runs of one size tier
 //!   into the next (a log-structured merge, as in LSM trees); `tombstone_runs` lists them.
 //!
+//! Each run has a Bloom filter of its key IDs in memory (built when the run is written, and
+//! read back from the run at open), so a lookup reads only the runs whose filter may hold the ID:
+//! for a new key ID (every key made or received is checked, and every key delivered writes a
+//! tombstone), one run in a hundred instead of every run. The filters cost about 1.2 bytes of
+//! memory per tombstone held.
+//!
 //! A run entry is only a hint: the tombstone exists if `tombstones_by_time` holds (time, key
 //! ID). Pruning therefore touches only the record (and the log); a run whose newest entry is
 //! older than every record left is dropped whole, and merges leave out entries whose record is
 //! gone. Every tombstone is written about `1 + log4(tombstones / LOG_RUN)` times, sequentially.
-//! Runs and log move in their own transactions after a commit ([`Store::maintain_tombstones`]),
-//! only while free space is above the watermark (see [`super::space`]).
+//! Runs and log move in their own transactions after a batch, once its answers have left
+//! ([`Store::maintain_tombstones`], the store's [`super::KeyStore::upkeep`]), only while free
+//! space is above the watermark (see [`super::space`]).
 //!
 //! A merge runs in bounded steps, one after each batch the writer commits (as the rotation pass
 //! does), so that merging the largest tier never holds the writer for one long transaction:
@@ -38,6 +45,7 @@
 
 use std::collections::HashMap;
 
+use fastbloom::BloomFilter;
 use qkd_types::{KeyId, SaeId, UnixMillis};
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 
@@ -65,6 +73,16 @@ pub(super) const LOG_RUN: usize = 4096;
 const MERGE_FAN: usize = 4;
 /// Upper bound on the bytes one run entry costs the disk when written (key, value, page slack).
 const RUN_ENTRY_BYTES: u64 = 64;
+/// False positives of a run's Bloom filter: a lookup of an ID the run does not hold reads the
+/// run once in a hundred (about 9.6 bits of filter per entry).
+const FILTER_FALSE_POS: f64 = 0.01;
+
+/// An empty Bloom filter for a run of up to `entries` key IDs. Its hash is keyed at random (per
+/// process), so a peer that chooses key IDs cannot aim them at one run's false positives.
+fn run_filter(entries: u64) -> BloomFilter {
+    BloomFilter::with_false_pos(FILTER_FALSE_POS)
+        .expected_items(usize::try_from(entries).unwrap_or(usize::MAX).max(1))
+}
 
 /// The tombstone ID index in memory: the log and the list of runs.
 #[derive(Debug, Default)]
@@ -78,8 +96,12 @@ pub(super) struct TombIndex {
     runs: Vec<Run>,
     /// The next run number.
     next_run: u64,
+    /// The Bloom filter of each run's key IDs, by run number.
+    filters: HashMap<u64, BloomFilter>,
     /// The merge in progress, if any.
     merging: Option<Merge>,
+    /// The Bloom filter of the run the merge in progress writes, filled as its steps commit.
+    merge_filter: Option<BloomFilter>,
     /// A run a merge interrupted by a crash left half written: dropped before anything else.
     leftover: Option<u64>,
 }
@@ -173,6 +195,13 @@ impl TombIndex {
         if let Some(n) = out.leftover {
             out.next_run = out.next_run.max(n + 1);
         }
+        for run in &out.runs {
+            let mut filter = run_filter(run.entries);
+            for entry in tx.open_table(run_table(&run_name(run.n)))?.iter()? {
+                filter.insert(&entry?.0.value());
+            }
+            out.filters.insert(run.n, filter);
+        }
         if let Some(from) = out.log_from {
             for entry in tx.open_table(TOMBS)?.range((from, [0u8; 16])..)? {
                 let (at, id) = entry?.0.value();
@@ -190,12 +219,24 @@ impl Txn<'_> {
         if let Some(at) = self.index.index.tombs.log.get(&id) {
             return Ok(Some(*at));
         }
-        let runs = &self.index.index.tombs.runs;
-        if runs.is_empty() {
+        let tombs = &self.index.index.tombs;
+        let id_bytes = id.as_bytes();
+        let mut runs = tombs
+            .runs
+            .iter()
+            .rev()
+            .filter(|run| {
+                tombs
+                    .filters
+                    .get(&run.n)
+                    .is_none_or(|f| f.contains(id_bytes))
+            })
+            .peekable();
+        if runs.peek().is_none() {
             return Ok(None);
         }
         let records = self.tx.open_table(TOMBS)?;
-        for run in runs.iter().rev() {
+        for run in runs {
             let name = run_name(run.n);
             let t = self.tx.open_table(run_table(&name))?;
             if let Some(at) = t.get(*id.as_bytes())? {
@@ -385,6 +426,11 @@ impl Store {
         let tombs = &mut self.index.tombs;
         tombs.log.clear();
         tombs.log_from = None;
+        let mut filter = run_filter(run.entries);
+        for (id, _) in &entries {
+            filter.insert(id);
+        }
+        tombs.filters.insert(run.n, filter);
         tombs.runs.push(run);
         tombs.next_run += 1;
         Ok(())
@@ -419,6 +465,7 @@ impl Store {
         self.wal.checkpointed(None);
         let tombs = &mut self.index.tombs;
         tombs.next_run += 1;
+        tombs.merge_filter = Some(run_filter(group.iter().map(|r| r.entries).sum()));
         tombs.merging = Some(Merge {
             group,
             out,
@@ -439,6 +486,7 @@ impl Store {
         };
         let tx = self.begin_maintenance()?;
         let mut written = 0u64;
+        let mut merged = Vec::new();
         let done = {
             let names: Vec<String> = merge.group.iter().map(|r| run_name(r.n)).collect();
             let tables = names
@@ -492,6 +540,7 @@ impl Store {
                 };
                 if let Some(at) = keep {
                     out.insert(id, at)?;
+                    merged.push(id);
                     written += 1;
                     merge.newest = merge.newest.max(at);
                 }
@@ -521,7 +570,19 @@ impl Store {
             self.largest_merge_step = self.largest_merge_step.max(written);
         }
         let tombs = &mut self.index.tombs;
+        // (Started with the merge; a run left without a filter is simply always read.)
+        if let Some(filter) = tombs.merge_filter.as_mut() {
+            for id in &merged {
+                filter.insert(id);
+            }
+        }
         if done {
+            for r in &merge.group {
+                tombs.filters.remove(&r.n);
+            }
+            if let Some(filter) = tombs.merge_filter.take() {
+                tombs.filters.insert(run.n, filter);
+            }
             tombs.runs.retain(|r| !merge.group.contains(r));
             tombs.runs.push(run);
             tombs.merging = None;
@@ -568,7 +629,11 @@ impl Store {
         }
         tx.commit()?;
         self.wal.checkpointed(None);
-        self.index.tombs.runs.retain(|r| !stale.contains(r));
+        let tombs = &mut self.index.tombs;
+        for r in &stale {
+            tombs.filters.remove(&r.n);
+        }
+        tombs.runs.retain(|r| !stale.contains(r));
         Ok(())
     }
 
@@ -629,6 +694,8 @@ mod tests {
                 .into(),
             ])
             .unwrap();
+        // As the writer does once the batch's answers have left.
+        store.upkeep();
     }
 
     /// The log has no table: after a reopen it is found again from the records written at or
@@ -709,6 +776,62 @@ mod tests {
         }
     }
 
+    /// Every run has a Bloom filter that holds each of its key IDs, whether the run was written
+    /// from the log, by a merge, or read back at open; and the filters keep lookups of unused
+    /// IDs out of nearly every run.
+    #[test]
+    fn every_run_has_a_filter_holding_its_ids_and_unused_ids_skip_the_runs() {
+        use redb::ReadableDatabase;
+        fn check(store: &Store) {
+            let tombs = &store.index.tombs;
+            assert!(tombs.runs.len() >= 3, "{} runs", tombs.runs.len());
+            assert_eq!(tombs.filters.len(), tombs.runs.len(), "one filter per run");
+            let tx = store.db.begin_read().unwrap();
+            for run in &tombs.runs {
+                let filter = &tombs.filters[&run.n];
+                let t = tx.open_table(run_table(&run_name(run.n))).unwrap();
+                for entry in t.iter().unwrap() {
+                    assert!(filter.contains(&entry.unwrap().0.value()), "run {}", run.n);
+                }
+            }
+            // An unused ID passes a run's filter about once in a hundred.
+            let probes = 10_000;
+            let passed: usize = (0..probes)
+                .map(|_| KeyId::random())
+                .map(|id| {
+                    tombs
+                        .runs
+                        .iter()
+                        .filter(|r| tombs.filters[&r.n].contains(id.as_bytes()))
+                        .count()
+                })
+                .sum();
+            let rate = passed as f64 / (probes * tombs.runs.len()) as f64;
+            assert!(rate < 0.03, "false positive rate {rate}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+        let mut store = open(dir.path(), 64);
+        let mut ids = Vec::new();
+        for i in 0..200u64 {
+            let chunk: Vec<KeyId> = (0..8).map(|_| KeyId::random()).collect();
+            issue(&mut store, &chunk, 1_000 + i);
+            ids.extend(chunk);
+        }
+        assert!(
+            store.index.tombs.runs.iter().any(|r| r.tier(64) >= 1),
+            "a merge wrote a run"
+        );
+        check(&store);
+        drop(store);
+        let mut store = open(dir.path(), 64);
+        check(&store);
+        let tx = store.begin().unwrap();
+        for id in &ids {
+            assert!(tx.key_id_used(*id).unwrap());
+        }
+    }
+
     /// Merging the largest tier never holds the writer for one long transaction: every merge
     /// transaction writes at most one step of run entries, every tombstone is found after every
     /// batch while merges run, and a crash in the middle of a merge loses nothing (the
@@ -734,6 +857,7 @@ mod tests {
                     .into(),
                 ])
                 .unwrap();
+            store.upkeep();
             ids.extend(chunk);
             let merging = store.index.tombs.merging.clone();
             if merging.is_some() {
