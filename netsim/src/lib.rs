@@ -19,6 +19,9 @@
 //!   ([`KeyManager::halt`]) and drops its memory; the restart rebuilds the node from its disk,
 //!   possibly under a newer configuration (a larger key size, a pair moved from `qkd-only` to
 //!   hybrid).
+//! * **KEK rotations.** An operator rotates a node's KEK while it runs (disk store): a fresh
+//!   data-key epoch, then a pass re-encrypting the older epochs one bounded step after each
+//!   batch, which a crash may interrupt (the next start finishes it).
 //! * **Reloads.** A configuration change reaches the nodes either by restarts or by live reloads
 //!   ([`KeyManager::reconfigure`], voiding pools); a node whose reload is refused (it would
 //!   strand keys) is restarted instead.
@@ -229,6 +232,8 @@ pub struct Outcome {
     pub reloads: u32,
     /// Devices that lost their position (and re-issued key IDs).
     pub reissues: u32,
+    /// Live KEK rotations (each starts a re-encryption pass that runs between batches).
+    pub kek_rotations: u32,
     /// Partitions cut.
     pub partitions: u32,
     /// Runs of link key taken.
@@ -874,6 +879,8 @@ struct NodeSlot {
     /// What its observer holds deliveries to (see [`NodeObserver::modes`]).
     modes: Arc<Mutex<BTreeMap<(SaeId, SaeId), MadeUnder>>>,
     signing: Option<NodeSigningKey>,
+    /// Its store writer while it runs on the disk store (the KEK rotations go to it).
+    writer: Option<Writer>,
     up: bool,
 }
 
@@ -966,6 +973,7 @@ impl Sim {
                 version: 0,
                 modes: Arc::default(),
                 signing: Some(signing),
+                writer: None,
                 up: false,
             });
         }
@@ -1156,6 +1164,8 @@ impl Sim {
                     usize::MAX,
                 )
                 .map_err(|e| format!("n{i}: store: {e}"))?;
+                // The KEK can rotate while the node runs (a step of the run asks for it).
+                let store = store.with_live_rotation(Arc::new(kek));
                 (Writer::inline(store), recovered)
             }
             StoreKind::Memory => {
@@ -1214,6 +1224,10 @@ impl Sim {
             });
         }
         let config = self.config(i);
+        self.nodes[i].writer = match self.opts.store {
+            StoreKind::Disk => Some(writer.clone()),
+            StoreKind::Memory => None,
+        };
         let manager = KeyManager::new(config, self.clock.clone(), writer, setups, recovered);
         let modes = Arc::new(Mutex::new(self.modes(self.nodes[i].version)));
         self.nodes[i].modes = modes.clone();
@@ -1242,6 +1256,7 @@ impl Sim {
             m.halt();
         }
         self.nodes[i].up = false;
+        self.nodes[i].writer = None;
         // The machine goes down with the process: what the store wrote but did not sync is lost.
         self.nodes[i].disk.crash();
         self.outcome.crashes += 1;
@@ -1841,6 +1856,30 @@ impl Sim {
                     self.restart(step, i).await;
                 }
             }
+            97 if self.opts.faults.disruptions => {
+                // An operator rotates a node's KEK: a fresh data-key epoch, and a pass that
+                // re-encrypts the older epochs one step after each batch (a crash may stop it
+                // half way; the next start finishes it).
+                let i = self.rng.random_range(0..self.n);
+                match self.nodes[i].writer.clone() {
+                    Some(writer) if self.nodes[i].up => {
+                        match writer.rotate_kek(self.clock.now()).await {
+                            Ok(r) => {
+                                self.outcome.kek_rotations += 1;
+                                self.note(
+                                    step,
+                                    format!(
+                                        "KEK of n{i} rotated: epoch {}, {} older",
+                                        r.epoch, r.older_epochs
+                                    ),
+                                );
+                            }
+                            Err(e) => self.note(step, format!("KEK of n{i} not rotated: {e}")),
+                        }
+                    }
+                    _ => self.note(step, format!("no KEK rotation at n{i}")),
+                }
+            }
             _ => {
                 let secs = self.rng.random_range(1..4);
                 self.note(step, format!("quiet {secs} s"));
@@ -1956,6 +1995,7 @@ pub fn run_seeds(
         s.notified_keys += o.notified_keys;
         s.crashes += u64::from(o.crashes);
         s.reloads += u64::from(o.reloads);
+        s.kek_rotations += u64::from(o.kek_rotations);
         s.sim_ms += o.sim_ms;
     }
     Ok(s)
@@ -1982,6 +2022,8 @@ pub struct Summary {
     pub crashes: u64,
     /// Configuration changes nodes took by a live reload.
     pub reloads: u64,
+    /// Live KEK rotations.
+    pub kek_rotations: u64,
     /// Simulated milliseconds.
     pub sim_ms: u64,
 }
@@ -1992,8 +2034,8 @@ impl std::fmt::Display for Summary {
         let _ = write!(
             s,
             "{} runs, {} steps, {} keys to masters ({} for two slaves), {} to slaves, {} from key \
-             streams, {} expiries set by delivery notices, {} crashes, {} live reloads, {:.0} s \
-             simulated",
+             streams, {} expiries set by delivery notices, {} crashes, {} live reloads, {} live KEK \
+             rotations, {:.0} s simulated",
             self.runs,
             self.steps,
             self.master_keys,
@@ -2003,6 +2045,7 @@ impl std::fmt::Display for Summary {
             self.notified_keys,
             self.crashes,
             self.reloads,
+            self.kek_rotations,
             self.sim_ms as f64 / 1000.0
         );
         f.write_str(&s)

@@ -27,6 +27,10 @@ fn must_hold(shape: Shape, default_seeds: u64, store: StoreKind) {
                 count < 20 || summary.reloads > 0,
                 "no configuration change reached a node by a live reload: {summary}"
             );
+            assert!(
+                count < 20 || store != StoreKind::Disk || summary.kek_rotations > 0,
+                "no KEK rotated while its node ran: {summary}"
+            );
         }
         Err(v) => panic!("{v}"),
     }
