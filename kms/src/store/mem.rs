@@ -814,6 +814,7 @@ mod tests {
         let mut model = MemStore::new();
         let mut g = Gen::new(seed);
         let mut crashes = 0;
+        let mut most_runs = 0;
         for step in 0..150 {
             if crash(&mut g) {
                 drop(disk);
@@ -841,6 +842,9 @@ mod tests {
                 })
                 .unzip();
             let on_disk = disk.apply(a).unwrap();
+            // As the writer does once the batch's answers have left: runs and merge steps.
+            disk.upkeep();
+            most_runs = most_runs.max(disk.index.tombs.runs().len());
             let in_memory = model.apply(b).unwrap();
             let on_disk: Vec<String> = on_disk.iter().map(spelled).collect();
             let in_memory: Vec<String> = in_memory.iter().map(spelled).collect();
@@ -849,6 +853,10 @@ mod tests {
                 "seed {seed} step {step} after {crashes} crashes"
             );
         }
+        assert!(
+            !runs || most_runs >= 2,
+            "seed {seed}: at most {most_runs} tombstone runs at once: runs and merges went unexercised"
+        );
         let ids = g.ids.clone();
         let mut disk_records = String::new();
         disk.inspect(&mut |t| disk_records = records(t, &ids))

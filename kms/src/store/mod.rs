@@ -327,8 +327,9 @@ pub struct Store {
     pass: Option<Pass>,
     /// Record bytes written by committed transactions ([`KeyStore::bytes_written`]).
     written: u64,
-    /// The KEK holder, kept when the store was opened with [`Store::open_rotating`] so that the
-    /// KEK rotates and passes run while the store is open.
+    /// The KEK holder, kept when the store was opened with [`Store::open_rotating`] (or given
+    /// [`Store::with_live_rotation`]) so that the KEK rotates and passes run while the store is
+    /// open.
     wrap: Option<Arc<dyn KeyWrap>>,
     /// Key ID -> sequence of the waiting and pool keys (see [`KEYS`]), and the tombstone log.
     index: Index,

@@ -24,7 +24,8 @@
 //! read back from the run at open), so a lookup reads only the runs whose filter may hold the ID:
 //! for a new key ID (every key made or received is checked, and every key delivered writes a
 //! tombstone), one run in a hundred instead of every run. The filters cost about 1.2 bytes of
-//! memory per tombstone held.
+//! memory per run entry (about one per tombstone held; twice that for the runs of a merge in
+//! progress, whose new run's filter fills as it goes).
 //!
 //! A run entry is only a hint: the tombstone exists if `tombstones_by_time` holds (time, key
 //! ID). Pruning therefore touches only the record (and the log); a run whose newest entry is
@@ -78,7 +79,7 @@ const RUN_ENTRY_BYTES: u64 = 64;
 const FILTER_FALSE_POS: f64 = 0.01;
 
 /// An empty Bloom filter for a run of up to `entries` key IDs. Its hash is keyed at random (per
-/// process), so a peer that chooses key IDs cannot aim them at one run's false positives.
+/// filter), so a peer that chooses key IDs cannot aim them at one run's false positives.
 fn run_filter(entries: u64) -> BloomFilter {
     BloomFilter::with_false_pos(FILTER_FALSE_POS)
         .expected_items(usize::try_from(entries).unwrap_or(usize::MAX).max(1))
