@@ -9,6 +9,12 @@
 //! * Refills keep a pool at its target, in batches of at most `batch_keys`, with at most
 //!   `max_inflight` batches of one pair under way at once, so that one pair cannot take every
 //!   link's key.
+//! * A batch smaller than `batch_keys` starts only when none of the pair is under way. Each
+//!   batch costs one end-to-end exchange (two signatures, two verifications, the KEMs, a round
+//!   trip per hop) whatever its size: under steady demand, topping up the few keys taken since
+//!   the last batch started would make batches of a handful of keys, and the exchanges would
+//!   cost more than the keys. The missing keys wait for a full batch or for the pair's batches
+//!   to end, so a pool is never more than a batch short for longer than one batch takes.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -203,7 +209,7 @@ impl Pools {
                 .target
                 .saturating_sub(pool.len + pool.inflight_keys)
                 .min(r.batch_keys);
-            if n == 0 {
+            if n == 0 || (n < r.batch_keys && pool.inflight > 0) {
                 break;
             }
             pool.inflight += 1;
@@ -261,20 +267,44 @@ mod tests {
         );
         assert!(p.refills(&pair()).is_empty(), "the cap holds");
         p.refill_done(&first[0], Some((ids(4), 0)));
-        // 4 ready + 4 under way: 2 more reach the target.
-        let next = p.refills(&pair());
-        assert_eq!(next.iter().map(|r| r.keys).collect::<Vec<_>>(), vec![2]);
+        // 4 ready + 4 under way: the 2 missing keys wait, as a batch is still under way.
+        assert!(p.refills(&pair()).is_empty());
         p.refill_done(&first[1], None);
-        // The failed batch's keys are no longer counted: 4 ready + 2 under way.
-        assert_eq!(
-            p.refills(&pair())
-                .iter()
-                .map(|r| r.keys)
-                .collect::<Vec<_>>(),
-            vec![4]
-        );
-        p.refill_done(&next[0], Some((ids(2), 0)));
-        assert_eq!(p.level(&pair(), 0), 6);
+        // The failed batch's keys are no longer counted: 4 ready, 6 missing, nothing under way:
+        // a full batch, then not the 2 left over while it runs.
+        let next = p.refills(&pair());
+        assert_eq!(next.iter().map(|r| r.keys).collect::<Vec<_>>(), vec![4]);
+        p.refill_done(&next[0], Some((ids(4), 0)));
+        assert_eq!(p.level(&pair(), 0), 8);
+        // Nothing under way: the last 2 go in a batch of their own, and the pool is full.
+        let last = p.refills(&pair());
+        assert_eq!(last.iter().map(|r| r.keys).collect::<Vec<_>>(), vec![2]);
+        p.refill_done(&last[0], Some((ids(2), 0)));
+        assert_eq!(p.level(&pair(), 0), 10);
+        assert!(p.refills(&pair()).is_empty());
+    }
+
+    #[test]
+    fn while_a_batch_runs_only_full_batches_start() {
+        let mut p = Pools::new(RULES);
+        p.restore(ids(10).into_iter().map(|id| (pair(), id, 0)));
+        // Nothing under way: the first key taken is made again at once.
+        assert!(p.take(&pair(), 1, 0).keys.is_some());
+        let one = p.refills(&pair());
+        assert_eq!(one.iter().map(|r| r.keys).collect::<Vec<_>>(), vec![1]);
+        // While it runs, keys taken one at a time wait until a full batch is missing.
+        for missing in 1..RULES.batch_keys {
+            assert!(p.take(&pair(), 1, 0).keys.is_some());
+            assert!(p.refills(&pair()).is_empty(), "{missing} missing");
+        }
+        assert!(p.take(&pair(), 1, 0).keys.is_some());
+        let full = p.refills(&pair());
+        assert_eq!(full.iter().map(|r| r.keys).collect::<Vec<_>>(), vec![4]);
+        // Both batches end: nothing is missing.
+        p.refill_done(&one[0], Some((ids(1), 0)));
+        p.refill_done(&full[0], Some((ids(4), 0)));
+        assert_eq!(p.level(&pair(), 0), 10);
+        assert!(p.refills(&pair()).is_empty());
     }
 
     #[test]
