@@ -931,23 +931,27 @@ mod tests {
                 meta,
                 keys: vec![(here, Secret::zeroed(32))],
             };
-            let deliver = DeliverPoolKeys {
-                ids: vec![here, gone],
-                now: 2_000,
-                notify: Vec::new(),
-            };
-            let out = store.apply(vec![put.into(), deliver.into()]).unwrap();
-            assert!(matches!(out[1], Err(StoreError::Corrupt(_))), "{out:?}");
-            let mut held = (false, true);
-            store
-                .inspect(&mut |t| {
-                    held = (
-                        t.has_pool_key(here).unwrap(),
-                        t.tombstone(here).unwrap().is_some(),
-                    )
-                })
-                .unwrap();
-            assert_eq!(held, (true, false), "a key taken by a refused delivery");
+            store.apply(vec![put.into()]).unwrap();
+            // The missing key first, then after one that was there.
+            for ids in [vec![gone, here], vec![here, gone]] {
+                let deliver = DeliverPoolKeys {
+                    ids,
+                    now: 2_000,
+                    notify: Vec::new(),
+                };
+                let out = store.apply(vec![deliver.into()]).unwrap();
+                assert!(matches!(out[0], Err(StoreError::Corrupt(_))), "{out:?}");
+                let mut held = (false, true);
+                store
+                    .inspect(&mut |t| {
+                        held = (
+                            t.has_pool_key(here).unwrap(),
+                            t.tombstone(here).unwrap().is_some(),
+                        )
+                    })
+                    .unwrap();
+                assert_eq!(held, (true, false), "a key taken by a refused delivery");
+            }
         });
     }
 

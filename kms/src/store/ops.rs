@@ -483,8 +483,9 @@ impl DiscardPoolKeys {
 impl DeliverPoolKeys {
     fn exec(self, t: &mut dyn Tables) -> Result<Vec<Handed>, StoreError> {
         // All or nothing: a key missing after others were taken would leave those consumed
-        // (tombstoned) and undelivered.
-        for id in &self.ids {
+        // (tombstoned) and undelivered. The first is not looked up twice: if it is missing,
+        // nothing has been taken yet.
+        for id in self.ids.iter().skip(1) {
             if !t.has_pool_key(*id)? {
                 return Err(StoreError::Corrupt("pool key vanished"));
             }
