@@ -2,8 +2,9 @@
 //!
 //! Lays out the demo network (`qkd-node demo --setup-only`) in a temporary directory with fast
 //! simulated links, starts `qkd-node run` for A and B, and runs N clients. Each client holds its
-//! own keep-alive mutual-TLS connection to each node (one `reqwest::Client` per SAE identity) and
-//! loops: `enc_keys` at the master's node, then `dec_keys` of that key ID at the slave's node,
+//! own keep-alive mutual-TLS connection to each node, driven through hyper's HTTP/1.1 client
+//! directly so that the generator takes as little CPU from the nodes as it can ([`crate::h1`]),
+//! and loops: `enc_keys` at the master's node, then `dec_keys` of that key ID at the slave's node,
 //! checking that both answers carry the same bytes. Clients alternate between the two allowed
 //! SAE pairs (A1-B1, A2-B2) so both pairs and their connections are exercised.
 //!
@@ -28,6 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use base64::Engine;
 
+use crate::h1::H1;
 use crate::measure::{CpuSnapshot, CpuUse, Latency, Samples};
 use qkd_testnet::Layout;
 
@@ -379,6 +381,7 @@ pub async fn run(args: &Args) -> Result<Report> {
     let pool_fill = net.wait_settled(&pools, Duration::from_secs(1800)).await?;
     let pool_keys = net.pool_level(&pools[0].0, ends[0], &pairs[0].b).await?.1;
 
+    let pki = net.path().join("pki");
     let start = Instant::now();
     let warm_end = start + args.warmup;
     let stop = warm_end + args.duration;
@@ -388,6 +391,13 @@ pub async fn run(args: &Args) -> Result<Report> {
         let c = Client {
             to_a: net.sae_client(&pair.a)?,
             to_b: net.sae_client(&pair.b)?,
+            h1: match args.api {
+                Api::Etsi => Some([
+                    H1::new(&pki, &pair.a, net.try_listen(ends[0])?.etsi)?,
+                    H1::new(&pki, &pair.b, net.try_listen(ends[1])?.etsi)?,
+                ]),
+                Api::Grpc | Api::Skip => None,
+            },
             grpc: match args.api {
                 // Lazy channels: each connects at its first call, its own HTTP/2 connection.
                 Api::Grpc => Some([net.grpc(&pair.a, ends[0]), net.grpc(&pair.b, ends[1])]),
@@ -570,6 +580,8 @@ struct PairIdentity {
 struct Client {
     to_a: reqwest::Client,
     to_b: reqwest::Client,
+    /// With `--api etsi`: this client's connections to A and B.
+    h1: Option<[H1; 2]>,
     /// With `--api grpc`: this client's gRPC key delivery clients of A and B.
     grpc: Option<[KeyDelivery; 2]>,
     /// Base URLs of A and B: ETSI 014's end in `/api/v1/keys/`; SKIP's are the listener's root.
@@ -637,11 +649,21 @@ impl Client {
             });
             let (enc_c, enc_base, master, master_kp) = enc_side;
             let (dec_c, dec_base, slave, slave_kp) = dec_side;
+            // This client's connections to the master's node, then to the slave's node.
+            let (enc_h1, dec_h1) = match self.h1.as_mut() {
+                Some([ha, hb]) if forward => (Some(ha), Some(hb)),
+                Some([ha, hb]) => (Some(hb), Some(ha)),
+                None => (None, None),
+            };
             let enc = match self.api {
-                Api::Etsi => {
-                    let url = format!("{enc_base}{slave}/enc_keys?number=1&size={}", self.size);
-                    fetch(enc_c, &url).await
-                }
+                Api::Etsi => match enc_h1 {
+                    Some(h) => {
+                        let path =
+                            format!("{ETSI_PATH}{slave}/enc_keys?number=1&size={}", self.size);
+                        h.get(&path).await.and_then(|b| keys_of(&b, &path))
+                    }
+                    None => Err(Failure::Status("no ETSI connection".into())),
+                },
                 Api::Skip => {
                     let url = format!(
                         "{enc_base}/key?remoteSystemID={slave_kp}&size={}",
@@ -670,9 +692,13 @@ impl Client {
             };
             let t1 = Instant::now();
             let got = match self.api {
-                Api::Etsi => {
-                    fetch(dec_c, &format!("{dec_base}{master}/dec_keys?key_ID={id}")).await
-                }
+                Api::Etsi => match dec_h1 {
+                    Some(h) => {
+                        let path = format!("{ETSI_PATH}{master}/dec_keys?key_ID={id}");
+                        h.get(&path).await.and_then(|b| keys_of(&b, &path))
+                    }
+                    None => Err(Failure::Status("no ETSI connection".into())),
+                },
                 Api::Skip => {
                     let url = format!("{dec_base}/key/{id}?remoteSystemID={master_kp}");
                     fetch_skip(dec_c, &url).await
@@ -869,7 +895,15 @@ async fn fetch_skip(c: &reqwest::Client, url: &str) -> Result<Vec<(String, Vec<u
 
 async fn send(rb: reqwest::RequestBuilder, url: &str) -> Result<Vec<(String, Vec<u8>)>, Failure> {
     let body = answer(rb, url).await?;
-    let kc: KeyContainer = serde_json::from_slice(&body)
+    keys_of(&body, url)
+}
+
+/// The path of ETSI 014's key requests, before `<SAE_ID>/enc_keys` or `dec_keys`.
+const ETSI_PATH: &str = "/api/v1/keys/";
+
+/// The keys of an ETSI 014 key container (the answer to `url`) as (key_ID, bytes).
+fn keys_of(body: &[u8], url: &str) -> Result<Vec<(String, Vec<u8>)>, Failure> {
+    let kc: KeyContainer = serde_json::from_slice(body)
         .map_err(|e| Failure::Status(format!("{url}: bad key container: {e}")))?;
     kc.keys
         .into_iter()

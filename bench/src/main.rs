@@ -35,6 +35,7 @@ mod device;
 mod disk;
 mod etsi;
 mod growth;
+mod h1;
 mod ingest;
 mod link;
 mod machine;
