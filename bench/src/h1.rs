@@ -4,8 +4,8 @@
 //! The load generator shares the machine with the nodes it measures, so every cycle it spends is
 //! taken from them. `reqwest` costs per request a URL parse (with IDNA), a connection-pool
 //! checkout and its locks, header maps and redirect bookkeeping: 17 % of the generator's samples
-//! were in their own code in a profile at 64 clients, and the generator takes about a third less
-//! CPU per key pair without them (BENCHMARKS.md). Here a request is a path, a `Host` header and one write on a
+//! were in their own code in a profile at 64 clients, and the generator takes about half the CPU
+//! per key pair without them (41-48 µs against 81-92 µs, BENCHMARKS.md). Here a request is a path, a `Host` header and one write on a
 //! connection the client owns. What the nodes see on the wire is the same: the same TLS (the SAE's
 //! certificate, the demo CA, rustls on aws-lc-rs), one request at a time per connection,
 //! keep-alive, `TCP_NODELAY`.
