@@ -248,14 +248,21 @@ impl KeyManager {
         // Notices to one node go in order: after a failure, its later ones wait for the next
         // pass.
         let mut unreachable: BTreeSet<NodeId> = BTreeSet::new();
+        // Pages start after this destination: one whose entries fill a page and cannot be sent
+        // is read past, so that it does not hold back the destinations after it.
+        let mut after: Option<NodeId> = None;
         for _ in 0..NOTICE_PAGES_PER_PASS {
             let queued = self
                 .inner
                 .writer
-                .apply(ops::QueuedNotices { limit: NOTICE_PAGE })
+                .apply(ops::QueuedNotices {
+                    after: after.clone(),
+                    limit: NOTICE_PAGE,
+                })
                 .await
                 .map_err(|_| RelayError::Store)?;
             let full_page = queued.len() == NOTICE_PAGE;
+            let last_dest = queued.last().map(|q| q.0.clone());
             let stale_before = self
                 .now()
                 .saturating_sub(cfg.relay.pool_ttl_ms + cfg.key_ttl_ms);
@@ -306,9 +313,16 @@ impl KeyManager {
                     .await
                     .map_err(|_| RelayError::Store)?;
             }
-            // A full page may hide more behind it; a page that moved nothing would be read again.
-            if !full_page || !progress {
+            // A full page may hide more behind it. A page that moved nothing would be read again,
+            // unless it ends in a destination that cannot be reached: then read on after it.
+            if !full_page {
                 break;
+            }
+            if !progress {
+                match last_dest {
+                    Some(d) if unreachable.contains(&d) => after = Some(d),
+                    _ => break,
+                }
             }
         }
         Ok(())

@@ -14,7 +14,7 @@
 //!   trip per hop) whatever its size: under steady demand, topping up the few keys taken since
 //!   the last batch started would make batches of a handful of keys, and the exchanges would
 //!   cost more than the keys. The missing keys wait for a full batch or for the pair's batches
-//!   to end, so a pool is never more than a batch short for longer than one batch takes.
+//!   to end: counting the keys of the batches under way, a pool is less than a batch short.
 
 use std::collections::{BTreeMap, VecDeque};
 

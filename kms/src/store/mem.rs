@@ -265,10 +265,15 @@ impl Tables for MemStore {
         Ok(())
     }
 
-    fn queued_notices(&self, limit: usize) -> Result<Vec<QueuedNotice>, StoreError> {
+    fn queued_notices(
+        &self,
+        after: Option<&NodeId>,
+        limit: usize,
+    ) -> Result<Vec<QueuedNotice>, StoreError> {
         Ok(self
             .notices
             .iter()
+            .skip_while(|((dest, _), _)| after.is_some_and(|a| dest <= a))
             .take(limit)
             .map(|((dest, seq), (at, ids))| (dest.clone(), *seq, *at, ids.clone()))
             .collect())
@@ -772,7 +777,7 @@ mod tests {
         let mut out = format!(
             "{:?}\n{:?}\n{:?}\n",
             t.keys_after(None, usize::MAX).unwrap(),
-            t.queued_notices(usize::MAX).unwrap(),
+            t.queued_notices(None, usize::MAX).unwrap(),
             t.streams().unwrap()
         );
         for id in ids {
@@ -952,6 +957,57 @@ mod tests {
                     .unwrap();
                 assert_eq!(held, (true, false), "a key taken by a refused delivery");
             }
+        });
+    }
+
+    /// The outbox is read in (destination, sequence) order, and a page can start after a
+    /// destination: the notice pass reads past one it cannot reach.
+    #[test]
+    fn queued_notices_can_start_after_a_destination() {
+        on_both_stores(|store| {
+            let node = |n: &str| NodeId::parse(n).unwrap();
+            let mut got = Vec::new();
+            store
+                .inspect(&mut |t| {
+                    for (dest, at) in [("D", 1), ("B", 2), ("D", 3), ("C", 4), ("B", 5)] {
+                        t.queue_notice(&node(dest), &[KeyId::random()], at).unwrap();
+                    }
+                    for after in [
+                        None,
+                        Some(node("A")),
+                        Some(node("B")),
+                        Some(node("C")),
+                        Some(node("D")),
+                    ] {
+                        let page = t.queued_notices(after.as_ref(), 10).unwrap();
+                        got.push(
+                            page.iter()
+                                .map(|(d, _, at, _)| (d.as_str().to_owned(), *at))
+                                .collect::<Vec<_>>(),
+                        );
+                    }
+                    got.push(
+                        t.queued_notices(Some(&node("B")), 1)
+                            .unwrap()
+                            .iter()
+                            .map(|(d, _, at, _)| (d.as_str().to_owned(), *at))
+                            .collect(),
+                    );
+                })
+                .unwrap();
+            let all = [("B", 2), ("B", 5), ("C", 4), ("D", 1), ("D", 3)]
+                .map(|(d, at)| (d.to_owned(), at))
+                .to_vec();
+            assert_eq!(got[0], all);
+            assert_eq!(got[1], all, "after a destination with none queued");
+            assert_eq!(got[2], all[2..].to_vec());
+            assert_eq!(got[3], all[3..].to_vec());
+            assert!(got[4].is_empty());
+            assert_eq!(
+                got[5],
+                all[2..3].to_vec(),
+                "the limit counts from the start"
+            );
         });
     }
 

@@ -1643,11 +1643,23 @@ impl Tables for Txn<'_> {
 
     fn queued_notices(
         &self,
+        after: Option<&NodeId>,
         limit: usize,
     ) -> Result<Vec<(NodeId, u64, UnixMillis, Vec<KeyId>)>, StoreError> {
         let t = self.tx.open_table(NOTICES)?;
         let mut out = Vec::new();
-        for entry in t.iter()?.take(limit) {
+        // From `after`'s last possible entry on; that entry itself (if any) is skipped below.
+        let entries = match after {
+            Some(a) => t.range((a.as_str(), u64::MAX)..)?,
+            None => t.range::<(&str, u64)>(..)?,
+        };
+        let mut entries = entries.peekable();
+        if let (Some(a), Some(Ok((k, _)))) = (after, entries.peek())
+            && k.value().0 == a.as_str()
+        {
+            entries.next();
+        }
+        for entry in entries.take(limit) {
             let (k, v) = entry?;
             let (dest, seq) = k.value();
             let dest = NodeId::parse(dest).map_err(|_| StoreError::Corrupt("notice node"))?;
@@ -2055,7 +2067,7 @@ mod tests {
         tx.queue_notice(&b, &[k1], 10).unwrap();
         tx.queue_notice(&c, &[k2], 11).unwrap();
         tx.queue_notice(&b, &[k1, k2], 12).unwrap();
-        let q = tx.queued_notices(10).unwrap();
+        let q = tx.queued_notices(None, 10).unwrap();
         assert_eq!(
             q,
             vec![
@@ -2065,7 +2077,7 @@ mod tests {
             ]
         );
         tx.drop_notice(&b, 0).unwrap();
-        assert_eq!(tx.queued_notices(10).unwrap().len(), 2);
+        assert_eq!(tx.queued_notices(None, 10).unwrap().len(), 2);
         // A notice moves a waiting key's expiry, index included.
         tx.put_key(k1, &waiting(1_000), &Secret::copy_from(&[1; 32]))
             .unwrap();
@@ -2828,7 +2840,11 @@ mod tests {
         let before = disk.bytes_written();
         let out = store
             .apply(vec![
-                ops::QueuedNotices { limit: 10 }.into(),
+                ops::QueuedNotices {
+                    after: None,
+                    limit: 10,
+                }
+                .into(),
                 ops::KeysAfter {
                     after: None,
                     limit: 10,

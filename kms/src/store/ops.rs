@@ -274,8 +274,10 @@ operations! {
         /// Most keys.
         limit: usize,
     } -> Vec<(KeyId, StoredKey)>;
-    /// Read-only: queued delivery notices.
+    /// Read-only: queued delivery notices, in (destination, sequence) order.
     QueuedNotices {
+        /// Skip this destination and every one before it (`None`: from the first).
+        after: Option<NodeId>,
         /// Most notices.
         limit: usize,
     } -> Vec<QueuedNotice>;
@@ -417,7 +419,8 @@ impl Op {
 /// Whether a writing operation's outcome may have changed the store: always, except a delivery
 /// notice that moved no key's expiry (its keys were already fetched: it wrote nothing). A batch
 /// with no change is not committed. (A failed operation counts as a change: one that fails half
-/// way, as a delivery whose second key vanished, keeps what it wrote, in both stores alike.)
+/// way keeps what it wrote, in both stores alike. A delivery with a key missing writes nothing:
+/// it checks its keys before it takes any.)
 pub(crate) fn changed(outcome: &Result<Outcome, StoreError>) -> bool {
     !matches!(outcome, Ok(Outcome::MoveExpiry(moved)) if moved.is_empty())
 }
@@ -660,7 +663,7 @@ impl KeysAfter {
 
 impl QueuedNotices {
     fn exec(self, t: &mut dyn Tables) -> Result<Vec<QueuedNotice>, StoreError> {
-        t.queued_notices(self.limit)
+        t.queued_notices(self.after.as_ref(), self.limit)
     }
 }
 

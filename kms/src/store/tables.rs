@@ -105,8 +105,13 @@ pub trait Tables {
         delivered_at: UnixMillis,
     ) -> Result<(), StoreError>;
 
-    /// Up to `limit` queued delivery notices, oldest first per destination.
-    fn queued_notices(&self, limit: usize) -> Result<Vec<QueuedNotice>, StoreError>;
+    /// Up to `limit` queued delivery notices in (destination, sequence) order, oldest first per
+    /// destination, of the destinations after `after` (all of them if `None`).
+    fn queued_notices(
+        &self,
+        after: Option<&NodeId>,
+        limit: usize,
+    ) -> Result<Vec<QueuedNotice>, StoreError>;
 
     /// Drops a queued delivery notice (sent, or no longer useful).
     fn drop_notice(&mut self, dest: &NodeId, seq: u64) -> Result<(), StoreError>;
