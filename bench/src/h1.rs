@@ -5,10 +5,11 @@
 //! taken from them. `reqwest` costs per request a URL parse (with IDNA), a connection-pool
 //! checkout and its locks, header maps and redirect bookkeeping: 17 % of the generator's samples
 //! were in their own code in a profile at 64 clients, and the generator takes about half the CPU
-//! per key pair without them (41-48 µs against 81-92 µs, BENCHMARKS.md). Here a request is a path, a `Host` header and one write on a
-//! connection the client owns. What the nodes see on the wire is the same: the same TLS (the SAE's
-//! certificate, the demo CA, rustls on aws-lc-rs), one request at a time per connection,
-//! keep-alive, `TCP_NODELAY`.
+//! per key pair without them (39-56 µs against 81-92 µs, BENCHMARKS.md). Here a request is a
+//! path, a `Host` header and one write on a connection the client owns. The nodes get the same
+//! requests over the same TLS (the SAE's certificate, the demo CA, rustls on aws-lc-rs), one at a
+//! time per connection, keep-alive, `TCP_NODELAY`. Only reqwest's `accept: */*` header and its
+//! `http/1.1` ALPN offer are left out; the node requires neither.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -20,6 +21,9 @@ use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 
 use crate::etsi::Failure;
+
+/// How long a request may wait for its whole answer.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// One client's connection to one node's ETSI port, presenting one SAE's certificate.
 /// Reconnects when the node closed the connection (after an error answer with
@@ -78,10 +82,31 @@ impl H1 {
     }
 
     /// GETs `path` (origin form, with its query) and returns the body of a 200; any other answer
-    /// is a [`Failure`] (503 as `Unavailable`), as [`crate::etsi`]'s reqwest requests are.
+    /// is a [`Failure`] (503 as `Unavailable`), as [`crate::etsi`]'s reqwest requests are. A
+    /// request unanswered after [`REQUEST_TIMEOUT`] fails in transport (reqwest's timeout here
+    /// was the same), so a node that stops answering ends the run instead of hanging it.
     pub(crate) async fn get(&mut self, path: &str) -> Result<Bytes, Failure> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(path)).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.send = None;
+                Err(Failure::Transport(format!(
+                    "https://{}{path}: no answer in {} s",
+                    self.addr,
+                    REQUEST_TIMEOUT.as_secs()
+                )))
+            }
+        }
+    }
+
+    async fn exchange(&mut self, path: &str) -> Result<Bytes, Failure> {
         let mut send = match self.send.take() {
-            Some(s) if !s.is_closed() => s,
+            Some(mut s) if !s.is_closed() => match s.ready().await {
+                Ok(()) => s,
+                // The node closed it after the last answer (`Connection: close`), and hyper
+                // saw it only now: nothing was sent, so connect again.
+                Err(_) => self.connect().await?,
+            },
             _ => self.connect().await?,
         };
         let at = || format!("https://{}{path}", self.addr);
