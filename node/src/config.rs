@@ -85,9 +85,10 @@ pub struct RelaySection {
     /// Finished keys kept ready per SAE pair (`max_key_count`).
     #[serde(default = "d_pool_keys")]
     pub pool_keys: u32,
-    /// Keys per relayed batch (one end-to-end exchange each).
-    #[serde(default = "d_batch_keys")]
-    pub batch_keys: u32,
+    /// Keys per relayed batch (one end-to-end exchange each). Unset: a sixteenth of
+    /// `pool_keys`, within 64..=256 ([`RelaySection::batch_keys`]).
+    #[serde(default)]
+    pub batch_keys: Option<u32>,
     /// Seconds a pool key may wait before it is handed out.
     #[serde(default = "d_pool_ttl")]
     pub pool_ttl_seconds: u64,
@@ -114,9 +115,6 @@ pub struct RelaySection {
 fn d_pool_keys() -> u32 {
     RelayConfig::default().pool_keys
 }
-fn d_batch_keys() -> u32 {
-    RelayConfig::default().batch_keys
-}
 fn d_pool_ttl() -> u64 {
     RelayConfig::default().pool_ttl_ms / 1000
 }
@@ -133,11 +131,19 @@ fn d_signing() -> PathBuf {
     PathBuf::from("keys/signing.key")
 }
 
+impl RelaySection {
+    /// Keys per relayed batch: as configured, or the default for the pool's capacity.
+    pub fn batch_keys(&self) -> u32 {
+        self.batch_keys
+            .unwrap_or_else(|| RelayConfig::batch_keys_for(self.pool_keys))
+    }
+}
+
 impl Default for RelaySection {
     fn default() -> Self {
         Self {
             pool_keys: d_pool_keys(),
-            batch_keys: d_batch_keys(),
+            batch_keys: None,
             pool_ttl_seconds: d_pool_ttl(),
             hop_timeout_ms: d_hop_timeout(),
             default_policy: d_policy(),
@@ -845,7 +851,7 @@ impl NodeConfig {
             }
         }
         cfg.key_mode(None, None).map_err(|e| err("relay", e))?;
-        if cfg.relay.pool_keys == 0 || cfg.relay.batch_keys == 0 || cfg.relay.batch_keys > 4096 {
+        if cfg.relay.pool_keys == 0 || !(1..=4096).contains(&cfg.relay.batch_keys()) {
             return Err(err(
                 "relay",
                 "pool_keys must be positive and batch_keys within 1..=4096".into(),
@@ -1514,6 +1520,27 @@ encryptor = "ENC-A"
 remote_system_id = "KP_B"
 peer_sae = "ENC-B"
 "#;
+
+    #[test]
+    fn batch_keys_default_to_a_sixteenth_of_the_pool_within_bounds() {
+        let batch = |relay: &str| {
+            parse(&format!("{GOOD}\n[relay]\n{relay}"))
+                .map(|c| c.relay.batch_keys())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(parse(GOOD).unwrap().relay.batch_keys(), 64);
+        assert_eq!(batch("pool_keys = 1024\n"), Ok(64));
+        assert_eq!(batch("pool_keys = 100\n"), Ok(64));
+        assert_eq!(batch("pool_keys = 2048\n"), Ok(128));
+        assert_eq!(batch("pool_keys = 96000\n"), Ok(256));
+        // Configured, it stands, whatever the pool.
+        assert_eq!(batch("pool_keys = 96000\nbatch_keys = 64\n"), Ok(64));
+        assert_eq!(batch("pool_keys = 100\nbatch_keys = 1000\n"), Ok(1000));
+        for bad in ["batch_keys = 0\n", "batch_keys = 4097\n"] {
+            let e = batch(bad).unwrap_err();
+            assert!(e.contains("batch_keys within 1..=4096"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn skip_section_parses() {

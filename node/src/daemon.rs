@@ -641,7 +641,7 @@ fn relay_config(cfg: &NodeConfig, live: &LiveConfig) -> Result<RelayConfig> {
     Ok(RelayConfig {
         kme_ids,
         pool_keys: cfg.relay.pool_keys,
-        batch_keys: cfg.relay.batch_keys,
+        batch_keys: cfg.relay.batch_keys(),
         pool_ttl_ms: cfg.relay.pool_ttl_seconds * 1000,
         hop_timeout: Duration::from_millis(cfg.relay.hop_timeout_ms),
         advert_interval: Duration::from_millis(300),

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use qkd_kms::manager::RelayConfig;
 use qkd_kms::pki::DemoPki;
 use qkd_simulator::link::SimulatedLink;
 use qkd_types::{LinkId, NodeId, SaeId};
@@ -441,7 +442,8 @@ fn setup(
         )?;
         writeln!(
             t,
-            "[relay]\ndefault_policy = \"{policy}\"\ndefault_suite = \"X25519/ML-KEM-768\"\npool_keys = {pool_keys}\nbatch_keys = 64\n"
+            "[relay]\ndefault_policy = \"{policy}\"\ndefault_suite = \"X25519/ML-KEM-768\"\npool_keys = {pool_keys}\nbatch_keys = {}\n",
+            RelayConfig::batch_keys_for(pool_keys)
         )?;
         for (j, other) in topo.nodes.iter().enumerate() {
             if j != i {

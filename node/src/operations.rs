@@ -259,7 +259,7 @@ fn summary(cfg: &NodeConfig, qkd_only: &[[SaeId; 2]]) -> serde_json::Value {
         "qkd_only_pairs": qkd_only.iter().map(|[a, b]| [a.to_string(), b.to_string()]).collect::<Vec<_>>(),
         "relay": {
             "pool_keys": cfg.relay.pool_keys,
-            "batch_keys": cfg.relay.batch_keys,
+            "batch_keys": cfg.relay.batch_keys(),
             "default_policy": cfg.relay.default_policy,
             "default_suite": cfg.relay.default_suite,
         },

@@ -82,7 +82,8 @@ pub struct RelayConfig {
     pub kme_ids: std::collections::BTreeMap<NodeId, KmeId>,
     /// Finished keys to keep ready per SAE pair (the pool's capacity, `max_key_count`).
     pub pool_keys: u32,
-    /// Keys made per relayed batch (one end-to-end exchange each).
+    /// Keys made per relayed batch (one end-to-end exchange each); by default
+    /// [`RelayConfig::batch_keys_for`] the pool's capacity.
     pub batch_keys: u32,
     /// How long a pool key may wait before it is handed out.
     pub pool_ttl_ms: u64,
@@ -100,12 +101,28 @@ pub struct RelayConfig {
     pub e2e: std::sync::Arc<E2eKeys>,
 }
 
+impl RelayConfig {
+    /// The default batch for pools of `pool_keys`: a sixteenth of the pool, within 64..=256.
+    ///
+    /// Each batch pays one end-to-end exchange (two signatures and their verifications, the
+    /// KEMs, a round trip and a commit per hop) whatever its size, so large pools want large
+    /// batches; at 64 clients on the five-node chain with 96,000-key pools, batches of 256 took
+    /// each intermediate node 11-12 µs of CPU per key pair against 18-20 with 64 (BENCHMARKS.md).
+    /// A sixteenth keeps a pool three-quarters full while three batches are under way and a
+    /// fourth waits. The bounds: below 64 keys the exchange costs more than the keys; above 256
+    /// (8 KB of one-time pad per hop for 256-bit keys) is unmeasured, and a batch needs all of
+    /// its link key at once on every hop, which slow links make wait.
+    pub fn batch_keys_for(pool_keys: u32) -> u32 {
+        (pool_keys / 16).clamp(64, 256)
+    }
+}
+
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             kme_ids: Default::default(),
             pool_keys: 1024,
-            batch_keys: 64,
+            batch_keys: Self::batch_keys_for(1024),
             pool_ttl_ms: 86_400_000,
             hop_timeout: Duration::from_secs(2),
             advert_interval: Duration::from_millis(300),
