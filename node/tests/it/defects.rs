@@ -294,3 +294,48 @@ async fn a_key_expires_at_the_slaves_node_a_key_ttl_after_the_masters_enc_keys()
         );
     }
 }
+
+/// Pool keys past the pool TTL still counted toward their pool until a request discarded them,
+/// so a pool that no request touched for a TTL held only stale keys and started no refill: the
+/// first request after a quiet TTL got 503. Each relay tick now drops them, and the pool refills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_untouched_for_its_ttl_is_refilled_with_fresh_keys() {
+    use std::time::{Duration, Instant};
+    const POOL_TTL_S: u64 = 3;
+    let net = Net::setup(20_000_000);
+    for node in ["A", "B"] {
+        net.set_relay_option(node, &format!("pool_ttl_seconds = {POOL_TTL_S}"));
+    }
+    net.start("B");
+    net.start("A");
+    net.wait_for_keys("ENC-A1", "ENC-B1", POOL).await;
+    let full = Instant::now();
+    // A TTL (and a margin) after the pool was first full, every key it then held is too old to
+    // hand out: a full pool from then on holds only keys made since.
+    let deadline = full + Duration::from_secs(90);
+    loop {
+        let level = stored_key_count(&net, "ENC-A1", "ENC-B1").await;
+        if full.elapsed() > Duration::from_secs(POOL_TTL_S + 1) && level == POOL {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pool at {level} of {POOL} keys {:?} after it was full",
+            full.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        net.log("A").contains("pool keys past the pool TTL discarded"),
+        "{}",
+        net.log("A")
+    );
+    // A request takes fresh keys, and the slave gets them.
+    let (code, got) = net.call("ENC-A1", "ENC-B1/enc_keys", None).await;
+    assert_eq!(code, 200, "{got}");
+    let id = &keys(&got)[0].0;
+    let (code, back) = net
+        .call("ENC-B1", &format!("ENC-A1/dec_keys?key_ID={id}"), None)
+        .await;
+    assert_eq!(code, 200, "{back}");
+}
