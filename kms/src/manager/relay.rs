@@ -1370,17 +1370,33 @@ impl KeyManager {
             }
             self.sweep_pending();
             self.kick_notices();
-            // Refill every pair whose master is here.
+            // Refill every pair whose master is here, once the keys too old to hand out are
+            // dropped: they would count toward a pool that no request touches.
             let cfg = self.cfg();
+            let now = self.now();
+            let mut stale = Vec::new();
             for (sae, entry) in &cfg.saes {
                 if entry.node != cfg.node {
                     continue;
                 }
                 for peer in &entry.peers {
                     if !self.is_local(peer) && self.pair_allowed(sae, peer) {
+                        let pair = (sae.clone(), peer.clone());
+                        stale.extend(self.pools(|p| p.expire(&pair, now)));
                         self.kick_refill(sae.clone(), peer.clone());
                     }
                 }
+            }
+            if !stale.is_empty() {
+                tracing::info!(keys = stale.len(), "pool keys past the pool TTL discarded");
+                let me = self.clone();
+                self.spawn(async move {
+                    let _ = me
+                        .inner
+                        .writer
+                        .apply(ops::DiscardPoolKeys { ids: stale })
+                        .await;
+                });
             }
         }
     }

@@ -176,11 +176,14 @@ impl Pools {
             .unwrap_or_default()
     }
 
-    /// Takes `number` keys of `pair` for its master, all or nothing, discarding the keys too old
-    /// to hand out.
-    pub fn take(&mut self, pair: &Pair, number: usize, now: UnixMillis) -> Taken {
+    /// Drops the keys of `pair` too old to hand out at `now`: their IDs, to discard durably.
+    /// Until then they count toward the pool, so a pool of stale keys would start no refill; the
+    /// shell calls this on every tick, before the refills.
+    pub fn expire(&mut self, pair: &Pair, now: UnixMillis) -> Vec<KeyId> {
         let min_created = now.saturating_sub(self.rules.ttl_ms);
-        let pool = self.pairs.entry(pair.clone()).or_default();
+        let Some(pool) = self.pairs.get_mut(pair) else {
+            return Vec::new();
+        };
         let mut stale = Vec::new();
         while let Some(b) = pool.ready.front() {
             if b.created >= min_created {
@@ -190,6 +193,14 @@ impl Pools {
             pool.len -= b.left().len();
             pool.ready.pop_front();
         }
+        stale
+    }
+
+    /// Takes `number` keys of `pair` for its master, all or nothing, discarding the keys too old
+    /// to hand out.
+    pub fn take(&mut self, pair: &Pair, number: usize, now: UnixMillis) -> Taken {
+        let stale = self.expire(pair, now);
+        let pool = self.pairs.entry(pair.clone()).or_default();
         let keys = (pool.len >= number).then(|| {
             let mut ids = Vec::with_capacity(number);
             pool.take_into(number, &mut ids);
@@ -305,6 +316,34 @@ mod tests {
         p.refill_done(&full[0], Some((ids(4), 0)));
         assert_eq!(p.level(&pair(), 0), 10);
         assert!(p.refills(&pair()).is_empty());
+    }
+
+    #[test]
+    fn keys_past_the_ttl_stop_counting_once_expired_and_are_refilled() {
+        let mut p = Pools::new(RULES);
+        let old = ids(8);
+        p.restore(old.iter().map(|id| (pair(), *id, 0)));
+        p.restore(ids(2).into_iter().map(|id| (pair(), id, 900)));
+        // At 1,500 the first eight are past the TTL: not handed out, but still counted until
+        // dropped, so the full pool starts no refill.
+        assert_eq!(p.level(&pair(), 1_500), 2);
+        assert!(p.refills(&pair()).is_empty());
+        assert_eq!(
+            p.expire(&pair(), 1_500),
+            old,
+            "the stale keys, oldest first"
+        );
+        assert_eq!(p.expire(&pair(), 1_500), Vec::<KeyId>::new(), "once");
+        assert_eq!(p.held().get(&pair()), Some(&2));
+        let refills = p.refills(&pair());
+        assert_eq!(
+            refills.iter().map(|r| r.keys).collect::<Vec<_>>(),
+            vec![4, 4]
+        );
+        // A pair never seen has nothing to expire, and gets no pool for asking.
+        let other = (pair().1, pair().0);
+        assert!(p.expire(&other, 1_500).is_empty());
+        assert!(!p.held().contains_key(&other));
     }
 
     #[test]

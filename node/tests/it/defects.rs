@@ -326,7 +326,8 @@ async fn a_pool_untouched_for_its_ttl_is_refilled_with_fresh_keys() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
-        net.log("A").contains("pool keys past the pool TTL discarded"),
+        net.log("A")
+            .contains("pool keys past the pool TTL discarded"),
         "{}",
         net.log("A")
     );
