@@ -85,10 +85,13 @@ impl StoreInstruments {
         }
     }
 
-    /// One durable commit of `bytes` record bytes that took `took`.
-    pub fn committed(&self, took: Duration, bytes: u64) {
-        self.commit_seconds.record(took.as_secs_f64());
-        self.commits.increment(1);
+    /// One batch done: committed durably in `took` (`None`: it changed nothing and was
+    /// dropped), and `bytes` record bytes written with it.
+    pub fn committed(&self, took: Option<Duration>, bytes: u64) {
+        if let Some(took) = took {
+            self.commit_seconds.record(took.as_secs_f64());
+            self.commits.increment(1);
+        }
         self.bytes.increment(bytes);
     }
 

@@ -347,15 +347,24 @@ fn commit(store: &mut dyn KeyStore, jobs: Vec<Job>, instruments: &StoreInstrumen
     let (ops, replies): (Vec<Op>, Vec<_>) = jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
     let started = std::time::Instant::now();
     let written = store.bytes_written();
+    let commits = store.commits();
     match store.apply(ops) {
         Ok(outcomes) => {
             let took = started.elapsed();
+            // A batch that changed nothing was dropped, not committed: it is not counted.
+            let committed = match (commits, store.commits()) {
+                (Some(before), Some(after)) => after > before,
+                _ => true,
+            };
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 let _ = reply.send(outcome);
             }
             store.upkeep();
             // The bytes the upkeep wrote count with the batch's (the commit's time does not).
-            instruments.committed(took, store.bytes_written().saturating_sub(written));
+            instruments.committed(
+                committed.then_some(took),
+                store.bytes_written().saturating_sub(written),
+            );
             true
         }
         Err(e) => {

@@ -137,7 +137,7 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
         "qkd_store_commits_total",
         "counter",
         "",
-        "Store transactions committed.",
+        "Batches of store operations committed durably (the group commit). A batch that changed nothing is dropped, not committed, and not counted; nor are the tombstone upkeep's and rotation's own transactions.",
     ),
     (
         "qkd_store_commit_failures_total",
@@ -708,7 +708,7 @@ mod tests {
         .unwrap();
         // Touch every handle family once, the kms crate's included.
         qkd_kms::instruments::StoreInstruments::register()
-            .committed(std::time::Duration::from_millis(3), 100);
+            .committed(Some(std::time::Duration::from_millis(3)), 100);
         qkd_kms::instruments::RelayInstruments::register().batch(
             true,
             std::time::Duration::from_millis(30),

@@ -327,6 +327,8 @@ pub struct Store {
     pass: Option<Pass>,
     /// Record bytes written by committed transactions ([`KeyStore::bytes_written`]).
     written: u64,
+    /// Batches committed ([`KeyStore::commits`]).
+    commits: u64,
     /// The KEK holder, kept when the store was opened with [`Store::open_rotating`] (or given
     /// [`Store::with_live_rotation`]) so that the KEK rotates and passes run while the store is
     /// open.
@@ -471,6 +473,7 @@ impl Store {
             options,
             pass,
             written: 0,
+            commits: 0,
             wrap: None,
             index,
             log_run: tombs::LOG_RUN,
@@ -1274,6 +1277,7 @@ impl KeyStore for Store {
         let written = txn.bytes_written();
         txn.commit()?;
         self.written += written;
+        self.commits += 1;
         Ok(outcomes)
     }
 
@@ -1298,6 +1302,10 @@ impl KeyStore for Store {
 
     fn bytes_written(&self) -> u64 {
         self.written
+    }
+
+    fn commits(&self) -> Option<u64> {
+        Some(self.commits)
     }
 
     fn rotate_kek(&mut self, now: UnixMillis) -> Result<KekRotation, StoreError> {
@@ -2830,7 +2838,7 @@ mod tests {
 
     /// A batch that changes nothing (read-only operations, as the delivery-notice outbox's read
     /// often is at low load; a delivery notice for keys already fetched) writes nothing: no
-    /// page, no header, no sync. A batch with a change commits.
+    /// page, no header, no sync, and is not counted as a commit. A batch with a change commits.
     #[test]
     fn a_batch_that_changes_nothing_is_not_committed() {
         let disk = faulty::Disk::new(1 << 30);
@@ -2866,10 +2874,13 @@ mod tests {
             .unwrap();
         assert!(matches!(&out[0], Ok(Outcome::MoveExpiry(moved)) if moved.is_empty()));
         assert_eq!(disk.bytes_written(), before);
+        // Nor is it counted as a commit (`qkd_store_commits_total`).
+        assert_eq!(store.commits(), Some(0));
         store
             .apply(vec![ops::DropNotices { notices: vec![] }.into()])
             .unwrap();
         assert!(disk.bytes_written() > before);
+        assert_eq!(store.commits(), Some(1));
     }
 
     /// Tombstones move from the log into runs, runs merge tier by tier, and every tombstone is

@@ -46,6 +46,13 @@ pub trait KeyStore: Send + std::fmt::Debug {
         0
     }
 
+    /// Batches [`KeyStore::apply`] committed so far (one that changed nothing is dropped, not
+    /// committed): what `qkd_store_commits_total` counts. `None` for a store that does not
+    /// count; the writer then counts every batch.
+    fn commits(&self) -> Option<u64> {
+        None
+    }
+
     /// Starts a fresh data-key epoch under a new KEK period while the store is open (an
     /// operator's rotation, [`super::Store::start_epoch_live`]); the older epochs are retired by
     /// [`KeyStore::rotation_step`]s. A store that cannot says [`StoreError::NoLiveRotation`].
