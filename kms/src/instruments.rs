@@ -16,7 +16,8 @@ use metrics::{Counter, Gauge, Histogram};
 pub mod names {
     /// Histogram: seconds from the start of a store transaction to its durable commit.
     pub const STORE_COMMIT_SECONDS: &str = "qkd_store_commit_duration_seconds";
-    /// Counter: store transactions committed.
+    /// Counter: batches of store operations committed durably (a batch that changed nothing is
+    /// dropped, not committed, and not counted).
     pub const STORE_COMMITS: &str = "qkd_store_commits_total";
     /// Counter: store commits that failed (the node stops and recovers from disk).
     pub const STORE_COMMIT_FAILURES: &str = "qkd_store_commit_failures_total";

@@ -65,6 +65,9 @@ const NOTICE_PAGE: usize = 512;
 /// deliveries a second at the default interval.
 const NOTICE_PAGES_PER_PASS: usize = 64;
 
+/// Most stale pool keys one store operation of the relay tick discards.
+const DISCARD_CHUNK: usize = 1024;
+
 /// Forward kinds.
 const FORWARD_CONFIRM: u32 = 1;
 const FORWARD_VOID: u32 = 2;
@@ -83,7 +86,7 @@ pub struct RelayConfig {
     /// Finished keys to keep ready per SAE pair (the pool's capacity, `max_key_count`).
     pub pool_keys: u32,
     /// Keys made per relayed batch (one end-to-end exchange each); by default
-    /// [`RelayConfig::batch_keys_for`] the pool's capacity.
+    /// [`RelayConfig::batch_keys_for`]`(pool_keys)`.
     pub batch_keys: u32,
     /// How long a pool key may wait before it is handed out.
     pub pool_ttl_ms: u64,
@@ -107,7 +110,8 @@ impl RelayConfig {
     /// Each batch pays one end-to-end exchange (two signatures and their verifications, the
     /// KEMs, a round trip and a commit per hop) whatever its size, so large pools want large
     /// batches; at 64 clients on the five-node chain with 96,000-key pools, batches of 256 took
-    /// each intermediate node 11-12 µs of CPU per key pair against 18-20 with 64 (BENCHMARKS.md).
+    /// each intermediate node 8-12 µs of CPU per key pair against 16-19 with 64 (BENCHMARKS.md,
+    /// "Whole-program optimisation and batches for large pools").
     /// A sixteenth keeps a pool three-quarters full while three batches are under way and a
     /// fourth waits. The bounds: below 64 keys the exchange costs more than the keys; above 256
     /// (8 KB of one-time pad per hop for 256-bit keys) is unmeasured, and a batch needs all of
@@ -1391,11 +1395,12 @@ impl KeyManager {
                 tracing::info!(keys = stale.len(), "pool keys past the pool TTL discarded");
                 let me = self.clone();
                 self.spawn(async move {
-                    let _ = me
-                        .inner
-                        .writer
-                        .apply(ops::DiscardPoolKeys { ids: stale })
-                        .await;
+                    // After a long stop this can be whole pools: in bounded transactions, so
+                    // that the requests queued behind the writer do not wait for all of them.
+                    for chunk in stale.chunks(DISCARD_CHUNK) {
+                        let ids = chunk.to_vec();
+                        let _ = me.inner.writer.apply(ops::DiscardPoolKeys { ids }).await;
+                    }
                 });
             }
         }

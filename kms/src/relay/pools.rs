@@ -4,7 +4,8 @@
 //!
 //! Rules:
 //! * A pool holds keys oldest first; a key older than the pool TTL is never handed out (its slave
-//!   copy expires at the peer) and is discarded the next time the pool is touched.
+//!   copy expires at the peer) and is dropped by the next relay tick ([`Pools::expire`]) or
+//!   request, whichever comes first.
 //! * A request takes all it asks for or nothing.
 //! * Refills keep a pool at its target, in batches of at most `batch_keys`, with at most
 //!   `max_inflight` batches of one pair under way at once, so that one pair cannot take every
