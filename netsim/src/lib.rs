@@ -1112,7 +1112,9 @@ impl Sim {
                 kme_ids: (0..self.n).map(|j| (node_id(j), kme_id(j))).collect(),
                 pool_keys: 8,
                 batch_keys: 4,
-                pool_ttl_ms: 3_600_000,
+                // As short as the key TTL: pooled keys go stale within a run, so the relay tick's
+                // discarding of them runs under every fault too.
+                pool_ttl_ms: 20_000,
                 hop_timeout: Duration::from_millis(500),
                 advert_interval: self.advert_interval,
                 pairs: pair_modes,
