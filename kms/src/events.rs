@@ -45,6 +45,12 @@ pub enum Event<'a> {
         /// Their new expiry (Unix milliseconds).
         expires_at: qkd_types::UnixMillis,
     },
+    /// Pool keys at this (their master's) node passed the pool TTL unused and left their pool,
+    /// to be discarded: they are never handed out.
+    PoolKeysExpired {
+        /// The keys.
+        keys: &'a [KeyId],
+    },
     /// A neighbour stopped answering adverts (its link is now advertised down and routes avoid
     /// it), or answers again.
     Reachability {

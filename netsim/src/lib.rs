@@ -240,6 +240,8 @@ pub struct Outcome {
     pub link_runs: u64,
     /// Waiting keys whose expiry a delivery notice set.
     pub notified_keys: u64,
+    /// Pool keys that left their pool past the pool TTL (to be discarded, never served).
+    pub expired_pool_keys: u64,
     /// ETSI 004 key streams opened.
     pub streams: u32,
     /// Keys delivered from key streams, both ends together.
@@ -784,6 +786,8 @@ struct Checker {
     taken: BTreeMap<(usize, LinkId, BlockId), Vec<(u32, u32)>>,
     /// Expiry of waiting keys at slaves' nodes, as delivery notices set it, by (node, key).
     expiry: BTreeMap<(usize, KeyId), UnixMillis>,
+    /// Pool keys that left their pool past the pool TTL, by (node, key).
+    expired_pool: BTreeSet<(usize, KeyId)>,
     link_runs: u64,
 }
 
@@ -834,6 +838,10 @@ impl Observer for NodeObserver {
                 self.node
             )),
             Event::PeerRefused { .. } | Event::Reachability { .. } | Event::BatchVoided { .. } => {}
+            Event::PoolKeysExpired { keys } => {
+                c.expired_pool
+                    .extend(keys.iter().map(|id| (self.node, *id)));
+            }
             Event::ExpiryMoved { keys, expires_at } => {
                 for id in keys.iter() {
                     let e = c.expiry.entry((self.node, *id)).or_insert(*expires_at);
@@ -1739,6 +1747,7 @@ impl Sim {
             let c = self.checker.lock().unwrap_or_else(|p| p.into_inner());
             self.outcome.link_runs = c.link_runs;
             self.outcome.notified_keys = c.expiry.len() as u64;
+            self.outcome.expired_pool_keys = c.expired_pool.len() as u64;
         }
         self.outcome.sim_ms = self.clock.now() - self.clock.base;
         self.outcome.trace_hash = {
@@ -1995,6 +2004,7 @@ pub fn run_seeds(
         s.multicast_keys += o.multicast_keys;
         s.stream_keys += o.stream_keys;
         s.notified_keys += o.notified_keys;
+        s.expired_pool_keys += o.expired_pool_keys;
         s.crashes += u64::from(o.crashes);
         s.reloads += u64::from(o.reloads);
         s.kek_rotations += u64::from(o.kek_rotations);
@@ -2020,6 +2030,8 @@ pub struct Summary {
     pub stream_keys: u64,
     /// Waiting keys whose expiry a delivery notice set.
     pub notified_keys: u64,
+    /// Pool keys that left their pool past the pool TTL.
+    pub expired_pool_keys: u64,
     /// Crashes.
     pub crashes: u64,
     /// Configuration changes nodes took by a live reload.
@@ -2036,8 +2048,8 @@ impl std::fmt::Display for Summary {
         let _ = write!(
             s,
             "{} runs, {} steps, {} keys to masters ({} for two slaves), {} to slaves, {} from key \
-             streams, {} expiries set by delivery notices, {} crashes, {} live reloads, {} live KEK \
-             rotations, {:.0} s simulated",
+             streams, {} expiries set by delivery notices, {} pool keys expired, {} crashes, {} live \
+             reloads, {} live KEK rotations, {:.0} s simulated",
             self.runs,
             self.steps,
             self.master_keys,
@@ -2045,6 +2057,7 @@ impl std::fmt::Display for Summary {
             self.slave_keys,
             self.stream_keys,
             self.notified_keys,
+            self.expired_pool_keys,
             self.crashes,
             self.reloads,
             self.kek_rotations,

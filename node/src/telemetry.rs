@@ -653,7 +653,7 @@ impl Observer for EngineMetrics {
             } => peer_refused(cause, *tampering),
             Event::BatchVoided { .. } => batch_voided(),
             Event::Reachability { peer, reachable } => neighbour_reachable(peer, *reachable),
-            Event::ExpiryMoved { .. } => {}
+            Event::ExpiryMoved { .. } | Event::PoolKeysExpired { .. } => {}
         }
     }
 }

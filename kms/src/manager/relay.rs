@@ -479,6 +479,7 @@ impl KeyManager {
             self.pools(|p| p.take(&(master.clone(), slave.clone()), number, now));
         self.kick_refill(master.clone(), slave.clone());
         if !stale.is_empty() {
+            self.emit(&Event::PoolKeysExpired { keys: &stale });
             let _ = self
                 .inner
                 .writer
@@ -1393,6 +1394,7 @@ impl KeyManager {
             }
             if !stale.is_empty() {
                 tracing::info!(keys = stale.len(), "pool keys past the pool TTL discarded");
+                self.emit(&Event::PoolKeysExpired { keys: &stale });
                 let me = self.clone();
                 self.spawn(async move {
                     // After a long stop this can be whole pools: in bounded transactions, so

@@ -24,6 +24,10 @@ fn must_hold(shape: Shape, default_seeds: u64, store: StoreKind) {
                 "the workload got no keys to slaves or from key streams: {summary}"
             );
             assert!(
+                count < 20 || summary.expired_pool_keys > 0,
+                "no pool key went stale, so the relay tick's expiry went unchecked: {summary}"
+            );
+            assert!(
                 count < 20 || summary.reloads > 0,
                 "no configuration change reached a node by a live reload: {summary}"
             );
